@@ -1,0 +1,271 @@
+"""The ``callbridge`` command.
+
+``callbridge serve`` runs the engine (every flag also reads a ``CALLBRIDGE_*``
+environment variable; flags win); ``callbridge rules check`` validates
+``rules.yaml`` and the scenarios it names; ``callbridge call NUMBER`` places
+a test call through a running engine; ``callbridge users`` and
+``callbridge rooms`` manage the store.
+
+Logs are one line per event, ``key=value`` fields with the session and call
+ids where there are some.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+ENV_PREFIX = "CALLBRIDGE_"
+
+
+class _LogfmtFormatter(logging.Formatter):
+    """``ts=... level=... logger=... session=... call=... msg="..."``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [f"ts={stamp}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
+                 f"logger={record.name}"]
+        for attr, key in (("session_id", "session"), ("call_id", "call")):
+            value = getattr(record, attr, None)
+            if value:
+                parts.append(f"{key}={value}")
+        message = record.getMessage().replace('"', "'")
+        parts.append(f'msg="{message}"')
+        text = " ".join(parts)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callbridge", description="Programmable telephony engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the engine")
+    serve.add_argument("--sip-host", default=_env("SIP_HOST", "127.0.0.1"),
+                       help="SIP listen address(es), comma-separated (IPv4 and/or IPv6)")
+    serve.add_argument("--sip-port", type=int, default=int(_env("SIP_PORT", 5060)))
+    serve.add_argument("--http-host", default=_env("HTTP_HOST", "127.0.0.1"))
+    serve.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", 8080)))
+    serve.add_argument("--rules", type=Path, default=Path(_env("RULES", "rules.yaml")))
+    serve.add_argument("--scenarios", type=Path, default=Path(_env("SCENARIOS", "scenarios")))
+    serve.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
+    serve.add_argument("--trunk", default=_env("TRUNK", None),
+                       help="SIP trunk for call_pstn: sip:user:password@host:port[;transport=tcp]")
+    serve.add_argument("--advertised-host", default=_env("ADVERTISED_HOST", None),
+                       help="address to put in Via, Contact and SDP (behind NAT)")
+    serve.add_argument("--rtp-ports", default=_env("RTP_PORTS", "20000-30000"),
+                       help="RTP port range START-END")
+    serve.add_argument("--rate-limit", type=float, default=float(_env("RATE_LIMIT", 50)),
+                       help="new requests per second allowed per source address (0: off)")
+    serve.add_argument("--rate-burst", type=int, default=int(_env("RATE_BURST", 200)))
+    serve.add_argument("--ban-seconds", type=float, default=float(_env("BAN_SECONDS", 60)))
+    serve.add_argument("--trusted", default=_env("TRUSTED", ""),
+                       help="comma-separated source addresses exempt from rate limits")
+    serve.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", 30)),
+                       help="seconds a session with no calls lives on")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
+
+    rules = sub.add_parser("rules", help="rules.yaml tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate rules.yaml and its scenarios")
+    check.add_argument("--rules", type=Path, default=Path(_env("RULES", "rules.yaml")))
+    check.add_argument("--scenarios", type=Path, default=Path(_env("SCENARIOS", "scenarios")))
+    check.add_argument("number", nargs="*", help="numbers to route (shows which rule wins)")
+
+    call = sub.add_parser("call", help="place a test call through a running engine")
+    call.add_argument("number")
+    call.add_argument("--to", default=f"{_env('SIP_HOST', '127.0.0.1').split(',')[0]}:{_env('SIP_PORT', 5060)}",
+                      help="the engine's SIP address HOST:PORT")
+    call.add_argument("--from", dest="from_", default="callbridge-cli")
+    call.add_argument("--duration", type=float, default=5.0, help="seconds to stay connected")
+    call.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE")
+    call.add_argument("--tcp", action="store_true")
+
+    for name, what in (("users", "web and SIP users"), ("rooms", "conference rooms")):
+        p = sub.add_parser(name, help=f"manage {what}")
+        p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
+        p.add_argument("--realm", default=_env("REALM", "callbridge"))
+        s = p.add_subparsers(dest="action", required=True)
+        c = s.add_parser("create")
+        c.add_argument("id")
+        if name == "users":
+            c.add_argument("--password", required=True)
+        c.add_argument("--display-name")
+        s.add_parser("list")
+        d = s.add_parser("delete")
+        d.add_argument("id")
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> Any:
+    from .server import EngineConfig
+    from .transport.sip_endpoint import SecurityPolicy
+
+    try:
+        start, end = (int(x) for x in args.rtp_ports.split("-"))
+    except ValueError:
+        raise SystemExit(f"callbridge: --rtp-ports must be START-END, got {args.rtp_ports!r}")
+    policy = SecurityPolicy(
+        rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
+        trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
+    )
+    return EngineConfig(
+        sip_hosts=[h.strip() for h in args.sip_host.split(",") if h.strip()],
+        sip_port=args.sip_port, http_host=args.http_host, http_port=args.http_port,
+        rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
+        advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
+        session_idle_timeout=args.idle_timeout, policy=policy,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import Engine, StartupError
+
+    setup_logging(args.log_level)
+    if args.uvloop != "off":
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            if args.uvloop == "on":
+                print("callbridge: --uvloop on but uvloop is not installed", file=sys.stderr)
+                return 2
+    config = _config_from(args)
+
+    async def run() -> int:
+        engine = Engine(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await engine.start()
+        except StartupError as exc:
+            print(f"callbridge: {exc}", file=sys.stderr)
+            return 2
+        try:
+            await stop.wait()
+        finally:
+            await engine.stop()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    from .router import RulesError, load_rules
+    from .scenario import ScenarioError, ScenarioRuntime
+
+    try:
+        rules = load_rules(args.rules, args.scenarios)
+        ScenarioRuntime(rules, args.scenarios, ua=None).compile_all()
+    except (RulesError, ScenarioError) as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 1
+    for warning in rules.warnings:
+        print(f"warning: {warning}")
+    for rule in rules.rules:
+        print(f"{rule.name}: {rule.pattern.pattern} -> {', '.join(rule.scenarios)}")
+    for number in args.number:
+        for rule, verdict in rules.explain(number):
+            print(f"  {number!r} {rule.name}: {verdict}")
+        if rules.match(number) is None:
+            print(f"  {number!r}: no rule matches (404)")
+    print(f"{args.rules}: {len(rules.rules)} rules OK")
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from .testcall import place_test_call
+
+    host, _, port = args.to.rpartition(":")
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            print(f"callbridge: --header must be NAME:VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        headers[name.strip()] = value.strip()
+    setup_logging("warning")
+    result = asyncio.run(place_test_call(
+        host.strip("[]"), int(port), args.number, caller=args.from_, duration=args.duration,
+        headers=headers, transport="TCP" if args.tcp else "UDP", echo=print,
+    ))
+    return 0 if result.connected else 1
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    from .store import SqliteStore, StoreError
+
+    store = SqliteStore.in_directory(args.data_dir, sip_realm=args.realm)
+    try:
+        if args.command == "users":
+            if args.action == "create":
+                user = store.create_user(args.id, args.password, args.display_name)
+                print(f"created user {user.name}")
+            elif args.action == "list":
+                for user in store.list_users(0, 1000):
+                    print(f"{user.name}\t{user.display_name or ''}")
+            elif args.action == "delete":
+                if not store.delete_user(args.id):
+                    print(f"callbridge: no user {args.id!r}", file=sys.stderr)
+                    return 1
+                print(f"deleted user {args.id}")
+        else:
+            if args.action == "create":
+                room = store.create_room(args.id, display_name=args.display_name)
+                print(f"created room {room.room_id}: phone callers join with PIN {room.room_id}")
+            elif args.action == "list":
+                for room in store.list_rooms():
+                    print(f"{room.room_id}\t{room.display_name or ''}")
+            elif args.action == "delete":
+                if not store.delete_room(args.id):
+                    print(f"callbridge: no room {args.id!r}", file=sys.stderr)
+                    return 1
+                print(f"deleted room {args.id}")
+    except StoreError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "rules":
+        return _rules_check(args)
+    if args.command == "call":
+        return _call(args)
+    return _store_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

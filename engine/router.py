@@ -1,0 +1,415 @@
+"""Loading and matching ``rules.yaml``: which scenarios a dialed number starts.
+
+The file holds a top-level ``rules:`` list in priority order::
+
+    rules:
+      - name: Fwd                        # unique
+        pattern: "conf_[A-Za-z0-9]+"     # must match the WHOLE user part
+        exclude: "conf_test"             # optional veto, also a whole match
+        scenarios: [conference]          # stems of files in scenarios/, in order
+        description: "one session per conference"   # optional
+
+:func:`load_rules` validates the file completely before anything runs, so that
+``callbridge serve`` can stop with the file, line and reason of the first
+problem (:class:`RulesError`). The YAML is *composed* (not constructed) with
+PyYAML's pure-Python ``SafeLoader``: every node keeps its line, no tag is ever
+turned into an object, and error texts do not depend on whether libyaml is
+installed. Plain scalars that YAML would read as numbers (``pattern: 5550100``)
+are taken as the text that was written; booleans and nulls are rejected.
+
+:meth:`RuleSet.match` runs once per incoming call: it walks a precomputed
+tuple of bound ``fullmatch`` methods and allocates nothing of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.reader import ReaderError
+
+__all__ = ["Rule", "RuleSet", "RulesError", "RulesWarning", "load_rules", "parse_rules"]
+
+_KEYS = ("name", "pattern", "exclude", "scenarios", "description")
+_REQUIRED = ("name", "pattern", "scenarios")
+_TAG = "tag:yaml.org,2002:"
+_TEXT_TAGS = frozenset({_TAG + "str", _TAG + "int", _TAG + "float"})
+_KINDS = {
+    _TAG + "str": "a string",
+    _TAG + "int": "an integer",
+    _TAG + "float": "a number",
+    _TAG + "bool": "a boolean",
+    _TAG + "null": "null",
+    _TAG + "timestamp": "a date",
+}
+#: Pattern texts taken to match every destination (for the shadowing warning).
+_MATCH_ALL = frozenset({".*", ".*?", "^.*", ".*$", "^.*$", "(.*)", "(?s).*"})
+
+
+class RulesError(Exception):
+    """``rules.yaml`` cannot be used.
+
+    :param path: the file as named in messages.
+    :param line: the 1-based line at fault, or ``None`` when the file could not
+        be read at all.
+    :param reason: what is wrong, prefixed with ``rule 'NAME': `` when one rule
+        is at fault.
+    """
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        super().__init__(path, line, reason)  # args as given, so it pickles
+
+    def __str__(self) -> str:
+        return _located(self.path, self.line, self.reason)
+
+
+@dataclass(frozen=True)
+class RulesWarning:
+    """A problem that does not stop the rules from working (e.g. a dead rule).
+
+    ``str()`` has the same ``path:line: reason`` form as :class:`RulesError`.
+    """
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return _located(self.path, self.line, self.reason)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated rule.
+
+    :param name: unique name of the rule.
+    :param pattern: compiled pattern; it must match the whole destination.
+    :param exclude: compiled veto pattern, or ``None``.
+    :param scenarios: scenario names (file stems) to run, in order, in one
+        session.
+    :param line: line of the rule in its file (0 for rules not from a file).
+    :param description: free text, ``""`` when absent.
+    """
+
+    name: str
+    pattern: re.Pattern[str]
+    exclude: re.Pattern[str] | None
+    scenarios: tuple[str, ...]
+    line: int
+    description: str = ""
+
+
+_Matcher = Callable[[str], "re.Match[str] | None"]
+
+
+class RuleSet:
+    """Rules in priority order; the first rule that matches wins.
+
+    :param rules: the rules, highest priority first.
+    :param warnings: problems found while loading (see :class:`RulesWarning`).
+    """
+
+    __slots__ = ("rules", "warnings", "_table")
+
+    def __init__(self, rules: Iterable[Rule], warnings: Iterable[RulesWarning] = ()) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.warnings: list[RulesWarning] = list(warnings)
+        self._table: tuple[tuple[_Matcher, _Matcher | None, Rule], ...] = tuple(
+            (r.pattern.fullmatch, r.exclude.fullmatch if r.exclude else None, r)
+            for r in self.rules
+        )
+
+    def match(self, destination: str) -> Rule | None:
+        """Return the first rule whose pattern matches the whole destination and
+        whose exclude does not, or ``None`` (the caller answers 404).
+
+        :param destination: the dialed user part, already percent-decoded; it is
+            matched as given (no trimming, no case folding).
+        """
+        for pattern, exclude, rule in self._table:
+            if pattern(destination) is not None and (
+                exclude is None or exclude(destination) is None
+            ):
+                return rule
+        return None
+
+    def explain(self, destination: str) -> list[tuple[Rule, str]]:
+        """Say why each rule was passed over, up to and including the match.
+
+        Verdicts are ``"pattern does not match"``, ``"excluded by 'EXCLUDE'"``
+        and ``"matched"``; without a match every rule is listed.
+
+        :param destination: as for :meth:`match`.
+        """
+        verdicts: list[tuple[Rule, str]] = []
+        for pattern, exclude, rule in self._table:
+            if pattern(destination) is None:
+                verdicts.append((rule, "pattern does not match"))
+            elif exclude is not None and exclude(destination) is not None:
+                assert rule.exclude is not None
+                verdicts.append((rule, f"excluded by '{rule.exclude.pattern}'"))
+            else:
+                verdicts.append((rule, "matched"))
+                break
+        return verdicts
+
+    def __repr__(self) -> str:
+        return f"RuleSet({[r.name for r in self.rules]!r})"
+
+
+def load_rules(path: str | os.PathLike[str], scenarios_dir: Path | None = None) -> RuleSet:
+    """Read and validate a rules file.
+
+    :param path: the file; messages name it as given.
+    :param scenarios_dir: when given, every scenario must exist there as
+        ``<name>.py``.
+    :raises RulesError: on the first problem found (unreadable file, bad YAML,
+        bad structure, bad pattern, unknown scenario).
+    """
+    where = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RulesError(where, None, f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RulesError(where, line, f"not valid UTF-8: {exc.reason}") from None
+    return parse_rules(text, where, scenarios_dir)
+
+
+def parse_rules(
+    text: str, path_for_messages: str = "rules.yaml", scenarios_dir: Path | None = None
+) -> RuleSet:
+    """Validate rules given as YAML text; see :func:`load_rules`.
+
+    :param text: the YAML document.
+    :param path_for_messages: the file name used in errors and warnings.
+    :param scenarios_dir: as for :func:`load_rules`.
+    :raises RulesError: on the first problem found.
+    """
+    return _Parser(path_for_messages, scenarios_dir).parse(text)
+
+
+def _located(path: str, line: int | None, reason: str) -> str:
+    return f"{path}: {reason}" if line is None else f"{path}:{line}: {reason}"
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return _KINDS.get(node.tag, f"a value tagged '{node.tag}'")
+
+
+def _is_text(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag in _TEXT_TAGS
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _TAG + "null"
+
+
+class _Parser:
+    """One pass over the composed YAML; raises at the first problem."""
+
+    def __init__(self, path: str, scenarios_dir: Path | None) -> None:
+        self.path = path
+        self.scenarios_dir = scenarios_dir
+        self._known: frozenset[str] | None = None
+
+    def error(self, line: int | None, reason: str) -> RulesError:
+        return RulesError(self.path, line, reason)
+
+    def parse(self, text: str) -> RuleSet:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark, start = exc.problem_mark, exc.context_mark
+            reason = str(exc.problem)
+            if exc.context:  # e.g. "while scanning a quoted scalar (from line 3)"
+                since = f" (from line {start.line + 1})" if start and mark and start.line != mark.line else ""
+                reason = f"{exc.context}{since}: {reason}"
+            at = mark or start
+            line = at.line + 1 if at else None
+            raise self.error(line, f"invalid YAML: {reason}") from None
+        except ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            raise self.error(line, f"invalid YAML: unacceptable character #x{exc.character:04x}") from None
+        if root is None:
+            raise self.error(1, "the file is empty; expected a top-level 'rules' list")
+        if not isinstance(root, MappingNode):
+            raise self.error(
+                _line(root), f"expected a mapping with a 'rules' list at the top level, got {_kind(root)}"
+            )
+        top = self.fields(root, ("rules",), "top level: ")
+        if "rules" not in top:
+            raise self.error(_line(root), "missing required top-level key 'rules'")
+        items = top["rules"][1]
+        if not isinstance(items, SequenceNode):
+            raise self.error(_line(items), f"'rules' must be a list, got {_kind(items)}")
+
+        rules: list[Rule] = []
+        first_line: dict[str, int] = {}
+        for index, item in enumerate(items.value, 1):
+            rule = self.parse_rule(item, index)
+            if rule.name in first_line:
+                raise self.error(
+                    rule.line,
+                    f"rule '{rule.name}': name already used by the rule on line {first_line[rule.name]}",
+                )
+            first_line[rule.name] = rule.line
+            rules.append(rule)
+        return RuleSet(rules, self.check_shadowing(rules, _line(items)))
+
+    def fields(self, node: MappingNode, allowed: tuple[str, ...], label: str) -> dict[str, tuple[Node, Node]]:
+        """Map key text to ``(key node, value node)``, rejecting duplicate,
+        unknown and non-string keys."""
+        found: dict[str, tuple[Node, Node]] = {}
+        for key, value in node.value:
+            if key.tag == _TAG + "merge":
+                raise self.error(_line(key), f"{label}merge keys ('<<') are not supported")
+            if not _is_text(key):
+                raise self.error(_line(key), f"{label}keys must be strings, got {_kind(key)}")
+            name = str(key.value)
+            if name in found:
+                first = _line(found[name][0])
+                raise self.error(_line(key), f"{label}duplicate key '{name}' (first on line {first})")
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "expected one of: " + ", ".join(allowed)
+                raise self.error(_line(key), f"{label}unknown key '{name}' ({hint})")
+            found[name] = (key, value)
+        return found
+
+    def parse_rule(self, node: Node, index: int) -> Rule:
+        if not isinstance(node, MappingNode):
+            raise self.error(_line(node), f"rule #{index} must be a mapping, got {_kind(node)}")
+        label = f"rule #{index}"
+        for key, value in node.value:  # name the rule in every later message
+            if _is_text(key) and key.value == "name" and _is_text(value) and value.value:
+                label = f"rule '{value.value}'"
+                break
+        fields = self.fields(node, _KEYS, label + ": ")
+        for key in _REQUIRED:
+            if key not in fields:
+                raise self.error(_line(node), f"{label}: missing required key '{key}'")
+
+        def text(key: str, optional: bool = False) -> str | None:
+            if key not in fields:
+                return None
+            value = fields[key][1]
+            if optional and _is_null(value):
+                return None
+            if not _is_text(value):
+                raise self.error(_line(value), f"{label}: '{key}' must be a string, got {_kind(value)}")
+            if not value.value and key != "description":
+                raise self.error(_line(value), f"{label}: '{key}' must not be empty")
+            return str(value.value)
+
+        def regex(key: str, optional: bool = False) -> re.Pattern[str] | None:
+            source = text(key, optional)
+            if source is None:
+                return None
+            try:
+                return re.compile(source)
+            except re.error as exc:
+                raise self.error(
+                    _line(fields[key][1]),
+                    f"{label}: {key} '{source}' is not a valid regular expression: {exc}",
+                ) from None
+
+        name = text("name")
+        pattern = regex("pattern")
+        exclude = regex("exclude", optional=True)
+        assert name is not None and pattern is not None
+        return Rule(
+            name=name,
+            pattern=pattern,
+            exclude=exclude,
+            scenarios=self.parse_scenarios(fields["scenarios"][1], label),
+            line=_line(node),
+            description=text("description", optional=True) or "",
+        )
+
+    def parse_scenarios(self, node: Node, label: str) -> tuple[str, ...]:
+        if not isinstance(node, SequenceNode):
+            hint = f" (write [{node.value}])" if _is_text(node) and node.value else ""
+            raise self.error(_line(node), f"{label}: 'scenarios' must be a list, got {_kind(node)}{hint}")
+        if not node.value:
+            raise self.error(_line(node), f"{label}: 'scenarios' must not be empty")
+        names: list[str] = []
+        for item in node.value:
+            if not (isinstance(item, ScalarNode) and item.tag == _TAG + "str"):
+                raise self.error(_line(item), f"{label}: scenario names must be strings, got {_kind(item)}")
+            name = str(item.value)
+            if not name.isidentifier():
+                stem = name[:-3] if name.endswith(".py") else ""
+                hint = (
+                    f"write '{stem}' without '.py'"
+                    if stem.isidentifier()
+                    else "a file stem: letters, digits and '_', not starting with a digit"
+                )
+                raise self.error(_line(item), f"{label}: '{name}' is not a valid scenario name ({hint})")
+            self.check_scenario(name, item, label)
+            names.append(name)
+        return tuple(names)
+
+    def check_scenario(self, name: str, node: Node, label: str) -> None:
+        if self.scenarios_dir is None:
+            return
+        if self._known is None:
+            directory = self.scenarios_dir
+            self._known = frozenset(
+                p.stem for p in directory.glob("*.py") if p.is_file()
+            ) if directory.is_dir() else frozenset()
+        if name in self._known:
+            return
+        where = os.path.join(self.scenarios_dir, "")
+        if not self.scenarios_dir.is_dir():
+            detail = "the directory does not exist"
+        else:
+            listed = sorted(s for s in self._known if not s.startswith("_"))
+            detail = "known: " + (", ".join(listed) if listed else "none")
+        raise self.error(_line(node), f"{label}: scenario '{name}' not found in {where} ({detail})")
+
+    def check_shadowing(self, rules: list[Rule], rules_line: int) -> list[RulesWarning]:
+        """Warn about rules that an earlier exclude-free rule always beats."""
+        if not rules:
+            return [RulesWarning(self.path, rules_line, "no rules: every call will be answered 404")]
+        found: list[RulesWarning] = []
+        for i, rule in enumerate(rules):
+            for earlier in rules[:i]:
+                if earlier.exclude is not None:
+                    continue
+                if earlier.pattern.pattern in _MATCH_ALL:
+                    why = "matches everything"
+                elif earlier.pattern == rule.pattern:
+                    why = "has the same pattern"
+                else:
+                    continue
+                found.append(
+                    RulesWarning(
+                        self.path,
+                        rule.line,
+                        f"rule '{rule.name}' can never match: "
+                        f"earlier rule '{earlier.name}' (line {earlier.line}) {why}",
+                    )
+                )
+                break
+        return found

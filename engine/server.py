@@ -1,0 +1,208 @@
+"""The engine as one object: store, directory, rules, scenario runtime, SIP
+user agent and the HTTP server, started and stopped in pairs.
+
+:class:`EngineConfig` holds every setting ``callbridge serve`` takes (flags
+and ``CALLBRIDGE_*`` environment variables map onto it one to one), and
+:class:`Engine` is what the CLI and the tests run. Start-up fails with a
+clear error (file, line and reason) for a bad ``rules.yaml`` or a scenario
+that does not compile, and teardown runs only for what started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from .call_media import SdpMediaHandler
+from .calls import MediaHandler
+from .directory import MemoryDirectory
+from .router import RuleSet, load_rules
+from .scenario import ScenarioRuntime
+from .store import SqliteStore
+from .transport.rtp_socket import RtpPortAllocator
+from .transport.sip_endpoint import Peer, SecurityPolicy
+from .ua import SipCall, Trunk, UaConfig, UserAgent
+from .web.app import create_app
+
+__all__ = ["EngineConfig", "Engine", "StartupError"]
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The engine cannot start; the text says what to fix."""
+
+
+@dataclass
+class EngineConfig:
+    sip_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    sip_port: int = 5060
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    rules: Path = Path("rules.yaml")
+    scenarios: Path = Path("scenarios")
+    data_dir: Path = Path("data")
+    trunk: str | None = None
+    advertised_host: str | None = None
+    rtp_port_start: int = 20000
+    rtp_port_end: int = 30000
+    session_idle_timeout: float = 30.0
+    invite_timeout: float = 60.0
+    realm: str = "callbridge"
+    policy: SecurityPolicy = field(default_factory=SecurityPolicy)
+
+
+class Engine:
+    """Everything ``callbridge serve`` runs."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.node_id = secrets.token_hex(6)
+        self.directory = MemoryDirectory()
+        self.store: SqliteStore | None = None
+        self.rules: RuleSet | None = None
+        self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
+        self.ua: UserAgent = None  # type: ignore[assignment]
+        self.http_runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self._started: list[str] = []
+
+    # -- start and stop ----------------------------------------------------------
+
+    def load_rules(self) -> RuleSet:
+        try:
+            return load_rules(self.config.rules, self.config.scenarios)
+        except Exception as exc:  # RulesError carries file, line and reason
+            raise StartupError(str(exc)) from None
+
+    async def start(self) -> None:
+        """Start every part; if one fails, stop those already started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.rules = self.load_rules()
+        for warning in self.rules.warnings:
+            logger.warning("%s", warning)
+        trunk = None
+        if cfg.trunk:
+            try:
+                trunk = Trunk.from_uri(cfg.trunk)
+            except Exception as exc:
+                raise StartupError(f"--trunk: {exc}") from None
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
+        self._started.append("store")
+        self.ports = RtpPortAllocator(
+            cfg.advertised_host or cfg.sip_hosts[0], cfg.rtp_port_start, cfg.rtp_port_end
+        )
+        ua_config = UaConfig(
+            hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
+            realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
+        )
+        self.ua = UserAgent(
+            ua_config,
+            media_factory=self._media_for,
+            on_incoming_call=lambda call, request: self.runtime.on_incoming_call(call, request),
+            on_message=self._on_message,
+            directory=self.directory,
+            user_ha1=self._user_ha1,
+        )
+        self.runtime = ScenarioRuntime(
+            self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
+            node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
+            log_dir=cfg.data_dir / "logs",
+        )
+        try:
+            self.runtime.compile_all()
+        except Exception as exc:
+            raise StartupError(str(exc)) from None
+        self._started.append("runtime")
+        try:
+            await self.ua.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for SIP on {','.join(cfg.sip_hosts)} port {cfg.sip_port}: {exc.strerror}"
+            ) from None
+        self._started.append("sip")
+        app = create_app(self)
+        self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self.http_runner.setup()
+        self._started.append("http")
+        site = web.TCPSite(self.http_runner, cfg.http_host, cfg.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {cfg.http_host} port {cfg.http_port}: {exc.strerror}"
+            ) from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http_port
+        logger.info(
+            "callbridge ready: sip=%s:%d (udp+tcp) http=%s:%d node=%s",
+            ",".join(cfg.sip_hosts), self.ua.port, cfg.http_host, self.http_port, self.node_id,
+        )
+
+    async def stop(self) -> None:
+        errors: list[BaseException] = []
+        for part in reversed(self._started):
+            try:
+                if part == "http" and self.http_runner is not None:
+                    await self.http_runner.cleanup()
+                elif part == "runtime":
+                    await self.runtime.stop()
+                elif part == "sip":
+                    await self.ua.stop()
+                elif part == "store" and self.store is not None:
+                    self.store.close()
+            except Exception as exc:  # gather, keep stopping the rest
+                errors.append(exc)
+                logger.exception("stopping %s failed", part)
+        self._started.clear()
+        if errors:
+            raise errors[0]
+
+    def health_problems(self) -> list[str]:
+        return [p for p in ("store", "runtime", "sip", "http") if p not in self._started]
+
+    # -- glue ----------------------------------------------------------------------
+
+    def _media_for(self, call: SipCall) -> MediaHandler:
+        address = self.ua.endpoint.local_host_for(call.peer)
+        return SdpMediaHandler(self.ports, address)
+
+    def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
+        assert self.store is not None
+        return self.store.sip_ha1(user, realm, algorithm)
+
+    def _on_message(self, request: Any, peer: Peer) -> int:
+        text = request.body.decode("utf-8", errors="replace")
+        callerid = unquote(getattr(request.from_.uri, "user", None) or "")
+        destination = getattr(request.uri, "user", None) or ""
+        return self.runtime.on_message(text, callerid, destination, request.headers.custom())
+
+    def reload_rules(self) -> RuleSet:
+        rules = self.load_rules()
+        self.runtime.reload(rules)
+        self.rules = rules
+        return rules
+
+
+async def run_forever(engine: Engine, stop: asyncio.Event) -> None:
+    await engine.start()
+    try:
+        await stop.wait()
+    finally:
+        await engine.stop()

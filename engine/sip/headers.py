@@ -1,0 +1,436 @@
+"""Header names and typed header values (RFC 3261 §20, §25.1).
+
+Messages keep header values as text (unknown headers verbatim); the typed
+classes here are parsed from that text when a caller asks for them:
+:class:`NameAddr` (From, To, Contact, Route, Record-Route), :class:`Via`,
+:class:`CSeq`. Names are canonicalised through one registry that also maps
+the compact forms (``v`` is Via, ``i`` is Call-ID, ...).
+
+Every parser here raises :class:`~engine.sip.errors.RemoteProtocolError` with
+a short fixed reason that never echoes the input, and none of them uses a
+regular expression that can backtrack more than linearly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import RemoteProtocolError
+from .uri import SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
+
+__all__ = [
+    "canonical_name",
+    "is_known_name",
+    "MULTI_VALUED",
+    "split_header_values",
+    "parse_params",
+    "format_params",
+    "unquote",
+    "NameAddr",
+    "Via",
+    "CSeq",
+    "parse_name_addr",
+    "parse_via",
+    "parse_cseq",
+]
+
+# RFC 3261 §7.3.3 and the IANA registry of compact forms.
+_COMPACT = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+_SPELLING = [
+    "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language",
+    "Accept-Resource-Priority", "Alert-Info", "Allow", "Allow-Events",
+    "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language",
+    "Content-Length", "Content-Type", "CSeq", "Date", "Diversion",
+    "Error-Info", "Event", "Expires", "From", "History-Info", "Identity",
+    "Identity-Info", "In-Reply-To", "Join", "Max-Forwards", "MIME-Version",
+    "Min-Expires", "Min-SE", "Organization", "P-Access-Network-Info",
+    "P-Asserted-Identity", "P-Called-Party-ID", "P-Charging-Vector",
+    "P-Preferred-Identity", "Path", "Priority", "Privacy",
+    "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+    "Reason", "Record-Route", "Refer-Sub", "Refer-To", "Referred-By",
+    "Reject-Contact", "Remote-Party-ID", "Replaces", "Reply-To",
+    "Request-Disposition", "Require", "Resource-Priority", "Retry-After",
+    "Route", "RSeq", "Security-Client", "Security-Server", "Security-Verify",
+    "Server", "Service-Route", "Session-Expires", "SIP-ETag", "SIP-If-Match",
+    "Subject", "Subscription-State", "Supported", "Target-Dialog", "Timestamp",
+    "To", "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+]
+_CANONICAL: dict[str, str] = {name.lower(): name for name in _SPELLING}
+_CANONICAL.update(_COMPACT)
+# Canonical spellings map to themselves: the common case needs no lower().
+_EXACT: dict[str, str] = {name: name for name in _SPELLING}
+_KNOWN = frozenset(_SPELLING)
+
+# Headers whose comma-separated values are split into separate entries
+# (RFC 3261 §7.3.1). Authentication headers are deliberately absent: their
+# values contain commas between parameters.
+MULTI_VALUED = frozenset(
+    {
+        "Via", "Route", "Record-Route", "Contact", "Allow", "Supported",
+        "Require", "Proxy-Require", "Unsupported", "Accept",
+        "Accept-Encoding", "Accept-Language", "Allow-Events",
+        "Content-Encoding", "Path", "Service-Route",
+    }
+)
+assert MULTI_VALUED <= _KNOWN
+
+_TOKEN = r"A-Za-z0-9\-.!%*_+`'~"
+_TOKEN_RE = re.compile(rf"[{_TOKEN}]+")
+# gen-value = token / host / quoted-string (RFC 3261 §25.1); host adds ':' and
+# the IPv6 brackets.
+_GEN_VALUE_RE = re.compile(rf"[{_TOKEN}:\[\]]+")
+# quoted-string content, the unrolled-loop form (linear, no nested repeats).
+_QUOTED_RE = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.DOTALL)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+# display-name = *(token LWS): tokens separated by spaces or tabs.
+_DISPLAY_RE = re.compile(rf"[{_TOKEN}]+(?:[ \t]+[{_TOKEN}]+)*")
+# sent-protocol and the LWS after it (RFC 3261 §20.42; SLASH = SWS "/" SWS).
+_VIA_PROTOCOL_RE = re.compile(
+    rf"([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]+"
+)
+_SWS_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
+_CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN}]+)")
+
+
+def canonical_name(name: str) -> str:
+    """Return the canonical spelling of a header name (compact forms expanded).
+
+    Unknown names are returned in the case they were given, so they are
+    re-emitted verbatim; comparisons must go through :func:`str.lower`.
+    """
+    exact = _EXACT.get(name)
+    if exact is not None:
+        return exact
+    return _CANONICAL.get(name.lower(), name)
+
+
+def is_known_name(name: str) -> bool:
+    """Whether ``name`` is a canonical spelling from the registry.
+
+    Known names are always stored in that spelling, so they can be compared
+    exactly; unknown names need a case-insensitive comparison.
+    """
+    return name in _KNOWN
+
+
+def split_header_values(text: str) -> list[str]:
+    """Split a header value on commas outside quotes and angle brackets.
+
+    :raises RemoteProtocolError: ``empty element in header list`` for
+        ``a,,b`` or a trailing comma (RFC 4475 §3.1.2.1 wants them refused).
+    """
+    if "," not in text:
+        return [text.strip(" \t")]
+    if '"' not in text and "<" not in text:
+        out = [part.strip(" \t") for part in text.split(",")]
+    else:
+        out = []
+        start = 0
+        quoted = angle = False
+        i = 0
+        n = len(text)
+        while i < n:
+            c = text[i]
+            if quoted:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    quoted = False
+            elif c == '"':
+                quoted = True
+            elif c == "<":
+                angle = True
+            elif c == ">":
+                angle = False
+            elif c == "," and not angle:
+                out.append(text[start:i].strip(" \t"))
+                start = i + 1
+            i += 1
+        out.append(text[start:].strip(" \t"))
+    if not all(out):
+        raise RemoteProtocolError("empty element in header list")
+    return out
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """Read a quoted-string starting at ``text[start] == '"'``.
+
+    :returns: the unescaped content and the index after the closing quote.
+    :raises RemoteProtocolError: ``unterminated quoted string``.
+    """
+    m = _QUOTED_RE.match(text, start)
+    if m is None:
+        raise RemoteProtocolError("unterminated quoted string")
+    content = m[1]
+    if "\\" in content:
+        content = _QUOTED_PAIR_RE.sub(r"\1", content)
+    return content, m.end()
+
+
+def parse_params(text: str, what: str) -> dict[str, str | None]:
+    """Parse ``;name=value;flag`` header parameters.
+
+    ``text`` starts at the first ``;`` (or is empty). Values may be tokens,
+    hosts (IPv6 in brackets) or quoted strings, which are returned with their
+    quotes so that they serialize unchanged. Names are lower-cased. Spaces and
+    tabs are allowed around ``;`` and ``=`` (RFC 3261 §25.1 SEMI and EQUAL).
+
+    :param what: where the parameters are, for the reason phrase.
+    :raises RemoteProtocolError: ``bad parameters in <what>`` (no ``;``),
+        ``bad parameter in <what>`` (not a token name), ``bad parameter value
+        in <what>`` or ``unterminated quoted string``.
+    """
+    params: dict[str, str | None] = {}
+    i = 0
+    n = len(text)
+    while i < n:
+        if text[i] != ";":
+            raise RemoteProtocolError(f"bad parameters in {what}")
+        i += 1
+        j = i
+        while j < n and text[j] != ";" and text[j] != "=":
+            j += 1
+        name = text[i:j].strip(" \t")
+        if not _TOKEN_RE.fullmatch(name):
+            raise RemoteProtocolError(f"bad parameter in {what}")
+        if j < n and text[j] == "=":
+            j += 1
+            while j < n and text[j] in " \t":
+                j += 1
+            if j < n and text[j] == '"':
+                _, end = _read_quoted(text, j)
+                value = text[j:end]
+                j = end
+                while j < n and text[j] in " \t":
+                    j += 1
+            else:
+                k = j
+                j = text.find(";", j)
+                if j < 0:
+                    j = n
+                value = text[k:j].rstrip(" \t")
+                if not _GEN_VALUE_RE.fullmatch(value):
+                    raise RemoteProtocolError(f"bad parameter value in {what}")
+            params[name.lower()] = value
+        else:
+            params[name.lower()] = None
+        i = j
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """Serialize header parameters (values are written as stored)."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def unquote(value: str | None) -> str | None:
+    """Strip the quotes of a quoted parameter value, decoding escapes."""
+    if value is not None and value.startswith('"'):
+        return _read_quoted(value, 0)[0]
+    return value
+
+
+def _quote_display(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+@dataclass
+class NameAddr:
+    """``[display-name] <uri>;params``: From, To, Contact, Route values.
+
+    :param uri: the parsed URI.
+    :param display_name: the unescaped display name, or ``None``.
+    :param params: header parameters (``tag``, ``expires``, ``q``...).
+    :param wildcard: the ``*`` of ``Contact: *`` (RFC 3261 §10.2.2).
+    """
+
+    uri: Uri
+    display_name: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    wildcard: bool = False
+
+    @property
+    def tag(self) -> str | None:
+        """The ``tag`` parameter, or ``None``."""
+        return self.params.get("tag")
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        display = f"{_quote_display(self.display_name)} " if self.display_name else ""
+        return f"{display}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse a name-addr or addr-spec with header parameters (RFC 3261 §20.10).
+
+    In the addr-spec form (no ``<>``) everything after the first ``;`` is a
+    header parameter, never a URI parameter.
+
+    :raises RemoteProtocolError: on an unterminated quote, a display name with
+        non-token characters (RFC 4475 §3.1.2.15), an unenclosed URI
+        containing ``?``, ``,`` or whitespace (RFC 4475 §3.1.2.13-14) or a bad
+        URI or parameter.
+    """
+    text = text.strip(" \t")
+    if text == "*":
+        return NameAddr(uri=SipUri(host="*"), wildcard=True)
+    display: str | None = None
+    if text.startswith('"'):
+        display, end = _read_quoted(text, 0)
+        rest = text[end:].lstrip(" \t")
+        if not rest.startswith("<"):
+            raise RemoteProtocolError("quoted display name not followed by <URI>")
+    else:
+        lt = text.find("<")
+        if lt >= 0:
+            words = text[:lt].rstrip(" \t")
+            if words:
+                if not _DISPLAY_RE.fullmatch(words):
+                    raise RemoteProtocolError("display name has characters that need quoting")
+                display = " ".join(words.split())
+            rest = text[lt:]
+        else:
+            rest = ""
+    if rest:
+        gt = rest.find(">")
+        if gt < 0:
+            raise RemoteProtocolError("missing '>' after URI")
+        uri = parse_uri(rest[1:gt])
+        params = parse_params(rest[gt + 1 :].lstrip(" \t"), "header") if gt + 1 < len(rest) else {}
+    else:
+        semi = text.find(";")
+        spec = (text if semi < 0 else text[:semi]).rstrip(" \t")
+        if any(c in spec for c in " \t?,"):
+            raise RemoteProtocolError("URI with '?', ',' or spaces must be enclosed in <>")
+        uri = parse_uri(spec)
+        params = parse_params(text[semi:], "header") if semi >= 0 else {}
+    return NameAddr(uri, display, params)
+
+
+@dataclass
+class Via:
+    """One Via value (RFC 3261 §20.42, RFC 3581 rport).
+
+    :param transport: the transport, upper-cased (``UDP``, ``TCP``, ``TLS``,
+        ``WS``... or any token).
+    :param host: the sent-by host; IPv6 without brackets.
+    :param port: the sent-by port, or ``None``.
+    :param params: ``branch``, ``received`` (IPv6 without brackets, RFC 5118
+        §4.5), ``rport`` (``None`` when present without a value), ``maddr``,
+        ``ttl`` and any others, in order.
+    :param protocol: ``SIP/2.0``.
+    """
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        """The ``branch`` parameter, or ``None``."""
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        """``(host, port)`` of the sent-by."""
+        return self.host, self.port
+
+    def __str__(self) -> str:
+        host = format_host(self.host)
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.protocol}/{self.transport} {host}{port}{format_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    """Parse one Via value (``SIP/2.0/UDP host:port;branch=...``).
+
+    Whitespace is allowed around the slashes of the sent-protocol and around
+    the colon of the sent-by (RFC 3261 §25.1 SLASH and COLON), as RFC 4475
+    §3.1.1.1 exercises.
+
+    :raises RemoteProtocolError: ``bad Via`` (sent-protocol or missing
+        sent-by), ``bad host in Via``, ``bad port in Via``, ``bad IPv6
+        reference in Via``, parameter errors, ``bad received in Via`` or
+        ``bad rport in Via``.
+    """
+    text = text.strip(" \t")
+    m = _VIA_PROTOCOL_RE.match(text)
+    if m is None:
+        raise RemoteProtocolError("bad Via")
+    rest = text[m.end() :]
+    semi = rest.find(";")
+    sentby = (rest if semi < 0 else rest[:semi]).rstrip(" \t")
+    if not sentby:
+        raise RemoteProtocolError("bad Via")
+    if " " in sentby or "\t" in sentby:
+        sentby = _SWS_COLON_RE.sub(":", sentby)
+    host, port = _parse_hostport(sentby, "Via")
+    params = parse_params(rest[semi:], "Via") if semi >= 0 else {}
+    received = params.get("received")
+    if received is not None and received[:1] == "[":
+        # RFC 5118 §4.5: tolerate the bracketed form, store the bare address.
+        if len(received) < 3 or received[-1] != "]":
+            raise RemoteProtocolError("bad received in Via")
+        params["received"] = received[1:-1]
+    rport = params.get("rport")
+    if rport is not None and (not _is_digits(rport) or len(rport) > 5 or int(rport) > 65535):
+        raise RemoteProtocolError("bad rport in Via")
+    return Via(
+        transport=m[3].upper(),
+        host=host,
+        port=port,
+        params=params,
+        protocol=f"{m[1].upper()}/{m[2]}",
+    )
+
+
+@dataclass(frozen=True)
+class CSeq:
+    """A CSeq value: sequence number and method (RFC 3261 §20.16)."""
+
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+def parse_cseq(text: str) -> CSeq:
+    """Parse a CSeq value; the number must be below 2**31 (RFC 3261 §8.1.1.5).
+
+    :raises RemoteProtocolError: ``bad CSeq`` or ``CSeq number too large``.
+    """
+    m = _CSEQ_RE.fullmatch(text.strip(" \t"))
+    if m is None:
+        raise RemoteProtocolError("bad CSeq")
+    digits = m[1].lstrip("0") or "0"
+    if len(digits) > 10 or int(digits) > 2**31 - 1:
+        raise RemoteProtocolError("CSeq number too large")
+    return CSeq(int(digits), m[2])

@@ -1,0 +1,408 @@
+"""SIP requests and responses (RFC 3261 §7).
+
+A message keeps its headers as an ordered list of ``(name, value)`` text
+pairs with canonical names; multi-valued headers hold one entry per value.
+Typed views (:attr:`SipMessage.via`, :attr:`SipMessage.from_`...) are parsed
+from the text when asked for and cached by the text, so editing a header
+never leaves a stale typed value behind.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable, Iterable, Iterator, TypeVar, cast
+
+from .errors import RemoteProtocolError
+from .headers import (
+    CSeq,
+    NameAddr,
+    Via,
+    canonical_name,
+    is_known_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+)
+from .uri import Uri, parse_uri
+
+__all__ = [
+    "Headers",
+    "SipMessage",
+    "SipRequest",
+    "SipResponse",
+    "REASONS",
+    "new_branch",
+    "new_tag",
+    "new_call_id",
+]
+
+BRANCH_MAGIC = "z9hG4bK"
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    380: "Alternative Service", 400: "Bad Request", 401: "Unauthorized",
+    402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 421: "Extension Required", 423: "Interval Too Brief",
+    429: "Too Many Requests",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
+    485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch id (magic cookie + 64 random bits)."""
+    return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id() -> str:
+    return secrets.token_hex(12)
+
+
+class Headers:
+    """An ordered multi-map of header names to text values.
+
+    Names are stored canonically (:func:`~engine.sip.headers.canonical_name`:
+    compact forms expanded, known names in their registry spelling, unknown
+    names verbatim); lookups are case-insensitive and accept compact names.
+    Iteration yields ``(name, value)`` pairs in message order.
+
+    :param items: initial ``(name, value)`` pairs; names are canonicalised.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
+        self._items: list[tuple[str, str]] = (
+            [(canonical_name(k), v) for k, v in items] if items is not None else []
+        )
+
+    @classmethod
+    def _from_canonical(cls, items: list[tuple[str, str]]) -> Headers:
+        """Adopt ``items`` whose names are already canonical (parser use)."""
+        headers = cls.__new__(cls)
+        headers._items = items
+        return headers
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def _indexes(self, name: str) -> Iterator[int]:
+        """Positions of the entries called ``name``, in order."""
+        canon = canonical_name(name)
+        items = self._items
+        if is_known_name(canon):
+            for i in range(len(items)):
+                if items[i][0] == canon:
+                    yield i
+        else:
+            key = canon.lower()
+            for i in range(len(items)):
+                if items[i][0].lower() == key:
+                    yield i
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default``."""
+        canon = canonical_name(name)
+        if is_known_name(canon):
+            for k, v in self._items:
+                if k == canon:
+                    return v
+        else:
+            key = canon.lower()
+            for k, v in self._items:
+                if k.lower() == key:
+                    return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order (one per list element)."""
+        canon = canonical_name(name)
+        if is_known_name(canon):
+            return [v for k, v in self._items if k == canon]
+        key = canon.lower()
+        return [v for k, v in self._items if k.lower() == key]
+
+    def add(self, name: str, value: str) -> None:
+        """Append a value after any existing ones."""
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a value before the first one of the same name (or first)."""
+        canon = canonical_name(name)
+        for i in self._indexes(canon):
+            self._items.insert(i, (canon, value))
+            return
+        self._items.insert(0, (canon, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace all values of ``name`` with one, keeping its position."""
+        canon = canonical_name(name)
+        found = list(self._indexes(canon))
+        if not found:
+            self._items.append((canon, value))
+            return
+        self._items[found[0]] = (canon, value)
+        for i in reversed(found[1:]):
+            del self._items[i]
+
+    def remove(self, name: str) -> None:
+        """Remove every value of ``name``."""
+        for i in reversed(list(self._indexes(name))):
+            del self._items[i]
+
+    def remove_first(self, name: str) -> None:
+        """Remove the first value of ``name``, if any."""
+        for i in self._indexes(name):
+            del self._items[i]
+            return
+
+    def copy(self) -> Headers:
+        """A copy that can be changed independently."""
+        return Headers._from_canonical(list(self._items))
+
+    def custom(self) -> dict[str, str]:
+        """The ``X-`` headers, as a dict (the call object exposes these)."""
+        return {k: v for k, v in self._items if k[:2].lower() == "x-"}
+
+
+_T = TypeVar("_T")
+
+
+class SipMessage:
+    """What requests and responses share: headers, body and typed views.
+
+    Typed views are parsed on first access and cached by the header text, so
+    editing a header never leaves a stale value behind. The cached objects
+    are shared: change a copy, then write it back with :meth:`Headers.set`.
+    """
+
+    __slots__ = ("headers", "body", "_typed")
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self._typed: dict[tuple[object, str], object] = {}
+
+    def _cached(self, parse: Callable[[str], _T], value: str) -> _T:
+        key = (parse, value)
+        hit = self._typed.get(key)
+        if hit is None:
+            hit = parse(value)
+            self._typed[key] = hit
+        return cast(_T, hit)
+
+    def _one(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise RemoteProtocolError(f"missing {name} header")
+        return value
+
+    @property
+    def via(self) -> list[Via]:
+        """Every Via value, top first.
+
+        :raises RemoteProtocolError: when one is malformed.
+        """
+        return [self._cached(parse_via, v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        """The first Via value.
+
+        :raises RemoteProtocolError: when missing or malformed.
+        """
+        return self._cached(parse_via, self._one("Via"))
+
+    @property
+    def from_(self) -> NameAddr:
+        """The From value (``from`` is a Python keyword)."""
+        return self._cached(parse_name_addr, self._one("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        """The To value."""
+        return self._cached(parse_name_addr, self._one("To"))
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID text."""
+        return self._one("Call-ID")
+
+    @property
+    def cseq(self) -> CSeq:
+        """The CSeq value."""
+        return self._cached(parse_cseq, self._one("CSeq"))
+
+    @property
+    def contact(self) -> list[NameAddr]:
+        """Every Contact value (one ``wildcard`` entry for ``Contact: *``)."""
+        return [self._cached(parse_name_addr, v) for v in self.headers.get_all("Contact")]
+
+    def name_addrs(self, name: str) -> list[NameAddr]:
+        """Parse every value of a name-addr header (Route, Record-Route...)."""
+        return [self._cached(parse_name_addr, v) for v in self.headers.get_all(name)]
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type of the body, lower-cased, without parameters."""
+        value = self.headers.get("Content-Type")
+        return value.split(";", 1)[0].strip(" \t").lower() if value else None
+
+    def start_line(self) -> str:
+        """The Request-Line or Status-Line, without CRLF."""
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialize with CRLF line ends.
+
+        Content-Length is always written from the body: in the place of the
+        first Content-Length header, or last when there was none.
+        """
+        lines = [self.start_line()]
+        length = f"Content-Length: {len(self.body)}"
+        for name, value in self.headers:
+            if name != "Content-Length":
+                lines.append(f"{name}: {value}")
+            elif length:
+                lines.append(length)
+                length = ""
+        if length:
+            lines.append(length)
+        lines.append("\r\n")
+        head = "\r\n".join(lines)
+        return head.encode("utf-8", errors="surrogateescape") + self.body
+
+    __bytes__ = to_bytes
+
+
+class SipRequest(SipMessage):
+    """A request: method, Request-URI (text and parsed), headers, body."""
+
+    __slots__ = ("method", "uri_text", "version", "_uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str | Uri,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri_text = str(uri)
+        self.version = version
+        self._uri: Uri | None = None if isinstance(uri, str) else uri
+
+    @property
+    def uri(self) -> Uri:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self.uri_text = str(value)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri_text} {self.version}"
+
+    def __repr__(self) -> str:
+        return f"<SipRequest {self.method} {self.uri_text}>"
+
+    def create_response(
+        self, status: int, reason: str | None = None, *, to_tag: str | None = None
+    ) -> SipResponse:
+        """Build a response (RFC 3261 §8.2.6).
+
+        Copies every Via, the first From, To, Call-ID and CSeq (a request
+        refused for carrying two of them still gets a well-formed answer), and
+        Record-Route for 101-299; adds ``to_tag`` to To when given and the To
+        has no tag yet (never on 100). Works on the ``partial`` message of a
+        :class:`~engine.sip.parser.ParseError`: nothing is parsed but To.
+
+        :param reason: the reason phrase; the standard one when ``None``.
+        """
+        headers: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for name, value in self.headers:
+            if name == "Via":
+                headers.append((name, value))
+            elif name in _ECHOED_ONCE:
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name == "To" and to_tag and status != 100 and not _has_tag(value):
+                    value = f"{value};tag={to_tag}"
+                headers.append((name, value))
+            elif name == "Record-Route" and 100 < status < 300:
+                headers.append((name, value))
+        if status == 100:
+            timestamp = self.headers.get("Timestamp")
+            if timestamp is not None:
+                headers.append(("Timestamp", timestamp))
+        return SipResponse(
+            status, reason or REASONS.get(status, "Unknown"), Headers._from_canonical(headers)
+        )
+
+
+_ECHOED_ONCE = frozenset({"From", "To", "Call-ID", "CSeq"})
+
+
+def _has_tag(to_value: str) -> bool:
+    """Whether a To value carries a tag (parsed; text search if malformed)."""
+    try:
+        return parse_name_addr(to_value).tag is not None
+    except RemoteProtocolError:
+        return ";tag=" in to_value.lower().replace(" ", "").replace("\t", "")
+
+
+class SipResponse(SipMessage):
+    """A response: status code, reason phrase, headers, body."""
+
+    __slots__ = ("status", "reason", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: Headers | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+        self.version = version
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<SipResponse {self.status} {self.reason}>"

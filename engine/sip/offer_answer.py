@@ -1,0 +1,554 @@
+"""The SDP offer/answer model (RFC 3264), without any codec implementation.
+
+This module builds offers and answers, reads answers to our own offers, and
+tracks each dialog's offer/answer state. It sees only SDP. Mapping the result
+to RTP sessions and codecs is the call layer's job.
+
+Decisions callers should know about:
+
+- An answer carries one codec per accepted stream, plus ``telephone-event``
+  at the codec's clock rate when one is offered. RFC 3264 section 6.1 allows
+  more than one, but with one codec the peer cannot switch codecs mid-call.
+- At most one stream of each kind is accepted, and only over ``RTP/AVP``.
+  Other streams, SRTP among them, are answered with port 0.
+- The codec is picked in the offerer's preference order. Payload type numbers
+  are the offerer's in an answer we write (RFC 3264 section 6.1), and the
+  answerer's when we read the answer to our own offer. We send with the
+  receiver's numbers.
+- Hold: a stream is *on hold* when the peer refuses to receive media that
+  we offered, or that was offered to us. The peer says so with ``sendonly``
+  or ``inactive``, or with the RFC 2543 connection address ``0.0.0.0``
+  (RFC 3264 section 8.4). Such an address also means we send nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .sdp import (
+    Connection,
+    Direction,
+    MediaDescription,
+    Origin,
+    RtpMap,
+    SessionDescription,
+    media_direction,
+    rtp_address,
+)
+
+__all__ = [
+    "Codec",
+    "NegotiatedMedia",
+    "NegotiationInput",
+    "NegotiationState",
+    "OfferAnswerState",
+    "PCMA",
+    "PCMU",
+    "TELEPHONE_EVENT",
+    "create_answer",
+    "create_offer",
+    "process_answer",
+]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A media format as SDP sees it.
+
+    :param name: the encoding name, e.g. ``"PCMU"``. Matching ignores case.
+    :param payload_type: the preferred payload type number. ``None`` means a
+        dynamic number (96-127) is assigned when offering.
+    :param fmtp: the ``a=fmtp`` parameters, without the payload type.
+    :param kind: the media type of the ``m=`` line the codec belongs to.
+    """
+
+    name: str
+    clock_rate: int
+    channels: int = 1
+    payload_type: int | None = None
+    fmtp: str | None = None
+    kind: str = "audio"
+
+    def matches(self, rtpmap: RtpMap) -> bool:
+        """Return whether ``rtpmap`` describes this codec: same name (ignoring case), rate and channels."""
+        return _same_format(self.rtpmap, rtpmap)
+
+    @property
+    def rtpmap(self) -> RtpMap:
+        """This codec as an :class:`~engine.sip.sdp.RtpMap`."""
+        return RtpMap(self.name, self.clock_rate, self.channels)
+
+
+PCMU = Codec("PCMU", 8000, payload_type=0)
+PCMA = Codec("PCMA", 8000, payload_type=8)
+#: RFC 4733 DTMF events. ``0-16`` covers the 16 DTMF digits and flash.
+TELEPHONE_EVENT = Codec("telephone-event", 8000, payload_type=101, fmtp="0-16")
+
+# RFC 3551 section 6: static payload types, which peers may use without an rtpmap.
+_STATIC_PAYLOAD_TYPES = {
+    0: RtpMap("PCMU", 8000),
+    3: RtpMap("GSM", 8000),
+    4: RtpMap("G723", 8000),
+    8: RtpMap("PCMA", 8000),
+    9: RtpMap("G722", 8000),  # RFC 3551 section 4.5.2: 8000 by mistake, kept for compatibility
+    13: RtpMap("CN", 8000),
+    18: RtpMap("G729", 8000),
+}
+_PROTOS = frozenset({"RTP/AVP"})
+_DEFAULT_PTIME = 20
+
+
+@dataclass(frozen=True)
+class NegotiatedMedia:
+    """The outcome of offer/answer for one stream, from our point of view.
+
+    :param index: the index of the stream's ``m=`` line.
+    :param codec: the codec to use. Its ``payload_type`` is the negotiated
+        number, and its ``fmtp`` holds the peer's parameters.
+    :param telephone_event_pt: the RFC 4733 payload type to use, or ``None``.
+    :param ptime: the packet time to send with, in milliseconds.
+    :param send: whether we send media.
+    :param recv: whether we receive media.
+    :param on_hold: whether the peer has put the stream on hold (see the module notes).
+    """
+
+    index: int
+    remote_address: str
+    remote_port: int
+    remote_rtcp_port: int
+    codec: Codec
+    telephone_event_pt: int | None
+    ptime: int
+    send: bool
+    recv: bool
+    on_hold: bool
+
+    @property
+    def direction(self) -> Direction:
+        """``send`` and ``recv`` combined into a direction attribute value."""
+        return _to_direction(self.send, self.recv)
+
+
+_DIRECTION_OF: dict[tuple[bool, bool], Direction] = {
+    (True, True): "sendrecv",
+    (True, False): "sendonly",
+    (False, True): "recvonly",
+    (False, False): "inactive",
+}
+
+
+def _to_direction(send: bool, recv: bool) -> Direction:
+    return _DIRECTION_OF[send, recv]
+
+
+def _flags(direction: Direction) -> tuple[bool, bool]:
+    """Return ``(sends, receives)`` for the party that wrote ``direction``."""
+    return direction in ("sendrecv", "sendonly"), direction in ("sendrecv", "recvonly")
+
+
+def _is_unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
+def _payload_types(media: MediaDescription) -> list[tuple[int, RtpMap]]:
+    """The RTP formats of ``media`` in m= line order, skipping any we cannot identify."""
+    rtpmap = media.rtpmap
+    result = []
+    for fmt in media.formats:
+        if fmt.isascii() and fmt.isdecimal():
+            mapping = rtpmap.get(int(fmt)) or _STATIC_PAYLOAD_TYPES.get(int(fmt))
+            if mapping is not None:
+                result.append((int(fmt), mapping))
+    return result
+
+
+def _same_format(a: RtpMap, b: RtpMap) -> bool:
+    # Encoding names are case-insensitive (RFC 4855 section 3).
+    return (a.encoding_name.lower(), a.clock_rate, a.channels) == (b.encoding_name.lower(), b.clock_rate, b.channels)
+
+
+def _is_telephone_event(rtpmap: RtpMap) -> bool:
+    return rtpmap.encoding_name.lower() == "telephone-event"
+
+
+def _telephone_event_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> int | None:
+    # RFC 4733: events share the timestamp clock of the audio they go with.
+    return next((pt for pt, m in formats if _is_telephone_event(m) and m.clock_rate == clock_rate), None)
+
+
+def _build_media(
+    kind: str, port: int, codecs: Sequence[Codec], direction: Direction, ptime: int | None
+) -> MediaDescription:
+    """Build an ``RTP/AVP`` m= section for ``codecs``, whose payload types are all set."""
+    media = MediaDescription(kind, port, "RTP/AVP", [str(c.payload_type) for c in codecs])
+    for codec in codecs:
+        # Write an rtpmap even for static types: RFC 8866 section 6.6 recommends it.
+        media.attributes.append(("rtpmap", f"{codec.payload_type} {codec.rtpmap}"))
+        if codec.fmtp:
+            media.attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
+    if ptime and kind == "audio":
+        media.attributes.append(("ptime", str(ptime)))
+    media.direction = direction
+    return media
+
+
+def _build_session(
+    address: str, session_id: int | str, session_version: int, username: str, media: list[MediaDescription]
+) -> SessionDescription:
+    addrtype = "IP6" if ":" in address else "IP4"
+    return SessionDescription(
+        origin=Origin(username, str(session_id), session_version, "IN", addrtype, address),
+        connection=Connection("IN", addrtype, address),
+        media=media,
+    )
+
+
+def _rejected(media: MediaDescription) -> MediaDescription:
+    # RFC 3264 section 6: port 0, with the offer's formats (at least one is required).
+    return MediaDescription(media.kind, 0, media.proto, list(media.formats) or ["0"])
+
+
+def create_offer(
+    address: str,
+    port: int,
+    codecs: Sequence[Codec],
+    *,
+    session_id: int | str,
+    session_version: int,
+    direction: Direction = "sendrecv",
+    ptime: int | None = 20,
+    telephone_event: bool = True,
+    username: str = "callbridge",
+) -> SessionDescription:
+    """Build an offer (RFC 3264 section 5) with one ``m=`` line of the codecs' kind.
+
+    :param address: our media address, IPv4 or IPv6. It is used for ``o=`` and ``c=``.
+    :param codecs: in our order of preference. All must have the same ``kind``.
+        Codecs without a payload type get dynamic numbers.
+    :param telephone_event: add RFC 4733 ``telephone-event`` (at 101 when free)
+        once for each clock rate among the audio codecs.
+    :param ptime: the ``a=ptime`` to request (audio only). ``None`` leaves it out.
+    :raises LocalProtocolError: if ``codecs`` is empty, mixes kinds, or repeats a payload type.
+    """
+    if not codecs:
+        raise LocalProtocolError("no codecs to offer")
+    kind = codecs[0].kind
+    if any(c.kind != kind for c in codecs):
+        raise LocalProtocolError("an offer's codecs must all be of one kind")
+    offered = list(codecs)
+    if telephone_event and kind == "audio":
+        taken = {c.payload_type for c in codecs}
+        rates = dict.fromkeys(c.clock_rate for c in codecs)
+        for rate in rates:
+            pt = TELEPHONE_EVENT.payload_type if TELEPHONE_EVENT.payload_type not in taken else None
+            offered.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=rate, payload_type=pt))
+            taken.add(pt)
+    media = _build_media(kind, port, _assign_payload_types(offered), direction, ptime)
+    return _build_session(address, session_id, session_version, username, [media])
+
+
+def _assign_payload_types(codecs: list[Codec]) -> list[Codec]:
+    fixed = [c.payload_type for c in codecs if c.payload_type is not None]
+    if len(set(fixed)) != len(fixed):
+        raise LocalProtocolError(f"payload types repeat: {fixed}")
+    free = (pt for pt in range(96, 128) if pt not in fixed)  # RFC 3551 section 3: dynamic range
+    return [c if c.payload_type is not None else dataclasses.replace(c, payload_type=next(free)) for c in codecs]
+
+
+def create_answer(
+    offer: SessionDescription,
+    address: str,
+    port: int | Callable[[int], int | None],
+    codecs: Sequence[Codec],
+    *,
+    session_id: int | str,
+    session_version: int,
+    direction: Direction = "sendrecv",
+    ptime: int | None = 20,
+    telephone_event: bool = True,
+    username: str = "callbridge",
+) -> tuple[SessionDescription, NegotiatedMedia | None]:
+    """Answer a peer's offer (RFC 3264 section 6).
+
+    The answer has the offer's ``m=`` lines in the same order. Streams we
+    cannot or will not take get port 0.
+
+    :param port: our RTP port, or a function that takes an ``m=`` index and
+        returns a port, or ``None`` to reject that stream. The function is only
+        called for streams we would accept.
+    :param codecs: the codecs we support. Our order does not matter: the
+        offerer's preference decides.
+    :param direction: the direction we want. It is intersected with what the
+        offer allows (RFC 3264 section 6.1).
+    :returns: the answer, and the negotiated audio stream. The stream is
+        ``None`` only if the offer has no active stream at all (every port is 0).
+    :raises RemoteProtocolError: with status 488 if the offer has an active
+        stream but no audio stream we can accept.
+    """
+    if not codecs:
+        raise LocalProtocolError("no codecs to answer with")
+    port_for = port if callable(port) else (lambda index: port)
+    want_send, want_recv = _flags(direction)
+    answered: list[MediaDescription] = []
+    accepted: dict[str, NegotiatedMedia] = {}
+    for index, media in enumerate(offer.media):
+        ours = [c for c in codecs if c.kind == media.kind]
+        formats = _payload_types(media)
+        # The first offered format that we support, in the offerer's order.
+        chosen = next(
+            ((pt, c) for pt, m in formats if not _is_telephone_event(m) for c in ours if c.matches(m)),
+            None,
+        )
+        local_port = None
+        if media.port != 0 and media.proto in _PROTOS and media.kind not in accepted and chosen:
+            local_port = port_for(index)
+        if chosen is None or local_port is None:
+            answered.append(_rejected(media))
+            continue
+        pt, codec = chosen
+        remote_address, remote_port = rtp_address(media, offer)
+        remote_send, remote_recv = _flags(media_direction(media, offer))
+        remote_recv = remote_recv and not _is_unspecified(remote_address)
+        te_pt = _telephone_event_pt(formats, codec.clock_rate) if telephone_event else None
+        send, recv = want_send and remote_recv, want_recv and remote_send
+        accepted[media.kind] = NegotiatedMedia(
+            index=index,
+            remote_address=remote_address,
+            remote_port=remote_port,
+            remote_rtcp_port=media.rtcp or remote_port + 1,  # RFC 3605; RFC 3550 section 11
+            codec=dataclasses.replace(codec, payload_type=pt, fmtp=media.fmtp.get(pt)),
+            telephone_event_pt=te_pt,
+            ptime=media.ptime or ptime or _DEFAULT_PTIME,
+            send=send,
+            recv=recv,
+            on_hold=not remote_recv,
+        )
+        answer_codecs = [dataclasses.replace(codec, payload_type=pt)]
+        if te_pt is not None:
+            answer_codecs.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=codec.clock_rate, payload_type=te_pt))
+        answered.append(_build_media(media.kind, local_port, answer_codecs, _to_direction(send, recv), ptime))
+    audio = accepted.get("audio")
+    if audio is None and any(m.port != 0 for m in offer.media):
+        # RFC 3264 section 6: nothing in common rejects the session; 488 is RFC 3261 section 21.4.26.
+        raise RemoteProtocolError("no acceptable audio stream", status=488)
+    return _build_session(address, session_id, session_version, username, answered), audio
+
+
+def process_answer(offer: SessionDescription, answer: SessionDescription) -> NegotiatedMedia:
+    """Read the answer to one of our offers and return the negotiated audio stream.
+
+    :raises RemoteProtocolError: if the answer's ``m=`` lines do not match the
+        offer's (RFC 3264 section 6). Also raised, with status 488, if the audio
+        stream was rejected or the answer has no codec from the offer.
+    :raises LocalProtocolError: if ``offer`` has no active audio stream.
+    """
+    if len(answer.media) != len(offer.media):
+        raise RemoteProtocolError(f"answer has {len(answer.media)} m= lines, offer had {len(offer.media)}")
+    for number, (ours, theirs) in enumerate(zip(offer.media, answer.media), 1):
+        if ours.kind != theirs.kind:
+            raise RemoteProtocolError(f"answer m= line {number} is {theirs.kind!r}, offer had {ours.kind!r}")
+    index = next((i for i, m in enumerate(offer.media) if m.kind == "audio" and m.port != 0), None)
+    if index is None:
+        raise LocalProtocolError("the offer has no active audio stream")
+    ours, theirs = offer.media[index], answer.media[index]
+    if theirs.port == 0:
+        raise RemoteProtocolError("audio stream rejected", status=488)
+    offered = _payload_types(ours)
+    formats = _payload_types(theirs)
+    # The answerer's first codec that we offered. Keep the answerer's number and
+    # our spelling of the name.
+    chosen = next(
+        ((pt, o) for pt, m in formats if not _is_telephone_event(m) for _, o in offered if _same_format(o, m)),
+        None,
+    )
+    if chosen is None:
+        raise RemoteProtocolError("answer has no codec from the offer", status=488)
+    pt, rtpmap = chosen
+    remote_address, remote_port = rtp_address(theirs, answer)
+    we_send, we_recv = _flags(media_direction(ours, offer))
+    they_send, they_recv = _flags(media_direction(theirs, answer))
+    they_recv = they_recv and not _is_unspecified(remote_address)
+    return NegotiatedMedia(
+        index=index,
+        remote_address=remote_address,
+        remote_port=remote_port,
+        remote_rtcp_port=theirs.rtcp or remote_port + 1,
+        codec=Codec(rtpmap.encoding_name, rtpmap.clock_rate, rtpmap.channels, pt, theirs.fmtp.get(pt), ours.kind),
+        telephone_event_pt=_telephone_event_pt(formats, rtpmap.clock_rate),
+        ptime=theirs.ptime or ours.ptime or _DEFAULT_PTIME,
+        send=we_send and they_recv,
+        recv=we_recv and they_send,
+        on_hold=we_send and not they_recv,
+    )
+
+
+# Theory of operation
+# -------------------
+#
+# One OfferAnswerState per dialog. It follows pjmedia's sdp_neg and tracks
+# which offer is outstanding. Its transitions do not depend on our role (UAC
+# or UAS) or on the SIP method (INVITE, re-INVITE, UPDATE, PRACK) that
+# carries the SDP. The INVITE session drives it:
+#
+#                      SEND_OFFER    +-------------+  RECV_ANSWER
+#              +-------------------->| LOCAL_OFFER |------------------+
+#              |                     +-------------+                  v
+#         +--------+    RECV_REJECT: back to IDLE or DONE        +--------+
+#         |  IDLE  |                                             |  DONE  |
+#         +--------+    SEND_REJECT: back to IDLE or DONE        +--------+
+#              |                     +--------------+                 ^
+#              +-------------------->| REMOTE_OFFER |-----------------+
+#                      RECV_OFFER    +--------------+  SEND_ANSWER
+#
+#   DONE accepts SEND_OFFER and RECV_OFFER like IDLE; these are re-offers
+#   such as hold and unhold.
+#
+# A rejected offer (4xx to a re-INVITE, CANCEL, 491 glare) is rolled back, and
+# the previous session stays in force (RFC 3261 section 14.1). For the same
+# reason a protocol error leaves the state unchanged: unlike h11, a bad offer
+# ends one transaction, not the dialog.
+#
+# The machine also owns our o= line (RFC 3264 section 8). The first SDP we
+# send fixes username, sess-id and address. sess-version goes up by one for
+# each SDP that differs from the last one we sent, and stays the same when the
+# content is unchanged, as in a session refresh.
+
+
+class NegotiationState(enum.Enum):
+    """Offer/answer states, named after pjmedia ``PJMEDIA_SDP_NEG_STATE_*``."""
+
+    IDLE = "IDLE"
+    LOCAL_OFFER = "LOCAL_OFFER"
+    REMOTE_OFFER = "REMOTE_OFFER"
+    DONE = "DONE"
+
+
+class NegotiationInput(enum.Enum):
+    """Inputs to :class:`OfferAnswerState`. ``SEND_*`` are ours; ``RECV_*`` are the peer's."""
+
+    SEND_OFFER = "SEND_OFFER"
+    RECV_OFFER = "RECV_OFFER"
+    SEND_ANSWER = "SEND_ANSWER"
+    RECV_ANSWER = "RECV_ANSWER"
+    SEND_REJECT = "SEND_REJECT"
+    RECV_REJECT = "RECV_REJECT"
+
+
+_S = NegotiationState
+_I = NegotiationInput
+#: (state, input) -> next state, or None for "back to where the offer started".
+_TRANSITIONS: dict[tuple[NegotiationState, NegotiationInput], NegotiationState | None] = {
+    (_S.IDLE, _I.SEND_OFFER): _S.LOCAL_OFFER,
+    (_S.IDLE, _I.RECV_OFFER): _S.REMOTE_OFFER,
+    (_S.DONE, _I.SEND_OFFER): _S.LOCAL_OFFER,
+    (_S.DONE, _I.RECV_OFFER): _S.REMOTE_OFFER,
+    (_S.LOCAL_OFFER, _I.RECV_ANSWER): _S.DONE,
+    (_S.LOCAL_OFFER, _I.RECV_REJECT): None,
+    (_S.REMOTE_OFFER, _I.SEND_ANSWER): _S.DONE,
+    (_S.REMOTE_OFFER, _I.SEND_REJECT): None,
+}
+# The status to answer an offer that comes at the wrong time (RFC 3261 section 14.2).
+_OFFER_CLASH_STATUS = {_S.LOCAL_OFFER: 491, _S.REMOTE_OFFER: 500}
+
+
+class OfferAnswerState:
+    """The offer/answer state of one dialog. See the theory of operation above.
+
+    :ivar local: our SDP from the last completed exchange, or ``None``.
+    :ivar remote: the peer's SDP from the last completed exchange, or ``None``.
+    :ivar offer: the offer in progress, or ``None``.
+    """
+
+    def __init__(self) -> None:
+        self.state = NegotiationState.IDLE
+        self.local: SessionDescription | None = None
+        self.remote: SessionDescription | None = None
+        self.offer: SessionDescription | None = None
+        self._origin_state = NegotiationState.IDLE
+        self._last_sent: SessionDescription | None = None
+
+    def process_input(self, input_: NegotiationInput) -> NegotiationState:
+        """Apply one input to the transition table and return the new state.
+
+        :raises LocalProtocolError: for a ``SEND_*`` input that is not allowed now.
+        :raises RemoteProtocolError: for a ``RECV_*`` input that is not allowed now.
+            An offer that arrives while another is in progress carries status 491
+            or 500 (RFC 3261 section 14.2).
+        """
+        key = (self.state, input_)
+        if key not in _TRANSITIONS:
+            message = f"{input_.name} not allowed in state {self.state.name}"
+            if input_.name.startswith("SEND_"):
+                raise LocalProtocolError(message)
+            status = _OFFER_CLASH_STATUS.get(self.state, 400) if input_ is _I.RECV_OFFER else 400
+            raise RemoteProtocolError(message, status=status)
+        next_state = _TRANSITIONS[key]
+        if self.state in (_S.IDLE, _S.DONE):
+            self._origin_state = self.state
+        self.state = self._origin_state if next_state is None else next_state
+        return self.state
+
+    def send_offer(self, offer: SessionDescription) -> SessionDescription:
+        """Record an offer of ours and return it with our ``o=`` line applied. Send the returned copy.
+
+        :raises LocalProtocolError: if an offer is already in progress, or if the
+            offer has fewer ``m=`` lines than our current SDP (RFC 3264 section 8).
+        """
+        if self.local is not None and len(offer.media) < len(self.local.media):
+            raise LocalProtocolError("a new offer must not remove m= lines (RFC 3264 section 8)")
+        self.process_input(_I.SEND_OFFER)
+        self.offer = self._stamp(offer)
+        return copy.deepcopy(self.offer)
+
+    def receive_offer(self, offer: SessionDescription) -> bool:
+        """Record the peer's offer.
+
+        :returns: whether it differs from the peer's current SDP in anything
+            other than the origin line. ``False`` means a session refresh, which
+            needs no change to media. Content is compared rather than
+            ``sess-version``, because some peers do not increment it.
+        :raises RemoteProtocolError: if an offer is in progress (status 491 or 500),
+            or if the offer removes ``m=`` lines.
+        """
+        if self.remote is not None and len(offer.media) < len(self.remote.media):
+            raise RemoteProtocolError("offer removes m= lines")
+        self.process_input(_I.RECV_OFFER)
+        self.offer = copy.deepcopy(offer)
+        return self.remote is None or dataclasses.replace(offer, origin=self.remote.origin) != self.remote
+
+    def send_answer(self, answer: SessionDescription) -> SessionDescription:
+        """Record our answer to the peer's offer and return it with our ``o=`` line applied."""
+        self.process_input(_I.SEND_ANSWER)
+        self.local, self.remote, self.offer = self._stamp(answer), self.offer, None
+        return copy.deepcopy(self.local)
+
+    def receive_answer(self, answer: SessionDescription) -> None:
+        """Record the peer's answer to our offer. Read it with :func:`process_answer`."""
+        self.process_input(_I.RECV_ANSWER)
+        self.local, self.remote, self.offer = self.offer, copy.deepcopy(answer), None
+
+    def reject_offer(self) -> None:
+        """Roll back the offer in progress, ours or the peer's, after a non-2xx final response or CANCEL."""
+        own = self.state is _S.LOCAL_OFFER
+        self.process_input(_I.RECV_REJECT if own else _I.SEND_REJECT)
+        self.offer = None
+
+    def _stamp(self, sdp: SessionDescription) -> SessionDescription:
+        """Copy ``sdp`` with our o= line and the right sess-version (RFC 3264 section 8)."""
+        sdp = copy.deepcopy(sdp)
+        last = self._last_sent
+        if last is not None:
+            sdp.origin = dataclasses.replace(last.origin)
+            if sdp != last:
+                sdp.origin.sess_version += 1
+        self._last_sent = copy.deepcopy(sdp)
+        return sdp

@@ -1,0 +1,433 @@
+"""Parsing SIP messages from bytes, and framing them on stream transports.
+
+Two steps, kept apart as pjsip keeps ``pjsip_find_msg`` and
+``pjsip_parse_msg``: :class:`StreamFramer` cuts a TCP byte stream into whole
+messages by Content-Length (RFC 3261 §18.3); :func:`parse_message` turns one
+message (a datagram, or a frame) into a :class:`SipRequest` or
+:class:`SipResponse`; :func:`validate_message` checks what a transaction needs
+(mandatory headers present once, typed values well formed, CSeq method equal
+to the request method) so that a bad message is refused with a reason.
+
+When a message is refused, the :class:`ParseError` carries in ``partial``
+the message as far as it was parsed, so a server can still build the ``400``
+from its Via, From, To, Call-ID and CSeq. A malformed Request-Line or header
+line does not stop the parse: the other headers still reach ``partial``.
+
+Cost: the head is decoded once and split into lines; each line costs one
+``partition`` and one anchored token match. Values stay text until
+:func:`validate_message` (or a caller) asks for a typed view; no regular
+expression ever runs over the whole message, and every step is linear in
+the input.
+
+Error reasons are short fixed phrases, never echoing the input, because they
+become the reason phrase of the ``400``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import RemoteProtocolError
+from .headers import MULTI_VALUED, canonical_name, split_header_values
+from .message import Headers, SipMessage, SipRequest, SipResponse
+from .uri import AbsoluteUri, SipUri
+
+__all__ = [
+    "ParseError",
+    "parse_message",
+    "parse_unvalidated",
+    "validate_message",
+    "StreamFramer",
+    "DEFAULT_MAX_MESSAGE",
+]
+
+DEFAULT_MAX_MESSAGE = 65535
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
+# RFC 3261 §25.1 SIP-date = rfc1123-date (ABNF strings are case-insensitive).
+_DATE_RE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),[ \t]+[0-9]{2}[ \t]+"
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ \t]+[0-9]{4}[ \t]+"
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2}[ \t]+GMT",
+    re.IGNORECASE,
+)
+_MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+_SINGLE = (
+    "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length",
+    "Content-Type", "Expires", "Date",
+)
+
+
+class ParseError(RemoteProtocolError):
+    """A message that could not be parsed or is invalid.
+
+    :param message: the reason (short, printable, no input echoed).
+    :param status: the status to answer a request with (400, 416, 505, or
+        513 from the framer).
+    :param partial: the message as far as it could be parsed (``None`` when
+        not even the start line could be read). A server answers a request
+        with ``status`` when ``partial`` has the headers needed.
+    :param is_request: whether the bytes looked like a request (responses are
+        never answered, only dropped).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        partial: SipMessage | None = None,
+        is_request: bool = True,
+    ) -> None:
+        super().__init__(message, status)
+        self.partial = partial
+        self.is_request = is_request
+
+
+def _find_head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
+    """Find the empty line that ends the head.
+
+    Lines may end in CRLF or, tolerated, a bare LF; so the head ends at the
+    first ``LF CRLF`` or ``LF LF``.
+
+    :returns: the end of the last header line (its line end excluded) and the
+        start of the body, or ``(-1, -1)`` when there is no empty line.
+    """
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        end, body = lf, lf + 2
+    elif crlf >= 0:
+        end, body = crlf, crlf + 3
+    else:
+        return -1, -1
+    if end > 0 and data[end - 1] == 0x0D:  # the CR of the last header line
+        end -= 1
+    return end, body
+
+
+def _digits_value(text: str, max_digits: int) -> int | None:
+    """The value of an all-ASCII-digit string, or ``None`` when it is not one
+    or has more than ``max_digits`` significant digits (so that :func:`int`
+    never sees a huge string)."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > max_digits:
+        return None
+    return int(digits)
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
+    """Parse one SIP message and validate it with :func:`validate_message`.
+
+    :param data: one datagram, or one frame cut by :class:`StreamFramer`.
+    :param stream: the bytes came from a stream framer, so Content-Length is
+        mandatory (RFC 3261 §18.3).
+    :raises ParseError: with the reason and the status to answer with.
+    """
+    msg = parse_unvalidated(data, stream=stream)
+    validate_message(msg)
+    return msg
+
+
+def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
+    """Parse start line, headers and body, checking only syntax and framing.
+
+    CRLFs before the start line are skipped (RFC 3261 §7.5); lines may end in
+    CRLF or LF; folded lines are joined with one space (RFC 3261 §7.3.1);
+    header names are canonicalised and multi-valued headers split into one
+    entry per value. In a datagram, octets after Content-Length are discarded
+    and a missing Content-Length means "the rest" (RFC 3261 §18.3).
+
+    :raises ParseError: for a malformed start line or header line, a bare CR,
+        an empty element in a header list, or a bad, repeated or too large
+        Content-Length. ``partial`` is set whenever the start line was read.
+    """
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    end, body_start = _find_head_end(data)
+    if end < 0:
+        # No empty line (the RFC 5118 §4.10 archive copies): all head.
+        head_bytes, rest = data.rstrip(b"\r\n"), b""
+    else:
+        head_bytes, rest = data[:end], data[body_start:]
+    head = head_bytes.decode("utf-8", errors="surrogateescape")
+    if "\r" in head:
+        head = head.replace("\r\n", "\n")
+        if "\r" in head:
+            # A bare CR ends a line for some parsers and not for others: never
+            # echo such a header into an answer.
+            raise ParseError("bare CR in message head", is_request=head[:4].upper() != "SIP/")
+    lines = head.split("\n")
+    start = lines[0]
+    error: str | None = None
+    msg: SipRequest | SipResponse
+    if start[:4].upper() == "SIP/":
+        is_request = False
+        version, _, after = start.partition(" ")
+        code, _, reason = after.partition(" ")
+        if not _VERSION_RE.fullmatch(version):
+            raise ParseError("bad Status-Line", is_request=False)
+        status = _digits_value(code, 3)
+        if len(code) != 3 or status is None or not 100 <= status <= 699:
+            raise ParseError("bad status code", is_request=False)
+        msg = SipResponse(status, reason, version=version)
+    else:
+        is_request = True
+        parts = start.split(" ")
+        if len(parts) == 3 and parts[0] and parts[1] and parts[2]:
+            method, uri, version = parts
+            if not _TOKEN_RE.fullmatch(method):
+                error = "bad method in Request-Line"
+            elif not _VERSION_RE.fullmatch(version):
+                error = "bad SIP version in Request-Line"
+        else:
+            # Keep what can be read, so that the 400 still gets its headers.
+            error = "malformed Request-Line"
+            words = start.split()
+            method = words[0] if words else ""
+            uri = words[1] if len(words) > 1 else ""
+            version = words[-1] if len(words) > 2 else "SIP/2.0"
+        msg = SipRequest(method, uri, version=version)
+
+    items: list[tuple[str, str]] = []
+    name: str | None = None
+    parts_: list[str] = []
+    for line in lines[1:]:
+        first = line[:1]
+        if first == " " or first == "\t":
+            # RFC 3261 §7.3.1: a line starting with whitespace continues the
+            # previous header; the fold counts as one SP.
+            if name is None:
+                if not items and error is None:
+                    error = "continuation line before any header"
+                continue  # also swallows the folds of a refused line
+            more = line.strip(" \t")
+            if more:
+                parts_.append(more)
+            continue
+        if name is not None:
+            items.append((name, " ".join(parts_)))
+        text_name, colon, value = line.partition(":")
+        text_name = text_name.rstrip(" \t")
+        if not colon or not _TOKEN_RE.fullmatch(text_name):
+            if error is None:
+                error = "malformed header line"
+            name = None
+            continue
+        name = canonical_name(text_name)
+        value = value.strip(" \t")
+        parts_ = [value] if value else []
+    if name is not None:
+        items.append((name, " ".join(parts_)))
+
+    entries: list[tuple[str, str]] = []
+    for name, value in items:
+        if name in MULTI_VALUED and "," in value:
+            try:
+                values = split_header_values(value)
+            except RemoteProtocolError as exc:
+                if error is None:
+                    error = str(exc)
+                entries.append((name, value))
+                continue
+            for one in values:
+                entries.append((name, one))
+        else:
+            entries.append((name, value))
+    headers = msg.headers = Headers._from_canonical(entries)
+    if error is not None:
+        raise ParseError(error, 400, msg, is_request)
+
+    lengths = headers.get_all("Content-Length")
+    if len(lengths) > 1:
+        raise ParseError("more than one Content-Length header", 400, msg, is_request)
+    if lengths:
+        length = _digits_value(lengths[0], 9)
+        if length is None:
+            raise ParseError("bad Content-Length", 400, msg, is_request)
+        if length > len(rest):
+            raise ParseError("Content-Length larger than message", 400, msg, is_request)
+        # RFC 3261 §18.3: octets beyond Content-Length in a datagram are discarded.
+        msg.body = rest[:length] if length < len(rest) else rest
+    elif stream:
+        raise ParseError("missing Content-Length on a stream", 400, msg, is_request)
+    else:
+        msg.body = rest
+    return msg
+
+
+def validate_message(msg: SipRequest | SipResponse) -> None:
+    """Check what transactions and dialogs rely on.
+
+    In order: the SIP version (505); Via, From, To, Call-ID and CSeq present,
+    and single-valued headers present at most once; every Via, From, To,
+    CSeq and Contact well formed; CSeq method equal to the request method;
+    Max-Forwards (0-255), Expires (below 2**32) and Date (RFC 1123, GMT)
+    well formed; then the Request-URI: well formed, without URI headers
+    (RFC 3261 §19.1.1), and of a scheme we serve (sip, sips, tel) else 416.
+
+    :raises ParseError: naming the first problem, with ``partial`` set to
+        ``msg``; reasons about a URI or name-addr start with the header name
+        (``From: unterminated quoted string``).
+    """
+    is_request = isinstance(msg, SipRequest)
+    try:
+        if msg.version != "SIP/2.0" and msg.version.upper() != "SIP/2.0":
+            raise RemoteProtocolError("SIP version not supported", 505)
+        counts: dict[str, int] = {}
+        for name, _ in msg.headers:
+            counts[name] = counts.get(name, 0) + 1
+        for name in _MANDATORY:
+            if name not in counts:
+                raise RemoteProtocolError(f"missing {name} header")
+        for name in _SINGLE:
+            if counts.get(name, 0) > 1:
+                raise RemoteProtocolError(f"more than one {name} header")
+        msg.via  # noqa: B018 - parse every Via
+        for name in ("From", "To", "Contact"):
+            try:
+                msg.name_addrs(name)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(f"{name}: {exc}") from None
+        cseq = msg.cseq
+        headers = msg.headers
+        if "Max-Forwards" in counts:
+            mf = _digits_value(headers.get("Max-Forwards") or "", 3)
+            if mf is None or mf > 255:
+                raise RemoteProtocolError("bad Max-Forwards")
+        if "Expires" in counts:
+            expires = _digits_value(headers.get("Expires") or "", 10)
+            if expires is None or expires > 2**32 - 1:
+                raise RemoteProtocolError("bad Expires")
+        if "Date" in counts and not _DATE_RE.fullmatch(headers.get("Date") or ""):
+            raise RemoteProtocolError("bad Date header")
+        if isinstance(msg, SipRequest):
+            if cseq.method != msg.method:
+                raise RemoteProtocolError("CSeq method does not match Request-Line")
+            try:
+                uri = msg.uri
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(f"Request-URI: {exc}") from None
+            if isinstance(uri, SipUri) and uri.headers:
+                raise RemoteProtocolError("headers not allowed in Request-URI")
+            if isinstance(uri, AbsoluteUri):
+                raise RemoteProtocolError("unsupported URI scheme", 416)
+    except RemoteProtocolError as exc:
+        raise ParseError(str(exc), exc.status, msg, is_request) from None
+
+
+class StreamFramer:
+    """Cut a stream of bytes into SIP messages by Content-Length.
+
+    :meth:`feed` returns the complete messages found so far; a ``None`` in
+    the list is a CRLF keep-alive ping (RFC 5626 §3.5.1), which the transport
+    answers with a single CRLF. Lone CRLFs between messages are skipped
+    (RFC 3261 §7.5). Input is bounded: a head longer than ``max_message``
+    without its end, or a Content-Length that takes the message beyond it,
+    raises :class:`ParseError` with status 513; a missing, repeated or bad
+    Content-Length raises it with 400. After an error the framer stays
+    broken: every later :meth:`feed` raises the same error, and the
+    connection should be closed.
+
+    Each byte is scanned for the end of the head once, however the stream is
+    cut, so a slow trickle costs no more than one large chunk.
+
+    :param max_message: the largest message accepted, head and body.
+    """
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known not to hold the end of the head
+        self._need = 0  # size of the message at the front, once its head is read
+        self._error: ParseError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """Add received bytes; return the messages (and pings) now complete.
+
+        :raises ParseError: when the stream cannot be framed.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(data)
+        except ParseError as exc:
+            self._error = exc
+            raise
+
+    def _feed(self, data: bytes) -> list[bytes | None]:
+        buf = self._buf
+        buf += data
+        out: list[bytes | None] = []
+        while buf:
+            if self._need:
+                if len(buf) < self._need:
+                    break
+                out.append(bytes(buf[: self._need]))
+                del buf[: self._need]
+                self._need = self._scanned = 0
+                continue
+            if buf[0] == 0x0D or buf[0] == 0x0A:
+                if buf.startswith(b"\r\n\r\n"):
+                    del buf[:4]
+                    out.append(None)
+                    continue
+                if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                    break  # a ping may be arriving in pieces
+                if buf.startswith(b"\r\n"):
+                    del buf[:2]
+                else:
+                    del buf[:1]  # a stray CR or LF before a start line
+                self._scanned = 0
+                continue
+            end, body_start = _find_head_end(buf, max(0, self._scanned - 2))
+            if end < 0:
+                if len(buf) > self.max_message:
+                    raise ParseError("message head too large", 513)
+                self._scanned = len(buf)
+                break
+            length = self._content_length(bytes(buf[:end]))
+            total = body_start + length
+            if total > self.max_message:
+                raise ParseError("message too large", 513)
+            self._need = total
+        return out
+
+    def _content_length(self, head: bytes) -> int:
+        """The Content-Length of a head (full or compact name, any case,
+        folded or not).
+
+        :raises ParseError: when it is missing, repeated or not a number (400),
+            or too large (513).
+        """
+        found: int | None = None
+        lines = head.split(b"\n")
+        for i in range(1, len(lines)):
+            name, colon, value = lines[i].partition(b":")
+            if not colon or name[:1] in (b" ", b"\t"):
+                continue
+            if name.rstrip(b" \t").lower() not in (b"content-length", b"l"):
+                continue
+            value = value.strip(b" \t\r")
+            j = i + 1
+            while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+                value = (value + b" " + lines[j].strip(b" \t\r")).strip(b" ")
+                j += 1
+            if found is not None:
+                raise ParseError("more than one Content-Length header")
+            if not value.isdigit():  # bytes.isdigit is ASCII only
+                raise ParseError("bad Content-Length")
+            digits = value.lstrip(b"0")
+            if len(digits) > 9 or int(digits or b"0") > self.max_message:
+                raise ParseError("message too large", 513)
+            found = int(digits or b"0")
+        if found is None:
+            raise ParseError("missing Content-Length on a stream")
+        return found

@@ -1,0 +1,424 @@
+"""SDP session descriptions (RFC 8866, which replaced RFC 4566): parse and serialize.
+
+This module reads and writes SDP. It does not negotiate: see
+:mod:`engine.sip.offer_answer` for RFC 3264.
+
+What the parser accepts:
+
+- Lines may end in CRLF or a bare LF. Trailing spaces and tabs are removed,
+  and blank lines are skipped. :meth:`SessionDescription.to_bytes` always
+  writes CRLF (RFC 8866 section 5).
+- ``v=0``, ``o=`` and ``s=`` are required and must be the first three lines,
+  in that order. The parser is strict here because every stack gets these right.
+- A missing ``t=`` is accepted. Some phones leave it out. SIP sessions are always
+  ``t=0 0`` (RFC 3264 section 5), so a missing ``t=`` is read as ``t=0 0`` and
+  written back that way.
+- After ``s=``, the lines of a section may come in any order. Output uses the
+  order of RFC 8866 section 5, so well-formed input round-trips byte for byte,
+  apart from trailing whitespace and LF-only line ends.
+- RFC 8866 section 5 lets a parser ignore or reject a description that
+  contains an unknown type letter. We keep such lines instead, because
+  GB28181 cameras send ``y=`` and ``f=``. They are stored in ``extra`` and
+  written again at the end of their section. Known lines that we do not model
+  (``i= u= e= p= z= k=``) and repeated ``c=`` lines are also kept in ``extra``.
+- Attributes keep their order and are never interpreted while parsing. The one
+  exception is ``a=rtpmap``, which is checked because payload types cannot be
+  read without it.
+
+Peer errors raise :class:`~engine.sip.errors.RemoteProtocolError` with status
+400, and the message names the line, e.g. ``"SDP line 3: missing '='"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Attribute",
+    "Connection",
+    "Direction",
+    "DIRECTIONS",
+    "MediaDescription",
+    "Origin",
+    "RtpMap",
+    "SessionDescription",
+    "Timing",
+    "media_direction",
+    "parse_sdp",
+    "rtp_address",
+]
+
+Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
+#: The RFC 8866 section 6.7 direction attributes.
+DIRECTIONS: tuple[Direction, ...] = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+#: ``(name, value)``; the value is ``None`` for a property attribute (``a=sendrecv``).
+Attribute = tuple[str, str | None]
+
+# RFC 8866 section 5: the order of lines within each section. r= travels
+# with its t=. Letters outside these strings (unknown ones) go last.
+_SESSION_ORDER = "vosiuepcbtzka"
+_MEDIA_ORDER = "micbka"
+_KNOWN = frozenset("vosiuepcbtrzkam")
+_SESSION_ONLY = frozenset("vostruepz")
+
+
+@dataclass
+class Origin:
+    """The ``o=`` line (RFC 8866 section 5.2).
+
+    ``sess_id`` is kept as text because it is only ever compared. ``sess_version``
+    is an integer because RFC 3264 section 8 requires us to increment it.
+    """
+
+    username: str
+    sess_id: str
+    sess_version: int
+    nettype: str = "IN"
+    addrtype: str = "IP4"
+    address: str = "127.0.0.1"
+
+
+@dataclass
+class Connection:
+    """A ``c=`` line (RFC 8866 section 5.7).
+
+    The address is stored as written, including any multicast ``/ttl`` suffix.
+    """
+
+    nettype: str
+    addrtype: str
+    address: str
+
+
+@dataclass
+class Timing:
+    """A ``t=`` line and the ``r=`` lines that follow it (RFC 8866 sections 5.9, 5.10)."""
+
+    start: int = 0
+    stop: int = 0
+    repeats: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RtpMap:
+    """The value of ``a=rtpmap`` (RFC 8866 section 6.6), without the payload type.
+
+    :param encoding_name: e.g. ``"PCMU"`` or ``"telephone-event"``; compare it
+        without regard to case.
+    :param channels: 1 when the rtpmap does not give a channel count.
+    """
+
+    encoding_name: str
+    clock_rate: int
+    channels: int = 1
+
+    def __str__(self) -> str:
+        text = f"{self.encoding_name}/{self.clock_rate}"
+        return text if self.channels == 1 else f"{text}/{self.channels}"
+
+
+def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
+    """Parse ``"96 opus/48000/2"``; raise :class:`ValueError` if malformed."""
+    pt, _, encoding = value.partition(" ")
+    parts = encoding.strip().split("/")
+    if not (pt.isascii() and pt.isdecimal()) or len(parts) not in (2, 3) or not parts[0]:
+        raise ValueError(value)
+    if not all(p.isascii() and p.isdecimal() for p in parts[1:]):
+        raise ValueError(value)
+    channels = int(parts[2]) if len(parts) == 3 else 1
+    return int(pt), RtpMap(parts[0], int(parts[1]), channels)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    # Leniently read a number, accepting "20.0" as 20 (some phones write that).
+    try:
+        return int(float(value.split()[0])) if value else None
+    except (ValueError, OverflowError):
+        return None
+
+
+class _Section:
+    """What the session level and a media section have in common: attributes."""
+
+    attributes: list[Attribute]
+
+    def attribute(self, name: str) -> str | None:
+        """Return the value of the first ``a=name:value``, or ``None``."""
+        return next((v for n, v in self.attributes if n == name and v is not None), None)
+
+    @property
+    def direction(self) -> Direction | None:
+        """The direction attribute written at this level, or ``None`` if there is none.
+
+        Use :func:`media_direction` for the effective direction of a stream.
+        Setting this property replaces any existing direction attribute, and
+        ``None`` removes it.
+        """
+        return next((n for n, _ in self.attributes if n in DIRECTIONS), None)
+
+    @direction.setter
+    def direction(self, value: Direction | None) -> None:
+        self.attributes = [a for a in self.attributes if a[0] not in DIRECTIONS]
+        if value is not None:
+            self.attributes.append((value, None))
+
+
+@dataclass
+class MediaDescription(_Section):
+    """One ``m=`` section (RFC 8866 section 5.14) with its lines.
+
+    :param kind: the media type: ``"audio"``, ``"video"``, ...
+    :param formats: the formats as written. For RTP these are payload type numbers.
+    :param extra: lines kept verbatim as ``(letter, value)``; see the module notes.
+    """
+
+    kind: str
+    port: int
+    proto: str
+    formats: list[str]
+    port_count: int = 1
+    connection: Connection | None = None
+    bandwidths: dict[str, int] = field(default_factory=dict)
+    attributes: list[Attribute] = field(default_factory=list)
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def rtpmap(self) -> dict[int, RtpMap]:
+        """``a=rtpmap`` by payload type. Static types without an rtpmap are not included."""
+        result: dict[int, RtpMap] = {}
+        for name, value in self.attributes:
+            if name == "rtpmap" and value is not None:
+                try:
+                    pt, rtpmap = _parse_rtpmap(value)
+                except ValueError:
+                    # parse_sdp rejects bad rtpmaps, so this one was added by us.
+                    raise LocalProtocolError(f"bad rtpmap {value!r}") from None
+                result.setdefault(pt, rtpmap)
+        return result
+
+    @property
+    def fmtp(self) -> dict[int, str]:
+        """``a=fmtp`` parameters by payload type (RFC 8866 section 6.15)."""
+        result: dict[int, str] = {}
+        for name, value in self.attributes:
+            if name != "fmtp" or value is None:
+                continue
+            pt, _, params = value.partition(" ")
+            if pt.isascii() and pt.isdecimal():
+                result.setdefault(int(pt), params.strip())
+        return result
+
+    @property
+    def ptime(self) -> int | None:
+        """``a=ptime`` in milliseconds (RFC 8866 section 6.4), or ``None`` if absent or unreadable."""
+        return _int_or_none(self.attribute("ptime"))
+
+    @property
+    def rtcp(self) -> int | None:
+        """The RTCP port from ``a=rtcp`` (RFC 3605), or ``None``."""
+        return _int_or_none(self.attribute("rtcp"))
+
+    def _lines(self) -> list[str]:
+        port = str(self.port) if self.port_count == 1 else f"{self.port}/{self.port_count}"
+        m_line = " ".join([f"m={self.kind}", port, self.proto, *self.formats])
+        return _ordered(_MEDIA_ORDER, [("m", [m_line]), *_section_chunks(self)])
+
+
+@dataclass
+class SessionDescription(_Section):
+    """A whole session description (RFC 8866 section 5).
+
+    Serialize it with :meth:`to_bytes` or ``bytes(sdp)``. Parse one with :func:`parse_sdp`.
+    """
+
+    origin: Origin
+    session_name: str = "-"
+    connection: Connection | None = None
+    timing: list[Timing] = field(default_factory=lambda: [Timing()])
+    bandwidths: dict[str, int] = field(default_factory=dict)
+    attributes: list[Attribute] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    version: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Serialize with CRLF line ends, in RFC 8866 section 5 order.
+
+        :raises LocalProtocolError: if a value contains CR or LF.
+        """
+        o = self.origin
+        chunks: list[tuple[str, list[str]]] = [
+            ("v", [f"v={self.version}"]),
+            ("o", [f"o={o.username} {o.sess_id} {o.sess_version} {o.nettype} {o.addrtype} {o.address}"]),
+            # RFC 8866 section 5.3: s= must not be empty; "s= " stands for no name.
+            ("s", [f"s={self.session_name or ' '}"]),
+            *_section_chunks(self),
+        ]
+        for t in self.timing or [Timing()]:
+            chunks.append(("t", [f"t={t.start} {t.stop}", *(f"r={r}" for r in t.repeats)]))
+        lines = _ordered(_SESSION_ORDER, chunks)
+        for media in self.media:
+            lines.extend(media._lines())
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise LocalProtocolError(f"SDP line contains CR or LF: {line!r}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+def _section_chunks(section: SessionDescription | MediaDescription) -> list[tuple[str, list[str]]]:
+    chunks: list[tuple[str, list[str]]] = []
+    if section.connection is not None:
+        c = section.connection
+        chunks.append(("c", [f"c={c.nettype} {c.addrtype} {c.address}"]))
+    chunks += [("b", [f"b={name}:{value}"]) for name, value in section.bandwidths.items()]
+    chunks += [("a", [f"a={n}" if v is None else f"a={n}:{v}"]) for n, v in section.attributes]
+    chunks += [(letter, [f"{letter}={value}"]) for letter, value in section.extra]
+    return chunks
+
+
+def _ordered(order: str, chunks: list[tuple[str, list[str]]]) -> list[str]:
+    # A stable sort, so lines with the same letter keep their relative order.
+    def rank(chunk: tuple[str, list[str]]) -> int:
+        index = order.find(chunk[0])
+        return index if index >= 0 else len(order)
+
+    return [line for _, lines in sorted(chunks, key=rank) for line in lines]
+
+
+def parse_sdp(data: bytes | str) -> SessionDescription:
+    """Parse a session description. The module docstring says what is tolerated.
+
+    :param data: the SIP message body. Bytes that are not valid UTF-8 are
+        kept, so they come back unchanged from :meth:`SessionDescription.to_bytes`.
+    :raises RemoteProtocolError: (status 400) if the description is malformed.
+    """
+    text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+    records: list[tuple[int, str, str]] = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip(" \t\r")
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=":
+            raise _error(number, "missing '='")
+        if not "a" <= line[0] <= "z":
+            raise _error(number, f"bad type letter {line[0]!r}")
+        records.append((number, line[0], line[2:]))
+    if not records:
+        raise RemoteProtocolError("SDP is empty")
+
+    # RFC 8866 section 5: v=, o=, s= come first, in this order.
+    for (number, letter, _), wanted in zip(records, "vos"):
+        if letter != wanted:
+            raise _error(number, f"expected '{wanted}=', got '{letter}='")
+    if len(records) < 3:
+        raise RemoteProtocolError(f"SDP has no '{'vos'[len(records)]}=' line")
+    (v_number, _, v_value), (o_number, _, o_value), (_, _, s_value) = records[:3]
+    if v_value != "0":
+        raise _error(v_number, f"unsupported version {v_value!r}")
+    fields = o_value.split()
+    if len(fields) != 6:
+        raise _error(o_number, f"o= needs 6 fields, got {len(fields)}")
+    origin = Origin(fields[0], fields[1], _int(o_number, "sess-version", fields[2]), *fields[3:])
+    sdp = SessionDescription(origin=origin, session_name=s_value, timing=[])
+
+    media: MediaDescription | None = None
+    for number, letter, value in records[3:]:
+        section: SessionDescription | MediaDescription = sdp if media is None else media
+        if letter == "m":
+            media = _parse_media(number, value)
+            sdp.media.append(media)
+        elif letter in "vos" or (media is not None and letter in _SESSION_ONLY):
+            where = "in a media section" if media is not None else "here"
+            raise _error(number, f"'{letter}=' not allowed {where}")
+        elif letter == "c" and section.connection is None:
+            parts = value.split()
+            if len(parts) != 3:
+                raise _error(number, f"c= needs 3 fields, got {len(parts)}")
+            section.connection = Connection(*parts)
+        elif letter == "b":
+            name, colon, bandwidth = value.partition(":")
+            if not name or not colon:
+                raise _error(number, f"bad bandwidth {_short(value)!r}")
+            section.bandwidths[name] = _int(number, "bandwidth", bandwidth)
+        elif letter == "a":
+            name, colon, attr_value = value.partition(":")
+            if not name:
+                raise _error(number, "empty attribute name")
+            if name == "rtpmap" and media is not None:
+                try:
+                    _parse_rtpmap(attr_value)
+                except ValueError:
+                    raise _error(number, f"bad rtpmap {_short(attr_value)!r}") from None
+            section.attributes.append((name, attr_value if colon else None))
+        elif letter == "t":
+            start, _, stop = value.partition(" ")
+            sdp.timing.append(Timing(_int(number, "start time", start), _int(number, "stop time", stop.strip())))
+        elif letter == "r":
+            if not sdp.timing:
+                raise _error(number, "'r=' before 't='")
+            sdp.timing[-1].repeats.append(value)
+        else:
+            section.extra.append((letter, value))
+    if not sdp.timing:
+        sdp.timing = [Timing()]  # t= was missing; see the module docstring
+    return sdp
+
+
+def _parse_media(number: int, value: str) -> MediaDescription:
+    # RFC 8866 section 5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
+    # Zero formats are tolerated; RFC 8866 requires at least one.
+    parts = value.split()
+    if len(parts) < 3:
+        raise _error(number, f"bad m= line {_short(value)!r}")
+    port, slash, count = parts[1].partition("/")
+    media = MediaDescription(parts[0], _int(number, "port", port), parts[2], parts[3:])
+    if media.port > 65535:
+        raise _error(number, f"bad port {port!r}")
+    if slash:
+        media.port_count = _int(number, "port count", count)
+    return media
+
+
+def _int(number: int, what: str, value: str) -> int:
+    if not (value.isascii() and value.isdecimal()):
+        raise _error(number, f"bad {what} {_short(value)!r}")
+    return int(value)
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
+def _error(number: int, message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"SDP line {number}: {message}")
+
+
+def media_direction(media: MediaDescription, session: SessionDescription) -> Direction:
+    """Return the effective direction of a stream.
+
+    The media-level attribute wins over the session-level one, and the default
+    is ``sendrecv`` (RFC 8866 section 6.7). An address of ``0.0.0.0`` is not
+    considered here; :mod:`engine.sip.offer_answer` handles that.
+    """
+    return media.direction or session.direction or "sendrecv"
+
+
+def rtp_address(media: MediaDescription, session: SessionDescription) -> tuple[str, int]:
+    """Return the ``(address, port)`` that RTP for ``media`` should go to.
+
+    A media-level ``c=`` overrides the session-level one (RFC 8866 section 5.7).
+    Any multicast ``/ttl`` suffix is removed from the address.
+
+    :raises RemoteProtocolError: if neither level has a ``c=`` line.
+    """
+    connection = media.connection or session.connection
+    if connection is None:
+        raise RemoteProtocolError(f"SDP has no c= line for m={media.kind}")
+    return connection.address.split("/")[0], media.port

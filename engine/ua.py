@@ -1,0 +1,969 @@
+"""The SIP user agent core: INVITE sessions, in-dialog requests, OPTIONS,
+MESSAGE and the registrar, turning SIP into :class:`~engine.calls.Call`
+objects.
+
+The :class:`UserAgent` owns a :class:`~engine.transport.sip_endpoint.SipEndpoint`
+(sockets and transactions) and looks calls up by dialog id. Each
+:class:`SipCall` is one INVITE session (RFC 3261 §13-15):
+
+Inbound::
+
+    INVITE -> 100 -> [ring(): 180 | start_early_media(): 183+SDP]
+           -> answer(): 200+SDP, retransmitted (T1 doubling to T2) until ACK
+              (RFC 3261 §13.3.1.4; no ACK within 64*T1 -> BYE)
+           -> ACK: Connected
+           | reject(code) | CANCEL: 487, Disconnected
+
+Outbound::
+
+    INVITE -> 1xx (Ringing / Progress) -> 2xx: ACK, Connected
+           -> 401/407: retry once with digest credentials
+           -> 3xx: follow the first Contact (at most 3 times)
+           -> 4xx-6xx or timeout: Failed(code, reason)
+    hangup() before an answer: CANCEL once a provisional response came.
+
+The UA answers what no scenario needs to see: OPTIONS (200 with Allow,
+Accept, Supported), requests with unknown ``Require`` extensions (420),
+INVITEs with bodies we cannot read (415) or that refuse SDP (406), methods we
+do not implement (405/501), and in-dialog requests for unknown dialogs (481).
+A caller cannot reach the PSTN trunk except through a scenario that calls
+``call_pstn``: the UA never proxies or forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
+from .directory import MemoryDirectory
+from .sip.auth import ClientAuthSession, DigestServer
+from .sip.dialog import Dialog
+from .sip.errors import RemoteProtocolError
+from .sip.headers import NameAddr
+from .sip.message import Headers, SipRequest, SipResponse, new_call_id, new_tag
+from .sip.transaction import ServerTransaction, Timers, create_cancel
+from .sip.uri import SipUri, TelUri, parse_uri
+from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
+
+__all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler"]
+
+logger = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, REGISTER"
+KNOWN_NOT_ALLOWED = {"UPDATE", "PRACK", "REFER", "SUBSCRIBE", "NOTIFY", "PUBLISH"}
+SUPPORTED: frozenset[str] = frozenset()
+
+
+@dataclass
+class Trunk:
+    """A SIP trunk for calls to the PSTN: where to send them and the
+    credentials to answer its digest challenges with."""
+
+    host: str
+    port: int = 5060
+    transport: str = "UDP"
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_uri(cls, text: str) -> Trunk:
+        """``sip:user:password@host:port;transport=tcp``."""
+        uri = parse_uri(text)
+        if not isinstance(uri, SipUri):
+            raise ValueError(f"trunk must be a sip: URI, got {text!r}")
+        return cls(uri.host, uri.port or 5060, uri.transport, uri.user, uri.password)
+
+    def __repr__(self) -> str:  # never print the password
+        return f"Trunk({self.username}@{self.host}:{self.port};{self.transport})"
+
+
+@dataclass
+class UaConfig:
+    hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    port: int = 5060
+    advertised_host: str | None = None
+    realm: str = "callbridge"
+    user_agent: str = "callbridge/0.1"
+    trunk: Trunk | None = None
+    invite_timeout: float = 60.0
+    policy: SecurityPolicy = field(default_factory=SecurityPolicy)
+    timers: Timers = field(default_factory=Timers)
+    register_min_expires: int = 60
+    register_max_expires: int = 3600
+    auth_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+
+def _custom_headers(headers: Headers) -> dict[str, str]:
+    return headers.custom()
+
+
+def _add_headers(request: SipRequest | SipResponse, headers: dict[str, str] | None) -> None:
+    for name, value in (headers or {}).items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
+            raise ValueError(f"invalid header {name!r}")
+        request.headers.add(name, value)
+
+
+def _user_of(uri: Any) -> str:
+    if isinstance(uri, SipUri):
+        return uri.user or ""
+    if isinstance(uri, TelUri):
+        return uri.number
+    return ""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class SipCall(Call):
+    """A call leg over SIP: one INVITE session and its dialog."""
+
+    kind = "sip"
+
+    def __init__(self, ua: UserAgent, peer: Peer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ua = ua
+        self.peer = peer
+        self.dialog: Dialog | None = None
+        self.media: MediaHandler | None = None
+        self.local_tag = new_tag()
+        # inbound
+        self.invite: SipRequest | None = None
+        self.invite_txn: ServerTransaction | None = None
+        self._final_sent = False
+        self._early_sdp_sent = False
+        self._answer_msg: SipResponse | None = None
+        self._retransmit: asyncio.TimerHandle | None = None
+        self._answer_cseq = 0
+        # outbound
+        self._out_invite: SipRequest | None = None
+        self._out_txn: Any = None
+        self._cancel_wanted = False
+        self._provisional_seen = False
+        self._auth: ClientAuthSession | None = None
+        self._auth_tries = 0
+        self._redirects = 0
+        self._ack: SipRequest | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+        self.on_ended.append(lambda call: self._cleanup())
+
+    # -- inbound -----------------------------------------------------------------
+
+    def _send_response(self, response: SipResponse) -> None:
+        assert self.invite_txn is not None
+        self.ua.endpoint.send_response(self.invite_txn, response)
+
+    def _response(self, status: int, reason: str | None = None, headers: dict[str, str] | None = None,
+                  body: bytes = b"") -> SipResponse:
+        assert self.invite is not None
+        resp = self.invite.create_response(status, reason, to_tag=self.local_tag)
+        if status != 100:
+            resp.headers.add("Contact", self.ua.contact_for(self.peer))
+        resp.headers.add("Server", self.ua.config.user_agent)
+        if 200 <= status < 300:
+            resp.headers.add("Allow", ALLOW)
+            resp.headers.add("Supported", "")
+            resp.headers.remove("Supported")
+        _add_headers(resp, headers)
+        if body:
+            resp.headers.add("Content-Type", "application/sdp")
+            resp.body = body
+        return resp
+
+    def ring(self, headers: dict[str, str] | None = None) -> None:
+        """Send 180 Ringing (inbound, before answer)."""
+        if self.direction != "inbound" or self.state != CallState.ALERTING:
+            raise CallError("ring() needs an inbound call not yet answered")
+        self._send_response(self._response(180, headers=headers))
+
+    def start_early_media(self, headers: dict[str, str] | None = None) -> None:
+        """Send 183 Session Progress with our SDP answer, so that audio
+        played now is heard before the call is answered."""
+        if self.direction != "inbound" or self.state != CallState.ALERTING:
+            raise CallError("start_early_media() needs an inbound call not yet answered")
+        body = self._local_answer()
+        if body is None:
+            return
+        self._early_sdp_sent = True
+        self._send_response(self._response(183, headers=headers, body=body))
+
+    def _local_answer(self) -> bytes | None:
+        """Our SDP answer to the INVITE's offer (made once). ``None`` after
+        rejecting the call with 488 when nothing is acceptable."""
+        if self._answer_sdp is not None:
+            return self._answer_sdp
+        assert self.invite is not None
+        if self.media is None:
+            self.media = self.ua.media_factory(self)
+        try:
+            if self.invite.body:
+                self._answer_sdp = self.media.create_answer(self.invite.body)
+            else:  # offer in our 200, answer in the ACK (RFC 3264 §3)
+                self._answer_sdp = self.media.create_offer()
+        except RemoteProtocolError as exc:
+            self.reject(exc.status if exc.status >= 400 else 488)
+            return None
+        return self._answer_sdp
+
+    _answer_sdp: bytes | None = None
+
+    def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
+        """Answer with 200 OK and SDP; the returned awaitable completes when
+        the caller's ACK arrives (the call is then ``CONNECTED``)."""
+        if self.direction != "inbound":
+            raise CallError("only an inbound call can be answered")
+        if self.state == CallState.ALERTING and not self._final_sent:
+            body = self._local_answer()
+            if body is None:
+                return asyncio.ensure_future(self._await_connected())
+            response = self._response(200, headers=headers, body=body)
+            assert self.invite is not None
+            self.dialog = Dialog.create_uas(self.invite, self.local_tag, self.ua.contact_for(self.peer))
+            self.ua.register_dialog(self)
+            self._final_sent = True
+            self._answer_msg = response
+            self._answer_cseq = self.invite.cseq.number
+            self._send_response(response)
+            self._start_2xx_retransmit(response)
+        elif self.state.ended:
+            raise CallError("call already ended")
+        return asyncio.ensure_future(self._await_connected())
+
+    def _start_2xx_retransmit(self, response: SipResponse) -> None:
+        """RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until ACK."""
+        timers = self.ua.config.timers
+        loop = asyncio.get_running_loop()
+        data = response.to_bytes()
+        deadline = loop.time() + 64 * timers.t1
+
+        def fire(interval: float) -> None:
+            if self._answer_msg is None:
+                return
+            if loop.time() >= deadline:
+                self._answer_msg = None
+                self.log.warning("no ACK for our 200 OK: ending the call")
+                self._set_state(CallState.CONNECTED)
+                self._send_bye({"Reason": 'SIP;cause=408;text="ACK Timeout"'})
+                self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
+                return
+            self.ua.endpoint._transmit(data, self.peer)
+            self._retransmit = loop.call_later(interval, fire, min(2 * interval, timers.t2))
+
+        if not self.peer.reliable:
+            self._retransmit = loop.call_later(timers.t1, fire, min(2 * timers.t1, timers.t2))
+        else:
+            self._retransmit = loop.call_later(64 * timers.t1, fire, 64 * timers.t1)
+
+    def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
+        """Refuse an inbound call with a final response (default 486 Busy Here)."""
+        if self.direction != "inbound":
+            raise CallError("only an inbound call can be rejected")
+        if not 300 <= code <= 699:
+            raise CallError(f"reject code must be 300-699, not {code}")
+        if self.state != CallState.ALERTING or self._final_sent:
+            raise CallError(f"cannot reject a call in state {self.state.value}")
+        self._final_sent = True
+        self._send_response(self._response(code, headers=headers))
+        self._finish(CallState.FAILED, CallEvents.Failed, code, None)
+
+    def _on_ack(self, request: SipRequest) -> None:
+        if self._answer_msg is None or request.cseq.number != self._answer_cseq:
+            return
+        self._answer_msg = None
+        if self._retransmit:
+            self._retransmit.cancel()
+        if request.body and self.media is not None and not (self.invite and self.invite.body):
+            try:
+                self.media.set_answer(request.body)
+            except RemoteProtocolError:
+                self.log.warning("bad SDP answer in ACK")
+        if self.state == CallState.ALERTING:
+            self._set_state(CallState.CONNECTED)
+            self._emit(CallEvents.Connected, headers=_custom_headers(request.headers))
+
+    def _on_cancel(self) -> None:
+        if self._final_sent or self.state != CallState.ALERTING:
+            return
+        self._final_sent = True
+        self._send_response(self._response(487))
+        self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+
+    # -- outbound ----------------------------------------------------------------
+
+    async def _start_outbound(
+        self, uri: SipUri | TelUri, from_uri: SipUri, headers: dict[str, str] | None,
+        auth: ClientAuthSession | None,
+    ) -> None:
+        self._auth = auth
+        self._from = NameAddr(from_uri, self.display_name, {"tag": self.local_tag})
+        self._to = NameAddr(uri)
+        self._call_id = new_call_id()
+        self._cseq = 1
+        self._extra = dict(headers or {})
+        self.media = self.ua.media_factory(self)
+        try:
+            self._offer = self.media.create_offer()
+        except Exception:
+            self.log.exception("media offer failed")
+            self._finish(CallState.FAILED, CallEvents.Failed, 500, "Media Error")
+            return
+        if self.state.ended:  # hung up before the INVITE could leave
+            return
+        loop = asyncio.get_running_loop()
+        self._timeout = loop.call_later(self.ua.config.invite_timeout, self._on_no_answer)
+        self._send_invite(uri)
+
+    def _send_invite(self, uri: SipUri | TelUri, authorization: tuple[str, str] | None = None) -> None:
+        req = SipRequest("INVITE", uri)
+        h = req.headers
+        h.add("Max-Forwards", "70")
+        h.add("From", str(self._from))
+        h.add("To", str(self._to))
+        h.add("Call-ID", self._call_id)
+        h.add("CSeq", f"{self._cseq} INVITE")
+        h.add("Contact", self.ua.contact_for(self.peer))
+        h.add("User-Agent", self.ua.config.user_agent)
+        h.add("Allow", ALLOW)
+        if authorization:
+            h.add(*authorization)
+        _add_headers(req, self._extra)
+        h.add("Content-Type", "application/sdp")
+        req.body = self._offer
+        self._out_invite = req
+        self._out_txn = self.ua.endpoint.send_request(req, self.peer, self._on_invite_response)
+
+    def _on_no_answer(self) -> None:
+        if self.state == CallState.PROGRESSING:
+            self.log.info("no answer within %.0f s", self.ua.config.invite_timeout)
+            self._cancel_wanted = True
+            self._send_cancel()
+            self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
+
+    def _send_cancel(self) -> None:
+        if self._out_invite is None or not self._provisional_seen:
+            return  # RFC 3261 §9.1: wait for a provisional response
+        cancel = create_cancel(self._out_invite)
+        self.ua.endpoint.send_request(cancel, self.peer, lambda resp: None)
+        self._provisional_seen = False  # once
+
+    def _on_invite_response(self, resp: SipResponse | None) -> None:
+        if resp is None:
+            self._finish(CallState.FAILED, CallEvents.Failed, 408, "Request Timeout")
+            return
+        code = resp.status
+        if code < 200:
+            if code == 100:
+                if self._cancel_wanted:
+                    self._provisional_seen = True
+                    self._send_cancel()
+                return
+            self._provisional_seen = True
+            if self._cancel_wanted:
+                self._send_cancel()
+                return
+            if resp.body and self.media is not None:
+                try:
+                    self.media.set_answer(resp.body)
+                except RemoteProtocolError:
+                    self.log.warning("bad early SDP in %d", code)
+            if self.state == CallState.PROGRESSING:
+                event = CallEvents.Progress if resp.body or code == 183 else CallEvents.Ringing
+                self._emit(event, code=code, reason=resp.reason, headers=_custom_headers(resp.headers))
+            return
+        if code < 300:
+            self._on_2xx(resp)
+            return
+        if code in (401, 407) and self._auth is not None and self._auth_tries < 2 and not self._cancel_wanted:
+            if self._retry_with_auth(resp):
+                return
+        if 300 <= code < 400 and self._redirects < 3 and not self._cancel_wanted:
+            contacts = resp.contact
+            if contacts and isinstance(contacts[0].uri, (SipUri, TelUri)):
+                self._redirects += 1
+                self._cseq += 1
+                target = contacts[0].uri
+                self.log.info("redirected (%d) to %s", code, target)
+                asyncio.get_running_loop().create_task(self._follow(target))
+                return
+        if self._cancel_wanted and code == 487:
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+            return
+        self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
+                     _custom_headers(resp.headers))
+
+    async def _follow(self, target: SipUri | TelUri) -> None:
+        try:
+            self.peer = await self.ua.resolve(target)
+        except OSError as exc:
+            self._finish(CallState.FAILED, CallEvents.Failed, 404, f"Cannot resolve: {exc}")
+            return
+        self._send_invite(target)
+
+    def _retry_with_auth(self, resp: SipResponse) -> bool:
+        assert self._auth is not None and self._out_invite is not None
+        name = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
+        reply = "Authorization" if resp.status == 401 else "Proxy-Authorization"
+        try:
+            challenge = self._auth.on_challenge(resp.headers.get_all(name))
+            creds = self._auth.authorize(
+                challenge.realm, method="INVITE", uri=self._out_invite.uri_text, body=self._offer
+            )
+        except RemoteProtocolError as exc:
+            self.log.warning("cannot answer the challenge: %s", exc)
+            return False
+        self._auth_tries += 1
+        self._cseq += 1
+        self._send_invite(self._out_invite.uri, (reply, creds.to_header()))  # type: ignore[arg-type]
+        return True
+
+    def _on_2xx(self, resp: SipResponse) -> None:
+        assert self._out_invite is not None
+        if self.dialog is not None:
+            if resp.to.tag != self.dialog.remote_tag:
+                # A second fork answered: acknowledge and end it (RFC 3261 §13.2.2.4).
+                extra = Dialog.create_uac(self._out_invite, resp)
+                self.ua.endpoint.send_ack(extra.create_ack(resp.cseq.number), self.peer)
+                self.ua.endpoint.send_request(extra.create_request("BYE"), self.peer, lambda r: None)
+            elif self._ack is not None:
+                self.ua.endpoint.send_ack(self._ack, self.peer)
+            return
+        self.dialog = Dialog.create_uac(self._out_invite, resp)
+        self.ua.register_dialog(self)
+        ack = self.dialog.create_ack(resp.cseq.number)
+        self._ack = ack
+        self.ua.endpoint.send_ack(ack, self.peer)
+        if self._timeout:
+            self._timeout.cancel()
+        if self.state.ended or self._cancel_wanted:
+            self._send_bye()
+            if not self.state.ended:
+                self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+            return
+        if self.media is not None and resp.body:
+            try:
+                self.media.set_answer(resp.body)
+            except RemoteProtocolError as exc:
+                self.log.warning("unusable SDP answer: %s", exc)
+                self._send_bye({"Reason": 'SIP;cause=488;text="Not Acceptable Here"'})
+                self._finish(CallState.FAILED, CallEvents.Failed, 488, "Not Acceptable Here")
+                return
+        self.headers.update(_custom_headers(resp.headers))
+        self._set_state(CallState.CONNECTED)
+        self._emit(CallEvents.Connected, code=resp.status, reason=resp.reason,
+                   headers=_custom_headers(resp.headers))
+
+    def _on_stray_2xx(self, resp: SipResponse) -> None:
+        if self._ack is not None:
+            self.ua.endpoint.send_ack(self._ack, self.peer)
+
+    # -- both directions ---------------------------------------------------------
+
+    def hangup(self, headers: dict[str, str] | None = None) -> None:
+        """End the call: BYE when connected, CANCEL while an outbound call
+        rings, 480 for an inbound call not yet answered."""
+        if self.state.ended:
+            return
+        if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answer_msg):
+            self._send_bye(headers)
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
+        elif self.direction == "inbound":
+            if not self._final_sent:
+                self._final_sent = True
+                self._send_response(self._response(480, headers=headers))
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup")
+        else:
+            self._cancel_wanted = True
+            self._send_cancel()
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+
+    def _send_bye(self, headers: dict[str, str] | None = None) -> None:
+        if self.dialog is None:
+            return
+        if self._retransmit:
+            self._retransmit.cancel()
+        self._answer_msg = None
+        bye = self.dialog.create_request("BYE")
+        _add_headers(bye, headers)
+        self.ua.endpoint.send_request(bye, self.peer, lambda resp: None)
+
+    def _in_dialog_request(self, method: str, content_type: str, body: bytes,
+                           headers: dict[str, str] | None) -> None:
+        if self.state != CallState.CONNECTED or self.dialog is None:
+            raise CallError(f"{method} needs a connected call")
+        req = self.dialog.create_request(method)
+        _add_headers(req, headers)
+        req.headers.add("Content-Type", content_type)
+        req.body = body
+        self.ua.endpoint.send_request(req, self.peer, lambda resp: None)
+
+    def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
+        """Send a SIP MESSAGE (text/plain) inside the call's dialog."""
+        self._in_dialog_request("MESSAGE", "text/plain;charset=utf-8", text.encode(), headers)
+
+    def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
+        """Send a SIP INFO with ``body`` of type ``mime_type``."""
+        data = body.encode() if isinstance(body, str) else body
+        self._in_dialog_request("INFO", mime_type, data, headers)
+
+    def _on_request(self, request: SipRequest, txn: ServerTransaction) -> None:
+        """An in-dialog request other than ACK."""
+        endpoint = self.ua.endpoint
+        assert self.dialog is not None
+        try:
+            self.dialog.receive_request(request)
+        except RemoteProtocolError as exc:
+            endpoint.send_response(txn, request.create_response(exc.status, str(exc)))
+            return
+        method = request.method
+        custom = _custom_headers(request.headers)
+        if method == "BYE":
+            endpoint.send_response(txn, request.create_response(200))
+            if self._retransmit:
+                self._retransmit.cancel()
+            self._answer_msg = None
+            if self.state == CallState.CONNECTED or self.direction == "inbound":
+                self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "BYE", custom)
+            else:
+                self._finish(CallState.FAILED, CallEvents.Failed, 487, "BYE", custom)
+        elif method == "INVITE":
+            self._on_reinvite(request, txn)
+        elif method == "INFO":
+            endpoint.send_response(txn, request.create_response(200))
+            self._emit(CallEvents.InfoReceived, mime_type=request.content_type or "",
+                       body=request.body, headers=custom)
+        elif method == "MESSAGE":
+            endpoint.send_response(txn, request.create_response(200))
+            self._emit(CallEvents.MessageReceived,
+                       text=request.body.decode("utf-8", errors="replace"), headers=custom,
+                       mime_type=request.content_type)
+        elif method == "OPTIONS":
+            endpoint.send_response(txn, self.ua.options_response(request))
+        else:
+            endpoint.send_response(txn, self.ua.method_not_allowed(request))
+
+    def _on_reinvite(self, request: SipRequest, txn: ServerTransaction) -> None:
+        """A re-INVITE: answer its offer (hold/unhold, new address) with 200."""
+        endpoint = self.ua.endpoint
+        if self._answer_msg is not None:
+            endpoint.send_response(txn, request.create_response(491))  # RFC 3261 §14.2
+            return
+        body = b""
+        if request.body and self.media is not None:
+            try:
+                body = self.media.create_answer(request.body)
+            except RemoteProtocolError as exc:
+                endpoint.send_response(txn, request.create_response(488, str(exc)))
+                return
+        elif self.media is not None:
+            body = self.media.create_offer()
+        resp = request.create_response(200)
+        resp.headers.add("Contact", self.ua.contact_for(self.peer))
+        if body:
+            resp.headers.add("Content-Type", "application/sdp")
+            resp.body = body
+        self._answer_msg = resp
+        self._answer_cseq = request.cseq.number
+        endpoint.send_response(txn, resp)
+        self._start_2xx_retransmit(resp)
+        self._emit(CallEvents.ReInviteReceived, body=request.body,
+                   headers=_custom_headers(request.headers))
+
+    def _cleanup(self) -> None:
+        if self._retransmit:
+            self._retransmit.cancel()
+        if self._timeout:
+            self._timeout.cancel()
+        if self.media is not None:
+            try:
+                self.media.close()
+            except Exception:
+                self.log.exception("media close failed")
+        self.ua.forget(self)
+
+
+IncomingCallHandler = Callable[[SipCall, SipRequest], None]
+MessageHandler = Callable[[SipRequest, Peer], int]
+
+
+class UserAgent:
+    """The SIP side of the engine: one endpoint, its calls and registrar.
+
+    :param on_incoming_call: called with each new inbound call (state
+        ``ALERTING``, 100 Trying already sent). It must answer, reject or
+        hand the call to a scenario; exceptions reject it with 500.
+    :param on_message: called for an out-of-dialog MESSAGE; returns the
+        status code to answer with.
+    :param media_factory: makes the :class:`~engine.calls.MediaHandler` of
+        each call.
+    :param user_ha1: ``(user, realm, algorithm) -> HA1 | None`` for the
+        registrar (users from the store).
+    """
+
+    def __init__(
+        self,
+        config: UaConfig,
+        *,
+        media_factory: Callable[[SipCall], MediaHandler],
+        on_incoming_call: IncomingCallHandler | None = None,
+        on_message: MessageHandler | None = None,
+        directory: MemoryDirectory | None = None,
+        user_ha1: Callable[[str, str, str], str | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.directory = directory or MemoryDirectory()
+        self.media_factory = media_factory
+        self.on_incoming_call = on_incoming_call
+        self.on_message = on_message
+        self.user_ha1 = user_ha1
+        self.endpoint = SipEndpoint(
+            config.hosts,
+            config.port,
+            on_request=self._on_request,
+            on_cancel=self._on_cancel,
+            on_stray_response=self._on_stray_response,
+            policy=config.policy,
+            directory=self.directory,
+            timers=config.timers,
+            advertised_host=config.advertised_host,
+        )
+        self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
+        self._dialogs: dict[tuple[str, str, str], SipCall] = {}
+        self._by_invite: dict[ServerTransaction, SipCall] = {}
+        self.calls: set[SipCall] = set()
+
+    async def start(self) -> None:
+        await self.endpoint.start()
+        self.config.port = self.endpoint.port
+
+    async def stop(self) -> None:
+        for call in list(self.calls):
+            try:
+                call.hangup()
+            except Exception:
+                logger.exception("hangup at shutdown failed")
+        await asyncio.sleep(0)
+        await self.endpoint.stop()
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    def contact_for(self, peer: Peer) -> str:
+        host = self.endpoint.local_host_for(peer)
+        host = f"[{host}]" if ":" in host else host
+        transport = ";transport=tcp" if peer.transport == "TCP" else ""
+        return f"<sip:callbridge@{host}:{self.endpoint.port}{transport}>"
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def register_dialog(self, call: SipCall) -> None:
+        assert call.dialog is not None
+        self._dialogs[call.dialog.id] = call
+
+    def forget(self, call: SipCall) -> None:
+        """Drop a call's dialog a little later (late BYE/ACK retransmissions
+        still find it for 32 s; RFC 3261 Timer J)."""
+        self.calls.discard(call)
+        if call.invite_txn is not None:
+            self._by_invite.pop(call.invite_txn, None)
+        if call.dialog is not None:
+            key = call.dialog.id
+            try:
+                asyncio.get_running_loop().call_later(32.0, self._dialogs.pop, key, None)
+            except RuntimeError:
+                self._dialogs.pop(key, None)
+
+    # -- incoming --------------------------------------------------------------
+
+    def _on_request(self, request: SipRequest, txn: ServerTransaction | None, peer: Peer) -> None:
+        if txn is None:  # an ACK to a 2xx
+            call = self._dialogs.get((request.call_id, request.to.tag or "", request.from_.tag or ""))
+            if call is not None:
+                call._on_ack(request)
+            return
+        endpoint = self.endpoint
+        method = request.method
+        to_tag = request.to.tag
+        if to_tag is not None:
+            call = self._dialogs.get((request.call_id, to_tag, request.from_.tag or ""))
+            if call is None:
+                endpoint.send_response(txn, request.create_response(481))
+            else:
+                call._on_request(request, txn)
+            return
+        if method not in ("ACK", "CANCEL"):
+            unsupported = [
+                tag.strip()
+                for value in request.headers.get_all("Require")
+                for tag in value.split(",")
+                if tag.strip() and tag.strip() not in SUPPORTED
+            ]
+            if unsupported:
+                resp = request.create_response(420)
+                resp.headers.add("Unsupported", ", ".join(unsupported))
+                endpoint.send_response(txn, resp)
+                return
+        if method == "INVITE":
+            self._on_invite(request, txn, peer)
+        elif method == "OPTIONS":
+            endpoint.send_response(txn, self.options_response(request))
+        elif method == "REGISTER":
+            endpoint.send_response(txn, self._on_register(request, peer))
+        elif method == "MESSAGE":
+            status = 404
+            if self.on_message is not None:
+                try:
+                    status = self.on_message(request, peer)
+                except Exception:
+                    logger.exception("MESSAGE handler failed")
+                    status = 500
+            endpoint.send_response(txn, request.create_response(status))
+        elif method in ("BYE", "INFO"):
+            endpoint.send_response(txn, request.create_response(481))
+        else:
+            endpoint.send_response(txn, self.method_not_allowed(request))
+
+    def options_response(self, request: SipRequest) -> SipResponse:
+        resp = request.create_response(200, to_tag=new_tag())
+        resp.headers.add("Allow", ALLOW)
+        resp.headers.add("Accept", "application/sdp")
+        resp.headers.add("Accept-Encoding", "identity")
+        resp.headers.add("Accept-Language", "en")
+        resp.headers.add("Server", self.config.user_agent)
+        return resp
+
+    def method_not_allowed(self, request: SipRequest) -> SipResponse:
+        if request.method in KNOWN_NOT_ALLOWED:
+            resp = request.create_response(405)
+            resp.headers.add("Allow", ALLOW)
+            return resp
+        resp = request.create_response(501)
+        resp.headers.add("Allow", ALLOW)
+        return resp
+
+    def _on_invite(self, request: SipRequest, txn: ServerTransaction, peer: Peer) -> None:
+        endpoint = self.endpoint
+        ctype = request.content_type
+        if request.body and ctype != "application/sdp":
+            resp = request.create_response(415)
+            resp.headers.add("Accept", "application/sdp")
+            endpoint.send_response(txn, resp)
+            return
+        accept = request.headers.get_all("Accept")
+        if accept and not any(
+            a.split(";")[0].strip().lower() in ("application/sdp", "application/*", "*/*")
+            for a in accept
+        ):
+            resp = request.create_response(406)
+            resp.headers.add("Accept", "application/sdp")
+            endpoint.send_response(txn, resp)
+            return
+        endpoint.send_response(txn, request.create_response(100))
+        from_ = request.from_
+        callerid = unquote(_user_of(from_.uri))
+        call = SipCall(
+            self,
+            peer,
+            direction="inbound",
+            number=_user_of(request.uri),
+            callerid=callerid,
+            display_name=from_.display_name,
+            headers=_custom_headers(request.headers),
+        )
+        call.invite = request
+        call.invite_txn = txn
+        call._set_state(CallState.ALERTING)
+        self.calls.add(call)
+        self._by_invite[txn] = call
+        if self.on_incoming_call is None:
+            call.reject(404)
+            return
+        try:
+            self.on_incoming_call(call, request)
+        except Exception:
+            logger.exception("incoming call handler failed")
+            if call.state == CallState.ALERTING and not call._final_sent:
+                call.reject(500)
+
+    def _on_cancel(self, request: SipRequest, txn: ServerTransaction,
+                   invite_txn: ServerTransaction | None, peer: Peer) -> None:
+        call = self._by_invite.get(invite_txn) if invite_txn is not None else None
+        if call is None:
+            self.endpoint.send_response(txn, request.create_response(481))
+            return
+        self.endpoint.send_response(txn, request.create_response(200))
+        call._on_cancel()
+
+    def _on_stray_response(self, response: SipResponse, peer: Peer) -> None:
+        if not 200 <= response.status < 300 or response.cseq.method != "INVITE":
+            return
+        key = (response.call_id, response.from_.tag or "", response.to.tag or "")
+        call = self._dialogs.get(key)
+        if call is not None:
+            call._on_stray_2xx(response)
+
+    # -- registrar (RFC 3261 §10.3) --------------------------------------------
+
+    def _on_register(self, request: SipRequest, peer: Peer) -> SipResponse:
+        to_uri = request.to.uri
+        if not isinstance(to_uri, SipUri) or not to_uri.user:
+            return request.create_response(404, "Unknown AOR")
+        aor = to_uri.user
+        if self.user_ha1 is None:
+            return request.create_response(403, "Registration Disabled")
+        now = time.monotonic()
+        creds = request.headers.get("Authorization")
+        if creds is None:
+            return self._challenge(request, now)
+        result = self.registrar_auth.verify(
+            creds, method="REGISTER", uri=request.uri_text, now=now, ha1_lookup=self.user_ha1
+        )
+        if not result.ok:
+            if result.reason == "stale nonce":
+                return self._challenge(request, now, stale=True)
+            if result.reason == "malformed":
+                return request.create_response(400, "Malformed Authorization")
+            logger.info("REGISTER for %s from %s refused: %s", aor, peer.host, result.reason)
+            return request.create_response(403, "Forbidden")
+        if result.username != aor:
+            return request.create_response(403, "Username Does Not Match AOR")
+        expires_header = request.headers.get("Expires")
+        default_expires = int(expires_header) if expires_header is not None else 3600
+        contacts = request.contact
+        call_id = request.call_id
+        cseq = request.cseq.number
+        try:
+            if any(c.wildcard for c in contacts):
+                if len(contacts) != 1 or default_expires != 0:
+                    return request.create_response(400, "Wildcard Contact Needs Expires 0")
+                self.directory.remove_all(aor, call_id, cseq)
+            for contact in contacts:
+                raw = contact.params.get("expires")
+                expires = int(raw) if raw is not None and raw.isdigit() else default_expires
+                uri_text = str(contact.uri)
+                if expires == 0:
+                    self.directory.remove_binding(aor, uri_text)
+                    continue
+                if expires < self.config.register_min_expires:
+                    resp = request.create_response(423)
+                    resp.headers.add("Min-Expires", str(self.config.register_min_expires))
+                    return resp
+                expires = min(expires, self.config.register_max_expires)
+                self.directory.add_binding(
+                    aor, uri_text, expires=expires, now=now, call_id=call_id, cseq=cseq,
+                    source=(peer.transport, peer.host, peer.port),
+                )
+        except Exception as exc:  # OutOfOrder and friends
+            logger.info("REGISTER for %s refused: %s", aor, exc)
+            return request.create_response(500, "Out Of Order")
+        resp = request.create_response(200, to_tag=new_tag())
+        for binding in self.directory.bindings(aor, now):
+            resp.headers.add("Contact", f"<{binding.contact}>;expires={int(binding.remaining(now))}")
+        resp.headers.add("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+        return resp
+
+    def _challenge(self, request: SipRequest, now: float, stale: bool = False) -> SipResponse:
+        resp = request.create_response(401, to_tag=new_tag())
+        for value in self.registrar_auth.make_challenges(now, stale=stale):
+            resp.headers.add("WWW-Authenticate", value)
+        return resp
+
+    # -- outgoing ----------------------------------------------------------------
+
+    async def resolve(self, uri: SipUri | TelUri) -> Peer:
+        """Where to send a request for ``uri`` (RFC 3263 without NAPTR/SRV:
+        the host's A/AAAA record, port 5060 by default)."""
+        if not isinstance(uri, SipUri):
+            raise OSError("tel: URIs need a trunk")
+        transport = uri.transport if uri.transport in ("UDP", "TCP") else "UDP"
+        host = uri.params.get("maddr") or uri.host
+        port = uri.port or 5060
+        if not _is_ip(host):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)
+            host = infos[0][4][0]
+        return Peer(transport, host, port)
+
+    def call_sip(
+        self,
+        uri: str | SipUri,
+        *,
+        callerid: str = "callbridge",
+        display_name: str | None = None,
+        headers: dict[str, str] | None = None,
+        dispatcher: Dispatcher | None = None,
+        auth: ClientAuthSession | None = None,
+        peer: Peer | None = None,
+        from_host: str | None = None,
+    ) -> SipCall:
+        """Start an outbound call to a SIP URI.
+
+        The call is returned at once, before anything is sent, so listeners
+        can be attached; it then ends in ``Connected`` or ``Failed``.
+        """
+        target = parse_uri(uri) if isinstance(uri, str) else uri
+        if not isinstance(target, SipUri):
+            raise CallError(f"not a sip: URI: {uri}")
+        _add_headers(SipRequest("OPTIONS", target), headers)  # validate early
+        call = SipCall(
+            self, peer or Peer("UDP", "0.0.0.0", 0), direction="outbound",
+            number=target.user or "", callerid=callerid, display_name=display_name,
+            dispatcher=dispatcher,
+        )
+        self.calls.add(call)
+        call._set_state(CallState.PROGRESSING)
+
+        async def launch() -> None:
+            try:
+                call.peer = peer or await self.resolve(target)
+            except OSError as exc:
+                call._finish(CallState.FAILED, CallEvents.Failed, 404, f"Cannot resolve {target.host}: {exc}")
+                return
+            host = from_host or self.endpoint.local_host_for(call.peer)
+            await call._start_outbound(target, SipUri(host=host, user=callerid), headers, auth)
+
+        asyncio.get_running_loop().create_task(launch())
+        return call
+
+    def call_pstn(
+        self, number: str, callerid: str, *, display_name: str | None = None,
+        headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
+    ) -> SipCall:
+        """Call ``number`` through the configured trunk, answering its digest
+        challenges with the trunk's credentials."""
+        trunk = self.config.trunk
+        if trunk is None:
+            raise CallError("no SIP trunk is configured (--trunk)")
+        uri = SipUri(host=trunk.host, user=number, port=trunk.port,
+                     params={"transport": trunk.transport.lower()} if trunk.transport != "UDP" else {})
+        auth = ClientAuthSession(trunk.username, trunk.password or "") if trunk.username else None
+        return self.call_sip(uri, callerid=callerid, display_name=display_name, headers=headers,
+                             dispatcher=dispatcher, auth=auth, from_host=trunk.host)
+
+    def call_registered(
+        self, user: str, *, callerid: str, display_name: str | None = None,
+        headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
+    ) -> SipCall:
+        """Call the phone registered as ``user`` (its most recent binding)."""
+        now = time.monotonic()
+        bindings = self.directory.bindings(user, now)
+        if not bindings:
+            raise CallError(f"user {user!r} is not registered")
+        best = max(bindings, key=lambda b: (b.q if b.q is not None else 1.0, b.expires_at))
+        target = parse_uri(best.contact)
+        if not isinstance(target, SipUri):
+            raise CallError(f"cannot call contact {best.contact}")
+        peer = Peer(*best.source) if best.source else None
+        return self.call_sip(target, callerid=callerid, display_name=display_name,
+                             headers=headers, dispatcher=dispatcher, peer=peer)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# callbridge's one entry point. On a fresh Debian machine:
+#   ./run.sh serve [callbridge serve flags]   install what is missing, run the engine
+#   ./run.sh test  [pytest args]              install what is missing, run every test
+#   ./run.sh bench [sip_cps flags]            install bench extras, run the benchmarks
+# Installing is idempotent: Debian packages from debian-packages.txt (apt-get,
+# as root or through sudo), Python packages into .venv from pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${CALLBRIDGE_VENV:-$ROOT/.venv}
+
+need_packages() {  # print the packages of list file $1 that are not installed
+  grep -v '^\s*#' "$1" | awk '{print $1}' | grep -v '^$' | while read -r pkg; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+  done
+}
+
+install_debian() {  # $1: package list file
+  local missing
+  missing=$(need_packages "$1")
+  [ -z "$missing" ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "run.sh: installing Debian packages: $missing" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  missing=$(need_packages "$1")
+  if [ -n "$missing" ]; then
+    echo "run.sh: could not install: $missing" >&2
+    exit 1
+  fi
+}
+
+install_python() {
+  local stamp="$VENV/.callbridge-installed"
+  local want
+  want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  echo "run.sh: installing Python packages into $VENV" >&2
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e ".[test,fast]"
+  echo "$want" > "$stamp"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  serve)
+    install_debian debian-packages.txt
+    install_python
+    exec "$VENV/bin/callbridge" serve "$@"
+    ;;
+  test)
+    install_debian debian-packages.txt
+    install_python
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  bench)
+    install_debian debian-packages.txt
+    install_debian bench-packages.txt
+    install_python
+    exec "$VENV/bin/python" bench/sip_cps.py "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh serve|test|bench [args...]" >&2
+    exit 2
+    ;;
+esac

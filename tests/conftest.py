@@ -1,0 +1,61 @@
+"""Fixtures shared by the integration and end-to-end tests: a real engine
+started in the test's event loop on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from engine.server import Engine, EngineConfig
+from engine.transport.sip_endpoint import SecurityPolicy
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+EngineFactory = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
+    """Start engines with the given rules (YAML text) over tests/scenarios,
+    or over ``scenarios`` (name -> source) written to a temporary folder."""
+    engines: list[Engine] = []
+
+    async def factory(
+        rules: str,
+        scenarios: dict[str, str] | None = None,
+        *,
+        policy: SecurityPolicy | None = None,
+        sip_hosts: list[str] | None = None,
+        **overrides: object,
+    ) -> Engine:
+        app = tmp_path / f"app{len(engines)}"
+        app.mkdir()
+        (app / "rules.yaml").write_text(textwrap.dedent(rules))
+        scen_dir = SCENARIOS
+        if scenarios is not None:
+            scen_dir = app / "scenarios"
+            scen_dir.mkdir()
+            for name, source in scenarios.items():
+                (scen_dir / f"{name}.py").write_text(textwrap.dedent(source))
+        config = EngineConfig(
+            sip_hosts=sip_hosts or ["127.0.0.1"],
+            sip_port=0,
+            http_port=0,
+            rules=app / "rules.yaml",
+            scenarios=scen_dir,
+            data_dir=app / "data",
+            policy=policy or SecurityPolicy(trusted=frozenset({"127.0.0.1", "::1"})),
+            session_idle_timeout=2.0,
+            **overrides,  # type: ignore[arg-type]
+        )
+        engine = Engine(config)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        await engine.stop()
