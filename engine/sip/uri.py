@@ -26,8 +26,15 @@ _ESC = r"%[0-9A-Fa-f]{2}"
 # RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved )
 _USER_RE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|{_ESC})+")
 _PASSWORD_RE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|{_ESC})*")
-# hostname / IPv4address; underscores are not in the ABNF but real devices use them.
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-.]*")
+# host = hostname / IPv4address (RFC 3261 §25.1). The top label of a hostname
+# starts with a letter, so digits-and-dots can only be an IPv4 address, whose
+# octets must also be at most 255. Underscores are not in the ABNF but real
+# devices use them.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[0-9]{1,2}|0[0-9]{2})"
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
+_TOPLABEL = r"[A-Za-z_](?:[A-Za-z0-9_\-]*[A-Za-z0-9_])?"
+_HOST = rf"{_OCTET}(?:\.{_OCTET}){{3}}|(?:{_LABEL}\.)*{_TOPLABEL}\.?"
+_HOSTNAME_RE = re.compile(_HOST)
 # IPv6reference content, checked further with :mod:`ipaddress`.
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
 _PARAM_RE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|{_ESC})+")
@@ -40,6 +47,17 @@ _TEL_LOCAL_RE = re.compile(r"[0-9A-Fa-f*#\-.()pwPW]+")
 _TEL_DIGIT_RE = re.compile(r"[0-9A-Fa-f*#]")
 # Whitespace, controls and the delimiters that end a URI in a header field.
 _BAD_URI_CHAR_RE = re.compile(r'[\x00-\x20\x7f<>"]')
+
+# The common shape of a sip URI after the scheme, checked in one pass:
+# [user[:password]@]hostname[:port][;params][?headers]. Whatever it does not
+# match (IPv6 references, errors) takes the detailed path, which names the fault.
+_SIP_FAST_RE = re.compile(
+    rf"(?:((?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|{_ESC})+)(?::((?:[A-Za-z0-9\-_.!~*'()&=+$,]|{_ESC})*))?@)?"
+    rf"({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|{_ESC})+(?:=(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|{_ESC})+)?)*)"
+    rf"(?:\?((?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|{_ESC})+=(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|{_ESC})*"
+    rf"(?:&(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|{_ESC})+=(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|{_ESC})*)*))?"
+)
 
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
 _PASSWORD_SAFE = "-_.!~*'()&=+$,"
@@ -293,6 +311,30 @@ def _parse_tel(rest: str) -> TelUri:
 
 
 def _parse_sip(scheme: str, rest: str) -> SipUri:
+    m = _SIP_FAST_RE.fullmatch(rest)
+    if m is not None:
+        user_text, pass_text, host, port_text, param_text, header_text = m.groups()
+        port = int(port_text) if port_text is not None else None
+        if port is None or port <= 65535:
+            headers: dict[str, str] = {}
+            if header_text is not None:
+                for item in header_text.split("&"):
+                    name, _, value = item.partition("=")
+                    headers[_unescape(name)] = _unescape(value)
+            return SipUri(
+                host,
+                None if user_text is None else _unescape(user_text),
+                None if pass_text is None else _unescape(pass_text),
+                port,
+                _parse_uri_params(param_text[1:], "URI") if param_text else {},
+                headers,
+                scheme,
+            )
+    return _parse_sip_slowly(scheme, rest)
+
+
+def _parse_sip_slowly(scheme: str, rest: str) -> SipUri:
+    """Parse a sip URI step by step, naming the first fault found."""
     user = password = None
     at = rest.find("@")
     if at >= 0:
