@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -115,16 +116,46 @@ class Dispatcher(Protocol):
     def run_listener(self, handler: Callable[..., Any], event: Any) -> None: ...
 
 
+#: Coroutine listeners of calls outside sessions, kept alive until they end.
+_direct_tasks: set[asyncio.Future[Any]] = set()
+
+
 class _DirectDispatcher:
-    """Runs listeners in place, logging failures (for calls outside sessions)."""
+    """Runs listeners in place (for calls outside sessions). A failure, in
+    the listener or in the coroutine it returns, is logged and goes no
+    further: the emitting code (the SIP stack) never sees it."""
 
     def run_listener(self, handler: Callable[..., Any], event: Any) -> None:
+        name = getattr(event, "name", event)
         try:
             result = handler(event)
-            if asyncio.iscoroutine(result):
-                asyncio.get_running_loop().create_task(result)
         except Exception:
-            logger.exception("call listener failed")
+            logger.exception("call listener %r for %s failed", handler, name)
+            return
+        if not inspect.isawaitable(result):
+            return
+        try:
+            task = asyncio.ensure_future(result)
+        except RuntimeError:  # no running loop: the coroutine cannot run
+            if inspect.iscoroutine(result):
+                result.close()
+            logger.error("coroutine listener %r for %s needs a running event loop", handler, name)
+            return
+        _direct_tasks.add(task)
+
+        def done(task: asyncio.Future[Any]) -> None:
+            _direct_tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("call listener %r for %s failed", handler, name,
+                             exc_info=task.exception())
+
+        task.add_done_callback(done)
+
+
+def _collect(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (see :meth:`Call._connected_future`)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class MediaHandler(Protocol):
@@ -181,6 +212,8 @@ class Call:
         self.end_reason: str | None = None
         self.log = logging.LoggerAdapter(logger, {"call_id": self.id})
         self._state_waiters: list[asyncio.Future[CallState]] = []
+        #: Whether the call ever reached ``CONNECTED`` (it stays true after the end).
+        self.was_connected = False
         self.on_ended: list[Callable[[Call], None]] = []
 
     def __repr__(self) -> str:
@@ -203,9 +236,12 @@ class Call:
     def remove_event_listener(
         self, event: str | CallEvents, handler: Callable[..., Any] | None = None
     ) -> None:
+        """Remove ``handler`` from ``event`` (every listener of ``event`` when
+        ``handler`` is ``None``). Handlers compare by equality, so a bound
+        method (``self.on_x``, a new object at each access) is found again."""
         name = str(event)
         for listener in list(self.emitter.listeners(name)):
-            if handler is None or getattr(listener, "__wrapped__", None) is handler:
+            if handler is None or getattr(listener, "__wrapped__", None) == handler:
                 self.emitter.remove_listener(name, listener)
 
     def _emit(self, name: CallEvents, **fields: Any) -> None:
@@ -214,7 +250,10 @@ class Call:
         self.emitter.emit(str(name), event)
 
     def wait_for(self, event: str | CallEvents, timeout: float | None = None) -> Awaitable[CallEvent]:
-        """Wait for the next ``event``; a timeout does not disturb the call."""
+        """Wait for the next ``event``. The listener is attached now, so an
+        event emitted before the result is awaited still counts. A timeout
+        (:class:`asyncio.TimeoutError`) or a cancellation detaches the
+        listener and leaves the call as it was."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[CallEvent] = loop.create_future()
         name = str(event)
@@ -224,10 +263,28 @@ class Call:
                 fut.set_result(ev)
 
         self.emitter.once(name, once)
-        return asyncio.wait_for(asyncio.shield(fut), timeout)
+
+        async def wait() -> CallEvent:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                    try:
+                        self.emitter.remove_listener(name, once)
+                    except KeyError:  # already gone
+                        pass
+
+        return wait()
 
     def _set_state(self, state: CallState) -> None:
+        """Move to ``state``. An ended call keeps its end state: later
+        changes are ignored, so the end callbacks run once."""
+        if self.state.ended or state == self.state:
+            return
         self.state = state
+        if state == CallState.CONNECTED:
+            self.was_connected = True
         self.log.info("state %s", state.value)
         if state.ended:
             for cb in self.on_ended:
@@ -248,11 +305,16 @@ class Call:
     def _finish(self, state: CallState, event: CallEvents, code: int | None, reason: str | None,
                 headers: dict[str, str] | None = None) -> None:
         """End the call once: set the state, then emit Disconnected or Failed."""
+        if self._conclude(state, code, reason):
+            self._emit(event, code=code, reason=reason, headers=dict(headers or {}))
+
+    def _conclude(self, state: CallState, code: int | None, reason: str | None) -> bool:
+        """Set the end state (without emitting); ``False`` if already ended."""
         if self.state.ended:
-            return
+            return False
         self.end_code, self.end_reason = code, reason
         self._set_state(state)
-        self._emit(event, code=code, reason=reason, headers=headers or {})
+        return True
 
     # -- actions (overridden by the kinds of call) -----------------------------
 
@@ -278,11 +340,23 @@ class Call:
         raise NotImplementedError
 
     async def _await_connected(self) -> None:
-        """Return when connected; raise :class:`CallError` if the call ends first."""
-        while self.state not in (CallState.CONNECTED,):
+        """Return once the call has connected (even if it has ended since,
+        say hung up before this coroutine ran); raise :class:`CallError` if
+        the call ends without connecting."""
+        while not self.was_connected:
             if self.state.ended:
                 raise CallError(f"call ended before it connected ({self.end_code} {self.end_reason})")
             await self._wait_state_change()
+
+    def _connected_future(self) -> asyncio.Future[None]:
+        """What ``answer()`` returns: a future done once connected, failing
+        with :class:`CallError` if the call ends first. Awaiting it is
+        optional (VoxEngine style): when nobody does, its failure is not
+        reported again as "exception never retrieved", since the call's
+        Failed or Disconnected event already tells."""
+        fut = asyncio.ensure_future(self._await_connected())
+        fut.add_done_callback(_collect)
+        return fut
 
 
 class InternalCall(Call):
@@ -290,6 +364,8 @@ class InternalCall(Call):
 
     The caller's end is outbound, the callee's end inbound; the callee
     answers or rejects, either end hangs up, and messages and INFO cross.
+    Both ends change state before either emits, so a listener of one end
+    already sees the other end's new state (and may act on it).
     """
 
     kind = "internal"
@@ -303,64 +379,99 @@ class InternalCall(Call):
             raise CallError("internal call has no peer")
         return self.peer
 
-    async def _answer(self, headers: dict[str, str] | None) -> None:
-        await self._await_connected()
+    def _end_both(
+        self, mine: tuple[CallState, CallEvents, int, str],
+        theirs: tuple[CallState, CallEvents, int, str], headers: dict[str, str] | None,
+    ) -> None:
+        """End this end and the peer: both states first, then both events
+        (ours without headers, the peer's with the headers sent to it)."""
+        peer = self.peer
+        ended_here = self._conclude(mine[0], mine[2], mine[3])
+        ended_there = peer is not None and peer._conclude(theirs[0], theirs[2], theirs[3])
+        if ended_here:
+            self._emit(mine[1], code=mine[2], reason=mine[3], headers={})
+        if ended_there:
+            assert peer is not None
+            peer._emit(theirs[1], code=theirs[2], reason=theirs[3], headers=dict(headers or {}))
 
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
+        """Connect both ends: the caller's end gets Connected (with
+        ``headers``) first, as a SIP caller gets 200 OK before the callee
+        gets the ACK, then this end."""
         if self.direction != "inbound":
             raise CallError("only an inbound call can be answered")
+        if self.state.ended:
+            raise CallError("call already ended")
         if self.state == CallState.ALERTING:
             peer = self._require_peer()
+            sent = dict(headers or {})
             self._set_state(CallState.CONNECTED)
-            self._emit(CallEvents.Connected, headers=dict(headers or {}))
-            if peer.state == CallState.PROGRESSING:
-                peer.headers.update(headers or {})
+            peer_connects = peer.state == CallState.PROGRESSING
+            if peer_connects:
+                peer.headers.update(sent)
                 peer._set_state(CallState.CONNECTED)
-                peer._emit(CallEvents.Connected, headers=dict(headers or {}))
-        elif self.state.ended:
-            raise CallError("call already ended")
-        return asyncio.ensure_future(self._answer(headers))
+                peer._emit(CallEvents.Connected, headers=sent)
+            if not self.state.ended:  # a listener of the peer may have hung up
+                self._emit(CallEvents.Connected, headers={})
+        return self._connected_future()
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
+        """Refuse the call: Failed with ``code`` on both ends (``headers`` go to the caller)."""
+        if self.direction != "inbound":
+            raise CallError("only an inbound call can be rejected")
+        if not 300 <= code <= 699:
+            raise CallError(f"reject code must be 300-699, not {code}")
         if self.state != CallState.ALERTING:
             raise CallError(f"cannot reject a call in state {self.state.value}")
-        self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected")
-        if self.peer is not None:
-            self.peer._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected", headers)
+        failed = (CallState.FAILED, CallEvents.Failed, code, "Rejected")
+        self._end_both(failed, failed, headers)
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
+        """End the call, as a SIP call would: after the answer, Disconnected
+        200 on both ends; the callee's end before the answer refuses the call
+        (Disconnected 480 here, Failed 480 for the caller); the caller's end
+        before the answer cancels it (Disconnected 487 on both). A hangup of
+        an ended call does nothing."""
         if self.state.ended:
             return
-        connected = self.state == CallState.CONNECTED
-        state, event = (CallState.DISCONNECTED, CallEvents.Disconnected)
-        if not connected and self.direction == "inbound":
-            self.reject(480, headers)
-            return
-        self._finish(state, event, 200 if connected else 487, "Hangup")
-        peer = self.peer
-        if peer is not None and not peer.state.ended:
-            if connected:
-                peer._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup", headers)
-            else:
-                peer._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled", headers)
+        if self.state == CallState.CONNECTED:
+            bye = (CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
+            self._end_both(bye, bye, headers)
+        elif self.direction == "inbound":
+            self._end_both((CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup"),
+                           (CallState.FAILED, CallEvents.Failed, 480, "Temporarily Unavailable"),
+                           headers)
+        else:
+            cancel = (CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+            self._end_both(cancel, cancel, headers)
+
+    def _before_answer(self, action: str) -> InternalCall:
+        if self.direction != "inbound" or self.state != CallState.ALERTING:
+            raise CallError(f"{action}() needs an inbound call not yet answered")
+        return self._require_peer()
 
     def ring(self, headers: dict[str, str] | None = None) -> None:
-        peer = self._require_peer()
-        if self.state == CallState.ALERTING and peer.state == CallState.PROGRESSING:
-            peer._emit(CallEvents.Ringing, headers=dict(headers or {}))
+        """Tell the caller the callee is ringing (Ringing on the caller's end)."""
+        peer = self._before_answer("ring")
+        if peer.state == CallState.PROGRESSING:
+            peer._emit(CallEvents.Ringing, code=180, reason="Ringing", headers=dict(headers or {}))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
-        peer = self._require_peer()
-        if self.state == CallState.ALERTING and peer.state == CallState.PROGRESSING:
-            peer._emit(CallEvents.Progress, headers=dict(headers or {}))
+        """Tell the caller early media starts (Progress on the caller's end)."""
+        peer = self._before_answer("start_early_media")
+        if peer.state == CallState.PROGRESSING:
+            peer._emit(CallEvents.Progress, code=183, reason="Session Progress",
+                       headers=dict(headers or {}))
 
     def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
+        """MessageReceived (``text``, ``headers``) on the other end."""
         if self.state != CallState.CONNECTED:
             raise CallError("messages need a connected call")
         peer = self._require_peer()
         peer._emit(CallEvents.MessageReceived, text=text, headers=dict(headers or {}))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
+        """InfoReceived (``mime_type``, ``body`` as bytes, ``headers``) on the other end."""
         if self.state != CallState.CONNECTED:
             raise CallError("INFO needs a connected call")
         data = body.encode() if isinstance(body, str) else body

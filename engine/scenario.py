@@ -20,10 +20,19 @@ other's state::
     VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 
 Listeners may be functions or coroutine functions. An exception escaping a
-listener (or a task it started) is logged with its traceback in the session
-log, the session's calls are ended (500 before answer, BYE after) and the
-session terminates; the engine goes on. A session with no calls left ends
+listener, a ``set_timeout`` callback or a task the scenario started (with
+``asyncio.create_task`` or ``ensure_future``) and did not collect itself is
+logged with its traceback in the session log, the session's calls are ended
+(500 before answer, BYE after) and the session terminates; the engine goes
+on. A session with no calls (from its start, or once its calls ended) ends
 after ``idle_timeout`` seconds, so nothing leaks.
+
+Re-entrancy: events are delivered synchronously, so a listener of one
+session may run inside another session's listener (a conference answering a
+message from a caller's listener, which answers back). Listeners therefore
+run in a *copy* of their session's context: a :class:`contextvars.Context`
+can be entered only once at a time, and the session's own one may already be
+entered further up the stack.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import logging
 import secrets
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
@@ -148,35 +157,37 @@ class _VoxEngine:
     def call_pstn(self, number: str, callerid: str, headers: dict[str, str] | None = None,
                   display_name: str | None = None) -> Call:
         """Call a phone number through the configured SIP trunk."""
-        session = _session()
-        call = session.runtime.ua.call_pstn(number, callerid, display_name=display_name,
-                                            headers=headers, dispatcher=session)
-        session.adopt(call)
-        return call
+        return _outbound("call_pstn", number, callerid, display_name=display_name, headers=headers)
 
     def call_sip(self, uri: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
                  display_name: str | None = None) -> Call:
         """Call a SIP URI directly."""
-        session = _session()
-        call = session.runtime.ua.call_sip(uri, callerid=callerid, display_name=display_name,
-                                           headers=headers, dispatcher=session)
-        session.adopt(call)
-        return call
+        return _outbound("call_sip", uri, callerid=callerid, display_name=display_name, headers=headers)
 
     def call_user(self, name: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
                   display_name: str | None = None) -> Call:
         """Call a user: the SIP phone registered under ``name``."""
-        session = _session()
-        call = session.runtime.ua.call_registered(name, callerid=callerid, display_name=display_name,
-                                                  headers=headers, dispatcher=session)
-        session.adopt(call)
-        return call
+        return _outbound("call_registered", name, callerid=callerid, display_name=display_name,
+                         headers=headers)
 
     def set_timeout(self, callback: Callable[[], Any], ms: float) -> asyncio.TimerHandle:
         return _session().set_timeout(callback, ms)
 
     def clear_timeout(self, handle: asyncio.TimerHandle) -> None:
         _session().clear_timeout(handle)
+
+
+def _outbound(method: str, *args: Any, **kwargs: Any) -> Call:
+    """Place an outbound call through the user agent, owned by this session."""
+    session = _session()
+    if session.terminated:
+        raise CallError("this session has terminated: it cannot place calls")
+    ua = session.runtime.ua
+    if ua is None:
+        raise CallError("outbound calls need a user agent, and this runtime has none")
+    call: Call = getattr(ua, method)(*args, dispatcher=session, **kwargs)
+    session.adopt(call)
+    return call
 
 
 class _Logger:
@@ -206,8 +217,9 @@ class _Net:
         self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
         body: str | bytes | None = None, timeout: float = 10.0,
     ) -> HttpResponse:
-        """Make an HTTP request (aiohttp) from a scenario; never raises for
-        network errors, returns ``code=0`` and ``error`` instead."""
+        """Make an HTTP request (aiohttp) from a scenario. It never raises
+        (except outside a session): a network error, a bad URL or a timeout
+        returns ``code=0`` and ``error`` (``"timeout"`` for a timeout)."""
         session = _session()
         try:
             http = await session.runtime.http_session()
@@ -220,9 +232,10 @@ class _Net:
         except asyncio.TimeoutError:
             session.write_log(f"http_request {method} {url}: timeout after {timeout} s")
             return HttpResponse(0, "", {}, "timeout")
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            session.write_log(f"http_request {method} {url}: {exc}")
-            return HttpResponse(0, "", {}, str(exc) or type(exc).__name__)
+        except Exception as exc:  # ClientError, OSError, ValueError (bad URL), ...
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            session.write_log(f"http_request {method} {url}: {error}")
+            return HttpResponse(0, "", {}, error)
 
 
 VoxEngine = _VoxEngine()
@@ -256,6 +269,7 @@ class Session:
         self.log_lines: deque[str] = deque(maxlen=2000)
         self.started_at = time.time()
         self.terminated = False
+        self._terminating = False
         self.error: str | None = None
         self.namespace: dict[str, Any] = {}
         self.conferences: set[str] = set()
@@ -273,7 +287,16 @@ class Session:
         for name in self.rule.scenarios:
             code = self.runtime.code(name)
             self.namespace["__file__"] = code.co_filename
-            self.ctx.run(exec, code, self.namespace)
+            self._run(exec, code, self.namespace)
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` with this session as the current one. In the session's
+        own context (a timer or task of the session) it is a plain call;
+        elsewhere it runs in a copy of the session's context, which may be
+        entered even while the session's context is entered further up."""
+        if _current.get(None) is self:
+            return fn(*args)
+        return self.ctx.copy().run(fn, *args)
 
     # -- events ------------------------------------------------------------------
 
@@ -285,8 +308,10 @@ class Session:
         self.emitter.on(str(event), run)
 
     def remove_event_listener(self, event: str | AppEvents, handler: Callable[..., Any] | None) -> None:
+        """Remove ``handler`` (compared by equality, so bound methods match)
+        or, when ``None``, every listener of ``event``."""
         for listener in list(self.emitter.listeners(str(event))):
-            if handler is None or getattr(listener, "__wrapped__", None) is handler:
+            if handler is None or getattr(listener, "__wrapped__", None) == handler:
                 self.emitter.remove_listener(str(event), listener)
 
     def emit(self, event: AppEvents, **fields: Any) -> None:
@@ -294,13 +319,10 @@ class Session:
 
     def run_listener(self, handler: Callable[..., Any], event: Any) -> None:
         """Run a listener in this session's context; failures end the session."""
-        if self.terminated and getattr(event, "name", None) not in ("Terminating", "Terminated", "Disconnected", "Failed"):
+        if self.terminated and getattr(event, "name", None) not in _AFTER_END:
             return
         try:
-            if _current.get(None) is self:
-                result = handler(event)
-            else:
-                result = self.ctx.run(handler, event)
+            result = self._run(handler, event)
         except Exception as exc:
             self.fail(exc)
             return
@@ -308,7 +330,8 @@ class Session:
             self.spawn(result)
 
     def spawn(self, awaitable: Any) -> asyncio.Task[Any]:
-        """Run a coroutine as part of this session (cancelled at termination)."""
+        """Run an awaitable as part of this session: cancelled at termination,
+        and an exception escaping it ends the session."""
         task = asyncio.get_running_loop().create_task(_as_coroutine(awaitable), context=self.ctx)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -322,13 +345,40 @@ class Session:
         if exc is not None:
             self.fail(exc)
 
+    def _adopt_task(self, task: asyncio.Task[Any]) -> None:
+        """A task the scenario created itself (``asyncio.create_task``):
+        cancelled at termination; an exception nobody collected ends the
+        session. Whoever awaits the task (directly, through ``gather`` or
+        ``wait_for``) collects its exception within a few turns of the loop,
+        so the check waits that long before looking."""
+        self.tasks.add(task)
+        loop = task.get_loop()
+
+        def check(hops: int) -> None:
+            if hops:
+                loop.call_soon(check, hops - 1)
+                return
+            if task.cancelled() or not getattr(task, "_log_traceback", False):
+                return  # succeeded, or its exception was collected
+            exc = task.exception()
+            if exc is not None:
+                self.fail(exc)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self.tasks.discard(task)
+            if not task.cancelled():
+                check(_COLLECT_HOPS)
+
+        task.add_done_callback(done)
+
     def fail(self, exc: BaseException) -> None:
         """A scenario error: log the traceback, end the calls, terminate."""
         text = "".join(traceback.format_exception(exc))
-        self.error = f"{type(exc).__name__}: {exc}"
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
         self.write_log(f"scenario error: {text.rstrip()}")
-        self.log.error("scenario %s failed: %s", self.rule.name, self.error)
-        if self.terminated:
+        self.log.error("scenario %s failed: %s: %s", self.rule.name, type(exc).__name__, exc)
+        if self.terminated or self._terminating:
             return
         for call in list(self.calls):
             self._end_call(call, 500)
@@ -339,6 +389,8 @@ class Session:
     def adopt(self, call: Call) -> None:
         """Make ``call`` part of this session: its listeners run here."""
         call.dispatcher = self
+        if call in self.calls or call.state.ended:
+            return
         self.calls.add(call)
         call.on_ended.append(self._call_ended)
         if self._idle is not None:
@@ -351,13 +403,16 @@ class Session:
             self._arm_idle()
 
     def _arm_idle(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # used without an event loop (tools, tests)
+            return
         if self._idle is not None:
             self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(
-            self.runtime.idle_timeout, self._on_idle
-        )
+        self._idle = loop.call_later(self.runtime.idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
+        self._idle = None
         if not self.calls and not self.terminated:
             self.write_log(f"no calls for {self.runtime.idle_timeout:g} s: terminating")
             self.terminate()
@@ -377,6 +432,8 @@ class Session:
     # -- timers and log ------------------------------------------------------
 
     def set_timeout(self, callback: Callable[[], Any], ms: float) -> asyncio.TimerHandle:
+        """Run ``callback`` (a function or coroutine function) in this
+        session after ``ms`` milliseconds, unless cleared or terminated first."""
         def fire() -> None:
             self.timers.discard(handle)
             self.run_listener(lambda _ev: callback(), None)
@@ -398,8 +455,13 @@ class Session:
     # -- ending ----------------------------------------------------------------
 
     def terminate(self) -> None:
-        if self.terminated:
+        """End the session once: Terminating, its calls ended (480 before
+        answer, hang-up after), timers and tasks cancelled, Terminated.
+        Calling it again, from anywhere (a Terminating listener too), does
+        nothing."""
+        if self._terminating:
             return
+        self._terminating = True
         self.emit(AppEvents.Terminating)
         self.terminated = True
         for call in list(self.calls):
@@ -409,27 +471,74 @@ class Session:
         self.timers.clear()
         if self._idle is not None:
             self._idle.cancel()
-        current = asyncio.current_task()
+            self._idle = None
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:  # no running loop
+            current = None
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()
         self.emit(AppEvents.Terminated)
-        self.runtime._session_ended(self)
         self.write_log("terminated")
+        self.runtime._session_ended(self)
+
+
+#: Events still delivered after a session terminated.
+_AFTER_END = frozenset({"Terminating", "Terminated", "Disconnected", "Failed"})
+
+#: Loop turns given to the awaiter of a scenario's task to collect its exception.
+_COLLECT_HOPS = 3
 
 
 async def _as_coroutine(awaitable: Any) -> Any:
     return await awaitable
 
 
+class _TaskFactory:
+    """The event loop's task factory while scenarios run: a task created
+    from scenario code (its coroutine was compiled from a scenario file)
+    inside a session belongs to that session (see :meth:`Session._adopt_task`).
+    Other tasks, the engine's own, are left alone. It wraps the factory that
+    was installed before, if any."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        if self.previous is not None:
+            task = self.previous(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        context = kwargs.get("context")
+        session = context.get(_current) if context is not None else _current.get(None)
+        if session is not None and isinstance(task, asyncio.Task):
+            code = getattr(coro, "cr_code", None)
+            if code is not None and code.co_filename in session.runtime.scenario_files:
+                session._adopt_task(task)
+        return task
+
+    @staticmethod
+    def install(loop: asyncio.AbstractEventLoop) -> None:
+        current = loop.get_task_factory()
+        if not isinstance(current, _TaskFactory):
+            loop.set_task_factory(_TaskFactory(current))
+
+
 class ScenarioRuntime:
     """Starts sessions for rule matches and conference calls.
 
     :param ua: the :class:`~engine.ua.UserAgent` (anything with
-        ``call_sip``, ``call_pstn`` and ``call_registered``).
+        ``call_sip``, ``call_pstn`` and ``call_registered``), or ``None``
+        (then scenarios cannot place calls).
     :param node_id: this engine node's id, for the directory.
+    :param idle_timeout: seconds a session with no calls lives on.
     :param log_dir: where each session's log is written (``<id>.log``).
     """
+
+    #: Ended sessions whose log lines are kept in memory (for read_log
+    #: without a log_dir).
+    ENDED_LOGS_KEPT = 200
 
     def __init__(
         self,
@@ -450,8 +559,10 @@ class ScenarioRuntime:
         self.idle_timeout = idle_timeout
         self.log_dir = log_dir
         self.sessions: dict[str, Session] = {}
+        self.scenario_files: set[str] = set()
         self._code: dict[str, CodeType] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._ended_logs: OrderedDict[str, list[str]] = OrderedDict()
         self.finished: deque[tuple[str, str, str | None]] = deque(maxlen=1000)
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -466,22 +577,35 @@ class ScenarioRuntime:
                 self.code(name)
 
     def code(self, name: str) -> CodeType:
+        """The compiled scenario ``name``, read and compiled once (until
+        :meth:`reload`); :class:`ScenarioError` says why it cannot be."""
         code = self._code.get(name)
         if code is None:
             path = self.scenarios_dir / f"{name}.py"
             try:
-                source = path.read_text(encoding="utf-8")
+                data = path.read_bytes()
             except OSError as exc:
-                raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
+                raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror or exc}") from None
+            try:
+                source = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = data.count(b"\n", 0, exc.start) + 1
+                raise ScenarioError(f"{path}:{line}: not valid UTF-8: {exc.reason}") from None
             try:
                 code = compile(source, str(path), "exec")
             except SyntaxError as exc:
-                raise ScenarioError(f"{path}:{exc.lineno}: {exc.msg}") from None
+                where = f"{path}:{exc.lineno}" if exc.lineno else str(path)
+                raise ScenarioError(f"{where}: {exc.msg}") from None
+            except ValueError as exc:  # e.g. null bytes, on some Python versions
+                raise ScenarioError(f"{path}: {exc}") from None
             self._code[name] = code
+            self.scenario_files.add(code.co_filename)
         return code
 
     def reload(self, rules: RuleSet) -> None:
-        """Use new rules and re-read scenarios for sessions started from now on."""
+        """Use new rules and re-read scenarios for sessions started from now
+        on; if one does not compile, raise :class:`ScenarioError` and keep
+        the old rules and code."""
         old_rules, old_code = self.rules, self._code
         self.rules, self._code = rules, {}
         try:
@@ -493,16 +617,26 @@ class ScenarioRuntime:
     # -- starting sessions -----------------------------------------------------
 
     def start_session(self, rule: Rule, custom_data: str = "") -> Session:
-        """Create and load a session; a load error fails it (and raises)."""
-        session = Session(self, rule, custom_data)
+        """Create and load a session; a load error fails it (and raises).
+        A session that has no call once started ends after ``idle_timeout``
+        unless it places or receives one."""
+        return self._start(Session(self, rule, custom_data))
+
+    def _start(self, session: Session) -> Session:
+        try:
+            _TaskFactory.install(asyncio.get_running_loop())
+        except RuntimeError:  # no running loop: nothing asynchronous can start
+            pass
         self.sessions[session.id] = session
-        session.write_log(f"started by rule {rule.name} ({', '.join(rule.scenarios)})")
+        session.write_log(f"started by rule {session.rule.name} ({', '.join(session.rule.scenarios)})")
         try:
             session.load()
         except Exception as exc:
             session.fail(exc)
             raise
         session.emit(AppEvents.Started)
+        if not session.calls and not session.terminated:
+            session._arm_idle()
         return session
 
     def on_incoming_call(self, call: Call, request: Any = None) -> None:
@@ -521,6 +655,14 @@ class ScenarioRuntime:
         self._alert(session, call)
 
     def _alert(self, session: Session, call: Call) -> None:
+        if call.state.ended:  # e.g. the caller hung up before the session saw the call
+            session.write_log(f"call {call.id} ended before it was offered ({call.end_code})")
+            if not session.calls and not session.terminated:
+                session._arm_idle()
+            return
+        if session.terminated:
+            self._refuse(call, 500)
+            return
         session.adopt(call)
         session.write_log(
             f"call {call.id} from {call.callerid!r} to {call.number!r} ({call.kind})"
@@ -533,8 +675,16 @@ class ScenarioRuntime:
             display_name=call.display_name,
             destination=call.number,
         )
-        if session.terminated and call.state == CallState.ALERTING:
-            call.reject(500)
+        if session.terminated:
+            self._refuse(call, 500)
+
+    @staticmethod
+    def _refuse(call: Call, code: int) -> None:
+        if call.state == CallState.ALERTING and call.direction == "inbound":
+            try:
+                call.reject(code)
+            except CallError:
+                pass
 
     def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str]) -> int:
         """An out-of-dialog MESSAGE: start a session for it; return the status."""
@@ -547,41 +697,66 @@ class ScenarioRuntime:
             return 500
         session.emit(AppEvents.MessageReceived, text=text, callerid=callerid,
                      destination=destination, headers=headers)
-        if not session.calls and not session.terminated:
-            session._arm_idle()
         return 200
 
     def call_conference(
         self, caller: Session, name: str, callerid: str | None, display_name: str | None,
         headers: dict[str, str] | None,
     ) -> InternalCall:
-        """Connect ``caller`` to the session owning conference ``name``."""
+        """Connect ``caller`` to the ONE session owning conference ``name``,
+        started through the rules on first use. Returns the caller's leg; the
+        conference session gets ``CallAlerting`` with the other leg on the
+        next turn of the loop (so the caller can add listeners first). A
+        conference that fails to start fails the caller's leg with 500.
+
+        :raises CallError: no rule matches ``name``, or another node owns it
+            (calls between nodes are not built yet).
+        """
         rule = self.rules.match(name)
         if rule is None:
             raise CallError(f"no rule matches conference {name!r}")
+        if caller.terminated:
+            raise CallError("this session has terminated: it cannot place calls")
+        loop = asyncio.get_running_loop()
+        session = self._conference_owner(name, rule)
         out, inc = new_call_pair(
             number=name, callerid=callerid or "", display_name=display_name, headers=headers,
             caller_dispatcher=caller,
         )
         caller.adopt(out)
-        candidate = secrets.token_hex(12)
-        owner_node, owner_sid = self.directory.claim_conference(name, self.node_id, candidate)
-        session = self.sessions.get(owner_sid)
-        if owner_sid == candidate or session is None or session.terminated:
-            if owner_sid != candidate:  # a dead owner: take over
-                self.directory.release_conference(name, owner_sid)
-                self.directory.claim_conference(name, self.node_id, candidate)
-            try:
-                session = self.start_session(rule)
-            except Exception:
-                self.directory.release_conference(name, candidate)
-                asyncio.get_running_loop().call_soon(inc.reject, 500)
-                return out
-            self.directory.release_conference(name, candidate)
-            self.directory.claim_conference(name, self.node_id, session.id)
-            session.conferences.add(name)
-        asyncio.get_running_loop().call_soon(self._alert, session, inc)
+        if session is None:
+            loop.call_soon(self._refuse, inc, 500)
+        else:
+            loop.call_soon(self._alert, session, inc)
         return out
+
+    def _conference_owner(self, name: str, rule: Rule) -> Session | None:
+        """The live session owning ``name``, started (and claimed in the
+        directory before its scenario runs) if there is none; ``None`` when
+        the scenario fails to load."""
+        owner = self.directory.conference_owner(name)
+        if owner is not None:
+            node, sid = owner
+            live = self.sessions.get(sid)
+            if live is not None and not live.terminated:
+                return live
+            if node != self.node_id:
+                raise CallError(
+                    f"conference {name!r} is run by node {node}: calls between nodes are not supported yet"
+                )
+            self.directory.release_conference(name, sid)  # a stale claim of this node
+        session = Session(self, rule)
+        node, sid = self.directory.claim_conference(name, self.node_id, session.id)
+        if sid != session.id:  # someone else claimed it first
+            live = self.sessions.get(sid)
+            if live is not None and not live.terminated:
+                return live
+            raise CallError(f"conference {name!r} is run by node {node}")
+        session.conferences.add(name)
+        try:
+            return self._start(session)
+        except Exception:  # logged in the session; fail() released the name
+            return None
 
     def conference_session(self, name: str) -> Session | None:
         owner = self.directory.conference_owner(name)
@@ -592,6 +767,9 @@ class ScenarioRuntime:
         for name in session.conferences:
             self.directory.release_conference(name, session.id)
         self.finished.append((session.id, session.rule.name, session.error))
+        self._ended_logs[session.id] = list(session.log_lines)
+        while len(self._ended_logs) > self.ENDED_LOGS_KEPT:
+            self._ended_logs.popitem(last=False)
 
     # -- services ----------------------------------------------------------------
 
@@ -601,6 +779,8 @@ class ScenarioRuntime:
         return self._http
 
     def append_log(self, session_id: str, line: str) -> None:
+        if session_id in self._ended_logs:  # a line after the end (a late error)
+            self._ended_logs[session_id].append(line)
         if self.log_dir is None:
             return
         try:
@@ -610,6 +790,8 @@ class ScenarioRuntime:
             logger.exception("cannot write session log")
 
     def read_log(self, session_id: str) -> list[str]:
+        """A session's log lines: live, from its file, or (without a log
+        directory) from memory for recently ended sessions."""
         session = self.sessions.get(session_id)
         if session is not None:
             return list(session.log_lines)
@@ -617,11 +799,15 @@ class ScenarioRuntime:
             path = self.log_dir / f"{session_id}.log"
             if path.is_file():
                 return path.read_text(encoding="utf-8").splitlines()
+        if session_id in self._ended_logs:
+            return list(self._ended_logs[session_id])
         raise KeyError(session_id)
 
     async def stop(self) -> None:
+        """Terminate every session and close the HTTP client."""
         for session in list(self.sessions.values()):
             session.terminate()
         await asyncio.sleep(0)
         if self._http is not None:
             await self._http.close()
+            self._http = None

@@ -36,18 +36,19 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
-from .directory import MemoryDirectory
+from .directory import ContactUpdate, MemoryDirectory, OutOfOrder, TooManyBindings
 from .sip.auth import ClientAuthSession, DigestServer
 from .sip.dialog import Dialog
 from .sip.errors import RemoteProtocolError
 from .sip.headers import NameAddr
-from .sip.message import Headers, SipRequest, SipResponse, new_call_id, new_tag
+from .sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
 from .sip.transaction import ServerTransaction, Timers, create_cancel
 from .sip.uri import SipUri, TelUri, parse_uri
 from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
@@ -119,6 +120,68 @@ def _user_of(uri: Any) -> str:
     return ""
 
 
+def _contact_q(raw: str | None) -> float | None:
+    """A Contact's ``q`` (RFC 3261 §20.10: 0 to 1, three decimals at most),
+    ``None`` when absent.
+
+    :raises ValueError: when malformed.
+    """
+    if raw is None:
+        return None
+    if len(raw) > 5 or not raw[:1].isdigit():
+        raise ValueError(f"bad q {raw!r}")
+    q = float(raw)
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"bad q {raw!r}")
+    return q
+
+
+def _dialog_problem(invite: SipRequest) -> str | None:
+    """Why an INVITE cannot create a dialog (RFC 3261 §8.1.1.8: exactly one
+    SIP URI in Contact; §12.1.1: Record-Route of SIP URIs), or ``None``.
+    Checked before a scenario sees the call, so that answering cannot fail."""
+    contacts = invite.contact
+    if not contacts:
+        if _is_2543(invite) and isinstance(invite.from_.uri, SipUri):
+            return None  # RFC 2543 allowed it: the From URI is the target
+        return "missing Contact header"
+    if len(contacts) != 1 or contacts[0].wildcard or not isinstance(contacts[0].uri, SipUri):
+        return "Contact must be one SIP URI"
+    if invite.headers.get("Record-Route") is not None and not all(
+        isinstance(r.uri, SipUri) for r in invite.name_addrs("Record-Route")
+    ):
+        return "Record-Route is not a SIP URI"
+    return None
+
+
+def _is_2543(request: SipRequest) -> bool:
+    branch = request.top_via.branch
+    return branch is None or not branch.startswith(BRANCH_MAGIC)
+
+
+def _dialog_request(invite: SipRequest) -> SipRequest:
+    """The INVITE as a dialog is made from: an RFC 2543 INVITE without
+    Contact gets its From URI as the remote target (RFC 4475 §3.4.1)."""
+    if invite.headers.get("Contact") is not None:
+        return invite
+    copy = SipRequest(invite.method, invite.uri_text, invite.headers.copy(), invite.body)
+    copy.headers.add("Contact", f"<{invite.from_.uri}>")
+    return copy
+
+
+def _retrieve_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether two hosts are the same (addresses compared as addresses)."""
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -151,6 +214,7 @@ class SipCall(Call):
         self._out_invite: SipRequest | None = None
         self._out_txn: Any = None
         self._cancel_wanted = False
+        self._cancel_sent = False
         self._provisional_seen = False
         self._auth: ClientAuthSession | None = None
         self._auth_tries = 0
@@ -227,10 +291,12 @@ class SipCall(Call):
         if self.state == CallState.ALERTING and not self._final_sent:
             body = self._local_answer()
             if body is None:
-                return asyncio.ensure_future(self._await_connected())
+                return self._connected_future()
             response = self._response(200, headers=headers, body=body)
             assert self.invite is not None
-            self.dialog = Dialog.create_uas(self.invite, self.local_tag, self.ua.contact_for(self.peer))
+            self.dialog = Dialog.create_uas(
+                _dialog_request(self.invite), self.local_tag, self.ua.contact_for(self.peer)
+            )
             self.ua.register_dialog(self)
             self._final_sent = True
             self._answer_msg = response
@@ -239,7 +305,15 @@ class SipCall(Call):
             self._start_2xx_retransmit(response)
         elif self.state.ended:
             raise CallError("call already ended")
-        return asyncio.ensure_future(self._await_connected())
+        return self._connected_future()
+
+    def _connected_future(self) -> asyncio.Future[None]:
+        """What :meth:`answer` returns. Scenarios may answer without awaiting
+        (``call.answer()``), so a call that ends before the ACK must not log
+        "exception was never retrieved"; an awaiting caller still gets it."""
+        fut = asyncio.ensure_future(self._await_connected())
+        fut.add_done_callback(_retrieve_exception)
+        return fut
 
     def _start_2xx_retransmit(self, response: SipResponse) -> None:
         """RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until ACK."""
@@ -251,7 +325,8 @@ class SipCall(Call):
         def fire(interval: float) -> None:
             if self._answer_msg is None:
                 return
-            if loop.time() >= deadline:
+            now = loop.time()
+            if now >= deadline - 0.001:  # timers may fire a hair early
                 self._answer_msg = None
                 self.log.warning("no ACK for our 200 OK: ending the call")
                 self._set_state(CallState.CONNECTED)
@@ -259,12 +334,15 @@ class SipCall(Call):
                 self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
                 return
             self.ua.endpoint._transmit(data, self.peer)
-            self._retransmit = loop.call_later(interval, fire, min(2 * interval, timers.t2))
+            # Never past the deadline: give up at 64*T1, not at the next T2 step.
+            self._retransmit = loop.call_later(
+                min(interval, deadline - now), fire, min(2 * interval, timers.t2)
+            )
 
         if not self.peer.reliable:
             self._retransmit = loop.call_later(timers.t1, fire, min(2 * timers.t1, timers.t2))
-        else:
-            self._retransmit = loop.call_later(64 * timers.t1, fire, 64 * timers.t1)
+        else:  # a reliable transport needs no retransmission, only the timeout
+            self._retransmit = loop.call_at(deadline, fire, 0.0)
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse an inbound call with a final response (default 486 Busy Here)."""
@@ -342,6 +420,7 @@ class SipCall(Call):
         h.add("Content-Type", "application/sdp")
         req.body = self._offer
         self._out_invite = req
+        self._provisional_seen = False  # a CANCEL waits for this INVITE's 1xx
         self._out_txn = self.ua.endpoint.send_request(req, self.peer, self._on_invite_response)
 
     def _on_no_answer(self) -> None:
@@ -352,11 +431,11 @@ class SipCall(Call):
             self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
 
     def _send_cancel(self) -> None:
-        if self._out_invite is None or not self._provisional_seen:
-            return  # RFC 3261 §9.1: wait for a provisional response
+        if self._out_invite is None or not self._provisional_seen or self._cancel_sent:
+            return  # RFC 3261 §9.1: wait for a provisional response; once
+        self._cancel_sent = True
         cancel = create_cancel(self._out_invite)
         self.ua.endpoint.send_request(cancel, self.peer, lambda resp: None)
-        self._provisional_seen = False  # once
 
     def _on_invite_response(self, resp: SipResponse | None) -> None:
         if resp is None:
@@ -364,14 +443,13 @@ class SipCall(Call):
             return
         code = resp.status
         if code < 200:
-            if code == 100:
-                if self._cancel_wanted:
-                    self._provisional_seen = True
-                    self._send_cancel()
-                return
+            # RFC 3261 §9.1: any provisional response, 100 included, allows
+            # the CANCEL that a hangup() before it had to hold back.
             self._provisional_seen = True
             if self._cancel_wanted:
                 self._send_cancel()
+                return
+            if code == 100:
                 return
             if resp.body and self.media is not None:
                 try:
@@ -637,6 +715,7 @@ class UserAgent:
             directory=self.directory,
             timers=config.timers,
             advertised_host=config.advertised_host,
+            dialog_exists=self._has_dialog,
         )
         self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
         self._dialogs: dict[tuple[str, str, str], SipCall] = {}
@@ -660,6 +739,12 @@ class UserAgent:
     def port(self) -> int:
         return self.endpoint.port
 
+    def set_timers(self, timers: Timers) -> None:
+        """Use ``timers`` (RFC 3261 T1, T2, T4...) for the transactions and
+        2xx retransmissions started from now on (tests shorten them)."""
+        self.config.timers = timers
+        self.endpoint.layer.timers = timers
+
     def contact_for(self, peer: Peer) -> str:
         host = self.endpoint.local_host_for(peer)
         host = f"[{host}]" if ":" in host else host
@@ -668,20 +753,25 @@ class UserAgent:
 
     # -- bookkeeping ---------------------------------------------------------------
 
+    def _has_dialog(self, request: SipRequest) -> bool:
+        return (request.call_id, request.to.tag or "", request.from_.tag or "") in self._dialogs
+
     def register_dialog(self, call: SipCall) -> None:
         assert call.dialog is not None
         self._dialogs[call.dialog.id] = call
 
     def forget(self, call: SipCall) -> None:
         """Drop a call's dialog a little later (late BYE/ACK retransmissions
-        still find it for 32 s; RFC 3261 Timer J)."""
+        still find it for 64*T1, 32 s by default; RFC 3261 Timer J)."""
         self.calls.discard(call)
         if call.invite_txn is not None:
             self._by_invite.pop(call.invite_txn, None)
         if call.dialog is not None:
             key = call.dialog.id
             try:
-                asyncio.get_running_loop().call_later(32.0, self._dialogs.pop, key, None)
+                asyncio.get_running_loop().call_later(
+                    self.config.timers.timeout, self._dialogs.pop, key, None
+                )
             except RuntimeError:
                 self._dialogs.pop(key, None)
 
@@ -755,6 +845,10 @@ class UserAgent:
 
     def _on_invite(self, request: SipRequest, txn: ServerTransaction, peer: Peer) -> None:
         endpoint = self.endpoint
+        problem = _dialog_problem(request)
+        if problem is not None:
+            endpoint.send_response(txn, request.create_response(400, problem))
+            return
         ctype = request.content_type
         if request.body and ctype != "application/sdp":
             resp = request.create_response(415)
@@ -824,7 +918,13 @@ class UserAgent:
         if self.user_ha1 is None:
             return request.create_response(403, "Registration Disabled")
         now = time.monotonic()
-        creds = request.headers.get("Authorization")
+        # RFC 4475 §3.3.7: credentials of a scheme we do not know are
+        # ignored, and the request is challenged with one we do.
+        creds = next(
+            (v for v in request.headers.get_all("Authorization")
+             if v[:6].lower() == "digest" and v[6:7] in (" ", "\t")),
+            None,
+        )
         if creds is None:
             return self._challenge(request, now)
         result = self.registrar_auth.verify(
@@ -835,10 +935,19 @@ class UserAgent:
                 return self._challenge(request, now, stale=True)
             if result.reason == "malformed":
                 return request.create_response(400, "Malformed Authorization")
+            if result.reason in ("realm mismatch", "bad nonce", "unsupported algorithm"):
+                # Not an answer to a challenge of ours (another realm, or a
+                # nonce from before a restart): challenge, do not refuse.
+                return self._challenge(request, now)
             logger.info("REGISTER for %s from %s refused: %s", aor, peer.host, result.reason)
             return request.create_response(403, "Forbidden")
         if result.username != aor:
             return request.create_response(403, "Username Does Not Match AOR")
+        return self._update_bindings(request, peer, aor, now)
+
+    def _update_bindings(self, request: SipRequest, peer: Peer, aor: str, now: float) -> SipResponse:
+        """RFC 3261 §10.3 steps 6-8: apply every Contact, all or none."""
+        config = self.config
         expires_header = request.headers.get("Expires")
         default_expires = int(expires_header) if expires_header is not None else 3600
         contacts = request.contact
@@ -848,28 +957,44 @@ class UserAgent:
             if any(c.wildcard for c in contacts):
                 if len(contacts) != 1 or default_expires != 0:
                     return request.create_response(400, "Wildcard Contact Needs Expires 0")
-                self.directory.remove_all(aor, call_id, cseq)
-            for contact in contacts:
-                raw = contact.params.get("expires")
-                expires = int(raw) if raw is not None and raw.isdigit() else default_expires
-                uri_text = str(contact.uri)
-                if expires == 0:
-                    self.directory.remove_binding(aor, uri_text)
-                    continue
-                if expires < self.config.register_min_expires:
-                    resp = request.create_response(423)
-                    resp.headers.add("Min-Expires", str(self.config.register_min_expires))
-                    return resp
-                expires = min(expires, self.config.register_max_expires)
-                self.directory.add_binding(
-                    aor, uri_text, expires=expires, now=now, call_id=call_id, cseq=cseq,
-                    source=(peer.transport, peer.host, peer.port),
-                )
-        except Exception as exc:  # OutOfOrder and friends
+                self.directory.remove_all(aor, call_id, cseq, now=now)
+                bindings = []
+            else:
+                updates: list[ContactUpdate] = []
+                for contact in contacts:
+                    raw = contact.params.get("expires")
+                    if raw is None:
+                        expires = default_expires
+                    elif raw.isdigit() and len(raw) <= 10:
+                        expires = int(raw)
+                    else:
+                        return request.create_response(400, "Bad Contact expires")
+                    if 0 < expires < config.register_min_expires:
+                        resp = request.create_response(423)
+                        resp.headers.add("Min-Expires", str(config.register_min_expires))
+                        return resp
+                    try:
+                        q = _contact_q(contact.params.get("q"))
+                    except ValueError:
+                        return request.create_response(400, "Bad Contact q")
+                    updates.append(ContactUpdate(
+                        str(contact.uri), min(expires, config.register_max_expires), q,
+                    ))
+                if updates:
+                    bindings = self.directory.update_bindings(
+                        aor, updates, now=now, call_id=call_id, cseq=cseq,
+                        source=(peer.transport, peer.host, peer.port),
+                    )
+                else:  # a query (RFC 3261 §10.2.3)
+                    bindings = self.directory.bindings(aor, now)
+        except OutOfOrder as exc:
             logger.info("REGISTER for %s refused: %s", aor, exc)
             return request.create_response(500, "Out Of Order")
+        except TooManyBindings as exc:
+            logger.info("REGISTER for %s refused: %s", aor, exc)
+            return request.create_response(403, "Too Many Bindings")
         resp = request.create_response(200, to_tag=new_tag())
-        for binding in self.directory.bindings(aor, now):
+        for binding in bindings:
             resp.headers.add("Contact", f"<{binding.contact}>;expires={int(binding.remaining(now))}")
         resp.headers.add("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
         return resp
@@ -891,8 +1016,8 @@ class UserAgent:
         host = uri.params.get("maddr") or uri.host
         port = uri.port or 5060
         if not _is_ip(host):
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)
-            host = infos[0][4][0]
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            host = str(infos[0][4][0])
         return Peer(transport, host, port)
 
     def call_sip(
@@ -964,6 +1089,12 @@ class UserAgent:
         target = parse_uri(best.contact)
         if not isinstance(target, SipUri):
             raise CallError(f"cannot call contact {best.contact}")
-        peer = Peer(*best.source) if best.source else None
+        # Behind NAT (the Contact names another host than the one the
+        # REGISTER came from) only the source address reaches the phone;
+        # otherwise the Contact is where it listens (RFC 3261 §10.2.1 lets
+        # a third party register it, so the source may be someone else).
+        peer = None
+        if best.source and not _same_host(target.host, best.source[1]):
+            peer = Peer(*best.source)
         return self.call_sip(target, callerid=callerid, display_name=display_name,
                              headers=headers, dispatcher=dispatcher, peer=peer)

@@ -193,7 +193,7 @@ def _read_quoted(text: str, start: int) -> tuple[str, int]:
 def parse_params(text: str, what: str) -> dict[str, str | None]:
     """Parse ``;name=value;flag`` header parameters.
 
-    ``text`` starts at the first ``;`` (or is empty). Values may be tokens,
+    ``text`` starts at the first ``;``, spaces aside (or is empty). Values may be tokens,
     hosts (IPv6 in brackets) or quoted strings, which are returned with their
     quotes so that they serialize unchanged. Names are lower-cased. Spaces and
     tabs are allowed around ``;`` and ``=`` (RFC 3261 §25.1 SEMI and EQUAL).
@@ -207,7 +207,11 @@ def parse_params(text: str, what: str) -> dict[str, str | None]:
     i = 0
     n = len(text)
     while i < n:
-        if text[i] != ";":
+        c = text[i]
+        if c == " " or c == "\t":
+            i += 1
+            continue
+        if c != ";":
             raise RemoteProtocolError(f"bad parameters in {what}")
         i += 1
         j = i

@@ -67,10 +67,12 @@ def new_branch() -> str:
 
 
 def new_tag() -> str:
+    """A fresh From/To tag (48 random bits)."""
     return secrets.token_hex(6)
 
 
 def new_call_id() -> str:
+    """A fresh Call-ID (96 random bits)."""
     return secrets.token_hex(12)
 
 
@@ -321,6 +323,10 @@ class SipRequest(SipMessage):
 
     @property
     def uri(self) -> Uri:
+        """The Request-URI, parsed on first use.
+
+        :raises RemoteProtocolError: when ``uri_text`` is malformed.
+        """
         if self._uri is None:
             self._uri = parse_uri(self.uri_text)
         return self._uri
@@ -331,6 +337,7 @@ class SipRequest(SipMessage):
         self.uri_text = str(value)
 
     def start_line(self) -> str:
+        """The Request-Line, without CRLF."""
         return f"{self.method} {self.uri_text} {self.version}"
 
     def __repr__(self) -> str:
@@ -402,6 +409,7 @@ class SipResponse(SipMessage):
         self.version = version
 
     def start_line(self) -> str:
+        """The Status-Line, without CRLF."""
         return f"{self.version} {self.status} {self.reason}"
 
     def __repr__(self) -> str:

@@ -52,6 +52,9 @@ _DATE_RE = re.compile(
     r"[0-9]{2}:[0-9]{2}:[0-9]{2}[ \t]+GMT",
     re.IGNORECASE,
 )
+# Call-ID is echoed into every answer and keys dialogs: refuse it empty or with
+# whitespace or control characters (RFC 3261 §25.1 callid = word ["@" word]).
+_BAD_CALL_ID_RE = re.compile(r"[\x00-\x20\x7f]")
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 _SINGLE = (
     "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length",
@@ -262,7 +265,8 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
     """Check what transactions and dialogs rely on.
 
     In order: the SIP version (505); Via, From, To, Call-ID and CSeq present,
-    and single-valued headers present at most once; every Via, From, To,
+    and single-valued headers present at most once; Call-ID not empty and
+    free of whitespace and control characters; every Via, From, To,
     CSeq and Contact well formed; CSeq method equal to the request method;
     Max-Forwards (0-255), Expires (below 2**32) and Date (RFC 1123, GMT)
     well formed; then the Request-URI: well formed, without URI headers
@@ -285,6 +289,10 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         for name in _SINGLE:
             if counts.get(name, 0) > 1:
                 raise RemoteProtocolError(f"more than one {name} header")
+        headers = msg.headers
+        call_id = headers.get("Call-ID")
+        if not call_id or _BAD_CALL_ID_RE.search(call_id):
+            raise RemoteProtocolError("bad Call-ID")
         msg.via  # noqa: B018 - parse every Via
         for name in ("From", "To", "Contact"):
             try:
@@ -292,7 +300,6 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"{name}: {exc}") from None
         cseq = msg.cseq
-        headers = msg.headers
         if "Max-Forwards" in counts:
             mf = _digits_value(headers.get("Max-Forwards") or "", 3)
             if mf is None or mf > 255:

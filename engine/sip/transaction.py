@@ -616,7 +616,7 @@ class InviteClientTransaction(_ClientTransaction):
     ) -> None:
         super().__init__(request, addr, reliable, now, timers, outbox)
         self.state = S.CALLING
-        self._ack_bytes: bytes | None = None
+        self._ack_bytes = b""  # set when the ACK is built, in COMPLETED
         if not reliable:
             self._arm(I.TIMER_A, timers.t1, now)  # §17.1.1.2
         self._arm(I.TIMER_B, timers.timeout, now)
@@ -662,8 +662,7 @@ class InviteClientTransaction(_ClientTransaction):
 
     def _resend_ack(self, response: SipResponse, now: float) -> list[Event]:
         # §17.1.1.2: a retransmitted final response is ACKed again, not passed up.
-        if self._ack_bytes is not None:
-            self._send(self._ack_bytes)
+        self._send(self._ack_bytes)
         return []
 
 
@@ -845,8 +844,10 @@ class _ServerTransaction(_Transaction):
         return []
 
     def _resend_last(self, msg: Any, now: float) -> list[Event]:
-        if self._last_bytes is not None:
-            self._send(self._last_bytes)
+        # Only in states where a response was sent (PROCEEDING of a NIST,
+        # COMPLETED of both).
+        assert self._last_bytes is not None
+        self._send(self._last_bytes)
         return []
 
 
@@ -1212,19 +1213,22 @@ class TransactionLayer:
         heap = self._heap
         heapq.heappush(heap, (deadline, self._seq, tx))
         if len(heap) > 64 and len(heap) > 4 * len(self):
-            self._heap = [entry for entry in heap if entry[2]._heap_seq == entry[1]]
-            heapq.heapify(self._heap)
+            # In place: handle_timer may be iterating over this very list.
+            heap[:] = [entry for entry in heap if entry[2]._heap_seq == entry[1]]
+            heapq.heapify(heap)
 
     def _forget(self, tx: _Transaction) -> None:
         tx._heap_seq = -1
         tx._layer = None
+        # Keys are unique among live transactions: send_request refuses a
+        # duplicate and a matching request never creates a second one.
         if isinstance(tx, _ClientTransaction):
-            if self._client.get(tx.key) is tx:
-                del self._client[tx.key]
+            del self._client[tx.key]
             return
-        if self._server.get(tx.key) is tx:
-            del self._server[tx.key]
+        del self._server[tx.key]
         if isinstance(tx, InviteServerTransaction) and _is_2543(tx.request):
+            # Two RFC 2543 INVITEs may differ only in their To tag: the ACK
+            # index then keeps the newer one.
             ack_key = _ack_key_2543(tx.request)
             if self._ack_2543.get(ack_key) is tx:
                 del self._ack_2543[ack_key]

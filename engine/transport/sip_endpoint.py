@@ -11,8 +11,10 @@ transaction layer, sends what it queues, and keeps exactly one timer armed
 Before a request reaches the transaction layer the :class:`SecurityPolicy`
 applies, in order: banned sources are dropped; datagrams over
 ``max_message`` are dropped (TCP input is bounded by the framer, and a
-connection that sends no complete message within ``tcp_idle_timeout`` is
-closed: the slow-loris defence); known scanner User-Agents are dropped;
+connection that sends no complete message within ``tcp_idle_timeout`` of
+opening, or leaves a message unfinished that long, is closed: the
+slow-loris defence; a quiet connection that carries calls stays open);
+known scanner User-Agents are dropped;
 out-of-dialog requests count against a per-source token bucket, and a source
 over its rate is banned for ``ban_seconds``; a Request-URI longer than
 ``max_uri`` gets 414. Malformed requests get a stateless 400 (or 505, 416)
@@ -24,10 +26,12 @@ rport; the top Via gets ``received`` and ``rport``).
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
 from ..directory import MemoryDirectory
 from ..sip.errors import RemoteProtocolError
@@ -45,6 +49,7 @@ from ..sip.transaction import (
     TransactionLayer,
     TransactionTerminated,
     TransactionTimedOut,
+    TransportFailed,
 )
 
 __all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS"]
@@ -87,6 +92,8 @@ class SecurityPolicy:
     :param burst: how many may arrive at once before the rate applies.
     :param trusted: source addresses exempt from rate limiting and bans
         (a trunk, a load balancer, the benchmark's sipp).
+    :param tcp_idle_timeout: seconds a TCP connection may take to send its
+        first whole SIP message, and to finish any message it has begun.
     """
 
     max_message: int = 65535
@@ -128,7 +135,9 @@ class _TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.framer = StreamFramer(endpoint.policy.max_message)
-        self.last_message = time.monotonic()
+        self.opened = time.monotonic()
+        self.messages = 0  # whole SIP messages received (keep-alives not counted)
+        self.partial_since: float | None = None  # when the unfinished message began
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,11 +156,15 @@ class _TcpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         for frame in frames:
-            self.last_message = time.monotonic()
             if frame is None:
                 self.transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
             else:
+                self.messages += 1
                 self.endpoint._on_message_bytes(frame, self.peer, stream=True)
+        if not self.framer.buffered:
+            self.partial_since = None
+        elif frames or self.partial_since is None:
+            self.partial_since = time.monotonic()  # a new message has begun
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.endpoint._tcp_closed(self)
@@ -168,6 +181,10 @@ class SipEndpoint:
         transaction it cancels, or ``None``).
     :param on_stray_response: called for a response that matches no client
         transaction (a retransmitted 2xx that needs a new ACK).
+    :param dialog_exists: tells whether a request with a To tag belongs to a
+        dialog we have. Such requests are exempt from the rate limit; with
+        this hook, made-up To tags (which cost a 481 and a transaction each)
+        are counted like new requests.
     """
 
     def __init__(
@@ -182,6 +199,7 @@ class SipEndpoint:
         directory: MemoryDirectory | None = None,
         timers: Timers | None = None,
         advertised_host: str | None = None,
+        dialog_exists: Callable[[SipRequest], bool] | None = None,
     ) -> None:
         self.hosts = list(hosts)
         self.port = port
@@ -192,6 +210,7 @@ class SipEndpoint:
         self.on_cancel = on_cancel
         self.on_stray_response = on_stray_response
         self.advertised_host = advertised_host
+        self.dialog_exists = dialog_exists
         self._udp: dict[str, _UdpProtocol] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp: dict[tuple[str, int], _TcpProtocol] = {}
@@ -200,34 +219,53 @@ class SipEndpoint:
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        # TCP connections being opened: what waits to be sent on each.
+        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._connect_tasks: set[asyncio.Task[None]] = set()
         self.stats = {"received": 0, "malformed": 0, "dropped": 0, "banned": 0, "sent": 0}
 
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind UDP and TCP on every host; the port is shared (0 = pick one)."""
+        """Bind UDP and TCP on every host; the port is shared (0 = pick one).
+
+        With port 0 the UDP socket of the first host picks the port, and the
+        others must get the same one; if one of them is taken (another
+        program's TCP connection may use that number), another is tried.
+        """
         loop = self._loop = asyncio.get_running_loop()
-        try:
-            for host in self.hosts:
-                v6 = ":" in host
-                transport, proto = await loop.create_datagram_endpoint(
-                    lambda v6=v6: _UdpProtocol(self, v6), local_addr=(host, self.port)
-                )
-                if self.port == 0:
-                    self.port = transport.get_extra_info("sockname")[1]
-                self._udp[host] = proto
-                server = await loop.create_server(
-                    lambda: _TcpProtocol(self), host, self.port, reuse_address=True
-                )
-                self._servers.append(server)
-        except OSError:
-            await self.stop()
-            raise
+        wanted = self.port
+        attempts = 20 if wanted == 0 else 1
+        for attempt in range(attempts):
+            self.port = wanted
+            try:
+                await self._bind(loop)
+                break
+            except OSError as exc:
+                await self.stop()
+                if attempt == attempts - 1 or exc.errno != errno.EADDRINUSE:
+                    raise
+                logger.debug("port %d taken on another socket: trying another", self.port)
         self._idle_task = loop.create_task(self._reap_idle_tcp())
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        for host in self.hosts:
+            transport, proto = await loop.create_datagram_endpoint(
+                functools.partial(_UdpProtocol, self, ":" in host), local_addr=(host, self.port)
+            )
+            self._udp[host] = proto
+            if self.port == 0:
+                self.port = transport.get_extra_info("sockname")[1]
+            server = await loop.create_server(
+                lambda: _TcpProtocol(self), host, self.port, reuse_address=True
+            )
+            self._servers.append(server)
 
     async def stop(self) -> None:
         if self._idle_task:
             self._idle_task.cancel()
+        for task in list(self._connect_tasks):
+            task.cancel()
         if self._timer:
             self._timer.cancel()
         for proto in self._udp.values():
@@ -278,7 +316,7 @@ class SipEndpoint:
             msg = parse_message(data, stream=stream)
         except ParseError as exc:
             self.stats["malformed"] += 1
-            self._answer_malformed(exc, peer)
+            self._answer_malformed(exc, peer, time.monotonic())
             return
         except Exception:  # a parser bug must never take the server down
             self.stats["malformed"] += 1
@@ -298,12 +336,13 @@ class SipEndpoint:
             except RemoteProtocolError:
                 return
             if len(msg.uri_text) > policy.max_uri:
-                self._send_stateless(msg.create_response(414), peer)
+                if msg.method != "ACK":
+                    self._send_stateless(msg.create_response(414), peer)
                 return
         try:
             events = self.layer.receive(msg, peer, peer.reliable, now)
         except RemoteProtocolError as exc:
-            if isinstance(msg, SipRequest):
+            if isinstance(msg, SipRequest) and msg.method != "ACK":
                 self._send_stateless(msg.create_response(exc.status, _reason(str(exc))), peer)
             return
         self._dispatch(events)
@@ -319,29 +358,49 @@ class SipEndpoint:
                 return False
         if peer.host in policy.trusted or policy.rate <= 0:
             return True
-        if msg.method in ("ACK", "CANCEL") or msg.to.tag is not None:
+        if msg.method in ("ACK", "CANCEL"):
+            return True  # they belong to an INVITE already admitted
+        if msg.to.tag is not None and (self.dialog_exists is None or self.dialog_exists(msg)):
             return True  # in-dialog requests belong to calls already admitted
         if self.directory.hit(peer.host, now, rate=policy.rate, burst=policy.burst):
             return True
-        self.directory.ban(peer.host, now + policy.ban_seconds)
-        logger.warning(
-            "banning %s for %.0f s: over %.0f requests/s", peer.host, policy.ban_seconds, policy.rate
-        )
-        self.stats["banned"] += 1
+        self._ban(peer, now)
         return False
 
-    def _answer_malformed(self, exc: ParseError, peer: Peer) -> None:
+    def _ban(self, peer: Peer, now: float) -> None:
+        policy = self.policy
+        self.directory.ban(peer.host, now + policy.ban_seconds)
+        logger.warning(
+            "banning %s for %g s: over %g requests/s", peer.host, policy.ban_seconds, policy.rate
+        )
+        self.stats["banned"] += 1
+
+    def _answer_malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
+        """Answer a malformed request statelessly when it can be answered.
+
+        A response needs a Via to travel back and a CSeq for the client to
+        match it (RFC 3261 §17.1.3); with those, a request missing From, To
+        or Call-ID still gets its 400 (RFC 4475 §3.3.1). Malformed requests
+        count against the source's rate like any other, so that a flood of
+        them cannot turn the server into a reflector.
+        """
         partial = exc.partial
         if not exc.is_request or not isinstance(partial, SipRequest):
             return
         if partial.method == "ACK":
             return
-        if not all(partial.headers.get(h) for h in ("Via", "From", "To", "Call-ID", "CSeq")):
+        headers = partial.headers
+        if not headers.get("Via") or not headers.get("CSeq"):
             return
+        policy = self.policy
+        if policy.rate > 0 and peer.host not in policy.trusted:
+            if not self.directory.hit(peer.host, now, rate=policy.rate, burst=policy.burst):
+                self._ban(peer, now)
+                return
         response = partial.create_response(exc.status, _reason(str(exc)))
         self._send_stateless(response, peer)
 
-    def _dispatch(self, events: list[object]) -> None:
+    def _dispatch(self, events: Sequence[object]) -> None:
         for event in events:
             try:
                 if isinstance(event, ResponseReceived):
@@ -349,15 +408,21 @@ class SipEndpoint:
                     if cb:
                         cb(event.response)
                 elif isinstance(event, RequestReceived):
-                    self.on_request(event.request, event.transaction, event.addr)
+                    self.on_request(event.request, event.transaction, cast(Peer, event.addr))
                 elif isinstance(event, CancelReceived):
-                    self.on_cancel(event.request, event.transaction, event.invite_transaction, event.addr)
+                    self.on_cancel(event.request, event.transaction, event.invite_transaction,
+                                   cast(Peer, event.addr))
                 elif isinstance(event, StrayResponse):
-                    self.on_stray_response(event.response, event.addr)
+                    self.on_stray_response(event.response, cast(Peer, event.addr))
                 elif isinstance(event, TransactionTimedOut):
                     cb = self._client_cb.get(event.transaction)  # type: ignore[arg-type]
                     if cb:
                         cb(None)
+                elif isinstance(event, TransportFailed):
+                    txn = event.transaction
+                    cb = self._client_cb.get(txn)  # type: ignore[arg-type]
+                    if cb:
+                        cb(txn.request.create_response(503, "Transport Failure"))
                 elif isinstance(event, TransactionTerminated):
                     self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
             except Exception:
@@ -370,11 +435,14 @@ class SipEndpoint:
     ) -> ClientTransaction:
         """Send a request in a new client transaction.
 
-        A top Via is added with a new branch and ``rport``. ``on_response``
+        A top Via is added with a new branch and ``rport``, unless the
+        request has one already: a CANCEL carries its INVITE's top Via, by
+        which the far end finds the INVITE (RFC 3261 §9.1). ``on_response``
         gets each response, and ``None`` when the transaction times out (408)
         or the transport fails.
         """
-        self._add_via(request, peer)
+        if request.method != "CANCEL" or not request.headers.get("Via"):
+            self._add_via(request, peer)
         txn = self.layer.send_request(request, peer, peer.reliable, time.monotonic())
         self._client_cb[txn] = on_response
         self._flush()
@@ -419,12 +487,20 @@ class SipEndpoint:
             if proto is not None and proto.transport is not None:
                 proto.transport.sendto(data, (peer.host, peer.port))
             return
-        conn = self._tcp.get((peer.host, peer.port))
+        key = (peer.host, peer.port)
+        conn = self._tcp.get(key)
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.transport.write(data)
             return
+        waiting = self._connecting.get(key)
+        if waiting is not None:  # one connection per peer, even while it opens
+            waiting.append(data)
+            return
         if self._loop is not None:
-            self._loop.create_task(self._connect_and_send(data, peer))
+            self._connecting[key] = [data]
+            task = self._loop.create_task(self._connect_and_send(peer))
+            self._connect_tasks.add(task)
+            task.add_done_callback(self._connect_tasks.discard)
 
     def _udp_for(self, peer: Peer) -> _UdpProtocol | None:
         want_v6 = ":" in peer.host
@@ -433,20 +509,38 @@ class SipEndpoint:
                 return proto
         return None
 
-    async def _connect_and_send(self, data: bytes, peer: Peer) -> None:
+    async def _connect_and_send(self, peer: Peer) -> None:
+        key = (peer.host, peer.port)
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _TcpProtocol(self), peer.host, peer.port), 5.0
             )
         except (OSError, asyncio.TimeoutError) as exc:
+            self._connecting.pop(key, None)
             logger.info("TCP connect to %s:%s failed: %s", peer.host, peer.port, exc)
+            self._transport_failed(peer)
             return
+        except asyncio.CancelledError:
+            self._connecting.pop(key, None)
+            raise
         # The connection is registered under the peer's listening address so
         # that later requests to it reuse the connection.
-        self._tcp[(peer.host, peer.port)] = proto
-        if proto.transport is not None:
-            proto.transport.write(data)
+        waiting = self._connecting.pop(key, [])
+        self._tcp[key] = proto
+        if proto.transport is not None and not proto.transport.is_closing():
+            for data in waiting:
+                proto.transport.write(data)
+
+    def _transport_failed(self, peer: Peer) -> None:
+        """RFC 3261 §18.4: the client transactions bound for ``peer`` fail now
+        rather than at Timer B/F; their callbacks get a 503 (§8.1.3.1)."""
+        now = time.monotonic()
+        events: list[object] = []
+        for txn in [t for t in self._client_cb if t.addr == peer]:
+            events += self.layer.handle_transport_error(txn, now)
+        self._dispatch(events)
+        self._flush()
 
     def _tcp_opened(self, conn: _TcpProtocol) -> bool:
         if len(self._tcp) >= self.policy.max_tcp_connections:
@@ -466,12 +560,19 @@ class SipEndpoint:
                 del self._tcp[key]
 
     async def _reap_idle_tcp(self) -> None:
-        """Close TCP connections that sent no whole message for a while."""
+        """The slow-loris defence: close TCP connections that sent no whole
+        message within ``tcp_idle_timeout`` of opening, or that left a
+        message unfinished that long. A connection that has carried
+        messages and is merely quiet stays: it is how calls and
+        registrations over TCP reach the phone (RFC 3261 §18.3)."""
         while True:
             await asyncio.sleep(min(5.0, self.policy.tcp_idle_timeout / 2))
             limit = time.monotonic() - self.policy.tcp_idle_timeout
             for conn in list(self._tcp.values()):
-                if conn.last_message < limit and conn.transport is not None:
+                if conn.transport is None:
+                    continue
+                stalled = conn.partial_since is not None and conn.partial_since < limit
+                if stalled or (conn.messages == 0 and conn.opened < limit):
                     conn.transport.close()
 
     # -- timers ----------------------------------------------------------------

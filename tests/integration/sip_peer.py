@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from engine.sip.message import SipRequest, SipResponse
 from engine.sip.parser import StreamFramer, parse_message
@@ -94,15 +94,6 @@ def request(
         lines.append(f"Content-Type: {content_type or 'application/sdp'}")
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class Peer(Protocol):
-    local: tuple[str, int]
-    transport: str
-
-    def send(self, data: bytes) -> None: ...
-
-    async def recv(self, timeout: float = WAIT) -> Message: ...
 
 
 class _Base:
@@ -282,6 +273,56 @@ class TcpPeer(_Base):
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+class TcpListener(_Base):
+    """A phone listening on TCP: takes the engine's connections and answers
+    on the connection the last message came in on."""
+
+    transport = "TCP"
+
+    def __init__(self, host: str) -> None:
+        super().__init__()
+        self.host = host
+        self.connections = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> TcpListener:
+        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self.local = self._server.sockets[0].getsockname()[:2]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        framer = StreamFramer()
+        try:
+            while data := await reader.read(65536):
+                for frame in framer.feed(data):
+                    if frame is not None:
+                        self._writer = writer
+                        self.queue.put_nowait(frame)
+        except (ConnectionError, OSError):
+            pass
+
+    def send(self, data: bytes) -> None:
+        assert self._writer is not None, "no connection yet"
+        self._writer.write(data)
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Outbound calls from a scenario (``VoxEngine.call_sip``) to a phone played
+by a Python UDP socket: cancelling a ringing call (RFC 3261 §9.1)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from engine.server import Engine
+from engine.sip.message import SipRequest
+
+from .conftest import EngineFactory, PeerFactory, wait_for_log, wait_until
+from .sip_peer import UdpPeer, request
+
+RULES = """
+rules:
+  - {name: DialOut, pattern: "dial", scenarios: [dial_out]}
+"""
+
+DIAL_OUT = '''
+"""On a MESSAGE to 'dial': call the SIP URI in its text; X-Mode 'on-ring'
+hangs up on Ringing, 'soon' hangs up 50 ms after dialing."""
+from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
+
+
+def on_message(e):
+    mode = e.headers.get("X-Mode", "")
+    out = VoxEngine.call_sip(e.text, callerid="5550100")
+
+    def hang_up(why):
+        Logger.write(f"hanging up on {why}")
+        out.hangup()
+
+    def ended(ev):
+        Logger.write(f"ended {ev.name} {ev.code}")
+        VoxEngine.terminate()
+
+    out.add_event_listener(CallEvents.Disconnected, ended)
+    out.add_event_listener(CallEvents.Failed, ended)
+    if mode == "on-ring":
+        out.add_event_listener(CallEvents.Ringing, lambda ev: hang_up("ringing"))
+    elif mode == "soon":
+        set_timeout(lambda: hang_up("timer"), 50)
+
+
+VoxEngine.add_event_listener(AppEvents.MessageReceived, on_message)
+'''
+
+
+async def dial(engine: Engine, peers: PeerFactory, phone: UdpPeer, mode: str) -> SipRequest:
+    """Make the scenario call ``phone``; return the INVITE it receives."""
+    trigger = await peers.udp(engine)
+    body = f"sip:bob@127.0.0.1:{phone.local[1]}".encode()
+    trigger.send(request("MESSAGE", f"sip:dial@127.0.0.1:{engine.ua.port}", local=trigger.local,
+                         body=body, content_type="text/plain", headers=[("X-Mode", mode)]))
+    assert (await trigger.expect()).status == 200
+    return await phone.recv_request("INVITE")
+
+
+def provisional(invite: SipRequest, status: int) -> bytes:
+    resp = invite.create_response(status, to_tag=None if status == 100 else "bob1")
+    return resp.to_bytes()
+
+
+async def finish_cancel(engine: Engine, phone: UdpPeer, invite: SipRequest, cancel: SipRequest) -> None:
+    """Answer the CANCEL 200 and the INVITE 487; the engine ACKs the 487
+    with the INVITE's branch (RFC 3261 §17.1.1.3)."""
+    server = phone.sources[-1]
+    phone.send(cancel.create_response(200).to_bytes(), server)
+    phone.send(invite.create_response(487, to_tag="bob1").to_bytes(), server)
+    ack = await phone.recv_request("ACK")
+    assert ack.top_via.branch == invite.top_via.branch
+    assert ack.cseq.number == invite.cseq.number
+    logs = await wait_for_log(engine, "ended Disconnected 487")
+    assert "ended Disconnected 487" in logs
+
+
+def check_cancel(cancel: SipRequest, invite: SipRequest) -> None:
+    """RFC 3261 §9.1: one Via, the INVITE's top Via; same Request-URI,
+    Call-ID, From, To and CSeq number."""
+    assert cancel.headers.get_all("Via") == [invite.headers.get("Via")]
+    assert cancel.uri_text == invite.uri_text
+    assert cancel.call_id == invite.call_id
+    assert cancel.headers.get("From") == invite.headers.get("From")
+    assert cancel.headers.get("To") == invite.headers.get("To")
+    assert cancel.cseq.number == invite.cseq.number and cancel.cseq.method == "CANCEL"
+
+
+async def test_cancel_on_ringing_matches_the_invite(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """The scenario hangs up when the phone rings: the CANCEL carries the
+    INVITE's Via (so the phone can match it), the phone's 487 is ACKed and
+    the scenario sees Disconnected 487."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    phone = await peers.udp(engine)
+    invite = await dial(engine, peers, phone, "on-ring")
+    phone.send(provisional(invite, 180), phone.sources[-1])
+    cancel = await phone.recv_request("CANCEL")
+    check_cancel(cancel, invite)
+    await finish_cancel(engine, phone, invite, cancel)
+    assert await wait_until(lambda: not engine.ua.calls, 3.0)
+
+
+async def test_hangup_before_any_response_cancels_once(make_engine: EngineFactory, peers: PeerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """The scenario hangs up before the phone said anything: the CANCEL
+    waits for a provisional response (RFC 3261 §9.1), leaves on the 100
+    Trying, and is not sent again on the 180 that follows."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    caplog.set_level(logging.ERROR, logger="engine")
+    phone = await peers.udp(engine)
+    invite = await dial(engine, peers, phone, "soon")
+    await wait_for_log(engine, "hanging up on timer")
+    for raw in phone.drain():  # INVITE retransmissions only, no CANCEL yet
+        assert raw.startswith(b"INVITE ")
+    phone.send(provisional(invite, 100), phone.sources[-1])
+    cancel = await phone.recv_request("CANCEL")
+    check_cancel(cancel, invite)
+    phone.send(provisional(invite, 180), phone.sources[-1])
+    await phone.silence(0.3)
+    await finish_cancel(engine, phone, invite, cancel)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_outbound_call_over_tcp(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A call to a ``transport=tcp`` URI: the engine connects to the phone,
+    sends INVITE, ACK and (after the scenario hangs up on ringing) CANCEL
+    over that one connection, with TCP in every Via."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    phone = await peers.tcp_listener()
+    trigger = await peers.udp(engine)
+    uri = f"sip:bob@127.0.0.1:{phone.local[1]};transport=tcp"
+    trigger.send(request("MESSAGE", f"sip:dial@127.0.0.1:{engine.ua.port}", local=trigger.local,
+                         body=uri.encode(), content_type="text/plain", headers=[("X-Mode", "on-ring")]))
+    assert (await trigger.expect()).status == 200
+    invite = await phone.recv_request("INVITE")
+    assert invite.top_via.transport == "TCP"
+    assert "transport=tcp" in (invite.headers.get("Contact") or "")
+    phone.send(provisional(invite, 180))
+    cancel = await phone.recv_request("CANCEL")
+    check_cancel(cancel, invite)
+    phone.send(cancel.create_response(200).to_bytes())
+    phone.send(invite.create_response(487, to_tag="bob1").to_bytes())
+    ack = await phone.recv_request("ACK")
+    assert ack.top_via.branch == invite.top_via.branch
+    logs = await wait_for_log(engine, "ended Disconnected 487")
+    assert "ended Disconnected 487" in logs
+    assert phone.connections == 1
+
+
+async def test_unreachable_tcp_target_fails_at_once_with_503(make_engine: EngineFactory,
+                                                           peers: PeerFactory) -> None:
+    """A call to a TCP URI where nothing listens fails as soon as the
+    connection is refused (RFC 3261 §18.4: a transport error is a 503,
+    §8.1.3.1), not after Timer B's 32 s."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on it now
+    trigger = await peers.udp(engine)
+    uri = f"sip:bob@127.0.0.1:{port};transport=tcp"
+    trigger.send(request("MESSAGE", f"sip:dial@127.0.0.1:{engine.ua.port}", local=trigger.local,
+                         body=uri.encode(), content_type="text/plain"))
+    assert (await trigger.expect()).status == 200
+    logs = await wait_for_log(engine, "ended Failed 503", timeout=5.0)
+    assert "ended Failed 503" in logs
+    assert await wait_until(lambda: not engine.ua.calls and not engine.ua.endpoint._client_cb, 2.0)
