@@ -47,6 +47,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: Seconds after a call ends when its listeners are dropped (late events
+#: such as a retransmitted BYE's are over by then).
+RELEASE_AFTER = 1.0
+
+
 class CallEvents(str, enum.Enum):
     """Names of the events a call emits (VoxEngine's ``CallEvents``)."""
 
@@ -307,6 +312,16 @@ class Call:
         """End the call once: set the state, then emit Disconnected or Failed."""
         if self._conclude(state, code, reason):
             self._emit(event, code=code, reason=reason, headers=dict(headers or {}))
+            try:
+                asyncio.get_running_loop().call_later(RELEASE_AFTER, self._release)
+            except RuntimeError:
+                pass
+
+    def _release(self) -> None:
+        """Break the ended call's reference cycles (listeners closing over
+        the call, end callbacks) so reference counting frees it promptly."""
+        self.emitter.remove_all_listeners()
+        self.on_ended.clear()
 
     def _conclude(self, state: CallState, code: int | None, reason: str | None) -> bool:
         """Set the end state (without emitting); ``False`` if already ended."""

@@ -26,6 +26,7 @@ from .directory import MemoryDirectory
 from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
 from .store import SqliteStore
+from .sip.transaction import Timers
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
@@ -57,6 +58,9 @@ class EngineConfig:
     invite_timeout: float = 60.0
     realm: str = "callbridge"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
+    timers: Timers = field(default_factory=Timers)
+    register_min_expires: int = 60
+    register_max_expires: int = 3600
 
 
 class Engine:
@@ -104,12 +108,18 @@ class Engine:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
         self._started.append("store")
-        self.ports = RtpPortAllocator(
-            cfg.advertised_host or cfg.sip_hosts[0], cfg.rtp_port_start, cfg.rtp_port_end
-        )
+        # One RTP allocator per listen address: media is bound where SIP
+        # listens, in the peer's address family; only the SDP carries the
+        # advertised address.
+        self.ports = {
+            host: RtpPortAllocator(host, cfg.rtp_port_start, cfg.rtp_port_end)
+            for host in cfg.sip_hosts
+        }
         ua_config = UaConfig(
             hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
             realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
+            timers=cfg.timers, register_min_expires=cfg.register_min_expires,
+            register_max_expires=cfg.register_max_expires,
         )
         self.ua = UserAgent(
             ua_config,
@@ -180,8 +190,11 @@ class Engine:
     # -- glue ----------------------------------------------------------------------
 
     def _media_for(self, call: SipCall) -> MediaHandler:
-        address = self.ua.endpoint.local_host_for(call.peer)
-        return SdpMediaHandler(self.ports, address)
+        want_v6 = ":" in call.peer.host
+        host = next((h for h in self.config.sip_hosts if (":" in h) == want_v6),
+                    self.config.sip_hosts[0])
+        address = self.config.advertised_host or host
+        return SdpMediaHandler(self.ports[host], address)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -33,6 +33,7 @@ A caller cannot reach the PSTN trunk except through a scenario that calls
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 import ipaddress
 import logging
 import secrets
@@ -307,42 +308,39 @@ class SipCall(Call):
             raise CallError("call already ended")
         return self._connected_future()
 
-    def _connected_future(self) -> asyncio.Future[None]:
-        """What :meth:`answer` returns. Scenarios may answer without awaiting
-        (``call.answer()``), so a call that ends before the ACK must not log
-        "exception was never retrieved"; an awaiting caller still gets it."""
-        fut = asyncio.ensure_future(self._await_connected())
-        fut.add_done_callback(_retrieve_exception)
-        return fut
-
     def _start_2xx_retransmit(self, response: SipResponse) -> None:
-        """RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until ACK."""
+        """RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until ACK.
+
+        State lives on the call and the timer calls a method, not a closure
+        that re-arms itself: such a closure is a reference cycle that would
+        keep every answered call alive until a full garbage collection.
+        """
         timers = self.ua.config.timers
         loop = asyncio.get_running_loop()
-        data = response.to_bytes()
-        deadline = loop.time() + 64 * timers.t1
-
-        def fire(interval: float) -> None:
-            if self._answer_msg is None:
-                return
-            now = loop.time()
-            if now >= deadline - 0.001:  # timers may fire a hair early
-                self._answer_msg = None
-                self.log.warning("no ACK for our 200 OK: ending the call")
-                self._set_state(CallState.CONNECTED)
-                self._send_bye({"Reason": 'SIP;cause=408;text="ACK Timeout"'})
-                self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
-                return
-            self.ua.endpoint._transmit(data, self.peer)
-            # Never past the deadline: give up at 64*T1, not at the next T2 step.
-            self._retransmit = loop.call_later(
-                min(interval, deadline - now), fire, min(2 * interval, timers.t2)
-            )
-
+        self._rt_data = response.to_bytes()
+        self._rt_deadline = loop.time() + 64 * timers.t1
         if not self.peer.reliable:
-            self._retransmit = loop.call_later(timers.t1, fire, min(2 * timers.t1, timers.t2))
+            self._retransmit = loop.call_later(timers.t1, self._fire_2xx, min(2 * timers.t1, timers.t2))
         else:  # a reliable transport needs no retransmission, only the timeout
-            self._retransmit = loop.call_at(deadline, fire, 0.0)
+            self._retransmit = loop.call_at(self._rt_deadline, self._fire_2xx, 0.0)
+
+    def _fire_2xx(self, interval: float) -> None:
+        if self._answer_msg is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = self._rt_deadline
+        if now >= deadline - 0.001:  # timers may fire a hair early
+            self._answer_msg = None
+            self.log.warning("no ACK for our 200 OK: ending the call")
+            self._send_bye({"Reason": 'SIP;cause=408;text="ACK Timeout"'})
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
+            return
+        self.ua.endpoint._transmit(self._rt_data, self.peer)
+        # Never past the deadline: give up at 64*T1, not at the next T2 step.
+        self._retransmit = loop.call_later(
+            min(interval, deadline - now), self._fire_2xx, min(2 * interval, self.ua.config.timers.t2)
+        )
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse an inbound call with a final response (default 486 Busy Here)."""
@@ -720,6 +718,7 @@ class UserAgent:
         self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
         self._dialogs: dict[tuple[str, str, str], SipCall] = {}
         self._by_invite: dict[ServerTransaction, SipCall] = {}
+        self._late_acks: OrderedDict[tuple[str, str, str], tuple[bytes, Peer, float]] = OrderedDict()
         self.calls: set[SipCall] = set()
 
     async def start(self) -> None:
@@ -761,19 +760,29 @@ class UserAgent:
         self._dialogs[call.dialog.id] = call
 
     def forget(self, call: SipCall) -> None:
-        """Drop a call's dialog a little later (late BYE/ACK retransmissions
-        still find it for 64*T1, 32 s by default; RFC 3261 Timer J)."""
+        """Drop an ended call at once.
+
+        Nothing of the call is kept: late in-dialog requests are absorbed by
+        their server transactions or get 481, a late ACK is dropped. The one
+        thing remembered (for 64*T1) is the ACK of an outbound call, so that
+        a retransmitted 2xx is acknowledged again (RFC 3261 §13.2.2.4)
+        without keeping the whole call alive.
+        """
         self.calls.discard(call)
         if call.invite_txn is not None:
             self._by_invite.pop(call.invite_txn, None)
         if call.dialog is not None:
             key = call.dialog.id
-            try:
-                asyncio.get_running_loop().call_later(
-                    self.config.timers.timeout, self._dialogs.pop, key, None
-                )
-            except RuntimeError:
-                self._dialogs.pop(key, None)
+            self._dialogs.pop(key, None)
+            if call._ack is not None:
+                now = time.monotonic()
+                acks = self._late_acks
+                while acks:
+                    first = next(iter(acks.values()))
+                    if first[2] > now:
+                        break
+                    acks.popitem(last=False)
+                acks[key] = (call._ack.to_bytes(), call.peer, now + self.config.timers.timeout)
 
     # -- incoming --------------------------------------------------------------
 
@@ -907,6 +916,10 @@ class UserAgent:
         call = self._dialogs.get(key)
         if call is not None:
             call._on_stray_2xx(response)
+            return
+        late = self._late_acks.get(key)
+        if late is not None and late[2] > time.monotonic():
+            self.endpoint.send_stateless_bytes(late[0], late[1])
 
     # -- registrar (RFC 3261 §10.3) --------------------------------------------
 

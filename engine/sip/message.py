@@ -203,7 +203,7 @@ class SipMessage:
     are shared: change a copy, then write it back with :meth:`Headers.set`.
     """
 
-    __slots__ = ("headers", "body", "_typed")
+    __slots__ = ("headers", "body", "_typed", "__weakref__")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
         self.headers = headers if headers is not None else Headers()

@@ -150,6 +150,7 @@ Every live state also has ``TRANSPORT_ERROR -> TERMINATED`` with a
 from __future__ import annotations
 
 import heapq
+import weakref
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, ClassVar, Union
@@ -794,7 +795,10 @@ class _ServerTransaction(_Transaction):
     @property
     def last_response(self) -> SipResponse | None:
         """The most recent response sent through this transaction."""
-        return self._last_response
+        last = self._last_response
+        if isinstance(last, weakref.ref):
+            return last()  # type: ignore[no-any-return]
+        return last
 
     def receive_request(self, request: SipRequest, now: float) -> list[Event]:
         """Feed a request that matched this transaction (§17.2.3).
@@ -833,10 +837,42 @@ class _ServerTransaction(_Transaction):
         return events
 
     def _transmit(self, response: SipResponse) -> None:
-        if response is not self._last_response or self._last_bytes is None:
-            self._last_response = response
-            self._last_bytes = response.to_bytes()
-        self._send(self._last_bytes)
+        if response is self.last_response:
+            data = self._last_bytes or _WIRE.get(response)
+            if data is not None:
+                self._send(data)
+                return
+        data = response.to_bytes()
+        self._last_response = response
+        self._last_bytes = data
+        if response.status >= 200:
+            self._shed(response, data)
+        self._send(data)
+
+    def _shed(self, response: SipResponse, data: bytes) -> None:
+        """After the final response, keep only what the rest of the
+        transaction needs.
+
+        A server at 1,000 calls/s holds some 30,000 ACCEPTED or COMPLETED
+        transactions (Timers L and J last 64*T1); each keeping its parsed
+        INVITE and response would cost hundreds of MB. So the request is cut
+        down to its transaction-identifying headers, the response is held weakly (its
+        sender, the UAS core, keeps it until the ACK), and a 2xx's bytes,
+        which an ACCEPTED transaction never resends by itself, live only as
+        long as the response does.
+        """
+        request = self.request
+        keep = _IDENTIFYING
+        slim = SipRequest(request.method, request.uri_text, version=request.version)
+        items = slim.headers._items
+        for name, value in request.headers:
+            if name in keep:
+                items.append((name, value))
+        self.request = slim
+        self._last_response = weakref.ref(response)  # type: ignore[assignment]
+        if response.status < 300 and isinstance(self, InviteServerTransaction):
+            _WIRE[response] = data
+            self._last_bytes = None
 
     def _send_provisional(self, response: SipResponse, now: float) -> list[Event]:
         self._deadlines.pop(I.TIMER_TRYING, None)
@@ -849,6 +885,12 @@ class _ServerTransaction(_Transaction):
         assert self._last_bytes is not None
         self._send(self._last_bytes)
         return []
+
+
+_IDENTIFYING = frozenset({"Via", "From", "To", "Call-ID", "CSeq"})
+#: Serialized 2xx responses of ACCEPTED transactions, as long as the
+#: response object lives (see :meth:`_ServerTransaction._shed`).
+_WIRE: "weakref.WeakKeyDictionary[SipResponse, bytes]" = weakref.WeakKeyDictionary()
 
 
 class InviteServerTransaction(_ServerTransaction):

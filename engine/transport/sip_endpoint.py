@@ -472,6 +472,10 @@ class SipEndpoint:
         )
         request.headers.prepend("Via", str(via))
 
+    def send_stateless_bytes(self, data: bytes, peer: Peer) -> None:
+        """Send bytes already serialized (a remembered ACK) outside any transaction."""
+        self._transmit(data, peer)
+
     def _send_stateless(self, message: SipRequest | SipResponse, peer: Peer) -> None:
         self._transmit(message.to_bytes(), peer)
 

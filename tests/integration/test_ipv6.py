@@ -103,11 +103,6 @@ async def test_dual_stack_engine(make_engine: EngineFactory, peers: PeerFactory,
     await caller_hangs_up(engine, peers, "::1", transport)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/server.py binds every RTP port on sip_hosts[0] (RtpPortAllocator("
-    "cfg.advertised_host or cfg.sip_hosts[0], ...)), while the SDP of a call from "
-    "an IPv6 peer advertises [::1]: the advertised port is not held on ::1"
-))
 async def test_dual_stack_rtp_port_is_held_on_the_advertised_address(make_engine: EngineFactory, peers: PeerFactory) -> None:
     """On ``127.0.0.1,::1`` a call from ::1 gets SDP ``IN IP6 ::1`` and a
     port; that port must be held by the engine on ::1 (binding it fails)."""

@@ -143,11 +143,6 @@ def _options(phone: TcpListener, n: int) -> SipRequest:
     return msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/server.py binds RTP ports on cfg.advertised_host (RtpPortAllocator("
-    "cfg.advertised_host or cfg.sip_hosts[0], ...)): an address that is not local "
-    "cannot be bound, so every call ends in 500 (NoPortsAvailable)"
-))
 async def test_advertised_host_in_contact_and_sdp(make_engine: EngineFactory, peers: PeerFactory) -> None:
     """With ``advertised_host`` (the public address behind NAT) the engine
     listens on loopback but puts the advertised address in Contact and in
