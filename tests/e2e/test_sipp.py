@@ -16,6 +16,8 @@ import pytest
 from engine.server import Engine
 from engine.transport.sip_endpoint import SecurityPolicy
 
+from corpora import corpora_dir
+
 from .sipp import run_sipp, start_sipp
 
 pytestmark = pytest.mark.e2e
@@ -220,9 +222,7 @@ async def test_malformed_flood_then_options(make_engine) -> None:
     OPTIONS is answered afterwards."""
     engine = await make_engine(RULES, policy=SecurityPolicy(trusted=frozenset({"127.0.0.1"})))
     rng = random.Random(4475)
-    corpus = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "rfc4475"
-    if not corpus.is_dir():
-        corpus = Path("/work/shared/corpora/rfc4475")
+    corpus = corpora_dir() / "rfc4475"
     torture = [p.read_bytes() for p in sorted(corpus.glob("*.dat"))]
     assert torture, f"RFC 4475 corpus missing at {corpus}"
     valid = (

@@ -19,10 +19,12 @@ from engine.sip.message import REASONS, SipRequest, SipResponse
 from engine.sip.parser import ParseError, parse_message
 from engine.sip.transaction import server_transaction_key
 
+from corpora import corpora_dir
+
 from .conftest import EngineFactory, FAST_TIMERS, PeerFactory, use_timers, wait_until
 from .sip_peer import UdpPeer, request, sdp_offer
 
-CORPUS = Path("/work/shared/corpora/rfc4475")
+CORPUS = corpora_dir() / "rfc4475"
 
 RULES = """
 rules:

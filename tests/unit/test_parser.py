@@ -1,10 +1,11 @@
 """Tests for :mod:`engine.sip.parser` and :mod:`engine.sip.message`.
 
 Parser fixtures are files: our own torture cases in ``tests/unit/data/sip``
-(see its README) and the public corpora in ``/work/shared/corpora`` (RFC 4475,
-RFC 5118, PROTOS c07-sip, pjsip fuzz seeds), which are read where they are and
-never copied (their README asks so; some are GPL). Corpus tests skip when the
-corpora are absent; ``CALLBRIDGE_CORPORA`` points elsewhere.
+(see its README) and the public corpora in ``shared/corpora`` beside the
+checkout (RFC 4475, RFC 5118, PROTOS c07-sip, pjsip fuzz seeds), which are
+read where they are and never copied (their README asks so; some are GPL).
+Missing corpora fail the run (see ``tests/corpora.py``); ``CALLBRIDGE_CORPORA``
+points elsewhere.
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ from engine.sip.parser import (
 )
 from engine.sip.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
+from corpora import corpora_dir
+
 DATA = Path(__file__).parent / "data" / "sip"
-CORPORA = Path(os.environ.get("CALLBRIDGE_CORPORA", Path(__file__).resolve().parents[3] / "shared" / "corpora"))
+CORPORA = corpora_dir()
 
 Message = SipRequest | SipResponse
 
 
 def corpus(*parts: str) -> Path:
-    """A path in the shared corpora; skip the test when it is not there."""
+    """A path in the shared corpora; a missing file fails the test."""
     path = CORPORA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"corpus not available: {path}")
+        pytest.fail(f"corpus file missing: {path}", pytrace=False)
     return path
 
 
@@ -52,9 +55,9 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
 
 def tsv_params(path: Path, key: str) -> list[object]:
-    """One pytest param per row of an index, or one skipped param."""
+    """One pytest param per row of an index (a missing index fails collection)."""
     if not path.exists():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{path} not available"))]
+        pytest.fail(f"corpus index missing: {path}", pytrace=False)
     return [pytest.param(row, id=row[key]) for row in read_tsv(path)]
 
 
