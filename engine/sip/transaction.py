@@ -797,7 +797,7 @@ class _ServerTransaction(_Transaction):
         """The most recent response sent through this transaction."""
         last = self._last_response
         if isinstance(last, weakref.ref):
-            return last()  # type: ignore[no-any-return]
+            return last()
         return last
 
     def receive_request(self, request: SipRequest, now: float) -> list[Event]:

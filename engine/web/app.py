@@ -36,7 +36,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Turn errors into ``{"error": {"code", "message"}}`` JSON."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
