@@ -166,3 +166,52 @@ async def test_unreachable_tcp_target_fails_at_once_with_503(make_engine: Engine
     logs = await wait_for_log(engine, "ended Failed 503", timeout=5.0)
     assert "ended Failed 503" in logs
     assert await wait_until(lambda: not engine.ua.calls and not engine.ua.endpoint._client_cb, 2.0)
+
+
+@pytest.mark.parametrize("status", [404, 486, 503, 603])
+async def test_outbound_final_error_fails_with_its_code(make_engine: EngineFactory, peers: PeerFactory,
+                                                        status: int) -> None:
+    """A 4xx/5xx/6xx to the engine's INVITE is ACKed (same branch) and the
+    scenario's call ends in Failed with that code."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    phone = await peers.udp(engine)
+    invite = await dial(engine, peers, phone, "")
+    server = phone.sources[-1]
+    phone.send(invite.create_response(status, to_tag="bob1").to_bytes(), server)
+    ack = await phone.recv_request("ACK")
+    assert ack.top_via.branch == invite.top_via.branch
+    logs = await wait_for_log(engine, f"ended Failed {status}")
+    assert f"ended Failed {status}" in logs
+
+
+async def test_outbound_redirect_is_followed(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A 302 with a Contact sends the call on to that Contact (a new INVITE,
+    same Call-ID, higher CSeq); the second phone answers 200, the engine
+    ACKs it and the call connects; the phone's BYE ends it."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    first = await peers.udp(engine)
+    second = await peers.udp(engine)
+    invite = await dial(engine, peers, first, "")
+    moved = invite.create_response(302, to_tag="moved1")
+    moved.headers.add("Contact", f"<sip:carol@127.0.0.1:{second.local[1]}>")
+    first.send(moved.to_bytes(), first.sources[-1])
+    assert (await first.recv_request("ACK")).top_via.branch == invite.top_via.branch
+    again = await second.recv_request("INVITE")
+    assert again.uri_text == f"sip:carol@127.0.0.1:{second.local[1]}"
+    assert again.call_id == invite.call_id and again.cseq.number > invite.cseq.number
+    ok = again.create_response(200, to_tag="carol1")
+    ok.headers.add("Contact", f"<sip:carol@127.0.0.1:{second.local[1]}>")
+    ok.headers.add("Content-Type", "application/sdp")
+    ok.body = (b"v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+               b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    server = second.sources[-1]
+    second.send(ok.to_bytes(), server)
+    ack = await second.recv_request("ACK")
+    assert ack.cseq.number == again.cseq.number and ack.cseq.method == "ACK"
+    assert ack.uri_text == f"sip:carol@127.0.0.1:{second.local[1]}"
+    bye = request("BYE", f"sip:callbridge@127.0.0.1:{engine.ua.port}", local=second.local,
+                  from_uri=str(again.to.uri), from_tag="carol1", to_uri=str(again.from_.uri),
+                  to_tag=again.from_.tag, call_id=again.call_id, cseq=1)
+    second.send(bye, server)
+    logs = await wait_for_log(engine, "ended Disconnected 200")
+    assert "ended Disconnected 200" in logs
