@@ -1,0 +1,195 @@
+"""ITU-T G.711 µ-law (PCMU) and A-law (PCMA), table driven.
+
+The 256-entry decode tables and the 65536-entry encode tables (indexed by
+the ``int16`` sample reinterpreted as ``uint16``) are built once at import
+with NumPy, following the segment arithmetic of ITU-T G.711 (the same
+results as the classic Sun reference ``g711.c``). Encoding and decoding a
+frame is then one table lookup over the whole array.
+
+Packet-loss concealment here is a *simple* PLC, not G.711 Appendix I: a lost
+frame is replaced by the last good frame, attenuated, fading linearly to
+silence over :data:`PLC_FADE_FRAMES` frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .base import Decoder, Encoder, Pcm
+
+__all__ = [
+    "ALAW_DECODE",
+    "ALAW_ENCODE",
+    "PLC_FADE_FRAMES",
+    "ULAW_DECODE",
+    "ULAW_ENCODE",
+    "PcmaDecoder",
+    "PcmaEncoder",
+    "PcmuDecoder",
+    "PcmuEncoder",
+    "SimplePlc",
+    "alaw_decode",
+    "alaw_encode",
+    "ulaw_decode",
+    "ulaw_encode",
+]
+
+_SEG_UEND = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF], dtype=np.int32)
+_SEG_AEND = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF], dtype=np.int32)
+
+
+def _all_int16() -> npt.NDArray[np.int32]:
+    # index i of an encode table is the int16 whose bit pattern is uint16 i
+    return np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int32)
+
+
+def _build_ulaw_decode() -> npt.NDArray[np.int16]:
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
+
+
+def _build_ulaw_encode() -> npt.NDArray[np.uint8]:
+    pcm = _all_int16() >> 2  # 14-bit
+    mask = np.where(pcm < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(pcm), 8159) + (0x84 >> 2)
+    seg = np.searchsorted(_SEG_UEND, mag, side="left").astype(np.int32)
+    code = (seg << 4) | ((mag >> (seg + 1)) & 0x0F)
+    code = np.where(seg >= 8, 0x7F, code)
+    return (code ^ mask).astype(np.uint8)
+
+
+def _build_alaw_decode() -> npt.NDArray[np.int16]:
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    t = np.where(seg == 0, t + 8, (t + 0x108) << np.maximum(seg - 1, 0))
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
+def _build_alaw_encode() -> npt.NDArray[np.uint8]:
+    pcm = _all_int16() >> 3  # 13-bit
+    mask = np.where(pcm >= 0, 0xD5, 0x55)
+    mag = np.where(pcm >= 0, pcm, -pcm - 1)
+    seg = np.searchsorted(_SEG_AEND, mag, side="left").astype(np.int32)
+    shift = np.where(seg < 2, 1, seg)
+    code = (seg << 4) | ((mag >> shift) & 0x0F)
+    code = np.where(seg >= 8, 0x7F, code)
+    return (code ^ mask).astype(np.uint8)
+
+
+#: µ-law code -> linear sample.
+ULAW_DECODE: npt.NDArray[np.int16] = _build_ulaw_decode()
+#: linear sample (as ``uint16`` bit pattern) -> µ-law code.
+ULAW_ENCODE: npt.NDArray[np.uint8] = _build_ulaw_encode()
+#: A-law code -> linear sample.
+ALAW_DECODE: npt.NDArray[np.int16] = _build_alaw_decode()
+#: linear sample (as ``uint16`` bit pattern) -> A-law code.
+ALAW_ENCODE: npt.NDArray[np.uint8] = _build_alaw_encode()
+for _table in (ULAW_DECODE, ULAW_ENCODE, ALAW_DECODE, ALAW_ENCODE):
+    _table.flags.writeable = False
+
+
+def ulaw_encode(pcm: Pcm) -> npt.NDArray[np.uint8]:
+    """µ-law codes for ``int16`` samples (any shape)."""
+    return ULAW_ENCODE[np.asarray(pcm, dtype=np.int16).view(np.uint16)]
+
+
+def ulaw_decode(codes: npt.NDArray[np.uint8]) -> Pcm:
+    """``int16`` samples for µ-law codes (any shape)."""
+    return ULAW_DECODE[codes]
+
+
+def alaw_encode(pcm: Pcm) -> npt.NDArray[np.uint8]:
+    """A-law codes for ``int16`` samples (any shape)."""
+    return ALAW_ENCODE[np.asarray(pcm, dtype=np.int16).view(np.uint16)]
+
+
+def alaw_decode(codes: npt.NDArray[np.uint8]) -> Pcm:
+    """``int16`` samples for A-law codes (any shape)."""
+    return ALAW_DECODE[codes]
+
+
+#: Number of concealed frames over which :class:`SimplePlc` fades to silence.
+PLC_FADE_FRAMES = 5
+
+
+class SimplePlc:
+    """Simple packet-loss concealment (not G.711 Appendix I).
+
+    Each lost frame repeats the last good frame with a gain that falls
+    linearly, sample by sample, from 1 to 0 over ``fade_frames`` frames;
+    after that, silence. A good frame resets the fade.
+    """
+
+    def __init__(self, fade_frames: int = PLC_FADE_FRAMES) -> None:
+        if fade_frames < 1:
+            raise ValueError("fade_frames must be at least 1")
+        self.fade_frames = fade_frames
+        self._last: Pcm | None = None
+        self._lost = 0
+
+    def good_frame(self, pcm: Pcm) -> None:
+        """Remember a correctly received frame."""
+        self._last = pcm
+        self._lost = 0
+
+    def conceal(self, num_samples: int) -> Pcm:
+        """A frame to play for one lost packet."""
+        last = self._last
+        lost = self._lost
+        self._lost += 1
+        if last is None or lost >= self.fade_frames or last.size == 0:
+            return np.zeros(num_samples, dtype=np.int16)
+        src = np.resize(last, num_samples).astype(np.float32)
+        total = self.fade_frames * num_samples
+        start = lost * num_samples
+        gain = 1.0 - (np.arange(start, start + num_samples, dtype=np.float32) + 1) / total
+        return np.rint(src * gain).astype(np.int16)
+
+
+class _G711Decoder(Decoder):
+    _table: npt.NDArray[np.int16]
+
+    def __init__(self) -> None:
+        self.plc = SimplePlc()
+
+    def decode(self, payload: bytes) -> Pcm:
+        pcm = self._table[np.frombuffer(payload, dtype=np.uint8)]
+        self.plc.good_frame(pcm)
+        return pcm
+
+    def conceal(self, num_samples: int) -> Pcm:
+        return self.plc.conceal(num_samples)
+
+
+class _G711Encoder(Encoder):
+    _table: npt.NDArray[np.uint8]
+
+    def encode(self, pcm: Pcm) -> bytes:
+        return self._table[np.asarray(pcm, dtype=np.int16).view(np.uint16)].tobytes()
+
+
+class PcmuEncoder(_G711Encoder):
+    """G.711 µ-law encoder (``audio/PCMU``, static payload type 0)."""
+
+    _table = ULAW_ENCODE
+
+
+class PcmuDecoder(_G711Decoder):
+    """G.711 µ-law decoder with simple PLC."""
+
+    _table = ULAW_DECODE
+
+
+class PcmaEncoder(_G711Encoder):
+    """G.711 A-law encoder (``audio/PCMA``, static payload type 8)."""
+
+    _table = ALAW_ENCODE
+
+
+class PcmaDecoder(_G711Decoder):
+    """G.711 A-law decoder with simple PLC."""
+
+    _table = ALAW_DECODE

@@ -1,0 +1,231 @@
+"""A fixed-frame adaptive jitter buffer for 20 ms RTP audio frames.
+
+Packets go in with :meth:`JitterBuffer.put` as they arrive; the media clock
+pulls one frame per tick with :meth:`JitterBuffer.get`, which returns the
+payload or ``None`` for a frame that is missing (the codec layer conceals
+it). Frames are keyed by RTP timestamp: slot = timestamp / samples-per-frame,
+counted from the stream's first packet with wrap-aware 32-bit arithmetic, so
+sequence and timestamp wrap, silence suppression (timestamp gaps) and
+reordering need no special cases. Storage is a dict of slot -> payload, so
+put and get are O(1).
+
+Playout delay: playback starts ``target`` after the first packet arrives and
+then advances one slot a tick. The target is adaptive between
+``min_depth_ms`` and ``max_depth_ms``: a packet that arrives after its slot
+was played is counted late and raises the target one frame, which is paid
+for at once by playing one extra missing frame (the head waits a tick). When
+no packet has been late for ``shrink_after`` seconds the target drops a
+frame; whenever the fullness of the buffer stayed above the target for a
+whole second, one frame is discarded to cut the delay.
+
+A new SSRC, or a timestamp more than ``resync_ms`` away from the playout
+point, restarts the buffer on the new stream (a resync).
+
+Sans-IO: ``now`` is passed in (seconds, any monotonic origin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from engine.media.rtp import RtpPacket, seq_diff, ts_diff
+
+__all__ = ["JitterBuffer", "JitterStats"]
+
+_RING = 64
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters of a :class:`JitterBuffer`.
+
+    ``lost`` counts packets the sender sent that were never played (missing
+    or too late), from gaps in the sequence numbers of the frames played, so
+    silence suppression (a timestamp gap with continuous sequence numbers)
+    is not loss; ``concealed`` counts the ticks that returned None once
+    playing; ``discarded`` counts frames dropped to cut the delay or on
+    overflow.
+    """
+
+    received: int = 0
+    late: int = 0
+    duplicate: int = 0
+    lost: int = 0
+    concealed: int = 0
+    discarded: int = 0
+    resyncs: int = 0
+    depth_ms: int = 0
+    target_ms: int = 0
+
+
+class JitterBuffer:
+    """Reorders, de-duplicates and delays one RTP audio stream."""
+
+    def __init__(
+        self,
+        *,
+        clock_rate: int = 8000,
+        frame_ms: int = 20,
+        min_depth_ms: int = 20,
+        max_depth_ms: int = 200,
+        initial_depth_ms: int = 40,
+        shrink_after: float = 5.0,
+        resync_ms: int = 1000,
+    ) -> None:
+        self.frame_ms = frame_ms
+        self.samples_per_frame = clock_rate * frame_ms // 1000
+        self._min = max(1, min_depth_ms // frame_ms)
+        self._max = max(self._min, max_depth_ms // frame_ms)
+        self._target = min(self._max, max(self._min, initial_depth_ms // frame_ms))
+        self._shrink_after = shrink_after
+        self._resync = max(self._max * 2, resync_ms // frame_ms)
+        self._counters = JitterStats()
+        self._frames: dict[int, tuple[int, bytes]] = {}
+        self._last_seq: int | None = None  # sequence number of the last frame played
+        self._played: list[int | None] = [None] * _RING
+        self._ssrc: int | None = None
+        self._ref_ts = 0  # the RTP timestamp of slot _ref_index
+        self._ref_index = 0
+        self._head: int | None = None  # next slot to play, once playing
+        self._low = 0  # lowest slot received before playout started
+        self._high = 0  # highest slot received
+        self._first_arrival: float | None = None
+        self._grow_pending = 0
+        self._last_adjust: float | None = None
+        self._window_start = 0.0
+        self._window_min: int | None = None
+
+    @property
+    def target_ms(self) -> int:
+        return self._target * self.frame_ms
+
+    @property
+    def depth_ms(self) -> int:
+        """How far ahead of the playout point the buffer reaches."""
+        if self._first_arrival is None:
+            return 0
+        base = self._low if self._head is None else self._head
+        return max(0, self._high - base + 1) * self.frame_ms
+
+    @property
+    def stats(self) -> JitterStats:
+        """A snapshot of the counters with the current depth and target."""
+        return dataclasses.replace(self._counters, depth_ms=self.depth_ms, target_ms=self.target_ms)
+
+    def _slot(self, timestamp: int) -> int:
+        half = self.samples_per_frame // 2
+        return self._ref_index + (ts_diff(self._ref_ts, timestamp) + half) // self.samples_per_frame
+
+    def _restart(self, packet: RtpPacket, now: float) -> None:
+        self._counters.discarded += len(self._frames)
+        self._frames.clear()
+        self._played = [None] * _RING
+        self._ssrc = packet.ssrc
+        self._ref_ts = packet.timestamp
+        self._ref_index = 0
+        self._head = None
+        self._low = self._high = 0
+        self._first_arrival = now
+        self._grow_pending = 0
+        self._window_min = None
+        self._last_seq = None
+        if self._last_adjust is None:
+            self._last_adjust = now
+
+    def put(self, packet: RtpPacket, now: float) -> bool:
+        """Store an arrived packet; False if it was late or a duplicate."""
+        c = self._counters
+        if packet.ssrc != self._ssrc:
+            if self._ssrc is not None:
+                c.resyncs += 1
+            self._restart(packet, now)
+        slot = self._slot(packet.timestamp)
+        playout = self._low if self._head is None else self._head
+        if abs(slot - playout) > self._resync:
+            c.resyncs += 1
+            self._restart(packet, now)
+            slot = 0
+        head = self._head
+        if head is not None and slot < head:
+            if self._played[slot % _RING] == slot:
+                c.duplicate += 1
+            else:
+                c.late += 1
+                self._last_adjust = now
+                if self._target < self._max:
+                    self._target += 1
+                    self._grow_pending += 1
+            return False
+        if slot in self._frames:
+            c.duplicate += 1
+            return False
+        self._frames[slot] = (packet.sequence_number, packet.payload)
+        c.received += 1
+        if head is None and slot < self._low:
+            self._low = slot
+        if slot > self._high:
+            self._high = slot
+        return True
+
+    def get(self, now: float) -> bytes | None:
+        """The frame for this tick, or None when it is missing."""
+        if self._first_arrival is None:
+            return None
+        head = self._head
+        if head is None:
+            if now - self._first_arrival < self._target * self.frame_ms / 1000 - 1e-9:
+                return None
+            head = self._head = self._low
+            self._window_start = now
+        c = self._counters
+        if self._grow_pending:
+            self._grow_pending -= 1
+            c.concealed += 1
+            return None
+        head = self._adapt(now, head)
+        avail = self._high - head + 1
+        if avail > self._max + 2:  # overflow: cut back to the target at once
+            head = self._skip(head, avail - self._target - 1)
+        entry = self._frames.pop(head, None)
+        frame = None
+        if entry is None:
+            c.concealed += 1
+        else:
+            seq, frame = entry
+            if self._last_seq is not None:
+                gap = seq_diff(self._last_seq, seq) - 1
+                if 0 < gap < 3000:
+                    c.lost += gap
+            self._last_seq = seq
+            self._played[head % _RING] = head
+        self._head = head + 1
+        self._ref_ts = (self._ref_ts + (self._head - self._ref_index) * self.samples_per_frame) & 0xFFFFFFFF
+        self._ref_index = self._head
+        return frame
+
+    def _adapt(self, now: float, head: int) -> int:
+        """Shrink the target after a quiet spell; once a second, if the
+        buffer never ran below target + 1 frames, discard a frame."""
+        avail = self._high - head + 1
+        if self._window_min is None or avail < self._window_min:
+            self._window_min = avail
+        if now - self._window_start < 1.0 - 1e-9:
+            return head
+        last = self._last_adjust if self._last_adjust is not None else now
+        if now - last >= self._shrink_after - 1e-9 and self._target > self._min:
+            self._target -= 1
+            self._last_adjust = now
+        if self._window_min > self._target + 1:
+            head = self._skip(head, 1)
+        self._window_start = now
+        self._window_min = None
+        return head
+
+    def _skip(self, head: int, count: int) -> int:
+        for slot in range(head, head + count):
+            entry = self._frames.pop(slot, None)
+            if entry is not None:
+                self._counters.discarded += 1
+                self._last_seq = entry[0]
+        return head + count

@@ -1,0 +1,296 @@
+"""RTP packets (RFC 3550), sequence arithmetic, sender state and a safe latch.
+
+We write our own small packet layer instead of reusing aiortc's
+``RtpPacket``: aiortc is a heavy dependency (PyAV, cryptography, aioice) that
+only the WebRTC leg needs, while the G.711 legs, which are most of the
+traffic, need a lean, allocation-light path: one ``struct`` unpack per
+packet, the payload as a ``bytes`` slice, no per-packet objects beyond the
+packet itself. The WebRTC leg keeps aiortc's own RTP stack.
+
+Sans-IO: nothing here reads a clock or touches a socket. Times are passed in
+(seconds, any monotonic origin) and addresses are whatever tuple the
+transport's ``recvfrom`` gave.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+__all__ = [
+    "RTP_VERSION",
+    "Address",
+    "RtpError",
+    "RtpPacket",
+    "RtpReceiverLatch",
+    "RtpSender",
+    "extend_seq",
+    "is_rtcp",
+    "seq_diff",
+    "seq_lt",
+    "ts_diff",
+]
+
+RTP_VERSION = 2
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+_HEADER = struct.Struct("!BBHII")
+_EXT_HEADER = struct.Struct("!HH")
+
+Address = tuple[Any, ...]
+"""A transport address as the socket layer reports it: ``(host, port)`` or
+the IPv6 4-tuple."""
+
+
+class RtpError(ValueError):
+    """A datagram is not a well-formed RTP packet (the message says why)."""
+
+
+@dataclass(slots=True)
+class RtpPacket:
+    """One RTP packet (RFC 3550 §5.1).
+
+    ``padding`` is the number of padding octets after the payload, the count
+    octet included (0 = no padding, the P bit clear). ``extension_profile``
+    is the 16-bit "defined by profile" field of the RFC 3550 §5.3.1 header
+    extension and ``extension`` its data (a multiple of 4 octets), kept as
+    bytes; ``extension_profile is None`` means no extension (X bit clear).
+    """
+
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    payload: bytes = b""
+    marker: bool = False
+    csrc: tuple[int, ...] = ()
+    extension_profile: int | None = None
+    extension: bytes = b""
+    padding: int = 0
+
+    @classmethod
+    def parse(cls, data: bytes) -> RtpPacket:
+        """Parse one datagram; raise :class:`RtpError` if it is malformed."""
+        size = len(data)
+        if size < 12:
+            raise RtpError(f"RTP packet too short: {size} bytes, need at least 12")
+        first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+        version = first >> 6
+        if version != RTP_VERSION:
+            raise RtpError(f"RTP version {version}, expected 2")
+        cc = first & 0x0F
+        pos = 12 + 4 * cc
+        if pos > size:
+            raise RtpError(f"RTP CSRC list of {cc} entries runs past the end of the {size}-byte packet")
+        csrc = struct.unpack_from(f"!{cc}I", data, 12) if cc else ()
+        profile: int | None = None
+        ext = b""
+        if first & 0x10:
+            if pos + 4 > size:
+                raise RtpError("RTP header extension header runs past the end of the packet")
+            profile, words = _EXT_HEADER.unpack_from(data, pos)
+            pos += 4
+            end = pos + 4 * words
+            if end > size:
+                raise RtpError(f"RTP header extension of {words} words runs past the end of the packet")
+            ext = data[pos:end]
+            pos = end
+        end = size
+        padding = 0
+        if first & 0x20:
+            padding = data[-1]
+            if padding == 0:
+                raise RtpError("RTP padding count is 0")
+            if padding > size - pos:
+                raise RtpError(f"RTP padding count {padding} exceeds the {size - pos} bytes after the header")
+            end = size - padding
+        return cls(
+            payload_type=second & 0x7F,
+            sequence_number=seq,
+            timestamp=ts,
+            ssrc=ssrc,
+            payload=bytes(data[pos:end]),
+            marker=bool(second & 0x80),
+            csrc=tuple(csrc),
+            extension_profile=profile,
+            extension=bytes(ext),
+            padding=padding,
+        )
+
+    def serialize(self) -> bytes:
+        """The packet's wire form (padding octets are zeros plus the count)."""
+        cc = len(self.csrc)
+        if cc > 15:
+            raise ValueError(f"at most 15 CSRCs fit an RTP header, got {cc}")
+        if not 0 <= self.padding <= 255:
+            raise ValueError(f"RTP padding must be 0..255 octets, got {self.padding}")
+        first = 0x80 | cc
+        if self.padding:
+            first |= 0x20
+        if self.extension_profile is not None:
+            first |= 0x10
+        second = (0x80 if self.marker else 0) | (self.payload_type & 0x7F)
+        parts = [_HEADER.pack(first, second, self.sequence_number, self.timestamp, self.ssrc)]
+        if cc:
+            parts.append(struct.pack(f"!{cc}I", *self.csrc))
+        if self.extension_profile is not None:
+            if len(self.extension) % 4:
+                raise ValueError(f"RTP header extension must be a multiple of 4 octets, got {len(self.extension)}")
+            parts.append(_EXT_HEADER.pack(self.extension_profile, len(self.extension) // 4))
+            parts.append(self.extension)
+        parts.append(self.payload)
+        if self.padding:
+            parts.append(bytes(self.padding - 1) + bytes((self.padding,)))
+        return b"".join(parts)
+
+
+def is_rtcp(data: bytes) -> bool:
+    """True if a datagram on a muxed port is RTCP (RFC 5761 §4).
+
+    RTCP packet types 192..223 occupy the second octet, where RTP has the
+    marker bit and payload type; RFC 5761 keeps RTP payload types 64..95
+    unused so the ranges never meet.
+    """
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def seq_diff(a: int, b: int) -> int:
+    """``b - a`` for 16-bit sequence numbers, in -32768..32767 (wrap-aware)."""
+    return ((b - a + 0x8000) & 0xFFFF) - 0x8000
+
+
+def seq_lt(a: int, b: int) -> bool:
+    """True if sequence number ``a`` comes before ``b`` (RFC 1982 style)."""
+    return seq_diff(a, b) > 0
+
+
+def ts_diff(a: int, b: int) -> int:
+    """``b - a`` for 32-bit RTP timestamps, signed and wrap-aware."""
+    return ((b - a + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
+def extend_seq(seq: int, reference: int) -> int:
+    """The extended (cycle-counting) value of ``seq`` nearest ``reference``.
+
+    ``reference`` is an extended sequence number already seen (typically the
+    highest); the result differs from it by at most 32768.
+    """
+    return reference + seq_diff(reference & 0xFFFF, seq)
+
+
+def _random_bits(bits: int) -> int:
+    return secrets.randbits(bits)
+
+
+class RtpSender:
+    """Outgoing stream state: SSRC, sequence number and timestamp.
+
+    All three start random (RFC 3550 §5.1, §8) unless given. ``random`` takes
+    a bit count and returns that many random bits; tests pass a seeded one.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssrc: int | None = None,
+        sequence_number: int | None = None,
+        timestamp: int | None = None,
+        random: Callable[[int], int] = _random_bits,
+    ) -> None:
+        self.ssrc = random(32) if ssrc is None else ssrc
+        self.sequence_number = random(16) if sequence_number is None else sequence_number
+        self.timestamp = random(32) if timestamp is None else timestamp
+        self.packet_count = 0
+        self.octet_count = 0
+
+    def next_packet(self, payload: bytes, pt: int, samples: int, marker: bool = False) -> RtpPacket:
+        """The next packet carrying ``payload``; then advance the sequence
+        number by one and the timestamp by ``samples``."""
+        packet = RtpPacket(pt, self.sequence_number, self.timestamp, self.ssrc, payload, marker)
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self.packet_count += 1
+        self.octet_count += len(payload)
+        return packet
+
+    def skip(self, samples: int) -> None:
+        """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+
+
+class RtpReceiverLatch:
+    """Symmetric RTP latching that resists RTP Bleed.
+
+    Symmetric RTP sends to wherever the peer's packets come from, which is
+    what gets media through NAT; naive latching lets anyone who sprays the
+    port steal or inject the stream. Here:
+
+    * a packet whose payload type was not negotiated is dropped, latched or
+      not, so only real media can latch;
+    * the first acceptable packet latches its source address, SSRC and
+      sequence number;
+    * from the latched address every negotiated packet is accepted (an SSRC
+      change there is followed);
+    * from another address a packet is accepted, and the latch moves there
+      (NAT rebinding), only if its SSRC is the latched one and its sequence
+      number continues the stream: 1..``window`` ahead of the highest seen.
+      Anything else is dropped and counted.
+
+    ``initial_addr`` is where to send before anything latched (the SDP
+    address). ``last_packet_at`` is the time of the last accepted packet,
+    for an RTP inactivity timer.
+    """
+
+    def __init__(
+        self,
+        payload_types: Iterable[int],
+        *,
+        initial_addr: Address | None = None,
+        window: int = 32,
+    ) -> None:
+        self.payload_types = frozenset(payload_types)
+        self.window = window
+        self.latched = False
+        self.ssrc: int | None = None
+        self.highest_seq = 0
+        self.last_packet_at: float | None = None
+        self._addr = initial_addr
+        self.accepted = 0
+        self.relatched = 0
+        self.dropped_payload_type = 0
+        self.dropped_stranger = 0
+
+    @property
+    def remote_addr(self) -> Address | None:
+        """Where to send: the latched address, else the initial one."""
+        return self._addr
+
+    @property
+    def dropped(self) -> int:
+        """All dropped packets."""
+        return self.dropped_payload_type + self.dropped_stranger
+
+    def accept(self, packet: RtpPacket, addr: Address, now: float) -> bool:
+        """Decide whether ``packet`` from ``addr`` belongs to the stream."""
+        if packet.payload_type not in self.payload_types:
+            self.dropped_payload_type += 1
+            return False
+        seq = packet.sequence_number
+        if not self.latched or addr == self._addr:
+            if not self.latched or packet.ssrc != self.ssrc or seq_lt(self.highest_seq, seq):
+                self.highest_seq = seq
+            self.latched = True
+            self._addr = addr
+            self.ssrc = packet.ssrc
+        elif packet.ssrc == self.ssrc and 0 < seq_diff(self.highest_seq, seq) <= self.window:
+            self._addr = addr
+            self.highest_seq = seq
+            self.relatched += 1
+        else:
+            self.dropped_stranger += 1
+            return False
+        self.accepted += 1
+        self.last_packet_at = now
+        return True

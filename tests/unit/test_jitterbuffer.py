@@ -1,0 +1,184 @@
+"""Tests for :mod:`engine.media.jitterbuffer` on a simulated timeline: the
+media clock ticks every 20 ms and packets arrive at chosen milliseconds."""
+
+from __future__ import annotations
+
+from engine.media.jitterbuffer import JitterBuffer
+from engine.media.rtp import RtpPacket
+
+SSRC = 0x1234
+
+
+def pkt(i: int, *, seq0: int = 1000, ts0: int = 50_000, ssrc: int = SSRC) -> RtpPacket:
+    """Frame i of a 20 ms PCMU stream; the payload names the frame."""
+    return RtpPacket(0, (seq0 + i) & 0xFFFF, (ts0 + 160 * i) & 0xFFFFFFFF, ssrc, b"f%d" % i)
+
+
+def run(jb: JitterBuffer, arrivals: list[tuple[int, RtpPacket]], until_ms: int) -> list[bytes | None]:
+    """Tick every 20 ms from 0 to until_ms; packets due by a tick are put first."""
+    pending = sorted(arrivals, key=lambda a: a[0])
+    out: list[bytes | None] = []
+    k = 0
+    for tick in range(0, until_ms + 1, 20):
+        while k < len(pending) and pending[k][0] <= tick:
+            jb.put(pending[k][1], pending[k][0] / 1000)
+            k += 1
+        out.append(jb.get(tick / 1000))
+    return out
+
+
+def played(out: list[bytes | None]) -> list[bytes | None]:
+    """The output from the first frame on, trailing underruns dropped."""
+    first = next(i for i, f in enumerate(out) if f is not None)
+    last = max(i for i, f in enumerate(out) if f is not None)
+    return out[first : last + 1]
+
+
+def frames(*ids: int | None) -> list[bytes | None]:
+    return [None if i is None else b"f%d" % i for i in ids]
+
+
+def steady(n: int, **kw: int) -> list[tuple[int, RtpPacket]]:
+    return [(20 * i + 5, pkt(i, **kw)) for i in range(n)]
+
+
+def test_in_order_stream_plays_after_target_delay() -> None:
+    """Check an even stream plays every frame in order, starting one target (40 ms) late."""
+    jb = JitterBuffer()
+    out = run(jb, steady(10), 300)
+    assert out[:3] == [None, None, None]  # priming: first arrival 5 ms, start at 60 ms
+    assert out[3:13] == frames(*range(10))
+    s = jb.stats
+    assert (s.received, s.lost, s.late, s.duplicate, s.resyncs, s.target_ms) == (10, 0, 0, 0, 0, 40)
+
+
+def test_depth_in_steady_state() -> None:
+    """Check depth_ms between ticks equals the target for an even stream."""
+    jb = JitterBuffer()
+    run(jb, steady(20), 200)
+    assert jb.stats.depth_ms == 40
+
+
+def test_reordered_packets_are_put_back_in_order() -> None:
+    """Check two swapped packets that both come before their slot play in order."""
+    arrivals = steady(10)
+    arrivals[3] = (85, pkt(3))
+    arrivals[4] = (65, pkt(4))
+    jb = JitterBuffer()
+    assert played(run(jb, arrivals, 300)) == frames(*range(10))
+    assert (jb.stats.lost, jb.stats.late) == (0, 0)
+
+
+def test_duplicates_are_dropped() -> None:
+    """Check a duplicate before playout and one after playout are both dropped and counted."""
+    arrivals = steady(10) + [(47, pkt(2)), (200, pkt(2))]
+    jb = JitterBuffer()
+    assert played(run(jb, arrivals, 300)) == frames(*range(10))
+    assert (jb.stats.duplicate, jb.stats.late, jb.stats.received) == (2, 0, 10)
+
+
+def test_lost_packet_is_reported_as_none() -> None:
+    """Check a packet that never comes leaves a None in its slot for the codec's PLC."""
+    arrivals = [a for a in steady(10) if a[1].sequence_number != 1004]
+    jb = JitterBuffer()
+    assert played(run(jb, arrivals, 300)) == frames(0, 1, 2, 3, None, 5, 6, 7, 8, 9)
+    assert (jb.stats.lost, jb.stats.late, jb.stats.target_ms) == (1, 0, 40)
+
+
+def test_late_packet_dropped_and_target_grows() -> None:
+    """Check a packet arriving after its slot is dropped, counted late, and the
+    target grows by a frame, paid for by one extra missing frame.
+
+    Frame 5 is due at tick 160 but arrives at 205; the grow costs the tick at 220.
+    """
+    arrivals = steady(10)
+    arrivals[5] = (205, pkt(5))
+    jb = JitterBuffer()
+    assert played(run(jb, arrivals, 400)) == frames(0, 1, 2, 3, 4, None, 6, 7, None, 8, 9)
+    s = jb.stats
+    assert (s.late, s.lost, s.target_ms, s.received) == (1, 1, 60, 9)
+
+
+def test_sequence_and_timestamp_wrap() -> None:
+    """Check a stream whose sequence and timestamp both wrap plays straight through."""
+    jb = JitterBuffer()
+    arrivals = [(20 * i + 5, pkt(i, seq0=65530, ts0=2**32 - 800)) for i in range(12)]
+    arrivals[6], arrivals[7] = (arrivals[7][0], arrivals[6][1]), (arrivals[6][0], arrivals[7][1])
+    assert played(run(jb, arrivals, 400)) == frames(*range(12))
+    assert (jb.stats.lost, jb.stats.resyncs) == (0, 0)
+
+
+def test_new_ssrc_resyncs() -> None:
+    """Check a new SSRC restarts the buffer: the old stream's leftovers are dropped,
+    the new one is primed and played from its first frame."""
+    a = steady(10)
+    b = [(205 + 20 * i, RtpPacket(0, 7 + i, 999 + 160 * i, 0x9999, b"g%d" % i)) for i in range(5)]
+    jb = JitterBuffer()
+    out = run(jb, a + b, 600)
+    assert b"f7" in out and b"f8" not in out  # f8, f9 were still queued at the switch (205 ms)
+    assert [f for f in out if f and f.startswith(b"g")] == [b"g%d" % i for i in range(5)]
+    assert (jb.stats.resyncs, jb.stats.discarded) == (1, 2)
+
+
+def test_timestamp_jump_resyncs() -> None:
+    """Check a timestamp leap of minutes on the same SSRC restarts the buffer."""
+    a = steady(5)
+    b = [(105 + 20 * i, pkt(i, ts0=50_000 + 8000 * 300, seq0=1005)) for i in range(5)]
+    jb = JitterBuffer()
+    out = run(jb, a + b, 500)
+    assert jb.stats.resyncs == 1
+    assert [f for f in out if f] [-5:] == frames(*range(5))
+
+
+def test_silence_gap_does_not_resync() -> None:
+    """Check a 400 ms silence-suppression gap (timestamps and arrivals jump,
+    sequence numbers continue) plays as concealed frames, then resumes in step
+    without loss or resync."""
+    arrivals = steady(5) + [(20 * i + 5, pkt(i, seq0=980)) for i in range(25, 30)]
+    jb = JitterBuffer()
+    out = played(run(jb, arrivals, 640))
+    assert out == frames(0, 1, 2, 3, 4) + [None] * 20 + frames(25, 26, 27, 28, 29)
+    s = jb.stats
+    assert (s.lost, s.late, s.resyncs, s.concealed) == (0, 0, 0, 20)
+
+
+def test_adaptive_depth_grows_to_cap_and_shrinks_back() -> None:
+    """Check the target grows on late arrivals but never past 200 ms, then
+    shrinks a frame per quiet spell down to 20 ms, discarding frames to cut delay."""
+    jb = JitterBuffer(shrink_after=1.0)
+    arrivals = []
+    for i in range(1500):
+        delay = 5 + (400 if i < 250 and i % 10 == 0 else 0)  # 5 s of bad spikes
+        arrivals.append((20 * i + delay, pkt(i)))
+    targets = []
+    pending = sorted(arrivals, key=lambda a: a[0])
+    k = 0
+    for tick in range(0, 30_000, 20):
+        while k < len(pending) and pending[k][0] <= tick:
+            jb.put(pending[k][1], pending[k][0] / 1000)
+            k += 1
+        jb.get(tick / 1000)
+        targets.append(jb.stats.target_ms)
+    s = jb.stats
+    assert max(targets) == 200
+    assert targets[300] == 200  # still high while spikes keep coming
+    assert s.target_ms == 20 and s.depth_ms <= 40
+    assert s.discarded >= 8 and s.late >= 9
+
+
+def test_burst_overflow_is_cut_to_target() -> None:
+    """Check a burst of 30 frames at once is cut back to the target instead of
+    adding 600 ms of delay."""
+    jb = JitterBuffer()
+    arrivals = [(5, pkt(i)) for i in range(30)] + [(20 * i + 5, pkt(i)) for i in range(30, 40)]
+    out = run(jb, arrivals, 1000)
+    assert jb.stats.discarded > 0
+    assert out[3] is not None and out[3] != b"f0"  # jumped ahead at the first tick
+    assert jb.stats.depth_ms <= 200
+
+
+def test_nothing_received_gives_none() -> None:
+    """Check get before any packet returns None and counts nothing."""
+    jb = JitterBuffer()
+    assert [jb.get(t / 50) for t in range(5)] == [None] * 5
+    assert jb.stats.lost == 0 and jb.stats.depth_ms == 0

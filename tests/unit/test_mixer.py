@@ -1,0 +1,130 @@
+"""Tests for :mod:`engine.media.mixer`: mix-minus, mute/deaf/volume, flows."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from engine.media.mixer import ConferenceMixer, FlowMatrix, benchmark_mix, mix_minus, stack_frames
+
+
+def frames(*rows: list[int]) -> npt.NDArray[np.int16]:
+    return np.array(rows, dtype=np.int16)
+
+
+def test_mix_minus_exact() -> None:
+    """Check each leg gets exactly the sum of the others on a small array."""
+    f = frames([1, 2, 3], [10, 20, 30], [100, 200, 300])
+    out = mix_minus(f)
+    assert out.dtype == np.int16
+    assert out.tolist() == [[110, 220, 330], [101, 202, 303], [11, 22, 33]]
+    # a list of frames is accepted too
+    assert mix_minus([f[0], f[1]]).tolist() == [[10, 20, 30], [1, 2, 3]]
+    assert mix_minus(f[:1]).tolist() == [[0, 0, 0]]
+
+
+def test_mix_minus_random_matches_reference() -> None:
+    """Check a random 7-leg mix against a per-leg Python reference with clipping."""
+    rng = np.random.default_rng(3)
+    f = rng.integers(-20000, 20000, size=(7, 160)).astype(np.int16)
+    out = mix_minus(f)
+    for i in range(7):
+        ref = sum(f[j].astype(np.int64) for j in range(7) if j != i)
+        assert np.array_equal(out[i], np.clip(ref, -32768, 32767))
+
+
+def test_saturation() -> None:
+    """Check sums beyond int16 saturate instead of wrapping, in both directions."""
+    f = frames([30000, -30000, 5], [30000, -30000, 5], [30000, -30000, 5])
+    assert mix_minus(f).tolist() == [[32767, -32768, 10]] * 3
+
+
+def test_mute_deaf_volume() -> None:
+    """Check mute removes a leg's voice from others, deaf silences what it
+    hears, and volume scales what it contributes."""
+    f = frames([100, 100], [10, 10], [1, 1])
+    assert mix_minus(f, mute=[False, True, False]).tolist() == [[1, 1], [101, 101], [100, 100]]
+    assert mix_minus(f, deaf=[True, False, False]).tolist() == [[0, 0], [101, 101], [110, 110]]
+    assert mix_minus(f, volume=[0.5, 2.0, 1.0]).tolist() == [[21, 21], [51, 51], [70, 70]]
+    # a muted leg still hears the others; a deaf leg is still heard
+    out = mix_minus(f, mute=[True, False, False], deaf=[False, True, False])
+    assert out.tolist() == [[11, 11], [0, 0], [10, 10]]
+
+
+def test_groups() -> None:
+    """Check several conferences mixed in one call stay apart, for small and
+    large leg counts (two summing paths)."""
+    f = frames([1, 1], [2, 2], [4, 4], [8, 8], [16, 16])
+    out = mix_minus(f, groups=[7, 3, 7, 3, 9])
+    assert out.tolist() == [[4, 4], [8, 8], [1, 1], [2, 2], [0, 0]]
+    rng = np.random.default_rng(5)
+    big = rng.integers(-1000, 1000, size=(300, 160)).astype(np.int16)
+    groups = rng.integers(0, 40, size=300)
+    out = mix_minus(big, groups=groups)
+    for g in (0, 17, 39):
+        members = np.flatnonzero(groups == g)
+        if members.size:
+            assert np.array_equal(out[members], mix_minus(big[members]))
+
+
+def test_bad_shape() -> None:
+    """Check a 1D array is refused with its shape named."""
+    with pytest.raises(ValueError, match=r"legs x samples, got shape \(3,\)"):
+        stack_frames(np.zeros(3, dtype=np.int16))
+
+
+def test_flows() -> None:
+    """Check directed flows: one source to several sinks, several sources
+    summed into one sink, gains, saturation, sinks with no flow silent."""
+    src = frames([100, -100], [10, -10], [30000, 30000])
+    flows = FlowMatrix(3, 4, [(0, 0), (0, 1), (1, 1), (2, 2, 0.5), (2, 1), (0, 2)])
+    assert flows.num_edges == 6
+    out = flows.apply(src)
+    assert out.dtype == np.int16
+    assert out.tolist() == [[100, -100], [30110, 29890], [15100, 14900], [0, 0]]
+    loud = FlowMatrix(3, 1, [(2, 0), (2, 0)])
+    assert loud.apply(src).tolist() == [[32767, 32767]]
+    assert FlowMatrix(3, 2, []).apply(src).tolist() == [[0, 0], [0, 0]]
+
+
+def test_flow_errors() -> None:
+    """Check out-of-range flows and wrong frame counts are refused."""
+    with pytest.raises(ValueError, match=r"flow 3->0 out of range \(3 sources, 1 sinks\)"):
+        FlowMatrix(3, 1, [(3, 0)])
+    with pytest.raises(ValueError, match="expected 2 source frames, got 3"):
+        FlowMatrix(2, 1, [(0, 0)]).apply(frames([1], [2], [3]))
+
+
+def test_flows_equal_mix_minus() -> None:
+    """Check mix-minus is the flow matrix 'every other leg' (the bridge case)."""
+    rng = np.random.default_rng(9)
+    f = rng.integers(-5000, 5000, size=(5, 160)).astype(np.int16)
+    edges = [(s, d) for s in range(5) for d in range(5) if s != d]
+    assert np.array_equal(FlowMatrix(5, 5, edges).apply(f), mix_minus(f))
+
+
+def test_conference_mixer() -> None:
+    """Check the id-keyed conference: missing frames are silence, mute/deaf/
+    volume settings apply, removed members vanish."""
+    conf = ConferenceMixer(samples=2)
+    assert conf.mix({}) == {}
+    conf.add("a")
+    conf.add("b", volume=2.0)
+    conf.add("c")
+    assert conf.members == ["a", "b", "c"]
+    out = conf.mix({"a": np.array([1, 1], np.int16), "b": np.array([10, 10], np.int16), "x": np.array([5, 5], np.int16)})
+    assert {k: v.tolist() for k, v in out.items()} == {"a": [20, 20], "b": [1, 1], "c": [21, 21]}
+    conf.set_mute("b", True)
+    conf.set_deaf("c", True)
+    conf.set_volume("a", 3.0)
+    out = conf.mix({"a": np.array([1, 1], np.int16), "b": np.array([10, 10], np.int16)})
+    assert {k: v.tolist() for k, v in out.items()} == {"a": [0, 0], "b": [3, 3], "c": [0, 0]}
+    conf.remove("b")
+    conf.remove("zz")
+    assert conf.members == ["a", "c"]
+
+
+def test_benchmark_runs() -> None:
+    """Check the micro-benchmark returns a positive time (no speed assertion)."""
+    assert benchmark_mix(legs=20, conference_size=5, ticks=2) > 0
