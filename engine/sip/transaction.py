@@ -150,6 +150,7 @@ Every live state also has ``TRANSPORT_ERROR -> TERMINATED`` with a
 from __future__ import annotations
 
 import heapq
+import sys
 import weakref
 from dataclasses import dataclass
 from enum import Enum
@@ -157,6 +158,7 @@ from typing import Any, Callable, ClassVar, Union
 
 from .errors import LocalProtocolError
 from .message import BRANCH_MAGIC, Headers, SipMessage, SipRequest, SipResponse
+from .parser import parse_unvalidated
 
 __all__ = [
     "Timers",
@@ -378,7 +380,8 @@ def _server_key(request: SipRequest, method: str) -> _Key:
     branch = via.branch
     if branch is not None and branch.startswith(BRANCH_MAGIC):
         # §17.2.3: branch, sent-by and method (ACK matches INVITE).
-        return (branch, via.host.lower(), via.port, method)
+        # Interned: the sent-by of one peer repeats in thousands of keys.
+        return (branch, sys.intern(via.host.lower()), via.port, method)
     # §17.2.3 RFC 2543 fallback: Request-URI, To tag, From tag, Call-ID,
     # CSeq number and top Via.
     return (
@@ -426,7 +429,7 @@ class _Transaction:
     """What the four machines share: the dispatcher, timers and the queue."""
 
     __slots__ = (
-        "request",
+        "_request",
         "addr",
         "reliable",
         "timers",
@@ -450,7 +453,7 @@ class _Transaction:
         timers: Timers,
         outbox: list[tuple[bytes, object]] | None,
     ) -> None:
-        self.request = request
+        self._request: SipRequest | bytes = request
         self.addr = addr
         self.reliable = reliable
         self.timers = timers
@@ -463,7 +466,29 @@ class _Transaction:
         self._heap_deadline = 0.0
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.state.name}>"
+        return f"<{type(self).__name__} {self.method} {self.state.name}>"
+
+    @property
+    def request(self) -> SipRequest:
+        """The transaction's request.
+
+        Once a server transaction has sent its final response, this is a
+        request re-parsed on each access from the identifying headers kept
+        (see :meth:`_ServerTransaction._shed`): enough to build a response.
+        """
+        request = self._request
+        if isinstance(request, bytes):
+            parsed = parse_unvalidated(request)
+            assert isinstance(parsed, SipRequest)
+            return parsed
+        return request
+
+    @property
+    def method(self) -> str:
+        """The method of the transaction's request (the last field of its key)."""
+        method = self.key[-1] if self.key else self.request.method
+        assert isinstance(method, str)
+        return method
 
     # ------------------------------------------------------------ public
 
@@ -591,6 +616,16 @@ class _ClientTransaction(_Transaction):
     def _report(self, response: SipResponse, now: float) -> list[Event]:
         return [ResponseReceived(response, self)]  # type: ignore[arg-type]
 
+    def _shed(self) -> None:
+        """Once final, keep the request only as the bytes already sent.
+
+        A COMPLETED or ACCEPTED client transaction never retransmits its
+        request, yet lives on for Timer K, D or M; the parsed request (a
+        header list, a tuple and strings per header, typed headers) is
+        dropped, and :attr:`request` re-parses the bytes when asked.
+        """
+        self._request = self._request_bytes
+
 
 class InviteClientTransaction(_ClientTransaction):
     """The INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §8.4).
@@ -652,11 +687,13 @@ class InviteClientTransaction(_ClientTransaction):
     def _accept(self, response: SipResponse, now: float) -> list[Event]:
         # RFC 6026 §8.4: a 2xx moves to Accepted and starts Timer M.
         self._arm(I.TIMER_M, self.timers.timeout, now)
+        self._shed()
         return [ResponseReceived(response, self)]
 
     def _ack_and_report(self, response: SipResponse, now: float) -> list[Event]:
         # §17.1.1.2: ACK the non-2xx, pass it up, Timer D.
         self._ack_bytes = self.create_ack(response).to_bytes()
+        self._shed()
         self._send(self._ack_bytes)
         self._arm(I.TIMER_D, 0.0 if self.reliable else self.timers.d, now)
         return [ResponseReceived(response, self)]
@@ -738,6 +775,7 @@ class NonInviteClientTransaction(_ClientTransaction):
 
     def _report_final(self, response: SipResponse, now: float) -> list[Event]:
         self._arm(I.TIMER_K, 0.0 if self.reliable else self.timers.t4, now)
+        self._shed()
         return [ResponseReceived(response, self)]
 
 
@@ -808,12 +846,13 @@ class _ServerTransaction(_Transaction):
         moves to CONFIRMED.
         """
         method = request.method
-        if method == self.request.method:
+        own = self.method
+        if method == own:
             event = I.RECV_REQUEST
-        elif method == "ACK" and self.request.method == "INVITE":
+        elif method == "ACK" and own == "INVITE":
             event = I.RECV_ACK
         else:
-            raise LocalProtocolError(f"{method} does not belong to a {self.request.method} transaction")
+            raise LocalProtocolError(f"{method} does not belong to a {own} transaction")
         events = self._process(event, request, now)
         self._notify()
         return events
@@ -856,19 +895,22 @@ class _ServerTransaction(_Transaction):
         A server at 1,000 calls/s holds some 30,000 ACCEPTED or COMPLETED
         transactions (Timers L and J last 64*T1); each keeping its parsed
         INVITE and response would cost hundreds of MB. So the request is cut
-        down to its transaction-identifying headers, the response is held weakly (its
+        down to its transaction-identifying headers and kept serialized (one
+        bytes object instead of a message, a header list and a tuple and a
+        string per header; :attr:`request` re-parses it), the response is held weakly (its
         sender, the UAS core, keeps it until the ACK), and a 2xx's bytes,
         which an ACCEPTED transaction never resends by itself, live only as
         long as the response does.
         """
-        request = self.request
-        keep = _IDENTIFYING
-        slim = SipRequest(request.method, request.uri_text, version=request.version)
-        items = slim.headers._items
-        for name, value in request.headers:
-            if name in keep:
-                items.append((name, value))
-        self.request = slim
+        request = self._request
+        if isinstance(request, SipRequest):
+            keep = _IDENTIFYING
+            slim = SipRequest(request.method, request.uri_text, version=request.version)
+            items = slim.headers._items
+            for name, value in request.headers:
+                if name in keep:
+                    items.append((name, value))
+            self._request = slim.to_bytes()
         self._last_response = weakref.ref(response)  # type: ignore[assignment]
         if response.status < 300 and isinstance(self, InviteServerTransaction):
             _WIRE[response] = data
@@ -1268,7 +1310,8 @@ class TransactionLayer:
             del self._client[tx.key]
             return
         del self._server[tx.key]
-        if isinstance(tx, InviteServerTransaction) and _is_2543(tx.request):
+        # An RFC 2543 key has the seven fields of _server_key's fallback.
+        if isinstance(tx, InviteServerTransaction) and len(tx.key) == 7:
             # Two RFC 2543 INVITEs may differ only in their To tag: the ACK
             # index then keeps the newer one.
             ack_key = _ack_key_2543(tx.request)
