@@ -435,7 +435,7 @@ class _Transaction:
         "timers",
         "state",
         "key",
-        "_deadlines",
+        "_armed",
         "_outbox",
         "_layer",
         "_heap_seq",
@@ -459,7 +459,11 @@ class _Transaction:
         self.timers = timers
         self.state = TransactionState.TERMINATED  # set by subclasses
         self.key: _Key = ()
-        self._deadlines: dict[TransactionInput, float] = {}
+        # The armed timers, flat: (timer, deadline, timer, deadline...). A
+        # tuple rather than a dict: tens of thousands of transactions wait
+        # out Timer L, J or K with one timer, and a one-entry dict costs
+        # three times a pair.
+        self._armed: tuple[Any, ...] = ()
         self._outbox: list[tuple[bytes, object]] = outbox if outbox is not None else []
         self._layer: TransactionLayer | None = None
         self._heap_seq = -1
@@ -492,25 +496,36 @@ class _Transaction:
 
     # ------------------------------------------------------------ public
 
+    @property
+    def _deadlines(self) -> dict[TransactionInput, float]:
+        """The armed timers and their deadlines (a copy)."""
+        armed = self._armed
+        return dict(zip(armed[::2], armed[1::2]))
+
     def get_timer(self) -> float | None:
         """The earliest armed timer deadline, or ``None``."""
-        deadlines = self._deadlines
-        if not deadlines:
+        armed = self._armed
+        if not armed:
             return None
-        return min(deadlines.values())
+        if len(armed) == 2:
+            deadline: float = armed[1]
+            return deadline
+        earliest: float = min(armed[1::2])
+        return earliest
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now`` (those ending the transaction first)."""
+        armed = self._armed
         due = sorted(
             (deadline, _TIMER_PRIORITY[timer], timer)
-            for timer, deadline in self._deadlines.items()
+            for timer, deadline in zip(armed[::2], armed[1::2])
             if deadline <= now
         )
         events: list[Event] = []
         for deadline, _, timer in due:
             if self._deadlines.get(timer) != deadline:
                 continue  # cancelled by a timer that fired before it
-            del self._deadlines[timer]
+            self._disarm(timer)
             events += self._process(timer, None, now)
         self._notify()
         return events
@@ -548,8 +563,14 @@ class _Transaction:
         if next_state is not state:
             self.state = next_state
             allowed = self._state_timers[next_state]
-            for timer in [t for t in self._deadlines if t not in allowed]:
-                del self._deadlines[timer]
+            armed = self._armed
+            if armed:
+                kept: list[Any] = []
+                for i in range(0, len(armed), 2):
+                    if armed[i] in allowed:
+                        kept += armed[i : i + 2]
+                if len(kept) != len(armed):
+                    self._armed = tuple(kept)
             if next_state is S.TERMINATED:
                 events.append(TransactionTerminated(self))  # type: ignore[arg-type]
         return events
@@ -560,7 +581,15 @@ class _Transaction:
             layer._reschedule(self)
 
     def _arm(self, timer: TransactionInput, delay: float, now: float) -> None:
-        self._deadlines[timer] = now + delay
+        self._disarm(timer)
+        self._armed += (timer, now + delay)
+
+    def _disarm(self, timer: TransactionInput) -> None:
+        armed = self._armed
+        for i in range(0, len(armed), 2):
+            if armed[i] is timer:
+                self._armed = armed[:i] + armed[i + 2 :]
+                return
 
     def _send(self, data: bytes) -> None:
         self._outbox.append((data, self.addr))
@@ -917,7 +946,7 @@ class _ServerTransaction(_Transaction):
             self._last_bytes = None
 
     def _send_provisional(self, response: SipResponse, now: float) -> list[Event]:
-        self._deadlines.pop(I.TIMER_TRYING, None)
+        self._disarm(I.TIMER_TRYING)
         self._transmit(response)
         return []
 
@@ -969,7 +998,7 @@ class InviteServerTransaction(_ServerTransaction):
     def _send_trying(self, msg: Any, now: float) -> list[Event]:
         # §17.2.1: 100 Trying unless the TU answers within 200 ms; a
         # retransmitted INVITE before any response also gets one at once.
-        self._deadlines.pop(I.TIMER_TRYING, None)
+        self._disarm(I.TIMER_TRYING)
         if self._last_bytes is None:
             self._transmit(self.request.create_response(100))
         else:
