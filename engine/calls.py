@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import secrets
@@ -215,11 +216,17 @@ class Call:
         self.emitter = AsyncIOEventEmitter()
         self.end_code: int | None = None
         self.end_reason: str | None = None
-        self.log = logging.LoggerAdapter(logger, {"call_id": self.id})
         self._state_waiters: list[asyncio.Future[CallState]] = []
         #: Whether the call ever reached ``CONNECTED`` (it stays true after the end).
         self.was_connected = False
         self.on_ended: list[Callable[[Call], None]] = []
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger tagged with the call id, made on first use (most
+        calls never log: a thousand live ones would each carry an
+        adapter and its dict)."""
+        return logging.LoggerAdapter(logger, {"call_id": self.id})
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id[:8]} {self.direction} {self.number} {self.state.value}>"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import functools
 import inspect
 import logging
 import secrets
@@ -274,7 +275,13 @@ class Session:
         self.namespace: dict[str, Any] = {}
         self.conferences: set[str] = set()
         self._idle: asyncio.TimerHandle | None = None
-        self.log = logging.LoggerAdapter(logger, {"session_id": self.id})
+
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger tagged with the session id, made on first use (most
+        sessions never log: a thousand live ones would each carry an
+        adapter and its dict)."""
+        return logging.LoggerAdapter(logger, {"session_id": self.id})
 
     def __repr__(self) -> str:
         return f"<Session {self.id[:8]} {self.rule.name} calls={len(self.calls)}>"

@@ -150,6 +150,7 @@ Every live state also has ``TRANSPORT_ERROR -> TERMINATED`` with a
 from __future__ import annotations
 
 import heapq
+import sys
 import weakref
 from dataclasses import dataclass
 from enum import Enum
@@ -157,6 +158,7 @@ from typing import Any, Callable, ClassVar, Union
 
 from .errors import LocalProtocolError
 from .message import BRANCH_MAGIC, Headers, SipMessage, SipRequest, SipResponse
+from .parser import parse_unvalidated
 
 __all__ = [
     "Timers",
@@ -378,7 +380,8 @@ def _server_key(request: SipRequest, method: str) -> _Key:
     branch = via.branch
     if branch is not None and branch.startswith(BRANCH_MAGIC):
         # §17.2.3: branch, sent-by and method (ACK matches INVITE).
-        return (branch, via.host.lower(), via.port, method)
+        # Interned: the sent-by of one peer repeats in thousands of keys.
+        return (branch, sys.intern(via.host.lower()), via.port, method)
     # §17.2.3 RFC 2543 fallback: Request-URI, To tag, From tag, Call-ID,
     # CSeq number and top Via.
     return (
@@ -426,13 +429,13 @@ class _Transaction:
     """What the four machines share: the dispatcher, timers and the queue."""
 
     __slots__ = (
-        "request",
+        "_request",
         "addr",
         "reliable",
         "timers",
         "state",
         "key",
-        "_deadlines",
+        "_armed",
         "_outbox",
         "_layer",
         "_heap_seq",
@@ -450,42 +453,79 @@ class _Transaction:
         timers: Timers,
         outbox: list[tuple[bytes, object]] | None,
     ) -> None:
-        self.request = request
+        self._request: SipRequest | bytes = request
         self.addr = addr
         self.reliable = reliable
         self.timers = timers
         self.state = TransactionState.TERMINATED  # set by subclasses
         self.key: _Key = ()
-        self._deadlines: dict[TransactionInput, float] = {}
+        # The armed timers, flat: (timer, deadline, timer, deadline...). A
+        # tuple rather than a dict: tens of thousands of transactions wait
+        # out Timer L, J or K with one timer, and a one-entry dict costs
+        # three times a pair.
+        self._armed: tuple[Any, ...] = ()
         self._outbox: list[tuple[bytes, object]] = outbox if outbox is not None else []
         self._layer: TransactionLayer | None = None
         self._heap_seq = -1
         self._heap_deadline = 0.0
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.state.name}>"
+        return f"<{type(self).__name__} {self.method} {self.state.name}>"
+
+    @property
+    def request(self) -> SipRequest:
+        """The transaction's request.
+
+        Once a server transaction has sent its final response, this is a
+        request re-parsed on each access from the identifying headers kept
+        (see :meth:`_ServerTransaction._shed`): enough to build a response.
+        """
+        request = self._request
+        if isinstance(request, bytes):
+            parsed = parse_unvalidated(request)
+            assert isinstance(parsed, SipRequest)
+            return parsed
+        return request
+
+    @property
+    def method(self) -> str:
+        """The method of the transaction's request (the last field of its key)."""
+        method = self.key[-1] if self.key else self.request.method
+        assert isinstance(method, str)
+        return method
 
     # ------------------------------------------------------------ public
 
+    @property
+    def _deadlines(self) -> dict[TransactionInput, float]:
+        """The armed timers and their deadlines (a copy)."""
+        armed = self._armed
+        return dict(zip(armed[::2], armed[1::2]))
+
     def get_timer(self) -> float | None:
         """The earliest armed timer deadline, or ``None``."""
-        deadlines = self._deadlines
-        if not deadlines:
+        armed = self._armed
+        if not armed:
             return None
-        return min(deadlines.values())
+        if len(armed) == 2:
+            deadline: float = armed[1]
+            return deadline
+        earliest: float = min(armed[1::2])
+        return earliest
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now`` (those ending the transaction first)."""
+        armed = self._armed
         due = sorted(
             (deadline, _TIMER_PRIORITY[timer], timer)
-            for timer, deadline in self._deadlines.items()
+            for timer, deadline in zip(armed[::2], armed[1::2])
             if deadline <= now
         )
         events: list[Event] = []
         for deadline, _, timer in due:
             if self._deadlines.get(timer) != deadline:
                 continue  # cancelled by a timer that fired before it
-            del self._deadlines[timer]
+            self._disarm(timer)
             events += self._process(timer, None, now)
         self._notify()
         return events
@@ -523,8 +563,14 @@ class _Transaction:
         if next_state is not state:
             self.state = next_state
             allowed = self._state_timers[next_state]
-            for timer in [t for t in self._deadlines if t not in allowed]:
-                del self._deadlines[timer]
+            armed = self._armed
+            if armed:
+                kept: list[Any] = []
+                for i in range(0, len(armed), 2):
+                    if armed[i] in allowed:
+                        kept += armed[i : i + 2]
+                if len(kept) != len(armed):
+                    self._armed = tuple(kept)
             if next_state is S.TERMINATED:
                 events.append(TransactionTerminated(self))  # type: ignore[arg-type]
         return events
@@ -535,7 +581,15 @@ class _Transaction:
             layer._reschedule(self)
 
     def _arm(self, timer: TransactionInput, delay: float, now: float) -> None:
-        self._deadlines[timer] = now + delay
+        self._disarm(timer)
+        self._armed += (timer, now + delay)
+
+    def _disarm(self, timer: TransactionInput) -> None:
+        armed = self._armed
+        for i in range(0, len(armed), 2):
+            if armed[i] is timer:
+                self._armed = armed[:i] + armed[i + 2 :]
+                return
 
     def _send(self, data: bytes) -> None:
         self._outbox.append((data, self.addr))
@@ -590,6 +644,16 @@ class _ClientTransaction(_Transaction):
 
     def _report(self, response: SipResponse, now: float) -> list[Event]:
         return [ResponseReceived(response, self)]  # type: ignore[arg-type]
+
+    def _shed(self) -> None:
+        """Once final, keep the request only as the bytes already sent.
+
+        A COMPLETED or ACCEPTED client transaction never retransmits its
+        request, yet lives on for Timer K, D or M; the parsed request (a
+        header list, a tuple and strings per header, typed headers) is
+        dropped, and :attr:`request` re-parses the bytes when asked.
+        """
+        self._request = self._request_bytes
 
 
 class InviteClientTransaction(_ClientTransaction):
@@ -652,11 +716,13 @@ class InviteClientTransaction(_ClientTransaction):
     def _accept(self, response: SipResponse, now: float) -> list[Event]:
         # RFC 6026 §8.4: a 2xx moves to Accepted and starts Timer M.
         self._arm(I.TIMER_M, self.timers.timeout, now)
+        self._shed()
         return [ResponseReceived(response, self)]
 
     def _ack_and_report(self, response: SipResponse, now: float) -> list[Event]:
         # §17.1.1.2: ACK the non-2xx, pass it up, Timer D.
         self._ack_bytes = self.create_ack(response).to_bytes()
+        self._shed()
         self._send(self._ack_bytes)
         self._arm(I.TIMER_D, 0.0 if self.reliable else self.timers.d, now)
         return [ResponseReceived(response, self)]
@@ -738,6 +804,7 @@ class NonInviteClientTransaction(_ClientTransaction):
 
     def _report_final(self, response: SipResponse, now: float) -> list[Event]:
         self._arm(I.TIMER_K, 0.0 if self.reliable else self.timers.t4, now)
+        self._shed()
         return [ResponseReceived(response, self)]
 
 
@@ -808,12 +875,13 @@ class _ServerTransaction(_Transaction):
         moves to CONFIRMED.
         """
         method = request.method
-        if method == self.request.method:
+        own = self.method
+        if method == own:
             event = I.RECV_REQUEST
-        elif method == "ACK" and self.request.method == "INVITE":
+        elif method == "ACK" and own == "INVITE":
             event = I.RECV_ACK
         else:
-            raise LocalProtocolError(f"{method} does not belong to a {self.request.method} transaction")
+            raise LocalProtocolError(f"{method} does not belong to a {own} transaction")
         events = self._process(event, request, now)
         self._notify()
         return events
@@ -856,26 +924,29 @@ class _ServerTransaction(_Transaction):
         A server at 1,000 calls/s holds some 30,000 ACCEPTED or COMPLETED
         transactions (Timers L and J last 64*T1); each keeping its parsed
         INVITE and response would cost hundreds of MB. So the request is cut
-        down to its transaction-identifying headers, the response is held weakly (its
+        down to its transaction-identifying headers and kept serialized (one
+        bytes object instead of a message, a header list and a tuple and a
+        string per header; :attr:`request` re-parses it), the response is held weakly (its
         sender, the UAS core, keeps it until the ACK), and a 2xx's bytes,
         which an ACCEPTED transaction never resends by itself, live only as
         long as the response does.
         """
-        request = self.request
-        keep = _IDENTIFYING
-        slim = SipRequest(request.method, request.uri_text, version=request.version)
-        items = slim.headers._items
-        for name, value in request.headers:
-            if name in keep:
-                items.append((name, value))
-        self.request = slim
+        request = self._request
+        if isinstance(request, SipRequest):
+            keep = _IDENTIFYING
+            slim = SipRequest(request.method, request.uri_text, version=request.version)
+            items = slim.headers._items
+            for name, value in request.headers:
+                if name in keep:
+                    items.append((name, value))
+            self._request = slim.to_bytes()
         self._last_response = weakref.ref(response)  # type: ignore[assignment]
         if response.status < 300 and isinstance(self, InviteServerTransaction):
             _WIRE[response] = data
             self._last_bytes = None
 
     def _send_provisional(self, response: SipResponse, now: float) -> list[Event]:
-        self._deadlines.pop(I.TIMER_TRYING, None)
+        self._disarm(I.TIMER_TRYING)
         self._transmit(response)
         return []
 
@@ -927,7 +998,7 @@ class InviteServerTransaction(_ServerTransaction):
     def _send_trying(self, msg: Any, now: float) -> list[Event]:
         # §17.2.1: 100 Trying unless the TU answers within 200 ms; a
         # retransmitted INVITE before any response also gets one at once.
-        self._deadlines.pop(I.TIMER_TRYING, None)
+        self._disarm(I.TIMER_TRYING)
         if self._last_bytes is None:
             self._transmit(self.request.create_response(100))
         else:
@@ -1268,7 +1339,8 @@ class TransactionLayer:
             del self._client[tx.key]
             return
         del self._server[tx.key]
-        if isinstance(tx, InviteServerTransaction) and _is_2543(tx.request):
+        # An RFC 2543 key has the seven fields of _server_key's fallback.
+        if isinstance(tx, InviteServerTransaction) and len(tx.key) == 7:
             # Two RFC 2543 INVITEs may differ only in their To tag: the ACK
             # index then keeps the newer one.
             ack_key = _ack_key_2543(tx.request)

@@ -41,6 +41,7 @@ from ..sip.headers import Via
 from ..sip.transaction import (
     CancelReceived,
     ClientTransaction,
+    InviteClientTransaction,
     RequestReceived,
     ResponseReceived,
     ServerTransaction,
@@ -215,6 +216,7 @@ class SipEndpoint:
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp: dict[tuple[str, int], _TcpProtocol] = {}
         self._client_cb: dict[ClientTransaction, ClientCallback] = {}
+        self._peers: dict[tuple[object, ...], Peer] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -304,7 +306,14 @@ class SipEndpoint:
             return
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive
-        self._on_message_bytes(data, Peer("UDP", addr[0], addr[1]), stream=False)
+        # One Peer per source address, shared: a Peer is kept by each of the
+        # tens of thousands of transactions that outlive their call.
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            peer = self._peers[addr] = Peer("UDP", addr[0], addr[1])
+        self._on_message_bytes(data, peer, stream=False)
 
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
         self.stats["received"] += 1
@@ -404,7 +413,14 @@ class SipEndpoint:
         for event in events:
             try:
                 if isinstance(event, ResponseReceived):
-                    cb = self._client_cb.get(event.transaction)
+                    client = event.transaction
+                    if event.response.status >= 200 and not isinstance(client, InviteClientTransaction):
+                        # A non-INVITE transaction's final response is its
+                        # last word: the callback (and the call it holds)
+                        # need not wait out Timer K (T4) in COMPLETED.
+                        cb = self._client_cb.pop(client, None)
+                    else:
+                        cb = self._client_cb.get(client)
                     if cb:
                         cb(event.response)
                 elif isinstance(event, RequestReceived):
