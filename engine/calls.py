@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds after a call ends when its listeners are dropped (late events
 #: such as a retransmitted BYE's are over by then).
-RELEASE_AFTER = 1.0
+RELEASE_AFTER = 0.1
 
 
 class CallEvents(str, enum.Enum):

@@ -530,7 +530,7 @@ class _Timeout:
 
 
 #: Seconds after termination when a session's cycles are broken.
-RELEASE_AFTER = 1.0
+RELEASE_AFTER = 0.5
 
 #: Events still delivered after a session terminated.
 _AFTER_END = frozenset({"Terminating", "Terminated", "Disconnected", "Failed"})
