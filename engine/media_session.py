@@ -117,6 +117,15 @@ class MediaSession:
         """Where to send RTP: the latched source, else the SDP address."""
         return self.latch.remote_addr if self.latch is not None else None
 
+    def send(self, data: bytes) -> bool:
+        """Send one RTP (or RTCP-muxed) datagram to :attr:`remote_addr`
+        (symmetric RTP); ``False`` when there is nowhere to send yet."""
+        addr = self.remote_addr
+        if addr is None or self.closed:
+            return False
+        self.transport.sendto(data, addr)
+        return True
+
     def set_tone_listener(self, listener: ToneListener | None) -> None:
         """Report DTMF to ``listener`` (``None``: stop reading the socket)."""
         self._listener = listener

@@ -181,3 +181,23 @@ async def test_clock_ticks_drift_free() -> None:
     assert times[-1] - times[0] >= 9 * 0.02 - 0.002
     assert len(clock) == 0
     await clock.stop()
+
+
+async def test_send_goes_to_the_latched_source(rig: Rig) -> None:
+    """Check symmetric RTP: before latching the session sends to the SDP
+    address, afterwards to where the peer's packets come from."""
+    rig.listen()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(2)
+    rig.peer.settimeout(2)
+    try:
+        assert rig.session.send(b"before")
+        assert rig.peer.recv(100) == b"before"
+        rig.send_digit(RtpSender(), "1", 100, sock=other)  # the peer is behind a NAT
+        await until(lambda: rig.tones)
+        assert rig.session.send(b"after")
+        assert other.recv(100) == b"after"
+        assert rig.session.transport.sent == 2
+    finally:
+        other.close()
