@@ -3,8 +3,12 @@
 :class:`SdpMediaHandler` is the :class:`~engine.calls.MediaHandler` the engine
 gives each SIP call: it reserves an RTP/RTCP port pair, makes offers and
 answers with PCMU, PCMA and telephone-event (RFC 3264), and keeps what was
-negotiated in :attr:`negotiated`. The media layer attaches RTP to the
-reserved sockets and the negotiated parameters.
+negotiated in :attr:`negotiated`. Once something is negotiated and a tone
+listener is set (:meth:`SdpMediaHandler.set_tone_listener`), it runs a
+:class:`~engine.media_session.MediaSession` on the reserved RTP socket with
+the engine's media clock, which reports DTMF to that listener. The session
+is made only then, so a call whose scenario uses no media costs no more
+than SDP.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import secrets
 
 from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
 from .sip.sdp import SessionDescription, parse_sdp
+from .media_session import MediaSession, ToneListener
+from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
 __all__ = ["SdpMediaHandler", "DEFAULT_CODECS"]
@@ -23,7 +29,8 @@ DEFAULT_CODECS: tuple[Codec, ...] = (PCMU, PCMA)
 class SdpMediaHandler:
     """Offer/answer for one call leg on one reserved port pair."""
 
-    def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS) -> None:
+    def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
+                 clock: MediaClock | None = None) -> None:
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -33,6 +40,9 @@ class SdpMediaHandler:
         self.local_offer: SessionDescription | None = None
         self.negotiated: NegotiatedMedia | None = None
         self.remote: SessionDescription | None = None
+        self.clock = clock
+        self.session: MediaSession | None = None
+        self._tone_listener: ToneListener | None = None
 
     def _port(self) -> int:
         if self.pair is None:
@@ -56,6 +66,7 @@ class SdpMediaHandler:
         )
         self.remote = remote
         self.negotiated = negotiated
+        self._media_changed()
         return answer.to_bytes()
 
     def set_answer(self, answer: bytes) -> None:
@@ -64,8 +75,32 @@ class SdpMediaHandler:
         remote = parse_sdp(answer)
         self.negotiated = process_answer(self.local_offer, remote)
         self.remote = remote
+        self._media_changed()
+
+    def _media_changed(self) -> None:
+        """Start or reconfigure the media session for :attr:`negotiated`."""
+        if self.negotiated is None or self.pair is None or self.clock is None:
+            return
+        if self.session is None:
+            if self._tone_listener is None:
+                return  # made when first needed: a call without media use costs nothing
+            self.session = MediaSession(self.pair.rtp, self.clock)
+        self.session.configure(self.negotiated)
+        self.session.set_tone_listener(self._tone_listener)
+
+    def set_tone_listener(self, listener: ToneListener | None) -> None:
+        """Report RTP DTMF (RFC 4733, in-band) as ``listener(digit, mode)``;
+        ``None`` stops. Kept until media is negotiated if it is not yet."""
+        self._tone_listener = listener
+        if self.session is not None:
+            self.session.set_tone_listener(listener)
+        else:
+            self._media_changed()
 
     def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
         if self.pair is not None:
             self.ports.release(self.pair)
             self.pair = None

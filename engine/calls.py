@@ -2,7 +2,8 @@
 
 A :class:`Call` is what a scenario holds: state, caller id, number, headers,
 events (through pyee) and actions (``answer``, ``reject``, ``hangup``,
-``ring``, ``start_early_media``, ``send_message``, ``send_info``). Two kinds
+``ring``, ``start_early_media``, ``send_message``, ``send_info``,
+``handle_tones``, ``collect_tones``). Two kinds
 exist now:
 
 - :class:`SipCall`, a leg to a phone, trunk or SIP peer, driven by the
@@ -23,6 +24,7 @@ user callback never kills the engine.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import functools
 import inspect
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from pyee.asyncio import AsyncIOEventEmitter
+
+from .media.dtmf import DtmfBodyError, parse_info_body
 
 __all__ = [
     "CallEvents",
@@ -52,6 +56,9 @@ logger = logging.getLogger(__name__)
 #: such as a retransmitted BYE's are over by then).
 RELEASE_AFTER = 0.1
 
+#: Digits kept for the next :meth:`Call.collect_tones` at most.
+TYPEAHEAD_MAX = 32
+
 
 class CallEvents(str, enum.Enum):
     """Names of the events a call emits (VoxEngine's ``CallEvents``)."""
@@ -65,7 +72,11 @@ class CallEvents(str, enum.Enum):
     MessageReceived = "MessageReceived"
     InfoReceived = "InfoReceived"
     ReInviteReceived = "ReInviteReceived"
-    # Media events (PlaybackFinished, ToneReceived, ...) arrive with the media layer.
+    #: A DTMF digit (``e.tone``) and how it came (``e.mode``: ``"rfc4733"``,
+    #: ``"info"`` or ``"inband"``); emitted only while tone handling is on
+    #: (:meth:`Call.handle_tones`, or during :meth:`Call.collect_tones`).
+    ToneReceived = "ToneReceived"
+    # More media events (PlaybackFinished, ...) arrive with the media layer.
 
     def __str__(self) -> str:
         return self.value
@@ -220,6 +231,11 @@ class Call:
         #: Whether the call ever reached ``CONNECTED`` (it stays true after the end).
         self.was_connected = False
         self.on_ended: list[Callable[[Call], None]] = []
+        self._tones_wanted = False
+        self._tone_collectors = 0
+        #: Digits received while tones were handled but nobody collected
+        #: (type-ahead); the next :meth:`collect_tones` starts with them.
+        self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -337,6 +353,129 @@ class Call:
         self.end_code, self.end_reason = code, reason
         self._set_state(state)
         return True
+
+    # -- DTMF ----------------------------------------------------------------------
+
+    @property
+    def tones_enabled(self) -> bool:
+        """Whether ``ToneReceived`` is emitted now."""
+        return self._tones_wanted or self._tone_collectors > 0
+
+    def handle_tones(self, enabled: bool = True) -> None:
+        """Turn ``ToneReceived`` events on or off (off by default, as in
+        VoxEngine). Digits come by RFC 4733, SIP INFO or in-band tones."""
+        before = self.tones_enabled
+        self._tones_wanted = bool(enabled)
+        if self.tones_enabled != before:
+            self._tone_handling_changed(self.tones_enabled)
+
+    def _tone_handling_changed(self, enabled: bool) -> None:
+        """Hook for the kinds of call: start or stop listening to media."""
+
+    def _tone_received(self, digit: str, mode: str) -> None:
+        """A digit arrived (from the media session or an INFO)."""
+        if self.tones_enabled and not self.state.ended:
+            if self._tone_collectors == 0:
+                self.typeahead.append(digit)
+            self._emit(CallEvents.ToneReceived, tone=digit, mode=mode)
+
+    def _info_received(self, mime_type: str, body: bytes, headers: dict[str, str]) -> None:
+        """Emit InfoReceived, then ToneReceived (mode ``"info"``) when the
+        body is DTMF (``application/dtmf-relay`` or ``application/dtmf``)."""
+        self._emit(CallEvents.InfoReceived, mime_type=mime_type, body=body, headers=headers)
+        mime = mime_type.split(";", 1)[0].strip().lower()
+        if mime not in ("application/dtmf-relay", "application/dtmf"):
+            return
+        try:
+            info = parse_info_body(mime_type, body)
+        except DtmfBodyError as exc:
+            self.log.warning("INFO %s: %s", mime, exc)
+            return
+        self._tone_received(info.digit, "info")
+
+    async def collect_tones(
+        self,
+        max_digits: int | None = None,
+        terminator: str | None = None,
+        timeout: float | None = None,
+        inter_digit_timeout: float | None = None,
+    ) -> str:
+        """Collect DTMF digits and return them (tone handling is on meanwhile).
+
+        Digits typed ahead (received while :meth:`handle_tones` was on and
+        no collection ran, e.g. during a prompt) count first; call
+        ``call.typeahead.clear()`` to drop them. Collection ends when
+        ``max_digits`` digits arrived, when a digit of ``terminator`` is
+        pressed (it is not included in the result), when
+        ``timeout`` seconds have passed since the call of this method, when
+        ``inter_digit_timeout`` seconds have passed since the last digit
+        (counted from the first digit on, so the caller has ``timeout`` to
+        start typing), or when the call ends. Timeouts raise nothing: what
+        was collected is returned, possibly ``""``.
+
+        :param terminator: one or more digits that end the input (``"#"``).
+        """
+        if max_digits is not None and max_digits < 1:
+            raise ValueError("max_digits must be at least 1")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        digits: list[str] = []
+        inter: list[asyncio.TimerHandle] = []
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def on_tone(ev: CallEvent) -> None:
+            add(str(ev.tone))
+
+        def add(tone: str) -> None:
+            if done.done():
+                return
+            if terminator and tone in terminator:
+                finish()
+                return
+            digits.append(tone)
+            if max_digits is not None and len(digits) >= max_digits:
+                finish()
+                return
+            if inter_digit_timeout is not None:
+                for h in inter:
+                    h.cancel()
+                inter[:] = [loop.call_later(inter_digit_timeout, finish)]
+
+        def on_end(call: Call) -> None:
+            finish()
+
+        while self.typeahead and not done.done():
+            add(self.typeahead.popleft())
+        if done.done() or self.state.ended:
+            for h in inter:
+                h.cancel()
+            return "".join(digits)
+        overall = loop.call_later(timeout, finish) if timeout is not None else None
+        self.emitter.on(str(CallEvents.ToneReceived), on_tone)
+        self.on_ended.append(on_end)
+        self._tone_collectors += 1
+        if self._tone_collectors == 1 and not self._tones_wanted:
+            self._tone_handling_changed(True)
+        try:
+            await done
+        finally:
+            self._tone_collectors -= 1
+            if not self.tones_enabled:
+                self._tone_handling_changed(False)
+            if overall is not None:
+                overall.cancel()
+            for h in inter:
+                h.cancel()
+            try:
+                self.emitter.remove_listener(str(CallEvents.ToneReceived), on_tone)
+            except KeyError:
+                pass
+            if on_end in self.on_ended:
+                self.on_ended.remove(on_end)
+        return "".join(digits)
 
     # -- actions (overridden by the kinds of call) -----------------------------
 
@@ -497,9 +636,7 @@ class InternalCall(Call):
         if self.state != CallState.CONNECTED:
             raise CallError("INFO needs a connected call")
         data = body.encode() if isinstance(body, str) else body
-        self._require_peer()._emit(
-            CallEvents.InfoReceived, mime_type=mime_type, body=data, headers=dict(headers or {})
-        )
+        self._require_peer()._info_received(mime_type, data, dict(headers or {}))
 
 
 def new_call_pair(

@@ -27,6 +27,7 @@ from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
 from .store import SqliteStore
 from .sip.transaction import Timers
+from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
@@ -77,6 +78,8 @@ class Engine:
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self._started: list[str] = []
+        #: The one media clock of this process (ticks only while audio flows).
+        self.media_clock = MediaClock()
 
     # -- start and stop ----------------------------------------------------------
 
@@ -175,6 +178,7 @@ class Engine:
                     await self.runtime.stop()
                 elif part == "sip":
                     await self.ua.stop()
+                    await self.media_clock.stop()
                 elif part == "store" and self.store is not None:
                     self.store.close()
             except Exception as exc:  # gather, keep stopping the rest
@@ -194,7 +198,7 @@ class Engine:
         host = next((h for h in self.config.sip_hosts if (":" in h) == want_v6),
                     self.config.sip_hosts[0])
         address = self.config.advertised_host or host
-        return SdpMediaHandler(self.ports[host], address)
+        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -272,6 +272,7 @@ class SipCall(Call):
         assert self.invite is not None
         if self.media is None:
             self.media = self.ua.media_factory(self)
+            self._tone_handling_changed(self.tones_enabled)
         try:
             if self.invite.body:
                 self._answer_sdp = self.media.create_answer(self.invite.body)
@@ -389,6 +390,7 @@ class SipCall(Call):
         self._cseq = 1
         self._extra = dict(headers or {})
         self.media = self.ua.media_factory(self)
+        self._tone_handling_changed(self.tones_enabled)
         try:
             self._offer = self.media.create_offer()
         except Exception:
@@ -617,8 +619,7 @@ class SipCall(Call):
             self._on_reinvite(request, txn)
         elif method == "INFO":
             endpoint.send_response(txn, request.create_response(200))
-            self._emit(CallEvents.InfoReceived, mime_type=request.content_type or "",
-                       body=request.body, headers=custom)
+            self._info_received(request.content_type or "", request.body, custom)
         elif method == "MESSAGE":
             endpoint.send_response(txn, request.create_response(200))
             self._emit(CallEvents.MessageReceived,
@@ -655,6 +656,13 @@ class SipCall(Call):
         self._start_2xx_retransmit(resp)
         self._emit(CallEvents.ReInviteReceived, body=request.body,
                    headers=_custom_headers(request.headers))
+
+    def _tone_handling_changed(self, enabled: bool) -> None:
+        """Have the media session report RTP DTMF (RFC 4733, in-band) while
+        tones are handled; INFO digits need nothing from it."""
+        set_listener = getattr(self.media, "set_tone_listener", None)
+        if set_listener is not None:
+            set_listener(self._tone_received if enabled else None)
 
     def _cleanup(self) -> None:
         if self._retransmit:

@@ -1,0 +1,231 @@
+"""One call leg's media: RTP in, DTMF out (RFC 4733 and in-band).
+
+:class:`MediaSession` joins the sans-IO blocks of :mod:`engine.media` to a
+call's RTP socket (:class:`~engine.transport.rtp_transport.RtpTransport`) and
+the engine's single :class:`~engine.transport.media_clock.MediaClock`:
+
+- every datagram is parsed and passed through an
+  :class:`~engine.media.rtp.RtpReceiverLatch` that knows the negotiated
+  payload types (audio codec and telephone-event), which gives symmetric RTP
+  (:attr:`MediaSession.remote_addr` is where to send) without RTP Bleed;
+- telephone-event packets go to a
+  :class:`~engine.media.codecs.telephone_event.TelephoneEventReceiver`; its
+  timeout (an event whose end packets were all lost) is one ``loop.call_at``
+  armed only while an event is open;
+- audio packets go to a :class:`~engine.media.jitterbuffer.JitterBuffer`
+  only while someone consumes audio (now: in-band DTMF detection); the
+  session then joins the media clock, which pulls one frame every 20 ms,
+  decodes it (concealing missing frames) and runs the
+  :class:`~engine.media.dtmf.DtmfDetector`. A session whose audio stopped
+  for :data:`IDLE_AFTER` seconds leaves the clock again.
+
+In-band detection runs only when telephone-event was *not* negotiated: a
+phone that can send RFC 4733 does so, and many also leave the tone in the
+audio, which would report each digit twice. A phone that offers
+telephone-event but still sends tones only in band is not served (rare).
+
+The socket is read only while a tone listener is set (:meth:`set_tone_listener`):
+a call whose scenario wants no media pays nothing for the RTP it receives,
+which the kernel drops once its buffer is full. Digits sent just before the
+listener is set wait in that buffer and are still reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+import numpy as np
+
+from .media.codecs import CodecError, Decoder, get_decoder
+from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
+from .media.dtmf import DtmfDetector
+from .media.jitterbuffer import JitterBuffer
+from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch
+from .sip.offer_answer import NegotiatedMedia
+from .transport.media_clock import MediaClock
+from .transport.rtp_transport import RtpTransport
+
+__all__ = ["MediaSession", "ToneListener", "IDLE_AFTER"]
+
+logger = logging.getLogger(__name__)
+
+#: ``listener(digit, mode)`` with mode ``"rfc4733"`` or ``"inband"``.
+ToneListener = Callable[[str, str], None]
+
+#: Seconds without audio after which a session leaves the media clock.
+IDLE_AFTER = 0.5
+
+
+class MediaSession:
+    """RTP reception and DTMF detection for one call leg.
+
+    :param sock: the leg's reserved RTP socket (owned by its port pair).
+    :param clock: the engine's media clock.
+    """
+
+    def __init__(self, sock: socket.socket, clock: MediaClock) -> None:
+        self.transport = RtpTransport(sock, self._on_datagram)
+        self.clock = clock
+        self.negotiated: NegotiatedMedia | None = None
+        self.latch: RtpReceiverLatch | None = None
+        self.audio_pt: int | None = None
+        self.event_pt: int | None = None
+        self.decoder: Decoder | None = None
+        self.jitter: JitterBuffer | None = None
+        self.events: TelephoneEventReceiver | None = None
+        self.detector: DtmfDetector | None = None
+        self._listener: ToneListener | None = None
+        self._event_timer: asyncio.TimerHandle | None = None
+        self._last_audio = 0.0
+        self._frame_samples = 160
+        self.malformed = 0
+        self.closed = False
+
+    # -- configuration -----------------------------------------------------------
+
+    def configure(self, negotiated: NegotiatedMedia) -> None:
+        """Apply (re-)negotiated parameters. The latch is kept across
+        re-INVITEs with the same payload types, so the stream stays latched."""
+        self.negotiated = negotiated
+        codec = negotiated.codec
+        pts = {codec.payload_type}
+        if negotiated.telephone_event_pt is not None:
+            pts.add(negotiated.telephone_event_pt)
+        payload_types = {pt for pt in pts if pt is not None}
+        initial = (negotiated.remote_address, negotiated.remote_port)
+        if self.latch is None or self.latch.payload_types != frozenset(payload_types):
+            self.latch = RtpReceiverLatch(payload_types, initial_addr=initial)
+        self.audio_pt = codec.payload_type
+        if self.event_pt != negotiated.telephone_event_pt or self.events is None:
+            self.event_pt = negotiated.telephone_event_pt
+            self.events = TelephoneEventReceiver(clock_rate=codec.clock_rate) if self.event_pt is not None else None
+        try:
+            self.decoder = get_decoder(codec.name)
+        except CodecError:
+            self.decoder = None
+            logger.warning("no decoder for %s: audio is ignored", codec.name)
+        self._frame_samples = codec.clock_rate * 20 // 1000
+        if self.jitter is None:
+            self.jitter = JitterBuffer(clock_rate=codec.clock_rate)
+        self._update_detector()
+
+    @property
+    def remote_addr(self) -> Any:
+        """Where to send RTP: the latched source, else the SDP address."""
+        return self.latch.remote_addr if self.latch is not None else None
+
+    def send(self, data: bytes) -> bool:
+        """Send one RTP (or RTCP-muxed) datagram to :attr:`remote_addr`
+        (symmetric RTP); ``False`` when there is nowhere to send yet."""
+        addr = self.remote_addr
+        if addr is None or self.closed:
+            return False
+        self.transport.sendto(data, addr)
+        return True
+
+    def set_tone_listener(self, listener: ToneListener | None) -> None:
+        """Report DTMF to ``listener`` (``None``: stop reading the socket)."""
+        self._listener = listener
+        if self.closed:
+            return
+        if listener is not None:
+            self.transport.attach()
+        else:
+            self.transport.detach()
+            self.clock.discard(self)
+        self._update_detector()
+
+    @property
+    def inband(self) -> bool:
+        """Whether in-band detection runs (see the module notes)."""
+        return self._listener is not None and self.decoder is not None and self.event_pt is None
+
+    def _update_detector(self) -> None:
+        if self.inband:
+            if self.detector is None:
+                rate = self.negotiated.codec.clock_rate if self.negotiated else 8000
+                self.detector = DtmfDetector(rate)
+        else:
+            self.detector = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._listener = None
+        self.transport.detach()
+        self.clock.discard(self)
+        if self._event_timer is not None:
+            self._event_timer.cancel()
+            self._event_timer = None
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        latch = self.latch
+        if latch is None or self._listener is None:
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.malformed += 1
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not latch.accept(packet, addr, now):
+            return
+        pt = packet.payload_type
+        if pt == self.event_pt and self.events is not None:
+            try:
+                digits = self.events.receive(packet.payload, packet.timestamp, now)
+            except TelephoneEventError:
+                self.malformed += 1
+                return
+            for d in digits:
+                self._report(d.digit, "rfc4733")
+            self._arm_event_timer(loop)
+        elif pt == self.audio_pt and self.detector is not None and self.jitter is not None:
+            self.jitter.put(packet, now)
+            self._last_audio = now
+            self.clock.add(self)
+
+    def _arm_event_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._event_timer is not None:
+            self._event_timer.cancel()
+            self._event_timer = None
+        when = self.events.get_timer() if self.events is not None else None
+        if when is not None:
+            self._event_timer = loop.call_at(when, self._on_event_timer)
+
+    def _on_event_timer(self) -> None:
+        self._event_timer = None
+        if self.events is None:
+            return
+        loop = asyncio.get_running_loop()
+        for d in self.events.handle_timer(loop.time()):
+            self._report(d.digit, "rfc4733")
+        self._arm_event_timer(loop)
+
+    def tick(self, now: float) -> bool:
+        """One 20 ms frame: pull, decode (or conceal), detect."""
+        jitter, decoder, detector = self.jitter, self.decoder, self.detector
+        if jitter is None or decoder is None or detector is None or self.closed:
+            return False
+        payload = jitter.get(now)
+        if payload is None:
+            pcm = decoder.conceal(self._frame_samples)
+        else:
+            pcm = decoder.decode(payload)
+        for tone in detector.process(np.asarray(pcm, dtype=np.int16)):
+            self._report(tone.digit, "inband")
+        return now - self._last_audio < IDLE_AFTER or jitter.depth_ms > 0
+
+    def _report(self, digit: str, mode: str) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener(digit, mode)
+        except Exception:
+            logger.exception("tone listener failed")

@@ -1,0 +1,90 @@
+"""An RTP socket attached to the event loop.
+
+:class:`RtpTransport` reads the RTP socket of a reserved
+:class:`~engine.transport.rtp_socket.RtpPortPair` and hands each datagram to
+the callback it was given (the call's media session); :meth:`RtpTransport.sendto`
+sends. It registers the socket with ``loop.add_reader`` rather than
+``loop.create_datagram_endpoint(sock=...)``: attaching is then synchronous, so
+the SIP code that negotiates media can attach without starting a task per
+call, and one wake-up drains every datagram already queued (a burst costs one
+callback, not one per packet). uvloop implements ``add_reader`` as well.
+
+Until :meth:`RtpTransport.attach` runs, datagrams wait in the kernel's buffer,
+so nothing sent just before attaching is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+__all__ = ["RtpTransport", "DatagramHandler"]
+
+logger = logging.getLogger(__name__)
+
+#: ``handler(data, addr)`` for each datagram received.
+DatagramHandler = Callable[[bytes, Any], None]
+
+#: Datagrams read per wake-up at most, so one flooded port cannot starve the loop.
+MAX_READS_PER_WAKEUP = 64
+_MAX_DATAGRAM = 2048
+
+
+class RtpTransport:
+    """Receive and send RTP on one UDP socket."""
+
+    def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
+        self.sock = sock
+        self.handler = handler
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.received = 0
+        self.sent = 0
+        self.send_errors = 0
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start delivering datagrams to the handler (idempotent)."""
+        if self._loop is not None:
+            return
+        self._loop = loop or asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def detach(self) -> None:
+        """Stop reading (the socket stays open and owned by its port pair)."""
+        if self._loop is None:
+            return
+        try:
+            if self.sock.fileno() >= 0:
+                self._loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError, RuntimeError):  # closed socket or loop
+            pass
+        self._loop = None
+
+    def _on_readable(self) -> None:
+        recv = self.sock.recvfrom
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data, addr = recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable and the like
+                logger.debug("RTP socket error: %s", exc)
+                return
+            self.received += 1
+            try:
+                self.handler(data, addr)
+            except Exception:
+                logger.exception("RTP handler failed")
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        """Send one datagram; errors are counted, never raised (UDP is lossy anyway)."""
+        try:
+            self.sock.sendto(data, addr)
+            self.sent += 1
+        except OSError:
+            self.send_errors += 1

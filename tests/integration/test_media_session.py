@@ -1,0 +1,203 @@
+"""The media plane on real loopback UDP: :class:`engine.media_session.MediaSession`
+on a reserved RTP socket, fed by a test sender, with the one media clock.
+
+Checks RFC 4733 digits are reported once each (end packets repeated), an
+event whose end packets are lost is reported on its timeout, a stranger's
+packets neither latch nor inject digits (RTP Bleed), in-band detection runs
+only without telephone-event, and a session leaves the clock once audio stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import AsyncIterator
+
+import numpy as np
+import pytest
+
+from engine.media.codecs import get_encoder
+from engine.media.codecs.telephone_event import generate_event_packets
+from engine.media.dtmf import generate_dtmf_sequence
+from engine.media.rtp import RtpPacket, RtpSender
+from engine.media_session import MediaSession
+from engine.sip.offer_answer import PCMU, NegotiatedMedia
+from engine.transport.media_clock import MediaClock
+from engine.transport.rtp_socket import RtpPortAllocator
+
+
+def negotiated(port: int, event_pt: int | None) -> NegotiatedMedia:
+    return NegotiatedMedia(
+        index=0, remote_address="127.0.0.1", remote_port=port, remote_rtcp_port=port + 1,
+        codec=PCMU, telephone_event_pt=event_pt, ptime=20, send=True, recv=True, on_hold=False,
+    )
+
+
+class Rig:
+    def __init__(self, event_pt: int | None) -> None:
+        self.ports = RtpPortAllocator("127.0.0.1", 41000, 41100)
+        self.pair = self.ports.allocate()
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind(("127.0.0.1", 0))
+        self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.stranger.bind(("127.0.0.1", 0))
+        self.clock = MediaClock()
+        self.session = MediaSession(self.pair.rtp, self.clock)
+        self.session.configure(negotiated(self.peer.getsockname()[1], event_pt))
+        self.tones: list[tuple[str, str]] = []
+        self.target = ("127.0.0.1", self.pair.rtp_port)
+
+    def listen(self) -> None:
+        self.session.set_tone_listener(lambda d, m: self.tones.append((d, m)))
+
+    def send_digit(self, sender: RtpSender, digit: str, ts: int, sock: socket.socket | None = None,
+                   drop_end: bool = False) -> None:
+        for p in generate_event_packets(digit):
+            if drop_end and p.payload.end:
+                continue
+            pkt = RtpPacket(101, sender.sequence_number, ts, sender.ssrc, p.payload.serialize(), p.marker)
+            sender.sequence_number = (sender.sequence_number + 1) & 0xFFFF
+            (sock or self.peer).sendto(pkt.serialize(), self.target)
+
+    async def close(self) -> None:
+        self.session.close()
+        await self.clock.stop()
+        self.ports.release(self.pair)
+        self.peer.close()
+        self.stranger.close()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig(event_pt=101)
+    yield r
+    await r.close()
+
+
+@pytest.fixture
+async def audio_rig() -> AsyncIterator[Rig]:
+    r = Rig(event_pt=None)
+    yield r
+    await r.close()
+
+
+async def until(cond: object, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond() and loop.time() < deadline:  # type: ignore[operator]
+        await asyncio.sleep(0.01)
+
+
+async def test_rfc4733_digits_once_each(rig: Rig) -> None:
+    """Check digits sent before the listener is set wait in the socket and
+    every digit is reported once although its end packet comes three times."""
+    sender = RtpSender()
+    rig.send_digit(sender, "1", 1000)
+    rig.listen()
+    rig.send_digit(sender, "2", 2000)
+    rig.send_digit(sender, "#", 3000)
+    await until(lambda: len(rig.tones) >= 3)
+    await asyncio.sleep(0.05)
+    assert rig.tones == [("1", "rfc4733"), ("2", "rfc4733"), ("#", "rfc4733")]
+    assert rig.session.remote_addr == rig.peer.getsockname()
+    assert len(rig.clock) == 0  # no audio: nothing on the clock
+
+
+async def test_lost_end_packets_reported_on_timeout(rig: Rig) -> None:
+    """Check an event without end packets is reported once its timer fires."""
+    rig.listen()
+    rig.send_digit(RtpSender(), "7", 500, drop_end=True)
+    await until(lambda: rig.tones)
+    assert rig.tones == [("7", "rfc4733")]
+
+
+async def test_stranger_cannot_inject(rig: Rig) -> None:
+    """Check a second source with its own SSRC is dropped once the stream
+    latched, and does not move the latch."""
+    rig.listen()
+    rig.send_digit(RtpSender(), "1", 100)
+    await until(lambda: rig.tones)
+    rig.send_digit(RtpSender(), "9", 900, sock=rig.stranger)
+    await asyncio.sleep(0.1)
+    assert rig.tones == [("1", "rfc4733")]
+    assert rig.session.latch is not None and rig.session.latch.dropped_stranger > 0
+    assert rig.session.remote_addr == rig.peer.getsockname()
+
+
+async def test_no_listener_reads_nothing(rig: Rig) -> None:
+    """Check without a listener the socket is not read, and after
+    set_tone_listener(None) digits are not reported."""
+    rig.listen()
+    rig.session.set_tone_listener(None)
+    rig.send_digit(RtpSender(), "5", 100)
+    await asyncio.sleep(0.1)
+    assert rig.tones == []
+    assert rig.session.transport.received == 0
+
+
+async def test_inband_tones_through_the_clock(audio_rig: Rig) -> None:
+    """Check PCMU tones are detected by the clock-driven detector, then the
+    session leaves the clock when audio stops."""
+    rig = audio_rig
+    rig.listen()
+    assert rig.session.inband
+    pcm = np.concatenate([generate_dtmf_sequence("42"), np.zeros(800, dtype=np.int16)])
+    enc, sender = get_encoder("PCMU"), RtpSender()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(len(pcm) // 160):
+        pkt = sender.next_packet(enc.encode(pcm[i * 160:(i + 1) * 160]), 0, 160)
+        rig.peer.sendto(pkt.serialize(), rig.target)
+        await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+    await until(lambda: len(rig.tones) >= 2)
+    assert rig.tones == [("4", "inband"), ("2", "inband")]
+    assert rig.clock.ticks > 0
+    await until(lambda: len(rig.clock) == 0)
+    assert len(rig.clock) == 0
+
+
+async def test_no_inband_detection_with_telephone_event(rig: Rig) -> None:
+    """Check in-band detection is off when telephone-event was negotiated."""
+    rig.listen()
+    assert not rig.session.inband and rig.session.detector is None
+
+
+async def test_clock_ticks_drift_free() -> None:
+    """Check the clock ticks a sink at 20 ms steps of loop time and drops it
+    when it returns False; the task ends with the last sink."""
+    clock = MediaClock()
+    times: list[float] = []
+
+    class Sink:
+        def tick(self, now: float) -> bool:
+            times.append(now)
+            return len(times) < 10
+
+    clock.add(Sink())
+    await until(lambda: len(times) >= 10)
+    await asyncio.sleep(0.05)
+    assert len(times) == 10
+    # Ticks are due at start + n * 20 ms: never earlier (lateness is not checked here).
+    assert times[-1] - times[0] >= 9 * 0.02 - 0.002
+    assert len(clock) == 0
+    await clock.stop()
+
+
+async def test_send_goes_to_the_latched_source(rig: Rig) -> None:
+    """Check symmetric RTP: before latching the session sends to the SDP
+    address, afterwards to where the peer's packets come from."""
+    rig.listen()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(2)
+    rig.peer.settimeout(2)
+    try:
+        assert rig.session.send(b"before")
+        assert rig.peer.recv(100) == b"before"
+        rig.send_digit(RtpSender(), "1", 100, sock=other)  # the peer is behind a NAT
+        await until(lambda: rig.tones)
+        assert rig.session.send(b"after")
+        assert other.recv(100) == b"after"
+        assert rig.session.transport.sent == 2
+    finally:
+        other.close()
