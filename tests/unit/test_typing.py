@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.typing
 def test_engine_passes_mypy_strict(tmp_path: Path) -> None:
-    """Check ``mypy --strict engine`` reports no error."""
+    """Check ``mypy --strict -p engine`` reports no error (``-p``: a stray
+    ``__init__.py`` in a parent folder must not change module names)."""
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "engine"],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "-p", "engine"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
