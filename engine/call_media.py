@@ -17,7 +17,9 @@ import secrets
 
 from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
 from .sip.sdp import SessionDescription, parse_sdp
-from .media_session import MediaSession, ToneListener
+from .media.players import FrameSource
+from .media.tts import TtsCache
+from .media_session import MediaSession, PlaybackDone, ToneListener
 from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
@@ -30,7 +32,7 @@ class SdpMediaHandler:
     """Offer/answer for one call leg on one reserved port pair."""
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
-                 clock: MediaClock | None = None) -> None:
+                 clock: MediaClock | None = None, tts: TtsCache | None = None) -> None:
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -43,6 +45,8 @@ class SdpMediaHandler:
         self.clock = clock
         self.session: MediaSession | None = None
         self._tone_listener: ToneListener | None = None
+        #: Speech for :meth:`engine.calls.Call.say` (``None``: the default cache).
+        self.tts = tts
 
     def _port(self) -> int:
         if self.pair is None:
@@ -96,6 +100,22 @@ class SdpMediaHandler:
             self.session.set_tone_listener(listener)
         else:
             self._media_changed()
+
+    def start_playback(self, player: FrameSource, done: PlaybackDone | None = None) -> bool:
+        """Play ``player`` into the call; ``False`` (and nothing else) when
+        no media is negotiated yet."""
+        if self.negotiated is None or self.pair is None or self.clock is None:
+            return False
+        if self.session is None:
+            self.session = MediaSession(self.pair.rtp, self.clock)
+            self.session.configure(self.negotiated)
+            self.session.set_tone_listener(self._tone_listener)
+        self.session.start_playback(player, done)
+        return True
+
+    def stop_playback(self) -> None:
+        if self.session is not None:
+            self.session.stop_playback()
 
     def close(self) -> None:
         if self.session is not None:

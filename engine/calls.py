@@ -31,11 +31,13 @@ import inspect
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Generator, Protocol
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from .media.dtmf import DtmfBodyError, parse_info_body
+from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
+from .media.tts import TtsCache, default_tts
 
 __all__ = [
     "CallEvents",
@@ -46,6 +48,7 @@ __all__ = [
     "MediaHandler",
     "Dispatcher",
     "CallError",
+    "Playback",
     "new_call_pair",
 ]
 
@@ -76,7 +79,11 @@ class CallEvents(str, enum.Enum):
     #: ``"info"`` or ``"inband"``); emitted only while tone handling is on
     #: (:meth:`Call.handle_tones`, or during :meth:`Call.collect_tones`).
     ToneReceived = "ToneReceived"
-    # More media events (PlaybackFinished, ...) arrive with the media layer.
+    #: A playback (:meth:`Call.say`, :meth:`Call.start_playback`) ended:
+    #: ``e.playback`` is its handle, ``e.completed`` is ``True`` when it
+    #: played to the end, ``False`` when stopped, replaced, failed or the
+    #: call ended.
+    PlaybackFinished = "PlaybackFinished"
 
     def __str__(self) -> str:
         return self.value
@@ -192,6 +199,46 @@ class MediaHandler(Protocol):
     def close(self) -> None: ...
 
 
+class Playback:
+    """The handle of one playback. Awaiting it returns once the playback
+    has ended: ``True`` when played to the end, ``False`` when stopped (see
+    :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it early."""
+
+    def __init__(self, call: Call, kind: str) -> None:
+        self.call = call
+        self.kind = kind
+        self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+        #: ``None`` while playing, then whether it played to the end.
+        self.completed: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"<Playback {self.kind} of {self.call.id[:8]} completed={self.completed}>"
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return asyncio.shield(self._fut).__await__()
+
+    def stop(self) -> None:
+        """End the playback now (``PlaybackFinished`` with ``completed=False``)."""
+        if self._fut.done():
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.call._playback is self:
+            self.call._stop_media()
+        self.call._playback_done(self, False)
+
+    def _resolve(self, completed: bool) -> bool:
+        if self._fut.done():
+            return False
+        self.completed = completed
+        self._fut.set_result(completed)
+        return True
+
+
 class Call:
     """One call leg, as a scenario sees it.
 
@@ -236,6 +283,8 @@ class Call:
         #: Digits received while tones were handled but nobody collected
         #: (type-ahead); the next :meth:`collect_tones` starts with them.
         self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
+        self._playback: Playback | None = None
+        self.on_ended.append(lambda call: call.stop_playback())
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -479,6 +528,102 @@ class Call:
 
     # -- actions (overridden by the kinds of call) -----------------------------
 
+    # -- playback ------------------------------------------------------------------
+
+    @property
+    def playback(self) -> Playback | None:
+        """The current playback, if any."""
+        return self._playback
+
+    def start_playback(self, source: FrameSource) -> Playback:
+        """Play a player (:mod:`engine.media.players`) into the call,
+        replacing any current playback. Needs a connected call or early
+        media (:class:`CallError` otherwise)."""
+        self._check_media()
+        pb = Playback(self, "playback")
+        self.stop_playback()
+        self._playback = pb
+        try:
+            self._play(source, lambda completed: self._playback_done(pb, completed))
+        except Exception:
+            self._playback = None
+            raise
+        return pb
+
+    def start_playback_tone(self, freq: float, seconds: float | None = None,
+                            level: float = DEFAULT_LEVEL) -> Playback:
+        """Play a ``freq`` Hz tone for ``seconds`` (``None``: until stopped)."""
+        return self.start_playback(ToneSource(freq, seconds, level))
+
+    def say(self, text: str, voice: str = "en") -> Playback:
+        """Speak ``text`` (TTS, espeak-ng by default; cached on disk). The
+        handle can be awaited at once: it covers synthesis and playback."""
+        self._check_media()
+        if not text.strip():
+            raise CallError("say() needs some text")
+        pb = Playback(self, "say")
+        self.stop_playback()
+        self._playback = pb
+        tts = self._tts()
+
+        async def run() -> None:
+            try:
+                pcm = await tts.get_async(text, voice)
+            except asyncio.CancelledError:
+                self._playback_done(pb, False)
+                return
+            except Exception:
+                self.log.exception("speech synthesis failed")
+                self._playback_done(pb, False)
+                return
+            if self._playback is not pb or self.state.ended:
+                self._playback_done(pb, False)
+                return
+            try:
+                self._play(PcmSource(pcm, rate=tts.rate), lambda completed: self._playback_done(pb, completed))
+            except CallError as exc:
+                self.log.warning("say: %s", exc)
+                self._playback_done(pb, False)
+
+        pb._task = asyncio.get_running_loop().create_task(run(), name=f"say-{self.id[:8]}")
+        return pb
+
+    def stop_playback(self) -> None:
+        """Stop the current playback, if any."""
+        pb = self._playback
+        if pb is not None:
+            pb.stop()
+
+    def _playback_done(self, pb: Playback, completed: bool) -> None:
+        if self._playback is pb:
+            self._playback = None
+        if pb._resolve(completed):
+            self.log.info("playback %s finished (completed=%s)", pb.kind, completed)
+            self._emit(CallEvents.PlaybackFinished, playback=pb, completed=completed)
+
+    def _check_media(self) -> None:
+        """Raise :class:`CallError` unless audio can be played now."""
+        if self.state.ended:
+            raise CallError("call already ended")
+        if not self._media_ready():
+            raise CallError(f"playback needs a connected call or early media, not {self.state.value}")
+
+    def _media_ready(self) -> bool:
+        """Hook: whether media flows now (connected or early media)."""
+        return False
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        """Hook: start sending ``source``; ``done(completed)`` at its end."""
+        raise CallError("this call has no media")
+
+    def _stop_media(self) -> None:
+        """Hook: stop sending the current source."""
+
+    def _tts(self) -> TtsCache:
+        return default_tts()
+
+    # -- signalling -------------------------------------------------------------
+
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
         raise NotImplementedError
 
@@ -534,6 +679,9 @@ class InternalCall(Call):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.peer: InternalCall | None = None
+
+    def _check_media(self) -> None:
+        raise CallError("no media on internal calls yet")
 
     def _require_peer(self) -> InternalCall:
         if self.peer is None:

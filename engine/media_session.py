@@ -1,4 +1,4 @@
-"""One call leg's media: RTP in, DTMF out (RFC 4733 and in-band).
+"""One call leg's media: RTP in, DTMF out (RFC 4733 and in-band), audio out.
 
 :class:`MediaSession` joins the sans-IO blocks of :mod:`engine.media` to a
 call's RTP socket (:class:`~engine.transport.rtp_transport.RtpTransport`) and
@@ -24,6 +24,15 @@ phone that can send RFC 4733 does so, and many also leave the tone in the
 audio, which would report each digit twice. A phone that offers
 telephone-event but still sends tones only in band is not served (rare).
 
+Outgoing audio comes from a player (:mod:`engine.media.players`) given to
+:meth:`MediaSession.start_playback`: while one is set the session stays on
+the clock, and each tick pulls one frame from it, encodes it with the
+negotiated codec and sends it with an :class:`~engine.media.rtp.RtpSender`
+(marker bit on the first packet of each talkspurt) to :attr:`remote_addr`.
+While the session may not send (the stream is recvonly/inactive or the peer
+holds it) frames are still pulled, so playback time passes, but nothing is
+sent and the RTP timestamp skips over them.
+
 The socket is read only while a tone listener is set (:meth:`set_tone_listener`):
 a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
@@ -39,21 +48,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .media.codecs import CodecError, Decoder, get_decoder
+from .media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
 from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
 from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
-from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch
+from .media.players import FrameSource, PlaybackFinished
+from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender
 from .sip.offer_answer import NegotiatedMedia
 from .transport.media_clock import MediaClock
 from .transport.rtp_transport import RtpTransport
 
-__all__ = ["MediaSession", "ToneListener", "IDLE_AFTER"]
+__all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
 
 logger = logging.getLogger(__name__)
 
 #: ``listener(digit, mode)`` with mode ``"rfc4733"`` or ``"inband"``.
 ToneListener = Callable[[str, str], None]
+
+#: ``done(completed)``: the player ended (``True``) or was stopped or replaced (``False``).
+PlaybackDone = Callable[[bool], None]
 
 #: Seconds without audio after which a session leaves the media clock.
 IDLE_AFTER = 0.5
@@ -83,6 +96,11 @@ class MediaSession:
         self._frame_samples = 160
         self.malformed = 0
         self.closed = False
+        self.encoder: Encoder | None = None
+        self.sender = RtpSender()
+        self.player: FrameSource | None = None
+        self._player_done: PlaybackDone | None = None
+        self._talkspurt = False
 
     # -- configuration -----------------------------------------------------------
 
@@ -107,6 +125,11 @@ class MediaSession:
         except CodecError:
             self.decoder = None
             logger.warning("no decoder for %s: audio is ignored", codec.name)
+        try:
+            self.encoder = get_encoder(codec.name)
+        except CodecError:
+            self.encoder = None
+            logger.warning("no encoder for %s: nothing is played", codec.name)
         self._frame_samples = codec.clock_rate * 20 // 1000
         if self.jitter is None:
             self.jitter = JitterBuffer(clock_rate=codec.clock_rate)
@@ -135,7 +158,8 @@ class MediaSession:
             self.transport.attach()
         else:
             self.transport.detach()
-            self.clock.discard(self)
+            if self.player is None:
+                self.clock.discard(self)
         self._update_detector()
 
     @property
@@ -151,9 +175,73 @@ class MediaSession:
         else:
             self.detector = None
 
+    # -- sending -----------------------------------------------------------------
+
+    @property
+    def may_send(self) -> bool:
+        """Whether audio may be sent: negotiated sending, not held by the peer."""
+        neg = self.negotiated
+        return neg is not None and neg.send and not neg.on_hold and self.encoder is not None
+
+    def start_playback(self, player: FrameSource, done: PlaybackDone | None = None) -> None:
+        """Send ``player``'s frames from the next tick on, replacing (and
+        stopping) any current player; ``done`` is called once at its end.
+        A replaced player's stream continues without a new marker bit."""
+        talkspurt = self._talkspurt
+        self.stop_playback()
+        self._talkspurt = talkspurt and not self.closed
+        if self.closed:
+            if done is not None:
+                done(False)
+            return
+        self.player = player
+        self._player_done = done
+        self.clock.add(self)
+
+    def stop_playback(self) -> None:
+        """Stop the current player, if any (its ``done(False)`` runs)."""
+        self._end_player(False)
+
+    def _end_player(self, completed: bool) -> None:
+        done = self._player_done
+        self.player = None
+        self._player_done = None
+        self._talkspurt = False
+        if done is not None:
+            try:
+                done(completed)
+            except Exception:
+                logger.exception("playback callback failed")
+
+    def _tick_send(self) -> bool:
+        player = self.player
+        if player is None:
+            return False
+        samples = self._frame_samples
+        try:
+            frame = player.read(samples)
+        except PlaybackFinished:
+            self._end_player(True)
+            return False
+        except Exception:
+            logger.exception("player %r failed; stopped", player)
+            self._end_player(False)
+            return False
+        encoder, neg = self.encoder, self.negotiated
+        if not self.may_send or encoder is None or neg is None or neg.codec.payload_type is None:
+            self.sender.skip(samples)
+            self._talkspurt = False
+            return True
+        payload = encoder.encode(np.asarray(frame, dtype=np.int16))
+        packet = self.sender.next_packet(payload, neg.codec.payload_type, samples, marker=not self._talkspurt)
+        self._talkspurt = True
+        self.send(packet.serialize())
+        return True
+
     def close(self) -> None:
         self.closed = True
         self._listener = None
+        self._end_player(False)
         self.transport.detach()
         self.clock.discard(self)
         if self._event_timer is not None:
@@ -208,9 +296,17 @@ class MediaSession:
         self._arm_event_timer(loop)
 
     def tick(self, now: float) -> bool:
-        """One 20 ms frame: pull, decode (or conceal), detect."""
+        """One 20 ms frame: receive (pull, decode or conceal, detect), then
+        send a frame of the current player, if any."""
+        if self.closed:
+            return False
+        receiving = self._tick_receive(now)
+        sending = self._tick_send()
+        return receiving or sending
+
+    def _tick_receive(self, now: float) -> bool:
         jitter, decoder, detector = self.jitter, self.decoder, self.detector
-        if jitter is None or decoder is None or detector is None or self.closed:
+        if jitter is None or decoder is None or detector is None:
             return False
         payload = jitter.get(now)
         if payload is None:

@@ -27,6 +27,7 @@ from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
 from .store import SqliteStore
 from .sip.transaction import Timers
+from .media.tts import EspeakProvider, TtsCache
 from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
@@ -80,6 +81,7 @@ class Engine:
         self._started: list[str] = []
         #: The one media clock of this process (ticks only while audio flows).
         self.media_clock = MediaClock()
+        self.tts = TtsCache(EspeakProvider(), Path(config.data_dir) / "tts-cache")
 
     # -- start and stop ----------------------------------------------------------
 
@@ -198,7 +200,7 @@ class Engine:
         host = next((h for h in self.config.sip_hosts if (":" in h) == want_v6),
                     self.config.sip_hosts[0])
         address = self.config.advertised_host or host
-        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock)
+        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -44,6 +44,8 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
+from .media.players import FrameSource
+from .media.tts import TtsCache, default_tts
 from .directory import ContactUpdate, MemoryDirectory, OutOfOrder, TooManyBindings
 from .sip.auth import ClientAuthSession, DigestServer
 from .sip.dialog import Dialog
@@ -663,6 +665,31 @@ class SipCall(Call):
         set_listener = getattr(self.media, "set_tone_listener", None)
         if set_listener is not None:
             set_listener(self._tone_received if enabled else None)
+
+    # -- media ---------------------------------------------------------------------
+
+    def _media_ready(self) -> bool:
+        if getattr(self.media, "negotiated", None) is None:
+            return False
+        if self.state == CallState.CONNECTED:
+            return True
+        if self.state == CallState.ALERTING:
+            return self._early_sdp_sent  # 183 with SDP sent: early media
+        return self.state == CallState.PROGRESSING  # early SDP received
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        start = getattr(self.media, "start_playback", None)
+        if start is None or not start(source, done):
+            raise CallError("no media negotiated")
+
+    def _stop_media(self) -> None:
+        stop = getattr(self.media, "stop_playback", None)
+        if stop is not None:
+            stop()
+
+    def _tts(self) -> TtsCache:
+        tts = getattr(self.media, "tts", None)
+        return tts if isinstance(tts, TtsCache) else default_tts()
 
     def _cleanup(self) -> None:
         if self._retransmit:

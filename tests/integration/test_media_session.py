@@ -5,18 +5,22 @@ Checks RFC 4733 digits are reported once each (end packets repeated), an
 event whose end packets are lost is reported on its timeout, a stranger's
 packets neither latch nor inject digits (RTP Bleed), in-band detection runs
 only without telephone-event, and a session leaves the clock once audio stops.
+Outgoing: the clock pulls a player's frames and sends them as PCMU RTP
+(marker, sequence, timestamps), stop/replace/hold/close behave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 from typing import AsyncIterator
 
 import numpy as np
 import pytest
 
-from engine.media.codecs import get_encoder
+from engine.media.codecs import get_decoder, get_encoder
+from engine.media.players import PcmSource, ToneSource
 from engine.media.codecs.telephone_event import generate_event_packets
 from engine.media.dtmf import generate_dtmf_sequence
 from engine.media.rtp import RtpPacket, RtpSender
@@ -201,3 +205,95 @@ async def test_send_goes_to_the_latched_source(rig: Rig) -> None:
         assert rig.session.transport.sent == 2
     finally:
         other.close()
+
+
+# -- outgoing audio --------------------------------------------------------------
+
+
+
+def drain_peer(sock: socket.socket) -> list[RtpPacket]:
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(RtpPacket.parse(sock.recv(2048)))
+        except BlockingIOError:
+            return out
+
+
+async def test_clock_pulls_player_frames_and_sends_rtp(rig: Rig) -> None:
+    """A 0.2 s 1000 Hz tone: 10 PCMU packets, marker on the first only,
+    consecutive sequence numbers, timestamps 160 apart, one SSRC; decoded
+    it is 1000 Hz; done(True) once; the session then leaves the clock."""
+    done: list[bool] = []
+    rig.session.start_playback(ToneSource(1000, 0.2), done.append)
+    assert rig.session in rig.clock
+    await until(lambda: done, timeout=2)
+    await asyncio.sleep(0.05)
+    assert done == [True] and rig.session not in rig.clock and rig.session.player is None
+    packets = drain_peer(rig.peer)
+    assert len(packets) == 10
+    assert [p.marker for p in packets] == [True] + [False] * 9
+    assert all(p.payload_type == 0 and len(p.payload) == 160 for p in packets)
+    assert len({p.ssrc for p in packets}) == 1
+    seqs = [p.sequence_number for p in packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    ts = [p.timestamp for p in packets]
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(ts, ts[1:]))
+    decoder = get_decoder("PCMU")
+    pcm = np.concatenate([decoder.decode(p.payload) for p in packets]).astype(np.float64)
+    n = np.arange(len(pcm))
+    power = {f: abs(np.sum(pcm * np.exp(-2j * np.pi * f * n / 8000))) for f in (700, 1000, 1300)}
+    assert power[1000] > 20 * max(power[700], power[1300])
+
+
+async def test_stop_replace_and_marker_after_silence(rig: Rig) -> None:
+    """Replacing a player ends the first with done(False); stopping ends
+    the second with done(False); a new player after that starts a new
+    talkspurt (marker) on the same SSRC with continuing sequence numbers."""
+    first: list[bool] = []
+    second: list[bool] = []
+    rig.session.start_playback(ToneSource(440), first.append)
+    await asyncio.sleep(0.1)
+    rig.session.start_playback(ToneSource(880), second.append)
+    assert first == [False]
+    await asyncio.sleep(0.1)
+    rig.session.stop_playback()
+    assert second == [False]
+    await asyncio.sleep(0.05)
+    before = drain_peer(rig.peer)
+    assert before and before[0].marker and not any(p.marker for p in before[1:])
+    third: list[bool] = []
+    rig.session.start_playback(PcmSource(np.zeros(320, dtype=np.int16)), third.append)
+    await until(lambda: third)
+    after = drain_peer(rig.peer)
+    assert third == [True] and len(after) == 2 and after[0].marker and not after[1].marker
+    assert after[0].ssrc == before[0].ssrc
+    assert (after[0].sequence_number - before[-1].sequence_number) & 0xFFFF == 1
+
+
+async def test_no_sending_on_hold_or_recvonly_but_time_passes(rig: Rig) -> None:
+    """On hold the player is still pulled (so it ends on time) but nothing
+    is sent; close() during playback reports done(False)."""
+    neg = rig.session.negotiated
+    assert neg is not None
+    rig.session.configure(replace(neg, on_hold=True, send=False))
+    done: list[bool] = []
+    rig.session.start_playback(ToneSource(1000, 0.1), done.append)
+    await until(lambda: done)
+    assert done == [True] and drain_peer(rig.peer) == []
+    rig.session.configure(neg)
+    rig.session.start_playback(ToneSource(1000), done.append)
+    rig.session.close()
+    assert done == [True, False] and rig.session not in rig.clock
+
+
+async def test_tone_listener_off_keeps_playing(audio_rig: Rig) -> None:
+    """Turning tone handling off does not take a playing session off the clock."""
+    audio_rig.listen()
+    done: list[bool] = []
+    audio_rig.session.start_playback(ToneSource(1000, 0.2), done.append)
+    audio_rig.session.set_tone_listener(None)
+    assert audio_rig.session in audio_rig.clock
+    await until(lambda: done)
+    assert done == [True] and len(drain_peer(audio_rig.peer)) == 10
