@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tools import require_tool
 
 SIPP_DIR = Path(__file__).parent / "sipp"
 
 
 def sipp_path() -> str:
     """The sipp binary; a missing sipp fails the test (never skips it)."""
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed: ./run.sh test installs Debian's sip-tester", pytrace=False)
-    return path
+    return require_tool("sipp")
 
 
 @dataclass

@@ -17,7 +17,6 @@ import asyncio
 import re
 import secrets
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,8 @@ import pytest
 from engine.media.codecs import get_encoder
 from engine.media.dtmf import generate_dtmf_sequence
 from engine.media.rtp import RtpSender
-from engine.server import Engine
+
+from logs import wait_for_log
 
 from .sipp import run_sipp
 
@@ -35,21 +35,6 @@ RULES = """
 rules:
   - {name: Dtmf, pattern: "dtmf", scenarios: [collect_dtmf]}
 """
-
-
-def session_logs(engine: Engine) -> str:
-    logs = Path(engine.config.data_dir) / "logs"
-    return "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
-
-
-async def wait_for_log(engine: Engine, text: str, timeout: float = 10.0) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        logs = session_logs(engine)
-        if text in logs or loop.time() > deadline:
-            return logs
-        await asyncio.sleep(0.05)
 
 
 def tones(logs: str) -> list[tuple[str, str]]:
@@ -64,7 +49,7 @@ async def test_rfc4733_from_sipp_pcap(make_engine) -> None:
     result = await run_sipp(["-s", "dtmf", "-m", "1"], scenario="uac_dtmf_pcap.xml",
                             target=f"127.0.0.1:{engine.ua.port}", timeout=20)
     assert result.returncode == 0, result.output[-2000:] + result.errors
-    logs = await wait_for_log(engine, "ended Disconnected")
+    logs = await wait_for_log(engine, "ended Disconnected", timeout=10.0)
     assert "digits '123'" in logs, logs
     assert tones(logs) == [("1", "rfc4733"), ("2", "rfc4733"), ("3", "rfc4733"), ("#", "rfc4733")], logs
 
@@ -77,7 +62,7 @@ async def test_info_dtmf_from_sipp(make_engine) -> None:
     result = await run_sipp(["-s", "dtmf", "-m", "1"], scenario="uac_info_dtmf.xml",
                             target=f"127.0.0.1:{engine.ua.port}", timeout=15)
     assert result.returncode == 0, result.output[-2000:] + result.errors
-    logs = await wait_for_log(engine, "ended Disconnected")
+    logs = await wait_for_log(engine, "ended Disconnected", timeout=10.0)
     assert "digits '456'" in logs, logs
     assert tones(logs) == [("4", "info"), ("5", "info"), ("6", "info"), ("#", "info")], logs
 
@@ -177,6 +162,6 @@ async def test_inband_tones_detected(make_engine) -> None:
     finally:
         uac.close()
         rtp.close()
-    logs = await wait_for_log(engine, "ended Disconnected")
+    logs = await wait_for_log(engine, "ended Disconnected", timeout=10.0)
     assert "digits '123'" in logs, logs
     assert tones(logs) == [("1", "inband"), ("2", "inband"), ("3", "inband"), ("#", "inband")], logs

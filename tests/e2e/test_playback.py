@@ -12,7 +12,6 @@ energy for about as long as espeak-ng speaks the prompt, a 1000 Hz tone
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 
 import numpy as np
@@ -23,12 +22,17 @@ from engine.media.rtp import RtpPacket
 from engine.media.tts import EspeakProvider
 from engine.server import Engine
 
-from .test_dtmf import UdpUac, session_logs, wait_for_log
+from logs import session_logs, wait_for_log
+from tools import require_tool
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed"),
-]
+from .test_dtmf import UdpUac
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def _espeak() -> None:
+    require_tool("espeak-ng")
 
 RULES = """
 rules:
@@ -110,7 +114,7 @@ async def play_call(make_engine, body: str, until_log: str) -> tuple[Engine, lis
     finally:
         uac.close()
         rtp.close()
-    logs = await wait_for_log(engine, "ended Disconnected")
+    logs = await wait_for_log(engine, "ended Disconnected", timeout=10.0)
     return engine, packets, logs
 
 

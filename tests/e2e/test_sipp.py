@@ -17,6 +17,7 @@ from engine.server import Engine
 from engine.transport.sip_endpoint import SecurityPolicy
 
 from corpora import corpora_dir
+from logs import wait_for_log
 
 from .sipp import run_sipp, start_sipp
 
@@ -34,21 +35,6 @@ rules:
 
 def target(engine: Engine) -> str:
     return f"127.0.0.1:{engine.ua.port}"
-
-
-def session_logs(engine: Engine) -> str:
-    logs = Path(engine.config.data_dir) / "logs"
-    return "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
-
-
-async def wait_for_log(engine: Engine, text: str, timeout: float = 5.0) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        logs = session_logs(engine)
-        if text in logs or loop.time() > deadline:
-            return logs
-        await asyncio.sleep(0.05)
 
 
 async def test_uac_completes_100_calls(make_engine) -> None:

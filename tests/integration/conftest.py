@@ -5,10 +5,11 @@ the engine's session logs and to shorten its SIP timers."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
+
+from logs import wait_for_log  # noqa: F401 (the tests import it from here)
 
 from engine.server import Engine
 from engine.sip.transaction import Timers
@@ -68,22 +69,6 @@ def use_timers(engine: Engine, timers: Timers = FAST_TIMERS) -> None:
     """Run ``engine``'s SIP timers (transactions and 2xx retransmission) at
     ``timers`` from now on (EngineConfig has no timers setting)."""
     engine.ua.set_timers(timers)
-
-
-def session_logs(engine: Engine) -> str:
-    logs = Path(engine.config.data_dir) / "logs"
-    return "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
-
-
-async def wait_for_log(engine: Engine, text: str, timeout: float = 5.0) -> str:
-    """The session logs once ``text`` is in them (or at ``timeout``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        logs = session_logs(engine)
-        if text in logs or loop.time() > deadline:
-            return logs
-        await asyncio.sleep(0.02)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import struct
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tools import require_tool
 
 from engine.media.tts import EspeakProvider, TtsCache, TtsError, parse_wav, resample
 
@@ -115,8 +115,8 @@ def test_corrupt_cache_file_is_resynthesized(tmp_path: Path) -> None:
     assert len(cache.get("hi", "en")) == 2000 and len(provider.calls) == 1
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_espeak_provider_speaks() -> None:
+    require_tool("espeak-ng")
     pcm, rate = EspeakProvider().synthesize("please enter your PIN", "en")
     assert rate > 8000 and 0.5 < len(pcm) / rate < 4 and np.abs(pcm).max() > 1000
 
