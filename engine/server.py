@@ -196,9 +196,7 @@ class Engine:
     # -- glue ----------------------------------------------------------------------
 
     def _media_for(self, call: SipCall) -> MediaHandler:
-        want_v6 = ":" in call.peer.host
-        host = next((h for h in self.config.sip_hosts if (":" in h) == want_v6),
-                    self.config.sip_hosts[0])
+        host = self.ua.endpoint.listen_host_for(call.peer)
         address = self.config.advertised_host or host
         return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts)
 

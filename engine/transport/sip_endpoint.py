@@ -288,15 +288,19 @@ class SipEndpoint:
         """The address we put in Via and Contact."""
         return self.advertised_host or self.hosts[0]
 
-    def local_host_for(self, peer: Peer) -> str:
-        """Our address in the family of ``peer`` (IPv6 peers get our IPv6 host)."""
-        if self.advertised_host:
-            return self.advertised_host
+    def listen_host_for(self, peer: Peer) -> str:
+        """The address we listen on in the family of ``peer`` (IPv6 peers
+        get our IPv6 host; the first host when we have none of theirs)."""
         want_v6 = ":" in peer.host
         for host in self.hosts:
             if (":" in host) == want_v6:
                 return host
         return self.hosts[0]
+
+    def local_host_for(self, peer: Peer) -> str:
+        """Our address for ``peer`` as we write it in Via and Contact: the
+        advertised host, else the listen address of its family."""
+        return self.advertised_host or self.listen_host_for(peer)
 
     # -- receiving -------------------------------------------------------------
 
@@ -523,11 +527,11 @@ class SipEndpoint:
             task.add_done_callback(self._connect_tasks.discard)
 
     def _udp_for(self, peer: Peer) -> _UdpProtocol | None:
-        want_v6 = ":" in peer.host
-        for host, proto in self._udp.items():
-            if (":" in host) == want_v6:
-                return proto
-        return None
+        """Our UDP socket of ``peer``'s family, or ``None`` when we have none."""
+        host = self.listen_host_for(peer)
+        if (":" in host) != (":" in peer.host):
+            return None
+        return self._udp.get(host)
 
     async def _connect_and_send(self, peer: Peer) -> None:
         key = (peer.host, peer.port)
