@@ -15,6 +15,7 @@ from .call_media import SdpMediaHandler
 from .calls import CallEvent, CallEvents, CallState
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
+from .sip.uri import format_host
 from .ua import UaConfig, UserAgent
 
 __all__ = ["TestCallResult", "place_test_call"]
@@ -58,7 +59,7 @@ async def place_test_call(
             settled.set()
 
     try:
-        hostpart = f"[{host}]" if ":" in host else host
+        hostpart = format_host(host)
         call = ua.call_sip(
             f"sip:{number}@{hostpart}:{port}", callerid=caller, headers=headers,
             peer=Peer(transport, host, port),

@@ -53,7 +53,7 @@ from .sip.errors import RemoteProtocolError
 from .sip.headers import NameAddr
 from .sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
 from .sip.transaction import ServerTransaction, Timers, create_cancel
-from .sip.uri import SipUri, TelUri, parse_uri
+from .sip.uri import SipUri, TelUri, format_host, parse_uri
 from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler"]
@@ -241,8 +241,6 @@ class SipCall(Call):
         resp.headers.add("Server", self.ua.config.user_agent)
         if 200 <= status < 300:
             resp.headers.add("Allow", ALLOW)
-            resp.headers.add("Supported", "")
-            resp.headers.remove("Supported")
         _add_headers(resp, headers)
         if body:
             resp.headers.add("Content-Type", "application/sdp")
@@ -780,8 +778,7 @@ class UserAgent:
         self.endpoint.layer.timers = timers
 
     def contact_for(self, peer: Peer) -> str:
-        host = self.endpoint.local_host_for(peer)
-        host = f"[{host}]" if ":" in host else host
+        host = format_host(self.endpoint.local_host_for(peer))
         transport = ";transport=tcp" if peer.transport == "TCP" else ""
         return f"<sip:callbridge@{host}:{self.endpoint.port}{transport}>"
 
