@@ -101,16 +101,24 @@ class SdpMediaHandler:
         else:
             self._media_changed()
 
-    def start_playback(self, player: FrameSource, done: PlaybackDone | None = None) -> bool:
-        """Play ``player`` into the call; ``False`` (and nothing else) when
-        no media is negotiated yet."""
+    def audio_port(self) -> MediaSession | None:
+        """The call's media session for the media graph, made now if media
+        is negotiated (``None`` before)."""
         if self.negotiated is None or self.pair is None or self.clock is None:
-            return False
+            return None
         if self.session is None:
             self.session = MediaSession(self.pair.rtp, self.clock)
             self.session.configure(self.negotiated)
             self.session.set_tone_listener(self._tone_listener)
-        self.session.start_playback(player, done)
+        return self.session
+
+    def start_playback(self, player: FrameSource, done: PlaybackDone | None = None) -> bool:
+        """Play ``player`` into the call; ``False`` (and nothing else) when
+        no media is negotiated yet."""
+        session = self.audio_port()
+        if session is None:
+            return False
+        session.start_playback(player, done)
         return True
 
     def stop_playback(self) -> None:

@@ -31,13 +31,17 @@ import inspect
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generator, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from .media.dtmf import DtmfBodyError, parse_info_body
 from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
 from .media.tts import TtsCache, default_tts
+
+if TYPE_CHECKING:
+    from .conference import AudioPort, Conference, MediaGraph, Recording
 
 __all__ = [
     "CallEvents",
@@ -84,6 +88,10 @@ class CallEvents(str, enum.Enum):
     #: played to the end, ``False`` when stopped, replaced, failed or the
     #: call ended.
     PlaybackFinished = "PlaybackFinished"
+    #: A recording of the call started: ``e.path``, ``e.recording`` (the handle).
+    RecordStarted = "RecordStarted"
+    #: A recording ended: ``e.path``, ``e.duration`` (seconds).
+    RecordStopped = "RecordStopped"
 
     def __str__(self) -> str:
         return self.value
@@ -199,12 +207,23 @@ class MediaHandler(Protocol):
     def close(self) -> None: ...
 
 
+class PlaybackOwner(Protocol):
+    """What a :class:`Playback` plays into: a call or a conference."""
+
+    id: str
+    _playback: Playback | None
+
+    def _stop_media(self) -> None: ...
+
+    def _playback_done(self, pb: Playback, completed: bool) -> None: ...
+
+
 class Playback:
     """The handle of one playback. Awaiting it returns once the playback
     has ended: ``True`` when played to the end, ``False`` when stopped (see
     :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it early."""
 
-    def __init__(self, call: Call, kind: str) -> None:
+    def __init__(self, call: PlaybackOwner, kind: str) -> None:
         self.call = call
         self.kind = kind
         self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -285,6 +304,9 @@ class Call:
         self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
         self._playback: Playback | None = None
         self.on_ended.append(lambda call: call.stop_playback())
+        #: The engine's media graph (:mod:`engine.conference`); the session
+        #: that adopts the call sets it.
+        self.graph: MediaGraph | None = None
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -622,6 +644,47 @@ class Call:
     def _tts(self) -> TtsCache:
         return default_tts()
 
+    # -- media routing -----------------------------------------------------------
+
+    def _require_graph(self) -> MediaGraph:
+        if self.graph is None:
+            raise CallError("this call has no media graph: it gets one when a scenario session adopts it")
+        return self.graph
+
+    def _audio_port(self) -> AudioPort | None:
+        """Hook: this leg's own audio (``None``: none yet, or a wire like
+        :class:`InternalCall`)."""
+        return None
+
+    def send_media_to(self, target: Call | Conference) -> None:
+        """``target`` (a call, this call for an echo, or a conference) hears this call."""
+        self._require_graph().connect(self, target)
+
+    def stop_media_to(self, target: Call | Conference) -> None:
+        """Stop what :meth:`send_media_to` started (nothing if not sending)."""
+        self._require_graph().disconnect(self, target)
+
+    def start_echo(self) -> None:
+        """Diagnostics: the caller hears their own audio (send_media_to(self))."""
+        self.send_media_to(self)
+
+    def stop_echo(self) -> None:
+        self.stop_media_to(self)
+
+    def record(self, path: str | Path | None = None) -> Recording:
+        """Record what the call hears and says to a WAV file (default: under
+        the data directory's ``recordings/``) until :meth:`Recording.stop`
+        or the call's end. ``RecordStarted`` now, ``RecordStopped`` at the end."""
+        if self.state.ended:
+            raise CallError("call already ended")
+        if isinstance(self, InternalCall):
+            raise CallError("record() records a call with media of its own, not an internal call")
+        rec = self._require_graph().start_recording(self, path)
+        rec.on_stopped.append(lambda r: self._emit(CallEvents.RecordStopped, path=str(r.path),
+                                                   duration=r.duration))
+        self._emit(CallEvents.RecordStarted, path=str(rec.path), recording=rec)
+        return rec
+
     # -- signalling -------------------------------------------------------------
 
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
@@ -680,8 +743,23 @@ class InternalCall(Call):
         super().__init__(**kwargs)
         self.peer: InternalCall | None = None
 
+    # An internal call is a wire in the media graph: what is played to this
+    # end is heard by whatever the other end's session sends it to.
+
     def _check_media(self) -> None:
-        raise CallError("no media on internal calls yet")
+        self._require_graph()
+        super()._check_media()
+
+    def _media_ready(self) -> bool:
+        return self.graph is not None and self.state in (CallState.CONNECTED, CallState.ALERTING,
+                                                         CallState.PROGRESSING)
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        self._require_graph().start_player(self, source, done)
+
+    def _stop_media(self) -> None:
+        if self.graph is not None:
+            self.graph.stop_player(self)
 
     def _require_peer(self) -> InternalCall:
         if self.peer is None:

@@ -47,6 +47,7 @@ import socket
 from typing import Any, Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from .media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
 from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
@@ -67,6 +68,8 @@ ToneListener = Callable[[str, str], None]
 
 #: ``done(completed)``: the player ended (``True``) or was stopped or replaced (``False``).
 PlaybackDone = Callable[[bool], None]
+
+Pcm = npt.NDArray[np.int16]
 
 #: Seconds without audio after which a session leaves the media clock.
 IDLE_AFTER = 0.5
@@ -101,6 +104,8 @@ class MediaSession:
         self.player: FrameSource | None = None
         self._player_done: PlaybackDone | None = None
         self._talkspurt = False
+        #: Driven by the media graph (:mod:`engine.conference`) instead of ticking itself.
+        self.graph_driven = False
 
     # -- configuration -----------------------------------------------------------
 
@@ -150,17 +155,46 @@ class MediaSession:
         return True
 
     def set_tone_listener(self, listener: ToneListener | None) -> None:
-        """Report DTMF to ``listener`` (``None``: stop reading the socket)."""
+        """Report DTMF to ``listener`` (``None``: stop, and stop reading the
+        socket unless the media graph still wants the audio)."""
         self._listener = listener
+        self._update_detector()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read the socket while someone consumes what arrives."""
         if self.closed:
             return
-        if listener is not None:
+        if self._listener is not None or self.graph_driven:
             self.transport.attach()
         else:
             self.transport.detach()
             if self.player is None:
                 self.clock.discard(self)
-        self._update_detector()
+
+    @property
+    def wants_audio(self) -> bool:
+        """Whether received audio is buffered and decoded (for in-band
+        detection or for the media graph)."""
+        return self.decoder is not None and (self.detector is not None or self.graph_driven)
+
+    def graph_attach(self) -> None:
+        """From now on the media graph pulls and pushes this session's frames
+        (:meth:`pull`, :meth:`push`) in its own tick; the session stops
+        ticking itself."""
+        self.graph_driven = True
+        self.clock.discard(self)
+        self._update_reading()
+
+    def graph_detach(self) -> None:
+        """The media graph lets go: tick alone again if there is a player
+        or a detector to run."""
+        if not self.graph_driven:
+            return
+        self.graph_driven = False
+        self._update_reading()
+        if not self.closed and (self.player is not None or self.detector is not None):
+            self.clock.add(self)
 
     @property
     def inband(self) -> bool:
@@ -196,7 +230,8 @@ class MediaSession:
             return
         self.player = player
         self._player_done = done
-        self.clock.add(self)
+        if not self.graph_driven:
+            self.clock.add(self)
 
     def stop_playback(self) -> None:
         """Stop the current player, if any (its ``done(False)`` runs)."""
@@ -213,26 +248,46 @@ class MediaSession:
             except Exception:
                 logger.exception("playback callback failed")
 
-    def _tick_send(self) -> bool:
+    def _player_frame(self, samples: int) -> Pcm | None:
         player = self.player
         if player is None:
-            return False
-        samples = self._frame_samples
+            return None
         try:
-            frame = player.read(samples)
+            return player.read(samples)
         except PlaybackFinished:
             self._end_player(True)
-            return False
         except Exception:
             logger.exception("player %r failed; stopped", player)
             self._end_player(False)
+        return None
+
+    def push(self, frame: Pcm | None) -> bool:
+        """Send one frame: ``frame`` (the media graph's mix for this leg,
+        ``None`` when the leg receives nothing) plus the current player's
+        frame. Nothing is sent when both are absent. While the session may
+        not send, the RTP timestamp skips the frame instead.
+
+        :return: whether a frame was due (sent or skipped).
+        """
+        samples = self._frame_samples
+        played = self._player_frame(samples)
+        if played is not None:
+            played = np.asarray(played, dtype=np.int16)
+            if frame is None:
+                frame = played
+            else:
+                mixed = frame.astype(np.int32) + played
+                np.clip(mixed, -32768, 32767, out=mixed)
+                frame = mixed.astype(np.int16)
+        if frame is None:
+            self._talkspurt = False
             return False
         encoder, neg = self.encoder, self.negotiated
         if not self.may_send or encoder is None or neg is None or neg.codec.payload_type is None:
             self.sender.skip(samples)
             self._talkspurt = False
             return True
-        payload = encoder.encode(np.asarray(frame, dtype=np.int16))
+        payload = encoder.encode(frame)
         packet = self.sender.next_packet(payload, neg.codec.payload_type, samples, marker=not self._talkspurt)
         self._talkspurt = True
         self.send(packet.serialize())
@@ -252,7 +307,7 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         latch = self.latch
-        if latch is None or self._listener is None:
+        if latch is None or (self._listener is None and not self.graph_driven):
             return
         try:
             packet = RtpPacket.parse(data)
@@ -273,10 +328,11 @@ class MediaSession:
             for d in digits:
                 self._report(d.digit, "rfc4733")
             self._arm_event_timer(loop)
-        elif pt == self.audio_pt and self.detector is not None and self.jitter is not None:
+        elif pt == self.audio_pt and self.jitter is not None and self.wants_audio:
             self.jitter.put(packet, now)
             self._last_audio = now
-            self.clock.add(self)
+            if not self.graph_driven:
+                self.clock.add(self)
 
     def _arm_event_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._event_timer is not None:
@@ -296,26 +352,41 @@ class MediaSession:
         self._arm_event_timer(loop)
 
     def tick(self, now: float) -> bool:
-        """One 20 ms frame: receive (pull, decode or conceal, detect), then
-        send a frame of the current player, if any."""
-        if self.closed:
+        """One 20 ms frame when not driven by the media graph: receive (pull,
+        decode or conceal, detect), then send a frame of the current player."""
+        if self.closed or self.graph_driven:
             return False
-        receiving = self._tick_receive(now)
-        sending = self._tick_send()
-        return receiving or sending
+        receiving = False
+        if self.detector is not None:
+            self.pull(now)
+            receiving = self._receiving(now)
+        sending = self.push(None)
+        return receiving or sending or self.player is not None
 
-    def _tick_receive(self, now: float) -> bool:
-        jitter, decoder, detector = self.jitter, self.decoder, self.detector
-        if jitter is None or decoder is None or detector is None:
-            return False
+    def _receiving(self, now: float) -> bool:
+        jitter = self.jitter
+        return now - self._last_audio < IDLE_AFTER or (jitter is not None and jitter.depth_ms > 0)
+
+    def pull(self, now: float) -> Pcm | None:
+        """This tick's received frame (decoded, or concealed when a packet
+        is missing), after in-band DTMF detection; ``None`` when the leg
+        has sent no audio for :data:`IDLE_AFTER` seconds (silence)."""
+        jitter, decoder = self.jitter, self.decoder
+        if jitter is None or decoder is None or self.closed:
+            return None
+        if not self._receiving(now):
+            return None
         payload = jitter.get(now)
         if payload is None:
             pcm = decoder.conceal(self._frame_samples)
         else:
             pcm = decoder.decode(payload)
-        for tone in detector.process(np.asarray(pcm, dtype=np.int16)):
-            self._report(tone.digit, "inband")
-        return now - self._last_audio < IDLE_AFTER or jitter.depth_ms > 0
+        pcm = np.asarray(pcm, dtype=np.int16)
+        detector = self.detector
+        if detector is not None:
+            for tone in detector.process(pcm):
+                self._report(tone.digit, "inband")
+        return pcm
 
     def _report(self, digit: str, mode: str) -> None:
         listener = self._listener

@@ -56,8 +56,10 @@ import aiohttp
 from pyee.asyncio import AsyncIOEventEmitter
 
 from .calls import Call, CallError, CallEvents, CallState, InternalCall, new_call_pair
+from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
 from .router import Rule, RuleSet
+from .transport.media_clock import MediaClock
 
 __all__ = [
     "AppEvents",
@@ -171,6 +173,23 @@ class _VoxEngine:
         return _outbound("call_registered", name, callerid=callerid, display_name=display_name,
                          headers=headers)
 
+    def create_conference(self, name: str | None = None) -> Conference:
+        """A new conference owned by this session (stopped when it ends):
+        join calls with ``conference.add(call)`` or ``call.send_media_to(conference)``."""
+        return _session().create_conference(name)
+
+    def send_media_between(self, a: Call | Conference, b: Call | Conference) -> None:
+        """Join ``a`` and ``b`` both ways (a bridge, or a call into a conference)."""
+        graph = _session().runtime.graph
+        graph.connect(a, b)
+        graph.connect(b, a)
+
+    def stop_media_between(self, a: Call | Conference, b: Call | Conference) -> None:
+        """Undo :meth:`send_media_between`."""
+        graph = _session().runtime.graph
+        graph.disconnect(a, b)
+        graph.disconnect(b, a)
+
     def set_timeout(self, callback: Callable[[], Any], ms: float) -> asyncio.TimerHandle:
         return _session().set_timeout(callback, ms)
 
@@ -265,6 +284,8 @@ class Session:
         self.ctx.run(_current.set, self)
         self.emitter = AsyncIOEventEmitter()
         self.calls: set[Call] = set()
+        #: Conferences this session created (stopped when it ends).
+        self.mixers: list[Conference] = []
         self.timers: set[asyncio.TimerHandle] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.log_lines: deque[str] = deque(maxlen=2000)
@@ -396,6 +417,8 @@ class Session:
     def adopt(self, call: Call) -> None:
         """Make ``call`` part of this session: its listeners run here."""
         call.dispatcher = self
+        if call.graph is None:
+            call.graph = self.runtime.graph
         if call in self.calls or call.state.ended:
             return
         self.calls.add(call)
@@ -403,6 +426,13 @@ class Session:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+
+    def create_conference(self, name: str | None = None) -> Conference:
+        if self.terminated:
+            raise ConferenceError("this session has terminated: it cannot create conferences")
+        conf = self.runtime.graph.create_conference(name, dispatcher=self, tts=self.runtime.tts)
+        self.mixers.append(conf)
+        return conf
 
     def _call_ended(self, call: Call) -> None:
         self.calls.discard(call)
@@ -471,6 +501,12 @@ class Session:
         self.terminated = True
         for call in list(self.calls):
             self._end_call(call, 480)
+        for conf in self.mixers:
+            try:
+                conf.stop()
+            except Exception:
+                logger.exception("stopping %r failed", conf)
+        self.mixers.clear()
         for handle in list(self.timers):
             handle.cancel()
         self.timers.clear()
@@ -598,6 +634,8 @@ class ScenarioRuntime:
         node_id: str | None = None,
         idle_timeout: float = 30.0,
         log_dir: Path | None = None,
+        graph: MediaGraph | None = None,
+        tts: Any = None,
     ) -> None:
         self.rules = rules
         self.scenarios_dir = Path(scenarios_dir)
@@ -606,6 +644,10 @@ class ScenarioRuntime:
         self.node_id = node_id or secrets.token_hex(6)
         self.idle_timeout = idle_timeout
         self.log_dir = log_dir
+        #: Media routing for conferences and ``send_media_to`` (its own clock when not given).
+        self.graph = graph if graph is not None else MediaGraph(MediaClock())
+        #: Speech for conferences' ``say`` (``None``: the default cache).
+        self.tts = tts
         self.sessions: dict[str, Session] = {}
         self.scenario_files: set[str] = set()
         self._code: dict[str, CodeType] = {}

@@ -29,6 +29,7 @@ from .store import SqliteStore
 from .sip.transaction import Timers
 from .media.tts import EspeakProvider, TtsCache
 from .transport.media_clock import MediaClock
+from .conference import MediaGraph
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
@@ -82,6 +83,8 @@ class Engine:
         #: The one media clock of this process (ticks only while audio flows).
         self.media_clock = MediaClock()
         self.tts = TtsCache(EspeakProvider(), Path(config.data_dir) / "tts-cache")
+        #: Conferences and media flows, ticked by the media clock.
+        self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings")
 
     # -- start and stop ----------------------------------------------------------
 
@@ -137,7 +140,7 @@ class Engine:
         self.runtime = ScenarioRuntime(
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
             node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
-            log_dir=cfg.data_dir / "logs",
+            log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts,
         )
         try:
             self.runtime.compile_all()
@@ -180,6 +183,7 @@ class Engine:
                     await self.runtime.stop()
                 elif part == "sip":
                     await self.ua.stop()
+                    await self.media_graph.stop()
                     await self.media_clock.stop()
                 elif part == "store" and self.store is not None:
                     self.store.close()

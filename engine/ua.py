@@ -40,7 +40,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
@@ -55,6 +55,9 @@ from .sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_cal
 from .sip.transaction import ServerTransaction, Timers, create_cancel
 from .sip.uri import SipUri, TelUri, format_host, parse_uri
 from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
+
+if TYPE_CHECKING:
+    from .conference import AudioPort
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler"]
 
@@ -684,6 +687,10 @@ class SipCall(Call):
         stop = getattr(self.media, "stop_playback", None)
         if stop is not None:
             stop()
+
+    def _audio_port(self) -> AudioPort | None:
+        port = getattr(self.media, "audio_port", None)
+        return port() if port is not None and self._media_ready() else None
 
     def _tts(self) -> TtsCache:
         tts = getattr(self.media, "tts", None)

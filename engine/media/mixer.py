@@ -151,6 +151,10 @@ class FlowMatrix:
         d_sorted = np.asarray(dst, dtype=np.intp)[order]
         self._gain = np.asarray(gain, dtype=np.float32)[order]
         self._unity = bool(np.all(self._gain == 1.0))
+        # Whole-number gains (mix-minus subtracts a receiver's own voice with
+        # -1) stay in integer arithmetic: no float round trip per sample.
+        whole = bool(np.all(self._gain == np.round(self._gain)))
+        self._int_gain = self._gain.astype(np.int32) if whole and not self._unity else None
         self._starts = np.flatnonzero(np.r_[True, d_sorted[1:] != d_sorted[:-1]]) if d_sorted.size else d_sorted
         self._sinks = d_sorted[self._starts] if d_sorted.size else d_sorted
 
@@ -162,17 +166,25 @@ class FlowMatrix:
     def apply(self, frames: FrameInput) -> Pcm:
         """Sink frames (num_sinks x samples ``int16``) for source ``frames``."""
         arr = stack_frames(frames)
-        if arr.shape[0] != self.num_sources:
-            raise ValueError(f"expected {self.num_sources} source frames, got {arr.shape[0]}")
+        return _saturate(self.apply_raw(arr))
+
+    def apply_raw(self, arr: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+        """Like :meth:`apply` on a 2D integer array (``int16`` frames or
+        ``int32`` partial sums), without saturating: for chaining stages
+        (conference sums, then each receiver's mix)."""
+        if arr.ndim != 2 or arr.shape[0] != self.num_sources:
+            raise ValueError(f"expected {self.num_sources} source frames, got {arr.shape[0] if arr.ndim == 2 else arr.shape}")
         out = np.zeros((self.num_sinks, arr.shape[1]), dtype=np.int32)
         if self._src.size:
-            rows = arr[self._src]
+            rows = arr[self._src].astype(np.int32, copy=False)
             if self._unity:
-                contrib = rows.astype(np.int32)
+                contrib = rows
+            elif self._int_gain is not None:
+                contrib = rows * self._int_gain[:, None]
             else:
                 contrib = np.rint(rows * self._gain[:, None]).astype(np.int32)
             out[self._sinks] = np.add.reduceat(contrib, self._starts, axis=0, dtype=np.int32)
-        return _saturate(out)
+        return out
 
 
 @dataclass

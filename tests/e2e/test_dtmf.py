@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import socket
 
 import numpy as np
@@ -27,6 +26,7 @@ from engine.media.rtp import RtpSender
 
 from logs import wait_for_log
 
+from .phone import UdpUac
 from .sipp import run_sipp
 
 pytestmark = pytest.mark.e2e
@@ -65,72 +65,6 @@ async def test_info_dtmf_from_sipp(make_engine) -> None:
     logs = await wait_for_log(engine, "ended Disconnected", timeout=10.0)
     assert "digits '456'" in logs, logs
     assert tones(logs) == [("4", "info"), ("5", "info"), ("6", "info"), ("#", "info")], logs
-
-
-class UdpUac:
-    """Just enough of a SIP caller over UDP: INVITE with a PCMU-only offer
-    (so in-band detection is the only way), ACK, BYE."""
-
-    def __init__(self, engine_port: int, rtp_port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.engine = ("127.0.0.1", engine_port)
-        self.rtp_port = rtp_port
-        self.call_id = secrets.token_hex(8)
-        self.tag = secrets.token_hex(4)
-        self.to_tag = ""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _request(self, method: str, cseq: int, body: str = "") -> bytes:
-        to = f"<sip:dtmf@127.0.0.1:{self.engine[1]}>" + (f";tag={self.to_tag}" if self.to_tag else "")
-        lines = [
-            f"{method} sip:dtmf@127.0.0.1:{self.engine[1]} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{secrets.token_hex(6)}",
-            f"From: <sip:tester@127.0.0.1:{self.port}>;tag={self.tag}",
-            f"To: {to}",
-            f"Call-ID: {self.call_id}",
-            f"CSeq: {cseq} {method}",
-            f"Contact: <sip:tester@127.0.0.1:{self.port}>",
-            "Max-Forwards: 70",
-        ]
-        if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body.encode())}")
-        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
-
-    async def _final(self, method: str) -> str:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = (await asyncio.wait_for(loop.sock_recv(self.sock, 4096), 5)).decode()
-            status = int(data.split(" ", 2)[1])
-            if status >= 200 and f" {method}\r\n" in data:
-                assert status == 200, data
-                return data
-
-    async def invite(self) -> int:
-        """Place the call; return the engine's RTP port from its SDP answer."""
-        sdp = (
-            "v=0\r\no=tester 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {self.rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-        )
-        self.sock.sendto(self._request("INVITE", 1, sdp), self.engine)
-        answer = await self._final("INVITE")
-        tag = re.search(r"^To:.*;tag=([^;\r\n]+)", answer, re.MULTILINE)
-        assert tag, answer
-        self.to_tag = tag.group(1)
-        self.sock.sendto(self._request("ACK", 1), self.engine)
-        port = re.search(r"^m=audio (\d+) ", answer, re.MULTILINE)
-        assert port, answer
-        assert "telephone-event" not in answer, answer
-        return int(port.group(1))
-
-    async def bye(self) -> None:
-        self.sock.sendto(self._request("BYE", 2), self.engine)
-        await self._final("BYE")
 
 
 async def test_inband_tones_detected(make_engine) -> None:

@@ -2,7 +2,7 @@
 heard by a real SIP caller.
 
 The caller is the small UDP client of the in-band DTMF test
-(:class:`tests.e2e.test_dtmf.UdpUac`, PCMU only); the test reads the RTP the
+(:class:`tests.e2e.phone.UdpUac`, PCMU only); the test reads the RTP the
 engine sends to the port of its offer, decodes it with
 :mod:`engine.media.codecs.g711` and checks the audio itself: speech-band
 energy for about as long as espeak-ng speaks the prompt, a 1000 Hz tone
@@ -25,7 +25,7 @@ from engine.server import Engine
 from logs import session_logs, wait_for_log
 from tools import require_tool
 
-from .test_dtmf import UdpUac
+from .phone import UdpUac
 
 pytestmark = pytest.mark.e2e
 

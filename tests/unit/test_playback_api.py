@@ -153,7 +153,7 @@ async def test_refusals(call: MediaCall) -> None:
         call.say("   ")
     out, inc = new_call_pair(number="conf", callerid="alice", display_name=None, headers={},
                              caller_dispatcher=None)
-    with pytest.raises(CallError, match="no media on internal calls yet"):
+    with pytest.raises(CallError, match="this call has no media graph"):
         out.say("hi")
-    with pytest.raises(CallError, match="no media on internal calls yet"):
+    with pytest.raises(CallError, match="this call has no media graph"):
         inc.start_playback_tone(1000, 1)

@@ -1,0 +1,818 @@
+"""Conferences and media routing: a directed graph of audio flows.
+
+Scenarios route media with three verbs (VoxEngine's): ``a.send_media_to(b)``
+(``a``'s audio is heard by ``b``), ``a.stop_media_to(b)`` and
+``VoxEngine.send_media_between(a, b)`` (both ways), where ``a`` and ``b`` are
+calls or :class:`Conference` objects. A conference mixes what flows into it
+and sends each receiver the *mix minus its own voice*; per endpoint it can
+mute (take no audio in), make deaf (send no audio out) and set a volume.
+
+Theory of operation
+-------------------
+One :class:`MediaGraph` per engine is a sink of the media clock (pjmedia's
+conference bridge: passive ports plus a connection matrix). The scenario's
+verbs only edit the graph's edges and mark it dirty; on the next tick the
+graph compiles them into a plan of two :class:`~engine.media.mixer.FlowMatrix`
+stages over numbered rows:
+
+- the *source rows*: every call leg with media of its own (a SIP leg's
+  :class:`~engine.media_session.MediaSession`, later a browser leg) that
+  sends or records, plus every player of a conference or internal call;
+- stage 1 sums the rows flowing into each conference (``int32``, with each
+  endpoint's volume as the gain);
+- stage 2 gives each receiving leg the sum of its direct sources plus, for
+  each conference it hears, that conference's sum *minus its own row times
+  its weight in that sum* -- mix-minus as one subtraction, so a 100-party
+  conference costs 200 gathered rows, not 100 x 99;
+- saturation to ``int16`` happens once, at the end.
+
+Internal calls (``VoxEngine.call_conference`` pairs) have no media of their
+own: they are wires. Audio sent to one end comes out of the other end, so
+at compile time an edge ``x -> A`` with ``A``'s peer ``B`` becomes ``x ->``
+every target of ``B``. That is what makes the canonical application work: the
+gatekeeper's ``send_media_between(phone, conf_leg)`` and the conference
+session's ``conference.add(its_leg)`` compile to ``phone <-> conference``,
+and mix-minus still keeps the phone from hearing itself.
+
+Conferences linked to conferences merge their sources (each source counted
+once, so two conferences joined both ways act as one).
+
+Per tick the graph pulls one frame from every source leg (decoded, or
+silence), reads every player, applies the two stages and pushes each
+receiving leg its frame (plus the leg's own player, mixed in by the leg).
+Recorders get a call's incoming plus outgoing audio, or a conference's sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Protocol, Union
+
+import numpy as np
+import numpy.typing as npt
+from pyee.asyncio import AsyncIOEventEmitter
+
+from .calls import Call, CallError, Dispatcher, InternalCall, Playback, _DirectDispatcher
+from .media.mixer import FlowMatrix
+from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, PlaybackFinished, ToneSource
+from .media.recorder import RecorderError, WavRecorder
+from .media.tts import TtsCache, default_tts
+from .transport.media_clock import MediaClock
+
+__all__ = [
+    "AudioPort",
+    "Conference",
+    "ConferenceError",
+    "ConferenceEvent",
+    "ConferenceEvents",
+    "MediaGraph",
+    "Recording",
+]
+
+logger = logging.getLogger(__name__)
+
+Pcm = npt.NDArray[np.int16]
+Node = Union[Call, "Conference"]
+Done = Callable[[bool], None]
+
+
+class ConferenceError(CallError):
+    """A media routing request that cannot be done (names the reason)."""
+
+
+class AudioPort(Protocol):
+    """A call leg's audio as the media graph drives it (a SIP leg's
+    :class:`~engine.media_session.MediaSession`; a browser leg later)."""
+
+    def graph_attach(self) -> None: ...
+
+    def graph_detach(self) -> None: ...
+
+    def pull(self, now: float) -> Pcm | None: ...
+
+    def push(self, frame: Pcm | None) -> bool: ...
+
+
+class ConferenceEvents(str, enum.Enum):
+    """What a conference emits (``conference.add_event_listener``)."""
+
+    #: ``e.endpoint`` (a call or conference) started sending to or receiving from it.
+    EndpointAdded = "EndpointAdded"
+    #: ``e.endpoint`` left: removed, its flows stopped, or its call ended.
+    EndpointRemoved = "EndpointRemoved"
+    #: A playback of the conference ended (``e.playback``, ``e.completed``).
+    PlaybackFinished = "PlaybackFinished"
+    #: A recording started (``e.path``).
+    RecordStarted = "RecordStarted"
+    #: A recording ended (``e.path``, ``e.duration`` seconds).
+    RecordStopped = "RecordStopped"
+    #: The conference was stopped (by the scenario or its session's end).
+    Stopped = "Stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ConferenceEvent:
+    """What a conference listener receives; other fields in ``extra``."""
+
+    name: str
+    conference: Conference
+    endpoint: Node | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["extra"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Recording:
+    """The handle of one recording: awaiting it returns the WAV's path once
+    the recording has stopped; :meth:`stop` ends it."""
+
+    def __init__(self, graph: MediaGraph, node: Node, recorder: WavRecorder) -> None:
+        self.graph = graph
+        self.node = node
+        self.recorder = recorder
+        self.path = recorder.path
+        self._fut: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self.on_stopped: list[Callable[[Recording], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Recording {self.path} {self.duration:.1f}s>"
+
+    @property
+    def duration(self) -> float:
+        return self.recorder.duration
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def __await__(self) -> Generator[Any, None, Path]:
+        return asyncio.shield(self._fut).__await__()
+
+    def stop(self) -> None:
+        """End the recording (the file is complete when this returns)."""
+        self.graph._stop_recording(self)
+
+    def _finish(self) -> None:
+        if self._fut.done():
+            return
+        self.recorder.close()
+        self._fut.set_result(self.path)
+        for cb in self.on_stopped:
+            try:
+                cb(self)
+            except Exception:
+                logger.exception("recording callback failed")
+
+
+@dataclass
+class _Member:
+    sending: bool = False
+    receiving: bool = False
+    mute: bool = False
+    deaf: bool = False
+    volume: float = 1.0
+
+
+@dataclass
+class _Player:
+    source: FrameSource
+    done: Done | None
+
+
+class Conference:
+    """A mixing point in the media graph (``VoxEngine.create_conference()``).
+
+    Endpoints are calls (and other conferences) that send audio to it or
+    receive its mix. :meth:`add` does both; ``call.send_media_to(conf)`` and
+    ``conf.send_media_to(call)`` one way each.
+    """
+
+    def __init__(self, graph: MediaGraph, name: str | None = None,
+                 dispatcher: Dispatcher | None = None, tts: TtsCache | None = None) -> None:
+        self.id = secrets.token_hex(8)
+        self.name = name or f"conference-{self.id}"
+        self.graph = graph
+        self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
+        self.emitter = AsyncIOEventEmitter()
+        self.stopped = False
+        self._members: dict[Node, _Member] = {}
+        self._playback: Playback | None = None
+        self._tts_cache = tts
+        self.recordings: list[Recording] = []
+
+    def __repr__(self) -> str:
+        return f"<Conference {self.name} {len(self._members)} endpoints{' stopped' if self.stopped else ''}>"
+
+    # -- events -----------------------------------------------------------------
+
+    def add_event_listener(self, event: str | ConferenceEvents, handler: Callable[..., Any]) -> None:
+        """Call ``handler(event)`` (function or coroutine function) on ``event``."""
+        def run(ev: ConferenceEvent, handler: Callable[..., Any] = handler) -> None:
+            self.dispatcher.run_listener(handler, ev)
+
+        run.__wrapped__ = handler  # type: ignore[attr-defined]
+        self.emitter.on(str(event), run)
+
+    on = add_event_listener
+
+    def remove_event_listener(self, event: str | ConferenceEvents,
+                              handler: Callable[..., Any] | None = None) -> None:
+        name = str(event)
+        for listener in list(self.emitter.listeners(name)):
+            if handler is None or getattr(listener, "__wrapped__", None) == handler:
+                self.emitter.remove_listener(name, listener)
+
+    def _emit(self, name: ConferenceEvents, endpoint: Node | None = None, **extra: Any) -> None:
+        self.emitter.emit(str(name), ConferenceEvent(str(name), self, endpoint, extra))
+
+    # -- endpoints --------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[Node]:
+        """Calls and conferences connected to it, in joining order."""
+        return list(self._members)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._members
+
+    def add(self, endpoint: Node, *, mute: bool = False, deaf: bool = False, volume: float = 1.0) -> None:
+        """Join ``endpoint`` both ways: it is heard (unless ``mute``) and hears
+        everyone else (unless ``deaf``)."""
+        self.graph._check_node(endpoint)
+        self._check_live()
+        if endpoint is self:
+            raise ConferenceError("a conference cannot join itself")
+        m = self._member(endpoint)
+        m.sending = m.receiving = True
+        m.mute, m.deaf = bool(mute), bool(deaf)
+        m.volume = _check_volume(volume)
+        self.graph._changed()
+
+    def remove(self, endpoint: Node) -> None:
+        """Disconnect ``endpoint`` both ways (nothing if it is not here)."""
+        if self._members.pop(endpoint, None) is not None:
+            self.graph._changed()
+            self._emit(ConferenceEvents.EndpointRemoved, endpoint)
+
+    def set_mute(self, endpoint: Node, mute: bool = True) -> None:
+        """Take no audio from ``endpoint`` (or again, with ``False``)."""
+        self._require(endpoint).mute = bool(mute)
+        self.graph._changed()
+
+    def set_deaf(self, endpoint: Node, deaf: bool = True) -> None:
+        """Send no audio to ``endpoint`` (or again, with ``False``)."""
+        self._require(endpoint).deaf = bool(deaf)
+        self.graph._changed()
+
+    def set_volume(self, endpoint: Node, volume: float) -> None:
+        """Linear gain on what ``endpoint`` contributes (1.0 as is, 0..4)."""
+        self._require(endpoint).volume = _check_volume(volume)
+        self.graph._changed()
+
+    def is_muted(self, endpoint: Node) -> bool:
+        return self._require(endpoint).mute
+
+    def is_deaf(self, endpoint: Node) -> bool:
+        return self._require(endpoint).deaf
+
+    def _require(self, endpoint: Node) -> _Member:
+        try:
+            return self._members[endpoint]
+        except KeyError:
+            raise ConferenceError(f"{endpoint!r} is not in {self.name}") from None
+
+    def _member(self, endpoint: Node) -> _Member:
+        m = self._members.get(endpoint)
+        if m is None:
+            m = self._members[endpoint] = _Member()
+            self.graph._watch(endpoint)
+            self._emit(ConferenceEvents.EndpointAdded, endpoint)
+        return m
+
+    def _drop_if_idle(self, endpoint: Node) -> None:
+        m = self._members.get(endpoint)
+        if m is not None and not m.sending and not m.receiving:
+            self.remove(endpoint)
+
+    def _check_live(self) -> None:
+        if self.stopped:
+            raise ConferenceError(f"{self.name} has been stopped")
+
+    # -- flows ------------------------------------------------------------------
+
+    def send_media_to(self, target: Node) -> None:
+        """``target`` hears this conference's mix (minus its own voice)."""
+        self.graph.connect(self, target)
+
+    def stop_media_to(self, target: Node) -> None:
+        self.graph.disconnect(self, target)
+
+    # -- playback and recording -------------------------------------------------
+
+    @property
+    def playback(self) -> Playback | None:
+        return self._playback
+
+    def start_playback(self, source: FrameSource) -> Playback:
+        """Play a player into the conference: every endpoint hears it."""
+        self._check_live()
+        pb = Playback(self, "playback")
+        self.stop_playback()
+        self._playback = pb
+        self.graph.start_player(self, source, lambda completed: self._playback_done(pb, completed))
+        return pb
+
+    def start_playback_tone(self, freq: float, seconds: float | None = None,
+                            level: float = DEFAULT_LEVEL) -> Playback:
+        return self.start_playback(ToneSource(freq, seconds, level))
+
+    def say(self, text: str, voice: str = "en") -> Playback:
+        """Speak ``text`` to every endpoint (TTS, cached); awaitable."""
+        self._check_live()
+        if not text.strip():
+            raise ConferenceError("say() needs some text")
+        pb = Playback(self, "say")
+        self.stop_playback()
+        self._playback = pb
+        tts = self._tts_cache or default_tts()
+
+        async def run() -> None:
+            try:
+                pcm = await tts.get_async(text, voice)
+            except Exception as exc:
+                logger.warning("conference %s: say failed: %s", self.name, exc)
+                self._playback_done(pb, False)
+                return
+            if pb.done() or self.stopped:
+                return
+            self.graph.start_player(self, PcmSource(pcm, rate=tts.rate),
+                                    lambda completed: self._playback_done(pb, completed))
+
+        pb._task = asyncio.get_running_loop().create_task(run())
+        return pb
+
+    def stop_playback(self) -> None:
+        pb = self._playback
+        if pb is not None:
+            pb.stop()
+
+    def _stop_media(self) -> None:
+        self.graph.stop_player(self)
+
+    def _playback_done(self, pb: Playback, completed: bool) -> None:
+        if self._playback is pb:
+            self._playback = None
+        if pb._resolve(completed):
+            self._emit(ConferenceEvents.PlaybackFinished, playback=pb, completed=completed)
+
+    def record(self, path: str | Path | None = None) -> Recording:
+        """Record the conference's mix to a WAV (default: under the data
+        directory's ``recordings/``); ``RecordStarted``/``RecordStopped``."""
+        self._check_live()
+        rec = self.graph.start_recording(self, path)
+        self.recordings.append(rec)
+        rec.on_stopped.append(
+            lambda r: self._emit(ConferenceEvents.RecordStopped, path=str(r.path), duration=r.duration))
+        self._emit(ConferenceEvents.RecordStarted, path=str(rec.path))
+        return rec
+
+    # -- end --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End the conference: endpoints removed, playback and recordings
+        stopped, ``Stopped``. Idempotent."""
+        if self.stopped:
+            return
+        self.stop_playback()
+        for endpoint in list(self._members):
+            self.remove(endpoint)
+        self.stopped = True
+        self.graph._forget(self)
+        self._emit(ConferenceEvents.Stopped)
+
+
+def _check_volume(volume: float) -> float:
+    v = float(volume)
+    if not 0.0 <= v <= 4.0:
+        raise ConferenceError(f"volume must be between 0 and 4, not {volume}")
+    return v
+
+
+@dataclass
+class _Plan:
+    """A compiled graph: what to pull, mix and push each tick."""
+
+    sources: list[Call]                  # rows 0..S-1: legs pulled
+    players: list[Node]                  # rows S..S+P-1
+    conferences: list[Conference]        # stage-1 sinks
+    receivers: list[Call]                # stage-2 sinks
+    stage1: FlowMatrix
+    stage2: FlowMatrix
+    legs: set[Call]                      # every leg the graph drives
+    call_rec: list[tuple[Recording, int | None, int | None]]  # (rec, source row, receiver row)
+    conf_rec: list[tuple[Recording, int]]                     # (rec, conference row)
+
+
+class MediaGraph:
+    """The engine's media routing (see the module notes).
+
+    :param clock: the media clock that ticks it while it has work.
+    :param rate: the internal sample rate (8000 now).
+    :param recordings_dir: where :meth:`start_recording` puts files by default.
+    """
+
+    def __init__(self, clock: MediaClock, rate: int = 8000,
+                 recordings_dir: Path | str = Path("data") / "recordings") -> None:
+        self.clock = clock
+        self.rate = rate
+        self.samples = rate // 50
+        self.recordings_dir = Path(recordings_dir)
+        self._edges: dict[Node, dict[Node, float]] = {}
+        self._conferences: dict[Conference, None] = {}
+        self._players: dict[Node, _Player] = {}
+        self._recordings: dict[Node, list[Recording]] = {}
+        self._watched: set[Call] = set()
+        self._attached: dict[Call, AudioPort] = {}
+        self._plan: _Plan | None = None
+        self.ticks = 0
+
+    # -- editing ----------------------------------------------------------------
+
+    def create_conference(self, name: str | None = None, dispatcher: Dispatcher | None = None,
+                          tts: TtsCache | None = None) -> Conference:
+        conf = Conference(self, name, dispatcher, tts)
+        self._conferences[conf] = None
+        return conf
+
+    def connect(self, src: Node, dst: Node, gain: float = 1.0) -> None:
+        """``dst`` hears ``src`` (idempotent; ``gain`` for call-to-call flows)."""
+        self._check_node(src)
+        self._check_node(dst)
+        if isinstance(dst, Conference):
+            if src is dst:
+                raise ConferenceError("a conference cannot send media to itself")
+            dst._check_live()
+            dst._member(src).sending = True
+        elif isinstance(src, Conference):
+            src._check_live()
+            src._member(dst).receiving = True
+        else:
+            self._watch(src)
+            self._watch(dst)
+            self._edges.setdefault(src, {})[dst] = float(gain)
+        self._changed()
+
+    def disconnect(self, src: Node, dst: Node) -> None:
+        """Stop the flow ``src -> dst`` (nothing if there is none)."""
+        if isinstance(dst, Conference):
+            m = dst._members.get(src)
+            if m is not None:
+                m.sending = False
+                dst._drop_if_idle(src)
+        elif isinstance(src, Conference):
+            m = src._members.get(dst)
+            if m is not None:
+                m.receiving = False
+                src._drop_if_idle(dst)
+        else:
+            out = self._edges.get(src)
+            if out is not None and out.pop(dst, None) is not None and not out:
+                del self._edges[src]
+        self._changed()
+
+    def flows(self) -> list[tuple[Node, Node]]:
+        """Every flow as the scenario set it: ``(source, target)`` pairs."""
+        result = [(s, d) for s, out in self._edges.items() for d in out]
+        for conf in self._conferences:
+            for node, m in conf._members.items():
+                if m.sending:
+                    result.append((node, conf))
+                if m.receiving:
+                    result.append((conf, node))
+        return result
+
+    def remove_node(self, node: Node) -> None:
+        """Forget every flow, player and recording of ``node`` (its call ended)."""
+        self._edges.pop(node, None)
+        for out in list(self._edges.values()):
+            out.pop(node, None)
+        for src in [s for s, out in self._edges.items() if not out]:
+            del self._edges[src]
+        for conf in list(self._conferences):
+            conf.remove(node)
+        self.stop_player(node)
+        for rec in list(self._recordings.get(node, ())):
+            self._stop_recording(rec)
+        if isinstance(node, Call):
+            self._watched.discard(node)
+        self._changed()
+
+    def _check_node(self, node: object) -> None:
+        if isinstance(node, Conference):
+            if node.graph is not self:
+                raise ConferenceError(f"{node!r} belongs to another engine")
+            return
+        if not isinstance(node, Call):
+            raise ConferenceError(f"media flows join calls and conferences, not {type(node).__name__}")
+        if node.state.ended:
+            raise ConferenceError(f"{node!r} has ended")
+
+    def _watch(self, node: Node) -> None:
+        if isinstance(node, Call) and node not in self._watched:
+            self._watched.add(node)
+            node.on_ended.append(self.remove_node)
+
+    def _forget(self, conf: Conference) -> None:
+        self._conferences.pop(conf, None)
+        for out in self._edges.values():
+            out.pop(conf, None)
+        for other in list(self._conferences):
+            other.remove(conf)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._plan = None
+        try:
+            self.clock.add(self)
+        except RuntimeError:  # no running loop (tools, unit tests)
+            pass
+
+    # -- players and recorders --------------------------------------------------
+
+    def start_player(self, node: Node, source: FrameSource, done: Done | None = None) -> None:
+        """Play ``source`` to ``node`` (a conference or an internal call;
+        a media leg plays through its own session), replacing any player."""
+        self.stop_player(node)
+        self._players[node] = _Player(source, done)
+        self._changed()
+
+    def stop_player(self, node: Node) -> None:
+        player = self._players.pop(node, None)
+        if player is not None:
+            self._changed()
+            if player.done is not None:
+                player.done(False)
+
+    def start_recording(self, node: Node, path: str | Path | None = None) -> Recording:
+        """Record ``node`` (a call: what it hears and says; a conference:
+        its mix) to a WAV file.
+
+        :raises ConferenceError: the file cannot be created.
+        """
+        self._check_node(node)
+        if path is None:
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+            path = self.recordings_dir / day / f"{getattr(node, 'id', 'x')}-{secrets.token_hex(4)}.wav"
+        try:
+            recorder = WavRecorder(Path(path), self.rate)
+        except RecorderError as exc:
+            raise ConferenceError(str(exc)) from None
+        rec = Recording(self, node, recorder)
+        self._watch(node)
+        self._recordings.setdefault(node, []).append(rec)
+        self._changed()
+        return rec
+
+    def _stop_recording(self, rec: Recording) -> None:
+        recs = self._recordings.get(rec.node)
+        if recs is not None and rec in recs:
+            recs.remove(rec)
+            if not recs:
+                del self._recordings[rec.node]
+            self._changed()
+        rec._finish()
+
+    # -- compiling --------------------------------------------------------------
+
+    def _targets(self, src: Node, seen: set[InternalCall]) -> list[tuple[Node, float]]:
+        """Where ``src``'s audio ends up: legs and conferences, through
+        internal-call wires."""
+        out: list[tuple[Node, float]] = []
+        for dst, gain in self._edges.get(src, {}).items():
+            out.extend(self._resolve(dst, gain, seen))
+        for conf in self._conferences:
+            m = conf._members.get(src)
+            if m is not None and m.sending and not m.mute:
+                out.append((conf, m.volume))
+        return out
+
+    def _resolve(self, dst: Node, gain: float, seen: set[InternalCall]) -> list[tuple[Node, float]]:
+        """A target: itself, or for an internal call the targets of its other end."""
+        if isinstance(dst, InternalCall):
+            peer = dst.peer
+            if peer is None or peer in seen or peer.state.ended:
+                return []
+            seen.add(peer)
+            return [(n, g * gain) for n, g in self._targets(peer, seen)]
+        return [(dst, gain)]
+
+    def _compile(self) -> _Plan:
+        rows: dict[Node, int] = {}          # source legs and players -> row
+        sources: list[Call] = []
+        players: list[Node] = []
+        conf_index = {c: i for i, c in enumerate(self._conferences)}
+        direct_conf: list[dict[int, float]] = [{} for _ in conf_index]   # row -> gain into conference
+        conf_links: list[set[int]] = [set() for _ in conf_index]         # conferences feeding each
+        receivers: dict[Call, dict[int, float]] = {}                     # leg -> {row: gain}
+        hears_conf: dict[Call, set[int]] = {}
+
+        def row_of(leg: Call) -> int:
+            if leg not in rows:
+                rows[leg] = len(sources)
+                sources.append(leg)
+            return rows[leg]
+
+        def flow(row: int, target: Node, gain: float) -> None:
+            if isinstance(target, Conference):
+                if target in conf_index:
+                    d = direct_conf[conf_index[target]]
+                    d[row] = max(d.get(row, 0.0), gain)
+            else:
+                recv = receivers.setdefault(target, {})
+                recv[row] = recv.get(row, 0.0) + gain
+
+        # Legs with media of their own, as sources.
+        legs = [n for n in self._watched if not isinstance(n, InternalCall) and not n.state.ended]
+        for leg in legs:
+            for target, gain in self._targets(leg, set()):
+                flow(row_of(leg), target, gain)
+        # Conferences as sources: receivers hear their sums.
+        for conf, ci in conf_index.items():
+            for node, m in conf._members.items():
+                if isinstance(node, Conference) and m.sending and not m.mute and node in conf_index:
+                    conf_links[ci].add(conf_index[node])  # node's sources flow into conf
+                if not m.receiving or m.deaf:
+                    continue
+                for target, _gain in self._resolve(node, 1.0, set()):
+                    if isinstance(target, Conference):
+                        if target is not conf and target in conf_index:
+                            conf_links[conf_index[target]].add(ci)
+                    else:
+                        hears_conf.setdefault(target, set()).add(ci)
+        # Players, after the legs: rows S..S+P-1 (rows are renumbered below).
+        player_targets: list[list[tuple[Node, float]]] = []
+        for node in self._players:
+            players.append(node)
+            player_targets.append(self._resolve(node, 1.0, set()) if isinstance(node, InternalCall)
+                                  else [(node, 1.0)])
+        # Recorded legs need their incoming audio.
+        for node in self._recordings:
+            if isinstance(node, Call) and not isinstance(node, InternalCall):
+                row_of(node)
+        for leg in hears_conf:
+            row_of(leg)  # for subtracting its own voice
+        num_legs = len(sources)
+        for p, targets in enumerate(player_targets):
+            for target, gain in targets:
+                if isinstance(target, Call) and not isinstance(target, InternalCall) and target is players[p]:
+                    continue  # a leg's own player is mixed by the leg
+                flow(num_legs + p, target, gain)
+        num_rows = num_legs + len(players)
+
+        # Full membership of each conference through conference links.
+        full: list[dict[int, float]] = []
+        for ci in range(len(conf_index)):
+            merged: dict[int, float] = {}
+            todo, seen = [ci], {ci}
+            while todo:
+                c = todo.pop()
+                for row, g in direct_conf[c].items():
+                    merged[row] = max(merged.get(row, 0.0), g)
+                for up in conf_links[c]:
+                    if up not in seen:
+                        seen.add(up)
+                        todo.append(up)
+            full.append(merged)
+        stage1 = FlowMatrix(num_rows, len(full),
+                            [(row, ci, g) for ci, m in enumerate(full) for row, g in m.items()])
+        recv_list = list(dict.fromkeys([*receivers, *hears_conf]))
+        recv_index = {leg: i for i, leg in enumerate(recv_list)}
+        edges2: list[tuple[int, int, float]] = []
+        for leg, i in recv_index.items():
+            for row, g in receivers.get(leg, {}).items():
+                edges2.append((row, i, g))
+            own = rows.get(leg)
+            for ci in hears_conf.get(leg, ()):
+                edges2.append((num_rows + ci, i, 1.0))
+                w = full[ci].get(own, 0.0) if own is not None else 0.0
+                if w:
+                    edges2.append((own, i, -w))  # type: ignore[arg-type]
+        stage2 = FlowMatrix(num_rows + len(full), len(recv_list), edges2)
+        call_rec: list[tuple[Recording, int | None, int | None]] = []
+        conf_rec: list[tuple[Recording, int]] = []
+        for node, recs in self._recordings.items():
+            for rec in recs:
+                if isinstance(node, Conference):
+                    if node in conf_index:
+                        conf_rec.append((rec, conf_index[node]))
+                elif isinstance(node, Call):
+                    call_rec.append((rec, rows.get(node), recv_index.get(node)))
+        driven = set(sources) | set(recv_list)
+        return _Plan(sources, players, list(conf_index), recv_list, stage1, stage2,
+                     driven, call_rec, conf_rec)
+
+    # -- ticking ----------------------------------------------------------------
+
+    def _port(self, leg: Call) -> AudioPort | None:
+        port = self._attached.get(leg)
+        if port is None:
+            port = leg._audio_port()
+            if port is not None:
+                port.graph_attach()
+                self._attached[leg] = port
+        return port
+
+    def _detach_stale(self, plan: _Plan) -> None:
+        for leg in [leg for leg in self._attached if leg not in plan.legs or leg.state.ended]:
+            port = self._attached.pop(leg)
+            try:
+                port.graph_detach()
+            except Exception:
+                logger.exception("detaching %r failed", leg)
+
+    def tick(self, now: float) -> bool:
+        """One 20 ms frame for every flow (a :class:`MediaClock` sink)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._compile()
+            self._detach_stale(plan)
+        if not (plan.legs or plan.players or plan.call_rec or plan.conf_rec):
+            return False
+        self.ticks += 1
+        n = self.samples
+        num_legs = len(plan.sources)
+        rows = np.zeros((num_legs + len(plan.players), n), dtype=np.int16)
+        for i, leg in enumerate(plan.sources):
+            port = self._port(leg)
+            if port is not None:
+                frame = port.pull(now)
+                if frame is not None:
+                    rows[i, : frame.shape[0]] = frame[:n]
+        finished: list[_Player] = []
+        for p, node in enumerate(plan.players):
+            player = self._players.get(node)
+            if player is None:
+                continue
+            try:
+                frame = np.asarray(player.source.read(n), dtype=np.int16)
+                rows[num_legs + p, : frame.shape[0]] = frame[:n]
+            except PlaybackFinished:
+                finished.append(player)
+            except Exception:
+                logger.exception("player %r failed; stopped", player.source)
+                finished.append(player)
+        sums = plan.stage1.apply_raw(rows)
+        stacked = np.concatenate([rows.astype(np.int32), sums]) if sums.shape[0] else rows
+        mixed = plan.stage2.apply_raw(stacked)
+        np.clip(mixed, -32768, 32767, out=mixed)
+        out = mixed.astype(np.int16)
+        received = set()
+        for k, leg in enumerate(plan.receivers):
+            port = self._port(leg)
+            if port is not None:
+                port.push(out[k])
+                received.add(leg)
+        for leg in plan.sources:
+            if leg not in received:
+                port = self._attached.get(leg)
+                if port is not None:
+                    port.push(None)  # its own player, if any
+        for rec, src_row, recv_row in plan.call_rec:
+            heard = out[recv_row].astype(np.int32) if recv_row is not None else np.zeros(n, np.int32)
+            if src_row is not None:
+                heard += rows[src_row]
+            np.clip(heard, -32768, 32767, out=heard)
+            rec.recorder.write(heard.astype(np.int16))
+        for rec, ci in plan.conf_rec:
+            total = np.clip(sums[ci], -32768, 32767).astype(np.int16)
+            rec.recorder.write(total)
+        for player in finished:
+            for node, current in list(self._players.items()):
+                if current is player:
+                    del self._players[node]
+                    self._plan = None
+                    if current.done is not None:
+                        current.done(True)
+        return True
+
+    async def stop(self) -> None:
+        """Stop every conference and recording (engine shutdown)."""
+        for conf in list(self._conferences):
+            conf.stop()
+        for recs in list(self._recordings.values()):
+            for rec in list(recs):
+                self._stop_recording(rec)
+        for leg in list(self._attached):
+            self._attached.pop(leg).graph_detach()
