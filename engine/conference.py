@@ -98,6 +98,9 @@ class AudioPort(Protocol):
 
     def push(self, frame: Pcm | None) -> bool: ...
 
+    #: What the last :meth:`push` sent, the leg's own player included.
+    last_sent: Pcm | None
+
 
 class ConferenceEvents(str, enum.Enum):
     """What a conference emits (``conference.add_event_listener``)."""
@@ -789,8 +792,12 @@ class MediaGraph:
                 port = self._attached.get(leg)
                 if port is not None:
                     port.push(None)  # its own player, if any
-        for rec, src_row, recv_row in plan.call_rec:
-            heard = out[recv_row].astype(np.int32) if recv_row is not None else np.zeros(n, np.int32)
+        for rec, src_row, _recv_row in plan.call_rec:
+            heard = np.zeros(n, np.int32)
+            port = self._attached.get(rec.node)  # type: ignore[arg-type]
+            sent = port.last_sent if port is not None else None
+            if sent is not None:
+                heard[: sent.shape[0]] += sent[:n]
             if src_row is not None:
                 heard += rows[src_row]
             np.clip(heard, -32768, 32767, out=heard)

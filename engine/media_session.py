@@ -33,7 +33,14 @@ While the session may not send (the stream is recvonly/inactive or the peer
 holds it) frames are still pulled, so playback time passes, but nothing is
 sent and the RTP timestamp skips over them.
 
-The socket is read only while a tone listener is set (:meth:`set_tone_listener`):
+When the call takes part in media routing (:mod:`engine.conference`), the
+media graph drives the session instead (:meth:`graph_attach`): each graph
+tick calls :meth:`pull` (the received frame, decoded or concealed, after
+in-band detection) and :meth:`push` (the mix for this leg plus its own
+player, encoded and sent), and the session no longer ticks itself.
+
+The socket is read only while a tone listener is set or the graph drives
+the session (:meth:`set_tone_listener`, :meth:`graph_attach`):
 a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
 listener is set wait in that buffer and are still reported.
@@ -106,6 +113,8 @@ class MediaSession:
         self._talkspurt = False
         #: Driven by the media graph (:mod:`engine.conference`) instead of ticking itself.
         self.graph_driven = False
+        #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
+        self.last_sent: Pcm | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -279,6 +288,7 @@ class MediaSession:
                 mixed = frame.astype(np.int32) + played
                 np.clip(mixed, -32768, 32767, out=mixed)
                 frame = mixed.astype(np.int16)
+        self.last_sent = frame
         if frame is None:
             self._talkspurt = False
             return False

@@ -70,6 +70,7 @@ class UdpUac:
         )
         self.sock.sendto(self._request("INVITE", 1, sdp), self.engine)
         answer = await self._final("INVITE")
+        self.answered_at = asyncio.get_running_loop().time()
         tag = re.search(r"^To:.*;tag=([^;\r\n]+)", answer, re.MULTILINE)
         assert tag, answer
         self.to_tag = tag.group(1)
@@ -95,14 +96,17 @@ class RtpPhone:
         self.uac = UdpUac(engine_port, self.rtp.getsockname()[1], number)
         self.freq = freq
         self.packets: list[RtpPacket] = []
+        #: Loop time at which each packet of :attr:`packets` arrived.
+        self.arrivals: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def call(self) -> None:
-        """Place the call, then send and receive RTP until :meth:`close`."""
-        engine_rtp = await self.uac.invite()
+        """Place the call, then send and receive RTP until :meth:`close`.
+        RTP is received from the start, so early media is kept too."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._send(("127.0.0.1", engine_rtp))),
-                       loop.create_task(self._receive())]
+        self._tasks = [loop.create_task(self._receive())]
+        engine_rtp = await self.uac.invite()
+        self._tasks.append(loop.create_task(self._send(("127.0.0.1", engine_rtp))))
 
     async def _send(self, to: tuple[str, int]) -> None:
         source = ToneSource(self.freq, None, -16.0) if self.freq else None
@@ -124,6 +128,7 @@ class RtpPhone:
         while True:
             data = await loop.sock_recv(self.rtp, 2048)
             self.packets.append(RtpPacket.parse(data))
+            self.arrivals.append(loop.time())
 
     def heard(self, seconds: float = 1.0) -> np.ndarray:
         """The last ``seconds`` of audio received, decoded (PCMU)."""
@@ -133,8 +138,17 @@ class RtpPhone:
             return np.zeros(0)
         return np.concatenate([decoder.decode(p.payload) for p in last]).astype(np.float64)
 
+    def heard_before(self, when: float) -> np.ndarray:
+        """Audio of the packets that arrived before loop time ``when``."""
+        decoder = get_decoder("PCMU")
+        early = [p for p, t in zip(self.packets, self.arrivals) if t < when]
+        if not early:
+            return np.zeros(0)
+        return np.concatenate([decoder.decode(p.payload) for p in early]).astype(np.float64)
+
     def clear(self) -> None:
         self.packets.clear()
+        self.arrivals.clear()
 
     async def hang_up(self) -> None:
         await self.uac.bye()

@@ -101,7 +101,7 @@ def test_serve_call_and_shutdown(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.1)
         assert status == 200, "serve never became healthy"
-        result = callbridge("call", "echo", "--to", f"127.0.0.1:{sip}", "--duration", "5",
+        result = callbridge("call", "100", "--to", f"127.0.0.1:{sip}", "--duration", "5",
                             "--header", "X-Trace: cli-test")
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines()[:2] == ["Connected 200 OK", "Disconnected 200 BYE"]
@@ -116,7 +116,7 @@ def test_serve_call_and_shutdown(tmp_path: Path) -> None:
     assert any("msg=\"callbridge ready" in ln for ln in lines)
     assert any(" call=" in ln and "state CONNECTED" in ln for ln in lines)
     logs = "".join(p.read_text() for p in (tmp_path / "data" / "logs").glob("sessions-*.log"))
-    assert "call from callbridge-cli to echo" in logs
+    assert "call from callbridge-cli to 100" in logs
 
 
 def test_users_and_rooms_commands(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ class FakePort:
         self.source = ToneSource(freq, None, -20.0) if freq else None
         self.received: list[Pcm | None] = []
         self.attached = False
+        self.last_sent: Pcm | None = None
 
     def graph_attach(self) -> None:
         self.attached = True
@@ -50,6 +51,7 @@ class FakePort:
 
     def push(self, frame: Pcm | None) -> bool:
         self.received.append(None if frame is None else frame.copy())
+        self.last_sent = frame
         return frame is not None
 
     def heard(self, last: int = 25) -> Pcm:
