@@ -19,6 +19,7 @@ from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer,
 from .sip.sdp import SessionDescription, parse_sdp
 from .media.players import FrameSource
 from .media.tts import TtsCache
+from .transport.audio_fetch import AudioLoader
 from .media_session import MediaSession, PlaybackDone, ToneListener
 from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator, RtpPortPair
@@ -32,7 +33,8 @@ class SdpMediaHandler:
     """Offer/answer for one call leg on one reserved port pair."""
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
-                 clock: MediaClock | None = None, tts: TtsCache | None = None) -> None:
+                 clock: MediaClock | None = None, tts: TtsCache | None = None,
+                 audio: AudioLoader | None = None) -> None:
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -47,6 +49,8 @@ class SdpMediaHandler:
         self._tone_listener: ToneListener | None = None
         #: Speech for :meth:`engine.calls.Call.say` (``None``: the default cache).
         self.tts = tts
+        #: Files and URLs for :meth:`engine.calls.Call.start_playback` (``None``: the default loader).
+        self.audio = audio
 
     def _port(self) -> int:
         if self.pair is None:

@@ -29,6 +29,7 @@ import enum
 import functools
 import inspect
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from .media.dtmf import DtmfBodyError, parse_info_body
 from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
+from .media.sources import AudioFileError, Pcm
 from .media.tts import TtsCache, default_tts
+from .transport.audio_fetch import AudioLoader, default_audio_loader
 
 if TYPE_CHECKING:
     from .conference import AudioPort, Conference, MediaGraph, Recording
@@ -86,7 +89,8 @@ class CallEvents(str, enum.Enum):
     #: A playback (:meth:`Call.say`, :meth:`Call.start_playback`) ended:
     #: ``e.playback`` is its handle, ``e.completed`` is ``True`` when it
     #: played to the end, ``False`` when stopped, replaced, failed or the
-    #: call ended.
+    #: call ended; ``e.error`` says why it failed (a file not found, an
+    #: HTTP 404, corrupt audio, synthesis failed), ``None`` otherwise.
     PlaybackFinished = "PlaybackFinished"
     #: A recording of the call started: ``e.path``, ``e.recording`` (the handle).
     RecordStarted = "RecordStarted"
@@ -220,8 +224,9 @@ class PlaybackOwner(Protocol):
 
 class Playback:
     """The handle of one playback. Awaiting it returns once the playback
-    has ended: ``True`` when played to the end, ``False`` when stopped (see
-    :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it early."""
+    has ended: ``True`` when played to the end, ``False`` when stopped or
+    failed (see :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it
+    early."""
 
     def __init__(self, call: PlaybackOwner, kind: str) -> None:
         self.call = call
@@ -230,6 +235,8 @@ class Playback:
         self._task: asyncio.Task[None] | None = None
         #: ``None`` while playing, then whether it played to the end.
         self.completed: bool | None = None
+        #: Why it failed (``None`` unless it did).
+        self.error: str | None = None
 
     def __repr__(self) -> str:
         return f"<Playback {self.kind} of {self.call.id[:8]} completed={self.completed}>"
@@ -250,15 +257,150 @@ class Playback:
             self.call._stop_media()
         self.call._playback_done(self, False)
 
-    def _resolve(self, completed: bool) -> bool:
+    def _resolve(self, completed: bool, error: str | None = None) -> bool:
         if self._fut.done():
             return False
         self.completed = completed
+        self.error = error
         self._fut.set_result(completed)
         return True
 
 
-class Call:
+class PlaybackMixin:
+    """Playback for anything audio can be played into (calls, conferences):
+    ``say``, ``start_playback`` of players, files and URLs, tones, and the
+    awaitable :class:`Playback` handles. The host class provides the hooks
+    ``_check_media``, ``_play``, ``_stop_media``, ``_tts``, ``_audio``,
+    ``_media_ended`` and ``_playback_done``, plus ``id`` and ``log``."""
+
+    id: str
+    _playback: Playback | None
+
+    if TYPE_CHECKING:
+        @property
+        def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+        def _check_media(self) -> None: ...
+
+        def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None: ...
+
+        def _stop_media(self) -> None: ...
+
+        def _tts(self) -> TtsCache: ...
+
+        def _audio(self) -> AudioLoader: ...
+
+        def _media_ended(self) -> bool: ...
+
+        def _playback_done(self, pb: Playback, completed: bool, error: str | None = None) -> None: ...
+
+    @property
+    def playback(self) -> Playback | None:
+        """The current playback, if any."""
+        return self._playback
+
+    def start_playback(self, source: FrameSource | str | os.PathLike[str], loop: bool = False) -> Playback:
+        """Play into the call, replacing any current playback: a player
+        (:mod:`engine.media.players`), or a WAV, MP3, OGG Vorbis or FLAC
+        file given by its path or its http(s) URL (``loop``: repeat it until
+        stopped). Needs a connected call or early media (:class:`CallError`
+        otherwise).
+
+        A file or URL is read (or downloaded, or taken from the cache) and
+        decoded off the event loop; the handle can be awaited at once. If
+        that fails (not found, HTTP 404, not audio) the handle ends with
+        ``False``, :attr:`Playback.error` and the PlaybackFinished event's
+        ``error`` say why, and the call goes on.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            return self._start_file_playback(source, loop)
+        if loop:
+            raise ValueError("loop=True is for a file or URL; a player loops itself "
+                             "(PcmSource(pcm, loop=True))")
+        self._check_media()
+        pb = Playback(self, "playback")
+        self.stop_playback()
+        self._playback = pb
+        try:
+            self._play(source, lambda completed: self._playback_done(pb, completed))
+        except Exception:
+            self._playback = None
+            raise
+        return pb
+
+    def start_playback_tone(self, freq: float, seconds: float | None = None,
+                            level: float = DEFAULT_LEVEL) -> Playback:
+        """Play a ``freq`` Hz tone for ``seconds`` (``None``: until stopped)."""
+        return self.start_playback(ToneSource(freq, seconds, level))
+
+    def say(self, text: str, voice: str = "en") -> Playback:
+        """Speak ``text`` (TTS, espeak-ng by default; cached on disk). The
+        handle can be awaited at once: it covers synthesis and playback."""
+        self._check_media()
+        if not text.strip():
+            raise CallError("say() needs some text")
+        tts = self._tts()
+
+        async def speech() -> tuple[Pcm, int]:
+            return await tts.get_async(text, voice), tts.rate
+
+        return self._prepare_and_play("say", speech, False)
+
+    def _start_file_playback(self, location: str | os.PathLike[str], loop: bool) -> Playback:
+        self._check_media()
+        loader = self._audio()
+
+        async def audio() -> tuple[Pcm, int]:
+            return await loader.load(location), loader.rate
+
+        return self._prepare_and_play("playback", audio, loop)
+
+    def _prepare_and_play(self, kind: str, prepare: Callable[[], Awaitable[tuple[Pcm, int]]],
+                          loop: bool) -> Playback:
+        """A handle now; ``prepare()`` (synthesis, download, decoding) in a
+        task, then the audio plays if the handle is still current. A failure
+        of ``prepare`` ends the handle with ``False`` and an error."""
+        pb = Playback(self, kind)
+        self.stop_playback()
+        self._playback = pb
+
+        async def run() -> None:
+            try:
+                pcm, rate = await prepare()
+            except asyncio.CancelledError:
+                self._playback_done(pb, False)
+                return
+            except AudioFileError as exc:
+                self.log.warning("playback failed: %s", exc)
+                self._playback_done(pb, False, str(exc))
+                return
+            except Exception as exc:
+                what = "speech synthesis" if kind == "say" else "playback"
+                self.log.exception("%s failed", what)
+                self._playback_done(pb, False, f"{what} failed: {exc}")
+                return
+            if self._playback is not pb or self._media_ended():
+                self._playback_done(pb, False)
+                return
+            try:
+                self._play(PcmSource(pcm, loop=loop, rate=rate),
+                           lambda completed: self._playback_done(pb, completed))
+            except CallError as exc:
+                self.log.warning("%s: %s", kind, exc)
+                self._playback_done(pb, False, str(exc))
+
+        pb._task = asyncio.get_running_loop().create_task(run(), name=f"{kind}-{self.id[:8]}")
+        return pb
+
+    def stop_playback(self) -> None:
+        """Stop the current playback, if any."""
+        pb = self._playback
+        if pb is not None:
+            pb.stop()
+
+
+
+class Call(PlaybackMixin):
     """One call leg, as a scenario sees it.
 
     :ivar id: unique across nodes (random).
@@ -550,78 +692,15 @@ class Call:
 
     # -- actions (overridden by the kinds of call) -----------------------------
 
-    # -- playback ------------------------------------------------------------------
-
-    @property
-    def playback(self) -> Playback | None:
-        """The current playback, if any."""
-        return self._playback
-
-    def start_playback(self, source: FrameSource) -> Playback:
-        """Play a player (:mod:`engine.media.players`) into the call,
-        replacing any current playback. Needs a connected call or early
-        media (:class:`CallError` otherwise)."""
-        self._check_media()
-        pb = Playback(self, "playback")
-        self.stop_playback()
-        self._playback = pb
-        try:
-            self._play(source, lambda completed: self._playback_done(pb, completed))
-        except Exception:
-            self._playback = None
-            raise
-        return pb
-
-    def start_playback_tone(self, freq: float, seconds: float | None = None,
-                            level: float = DEFAULT_LEVEL) -> Playback:
-        """Play a ``freq`` Hz tone for ``seconds`` (``None``: until stopped)."""
-        return self.start_playback(ToneSource(freq, seconds, level))
-
-    def say(self, text: str, voice: str = "en") -> Playback:
-        """Speak ``text`` (TTS, espeak-ng by default; cached on disk). The
-        handle can be awaited at once: it covers synthesis and playback."""
-        self._check_media()
-        if not text.strip():
-            raise CallError("say() needs some text")
-        pb = Playback(self, "say")
-        self.stop_playback()
-        self._playback = pb
-        tts = self._tts()
-
-        async def run() -> None:
-            try:
-                pcm = await tts.get_async(text, voice)
-            except asyncio.CancelledError:
-                self._playback_done(pb, False)
-                return
-            except Exception:
-                self.log.exception("speech synthesis failed")
-                self._playback_done(pb, False)
-                return
-            if self._playback is not pb or self.state.ended:
-                self._playback_done(pb, False)
-                return
-            try:
-                self._play(PcmSource(pcm, rate=tts.rate), lambda completed: self._playback_done(pb, completed))
-            except CallError as exc:
-                self.log.warning("say: %s", exc)
-                self._playback_done(pb, False)
-
-        pb._task = asyncio.get_running_loop().create_task(run(), name=f"say-{self.id[:8]}")
-        return pb
-
-    def stop_playback(self) -> None:
-        """Stop the current playback, if any."""
-        pb = self._playback
-        if pb is not None:
-            pb.stop()
-
-    def _playback_done(self, pb: Playback, completed: bool) -> None:
+    def _playback_done(self, pb: Playback, completed: bool, error: str | None = None) -> None:
         if self._playback is pb:
             self._playback = None
-        if pb._resolve(completed):
+        if pb._resolve(completed, error):
             self.log.info("playback %s finished (completed=%s)", pb.kind, completed)
-            self._emit(CallEvents.PlaybackFinished, playback=pb, completed=completed)
+            self._emit(CallEvents.PlaybackFinished, playback=pb, completed=completed, error=error)
+
+    def _media_ended(self) -> bool:
+        return self.state.ended
 
     def _check_media(self) -> None:
         """Raise :class:`CallError` unless audio can be played now."""
@@ -684,6 +763,10 @@ class Call:
                                                    duration=r.duration))
         self._emit(CallEvents.RecordStarted, path=str(rec.path), recording=rec)
         return rec
+
+    def _audio(self) -> AudioLoader:
+        """Hook: where files and URLs are loaded from (and cached)."""
+        return default_audio_loader()
 
     # -- signalling -------------------------------------------------------------
 

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated source addresses exempt from rate limits")
     serve.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", 30)),
                        help="seconds a session with no calls lives on")
+    serve.add_argument("--tts", default=_env("TTS", "espeak"),
+                       help="text to speech: espeak (offline) or gtts (online, falls back to espeak)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace) -> Any:
+    from .media.tts import TTS_PROVIDERS
     from .server import EngineConfig
     from .transport.sip_endpoint import SecurityPolicy
 
@@ -130,6 +133,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         start, end = (int(x) for x in args.rtp_ports.split("-"))
     except ValueError:
         raise SystemExit(f"callbridge: --rtp-ports must be START-END, got {args.rtp_ports!r}")
+    if args.tts not in TTS_PROVIDERS:
+        raise SystemExit(f"callbridge: --tts must be one of {', '.join(TTS_PROVIDERS)}, got {args.tts!r}")
     policy = SecurityPolicy(
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
@@ -139,7 +144,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         sip_port=args.sip_port, http_host=args.http_host, http_port=args.http_port,
         rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
-        session_idle_timeout=args.idle_timeout, policy=policy,
+        session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
     )
 
 

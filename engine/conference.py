@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import secrets
 import time
@@ -58,11 +59,12 @@ import numpy as np
 import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
-from .calls import Call, CallError, Dispatcher, InternalCall, Playback, _DirectDispatcher
+from .calls import Call, CallError, Dispatcher, InternalCall, Playback, PlaybackMixin, _DirectDispatcher
 from .media.mixer import FlowMatrix
-from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, PlaybackFinished, ToneSource
+from .media.players import FrameSource, PlaybackFinished
 from .media.recorder import RecorderError, WavRecorder
 from .media.tts import TtsCache, default_tts
+from .transport.audio_fetch import AudioLoader, default_audio_loader
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -194,7 +196,7 @@ class _Player:
     done: Done | None
 
 
-class Conference:
+class Conference(PlaybackMixin):
     """A mixing point in the media graph (``VoxEngine.create_conference()``).
 
     Endpoints are calls (and other conferences) that send audio to it or
@@ -203,7 +205,8 @@ class Conference:
     """
 
     def __init__(self, graph: MediaGraph, name: str | None = None,
-                 dispatcher: Dispatcher | None = None, tts: TtsCache | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, tts: TtsCache | None = None,
+                 audio: AudioLoader | None = None) -> None:
         self.id = secrets.token_hex(8)
         self.name = name or f"conference-{self.id}"
         self.graph = graph
@@ -213,6 +216,7 @@ class Conference:
         self._members: dict[Node, _Member] = {}
         self._playback: Playback | None = None
         self._tts_cache = tts
+        self._audio_loader = audio
         self.recordings: list[Recording] = []
 
     def __repr__(self) -> str:
@@ -322,63 +326,36 @@ class Conference:
     def stop_media_to(self, target: Node) -> None:
         self.graph.disconnect(self, target)
 
-    # -- playback and recording -------------------------------------------------
+    # -- playback (PlaybackMixin: say, start_playback, tones) and recording ------
 
-    @property
-    def playback(self) -> Playback | None:
-        return self._playback
+    @functools.cached_property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return logging.LoggerAdapter(logger, {"conference": self.name})
 
-    def start_playback(self, source: FrameSource) -> Playback:
-        """Play a player into the conference: every endpoint hears it."""
+    def _check_media(self) -> None:
         self._check_live()
-        pb = Playback(self, "playback")
-        self.stop_playback()
-        self._playback = pb
-        self.graph.start_player(self, source, lambda completed: self._playback_done(pb, completed))
-        return pb
 
-    def start_playback_tone(self, freq: float, seconds: float | None = None,
-                            level: float = DEFAULT_LEVEL) -> Playback:
-        return self.start_playback(ToneSource(freq, seconds, level))
+    def _media_ended(self) -> bool:
+        return self.stopped
 
-    def say(self, text: str, voice: str = "en") -> Playback:
-        """Speak ``text`` to every endpoint (TTS, cached); awaitable."""
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
         self._check_live()
-        if not text.strip():
-            raise ConferenceError("say() needs some text")
-        pb = Playback(self, "say")
-        self.stop_playback()
-        self._playback = pb
-        tts = self._tts_cache or default_tts()
-
-        async def run() -> None:
-            try:
-                pcm = await tts.get_async(text, voice)
-            except Exception as exc:
-                logger.warning("conference %s: say failed: %s", self.name, exc)
-                self._playback_done(pb, False)
-                return
-            if pb.done() or self.stopped:
-                return
-            self.graph.start_player(self, PcmSource(pcm, rate=tts.rate),
-                                    lambda completed: self._playback_done(pb, completed))
-
-        pb._task = asyncio.get_running_loop().create_task(run())
-        return pb
-
-    def stop_playback(self) -> None:
-        pb = self._playback
-        if pb is not None:
-            pb.stop()
+        self.graph.start_player(self, source, done)
 
     def _stop_media(self) -> None:
         self.graph.stop_player(self)
 
-    def _playback_done(self, pb: Playback, completed: bool) -> None:
+    def _tts(self) -> TtsCache:
+        return self._tts_cache or default_tts()
+
+    def _audio(self) -> AudioLoader:
+        return self._audio_loader or default_audio_loader()
+
+    def _playback_done(self, pb: Playback, completed: bool, error: str | None = None) -> None:
         if self._playback is pb:
             self._playback = None
-        if pb._resolve(completed):
-            self._emit(ConferenceEvents.PlaybackFinished, playback=pb, completed=completed)
+        if pb._resolve(completed, error):
+            self._emit(ConferenceEvents.PlaybackFinished, playback=pb, completed=completed, error=error)
 
     def record(self, path: str | Path | None = None) -> Recording:
         """Record the conference's mix to a WAV (default: under the data
@@ -454,8 +431,8 @@ class MediaGraph:
     # -- editing ----------------------------------------------------------------
 
     def create_conference(self, name: str | None = None, dispatcher: Dispatcher | None = None,
-                          tts: TtsCache | None = None) -> Conference:
-        conf = Conference(self, name, dispatcher, tts)
+                          tts: TtsCache | None = None, audio: AudioLoader | None = None) -> Conference:
+        conf = Conference(self, name, dispatcher, tts, audio)
         self._conferences[conf] = None
         return conf
 

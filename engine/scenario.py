@@ -430,7 +430,8 @@ class Session:
     def create_conference(self, name: str | None = None) -> Conference:
         if self.terminated:
             raise ConferenceError("this session has terminated: it cannot create conferences")
-        conf = self.runtime.graph.create_conference(name, dispatcher=self, tts=self.runtime.tts)
+        conf = self.runtime.graph.create_conference(name, dispatcher=self, tts=self.runtime.tts,
+                                                   audio=self.runtime.audio)
         self.mixers.append(conf)
         return conf
 
@@ -636,6 +637,7 @@ class ScenarioRuntime:
         log_dir: Path | None = None,
         graph: MediaGraph | None = None,
         tts: Any = None,
+        audio: Any = None,
     ) -> None:
         self.rules = rules
         self.scenarios_dir = Path(scenarios_dir)
@@ -648,6 +650,8 @@ class ScenarioRuntime:
         self.graph = graph if graph is not None else MediaGraph(MediaClock())
         #: Speech for conferences' ``say`` (``None``: the default cache).
         self.tts = tts
+        #: Files and URLs for conferences' ``start_playback`` (``None``: the default loader).
+        self.audio = audio
         self.sessions: dict[str, Session] = {}
         self.scenario_files: set[str] = set()
         self._code: dict[str, CodeType] = {}

@@ -27,7 +27,8 @@ from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
 from .store import SqliteStore
 from .sip.transaction import Timers
-from .media.tts import EspeakProvider, TtsCache
+from .media.tts import TtsCache, make_tts_provider
+from .transport.audio_fetch import AudioLoader
 from .transport.media_clock import MediaClock
 from .conference import MediaGraph
 from .transport.rtp_socket import RtpPortAllocator
@@ -64,6 +65,9 @@ class EngineConfig:
     timers: Timers = field(default_factory=Timers)
     register_min_expires: int = 60
     register_max_expires: int = 3600
+    #: Who speaks ``call.say()``: ``"espeak"`` (espeak-ng, offline) or
+    #: ``"gtts"`` (Google's voice through gTTS, espeak-ng when unreachable).
+    tts_provider: str = "espeak"
 
 
 class Engine:
@@ -82,7 +86,13 @@ class Engine:
         self._started: list[str] = []
         #: The one media clock of this process (ticks only while audio flows).
         self.media_clock = MediaClock()
-        self.tts = TtsCache(EspeakProvider(), Path(config.data_dir) / "tts-cache")
+        try:
+            provider = make_tts_provider(config.tts_provider)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.tts = TtsCache(provider, Path(config.data_dir) / "tts-cache")
+        #: Files and URLs played into calls; downloads cached under the data directory.
+        self.audio = AudioLoader(Path(config.data_dir) / "audio-cache")
         #: Conferences and media flows, ticked by the media clock.
         self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings")
 
@@ -140,7 +150,7 @@ class Engine:
         self.runtime = ScenarioRuntime(
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
             node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
-            log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts,
+            log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
         )
         try:
             self.runtime.compile_all()
@@ -202,7 +212,8 @@ class Engine:
     def _media_for(self, call: SipCall) -> MediaHandler:
         host = self.ua.endpoint.listen_host_for(call.peer)
         address = self.config.advertised_host or host
-        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts)
+        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
+                               audio=self.audio)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

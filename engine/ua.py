@@ -46,6 +46,7 @@ from urllib.parse import unquote
 from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
 from .media.players import FrameSource
 from .media.tts import TtsCache, default_tts
+from .transport.audio_fetch import AudioLoader, default_audio_loader
 from .directory import ContactUpdate, MemoryDirectory, OutOfOrder, TooManyBindings
 from .sip.auth import ClientAuthSession, DigestServer
 from .sip.dialog import Dialog
@@ -695,6 +696,10 @@ class SipCall(Call):
     def _tts(self) -> TtsCache:
         tts = getattr(self.media, "tts", None)
         return tts if isinstance(tts, TtsCache) else default_tts()
+
+    def _audio(self) -> AudioLoader:
+        audio = getattr(self.media, "audio", None)
+        return audio if isinstance(audio, AudioLoader) else default_audio_loader()
 
     def _cleanup(self) -> None:
         if self._retransmit:

@@ -2,10 +2,21 @@
 
 :class:`TtsProvider` turns text into ``(int16 samples, rate)``.
 :class:`EspeakProvider` runs ``espeak-ng --stdout -v VOICE TEXT`` (the Debian
-package ``espeak-ng``) and parses the WAV it writes. :class:`TtsCache` wraps a
-provider: it resamples to the call's rate (8 kHz) with :func:`resample` and
-keeps the result as ``.npy`` under its directory, keyed by the SHA-256 of
-provider, voice, rate and text, so a prompt is synthesized once.
+package ``espeak-ng``) and parses the WAV it writes. :class:`GttsProvider`
+asks Google Translate's voice through gTTS (the optional extra
+``tts-google``; online only) and decodes its MP3 with miniaudio.
+:class:`FallbackProvider` puts a second provider behind a first: when gTTS
+is not installed or Google cannot be reached, espeak-ng speaks instead, the
+failure is logged once, and the first provider is tried again only after a
+back-off. :func:`make_tts_provider` builds the one the engine's
+``tts_provider`` setting names.
+
+:class:`TtsCache` wraps a provider: it resamples to the call's rate (8 kHz)
+with :func:`resample` and keeps the result as ``.npy`` under its directory,
+keyed by the SHA-256 of provider, voice, rate and text, so a prompt is
+synthesized once. The provider in the key is the one that actually spoke:
+what espeak-ng said while gTTS was down is cached as espeak-ng's, never
+served as gTTS audio, and is used only while gTTS is still backed off.
 
 Synthesis blocks (a subprocess and file I/O): the call layer runs
 :meth:`TtsCache.get` in a thread (:meth:`TtsCache.get_async`), never on the
@@ -20,23 +31,40 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import logging
 import os
 import struct
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TtsProvider", "EspeakProvider", "TtsCache", "TtsError", "resample", "parse_wav"]
+from .sources import AudioFileError, decode_native, lowpass_taps
+
+__all__ = [
+    "TtsProvider", "EspeakProvider", "GttsProvider", "FallbackProvider", "TtsCache", "TtsError",
+    "TtsUnavailable", "TTS_PROVIDERS", "make_tts_provider", "resample", "parse_wav",
+]
+
+logger = logging.getLogger(__name__)
 
 Pcm = npt.NDArray[np.int16]
 
 
 class TtsError(Exception):
     """Synthesis failed."""
+
+
+class TtsUnavailable(TtsError):
+    """The provider cannot speak at all now (not installed, its service
+    unreachable or failing), as opposed to not speaking this request (an
+    unknown voice)."""
 
 
 class TtsProvider(Protocol):
@@ -79,10 +107,7 @@ def parse_wav(data: bytes) -> tuple[Pcm, int]:
 
 def _lowpass(x: npt.NDArray[np.float64], cutoff: float, taps: int = 63) -> npt.NDArray[np.float64]:
     """Windowed-sinc low-pass; ``cutoff`` as a fraction of the sample rate."""
-    n = np.arange(taps) - (taps - 1) / 2
-    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(taps)
-    h /= h.sum()
-    return np.convolve(x, h, mode="same")
+    return np.convolve(x, lowpass_taps(cutoff, taps), mode="same")
 
 
 def resample(pcm: npt.ArrayLike, rate_in: int, rate_out: int) -> Pcm:
@@ -121,6 +146,151 @@ class EspeakProvider:
         return parse_wav(proc.stdout)
 
 
+class GttsProvider:
+    """Google Translate's voice through gTTS (``pip install
+    'callbridge[tts-google]'``), imported on first use so that the engine
+    runs without it. Online only: put it behind a :class:`FallbackProvider`.
+
+    ``voice`` is a gTTS language (``en``, ``de``, ``zh-CN``...); a regional
+    espeak-style voice (``en-us``, ``pt-br``) speaks its language (the
+    accent comes from ``tld``: ``com``, ``co.uk``, ``com.au``...).
+
+    :param timeout: seconds to wait for Google (connect and each read).
+    """
+
+    name = "gtts"
+
+    def __init__(self, tld: str = "com", timeout: float = 5.0, slow: bool = False) -> None:
+        self.tld = tld
+        self.timeout = timeout
+        self.slow = slow
+
+    @staticmethod
+    def language_for(voice: str, languages: dict[str, str]) -> str:
+        """The gTTS language for ``voice``: itself, or its language without
+        the region; :class:`TtsError` when gTTS has neither."""
+        for candidate in (voice, voice.split("-")[0].lower()):
+            if candidate in languages:
+                return candidate
+        raise TtsError(f"gTTS has no voice {voice!r}")
+
+    def synthesize(self, text: str, voice: str) -> tuple[Pcm, int]:
+        try:
+            from gtts import gTTS, gTTSError  # type: ignore[import-untyped]
+            from gtts.lang import tts_langs  # type: ignore[import-untyped]
+        except ImportError:
+            raise TtsUnavailable("gTTS is not installed (pip install 'callbridge[tts-google]')") from None
+        lang = self.language_for(voice, tts_langs())
+        buf = io.BytesIO()
+        try:
+            speech = gTTS(text, tld=self.tld, lang=lang, slow=self.slow, lang_check=False,
+                          timeout=self.timeout)
+            speech.write_to_fp(buf)
+        except AssertionError as exc:  # gTTS asserts there is something to say
+            raise TtsError(f"gTTS: {exc}") from exc
+        except (gTTSError, OSError) as exc:
+            raise TtsUnavailable(f"gTTS failed: {exc}") from exc
+        try:
+            return decode_native(buf.getvalue(), "gTTS speech")
+        except AudioFileError as exc:
+            raise TtsUnavailable(str(exc)) from exc
+
+
+class FallbackProvider:
+    """``primary``, or ``fallback`` while the primary fails.
+
+    When the primary cannot speak at all (:class:`TtsUnavailable`, or any
+    error that is not a :class:`TtsError`: not installed, network
+    unreachable, an error from the service), that is logged once, as a
+    warning, and the fallback speaks; the primary is tried again only
+    ``retry_after`` seconds later (further failures while it is down are
+    logged at debug level), and its recovery is logged once. A request the
+    primary refuses (a plain :class:`TtsError`, say an unknown voice) is
+    spoken by the fallback and logged, without a back-off.
+    Thread-safe: :class:`TtsCache` runs it in worker threads.
+
+    :param clock: seconds, monotonic (a parameter for tests).
+    """
+
+    def __init__(self, primary: TtsProvider, fallback: TtsProvider, retry_after: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.retry_after = retry_after
+        self.clock = clock
+        self.name = primary.name
+        self._lock = threading.Lock()
+        self._retry_at: float | None = None  # set while the primary is down
+
+    @property
+    def primary_down(self) -> bool:
+        """Whether the primary failed last time and its back-off runs."""
+        with self._lock:
+            return self._retry_at is not None and self.clock() < self._retry_at
+
+    def cache_names(self) -> list[str]:
+        """Whose cached speech may be served now, best first: the
+        fallback's too while the primary is backed off."""
+        if self.primary_down:
+            return [self.primary.name, self.fallback.name]
+        return [self.primary.name]
+
+    def synthesize_tagged(self, text: str, voice: str) -> tuple[Pcm, int, str]:
+        """The speech and the name of the provider that spoke it."""
+        if not self.primary_down:
+            try:
+                pcm, rate = self.primary.synthesize(text, voice)
+            except TtsError as exc:
+                if not isinstance(exc, TtsUnavailable):
+                    logger.warning("TTS %s: %s: speaking with %s", self.primary.name, exc,
+                                   self.fallback.name)
+                    return self._fallback(text, voice)
+                self._primary_failed(exc)
+            except Exception as exc:
+                self._primary_failed(exc)
+            else:
+                with self._lock:
+                    recovered = self._retry_at is not None
+                    self._retry_at = None
+                if recovered:
+                    logger.info("TTS %s works again", self.primary.name)
+                return pcm, rate, self.primary.name
+        return self._fallback(text, voice)
+
+    def _fallback(self, text: str, voice: str) -> tuple[Pcm, int, str]:
+        pcm, rate = self.fallback.synthesize(text, voice)
+        return pcm, rate, self.fallback.name
+
+    def _primary_failed(self, exc: Exception) -> None:
+        with self._lock:
+            first = self._retry_at is None
+            self._retry_at = self.clock() + self.retry_after
+        if first:
+            logger.warning("TTS %s failed (%s): speaking with %s, retrying %s in %g s",
+                           self.primary.name, exc, self.fallback.name, self.primary.name,
+                           self.retry_after)
+        else:
+            logger.debug("TTS %s still failing: %s", self.primary.name, exc)
+
+    def synthesize(self, text: str, voice: str) -> tuple[Pcm, int]:
+        pcm, rate, _ = self.synthesize_tagged(text, voice)
+        return pcm, rate
+
+
+#: The names :func:`make_tts_provider` knows (the ``--tts`` choices).
+TTS_PROVIDERS = ("espeak", "gtts")
+
+
+def make_tts_provider(name: str) -> TtsProvider:
+    """The provider for a ``tts_provider`` setting: ``espeak`` (offline,
+    the default) or ``gtts`` (gTTS with espeak-ng as its fallback)."""
+    if name == "espeak":
+        return EspeakProvider()
+    if name == "gtts":
+        return FallbackProvider(GttsProvider(), EspeakProvider())
+    raise ValueError(f"unknown TTS provider {name!r} (choose from {', '.join(TTS_PROVIDERS)})")
+
+
 class TtsCache:
     """A provider's output at ``rate``, cached as ``.npy`` in ``directory``."""
 
@@ -131,22 +301,35 @@ class TtsCache:
         self.hits = 0
         self.misses = 0
 
-    def path_for(self, text: str, voice: str) -> Path:
-        key = "\0".join([self.provider.name, voice, str(self.rate), text])
+    def path_for(self, text: str, voice: str, provider: str | None = None) -> Path:
+        """Where the speech of ``provider`` (default: ours) is cached."""
+        key = "\0".join([provider or self.provider.name, voice, str(self.rate), text])
         return self.directory / (hashlib.sha256(key.encode()).hexdigest() + ".npy")
+
+    def _cache_names(self) -> list[str]:
+        if isinstance(self.provider, FallbackProvider):
+            return self.provider.cache_names()
+        return [self.provider.name]
+
+    def _synthesize(self, text: str, voice: str) -> tuple[Pcm, int, str]:
+        if isinstance(self.provider, FallbackProvider):
+            return self.provider.synthesize_tagged(text, voice)
+        pcm, rate = self.provider.synthesize(text, voice)
+        return pcm, rate, self.provider.name
 
     def get(self, text: str, voice: str = "en") -> Pcm:
         """The speech for ``text`` at :attr:`rate` (blocking)."""
-        path = self.path_for(text, voice)
-        try:
-            cached = np.load(path, allow_pickle=False)
-            self.hits += 1
-            return np.asarray(cached, dtype=np.int16)
-        except (OSError, ValueError):
-            pass
+        for name in self._cache_names():
+            try:
+                cached = np.load(self.path_for(text, voice, name), allow_pickle=False)
+                self.hits += 1
+                return np.asarray(cached, dtype=np.int16)
+            except (OSError, ValueError):
+                pass
         self.misses += 1
-        pcm, rate = self.provider.synthesize(text, voice)
+        pcm, rate, name = self._synthesize(text, voice)
         out = resample(pcm, rate, self.rate)
+        path = self.path_for(text, voice, name)
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:

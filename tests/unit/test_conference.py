@@ -308,3 +308,23 @@ def test_stop_conference(graph: MediaGraph) -> None:
 class _Direct:
     def run_listener(self, handler: Any, event: Any) -> None:
         handler(event)
+
+
+async def test_conference_playback_handle(graph: MediaGraph) -> None:
+    """Check conference.start_playback_tone returns an awaitable handle that
+    every member hears, ending with PlaybackFinished(completed=True), and
+    that a missing file ends the handle with False and an error."""
+    conf = graph.create_conference()
+    a, b = Leg(), Leg()
+    conf.add(a)
+    conf.add(b)
+    finished: list[tuple[bool, Any]] = []
+    conf.add_event_listener("PlaybackFinished", lambda e: finished.append((e.completed, e.error)))
+    pb = conf.start_playback_tone(1300, 0.1, -20.0)
+    run(graph, 10)
+    assert tones(a.port.heard(10)) == {1300} and tones(b.port.heard(10)) == {1300}
+    assert await pb is True
+    missing = conf.start_playback("/nonexistent/hold.wav")
+    assert await missing is False
+    assert finished[0] == (True, None)
+    assert finished[1][0] is False and "file not found" in finished[1][1]
