@@ -178,6 +178,19 @@ class _VoxEngine:
         join calls with ``conference.add(call)`` or ``call.send_media_to(conference)``."""
         return _session().create_conference(name)
 
+    def conference_is_open(self, name: str) -> bool:
+        """Whether conference ``name`` exists: a session runs it, or a room
+        ``ID`` was created for ``conf_ID`` (``callbridge rooms create``, the
+        API). A gatekeeper checks this before ``call_conference`` so a phone
+        caller cannot open a conference by guessing a PIN."""
+        return _session().runtime.conference_is_open(name)
+
+    def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
+        """Take one attempt for ``key`` (e.g. ``"pin:" + callerid``):
+        ``False`` once more than ``burst`` were made faster than
+        ``per_minute`` allows (a token bucket shared by all sessions)."""
+        return _session().runtime.rate_limit(key, per_minute, burst)
+
     def send_media_between(self, a: Call | Conference, b: Call | Conference) -> None:
         """Join ``a`` and ``b`` both ways (a bridge, or a call into a conference)."""
         graph = _session().runtime.graph
@@ -638,6 +651,7 @@ class ScenarioRuntime:
         graph: MediaGraph | None = None,
         tts: Any = None,
         audio: Any = None,
+        store: Any = None,
     ) -> None:
         self.rules = rules
         self.scenarios_dir = Path(scenarios_dir)
@@ -652,6 +666,8 @@ class ScenarioRuntime:
         self.tts = tts
         #: Files and URLs for conferences' ``start_playback`` (``None``: the default loader).
         self.audio = audio
+        #: The engine's store (rooms), or ``None``.
+        self.store = store
         self.sessions: dict[str, Session] = {}
         self.scenario_files: set[str] = set()
         self._code: dict[str, CodeType] = {}
@@ -853,6 +869,20 @@ class ScenarioRuntime:
             return self._start(session)
         except Exception:  # logged in the session; fail() released the name
             return None
+
+    def conference_is_open(self, name: str) -> bool:
+        if self.directory.conference_owner(name) is not None:
+            return True
+        if self.store is not None and name.startswith("conf_"):
+            try:
+                return self.store.get_room(name[len("conf_"):]) is not None
+            except Exception as exc:  # a malformed id is simply not a room
+                logger.debug("room lookup %r: %s", name, exc)
+        return False
+
+    def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
+        now = asyncio.get_running_loop().time()
+        return self.directory.hit(f"app:{key}", now, rate=per_minute / 60.0, burst=burst)
 
     def conference_session(self, name: str) -> Session | None:
         owner = self.directory.conference_owner(name)

@@ -151,6 +151,7 @@ class Engine:
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
             node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
             log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
+            store=self.store,
         )
         try:
             self.runtime.compile_all()

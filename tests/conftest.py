@@ -20,12 +20,13 @@ EngineFactory = Callable[..., Awaitable[Engine]]
 @pytest.fixture
 async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
     """Start engines with the given rules (YAML text) over tests/scenarios,
-    or over ``scenarios`` (name -> source) written to a temporary folder."""
+    over ``scenarios`` (name -> source) written to a temporary folder, or
+    over the folder ``scenarios`` (a Path, e.g. the shipped one)."""
     engines: list[Engine] = []
 
     async def factory(
         rules: str,
-        scenarios: dict[str, str] | None = None,
+        scenarios: dict[str, str] | Path | None = None,
         *,
         policy: SecurityPolicy | None = None,
         sip_hosts: list[str] | None = None,
@@ -35,7 +36,9 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         app.mkdir()
         (app / "rules.yaml").write_text(textwrap.dedent(rules))
         scen_dir = SCENARIOS
-        if scenarios is not None:
+        if isinstance(scenarios, Path):
+            scen_dir = scenarios
+        elif scenarios is not None:
             scen_dir = app / "scenarios"
             scen_dir.mkdir()
             for name, source in scenarios.items():
@@ -48,8 +51,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             scenarios=scen_dir,
             data_dir=app / "data",
             policy=policy or SecurityPolicy(trusted=frozenset({"127.0.0.1", "::1"})),
-            session_idle_timeout=2.0,
-            **overrides,  # type: ignore[arg-type]
+            **{"session_idle_timeout": 2.0, **overrides},  # type: ignore[arg-type]
         )
         engine = Engine(config)
         await engine.start()

@@ -1,0 +1,53 @@
+"""A browser joins a conference (the canonical application's
+``InboundCall`` rule, number ``joinconf``).
+
+The web client's call carries ``X-Conference-Id``. While the conference
+session answers, the caller hears hold music as early media; then the call
+is answered and bridged to the conference with ``X-ClientType: web``, and
+messages are relayed both ways (the participant list down, requests such
+as ``CALL_PARTICIPANT`` up). The conference ending ends the call.
+"""
+
+import re
+from pathlib import Path
+
+from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+HOLD_MUSIC = Path(__file__).parent / "media" / "hold.wav"
+CONFERENCE_ID = re.compile(r"[A-Za-z0-9]{1,32}")
+CONNECT_TIMEOUT = 20
+
+
+async def on_alerting(e):
+    call = e.call
+    conf_id = e.headers.get("X-Conference-Id", "")
+    if not CONFERENCE_ID.fullmatch(conf_id):
+        Logger.write(f"refused: bad X-Conference-Id {conf_id[:40]!r}")
+        call.reject(400)
+        return
+    call.start_early_media()
+    call.start_playback(HOLD_MUSIC, loop=True)
+    leg = VoxEngine.call_conference("conf_" + conf_id, callerid=e.callerid, display_name=e.display_name,
+                                    headers={"X-ClientType": "web"})
+    call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
+    leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
+    leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))
+    # relay messages both ways
+    leg.add_event_listener(CallEvents.MessageReceived, lambda ev: call.send_message(ev.text))
+    call.add_event_listener(CallEvents.MessageReceived, lambda ev: leg.send_message(ev.text))
+    try:
+        await leg.wait_for(CallEvents.Connected, timeout=CONNECT_TIMEOUT)
+    except TimeoutError:
+        Logger.write(f"conference conf_{conf_id} did not answer in {CONNECT_TIMEOUT} s")
+        call.reject(480)
+        leg.hangup()
+        return
+    if call.state.ended:
+        return
+    call.stop_playback()
+    await call.answer()
+    VoxEngine.send_media_between(call, leg)
+    Logger.write(f"{e.callerid} joined conf_{conf_id}")
+
+
+VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)

@@ -1,0 +1,143 @@
+"""Drive baresip (Debian package ``baresip``) as a real softphone in tests,
+the way ../shared/peers.md describes: headless, everything on 127.0.0.1,
+commands over UDP to its ``cons`` module, a WAV file as the microphone
+(``aufile``) and the ``sndfile`` module writing what it hears to
+``dump-*-dec.wav``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from tools import require_tool
+
+MODULES = Path("/usr/lib/baresip/modules")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free on TCP and UDP (baresip binds TLS on P+1)."""
+    for _ in range(50):
+        port = free_udp_port()
+        if port % 2 == 0 and port < 65000:
+            try:
+                for p in (port, port + 1):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        with socket.socket(socket.AF_INET, kind) as s:
+                            s.bind(("127.0.0.1", p))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+def write_tone_wav(path: Path, freq: float, seconds: float = 60.0, level: float = 0.2) -> None:
+    t = np.arange(int(seconds * 8000)) / 8000
+    pcm = np.round(np.sin(2 * np.pi * freq * t) * level * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm.tobytes())
+
+
+class Baresip:
+    """One baresip phone in its own folder.
+
+    :param freq: the tone its microphone sends (Hz).
+    """
+
+    def __init__(self, workdir: Path, name: str, freq: float) -> None:
+        require_tool("baresip")
+        if not (MODULES / "sndfile.so").exists():
+            raise AssertionError(f"baresip's modules are missing under {MODULES}: install the baresip package")
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True)
+        self.rec = self.dir / "rec"
+        self.rec.mkdir()
+        self.name = name
+        self.freq = freq
+        self.sip_port = free_port_pair()
+        self.cons_port = free_udp_port()
+        mic = self.dir / "mic.wav"
+        write_tone_wav(mic, freq)
+        (self.dir / "config").write_text("\n".join([
+            f"module_path {MODULES}",
+            "module g711.so", "module aufile.so", "module sndfile.so", "module cons.so",
+            "module_app account.so", "module_app menu.so",
+            f"cons_listen 127.0.0.1:{self.cons_port}",
+            f"sip_listen 127.0.0.1:{self.sip_port}",
+            "net_interface 127.0.0.1",
+            f"audio_source aufile,{mic}",
+            f"snd_path {self.rec}",
+            "",
+        ]))
+        (self.dir / "accounts").write_text(
+            f"<sip:{name}@127.0.0.1:{self.sip_port}>;regint=0;answermode=manual;audio_codecs=PCMU\n")
+        self.log = self.dir / "out.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def start(self) -> None:
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(["baresip", "-f", str(self.dir)], stdout=self._out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        await self.wait_for("baresip is ready", 10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_for(self, text: str, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            out = self.output()
+            if text in out:
+                return out
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"baresip {self.name}: no {text!r} within {timeout} s; output:\n{self.output()[-3000:]}")
+
+    def command(self, text: str) -> None:
+        self._sock.sendto(text.encode(), ("127.0.0.1", self.cons_port))
+
+    async def dial(self, uri: str) -> None:
+        self.command(f"/dial {uri}\n")
+
+    async def press(self, digits: str, gap: float = 0.4) -> None:
+        """Type ``digits`` on the keypad: RFC 4733 events, one by one."""
+        for d in digits:
+            self.command(d)
+            await asyncio.sleep(gap)
+
+    def heard(self) -> np.ndarray:
+        """Everything it decoded from the call (the sndfile dump), as float."""
+        dumps = sorted(self.rec.glob("dump-*-dec.wav"))
+        if not dumps:
+            return np.zeros(0)
+        with wave.open(str(dumps[-1])) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.command("/quit\n")
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                self.proc.wait()
+        self._sock.close()
+        if hasattr(self, "_out"):
+            self._out.close()
