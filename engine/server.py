@@ -33,6 +33,7 @@ from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
 from .web.app import create_app
+from .web.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
 
@@ -63,6 +64,13 @@ class EngineConfig:
     timers: Timers = field(default_factory=Timers)
     register_min_expires: int = 60
     register_max_expires: int = 3600
+    #: Seconds between WebSocket pings to SDK clients; one unanswered for
+    #: half of that closes the socket and ends its calls.
+    ws_heartbeat: float = 10.0
+    #: Addresses offered as ICE host candidates to browsers besides the
+    #: machine's interfaces (aioice leaves out loopback, which a browser on
+    #: this machine needs).
+    webrtc_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
 
 class Engine:
@@ -151,6 +159,7 @@ class Engine:
                 f"cannot listen for SIP on {','.join(cfg.sip_hosts)} port {cfg.sip_port}: {exc.strerror}"
             ) from None
         self._started.append("sip")
+        add_ice_host_addresses(cfg.webrtc_hosts)
         app = create_app(self)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
