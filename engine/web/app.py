@@ -63,10 +63,16 @@ async def sdk_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def sdk_js(request: web.Request) -> web.FileResponse:
-    """``GET /sdk.js``: the JS SDK, an ES module."""
+    """``GET /sdk.js``: the JS SDK, an ES module. Any origin may import it
+    (an application's pages are often served elsewhere); the module then
+    connects to this engine's ``/ws``."""
     return web.FileResponse(
         STATIC / "sdk.js",
-        headers={"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache"},
+        headers={
+            "Content-Type": "text/javascript; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "Access-Control-Allow-Origin": "*",
+        },
     )
 
 

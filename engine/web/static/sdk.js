@@ -2,7 +2,7 @@
 //
 //   import { Client, ClientEvents, CallEvents } from "/sdk.js";
 //   const client = new Client();
-//   await client.connect();                       // ws(s)://<this host>/ws
+//   await client.connect();                       // ws(s)://<engine of this module>/ws
 //   await client.login("alice", "secret");        // or client.login({token})
 //   const call = client.call({ number: "joinconf",
 //                              customHeaders: { "X-Conference-Id": "42" } });
@@ -272,11 +272,15 @@ export class Client extends Emitter {
 
   get connected() { return !!this.socket && this.socket.readyState === WebSocket.OPEN; }
 
-  /** Open the socket and greet the engine. Resolves with the engine's hello frame. */
+  /**
+   * Open the socket and greet the engine. Resolves with the engine's hello frame.
+   * @param {string} [url] default: /ws on the engine this module was loaded from
+   */
   connect(url) {
     if (!url) {
-      const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      url = `${proto}//${location.host}/ws`;
+      const here = new URL("/ws", import.meta.url);
+      here.protocol = here.protocol === "https:" ? "wss:" : "ws:";
+      url = here.href;
     }
     return new Promise((resolve, reject) => {
       const socket = new WebSocket(url);
