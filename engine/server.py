@@ -32,7 +32,8 @@ from .transport.media_clock import MediaClock
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
-from .web.app import create_app
+from .web.app import CONNECTIONS, create_app
+from .web.ws import WebUsers
 from .web.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
@@ -161,6 +162,7 @@ class Engine:
         self._started.append("sip")
         add_ice_host_addresses(cfg.webrtc_hosts)
         app = create_app(self)
+        self.runtime.web_users = WebUsers(app[CONNECTIONS], self)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
         self._started.append("http")

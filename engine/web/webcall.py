@@ -20,6 +20,16 @@ Inbound (the browser called; ``direction="inbound"``), mirroring
     browser hangup        -> Disconnected 200 (connected) | 487 Cancelled (ringing)
     socket lost           -> Disconnected 408 "Connection Lost"
 
+Outbound (the engine calls a logged-in user, ``VoxEngine.call_user``;
+``direction="outbound"``)::
+
+    incoming {sdp: our offer} -> PROGRESSING
+      browser answer {sdp}    -> Connected (headers)
+      browser reject {code}   -> Failed code
+      browser hangup          -> Failed 603 Decline
+      no answer in time       -> Failed 408 (hangup 408 to the browser)
+      hangup()                -> hangup 487 to the browser: Disconnected 487
+
 Messages go both ways once connected (``message`` frames,
 :attr:`~engine.calls.CallEvents.MessageReceived`); digits the browser sends
 (``dtmf`` frames; aiortc has no telephone-event) arrive as ``ToneReceived``
@@ -155,6 +165,33 @@ class WebCall(Call):
         _keep(loop.create_task(negotiate(), name=f"webrtc-{self.id[:8]}"))
         return fut
 
+    def start_outgoing(self, timeout: float) -> None:
+        """Offer the call to the browser (``incoming`` with our SDP); it
+        fails with 408 when not answered within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self.leg = leg = self._leg_factory(self._on_media_failed)
+        self._no_answer = loop.call_later(timeout, self._on_no_answer)
+
+        async def offer() -> None:
+            try:
+                sdp = await leg.create_offer()
+            except Exception:
+                self.log.exception("cannot make a WebRTC offer")
+                self._finish(CallState.FAILED, CallEvents.Failed, 500, "Media Error")
+                return
+            if self.state == CallState.PROGRESSING:
+                self._send("incoming", callerid=self.callerid, display_name=self.display_name,
+                           headers=dict(self.headers), sdp=sdp)
+
+        _keep(loop.create_task(offer(), name=f"webrtc-offer-{self.id[:8]}"))
+
+    _no_answer: asyncio.TimerHandle | None = None
+
+    def _on_no_answer(self) -> None:
+        if self.state == CallState.PROGRESSING:
+            self._send("hangup", code=408, reason="No Answer")
+            self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
+
     def _on_media_failed(self, reason: str) -> None:
         if self.state.ended:
             return
@@ -187,6 +224,8 @@ class WebCall(Call):
         return self.tts if self.tts is not None else default_tts()
 
     def _cleanup(self) -> None:
+        if self._no_answer is not None:
+            self._no_answer.cancel()
         self._stop_media()
         leg, self.leg = self.leg, None
         if leg is not None:
@@ -272,6 +311,9 @@ class WebCall(Call):
         if self.state == CallState.CONNECTED:
             self._send("hangup", code=200, reason="Hangup", headers=dict(headers or {}))
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
+        elif self.direction == "outbound":
+            self._send("hangup", code=487, reason="Cancelled", headers=dict(headers or {}))
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
         else:
             self._send("failed", code=480, reason="Temporarily Unavailable", headers=dict(headers or {}))
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup")
@@ -292,13 +334,48 @@ class WebCall(Call):
     # -- frames in (from the socket handler) --------------------------------------
 
     def on_remote_hangup(self, headers: dict[str, str]) -> None:
-        """The browser hung up: Disconnected 200, or 487 while still ringing."""
+        """The browser hung up: Disconnected 200, or 487 while still ringing
+        (Failed 603 when it declines a call we placed)."""
         if self.state.ended:
             return
         if self.state == CallState.CONNECTED:
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup", headers)
+        elif self.direction == "outbound":
+            self._finish(CallState.FAILED, CallEvents.Failed, 603, "Decline", headers)
         else:
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled", headers)
+
+    async def on_remote_answer(self, sdp: str, headers: dict[str, str]) -> None:
+        """The browser answered a call we placed: Connected (with ``headers``).
+
+        :raises CallError: not a call we placed, or not ringing any more.
+        """
+        if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
+            raise CallError("answer is for an incoming call that still rings")
+        if self.leg is None:
+            raise CallError("the call has no media leg")
+        self._answering = True
+        try:
+            await self.leg.accept_answer(sdp)
+        except Exception as exc:
+            self.log.warning("unusable answer from the browser: %s", exc)
+            self._send("hangup", code=488, reason="Not Acceptable Here")
+            self._finish(CallState.FAILED, CallEvents.Failed, 488, "Not Acceptable Here")
+            return
+        if self.state != CallState.PROGRESSING:
+            return
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
+    def on_remote_reject(self, code: int, headers: dict[str, str]) -> None:
+        """The browser refused a call we placed: Failed ``code``.
+
+        :raises CallError: not a call we placed, or not ringing any more.
+        """
+        if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
+            raise CallError("reject is for an incoming call that still rings")
+        self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected", headers)
 
     def on_remote_message(self, text: str, headers: dict[str, str]) -> None:
         """A ``message`` from the browser: MessageReceived.

@@ -339,6 +339,24 @@ class BrowserMediaLeg:
         await self.pc.setLocalDescription(answer)
         return str(self.pc.localDescription.sdp)
 
+    async def create_offer(self) -> str:
+        """Offer audio to a browser (a call the engine places); return the
+        offer SDP with every local candidate."""
+        self.pc.addTransceiver(self.track, direction="sendrecv")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the browser's answer to :meth:`create_offer`'s offer.
+
+        :raises ValueError: the answer is not valid SDP for the offer.
+        """
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._remote_ready = True
+        pending, self._pending = self._pending, []
+        for candidate in pending:
+            await self._add_candidate(candidate)
+
     async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
         """A trickled browser candidate (see :func:`parse_candidate`), or
         ``None`` for the end of candidates. Kept until the offer is applied."""

@@ -31,7 +31,7 @@ from ..calls import CallError, CallState
 from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, ProtocolError, error_frame, parse_frame
 from .webcall import WebCall
 
-__all__ = ["SdkConnection", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET"]
+__all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class SdkConnection:
         self.hello = False
         self.user: str | None = None
         self.display_name: str | None = None
+        self.logged_in_at = 0.0
         self.calls: dict[str, WebCall] = {}
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -172,6 +173,7 @@ class SdkConnection:
         if user is None:
             raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
         self.user, self.display_name = user.name, user.display_name
+        self.logged_in_at = time.monotonic()
         logger.info("web user %s logged in", user.name)
         self.send_frame({"type": "login_ok", "username": user.name, "display_name": user.display_name,
                          **_ref(frame)})
@@ -216,13 +218,22 @@ class SdkConnection:
             if call.state == CallState.ALERTING:
                 call.reject(500)
 
+    def ring(self, call: WebCall, timeout: float) -> None:
+        """Offer ``call`` (one the engine places) to this browser."""
+        self.calls[call.wire_id] = call
+
+        def forget(ended: Any) -> None:
+            if self.calls.get(call.wire_id) is ended:
+                del self.calls[call.wire_id]
+
+        call.on_ended.append(forget)
+        call.start_outgoing(timeout)
+
     async def on_answer(self, frame: dict[str, Any]) -> None:
-        self._call(frame)
-        raise ProtocolError(ErrorCode.BAD_STATE, "answer is for incoming calls, and this call is yours")
+        await self._call(frame).on_remote_answer(frame["sdp"], frame.get("headers") or {})
 
     async def on_reject(self, frame: dict[str, Any]) -> None:
-        self._call(frame)
-        raise ProtocolError(ErrorCode.BAD_STATE, "reject is for incoming calls; use hangup")
+        self._call(frame).on_remote_reject(frame.get("code") or 486, frame.get("headers") or {})
 
     async def on_hangup(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_hangup(frame.get("headers") or {})
@@ -239,6 +250,40 @@ class SdkConnection:
 
     async def on_dtmf(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_tones(frame["tones"])
+
+
+class WebUsers:
+    """Who is logged in with the web SDK on this node, and how to ring them
+    (the scenario runtime's ``web_users``). Per node for now: with several
+    nodes, the directory will say which node holds a user's socket."""
+
+    def __init__(self, connections: set[SdkConnection], engine: Any) -> None:
+        self.connections = connections
+        self.engine = engine
+
+    def connection_of(self, name: str) -> SdkConnection | None:
+        """The socket ``name`` logged in on most recently, if any."""
+        mine = [c for c in self.connections if c.user == name and not c.ws.closed]
+        return max(mine, key=lambda c: c.logged_in_at) if mine else None
+
+    def call_user(self, name: str, *, callerid: str, display_name: str | None,
+                  headers: dict[str, str] | None, dispatcher: Any) -> WebCall | None:
+        """Ring ``name``'s browser; ``None`` when the user is not logged in."""
+        conn = self.connection_of(name)
+        if conn is None:
+            return None
+        if len(conn.calls) >= MAX_CALLS_PER_SOCKET:
+            raise CallError(f"user {name!r} has too many calls")
+        engine = self.engine
+        call = WebCall(
+            conn, "", offer="", clock=engine.media_clock, tts=engine.tts, direction="outbound",
+            number=name, callerid=callerid, display_name=display_name, headers=headers,
+            dispatcher=dispatcher,
+        )
+        call.wire_id = call.id
+        call._set_state(CallState.PROGRESSING)
+        conn.ring(call, float(getattr(engine.config, "invite_timeout", 60.0)))
+        return call
 
 
 def _ref(frame: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiortc import RTCSessionDescription
 
 from logs import session_logs, wait_for_log
 from sdk_peer import BrowserPeer, SdkSocket, goertzel_power
@@ -287,3 +288,109 @@ async def test_ice_candidates_are_accepted_before_and_after_the_answer(
     await wait_for_log(engine, "ended")
     await peer.close()
     await asyncio.sleep(0)
+
+
+async def test_silent_socket_is_closed_by_the_heartbeat(
+    make_engine: EngineFactory, aiohttp_client: ClientFactory
+) -> None:
+    """Check a browser that stops answering (no pong to the WebSocket pings,
+    as when its machine sleeps or its network drops without a FIN) loses
+    its call within the heartbeat: the scenario sees Disconnected 408."""
+    engine = await make_engine(RULES, ws_heartbeat=0.4)
+    assert engine.store is not None
+    engine.store.create_user("alice", "wonderland")
+    client = await aiohttp_client(create_app(engine))
+    sock = SdkSocket(await client.ws_connect("/ws", autoping=False))
+    hello = await sock.hello()
+    assert hello["heartbeat"] == 0.4
+    await sock.login("alice", "wonderland")
+    peer = await start_call(sock)
+    connected = await sock.recv("connected", call="c1", timeout=10)
+    await peer.accept(connected["sdp"])
+    await wait_for_log(engine, "connected")
+    started = asyncio.get_running_loop().time()
+    logs = await wait_for_log(engine, "ended", timeout=5)  # nobody reads the pings
+    assert "ended Disconnected 408 Connection Lost" in logs
+    assert asyncio.get_running_loop().time() - started < 2.0
+    await peer.close()
+    await sock.ws.close()
+
+
+RING_RULES = """
+rules:
+  - {name: Ring, pattern: "ring_[a-z]+", scenarios: [ring]}
+"""
+
+#: Alice's call to ring_<user> is answered, then the scenario rings <user>
+#: with call_user and logs what happens; messages from the callee are echoed.
+RING_SCENARIO = """
+from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+
+async def on_alerting(e):
+    await e.call.answer()
+    callee = VoxEngine.call_user(e.destination[5:], callerid=e.callerid, headers={"X-From": "ring"})
+    Logger.write(f"ringing {callee.kind} {callee.direction}")
+
+    def connected(ev):
+        Logger.write(f"callee connected {ev.headers}")
+        callee.send_message("hello callee")
+
+    callee.add_event_listener(CallEvents.Connected, connected)
+    callee.add_event_listener(CallEvents.MessageReceived, lambda ev: Logger.write(f"callee says {ev.text}"))
+    callee.add_event_listener(CallEvents.Failed, lambda ev: Logger.write(f"callee failed {ev.code}"))
+    callee.add_event_listener(CallEvents.Disconnected, lambda ev: Logger.write(f"callee ended {ev.code}"))
+
+
+VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+"""
+
+
+async def _socket_to(engine: Engine, session: Any, user: str) -> SdkSocket:
+    sock = SdkSocket(await session.ws_connect(f"http://127.0.0.1:{engine.http_port}/ws"))
+    await sock.hello()
+    assert (await sock.login(user, "pw"))["type"] == "login_ok"
+    return sock
+
+
+@pytest.mark.parametrize("outcome", ["answer", "reject"])
+async def test_call_user_rings_a_logged_in_browser(make_engine: EngineFactory, outcome: str) -> None:
+    """Check ``VoxEngine.call_user`` rings a logged-in web user: ``incoming``
+    with the engine's offer and headers; an answer connects it (Connected
+    with the answer's headers, messages both ways, the browser's hangup
+    ends it with Disconnected 200); a reject
+    fails it with the browser's code."""
+    import aiohttp
+
+    engine = await make_engine(RING_RULES, scenarios={"ring": RING_SCENARIO})
+    assert engine.store is not None
+    engine.store.create_user("alice", "pw")
+    engine.store.create_user("bob", "pw")
+    async with aiohttp.ClientSession() as http:
+        bob = await _socket_to(engine, http, "bob")
+        alice = await _socket_to(engine, http, "alice")
+        caller = await start_call(alice, number="ring_bob")
+        await caller.accept((await alice.recv("connected", call="c1", timeout=10))["sdp"])
+        incoming = await bob.recv("incoming", timeout=10)
+        assert incoming["callerid"] == "alice" and incoming["headers"] == {"X-From": "ring"}
+        assert "ringing web outbound" in session_logs(engine)
+        wire = incoming["call"]
+        callee = BrowserPeer(tone=600)
+        if outcome == "reject":
+            await bob.send({"type": "reject", "call": wire, "code": 603})
+            assert "callee failed 603" in await wait_for_log(engine, "callee failed")
+        else:
+            await callee.pc.setRemoteDescription(RTCSessionDescription(incoming["sdp"], "offer"))
+            await callee.pc.setLocalDescription(await callee.pc.createAnswer())
+            await bob.send({"type": "answer", "call": wire, "sdp": callee.pc.localDescription.sdp,
+                            "headers": {"X-Answered": "yes"}})
+            assert "callee connected {'X-Answered': 'yes'}" in await wait_for_log(engine, "callee connected")
+            assert (await bob.recv("message", call=wire))["text"] == "hello callee"
+            await bob.send({"type": "message", "call": wire, "text": "hi scenario"})
+            assert "callee says hi scenario" in await wait_for_log(engine, "callee says")
+            await bob.send({"type": "hangup", "call": wire})
+            assert "callee ended 200" in await wait_for_log(engine, "callee ended")
+        await callee.close()
+        await caller.close()
+        await alice.ws.close()
+        await bob.ws.close()

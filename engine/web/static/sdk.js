@@ -18,7 +18,7 @@ export const ClientEvents = Object.freeze({
   Connected: "Connected",         // the socket is up and greeted
   Disconnected: "Disconnected",   // the socket closed ({code, reason})
   ConnectionFailed: "ConnectionFailed",
-  IncomingCall: "IncomingCall",   // ({call, headers}) the engine calls this user
+  IncomingCall: "IncomingCall",   // ({call, headers, callerId, displayName}): call.answer() or call.reject()
   Error: "Error",                 // an error frame not tied to a request ({code, message})
 });
 
@@ -92,6 +92,10 @@ export class Call extends Emitter {
     this.video = !!options.video;
     this.audio = options.audio !== false;
     this.state = "NEW";
+    this.incoming = !!options.offer;
+    this._offer = options.offer || null;
+    this.callerId = options.callerid || null;
+    this.displayName = options.display_name || null;
     this.peerConnection = null;
     this.localStream = null;
     this.remoteStreams = [];
@@ -196,6 +200,40 @@ export class Call extends Emitter {
     }
   }
 
+  /** Answer an incoming call (IncomingCall): opens the microphone (and camera if `video`). */
+  async answer({ video = false, headers = {} } = {}) {
+    if (!this.incoming || this.state !== "RINGING") throw new SdkError("bad_state", "only a ringing incoming call can be answered");
+    this.state = "ANSWERING";
+    const client = this.client;
+    try {
+      this.video = video;
+      this.localStream = client.localStream || await navigator.mediaDevices.getUserMedia({ audio: true, video });
+      const pc = new RTCPeerConnection({ iceServers: client.iceServers });
+      this.peerConnection = pc;
+      pc.onicecandidate = (e) => this._sendIce(e.candidate ? e.candidate.toJSON() : null);
+      pc.ontrack = (e) => this._addRemote(e.streams[0] || new MediaStream([e.track]));
+      await pc.setRemoteDescription({ type: "offer", sdp: this._offer });
+      for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      if (!this.active) return;
+      client._send({ type: "answer", call: this.id, sdp: pc.localDescription.sdp, headers });
+      this._sent = true;
+      for (const c of this._pendingIce.splice(0)) this._sendIce(c);
+      this.state = "CONNECTED";
+      this._emit(CallEvents.Connected, { call: this, headers: {} });
+    } catch (err) {
+      this._end("Failed", "FAILED", { code: 500, reason: String(err && err.message || err) }, true);
+    }
+  }
+
+  /** Refuse an incoming call (the scenario sees Failed with `code`, default 486). */
+  reject(code = 486, headers = {}) {
+    if (!this.incoming || this.state !== "RINGING") throw new SdkError("bad_state", "only a ringing incoming call can be rejected");
+    this.client._send({ type: "reject", call: this.id, code, headers });
+    this._end("Disconnected", "DISCONNECTED", { code, reason: "Rejected" }, false);
+  }
+
   /** Send a text message to the scenario (its MessageReceived). */
   sendMessage(text, headers = {}) {
     if (this.state !== "CONNECTED") throw new SdkError("bad_state", "messages need a connected call");
@@ -227,14 +265,14 @@ export class Call extends Emitter {
   /** End the call (or cancel it while it rings). */
   hangup(headers = {}) {
     if (!this.active) return;
-    if (this._sent) this.client._send({ type: "hangup", call: this.id, headers });
+    if (this._sent || this.incoming) this.client._send({ type: "hangup", call: this.id, headers });
     const connected = this.state === "CONNECTED";
     this._end("Disconnected", "DISCONNECTED", { code: connected ? 200 : 487, reason: connected ? "Hangup" : "Cancelled" }, false);
   }
 
   _end(eventName, state, frame, tellServer) {
     if (!this.active) return;
-    if (tellServer && this._sent) this.client._send({ type: "hangup", call: this.id });
+    if (tellServer && (this._sent || this.incoming)) this.client._send({ type: "hangup", call: this.id });
     this.state = state;
     this.client.calls.delete(this.id);
     for (const el of this._elements.splice(0)) { el.srcObject = null; el.remove(); }
@@ -384,6 +422,14 @@ export class Client extends Emitter {
       this._pending.delete(frame.ref);
       if (frame.type === "error") pending.reject(new SdkError(frame.code, frame.message));
       else pending.resolve(frame);
+      return;
+    }
+    if (frame.type === "incoming") {
+      const call = new Call(this, frame.call, { number: this.username, customHeaders: frame.headers || {},
+        offer: frame.sdp, callerid: frame.callerid, display_name: frame.display_name });
+      call.state = "RINGING";
+      this.calls.set(call.id, call);
+      this._emit(ClientEvents.IncomingCall, { call, headers: frame.headers || {}, callerId: frame.callerid, displayName: frame.display_name });
       return;
     }
     if (frame.call !== undefined) {
