@@ -169,7 +169,16 @@ class _VoxEngine:
 
     def call_user(self, name: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
                   display_name: str | None = None) -> Call:
-        """Call a user: the SIP phone registered under ``name``."""
+        """Call a user: the browser where ``name`` is logged in with the web
+        SDK, else the SIP phone registered under ``name``."""
+        session = _session()
+        web = session.runtime.web_users
+        if web is not None and not session.terminated:
+            call: Call | None = web.call_user(name, callerid=callerid, display_name=display_name,
+                                              headers=headers, dispatcher=session)
+            if call is not None:
+                session.adopt(call)
+                return call
         return _outbound("call_registered", name, callerid=callerid, display_name=display_name,
                          headers=headers)
 
@@ -669,6 +678,9 @@ class ScenarioRuntime:
         #: The engine's store (rooms), or ``None``.
         self.store = store
         self.sessions: dict[str, Session] = {}
+        #: Logged-in web SDK users (``call_user(name, ...) -> Call | None``),
+        #: set by the engine's web layer; ``None``: only SIP phones.
+        self.web_users: Any = None
         self.scenario_files: set[str] = set()
         self._code: dict[str, CodeType] = {}
         self._http: aiohttp.ClientSession | None = None

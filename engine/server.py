@@ -34,7 +34,9 @@ from .conference import MediaGraph
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
-from .web.app import create_app
+from .web.app import CONNECTIONS, create_app
+from .web.ws import WebUsers
+from .web.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
 
@@ -68,6 +70,13 @@ class EngineConfig:
     #: Who speaks ``call.say()``: ``"espeak"`` (espeak-ng, offline) or
     #: ``"gtts"`` (Google's voice through gTTS, espeak-ng when unreachable).
     tts_provider: str = "espeak"
+    #: Seconds between WebSocket pings to SDK clients; one unanswered for
+    #: half of that closes the socket and ends its calls.
+    ws_heartbeat: float = 10.0
+    #: Addresses offered as ICE host candidates to browsers besides the
+    #: machine's interfaces (aioice leaves out loopback, which a browser on
+    #: this machine needs).
+    webrtc_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
 
 
 class Engine:
@@ -165,7 +174,9 @@ class Engine:
                 f"cannot listen for SIP on {','.join(cfg.sip_hosts)} port {cfg.sip_port}: {exc.strerror}"
             ) from None
         self._started.append("sip")
+        add_ice_host_addresses(cfg.webrtc_hosts)
         app = create_app(self)
+        self.runtime.web_users = WebUsers(app[CONNECTIONS], self)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
         self._started.append("http")

@@ -1,20 +1,29 @@
-"""The aiohttp application: health now; the web SDK's WebSocket, the
-management API and static files join it in later issues.
+"""The aiohttp application: health, the web SDK's WebSocket (``/ws``) and
+its JavaScript (``/sdk.js``); the management API and the demo page join it
+in later issues.
 
 The engine is kept on the app under :data:`ENGINE` (an ``AppKey``), and
 ``GET /healthz`` answers 200 only once every listener is up (503 before,
-with what is missing).
+with what is missing). Live SDK sockets are kept under :data:`CONNECTIONS`
+and closed with GOING_AWAY at shutdown (their calls end first).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
-__all__ = ["ENGINE", "create_app"]
+from .ws import SdkConnection, serve_socket
+
+__all__ = ["ENGINE", "CONNECTIONS", "STATIC", "create_app"]
 
 ENGINE: web.AppKey[Any] = web.AppKey("engine", object)
+CONNECTIONS: web.AppKey[set[SdkConnection]] = web.AppKey("sdk_connections", set)
+
+#: Files served as they are (the JS SDK).
+STATIC = Path(__file__).parent / "static"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -28,6 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
             "sip": {"hosts": engine.config.sip_hosts, "port": engine.ua.port},
             "sessions": len(engine.runtime.sessions),
             "calls": len(engine.ua.calls),
+            "web_calls": sum(len(conn.calls) for conn in request.app[CONNECTIONS]),
         }
     )
 
@@ -47,8 +57,39 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         )
 
 
+async def sdk_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: the web SDK's signalling (docs/sdk-protocol.md)."""
+    return await serve_socket(request, request.app[ENGINE], request.app[CONNECTIONS])
+
+
+async def sdk_js(request: web.Request) -> web.FileResponse:
+    """``GET /sdk.js``: the JS SDK, an ES module. Any origin may import it
+    (an application's pages are often served elsewhere); the module then
+    connects to this engine's ``/ws``."""
+    return web.FileResponse(
+        STATIC / "sdk.js",
+        headers={
+            "Content-Type": "text/javascript; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "Access-Control-Allow-Origin": "*",
+        },
+    )
+
+
+async def close_sockets(app: web.Application) -> None:
+    connections = app[CONNECTIONS]
+    for conn in list(connections):
+        conn.connection_lost()
+        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
 def create_app(engine: Any) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[ENGINE] = engine
+    connections: set[SdkConnection] = set()
+    app[CONNECTIONS] = connections
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", sdk_socket)
+    app.router.add_get("/sdk.js", sdk_js)
+    app.on_shutdown.append(close_sockets)
     return app

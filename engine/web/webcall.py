@@ -1,0 +1,421 @@
+"""A browser's call, as a scenario sees it: an ordinary :class:`~engine.calls.Call`.
+
+A :class:`WebCall` is one leg between the engine and a browser running the
+web SDK. Its signalling travels as JSON frames over the browser's WebSocket
+(:mod:`engine.web.ws`, protocol in ``docs/sdk-protocol.md``), handed in as a
+:class:`SignallingChannel`; its media is an aiortc peer connection
+(:class:`~engine.web.webrtc.BrowserMediaLeg`) made when the scenario first
+needs media (early media or answer), so a call the scenario rejects costs no
+ICE or DTLS.
+
+Inbound (the browser called; ``direction="inbound"``), mirroring
+:class:`~engine.ua.SipCall`::
+
+    call frame -> ALERTING (the rules route ``number``; CallAlerting)
+      ring()              -> progress {code 180}
+      start_early_media() -> progress {code 183, sdp: our answer}
+      answer()            -> connected {sdp unless sent, headers}: Connected
+      reject(code)        -> failed {code}: Failed
+      hangup()            -> hangup (connected) | failed 480 (not answered)
+    browser hangup        -> Disconnected 200 (connected) | 487 Cancelled (ringing)
+    socket lost           -> Disconnected 408 "Connection Lost"
+
+Outbound (the engine calls a logged-in user, ``VoxEngine.call_user``;
+``direction="outbound"``)::
+
+    incoming {sdp: our offer} -> PROGRESSING
+      browser answer {sdp}    -> Connected (headers)
+      browser reject {code}   -> Failed code
+      browser hangup          -> Failed 603 Decline
+      no answer in time       -> Failed 408 (hangup 408 to the browser)
+      hangup()                -> hangup 487 to the browser: Disconnected 487
+
+Messages go both ways once connected (``message`` frames,
+:attr:`~engine.calls.CallEvents.MessageReceived`); digits the browser sends
+(``dtmf`` frames; aiortc has no telephone-event) arrive as ``ToneReceived``
+with ``mode="signalling"``.
+
+Media seam: :attr:`WebCall.audio_port` is the leg's
+:class:`~engine.web.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
+20 ms of 8 kHz int16) once media exists; the media graph plugs in there.
+``say()`` and ``start_playback*()`` play through a
+:class:`~engine.web.webrtc.PortPlayer` on the engine's media clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Protocol
+
+from aiortc import RTCIceCandidate
+
+from ..calls import Call, CallError, CallEvents, CallState
+from ..media.players import FrameSource
+from ..media.tts import TtsCache, default_tts
+from ..transport.media_clock import MediaClock
+from .webrtc import AudioPort, BrowserMediaLeg, PortPlayer, parse_candidate
+
+__all__ = ["WebCall", "SignallingChannel", "LegFactory"]
+
+#: Makes the media leg of a call: ``factory(on_failed)``.
+LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
+
+
+#: Negotiations and closings under way, kept alive until they end.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+class SignallingChannel(Protocol):
+    """Where a call's frames go: the browser's socket."""
+
+    def send_frame(self, frame: dict[str, Any]) -> None: ...
+
+
+class WebCall(Call):
+    """A call leg to a browser (see the module notes).
+
+    :param channel: the browser's socket.
+    :param wire_id: the call's id in frames (the browser chose it for its
+        own calls); :attr:`id` stays the engine's random id.
+    :param offer: the browser's SDP offer.
+    :param clock: the engine's media clock (playback runs on it).
+    """
+
+    kind = "web"
+
+    def __init__(
+        self,
+        channel: SignallingChannel,
+        wire_id: str,
+        *,
+        offer: str,
+        clock: MediaClock,
+        tts: TtsCache | None = None,
+        leg_factory: LegFactory | None = None,
+        audio: bool = True,
+        video: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.channel = channel
+        self.wire_id = wire_id
+        self.offer = offer
+        self.clock = clock
+        self.tts = tts
+        self.audio = audio
+        self.video = video
+        self._leg_factory: LegFactory = leg_factory or BrowserMediaLeg
+        self.leg: BrowserMediaLeg | None = None
+        self._answer_sdp: asyncio.Future[str] | None = None
+        self._sdp_sent = False
+        self._early = False
+        self._answering = False
+        self._player: PortPlayer | None = None
+        #: Browser candidates trickled before the media leg exists.
+        self._early_candidates: list[RTCIceCandidate | None] = []
+        self.on_ended.append(lambda call: self._cleanup())
+
+    # -- frames out ----------------------------------------------------------------
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        frame: dict[str, Any] = {"type": kind, "call": self.wire_id}
+        frame.update({k: v for k, v in fields.items() if v is not None})
+        try:
+            self.channel.send_frame(frame)
+        except Exception:
+            self.log.exception("cannot send %s to the browser", kind)
+
+    # -- media ---------------------------------------------------------------------
+
+    @property
+    def audio_port(self) -> AudioPort | None:
+        """The browser's audio as 20 ms frames (``None`` before media exists)."""
+        return self.leg.port if self.leg is not None else None
+
+    def _ensure_media(self) -> asyncio.Future[str]:
+        """Make the media leg and start answering the browser's offer (once);
+        the future gives our answer SDP. A bad offer rejects the call (488)."""
+        if self._answer_sdp is not None:
+            return self._answer_sdp
+        loop = asyncio.get_running_loop()
+        self._answer_sdp = loop.create_future()
+        self.leg = self._leg_factory(self._on_media_failed)
+        leg, fut = self.leg, self._answer_sdp
+        candidates, self._early_candidates = self._early_candidates, []
+
+        async def negotiate() -> None:
+            try:
+                sdp = await leg.accept_offer(self.offer, candidates)
+            except Exception as exc:
+                self.log.warning("cannot answer the browser's offer: %s", exc)
+                fut.set_exception(CallError(f"unusable offer: {exc}"))
+                fut.exception()  # reported here; nobody else needs to see it
+                if self.state == CallState.ALERTING:
+                    self._send("failed", code=488, reason="Not Acceptable Here")
+                    self._finish(CallState.FAILED, CallEvents.Failed, 488, "Not Acceptable Here")
+                return
+            if not fut.done():
+                fut.set_result(sdp)
+
+        _keep(loop.create_task(negotiate(), name=f"webrtc-{self.id[:8]}"))
+        return fut
+
+    def start_outgoing(self, timeout: float) -> None:
+        """Offer the call to the browser (``incoming`` with our SDP); it
+        fails with 408 when not answered within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self.leg = leg = self._leg_factory(self._on_media_failed)
+        self._no_answer = loop.call_later(timeout, self._on_no_answer)
+
+        async def offer() -> None:
+            try:
+                sdp = await leg.create_offer()
+            except Exception:
+                self.log.exception("cannot make a WebRTC offer")
+                self._finish(CallState.FAILED, CallEvents.Failed, 500, "Media Error")
+                return
+            if self.state == CallState.PROGRESSING:
+                self._send("incoming", callerid=self.callerid, display_name=self.display_name,
+                           headers=dict(self.headers), sdp=sdp)
+
+        _keep(loop.create_task(offer(), name=f"webrtc-offer-{self.id[:8]}"))
+
+    _no_answer: asyncio.TimerHandle | None = None
+
+    def _on_no_answer(self) -> None:
+        if self.state == CallState.PROGRESSING:
+            self._send("hangup", code=408, reason="No Answer")
+            self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
+
+    def _on_media_failed(self, reason: str) -> None:
+        if self.state.ended:
+            return
+        self.log.warning("%s: ending the call", reason)
+        self._send("hangup", code=503, reason=reason)
+        if self.was_connected:
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 503, reason)
+        else:
+            self._finish(CallState.FAILED, CallEvents.Failed, 503, reason)
+
+    def _media_ready(self) -> bool:
+        if self.leg is None or self.state.ended:
+            return False
+        return self.state == CallState.CONNECTED or self._early
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        if self.leg is None:
+            raise CallError("no media negotiated")
+        self._stop_media()
+        self._player = PortPlayer(self.leg.port, source, done)
+        self.clock.add(self._player)
+
+    def _stop_media(self) -> None:
+        player, self._player = self._player, None
+        if player is not None:
+            self.clock.discard(player)
+            player.stop()
+
+    def _tts(self) -> TtsCache:
+        return self.tts if self.tts is not None else default_tts()
+
+    def _cleanup(self) -> None:
+        if self._no_answer is not None:
+            self._no_answer.cancel()
+        self._stop_media()
+        leg, self.leg = self.leg, None
+        if leg is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            _keep(loop.create_task(leg.close(), name=f"webrtc-close-{self.id[:8]}"))
+        fut = self._answer_sdp
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    # -- scenario actions ---------------------------------------------------------
+
+    def _require_alerting(self, action: str) -> None:
+        if self.direction != "inbound" or self.state != CallState.ALERTING:
+            raise CallError(f"{action}() needs an inbound call not yet answered")
+
+    def ring(self, headers: dict[str, str] | None = None) -> None:
+        """Tell the browser the call rings (``progress`` 180)."""
+        self._require_alerting("ring")
+        self._send("progress", code=180, reason="Ringing", headers=dict(headers or {}))
+
+    def start_early_media(self, headers: dict[str, str] | None = None) -> None:
+        """Answer the browser's offer now (``progress`` 183 with our SDP), so
+        audio played before :meth:`answer` is heard."""
+        self._require_alerting("start_early_media")
+        if self._early:
+            return
+        self._early = True
+        fut = self._ensure_media()
+        sent = dict(headers or {})
+
+        def ready(fut: asyncio.Future[str]) -> None:
+            if fut.cancelled() or fut.exception() is not None or self.state != CallState.ALERTING:
+                return
+            if not self._sdp_sent:
+                self._sdp_sent = True
+                self._send("progress", code=183, reason="Session Progress", sdp=fut.result(), headers=sent)
+
+        fut.add_done_callback(ready)
+
+    def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
+        """Answer: our SDP goes to the browser (``connected``) and the call is
+        ``CONNECTED`` (the awaitable completes then)."""
+        if self.direction != "inbound":
+            raise CallError("only an inbound call can be answered")
+        if self.state.ended:
+            raise CallError("call already ended")
+        if self.state == CallState.ALERTING and not self._answering:
+            self._answering = True
+            fut = self._ensure_media()
+            sent = dict(headers or {})
+
+            def ready(fut: asyncio.Future[str]) -> None:
+                if fut.cancelled() or fut.exception() is not None or self.state != CallState.ALERTING:
+                    return
+                sdp = None if self._sdp_sent else fut.result()
+                self._sdp_sent = True
+                self._send("connected", sdp=sdp, headers=sent)
+                self._set_state(CallState.CONNECTED)
+                self._emit(CallEvents.Connected, headers={})
+
+            fut.add_done_callback(ready)
+        return self._connected_future()
+
+    def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
+        """Refuse the call: ``failed`` with ``code`` to the browser, Failed here."""
+        if self.direction != "inbound":
+            raise CallError("only an inbound call can be rejected")
+        if not 300 <= code <= 699:
+            raise CallError(f"reject code must be 300-699, not {code}")
+        if self.state != CallState.ALERTING or self._answering:
+            raise CallError(f"cannot reject a call in state {self.state.value}")
+        self._send("failed", code=code, reason="Rejected", headers=dict(headers or {}))
+        self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected")
+
+    def hangup(self, headers: dict[str, str] | None = None) -> None:
+        """End the call: ``hangup`` once connected (Disconnected 200), ``failed``
+        480 before the answer (Disconnected 480 here, as a SIP call's)."""
+        if self.state.ended:
+            return
+        if self.state == CallState.CONNECTED:
+            self._send("hangup", code=200, reason="Hangup", headers=dict(headers or {}))
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
+        elif self.direction == "outbound":
+            self._send("hangup", code=487, reason="Cancelled", headers=dict(headers or {}))
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+        else:
+            self._send("failed", code=480, reason="Temporarily Unavailable", headers=dict(headers or {}))
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup")
+
+    def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
+        """A ``message`` frame to the browser (its SDK's MessageReceived)."""
+        if self.state != CallState.CONNECTED:
+            raise CallError("messages need a connected call")
+        self._send("message", text=str(text), headers=dict(headers or {}))
+
+    def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
+        """An ``info`` frame (``mime_type``, ``body`` as text) to the browser."""
+        if self.state != CallState.CONNECTED:
+            raise CallError("INFO needs a connected call")
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        self._send("info", mime_type=mime_type, body=text, headers=dict(headers or {}))
+
+    # -- frames in (from the socket handler) --------------------------------------
+
+    def on_remote_hangup(self, headers: dict[str, str]) -> None:
+        """The browser hung up: Disconnected 200, or 487 while still ringing
+        (Failed 603 when it declines a call we placed)."""
+        if self.state.ended:
+            return
+        if self.state == CallState.CONNECTED:
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup", headers)
+        elif self.direction == "outbound":
+            self._finish(CallState.FAILED, CallEvents.Failed, 603, "Decline", headers)
+        else:
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled", headers)
+
+    async def on_remote_answer(self, sdp: str, headers: dict[str, str]) -> None:
+        """The browser answered a call we placed: Connected (with ``headers``).
+
+        :raises CallError: not a call we placed, or not ringing any more.
+        """
+        if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
+            raise CallError("answer is for an incoming call that still rings")
+        if self.leg is None:
+            raise CallError("the call has no media leg")
+        self._answering = True
+        try:
+            await self.leg.accept_answer(sdp)
+        except Exception as exc:
+            self.log.warning("unusable answer from the browser: %s", exc)
+            self._send("hangup", code=488, reason="Not Acceptable Here")
+            self._finish(CallState.FAILED, CallEvents.Failed, 488, "Not Acceptable Here")
+            return
+        if self.state != CallState.PROGRESSING:
+            return
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
+    def on_remote_reject(self, code: int, headers: dict[str, str]) -> None:
+        """The browser refused a call we placed: Failed ``code``.
+
+        :raises CallError: not a call we placed, or not ringing any more.
+        """
+        if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
+            raise CallError("reject is for an incoming call that still rings")
+        self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected", headers)
+
+    def on_remote_message(self, text: str, headers: dict[str, str]) -> None:
+        """A ``message`` from the browser: MessageReceived.
+
+        :raises CallError: the call is not connected.
+        """
+        if self.state != CallState.CONNECTED:
+            raise CallError("messages need a connected call")
+        self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
+
+    def on_remote_tones(self, tones: str) -> None:
+        """Digits from the browser: ToneReceived (mode ``"signalling"``) each.
+
+        :raises CallError: the call has ended.
+        """
+        if self.state.ended:
+            raise CallError("call already ended")
+        for digit in tones:
+            self._tone_received(digit, "signalling")
+
+    async def on_remote_candidate(self, init: dict[str, Any] | None) -> None:
+        """A trickled ICE candidate (``None``: no more). Before media exists
+        they are kept with the offer and applied when it is answered.
+
+        :raises ValueError: the candidate is malformed.
+        """
+        candidate = parse_candidate(init)
+        if self.state.ended:
+            return
+        if self.leg is None:
+            self._early_candidates.append(candidate)
+            return
+        await self.leg.add_remote_candidate(candidate)
+
+    def on_connection_lost(self) -> None:
+        """The browser's socket closed or timed out: end the call."""
+        if self.state.ended:
+            return
+        if self.was_connected or self.direction == "inbound":
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "Connection Lost")
+        else:
+            self._finish(CallState.FAILED, CallEvents.Failed, 408, "Connection Lost")
+

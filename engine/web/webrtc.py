@@ -1,0 +1,410 @@
+"""A browser leg's media, terminated by the engine with aiortc.
+
+A browser that calls a number routed to a scenario sends a WebRTC offer over
+the SDK's WebSocket (:mod:`engine.web.ws`); :class:`BrowserMediaLeg` answers
+it with an aiortc :class:`~aiortc.RTCPeerConnection` and turns the audio into
+the engine's own currency, 20 ms frames of 16-bit mono PCM at 8 kHz, through
+an :class:`AudioPort`:
+
+- :meth:`AudioPort.read_frame` returns what the browser said: aiortc
+  decodes Opus (48 kHz stereo) or PCMU, a PyAV resampler brings it to 8 kHz
+  mono, and a short FIFO (:data:`MAX_BUFFERED` frames; the oldest are
+  dropped) holds it until the media graph pulls it;
+- :meth:`AudioPort.write_frame` queues audio for the browser. The outgoing
+  track (:class:`PortAudioTrack`) hands queued frames to aiortc, which
+  resamples and encodes them. It does not pace itself: the engine's one
+  media clock (:class:`~engine.transport.media_clock.MediaClock`) drives
+  writers, so nothing is sent while nothing is written and the RTP
+  timestamps skip over the gap (a new talkspurt).
+
+The port is passive, like a pjmedia port: whatever is ticked by the media
+clock (today the call's playback, :class:`PortPlayer`; later the mixer of a
+conference) reads and writes it once per tick.
+
+Video the browser offers is answered ``inactive``: browser-to-browser video
+goes peer to peer (the engine relays signalling only) and conference video
+is not mixed yet.
+
+ICE: aioice leaves loopback out of its host candidates, so a browser on the
+same machine (the tests, a developer's laptop) could not reach the engine.
+:func:`add_ice_host_addresses` adds addresses (127.0.0.1 by default in
+:class:`~engine.server.EngineConfig`) to what aioice gathers. Candidates
+are all in the engine's answer (aiortc gathers before answering); the
+browser's arrive trickled (:meth:`BrowserMediaLeg.add_remote_candidate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+from typing import Any, Callable, Sequence
+
+import aioice.ice
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame, AudioResampler
+
+from ..media.players import FrameSource, PlaybackFinished
+
+__all__ = [
+    "AudioPort",
+    "BrowserMediaLeg",
+    "PortAudioTrack",
+    "PortPlayer",
+    "add_ice_host_addresses",
+    "parse_candidate",
+    "RATE",
+    "FRAME_SAMPLES",
+]
+
+logger = logging.getLogger(__name__)
+
+Pcm = npt.NDArray[np.int16]
+
+#: The engine's audio rate and frame size (20 ms).
+RATE = 8000
+FRAME_SAMPLES = 160
+
+#: Frames an :class:`AudioPort` buffers each way (200 ms); older ones are dropped.
+MAX_BUFFERED = 10
+
+#: A gap longer than this between written frames starts a new talkspurt
+#: (RTP timestamps jump by the wall-clock gap instead of one frame).
+TALKSPURT_GAP = 0.06
+
+_extra_hosts: list[str] = []
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    addresses = list(_original_get_host_addresses(use_ipv4, use_ipv6))
+    for host in _extra_hosts:
+        if host in addresses:
+            continue
+        if (":" in host and use_ipv6) or (":" not in host and use_ipv4):
+            addresses.append(host)
+    return addresses
+
+
+def add_ice_host_addresses(hosts: Sequence[str]) -> None:
+    """Offer ``hosts`` as ICE host candidates besides the machine's own
+    interface addresses (which aioice gathers, loopback excluded).
+
+    It applies to the whole process (aioice has no per-connection setting),
+    so it is idempotent and only ever adds.
+    """
+    for host in hosts:
+        if host not in _extra_hosts:
+            _extra_hosts.append(host)
+    aioice.ice.get_host_addresses = _get_host_addresses
+
+
+def _silence() -> Pcm:
+    return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+
+
+class AudioPort:
+    """Audio of one browser leg as 20 ms frames of 8 kHz int16 mono PCM.
+
+    :ivar frames_in: frames received from the browser so far.
+    :ivar frames_out: frames handed to the browser's track so far.
+    """
+
+    rate = RATE
+    samples = FRAME_SAMPLES
+
+    def __init__(self) -> None:
+        self._in = bytearray()
+        self._out: asyncio.Queue[Pcm | None] = asyncio.Queue()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.closed = False
+        #: Whether aiortc has started pulling the outgoing track (ICE and
+        #: DTLS are up): writers may hold back until then, so that the start
+        #: of a prompt is not played into the void.
+        self.sending = False
+        self._on_sending: list[Callable[[], None]] = []
+
+    # -- from the browser ---------------------------------------------------------
+
+    @property
+    def available(self) -> int:
+        """Whole frames received and not read yet."""
+        return len(self._in) // (2 * FRAME_SAMPLES)
+
+    def read_frame(self) -> Pcm:
+        """The next 20 ms from the browser; silence when none is buffered."""
+        size = 2 * FRAME_SAMPLES
+        if len(self._in) < size:
+            return _silence()
+        data = bytes(self._in[:size])
+        del self._in[:size]
+        return np.frombuffer(data, dtype=np.int16).copy()
+
+    def _received(self, pcm: bytes) -> None:
+        self._in += pcm
+        limit = 2 * FRAME_SAMPLES * MAX_BUFFERED
+        if len(self._in) > limit:
+            del self._in[: len(self._in) - limit]
+        self.frames_in += len(pcm) // (2 * FRAME_SAMPLES)
+
+    # -- to the browser -----------------------------------------------------------
+
+    def write_frame(self, pcm: npt.ArrayLike) -> None:
+        """Queue 20 ms (160 samples) for the browser. When the browser's
+        track falls behind, the oldest queued frames are dropped."""
+        if self.closed:
+            return
+        frame = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        if len(frame) != FRAME_SAMPLES:
+            raise ValueError(f"a frame is {FRAME_SAMPLES} samples, not {len(frame)}")
+        while self._out.qsize() >= MAX_BUFFERED:
+            self._out.get_nowait()
+        self._out.put_nowait(frame)
+
+    async def _next_out(self) -> Pcm | None:
+        if not self.sending:
+            self.sending = True
+            callbacks, self._on_sending = self._on_sending, []
+            for cb in callbacks:
+                cb()
+        return await self._out.get()
+
+    def when_sending(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the outgoing track is pulled (now if it is)."""
+        if self.sending:
+            callback()
+        else:
+            self._on_sending.append(callback)
+
+    def close(self) -> None:
+        self.closed = True
+        self._on_sending.clear()
+        self._out.put_nowait(None)  # wake the track, which then ends
+
+
+class PortAudioTrack(MediaStreamTrack):
+    """The outgoing audio track: frames written to an :class:`AudioPort`."""
+
+    kind = "audio"
+
+    def __init__(self, port: AudioPort) -> None:
+        super().__init__()
+        self.port = port
+        self._pts = 0
+        self._last: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        pcm = await self.port._next_out()
+        if pcm is None:
+            self.stop()
+            raise MediaStreamError
+        now = asyncio.get_running_loop().time()
+        if self._last is not None:
+            gap = now - self._last
+            step = FRAME_SAMPLES
+            if gap > TALKSPURT_GAP:
+                step = max(FRAME_SAMPLES, int(round(gap * RATE / FRAME_SAMPLES)) * FRAME_SAMPLES)
+            self._pts += step
+        self._last = now
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.port.frames_out += 1
+        return frame
+
+
+class PortPlayer:
+    """A media clock sink that plays a player into an :class:`AudioPort`
+    (what :class:`~engine.media_session.MediaSession` does for RTP legs).
+
+    Frames are pulled only once the port is sending, so a prompt started as
+    the call connects is heard from its start; ``done(completed)`` is called
+    once, at the end or on :meth:`stop`.
+    """
+
+    def __init__(self, port: AudioPort, player: FrameSource, done: Callable[[bool], None]) -> None:
+        self.port = port
+        self.player = player
+        self._done: Callable[[bool], None] | None = done
+
+    def tick(self, now: float) -> bool:
+        if self._done is None or self.port.closed:
+            self.stop()
+            return False
+        if not self.port.sending:
+            return True
+        try:
+            frame = self.player.read(FRAME_SAMPLES)
+        except PlaybackFinished:
+            self._finish(True)
+            return False
+        except Exception:
+            logger.exception("player %r failed; stopped", self.player)
+            self._finish(False)
+            return False
+        self.port.write_frame(frame)
+        return True
+
+    def stop(self) -> None:
+        self._finish(False)
+
+    def _finish(self, completed: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            try:
+                done(completed)
+            except Exception:
+                logger.exception("playback callback failed")
+
+
+def parse_candidate(init: dict[str, Any] | None) -> RTCIceCandidate | None:
+    """A browser's ``RTCIceCandidateInit`` (as JSON) as aiortc's candidate;
+    ``None`` (and an empty candidate, WebRTC 1.0) mean the end of candidates.
+
+    :raises ValueError: the candidate line is malformed.
+    """
+    if init is None:
+        return None
+    text = str(init.get("candidate") or "")
+    if not text:
+        return None
+    if text.startswith("candidate:"):
+        text = text[len("candidate:"):]
+    try:
+        candidate = candidate_from_sdp(text)
+    except (AssertionError, ValueError, IndexError) as exc:  # aiortc asserts on short lines
+        raise ValueError(f"malformed candidate {text[:80]!r}") from exc
+    mid, index = init.get("sdpMid"), init.get("sdpMLineIndex")
+    candidate.sdpMid = mid if isinstance(mid, str) else None
+    candidate.sdpMLineIndex = index if isinstance(index, int) else None
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        candidate.sdpMLineIndex = 0
+    return candidate
+
+
+class BrowserMediaLeg:
+    """One aiortc peer connection answering a browser's offer.
+
+    :param on_failed: called once if ICE or DTLS fails or the connection
+        closes from the browser's side (the call should end).
+    """
+
+    def __init__(self, on_failed: Callable[[str], None] | None = None) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.port = AudioPort()
+        self.track = PortAudioTrack(self.port)
+        self._on_failed = on_failed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._remote_ready = False
+        self._pending: list[RTCIceCandidate | None] = []
+        self.closed = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self.pc.connectionState)
+
+    async def accept_offer(self, sdp: str, candidates: Sequence[RTCIceCandidate | None] = ()) -> str:
+        """Answer the browser's ``sdp`` offer, with the ``candidates`` it
+        trickled so far; return the answer SDP (with every local candidate:
+        aiortc gathers before answering).
+
+        :raises ValueError: the offer is not valid SDP or has no audio.
+        """
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        audio = False
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio" and not audio:
+                audio = True
+                transceiver.direction = "sendrecv"
+                transceiver.sender.replaceTrack(self.track)
+            else:
+                transceiver.direction = "inactive"
+        if not audio:
+            raise ValueError("the offer has no audio stream")
+        self._remote_ready = True
+        pending, self._pending = [*candidates, *self._pending], []
+        for candidate in pending:
+            await self._add_candidate(candidate)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return str(self.pc.localDescription.sdp)
+
+    async def create_offer(self) -> str:
+        """Offer audio to a browser (a call the engine places); return the
+        offer SDP with every local candidate."""
+        self.pc.addTransceiver(self.track, direction="sendrecv")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the browser's answer to :meth:`create_offer`'s offer.
+
+        :raises ValueError: the answer is not valid SDP for the offer.
+        """
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._remote_ready = True
+        pending, self._pending = self._pending, []
+        for candidate in pending:
+            await self._add_candidate(candidate)
+
+    async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        """A trickled browser candidate (see :func:`parse_candidate`), or
+        ``None`` for the end of candidates. Kept until the offer is applied."""
+        if not self._remote_ready:
+            self._pending.append(candidate)
+            return
+        await self._add_candidate(candidate)
+
+    async def _add_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        if not self.closed:
+            await self.pc.addIceCandidate(candidate)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return
+        task = asyncio.get_running_loop().create_task(self._read(track), name="browser-audio-in")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        """Decode, resample to 8 kHz mono and buffer the browser's audio.
+        Reading never stops while the track lives: aiortc queues decoded
+        frames without bound for a track nobody reads."""
+        resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, AudioFrame):
+                continue
+            for out in resampler.resample(frame):
+                self.port._received(out.to_ndarray().astype(np.int16).tobytes())
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state in ("failed", "closed") and not self.closed:
+            cb, self._on_failed = self._on_failed, None
+            if cb is not None:
+                cb(f"WebRTC connection {state}")
+
+    async def close(self) -> None:
+        """Close the peer connection and the port (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._on_failed = None
+        self.port.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()

@@ -1,0 +1,318 @@
+"""The web SDK's WebSocket endpoint (``GET /ws``): one :class:`SdkConnection`
+per browser.
+
+Handlers stay thin: :func:`~engine.web.protocol.parse_frame` checks each
+frame, a handler per ``type`` acts on the engine (the store for ``login``,
+the scenario runtime for ``call``, a :class:`~engine.web.webcall.WebCall`
+for everything in a call), and any :class:`~engine.web.protocol.ProtocolError`
+or :class:`~engine.calls.CallError` becomes an ``error`` frame with a code.
+An unexpected exception is logged and answered ``internal``; the socket and
+the engine go on. Frames out are queued and written by one task, in order,
+so that a call's events (sent synchronously from scenario code) never
+interleave.
+
+A socket that closes, or stops answering the heartbeat (aiohttp sends a
+WebSocket ping every ``heartbeat`` seconds and closes the socket when no
+pong comes within half of that), ends its calls: their scenarios see
+``Disconnected`` (408 "Connection Lost").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..calls import CallError, CallState
+from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, ProtocolError, error_frame, parse_frame
+from .webcall import WebCall
+
+__all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET"]
+
+logger = logging.getLogger(__name__)
+
+#: Store key-value namespace of one-time login tokens (key: token, value: user name).
+TOKEN_NAMESPACE = "sdk-login-token"
+
+#: Live calls one socket may hold.
+MAX_CALLS_PER_SOCKET = 8
+
+SERVER_NAME = "callbridge/0.1"
+
+
+class SdkConnection:
+    """One browser's socket: its login, its calls and the frames in and out."""
+
+    def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.heartbeat = heartbeat
+        self.hello = False
+        self.user: str | None = None
+        self.display_name: str | None = None
+        self.logged_in_at = 0.0
+        self.calls: dict[str, WebCall] = {}
+        self._out: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "hello": self.on_hello, "ping": self.on_ping, "login": self.on_login,
+            "call": self.on_call, "answer": self.on_answer, "reject": self.on_reject,
+            "hangup": self.on_hangup, "ice": self.on_ice, "message": self.on_message,
+            "dtmf": self.on_dtmf,
+        }
+
+    def __repr__(self) -> str:
+        return f"<SdkConnection user={self.user} calls={len(self.calls)}>"
+
+    # -- frames out ----------------------------------------------------------------
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        """Queue ``frame`` for the browser (dropped once the socket closed)."""
+        if self._writer is None or self._writer.done():
+            return
+        self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._out.get()
+            if text is None:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return  # closing: the reader sees it too
+
+    # -- the socket's life ---------------------------------------------------------
+
+    async def run(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="sdk-ws-writer")
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.send_frame(error_frame(ErrorCode.BAD_JSON, "frames are JSON text, not binary"))
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.connection_lost()
+            self._out.put_nowait(None)
+            try:
+                await asyncio.wait_for(self._writer, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()
+
+    def connection_lost(self) -> None:
+        """End every call of this socket (their scenarios see Disconnected)."""
+        calls, self.calls = list(self.calls.values()), {}
+        for call in calls:
+            try:
+                call.on_connection_lost()
+            except Exception:
+                logger.exception("ending %r after the socket closed failed", call)
+        if calls:
+            logger.info("socket of %s closed: %d call(s) ended", self.user, len(calls))
+
+    async def handle_text(self, text: str) -> None:
+        """Check and act on one frame; answer problems with an ``error`` frame."""
+        ref: Any = None
+        call: str | None = None
+        try:
+            frame = parse_frame(text)
+            ref = frame.get("ref")
+            call = frame.get("call")
+            kind = frame["type"]
+            if not self.hello and kind not in ("hello", "ping"):
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first")
+            await self._handlers[kind](frame)
+        except ProtocolError as exc:
+            self.send_frame(error_frame(exc.code, exc.message, ref=exc.ref if exc.ref is not None else ref,
+                                        call=exc.call if exc.call is not None else call))
+        except CallError as exc:
+            self.send_frame(error_frame(ErrorCode.BAD_STATE, str(exc), ref=ref, call=call))
+        except Exception:
+            logger.exception("SDK frame handling failed")
+            self.send_frame(error_frame(ErrorCode.INTERNAL, "the engine failed to handle this frame",
+                                        ref=ref, call=call))
+
+    # -- session -------------------------------------------------------------------
+
+    async def on_hello(self, frame: dict[str, Any]) -> None:
+        if frame["version"] != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
+                                f"this engine speaks version {PROTOCOL_VERSION}", ref=frame.get("ref"))
+        self.hello = True
+        self.send_frame({"type": "hello", "version": PROTOCOL_VERSION, "server": SERVER_NAME,
+                         "heartbeat": self.heartbeat, **_ref(frame)})
+
+    async def on_ping(self, frame: dict[str, Any]) -> None:
+        pong: dict[str, Any] = {"type": "pong", **_ref(frame)}
+        if "ts" in frame:
+            pong["ts"] = frame["ts"]
+        self.send_frame(pong)
+
+    async def on_login(self, frame: dict[str, Any]) -> None:
+        if self.user is not None:
+            raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.user}")
+        store = self.engine.store
+        if store is None:
+            raise ProtocolError(ErrorCode.INTERNAL, "the store is not open")
+        token = frame.get("token")
+        name: str | None
+        if token is not None:
+            name = await asyncio.to_thread(_redeem_token, store, token)
+        else:
+            name = frame["username"]
+            if not await asyncio.to_thread(store.verify_password, name, frame["password"]):
+                name = None
+        user = await asyncio.to_thread(store.get_user, name) if name is not None else None
+        if user is None:
+            raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
+        self.user, self.display_name = user.name, user.display_name
+        self.logged_in_at = time.monotonic()
+        logger.info("web user %s logged in", user.name)
+        self.send_frame({"type": "login_ok", "username": user.name, "display_name": user.display_name,
+                         **_ref(frame)})
+
+    # -- calls ---------------------------------------------------------------------
+
+    def _call(self, frame: dict[str, Any]) -> WebCall:
+        call = self.calls.get(frame["call"])
+        if call is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_CALL, f"no call {frame['call']!r} on this socket")
+        return call
+
+    async def on_call(self, frame: dict[str, Any]) -> None:
+        if self.user is None:
+            raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in before calling")
+        wire = frame["call"]
+        if wire in self.calls:
+            raise ProtocolError(ErrorCode.CALL_EXISTS, f"call {wire!r} is live on this socket")
+        if len(self.calls) >= MAX_CALLS_PER_SOCKET:
+            raise ProtocolError(ErrorCode.TOO_MANY_CALLS, f"at most {MAX_CALLS_PER_SOCKET} calls a socket")
+        engine = self.engine
+        call = WebCall(
+            self, wire, offer=frame["sdp"], clock=engine.media_clock, tts=engine.tts,
+            audio=frame.get("audio", True), video=frame.get("video", False),
+            direction="inbound", number=frame["number"], callerid=self.user,
+            display_name=frame.get("display_name") or self.display_name,
+            headers=frame.get("headers") or {},
+        )
+        call._set_state(CallState.ALERTING)
+        self.calls[wire] = call
+
+        def forget(ended: Any) -> None:
+            if self.calls.get(wire) is ended:
+                del self.calls[wire]
+
+        call.on_ended.append(forget)
+        call.log.info("web call from %s to %r", self.user, call.number)
+        try:
+            engine.runtime.on_incoming_call(call, None)
+        except Exception:
+            logger.exception("incoming web call handler failed")
+            if call.state == CallState.ALERTING:
+                call.reject(500)
+
+    def ring(self, call: WebCall, timeout: float) -> None:
+        """Offer ``call`` (one the engine places) to this browser."""
+        self.calls[call.wire_id] = call
+
+        def forget(ended: Any) -> None:
+            if self.calls.get(call.wire_id) is ended:
+                del self.calls[call.wire_id]
+
+        call.on_ended.append(forget)
+        call.start_outgoing(timeout)
+
+    async def on_answer(self, frame: dict[str, Any]) -> None:
+        await self._call(frame).on_remote_answer(frame["sdp"], frame.get("headers") or {})
+
+    async def on_reject(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_reject(frame.get("code") or 486, frame.get("headers") or {})
+
+    async def on_hangup(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_hangup(frame.get("headers") or {})
+
+    async def on_ice(self, frame: dict[str, Any]) -> None:
+        call = self._call(frame)
+        try:
+            await call.on_remote_candidate(frame["candidate"])
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"ice: bad candidate: {exc}") from None
+
+    async def on_message(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_message(frame["text"], frame.get("headers") or {})
+
+    async def on_dtmf(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_tones(frame["tones"])
+
+
+class WebUsers:
+    """Who is logged in with the web SDK on this node, and how to ring them
+    (the scenario runtime's ``web_users``). Per node for now: with several
+    nodes, the directory will say which node holds a user's socket."""
+
+    def __init__(self, connections: set[SdkConnection], engine: Any) -> None:
+        self.connections = connections
+        self.engine = engine
+
+    def connection_of(self, name: str) -> SdkConnection | None:
+        """The socket ``name`` logged in on most recently, if any."""
+        mine = [c for c in self.connections if c.user == name and not c.ws.closed]
+        return max(mine, key=lambda c: c.logged_in_at) if mine else None
+
+    def call_user(self, name: str, *, callerid: str, display_name: str | None,
+                  headers: dict[str, str] | None, dispatcher: Any) -> WebCall | None:
+        """Ring ``name``'s browser; ``None`` when the user is not logged in."""
+        conn = self.connection_of(name)
+        if conn is None:
+            return None
+        if len(conn.calls) >= MAX_CALLS_PER_SOCKET:
+            raise CallError(f"user {name!r} has too many calls")
+        engine = self.engine
+        call = WebCall(
+            conn, "", offer="", clock=engine.media_clock, tts=engine.tts, direction="outbound",
+            number=name, callerid=callerid, display_name=display_name, headers=headers,
+            dispatcher=dispatcher,
+        )
+        call.wire_id = call.id
+        call._set_state(CallState.PROGRESSING)
+        conn.ring(call, float(getattr(engine.config, "invite_timeout", 60.0)))
+        return call
+
+
+def _ref(frame: dict[str, Any]) -> dict[str, Any]:
+    return {"ref": frame["ref"]} if frame.get("ref") is not None else {}
+
+
+def _redeem_token(store: Any, token: str) -> str | None:
+    """The user of a one-time login token, which is used up (a seam: the
+    management API will issue them with ``kv_put(TOKEN_NAMESPACE, ...)``)."""
+    if not 16 <= len(token) <= 128:
+        return None
+    name = store.kv_get(TOKEN_NAMESPACE, token, time.time())
+    if name is None or not store.kv_delete(TOKEN_NAMESPACE, token):
+        return None  # unknown, expired, or redeemed concurrently
+    return str(name)
+
+
+async def serve_socket(request: web.Request, engine: Any, connections: set[SdkConnection]) -> web.WebSocketResponse:
+    """Upgrade ``request`` and serve one :class:`SdkConnection` until the
+    socket closes (``connections`` holds the live ones, for shutdown)."""
+    heartbeat = float(getattr(engine.config, "ws_heartbeat", 10.0))
+    ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4 * MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    conn = SdkConnection(ws, engine, heartbeat)
+    connections.add(conn)
+    try:
+        await conn.run()
+    finally:
+        connections.discard(conn)
+        if not ws.closed:
+            await ws.close(code=WSCloseCode.GOING_AWAY)
+    return ws
