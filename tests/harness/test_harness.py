@@ -236,6 +236,23 @@ def test_unanswered_outbound_call_times_out_with_408(app: App) -> None:
 # -- fidelity and failures ---------------------------------------------------------------------
 
 
+def test_no_rule_answers_404_and_a_caller_can_give_up(callbridge: Harness) -> None:
+    """Check a number no rule matches is refused with 404, and a caller
+    hanging up while the scenario only rings cancels (487), which the
+    scenario sees (tests/scenarios/ring_only.py)."""
+    app = callbridge.load_text(
+        'rules: [{name: Ring, pattern: "ring", scenarios: [ring_only]}]',
+        {"ring_only": (SCENARIOS / "ring_only.py").read_text()},
+    )
+    assert app.incoming_call("nobody").ended_with(404)
+    call = app.incoming_call("ring")
+    assert call.state == CallState.ALERTING
+    assert [e.text for e in call.transcript][-1] == "ringing (180)"
+    call.hang_up()
+    assert call.ended_with(487)
+    assert call.log[-2] == "ended Disconnected 487 Cancelled"
+
+
 def test_connected_comes_after_answer_returns(callbridge: Harness) -> None:
     """Check the leg emits Connected on a later turn than answer(), as a
     SIP leg does (at the ACK): a listener added after answer() still gets it."""
