@@ -89,8 +89,10 @@ class MediaFlows:
     the calling session's endpoint and the conference both ways (``via``
     ``"call_conference"``), and a callee connected inside a conference's own
     session joins that conference (``"conference session"``). Reported: the
-    media layer (conference mixers, ``send_media_to``) calls :meth:`report`
-    when it starts or stops sending, naming calls or conferences.
+    media layer (conference mixers, ``send_media_to``) calls the runtime's
+    :meth:`~engine.scenario.ScenarioRuntime.media_routed` hook when it
+    starts or stops sending, naming calls or conferences, and the harness's
+    runtime passes that on to :meth:`report` (``via="media"``).
     """
 
     def __init__(self, app: App) -> None:
@@ -211,6 +213,9 @@ class HarnessRuntime(ScenarioRuntime):
         super().append_log(session_id, line)
         self.app._log(session_id, line)
 
+    def media_routed(self, source: object, target: object, on: bool) -> None:
+        self.app.flows.report(source, target, on, via="media")
+
 
 @dataclass
 class _Failure:
@@ -325,9 +330,8 @@ class App:
             if target is None or target in (callee.target, callee.leg.number):
                 return callee
         dialed = ", ".join(f"{c.target} ({c.how})" for c in self.dialed) or "nobody"
-        what = f"to {target}" if target is not None else ""
-        raise AssertionError(f"expected the scenario to place a call {what}; it dialed {dialed}".replace("  ", " ")
-                             + self._errors_text())
+        what = "a call" if target is None else f"a call to {target}"
+        raise AssertionError(f"expected the scenario to place {what}; it dialed {dialed}" + self._errors_text())
 
     def _dialed(self, callee: Callee) -> None:
         self.dialed.append(callee)

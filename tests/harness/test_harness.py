@@ -17,6 +17,7 @@ from engine.calls import CallError, CallEvents, CallState, InternalCall
 from engine.testing import App, Harness
 
 APP = Path(__file__).parent / "app"
+ROOT = Path(__file__).parents[2]
 SCENARIOS = Path(__file__).parents[1] / "scenarios"
 
 PROMPT = "Welcome. Please enter your conference PIN, then press the pound key."
@@ -29,6 +30,23 @@ def app(callbridge: Harness) -> App:
     app.http.respond("http://api.example/rooms/1234", json={"id": "1234"})
     app.http.respond("http://api.example/rooms/*", status=404)
     return app
+
+
+# -- the shipped application ----------------------------------------------------------
+
+
+def test_shipped_echo_answers_and_hangs_up_after_a_second(callbridge: Harness) -> None:
+    """Check the repository's own rules.yaml and scenarios/ load as they
+    are: a call to 100 is answered, logged, and hung up by the scenario one
+    (virtual) second later."""
+    app = callbridge.load(ROOT)
+    call = app.incoming_call("100", callerid="alice")
+    assert call.connected
+    assert call.logged("call from alice to 100")
+    call.wait(0.9)
+    assert call.connected
+    call.wait(0.1)
+    assert call.ended_with(200) and call.reason == "Hangup"
 
 
 # -- the phone PIN gate ---------------------------------------------------------------
@@ -197,7 +215,7 @@ def test_callback_answered_hears_its_greeting(app: App) -> None:
     calls back with X-Reason; the callee answers and is greeted."""
     call = app.incoming_call("callback", headers={"X-Callback": "5559876"})
     assert call.ended_with(200) and call.said == ["We will call you back in a moment."]
-    with pytest.raises(AssertionError, match="it dialed nobody"):
+    with pytest.raises(AssertionError, match="^expected the scenario to place a call to 5559876; it dialed nobody$"):
         app.callee("5559876")
     app.wait(2)
     callee = app.callee("5559876")
@@ -397,12 +415,13 @@ def test_actions_that_the_call_state_forbids_say_why(app: App) -> None:
 
 
 def test_reported_media_flows_join_derived_ones(app: App) -> None:
-    """Check the media layer's hook: flows reported for calls and named
-    conferences appear (and disappear) beside the derived ones."""
+    """Check the media layer's hook (ScenarioRuntime.media_routed): flows
+    reported for calls and named conferences appear and disappear."""
     call = app.incoming_call("5550100", callerid="+1555", name="alice")
     assert len(app.flows) == 0
-    app.flows.report(call.leg, "mixer_web", via="send_media_to")
+    app.runtime.media_routed(call.leg, "mixer_web", True)  # as the media layer will
     assert app.flows.sends("alice", "mixer_web")
+    assert [str(f) for f in app.flows] == ["alice -> mixer_web (media)"]
     assert not app.flows.between("alice", "mixer_web")
     assert "expected media both ways between alice and mixer_web" in repr(app.flows.between(call, "mixer_web"))
     app.flows.report(call, "mixer_web", on=False)
