@@ -462,7 +462,11 @@ class App:
 
 class Harness:
     """A virtual-time loop and the applications loaded on it (the
-    ``callbridge`` fixture). Call :meth:`close` at the end (the fixture does)."""
+    ``callbridge`` fixture). Call :meth:`close` at the end (the fixture
+    does); outside pytest, ``with Harness() as harness:`` does.
+
+    :param tmp_dir: where :meth:`load_text` writes applications.
+    """
 
     def __init__(self, tmp_dir: Callable[[], Path] | None = None) -> None:
         self.loop = VirtualTimeLoop()
@@ -472,6 +476,12 @@ class Harness:
         self._loop_errors: list[str] = []
         self._tmp_dir = tmp_dir
         self._closed = False
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def now(self) -> float:

@@ -332,6 +332,18 @@ def test_unread_errors_and_unregistered_urls_fail_at_close(tmp_path: Path) -> No
     assert "requested GET http://nowhere.example/x, which the test did not register" in text
 
 
+def test_harness_works_outside_pytest_fixtures(tmp_path: Path) -> None:
+    """Check a Harness used as a context manager (a script, another test
+    runner) runs an application and closes its loop at the end."""
+    with Harness(tmp_dir=lambda: tmp_path) as harness:
+        app = harness.load(APP)
+        app.http.respond("http://api.example/rooms/*", status=404)
+        call = app.incoming_call("5550100")
+        call.press("1#")
+        assert call.heard_speech("not valid")
+    assert harness.loop.is_closed()
+
+
 def test_http_delay_beyond_the_timeout_times_out(callbridge: Harness) -> None:
     """Check a canned response slower than the request's timeout gives the
     scenario code 0 "timeout" after the timeout, in virtual time."""
