@@ -911,6 +911,13 @@ class ScenarioRuntime:
 
     # -- services ----------------------------------------------------------------
 
+    def media_routed(self, source: object, target: object, on: bool) -> None:
+        """Hook: media from ``source`` to ``target`` (calls or conferences)
+        starts (``on``) or stops. The media layer reports each route here
+        (``send_media_to``, ``stop_media_to``, ``send_media_between``); the
+        scenario test harness overrides it to record media flows
+        (:class:`engine.testing.MediaFlows`). Nothing to do in ``serve``."""
+
     async def http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()

@@ -14,6 +14,11 @@ from engine.transport.sip_endpoint import SecurityPolicy
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
+# The scenario harness (registered by the package's pytest11 entry point once
+# installed; named here so the suite also runs from a plain checkout) and
+# pytester, with which the harness's own tests run deliberately failing tests.
+pytest_plugins = ["engine.testing", "pytester"]
+
 EngineFactory = Callable[..., Awaitable[Engine]]
 
 

@@ -1,0 +1,88 @@
+"""Scenario tests without a network: callbridge's pytest plugin.
+
+Load an application (``rules.yaml`` and ``scenarios/``), place calls into
+it, act as the people on them, and check what they experienced, on a
+virtual clock (a 30-second timeout takes no time)::
+
+    def test_pin_joins_the_conference(callbridge):
+        app = callbridge.load("path/to/app")           # rules.yaml + scenarios/
+        call = app.incoming_call("5550100", callerid="+15551234567")
+        assert call.heard_speech("enter your conference PIN")
+        call.press("1234#")
+        assert call.joined("conf_1234")
+
+The scenario code is run by the engine's own
+:class:`~engine.scenario.ScenarioRuntime` and its call legs are real
+:class:`~engine.calls.Call` objects (:class:`SimCall`); only the SIP and
+web transports, media, TTS, HTTP and the clock are simulated. See
+:mod:`engine.testing.app` for the driving model and
+:mod:`engine.testing.clock` for the virtual-time loop.
+
+The plugin is registered by the package's ``pytest11`` entry point (named
+``engine.testing``, like the module, so ``-p engine.testing`` or a
+``pytest_plugins = ["engine.testing"]`` line load the same plugin once);
+``-p no:engine.testing`` turns it off. It adds one fixture,
+:func:`callbridge`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from .app import App, ConferenceView, Flow, Harness, LogLine, MediaFlows
+from .calls import (
+    Callee,
+    Caller,
+    Endpoint,
+    Message,
+    Played,
+    RecordingTts,
+    SimCall,
+    SimUserAgent,
+    Speech,
+    Verdict,
+    estimate_speech,
+)
+from .clock import Plan, VirtualTimeLoop
+from .http import CannedResponse, HttpExchange, HttpMock
+
+__all__ = [
+    "App",
+    "Callee",
+    "Caller",
+    "CannedResponse",
+    "ConferenceView",
+    "Endpoint",
+    "Flow",
+    "Harness",
+    "HttpExchange",
+    "HttpMock",
+    "LogLine",
+    "MediaFlows",
+    "Message",
+    "Plan",
+    "Played",
+    "RecordingTts",
+    "SimCall",
+    "SimUserAgent",
+    "Speech",
+    "Verdict",
+    "VirtualTimeLoop",
+    "callbridge",
+    "estimate_speech",
+]
+
+
+@pytest.fixture
+def callbridge(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """A :class:`Harness`: ``callbridge.load(path)`` gives an :class:`App`.
+
+    At the end of the test every session is ended and the loop closed; a
+    scenario error the test did not read (``app.errors``) or an HTTP request
+    it did not register fails the test there, with the traceback.
+    """
+    harness = Harness(tmp_dir=lambda: request.getfixturevalue("tmp_path"))
+    yield harness
+    harness.close()

@@ -1,0 +1,596 @@
+"""The harness: an application (rules + scenarios) on a virtual-time loop.
+
+:class:`Harness` owns one :class:`~engine.testing.clock.VirtualTimeLoop` and
+the applications a test loads on it (:meth:`Harness.load`). An
+:class:`App` is the real :class:`~engine.scenario.ScenarioRuntime` over the
+application's rules and scenarios, given a simulated user agent
+(:class:`~engine.testing.calls.SimUserAgent`) and canned HTTP
+(:class:`~engine.testing.http.HttpMock`): sessions, rule matching,
+``call_conference``, timers and session logs are the engine's own.
+
+Driving model: the test is the only thing that happens from outside, so
+each of its actions (a call arriving, a digit, a hang-up) runs the loop
+until the scenario waits for the outside again: every ready callback runs,
+and virtual time moves only while a prompt or finite playback plays, as if
+the person listened to it (timers due meanwhile fire, in order). Timeouts
+beyond that happen only when the test waits: :meth:`App.wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import textwrap
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar, cast
+
+import aiohttp
+
+from ..calls import Call, CallState, InternalCall
+from ..router import load_rules
+from ..scenario import ScenarioRuntime, Session
+from .calls import Callee, Caller, Endpoint, SimCall, SimUserAgent, Verdict
+from .clock import Plan, VirtualTimeLoop
+from .http import HttpMock
+
+__all__ = ["Harness", "App", "MediaFlows", "Flow", "ConferenceView", "LogLine"]
+
+_T = TypeVar("_T")
+
+#: Virtual seconds an action may spend listening to prompts, and the
+#: longest ``wait()`` without a duration: an endless chain of timers stops there.
+LIMIT = 3600.0
+
+_STAMP = re.compile(r"^\S+ session=\S+ ")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One session log line, stamped with virtual time."""
+
+    at: float
+    session_id: str
+    rule: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.at:8.2f} [{self.rule}] {self.text}"
+
+
+@dataclass
+class _ConferenceCall:
+    """A ``call_conference`` a session made: its side of the internal pair."""
+
+    session_id: str
+    name: str
+    leg: InternalCall
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Media going from ``source`` to ``target`` (endpoint or conference
+    names), and what set it up (``via``)."""
+
+    source: str
+    target: str
+    via: str
+
+    def __str__(self) -> str:
+        return f"{self.source} -> {self.target} ({self.via})"
+
+
+class MediaFlows:
+    """Which media flows between which calls and conferences, now.
+
+    Two sources feed it. Derived: a connected ``call_conference`` pair joins
+    the calling session's endpoint and the conference both ways (``via``
+    ``"call_conference"``), and a callee connected inside a conference's own
+    session joins that conference (``"conference session"``). Reported: the
+    media layer (conference mixers, ``send_media_to``) calls the runtime's
+    :meth:`~engine.scenario.ScenarioRuntime.media_routed` hook when it
+    starts or stops sending, naming calls or conferences, and the harness's
+    runtime passes that on to :meth:`report` (``via="media"``).
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._reported: dict[tuple[str, str], str] = {}
+
+    def report(self, source: object, target: object, on: bool = True, via: str = "media") -> None:
+        """The media layer's hook: ``source`` starts (``on``) or stops
+        sending media to ``target``; each is a :class:`~engine.calls.Call`,
+        an :class:`~engine.testing.calls.Endpoint`, or anything with a
+        ``name`` (a conference), or a name."""
+        key = (self.app.label(source), self.app.label(target))
+        if on:
+            self._reported[key] = via
+        else:
+            self._reported.pop(key, None)
+
+    def __iter__(self) -> Iterator[Flow]:
+        seen: set[tuple[str, str]] = set()
+        for flow in self._derived():
+            if (flow.source, flow.target) not in seen:
+                seen.add((flow.source, flow.target))
+                yield flow
+        for (source, target), via in self._reported.items():
+            if (source, target) not in seen:
+                yield Flow(source, target, via)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def _derived(self) -> Iterator[Flow]:
+        app = self.app
+        for conf in app._conference_calls:
+            if conf.leg.state == CallState.CONNECTED:
+                for name in app._session_labels(conf.session_id):
+                    yield Flow(name, conf.name, "call_conference")
+                    yield Flow(conf.name, name, "call_conference")
+        for ep in app.endpoints:
+            session = ep.session
+            if ep.connected and session is not None and session.conferences:
+                for conf_name in sorted(session.conferences):
+                    yield Flow(ep.name, conf_name, "conference session")
+                    yield Flow(conf_name, ep.name, "conference session")
+
+    def between(self, a: object, b: object) -> Verdict:
+        """Whether media flows both ways between ``a`` and ``b``."""
+        la, lb = self.app.label(a), self.app.label(b)
+        have = {(f.source, f.target) for f in self}
+        ok = (la, lb) in have and (lb, la) in have
+        if ok:
+            return Verdict(True, f"media flows both ways between {la} and {lb}")
+        return Verdict(False, f"expected media both ways between {la} and {lb}; flows: {self.describe()}")
+
+    def sends(self, source: object, target: object) -> Verdict:
+        """Whether media flows from ``source`` to ``target``."""
+        ls, lt = self.app.label(source), self.app.label(target)
+        if any(f.source == ls and f.target == lt for f in self):
+            return Verdict(True, f"media flows from {ls} to {lt}")
+        return Verdict(False, f"expected media from {ls} to {lt}; flows: {self.describe()}")
+
+    def describe(self) -> str:
+        flows = [str(f) for f in self]
+        return "; ".join(flows) if flows else "none"
+
+
+class ConferenceView:
+    """What a test sees of one conference: its session and who is in it."""
+
+    def __init__(self, app: App, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Conference {self.name} participants={self.participants}>"
+
+    @property
+    def session(self) -> Session | None:
+        """The live session running the conference (``None``: none runs)."""
+        return self.app.runtime.conference_session(self.name)
+
+    @property
+    def legs(self) -> list[InternalCall]:
+        """The conference session's ends of the calls made to it, in order."""
+        return [c.leg.peer for c in self.app._conference_calls
+                if c.name == self.name and c.leg.peer is not None]
+
+    @property
+    def participants(self) -> list[str]:
+        """Names of the endpoints media flows to from the conference now."""
+        return [f.target for f in self.app.flows if f.source == self.name]
+
+    @property
+    def log(self) -> list[str]:
+        ids = {c.leg.peer.dispatcher.id for c in self.app._conference_calls
+               if c.name == self.name and c.leg.peer is not None
+               and isinstance(c.leg.peer.dispatcher, Session)}
+        return [ln.text for ln in self.app.log_lines if ln.session_id in ids]
+
+
+class HarnessRuntime(ScenarioRuntime):
+    """The engine's runtime, observed: HTTP goes to the app's
+    :class:`HttpMock`, conference calls and log lines are recorded."""
+
+    def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+
+    async def http_session(self) -> aiohttp.ClientSession:
+        return cast(aiohttp.ClientSession, self.app.http)
+
+    def call_conference(self, caller: Session, name: str, callerid: str | None,
+                        display_name: str | None, headers: dict[str, str] | None) -> InternalCall:
+        out = super().call_conference(caller, name, callerid, display_name, headers)
+        self.app._conference_calls.append(_ConferenceCall(caller.id, name, out))
+        return out
+
+    def append_log(self, session_id: str, line: str) -> None:
+        super().append_log(session_id, line)
+        self.app._log(session_id, line)
+
+    def media_routed(self, source: object, target: object, on: bool) -> None:
+        self.app.flows.report(source, target, on, via="media")
+
+
+@dataclass
+class _Failure:
+    session_id: str
+    rule: str
+    error: str
+
+
+class App:
+    """One application (rules + scenarios) under test; see :meth:`Harness.load`.
+
+    :ivar runtime: the engine's scenario runtime running it.
+    :ivar ua: the simulated user agent (``ua.registered``, ``ua.trunk``,
+        ``ua.invite_timeout`` shape what outbound calls meet).
+    :ivar http: canned HTTP responses for ``Net.http_request``.
+    :ivar flows: the media flows view.
+    :ivar listen_to_prompts: whether actions let prompts play to the end
+        (default); ``False`` returns as soon as the scenario is idle, so the
+        test can act mid-prompt (barge-in).
+    """
+
+    def __init__(self, harness: Harness, rules: Path, scenarios: Path, *, idle_timeout: float = 30.0) -> None:
+        self.harness = harness
+        self.ua = SimUserAgent(self)
+        self.http = HttpMock(lambda: self.harness.now)
+        self.flows = MediaFlows(self)
+        self.listen_to_prompts = True
+        self.callers: list[Caller] = []
+        self.dialed: list[Callee] = []
+        self.log_lines: list[LogLine] = []
+        self._conference_calls: list[_ConferenceCall] = []
+        self._rules_of: dict[str, str] = {}
+        self._seen_errors: set[str] = set()
+        self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
+                                      node_id="harness", idle_timeout=idle_timeout)
+        self.runtime.compile_all()
+
+    def __repr__(self) -> str:
+        return f"<App {self.runtime.scenarios_dir} sessions={len(self.runtime.sessions)}>"
+
+    # -- time --------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the harness started."""
+        return self.harness.now
+
+    def wait(self, seconds: float | None = None) -> None:
+        """Let ``seconds`` of virtual time pass, firing every timer due
+        (timeouts, ``set_timeout``, session idle ends); ``None``: until no
+        timer is left (at most an hour)."""
+        self.harness.wait(seconds)
+
+    # -- calls in ----------------------------------------------------------------------------
+
+    def incoming_call(
+        self,
+        number: str,
+        callerid: str | None = None,
+        *,
+        display_name: str | None = None,
+        headers: dict[str, str] | None = None,
+        transport: str = "pstn",
+        name: str | None = None,
+    ) -> Caller:
+        """A call to ``number`` arrives, as the user agent (``"pstn"``: a
+        phone or trunk) or the web SDK (``"web"``) would offer it; the rules
+        pick the scenario. Returns once the scenario waits for the caller.
+
+        :param callerid: the caller's number or user name (default
+            ``"+15557654321"``, or ``"web-user"`` on the web).
+        :param headers: ``X-`` headers of the call (``X-Conference-Id``...).
+        :param name: what messages and flows call this caller (default: the caller id).
+        """
+        if transport not in ("pstn", "web"):
+            raise ValueError(f"transport must be 'pstn' or 'web', not {transport!r}")
+        cid = callerid or ("web-user" if transport == "web" else "+15557654321")
+        caller = Caller(self, name=name or cid, transport=transport, direction="inbound", number=number,
+                        callerid=cid, display_name=display_name, headers=headers)
+        caller.leg._set_state(CallState.ALERTING)
+        caller._note(f"called {number!r} from {cid!r} ({transport})" + (f" with headers {headers}" if headers else ""))
+        self.callers.append(caller)
+        self.harness._endpoints.append(caller)
+        self._act(self.runtime.on_incoming_call, caller.leg, None)
+        return caller
+
+    def send_message(self, destination: str, text: str, callerid: str = "+15557654321",
+                     headers: dict[str, str] | None = None) -> int:
+        """An out-of-dialog SIP MESSAGE to ``destination``; returns the status
+        the engine answers (200, 404 when no rule matches, 500)."""
+        return self._act(self.runtime.on_message, text, callerid, destination, dict(headers or {}))
+
+    def start(self, rule: str, custom_data: str = "") -> Session:
+        """Start a session of rule ``rule`` without a call (as the management
+        API does), with ``custom_data``."""
+        for r in self.runtime.rules.rules:
+            if r.name == rule:
+                return self._act(self.runtime.start_session, r, custom_data)
+        names = ", ".join(r.name for r in self.runtime.rules.rules)
+        raise ValueError(f"no rule named {rule!r} (rules: {names})")
+
+    def register_user(self, user: str) -> None:
+        """Let ``VoxEngine.call_user(user)`` reach a phone registered as ``user``."""
+        self.ua.registered.add(user)
+
+    # -- calls out ---------------------------------------------------------------------------
+
+    def callee(self, target: str | None = None) -> Callee:
+        """The latest outbound call the scenario placed to ``target`` (a
+        number, URI or user name; ``None``: the latest of all)."""
+        for callee in reversed(self.dialed):
+            if target is None or target in (callee.target, callee.leg.number):
+                return callee
+        dialed = ", ".join(f"{c.target} ({c.how})" for c in self.dialed) or "nobody"
+        what = "a call" if target is None else f"a call to {target}"
+        raise AssertionError(f"expected the scenario to place {what}; it dialed {dialed}" + self._errors_text())
+
+    def _dialed(self, callee: Callee) -> None:
+        self.dialed.append(callee)
+        self.harness._endpoints.append(callee)
+
+    # -- conferences --------------------------------------------------------------------------
+
+    def conference(self, name: str) -> ConferenceView:
+        return ConferenceView(self, name)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [*self.callers, *self.dialed]
+
+    def label(self, obj: object) -> str:
+        """The name flows use for a call, endpoint, conference or name."""
+        if isinstance(obj, str):
+            return obj
+        if isinstance(obj, Endpoint):
+            return obj.name
+        if isinstance(obj, SimCall):
+            return obj.endpoint.name
+        if isinstance(obj, InternalCall):
+            for conf in self._conference_calls:
+                if obj is conf.leg:
+                    names = self._session_labels(conf.session_id)
+                    return names[0] if names else f"session {conf.session_id[:8]}"
+                if obj is conf.leg.peer:
+                    return conf.name
+        if isinstance(obj, Call):
+            return f"call {obj.id[:8]}"
+        name = getattr(obj, "name", None)
+        return str(name) if name is not None else repr(obj)
+
+    def _session_labels(self, session_id: str) -> list[str]:
+        """Endpoints whose legs a session holds (or the session's rule)."""
+        names = [ep.name for ep in self.endpoints
+                 if isinstance(ep.session, Session) and ep.session.id == session_id]
+        return names or [f"session {self._rules_of.get(session_id, session_id[:8])}"]
+
+    def _conferences_of(self, ep: Endpoint) -> list[str]:
+        session = ep.session
+        if session is None:
+            return []
+        joined: list[str] = []
+        for conf in self._conference_calls:
+            if conf.session_id == session.id and conf.leg.was_connected and conf.name not in joined:
+                joined.append(conf.name)
+        if ep.leg.was_connected:
+            joined.extend(n for n in sorted(session.conferences) if n not in joined)
+        return joined
+
+    def _conference_attempts(self, ep: Endpoint) -> list[tuple[str, str]]:
+        session = ep.session
+        out = []
+        for conf in self._conference_calls:
+            if session is not None and conf.session_id == session.id:
+                leg = conf.leg
+                st = f"{leg.state.value} {leg.end_code}" if leg.state.ended else leg.state.value
+                out.append((conf.name, st))
+        return out
+
+    # -- logs and errors --------------------------------------------------------------------------
+
+    def _log(self, session_id: str, line: str) -> None:
+        rule = self._rules_of.get(session_id)
+        if rule is None:
+            session = self.runtime.sessions.get(session_id)
+            rule = session.rule.name if session is not None else "?"
+            self._rules_of[session_id] = rule
+        self.log_lines.append(LogLine(self.harness.now, session_id, rule, _STAMP.sub("", line, count=1)))
+
+    @property
+    def log(self) -> list[str]:
+        """Every session's log lines, in order, as ``[Rule] text``."""
+        return [f"[{ln.rule}] {ln.text}" for ln in self.log_lines]
+
+    def log_of(self, session_id: str) -> list[str]:
+        return [ln.text for ln in self.log_lines if ln.session_id == session_id]
+
+    def _failures(self) -> list[_Failure]:
+        found = [_Failure(sid, rule, err) for sid, rule, err in self.runtime.finished if err]
+        found += [_Failure(s.id, s.rule.name, s.error) for s in self.runtime.sessions.values() if s.error]
+        return found
+
+    @property
+    def errors(self) -> list[str]:
+        """The scenario errors so far (``"RuntimeError: ..."``). Reading
+        them acknowledges them: unread ones fail the test at its end."""
+        failures = self._failures()
+        self._seen_errors.update(f.session_id for f in failures)
+        return [f.error for f in failures]
+
+    def _unseen_failures(self) -> list[_Failure]:
+        return [f for f in self._failures() if f.session_id not in self._seen_errors]
+
+    def _traceback(self, session_id: str) -> str:
+        for ln in self.log_lines:
+            if ln.session_id == session_id and ln.text.startswith("scenario error:"):
+                return ln.text
+        return ""
+
+    def _errors_text(self) -> str:
+        failures = self._failures()
+        if not failures:
+            return ""
+        return "; the scenario failed: " + ", ".join(f"[{f.rule}] {f.error}" for f in failures)
+
+    # -- driving ------------------------------------------------------------------------------
+
+    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        return self.harness._act(fn, *args, listen=listen and self.listen_to_prompts)
+
+    def problems(self) -> list[str]:
+        """What should fail the test at its end: scenario errors nobody read
+        (:attr:`errors`), requests with no canned response."""
+        out = []
+        for f in self._unseen_failures():
+            tb = self._traceback(f.session_id)
+            out.append(f"scenario of rule {f.rule} failed: {f.error}"
+                       + ("\n" + textwrap.indent(tb, "    ") if tb else "")
+                       + "\n    (read app.errors in the test if this is expected)")
+        for ex in self.http.unmatched:
+            out.append(f"the scenario requested {ex.method} {ex.url}, which the test did not register "
+                       f"(app.http.respond({ex.url!r}, ...))")
+        return out
+
+
+class Harness:
+    """A virtual-time loop and the applications loaded on it (the
+    ``callbridge`` fixture). Call :meth:`close` at the end (the fixture
+    does); outside pytest, ``with Harness() as harness:`` does.
+
+    :param tmp_dir: where :meth:`load_text` writes applications.
+    """
+
+    def __init__(self, tmp_dir: Callable[[], Path] | None = None) -> None:
+        self.loop = VirtualTimeLoop()
+        self.loop.set_exception_handler(self._loop_error)
+        self.apps: list[App] = []
+        self._endpoints: list[Endpoint] = []
+        self._loop_errors: list[str] = []
+        self._tmp_dir = tmp_dir
+        self._closed = False
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the harness started."""
+        return self.loop.time()
+
+    def load(self, path: str | os.PathLike[str] | None = None, *, rules: str | os.PathLike[str] | None = None,
+             scenarios: str | os.PathLike[str] | None = None, idle_timeout: float = 30.0) -> App:
+        """Load an application: ``path/rules.yaml`` and ``path/scenarios/``
+        (``rules`` and ``scenarios`` name them otherwise). A bad rules file
+        or scenario raises here with file, line and reason, as ``serve`` would
+        stop."""
+        base = Path(path) if path is not None else Path.cwd()
+        rules_path = Path(rules) if rules is not None else base / "rules.yaml"
+        scen_dir = Path(scenarios) if scenarios is not None else base / "scenarios"
+        app = App(self, rules_path, scen_dir, idle_timeout=idle_timeout)
+        self.apps.append(app)
+        return app
+
+    def load_text(self, rules: str, scenarios: dict[str, str], *, idle_timeout: float = 30.0) -> App:
+        """Load an application given as text: rules YAML and ``{name: source}``
+        (dedented), written to a temporary folder."""
+        if self._tmp_dir is None:
+            raise RuntimeError("load_text needs a temporary folder: use the callbridge fixture")
+        root = self._tmp_dir() / f"app{len(self.apps)}"
+        (root / "scenarios").mkdir(parents=True)
+        (root / "rules.yaml").write_text(textwrap.dedent(rules))
+        for name, source in scenarios.items():
+            (root / "scenarios" / f"{name}.py").write_text(textwrap.dedent(source))
+        return self.load(root, idle_timeout=idle_timeout)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _prompt_playing(self) -> bool:
+        return any(ep.leg.playing for ep in self._endpoints)
+
+    def run(self, listen: bool = True) -> None:
+        """Run until the scenario is idle (and, with ``listen``, no prompt plays)."""
+        keep: Callable[[], bool] = self._prompt_playing if listen else (lambda: False)
+        self.loop.drive(Plan(deadline=self.now + LIMIT, keep_going=keep))
+        self._raise_loop_errors()
+
+    def wait(self, seconds: float | None = None) -> None:
+        """Let virtual time pass; see :meth:`App.wait`."""
+        if seconds is None:
+            self.loop.drive(Plan(deadline=self.now + LIMIT))
+        else:
+            if seconds < 0:
+                raise ValueError("cannot wait a negative time")
+            self.loop.drive(Plan(deadline=self.now + seconds, settle=True))
+        self._raise_loop_errors()
+
+    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        """Run ``fn(*args)`` in the loop, then the loop until idle; return its result."""
+        if self._closed:
+            raise RuntimeError("the harness is closed")
+        fut: asyncio.Future[_T] = self.loop.create_future()
+
+        def call() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the test below
+                fut.set_exception(exc)
+
+        self.loop.call_soon(call)
+        self.run(listen)
+        return fut.result()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        text = str(context.get("message", "error in the event loop"))
+        if isinstance(exc, BaseException):
+            text += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+        self._loop_errors.append(text)
+
+    def _raise_loop_errors(self) -> None:
+        if self._loop_errors:
+            errors, self._loop_errors = self._loop_errors, []
+            raise AssertionError("an engine callback failed in the event loop:\n" + "\n".join(errors))
+
+    def close(self) -> None:
+        """End every session, run what is left, close the loop; then raise
+        :class:`AssertionError` for problems the test did not look at
+        (:meth:`App.problems`)."""
+        if self._closed:
+            return
+        problems: list[str] = []
+        try:
+            for app in self.apps:
+                self._act(_stop, app.runtime, listen=False)
+            self.wait()
+        except AssertionError as exc:
+            problems.append(str(exc))
+        finally:
+            self._closed = True
+            loop = self.loop
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        for app in self.apps:
+            problems.extend(app.problems())
+        problems.extend(self._loop_errors)
+        if problems:
+            raise AssertionError("\n".join(problems))
+
+
+def _stop(runtime: ScenarioRuntime) -> None:
+    asyncio.ensure_future(runtime.stop())
