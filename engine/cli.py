@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated source addresses exempt from rate limits")
     serve.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", 30)),
                        help="seconds a session with no calls lives on")
+    serve.add_argument("--rtp-timeout", type=float, default=float(_env("RTP_TIMEOUT", 60)),
+                       help="hang up a connected call after this many seconds without RTP or RTCP"
+                            " (not while on hold; 0: never)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -130,6 +133,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         start, end = (int(x) for x in args.rtp_ports.split("-"))
     except ValueError:
         raise SystemExit(f"callbridge: --rtp-ports must be START-END, got {args.rtp_ports!r}")
+    if args.rtp_timeout < 0:
+        raise SystemExit(f"callbridge: --rtp-timeout must be 0 (off) or more seconds, got {args.rtp_timeout}")
     policy = SecurityPolicy(
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
@@ -139,7 +144,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         sip_port=args.sip_port, http_host=args.http_host, http_port=args.http_port,
         rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
-        session_idle_timeout=args.idle_timeout, policy=policy,
+        session_idle_timeout=args.idle_timeout, policy=policy, rtp_timeout=args.rtp_timeout,
     )
 
 

@@ -33,10 +33,17 @@ While the session may not send (the stream is recvonly/inactive or the peer
 holds it) frames are still pulled, so playback time passes, but nothing is
 sent and the RTP timestamp skips over them.
 
-The socket is read only while a tone listener is set (:meth:`set_tone_listener`):
-a call whose scenario wants no media pays nothing for the RTP it receives,
-which the kernel drops once its buffer is full. Digits sent just before the
-listener is set wait in that buffer and are still reported.
+The socket is read only while a tone listener is set (:meth:`set_tone_listener`)
+or RTCP runs (:attr:`MediaSession.rtcp`, which needs every arrival for its
+statistics and the RTP inactivity timeout; see :mod:`engine.call_media`):
+a call whose scenario wants no media and whose engine has no RTP timeout
+pays nothing for the RTP it receives, which the kernel drops once its
+buffer is full. Digits sent just before the listener is set wait in that
+buffer and are still reported.
+
+Outgoing RFC 4733 digits (:attr:`MediaSession.dtmf`) take the player's
+place on each tick while they are sent: the player is paused, not pulled,
+and the stream's timestamp advances under the events.
 """
 
 from __future__ import annotations
@@ -53,9 +60,10 @@ from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventRec
 from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
 from .media.players import FrameSource, PlaybackFinished
+from .media.rtcp_session import RtcpSession
 from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender
 from .sip.offer_answer import NegotiatedMedia
-from .transport.media_clock import MediaClock
+from .transport.media_clock import ClockSink, MediaClock
 from .transport.rtp_transport import RtpTransport
 
 __all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
@@ -101,6 +109,12 @@ class MediaSession:
         self.player: FrameSource | None = None
         self._player_done: PlaybackDone | None = None
         self._talkspurt = False
+        #: RTCP statistics and RTP inactivity (set by engine.call_media); while
+        #: set, the socket is read for every call, tone listener or not.
+        self.rtcp: RtcpSession | None = None
+        #: RFC 4733 digits being sent (engine.call_media.DtmfPlayout): its
+        #: tick replaces the player's while it returns True.
+        self.dtmf: ClockSink | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -154,11 +168,11 @@ class MediaSession:
         self._listener = listener
         if self.closed:
             return
-        if listener is not None:
+        if listener is not None or self.rtcp is not None:
             self.transport.attach()
         else:
             self.transport.detach()
-            if self.player is None:
+            if self.player is None and self.dtmf is None:
                 self.clock.discard(self)
         self._update_detector()
 
@@ -252,7 +266,7 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         latch = self.latch
-        if latch is None or self._listener is None:
+        if latch is None or (self._listener is None and self.rtcp is None):
             return
         try:
             packet = RtpPacket.parse(data)
@@ -263,6 +277,10 @@ class MediaSession:
         now = loop.time()
         if not latch.accept(packet, addr, now):
             return
+        if self.rtcp is not None:
+            self.rtcp.on_rtp_received(packet, now)
+            if self._listener is None:
+                return
         pt = packet.payload_type
         if pt == self.event_pt and self.events is not None:
             try:
@@ -301,7 +319,7 @@ class MediaSession:
         if self.closed:
             return False
         receiving = self._tick_receive(now)
-        sending = self._tick_send()
+        sending = (self.dtmf is not None and self.dtmf.tick(now)) or self._tick_send()
         return receiving or sending
 
     def _tick_receive(self, now: float) -> bool:
