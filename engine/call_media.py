@@ -3,38 +3,149 @@
 :class:`SdpMediaHandler` is the :class:`~engine.calls.MediaHandler` the engine
 gives each SIP call: it reserves an RTP/RTCP port pair, makes offers and
 answers with PCMU, PCMA and telephone-event (RFC 3264), and keeps what was
-negotiated in :attr:`negotiated`. Once something is negotiated and a tone
-listener is set (:meth:`SdpMediaHandler.set_tone_listener`), it runs a
-:class:`~engine.media_session.MediaSession` on the reserved RTP socket with
-the engine's media clock, which reports DTMF to that listener. The session
-is made only then, so a call whose scenario uses no media costs no more
-than SDP.
+negotiated in :attr:`negotiated`. Once something is negotiated and media is
+wanted, it runs a :class:`~engine.media_session.MediaSession` on the
+reserved RTP socket with the engine's media clock, and beside it RTCP
+(:class:`~engine.media.rtcp_session.RtcpSession` on the pair's RTCP socket,
+driven by :class:`~engine.transport.rtcp_transport.RtcpTransport`).
+
+Media is wanted when a tone listener is set
+(:meth:`SdpMediaHandler.set_tone_listener`), something is played or digits
+are sent, or, once the call is connected, when the engine has an RTP
+inactivity timeout (:meth:`SdpMediaHandler.watch_rtp`; ``rtp_timeout``,
+60 s by default). Until then a call costs no more than SDP.
+
+The timeout needs to see arrivals, so with it every connected call reads
+its RTP socket. Measured on the 2-core machine (stock asyncio): reading,
+parsing, latching and counting a packet costs about 2.7 µs beyond the
+event loop's wake-up (0.9 µs for ``recvfrom`` alone, 2.4 µs with parse and
+latch), some 0.14 s of CPU per second for 1,000 legs at 50 packets/s; and
+starting the session adds about 0.09 ms to a call (answer, start, close:
+0.16 ms against 0.07 ms without; mostly the two epoll registrations and
+the session objects). ``rtp_timeout=0`` turns all of it off, and media is
+then made only on demand. The timeout is checked on the RTCP timer (one
+``loop.call_at`` per call), never per packet, and it is suspended while
+the peer holds the call or the stream is not received
+(:meth:`SdpMediaHandler._configure`).
+
+:class:`DtmfPlayout` sends outgoing RFC 4733 digits
+(:class:`~engine.media.dtmf_sender.DtmfSender`) on the session's ticks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
+import time
+from typing import Any, Callable
 
 from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
 from .sip.sdp import SessionDescription, parse_sdp
+from .media.dtmf_sender import DtmfSender
 from .media.players import FrameSource
+from .media.rtcp_session import MIN_INTERVAL, MediaStats, MediaTimedOut, RtcpSession
 from .media.tts import TtsCache
 from .transport.audio_fetch import AudioLoader
 from .media_session import MediaSession, PlaybackDone, ToneListener
 from .transport.media_clock import MediaClock
+from .transport.rtcp_transport import RtcpTransport
 from .transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
-__all__ = ["SdpMediaHandler", "DEFAULT_CODECS"]
+__all__ = ["SdpMediaHandler", "DtmfPlayout", "DEFAULT_CODECS"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CODECS: tuple[Codec, ...] = (PCMU, PCMA)
 
+#: ``done(completed)``: the digits were all sent (``True``) or not.
+DigitsDone = Callable[[bool], None]
+
+
+class DtmfPlayout:
+    """Sends a :class:`DtmfSender`'s packets through a media session.
+
+    It is the session's :attr:`~engine.media_session.MediaSession.dtmf`
+    while it runs: each tick it takes the frame (the player waits) and sends
+    the frame's packets, unless the session may not send now (hold), when
+    they are dropped and time still passes. ``done`` is called once: at the
+    last end packet, or with ``False`` from :meth:`stop` or :meth:`abort`.
+    """
+
+    def __init__(self, session: MediaSession, sender: DtmfSender, done: DigitsDone | None = None) -> None:
+        self.session = session
+        self.sender = sender
+        self._done = done
+        self._previous: DtmfPlayout | None = None
+
+    def start(self) -> None:
+        """Take over the session's digits: ones still being sent are stopped,
+        and their open event's end packets go out before ours start."""
+        previous = self.session.dtmf
+        if isinstance(previous, DtmfPlayout):
+            previous.stop()
+            if not previous.sender.finished:
+                self._previous = previous
+        self.session.dtmf = self
+        self.session.clock.add(self.session)
+
+    def tick(self, now: float) -> bool:
+        session = self.session
+        previous = self._previous
+        if previous is not None:
+            if previous.tick(now):
+                return True
+            self._previous = None
+        packets = self.sender.tick(session.sender)
+        if packets is None:
+            self._detach()
+            return False
+        if packets and session.may_send:
+            for packet in packets:
+                session.send(packet.serialize())
+        if self.sender.finished:
+            self._detach()
+            self._report(not self.sender.stopped)
+        return True
+
+    def stop(self) -> None:
+        """Stop after ending the event in progress (``done(False)`` now)."""
+        self.sender.stop()
+        if self.sender.finished:
+            self._detach()
+        self._report(False)
+
+    def abort(self) -> None:
+        """Stop at once, sending nothing more (the call is ending)."""
+        self._detach()
+        self._report(False)
+
+    def _detach(self) -> None:
+        session = self.session
+        if session.dtmf is self:
+            session.dtmf = None
+            # Audio that follows starts a new talkspurt: its timestamp jumped.
+            session._talkspurt = False
+
+    def _report(self, completed: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            try:
+                done(completed)
+            except Exception:
+                logger.exception("digits callback failed")
+
 
 class SdpMediaHandler:
-    """Offer/answer for one call leg on one reserved port pair."""
+    """Offer/answer for one call leg on one reserved port pair.
+
+    :param rtp_timeout: seconds without RTP or RTCP after which
+        :meth:`watch_rtp`'s callback runs (0: never; see the module notes).
+    """
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
                  clock: MediaClock | None = None, tts: TtsCache | None = None,
-                 audio: AudioLoader | None = None) -> None:
+                 audio: AudioLoader | None = None, rtp_timeout: float = 0.0) -> None:
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -46,7 +157,14 @@ class SdpMediaHandler:
         self.remote: SessionDescription | None = None
         self.clock = clock
         self.session: MediaSession | None = None
+        self.rtcp: RtcpTransport | None = None
+        self.dtmf: DtmfPlayout | None = None
+        self.rtp_timeout = rtp_timeout
+        #: RTCP's report interval (RFC 3550 section 6.2's 5 s; tests shorten it).
+        self.rtcp_interval = MIN_INTERVAL
         self._tone_listener: ToneListener | None = None
+        self._on_rtp_timeout: Callable[[MediaTimedOut], None] | None = None
+        self._final_stats: MediaStats | None = None
         #: Speech for :meth:`engine.calls.Call.say` (``None``: the default cache).
         self.tts = tts
         #: Files and URLs for :meth:`engine.calls.Call.start_playback` (``None``: the default loader).
@@ -85,16 +203,87 @@ class SdpMediaHandler:
         self.remote = remote
         self._media_changed()
 
+    @property
+    def telephone_event(self) -> bool:
+        """Whether RFC 4733 telephone-event was negotiated."""
+        return self.negotiated is not None and self.negotiated.telephone_event_pt is not None
+
     def _media_changed(self) -> None:
         """Start or reconfigure the media session for :attr:`negotiated`."""
         if self.negotiated is None or self.pair is None or self.clock is None:
             return
         if self.session is None:
-            if self._tone_listener is None:
+            if self._tone_listener is None and self._on_rtp_timeout is None:
                 return  # made when first needed: a call without media use costs nothing
-            self.session = MediaSession(self.pair.rtp, self.clock)
-        self.session.configure(self.negotiated)
-        self.session.set_tone_listener(self._tone_listener)
+            self._ensure_session()
+            return
+        self._configure(self.session)
+
+    def _ensure_session(self) -> MediaSession:
+        """The media session with its RTCP, made and started if need be
+        (only once something is negotiated: the callers check)."""
+        if self.session is not None:
+            return self.session
+        assert self.negotiated is not None and self.pair is not None and self.clock is not None
+        session = MediaSession(self.pair.rtp, self.clock)
+        loop = asyncio.get_running_loop()
+        rtcp = RtcpSession(session.sender, interval=self.rtcp_interval, wall_offset=time.time() - loop.time())
+        session.rtcp = rtcp
+        self.session = session
+        self.rtcp = RtcpTransport(self.pair.rtcp, rtcp, self._rtcp_destination, self._rtp_timed_out)
+        self._configure(session)
+        self.rtcp.start()
+        if self._on_rtp_timeout is not None:
+            rtcp.set_inactivity_timeout(self.rtp_timeout, loop.time())
+            self.rtcp.update()
+        return session
+
+    def _configure(self, session: MediaSession) -> None:
+        neg = self.negotiated
+        assert neg is not None
+        session.configure(neg)
+        session.set_tone_listener(self._tone_listener)
+        rtcp = session.rtcp
+        if rtcp is not None:
+            rtcp.clock_rate = neg.codec.clock_rate
+            rtcp.event_pt = neg.telephone_event_pt
+            # Hold (RFC 3264 section 8.4) or a stream we do not receive:
+            # no RTP is due, so its absence is no reason to hang up.
+            rtcp.set_media_expected(neg.recv and not neg.on_hold, asyncio.get_running_loop().time())
+        if self.rtcp is not None:
+            self.rtcp.update()
+
+    def _rtcp_destination(self) -> Any:
+        """The peer's RTCP address: the SDP's (``a=rtcp`` or RTP port + 1,
+        RFC 3605 and RFC 3550 section 11) while RTP comes from the SDP
+        address; once RTP latched elsewhere (NAT), that address's port + 1."""
+        neg, session = self.negotiated, self.session
+        if neg is None or session is None:
+            return None
+        rtp = session.remote_addr
+        if rtp is None or rtp[0] in ("0.0.0.0", "::"):  # RFC 2543 hold: nowhere to send
+            return None
+        if rtp[0] == neg.remote_address and rtp[1] == neg.remote_port:
+            return (rtp[0], neg.remote_rtcp_port, *rtp[2:])
+        return (rtp[0], rtp[1] + 1, *rtp[2:])
+
+    def _rtp_timed_out(self, event: MediaTimedOut) -> None:
+        if self._on_rtp_timeout is not None:
+            self._on_rtp_timeout(event)
+
+    def watch_rtp(self, on_timeout: Callable[[MediaTimedOut], None]) -> None:
+        """The call is connected: run media (with RTCP) and call
+        ``on_timeout`` once no RTP nor RTCP came for ``rtp_timeout`` seconds
+        while media was expected. Nothing happens with ``rtp_timeout`` 0."""
+        if self.rtp_timeout <= 0:
+            return
+        self._on_rtp_timeout = on_timeout
+        if self.session is None:
+            self._media_changed()
+            return
+        if self.session.rtcp is not None and self.rtcp is not None:
+            self.session.rtcp.set_inactivity_timeout(self.rtp_timeout, asyncio.get_running_loop().time())
+            self.rtcp.update()
 
     def set_tone_listener(self, listener: ToneListener | None) -> None:
         """Report RTP DTMF (RFC 4733, in-band) as ``listener(digit, mode)``;
@@ -110,11 +299,7 @@ class SdpMediaHandler:
         is negotiated (``None`` before)."""
         if self.negotiated is None or self.pair is None or self.clock is None:
             return None
-        if self.session is None:
-            self.session = MediaSession(self.pair.rtp, self.clock)
-            self.session.configure(self.negotiated)
-            self.session.set_tone_listener(self._tone_listener)
-        return self.session
+        return self._ensure_session()
 
     def start_playback(self, player: FrameSource, done: PlaybackDone | None = None) -> bool:
         """Play ``player`` into the call; ``False`` (and nothing else) when
@@ -129,8 +314,43 @@ class SdpMediaHandler:
         if self.session is not None:
             self.session.stop_playback()
 
+    def start_digits(self, digits: str, duration: float, gap: float, done: DigitsDone | None = None) -> bool:
+        """Send ``digits`` as RFC 4733 events (replacing digits being sent);
+        ``False`` (and nothing else) unless telephone-event was negotiated.
+
+        :raises engine.media.dtmf_sender.DtmfSenderError: bad digits or timing.
+        """
+        neg = self.negotiated
+        if neg is None or neg.telephone_event_pt is None or self.pair is None or self.clock is None:
+            return False
+        sender = DtmfSender(digits, payload_type=neg.telephone_event_pt, clock_rate=neg.codec.clock_rate,
+                            duration=duration, gap=gap)
+        self.dtmf = DtmfPlayout(self._ensure_session(), sender, done)
+        self.dtmf.start()
+        return True
+
+    def stop_digits(self) -> None:
+        """Stop the digits being sent (the event in progress is ended properly)."""
+        if self.dtmf is not None:
+            self.dtmf.stop()
+            self.dtmf = None
+
+    def media_stats(self) -> MediaStats:
+        """Statistics of the media session (zeros if none ran); kept after :meth:`close`."""
+        if self.session is not None and self.session.rtcp is not None:
+            return self.session.rtcp.stats()
+        return self._final_stats or MediaStats()
+
     def close(self) -> None:
+        if self.dtmf is not None:
+            self.dtmf.abort()
+            self.dtmf = None
         if self.session is not None:
+            if self.rtcp is not None:
+                self.rtcp.close()  # RTCP BYE, before the socket goes
+                self.rtcp = None
+            if self.session.rtcp is not None:
+                self._final_stats = self.session.rtcp.stats()
             self.session.close()
             self.session = None
         if self.pair is not None:

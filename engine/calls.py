@@ -3,8 +3,8 @@
 A :class:`Call` is what a scenario holds: state, caller id, number, headers,
 events (through pyee) and actions (``answer``, ``reject``, ``hangup``,
 ``ring``, ``start_early_media``, ``send_message``, ``send_info``,
-``handle_tones``, ``collect_tones``). Two kinds
-exist now:
+``handle_tones``, ``collect_tones``, ``send_digits``, ``media_stats``).
+Two kinds exist now:
 
 - :class:`SipCall`, a leg to a phone, trunk or SIP peer, driven by the
   :class:`~engine.ua.UserAgent` (the INVITE session of pjsip's ``sip_inv``:
@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 from pyee.asyncio import AsyncIOEventEmitter
 
 from .media.dtmf import DtmfBodyError, parse_info_body
+from .media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
 from .media.sources import AudioFileError, Pcm
+from .media.rtcp_session import MediaStats
 from .media.tts import TtsCache, default_tts
 from .transport.audio_fetch import AudioLoader, default_audio_loader
 
@@ -56,6 +58,9 @@ __all__ = [
     "Dispatcher",
     "CallError",
     "Playback",
+    "SendDigitsAction",
+    "MediaStats",
+    "DIGIT_MODES",
     "new_call_pair",
 ]
 
@@ -68,6 +73,13 @@ RELEASE_AFTER = 0.1
 
 #: Digits kept for the next :meth:`Call.collect_tones` at most.
 TYPEAHEAD_MAX = 32
+
+#: The pause of paced digits (INFO, internal calls); tests put virtual time here.
+_sleep = asyncio.sleep
+
+#: How :meth:`Call.send_digits` may send: ``"auto"`` picks RFC 4733 when
+#: the peer negotiated telephone-event, else SIP INFO.
+DIGIT_MODES = ("auto", "rfc4733", "info")
 
 
 class CallEvents(str, enum.Enum):
@@ -399,6 +411,55 @@ class PlaybackMixin:
             pb.stop()
 
 
+class SendDigitsAction:
+    """The handle of one :meth:`Call.send_digits`. Awaiting it returns once
+    the last digit has been sent: ``True``, or ``False`` when stopped or the
+    call ended first. :meth:`stop` ends it early (an RFC 4733 event in
+    progress still gets its end packets, so the far end hears no endless tone).
+
+    :ivar digits: what is sent (``a-d`` upper-cased).
+    :ivar mode: how: ``"rfc4733"`` or ``"info"`` (``"auto"`` resolved).
+    """
+
+    def __init__(self, call: Call, digits: str, mode: str, duration: float, gap: float) -> None:
+        self.call = call
+        self.digits = digits
+        self.mode = mode
+        self.duration = duration
+        self.gap = gap
+        self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        #: ``None`` while sending (or waiting for the digits before), then
+        #: whether every digit was sent.
+        self.completed: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"<SendDigitsAction {self.digits!r} {self.mode} of {self.call.id[:8]} completed={self.completed}>"
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return asyncio.shield(self._fut).__await__()
+
+    def stop(self) -> None:
+        """Stop sending (digits not yet sent are dropped)."""
+        if self._fut.done():
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        elif self._started:
+            self.call._stop_rtp_digits()
+        self._resolve(False)
+
+    def _resolve(self, completed: bool) -> None:
+        if self._fut.done():
+            return
+        self.completed = completed
+        self._fut.set_result(completed)
+        self.call.log.info("digits %r by %s sent (completed=%s)", self.digits, self.mode, completed)
+
 
 class Call(PlaybackMixin):
     """One call leg, as a scenario sees it.
@@ -449,6 +510,9 @@ class Call(PlaybackMixin):
         #: The engine's media graph (:mod:`engine.conference`); the session
         #: that adopts the call sets it.
         self.graph: MediaGraph | None = None
+        #: send_digits() handles not yet done, in order (the first is sending).
+        self._digit_actions: list[SendDigitsAction] = []
+        self.on_ended.append(lambda call: call._stop_digits())
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -767,6 +831,110 @@ class Call(PlaybackMixin):
     def _audio(self) -> AudioLoader:
         """Hook: where files and URLs are loaded from (and cached)."""
         return default_audio_loader()
+    # -- sending DTMF ----------------------------------------------------------------
+
+    def send_digits(self, digits: str, mode: str = "auto", *, duration: float = 0.1,
+                    gap: float = 0.07) -> SendDigitsAction:
+        """Send DTMF ``digits`` (``0-9 * # A-D``; ``,`` pauses 0.5 s) to the
+        far end, each a ``duration`` s tone followed by ``gap`` s of silence.
+
+        :param mode: ``"rfc4733"``: RFC 4733 telephone-events in the call's
+            RTP stream (needs telephone-event negotiated; audio being played
+            waits meanwhile); ``"info"``: one SIP INFO
+            ``application/dtmf-relay`` per digit (needs a connected call);
+            ``"auto"`` (default): RFC 4733 when negotiated, else INFO.
+        :returns: a handle to await or stop. Digits sent while earlier ones
+            are still going out follow them.
+        :raises CallError: a bad digit (named, with its position), a bad
+            mode or timing, or a call that cannot send digits that way now.
+        """
+        if self.state.ended:
+            raise CallError("call already ended")
+        try:
+            digits = validate_digits(digits)
+        except DtmfSenderError as exc:
+            raise CallError(f"send_digits: {exc}") from None
+        if mode not in DIGIT_MODES:
+            raise CallError(f"send_digits: mode must be one of {', '.join(DIGIT_MODES)}, not {mode!r}")
+        if not 0.04 <= duration <= MAX_DURATION:
+            raise CallError(f"send_digits: duration must be 0.04 to {MAX_DURATION} s, not {duration}")
+        if not 0 <= gap <= MAX_DURATION:
+            raise CallError(f"send_digits: gap must be 0 to {MAX_DURATION} s, not {gap}")
+        action = SendDigitsAction(self, digits, self._digits_mode(mode), duration, gap)
+        pending = [a for a in self._digit_actions if not a.done()]
+        self._digit_actions = pending + [action]
+        if not pending:
+            self._start_digits(action)
+        else:
+            pending[-1]._fut.add_done_callback(lambda fut: self._start_digits(action))
+        return action
+
+    def _start_digits(self, action: SendDigitsAction) -> None:
+        if action.done():
+            return
+        if self.state.ended:
+            action._resolve(False)
+            return
+        action._started = True
+        try:
+            if action.mode == "rfc4733" and self._start_rtp_digits(action):
+                return
+        except CallError as exc:
+            self.log.warning("send_digits: %s", exc)
+            action._resolve(False)
+            return
+        action._task = asyncio.get_running_loop().create_task(
+            self._pace_digits(action), name=f"digits-{self.id[:8]}"
+        )
+
+    async def _pace_digits(self, action: SendDigitsAction) -> None:
+        """Deliver digits one by one on the RFC 4733 timeline: a digit every
+        ``duration + gap`` seconds, :data:`~engine.media.dtmf_sender.PAUSE`
+        for each ``,``."""
+        try:
+            last = len(action.digits) - 1
+            for index, digit in enumerate(action.digits):
+                if digit == ",":
+                    await _sleep(PAUSE)
+                    continue
+                self._deliver_digit(digit, action)
+                if index < last:
+                    await _sleep(action.duration + action.gap)
+        except asyncio.CancelledError:
+            action._resolve(False)
+            return
+        except CallError as exc:
+            self.log.warning("send_digits: %s", exc)
+            action._resolve(False)
+            return
+        action._resolve(True)
+
+    def _stop_digits(self) -> None:
+        """Stop the digits being sent and drop those waiting (the call ends)."""
+        actions, self._digit_actions = self._digit_actions, []
+        for action in actions:
+            action.stop()
+
+    def _digits_mode(self, mode: str) -> str:
+        """Hook: resolve ``"auto"`` and check the call can send that way."""
+        raise CallError("this call cannot send digits")
+
+    def _start_rtp_digits(self, action: SendDigitsAction) -> bool:
+        """Hook: start sending RFC 4733 events, resolving ``action`` at the
+        end; ``False`` to have :meth:`_deliver_digit` pace them instead."""
+        return False
+
+    def _stop_rtp_digits(self) -> None:
+        """Hook: stop the RFC 4733 events being sent."""
+
+    def _deliver_digit(self, digit: str, action: SendDigitsAction) -> None:
+        """Hook: send one digit now (INFO, or to an internal peer)."""
+        raise CallError("this call cannot send digits")
+
+    def media_stats(self) -> MediaStats:
+        """Packets, bytes, loss, jitter and round-trip time of the call's
+        media (RTP and RTCP, RFC 3550); zeros while no media session ran."""
+        return MediaStats()
 
     # -- signalling -------------------------------------------------------------
 
@@ -940,12 +1108,34 @@ class InternalCall(Call):
         peer = self._require_peer()
         peer._emit(CallEvents.MessageReceived, text=text, headers=dict(headers or {}))
 
+    def _digits_mode(self, mode: str) -> str:
+        if self.state != CallState.CONNECTED:
+            raise CallError(f"send_digits needs a connected call, not {self.state.value}")
+        return "rfc4733" if mode == "auto" else mode
+
+    def _deliver_digit(self, digit: str, action: SendDigitsAction) -> None:
+        """The other end gets ToneReceived as if the digit came over SIP:
+        mode ``"rfc4733"``, or by ``"info"`` (InfoReceived first, as an
+        ``application/dtmf-relay`` INFO would give)."""
+        if self.state != CallState.CONNECTED:
+            raise CallError("the call is no longer connected")
+        if action.mode == "info":
+            self.send_info("application/dtmf-relay", dtmf_relay_body(digit, action.duration))
+        else:
+            self._require_peer()._tone_received(digit, "rfc4733")
+
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """InfoReceived (``mime_type``, ``body`` as bytes, ``headers``) on the other end."""
         if self.state != CallState.CONNECTED:
             raise CallError("INFO needs a connected call")
         data = body.encode() if isinstance(body, str) else body
         self._require_peer()._info_received(mime_type, data, dict(headers or {}))
+
+
+def dtmf_relay_body(digit: str, duration: float) -> str:
+    """An ``application/dtmf-relay`` INFO body (the de facto format: Cisco's,
+    read by :func:`engine.media.dtmf.parse_dtmf_relay`); Duration in ms."""
+    return f"Signal={digit}\r\nDuration={round(duration * 1000)}\r\n"
 
 
 def new_call_pair(

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a session with no calls lives on")
     serve.add_argument("--tts", default=_env("TTS", "espeak"),
                        help="text to speech: espeak (offline) or gtts (online, falls back to espeak)")
+    serve.add_argument("--rtp-timeout", type=float, default=float(_env("RTP_TIMEOUT", 60)),
+                       help="hang up a connected call after this many seconds without RTP or RTCP"
+                            " (not while on hold; 0: never)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -135,6 +138,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         raise SystemExit(f"callbridge: --rtp-ports must be START-END, got {args.rtp_ports!r}")
     if args.tts not in TTS_PROVIDERS:
         raise SystemExit(f"callbridge: --tts must be one of {', '.join(TTS_PROVIDERS)}, got {args.tts!r}")
+    if args.rtp_timeout < 0:
+        raise SystemExit(f"callbridge: --rtp-timeout must be 0 (off) or more seconds, got {args.rtp_timeout}")
     policy = SecurityPolicy(
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
@@ -145,6 +150,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
+        rtp_timeout=args.rtp_timeout,
     )
 
 

@@ -39,11 +39,17 @@ tick calls :meth:`pull` (the received frame, decoded or concealed, after
 in-band detection) and :meth:`push` (the mix for this leg plus its own
 player, encoded and sent), and the session no longer ticks itself.
 
-The socket is read only while a tone listener is set or the graph drives
-the session (:meth:`set_tone_listener`, :meth:`graph_attach`):
+The socket is read only while a tone listener is set, the graph drives the
+session (:meth:`set_tone_listener`, :meth:`graph_attach`) or RTCP runs
+(:attr:`MediaSession.rtcp`, which needs every arrival for its statistics
+and the RTP inactivity timeout; see :mod:`engine.call_media`):
 a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
 listener is set wait in that buffer and are still reported.
+
+Outgoing RFC 4733 digits (:attr:`MediaSession.dtmf`) take the player's
+place on each tick while they are sent: the player is paused, not pulled,
+and the stream's timestamp advances under the events.
 """
 
 from __future__ import annotations
@@ -61,9 +67,10 @@ from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventRec
 from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
 from .media.players import FrameSource, PlaybackFinished
+from .media.rtcp_session import RtcpSession
 from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender
 from .sip.offer_answer import NegotiatedMedia
-from .transport.media_clock import MediaClock
+from .transport.media_clock import ClockSink, MediaClock
 from .transport.rtp_transport import RtpTransport
 
 __all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
@@ -115,6 +122,12 @@ class MediaSession:
         self.graph_driven = False
         #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
         self.last_sent: Pcm | None = None
+        #: RTCP statistics and RTP inactivity (set by engine.call_media); while
+        #: set, the socket is read for every call, tone listener or not.
+        self.rtcp: RtcpSession | None = None
+        #: RFC 4733 digits being sent (engine.call_media.DtmfPlayout): its
+        #: tick replaces the player's while it returns True.
+        self.dtmf: ClockSink | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -174,11 +187,11 @@ class MediaSession:
         """Read the socket while someone consumes what arrives."""
         if self.closed:
             return
-        if self._listener is not None or self.graph_driven:
+        if self._listener is not None or self.graph_driven or self.rtcp is not None:
             self.transport.attach()
         else:
             self.transport.detach()
-            if self.player is None:
+            if self.player is None and self.dtmf is None:
                 self.clock.discard(self)
 
     @property
@@ -279,6 +292,9 @@ class MediaSession:
         :return: whether a frame was due (sent or skipped).
         """
         samples = self._frame_samples
+        if self.dtmf is not None and self.dtmf.tick(asyncio.get_running_loop().time()):
+            self.last_sent = None
+            return True  # RFC 4733 events take this frame's place (the player waits)
         played = self._player_frame(samples)
         if played is not None:
             played = np.asarray(played, dtype=np.int16)
@@ -317,7 +333,7 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         latch = self.latch
-        if latch is None or (self._listener is None and not self.graph_driven):
+        if latch is None or (self._listener is None and not self.graph_driven and self.rtcp is None):
             return
         try:
             packet = RtpPacket.parse(data)
@@ -328,6 +344,10 @@ class MediaSession:
         now = loop.time()
         if not latch.accept(packet, addr, now):
             return
+        if self.rtcp is not None:
+            self.rtcp.on_rtp_received(packet, now)
+            if self._listener is None and not self.graph_driven:
+                return  # read for the statistics only
         pt = packet.payload_type
         if pt == self.event_pt and self.events is not None:
             try:

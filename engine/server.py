@@ -62,6 +62,9 @@ class EngineConfig:
     rtp_port_end: int = 30000
     session_idle_timeout: float = 30.0
     invite_timeout: float = 60.0
+    #: Seconds a connected call may receive no RTP nor RTCP (while not on
+    #: hold) before it is hung up; 0 never (see engine.call_media).
+    rtp_timeout: float = 60.0
     realm: str = "callbridge"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     timers: Timers = field(default_factory=Timers)
@@ -132,6 +135,8 @@ class Engine:
                 trunk = Trunk.from_uri(cfg.trunk)
             except Exception as exc:
                 raise StartupError(f"--trunk: {exc}") from None
+        if cfg.rtp_timeout < 0:
+            raise StartupError(f"rtp_timeout must be 0 (off) or more seconds, not {cfg.rtp_timeout}")
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
         self._started.append("store")
@@ -225,7 +230,8 @@ class Engine:
         host = self.ua.endpoint.listen_host_for(call.peer)
         address = self.config.advertised_host or host
         return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
-                               audio=self.audio)
+                               audio=self.audio,
+                               rtp_timeout=self.config.rtp_timeout)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -43,7 +43,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import unquote
 
-from .calls import Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler
+from .calls import (
+    Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler, MediaStats, SendDigitsAction,
+    dtmf_relay_body,
+)
 from .media.players import FrameSource
 from .media.tts import TtsCache, default_tts
 from .transport.audio_fetch import AudioLoader, default_audio_loader
@@ -372,6 +375,7 @@ class SipCall(Call):
                 self.log.warning("bad SDP answer in ACK")
         if self.state == CallState.ALERTING:
             self._set_state(CallState.CONNECTED)
+            self._watch_media()
             self._emit(CallEvents.Connected, headers=_custom_headers(request.headers))
 
     def _on_cancel(self) -> None:
@@ -543,6 +547,7 @@ class SipCall(Call):
                 return
         self.headers.update(_custom_headers(resp.headers))
         self._set_state(CallState.CONNECTED)
+        self._watch_media()
         self._emit(CallEvents.Connected, code=resp.status, reason=resp.reason,
                    headers=_custom_headers(resp.headers))
 
@@ -700,6 +705,61 @@ class SipCall(Call):
     def _audio(self) -> AudioLoader:
         audio = getattr(self.media, "audio", None)
         return audio if isinstance(audio, AudioLoader) else default_audio_loader()
+
+    def media_stats(self) -> MediaStats:
+        stats = getattr(self.media, "media_stats", None)
+        return stats() if stats is not None else MediaStats()
+
+    def _watch_media(self) -> None:
+        """Connected: have the media hang up on RTP inactivity (if the
+        engine's ``rtp_timeout`` is on; see :mod:`engine.call_media`)."""
+        watch = getattr(self.media, "watch_rtp", None)
+        if watch is not None:
+            try:
+                watch(self._on_rtp_timeout)
+            except Exception:  # media trouble must not stop the call connecting
+                self.log.exception("starting the media session failed")
+
+    def _on_rtp_timeout(self, event: Any) -> None:
+        """No RTP nor RTCP for the engine's ``rtp_timeout`` while media was
+        expected: the peer is gone (crashed, lost its network) without a
+        BYE. End the call with BYE; the scenario sees Disconnected 408
+        "RTP timeout"."""
+        if self.state != CallState.CONNECTED:
+            return
+        self.log.warning("no RTP for %.1f s: hanging up", getattr(event, "idle", 0.0))
+        self._send_bye({"Reason": 'SIP;cause=408;text="RTP timeout"'})
+        self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "RTP timeout")
+
+    # -- sending DTMF ----------------------------------------------------------------
+
+    def _digits_mode(self, mode: str) -> str:
+        rtp_ok = self._media_ready() and bool(getattr(self.media, "telephone_event", False))
+        info_ok = self.state == CallState.CONNECTED and self.dialog is not None
+        if mode == "auto":
+            mode = "rfc4733" if rtp_ok else "info"
+        if mode == "rfc4733" and not rtp_ok:
+            if not self._media_ready():
+                raise CallError(f"RFC 4733 digits need a connected call or early media, not {self.state.value}")
+            raise CallError("the peer did not negotiate telephone-event: send the digits with mode='info'")
+        if mode == "info" and not info_ok:
+            raise CallError(f"INFO digits need a connected call, not {self.state.value}")
+        return mode
+
+    def _start_rtp_digits(self, action: SendDigitsAction) -> bool:
+        start = getattr(self.media, "start_digits", None)
+        if start is None or not start(action.digits, action.duration, action.gap, action._resolve):
+            raise CallError("telephone-event is no longer negotiated")
+        return True
+
+    def _stop_rtp_digits(self) -> None:
+        stop = getattr(self.media, "stop_digits", None)
+        if stop is not None:
+            stop()
+
+    def _deliver_digit(self, digit: str, action: SendDigitsAction) -> None:
+        """One SIP INFO ``application/dtmf-relay`` (``Signal=``, ``Duration=`` in ms)."""
+        self.send_info("application/dtmf-relay", dtmf_relay_body(digit, action.duration))
 
     def _cleanup(self) -> None:
         if self._retransmit:

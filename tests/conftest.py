@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import settings
+
+# Property tests check behaviour, never speed: Hypothesis's default 200 ms
+# deadline per example fails them on a loaded machine (CI shares 2 cores).
+settings.register_profile("callbridge", deadline=None)
+settings.load_profile("callbridge")
 
 from engine.server import Engine, EngineConfig
 from engine.transport.sip_endpoint import SecurityPolicy

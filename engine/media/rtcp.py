@@ -356,10 +356,18 @@ class ReceiverStats:
         self.received += 1
         return True
 
-    def on_packet(self, seq: int, rtp_timestamp: int, arrival: float) -> bool:
-        """Count one packet; update the jitter (A.8) if its sequence is valid."""
+    def on_packet(self, seq: int, rtp_timestamp: int, arrival: float, *, jitter: bool = True) -> bool:
+        """Count one packet; update the jitter (A.8) if its sequence is valid.
+
+        :param jitter: ``False`` for a packet that shares the sequence space
+            but not the sampling clock, such as an RFC 4733 event (all
+            packets of an event carry its start timestamp): it counts for
+            loss but would inflate the jitter.
+        """
         if not self._update_seq(seq):
             return False
+        if not jitter:
+            return True
         arrival_ts = round(arrival * self.clock_rate)
         transit = arrival_ts - rtp_timestamp
         if self._transit is not None:

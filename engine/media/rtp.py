@@ -215,6 +215,19 @@ class RtpSender:
         self.octet_count += len(payload)
         return packet
 
+    def packet_at(self, payload: bytes, pt: int, timestamp: int, marker: bool = False) -> RtpPacket:
+        """The next packet, stamped ``timestamp`` instead of the running
+        timestamp, which does not advance; the sequence number does.
+
+        RFC 4733 section 2.5.1.2: every packet of a telephone-event carries
+        the timestamp of the event's start while the stream's clock runs on.
+        """
+        packet = RtpPacket(pt, self.sequence_number, timestamp & 0xFFFFFFFF, self.ssrc, payload, marker)
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.packet_count += 1
+        self.octet_count += len(payload)
+        return packet
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF

@@ -1,0 +1,136 @@
+"""The asyncio side of a call leg's RTCP: its socket and its one timer.
+
+:class:`RtcpTransport` drives an :class:`~engine.media.rtcp_session.RtcpSession`
+the way aioquic's protocol drives a ``QuicConnection``: after each input or
+timer it sends what the session queued and re-arms a single ``loop.call_at``
+for :meth:`~engine.media.rtcp_session.RtcpSession.get_timer`. No task runs
+per call, and the timer is not touched per RTP packet.
+
+The socket is the odd port of the leg's reserved pair
+(:class:`~engine.transport.rtp_socket.RtpPortPair`), read with
+:class:`~engine.transport.rtp_transport.RtpTransport` (RTCP is rare: one
+datagram every few seconds). RTCP is not multiplexed with RTP: our SDP never
+carries ``a=rtcp-mux``, so RFC 5761 section 5.1.1 keeps it on its own port.
+
+Where reports go: the address the peer's RTCP comes from once it came
+(symmetric RTCP, like symmetric RTP), before that ``default_destination()``
+(the owner's guess from SDP and the RTP latch). Datagrams are accepted only
+from the host of that guess, which is where the peer's RTP comes from, so a
+stranger on another host cannot feed us reports, a BYE, or keep a dead call
+alive; the ones dropped are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+from ..media.rtcp_session import MediaTimedOut, RtcpSession
+from .rtp_transport import RtpTransport
+
+__all__ = ["RtcpTransport"]
+
+logger = logging.getLogger(__name__)
+
+
+class RtcpTransport:
+    """RTCP on one socket for one :class:`RtcpSession`.
+
+    :param sock: the RTCP socket of the leg's port pair.
+    :param default_destination: where the peer's RTCP port is believed to
+        be, or ``None`` while unknown.
+    :param on_timeout: called once when the session reports
+        :class:`~engine.media.rtcp_session.MediaTimedOut`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: RtcpSession,
+        default_destination: Callable[[], Any],
+        on_timeout: Callable[[MediaTimedOut], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.transport = RtpTransport(sock, self._on_datagram)
+        self.default_destination = default_destination
+        self.on_timeout = on_timeout
+        #: The source of the peer's RTCP, once some arrived.
+        self.latched: Any = None
+        self.dropped = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def destination(self) -> Any:
+        return self.latched if self.latched is not None else self.default_destination()
+
+    def start(self) -> None:
+        """Read the socket and schedule the first report."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.transport.attach(loop)
+        self.session.start(loop.time())
+        self.update()
+
+    def update(self) -> None:
+        """Re-arm the timer after the session's settings changed."""
+        loop = self._loop
+        if loop is None:
+            return
+        when = self.session.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        loop = self._loop
+        if loop is None:
+            return
+        self.session.handle_timer(loop.time())
+        self._flush()
+        self.update()
+
+    def _flush(self) -> None:
+        datagrams = self.session.datagrams_to_send()
+        if datagrams:
+            addr = self.destination()
+            if addr is not None:
+                for data in datagrams:
+                    self.transport.sendto(data, addr)
+        while (event := self.session.next_event()) is not None:
+            if self.on_timeout is not None:
+                try:
+                    self.on_timeout(event)
+                except Exception:
+                    logger.exception("RTP timeout handler failed")
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        expected = self.latched if self.latched is not None else self.default_destination()
+        if expected is None or addr[0] != expected[0] or self._loop is None:
+            self.dropped += 1
+            return
+        self.latched = addr
+        self.session.receive(data, self._loop.time())
+
+    def close(self) -> None:
+        """Send the last report with BYE, stop the timer and the reading."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        loop = self._loop
+        if loop is not None:
+            bye = self.session.close(loop.time())
+            addr = self.destination()
+            if bye is not None and addr is not None:
+                self.transport.sendto(bye, addr)
+        self.transport.detach()
+        self._loop = None

@@ -1,0 +1,32 @@
+"""``callbridge serve`` flags and CALLBRIDGE_* variables onto EngineConfig
+(engine.cli), for the settings checked here: the RTP inactivity timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.cli import _config_from, build_parser
+from engine.server import EngineConfig
+
+
+def config(argv: list[str]) -> EngineConfig:
+    result = _config_from(build_parser().parse_args(["serve", *argv]))
+    assert isinstance(result, EngineConfig)
+    return result
+
+
+def test_rtp_timeout_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check --rtp-timeout defaults to 60 s, reads CALLBRIDGE_RTP_TIMEOUT,
+    and the flag wins over the variable; 0 (off) is accepted."""
+    monkeypatch.delenv("CALLBRIDGE_RTP_TIMEOUT", raising=False)
+    assert config([]).rtp_timeout == 60.0
+    monkeypatch.setenv("CALLBRIDGE_RTP_TIMEOUT", "7.5")
+    assert config([]).rtp_timeout == 7.5
+    assert config(["--rtp-timeout", "0"]).rtp_timeout == 0.0
+
+
+def test_negative_rtp_timeout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLBRIDGE_RTP_TIMEOUT", raising=False)
+    with pytest.raises(SystemExit) as info:
+        config(["--rtp-timeout", "-1"])
+    assert str(info.value) == "callbridge: --rtp-timeout must be 0 (off) or more seconds, got -1.0"
