@@ -11,7 +11,7 @@ as ``CALL_PARTICIPANT`` up). The conference ending ends the call.
 import re
 from pathlib import Path
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.scenario import AppEvents, CallEvents, CallState, Logger, VoxEngine
 
 HOLD_MUSIC = Path(__file__).parent / "media" / "hold.wav"
 CONFERENCE_ID = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -32,8 +32,17 @@ async def on_alerting(e):
     call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))
-    # relay messages both ways
-    leg.add_event_listener(CallEvents.MessageReceived, lambda ev: call.send_message(ev.text))
+    # relay messages both ways; what the conference says before the browser
+    # is answered (its first participant list) waits for the answer
+    pending = []
+
+    def to_browser(ev):
+        if call.state == CallState.CONNECTED:
+            call.send_message(ev.text)
+        else:
+            pending.append(ev.text)
+
+    leg.add_event_listener(CallEvents.MessageReceived, to_browser)
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: leg.send_message(ev.text))
     try:
         await leg.wait_for(CallEvents.Connected, timeout=CONNECT_TIMEOUT)
@@ -47,6 +56,9 @@ async def on_alerting(e):
     call.stop_playback()
     await call.answer()
     VoxEngine.send_media_between(call, leg)
+    for text in pending:
+        call.send_message(text)
+    pending.clear()
     Logger.write(f"{e.callerid} joined conf_{conf_id}")
 
 

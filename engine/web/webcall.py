@@ -152,6 +152,8 @@ class WebCall(Call):
             try:
                 sdp = await leg.accept_offer(self.offer, candidates)
             except Exception as exc:
+                if fut.done():  # the call ended meanwhile (its leg was closed)
+                    return
                 self.log.warning("cannot answer the browser's offer: %s", exc)
                 fut.set_exception(CallError(f"unusable offer: {exc}"))
                 fut.exception()  # reported here; nobody else needs to see it
