@@ -447,6 +447,9 @@ class MediaGraph:
         self._attached: dict[Call, AudioPort] = {}
         self._plan: _Plan | None = None
         self.ticks = 0
+        #: When a list (benches): each tick appends ``(start, pull, mix, push)``,
+        #: its ``perf_counter`` start and the seconds each phase took.
+        self.tick_times: list[tuple[float, float, float, float]] | None = None
 
     # -- editing ----------------------------------------------------------------
 
@@ -743,7 +746,8 @@ class MediaGraph:
                 logger.exception("detaching %r failed", leg)
 
     def tick(self, now: float) -> bool:
-        """One 20 ms frame for every flow (a :class:`MediaClock` sink)."""
+        """One 20 ms frame for every flow (a :class:`MediaClock` sink):
+        pull every source, mix, push every receiver."""
         plan = self._plan
         if plan is None:
             plan = self._plan = self._compile()
@@ -751,6 +755,29 @@ class MediaGraph:
         if not (plan.legs or plan.players or plan.call_rec or plan.conf_rec):
             return False
         self.ticks += 1
+        times = self.tick_times
+        t0 = time.perf_counter() if times is not None else 0.0
+        rows, finished = self._pull(plan, now)
+        t1 = time.perf_counter() if times is not None else 0.0
+        sums, out = self._mix(plan, rows)
+        t2 = time.perf_counter() if times is not None else 0.0
+        self._push(plan, out)
+        self._record(plan, rows, sums, out)
+        if times is not None:
+            t3 = time.perf_counter()
+            times.append((t0, t1 - t0, t2 - t1, t3 - t2))
+        for player in finished:
+            for node, current in list(self._players.items()):
+                if current is player:
+                    del self._players[node]
+                    self._plan = None
+                    if current.done is not None:
+                        current.done(True)
+        return True
+
+    def _pull(self, plan: _Plan, now: float) -> tuple[Pcm, list[_Player]]:
+        """This tick's source rows: each source leg's received frame, then
+        each player's frame (silence where there is none)."""
         n = self.samples
         num_legs = len(plan.sources)
         rows = np.zeros((num_legs + len(plan.players), n), dtype=np.int16)
@@ -773,11 +800,19 @@ class MediaGraph:
             except Exception:
                 logger.exception("player %r failed; stopped", player.source)
                 finished.append(player)
+        return rows, finished
+
+    def _mix(self, plan: _Plan, rows: Pcm) -> tuple[npt.NDArray[np.int32], Pcm]:
+        """The two stages: conference sums (``int32``) and each receiver's
+        saturated frame."""
         sums = plan.stage1.apply_raw(rows)
         stacked = np.concatenate([rows.astype(np.int32), sums]) if sums.shape[0] else rows
         mixed = plan.stage2.apply_raw(stacked)
         np.clip(mixed, -32768, 32767, out=mixed)
-        out = mixed.astype(np.int16)
+        return sums, mixed.astype(np.int16)
+
+    def _push(self, plan: _Plan, out: Pcm) -> None:
+        """Each receiver its frame; each other source leg only its own player."""
         received = set()
         for k, leg in enumerate(plan.receivers):
             port = self._port(leg)
@@ -789,6 +824,9 @@ class MediaGraph:
                 port = self._attached.get(leg)
                 if port is not None:
                     port.push(None)  # its own player, if any
+
+    def _record(self, plan: _Plan, rows: Pcm, sums: npt.NDArray[np.int32], out: Pcm) -> None:
+        n = self.samples
         for rec, src_row, recv_row in plan.call_rec:
             heard = out[recv_row].astype(np.int32) if recv_row is not None else np.zeros(n, np.int32)
             if src_row is not None:
@@ -798,14 +836,6 @@ class MediaGraph:
         for rec, ci in plan.conf_rec:
             total = np.clip(sums[ci], -32768, 32767).astype(np.int16)
             rec.recorder.write(total)
-        for player in finished:
-            for node, current in list(self._players.items()):
-                if current is player:
-                    del self._players[node]
-                    self._plan = None
-                    if current.done is not None:
-                        current.done(True)
-        return True
 
     async def stop(self) -> None:
         """Stop every conference and recording (engine shutdown)."""
