@@ -50,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
+from .media.codecs.g711 import G711Decoder, G711Encoder
 from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
 from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
@@ -106,6 +107,9 @@ class MediaSession:
         self._talkspurt = False
         #: Driven by the media graph (:mod:`engine.conference`) instead of ticking itself.
         self.graph_driven = False
+        #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).
+        self.decode_table: npt.NDArray[np.int16] | None = None
+        self._encode_table: npt.NDArray[np.uint8] | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -136,6 +140,9 @@ class MediaSession:
             self.encoder = None
             logger.warning("no encoder for %s: nothing is played", codec.name)
         self._frame_samples = codec.clock_rate * 20 // 1000
+        # One octet a sample: a payload of a whole frame decodes by one table lookup.
+        self.decode_table = self.decoder.table if isinstance(self.decoder, G711Decoder) else None
+        self._encode_table = self.encoder.table if isinstance(self.encoder, G711Encoder) else None
         if self.jitter is None:
             self.jitter = JitterBuffer(clock_rate=codec.clock_rate)
         self._update_detector()
@@ -288,10 +295,31 @@ class MediaSession:
             self._talkspurt = False
             return True
         payload = encoder.encode(frame)
-        packet = self.sender.next_packet(payload, neg.codec.payload_type, samples, marker=not self._talkspurt)
+        header = self.sender.next_header(neg.codec.payload_type, samples, len(payload), marker=not self._talkspurt)
         self._talkspurt = True
-        self.send(packet.serialize())
+        self.send(header + payload)
         return True
+
+    @property
+    def encode_table(self) -> npt.NDArray[np.uint8] | None:
+        """The G.711 encode table when this tick's frame may be handed to
+        :meth:`push_payload` already encoded (the media graph encodes all
+        its legs in one lookup); ``None`` when it must go through :meth:`push`
+        (a player to mix in, nothing to send, another codec)."""
+        table = self._encode_table
+        if table is None or self.player is not None or not self.may_send:
+            return None
+        return table
+
+    def push_payload(self, payload: bytes) -> None:
+        """:meth:`push` for a frame already encoded with :attr:`encode_table`
+        (call it only while that is not ``None``): send it as the next packet."""
+        neg = self.negotiated
+        assert neg is not None and neg.codec.payload_type is not None
+        header = self.sender.next_header(neg.codec.payload_type, self._frame_samples, len(payload),
+                                         marker=not self._talkspurt)
+        self._talkspurt = True
+        self.send(header + payload)
 
     def close(self) -> None:
         self.closed = True
@@ -371,6 +399,20 @@ class MediaSession:
         """This tick's received frame (decoded, or concealed when a packet
         is missing), after in-band DTMF detection; ``None`` when the leg
         has sent no audio for :data:`IDLE_AFTER` seconds (silence)."""
+        frame = self._pull(now, False)
+        assert not isinstance(frame, bytes)
+        return frame
+
+    def pull_payload(self, now: float) -> bytes | Pcm | None:
+        """:meth:`pull` for a caller that decodes many legs at once (the
+        media graph): when this tick's packet is a whole frame of a table
+        codec (:attr:`decode_table` is set) and nothing here needs its
+        samples (no in-band detection), its payload, undecoded; the decoder
+        is told, so a later lost frame is concealed as after :meth:`pull`.
+        Otherwise what :meth:`pull` returns."""
+        return self._pull(now, True)
+
+    def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
         jitter, decoder = self.jitter, self.decoder
         if jitter is None or decoder is None or self.closed:
             return None
@@ -379,6 +421,10 @@ class MediaSession:
         payload = jitter.get(now)
         if payload is None:
             pcm = decoder.conceal(self._frame_samples)
+        elif (coded and self.detector is None and self.decode_table is not None
+              and len(payload) == self._frame_samples and isinstance(decoder, G711Decoder)):
+            decoder.remember(payload)
+            return payload
         else:
             pcm = decoder.decode(payload)
         pcm = np.asarray(pcm, dtype=np.int16)

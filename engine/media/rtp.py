@@ -77,6 +77,8 @@ class RtpPacket:
         if size < 12:
             raise RtpError(f"RTP packet too short: {size} bytes, need at least 12")
         first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+        if first == 0x80:  # version 2 and nothing but the fixed header: most packets
+            return cls(second & 0x7F, seq, ts, ssrc, bytes(data[12:]), second > 0x7F)
         version = first >> 6
         if version != RTP_VERSION:
             raise RtpError(f"RTP version {version}, expected 2")
@@ -214,6 +216,18 @@ class RtpSender:
         self.packet_count += 1
         self.octet_count += len(payload)
         return packet
+
+    def next_header(self, pt: int, samples: int, size: int, marker: bool = False) -> bytes:
+        """The 12-byte header of the next packet, to be followed by a
+        ``size``-octet payload (the same bytes as ``next_packet(...).serialize()``
+        without building a packet); then advance as :meth:`next_packet` does."""
+        header = _HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F),
+                              self.sequence_number, self.timestamp, self.ssrc)
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self.packet_count += 1
+        self.octet_count += size
+        return header
 
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
