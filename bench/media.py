@@ -508,7 +508,9 @@ def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]]) -> tuple[int, i
         others = [m for m in members[plan.conf_of[leg]] if m != leg]
         weak = [plan.freq[m] for m in others if level(pcm, plan.freq[m]) < 0.5 * plan.amp[m]]
         own = level(pcm, plan.freq[leg])
-        if weak or own > 0.1 * plan.amp[leg]:
+        # absent: well under its level (µ-law intermodulation of 99 tones on
+        # a 30 Hz grid lands some energy on every grid frequency)
+        if weak or own > 0.2 * plan.amp[leg]:
             problems.append(f"leg {leg} (conference of {len(others) + 1}): "
                             f"{len(weak)} of {len(others)} tones missing, own tone at {own:.0f}")
         else:
@@ -564,7 +566,13 @@ def main() -> int:
     expected, missing, late, cadence = frames_and_lateness(sres, gres)
     times = np.asarray(sres["tick_times"]) if sres["tick_times"] else np.zeros((0, 4))
     origin = sres["origin"]
-    wake = ((times[:, 0] - origin) % TICK) * 1000 if times.size else np.zeros(0)
+    wake = np.zeros(0)
+    clock_late = np.asarray(sres["clock_lateness"])
+    if times.size and clock_late.size == times.shape[0]:
+        # the clock's own figure is in whole ms (uvloop's loop.time()); place
+        # each tick on the grid with it, then time it with perf_counter
+        since = times[:, 0] - origin
+        wake = (since - TICK * np.rint((since - clock_late) / TICK)) * 1000
     ok, checked, problems = check_mixing(plan, gres["heard"])
     ms = lambda a: f"p50 {pct(a, 50):.2f} / p99 {pct(a, 99):.2f} / max {pct(a, 100):.2f} ms"  # noqa: E731
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
@@ -597,10 +605,16 @@ def main() -> int:
         print(f"ratios vs echo: packets/s {pps / e_pps:.2f}; CPU per packet {us_pkt / e_us:.2f}x "
               f"({us_pkt:.1f} vs {e_us:.1f} us); legs a core could carry: engine {legs / core:,.0f}, "
               f"echo {1e6 / e_us / 50:,.0f}")
-    aim = (legs >= 1000 and core < 1.0 and pct(late * 1000, 99) < 5.0 and missing == 0
-           and mix.get(100, 99) < 2.0 and ok == checked)
-    print(f"aim (1,000 legs in one core, p99 lateness < 5 ms, no dropped frames, 100-party mix < 2 ms, "
-          f"mixing verified): {'MET' if aim else 'NOT MET'}")
+    p99_grid, p99_cadence = pct(late * 1000, 99), pct(cadence * 1000, 99)
+    checks = [
+        ("1,000 legs within one core", legs >= 1000 and core < 1.0, f"{legs} legs at {core * 100:.0f}%"),
+        ("p99 lateness < 5 ms vs the clock's grid", p99_grid < 5.0, f"{p99_grid:.2f} ms"),
+        ("p99 lateness < 5 ms vs each stream's cadence", p99_cadence < 5.0, f"{p99_cadence:.2f} ms"),
+        ("no dropped frames", missing == 0, f"{missing} dropped"),
+        ("100-party mix < 2 ms a tick", mix.get(100, 99.0) < 2.0, f"{mix.get(100, float('nan')):.3f} ms"),
+        ("mixing verified", ok == checked, f"{ok}/{checked}"),
+    ]
+    print("aim: " + "; ".join(f"{name}: {'yes' if good else 'NO'} ({fig})" for name, good, fig in checks))
     if "profile" in sres:
         print(sres["profile"])
     return 0

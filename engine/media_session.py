@@ -109,6 +109,7 @@ class MediaSession:
         self.graph_driven = False
         #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).
         self.decode_table: npt.NDArray[np.int16] | None = None
+        self._g711_decoder: G711Decoder | None = None
         self._encode_table: npt.NDArray[np.uint8] | None = None
 
     # -- configuration -----------------------------------------------------------
@@ -141,7 +142,8 @@ class MediaSession:
             logger.warning("no encoder for %s: nothing is played", codec.name)
         self._frame_samples = codec.clock_rate * 20 // 1000
         # One octet a sample: a payload of a whole frame decodes by one table lookup.
-        self.decode_table = self.decoder.table if isinstance(self.decoder, G711Decoder) else None
+        self._g711_decoder = self.decoder if isinstance(self.decoder, G711Decoder) else None
+        self.decode_table = self._g711_decoder.table if self._g711_decoder is not None else None
         self._encode_table = self.encoder.table if isinstance(self.encoder, G711Encoder) else None
         if self.jitter is None:
             self.jitter = JitterBuffer(clock_rate=codec.clock_rate)
@@ -307,19 +309,24 @@ class MediaSession:
         its legs in one lookup); ``None`` when it must go through :meth:`push`
         (a player to mix in, nothing to send, another codec)."""
         table = self._encode_table
-        if table is None or self.player is not None or not self.may_send:
+        if table is None or self.player is not None:
+            return None
+        neg = self.negotiated  # self.may_send, inlined (per leg per tick)
+        if neg is None or not neg.send or neg.on_hold or self.audio_pt is None:
             return None
         return table
 
     def push_payload(self, payload: bytes) -> None:
         """:meth:`push` for a frame already encoded with :attr:`encode_table`
         (call it only while that is not ``None``): send it as the next packet."""
-        neg = self.negotiated
-        assert neg is not None and neg.codec.payload_type is not None
-        header = self.sender.next_header(neg.codec.payload_type, self._frame_samples, len(payload),
-                                         marker=not self._talkspurt)
+        pt = self.audio_pt
+        assert pt is not None
+        header = self.sender.next_header(pt, self._frame_samples, len(payload), not self._talkspurt)
         self._talkspurt = True
-        self.send(header + payload)
+        latch = self.latch  # self.send, inlined
+        addr = latch.remote_addr if latch is not None else None
+        if addr is not None and not self.closed:
+            self.transport.sendto(header + payload, addr)
 
     def close(self) -> None:
         self.closed = True
@@ -356,7 +363,8 @@ class MediaSession:
             for d in digits:
                 self._report(d.digit, "rfc4733")
             self._arm_event_timer(loop)
-        elif pt == self.audio_pt and self.jitter is not None and self.wants_audio:
+        elif (pt == self.audio_pt and self.jitter is not None and self.decoder is not None
+              and (self.graph_driven or self.detector is not None)):  # self.wants_audio, inlined
             self.jitter.put(packet, now)
             self._last_audio = now
             if not self.graph_driven:
@@ -416,16 +424,16 @@ class MediaSession:
         jitter, decoder = self.jitter, self.decoder
         if jitter is None or decoder is None or self.closed:
             return None
-        if not self._receiving(now):
+        if now - self._last_audio >= IDLE_AFTER and not self._receiving(now):
             return None
         payload = jitter.get(now)
         if payload is None:
             pcm = decoder.conceal(self._frame_samples)
-        elif (coded and self.detector is None and self.decode_table is not None
-              and len(payload) == self._frame_samples and isinstance(decoder, G711Decoder)):
-            decoder.remember(payload)
-            return payload
         else:
+            g711 = self._g711_decoder
+            if coded and g711 is not None and self.detector is None and len(payload) == self._frame_samples:
+                g711.remember(payload)
+                return payload
             pcm = decoder.decode(payload)
         pcm = np.asarray(pcm, dtype=np.int16)
         detector = self.detector

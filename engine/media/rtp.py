@@ -293,7 +293,9 @@ class RtpReceiverLatch:
             return False
         seq = packet.sequence_number
         if not self.latched or addr == self._addr:
-            if not self.latched or packet.ssrc != self.ssrc or seq_lt(self.highest_seq, seq):
+            # seq_lt(self.highest_seq, seq), inlined (per packet)
+            if (not self.latched or packet.ssrc != self.ssrc
+                    or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0):
                 self.highest_seq = seq
             self.latched = True
             self._addr = addr
