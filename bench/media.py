@@ -340,9 +340,21 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
+        import gc
+        pauses: list[tuple[int, float]] = []
+        gc_start = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_start[0] = time.perf_counter()
+            else:
+                pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
+
+        gc.callbacks.append(on_gc)
         c0 = _cpu()
         await asyncio.sleep(max(0.0, w1 - time.monotonic()))
         c1 = _cpu()
+        gc.callbacks.remove(on_gc)
         if prof is not None:
             prof.disable()
         lateness, clock.lateness = clock.lateness, None
@@ -354,7 +366,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
             "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
             "skipped": clock.skipped - skipped0,
             "clock_lateness": lateness, "tick_times": times,
-            "conferences": len(plan.sizes),
+            "conferences": len(plan.sizes), "gc": pauses,
         }
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         await clock.stop()
@@ -592,6 +604,11 @@ def main() -> int:
               f"({pct(times[:, 2], 50) * 1e6 / sres['conferences']:.1f} us per conference)")
         print(f"            push {ms(times[:, 3] * 1000)}")
         print(f"            all  {ms(tot)} = {pct(tot, 50) / 20 * 100:.0f}% of the 20 ms tick")
+    gcs = sres["gc"]
+    full = [d for g, d in gcs if g == 2]
+    print(f"  garbage collector: {len(gcs)} collections in the window, longest "
+          f"{max((d for _, d in gcs), default=0) * 1000:.2f} ms; {len(full)} full, longest "
+          f"{max(full, default=0) * 1000:.2f} ms")
     mix = sres["mix_alone"]
     print("  one conference mixed alone: " + ", ".join(f"{k} parties {v:.3f} ms/tick" for k, v in mix.items()))
     print(f"  mixing is real: {ok} of {checked} sampled legs hear every other member's tone and not their own")
