@@ -2,7 +2,8 @@
 # callbridge's one entry point. On a fresh Debian machine:
 #   ./run.sh serve [callbridge serve flags]   install what is missing, run the engine
 #   ./run.sh test  [pytest args]              install what is missing, run every test
-#   ./run.sh bench [sip_cps flags]            install bench extras, run the benchmarks
+#   ./run.sh bench [NAME] [flags]             install bench extras, run bench/NAME.py
+#                                             (no NAME: every bench; flags alone: sip_cps)
 # Installing is idempotent: Debian packages from debian-packages.txt (apt-get,
 # as root or through sudo), Python packages into .venv from pyproject.toml.
 set -euo pipefail
@@ -65,7 +66,15 @@ case "$cmd" in
     install_debian debian-packages.txt
     install_debian bench-packages.txt
     install_python
-    exec "$VENV/bin/python" bench/sip_cps.py "$@"
+    if [ $# -gt 0 ] && [ -f "bench/$1.py" ]; then
+      name=$1
+      shift
+      exec "$VENV/bin/python" "bench/$name.py" "$@"
+    elif [ $# -gt 0 ]; then
+      exec "$VENV/bin/python" bench/sip_cps.py "$@"
+    fi
+    "$VENV/bin/python" bench/sip_cps.py
+    exec "$VENV/bin/python" bench/media.py
     ;;
   *)
     echo "usage: ./run.sh serve|test|bench [args...]" >&2

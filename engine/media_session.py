@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
+from .media.codecs.g711 import G711Decoder, G711Encoder
 from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
 from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
@@ -128,6 +129,10 @@ class MediaSession:
         #: RFC 4733 digits being sent (engine.call_media.DtmfPlayout): its
         #: tick replaces the player's while it returns True.
         self.dtmf: ClockSink | None = None
+        #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).
+        self.decode_table: npt.NDArray[np.int16] | None = None
+        self._g711_decoder: G711Decoder | None = None
+        self._encode_table: npt.NDArray[np.uint8] | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -158,6 +163,10 @@ class MediaSession:
             self.encoder = None
             logger.warning("no encoder for %s: nothing is played", codec.name)
         self._frame_samples = codec.clock_rate * 20 // 1000
+        # One octet a sample: a payload of a whole frame decodes by one table lookup.
+        self._g711_decoder = self.decoder if isinstance(self.decoder, G711Decoder) else None
+        self.decode_table = self._g711_decoder.table if self._g711_decoder is not None else None
+        self._encode_table = self.encoder.table if isinstance(self.encoder, G711Encoder) else None
         if self.jitter is None:
             self.jitter = JitterBuffer(clock_rate=codec.clock_rate)
         self._update_detector()
@@ -314,10 +323,37 @@ class MediaSession:
             self._talkspurt = False
             return True
         payload = encoder.encode(frame)
-        packet = self.sender.next_packet(payload, neg.codec.payload_type, samples, marker=not self._talkspurt)
+        header = self.sender.next_header(neg.codec.payload_type, samples, len(payload), marker=not self._talkspurt)
         self._talkspurt = True
-        self.send(packet.serialize())
+        self.send(header + payload)
         return True
+
+    @property
+    def encode_table(self) -> npt.NDArray[np.uint8] | None:
+        """The G.711 encode table when this tick's frame may be handed to
+        :meth:`push_payload` already encoded (the media graph encodes all
+        its legs in one lookup); ``None`` when it must go through :meth:`push`
+        (a player to mix in, nothing to send, another codec)."""
+        table = self._encode_table
+        if table is None or self.player is not None or self.dtmf is not None:
+            return None
+        neg = self.negotiated  # self.may_send, inlined (per leg per tick)
+        if neg is None or not neg.send or neg.on_hold or self.audio_pt is None:
+            return None
+        return table
+
+    def push_payload(self, payload: bytes) -> None:
+        """:meth:`push` for a frame already encoded with :attr:`encode_table`
+        (call it only while that is not ``None``): send it as the next packet."""
+        pt = self.audio_pt
+        assert pt is not None
+        self.last_sent = None  # the graph knows the frame (its mix row)
+        header = self.sender.next_header(pt, self._frame_samples, len(payload), not self._talkspurt)
+        self._talkspurt = True
+        latch = self.latch  # self.send, inlined
+        addr = latch.remote_addr if latch is not None else None
+        if addr is not None and not self.closed:
+            self.transport.sendto(header + payload, addr)
 
     def close(self) -> None:
         self.closed = True
@@ -358,7 +394,8 @@ class MediaSession:
             for d in digits:
                 self._report(d.digit, "rfc4733")
             self._arm_event_timer(loop)
-        elif pt == self.audio_pt and self.jitter is not None and self.wants_audio:
+        elif (pt == self.audio_pt and self.jitter is not None and self.decoder is not None
+              and (self.graph_driven or self.detector is not None)):  # self.wants_audio, inlined
             self.jitter.put(packet, now)
             self._last_audio = now
             if not self.graph_driven:
@@ -401,15 +438,33 @@ class MediaSession:
         """This tick's received frame (decoded, or concealed when a packet
         is missing), after in-band DTMF detection; ``None`` when the leg
         has sent no audio for :data:`IDLE_AFTER` seconds (silence)."""
+        frame = self._pull(now, False)
+        assert not isinstance(frame, bytes)
+        return frame
+
+    def pull_payload(self, now: float) -> bytes | Pcm | None:
+        """:meth:`pull` for a caller that decodes many legs at once (the
+        media graph): when this tick's packet is a whole frame of a table
+        codec (:attr:`decode_table` is set) and nothing here needs its
+        samples (no in-band detection), its payload, undecoded; the decoder
+        is told, so a later lost frame is concealed as after :meth:`pull`.
+        Otherwise what :meth:`pull` returns."""
+        return self._pull(now, True)
+
+    def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
         jitter, decoder = self.jitter, self.decoder
         if jitter is None or decoder is None or self.closed:
             return None
-        if not self._receiving(now):
+        if now - self._last_audio >= IDLE_AFTER and not self._receiving(now):
             return None
         payload = jitter.get(now)
         if payload is None:
             pcm = decoder.conceal(self._frame_samples)
         else:
+            g711 = self._g711_decoder
+            if coded and g711 is not None and self.detector is None and len(payload) == self._frame_samples:
+                g711.remember(payload)
+                return payload
             pcm = decoder.decode(payload)
         pcm = np.asarray(pcm, dtype=np.int16)
         detector = self.detector

@@ -140,13 +140,17 @@ class JitterBuffer:
             if self._ssrc is not None:
                 c.resyncs += 1
             self._restart(packet, now)
-        slot = self._slot(packet.timestamp)
-        playout = self._low if self._head is None else self._head
+        spf = self.samples_per_frame
+        # self._slot(packet.timestamp), inlined (per packet)
+        slot = self._ref_index + (
+            (((packet.timestamp - self._ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000) + spf // 2) // spf
+        head = self._head
+        playout = self._low if head is None else head
         if abs(slot - playout) > self._resync:
             c.resyncs += 1
             self._restart(packet, now)
             slot = 0
-        head = self._head
+            head = self._head
         if head is not None and slot < head:
             if self._played[slot % _RING] == slot:
                 c.duplicate += 1
@@ -183,8 +187,14 @@ class JitterBuffer:
             self._grow_pending -= 1
             c.concealed += 1
             return None
-        head = self._adapt(now, head)
+        # the per-tick part of self._adapt, inlined; the rest once a second
         avail = self._high - head + 1
+        window_min = self._window_min
+        if window_min is None or avail < window_min:
+            self._window_min = avail
+        if now - self._window_start >= 1.0 - 1e-9:
+            head = self._adapt(now, head)
+            avail = self._high - head + 1
         if avail > self._max + 2:  # overflow: cut back to the target at once
             head = self._skip(head, avail - self._target - 1)
         entry = self._frames.pop(head, None)
@@ -193,15 +203,17 @@ class JitterBuffer:
             c.concealed += 1
         else:
             seq, frame = entry
-            if self._last_seq is not None:
-                gap = seq_diff(self._last_seq, seq) - 1
+            last = self._last_seq
+            if last is not None:
+                gap = (((seq - last + 0x8000) & 0xFFFF) - 0x8000) - 1  # seq_diff(last, seq) - 1
                 if 0 < gap < 3000:
                     c.lost += gap
             self._last_seq = seq
             self._played[head % _RING] = head
-        self._head = head + 1
-        self._ref_ts = (self._ref_ts + (self._head - self._ref_index) * self.samples_per_frame) & 0xFFFFFFFF
-        self._ref_index = self._head
+        head += 1
+        self._head = head
+        self._ref_ts = (self._ref_ts + (head - self._ref_index) * self.samples_per_frame) & 0xFFFFFFFF
+        self._ref_index = head
         return frame
 
     def _adapt(self, now: float, head: int) -> int:

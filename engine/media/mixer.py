@@ -121,12 +121,29 @@ class FlowMatrix:
     """Directed media flows: each sink hears the weighted sum of its sources.
 
     Built once from edges ``(source, sink)`` or ``(source, sink, gain)``;
-    :meth:`apply` then costs one gather and one segmented sum per tick.
+    :meth:`apply` then costs a few whole-array gathers and sums per tick.
+
+    Sinks are grouped by how many sources they have (their fan-in ``L``),
+    and each group is summed as one array: a big group with a small fan-in
+    (mix-minus: every receiver hears its conference's sum minus its own row)
+    as ``L`` gathers of whole rows added together, any other group as one
+    ``(sinks, L, samples)`` gather summed over its middle axis. Both are
+    whole-array NumPy; ``np.add.reduceat`` over rows, the obvious segmented
+    sum, was 10x slower here (bench/media: 1.75 ms against 0.1 ms for 1,000
+    mix-minus receivers).
+
+    Each edge's contribution is rounded to an integer before the sum
+    (gains that are whole numbers stay in integer arithmetic).
 
     :param num_sources: number of rows of the frames given to :meth:`apply`.
     :param num_sinks: number of output rows.
     :raises ValueError: an index out of range.
     """
+
+    #: A group of at least this many sinks with a fan-in of at most
+    #: :attr:`COLUMN_FAN_IN` is summed column by column.
+    COLUMN_MIN_SINKS = 32
+    COLUMN_FAN_IN = 4
 
     def __init__(
         self,
@@ -147,44 +164,123 @@ class FlowMatrix:
         self.num_sources = num_sources
         self.num_sinks = num_sinks
         order = np.argsort(np.asarray(dst, dtype=np.intp), kind="stable")
-        self._src = np.asarray(src, dtype=np.intp)[order]
-        d_sorted = np.asarray(dst, dtype=np.intp)[order]
-        self._gain = np.asarray(gain, dtype=np.float32)[order]
-        self._unity = bool(np.all(self._gain == 1.0))
-        # Whole-number gains (mix-minus subtracts a receiver's own voice with
-        # -1) stay in integer arithmetic: no float round trip per sample.
-        whole = bool(np.all(self._gain == np.round(self._gain)))
-        self._int_gain = self._gain.astype(np.int32) if whole and not self._unity else None
-        self._starts = np.flatnonzero(np.r_[True, d_sorted[1:] != d_sorted[:-1]]) if d_sorted.size else d_sorted
-        self._sinks = d_sorted[self._starts] if d_sorted.size else d_sorted
+        src_sorted = np.asarray(src, dtype=np.intp)[order]
+        dst_sorted = np.asarray(dst, dtype=np.intp)[order]
+        gain_sorted = np.asarray(gain, dtype=np.float32)[order]
+        self._num_edges = int(src_sorted.size)
+        self._groups: list[_SinkGroup] = []
+        self._covers_all = False  # every sink has a source: no zeroing needed
+        if not src_sorted.size:
+            return
+        sinks, starts, counts = np.unique(dst_sorted, return_index=True, return_counts=True)
+        for fan_in in np.unique(counts):
+            sel = np.flatnonzero(counts == fan_in)
+            at = starts[sel][:, None] + np.arange(int(fan_in))[None, :]
+            self._groups.append(_SinkGroup.build(sinks[sel], src_sorted[at], gain_sorted[at],
+                                                 self.COLUMN_MIN_SINKS, self.COLUMN_FAN_IN, num_sinks))
+        self._covers_all = sinks.size == num_sinks
 
     @property
     def num_edges(self) -> int:
         """How many flows there are."""
-        return int(self._src.size)
+        return self._num_edges
 
     def apply(self, frames: FrameInput) -> Pcm:
         """Sink frames (num_sinks x samples ``int16``) for source ``frames``."""
         arr = stack_frames(frames)
         return _saturate(self.apply_raw(arr))
 
-    def apply_raw(self, arr: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+    def apply_raw(self, arr: npt.NDArray[np.integer], out: npt.NDArray[np.int32] | None = None
+                  ) -> npt.NDArray[np.int32]:
         """Like :meth:`apply` on a 2D integer array (``int16`` frames or
         ``int32`` partial sums), without saturating: for chaining stages
-        (conference sums, then each receiver's mix)."""
+        (conference sums, then each receiver's mix). ``out``, when given,
+        is the ``int32`` (num_sinks x samples) array to fill."""
         if arr.ndim != 2 or arr.shape[0] != self.num_sources:
             raise ValueError(f"expected {self.num_sources} source frames, got {arr.shape[0] if arr.ndim == 2 else arr.shape}")
-        out = np.zeros((self.num_sinks, arr.shape[1]), dtype=np.int32)
-        if self._src.size:
-            rows = arr[self._src].astype(np.int32, copy=False)
-            if self._unity:
-                contrib = rows
-            elif self._int_gain is not None:
-                contrib = rows * self._int_gain[:, None]
-            else:
-                contrib = np.rint(rows * self._gain[:, None]).astype(np.int32)
-            out[self._sinks] = np.add.reduceat(contrib, self._starts, axis=0, dtype=np.int32)
+        if out is None:
+            out = np.zeros((self.num_sinks, arr.shape[1]), dtype=np.int32)
+        elif not self._covers_all:
+            out[...] = 0
+        for group in self._groups:
+            group.apply_into(arr, out)
         return out
+
+
+@dataclass
+class _SinkGroup:
+    """Sinks with the same fan-in ``L``: ``sources`` and ``gains`` are (sinks x L)."""
+
+    sinks: npt.NDArray[np.intp]
+    sources: npt.NDArray[np.intp]
+    gains: npt.NDArray[np.float32]
+    int_gains: npt.NDArray[np.int32] | None   # whole-number gains (None: unity or fractional)
+    unity: bool
+    by_column: bool
+    column_sign: list[int]                    # by column: +1 / -1 for a column of equal gains, 0 otherwise
+    every_sink: bool                          # sinks are 0..num_sinks-1 in order: write in place
+    # By column: scratch rows reused every tick (fresh arrays of this size cost page faults).
+    _target: npt.NDArray[np.int32] | None = None
+    _scratch: npt.NDArray[np.int32] | None = None
+
+    @classmethod
+    def build(cls, sinks: npt.NDArray[np.intp], sources: npt.NDArray[np.intp], gains: npt.NDArray[np.float32],
+              column_min_sinks: int, column_fan_in: int, num_sinks: int) -> _SinkGroup:
+        unity = bool(np.all(gains == 1.0))
+        whole = bool(np.all(gains == np.round(gains)))
+        int_gains = gains.astype(np.int32) if whole and not unity else None
+        fan_in = sources.shape[1]
+        by_column = fan_in <= column_fan_in and sinks.size >= column_min_sinks
+        signs = []
+        for j in range(fan_in):
+            col = gains[:, j]
+            signs.append(1 if np.all(col == 1.0) else -1 if np.all(col == -1.0) else 0)
+        every_sink = sinks.size == num_sinks and bool(np.all(sinks == np.arange(num_sinks)))
+        return cls(sinks, sources, gains, int_gains, unity, by_column, signs, every_sink)
+
+    def _weighted(self, rows: npt.NDArray[np.integer], gains: npt.NDArray[np.float32],
+                  int_gains: npt.NDArray[np.int32] | None) -> npt.NDArray[np.int32]:
+        """``rows`` (..., samples) times per-edge gains (...), rounded, ``int32``."""
+        if int_gains is not None:
+            return rows * int_gains[..., None]
+        weighted = rows.astype(np.int32, copy=False) * gains[..., None]
+        return np.rint(weighted).astype(np.int32)  # type: ignore[no-any-return]
+
+    def apply_into(self, arr: npt.NDArray[np.integer], out: npt.NDArray[np.int32]) -> None:
+        """Write this group's sinks' sums into their rows of ``out``."""
+        if not self.by_column:
+            rows = arr[self.sources]
+            if self.unity:
+                out[self.sinks] = rows.sum(axis=1, dtype=np.int32)
+            else:
+                out[self.sinks] = self._weighted(rows, self.gains, self.int_gains).sum(axis=1, dtype=np.int32)
+            return
+        shape = (self.sinks.size, arr.shape[1])
+        target, scratch = self._target, self._scratch
+        if scratch is None or scratch.shape != shape:
+            scratch = self._scratch = np.empty(shape, dtype=np.int32)
+            target = self._target = None if self.every_sink else np.empty(shape, dtype=np.int32)
+        if self.every_sink:
+            target = out
+        assert target is not None
+        for j, sign in enumerate(self.column_sign):
+            dest = target if j == 0 else scratch
+            if sign == 0:
+                col_int = self.int_gains[:, j] if self.int_gains is not None else None
+                dest[...] = self._weighted(arr[self.sources[:, j]], self.gains[:, j], col_int)
+            elif arr.dtype == np.int32:
+                np.take(arr, self.sources[:, j], axis=0, out=dest, mode="clip")  # indices are in range
+            else:
+                dest[...] = arr[self.sources[:, j]]
+            if j == 0:
+                if sign < 0:
+                    np.negative(target, out=target)
+            elif sign < 0:
+                np.subtract(target, scratch, out=target)
+            else:
+                np.add(target, scratch, out=target)
+        if not self.every_sink:
+            out[self.sinks] = target
 
 
 @dataclass

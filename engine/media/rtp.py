@@ -77,6 +77,8 @@ class RtpPacket:
         if size < 12:
             raise RtpError(f"RTP packet too short: {size} bytes, need at least 12")
         first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+        if first == 0x80:  # version 2 and nothing but the fixed header: most packets
+            return cls(second & 0x7F, seq, ts, ssrc, bytes(data[12:]), second > 0x7F)
         version = first >> 6
         if version != RTP_VERSION:
             raise RtpError(f"RTP version {version}, expected 2")
@@ -228,6 +230,18 @@ class RtpSender:
         self.octet_count += len(payload)
         return packet
 
+    def next_header(self, pt: int, samples: int, size: int, marker: bool = False) -> bytes:
+        """The 12-byte header of the next packet, to be followed by a
+        ``size``-octet payload (the same bytes as ``next_packet(...).serialize()``
+        without building a packet); then advance as :meth:`next_packet` does."""
+        header = _HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F),
+                              self.sequence_number, self.timestamp, self.ssrc)
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self.packet_count += 1
+        self.octet_count += size
+        return header
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
@@ -292,7 +306,9 @@ class RtpReceiverLatch:
             return False
         seq = packet.sequence_number
         if not self.latched or addr == self._addr:
-            if not self.latched or packet.ssrc != self.ssrc or seq_lt(self.highest_seq, seq):
+            # seq_lt(self.highest_seq, seq), inlined (per packet)
+            if (not self.latched or packet.ssrc != self.ssrc
+                    or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0):
                 self.highest_seq = seq
             self.latched = True
             self._addr = addr

@@ -11,6 +11,11 @@ Ticks are drift-free: tick *n* is due at ``start + n * interval`` on
 ``loop.time()``, not 20 ms after the previous one finished. When the loop
 was blocked for longer than ``max_catch_up`` ticks the clock skips ahead
 instead of firing a burst (counted in :attr:`MediaClock.skipped`).
+
+For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the loop
+time of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
+to a list makes every tick append how late it fired (seconds); ``None``, the
+default, records nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ class MediaClock:
         self.ticks = 0
         self.skipped = 0
         self.max_lateness = 0.0
+        #: Loop time of tick 0 of the current grid (tick n is due at origin + n * interval).
+        self.origin: float | None = None
+        #: When a list: each tick appends its lateness in seconds (a recorder for benches).
+        self.lateness: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -75,7 +84,7 @@ class MediaClock:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.interval
-        start = loop.time()
+        start = self.origin = loop.time()
         n = 0
         while self._sinks:
             n += 1
@@ -87,6 +96,8 @@ class MediaClock:
             late = now - due
             if late > self.max_lateness:
                 self.max_lateness = late
+            if self.lateness is not None:
+                self.lateness.append(late)
             if late > self.max_catch_up * interval:
                 skip = int(late / interval)
                 n += skip

@@ -24,6 +24,8 @@ __all__ = [
     "PLC_FADE_FRAMES",
     "ULAW_DECODE",
     "ULAW_ENCODE",
+    "G711Decoder",
+    "G711Encoder",
     "PcmaDecoder",
     "PcmaEncoder",
     "PcmuDecoder",
@@ -149,47 +151,67 @@ class SimplePlc:
         return np.rint(src * gain).astype(np.int16)
 
 
-class _G711Decoder(Decoder):
-    _table: npt.NDArray[np.int16]
+class G711Decoder(Decoder):
+    """A table decoder: :attr:`table` maps each code to its sample, so a
+    caller may decode many payloads in one lookup (the media graph does, for
+    all its legs at once) and tell the decoder with :meth:`remember`."""
+
+    #: code (0..255) -> ``int16`` sample.
+    table: npt.NDArray[np.int16]
 
     def __init__(self) -> None:
         self.plc = SimplePlc()
+        self._pending: bytes | None = None  # a good payload the PLC has not decoded yet
 
     def decode(self, payload: bytes) -> Pcm:
-        pcm = self._table[np.frombuffer(payload, dtype=np.uint8)]
+        self._pending = None
+        pcm = self.table[np.frombuffer(payload, dtype=np.uint8)]
         self.plc.good_frame(pcm)
         return pcm
 
+    def remember(self, payload: bytes) -> None:
+        """``payload`` was decoded elsewhere with :attr:`table`: concealment
+        repeats it as if :meth:`decode` had run (decoded only if needed)."""
+        self._pending = payload
+
     def conceal(self, num_samples: int) -> Pcm:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self.plc.good_frame(self.table[np.frombuffer(pending, dtype=np.uint8)])
         return self.plc.conceal(num_samples)
 
 
-class _G711Encoder(Encoder):
-    _table: npt.NDArray[np.uint8]
+class G711Encoder(Encoder):
+    """A table encoder: :attr:`table` maps each ``int16`` sample (as its
+    ``uint16`` bit pattern) to its code, for encoding many frames at once."""
+
+    #: ``uint16`` bit pattern of a sample -> code.
+    table: npt.NDArray[np.uint8]
 
     def encode(self, pcm: Pcm) -> bytes:
-        return self._table[np.asarray(pcm, dtype=np.int16).view(np.uint16)].tobytes()
+        return self.table[np.asarray(pcm, dtype=np.int16).view(np.uint16)].tobytes()
 
 
-class PcmuEncoder(_G711Encoder):
+class PcmuEncoder(G711Encoder):
     """G.711 µ-law encoder (``audio/PCMU``, static payload type 0)."""
 
-    _table = ULAW_ENCODE
+    table = ULAW_ENCODE
 
 
-class PcmuDecoder(_G711Decoder):
+class PcmuDecoder(G711Decoder):
     """G.711 µ-law decoder with simple PLC."""
 
-    _table = ULAW_DECODE
+    table = ULAW_DECODE
 
 
-class PcmaEncoder(_G711Encoder):
+class PcmaEncoder(G711Encoder):
     """G.711 A-law encoder (``audio/PCMA``, static payload type 8)."""
 
-    _table = ALAW_ENCODE
+    table = ALAW_ENCODE
 
 
-class PcmaDecoder(_G711Decoder):
+class PcmaDecoder(G711Decoder):
     """G.711 A-law decoder with simple PLC."""
 
-    _table = ALAW_DECODE
+    table = ALAW_DECODE
