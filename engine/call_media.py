@@ -342,6 +342,10 @@ class SdpMediaHandler:
         return self._final_stats or MediaStats()
 
     def close(self) -> None:
+        # the timeout callback is the call's bound method: drop it so the
+        # call and this handler are freed by reference counting, not by a
+        # full garbage collection (which `serve` runs rarely)
+        self._on_rtp_timeout = None
         if self.dtmf is not None:
             self.dtmf.abort()
             self.dtmf = None

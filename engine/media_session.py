@@ -86,6 +86,10 @@ PlaybackDone = Callable[[bool], None]
 
 Pcm = npt.NDArray[np.int16]
 
+def _ignore(data: bytes, addr: Any) -> None:
+    """The handler of a closed session's transport."""
+
+
 #: Seconds without audio after which a session leaves the media clock.
 IDLE_AFTER = 0.5
 
@@ -360,6 +364,7 @@ class MediaSession:
         self._listener = None
         self._end_player(False)
         self.transport.detach()
+        self.transport.handler = _ignore  # break session <-> transport: freed by refcounting
         self.clock.discard(self)
         if self._event_timer is not None:
             self._event_timer.cancel()

@@ -35,6 +35,10 @@ __all__ = ["RtcpTransport"]
 logger = logging.getLogger(__name__)
 
 
+
+def _ignore(data: bytes, addr: Any) -> None:
+    """The handler of a closed RTCP transport."""
+
 class RtcpTransport:
     """RTCP on one socket for one :class:`RtcpSession`.
 
@@ -133,4 +137,5 @@ class RtcpTransport:
             if bye is not None and addr is not None:
                 self.transport.sendto(bye, addr)
         self.transport.detach()
+        self.transport.handler = _ignore  # break the cycle: freed by refcounting
         self._loop = None
