@@ -240,9 +240,12 @@ class Playback:
     failed (see :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it
     early."""
 
-    def __init__(self, call: PlaybackOwner, kind: str) -> None:
+    def __init__(self, call: PlaybackOwner, kind: str, what: str | None = None) -> None:
         self.call = call
         self.kind = kind
+        #: What plays: the text of a ``say``, the path or URL of a file
+        #: (``None`` for a player); for logs and the test harness.
+        self.what = what
         self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
         #: ``None`` while playing, then whether it played to the end.
@@ -356,7 +359,7 @@ class PlaybackMixin:
         async def speech() -> tuple[Pcm, int]:
             return await tts.get_async(text, voice), tts.rate
 
-        return self._prepare_and_play("say", speech, False)
+        return self._prepare_and_play("say", speech, False, text)
 
     def _start_file_playback(self, location: str | os.PathLike[str], loop: bool) -> Playback:
         self._check_media()
@@ -365,14 +368,14 @@ class PlaybackMixin:
         async def audio() -> tuple[Pcm, int]:
             return await loader.load(location), loader.rate
 
-        return self._prepare_and_play("playback", audio, loop)
+        return self._prepare_and_play("playback", audio, loop, os.fspath(location))
 
     def _prepare_and_play(self, kind: str, prepare: Callable[[], Awaitable[tuple[Pcm, int]]],
-                          loop: bool) -> Playback:
+                          loop: bool, what: str | None = None) -> Playback:
         """A handle now; ``prepare()`` (synthesis, download, decoding) in a
         task, then the audio plays if the handle is still current. A failure
         of ``prepare`` ends the handle with ``False`` and an error."""
-        pb = Playback(self, kind)
+        pb = Playback(self, kind, what)
         self.stop_playback()
         self._playback = pb
 
@@ -993,6 +996,10 @@ class InternalCall(Call):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.peer: InternalCall | None = None
+        #: Speech and audio files for ``say`` and ``start_playback`` into
+        #: this end (the adopting session sets the engine's; ``None``: the defaults).
+        self.tts: TtsCache | None = None
+        self.audio: AudioLoader | None = None
 
     # An internal call is a wire in the media graph: what is played to this
     # end is heard by whatever the other end's session sends it to.
@@ -1011,6 +1018,12 @@ class InternalCall(Call):
     def _stop_media(self) -> None:
         if self.graph is not None:
             self.graph.stop_player(self)
+
+    def _tts(self) -> TtsCache:
+        return self.tts or default_tts()
+
+    def _audio(self) -> AudioLoader:
+        return self.audio or default_audio_loader()
 
     def _require_peer(self) -> InternalCall:
         if self.peer is None:

@@ -441,6 +441,9 @@ class Session:
         call.dispatcher = self
         if call.graph is None:
             call.graph = self.runtime.graph
+        if isinstance(call, InternalCall):  # plays through the engine's speech and files
+            call.tts = call.tts or self.runtime.tts
+            call.audio = call.audio or self.runtime.audio
         if call in self.calls or call.state.ended:
             return
         self.calls.add(call)
@@ -910,13 +913,6 @@ class ScenarioRuntime:
             self._ended_logs.popitem(last=False)
 
     # -- services ----------------------------------------------------------------
-
-    def media_routed(self, source: object, target: object, on: bool) -> None:
-        """Hook: media from ``source`` to ``target`` (calls or conferences)
-        starts (``on``) or stops. The media layer reports each route here
-        (``send_media_to``, ``stop_media_to``, ``send_media_between``); the
-        scenario test harness overrides it to record media flows
-        (:class:`engine.testing.MediaFlows`). Nothing to do in ``serve``."""
 
     async def http_session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:

@@ -14,9 +14,11 @@ virtual clock (a 30-second timeout takes no time)::
 The scenario code is run by the engine's own
 :class:`~engine.scenario.ScenarioRuntime` and its call legs are real
 :class:`~engine.calls.Call` objects (:class:`SimCall`); only the SIP and
-web transports, media, TTS, HTTP and the clock are simulated. See
-:mod:`engine.testing.app` for the driving model and
-:mod:`engine.testing.clock` for the virtual-time loop.
+web transports, the calls' own audio, TTS, HTTP and the clock are
+simulated; conferences and media routing are the engine's media graph.
+See :mod:`engine.testing.app` for the driving model,
+:mod:`engine.testing.clock` for the virtual-time loop and
+:mod:`engine.testing.media` for the graph's stepped clock.
 
 The plugin is registered by the package's ``pytest11`` entry point (named
 ``engine.testing``, like the module, so ``-p engine.testing`` or a
@@ -46,6 +48,7 @@ from .calls import (
     estimate_speech,
 )
 from .clock import Plan, VirtualTimeLoop
+from .media import GraphPlayer, HarnessGraph, SteppedClock
 from .http import CannedResponse, HttpExchange, HttpMock
 
 __all__ = [
@@ -56,6 +59,8 @@ __all__ = [
     "ConferenceView",
     "Endpoint",
     "Flow",
+    "GraphPlayer",
+    "HarnessGraph",
     "Harness",
     "HttpExchange",
     "HttpMock",
@@ -68,6 +73,7 @@ __all__ = [
     "SimCall",
     "SimUserAgent",
     "Speech",
+    "SteppedClock",
     "Verdict",
     "VirtualTimeLoop",
     "callbridge",

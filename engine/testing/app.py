@@ -4,16 +4,20 @@
 the applications a test loads on it (:meth:`Harness.load`). An
 :class:`App` is the real :class:`~engine.scenario.ScenarioRuntime` over the
 application's rules and scenarios, given a simulated user agent
-(:class:`~engine.testing.calls.SimUserAgent`) and canned HTTP
-(:class:`~engine.testing.http.HttpMock`): sessions, rule matching,
-``call_conference``, timers and session logs are the engine's own.
+(:class:`~engine.testing.calls.SimUserAgent`), canned HTTP
+(:class:`~engine.testing.http.HttpMock`), an in-memory store and the
+engine's media graph on a stepped clock
+(:class:`~engine.testing.media.HarnessGraph`): sessions, rule matching,
+``call_conference``, conferences and media routing, timers and session
+logs are the engine's own.
 
 Driving model: the test is the only thing that happens from outside, so
 each of its actions (a call arriving, a digit, a hang-up) runs the loop
 until the scenario waits for the outside again: every ready callback runs,
-and virtual time moves only while a prompt or finite playback plays, as if
-the person listened to it (timers due meanwhile fire, in order). Timeouts
-beyond that happen only when the test waits: :meth:`App.wait`.
+and virtual time moves only while a prompt or finite playback plays to one
+of the test's endpoints (said to the call, or in a conference it hears),
+as if the person listened to it (timers due meanwhile fire, in order).
+Timeouts beyond that happen only when the test waits: :meth:`App.wait`.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from typing import Any, Callable, Iterator, TypeVar, cast
 import aiohttp
 
 from ..calls import Call, CallState, InternalCall
+from ..conference import Conference
 from ..router import load_rules
 from ..scenario import ScenarioRuntime, Session
-from .calls import Callee, Caller, Endpoint, SimCall, SimUserAgent, Verdict
+from ..store import SqliteStore
+from .calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
+from .media import HarnessGraph, graph_edges, reach, targets
 from .clock import Plan, VirtualTimeLoop
 from .http import HttpMock
 
@@ -71,85 +78,73 @@ class _ConferenceCall:
 
 @dataclass(frozen=True)
 class Flow:
-    """Media going from ``source`` to ``target`` (endpoint or conference
-    names), and what set it up (``via``)."""
+    """Audio going from ``source`` to ``target`` (endpoint or conference
+    names), and how (``via``: ``"direct"``, or the ``call_conference``
+    calls it passes through, which are wires)."""
 
     source: str
     target: str
     via: str
 
     def __str__(self) -> str:
-        return f"{self.source} -> {self.target} ({self.via})"
+        via = "" if self.via == "direct" else f" ({self.via})"
+        return f"{self.source} -> {self.target}{via}"
+
+
+def _names(label: str, name: str) -> bool:
+    """Whether flow label ``label`` is ``name``, or one of the mixers of
+    conference ``name`` (``conf_1234/everyone`` for ``conf_1234``)."""
+    return label == name or label.startswith(name + "/")
 
 
 class MediaFlows:
-    """Which media flows between which calls and conferences, now.
+    """Which audio flows between which calls and conferences, now, read
+    from the engine's media graph (:meth:`~engine.conference.MediaGraph.flows`).
 
-    Two sources feed it. Derived: a connected ``call_conference`` pair joins
-    the calling session's endpoint and the conference both ways (``via``
-    ``"call_conference"``), and a callee connected inside a conference's own
-    session joins that conference (``"conference session"``). Reported: the
-    media layer (conference mixers, ``send_media_to``) calls the runtime's
-    :meth:`~engine.scenario.ScenarioRuntime.media_routed` hook when it
-    starts or stops sending, naming calls or conferences, and the harness's
-    runtime passes that on to :meth:`report` (``via="media"``).
+    Endpoints are named as the test named them, conferences (the
+    scenario's ``create_conference`` mixers) as ``<conference>/<mixer>``
+    when a conference session made them (``conf_1234/everyone``), else by
+    their own name. Calls between sessions (``call_conference``) are wires,
+    as in the graph: a phone sending to its call to ``conf_1234``, whose
+    other end is in a mixer, sends to that mixer. Muted and deaf members'
+    flows carry no audio and are left out. A check naming ``conf_1234``
+    matches any of its mixers.
     """
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self._reported: dict[tuple[str, str], str] = {}
-
-    def report(self, source: object, target: object, on: bool = True, via: str = "media") -> None:
-        """The media layer's hook: ``source`` starts (``on``) or stops
-        sending media to ``target``; each is a :class:`~engine.calls.Call`,
-        an :class:`~engine.testing.calls.Endpoint`, or anything with a
-        ``name`` (a conference), or a name."""
-        key = (self.app.label(source), self.app.label(target))
-        if on:
-            self._reported[key] = via
-        else:
-            self._reported.pop(key, None)
 
     def __iter__(self) -> Iterator[Flow]:
+        app = self.app
+        edges = graph_edges(app.graph)
         seen: set[tuple[str, str]] = set()
-        for flow in self._derived():
-            if (flow.source, flow.target) not in seen:
-                seen.add((flow.source, flow.target))
-                yield flow
-        for (source, target), via in self._reported.items():
-            if (source, target) not in seen:
-                yield Flow(source, target, via)
+        for src in list(edges):
+            if isinstance(src, InternalCall):
+                continue
+            for dst, wires in targets(edges, src):
+                flow = Flow(app.label(src), app.label(dst),
+                            " + ".join(f"call to {w.number}" for w in wires) or "direct")
+                if (flow.source, flow.target) not in seen:
+                    seen.add((flow.source, flow.target))
+                    yield flow
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def _derived(self) -> Iterator[Flow]:
-        app = self.app
-        for conf in app._conference_calls:
-            if conf.leg.state == CallState.CONNECTED:
-                for name in app._session_labels(conf.session_id):
-                    yield Flow(name, conf.name, "call_conference")
-                    yield Flow(conf.name, name, "call_conference")
-        for ep in app.endpoints:
-            session = ep.session
-            if ep.connected and session is not None and session.conferences:
-                for conf_name in sorted(session.conferences):
-                    yield Flow(ep.name, conf_name, "conference session")
-                    yield Flow(conf_name, ep.name, "conference session")
-
     def between(self, a: object, b: object) -> Verdict:
-        """Whether media flows both ways between ``a`` and ``b``."""
+        """Whether audio flows both ways between ``a`` and ``b``."""
         la, lb = self.app.label(a), self.app.label(b)
-        have = {(f.source, f.target) for f in self}
-        ok = (la, lb) in have and (lb, la) in have
-        if ok:
+        flows = list(self)
+        there = any(_names(f.source, la) and _names(f.target, lb) for f in flows)
+        back = any(_names(f.source, lb) and _names(f.target, la) for f in flows)
+        if there and back:
             return Verdict(True, f"media flows both ways between {la} and {lb}")
         return Verdict(False, f"expected media both ways between {la} and {lb}; flows: {self.describe()}")
 
     def sends(self, source: object, target: object) -> Verdict:
-        """Whether media flows from ``source`` to ``target``."""
+        """Whether audio flows from ``source`` to ``target``."""
         ls, lt = self.app.label(source), self.app.label(target)
-        if any(f.source == ls and f.target == lt for f in self):
+        if any(_names(f.source, ls) and _names(f.target, lt) for f in self):
             return Verdict(True, f"media flows from {ls} to {lt}")
         return Verdict(False, f"expected media from {ls} to {lt}; flows: {self.describe()}")
 
@@ -181,8 +176,24 @@ class ConferenceView:
 
     @property
     def participants(self) -> list[str]:
-        """Names of the endpoints media flows to from the conference now."""
-        return [f.target for f in self.app.flows if f.source == self.name]
+        """Names of the endpoints that hear one of its mixers now."""
+        names = {ep.name for ep in self.app.endpoints}
+        return list(dict.fromkeys(f.target for f in self.app.flows
+                                  if _names(f.source, self.name) and f.target in names))
+
+    def terminate(self) -> None:
+        """End the conference's session from outside (as an operator, or a
+        crash, would): its calls are hung up, its mixers stopped."""
+        session = self.session
+        if session is None:
+            raise AssertionError(f"no session runs {self.name}")
+        self.app._act(session.terminate)
+
+    @property
+    def mixers(self) -> list[Conference]:
+        """The conferences (``create_conference``) its session has now."""
+        session = self.session
+        return list(session.mixers) if session is not None else []
 
     @property
     def log(self) -> list[str]:
@@ -194,7 +205,8 @@ class ConferenceView:
 
 class HarnessRuntime(ScenarioRuntime):
     """The engine's runtime, observed: HTTP goes to the app's
-    :class:`HttpMock`, conference calls and log lines are recorded."""
+    :class:`HttpMock`, conference calls and log lines are recorded; media
+    runs in a :class:`~engine.testing.media.HarnessGraph`."""
 
     def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -213,8 +225,18 @@ class HarnessRuntime(ScenarioRuntime):
         super().append_log(session_id, line)
         self.app._log(session_id, line)
 
-    def media_routed(self, source: object, target: object, on: bool) -> None:
-        self.app.flows.report(source, target, on, via="media")
+
+class _WebUsers:
+    """The runtime's ``web_users`` seam (:class:`engine.web.ws.WebUsers` in
+    ``serve``): browsers logged in with :meth:`App.log_in_web_user`."""
+
+    def __init__(self, ua: SimUserAgent) -> None:
+        self.ua = ua
+
+    def call_user(self, name: str, *, callerid: str, display_name: str | None,
+                  headers: dict[str, str] | None, dispatcher: Any) -> SimCall | None:
+        return self.ua.call_web_user(name, callerid=callerid, display_name=display_name,
+                                     headers=headers, dispatcher=dispatcher)
 
 
 @dataclass
@@ -232,6 +254,9 @@ class App:
         ``ua.invite_timeout`` shape what outbound calls meet).
     :ivar http: canned HTTP responses for ``Net.http_request``.
     :ivar flows: the media flows view.
+    :ivar graph: the engine's media graph the scenarios route audio in.
+    :ivar store: the engine's store (an in-memory SQLite database): rooms
+        (:meth:`open_room`), users.
     :ivar listen_to_prompts: whether actions let prompts play to the end
         (default); ``False`` returns as soon as the scenario is idle, so the
         test can act mid-prompt (barge-in).
@@ -249,9 +274,18 @@ class App:
         self._conference_calls: list[_ConferenceCall] = []
         self._rules_of: dict[str, str] = {}
         self._seen_errors: set[str] = set()
-        self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
-                                      node_id="harness", idle_timeout=idle_timeout)
-        self.runtime.compile_all()
+        self._joined: dict[Endpoint, list[str]] = {}
+        self.graph = HarnessGraph(on_step=self._media_step)
+        self.store = SqliteStore(":memory:")
+        try:
+            self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
+                                          node_id="harness", idle_timeout=idle_timeout, graph=self.graph,
+                                          tts=RecordingTts(), store=self.store)
+            self.runtime.web_users = _WebUsers(self.ua)
+            self.runtime.compile_all()
+        except BaseException:
+            self.store.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<App {self.runtime.scenarios_dir} sessions={len(self.runtime.sessions)}>"
@@ -321,6 +355,12 @@ class App:
         """Let ``VoxEngine.call_user(user)`` reach a phone registered as ``user``."""
         self.ua.registered.add(user)
 
+    def log_in_web_user(self, user: str) -> None:
+        """Log ``user`` in with the web SDK: ``VoxEngine.call_user(user)``
+        rings this browser (``app.callee(user)``, ``how == "web"``) rather
+        than a phone, as in ``serve``."""
+        self.ua.web_users.add(user)
+
     # -- calls out ---------------------------------------------------------------------------
 
     def callee(self, target: str | None = None) -> Callee:
@@ -341,6 +381,47 @@ class App:
 
     def conference(self, name: str) -> ConferenceView:
         return ConferenceView(self, name)
+
+    def open_room(self, room_id: str, display_name: str | None = None) -> None:
+        """Create room ``room_id`` in the store, as ``callbridge rooms
+        create`` or the API would: conference ``conf_<room_id>`` is then
+        open (``VoxEngine.conference_is_open``) before anyone is in it."""
+        self.store.create_room(room_id, display_name=display_name)
+
+    def close_room(self, room_id: str) -> None:
+        """Delete room ``room_id`` from the store."""
+        self.store.delete_room(room_id)
+
+    def _media_step(self) -> None:
+        """After each step of the media graph: note which conferences each
+        endpoint's audio reaches, and which endpoints hear each playback."""
+        edges = graph_edges(self.graph)
+        for ep in self.endpoints:
+            if ep.leg.state.ended:
+                continue
+            joined = self._joined.setdefault(ep, [])
+            for node in reach(edges, ep.leg):
+                if isinstance(node, Conference):
+                    for name in self._owner_names(node):
+                        if name not in joined:
+                            joined.append(name)
+                            ep._note(f"joined {name} ({self.label(node)})")
+        by_leg = {ep.leg: ep for ep in self.endpoints}
+        for player in self.graph.players:
+            if not player.active:
+                continue
+            heard = [by_leg[n] for n in reach(edges, player.node) if isinstance(n, SimCall) and n in by_leg]
+            player.audible = bool(heard)
+            for ep in heard:
+                if ep.leg not in player.heard_by:
+                    player.heard_by.append(ep.leg)
+                    ep._heard(player, self.label(player.node))
+
+    @staticmethod
+    def _owner_names(conf: Conference) -> list[str]:
+        """The conference names (``conf_1234``) of the session that made ``conf``."""
+        session = conf.dispatcher
+        return sorted(session.conferences) if isinstance(session, Session) else []
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -363,6 +444,9 @@ class App:
                     return conf.name
         if isinstance(obj, Call):
             return f"call {obj.id[:8]}"
+        if isinstance(obj, Conference):
+            owners = self._owner_names(obj)
+            return f"{owners[0]}/{obj.name}" if owners else obj.name
         name = getattr(obj, "name", None)
         return str(name) if name is not None else repr(obj)
 
@@ -373,25 +457,17 @@ class App:
         return names or [f"session {self._rules_of.get(session_id, session_id[:8])}"]
 
     def _conferences_of(self, ep: Endpoint) -> list[str]:
-        session = ep.session
-        if session is None:
-            return []
-        joined: list[str] = []
-        for conf in self._conference_calls:
-            if conf.session_id == session.id and conf.leg.was_connected and conf.name not in joined:
-                joined.append(conf.name)
-        if ep.leg.was_connected:
-            joined.extend(n for n in sorted(session.conferences) if n not in joined)
-        return joined
+        return list(self._joined.get(ep, ()))
 
-    def _conference_attempts(self, ep: Endpoint) -> list[tuple[str, str]]:
+    def _conference_attempts(self, ep: Endpoint) -> list[tuple[str, str, bool]]:
+        """The session's ``call_conference`` calls: name, state, whether connected."""
         session = ep.session
         out = []
         for conf in self._conference_calls:
             if session is not None and conf.session_id == session.id:
                 leg = conf.leg
                 st = f"{leg.state.value} {leg.end_code}" if leg.state.ended else leg.state.value
-                out.append((conf.name, st))
+                out.append((conf.name, st, leg.was_connected))
         return out
 
     # -- logs and errors --------------------------------------------------------------------------
@@ -516,7 +592,10 @@ class Harness:
     # -- the loop ----------------------------------------------------------------------------
 
     def _prompt_playing(self) -> bool:
-        return any(ep.leg.playing for ep in self._endpoints)
+        if any(ep.leg.playing for ep in self._endpoints):
+            return True
+        legs = [ep.leg for ep in self._endpoints]
+        return any(app.graph.playing_to(legs) for app in self.apps)
 
     def run(self, listen: bool = True) -> None:
         """Run until the scenario is idle (and, with ``listen``, no prompt plays)."""
@@ -586,6 +665,7 @@ class Harness:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
         for app in self.apps:
+            app.store.close()
             problems.extend(app.problems())
         problems.extend(self._loop_errors)
         if problems:
@@ -593,4 +673,9 @@ class Harness:
 
 
 def _stop(runtime: ScenarioRuntime) -> None:
-    asyncio.ensure_future(runtime.stop())
+    async def stop() -> None:
+        await runtime.stop()
+        await runtime.graph.stop()
+        await runtime.graph.clock.stop()
+
+    asyncio.ensure_future(stop())

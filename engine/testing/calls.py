@@ -26,6 +26,8 @@ import json as jsonlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from pathlib import Path
+
 import numpy as np
 
 from ..calls import Call, CallError, CallEvents, CallState, Dispatcher, Playback
@@ -37,6 +39,7 @@ from ..sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
     from .app import App
+    from .media import GraphPlayer
 
 __all__ = [
     "SimCall",
@@ -95,13 +98,17 @@ class Verdict:
 @dataclass
 class Speech:
     """One ``say``: the text, the voice, when it started (virtual seconds),
-    how long it lasts, and its handle."""
+    how long it lasts, and its handle. ``via`` names the conference or call
+    that spoke when the speech came through the media graph (a
+    conference's ``say``, or ``say`` on the other end of a
+    ``call_conference``); ``None`` when it was said to this call itself."""
 
     text: str
     voice: str
     at: float
     duration: float
     playback: Playback
+    via: str | None = None
 
     @property
     def completed(self) -> bool | None:
@@ -121,6 +128,7 @@ class Played:
     at: float
     duration: float | None
     playback: Playback
+    via: str | None = None
 
     @property
     def completed(self) -> bool | None:
@@ -315,7 +323,7 @@ class SimCall(Call):
         duration = source_duration(source)
         current = self._playback
         if current is not None and current.kind != "say":
-            what = describe_source(source)
+            what = Path(current.what).name if current.what else describe_source(source)
             self.endpoint.played.append(Played(what, source, self.endpoint._now(), duration, current))
             self.endpoint._note(f"played {what}")
         self._stop_media()
@@ -419,7 +427,8 @@ class Endpoint:
 
     @property
     def conferences(self) -> list[str]:
-        """Conferences this endpoint joined (connected to), in order."""
+        """Conferences this endpoint joined (its audio reached one of their
+        mixers; see :meth:`joined`), in order."""
         return self.app._conferences_of(self)
 
     # -- the person's actions ------------------------------------------------------------
@@ -538,15 +547,24 @@ class Endpoint:
                        + self._story())
 
     def joined(self, conference: str) -> Verdict:
-        """Whether this endpoint was connected to ``conference``."""
+        """Whether this endpoint's audio reached (now or earlier) a mixer of
+        the session running ``conference`` (``conf_1234``): its call to the
+        conference connected *and* the media was routed. For what flows
+        now, see ``app.flows``."""
         joined = self.conferences
         if conference in joined:
             return Verdict(True, f"{self._who()} joined {conference}")
-        tried = self.app._conference_attempts(self)
         why = f"it joined {', '.join(joined)}" if joined else "it joined nothing"
-        failed = [f"{name} ({st})" for name, st in tried if name not in joined]
+        silent: list[str] = []
+        failed: list[str] = []
+        for name, state, connected in self.app._conference_attempts(self):
+            if name not in joined:
+                (silent if connected else failed).append(f"{name} ({state})")
         if failed:
             why += f" (calls that did not connect: {', '.join(failed)})"
+        if silent:
+            why += (f" (calls that connected but whose audio reached no conference there: {', '.join(silent)};"
+                    f" media flows: {self.app.flows.describe()})")
         return Verdict(False, f"expected {self._who()} to join {conference}, {why}" + self._story())
 
     def ended_with(self, code: int) -> Verdict:
@@ -576,6 +594,18 @@ class Endpoint:
 
     def _note(self, text: str) -> None:
         self.transcript.append(Entry(self._now(), text))
+
+    def _heard(self, player: GraphPlayer, via: str) -> None:
+        """A playback in the media graph reached this endpoint."""
+        pb = player.playback
+        if pb is None:
+            return
+        if player.kind == "say":
+            self.speech.append(Speech(player.description, "", self._now(), player.duration or 0.0, pb, via))
+            self._note(f"heard {_quote(player.description)} from {via}")
+        else:
+            self.played.append(Played(player.description, player.source, self._now(), player.duration, pb, via))
+            self._note(f"heard {player.description} from {via}")
 
     def _ended(self, call: Call) -> None:
         self._note(f"ended {call.state.value} {call.end_code} {call.end_reason or ''}".rstrip())
@@ -709,7 +739,10 @@ class SimUserAgent:
 
     :ivar trunk: whether a PSTN trunk is configured (``call_pstn`` raises
         :class:`~engine.calls.CallError` otherwise, as in ``serve``).
-    :ivar registered: users ``call_user`` can reach (others raise, as in ``serve``).
+    :ivar registered: users whose SIP phone ``call_user`` can reach.
+    :ivar web_users: users logged in with the web SDK; ``call_user`` rings
+        their browser (a :class:`Callee` with ``how == "web"``) before any phone.
+        Neither: ``call_user`` raises, as in ``serve``.
     :ivar invite_timeout: seconds an unanswered outbound call rings before
         failing with 408 (``UaConfig.invite_timeout``).
     """
@@ -718,6 +751,8 @@ class SimUserAgent:
         self.app = app
         self.trunk = True
         self.registered: set[str] = set()
+        #: Users logged in with the web SDK (``call_user`` rings their browser first).
+        self.web_users: set[str] = set()
         self.invite_timeout = 60.0
 
     def call_sip(self, uri: str | SipUri, *, callerid: str = "callbridge", display_name: str | None = None,
@@ -738,6 +773,15 @@ class SimUserAgent:
         if user not in self.registered:
             raise CallError(f"user {user!r} is not registered")
         return self._dial("user", user, user, callerid, display_name, headers, dispatcher)
+
+    def call_web_user(self, user: str, *, callerid: str, display_name: str | None = None,
+                      headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None) -> SimCall | None:
+        """The runtime's ``web_users.call_user``: ring ``user``'s browser if
+        logged in (:attr:`web_users`), else ``None`` (the runtime then tries
+        a registered phone)."""
+        if user not in self.web_users:
+            return None
+        return self._dial("web", user, user, callerid, display_name, headers, dispatcher)
 
     def _dial(self, how: str, target: str, number: str, callerid: str, display_name: str | None,
               headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> SimCall:

@@ -370,7 +370,8 @@ def test_http_delay_beyond_the_timeout_times_out(callbridge: Harness) -> None:
 
 def test_call_user_needs_a_registered_user(callbridge: Harness) -> None:
     """Check VoxEngine.call_user: an unregistered user is a CallError (as in
-    serve), a registered one rings as a callee reached by "user"."""
+    serve), a registered one rings as a callee reached by "user", and a
+    user logged in with the web SDK is rung in the browser first ("web")."""
     app = callbridge.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [dial_user]}]',
         {"dial_user": """
@@ -391,6 +392,11 @@ def test_call_user_needs_a_registered_user(callbridge: Harness) -> None:
     app.register_user("bob")
     app.incoming_call("in")
     assert app.callee("bob").how == "user"
+    app.log_in_web_user("bob")  # a browser is rung before the phone, as in serve
+    app.incoming_call("in")
+    browser = app.callee("bob")
+    assert browser.how == "web" and browser.leg.kind == "web"
+    assert [c.how for c in app.dialed] == ["user", "web"]
 
 
 def test_started_session_dials_the_trunk(callbridge: Harness) -> None:
@@ -424,20 +430,6 @@ def test_actions_that_the_call_state_forbids_say_why(app: App) -> None:
     )
     with pytest.raises(ValueError, match="DTMF digits"):
         call.press("12x")
-
-
-def test_reported_media_flows_join_derived_ones(app: App) -> None:
-    """Check the media layer's hook (ScenarioRuntime.media_routed): flows
-    reported for calls and named conferences appear and disappear."""
-    call = app.incoming_call("5550100", callerid="+1555", name="alice")
-    assert len(app.flows) == 0
-    app.runtime.media_routed(call.leg, "mixer_web", True)  # as the media layer will
-    assert app.flows.sends("alice", "mixer_web")
-    assert [str(f) for f in app.flows] == ["alice -> mixer_web (media)"]
-    assert not app.flows.between("alice", "mixer_web")
-    assert "expected media both ways between alice and mixer_web" in repr(app.flows.between(call, "mixer_web"))
-    app.flows.report(call, "mixer_web", on=False)
-    assert app.flows.describe() == "none"
 
 
 def test_verdict_messages_say_what_happened(app: App) -> None:

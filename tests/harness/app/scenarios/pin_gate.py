@@ -32,7 +32,12 @@ async def on_alerting(e):
 
 def join(call, name):
     leg = VoxEngine.call_conference(name, callerid=call.callerid, headers={"X-ClientType": "pstn"})
-    leg.add_event_listener(CallEvents.Connected, lambda ev: Logger.write(f"joined {name}"))
+
+    def connected(ev):
+        VoxEngine.send_media_between(call, leg)
+        Logger.write(f"joined {name}")
+
+    leg.add_event_listener(CallEvents.Connected, connected)
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     leg.add_event_listener(CallEvents.Failed, lambda ev: call.hangup())
 

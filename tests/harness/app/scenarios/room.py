@@ -1,12 +1,13 @@
-"""One session per conference: answers every participant, tells web
-clients who is in, and dials a phone participant out when a web client
-sends ``CALL_PARTICIPANT <number>``."""
+"""One session per conference: answers every participant into one mixer,
+tells web clients who is in, and dials a phone participant out when a web
+client sends ``CALL_PARTICIPANT <number>``."""
 
 import json
 
 from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 participants = []
+mixer = None
 
 
 def broadcast():
@@ -17,6 +18,9 @@ def broadcast():
 
 
 def on_alerting(e):
+    global mixer
+    if mixer is None:
+        mixer = VoxEngine.create_conference("mixer")
     call = e.call
     participants.append(call)
     Logger.write(f"{e.callerid} joins ({e.headers.get('X-ClientType')})")
@@ -29,6 +33,7 @@ def on_alerting(e):
     call.add_event_listener(CallEvents.Disconnected, left)
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: on_message(call, ev.text))
     call.answer()
+    mixer.add(call)
     broadcast()
 
 
@@ -42,7 +47,12 @@ def on_message(call, text):
             call.send_message(json.dumps({"type": "dial_failed", "number": number, "code": ev.code}))
 
         out.add_event_listener(CallEvents.Failed, failed)
-        out.add_event_listener(CallEvents.Connected, lambda ev: Logger.write(f"{number} answered"))
+
+        def answered(ev):
+            Logger.write(f"{number} answered")
+            mixer.add(out)
+
+        out.add_event_listener(CallEvents.Connected, answered)
 
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)

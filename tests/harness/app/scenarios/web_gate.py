@@ -25,6 +25,7 @@ def on_alerting(e):
     def connected(ev):
         call.stop_playback()
         call.answer()
+        VoxEngine.send_media_between(call, leg)
 
     def to_client(ev):
         if call.state == CallState.CONNECTED:

@@ -1,0 +1,425 @@
+"""Unit tests of the flagship application as shipped: the repository's own
+``rules.yaml`` and ``scenarios/`` (``pstn_gatekeeper``, ``gatekeeper``,
+``conference``), driven through the scenario harness.
+
+Phone callers dial 5550100 and type a PIN; browsers call ``joinconf`` with
+``X-Conference-Id``; both land in the one ``conf_<id>`` session, which
+mixes them (``everyone``, ``phones``), tells browsers who is in and dials
+participants out on request.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.calls import CallState
+from engine.testing import App, Caller, Harness
+
+ROOT = Path(__file__).parents[2]
+
+PROMPT = "Please enter your conference PIN, followed by the pound key."
+RETRY = "Please enter your conference PIN again, followed by the pound key."
+WRONG = "That PIN is not valid."
+NO_PIN = "No PIN was entered."
+REFUSED = "Sorry, we could not find your conference. Goodbye."
+THROTTLED = "Too many attempts. Please try again later. Goodbye."
+JOINED = "You have joined the conference."
+
+
+@pytest.fixture
+def app(callbridge: Harness) -> App:
+    """The shipped application; room 1234 exists (``callbridge rooms create 1234``)."""
+    app = callbridge.load(ROOT)
+    app.open_room("1234")
+    return app
+
+
+def phone(app: App, callerid: str = "+15551234567", name: str | None = None) -> Caller:
+    """A phone caller on the conference number, at the PIN prompt."""
+    call = app.incoming_call("5550100", callerid=callerid, name=name)
+    assert call.said == [PROMPT]
+    return call
+
+
+def browser(app: App, conference: str, user: str = "ann") -> Caller:
+    """A logged-in browser joining ``conf_<conference>``."""
+    return app.incoming_call("joinconf", callerid=user, transport="web",
+                             headers={"X-Conference-Id": conference})
+
+
+def participants(call: Caller) -> list[tuple[str, str]]:
+    """(name, kind) of the last participant list a browser received."""
+    lists = [m.json() for m in call.messages if m.json().get("type") == "PARTICIPANTS"]
+    assert lists, f"no participant list among {[m.text for m in call.messages]}"
+    return [(p["name"], p["kind"]) for p in lists[-1]["participants"]]
+
+
+def notices(call: Caller, kind: str) -> list[dict[str, Any]]:
+    """The messages of type ``kind`` a browser received, as JSON."""
+    return [m.json() for m in call.messages if m.json().get("type") == kind]
+
+
+# -- pstn_gatekeeper: phone dial-in by PIN -------------------------------------------------
+
+
+def test_pin_of_an_open_room_joins_its_conference(app: App) -> None:
+    """Check the happy path: the PIN of a created room, the caller joins
+    conf_1234 (audio both ways with its mixers) and hears the conference
+    welcome through it; the log names the try, never the digits."""
+    call = phone(app)
+    call.press("1234#")
+    assert call.joined("conf_1234")
+    assert call.heard_speech("You have joined")
+    assert call.speech[-1].via == "conf_1234"  # said by the conference session, heard through the bridge
+    assert app.flows.between(call, "conf_1234/everyone")
+    assert app.flows.sends(call, "conf_1234/phones")  # browsers hear phones through this mixer
+    assert app.conference("conf_1234").participants == ["+15551234567"]
+    assert call.logged("PIN accepted for +15551234567 on try 1")
+    assert "[Fwd] pstn participant +15551234567 joined (1 in)" in app.log
+    assert not any("1234#" in line or "PIN 1234" in line for line in app.log)
+    assert call.connected and app.errors == []
+
+
+def test_pin_of_a_conference_a_browser_opened_joins_it(app: App) -> None:
+    """Check a conference with no room but a browser in it is open: the
+    phone joins, and the browser is told (participant list) and hears it."""
+    web = browser(app, "777")
+    call = phone(app)
+    call.press("777#")
+    assert call.joined("conf_777") and web.joined("conf_777")
+    assert participants(web) == [("ann", "web"), ("+15551234567", "pstn")]
+    assert app.flows.sends("conf_777/phones", web) and app.flows.sends(call, "conf_777/phones")
+    assert app.flows.sends(web, "conf_777/everyone") and app.flows.sends("conf_777/everyone", call)
+
+
+def test_wrong_pin_three_times_is_refused_and_hung_up(app: App) -> None:
+    """Check three wrong PINs: each is answered 'not valid' and asked
+    again, then the caller is told the conference cannot be found and hung
+    up; no conference is called, and the log has no digits."""
+    call = phone(app)
+    call.press("1111#")
+    call.press("2222#")
+    assert call.connected
+    call.press("3333#")
+    assert call.said == [PROMPT, WRONG, RETRY, WRONG, RETRY, WRONG, REFUSED]
+    assert call.ended_with(200)
+    assert not call.joined("conf_1234") and app.conference("conf_1111").session is None
+    assert call.logged("wrong PIN from +15551234567: try 3 of 3 (4 digits)")
+    assert call.logged("refused +15551234567 after 3 tries")
+    assert not any(pin in line for line in app.log for pin in ("1111", "2222", "3333"))
+    assert app.runtime.sessions == {}
+
+
+def test_wrong_pin_then_right_one_joins(app: App) -> None:
+    """Check a mistyped PIN can be corrected on the second try."""
+    call = phone(app)
+    call.press("1243#")
+    assert call.heard_speech(WRONG) and call.said[-1] == RETRY
+    call.press("1234#")
+    assert call.joined("conf_1234") and call.logged("on try 2")
+
+
+def test_silence_times_out_three_times(app: App) -> None:
+    """Check the PIN timeout: nothing for 15 s after each prompt is 'no
+    PIN', three times, then goodbye; the whole call takes its virtual time
+    and no real time."""
+    call = phone(app)
+    prompt_end = app.now
+    call.wait(14.9)
+    assert call.said == [PROMPT]
+    call.wait(0.2)
+    assert call.said == [PROMPT, NO_PIN]
+    assert call.speech[-1].at == pytest.approx(prompt_end + 15)
+    call.wait()
+    assert call.said == [PROMPT, NO_PIN, RETRY, NO_PIN, RETRY, NO_PIN, REFUSED]
+    assert call.ended_with(200)
+    assert call.logged("try 1 of 3 (0 digits)")
+
+
+def test_digits_without_pound_end_after_the_inter_digit_timeout(app: App) -> None:
+    """Check a PIN typed without '#' is taken 5 s after the last digit."""
+    call = phone(app)
+    call.press("12", interval=1.0)
+    call.wait(4.9)
+    assert call.said == [PROMPT]
+    call.wait(0.2)
+    assert call.said[-1] == WRONG
+    assert call.logged("(2 digits)")
+
+
+def test_unopened_and_closed_rooms_are_refused_like_wrong_pins(app: App) -> None:
+    """Check a PIN nobody opened is refused as a wrong one (guessing cannot
+    create conferences), and so is a room deleted meanwhile."""
+    call = phone(app)
+    call.press("5555#")
+    assert call.said[-2:] == [WRONG, RETRY]
+    app.close_room("1234")
+    call.press("1234#")
+    assert call.said[-2:] == [WRONG, RETRY]
+    assert not call.conferences and app.conference("conf_5555").session is None
+
+
+def test_attempts_from_one_caller_id_are_throttled(app: App) -> None:
+    """Check the per-caller limit: a burst of six attempts (plus what two a
+    minute give back meanwhile), then the next try is refused and hung up;
+    another caller id is not affected, and after a
+    minute's rest the caller gets tries again."""
+    attempts = 0
+    for _ in range(4):
+        call = phone(app, callerid="+15550001")
+        while call.connected and call.said[-1] != THROTTLED:
+            attempts += 1
+            call.press("1#")
+        if call.said[-1] == THROTTLED:
+            break
+        assert call.said[-1] == REFUSED
+    assert call.said[-1] == THROTTLED and call.ended_with(200)
+    assert 6 < attempts <= 9  # the seventh to ninth try, depending on how long prompts took
+    assert call.logged("PIN attempts from +15550001 throttled")
+    other = phone(app, callerid="+15550002")
+    other.press("1234#")
+    assert other.joined("conf_1234")
+    app.wait(60)
+    again = phone(app, callerid="+15550001")
+    again.press("1234#")
+    assert again.joined("conf_1234")
+
+
+def test_caller_hanging_up_mid_pin_ends_quietly(app: App) -> None:
+    """Check a caller who hangs up while typing ends the session without an error."""
+    call = phone(app)
+    call.press("12")
+    call.hang_up()
+    assert app.runtime.sessions == {} and app.errors == []
+
+
+def test_phone_leaving_leaves_the_conference(app: App) -> None:
+    """Check a phone caller's hang-up ends its bridge: the browser's
+    participant list drops it, the conference goes on."""
+    web = browser(app, "1234")
+    call = phone(app)
+    call.press("1234#")
+    call.hang_up()
+    assert participants(web) == [("ann", "web")]
+    assert web.connected and app.conference("conf_1234").participants == ["ann"]
+    assert app.conference("conf_1234").log[-1] == "pstn participant +15551234567 left (1 in)"
+
+
+def test_conference_ending_hangs_up_the_phone(app: App) -> None:
+    """Check the conference session ending hangs up the phone caller."""
+    call = phone(app)
+    call.press("1234#")
+    app.conference("conf_1234").terminate()
+    assert call.ended_with(200) and call.reason == "Hangup"
+
+
+# -- gatekeeper: a browser joins by X-Conference-Id ---------------------------------------
+
+
+def test_browser_joins_its_conference(app: App) -> None:
+    """Check the happy path: answered, in conf_42 (sends to everyone,
+    hears the phones mixer), told who is in, and welcomed."""
+    web = browser(app, "42")
+    assert web.connected and web.leg.kind == "web"
+    assert web.joined("conf_42")
+    assert app.flows.sends(web, "conf_42/everyone") and app.flows.sends("conf_42/phones", web)
+    assert not app.flows.sends("conf_42/everyone", web)  # other browsers are heard peer to peer
+    assert participants(web) == [("ann", "web")]
+    assert web.heard_speech(JOINED)
+    assert web.logged("ann joined conf_42")
+
+
+def test_browser_without_a_conference_id_is_refused_400(app: App) -> None:
+    """Check a web call without X-Conference-Id, or with a malformed one,
+    is rejected with 400 and no conference is called."""
+    web = app.incoming_call("joinconf", callerid="ann", transport="web")
+    assert web.ended_with(400) and web.state == CallState.FAILED
+    assert web.logged("refused: bad X-Conference-Id ''")
+    bad = browser(app, "../etc")
+    assert bad.ended_with(400)
+    assert [s.rule.name for s in app.runtime.sessions.values()] == ["InboundCall", "InboundCall"]
+    app.wait(30)  # sessions left without calls end after the idle timeout
+    assert app.runtime.sessions == {}
+
+
+def test_gatekeeper_relays_messages_both_ways(app: App) -> None:
+    """Check messages cross the gatekeeper: the conference's list, sent
+    before the browser is answered, arrives once it is; a browser's request
+    reaches the conference, whose answer comes back."""
+    web = browser(app, "42")
+    assert [m.json()["type"] for m in web.messages] == ["PARTICIPANTS"]
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "12"}')
+    assert notices(web, "CALL_PARTICIPANT_FAILED") == [
+        {"type": "CALL_PARTICIPANT_FAILED", "number": "12", "code": 484, "reason": "not a phone number"}]
+
+
+def test_conference_ending_hangs_up_the_browser(app: App) -> None:
+    """Check the conference ending ends the browser's call (and its gatekeeper session)."""
+    web = browser(app, "42")
+    app.conference("conf_42").terminate()
+    assert web.ended_with(200)
+    assert app.runtime.sessions == {}
+
+
+def test_browser_leaving_ends_an_empty_conference(app: App) -> None:
+    """Check the last participant leaving ends the conference session."""
+    web = browser(app, "42")
+    session = app.conference("conf_42").session
+    assert session is not None
+    web.hang_up()
+    assert session.terminated and app.conference("conf_42").session is None
+    assert "[Fwd] web participant ann left (0 in)" in app.log
+    assert app.runtime.sessions == {}  # the gatekeeper's too
+
+
+def test_browser_hears_hold_music_until_a_slow_conference_answers(callbridge: Harness, tmp_path: Path) -> None:
+    """Check the gatekeeper's wait: hold music as early media while the
+    conference does not answer, and after 20 s a 480; the conference's
+    call is hung up. (A conference session that never answers stands in
+    for the shipped one, which answers at once.)"""
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(ROOT / "scenarios" / "media", scenarios / "media")
+    shutil.copy(ROOT / "scenarios" / "gatekeeper.py", scenarios)
+    (scenarios / "silent.py").write_text(
+        "from engine.scenario import AppEvents, VoxEngine\n"
+        "VoxEngine.add_event_listener(AppEvents.CallAlerting, lambda e: None)\n")
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - {name: InboundCall, pattern: joinconf, scenarios: [gatekeeper]}\n"
+        "  - {name: Fwd, pattern: 'conf_[A-Za-z0-9]+', scenarios: [silent]}\n")
+    app = callbridge.load(tmp_path)
+    web = browser(app, "42")
+    assert web.leg.early_media and web.state == CallState.ALERTING
+    assert web.heard_playback("hold.wav") and web.played[0].duration is None
+    web.wait(20)
+    assert web.ended_with(480)
+    assert web.played[0].completed is False
+    assert web.logged("conference conf_42 did not answer in 20 s")
+    assert app.conference("conf_42").legs[0].state.ended
+
+
+# -- conference: mixers, participant lists, dial-out -------------------------------------
+
+
+def test_participant_lists_follow_joins_and_leaves(app: App) -> None:
+    """Check every browser gets the whole list on each join and leave, and
+    phones get none."""
+    ann = browser(app, "1234", "ann")
+    bob = browser(app, "1234", "bob")
+    call = phone(app)
+    call.press("1234#")
+    everyone = [("ann", "web"), ("bob", "web"), ("+15551234567", "pstn")]
+    assert participants(ann) == participants(bob) == everyone
+    assert call.messages == []
+    bob.hang_up()
+    assert participants(ann) == [("ann", "web"), ("+15551234567", "pstn")]
+    assert len(notices(ann, "PARTICIPANTS")) == 4  # ann; +bob; +phone; -bob
+
+
+def test_mixers_give_phones_everyone_and_browsers_the_phones(app: App) -> None:
+    """Check the two mixers: a phone hears everyone (both browsers and the
+    other phone); a browser hears the phones through the server, not the
+    other browser (that is peer to peer)."""
+    ann = browser(app, "1234", "ann")
+    bob = browser(app, "1234", "bob")
+    p1 = phone(app, "+15550001", name="p1")
+    p1.press("1234#")
+    conf = app.conference("conf_1234")
+    assert [m.name for m in conf.mixers] == ["everyone", "phones"]
+    assert sorted(f.source for f in app.flows if f.target == "conf_1234/everyone") == ["ann", "bob", "p1"]
+    assert sorted(f.target for f in app.flows if f.source == "conf_1234/everyone") == ["p1"]
+    assert sorted(f.source for f in app.flows if f.target == "conf_1234/phones") == ["p1"]
+    assert sorted(f.target for f in app.flows if f.source == "conf_1234/phones") == ["ann", "bob"]
+    assert sorted(conf.participants) == ["ann", "bob", "p1"]
+
+
+def test_dial_out_connected_joins_the_participant(app: App) -> None:
+    """Check CALL_PARTICIPANT: the conference calls the number from the
+    conference's caller id, the callee answers and is in (browsers told:
+    CONNECTED, then the list); its hang-up is announced too."""
+    web = browser(app, "1234")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "+15559876543"}')
+    callee = app.callee("+15559876543")
+    assert callee.how == "pstn" and callee.leg.callerid == "5550100"
+    callee.answer()
+    (connected,) = notices(web, "CALL_PARTICIPANT_CONNECTED")
+    assert connected["number"] == "+15559876543" and connected["id"] == callee.leg.id
+    assert participants(web) == [("ann", "web"), ("+15559876543", "pstn")]
+    assert callee.joined("conf_1234") and callee.heard_speech(JOINED)
+    assert app.flows.between(callee, "conf_1234/everyone") and app.flows.sends(callee, "conf_1234/phones")
+    callee.hang_up()
+    assert notices(web, "CALL_PARTICIPANT_DISCONNECTED") == [
+        {"type": "CALL_PARTICIPANT_DISCONNECTED", "number": "+15559876543"}]
+    assert participants(web) == [("ann", "web")]
+
+
+def test_dial_out_busy_is_reported_486(app: App) -> None:
+    """Check a busy dial-out: the browser is told FAILED with 486 and the
+    reason, and nobody joins."""
+    web = browser(app, "1234")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "5551234"}')
+    callee = app.callee("5551234")
+    callee.busy()
+    assert notices(web, "CALL_PARTICIPANT_FAILED") == [
+        {"type": "CALL_PARTICIPANT_FAILED", "number": "5551234", "code": 486, "reason": "Busy Here"}]
+    assert participants(web) == [("ann", "web")]
+    assert app.conference("conf_1234").log[-1] == "dialing 5551234 failed: 486 Busy Here"
+
+
+def test_dial_out_unanswered_fails_408(app: App) -> None:
+    """Check a dial-out nobody answers fails when the trunk gives up (408)."""
+    web = browser(app, "1234")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "5551234"}')
+    app.wait(60)
+    assert notices(web, "CALL_PARTICIPANT_FAILED")[0]["code"] == 408
+
+
+def test_dial_out_of_an_invalid_number_is_refused_484(app: App) -> None:
+    """Check a number that is not one is refused without dialing."""
+    web = browser(app, "1234")
+    for number in ("12", "call me", "+1555123456789012"):
+        web.send_message(f'{{"type": "CALL_PARTICIPANT", "number": "{number}"}}')
+    failed = notices(web, "CALL_PARTICIPANT_FAILED")
+    assert [(f["number"], f["code"]) for f in failed] == [
+        ("12", 484), ("call me", 484), ("+1555123456789012", 484)]
+    assert app.dialed == []
+
+
+def test_dial_out_is_limited_to_three_ringing(app: App) -> None:
+    """Check the toll-fraud guard: a fourth dial-out while three ring is refused (486)."""
+    web = browser(app, "1234")
+    for n in range(4):
+        web.send_message(f'{{"type": "CALL_PARTICIPANT", "number": "555000{n}"}}')
+    assert len(app.dialed) == 3
+    (failed,) = notices(web, "CALL_PARTICIPANT_FAILED")
+    assert failed["number"] == "5550003" and failed["code"] == 486
+    assert failed["reason"] == "too many calls ringing"
+
+
+def test_messages_that_are_not_requests_are_ignored(app: App) -> None:
+    """Check a message that is not JSON is logged and ignored; an unknown type too."""
+    web = browser(app, "1234")
+    web.send_message("hello")
+    web.send_message('{"type": "SOMETHING_ELSE"}')
+    assert "[Fwd] ignored a message that is not JSON: 'hello'" in app.log
+    assert [m.json()["type"] for m in web.messages] == ["PARTICIPANTS"] and app.dialed == []
+
+
+def test_conference_ends_when_its_last_participant_leaves(app: App) -> None:
+    """Check the conference runs while anyone is in (or being dialled) and
+    ends with its last participant; the name is then free for a new session."""
+    web = browser(app, "1234")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "5551234"}')
+    callee = app.callee("5551234")
+    first = app.conference("conf_1234").session
+    web.hang_up()
+    assert first is not None and not first.terminated  # someone is being dialled
+    callee.answer()
+    callee.hang_up()
+    assert first.terminated and app.conference("conf_1234").session is None
+    again = browser(app, "1234")
+    assert again.joined("conf_1234") and app.conference("conf_1234").session is not first
