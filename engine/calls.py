@@ -57,6 +57,7 @@ __all__ = [
     "MediaHandler",
     "Dispatcher",
     "CallError",
+    "Action",
     "Playback",
     "SendDigitsAction",
     "MediaStats",
@@ -234,27 +235,17 @@ class PlaybackOwner(Protocol):
     def _playback_done(self, pb: Playback, completed: bool) -> None: ...
 
 
-class Playback:
-    """The handle of one playback. Awaiting it returns once the playback
-    has ended: ``True`` when played to the end, ``False`` when stopped or
-    failed (see :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it
-    early."""
+class Action:
+    """An awaitable handle of a long-running action (style.md section 8):
+    awaiting it returns ``True`` once the action completed, ``False`` when
+    it was stopped or failed; :meth:`done` says whether it is over. The
+    wait is shielded, so a timeout around ``await`` does not end the action."""
 
-    def __init__(self, call: PlaybackOwner, kind: str, what: str | None = None) -> None:
-        self.call = call
-        self.kind = kind
-        #: What plays: the text of a ``say``, the path or URL of a file
-        #: (``None`` for a player); for logs and the test harness.
-        self.what = what
+    def __init__(self) -> None:
         self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
-        #: ``None`` while playing, then whether it played to the end.
+        #: ``None`` while running, then whether it completed.
         self.completed: bool | None = None
-        #: Why it failed (``None`` unless it did).
-        self.error: str | None = None
-
-    def __repr__(self) -> str:
-        return f"<Playback {self.kind} of {self.call.id[:8]} completed={self.completed}>"
 
     def done(self) -> bool:
         return self._fut.done()
@@ -262,12 +253,46 @@ class Playback:
     def __await__(self) -> Generator[Any, None, bool]:
         return asyncio.shield(self._fut).__await__()
 
+    def _cancel_task(self) -> bool:
+        """Cancel the preparing task, if one runs; whether one did."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            return True
+        return False
+
+    def _settle(self, completed: bool) -> bool:
+        """Resolve once; ``False`` if already resolved."""
+        if self._fut.done():
+            return False
+        self.completed = completed
+        self._fut.set_result(completed)
+        return True
+
+
+class Playback(Action):
+    """The handle of one playback. Awaiting it returns once the playback
+    has ended: ``True`` when played to the end, ``False`` when stopped or
+    failed (see :attr:`CallEvents.PlaybackFinished`). :meth:`stop` ends it
+    early."""
+
+    def __init__(self, call: PlaybackOwner, kind: str, what: str | None = None) -> None:
+        super().__init__()
+        self.call = call
+        self.kind = kind
+        #: What plays: the text of a ``say``, the path or URL of a file
+        #: (``None`` for a player); for logs and the test harness.
+        self.what = what
+        #: Why it failed (``None`` unless it did).
+        self.error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Playback {self.kind} of {self.call.id[:8]} completed={self.completed}>"
+
     def stop(self) -> None:
         """End the playback now (``PlaybackFinished`` with ``completed=False``)."""
         if self._fut.done():
             return
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._cancel_task()
         if self.call._playback is self:
             self.call._stop_media()
         self.call._playback_done(self, False)
@@ -275,10 +300,8 @@ class Playback:
     def _resolve(self, completed: bool, error: str | None = None) -> bool:
         if self._fut.done():
             return False
-        self.completed = completed
         self.error = error
-        self._fut.set_result(completed)
-        return True
+        return self._settle(completed)
 
 
 class PlaybackMixin:
@@ -414,7 +437,7 @@ class PlaybackMixin:
             pb.stop()
 
 
-class SendDigitsAction:
+class SendDigitsAction(Action):
     """The handle of one :meth:`Call.send_digits`. Awaiting it returns once
     the last digit has been sent: ``True``, or ``False`` when stopped or the
     call ended first. :meth:`stop` ends it early (an RFC 4733 event in
@@ -425,43 +448,28 @@ class SendDigitsAction:
     """
 
     def __init__(self, call: Call, digits: str, mode: str, duration: float, gap: float) -> None:
+        super().__init__()
         self.call = call
         self.digits = digits
         self.mode = mode
         self.duration = duration
         self.gap = gap
-        self._fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._task: asyncio.Task[None] | None = None
         self._started = False
-        #: ``None`` while sending (or waiting for the digits before), then
-        #: whether every digit was sent.
-        self.completed: bool | None = None
 
     def __repr__(self) -> str:
         return f"<SendDigitsAction {self.digits!r} {self.mode} of {self.call.id[:8]} completed={self.completed}>"
-
-    def done(self) -> bool:
-        return self._fut.done()
-
-    def __await__(self) -> Generator[Any, None, bool]:
-        return asyncio.shield(self._fut).__await__()
 
     def stop(self) -> None:
         """Stop sending (digits not yet sent are dropped)."""
         if self._fut.done():
             return
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        elif self._started:
+        if not self._cancel_task() and self._started:
             self.call._stop_rtp_digits()
         self._resolve(False)
 
     def _resolve(self, completed: bool) -> None:
-        if self._fut.done():
-            return
-        self.completed = completed
-        self._fut.set_result(completed)
-        self.call.log.info("digits %r by %s sent (completed=%s)", self.digits, self.mode, completed)
+        if self._settle(completed):
+            self.call.log.info("digits %r by %s sent (completed=%s)", self.digits, self.mode, completed)
 
 
 class Call(PlaybackMixin):
