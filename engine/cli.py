@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("id")
         if name == "users":
             c.add_argument("--password", required=True)
+        else:
+            c.add_argument("--max-participants", type=int)
+            c.add_argument("--pin", help="4-16 digits phone callers enter (default: the room id)")
+            c.add_argument("--moderator-pin", help="4-16 digits that join as a moderator")
         c.add_argument("--display-name")
         s.add_parser("list")
         d = s.add_parser("delete")
@@ -292,8 +296,10 @@ def _store_command(args: argparse.Namespace) -> int:
                 print(f"deleted user {args.id}")
         else:
             if args.action == "create":
-                room = store.create_room(args.id, display_name=args.display_name)
-                print(f"created room {room.room_id}: phone callers join with PIN {room.room_id}")
+                room = store.create_room(args.id, display_name=args.display_name,
+                                         max_participants=args.max_participants, pin=args.pin,
+                                         moderator_pin=args.moderator_pin)
+                print(f"created room {room.room_id}: phone callers join with PIN {room.pin or room.room_id}")
             elif args.action == "list":
                 for room in store.list_rooms():
                     print(f"{room.room_id}\t{room.display_name or ''}")

@@ -58,10 +58,12 @@ class Participant:
     role: str
     joined_at: float
     call: Any = field(default=None, repr=False, compare=False)
+    muted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.participant_id, "kind": self.kind, "display_name": self.display_name,
-                "identity": self.identity, "role": self.role, "joined_at": self.joined_at}
+                "identity": self.identity, "role": self.role, "joined_at": self.joined_at,
+                "muted": self.muted}
 
 
 def room_id_of(name: str) -> str:
@@ -82,6 +84,8 @@ class RoomService:
         self.participants: dict[str, dict[str, Participant]] = {}
         self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
         self.on_room_ended: list[Callable[[str], None]] = []
+        #: Mutes a participant's call (``(call, muted)``; set by the engine: the media graph).
+        self.muter: Callable[[Any, bool], None] | None = None
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- reading -------------------------------------------------------------------
@@ -165,6 +169,25 @@ class RoomService:
             self._emit("room.started", {"room": room.room_id})
         self._emit("participant.joined", {"room": room.room_id, "participant": person.as_dict()})
         return person
+
+    def mute(self, name: str, participant_id: str, muted: bool = True) -> Participant | None:
+        """Mute or unmute a participant's audio for everyone (phone and
+        browser alike); ``None`` when no such participant is in."""
+        person = self.participants.get(room_id_of(name), {}).get(participant_id)
+        if person is None:
+            return None
+        if person.call is not None and self.muter is not None:
+            self.muter(person.call, muted)
+        person.muted = muted
+        return person
+
+    def mute_all(self, name: str, muted: bool = True, *, except_: str | None = None) -> int:
+        """Mute or unmute every participant but ``except_`` (a moderator's
+        ``*6``); return how many."""
+        people = [pid for pid in self.participants.get(room_id_of(name), {}) if pid != except_]
+        for pid in people:
+            self.mute(name, pid, muted)
+        return len(people)
 
     def leave(self, name: str, participant_id: str) -> bool:
         """Forget a participant; arm ``end_when_empty_after`` when the room empties."""

@@ -265,6 +265,22 @@ class _VoxEngine:
 
             call.on_ended.append(left)
 
+    def room_mute(self, name: str, call: Call, muted: bool = True) -> bool:
+        """Mute (``muted=False``: unmute) ``call``'s audio for everyone in
+        room ``name``: the media graph drops it, so a phone leg and a
+        browser leg are muted alike, and ``GET /rooms/{id}`` shows it.
+        ``False`` when ``call`` is not a participant."""
+        rooms = _session().runtime.rooms
+        return rooms is not None and rooms.mute(name, call.id, muted) is not None
+
+    def room_mute_all(self, name: str, muted: bool = True, except_call: Call | None = None) -> int:
+        """Mute (or unmute) every participant of room ``name`` but
+        ``except_call`` (a phone moderator's ``*6``); returns how many."""
+        rooms = _session().runtime.rooms
+        if rooms is None:
+            return 0
+        return rooms.mute_all(name, muted, except_=except_call.id if except_call is not None else None)
+
     def room_leave(self, name: str, call: Call) -> None:
         """Report that ``call`` left room ``name`` (no error when it was not in)."""
         rooms = _session().runtime.rooms

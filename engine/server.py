@@ -231,6 +231,8 @@ class Engine:
         self.rooms = RoomService(self.store)
         self.rooms.on_event.append(self.webhooks.publish)
         self.rooms.on_room_ended.append(self._end_conference)
+        self.rooms.muter = self.media_graph.set_muted
+        self.media_graph.on_recording_done.append(self._recording_ready)
         self.runtime.rooms = self.rooms
         self.runtime.keys = self.keys
         self.runtime.on_call_event.append(self.webhooks.publish)
@@ -240,6 +242,21 @@ class Engine:
             loop.create_task(self.webhooks.run(), name="webhooks"),
         ]
         self._started.append("rooms")
+
+    def _recording_ready(self, rec: Any) -> None:
+        """``recording.ready``: the file, its length, and the rooms of the
+        session whose conference (or call) it recorded."""
+        if self.webhooks is None:
+            return
+        node = rec.node
+        session = getattr(node, "dispatcher", None)
+        conferences = sorted(getattr(session, "conferences", ()) or ())
+        self.webhooks.publish("recording.ready", {
+            "path": str(rec.path), "duration": round(rec.duration, 3),
+            "conference": getattr(node, "name", None), "call_id": getattr(node, "id", None),
+            "session_id": getattr(session, "id", None),
+            "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
+        })
 
     def _end_conference(self, room_id: str) -> None:
         session = self.runtime.conference_session(f"conf_{room_id}")

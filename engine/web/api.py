@@ -490,6 +490,19 @@ async def remove_participant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def mute_participant(request: web.Request) -> web.Response:
+    room = _room_or_404(request)
+    data = await _body(request, ("muted",))
+    muted = _bool(data, "muted")
+    if muted is None:
+        raise _missing("muted")
+    pid = request.match_info["participant"]
+    person = _rooms(request).mute(room.room_id, pid, muted)
+    if person is None:
+        raise ApiError(404, "not_found", f"no participant {pid!r} in room {room.room_id}", "participant")
+    return _json(person.as_dict())
+
+
 # -- join tokens and invites ---------------------------------------------------------------
 
 
@@ -829,6 +842,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     if not events:
         raise _missing("events") if events is None else _invalid("events", "must not be empty")
     hook = _store(request).create_webhook(url, events)
+    _engine(request).webhooks.refresh()
     return _json(_webhook(hook, secret=True), 201)
 
 
@@ -839,6 +853,7 @@ async def get_webhook(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     hook = _webhook_or_404(request)
     _store(request).delete_webhook(hook.webhook_id)
+    _engine(request).webhooks.refresh()
     return web.Response(status=204)
 
 
@@ -882,6 +897,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/rooms/{room}/end", end_room, "calls"),
     Route("POST", "/rooms/{room}/lock", lock_room, "calls"),
     Route("DELETE", "/rooms/{room}/participants/{participant}", remove_participant, "calls"),
+    Route("POST", "/rooms/{room}/participants/{participant}/mute", mute_participant, "calls"),
     Route("POST", "/rooms/{room}/tokens", create_token, "calls"),
     Route("POST", "/rooms/{room}/invites", create_invite, "calls"),
     Route("GET", "/rooms/{room}/invites", list_invites, "calls"),

@@ -96,8 +96,8 @@ def _schemas() -> dict[str, Any]:
     participant = _obj({
         "id": {"type": "string"}, "kind": {"type": "string", "enum": ["web", "pstn"]},
         "display_name": _nullable({"type": "string"}), "identity": _nullable({"type": "string"}),
-        "role": {"type": "string"}, "joined_at": _TIME,
-    }, ("id", "kind", "role", "joined_at"))
+        "role": {"type": "string"}, "joined_at": _TIME, "muted": {"type": "boolean"},
+    }, ("id", "kind", "role", "joined_at", "muted"))
     room = _obj({
         "id": {"type": "string"}, "conference": {"type": "string"},
         "display_name": _nullable({"type": "string"}),
@@ -259,6 +259,11 @@ def document() -> dict[str, Any]:
         "/rooms/{room}/participants/{participant}": {
             "parameters": [_ROOM, _path("participant")],
             "delete": _op("Remove a participant (its call is hung up)", "calls", 204, None, errors=(404,)),
+        },
+        "/rooms/{room}/participants/{participant}/mute": {
+            "parameters": [_ROOM, _path("participant")],
+            "post": _op("Mute or unmute a participant for everyone (phone or browser)", "calls", 200,
+                        "Participant", errors=(404,), body=_obj({"muted": {"type": "boolean"}}, ("muted",))),
         },
         "/rooms/{room}/tokens": {"parameters": [_ROOM], "post": _op(
             "Issue a join token (JWT) for the web SDK", "calls", 201, "JoinToken", errors=(404, 409),

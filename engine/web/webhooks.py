@@ -88,9 +88,22 @@ class WebhookDispatcher:
         self.timeout = timeout
         self._wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
+        #: Events some webhook wants (``None``: not read yet), so that an
+        #: event nobody subscribed to (every call's start and end) costs no
+        #: database write.
+        self._subscribed: set[str] | None = None
+
+    def refresh(self) -> None:
+        """Re-read which events are subscribed (after a webhook is added or removed)."""
+        self._subscribed = {e for hook in self.store.list_webhooks() for e in hook.events}
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
         """Queue ``event`` for every webhook subscribed to it."""
+        if self._subscribed is None:
+            self.refresh()
+        assert self._subscribed is not None
+        if event not in self._subscribed and "*" not in self._subscribed:
+            return
         now = self.clock()
         payload = json.dumps({"id": "evt_" + secrets.token_hex(8), "event": event, "created_at": now,
                               "data": data}, separators=(",", ":"), default=str)

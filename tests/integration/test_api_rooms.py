@@ -155,7 +155,8 @@ async def test_schedule_end_and_empty_end(api: Api) -> None:
 
 async def test_join_token_sdk_login_cap_and_removal(api: Api, http: aiohttp.ClientSession) -> None:
     """Check a join token logs a browser in as its identity with its role;
-    the conference admits it (listed by GET /rooms), refuses a second
+    the conference admits it (listed by GET /rooms), the API mutes it in
+    the media graph, refuses a second
     browser beyond max_participants 1, and DELETE of the participant hangs
     its call up. An expired or forged token is refused at login."""
     await api.post("/rooms", {"name": "consult", "max_participants": 1})
@@ -193,6 +194,15 @@ async def test_join_token_sdk_login_cap_and_removal(api: Api, http: aiohttp.Clie
         person = room["participants"][0]
         assert (person["kind"], person["identity"], person["role"], person["display_name"]) == (
             "web", "dr", "moderator", "Dr")
+
+        status, muted = await api.post(f"/rooms/consult/participants/{person['id']}/mute", {"muted": True})
+        assert status == 200 and muted["muted"] is True
+        call = api.engine.rooms.participants["consult"][person["id"]].call  # type: ignore[union-attr]
+        assert api.engine.media_graph.is_muted(call)
+        status, body = await api.post("/rooms/consult/participants/nobody/mute", {"muted": True})
+        assert status == 404 and error(body) == ("not_found", "participant")
+        status, body = await api.post(f"/rooms/consult/participants/{person['id']}/mute", {})
+        assert status == 400 and error(body) == ("missing_field", "muted")
 
         status, tok2 = await api.post("/rooms/consult/tokens", {"identity": "guest2"})
         sock2, _ = await join(tok2["token"], "c2")

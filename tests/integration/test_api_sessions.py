@@ -27,6 +27,7 @@ RULES = """
 rules:
   - {name: Api, pattern: "api", scenarios: [api_session]}
   - {name: Answer, pattern: "answer", scenarios: [answer_wait_hangup]}
+  - {name: Rec, pattern: "rec", scenarios: [recorder]}
 """
 
 SCENARIOS = {
@@ -46,6 +47,15 @@ SCENARIOS = {
 
         VoxEngine.add_event_listener(AppEvents.Started, started)
         VoxEngine.add_event_listener(AppEvents.HttpRequest, request)
+    """,
+    "recorder": """
+        from engine.scenario import AppEvents, VoxEngine
+
+        def started(e):
+            rec = VoxEngine.create_conference("everyone").record()
+            VoxEngine.set_timeout(rec.stop, 100)
+
+        VoxEngine.add_event_listener(AppEvents.Started, started)
     """,
     "answer_wait_hangup": (Path(__file__).parents[1] / "scenarios" / "answer_wait_hangup.py").read_text(),
 }
@@ -134,13 +144,13 @@ async def test_rules_list_explain_reload(api: Api) -> None:
     rules.yaml without a restart while a broken one is refused with the
     file, line and reason, keeping the old rules."""
     status, rules = await api.get("/rules")
-    assert [r["name"] for r in rules["rules"]] == ["Api", "Answer"]
+    assert [r["name"] for r in rules["rules"]] == ["Api", "Answer", "Rec"]
     status, why = await api.post("/rules/explain", {"destination": "answer"})
     assert status == 200 and why["match"] == "Answer"
     assert why["rules"] == [{"name": "Api", "verdict": "pattern does not match"},
                             {"name": "Answer", "verdict": "matched"}]
     status, why = await api.post("/rules/explain", {"destination": "zzz"})
-    assert why["match"] is None and len(why["rules"]) == 2
+    assert why["match"] is None and len(why["rules"]) == 3
     status, body = await api.post("/rules/explain", {})
     assert status == 400 and error(body) == ("missing_field", "destination")
     status, body = await api.post("/rules/reload")
@@ -240,10 +250,12 @@ async def test_pending_webhook_delivery_survives_restart(make_engine: EngineFact
     by the next engine started on the same data directory."""
     first = await make_engine(RULES, SCENARIOS, webhook_retry_delay=30.0)
     assert first.store is not None
-    first.store.create_webhook(receiver.url, ["*"])
+    first.store.create_webhook(receiver.url, ["recording.ready"])
     receiver.fail = 1  # the first attempt fails; the retry is 30 s away
     assert first.webhooks is not None
+    first.webhooks.refresh()  # subscribed behind the API's back
     first.webhooks.publish("recording.ready", {"room": "r", "path": "x.wav"})
+    first.webhooks.publish("call.started", {"call_id": "c"})  # nobody wants it: not queued
     assert await wait_until(lambda: receiver.fail == 0)
     await first.stop()
     second = await make_engine(RULES, SCENARIOS, data_dir=first.config.data_dir, webhook_retry_delay=0.05)
@@ -276,3 +288,20 @@ async def test_sip_call_leaves_a_call_record(api: Api, peers: PeerFactory) -> No
     assert mine["total"] == 1
     status, body = await api.get("/calls?limit=5000")
     assert status == 400 and error(body) == ("invalid_field", "limit")
+
+
+async def test_recording_ready_webhook(api: Api, receiver: Receiver) -> None:
+    """Check a conference recording that a scenario stops is announced by a
+    signed recording.ready delivery naming the file, the conference and the
+    session."""
+    receiver.fail = 0
+    admin = api.with_key(new_key(api.engine, "admin"))
+    status, hook = await admin.post("/webhooks", {"url": receiver.url, "events": ["recording.ready"]})
+    status, session = await api.post("/sessions", {"rule": "Rec"})
+    assert status == 201
+    assert await wait_until(lambda: receiver.events() == ["recording.ready"], timeout=10)
+    headers, body = receiver.received[0]
+    data = json.loads(body)["data"]
+    assert (data["conference"], data["session_id"]) == ("everyone", session["id"])
+    assert data["path"].endswith(".wav") and Path(data["path"]).is_file()
+    assert verify_signature(hook["secret"], headers["X-Callbridge-Signature"], body, __import__("time").time())
