@@ -12,8 +12,8 @@ restart, the calls are gone too.
 A room ends when the API ends it, when its schedule is over (checked by
 :meth:`RoomService.tick`, once a second), or ``end_when_empty_after``
 seconds after its last participant left. Ending it marks it in the store,
-forgets its participants and calls the ``on_room_ended`` hooks (the engine
-terminates the conference session there, which hangs up its calls).
+calls the ``on_room_ended`` hooks (the engine terminates the conference
+session there), and forgets its participants, hanging up the calls still up.
 
 Events (``room.started``, ``room.ended``, ``participant.joined``,
 ``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
@@ -241,10 +241,23 @@ class RoomService:
                     hook(room_id)
                 except Exception:
                     logger.exception("room %s: ending hook failed", room_id)
-            for pid in list(self.participants.get(room_id, {})):
+            for pid, person in list(self.participants.get(room_id, {}).items()):
                 self.leave(room_id, pid)
+                self._hang_up(person)
             self._emit("room.ended", {"room": room_id, "reason": reason})
         return room
+
+    @staticmethod
+    def _hang_up(person: Participant) -> None:
+        """End a participant's call (a room that ends takes its calls along,
+        even those of a conference not run by one session)."""
+        call = person.call
+        if call is None or call.state.ended:
+            return
+        try:
+            call.hangup()
+        except Exception as exc:  # already ending
+            logger.debug("hanging up %s: %s", person.participant_id, exc)
 
     def tick(self) -> None:
         """End the rooms whose scheduled time is up."""

@@ -29,7 +29,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
 from ..tokens import JoinGrant, TokenError
-from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, ProtocolError, error_frame, parse_frame
+from .protocol import (
+    MAX_FRAME_BYTES,
+    MODERATE_ACTIONS,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+    error_frame,
+    parse_frame,
+)
 from .webcall import WebCall
 
 __all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
@@ -66,7 +74,7 @@ class SdkConnection:
             "hello": self.on_hello, "ping": self.on_ping, "login": self.on_login,
             "call": self.on_call, "answer": self.on_answer, "reject": self.on_reject,
             "hangup": self.on_hangup, "ice": self.on_ice, "message": self.on_message,
-            "dtmf": self.on_dtmf,
+            "dtmf": self.on_dtmf, "moderate": self.on_moderate,
         }
 
     def __repr__(self) -> str:
@@ -282,6 +290,36 @@ class SdkConnection:
 
     async def on_dtmf(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_tones(frame["tones"])
+
+
+    async def on_moderate(self, frame: dict[str, Any]) -> None:
+        """Moderation in the join token's room, each action checked against
+        the token's permissions on the server (a guest may only mute and
+        unmute itself)."""
+        grant, rooms = self.grant, getattr(self.engine, "rooms", None)
+        if grant is None or rooms is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "moderation needs a login with a join token")
+        action, pid = frame["action"], frame.get("participant")
+        person = rooms.participants.get(grant.room, {}).get(pid) if pid is not None else None
+        if pid is not None and person is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_PARTICIPANT, f"no participant {pid!r} in room {grant.room}")
+        own = person is not None and person.identity == grant.identity
+        needed = "mute_self" if own and action in ("mute", "unmute") else MODERATE_ACTIONS[action]
+        if not grant.may(needed):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{action} needs the {needed!r} permission")
+        if action in ("mute", "unmute"):
+            rooms.mute(grant.room, pid, action == "mute")
+        elif action == "remove":
+            call = person.call if person is not None else None
+            rooms.leave(grant.room, pid)
+            if call is not None and not call.state.ended:
+                call.hangup()
+        elif action in ("lock", "unlock"):
+            await asyncio.to_thread(rooms.store.set_room_locked, grant.room, action == "lock")
+        else:
+            rooms.end(grant.room, f"moderator {grant.identity}")
+        logger.info("room %s: %s %s by %s", grant.room, action, pid or "", grant.identity)
+        self.send_frame({"type": "moderated", "action": action, "participant": pid, **_ref(frame)})
 
 
 class WebUsers:

@@ -363,3 +363,55 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     assert status == 200 and body["identity"] == "erin"
     status, redeemed = await api2.with_key(None).post("/invites/redeem", {"code": inv["code"], "room": "keep"})
     assert status == 200 and redeemed["identity"] == "dan"
+
+
+async def test_moderation_from_the_sdk_is_checked_against_the_token(api: Api, http: aiohttp.ClientSession) -> None:
+    """Check the web SDK's moderate frame: a guest may mute itself but not
+    others (forbidden); a moderator mutes a guest, locks the room and ends
+    it (the calls are hung up); an unknown participant is refused."""
+    await api.post("/rooms", {"name": "mod"})
+    ws_url = f"http://127.0.0.1:{api.engine.http_port}/ws"
+    sockets: list[SdkSocket] = []
+    peers: list[BrowserPeer] = []
+
+    async def join(identity: str, role: str) -> SdkSocket:
+        status, tok = await api.post("/rooms/mod/tokens", {"identity": identity, "role": role})
+        sock = SdkSocket(await http.ws_connect(ws_url))
+        sockets.append(sock)
+        await sock.hello()
+        assert (await sock.request({"type": "login", "token": tok["token"]}))["type"] == "login_ok"
+        peer = BrowserPeer()
+        peers.append(peer)
+        await sock.send({"type": "call", "call": "c1", "number": "conf_mod", "sdp": await peer.offer(),
+                         "audio": True, "video": False})
+        await sock.recv("connected", call="c1", timeout=10)
+        return sock
+
+    try:
+        dr = await join("dr", "moderator")
+        gus = await join("gus", "guest")
+        status, room = await api.get("/rooms/mod")
+        ids = {p["identity"]: p["id"] for p in room["participants"]}
+        denied = await gus.request({"type": "moderate", "action": "mute", "participant": ids["dr"]})
+        assert (denied["type"], denied["code"]) == ("error", "forbidden")
+        own = await gus.request({"type": "moderate", "action": "mute", "participant": ids["gus"]})
+        assert own["type"] == "moderated"
+        assert (await gus.request({"type": "moderate", "action": "lock"}))["code"] == "forbidden"
+        unknown = await dr.request({"type": "moderate", "action": "remove", "participant": "nobody"})
+        assert unknown["code"] == "unknown_participant"
+        bad = await dr.request({"type": "moderate", "action": "explode"})
+        assert bad["code"] == "bad_frame"
+        assert (await dr.request({"type": "moderate", "action": "unmute", "participant": ids["gus"]}))[
+            "type"] == "moderated"
+        assert (await dr.request({"type": "moderate", "action": "lock"}))["type"] == "moderated"
+        status, room = await api.get("/rooms/mod")
+        assert room["locked"] is True and [p["muted"] for p in room["participants"]] == [False, False]
+        assert (await dr.request({"type": "moderate", "action": "end"}))["type"] == "moderated"
+        await gus.recv("hangup", call="c1", timeout=10)
+        status, room = await api.get("/rooms/mod")
+        assert room["state"] == "ended" and room["participant_count"] == 0
+    finally:
+        for sock in sockets:
+            await sock.ws.close()
+        for peer in peers:
+            await peer.close()
