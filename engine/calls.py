@@ -31,6 +31,7 @@ import inspect
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
@@ -510,6 +511,8 @@ class Call(PlaybackMixin):
         self._state_waiters: list[asyncio.Future[CallState]] = []
         #: Whether the call ever reached ``CONNECTED`` (it stays true after the end).
         self.was_connected = False
+        #: When the call was first connected (seconds since the epoch), for call records.
+        self.connected_at: float | None = None
         self.on_ended: list[Callable[[Call], None]] = []
         self._tones_wanted = False
         self._tone_collectors = 0
@@ -601,6 +604,8 @@ class Call(PlaybackMixin):
         self.state = state
         if state == CallState.CONNECTED:
             self.was_connected = True
+            if self.connected_at is None:
+                self.connected_at = time.time()
         self.log.info("state %s", state.value)
         if state.ended:
             for cb in self.on_ended:

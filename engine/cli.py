@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rtp-timeout", type=float, default=float(_env("RTP_TIMEOUT", 60)),
                        help="hang up a connected call after this many seconds without RTP or RTCP"
                             " (not while on hold; 0: never)")
+    serve.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""),
+                       help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -111,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE")
     call.add_argument("--tcp", action="store_true")
 
+    keys = sub.add_parser("keys", help="manage API keys of /api/v1")
+    keys.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
+    keys.add_argument("--realm", default=_env("REALM", "callbridge"))
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    kc = keys_sub.add_parser("create", help="create a key; its secret is shown once")
+    kc.add_argument("--scopes", default="admin", help="comma-separated: admin, calls, users")
+    kc.add_argument("--name", help="a label")
+    keys_sub.add_parser("list")
+    kd = keys_sub.add_parser("delete")
+    kd.add_argument("id")
+
     for name, what in (("users", "web and SIP users"), ("rooms", "conference rooms")):
         p = sub.add_parser(name, help=f"manage {what}")
         p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
@@ -120,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("id")
         if name == "users":
             c.add_argument("--password", required=True)
+        else:
+            c.add_argument("--max-participants", type=int)
+            c.add_argument("--pin", help="4-16 digits phone callers enter (default: the room id)")
+            c.add_argument("--moderator-pin", help="4-16 digits that join as a moderator")
         c.add_argument("--display-name")
         s.add_parser("list")
         d = s.add_parser("delete")
@@ -151,6 +168,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         rtp_timeout=args.rtp_timeout,
+        cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 
 
@@ -249,7 +267,22 @@ def _store_command(args: argparse.Namespace) -> int:
 
     store = SqliteStore.in_directory(args.data_dir, sip_realm=args.realm)
     try:
-        if args.command == "users":
+        if args.command == "keys":
+            if args.action == "create":
+                scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+                key, secret = store.create_api_key(scopes, args.name)
+                print(f"created API key {key.key_id} ({','.join(key.scopes)})")
+                print(f"secret (shown once): {secret}")
+                print(f"use: Authorization: Bearer {key.key_id}.{secret}")
+            elif args.action == "list":
+                for key in store.list_api_keys():
+                    print(f"{key.key_id}\t{','.join(key.scopes)}\t{key.name or ''}")
+            elif args.action == "delete":
+                if not store.delete_api_key(args.id):
+                    print(f"callbridge: no API key {args.id!r}", file=sys.stderr)
+                    return 1
+                print(f"deleted API key {args.id}")
+        elif args.command == "users":
             if args.action == "create":
                 user = store.create_user(args.id, args.password, args.display_name)
                 print(f"created user {user.name}")
@@ -263,8 +296,10 @@ def _store_command(args: argparse.Namespace) -> int:
                 print(f"deleted user {args.id}")
         else:
             if args.action == "create":
-                room = store.create_room(args.id, display_name=args.display_name)
-                print(f"created room {room.room_id}: phone callers join with PIN {room.room_id}")
+                room = store.create_room(args.id, display_name=args.display_name,
+                                         max_participants=args.max_participants, pin=args.pin,
+                                         moderator_pin=args.moderator_pin)
+                print(f"created room {room.room_id}: phone callers join with PIN {room.pin or room.room_id}")
             elif args.action == "list":
                 for room in store.list_rooms():
                     print(f"{room.room_id}\t{room.display_name or ''}")

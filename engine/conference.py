@@ -456,6 +456,11 @@ class MediaGraph:
         self._watched: set[Call] = set()
         self._attached: dict[Call, AudioPort] = {}
         self._plan: _Plan | None = None
+        #: Nodes whose audio goes nowhere (a moderator muted them).
+        self._muted: set[Node] = set()
+        #: Called with each recording once its file is complete (the engine
+        #: sends the ``recording.ready`` webhook from here).
+        self.on_recording_done: list[Callable[[Recording], None]] = []
         self.ticks = 0
         #: When a list (benches): each tick appends ``(start, pull, mix, push)``,
         #: its ``perf_counter`` start and the seconds each phase took.
@@ -505,6 +510,21 @@ class MediaGraph:
                 del self._edges[src]
         self._changed()
 
+    def set_muted(self, node: Node, muted: bool = True) -> None:
+        """Mute (or unmute) everything ``node`` sends: its audio reaches no
+        leg and no conference, however it is routed. Muting a conference's
+        internal leg mutes the caller behind it (a browser or a phone alike),
+        which is how a room moderator mutes a participant."""
+        self._check_node(node)
+        if muted:
+            self._muted.add(node)
+        else:
+            self._muted.discard(node)
+        self._changed()
+
+    def is_muted(self, node: Node) -> bool:
+        return node in self._muted
+
     def flows(self) -> list[tuple[Node, Node]]:
         """Every flow as the scenario set it: ``(source, target)`` pairs."""
         result = [(s, d) for s, out in self._edges.items() for d in out]
@@ -530,6 +550,7 @@ class MediaGraph:
             self._stop_recording(rec)
         if isinstance(node, Call):
             self._watched.discard(node)
+        self._muted.discard(node)
         self._changed()
 
     def _check_node(self, node: object) -> None:
@@ -593,10 +614,18 @@ class MediaGraph:
         except RecorderError as exc:
             raise ConferenceError(str(exc)) from None
         rec = Recording(self, node, recorder)
+        rec.on_stopped.append(self._recording_done)
         self._watch(node)
         self._recordings.setdefault(node, []).append(rec)
         self._changed()
         return rec
+
+    def _recording_done(self, rec: Recording) -> None:
+        for hook in list(self.on_recording_done):
+            try:
+                hook(rec)
+            except Exception:
+                logger.exception("recording hook failed")
 
     def _stop_recording(self, rec: Recording) -> None:
         recs = self._recordings.get(rec.node)
@@ -613,6 +642,8 @@ class MediaGraph:
         """Where ``src``'s audio ends up: legs and conferences, through
         internal-call wires."""
         out: list[tuple[Node, float]] = []
+        if src in self._muted:
+            return out
         for dst, gain in self._edges.get(src, {}).items():
             out.extend(self._resolve(dst, gain, seen))
         for conf in self._conferences:

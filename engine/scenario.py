@@ -58,6 +58,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from .calls import Call, CallError, CallEvents, CallState, InternalCall, new_call_pair
 from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
+from .rooms import RoomRefused, RoomService
 from .router import Rule, RuleSet
 from .transport.media_clock import MediaClock
 
@@ -72,6 +73,8 @@ __all__ = [
     "Logger",
     "Net",
     "HttpResponse",
+    "ApplicationStorage",
+    "RoomRefused",
     "set_timeout",
     "clear_timeout",
 ]
@@ -87,6 +90,8 @@ class AppEvents(str, enum.Enum):
     Started = "Started"
     CallAlerting = "CallAlerting"
     MessageReceived = "MessageReceived"
+    #: A request to the session's control URL (``POST /api/v1/sessions``).
+    HttpRequest = "HttpRequest"
     Terminating = "Terminating"
     Terminated = "Terminated"
 
@@ -102,6 +107,8 @@ class AppEvent:
     ``callerid``, ``display_name``, ``destination`` (the dialed number).
     For ``MessageReceived`` (an out-of-dialog SIP MESSAGE): ``text``,
     ``callerid``, ``destination``, ``headers``.
+    For ``HttpRequest`` (the session's control URL): ``method``, ``path``
+    (what follows the control URL), ``query``, ``headers``, ``text`` (the body).
     """
 
     name: str
@@ -112,6 +119,9 @@ class AppEvent:
     display_name: str | None = None
     destination: str | None = None
     text: str | None = None
+    method: str | None = None
+    path: str | None = None
+    query: dict[str, str] = field(default_factory=dict)
 
 
 class ScenarioError(Exception):
@@ -193,6 +203,89 @@ class _VoxEngine:
         API). A gatekeeper checks this before ``call_conference`` so a phone
         caller cannot open a conference by guessing a PIN."""
         return _session().runtime.conference_is_open(name)
+
+    # -- rooms (see engine.rooms and the README's "HTTP API") ---------------------
+
+    def room(self, name: str) -> dict[str, Any] | None:
+        """The settings of room ``name`` (an id or ``conf_<id>``) as a dict
+        (``id``, ``conference``, ``display_name``, ``max_participants``,
+        ``record_on_start``, ``end_when_empty_after``, ``starts_at``,
+        ``ends_at``, ``locked``, ``state`` (``scheduled``, ``open``,
+        ``ended``), ``participant_count``, ...), or ``None`` when no room
+        has that id (an ad-hoc conference)."""
+        rooms = _session().runtime.rooms
+        room = rooms.get(name) if rooms is not None else None
+        return rooms.describe(room) if rooms is not None and room is not None else None
+
+    def room_for_pin(self, pin: str) -> dict[str, str] | None:
+        """What a phone caller's PIN opens: ``{"room", "conference", "role"}``
+        (``role`` is ``guest`` or ``moderator``: a room's ``pin`` and
+        ``moderator_pin``; a room without a ``pin`` is opened by its id), or
+        ``None``. Rate-limit the caller's attempts (:meth:`rate_limit`)."""
+        rooms = _session().runtime.rooms
+        found = rooms.store.find_room_by_pin(pin) if rooms is not None else None
+        if found is None:
+            return None
+        room, role = found
+        return {"room": room.room_id, "conference": f"conf_{room.room_id}", "role": role}
+
+    def redeem_invite(self, code: str) -> dict[str, Any]:
+        """Use up an invite's code typed on a phone keypad: returns
+        ``{"room", "conference", "role", "permissions", "identity",
+        "display_name"}``.
+
+        :raises RoomRefused: ``invalid_code``, ``invite_used``,
+            ``invite_expired``, ``invite_locked`` (or ``room_not_found``).
+        """
+        return _session().runtime.redeem_invite_code(code)
+
+    def room_join(
+        self, name: str, call: Call, *, kind: str, display_name: str | None = None,
+        identity: str | None = None, role: str = "guest",
+    ) -> None:
+        """Admit ``call`` into room ``name`` (``conf_<id>``) as a participant
+        of ``kind`` ``"web"`` or ``"pstn"``; it then shows in
+        ``GET /api/v1/rooms/{id}``. Does nothing for a conference that is
+        not a room. Call :meth:`room_leave` when the call leaves (the
+        runtime also does when the call ends).
+
+        :raises RoomRefused: ``code`` ``room_full``, ``room_locked``,
+            ``room_not_started`` or ``room_ended``, with a message to say or
+            send before hanging up.
+        """
+        session = _session()
+        rooms = session.runtime.rooms
+        if rooms is None:
+            return
+        joined = rooms.join(name, call.id, kind=kind, display_name=display_name, identity=identity,
+                            role=role, call=call)
+        if joined is not None:
+            def left(ended: Call) -> None:
+                rooms.leave(name, ended.id)
+
+            call.on_ended.append(left)
+
+    def room_mute(self, name: str, call: Call, muted: bool = True) -> bool:
+        """Mute (``muted=False``: unmute) ``call``'s audio for everyone in
+        room ``name``: the media graph drops it, so a phone leg and a
+        browser leg are muted alike, and ``GET /rooms/{id}`` shows it.
+        ``False`` when ``call`` is not a participant."""
+        rooms = _session().runtime.rooms
+        return rooms is not None and rooms.mute(name, call.id, muted) is not None
+
+    def room_mute_all(self, name: str, muted: bool = True, except_call: Call | None = None) -> int:
+        """Mute (or unmute) every participant of room ``name`` but
+        ``except_call`` (a phone moderator's ``*6``); returns how many."""
+        rooms = _session().runtime.rooms
+        if rooms is None:
+            return 0
+        return rooms.mute_all(name, muted, except_=except_call.id if except_call is not None else None)
+
+    def room_leave(self, name: str, call: Call) -> None:
+        """Report that ``call`` left room ``name`` (no error when it was not in)."""
+        rooms = _session().runtime.rooms
+        if rooms is not None:
+            rooms.leave(name, call.id)
 
     def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
         """Take one attempt for ``key`` (e.g. ``"pin:" + callerid``):
@@ -280,9 +373,46 @@ class _Net:
             return HttpResponse(0, "", {}, error)
 
 
+class _ApplicationStorage:
+    """Key-value storage shared by every session of the application and
+    persisted in the store (VoxEngine's ``ApplicationStorage``). Keys are
+    1-256 characters, values text up to 1 MiB; ``ttl`` is in seconds
+    (``None``: kept until removed). Also reachable through
+    ``/api/v1/storage``."""
+
+    NAMESPACE = "app"
+
+    def _store(self) -> Any:
+        store = _session().runtime.store
+        if store is None:
+            raise RuntimeError("ApplicationStorage needs the engine's store, and this runtime has none")
+        return store
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key``, or ``None`` when absent or expired."""
+        store = self._store()
+        return await asyncio.to_thread(store.kv_get, self.NAMESPACE, key, time.time())
+
+    async def put(self, key: str, value: str, ttl: float | None = None) -> None:
+        """Set ``key`` to ``value`` for ``ttl`` seconds (``None``: for ever)."""
+        store = self._store()
+        await asyncio.to_thread(store.kv_put, self.NAMESPACE, key, value, ttl, time.time())
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """The live keys starting with ``prefix``, sorted."""
+        store = self._store()
+        return await asyncio.to_thread(store.kv_keys, self.NAMESPACE, prefix, now=time.time())
+
+    async def remove(self, key: str) -> bool:
+        """Delete ``key``; ``False`` when there was none."""
+        store = self._store()
+        return await asyncio.to_thread(store.kv_delete, self.NAMESPACE, key)
+
+
 VoxEngine = _VoxEngine()
 Logger = _Logger()
 Net = _Net()
+ApplicationStorage = _ApplicationStorage()
 
 
 def set_timeout(callback: Callable[[], Any], ms: float) -> asyncio.TimerHandle:
@@ -299,6 +429,8 @@ class Session:
 
     def __init__(self, runtime: ScenarioRuntime, rule: Rule, custom_data: str = "") -> None:
         self.id = secrets.token_hex(12)
+        #: The secret part of the session's control URL (``/api/v1/control/{id}/{secret}``).
+        self.control_secret = secrets.token_urlsafe(16)
         self.runtime = runtime
         self.rule = rule
         self.custom_data = custom_data
@@ -448,6 +580,8 @@ class Session:
             return
         self.calls.add(call)
         call.on_ended.append(self._call_ended)
+        if call.kind != "internal" and not getattr(call, "_recorded", False):
+            self.runtime.track_call(self, call)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -680,6 +814,12 @@ class ScenarioRuntime:
         self.audio = audio
         #: The engine's store (rooms), or ``None``.
         self.store = store
+        #: Rooms' live participants and admission (set by the engine), or ``None``.
+        self.rooms: RoomService | None = None
+        #: The engine's keys (:class:`engine.tokens.Keys`), for invite codes, or ``None``.
+        self.keys: Any = None
+        #: Hooks called with ``(event, data)`` for ``call.started`` / ``call.ended``.
+        self.on_call_event: list[Callable[[str, dict[str, Any]], None]] = []
         self.sessions: dict[str, Session] = {}
         #: Logged-in web SDK users (``call_user(name, ...) -> Call | None``),
         #: set by the engine's web layer; ``None``: only SIP phones.
@@ -890,10 +1030,67 @@ class ScenarioRuntime:
             return True
         if self.store is not None and name.startswith("conf_"):
             try:
-                return self.store.get_room(name[len("conf_"):]) is not None
+                room = self.store.get_room(name[len("conf_"):])
             except Exception as exc:  # a malformed id is simply not a room
                 logger.debug("room lookup %r: %s", name, exc)
+                return False
+            return room is not None and room.state(time.time()) != "ended"
         return False
+
+    def redeem_invite_code(self, code: str) -> dict[str, Any]:
+        """Use up an invite by its code (a phone keypad's digits); see
+        ``VoxEngine.redeem_invite``."""
+        from .store import InviteRefused
+
+        if self.store is None or self.keys is None:
+            raise RoomRefused("room_not_found", "rooms are not available")
+        if not isinstance(code, str) or not code.isdigit():
+            raise RoomRefused("invalid_code", "no invite has this code")
+        try:
+            invite = self.store.redeem_invite(code_hash=self.keys.code_hash(code), now=time.time())
+        except InviteRefused as exc:
+            raise RoomRefused(exc.code, str(exc)) from None
+        return {"room": invite.room_id, "conference": f"conf_{invite.room_id}", "role": invite.role,
+                "permissions": list(invite.permissions), "identity": invite.invitee,
+                "display_name": invite.display_name}
+
+    def track_call(self, session: Session, call: Call) -> None:
+        """Keep a call record of ``call`` (written when it ends) and report
+        ``call.started`` / ``call.ended``. Internal legs (a gatekeeper's call
+        into a conference) are not recorded: the outside leg is."""
+        call._recorded = True  # type: ignore[attr-defined]
+        started = time.time()
+        base = {"call_id": call.id, "session_id": session.id, "rule": session.rule.name,
+                "kind": call.kind, "direction": call.direction, "number": call.number,
+                "callerid": call.callerid}
+        if self.on_call_event:
+            self.call_event("call.started", {**base, "start": started})
+
+        def ended(call: Call) -> None:
+            end = time.time()
+            answer = call.connected_at
+            record = {
+                **base, "start": started, "answer": answer, "end": end,
+                "duration": round(end - answer, 3) if answer is not None else 0.0,
+                "status": "answered" if answer is not None else "unanswered",
+                "end_code": call.end_code, "end_reason": call.end_reason,
+            }
+            if self.store is not None:
+                try:
+                    self.store.add_call_record(record)
+                except Exception:
+                    logger.exception("cannot write the call record of %s", call.id)
+            if self.on_call_event:
+                self.call_event("call.ended", record)
+
+        call.on_ended.append(ended)
+
+    def call_event(self, event: str, data: dict[str, Any]) -> None:
+        for hook in list(self.on_call_event):
+            try:
+                hook(event, data)
+            except Exception:
+                logger.exception("call event hook failed for %s", event)
 
     def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
         now = asyncio.get_running_loop().time()

@@ -23,9 +23,11 @@ from aiohttp import web
 from .call_media import SdpMediaHandler
 from .calls import MediaHandler
 from .directory import MemoryDirectory
+from .rooms import RoomService
 from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
 from .store import SqliteStore
+from .tokens import Keys
 from .sip.transaction import Timers
 from .media.tts import TtsCache, make_tts_provider
 from .transport.audio_fetch import AudioLoader
@@ -35,6 +37,7 @@ from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
 from .web.app import CONNECTIONS, create_app
+from .web.webhooks import WebhookDispatcher
 from .web.ws import WebUsers
 from .web.webrtc import add_ice_host_addresses
 
@@ -80,6 +83,13 @@ class EngineConfig:
     #: machine's interfaces (aioice leaves out loopback, which a browser on
     #: this machine needs).
     webrtc_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    #: Origins whose pages may call ``/api/v1`` from a browser (CORS);
+    #: none by default, ``*`` for any.
+    cors_origins: list[str] = field(default_factory=list)
+    #: Webhook retries: the first after this many seconds, doubling, at most
+    #: ``webhook_max_attempts`` attempts.
+    webhook_retry_delay: float = 1.0
+    webhook_max_attempts: int = 8
 
 
 class Engine:
@@ -94,6 +104,11 @@ class Engine:
         self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
+        #: Rooms' participants and lifetimes; webhook deliveries; secret keys.
+        self.rooms: RoomService | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self.keys: Keys | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.http_port: int | None = None
         self._started: list[str] = []
         #: The one media clock of this process (ticks only while audio flows).
@@ -140,6 +155,10 @@ class Engine:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
         self._started.append("store")
+        try:
+            self.keys = Keys.in_directory(cfg.data_dir)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"{cfg.data_dir / 'secret.key'}: cannot read or create the key: {exc}") from None
         # One RTP allocator per listen address: media is bound where SIP
         # listens, in the peer's address family; only the SDP carries the
         # advertised address.
@@ -172,6 +191,7 @@ class Engine:
         except Exception as exc:
             raise StartupError(str(exc)) from None
         self._started.append("runtime")
+        self._start_rooms()
         try:
             await self.ua.start()
         except OSError as exc:
@@ -200,11 +220,62 @@ class Engine:
             ",".join(cfg.sip_hosts), self.ua.port, cfg.http_host, self.http_port, self.node_id,
         )
 
+    def _start_rooms(self) -> None:
+        """Rooms, webhooks and call records, wired together: room and call
+        events become webhook deliveries; an ended room ends its conference."""
+        assert self.store is not None
+        self.webhooks = WebhookDispatcher(
+            self.store, base_delay=self.config.webhook_retry_delay,
+            max_attempts=self.config.webhook_max_attempts,
+        )
+        self.rooms = RoomService(self.store)
+        self.rooms.on_event.append(self.webhooks.publish)
+        self.rooms.on_room_ended.append(self._end_conference)
+        self.rooms.muter = self.media_graph.set_muted
+        self.media_graph.on_recording_done.append(self._recording_ready)
+        self.runtime.rooms = self.rooms
+        self.runtime.keys = self.keys
+        self.runtime.on_call_event.append(self.webhooks.publish)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.rooms.run(), name="rooms-schedule"),
+            loop.create_task(self.webhooks.run(), name="webhooks"),
+        ]
+        self._started.append("rooms")
+
+    def _recording_ready(self, rec: Any) -> None:
+        """``recording.ready``: the file, its length, and the rooms of the
+        session whose conference (or call) it recorded."""
+        if self.webhooks is None:
+            return
+        node = rec.node
+        session = getattr(node, "dispatcher", None)
+        conferences = sorted(getattr(session, "conferences", ()) or ())
+        self.webhooks.publish("recording.ready", {
+            "path": str(rec.path), "duration": round(rec.duration, 3),
+            "conference": getattr(node, "name", None), "call_id": getattr(node, "id", None),
+            "session_id": getattr(session, "id", None),
+            "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
+        })
+
+    def _end_conference(self, room_id: str) -> None:
+        session = self.runtime.conference_session(f"conf_{room_id}")
+        if session is not None and not session.terminated:
+            session.write_log(f"room {room_id} ended: terminating its conference")
+            session.terminate()
+
     async def stop(self) -> None:
         errors: list[BaseException] = []
         for part in reversed(self._started):
             try:
-                if part == "http" and self.http_runner is not None:
+                if part == "rooms":
+                    for task in self._tasks:
+                        task.cancel()
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                    self._tasks = []
+                    if self.rooms is not None:
+                        self.rooms.close()
+                elif part == "http" and self.http_runner is not None:
                     await self.http_runner.cleanup()
                 elif part == "runtime":
                     await self.runtime.stop()
@@ -222,7 +293,7 @@ class Engine:
             raise errors[0]
 
     def health_problems(self) -> list[str]:
-        return [p for p in ("store", "runtime", "sip", "http") if p not in self._started]
+        return [p for p in ("store", "runtime", "rooms", "sip", "http") if p not in self._started]
 
     # -- glue ----------------------------------------------------------------------
 

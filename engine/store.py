@@ -74,7 +74,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "API_SCOPES",
+    "ApiKey",
     "DEFAULT_FILENAME",
+    "Delivery",
+    "Invite",
+    "InviteRefused",
+    "Webhook",
     "HA1_ALGORITHMS",
     "InvalidValue",
     "Room",
@@ -190,6 +196,124 @@ class Room:
     room_id: str
     display_name: str | None
     created_at: float
+    max_participants: int | None = None
+    record_on_start: bool = False
+    pin: str | None = None
+    moderator_pin: str | None = None
+    end_when_empty_after: float | None = None
+    starts_at: float | None = None
+    duration: float | None = None
+    ended_at: float | None = None
+    locked: bool = False
+
+    @property
+    def ends_at(self) -> float | None:
+        """When the schedule ends the room (``None``: no end time)."""
+        if self.duration is None:
+            return None
+        return (self.starts_at if self.starts_at is not None else self.created_at) + self.duration
+
+    def state(self, now: float) -> str:
+        """``"scheduled"`` before its start, ``"ended"`` once ended (by a
+        call to :meth:`Store.end_room` or because its time is up), else ``"open"``."""
+        if self.ended_at is not None:
+            return "ended"
+        ends_at = self.ends_at
+        if ends_at is not None and now >= ends_at:
+            return "ended"
+        if self.starts_at is not None and now < self.starts_at:
+            return "scheduled"
+        return "open"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A management API key (its secret is only kept hashed).
+
+    :param key_id: the public half, ``cbk_`` and 16 hex digits.
+    :param scopes: what it may do (``admin``, ``calls``, ``users``).
+    :param name: a label, or ``None``.
+    :param created_at: creation time.
+    """
+
+    key_id: str
+    scopes: tuple[str, ...]
+    name: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A one-time invitation into a room; its code and link token are kept hashed.
+
+    :param permissions: what the join token it redeems to may do.
+    :param used_at: when it was redeemed, or ``None``.
+    :param attempts: wrong codes tried against it (it locks at ``max_attempts``).
+    """
+
+    invite_id: str
+    room_id: str
+    invitee: str
+    display_name: str | None
+    role: str
+    permissions: tuple[str, ...]
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    attempts: int
+    max_attempts: int
+
+    def state(self, now: float) -> str:
+        """``used``, ``locked``, ``expired`` or ``pending``."""
+        if self.used_at is not None:
+            return "used"
+        if self.attempts >= self.max_attempts:
+            return "locked"
+        if now >= self.expires_at:
+            return "expired"
+        return "pending"
+
+
+class InviteRefused(StoreError):
+    """An invite cannot be redeemed: ``code`` is ``invalid_code``,
+    ``invite_used``, ``invite_expired`` or ``invite_locked``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A URL subscribed to events; ``secret`` signs its deliveries."""
+
+    webhook_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event POSTed (or to be POSTed) to one webhook.
+
+    :param status: ``pending``, ``delivered`` or ``failed`` (attempts used up).
+    :param seq: the order in which deliveries were queued.
+    """
+
+    delivery_id: str
+    seq: int
+    webhook_id: str
+    event: str
+    payload: str
+    created_at: float
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_code: int | None
+    last_error: str | None
+    delivered_at: float | None
 
 
 @dataclass(frozen=True)
@@ -304,7 +428,13 @@ class Store(Protocol):
 
     # rooms
 
-    def create_room(self, room_id: str, *, display_name: str | None = None) -> Room:
+    def create_room(
+        self, room_id: str, *, display_name: str | None = None,
+        max_participants: int | None = None, record_on_start: bool = False,
+        pin: str | None = None, moderator_pin: str | None = None,
+        end_when_empty_after: float | None = None, starts_at: float | None = None,
+        duration: float | None = None,
+    ) -> Room:
         """Create a room. :raises RoomExists: the id is taken."""
         ...
 
@@ -312,12 +442,128 @@ class Store(Protocol):
         """Return the room, or ``None``."""
         ...
 
-    def list_rooms(self) -> list[Room]:
-        """Return every room ordered by id."""
+    def list_rooms(self, offset: int = 0, limit: int = 1000) -> list[Room]:
+        """Return rooms ordered by id, ``limit`` (1-1000) from ``offset``."""
+        ...
+
+    def count_rooms(self) -> int:
+        """Return the number of rooms."""
+        ...
+
+    def end_room(self, room_id: str, now: float) -> Room | None:
+        """Mark a room ended at ``now`` (kept if it was already); ``None``: no such room."""
+        ...
+
+    def set_room_locked(self, room_id: str, locked: bool) -> Room | None:
+        """Lock (no one new joins) or unlock a room; ``None``: no such room."""
+        ...
+
+    def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
+        """The room a phone PIN opens and the role it gives (``guest`` or ``moderator``)."""
         ...
 
     def delete_room(self, room_id: str) -> bool:
-        """Delete a room; ``False`` when there was none."""
+        """Delete a room and its invites; ``False`` when there was none."""
+        ...
+
+    # management API keys
+
+    def create_api_key(self, scopes: tuple[str, ...] | list[str], name: str | None = None) -> tuple[ApiKey, str]:
+        """Create a key; return it and its secret (shown once, kept hashed)."""
+        ...
+
+    def verify_api_key(self, key_id: str, secret: str) -> ApiKey | None:
+        """The key when ``secret`` is its secret, else ``None`` (constant time)."""
+        ...
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        ...
+
+    def delete_api_key(self, key_id: str) -> bool:
+        """Revoke a key; ``False`` when there was none."""
+        ...
+
+    # invites
+
+    def create_invite(
+        self, room_id: str, invitee: str, *, display_name: str | None, role: str,
+        permissions: tuple[str, ...] | list[str], code_hash: str, link_hash: str,
+        expires_at: float, max_attempts: int, now: float,
+    ) -> Invite:
+        """Store an invite (its code and link token already hashed by the caller).
+
+        :raises InvalidValue: ``code_hash`` or ``link_hash`` is taken (draw another code).
+        """
+        ...
+
+    def get_invite(self, invite_id: str) -> Invite | None:
+        """Return the invite, or ``None``."""
+        ...
+
+    def list_invites(self, room_id: str) -> list[Invite]:
+        """A room's invites, oldest first."""
+        ...
+
+    def delete_invite(self, invite_id: str) -> bool:
+        """Revoke an invite; ``False`` when there was none."""
+        ...
+
+    def redeem_invite(
+        self, *, code_hash: str | None = None, link_hash: str | None = None,
+        room_id: str | None = None, now: float,
+    ) -> Invite:
+        """Use an invite up. A wrong code for ``room_id`` counts as one failed
+        attempt against each of the room's pending invites.
+
+        :raises InviteRefused: with ``code`` saying why.
+        """
+        ...
+
+    # webhooks
+
+    def create_webhook(self, url: str, events: tuple[str, ...] | list[str]) -> Webhook:
+        """Subscribe ``url`` to ``events`` (``*``: all) with a new signing secret."""
+        ...
+
+    def get_webhook(self, webhook_id: str) -> Webhook | None:
+        """Return the webhook, or ``None``."""
+        ...
+
+    def list_webhooks(self) -> list[Webhook]:
+        """Every webhook, oldest first."""
+        ...
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        """Unsubscribe (its deliveries go too); ``False`` when there was none."""
+        ...
+
+    def enqueue_event(self, event: str, payload: str, now: float) -> list[Delivery]:
+        """Queue one pending delivery of ``payload`` (JSON text) per subscribed webhook."""
+        ...
+
+    def pending_deliveries(self, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries in the order they were queued."""
+        ...
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """Return the delivery, or ``None``."""
+        ...
+
+    def list_deliveries(self, webhook_id: str, limit: int = 100) -> list[Delivery]:
+        """A webhook's deliveries, newest first."""
+        ...
+
+    def record_delivery_attempt(
+        self, delivery_id: str, *, delivered: bool, code: int | None, error: str | None,
+        next_attempt_at: float | None, now: float,
+    ) -> Delivery | None:
+        """Count one attempt: delivered, pending again at ``next_attempt_at``, or
+        failed for good (``next_attempt_at=None``)."""
+        ...
+
+    def replay_delivery(self, delivery_id: str, now: float) -> Delivery | None:
+        """Make a delivery pending again, due at ``now``, with its attempts reset."""
         ...
 
     # call records
@@ -327,11 +573,16 @@ class Store(Protocol):
         number, caller, start, answer, end, status, reason, ...)."""
         ...
 
-    def list_call_records(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Return the newest ``limit`` (1-1000) records, newest first."""
+    def list_call_records(
+        self, limit: int = 100, *, offset: int = 0, session_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the newest ``limit`` (1-1000) records from ``offset``, newest
+        first, only those of ``session_id`` when given."""
         ...
 
-    # invites, webhooks: to come with the management API.
+    def count_call_records(self, *, session_id: str | None = None) -> int:
+        """Return the number of call records (of ``session_id`` when given)."""
+        ...
 
 
 # -- schema -------------------------------------------------------------------
@@ -369,6 +620,67 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL
         )""",
         "CREATE INDEX call_records_call_id ON call_records (call_id)",
+    ),
+    (
+        # Rooms with a lifetime, API keys, invites, webhooks (the management API).
+        "ALTER TABLE rooms ADD COLUMN max_participants INTEGER",
+        "ALTER TABLE rooms ADD COLUMN record_on_start INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE rooms ADD COLUMN pin TEXT",
+        "ALTER TABLE rooms ADD COLUMN moderator_pin TEXT",
+        "ALTER TABLE rooms ADD COLUMN end_when_empty_after REAL",
+        "ALTER TABLE rooms ADD COLUMN starts_at REAL",
+        "ALTER TABLE rooms ADD COLUMN duration REAL",
+        "ALTER TABLE rooms ADD COLUMN ended_at REAL",
+        "ALTER TABLE rooms ADD COLUMN locked INTEGER NOT NULL DEFAULT 0",
+        "CREATE UNIQUE INDEX rooms_pin ON rooms (pin) WHERE pin IS NOT NULL",
+        "CREATE UNIQUE INDEX rooms_moderator_pin ON rooms (moderator_pin)"
+        " WHERE moderator_pin IS NOT NULL",
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            name TEXT,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE invites (
+            invite_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            invitee TEXT NOT NULL,
+            display_name TEXT,
+            role TEXT NOT NULL,
+            permissions TEXT NOT NULL,
+            code_hash TEXT NOT NULL UNIQUE,
+            link_hash TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL
+        )""",
+        "CREATE INDEX invites_room ON invites (room_id)",
+        """CREATE TABLE webhooks (
+            webhook_id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE webhook_deliveries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id TEXT NOT NULL UNIQUE,
+            webhook_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_code INTEGER,
+            last_error TEXT,
+            delivered_at REAL
+        )""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+        "CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, seq)",
     ),
 )
 
@@ -486,6 +798,56 @@ def _check_count(field: str, value: object, low: int, high: int | None) -> int:
         span = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise InvalidValue(field, f"must be an integer {span}")
     return value
+
+
+#: What a management API key may be allowed to do: ``admin`` everything,
+#: ``calls`` rooms, invites, sessions, rules and call records, ``users`` users.
+API_SCOPES = ("admin", "calls", "users")
+
+_PIN_RE = re.compile(r"[0-9]{4,16}")
+
+_ROOM_COLUMNS = (
+    "room_id, display_name, created_at, max_participants, record_on_start, pin, moderator_pin,"
+    " end_when_empty_after, starts_at, duration, ended_at, locked"
+)
+_INVITE_COLUMNS = (
+    "invite_id, room_id, invitee, display_name, role, permissions, created_at, expires_at,"
+    " used_at, attempts, max_attempts"
+)
+_DELIVERY_COLUMNS = (
+    "delivery_id, seq, webhook_id, event, payload, created_at, status, attempts,"
+    " next_attempt_at, last_code, last_error, delivered_at"
+)
+
+
+def _room(row: tuple[Any, ...]) -> Room:
+    values = list(row)
+    values[4] = bool(values[4])
+    values[11] = bool(values[11])
+    return Room(*values)
+
+
+def _invite(row: tuple[Any, ...]) -> Invite:
+    values = list(row)
+    values[5] = tuple(json.loads(values[5]))
+    return Invite(*values)
+
+
+def _webhook(row: tuple[Any, ...]) -> Webhook:
+    return Webhook(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4])
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_scopes(scopes: object) -> tuple[str, ...]:
+    if not isinstance(scopes, (list, tuple)) or not scopes:
+        raise InvalidValue("scopes", f"must be a non-empty list of {', '.join(API_SCOPES)}")
+    for scope in scopes:
+        if scope not in API_SCOPES:
+            raise InvalidValue("scopes", f"must be among {', '.join(API_SCOPES)} (got {scope!r})")
+    return tuple(dict.fromkeys(scopes))
 
 
 # -- SQLite -------------------------------------------------------------------
@@ -925,28 +1287,70 @@ class SqliteStore:
 
     # -- rooms ----------------------------------------------------------------
 
-    def create_room(self, room_id: str, *, display_name: str | None = None) -> Room:
+    def create_room(
+        self, room_id: str, *, display_name: str | None = None,
+        max_participants: int | None = None, record_on_start: bool = False,
+        pin: str | None = None, moderator_pin: str | None = None,
+        end_when_empty_after: float | None = None, starts_at: float | None = None,
+        duration: float | None = None,
+    ) -> Room:
         """Create a room.
 
         :param room_id: 1-32 characters of ``A-Z a-z 0-9`` (case-sensitive).
         :param display_name: as for users.
+        :param max_participants: at most this many in at once (1-10000), ``None``: no cap.
+        :param record_on_start: whether the conference records from its start.
+        :param pin: 4-16 digits phone callers enter to join (``None``: the room
+            id, when it is all digits, as before rooms had PINs).
+        :param moderator_pin: 4-16 digits that join as a moderator.
+        :param end_when_empty_after: seconds after the last participant left
+            when the room ends (``None``: it stays open).
+        :param starts_at: when joins are first allowed (``None``: at once).
+        :param duration: seconds from ``starts_at`` (or creation) when the room ends.
         :raises RoomExists: the id is taken.
-        :raises InvalidValue: a malformed argument.
+        :raises InvalidValue: a malformed argument, or a PIN in use by another room.
         """
         _check_room_id(room_id)
         display_name = _check_display_name(display_name)
+        if max_participants is not None:
+            _check_count("max_participants", max_participants, 1, 10000)
+        if not isinstance(record_on_start, bool):
+            raise InvalidValue("record_on_start", "must be a boolean")
+        for field, value in (("pin", pin), ("moderator_pin", moderator_pin)):
+            if value is not None and (not isinstance(value, str) or _PIN_RE.fullmatch(value) is None):
+                raise InvalidValue(field, "must be 4 to 16 digits")
+        if pin is not None and pin == moderator_pin:
+            raise InvalidValue("moderator_pin", "must differ from pin")
+        if end_when_empty_after is not None:
+            end_when_empty_after = _check_time("end_when_empty_after", end_when_empty_after)
+            if end_when_empty_after < 0:
+                raise InvalidValue("end_when_empty_after", "must be 0 or more seconds")
+        if starts_at is not None:
+            starts_at = _check_time("starts_at", starts_at)
+        if duration is not None:
+            duration = _check_time("duration", duration)
+            if duration <= 0:
+                raise InvalidValue("duration", "must be more than 0 seconds")
         created_at = self._clock()
         try:
             with self._write() as conn:
+                for field, value in (("pin", pin), ("moderator_pin", moderator_pin)):
+                    if value is not None and conn.execute(
+                        "SELECT 1 FROM rooms WHERE pin = ? OR moderator_pin = ?"
+                        " OR (room_id = ? AND pin IS NULL)", (value, value, value),
+                    ).fetchone():
+                        raise InvalidValue(field, "is in use by another room")
                 conn.execute(
-                    "INSERT INTO rooms (room_id, display_name, created_at) VALUES (?, ?, ?)",
-                    (room_id, display_name, created_at),
+                    f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+                    (room_id, display_name, created_at, max_participants, int(record_on_start),
+                     pin, moderator_pin, end_when_empty_after, starts_at, duration),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise RoomExists(room_id) from None
             raise
-        return Room(room_id, display_name, created_at)
+        return Room(room_id, display_name, created_at, max_participants, record_on_start, pin,
+                    moderator_pin, end_when_empty_after, starts_at, duration, None, False)
 
     def get_room(self, room_id: str) -> Room | None:
         """Return the room, or ``None``.
@@ -957,28 +1361,406 @@ class SqliteStore:
             return None
         with self._read() as conn:
             row = conn.execute(
-                "SELECT room_id, display_name, created_at FROM rooms WHERE room_id = ?",
-                (room_id,),
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE room_id = ?", (room_id,)
             ).fetchone()
-        return Room(*row) if row else None
+        return _room(row) if row else None
 
-    def list_rooms(self) -> list[Room]:
-        """Return every room, ordered by id."""
+    def list_rooms(self, offset: int = 0, limit: int = 1000) -> list[Room]:
+        """Return rooms ordered by id.
+
+        :param offset: how many to skip (0 or more).
+        :param limit: how many at most (1-1000).
+        """
+        _check_count("offset", offset, 0, None)
+        _check_count("limit", limit, 1, _MAX_LIMIT)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT room_id, display_name, created_at FROM rooms ORDER BY room_id"
+                f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY room_id LIMIT ? OFFSET ?",
+                (limit, offset),
             ).fetchall()
-        return [Room(*row) for row in rows]
+        return [_room(row) for row in rows]
+
+    def count_rooms(self) -> int:
+        """Return the number of rooms."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM rooms").fetchone()[0])
+
+    def end_room(self, room_id: str, now: float) -> Room | None:
+        """Mark a room ended at ``now``; an ended room keeps its first end time.
+
+        :returns: the room, or ``None`` when there is no such room.
+        """
+        now = _check_time("now", now)
+        if not isinstance(room_id, str):
+            return None
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE rooms SET ended_at = ? WHERE room_id = ? AND ended_at IS NULL",
+                (now, room_id),
+            )
+        return self.get_room(room_id)
+
+    def set_room_locked(self, room_id: str, locked: bool) -> Room | None:
+        """Lock or unlock a room.
+
+        :returns: the room, or ``None`` when there is no such room.
+        """
+        if not isinstance(locked, bool):
+            raise InvalidValue("locked", "must be a boolean")
+        if not isinstance(room_id, str):
+            return None
+        with self._write() as conn:
+            conn.execute("UPDATE rooms SET locked = ? WHERE room_id = ?", (int(locked), room_id))
+        return self.get_room(room_id)
+
+    def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
+        """The room a phone PIN opens, and the role it gives.
+
+        A room's ``pin`` gives ``guest``, its ``moderator_pin`` gives
+        ``moderator``; a room without a ``pin`` is opened by its id.
+
+        :returns: ``(room, role)``, or ``None``.
+        """
+        if not isinstance(pin, str) or not pin:
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE pin = ? OR moderator_pin = ?"
+                " OR (room_id = ? AND pin IS NULL) ORDER BY pin = ? DESC LIMIT 1",
+                (pin, pin, pin, pin),
+            ).fetchone()
+        if row is None:
+            return None
+        room = _room(row)
+        return room, "moderator" if room.moderator_pin == pin else "guest"
 
     def delete_room(self, room_id: str) -> bool:
-        """Delete a room.
+        """Delete a room and its invites.
 
         :returns: ``False`` when there was no such room.
         """
         if not isinstance(room_id, str):
             return False
         with self._write() as conn:
+            conn.execute("DELETE FROM invites WHERE room_id = ?", (room_id,))
             return conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,)).rowcount > 0
+
+    # -- API keys -------------------------------------------------------------
+
+    def create_api_key(
+        self, scopes: tuple[str, ...] | list[str], name: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a management API key.
+
+        The secret is 256 random bits, so one SHA-256 of it is a safe record
+        (a slow hash guards guessable passwords, not random keys).
+
+        :param scopes: one or more of :data:`API_SCOPES`.
+        :param name: a label (as a display name).
+        :returns: the key and its secret, which is not kept and cannot be shown again.
+        """
+        scopes = _check_scopes(scopes)
+        name = _check_display_name(name)
+        key_id = "cbk_" + secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        created_at = self._clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_id, secret_hash, scopes, name, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key_id, _sha256(secret), ",".join(scopes), name, created_at),
+            )
+        return ApiKey(key_id, scopes, name, created_at), secret
+
+    def verify_api_key(self, key_id: str, secret: str) -> ApiKey | None:
+        """The key when ``secret`` is its secret (compared in constant time), else ``None``."""
+        if not isinstance(key_id, str) or not isinstance(secret, str):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT key_id, scopes, name, created_at, secret_hash FROM api_keys WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+        expected = row[4] if row else _sha256("")
+        if not hmac.compare_digest(_sha256(secret), expected) or row is None:
+            return None
+        return ApiKey(row[0], tuple(row[1].split(",")), row[2], row[3])
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT key_id, scopes, name, created_at FROM api_keys ORDER BY rowid"
+            ).fetchall()
+        return [ApiKey(r[0], tuple(r[1].split(",")), r[2], r[3]) for r in rows]
+
+    def delete_api_key(self, key_id: str) -> bool:
+        """Revoke a key; ``False`` when there was none."""
+        if not isinstance(key_id, str):
+            return False
+        with self._write() as conn:
+            return conn.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,)).rowcount > 0
+
+    # -- invites --------------------------------------------------------------
+
+    def create_invite(
+        self, room_id: str, invitee: str, *, display_name: str | None, role: str,
+        permissions: tuple[str, ...] | list[str], code_hash: str, link_hash: str,
+        expires_at: float, max_attempts: int, now: float,
+    ) -> Invite:
+        """Store an invite whose code and link token the caller drew and hashed.
+
+        :raises InvalidValue: a malformed argument, or ``code_hash`` /
+            ``link_hash`` already taken (draw another code and retry).
+        """
+        _check_room_id(room_id)
+        _check_text("invitee", invitee, 1, 256)
+        display_name = _check_display_name(display_name)
+        _check_text("role", role, 1, 32)
+        perms = tuple(_check_text("permissions", p, 1, 64) for p in permissions)
+        _check_text("code_hash", code_hash, 16, 128)
+        _check_text("link_hash", link_hash, 16, 128)
+        expires_at = _check_time("expires_at", expires_at)
+        _check_count("max_attempts", max_attempts, 1, 1000)
+        now = _check_time("now", now)
+        invite_id = "inv_" + secrets.token_hex(8)
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT INTO invites ({_INVITE_COLUMNS}, code_hash, link_hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?)",
+                    (invite_id, room_id, invitee, display_name, role, json.dumps(perms), now,
+                     expires_at, max_attempts, code_hash, link_hash),
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise InvalidValue("code_hash", "is taken") from None
+            raise
+        return Invite(invite_id, room_id, invitee, display_name, role, perms, now, expires_at,
+                      None, 0, max_attempts)
+
+    def get_invite(self, invite_id: str) -> Invite | None:
+        """Return the invite, or ``None``."""
+        if not isinstance(invite_id, str):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_INVITE_COLUMNS} FROM invites WHERE invite_id = ?", (invite_id,)
+            ).fetchone()
+        return _invite(row) if row else None
+
+    def list_invites(self, room_id: str) -> list[Invite]:
+        """A room's invites, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_INVITE_COLUMNS} FROM invites WHERE room_id = ?"
+                " ORDER BY rowid", (room_id,),
+            ).fetchall()
+        return [_invite(row) for row in rows]
+
+    def delete_invite(self, invite_id: str) -> bool:
+        """Revoke an invite; ``False`` when there was none."""
+        if not isinstance(invite_id, str):
+            return False
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM invites WHERE invite_id = ?", (invite_id,)
+            ).rowcount > 0
+
+    def redeem_invite(
+        self, *, code_hash: str | None = None, link_hash: str | None = None,
+        room_id: str | None = None, now: float,
+    ) -> Invite:
+        """Use an invite up, found by its code's or its link token's hash.
+
+        A code that matches nothing (or an invite of another room) while
+        ``room_id`` is given counts one failed attempt against every
+        pending invite of that room: a guesser locks the room's invites
+        after their ``max_attempts``, long before 10**8 codes are tried.
+
+        :raises InviteRefused: ``invalid_code``, ``invite_used``,
+            ``invite_expired`` or ``invite_locked``.
+        """
+        now = _check_time("now", now)
+        if (code_hash is None) == (link_hash is None):
+            raise InvalidValue("code", "give a code or a link token")
+        refused: InviteRefused | None = None
+        invite: Invite | None = None
+        with self._write() as conn:
+            column, value = ("code_hash", code_hash) if code_hash is not None else ("link_hash", link_hash)
+            row = conn.execute(
+                f"SELECT {_INVITE_COLUMNS} FROM invites WHERE {column} = ?", (value,)
+            ).fetchone()
+            found = _invite(row) if row else None
+            if found is None or (room_id is not None and found.room_id != room_id):
+                if room_id is not None:
+                    conn.execute(
+                        "UPDATE invites SET attempts = attempts + 1 WHERE room_id = ?"
+                        " AND used_at IS NULL", (room_id,),
+                    )
+                refused = InviteRefused("invalid_code", "no invite has this code")
+            else:
+                state = found.state(now)
+                if state == "pending":
+                    conn.execute(
+                        "UPDATE invites SET used_at = ? WHERE invite_id = ?", (now, found.invite_id)
+                    )
+                    invite = Invite(**{**found.__dict__, "used_at": now})
+                else:
+                    messages = {
+                        "used": "this invite was already used",
+                        "locked": "this invite is locked after too many wrong codes",
+                        "expired": "this invite has expired",
+                    }
+                    refused = InviteRefused(f"invite_{state}", messages[state])
+        if refused is not None:
+            raise refused
+        assert invite is not None
+        return invite
+
+    # -- webhooks -------------------------------------------------------------
+
+    def create_webhook(self, url: str, events: tuple[str, ...] | list[str]) -> Webhook:
+        """Subscribe ``url`` to ``events`` with a new signing secret.
+
+        :param url: up to 2048 characters (the API checks it is http or https).
+        :param events: event names, ``*`` for every event.
+        """
+        _check_text("url", url, 1, 2048)
+        if not isinstance(events, (list, tuple)) or not events:
+            raise InvalidValue("events", "must be a non-empty list of event names")
+        names = tuple(_check_text("events", e, 1, 64) for e in events)
+        webhook_id = "wh_" + secrets.token_hex(8)
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        created_at = self._clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO webhooks (webhook_id, url, events, secret, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (webhook_id, url, json.dumps(names), secret, created_at),
+            )
+        return Webhook(webhook_id, url, names, secret, created_at)
+
+    def get_webhook(self, webhook_id: str) -> Webhook | None:
+        """Return the webhook, or ``None``."""
+        if not isinstance(webhook_id, str):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT webhook_id, url, events, secret, created_at FROM webhooks"
+                " WHERE webhook_id = ?", (webhook_id,),
+            ).fetchone()
+        return _webhook(row) if row else None
+
+    def list_webhooks(self) -> list[Webhook]:
+        """Every webhook, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT webhook_id, url, events, secret, created_at FROM webhooks"
+                " ORDER BY rowid"
+            ).fetchall()
+        return [_webhook(row) for row in rows]
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        """Unsubscribe a webhook and drop its deliveries."""
+        if not isinstance(webhook_id, str):
+            return False
+        with self._write() as conn:
+            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+            return conn.execute(
+                "DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)
+            ).rowcount > 0
+
+    def enqueue_event(self, event: str, payload: str, now: float) -> list[Delivery]:
+        """Queue a pending delivery, due at ``now``, per webhook subscribed to
+        ``event`` (or to ``*``).
+
+        :param payload: the JSON text to POST.
+        """
+        _check_text("event", event, 1, 64)
+        _check_text("payload", payload, 2, _MAX_VALUE)
+        now = _check_time("now", now)
+        queued: list[str] = []
+        with self._write() as conn:
+            for (webhook_id, events) in conn.execute(
+                "SELECT webhook_id, events FROM webhooks ORDER BY rowid"
+            ).fetchall():
+                names = json.loads(events)
+                if event in names or "*" in names:
+                    delivery_id = "dlv_" + secrets.token_hex(8)
+                    conn.execute(
+                        "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event, payload,"
+                        " created_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                        (delivery_id, webhook_id, event, payload, now, now),
+                    )
+                    queued.append(delivery_id)
+        return [d for d in (self.get_delivery(i) for i in queued) if d is not None]
+
+    def pending_deliveries(self, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries, in the order they were queued."""
+        _check_count("limit", limit, 1, _MAX_LIMIT)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE status = 'pending'"
+                " ORDER BY seq LIMIT ?", (limit,),
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """Return the delivery, or ``None``."""
+        if not isinstance(delivery_id, str):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE delivery_id = ?",
+                (delivery_id,),
+            ).fetchone()
+        return Delivery(*row) if row else None
+
+    def list_deliveries(self, webhook_id: str, limit: int = 100) -> list[Delivery]:
+        """A webhook's deliveries, newest first."""
+        _check_count("limit", limit, 1, _MAX_LIMIT)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = ?"
+                " ORDER BY seq DESC LIMIT ?", (webhook_id, limit),
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def record_delivery_attempt(
+        self, delivery_id: str, *, delivered: bool, code: int | None, error: str | None,
+        next_attempt_at: float | None, now: float,
+    ) -> Delivery | None:
+        """Count one attempt of a delivery.
+
+        :param delivered: it succeeded (``status`` becomes ``delivered``).
+        :param next_attempt_at: when to try again after a failure; ``None``
+            gives up (``status`` becomes ``failed``).
+        """
+        now = _check_time("now", now)
+        status = "delivered" if delivered else ("pending" if next_attempt_at is not None else "failed")
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?,"
+                " next_attempt_at = ?, last_code = ?, last_error = ?, delivered_at = ?"
+                " WHERE delivery_id = ?",
+                (status, None if delivered else next_attempt_at, code, error,
+                 now if delivered else None, delivery_id),
+            )
+        return self.get_delivery(delivery_id)
+
+    def replay_delivery(self, delivery_id: str, now: float) -> Delivery | None:
+        """Make a delivery pending again, due at ``now``, attempts reset."""
+        now = _check_time("now", now)
+        if not isinstance(delivery_id, str):
+            return None
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', attempts = 0,"
+                " next_attempt_at = ?, delivered_at = NULL WHERE delivery_id = ?",
+                (now, delivery_id),
+            )
+        return self.get_delivery(delivery_id)
 
     # -- call records ---------------------------------------------------------
 
@@ -1008,15 +1790,36 @@ class SqliteStore:
                 (call_id if isinstance(call_id, str) else None, data),
             )
 
-    def list_call_records(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list_call_records(
+        self, limit: int = 100, *, offset: int = 0, session_id: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Return the newest call records, newest first.
 
         :param limit: how many at most (1-1000).
+        :param offset: how many to skip (0 or more).
+        :param session_id: only the records whose ``session_id`` is this.
         """
         _check_count("limit", limit, 1, _MAX_LIMIT)
+        _check_count("offset", offset, 0, None)
+        where, args = "", ()  # type: tuple[str, tuple[Any, ...]]
+        if session_id is not None:
+            where, args = "WHERE json_extract(data, '$.session_id') = ?", (session_id,)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT data FROM call_records ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT data FROM call_records {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         result: list[dict[str, Any]] = [json.loads(row[0]) for row in rows]
         return result
+
+    def count_call_records(self, *, session_id: str | None = None) -> int:
+        """Return the number of call records (of ``session_id`` when given)."""
+        with self._read() as conn:
+            if session_id is None:
+                row = conn.execute("SELECT count(*) FROM call_records").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT count(*) FROM call_records WHERE json_extract(data, '$.session_id') = ?",
+                    (session_id,),
+                ).fetchone()
+        return int(row[0])

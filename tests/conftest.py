@@ -32,7 +32,8 @@ EngineFactory = Callable[..., Awaitable[Engine]]
 async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
     """Start engines with the given rules (YAML text) over tests/scenarios,
     over ``scenarios`` (name -> source) written to a temporary folder, or
-    over the folder ``scenarios`` (a Path, e.g. the shipped one)."""
+    over the folder ``scenarios`` (a Path, e.g. the shipped one). Pass
+    ``data_dir`` to start on another engine's data (a restart)."""
     engines: list[Engine] = []
 
     async def factory(
@@ -60,7 +61,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             http_port=0,
             rules=app / "rules.yaml",
             scenarios=scen_dir,
-            data_dir=app / "data",
+            data_dir=overrides.pop("data_dir", app / "data"),  # type: ignore[arg-type]
             policy=policy or SecurityPolicy(trusted=frozenset({"127.0.0.1", "::1"})),
             **{"session_idle_timeout": 2.0, **overrides},  # type: ignore[arg-type]
         )

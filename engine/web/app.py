@@ -1,6 +1,6 @@
 """The aiohttp application: health, the web SDK's WebSocket (``/ws``) and
-its JavaScript (``/sdk.js``); the management API and the demo page join it
-in later issues.
+its JavaScript (``/sdk.js``), and the management API under ``/api/v1``
+(:mod:`engine.web.api`, a sub-application).
 
 The engine is kept on the app under :data:`ENGINE` (an ``AppKey``), and
 ``GET /healthz`` answers 200 only once every listener is up (503 before,
@@ -10,12 +10,17 @@ and closed with GOING_AWAY at shutdown (their calls end first).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from .api import PREFIX, create_api
+from .errors import ApiError, error_response
 from .ws import SdkConnection, serve_socket
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINE", "CONNECTIONS", "STATIC", "create_app"]
 
@@ -44,17 +49,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn errors into ``{"error": {"code", "message"}}`` JSON."""
+    """Turn errors into ``{"error": {"code", "message", "field"}}`` JSON;
+    an unexpected exception is logged and answered 500 ``internal``."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.json_response(
-            {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.text or exc.reason}},
-            status=exc.status,
-        )
+        return error_response(exc.status, (exc.reason or "error").lower().replace(" ", "_"),
+                              exc.text or exc.reason)
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal", "the engine failed to handle this request")
 
 
 async def sdk_socket(request: web.Request) -> web.StreamResponse:
@@ -91,5 +100,6 @@ def create_app(engine: Any) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", sdk_socket)
     app.router.add_get("/sdk.js", sdk_js)
+    app.add_subapp(PREFIX, create_api(engine, tuple(getattr(engine.config, "cors_origins", ()))))
     app.on_shutdown.append(close_sockets)
     return app

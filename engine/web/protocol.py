@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_FRAME_BYTES",
+    "MODERATE_ACTIONS",
     "ErrorCode",
     "ProtocolError",
     "SCHEMA",
@@ -58,6 +59,8 @@ class ErrorCode(str, enum.Enum):
     CALL_EXISTS = "call_exists"  #: a ``call`` reuses a live call's id
     TOO_MANY_CALLS = "too_many_calls"
     BAD_STATE = "bad_state"  #: the call's state does not allow the action
+    FORBIDDEN = "forbidden"  #: the join token does not grant it (``moderate``)
+    UNKNOWN_PARTICIPANT = "unknown_participant"  #: no such participant in the token's room
     INTERNAL = "internal"  #: the engine failed; the socket stays up
 
     def __str__(self) -> str:
@@ -99,6 +102,14 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "ice": {"call": (STR, True), "candidate": (OBJ, True)},
     "message": {"call": (STR, True), "text": (STR, True), "headers": (OBJ, False)},
     "dtmf": {"call": (STR, True), "tones": (STR, True)},
+    "moderate": {"action": (STR, True), "participant": (STR, False)},
+}
+
+#: ``moderate`` actions and the permission each needs (engine.tokens);
+#: ``mute``/``unmute`` of oneself needs ``mute_self`` instead.
+MODERATE_ACTIONS = {
+    "mute": "mute_others", "unmute": "mute_others", "remove": "remove",
+    "lock": "lock", "unlock": "lock", "end": "end",
 }
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -181,6 +192,12 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         if not 0 < len(number) <= 128 or any(ord(c) < 0x21 or c in "@<>\"" for c in number):
             raise ProtocolError(ErrorCode.BAD_FRAME, "call: number must be 1-128 visible characters, no @",
                                 ref=ref, call=call)
+    elif kind == "moderate":
+        if frame["action"] not in MODERATE_ACTIONS:
+            raise ProtocolError(ErrorCode.BAD_FRAME,
+                                f"moderate: action must be one of {', '.join(MODERATE_ACTIONS)}", ref=ref)
+        if frame["action"] in ("mute", "unmute", "remove") and frame.get("participant") is None:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"moderate: {frame['action']} needs participant", ref=ref)
     elif kind == "reject":
         code = frame.get("code")
         if code is not None and not 400 <= code <= 699:

@@ -28,10 +28,20 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
-from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, ProtocolError, error_frame, parse_frame
+from ..tokens import JoinGrant, TokenError
+from .protocol import (
+    MAX_FRAME_BYTES,
+    MODERATE_ACTIONS,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+    error_frame,
+    parse_frame,
+)
 from .webcall import WebCall
 
-__all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET"]
+__all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
+           "verify_join_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,8 @@ class SdkConnection:
         self.hello = False
         self.user: str | None = None
         self.display_name: str | None = None
+        #: What the join token this socket logged in with grants (``None``: a user login).
+        self.grant: JoinGrant | None = None
         self.logged_in_at = 0.0
         self.calls: dict[str, WebCall] = {}
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
@@ -62,7 +74,7 @@ class SdkConnection:
             "hello": self.on_hello, "ping": self.on_ping, "login": self.on_login,
             "call": self.on_call, "answer": self.on_answer, "reject": self.on_reject,
             "hangup": self.on_hangup, "ice": self.on_ice, "message": self.on_message,
-            "dtmf": self.on_dtmf,
+            "dtmf": self.on_dtmf, "moderate": self.on_moderate,
         }
 
     def __repr__(self) -> str:
@@ -163,6 +175,14 @@ class SdkConnection:
             raise ProtocolError(ErrorCode.INTERNAL, "the store is not open")
         token = frame.get("token")
         name: str | None
+        if token is not None and token.count(".") == 2:  # a join token (JWT) from /api/v1
+            self._login_with_join_token(token)
+            self.send_frame({"type": "login_ok", "username": self.user, "display_name": self.display_name,
+                             "room": self.grant.room if self.grant else None,
+                             "role": self.grant.role if self.grant else None,
+                             "permissions": list(self.grant.permissions) if self.grant else [],
+                             **_ref(frame)})
+            return
         if token is not None:
             name = await asyncio.to_thread(_redeem_token, store, token)
         else:
@@ -177,6 +197,14 @@ class SdkConnection:
         logger.info("web user %s logged in", user.name)
         self.send_frame({"type": "login_ok", "username": user.name, "display_name": user.display_name,
                          **_ref(frame)})
+
+    def _login_with_join_token(self, token: str) -> None:
+        """Log in as a join token's identity (not a stored user): the token
+        names the room, display name and permissions (engine.tokens)."""
+        grant = verify_join_token(self.engine, token)
+        self.user, self.display_name, self.grant = grant.identity, grant.display_name, grant
+        self.logged_in_at = time.monotonic()
+        logger.info("web participant %s logged in for room %s (%s)", grant.identity, grant.room, grant.role)
 
     # -- calls ---------------------------------------------------------------------
 
@@ -200,7 +228,7 @@ class SdkConnection:
             audio=frame.get("audio", True), video=frame.get("video", False),
             direction="inbound", number=frame["number"], callerid=self.user,
             display_name=frame.get("display_name") or self.display_name,
-            headers=frame.get("headers") or {},
+            headers=self._call_headers(frame.get("headers") or {}),
         )
         call._set_state(CallState.ALERTING)
         self.calls[wire] = call
@@ -217,6 +245,18 @@ class SdkConnection:
             logger.exception("incoming web call handler failed")
             if call.state == CallState.ALERTING:
                 call.reject(500)
+
+    def _call_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """The client's headers, with the ``X-Callbridge-*`` ones set by the
+        engine only: a join token's room, role and permissions (so that a
+        scenario can trust them); a client cannot forge them."""
+        clean = {k: v for k, v in headers.items() if not k.lower().startswith("x-callbridge-")}
+        if self.grant is not None:
+            clean["X-Callbridge-Room"] = self.grant.room
+            clean["X-Callbridge-Role"] = self.grant.role
+            clean["X-Callbridge-Permissions"] = ",".join(self.grant.permissions)
+            clean["X-Callbridge-Identity"] = self.grant.identity
+        return clean
 
     def ring(self, call: WebCall, timeout: float) -> None:
         """Offer ``call`` (one the engine places) to this browser."""
@@ -250,6 +290,36 @@ class SdkConnection:
 
     async def on_dtmf(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_tones(frame["tones"])
+
+
+    async def on_moderate(self, frame: dict[str, Any]) -> None:
+        """Moderation in the join token's room, each action checked against
+        the token's permissions on the server (a guest may only mute and
+        unmute itself)."""
+        grant, rooms = self.grant, getattr(self.engine, "rooms", None)
+        if grant is None or rooms is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "moderation needs a login with a join token")
+        action, pid = frame["action"], frame.get("participant")
+        person = rooms.participants.get(grant.room, {}).get(pid) if pid is not None else None
+        if pid is not None and person is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_PARTICIPANT, f"no participant {pid!r} in room {grant.room}")
+        own = person is not None and person.identity == grant.identity
+        needed = "mute_self" if own and action in ("mute", "unmute") else MODERATE_ACTIONS[action]
+        if not grant.may(needed):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{action} needs the {needed!r} permission")
+        if action in ("mute", "unmute"):
+            rooms.mute(grant.room, pid, action == "mute")
+        elif action == "remove":
+            call = person.call if person is not None else None
+            rooms.leave(grant.room, pid)
+            if call is not None and not call.state.ended:
+                call.hangup()
+        elif action in ("lock", "unlock"):
+            await asyncio.to_thread(rooms.store.set_room_locked, grant.room, action == "lock")
+        else:
+            rooms.end(grant.room, f"moderator {grant.identity}")
+        logger.info("room %s: %s %s by %s", grant.room, action, pid or "", grant.identity)
+        self.send_frame({"type": "moderated", "action": action, "participant": pid, **_ref(frame)})
 
 
 class WebUsers:
@@ -288,6 +358,28 @@ class WebUsers:
 
 def _ref(frame: dict[str, Any]) -> dict[str, Any]:
     return {"ref": frame["ref"]} if frame.get("ref") is not None else {}
+
+
+def verify_join_token(engine: Any, token: str) -> JoinGrant:
+    """Check a join token for the web SDK's login: signature, expiry, and a
+    room that exists and is not over.
+
+    :raises ProtocolError: ``login_failed`` saying why (expired, invalid, room ended).
+    """
+    keys = getattr(engine, "keys", None)
+    if keys is None:
+        raise ProtocolError(ErrorCode.LOGIN_FAILED, "join tokens are not available")
+    try:
+        grant: JoinGrant = keys.verify_join_token(token, time.time())
+    except TokenError as exc:
+        raise ProtocolError(ErrorCode.LOGIN_FAILED, f"{exc.code}: {exc.message}") from None
+    rooms = getattr(engine, "rooms", None)
+    room = rooms.get(grant.room) if rooms is not None else None
+    if room is None:
+        raise ProtocolError(ErrorCode.LOGIN_FAILED, f"room_not_found: no room {grant.room!r}")
+    if room.state(time.time()) == "ended":
+        raise ProtocolError(ErrorCode.LOGIN_FAILED, f"room_ended: room {grant.room} has ended")
+    return grant
 
 
 def _redeem_token(store: Any, token: str) -> str | None:

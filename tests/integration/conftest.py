@@ -79,3 +79,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+@pytest.fixture
+async def http() -> AsyncIterator["aiohttp.ClientSession"]:
+    """An HTTP client (closed at teardown)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session

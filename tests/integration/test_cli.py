@@ -134,6 +134,11 @@ def test_users_and_rooms_commands(tmp_path: Path) -> None:
     assert "1234" in callbridge("rooms", "--data-dir", data, "list").stdout
     bad = callbridge("rooms", "--data-dir", data, "create", "no spaces")
     assert bad.returncode == 1 and "room" in bad.stderr
+    pinned = callbridge("rooms", "--data-dir", data, "create", "class", "--pin", "4321",
+                        "--max-participants", "30")
+    assert pinned.returncode == 0 and "PIN 4321" in pinned.stdout
+    bad_pin = callbridge("rooms", "--data-dir", data, "create", "other", "--pin", "12")
+    assert bad_pin.returncode == 1 and "pin" in bad_pin.stderr
 
 
 async def test_unrouted_caller_never_reaches_the_trunk(make_engine) -> None:

@@ -179,6 +179,32 @@ def test_internal_call_is_a_wire(graph: MediaGraph) -> None:
     assert tones(other.port.heard()) == {500}
 
 
+def test_graph_mute_of_an_internal_leg_mutes_the_caller_behind_it(graph: MediaGraph) -> None:
+    """Check MediaGraph.set_muted on a conference's internal leg (a room
+    moderator muting a participant) stops the phone behind it from
+    reaching the conference while it still hears the others; unmuting
+    restores it, and nobody hears themselves meanwhile."""
+    phone, other = Leg(500), Leg(900)
+    out, inc = new_call_pair(number="conf_1", callerid="200", display_name=None, headers=None,
+                             caller_dispatcher=_Direct())
+    out._set_state(CallState.CONNECTED)
+    inc._set_state(CallState.CONNECTED)
+    graph.connect(phone, out)
+    graph.connect(out, phone)
+    conf = graph.create_conference()
+    conf.add(inc)
+    conf.add(other)
+    graph.set_muted(inc)
+    assert graph.is_muted(inc)
+    run(graph, 30, phone, other)
+    assert tones(other.port.heard()) == set()
+    assert tones(phone.port.heard()) == {900}
+    graph.set_muted(inc, False)
+    run(graph, 30, phone, other)
+    assert tones(other.port.heard()) == {500}
+    assert tones(phone.port.heard()) == {900}
+
+
 def test_players(graph: MediaGraph) -> None:
     """Check a conference's player reaches every member and an internal
     call's player reaches the leg bridged to its other end; done(True) at

@@ -1,0 +1,294 @@
+"""Rooms with a lifetime: who is in, who may join, and when a room ends.
+
+A room (``callbridge rooms create ID``, ``POST /api/v1/rooms``) is
+conference ``conf_<ID>`` with settings kept in the store. Its conference
+scenario reports participants as they join and leave
+(:meth:`RoomService.join` / :meth:`RoomService.leave`, reached through
+``VoxEngine.room_join`` / ``VoxEngine.room_leave``), and the service
+answers with a refusal when the room is full, locked, not started yet or
+over. Participants are live state of this node (not stored): after a
+restart, the calls are gone too.
+
+A room ends when the API ends it, when its schedule is over (checked by
+:meth:`RoomService.tick`, once a second), or ``end_when_empty_after``
+seconds after its last participant left. Ending it marks it in the store,
+calls the ``on_room_ended`` hooks (the engine terminates the conference
+session there), and forgets its participants, hanging up the calls still up.
+
+Events (``room.started``, ``room.ended``, ``participant.joined``,
+``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
+the engine turns them into webhook deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .store import Room, Store
+
+__all__ = ["Participant", "RoomRefused", "RoomService", "room_id_of"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "conf_"
+
+
+class RoomRefused(Exception):
+    """A join is refused. ``code``: ``room_not_found``, ``room_not_started``,
+    ``room_ended``, ``room_locked`` or ``room_full``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class Participant:
+    """Someone in a room: a browser (``web``) or a phone (``pstn``)."""
+
+    participant_id: str
+    kind: str
+    display_name: str | None
+    identity: str | None
+    role: str
+    joined_at: float
+    call: Any = field(default=None, repr=False, compare=False)
+    muted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.participant_id, "kind": self.kind, "display_name": self.display_name,
+                "identity": self.identity, "role": self.role, "joined_at": self.joined_at,
+                "muted": self.muted}
+
+
+def room_id_of(name: str) -> str:
+    """``conf_ID`` -> ``ID``; a bare id is returned as it is."""
+    return name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+
+
+class RoomService:
+    """Live participants of rooms and the rules of joining them.
+
+    :param store: where the rooms are.
+    :param clock: seconds since the epoch.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.participants: dict[str, dict[str, Participant]] = {}
+        self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
+        self.on_room_ended: list[Callable[[str], None]] = []
+        #: Mutes a participant's call (``(call, muted)``; set by the engine: the media graph).
+        self.muter: Callable[[Any, bool], None] | None = None
+        self._empty_timers: dict[str, asyncio.TimerHandle] = {}
+
+    # -- reading -------------------------------------------------------------------
+
+    def get(self, name: str) -> Room | None:
+        """The room ``name`` (an id or ``conf_<id>``), or ``None``."""
+        try:
+            return self.store.get_room(room_id_of(name))
+        except Exception as exc:  # a malformed id is simply not a room
+            logger.debug("room lookup %r: %s", name, exc)
+            return None
+
+    def list_participants(self, room_id: str) -> list[Participant]:
+        return sorted(self.participants.get(room_id, {}).values(), key=lambda p: p.joined_at)
+
+    def count(self, room_id: str) -> int:
+        return len(self.participants.get(room_id, {}))
+
+    def describe(self, room: Room) -> dict[str, Any]:
+        """A room as the API and scenarios see it."""
+        now = self.clock()
+        return {
+            "id": room.room_id,
+            "conference": _PREFIX + room.room_id,
+            "display_name": room.display_name,
+            "max_participants": room.max_participants,
+            "record_on_start": room.record_on_start,
+            "pin": room.pin,
+            "moderator_pin": room.moderator_pin,
+            "end_when_empty_after": room.end_when_empty_after,
+            "starts_at": room.starts_at,
+            "ends_at": room.ends_at,
+            "duration": room.duration,
+            "ended_at": room.ended_at,
+            "locked": room.locked,
+            "state": room.state(now),
+            "created_at": room.created_at,
+            "participant_count": self.count(room.room_id),
+        }
+
+    def check_open(self, room: Room, role: str = "guest") -> None:
+        """Refuse a newcomer to ``room`` (before counting heads).
+
+        :raises RoomRefused: the room is over, not started, or locked (for non-moderators).
+        """
+        state = room.state(self.clock())
+        if state == "ended":
+            raise RoomRefused("room_ended", f"room {room.room_id} has ended")
+        if state == "scheduled":
+            raise RoomRefused("room_not_started", f"room {room.room_id} has not started yet")
+        if room.locked and role != "moderator":
+            raise RoomRefused("room_locked", f"room {room.room_id} is locked")
+
+    # -- joining and leaving ------------------------------------------------------
+
+    def join(
+        self, name: str, participant_id: str, *, kind: str, display_name: str | None = None,
+        identity: str | None = None, role: str = "guest", call: Any = None,
+    ) -> Participant | None:
+        """Admit a participant into room ``name``; ``None`` when there is no
+        such room (an ad-hoc conference: nothing to enforce).
+
+        :raises RoomRefused: the room is over, not started, locked, or full.
+        """
+        room = self.get(name)
+        if room is None:
+            return None
+        self.check_open(room, role)
+        people = self.participants.setdefault(room.room_id, {})
+        if participant_id in people:
+            return people[participant_id]
+        if room.max_participants is not None and len(people) >= room.max_participants:
+            raise RoomRefused("room_full", f"room {room.room_id} is full ({room.max_participants} participants)")
+        first = not people
+        person = Participant(participant_id, kind, display_name, identity, role, self.clock(), call)
+        people[participant_id] = person
+        timer = self._empty_timers.pop(room.room_id, None)
+        if timer is not None:
+            timer.cancel()
+        if first:
+            self._emit("room.started", {"room": room.room_id})
+        self._emit("participant.joined", {"room": room.room_id, "participant": person.as_dict()})
+        return person
+
+    def mute(self, name: str, participant_id: str, muted: bool = True) -> Participant | None:
+        """Mute or unmute a participant's audio for everyone (phone and
+        browser alike); ``None`` when no such participant is in."""
+        person = self.participants.get(room_id_of(name), {}).get(participant_id)
+        if person is None:
+            return None
+        if person.call is not None and self.muter is not None:
+            self.muter(person.call, muted)
+        person.muted = muted
+        return person
+
+    def mute_all(self, name: str, muted: bool = True, *, except_: str | None = None) -> int:
+        """Mute or unmute every participant but ``except_`` (a moderator's
+        ``*6``); return how many."""
+        people = [pid for pid in self.participants.get(room_id_of(name), {}) if pid != except_]
+        for pid in people:
+            self.mute(name, pid, muted)
+        return len(people)
+
+    def leave(self, name: str, participant_id: str) -> bool:
+        """Forget a participant; arm ``end_when_empty_after`` when the room empties."""
+        room_id = room_id_of(name)
+        people = self.participants.get(room_id)
+        if not people or participant_id not in people:
+            return False
+        person = people.pop(participant_id)
+        self._emit("participant.left", {"room": room_id, "participant": person.as_dict()})
+        if not people:
+            del self.participants[room_id]
+            room = self.get(room_id)
+            if room is not None and room.end_when_empty_after is not None and room.ended_at is None:
+                self._arm_empty(room_id, room.end_when_empty_after)
+        return True
+
+    def _arm_empty(self, room_id: str, after: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        old = self._empty_timers.pop(room_id, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._empty_timers.pop(room_id, None)
+            if not self.participants.get(room_id):
+                self.end(room_id, "empty")
+
+        self._empty_timers[room_id] = loop.call_later(after, fire)
+
+    # -- ending ---------------------------------------------------------------------
+
+    def end(self, room_id: str, reason: str) -> Room | None:
+        """End a room now: mark it, drop its participants, run the hooks.
+
+        :param reason: ``api``, ``schedule`` or ``empty`` (in the event).
+        :returns: the room, or ``None`` when there is none.
+        """
+        before = self.get(room_id)
+        if before is None:
+            return None
+        room = self.store.end_room(room_id, self.clock())
+        timer = self._empty_timers.pop(room_id, None)
+        if timer is not None:
+            timer.cancel()
+        if before.ended_at is None:
+            for hook in list(self.on_room_ended):
+                try:
+                    hook(room_id)
+                except Exception:
+                    logger.exception("room %s: ending hook failed", room_id)
+            for pid, person in list(self.participants.get(room_id, {}).items()):
+                self.leave(room_id, pid)
+                self._hang_up(person)
+            self._emit("room.ended", {"room": room_id, "reason": reason})
+        return room
+
+    @staticmethod
+    def _hang_up(person: Participant) -> None:
+        """End a participant's call (a room that ends takes its calls along,
+        even those of a conference not run by one session)."""
+        call = person.call
+        if call is None or call.state.ended:
+            return
+        try:
+            call.hangup()
+        except Exception as exc:  # already ending
+            logger.debug("hanging up %s: %s", person.participant_id, exc)
+
+    def tick(self) -> None:
+        """End the rooms whose scheduled time is up."""
+        now = self.clock()
+        offset = 0
+        while True:
+            rooms = self.store.list_rooms(offset, 1000)
+            for room in rooms:
+                if room.ended_at is None and room.ends_at is not None and now >= room.ends_at:
+                    self.end(room.room_id, "schedule")
+            if len(rooms) < 1000:
+                return
+            offset += 1000
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Call :meth:`tick` every ``interval`` seconds until cancelled."""
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("room schedule check failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        for timer in self._empty_timers.values():
+            timer.cancel()
+        self._empty_timers.clear()
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        for hook in list(self.on_event):
+            try:
+                hook(event, data)
+            except Exception:
+                logger.exception("room event hook failed for %s", event)

@@ -1,0 +1,204 @@
+"""Signed join tokens, and the hashing of invite codes.
+
+One random master key lives in ``DATA_DIR/secret.key`` (created on first
+start, mode 0600, never in the database: a copy of the database alone
+neither forges tokens nor reveals invite codes). Each use gets its own key
+derived from it by HMAC-SHA256 over a label, so a key is never used for
+two purposes.
+
+.. rubric:: Join tokens
+
+A join token is a JWT (RFC 7519) signed with HS256 through PyJWT. Its
+claims::
+
+    {"iss": "callbridge", "aud": "callbridge-join", "sub": IDENTITY,
+     "room": ROOM_ID, "name": DISPLAY_NAME, "role": "guest",
+     "perms": ["mute_self"], "iat": ..., "exp": ..., "jti": ...}
+
+Tokens are short-lived (10 minutes unless asked otherwise, 24 hours at
+most): they are bearer credentials. The engine checks every permission on
+the server; the token only says what its holder may ask for.
+
+.. rubric:: Permissions
+
+``mute_self`` (own audio and video mute and unmute), ``mute_others``,
+``remove`` (a participant), ``lock`` (the room), ``end`` (the room). The
+presets are ``guest`` (``mute_self``) and ``moderator`` (all of them).
+
+.. rubric:: Invite codes
+
+An invite carries a numeric code (8 digits: typed on a phone keypad) and a
+128-bit link token (``secrets.token_urlsafe(16)``). Both are stored as
+HMAC-SHA256 under a key derived from the master key: a deterministic keyed
+hash, so a code is found by an index lookup, and without the key file the
+stored hashes cannot be checked against the 10**8 possible codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MAX_TTL",
+    "PERMISSIONS",
+    "PRESETS",
+    "CODE_DIGITS",
+    "JoinGrant",
+    "Keys",
+    "TokenError",
+    "permissions_for",
+]
+
+#: What a participant may be allowed to do.
+PERMISSIONS = ("mute_self", "mute_others", "remove", "lock", "end")
+
+#: Named permission sets.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "guest": ("mute_self",),
+    "moderator": PERMISSIONS,
+}
+
+#: Seconds a join token lives unless asked otherwise, and at most.
+DEFAULT_TTL = 600.0
+MAX_TTL = 86400.0
+
+#: Digits of an invite code.
+CODE_DIGITS = 8
+
+_ISSUER = "callbridge"
+_AUDIENCE = "callbridge-join"
+KEY_FILENAME = "secret.key"
+
+
+class TokenError(Exception):
+    """A join token is refused: ``code`` is ``token_expired`` or ``token_invalid``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class JoinGrant:
+    """What a verified join token grants."""
+
+    room: str
+    identity: str
+    display_name: str | None
+    role: str
+    permissions: tuple[str, ...]
+    expires_at: float
+    token_id: str
+
+    def may(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+def permissions_for(role: str, permissions: list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The permissions of a preset role, or a custom list (role ``custom``).
+
+    :raises ValueError: an unknown role or permission.
+    """
+    if permissions is not None:
+        unknown = [p for p in permissions if p not in PERMISSIONS]
+        if unknown:
+            raise ValueError(f"unknown permission {unknown[0]!r}: use {', '.join(PERMISSIONS)}")
+        return tuple(dict.fromkeys(permissions))
+    if role not in PRESETS:
+        raise ValueError(f"unknown role {role!r}: use {', '.join(PRESETS)} or give permissions")
+    return PRESETS[role]
+
+
+class Keys:
+    """The engine's secret keys, all derived from one master key.
+
+    :param master: 32 random bytes.
+    """
+
+    def __init__(self, master: bytes) -> None:
+        if len(master) < 32:
+            raise ValueError("the master key must be at least 32 bytes")
+        self._master = master
+        self._jwt_key = self._derive("join-token")
+        self._code_key = self._derive("invite-code")
+
+    @classmethod
+    def in_directory(cls, data_dir: Path) -> Keys:
+        """Read ``DATA_DIR/secret.key``, creating it (mode 0600) on first use."""
+        path = Path(data_dir) / KEY_FILENAME
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            text = secrets.token_hex(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(text + "\n")
+        return cls(bytes.fromhex(text))
+
+    def _derive(self, label: str) -> bytes:
+        return hmac.new(self._master, label.encode("ascii"), hashlib.sha256).digest()
+
+    # -- join tokens -------------------------------------------------------------
+
+    def issue_join_token(
+        self, *, room: str, identity: str, display_name: str | None, role: str,
+        permissions: tuple[str, ...], ttl: float, now: float,
+    ) -> tuple[str, JoinGrant]:
+        """Sign a join token; return it and what it grants."""
+        grant = JoinGrant(room, identity, display_name, role, tuple(permissions), now + ttl,
+                          secrets.token_hex(8))
+        claims: dict[str, Any] = {
+            "iss": _ISSUER, "aud": _AUDIENCE, "sub": identity, "room": room, "name": display_name,
+            "role": role, "perms": list(permissions), "iat": int(now), "exp": now + ttl,
+            "jti": grant.token_id,
+        }
+        return jwt.encode(claims, self._jwt_key, algorithm="HS256"), grant
+
+    def verify_join_token(self, token: str, now: float) -> JoinGrant:
+        """Check a join token's signature, issuer, audience and expiry at ``now``.
+
+        :raises TokenError: ``token_expired`` or ``token_invalid``.
+        """
+        if not isinstance(token, str) or len(token) > 4096:
+            raise TokenError("token_invalid", "the join token is malformed")
+        try:
+            claims = jwt.decode(
+                token, self._jwt_key, algorithms=["HS256"], audience=_AUDIENCE, issuer=_ISSUER,
+                options={"require": ["exp", "sub", "room", "iss", "aud"], "verify_exp": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise TokenError("token_invalid", f"the join token is not valid: {exc}") from None
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or now >= exp:
+            raise TokenError("token_expired", "the join token has expired")
+        perms = claims.get("perms") or []
+        name = claims.get("name")
+        if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+            raise TokenError("token_invalid", "the join token's permissions are malformed")
+        return JoinGrant(str(claims["room"]), str(claims["sub"]),
+                         name if isinstance(name, str) else None, str(claims.get("role", "")),
+                         tuple(perms), float(exp), str(claims.get("jti", "")))
+
+    # -- invites -----------------------------------------------------------------
+
+    def new_invite_secrets(self) -> tuple[str, str]:
+        """Draw a code of :data:`CODE_DIGITS` digits and a 128-bit link token."""
+        code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
+        return code, secrets.token_urlsafe(16)
+
+    def code_hash(self, code: str) -> str:
+        return hmac.new(self._code_key, b"code:" + code.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def link_hash(self, link_token: str) -> str:
+        return hmac.new(self._code_key, b"link:" + link_token.encode("utf-8"), hashlib.sha256).hexdigest()

@@ -1,0 +1,191 @@
+"""Webhook deliveries: queued in the store, POSTed signed, retried with backoff.
+
+:meth:`WebhookDispatcher.publish` queues one delivery per subscribed
+webhook (in the store, so a restart loses none) and wakes the sender. The
+sender POSTs, per webhook, the oldest pending delivery first, so that a
+receiver sees one webhook's events in the order they happened; a failed
+attempt (no answer within ``timeout``, or a status other than 2xx) is
+retried after 1, 2, 4, ... seconds (at most ``max_delay``), and after
+``max_attempts`` the delivery is marked ``failed`` and the next one goes.
+Every attempt is recorded (status, attempts, last code and error); an
+operator replays a delivery through the API.
+
+Each POST carries the JSON event ``{"id", "event", "created_at", "data"}``
+and the headers::
+
+    X-Callbridge-Event: room.started
+    X-Callbridge-Delivery: dlv_...
+    X-Callbridge-Signature: t=1700000000,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+The timestamp is signed with the body, so a receiver refuses replays older
+than a few minutes (:func:`verify_signature`), as Stripe's scheme does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from typing import Any, Callable
+
+import aiohttp
+
+from ..store import Delivery, Store
+
+__all__ = ["EVENTS", "WebhookDispatcher", "sign", "verify_signature"]
+
+logger = logging.getLogger(__name__)
+
+#: The events a webhook may subscribe to (``*``: all of them).
+EVENTS = (
+    "room.started", "room.ended", "participant.joined", "participant.left",
+    "call.started", "call.ended", "recording.ready",
+)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``X-Callbridge-Signature`` value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, now: float, tolerance: float = 300.0) -> bool:
+    """Check a delivery's signature header, refusing timestamps more than
+    ``tolerance`` seconds away from ``now`` (receivers copy this)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={fields.get('v1', '')}")
+
+
+class WebhookDispatcher:
+    """Queues and sends webhook deliveries (see the module documentation).
+
+    :param store: where deliveries are queued and recorded.
+    :param max_attempts: attempts before a delivery is marked ``failed``.
+    :param base_delay: seconds before the first retry (doubled each time).
+    :param max_delay: the longest wait between attempts.
+    :param timeout: seconds to wait for a receiver's answer.
+    """
+
+    def __init__(
+        self, store: Store, *, clock: Callable[[], float] = time.time, max_attempts: int = 8,
+        base_delay: float = 1.0, max_delay: float = 300.0, timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.timeout = timeout
+        self._wake = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        #: Events some webhook wants (``None``: not read yet), so that an
+        #: event nobody subscribed to (every call's start and end) costs no
+        #: database write.
+        self._subscribed: set[str] | None = None
+
+    def refresh(self) -> None:
+        """Re-read which events are subscribed (after a webhook is added or removed)."""
+        self._subscribed = {e for hook in self.store.list_webhooks() for e in hook.events}
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        """Queue ``event`` for every webhook subscribed to it."""
+        if self._subscribed is None:
+            self.refresh()
+        assert self._subscribed is not None
+        if event not in self._subscribed and "*" not in self._subscribed:
+            return
+        now = self.clock()
+        payload = json.dumps({"id": "evt_" + secrets.token_hex(8), "event": event, "created_at": now,
+                              "data": data}, separators=(",", ":"), default=str)
+        try:
+            queued = self.store.enqueue_event(event, payload, now)
+        except Exception:
+            logger.exception("cannot queue webhook event %s", event)
+            return
+        if queued:
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the queue now (after a replay)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send due deliveries until cancelled."""
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    wait = await self.send_due()
+                except Exception:
+                    logger.exception("webhook delivery round failed")
+                    wait = self.base_delay
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self._http.close()
+            self._http = None
+
+    async def send_due(self) -> float:
+        """Send the head delivery of each webhook that is due; return the
+        seconds until the next one is (at most 60)."""
+        now = self.clock()
+        heads: dict[str, Delivery] = {}
+        for delivery in await asyncio.to_thread(self.store.pending_deliveries, 1000):
+            heads.setdefault(delivery.webhook_id, delivery)
+        due = [d for d in heads.values() if (d.next_attempt_at or 0.0) <= now]
+        if due:
+            await asyncio.gather(*(self._send(d) for d in due))
+            return 0.0
+        waits = [(d.next_attempt_at or now) - now for d in heads.values()]
+        return max(0.01, min(waits, default=60.0))
+
+    async def _send(self, delivery: Delivery) -> None:
+        webhook = self.store.get_webhook(delivery.webhook_id)
+        if webhook is None:
+            return
+        body = delivery.payload.encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "X-Callbridge-Event": delivery.event,
+            "X-Callbridge-Delivery": delivery.delivery_id,
+            "X-Callbridge-Signature": sign(webhook.secret, int(self.clock()), body),
+            "User-Agent": "callbridge-webhooks/0.1",
+        }
+        code: int | None = None
+        error: str | None = None
+        assert self._http is not None
+        try:
+            async with self._http.post(webhook.url, data=body, headers=headers) as resp:
+                code = resp.status
+                await resp.read()
+            if not 200 <= code < 300:
+                error = f"HTTP {code}"
+        except asyncio.TimeoutError:
+            error = "timeout"
+        except Exception as exc:  # connection refused, bad URL, ...
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        now = self.clock()
+        attempts = delivery.attempts + 1
+        next_at: float | None = None
+        if error is not None and attempts < self.max_attempts:
+            next_at = now + min(self.base_delay * 2 ** (attempts - 1), self.max_delay)
+        if error is not None:
+            logger.info("webhook %s delivery %s attempt %d failed: %s", webhook.webhook_id,
+                        delivery.delivery_id, attempts, error)
+        self.store.record_delivery_attempt(
+            delivery.delivery_id, delivered=error is None, code=code, error=error,
+            next_attempt_at=next_at, now=now,
+        )
