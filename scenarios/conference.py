@@ -10,6 +10,15 @@ Media, as in Voximplant's video-conference design, uses two mixers:
   phone callers through the server, and the other browsers peer to peer
   (never twice, never itself).
 
+When the conference is a room (``callbridge rooms create``, the HTTP API),
+every participant is admitted through it: a full, locked, not yet started
+or ended room refuses the call (a browser gets the refusal's code, a phone
+hears why), the room lists who is in (``GET /api/v1/rooms/{id}``), a
+moderator's mute reaches phone and browser legs alike, and
+``record_on_start`` records the whole conference. A participant whose role
+is ``moderator`` can send ``{"type": "MODERATE", "action": "mute_all" |
+"unmute_all"}`` (a phone moderator's ``*6``/``*7``).
+
 Browsers get the participant list as a message on each change; a browser
 can ask to dial a phone number into the conference (``CALL_PARTICIPANT``)
 and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
@@ -19,7 +28,7 @@ and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
 import json
 import re
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 #: Caller id presented to people dialled into the conference.
 DIAL_OUT_CALLER_ID = "5550100"
@@ -29,27 +38,49 @@ NUMBER = re.compile(r"\+?[0-9]{3,15}")
 
 everyone = None
 phones = None
-participants = {}  # call -> {"id", "name", "number", "kind"}
+participants = {}  # call -> {"id", "name", "number", "kind", "role"}
+room_name = None  # conf_<id>, once the first call arrived
 dialing = {}  # outbound call -> number
 
 
-def mixers():
-    global everyone, phones
+def mixers(name):
+    global everyone, phones, room_name
     if everyone is None:
+        room_name = name
         everyone = VoxEngine.create_conference("everyone")
         phones = VoxEngine.create_conference("phones")
+        room = VoxEngine.room(name)
+        if room is not None and room.get("record_on_start"):
+            recording = everyone.record()
+            Logger.write(f"recording {name} to {recording.path}")
 
 
 async def on_alerting(e):
-    mixers()
+    mixers(e.destination)
     call = e.call
     kind = "web" if e.headers.get("X-ClientType") == "web" else "pstn"
+    role = e.headers.get("X-Callbridge-Role", "guest")
+    name = e.display_name or e.callerid or "anonymous"
+    try:
+        VoxEngine.room_join(e.destination, call, kind=kind, display_name=name,
+                            identity=e.headers.get("X-Callbridge-Identity") or e.callerid, role=role)
+    except RoomRefused as refused:
+        Logger.write(f"{kind} caller {name} refused: {refused.code}")
+        if kind == "web":
+            call.reject(403, headers={"X-Reason": refused.code})
+        else:
+            await call.answer()
+            await call.say(refused.message)
+            call.hangup()
+        if not participants and not dialing:
+            VoxEngine.terminate()
+        return
     await call.answer()
-    join(call, kind, e.display_name or e.callerid or "anonymous", e.callerid or "")
+    join(call, kind, name, e.callerid or "", role)
 
 
-def join(call, kind, name, number):
-    participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind}
+def join(call, kind, name, number, role="guest"):
+    participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -61,6 +92,22 @@ def join(call, kind, name, number):
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: on_message(call, ev))
     call.add_event_listener(CallEvents.Disconnected, lambda ev: leave(call))
     broadcast()
+
+
+def mute_all(moderator, muted):
+    """Everyone but ``moderator``: through the room when there is one (the
+    API sees it), else in the mixers."""
+    if VoxEngine.room(room_name) is not None:
+        count = VoxEngine.room_mute_all(room_name, muted, except_call=moderator)
+    else:
+        count = 0
+        for other in participants:
+            if other is not moderator:
+                for mixer in (everyone, phones):
+                    if other in mixer:
+                        mixer.set_mute(other, muted)
+                count += 1
+    Logger.write(f"{'muted' if muted else 'unmuted'} {count} participants")
 
 
 def leave(call):
@@ -98,8 +145,17 @@ def on_message(call, ev):
     except (TypeError, ValueError):
         Logger.write(f"ignored a message that is not JSON: {ev.text[:80]!r}")
         return
-    if isinstance(data, dict) and data.get("type") == "CALL_PARTICIPANT":
+    if not isinstance(data, dict):
+        return
+    if data.get("type") == "CALL_PARTICIPANT":
         dial_out(str(data.get("number", "")))
+    elif data.get("type") == "MODERATE":
+        info = participants.get(call)
+        if info is None or info["role"] != "moderator":
+            Logger.write("ignored MODERATE from a participant who is not a moderator")
+            return
+        if data.get("action") in ("mute_all", "unmute_all"):
+            mute_all(call, data["action"] == "mute_all")
 
 
 def dial_out(number):
@@ -115,6 +171,12 @@ def dial_out(number):
 
     def connected(ev):
         dialing.pop(call, None)
+        try:
+            VoxEngine.room_join(room_name, call, kind="pstn", display_name=number, identity=number)
+        except RoomRefused as refused:
+            notify("CALL_PARTICIPANT_FAILED", number=number, code=403, reason=refused.code)
+            call.hangup()
+            return
         notify("CALL_PARTICIPANT_CONNECTED", number=number, id=call.id)
         join(call, "pstn", number, number)
         participants[call]["dialed"] = True

@@ -25,10 +25,19 @@ async def on_alerting(e):
         Logger.write(f"refused: bad X-Conference-Id {conf_id[:40]!r}")
         call.reject(400)
         return
+    granted = e.headers.get("X-Callbridge-Room")
+    if granted is not None and granted != conf_id:
+        Logger.write(f"refused: join token for room {granted[:40]!r}, not {conf_id!r}")
+        call.reject(403)
+        return
     call.start_early_media()
     call.start_playback(HOLD_MUSIC, loop=True)
+    # the engine sets X-Callbridge-* (room, role, identity from a join token;
+    # a browser cannot forge them): the conference admits by them
+    headers = {k: v for k, v in e.headers.items() if k.startswith("X-Callbridge-")}
+    headers["X-ClientType"] = "web"
     leg = VoxEngine.call_conference("conf_" + conf_id, callerid=e.callerid, display_name=e.display_name,
-                                    headers={"X-ClientType": "web"})
+                                    headers=headers)
     call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))

@@ -2,15 +2,25 @@
 ``InboundFromPSTN`` rule).
 
 Answer, ask for the conference PIN followed by ``#``, and join the caller to
-conference ``conf_<PIN>`` -- but only a conference that is open (a browser
-is in it, or the room was created with ``callbridge rooms create PIN`` or
-the API): a PIN nobody opened is refused like a wrong one, so guessing
-cannot create conferences. At most ``MAX_TRIES`` tries, each with a time
-limit; PIN attempts are also limited per caller id over time, and every
-failure is logged (without the digits typed).
+the conference it opens:
+
+- a room's PIN (``callbridge rooms create ID --pin``, the API), or its id
+  when it has no PIN; a room's moderator PIN joins as moderator;
+- an invite's one-time code (``POST /api/v1/rooms/{id}/invites``);
+- the id of a conference a browser opened (``conf_<id>``, no room).
+
+A PIN nobody opened is refused like a wrong one, so guessing cannot create
+conferences. At most ``MAX_TRIES`` tries, each with a time limit; PIN
+attempts are also limited per caller id over time, and every failure is
+logged (without the digits typed).
+
+A moderator on the phone has keypad commands: ``*6`` mutes everyone else,
+``*7`` unmutes them (sent to the conference session, which checks the role).
 """
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+import json
+
+from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 MAX_TRIES = 3
 #: Seconds to start typing the PIN, and between two digits.
@@ -42,9 +52,11 @@ async def on_alerting(e):
             await call.say("Too many attempts. Please try again later. Goodbye.")
             call.hangup()
             return
-        if pin and VoxEngine.conference_is_open("conf_" + pin):
-            Logger.write(f"PIN accepted for {caller} on try {attempt}")
-            join(call, pin, e)
+        target = find_conference(pin) if pin else None
+        if target is not None:
+            conference, role = target
+            Logger.write(f"PIN accepted for {caller} on try {attempt} ({role})")
+            join(call, conference, role, e)
             return
         Logger.write(f"wrong PIN from {caller}: try {attempt} of {MAX_TRIES} ({len(pin)} digits)")
         await call.say("That PIN is not valid." if pin else "No PIN was entered.")
@@ -53,17 +65,33 @@ async def on_alerting(e):
     call.hangup()
 
 
-def join(call, pin, e):
+def find_conference(pin):
+    """``(conference, role)`` the digits open, or ``None``."""
+    found = VoxEngine.room_for_pin(pin)
+    if found is not None:
+        return found["conference"], found["role"]
+    if VoxEngine.room("conf_" + pin) is None and VoxEngine.conference_is_open("conf_" + pin):
+        return "conf_" + pin, "guest"  # opened by a browser, not a room
+    try:
+        invite = VoxEngine.redeem_invite(pin)
+    except RoomRefused:
+        return None
+    return invite["conference"], invite["role"]
+
+
+def join(call, conference, role, e):
     """Bridge the caller to the conference session's leg, both ways."""
     call.handle_tones(False)
-    leg = VoxEngine.call_conference("conf_" + pin, callerid=e.callerid, display_name=e.display_name,
-                                    headers={"X-ClientType": "pstn"})
+    leg = VoxEngine.call_conference(conference, callerid=e.callerid, display_name=e.display_name,
+                                    headers={"X-ClientType": "pstn", "X-Callbridge-Role": role})
 
     def connected(ev):
         VoxEngine.send_media_between(call, leg)
+        if role == "moderator":
+            keypad_commands(call, leg)
 
     async def failed(ev):
-        Logger.write(f"conference conf_{pin} refused the caller: {ev.code}")
+        Logger.write(f"{conference} refused the caller: {ev.code}")
         await call.say("Sorry, the conference cannot take your call now. Goodbye.")
         call.hangup()
 
@@ -71,6 +99,27 @@ def join(call, pin, e):
     leg.add_event_listener(CallEvents.Failed, failed)
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     call.add_event_listener(CallEvents.Disconnected, lambda ev: leg.hangup())
+
+
+COMMANDS = {"6": ("mute_all", "Everyone else is muted."), "7": ("unmute_all", "Everyone is unmuted.")}
+
+
+def keypad_commands(call, leg):
+    """``*6``/``*7`` from a moderator's keypad, relayed to the conference."""
+    typed = []
+    call.handle_tones(True)
+
+    def on_tone(ev):
+        if ev.tone == "*":
+            typed[:] = ["*"]
+            return
+        if typed == ["*"] and ev.tone in COMMANDS:
+            action, said = COMMANDS[ev.tone]
+            leg.send_message(json.dumps({"type": "MODERATE", "action": action}))
+            call.say(said)
+        typed.clear()
+
+    call.add_event_listener(CallEvents.ToneReceived, on_tone)
 
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import textwrap
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,9 @@ from ..calls import Call, CallState, InternalCall
 from ..conference import Conference
 from ..router import load_rules
 from ..scenario import ScenarioRuntime, Session
+from ..rooms import RoomService
 from ..store import SqliteStore
+from ..tokens import Keys
 from .calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
 from .media import HarnessGraph, graph_edges, reach, targets
 from .clock import Plan, VirtualTimeLoop
@@ -282,6 +286,12 @@ class App:
                                           node_id="harness", idle_timeout=idle_timeout, graph=self.graph,
                                           tts=RecordingTts(), store=self.store)
             self.runtime.web_users = _WebUsers(self.ua)
+            # rooms as the engine has them: admission, participants, mutes
+            # through the media graph, invites hashed with a fresh key
+            self.rooms = RoomService(self.store)
+            self.rooms.muter = self.graph.set_muted
+            self.runtime.rooms = self.rooms
+            self.runtime.keys = self.keys = Keys(secrets.token_bytes(32))
             self.runtime.compile_all()
         except BaseException:
             self.store.close()
@@ -382,11 +392,27 @@ class App:
     def conference(self, name: str) -> ConferenceView:
         return ConferenceView(self, name)
 
-    def open_room(self, room_id: str, display_name: str | None = None) -> None:
+    def open_room(self, room_id: str, display_name: str | None = None, **settings: Any) -> None:
         """Create room ``room_id`` in the store, as ``callbridge rooms
         create`` or the API would: conference ``conf_<room_id>`` is then
-        open (``VoxEngine.conference_is_open``) before anyone is in it."""
-        self.store.create_room(room_id, display_name=display_name)
+        open (``VoxEngine.conference_is_open``) before anyone is in it.
+        ``settings``: those of :meth:`SqliteStore.create_room`
+        (``max_participants``, ``pin``, ``moderator_pin``, ``record_on_start``...)."""
+        self.store.create_room(room_id, display_name=display_name, **settings)
+
+    def invite(self, room_id: str, invitee: str, role: str = "guest", ttl: float = 3600.0) -> str:
+        """Invite ``invitee`` to room ``room_id`` as the API does; returns
+        the one-time code to type on a phone keypad."""
+        code, link = self.keys.new_invite_secrets()
+        now = time.time()
+        self.store.create_invite(room_id, invitee, display_name=None, role=role, permissions=(),
+                                 code_hash=self.keys.code_hash(code), link_hash=self.keys.link_hash(link),
+                                 expires_at=now + ttl, max_attempts=5, now=now)
+        return code
+
+    def participants(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's live participants, as ``GET /api/v1/rooms/{id}`` lists them."""
+        return [p.as_dict() for p in self.rooms.list_participants(room_id)]
 
     def close_room(self, room_id: str) -> None:
         """Delete room ``room_id`` from the store."""

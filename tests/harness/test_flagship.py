@@ -423,3 +423,98 @@ def test_conference_ends_when_its_last_participant_leaves(app: App) -> None:
     assert first.terminated and app.conference("conf_1234").session is None
     again = browser(app, "1234")
     assert again.joined("conf_1234") and app.conference("conf_1234").session is not first
+
+
+# -- rooms (the management API's rooms, invites and roles) ----------------------------------
+
+
+def test_room_pin_opens_it_and_its_id_does_not(app: App) -> None:
+    """Check a room with a PIN is opened by its PIN, not by its id (typing
+    the id is a wrong PIN), and its moderator PIN joins as moderator."""
+    app.open_room("4242", pin="918273", moderator_pin="564738")
+    call = phone(app)
+    call.press("4242#")
+    assert call.heard_speech(WRONG)
+    call.press("918273#")
+    assert call.joined("conf_4242")
+    boss = phone(app, callerid="+15550000001")
+    boss.press("564738#")
+    assert boss.joined("conf_4242")
+    roles = {p["display_name"]: p["role"] for p in app.participants("4242")}
+    assert roles == {"+15551234567": "guest", "+15550000001": "moderator"}
+
+
+def test_full_room_refuses_the_phone_with_a_reason(app: App) -> None:
+    """Check a room capped at one participant: the second phone caller's
+    PIN is right, but the conference tells it the room is full and hangs up."""
+    app.open_room("55", max_participants=1)
+    first = phone(app)
+    first.press("55#")
+    assert first.joined("conf_55")
+    second = phone(app, callerid="+15550000002")
+    second.press("55#")
+    assert second.heard_speech("full")
+    assert not second.joined("conf_55")
+    assert second.leg.state.ended
+    assert [p["display_name"] for p in app.participants("55")] == ["+15551234567"]
+
+
+def test_full_room_refuses_the_browser_403(app: App) -> None:
+    """Check a browser beyond a room's cap is refused with 403 (and the
+    phone already in stays)."""
+    app.open_room("56", max_participants=1)
+    first = phone(app)
+    first.press("56#")
+    web = browser(app, "56")
+    assert web.ended_with(403)
+    assert first.connected
+
+
+def test_invite_code_on_the_keypad_joins_once(app: App) -> None:
+    """Check an invite's one-time code typed as the PIN joins its room with
+    the invite's role, and the same code typed again is a wrong PIN."""
+    app.open_room("77", pin="111222")
+    code = app.invite("77", "carol@example.com", role="moderator")
+    call = phone(app)
+    call.press(code + "#")
+    assert call.joined("conf_77")
+    assert [p["role"] for p in app.participants("77")] == ["moderator"]
+    again = phone(app, callerid="+15550000003")
+    again.press(code + "#")
+    assert again.heard_speech(WRONG)
+
+
+def test_phone_moderator_mutes_everyone_else_with_star_6(app: App) -> None:
+    """Check a moderator on the phone presses *6: every other participant is
+    muted (in the room, as the API shows, and in the media); *7 unmutes.
+    A guest's *6 does nothing."""
+    app.open_room("88", pin="1212", moderator_pin="3434")
+    guest = phone(app)
+    guest.press("1212#")
+    web = browser(app, "88")
+    boss = phone(app, callerid="+15550000004")
+    boss.press("3434#")
+    guest.press("*6")
+    assert not any(p["muted"] for p in app.participants("88"))
+    boss.press("*6")
+    muted = {p["display_name"]: p["muted"] for p in app.participants("88")}
+    assert muted == {"+15551234567": True, "ann": True, "+15550000004": False}
+    assert boss.heard_speech("Everyone else is muted")
+    boss.press("*7")
+    assert not any(p["muted"] for p in app.participants("88"))
+
+
+def test_join_token_for_another_room_is_refused(app: App) -> None:
+    """Check a browser whose join token is for room 1 cannot use it to join
+    conference 2 (403), while the token's own room works."""
+    app.open_room("1")
+    app.open_room("2")
+    wrong = app.incoming_call("joinconf", callerid="ann", transport="web",
+                              headers={"X-Conference-Id": "2", "X-Callbridge-Room": "1",
+                                       "X-Callbridge-Role": "moderator"})
+    assert wrong.ended_with(403)
+    right = app.incoming_call("joinconf", callerid="ann", transport="web",
+                              headers={"X-Conference-Id": "1", "X-Callbridge-Room": "1",
+                                       "X-Callbridge-Role": "moderator"})
+    assert right.joined("conf_1")
+    assert [p["role"] for p in app.participants("1")] == ["moderator"]
