@@ -35,11 +35,15 @@ Messages go both ways once connected (``message`` frames,
 (``dtmf`` frames; aiortc has no telephone-event) arrive as ``ToneReceived``
 with ``mode="signalling"``.
 
-Media seam: :attr:`WebCall.audio_port` is the leg's
+Media: :attr:`WebCall.audio_port` is the leg's raw
 :class:`~engine.web.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
-20 ms of 8 kHz int16) once media exists; the media graph plugs in there.
-``say()`` and ``start_playback*()`` play through a
-:class:`~engine.web.webrtc.PortPlayer` on the engine's media clock.
+20 ms of 8 kHz int16) once media exists. Above it sits one
+:class:`~engine.web.webrtc.LegAudio`, the only writer to the browser's
+track: it plays ``say()`` and ``start_playback*()`` on the engine's media
+clock while the call is not routed, and it is the call's
+:meth:`_audio_port` for the media graph (conferences, ``send_media_to``),
+which then mixes the call's own player into what it sends, exactly as for a
+SIP leg's :class:`~engine.media_session.MediaSession`.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from ..calls import Call, CallError, CallEvents, CallState
 from ..media.players import FrameSource
 from ..media.tts import TtsCache, default_tts
 from ..transport.media_clock import MediaClock
-from .webrtc import AudioPort, BrowserMediaLeg, PortPlayer, parse_candidate
+from .webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
 __all__ = ["WebCall", "SignallingChannel", "LegFactory"]
 
@@ -115,7 +119,8 @@ class WebCall(Call):
         self._sdp_sent = False
         self._early = False
         self._answering = False
-        self._player: PortPlayer | None = None
+        #: The leg's audio as the engine drives it (player and media graph).
+        self._leg_audio: LegAudio | None = None
         #: Browser candidates trickled before the media leg exists.
         self._early_candidates: list[RTCIceCandidate | None] = []
         self.on_ended.append(lambda call: self._cleanup())
@@ -207,18 +212,28 @@ class WebCall(Call):
             return False
         return self.state == CallState.CONNECTED or self._early
 
-    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+    def _leg_audio_port(self) -> LegAudio | None:
+        """The leg's :class:`LegAudio` (made with the media leg)."""
         if self.leg is None:
+            return None
+        if self._leg_audio is None or self._leg_audio.port is not self.leg.port:
+            self._leg_audio = LegAudio(self.leg.port, self.clock)
+        return self._leg_audio
+
+    def _audio_port(self) -> LegAudio | None:
+        """The media graph's view of this leg (``None`` until media flows:
+        answered, or early media)."""
+        return self._leg_audio_port() if self._media_ready() else None
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        audio = self._leg_audio_port()
+        if audio is None:
             raise CallError("no media negotiated")
-        self._stop_media()
-        self._player = PortPlayer(self.leg.port, source, done)
-        self.clock.add(self._player)
+        audio.start_playback(source, done)
 
     def _stop_media(self) -> None:
-        player, self._player = self._player, None
-        if player is not None:
-            self.clock.discard(player)
-            player.stop()
+        if self._leg_audio is not None:
+            self._leg_audio.stop_playback()
 
     def _tts(self) -> TtsCache:
         return self.tts if self.tts is not None else default_tts()
@@ -227,6 +242,8 @@ class WebCall(Call):
         if self._no_answer is not None:
             self._no_answer.cancel()
         self._stop_media()
+        if self._leg_audio is not None:
+            self._leg_audio.close()
         leg, self.leg = self.leg, None
         if leg is not None:
             try:
