@@ -80,6 +80,10 @@ class EngineConfig:
     #: machine's interfaces (aioice leaves out loopback, which a browser on
     #: this machine needs).
     webrtc_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    #: Whether the web SDK may log in as a guest (``login`` with a display
+    #: name only: the demo page's way in); guests get a random
+    #: ``guest-…`` user name for the socket's life and are never stored.
+    guest_login: bool = True
 
 
 class Engine:

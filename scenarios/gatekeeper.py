@@ -5,12 +5,14 @@ The web client's call carries ``X-Conference-Id``. While the conference
 session answers, the caller hears hold music as early media; then the call
 is answered and bridged to the conference with ``X-ClientType: web``, and
 messages are relayed both ways (the participant list down, requests such
-as ``CALL_PARTICIPANT`` up). The conference ending ends the call.
+as ``CALL_PARTICIPANT`` up; those that come before the answer wait for
+it). The conference ending ends the call.
 """
 
 import re
 from pathlib import Path
 
+from engine.calls import CallState
 from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 HOLD_MUSIC = Path(__file__).parent / "media" / "hold.wav"
@@ -32,8 +34,17 @@ async def on_alerting(e):
     call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))
-    # relay messages both ways
-    leg.add_event_listener(CallEvents.MessageReceived, lambda ev: call.send_message(ev.text))
+    # relay messages both ways; the conference's first ones (the participant
+    # list) come before the browser's call is answered: they wait for it
+    early = []
+
+    def down(ev):
+        if call.state == CallState.CONNECTED:
+            call.send_message(ev.text)
+        elif not call.state.ended:
+            early.append(ev.text)
+
+    leg.add_event_listener(CallEvents.MessageReceived, down)
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: leg.send_message(ev.text))
     try:
         await leg.wait_for(CallEvents.Connected, timeout=CONNECT_TIMEOUT)
@@ -47,6 +58,9 @@ async def on_alerting(e):
     call.stop_playback()
     await call.answer()
     VoxEngine.send_media_between(call, leg)
+    for text in early:
+        call.send_message(text)
+    early.clear()
     Logger.write(f"{e.callerid} joined conf_{conf_id}")
 
 

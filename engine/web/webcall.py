@@ -59,7 +59,7 @@ from ..media.tts import TtsCache, default_tts
 from ..transport.media_clock import MediaClock
 from .webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
-__all__ = ["WebCall", "SignallingChannel", "LegFactory"]
+__all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "is_direct"]
 
 #: Makes the media leg of a call: ``factory(on_failed)``.
 LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
@@ -67,6 +67,28 @@ LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
 
 #: Negotiations and closings under way, kept alive until they end.
 _background: set[asyncio.Task[Any]] = set()
+
+
+#: Candidates a browser may trickle before its direct call is forwarded.
+MAX_KEPT_CANDIDATES = 64
+
+
+def _pass_end_on(ended: Call) -> None:
+    """One end of a direct call ended: end the other (hang up once connected
+    or while it rings for the callee; reject the caller with the callee's
+    code when it failed)."""
+    assert isinstance(ended, WebCall)
+    other = ended.direct_peer
+    if other is None or other.state.ended:
+        return
+    try:
+        if other.direction == "inbound" and other.state == CallState.ALERTING:
+            code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
+            other.reject(code)
+        else:
+            other.hangup()
+    except CallError:
+        other.log.exception("ending the other end of a direct call failed")
 
 
 def _keep(task: asyncio.Task[Any]) -> None:
@@ -78,6 +100,25 @@ class SignallingChannel(Protocol):
     """Where a call's frames go: the browser's socket."""
 
     def send_frame(self, frame: dict[str, Any]) -> None: ...
+
+
+class DirectDialer(Protocol):
+    """Who rings a logged-in user for a direct call (the web layer's
+    :class:`~engine.web.ws.WebUsers`)."""
+
+    def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None: ...
+
+
+#: ``X-DirectCall`` values that ask for a direct (peer-to-peer) call.
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_direct(headers: dict[str, str]) -> bool:
+    """Whether a call's headers ask for a direct call (``X-DirectCall: true``)."""
+    for name, value in headers.items():
+        if name.lower() == "x-directcall":
+            return value.strip().lower() in _TRUE
+    return False
 
 
 class WebCall(Call):
@@ -103,6 +144,8 @@ class WebCall(Call):
         leg_factory: LegFactory | None = None,
         audio: bool = True,
         video: bool = False,
+        dialer: DirectDialer | None = None,
+        direct: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -123,6 +166,16 @@ class WebCall(Call):
         self._leg_audio: LegAudio | None = None
         #: Browser candidates trickled before the media leg exists.
         self._early_candidates: list[RTCIceCandidate | None] = []
+        #: How :meth:`forward_call_to_user_direct` reaches the callee.
+        self.dialer = dialer
+        #: A direct call: media goes browser to browser, the engine relays
+        #: offer, answer and candidates to :attr:`direct_peer` (see the notes).
+        self.direct = direct
+        self.direct_peer: WebCall | None = None
+        #: Candidates as the browser sent them, kept for a direct call's peer.
+        self._raw_candidates: list[dict[str, Any]] = []
+        #: The callee's answer SDP (a direct call's outbound leg).
+        self.direct_answer: str | None = None
         self.on_ended.append(lambda call: self._cleanup())
 
     # -- frames out ----------------------------------------------------------------
@@ -147,6 +200,8 @@ class WebCall(Call):
         the future gives our answer SDP. A bad offer rejects the call (488)."""
         if self._answer_sdp is not None:
             return self._answer_sdp
+        if self.direct:
+            raise CallError("a direct call has no media in the engine: the callee answers it")
         loop = asyncio.get_running_loop()
         self._answer_sdp = loop.create_future()
         self.leg = self._leg_factory(self._on_media_failed)
@@ -171,9 +226,15 @@ class WebCall(Call):
         return fut
 
     def start_outgoing(self, timeout: float) -> None:
-        """Offer the call to the browser (``incoming`` with our SDP); it
-        fails with 408 when not answered within ``timeout`` seconds."""
+        """Offer the call to the browser (``incoming`` with our SDP, or for a
+        direct call the caller's); it fails with 408 when not answered
+        within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
+        if self.direct:
+            self._no_answer = loop.call_later(timeout, self._on_no_answer)
+            self._send("incoming", callerid=self.callerid, display_name=self.display_name,
+                       headers=dict(self.headers), sdp=self.offer, direct=True, video=self.video)
+            return
         self.leg = leg = self._leg_factory(self._on_media_failed)
         self._no_answer = loop.call_later(timeout, self._on_no_answer)
 
@@ -270,6 +331,8 @@ class WebCall(Call):
         """Answer the browser's offer now (``progress`` 183 with our SDP), so
         audio played before :meth:`answer` is heard."""
         self._require_alerting("start_early_media")
+        if self.direct:
+            raise CallError("a direct call has no early media from the engine")
         if self._early:
             return
         self._early = True
@@ -292,6 +355,8 @@ class WebCall(Call):
             raise CallError("only an inbound call can be answered")
         if self.state.ended:
             raise CallError("call already ended")
+        if self.direct:
+            raise CallError("a direct call is answered by its callee (forward_call_to_user_direct)")
         if self.state == CallState.ALERTING and not self._answering:
             self._answering = True
             fut = self._ensure_media()
@@ -348,6 +413,72 @@ class WebCall(Call):
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         self._send("info", mime_type=mime_type, body=text, headers=dict(headers or {}))
 
+    # -- direct calls (browser to browser) ------------------------------------------
+
+    def forward_call_to_user_direct(self, headers: dict[str, str] | None = None) -> WebCall | None:
+        """Ring the user this browser dialed (:attr:`number`) and connect the
+        two browsers peer to peer, audio and video: the engine relays the
+        offer, the answer and the ICE candidates between the two sockets and
+        carries no media. Both calls report their events to the scenario
+        (the callee's is returned, owned by the same session); the call's
+        end, failure or rejection is passed on to the other, and messages
+        are relayed both ways.
+
+        :param headers: ``X-`` headers for the callee besides the caller's.
+        :return: the callee's call, or ``None`` when the user is not logged
+            in with the SDK (the caller's call is then rejected with 480).
+        :raises CallError: not a browser's call that still rings, or the
+            engine already answered its offer (early media).
+        """
+        if self.direction != "inbound" or self.state != CallState.ALERTING or self._answering:
+            raise CallError("forward_call_to_user_direct() needs a browser's call that still rings")
+        if self._answer_sdp is not None:
+            raise CallError("the engine already answered this call's offer (early media)")
+        if self.dialer is None:
+            raise CallError("direct calls need the web SDK's users, and this call has none")
+        self.direct = True
+        sent = {**self.headers, **(headers or {})}
+        peer = self.dialer.call_user_direct(self.number, self, sent)
+        if peer is None:
+            self.log.info("direct call: %r is not logged in", self.number)
+            self.reject(480)
+            return None
+        adopt = getattr(self.dispatcher, "adopt", None)
+        if adopt is not None:
+            adopt(peer)
+        self.direct_peer, peer.direct_peer = peer, self
+        self.on_ended.append(_pass_end_on)
+        peer.on_ended.append(_pass_end_on)
+        candidates, self._raw_candidates = self._raw_candidates, []
+        self._early_candidates.clear()
+        for init in candidates:
+            peer._relay_candidate(init)
+        if not peer.state.ended:
+            self.ring()
+        return peer
+
+    def _relay_candidate(self, init: dict[str, Any]) -> None:
+        """A candidate of the other browser, passed on as it came."""
+        if not self.state.ended:
+            self._send("ice", candidate=init)
+
+    def _direct_answered(self, sdp: str, headers: dict[str, str]) -> None:
+        """The callee's browser answered a direct call: both are connected,
+        and the caller's browser gets the callee's answer."""
+        self._answering = True
+        self.direct_answer = sdp
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        if self._no_answer is not None:
+            self._no_answer.cancel()
+        caller = self.direct_peer
+        if caller is not None and caller.state == CallState.ALERTING:
+            caller._answering = True
+            caller._send("connected", sdp=sdp, headers=dict(headers))
+            caller._set_state(CallState.CONNECTED)
+            caller._emit(CallEvents.Connected, headers={})
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
     # -- frames in (from the socket handler) --------------------------------------
 
     def on_remote_hangup(self, headers: dict[str, str]) -> None:
@@ -369,6 +500,9 @@ class WebCall(Call):
         """
         if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
             raise CallError("answer is for an incoming call that still rings")
+        if self.direct:
+            self._direct_answered(sdp, headers)
+            return
         if self.leg is None:
             raise CallError("the call has no media leg")
         self._answering = True
@@ -402,6 +536,9 @@ class WebCall(Call):
         if self.state != CallState.CONNECTED:
             raise CallError("messages need a connected call")
         self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
+        peer = self.direct_peer
+        if peer is not None and peer.state == CallState.CONNECTED:
+            peer.send_message(text, headers)
 
     def on_remote_tones(self, tones: str) -> None:
         """Digits from the browser: ToneReceived (mode ``"signalling"``) each.
@@ -422,8 +559,14 @@ class WebCall(Call):
         candidate = parse_candidate(init)
         if self.state.ended:
             return
+        if self.direct_peer is not None:
+            if candidate is not None and init is not None:
+                self.direct_peer._relay_candidate(init)
+            return
         if self.leg is None:
             self._early_candidates.append(candidate)
+            if candidate is not None and init is not None and len(self._raw_candidates) < MAX_KEPT_CANDIDATES:
+                self._raw_candidates.append(dict(init))
             return
         await self.leg.add_remote_candidate(candidate)
 

@@ -1,0 +1,149 @@
+"""The demo page (``/``) in headless Chromium, against the shipped rules and
+scenarios (the flagship application): fake camera and microphone, guests
+joining conference N by name.
+
+- two pages join the same conference, see each other in the participant
+  list and each plays the other's video (frames decoded: the remote
+  ``<video>``'s ``getVideoPlaybackQuality().totalVideoFrames`` grows), over
+  a direct browser-to-browser call; the test takes the screenshot shown in
+  README (saved under ``$CALLBRIDGE_SCREENSHOT_DIR`` when set);
+- a phone (tests/e2e/phone.py: PCMU RTP, a 700 Hz tone as its microphone)
+  dials the conference number and types the PIN in band: it hears the
+  page's fake microphone (Chromium's beep) mixed by the conference, the
+  page hears its tone (WebAudio analyser on the conference call's audio),
+  and the page lists it as a phone participant;
+- leaving the page (closing it) ends its calls; the other page's list and
+  tiles follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+import pytest
+from playwright.async_api import async_playwright
+
+from browser import launch_chromium
+from logs import session_logs, wait_for_log
+
+from engine.server import Engine
+
+from .phone import RtpPhone, tone_level
+from .test_flagship_phone import rooms_create, shipped_engine
+
+pytestmark = pytest.mark.e2e
+
+#: Chromium's fake microphone beeps at this frequency (measured by FFT).
+BEEP_HZ = 1000.0
+
+FRAMES_SCRIPT = """
+(key) => {
+  const tile = document.querySelector(`.tile[data-key="${key}"]`);
+  const video = tile && tile.querySelector("video");
+  if (!video || !video.srcObject) return -1;
+  return video.getVideoPlaybackQuality().totalVideoFrames;
+}
+"""
+
+REMOTE_KEYS_SCRIPT = """
+() => [...document.querySelectorAll(".tile.remote")].map((t) => t.dataset.key)
+"""
+
+ANALYSER_SCRIPT = """
+async (freqs) => {
+  const call = window.demo.confCall;
+  const stream = call.remoteStreams[0];
+  const ctx = new AudioContext();
+  await ctx.resume();
+  const source = ctx.createMediaStreamSource(stream);
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 8192;
+  source.connect(analyser);
+  await new Promise((r) => setTimeout(r, 1000));
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(bins);
+  await ctx.close();
+  const at = (hz) => {
+    const i = Math.round(hz * analyser.fftSize / ctx.sampleRate);
+    return Math.max(bins[i - 1], bins[i], bins[i + 1]);
+  };
+  let best = 1;
+  for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+  return { peakHz: best * ctx.sampleRate / analyser.fftSize, levels: freqs.map(at) };
+}
+"""
+
+
+@pytest.fixture
+async def engine(make_engine: Any) -> Engine:
+    engine: Engine = await shipped_engine(make_engine)
+    return engine
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    async with async_playwright() as pw:
+        context = await launch_chromium(pw, tmp_path / "chromium-profile", p2p=True)
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def join(context: Any, engine: Engine, name: str, conference: str) -> Any:
+    """A new page on the demo, joined to ``conference`` as ``name``."""
+    page = await context.new_page()
+    page.on("console", lambda msg: print(f"[{name}] {msg.type}: {msg.text}"))
+    await page.goto(f"http://127.0.0.1:{engine.http_port}/?conference={conference}")
+    await page.fill("#name", name)
+    await page.click("#join-button")
+    await page.wait_for_selector("#room-view:not([hidden])", timeout=30000)
+    return page
+
+
+async def frames_growing(page: Any, key: str, timeout: float = 30.0) -> int:
+    """Wait until the tile ``key``'s video has decoded frames, and more a
+    moment later; return the count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    first = -1
+    while loop.time() < deadline:
+        count = await page.evaluate(FRAMES_SCRIPT, key)
+        if count > 0 and first < 0:
+            first = count
+        elif first > 0 and count > first + 5:
+            return int(count)
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"video of {key} does not play (frames {first})")
+
+
+async def test_two_pages_see_each_other(engine: Engine, browser: Any) -> None:
+    """Check two guests in conference 77 each list the other and play the
+    other's video, peer to peer (a direct call the P2P rule forwarded)."""
+    alice = await join(browser, engine, "Alice", "77")
+    bob = await join(browser, engine, "Bob", "77")
+    for page, other in ((alice, "Bob"), (bob, "Alice")):
+        await page.wait_for_function(
+            f"document.querySelector('#people').textContent.includes('{other}')", timeout=20000)
+    for page in (alice, bob):
+        keys = await page.evaluate(REMOTE_KEYS_SCRIPT)
+        assert len(keys) == 1, keys
+        await frames_growing(page, keys[0])
+    logs = session_logs(engine)
+    assert "started by rule P2P" in logs and "direct call connected" in logs, logs
+    shots = os.environ.get("CALLBRIDGE_SCREENSHOT_DIR")
+    if shots:
+        await alice.set_viewport_size({"width": 1280, "height": 720})
+        await asyncio.sleep(1.0)
+        await alice.screenshot(path=str(Path(shots) / "demo-two-participants.png"))
+
+    await bob.close()
+    await alice.wait_for_function("document.querySelectorAll('.tile.remote').length === 0", timeout=20000)
+    await alice.wait_for_function("!document.querySelector('#people').textContent.includes('Bob')",
+                                  timeout=20000)
+    logs = await wait_for_log(engine, "direct call ended", timeout=10)
+    assert "web participant Bob left" in logs, logs
