@@ -19,6 +19,7 @@ and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
 import json
 import re
 
+from engine.calls import CallError
 from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 #: Caller id presented to people dialled into the conference.
@@ -110,7 +111,12 @@ def dial_out(number):
         notify("CALL_PARTICIPANT_FAILED", number=number, code=486, reason="too many calls ringing")
         return
     Logger.write(f"dialing {number} into the conference")
-    call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID)
+    try:
+        call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID)
+    except CallError as exc:  # no trunk configured
+        Logger.write(f"cannot dial {number}: {exc}")
+        notify("CALL_PARTICIPANT_FAILED", number=number, code=503, reason="dialing out is not available")
+        return
     dialing[call] = number
 
     def connected(ev):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -33,12 +34,14 @@ from logs import session_logs, wait_for_log
 from engine.server import Engine
 
 from .phone import RtpPhone, tone_level
-from .test_flagship_phone import rooms_create, shipped_engine
+from .sipp import start_sipp
+from .test_flagship_phone import ROOT, shipped_engine
 
 pytestmark = pytest.mark.e2e
 
-#: Chromium's fake microphone beeps at this frequency (measured by FFT).
-BEEP_HZ = 1000.0
+#: Chromium's fake microphone beeps at this frequency (measured by FFT of
+#: what the phone hears: Chromium's FakeAudioInputStream beeps at 400 Hz).
+BEEP_HZ = 400.0
 
 FRAMES_SCRIPT = """
 (key) => {
@@ -147,3 +150,89 @@ async def test_two_pages_see_each_other(engine: Engine, browser: Any) -> None:
                                   timeout=20000)
     logs = await wait_for_log(engine, "direct call ended", timeout=10)
     assert "web participant Bob left" in logs, logs
+
+
+def peak_hz(pcm: np.ndarray, rate: int = 8000) -> float:
+    """The strongest frequency in ``pcm`` (FFT)."""
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    spectrum[:10] = 0  # DC and rumble
+    return float(np.argmax(spectrum) * rate / pcm.size)
+
+
+async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any) -> None:
+    """Check a phone that dials the conference number and types the PIN of
+    the page's conference (in band) hears the page's fake microphone mixed
+    by the conference, the page hears the phone's 700 Hz tone, and the page
+    lists the phone caller."""
+    page = await join(browser, engine, "Alice", "55")
+    phone = RtpPhone(engine.ua.port, "5550100", None)  # silent while it types the PIN
+    await phone.call()
+    try:
+        await wait_for_log(engine, "started by rule InboundFromPSTN", timeout=10)
+        await asyncio.sleep(1.0)
+        phone.press("55#")
+        logs = await wait_for_log(engine, "pstn participant", timeout=30)
+        assert "PIN accepted" in logs, logs
+        phone.set_tone(700.0)
+        await page.wait_for_function(
+            "document.querySelector('#people').textContent.includes('Phone')", timeout=10000)
+        assert await page.evaluate("document.querySelectorAll('.tile.phone').length") == 1
+        await asyncio.sleep(4.0)  # past "You have joined the conference."
+        heard = phone.heard(2.0)
+        assert abs(peak_hz(heard) - BEEP_HZ) < 10, peak_hz(heard)
+        assert tone_level(heard, BEEP_HZ) > 200, tone_level(heard, BEEP_HZ)
+        assert tone_level(heard, 700.0) < tone_level(heard, BEEP_HZ) / 5, "the phone hears itself"
+        analysed = await page.evaluate(ANALYSER_SCRIPT, [700.0, BEEP_HZ])
+        assert abs(analysed["peakHz"] - 700.0) < 15, analysed
+        tone_db, beep_db = analysed["levels"]
+        assert tone_db > -70 and tone_db > beep_db + 30, analysed
+    finally:
+        await phone.hang_up()
+        await phone.close()
+
+
+async def test_invite_a_phone_number(make_engine: Any, browser: Any) -> None:
+    """Check messages both ways between the page and the conference
+    scenario: the page's "invite by phone" sends CALL_PARTICIPANT; the
+    scenario dials out through the trunk, where sipp (the carrier) answers
+    and hangs up three seconds later; the page logs CALL_PARTICIPANT_CONNECTED,
+    lists the phone participant, then logs CALL_PARTICIPANT_DISCONNECTED."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    carrier = await start_sipp(["-p", str(port), "-m", "1"], scenario="uas_answer_hangup.xml", timeout=40)
+    try:
+        engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios",
+                                   session_idle_timeout=5.0, trunk=f"sip:127.0.0.1:{port}")
+        page = await join(browser, engine, "Alice", "66")
+        await page.fill("#invite-number", "+1 555 0199")
+        await page.click("#invite-form button")
+        await page.wait_for_function(
+            "document.querySelector('#invite-log').textContent.includes('+15550199 answered')", timeout=20000)
+        await page.wait_for_function(
+            "document.querySelector('#people').textContent.includes('+15550199')", timeout=10000)
+        await page.wait_for_function(
+            "document.querySelector('#invite-log').textContent.includes('+15550199 hung up')", timeout=20000)
+        await page.wait_for_function(
+            "!document.querySelector('#people').textContent.includes('+15550199')", timeout=10000)
+        out, err = await asyncio.wait_for(carrier.communicate(), 30)
+        assert carrier.returncode == 0, out.decode(errors="replace")[-2000:] + err.decode(errors="replace")
+        logs = session_logs(engine)
+        assert "dialing +15550199 into the conference" in logs, logs
+    finally:
+        if carrier.returncode is None:
+            carrier.kill()
+            await carrier.wait()
+
+
+async def test_invite_without_a_trunk_fails_politely(engine: Engine, browser: Any) -> None:
+    """Check CALL_PARTICIPANT on an engine with no trunk comes back as
+    CALL_PARTICIPANT_FAILED and the conference goes on."""
+    page = await join(browser, engine, "Alice", "67")
+    await page.fill("#invite-number", "5550199")
+    await page.click("#invite-form button")
+    await page.wait_for_function(
+        "document.querySelector('#invite-log').textContent.includes('dialing out is not available')",
+        timeout=10000)
+    assert await page.evaluate("window.demo.confCall.state") == "CONNECTED"
