@@ -17,9 +17,11 @@ an :class:`AudioPort`:
   writers, so nothing is sent while nothing is written and the RTP
   timestamps skip over the gap (a new talkspurt).
 
-The port is passive, like a pjmedia port: whatever is ticked by the media
-clock (today the call's playback, :class:`PortPlayer`; later the mixer of a
-conference) reads and writes it once per tick.
+The port is passive, like a pjmedia port: one :class:`LegAudio` per call
+reads and writes it once per tick, driven by the media clock (the call's
+own playback) or by the media graph (conferences and media routes, with
+the call's playback mixed in). :class:`PortPlayer` is the bare
+player-to-port sink, for tools and tests.
 
 Video the browser offers is answered ``inactive``: browser-to-browser video
 goes peer to peer (the engine relays signalling only) and conference video
