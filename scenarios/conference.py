@@ -13,7 +13,8 @@ Media, as in Voximplant's video-conference design, uses two mixers:
 Browsers get the participant list as a message on each change; a browser
 can ask to dial a phone number into the conference (``CALL_PARTICIPANT``)
 and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
-``_FAILED``). The conference ends when its last participant leaves.
+``_FAILED``). The conference ends when its last participant leaves. Only
+gatekeepers reach it: a call dialed straight to ``conf_<id>`` gets 404.
 """
 
 import json
@@ -42,8 +43,17 @@ def mixers():
 
 
 async def on_alerting(e):
-    mixers()
     call = e.call
+    if call.kind != "internal":
+        # Only gatekeepers (call_conference) reach a conference: a phone or
+        # browser dialing conf_<id> itself would skip the PIN check and
+        # open conferences by guessing.
+        Logger.write(f"refused a {call.kind} call dialed straight to {e.destination}")
+        call.reject(404)
+        if not participants and not dialing:
+            VoxEngine.terminate()
+        return
+    mixers()
     kind = "web" if e.headers.get("X-ClientType") == "web" else "pstn"
     await call.answer()
     join(call, kind, e.display_name or e.callerid or "anonymous", e.callerid or "")
