@@ -11,9 +11,14 @@ joining conference N by name.
   dials the conference number and types the PIN in band: it hears the
   page's fake microphone (Chromium's beep) mixed by the conference, the
   page hears its tone (WebAudio analyser on the conference call's audio),
-  and the page lists it as a phone participant;
-- leaving the page (closing it) ends its calls; the other page's list and
-  tiles follow.
+  the page lists it as a phone participant, and once the page mutes the
+  phone hears it no more;
+- closing a page ends its calls: the conference and P2P scenarios see
+  Disconnected, and the other page's list and tiles follow;
+- "invite by phone" sends CALL_PARTICIPANT to the conference scenario, which
+  dials out through the trunk (sipp as the carrier) and reports
+  CALL_PARTICIPANT_CONNECTED and _DISCONNECTED back to the page (and
+  _FAILED when there is no trunk).
 """
 
 from __future__ import annotations
@@ -162,8 +167,8 @@ def peak_hz(pcm: np.ndarray, rate: int = 8000) -> float:
 async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any) -> None:
     """Check a phone that dials the conference number and types the PIN of
     the page's conference (in band) hears the page's fake microphone mixed
-    by the conference, the page hears the phone's 700 Hz tone, and the page
-    lists the phone caller."""
+    by the conference, the page hears the phone's 700 Hz tone, the page
+    lists the phone caller, and muting the page silences it for the phone."""
     page = await join(browser, engine, "Alice", "55")
     phone = RtpPhone(engine.ua.port, "5550100", None)  # silent while it types the PIN
     await phone.call()
@@ -186,6 +191,12 @@ async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any) -> N
         assert abs(analysed["peakHz"] - 700.0) < 15, analysed
         tone_db, beep_db = analysed["levels"]
         assert tone_db > -70 and tone_db > beep_db + 30, analysed
+        # Mute: the phone no longer hears the page.
+        await page.click("#mute")
+        assert await page.text_content("#mute-label") == "Unmute"
+        await asyncio.sleep(1.5)
+        muted = phone.heard(1.0)
+        assert tone_level(muted, BEEP_HZ) < tone_level(heard, BEEP_HZ) / 5, tone_level(muted, BEEP_HZ)
     finally:
         await phone.hang_up()
         await phone.close()
