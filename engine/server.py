@@ -36,6 +36,7 @@ from .transport.sip_endpoint import Peer, SecurityPolicy
 from .ua import SipCall, Trunk, UaConfig, UserAgent
 from .web.app import CONNECTIONS, create_app
 from .web.ws import WebUsers
+from .web.webcall import wait_background as wait_web_background
 from .web.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
@@ -212,6 +213,7 @@ class Engine:
                     await self.http_runner.cleanup()
                 elif part == "runtime":
                     await self.runtime.stop()
+                    await wait_web_background()  # browser legs the sessions' end closed
                 elif part == "sip":
                     await self.ua.stop()
                     await self.media_graph.stop()

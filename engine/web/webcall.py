@@ -59,7 +59,7 @@ from ..media.tts import TtsCache, default_tts
 from ..transport.media_clock import MediaClock
 from .webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
-__all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "is_direct"]
+__all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "wait_background"]
 
 #: Makes the media leg of a call: ``factory(on_failed)``.
 LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
@@ -96,6 +96,15 @@ def _keep(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(_background.discard)
 
 
+async def wait_background(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` seconds) for the WebRTC negotiations and
+    leg closings still running, so that the engine's shutdown closes every
+    peer connection's sockets instead of leaving them to the collector."""
+    tasks = [t for t in _background if not t.done()]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
 class SignallingChannel(Protocol):
     """Where a call's frames go: the browser's socket."""
 
@@ -107,18 +116,6 @@ class DirectDialer(Protocol):
     :class:`~engine.web.ws.WebUsers`)."""
 
     def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None: ...
-
-
-#: ``X-DirectCall`` values that ask for a direct (peer-to-peer) call.
-_TRUE = ("1", "true", "yes", "on")
-
-
-def is_direct(headers: dict[str, str]) -> bool:
-    """Whether a call's headers ask for a direct call (``X-DirectCall: true``)."""
-    for name, value in headers.items():
-        if name.lower() == "x-directcall":
-            return value.strip().lower() in _TRUE
-    return False
 
 
 class WebCall(Call):
