@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                             " (not while on hold; 0: never)")
     serve.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""),
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
+    serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
+                       help="whether the web SDK may log in as a guest (the demo page does)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -167,7 +169,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
-        rtp_timeout=args.rtp_timeout,
+        rtp_timeout=args.rtp_timeout, guest_login=args.guests == "on",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 

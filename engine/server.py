@@ -39,6 +39,7 @@ from .ua import SipCall, Trunk, UaConfig, UserAgent
 from .web.app import CONNECTIONS, create_app
 from .web.webhooks import WebhookDispatcher
 from .web.ws import WebUsers
+from .web.webcall import wait_background as wait_web_background
 from .web.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
@@ -90,6 +91,10 @@ class EngineConfig:
     #: ``webhook_max_attempts`` attempts.
     webhook_retry_delay: float = 1.0
     webhook_max_attempts: int = 8
+    #: Whether the web SDK may log in as a guest (``login`` with a display
+    #: name only: the demo page's way in); guests get a random
+    #: ``guest-…`` user name for the socket's life and are never stored.
+    guest_login: bool = True
 
 
 class Engine:
@@ -279,6 +284,7 @@ class Engine:
                     await self.http_runner.cleanup()
                 elif part == "runtime":
                     await self.runtime.stop()
+                    await wait_web_background()  # browser legs the sessions' end closed
                 elif part == "sip":
                     await self.ua.stop()
                     await self.media_graph.stop()

@@ -22,12 +22,14 @@ is ``moderator`` can send ``{"type": "MODERATE", "action": "mute_all" |
 Browsers get the participant list as a message on each change; a browser
 can ask to dial a phone number into the conference (``CALL_PARTICIPANT``)
 and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
-``_FAILED``). The conference ends when its last participant leaves.
+``_FAILED``). The conference ends when its last participant leaves. Only
+gatekeepers reach it: a call dialed straight to ``conf_<id>`` gets 404.
 """
 
 import json
 import re
 
+from engine.calls import CallError
 from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 #: Caller id presented to people dialled into the conference.
@@ -56,8 +58,17 @@ def mixers(name):
 
 
 async def on_alerting(e):
-    mixers(e.destination)
     call = e.call
+    if call.kind != "internal":
+        # Only gatekeepers (call_conference) reach a conference: a phone or
+        # browser dialing conf_<id> itself would skip the PIN check and
+        # open conferences by guessing.
+        Logger.write(f"refused a {call.kind} call dialed straight to {e.destination}")
+        call.reject(404)
+        if not participants and not dialing:
+            VoxEngine.terminate()
+        return
+    mixers(e.destination)
     kind = "web" if e.headers.get("X-ClientType") == "web" else "pstn"
     role = e.headers.get("X-Callbridge-Role", "guest")
     name = e.display_name or e.callerid or "anonymous"
@@ -166,7 +177,12 @@ def dial_out(number):
         notify("CALL_PARTICIPANT_FAILED", number=number, code=486, reason="too many calls ringing")
         return
     Logger.write(f"dialing {number} into the conference")
-    call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID)
+    try:
+        call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID)
+    except CallError as exc:  # no trunk configured
+        Logger.write(f"cannot dial {number}: {exc}")
+        notify("CALL_PARTICIPANT_FAILED", number=number, code=503, reason="dialing out is not available")
+        return
     dialing[call] = number
 
     def connected(ev):

@@ -5,13 +5,15 @@ The web client's call carries ``X-Conference-Id``. While the conference
 session answers, the caller hears hold music as early media; then the call
 is answered and bridged to the conference with ``X-ClientType: web``, and
 messages are relayed both ways (the participant list down, requests such
-as ``CALL_PARTICIPANT`` up). The conference ending ends the call.
+as ``CALL_PARTICIPANT`` up; those that come before the answer wait for
+it). The conference ending ends the call.
 """
 
 import re
 from pathlib import Path
 
-from engine.scenario import AppEvents, CallEvents, CallState, Logger, VoxEngine
+from engine.calls import CallState
+from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 HOLD_MUSIC = Path(__file__).parent / "media" / "hold.wav"
 CONFERENCE_ID = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -41,17 +43,17 @@ async def on_alerting(e):
     call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
     leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))
-    # relay messages both ways; what the conference says before the browser
-    # is answered (its first participant list) waits for the answer
-    pending = []
+    # relay messages both ways; the conference's first ones (the participant
+    # list) come before the browser's call is answered: they wait for it
+    early = []
 
-    def to_browser(ev):
+    def down(ev):
         if call.state == CallState.CONNECTED:
             call.send_message(ev.text)
-        else:
-            pending.append(ev.text)
+        elif not call.state.ended:
+            early.append(ev.text)
 
-    leg.add_event_listener(CallEvents.MessageReceived, to_browser)
+    leg.add_event_listener(CallEvents.MessageReceived, down)
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: leg.send_message(ev.text))
     try:
         await leg.wait_for(CallEvents.Connected, timeout=CONNECT_TIMEOUT)
@@ -65,9 +67,9 @@ async def on_alerting(e):
     call.stop_playback()
     await call.answer()
     VoxEngine.send_media_between(call, leg)
-    for text in pending:
+    for text in early:
         call.send_message(text)
-    pending.clear()
+    early.clear()
     Logger.write(f"{e.callerid} joined conf_{conf_id}")
 
 

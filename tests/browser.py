@@ -43,10 +43,19 @@ CHROMIUM_ARGS = [
 ]
 
 
-async def launch_chromium(playwright: Any, user_data_dir: Path) -> Any:
+#: For pages that call each other peer to peer: Chromium then gathers host
+#: candidates on every interface (the default policy above gives none a
+#: page-to-page call can use; the engine's own calls work either way).
+P2P_POLICY = "--webrtc-ip-handling-policy=default_public_and_private_interfaces"
+
+
+async def launch_chromium(playwright: Any, user_data_dir: Path, *, p2p: bool = False) -> Any:
     """A headless Chromium (a persistent context in ``user_data_dir``, a new
-    empty folder); the test fails when Chromium is not installed."""
+    empty folder); the test fails when Chromium is not installed. ``p2p``:
+    pages in it can call each other directly (see :data:`P2P_POLICY`)."""
     path = require_tool("chromium")
+    args = [P2P_POLICY if a.startswith("--webrtc-ip-handling-policy=") else a for a in CHROMIUM_ARGS] \
+        if p2p else CHROMIUM_ARGS
     return await playwright.chromium.launch_persistent_context(
-        str(user_data_dir), executable_path=path, headless=True, args=CHROMIUM_ARGS,
+        str(user_data_dir), executable_path=path, headless=True, args=args,
     )

@@ -1,5 +1,6 @@
 """The aiohttp application: health, the web SDK's WebSocket (``/ws``) and
-its JavaScript (``/sdk.js``), and the management API under ``/api/v1``
+its JavaScript (``/sdk.js``), the demo video conference page (``/``,
+its files under ``/static/``) and the management API under ``/api/v1``
 (:mod:`engine.web.api`, a sub-application).
 
 The engine is kept on the app under :data:`ENGINE` (an ``AppKey``), and
@@ -85,6 +86,13 @@ async def sdk_js(request: web.Request) -> web.FileResponse:
     )
 
 
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """``GET /``: the demo video conference (static/index.html, app.js,
+    app.css): guests join conference N by name, see each other's video peer
+    to peer and talk with phone callers through the conference."""
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 async def close_sockets(app: web.Application) -> None:
     connections = app[CONNECTIONS]
     for conn in list(connections):
@@ -100,6 +108,8 @@ def create_app(engine: Any) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", sdk_socket)
     app.router.add_get("/sdk.js", sdk_js)
+    app.router.add_get("/", demo_page)
+    app.router.add_static("/static/", STATIC, append_version=False)
     app.add_subapp(PREFIX, create_api(engine, tuple(getattr(engine.config, "cors_origins", ()))))
     app.on_shutdown.append(close_sockets)
     return app

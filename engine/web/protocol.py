@@ -39,6 +39,8 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_HEADERS = 32
 MAX_HEADER_VALUE = 1024
 _HEADER_NAME = re.compile(r"[Xx]-[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+#: A guest's display name (``login`` with ``guest``), at most this long.
+MAX_GUEST_NAME = 64
 _CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TONES = re.compile(r"[0-9*#A-Da-d]{1,32}")
 
@@ -55,6 +57,7 @@ class ErrorCode(str, enum.Enum):
     NOT_LOGGED_IN = "not_logged_in"  #: calls need ``login`` first
     ALREADY_LOGGED_IN = "already_logged_in"
     LOGIN_FAILED = "login_failed"  #: wrong user name, password or token
+    GUESTS_NOT_ALLOWED = "guests_not_allowed"  #: ``login`` as a guest on an engine that refuses guests
     UNKNOWN_CALL = "unknown_call"  #: no call of this socket has that ``call`` id
     CALL_EXISTS = "call_exists"  #: a ``call`` reuses a live call's id
     TOO_MANY_CALLS = "too_many_calls"
@@ -90,7 +93,8 @@ STR, INT, BOOL, OBJ, NUM = "string", "integer", "boolean", "object", "number"
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "hello": {"version": (INT, True), "client": (STR, False)},
     "ping": {"ts": (NUM, False)},
-    "login": {"username": (STR, False), "password": (STR, False), "token": (STR, False)},
+    "login": {"username": (STR, False), "password": (STR, False), "token": (STR, False),
+              "guest": (STR, False)},
     "call": {
         "call": (STR, True), "number": (STR, True), "sdp": (STR, True),
         "headers": (OBJ, False), "audio": (BOOL, False), "video": (BOOL, False),
@@ -185,8 +189,17 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         frame["headers"] = check_headers(frame["headers"], ref=ref, call=call)
     if kind == "login":
         has_password = frame.get("username") is not None and frame.get("password") is not None
-        if has_password == (frame.get("token") is not None):
-            raise ProtocolError(ErrorCode.BAD_FRAME, "login: username and password, or token", ref=ref)
+        ways = [has_password, frame.get("token") is not None, frame.get("guest") is not None]
+        if sum(ways) != 1:
+            raise ProtocolError(ErrorCode.BAD_FRAME, "login: username and password, or token, or guest", ref=ref)
+        guest = frame.get("guest")
+        if guest is not None:
+            guest = guest.strip()
+            if not 0 < len(guest) <= MAX_GUEST_NAME or any(ord(c) < 0x20 or ord(c) == 0x7F for c in guest):
+                raise ProtocolError(ErrorCode.BAD_FRAME,
+                                    f"login: guest is a display name of 1-{MAX_GUEST_NAME} printable characters",
+                                    ref=ref)
+            frame["guest"] = guest
     elif kind == "call":
         number = frame["number"]
         if not 0 < len(number) <= 128 or any(ord(c) < 0x21 or c in "@<>\"" for c in number):

@@ -35,11 +35,15 @@ Messages go both ways once connected (``message`` frames,
 (``dtmf`` frames; aiortc has no telephone-event) arrive as ``ToneReceived``
 with ``mode="signalling"``.
 
-Media seam: :attr:`WebCall.audio_port` is the leg's
+Media: :attr:`WebCall.audio_port` is the leg's raw
 :class:`~engine.web.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
-20 ms of 8 kHz int16) once media exists; the media graph plugs in there.
-``say()`` and ``start_playback*()`` play through a
-:class:`~engine.web.webrtc.PortPlayer` on the engine's media clock.
+20 ms of 8 kHz int16) once media exists. Above it sits one
+:class:`~engine.web.webrtc.LegAudio`, the only writer to the browser's
+track: it plays ``say()`` and ``start_playback*()`` on the engine's media
+clock while the call is not routed, and it is the call's
+:meth:`_audio_port` for the media graph (conferences, ``send_media_to``),
+which then mixes the call's own player into what it sends, exactly as for a
+SIP leg's :class:`~engine.media_session.MediaSession`.
 """
 
 from __future__ import annotations
@@ -53,9 +57,9 @@ from ..calls import Call, CallError, CallEvents, CallState
 from ..media.players import FrameSource
 from ..media.tts import TtsCache, default_tts
 from ..transport.media_clock import MediaClock
-from .webrtc import AudioPort, BrowserMediaLeg, PortPlayer, parse_candidate
+from .webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
-__all__ = ["WebCall", "SignallingChannel", "LegFactory"]
+__all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "wait_background"]
 
 #: Makes the media leg of a call: ``factory(on_failed)``.
 LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
@@ -65,15 +69,53 @@ LegFactory = Callable[[Callable[[str], None]], BrowserMediaLeg]
 _background: set[asyncio.Task[Any]] = set()
 
 
+#: Candidates a browser may trickle before its direct call is forwarded.
+MAX_KEPT_CANDIDATES = 64
+
+
+def _pass_end_on(ended: Call) -> None:
+    """One end of a direct call ended: end the other (hang up once connected
+    or while it rings for the callee; reject the caller with the callee's
+    code when it failed)."""
+    assert isinstance(ended, WebCall)
+    other = ended.direct_peer
+    if other is None or other.state.ended:
+        return
+    try:
+        if other.direction == "inbound" and other.state == CallState.ALERTING:
+            code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
+            other.reject(code)
+        else:
+            other.hangup()
+    except CallError:
+        other.log.exception("ending the other end of a direct call failed")
+
+
 def _keep(task: asyncio.Task[Any]) -> None:
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def wait_background(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` seconds) for the WebRTC negotiations and
+    leg closings still running, so that the engine's shutdown closes every
+    peer connection's sockets instead of leaving them to the collector."""
+    tasks = [t for t in _background if not t.done()]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 class SignallingChannel(Protocol):
     """Where a call's frames go: the browser's socket."""
 
     def send_frame(self, frame: dict[str, Any]) -> None: ...
+
+
+class DirectDialer(Protocol):
+    """Who rings a logged-in user for a direct call (the web layer's
+    :class:`~engine.web.ws.WebUsers`)."""
+
+    def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None: ...
 
 
 class WebCall(Call):
@@ -99,6 +141,8 @@ class WebCall(Call):
         leg_factory: LegFactory | None = None,
         audio: bool = True,
         video: bool = False,
+        dialer: DirectDialer | None = None,
+        direct: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,9 +159,20 @@ class WebCall(Call):
         self._sdp_sent = False
         self._early = False
         self._answering = False
-        self._player: PortPlayer | None = None
+        #: The leg's audio as the engine drives it (player and media graph).
+        self._leg_audio: LegAudio | None = None
         #: Browser candidates trickled before the media leg exists.
         self._early_candidates: list[RTCIceCandidate | None] = []
+        #: How :meth:`forward_call_to_user_direct` reaches the callee.
+        self.dialer = dialer
+        #: A direct call: media goes browser to browser, the engine relays
+        #: offer, answer and candidates to :attr:`direct_peer` (see the notes).
+        self.direct = direct
+        self.direct_peer: WebCall | None = None
+        #: Candidates as the browser sent them, kept for a direct call's peer.
+        self._raw_candidates: list[dict[str, Any]] = []
+        #: The callee's answer SDP (a direct call's outbound leg).
+        self.direct_answer: str | None = None
         self.on_ended.append(lambda call: self._cleanup())
 
     # -- frames out ----------------------------------------------------------------
@@ -142,6 +197,8 @@ class WebCall(Call):
         the future gives our answer SDP. A bad offer rejects the call (488)."""
         if self._answer_sdp is not None:
             return self._answer_sdp
+        if self.direct:
+            raise CallError("a direct call has no media in the engine: the callee answers it")
         loop = asyncio.get_running_loop()
         self._answer_sdp = loop.create_future()
         self.leg = self._leg_factory(self._on_media_failed)
@@ -168,9 +225,15 @@ class WebCall(Call):
         return fut
 
     def start_outgoing(self, timeout: float) -> None:
-        """Offer the call to the browser (``incoming`` with our SDP); it
-        fails with 408 when not answered within ``timeout`` seconds."""
+        """Offer the call to the browser (``incoming`` with our SDP, or for a
+        direct call the caller's); it fails with 408 when not answered
+        within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
+        if self.direct:
+            self._no_answer = loop.call_later(timeout, self._on_no_answer)
+            self._send("incoming", callerid=self.callerid, display_name=self.display_name,
+                       headers=dict(self.headers), sdp=self.offer, direct=True, video=self.video)
+            return
         self.leg = leg = self._leg_factory(self._on_media_failed)
         self._no_answer = loop.call_later(timeout, self._on_no_answer)
 
@@ -209,18 +272,28 @@ class WebCall(Call):
             return False
         return self.state == CallState.CONNECTED or self._early
 
-    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+    def _leg_audio_port(self) -> LegAudio | None:
+        """The leg's :class:`LegAudio` (made with the media leg)."""
         if self.leg is None:
+            return None
+        if self._leg_audio is None or self._leg_audio.port is not self.leg.port:
+            self._leg_audio = LegAudio(self.leg.port, self.clock)
+        return self._leg_audio
+
+    def _audio_port(self) -> LegAudio | None:
+        """The media graph's view of this leg (``None`` until media flows:
+        answered, or early media)."""
+        return self._leg_audio_port() if self._media_ready() else None
+
+    def _play(self, source: FrameSource, done: Callable[[bool], None]) -> None:
+        audio = self._leg_audio_port()
+        if audio is None:
             raise CallError("no media negotiated")
-        self._stop_media()
-        self._player = PortPlayer(self.leg.port, source, done)
-        self.clock.add(self._player)
+        audio.start_playback(source, done)
 
     def _stop_media(self) -> None:
-        player, self._player = self._player, None
-        if player is not None:
-            self.clock.discard(player)
-            player.stop()
+        if self._leg_audio is not None:
+            self._leg_audio.stop_playback()
 
     def _tts(self) -> TtsCache:
         return self.tts if self.tts is not None else default_tts()
@@ -229,6 +302,8 @@ class WebCall(Call):
         if self._no_answer is not None:
             self._no_answer.cancel()
         self._stop_media()
+        if self._leg_audio is not None:
+            self._leg_audio.close()
         leg, self.leg = self.leg, None
         if leg is not None:
             try:
@@ -255,6 +330,8 @@ class WebCall(Call):
         """Answer the browser's offer now (``progress`` 183 with our SDP), so
         audio played before :meth:`answer` is heard."""
         self._require_alerting("start_early_media")
+        if self.direct:
+            raise CallError("a direct call has no early media from the engine")
         if self._early:
             return
         self._early = True
@@ -277,6 +354,8 @@ class WebCall(Call):
             raise CallError("only an inbound call can be answered")
         if self.state.ended:
             raise CallError("call already ended")
+        if self.direct:
+            raise CallError("a direct call is answered by its callee (forward_call_to_user_direct)")
         if self.state == CallState.ALERTING and not self._answering:
             self._answering = True
             fut = self._ensure_media()
@@ -333,6 +412,72 @@ class WebCall(Call):
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         self._send("info", mime_type=mime_type, body=text, headers=dict(headers or {}))
 
+    # -- direct calls (browser to browser) ------------------------------------------
+
+    def forward_call_to_user_direct(self, headers: dict[str, str] | None = None) -> WebCall | None:
+        """Ring the user this browser dialed (:attr:`number`) and connect the
+        two browsers peer to peer, audio and video: the engine relays the
+        offer, the answer and the ICE candidates between the two sockets and
+        carries no media. Both calls report their events to the scenario
+        (the callee's is returned, owned by the same session); the call's
+        end, failure or rejection is passed on to the other, and messages
+        are relayed both ways.
+
+        :param headers: ``X-`` headers for the callee besides the caller's.
+        :return: the callee's call, or ``None`` when the user is not logged
+            in with the SDK (the caller's call is then rejected with 480).
+        :raises CallError: not a browser's call that still rings, or the
+            engine already answered its offer (early media).
+        """
+        if self.direction != "inbound" or self.state != CallState.ALERTING or self._answering:
+            raise CallError("forward_call_to_user_direct() needs a browser's call that still rings")
+        if self._answer_sdp is not None:
+            raise CallError("the engine already answered this call's offer (early media)")
+        if self.dialer is None:
+            raise CallError("direct calls need the web SDK's users, and this call has none")
+        self.direct = True
+        sent = {**self.headers, **(headers or {})}
+        peer = self.dialer.call_user_direct(self.number, self, sent)
+        if peer is None:
+            self.log.info("direct call: %r is not logged in", self.number)
+            self.reject(480)
+            return None
+        adopt = getattr(self.dispatcher, "adopt", None)
+        if adopt is not None:
+            adopt(peer)
+        self.direct_peer, peer.direct_peer = peer, self
+        self.on_ended.append(_pass_end_on)
+        peer.on_ended.append(_pass_end_on)
+        candidates, self._raw_candidates = self._raw_candidates, []
+        self._early_candidates.clear()
+        for init in candidates:
+            peer._relay_candidate(init)
+        if not peer.state.ended:
+            self.ring()
+        return peer
+
+    def _relay_candidate(self, init: dict[str, Any]) -> None:
+        """A candidate of the other browser, passed on as it came."""
+        if not self.state.ended:
+            self._send("ice", candidate=init)
+
+    def _direct_answered(self, sdp: str, headers: dict[str, str]) -> None:
+        """The callee's browser answered a direct call: both are connected,
+        and the caller's browser gets the callee's answer."""
+        self._answering = True
+        self.direct_answer = sdp
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        if self._no_answer is not None:
+            self._no_answer.cancel()
+        caller = self.direct_peer
+        if caller is not None and caller.state == CallState.ALERTING:
+            caller._answering = True
+            caller._send("connected", sdp=sdp, headers=dict(headers))
+            caller._set_state(CallState.CONNECTED)
+            caller._emit(CallEvents.Connected, headers={})
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
     # -- frames in (from the socket handler) --------------------------------------
 
     def on_remote_hangup(self, headers: dict[str, str]) -> None:
@@ -354,6 +499,9 @@ class WebCall(Call):
         """
         if self.direction != "outbound" or self.state != CallState.PROGRESSING or self._answering:
             raise CallError("answer is for an incoming call that still rings")
+        if self.direct:
+            self._direct_answered(sdp, headers)
+            return
         if self.leg is None:
             raise CallError("the call has no media leg")
         self._answering = True
@@ -387,6 +535,9 @@ class WebCall(Call):
         if self.state != CallState.CONNECTED:
             raise CallError("messages need a connected call")
         self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
+        peer = self.direct_peer
+        if peer is not None and peer.state == CallState.CONNECTED:
+            peer.send_message(text, headers)
 
     def on_remote_tones(self, tones: str) -> None:
         """Digits from the browser: ToneReceived (mode ``"signalling"``) each.
@@ -407,8 +558,14 @@ class WebCall(Call):
         candidate = parse_candidate(init)
         if self.state.ended:
             return
+        if self.direct_peer is not None:
+            if candidate is not None and init is not None:
+                self.direct_peer._relay_candidate(init)
+            return
         if self.leg is None:
             self._early_candidates.append(candidate)
+            if candidate is not None and init is not None and len(self._raw_candidates) < MAX_KEPT_CANDIDATES:
+                self._raw_candidates.append(dict(init))
             return
         await self.leg.add_remote_candidate(candidate)
 

@@ -17,9 +17,11 @@ an :class:`AudioPort`:
   writers, so nothing is sent while nothing is written and the RTP
   timestamps skip over the gap (a new talkspurt).
 
-The port is passive, like a pjmedia port: whatever is ticked by the media
-clock (today the call's playback, :class:`PortPlayer`; later the mixer of a
-conference) reads and writes it once per tick.
+The port is passive, like a pjmedia port: one :class:`LegAudio` per call
+reads and writes it once per tick, driven by the media clock (the call's
+own playback) or by the media graph (conferences and media routes, with
+the call's playback mixed in). :class:`PortPlayer` is the bare
+player-to-port sink, for tools and tests.
 
 Video the browser offers is answered ``inactive``: browser-to-browser video
 goes peer to peer (the engine relays signalling only) and conference video
@@ -49,10 +51,12 @@ from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame, AudioResampler
 
 from ..media.players import FrameSource, PlaybackFinished
+from ..transport.media_clock import MediaClock
 
 __all__ = [
     "AudioPort",
     "BrowserMediaLeg",
+    "LegAudio",
     "PortAudioTrack",
     "PortPlayer",
     "add_ice_host_addresses",
@@ -263,6 +267,142 @@ class PortPlayer:
                 done(completed)
             except Exception:
                 logger.exception("playback callback failed")
+
+
+class LegAudio:
+    """A browser leg's audio as the engine drives it: the
+    :class:`~engine.conference.AudioPort` of the media graph, and the
+    call's own player (``say()``, ``start_playback()``).
+
+    Exactly one writer feeds the outgoing track each 20 ms:
+
+    - standalone (no media routing), this object is a sink of the media
+      clock while a player is set, and :meth:`tick` writes the player's
+      frame (as :class:`PortPlayer` does);
+    - once the media graph drives the leg (:meth:`graph_attach`), it leaves
+      the clock, and the graph's :meth:`push` writes the mix for this leg
+      plus the player's frame, summed; :meth:`graph_detach` hands back to
+      the clock if a player is still set.
+
+    Nothing is pulled from the player and nothing written before the track
+    is sending (ICE and DTLS up), so a prompt is heard from its start.
+    :meth:`pull` gives the graph the next frame received from the browser
+    (``None`` when none is buffered: silence).
+    """
+
+    def __init__(self, port: AudioPort, clock: MediaClock) -> None:
+        self.port = port
+        self.clock = clock
+        self.player: FrameSource | None = None
+        self._done: Callable[[bool], None] | None = None
+        #: Whether the media graph drives this leg (see the class notes).
+        self.graph_driven = False
+        #: What the last :meth:`push` wrote (``None``: nothing), for recordings.
+        self.last_sent: Pcm | None = None
+
+    # -- the player ----------------------------------------------------------------
+
+    def start_playback(self, player: FrameSource, done: Callable[[bool], None]) -> None:
+        """Play ``player`` (replacing and stopping any current one);
+        ``done(completed)`` is called once, at its end or when stopped."""
+        self.stop_playback()
+        if self.port.closed:
+            done(False)
+            return
+        self.player, self._done = player, done
+        if not self.graph_driven:
+            self.clock.add(self)
+
+    def stop_playback(self) -> None:
+        """Stop the current player, if any (its ``done(False)`` runs)."""
+        self._end_player(False)
+        if not self.graph_driven:
+            self.clock.discard(self)
+
+    def _end_player(self, completed: bool) -> None:
+        done, self._done, self.player = self._done, None, None
+        if done is not None:
+            try:
+                done(completed)
+            except Exception:
+                logger.exception("playback callback failed")
+
+    def _player_frame(self) -> Pcm | None:
+        player = self.player
+        if player is None:
+            return None
+        try:
+            return np.asarray(player.read(FRAME_SAMPLES), dtype=np.int16)
+        except PlaybackFinished:
+            self._end_player(True)
+        except Exception:
+            logger.exception("player %r failed; stopped", player)
+            self._end_player(False)
+        return None
+
+    def tick(self, now: float) -> bool:
+        """Standalone playback (a media clock sink): one player frame."""
+        if self.graph_driven:
+            return False
+        if self.port.closed:
+            self._end_player(False)
+            return False
+        if self.player is None:
+            return False
+        if not self.port.sending:
+            return True
+        frame = self._player_frame()
+        if frame is not None:
+            self.port.write_frame(frame)
+        return self.player is not None
+
+    def close(self) -> None:
+        self.stop_playback()
+        self.clock.discard(self)
+
+    # -- the media graph (engine.conference.AudioPort) ------------------------------
+
+    def graph_attach(self) -> None:
+        """From now on the graph writes the track (:meth:`push`)."""
+        self.graph_driven = True
+        self.clock.discard(self)
+
+    def graph_detach(self) -> None:
+        """The graph lets go: the player, if any, is ticked by the clock again."""
+        if not self.graph_driven:
+            return
+        self.graph_driven = False
+        self.last_sent = None
+        if self.player is not None and not self.port.closed:
+            self.clock.add(self)
+
+    def pull(self, now: float) -> Pcm | None:
+        """The next 20 ms received from the browser; ``None`` when none is buffered."""
+        if self.port.closed or not self.port.available:
+            return None
+        return self.port.read_frame()
+
+    def push(self, frame: Pcm | None) -> bool:
+        """Write ``frame`` (the graph's mix for this leg; ``None``: none)
+        plus the player's frame to the browser; ``False`` when nothing was
+        written (nothing to send, or the track is not sending yet)."""
+        if self.port.closed or not self.port.sending:
+            self.last_sent = None
+            return False
+        played = self._player_frame()
+        if played is not None:
+            if frame is None:
+                frame = played
+            else:
+                mixed = frame.astype(np.int32)
+                mixed[: played.shape[0]] += played[: mixed.shape[0]]
+                np.clip(mixed, -32768, 32767, out=mixed)
+                frame = mixed.astype(np.int16)
+        self.last_sent = frame
+        if frame is None:
+            return False
+        self.port.write_frame(frame)
+        return True
 
 
 def parse_candidate(init: dict[str, Any] | None) -> RTCIceCandidate | None:

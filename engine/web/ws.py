@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from typing import Any, Awaitable, Callable
 
@@ -170,6 +171,16 @@ class SdkConnection:
     async def on_login(self, frame: dict[str, Any]) -> None:
         if self.user is not None:
             raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {self.user}")
+        guest = frame.get("guest")
+        if guest is not None:
+            if not getattr(self.engine.config, "guest_login", True):
+                raise ProtocolError(ErrorCode.GUESTS_NOT_ALLOWED, "this engine does not take guests")
+            self.user, self.display_name = f"guest-{secrets.token_hex(5)}", guest
+            self.logged_in_at = time.monotonic()
+            logger.info("web guest %s (%s) logged in", self.user, guest)
+            self.send_frame({"type": "login_ok", "username": self.user, "display_name": guest, "guest": True,
+                             **_ref(frame)})
+            return
         store = self.engine.store
         if store is None:
             raise ProtocolError(ErrorCode.INTERNAL, "the store is not open")
@@ -228,7 +239,7 @@ class SdkConnection:
             audio=frame.get("audio", True), video=frame.get("video", False),
             direction="inbound", number=frame["number"], callerid=self.user,
             display_name=frame.get("display_name") or self.display_name,
-            headers=self._call_headers(frame.get("headers") or {}),
+            headers=self._call_headers(frame.get("headers") or {}), dialer=engine.runtime.web_users,
         )
         call._set_state(CallState.ALERTING)
         self.calls[wire] = call
@@ -349,6 +360,26 @@ class WebUsers:
             conn, "", offer="", clock=engine.media_clock, tts=engine.tts, direction="outbound",
             number=name, callerid=callerid, display_name=display_name, headers=headers,
             dispatcher=dispatcher,
+        )
+        call.wire_id = call.id
+        call._set_state(CallState.PROGRESSING)
+        conn.ring(call, float(getattr(engine.config, "invite_timeout", 60.0)))
+        return call
+
+
+    def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None:
+        """Ring ``name``'s browser with ``caller``'s own offer (a direct call:
+        the engine relays signalling only); ``None`` when not logged in."""
+        conn = self.connection_of(name)
+        if conn is None:
+            return None
+        if len(conn.calls) >= MAX_CALLS_PER_SOCKET:
+            raise CallError(f"user {name!r} has too many calls")
+        engine = self.engine
+        call = WebCall(
+            conn, "", offer=caller.offer, clock=engine.media_clock, tts=engine.tts, direction="outbound",
+            number=name, callerid=caller.callerid, display_name=caller.display_name, headers=headers,
+            dispatcher=caller.dispatcher, direct=True, audio=caller.audio, video=caller.video,
         )
         call.wire_id = call.id
         call._set_state(CallState.PROGRESSING)

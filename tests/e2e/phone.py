@@ -1,11 +1,13 @@
 """Test callers written for the end-to-end tests: a minimal SIP UAC over
 UDP (:class:`UdpUac`) and a phone with real RTP (:class:`RtpPhone`) that
-sends a tone as PCMU paced at 20 ms and keeps every packet it receives, so
-tests can check by Goertzel what it heard."""
+sends a tone as PCMU paced at 20 ms (and types digits as in-band DTMF) and
+keeps every packet it receives, so tests can check by Goertzel what it
+heard."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import secrets
 import socket
@@ -13,6 +15,7 @@ import socket
 import numpy as np
 
 from engine.media.codecs import get_decoder, get_encoder
+from engine.media.dtmf import generate_dtmf_sequence
 from engine.media.players import ToneSource
 from engine.media.rtp import RtpPacket, RtpSender
 
@@ -95,6 +98,8 @@ class RtpPhone:
         self.rtp.setblocking(False)
         self.uac = UdpUac(engine_port, self.rtp.getsockname()[1], number)
         self.freq = freq
+        self._source = ToneSource(freq, None, -16.0) if freq else None
+        self._keys: collections.deque[np.ndarray] = collections.deque()
         self.packets: list[RtpPacket] = []
         #: Loop time at which each packet of :attr:`packets` arrived.
         self.arrivals: list[float] = []
@@ -108,15 +113,29 @@ class RtpPhone:
         engine_rtp = await self.uac.invite()
         self._tasks.append(loop.create_task(self._send(("127.0.0.1", engine_rtp))))
 
+    def press(self, digits: str) -> None:
+        """Type ``digits`` as in-band DTMF (in place of the tone while they play)."""
+        pcm = generate_dtmf_sequence(digits)
+        pcm = np.concatenate([pcm, np.zeros(-len(pcm) % 160, np.int16)])
+        self._keys.extend(pcm.reshape(-1, 160))
+
+    def set_tone(self, freq: float | None) -> None:
+        """Send ``freq`` Hz from now on (``None``: silence)."""
+        self.freq = freq
+        self._source = ToneSource(freq, None, -16.0) if freq else None
+
     async def _send(self, to: tuple[str, int]) -> None:
-        source = ToneSource(self.freq, None, -16.0) if self.freq else None
         encoder = get_encoder("PCMU")
         sender = RtpSender()
         loop = asyncio.get_running_loop()
         start = loop.time()
         i = 0
         while True:
-            pcm = source.read(160) if source is not None else np.zeros(160, np.int16)
+            source = self._source
+            if self._keys:
+                pcm = self._keys.popleft()
+            else:
+                pcm = source.read(160) if source is not None else np.zeros(160, np.int16)
             self.rtp.sendto(sender.next_packet(encoder.encode(pcm), 0, 160, marker=i == 0).serialize(), to)
             i += 1
             delay = start + i * 0.02 - loop.time()

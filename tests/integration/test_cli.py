@@ -41,12 +41,13 @@ def write_app(tmp_path: Path, rules: str, scenarios: dict[str, str]) -> Path:
 
 def test_rules_check_on_the_shipped_rules() -> None:
     """``callbridge rules check`` accepts the repository's rules.yaml and
-    says which rule a number reaches, and which numbers get 404."""
+    says which rule a number reaches: anything the others miss reaches P2P
+    (the last rule, ``.*``: calls to users)."""
     result = callbridge("rules", "check", "echo", "nobody")
     assert result.returncode == 0, result.stderr
     assert "rules OK" in result.stdout
     assert "'echo' Echo: matched" in result.stdout
-    assert "'nobody': no rule matches (404)" in result.stdout
+    assert "'nobody' P2P: matched" in result.stdout
 
 
 def test_rules_check_names_file_line_and_reason(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """``callbridge serve`` flags and CALLBRIDGE_* variables onto EngineConfig
-(engine.cli), for the settings checked here: the RTP inactivity timeout."""
+(engine.cli), for the settings checked here: the RTP inactivity timeout and
+guest logins."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def test_negative_rtp_timeout_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(SystemExit) as info:
         config(["--rtp-timeout", "-1"])
     assert str(info.value) == "callbridge: --rtp-timeout must be 0 (off) or more seconds, got -1.0"
+
+
+def test_guests_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check guests may log in by default (the demo page needs it), and
+    --guests off or CALLBRIDGE_GUESTS=off admits only the store's users."""
+    monkeypatch.delenv("CALLBRIDGE_GUESTS", raising=False)
+    assert config([]).guest_login is True
+    assert config(["--guests", "off"]).guest_login is False
+    monkeypatch.setenv("CALLBRIDGE_GUESTS", "off")
+    assert config([]).guest_login is False
+    assert config(["--guests", "on"]).guest_login is True

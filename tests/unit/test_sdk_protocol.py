@@ -41,6 +41,10 @@ def code_of(frame: Any) -> ErrorCode:
         ({"type": "hello", "version": 1, "ref": ["x"]}, ErrorCode.BAD_FRAME),
         ({"type": "login", "username": "a", "password": "b", "token": "c"}, ErrorCode.BAD_FRAME),
         ({"type": "login", "password": "b"}, ErrorCode.BAD_FRAME),
+        ({"type": "login", "guest": "Ann", "token": "c"}, ErrorCode.BAD_FRAME),
+        ({"type": "login", "guest": "  "}, ErrorCode.BAD_FRAME),
+        ({"type": "login", "guest": "A" * 65}, ErrorCode.BAD_FRAME),
+        ({"type": "login", "guest": "Ann\nB"}, ErrorCode.BAD_FRAME),
         ({"type": "call", "call": "c", "number": "", "sdp": "v=0"}, ErrorCode.BAD_FRAME),
         ({"type": "call", "call": "c", "number": "a@b", "sdp": "v=0"}, ErrorCode.BAD_FRAME),
         ({"type": "call", "call": "c", "number": "1", "sdp": "v=0", "video": "yes"}, ErrorCode.BAD_FRAME),
@@ -88,6 +92,7 @@ def test_good_frames_come_back_normalised() -> None:
     assert call["headers"] == {"X-Conference-Id": "42", "x-directcall": "bob"}
     assert parse_frame('{"type":"ice","call":"a","candidate":null}')["candidate"] is None
     assert parse_frame('{"type":"login","token":"abc"}')["token"] == "abc"
+    assert parse_frame('{"type":"login","guest":"  Ada L. "}')["guest"] == "Ada L."
     assert parse_frame('{"type":"ping"}') == {"type": "ping"}
 
 

@@ -9,6 +9,10 @@
 //   call.on(CallEvents.Connected, () => call.sendMessage("hello"));
 //   call.on(CallEvents.MessageReceived, (e) => console.log(e.text));
 //
+//   // browser to browser, peer to peer (audio and video; the engine relays signalling):
+//   const video = client.call({ number: "bob", video: true, direct: true });
+//   video.on(CallEvents.EndpointAdded, (e) => { myVideo.srcObject = e.stream; });
+//
 // The wire protocol is docs/sdk-protocol.md (version 1).
 
 export const PROTOCOL_VERSION = 1;
@@ -91,6 +95,7 @@ export class Call extends Emitter {
     this.customHeaders = options.customHeaders || {};
     this.video = !!options.video;
     this.audio = options.audio !== false;
+    this.direct = !!options.direct;
     this.state = "NEW";
     this.incoming = !!options.offer;
     this._offer = options.offer || null;
@@ -101,19 +106,32 @@ export class Call extends Emitter {
     this.remoteStreams = [];
     this._elements = [];
     this._pendingIce = [];
+    this._remoteIce = [];
     this._sent = false;
     this._muted = false;
   }
 
   get active() { return !["DISCONNECTED", "FAILED"].includes(this.state); }
 
+  /** The tracks this call sends: of the client's shared stream, only the
+   * kinds the call asked for (a conference call sends no video to the engine). */
+  _localTracks() {
+    return this.localStream.getTracks().filter((t) => (t.kind === "audio" && this.audio) || (t.kind === "video" && this.video));
+  }
+
+  async _openMedia() {
+    const shared = this.client.localStream;
+    if (shared && (!this.video || shared.getVideoTracks().length)) return shared;
+    return navigator.mediaDevices.getUserMedia({ audio: this.audio, video: this.video });
+  }
+
   async _start() {
     const client = this.client;
     try {
-      this.localStream = client.localStream || await navigator.mediaDevices.getUserMedia({ audio: this.audio, video: this.video });
+      this.localStream = await this._openMedia();
       const pc = new RTCPeerConnection({ iceServers: client.iceServers });
       this.peerConnection = pc;
-      for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+      for (const track of this._localTracks()) pc.addTrack(track, this.localStream);
       pc.onicecandidate = (e) => this._sendIce(e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this._addRemote(e.streams[0] || new MediaStream([e.track]));
       pc.onconnectionstatechange = () => {
@@ -142,6 +160,16 @@ export class Call extends Emitter {
     if (this.active) this.client._send({ type: "ice", call: this.id, candidate });
   }
 
+  _addRemoteIce(candidate) {
+    const pc = this.peerConnection;
+    if (!pc || !pc.remoteDescription) { this._remoteIce.push(candidate); return; }
+    pc.addIceCandidate(candidate).catch((err) => console.warn("callbridge: remote candidate refused", err));
+  }
+
+  _flushRemoteIce() {
+    for (const c of this._remoteIce.splice(0)) this._addRemoteIce(c);
+  }
+
   _addRemote(stream) {
     if (this.remoteStreams.includes(stream)) return;
     this.remoteStreams.push(stream);
@@ -164,6 +192,7 @@ export class Call extends Emitter {
     const pc = this.peerConnection;
     if (!pc || pc.signalingState !== "have-local-offer") return;
     await pc.setRemoteDescription({ type: "answer", sdp });
+    this._flushRemoteIce();
   }
 
   async _onFrame(frame) {
@@ -188,6 +217,9 @@ export class Call extends Emitter {
       case "message":
         this._emit(CallEvents.MessageReceived, { call: this, text: frame.text, headers: frame.headers || {} });
         break;
+      case "ice":  // the other browser's candidate, in a direct call
+        if (frame.candidate) this._addRemoteIce(frame.candidate);
+        break;
       case "info":
         this._emit(CallEvents.InfoReceived, { call: this, mimeType: frame.mime_type, body: frame.body, headers: frame.headers || {} });
         break;
@@ -200,22 +232,30 @@ export class Call extends Emitter {
     }
   }
 
-  /** Answer an incoming call (IncomingCall): opens the microphone (and camera if `video`). */
-  async answer({ video = false, headers = {} } = {}) {
+  /** Answer an incoming call (IncomingCall): opens the microphone (and the
+   * camera if `video`; by default a direct video call is answered with video). */
+  async answer({ video, headers = {} } = {}) {
     if (!this.incoming || this.state !== "RINGING") throw new SdkError("bad_state", "only a ringing incoming call can be answered");
     this.state = "ANSWERING";
     const client = this.client;
     try {
-      this.video = video;
-      this.localStream = client.localStream || await navigator.mediaDevices.getUserMedia({ audio: true, video });
+      this.video = video === undefined ? (this.direct && this.video) : !!video;
+      this.audio = true;
+      this.localStream = await this._openMedia();
       const pc = new RTCPeerConnection({ iceServers: client.iceServers });
       this.peerConnection = pc;
       pc.onicecandidate = (e) => this._sendIce(e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this._addRemote(e.streams[0] || new MediaStream([e.track]));
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "failed" && this.active) {
+          this._end("Disconnected", "DISCONNECTED", { code: 503, reason: "WebRTC connection failed" }, true);
+        }
+      };
       await pc.setRemoteDescription({ type: "offer", sdp: this._offer });
-      for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+      for (const track of this._localTracks()) pc.addTrack(track, this.localStream);
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
+      this._flushRemoteIce();
       if (!this.active) return;
       client._send({ type: "answer", call: this.id, sdp: pc.localDescription.sdp, headers });
       this._sent = true;
@@ -355,11 +395,18 @@ export class Client extends Emitter {
   /** Close the socket (every call ends). */
   disconnect() { if (this.socket) this.socket.close(1000); }
 
-  /** Log in with a password, or `login({token})` with a one-time token. */
+  /** Log in with a password, `login({token})` with a one-time token, or
+   * `login({guest: "Display Name"})` as a guest (a random user name for
+   * this socket's life, when the engine takes guests). */
   async login(username, password) {
-    const frame = (typeof username === "object" && username !== null)
-      ? (username.token ? { type: "login", token: username.token } : { type: "login", username: username.username, password: username.password })
-      : { type: "login", username, password };
+    let frame;
+    if (typeof username === "object" && username !== null) {
+      if (username.token) frame = { type: "login", token: username.token };
+      else if (username.guest) frame = { type: "login", guest: String(username.guest) };
+      else frame = { type: "login", username: username.username, password: username.password };
+    } else {
+      frame = { type: "login", username, password };
+    }
     const ok = await this._request(frame);
     this.username = ok.username;
     this.displayName = ok.display_name;
@@ -368,12 +415,16 @@ export class Client extends Emitter {
 
   /**
    * Call a number; the engine routes it by its rules like a SIP call.
+   * `direct: true` asks for a browser-to-browser call to the user `number`
+   * (header X-DirectCall; the shipped P2P rule forwards it to that user's
+   * browser, and media goes peer to peer).
    * Returns the Call at once: attach listeners, then wait for Connected.
    */
-  call({ number, customHeaders = {}, video = false, audio = true }) {
+  call({ number, customHeaders = {}, video = false, audio = true, direct = false }) {
     if (!this.connected) throw new SdkError("disconnected", "connect() first");
     if (!this.username) throw new SdkError("not_logged_in", "login() first");
-    const call = new Call(this, randomId(), { number: String(number), customHeaders, video, audio });
+    const headers = direct ? Object.assign({ "X-DirectCall": "true" }, customHeaders) : customHeaders;
+    const call = new Call(this, randomId(), { number: String(number), customHeaders: headers, video, audio, direct });
     this.calls.set(call.id, call);
     call._start();
     return call;
@@ -426,10 +477,12 @@ export class Client extends Emitter {
     }
     if (frame.type === "incoming") {
       const call = new Call(this, frame.call, { number: this.username, customHeaders: frame.headers || {},
-        offer: frame.sdp, callerid: frame.callerid, display_name: frame.display_name });
+        offer: frame.sdp, callerid: frame.callerid, display_name: frame.display_name,
+        direct: !!frame.direct, video: !!frame.video });
       call.state = "RINGING";
       this.calls.set(call.id, call);
-      this._emit(ClientEvents.IncomingCall, { call, headers: frame.headers || {}, callerId: frame.callerid, displayName: frame.display_name });
+      this._emit(ClientEvents.IncomingCall, { call, headers: frame.headers || {}, callerId: frame.callerid,
+        displayName: frame.display_name, direct: call.direct, video: call.video });
       return;
     }
     if (frame.call !== undefined) {
