@@ -130,6 +130,20 @@ class Baresip:
         with wave.open(str(dumps[-1])) as w:
             return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
 
+    def heard_so_far(self) -> np.ndarray:
+        """What it decoded until now, read while the call goes on (the WAV
+        header's sizes are only written at the end: read to the file's end)."""
+        dumps = sorted(self.rec.glob("dump-*-dec.wav"))
+        if not dumps:
+            return np.zeros(0)
+        data = dumps[-1].read_bytes()
+        start = data.find(b"data")
+        if start < 0:
+            return np.zeros(0)
+        body = data[start + 8:]
+        body = body[: len(body) // 2 * 2]
+        return np.frombuffer(body, dtype="<i2").astype(np.float64)
+
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.command("/quit\n")

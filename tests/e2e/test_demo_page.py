@@ -7,8 +7,9 @@ joining conference N by name.
   ``<video>``'s ``getVideoPlaybackQuality().totalVideoFrames`` grows), over
   a direct browser-to-browser call; the test takes the screenshot shown in
   README (saved under ``$CALLBRIDGE_SCREENSHOT_DIR`` when set);
-- a phone (tests/e2e/phone.py: PCMU RTP, a 700 Hz tone as its microphone)
-  dials the conference number and types the PIN in band: it hears the
+- a phone (baresip, tests/e2e/baresip.py: a 700 Hz tone as its microphone,
+  sndfile recording what it hears) dials the conference number and types
+  the PIN on its keypad (RFC 4733): it hears the
   page's fake microphone (Chromium's beep) mixed by the conference, the
   page hears its tone (WebAudio analyser on the conference call's audio),
   the page lists it as a phone participant, and once the page mutes the
@@ -38,7 +39,8 @@ from logs import session_logs, wait_for_log
 
 from engine.server import Engine
 
-from .phone import RtpPhone, tone_level
+from .baresip import Baresip
+from .phone import tone_level
 from .sipp import start_sipp
 from .test_flagship_phone import ROOT, shipped_engine
 
@@ -164,26 +166,27 @@ def peak_hz(pcm: np.ndarray, rate: int = 8000) -> float:
     return float(np.argmax(spectrum) * rate / pcm.size)
 
 
-async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any) -> None:
-    """Check a phone that dials the conference number and types the PIN of
-    the page's conference (in band) hears the page's fake microphone mixed
-    by the conference, the page hears the phone's 700 Hz tone, the page
-    lists the phone caller, and muting the page silences it for the phone."""
+async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any, tmp_path: Path) -> None:
+    """Check a baresip phone that dials the conference number and types the
+    PIN of the page's conference hears the page's fake microphone mixed by
+    the conference, the page hears the phone's 700 Hz tone, the page lists
+    the phone caller, and muting the page silences it for the phone."""
     page = await join(browser, engine, "Alice", "55")
-    phone = RtpPhone(engine.ua.port, "5550100", None)  # silent while it types the PIN
-    await phone.call()
+    phone = Baresip(tmp_path, "bob", 700.0)
     try:
+        await phone.start()
+        await phone.dial(f"sip:5550100@127.0.0.1:{engine.ua.port}")
+        await phone.wait_for("Call established", 10)
         await wait_for_log(engine, "started by rule InboundFromPSTN", timeout=10)
         await asyncio.sleep(1.0)
-        phone.press("55#")
+        await phone.press("55#")
         logs = await wait_for_log(engine, "pstn participant", timeout=30)
         assert "PIN accepted" in logs, logs
-        phone.set_tone(700.0)
         await page.wait_for_function(
             "document.querySelector('#people').textContent.includes('Phone')", timeout=10000)
         assert await page.evaluate("document.querySelectorAll('.tile.phone').length") == 1
         await asyncio.sleep(4.0)  # past "You have joined the conference."
-        heard = phone.heard(2.0)
+        heard = phone.heard_so_far()[-16000:]
         assert abs(peak_hz(heard) - BEEP_HZ) < 10, peak_hz(heard)
         assert tone_level(heard, BEEP_HZ) > 200, tone_level(heard, BEEP_HZ)
         assert tone_level(heard, 700.0) < tone_level(heard, BEEP_HZ) / 5, "the phone hears itself"
@@ -195,11 +198,11 @@ async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any) -> N
         await page.click("#mute")
         assert await page.text_content("#mute-label") == "Unmute"
         await asyncio.sleep(1.5)
-        muted = phone.heard(1.0)
+        muted = phone.heard_so_far()[-8000:]
         assert tone_level(muted, BEEP_HZ) < tone_level(heard, BEEP_HZ) / 5, tone_level(muted, BEEP_HZ)
     finally:
-        await phone.hang_up()
-        await phone.close()
+        phone.command("/hangup\n")
+        await phone.stop()
 
 
 async def test_invite_a_phone_number(make_engine: Any, browser: Any) -> None:
