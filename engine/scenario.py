@@ -287,6 +287,18 @@ class _VoxEngine:
         if rooms is not None:
             rooms.leave(name, call.id)
 
+    def delete_user(self, name: str) -> bool:
+        """Delete web user ``name``'s profile from the store (as
+        ``DELETE /api/v1/users/{name}`` does): the conference deletes a
+        guest's when it leaves. ``False`` when there was none."""
+        store = _session().runtime.store
+        if store is None:
+            return False
+        deleted = bool(store.delete_user(name))
+        if deleted:
+            _session().write_log(f"deleted web user {name}")
+        return deleted
+
     def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
         """Take one attempt for ``key`` (e.g. ``"pin:" + callerid``):
         ``False`` once more than ``burst`` were made faster than

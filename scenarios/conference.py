@@ -126,6 +126,8 @@ def leave(call):
     if info is None:
         return
     Logger.write(f"{info['kind']} participant {info['name']} left ({len(participants)} in)")
+    if info["kind"] == "web" and info["number"].startswith("guest-"):
+        VoxEngine.delete_user(info["number"])  # a guest's profile lives as long as its visit
     if info.get("dialed"):
         notify("CALL_PARTICIPANT_DISCONNECTED", number=info["number"])
     broadcast()

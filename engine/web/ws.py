@@ -64,6 +64,8 @@ class SdkConnection:
         self.heartbeat = heartbeat
         self.hello = False
         self.user: str | None = None
+        #: The stored profile of a guest login (deleted at the latest at close).
+        self.guest_user: str | None = None
         self.display_name: str | None = None
         #: What the join token this socket logged in with grants (``None``: a user login).
         self.grant: JoinGrant | None = None
@@ -113,11 +115,23 @@ class SdkConnection:
                     break
         finally:
             self.connection_lost()
+            self._delete_guest()
             self._out.put_nowait(None)
             try:
                 await asyncio.wait_for(self._writer, 1.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._writer.cancel()
+
+    def _delete_guest(self) -> None:
+        """Delete this socket's guest profile if the scenario did not."""
+        name, self.guest_user = self.guest_user, None
+        store = self.engine.store
+        if name is not None and store is not None:
+            try:
+                if store.delete_user(name):
+                    logger.info("deleted web guest %s at socket close", name)
+            except Exception:
+                logger.exception("deleting web guest %s failed", name)
 
     def connection_lost(self) -> None:
         """End every call of this socket (their scenarios see Disconnected)."""
@@ -175,7 +189,18 @@ class SdkConnection:
         if guest is not None:
             if not getattr(self.engine.config, "guest_login", True):
                 raise ProtocolError(ErrorCode.GUESTS_NOT_ALLOWED, "this engine does not take guests")
-            self.user, self.display_name = f"guest-{secrets.token_hex(5)}", guest
+            guest_name = f"guest-{secrets.token_hex(5)}"
+            guest_store = self.engine.store
+            if guest_store is not None:
+                # a web user profile for the conference's life, like the
+                # users an application creates through the API: listed by
+                # GET /api/v1/users while it is in, deleted by the
+                # conference scenario when it leaves (and here, at the
+                # latest, when the socket closes). Its password is random
+                # and never told: nobody logs in with it.
+                await asyncio.to_thread(guest_store.create_user, guest_name, secrets.token_urlsafe(24), guest)
+                self.guest_user = guest_name
+            self.user, self.display_name = guest_name, guest
             self.logged_in_at = time.monotonic()
             logger.info("web guest %s (%s) logged in", self.user, guest)
             self.send_frame({"type": "login_ok", "username": self.user, "display_name": guest, "guest": True,

@@ -119,3 +119,39 @@ async def test_browser_without_conference_id_is_refused(make_engine) -> None:
         await sock.ws.close()
     logs = await wait_for_log(engine, "refused: bad X-Conference-Id")
     assert "rule Fwd" not in logs
+
+
+async def test_guest_profile_lives_for_the_visit(make_engine) -> None:
+    """A guest login (the demo page's way in) gets a stored web user profile
+    ``guest-…`` while it is in the conference; the conference deletes it
+    when the browser leaves; a guest that only logged in loses it when its
+    socket closes."""
+    engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios")
+    async with ClientSession() as http:
+        sock = SdkSocket(await http.ws_connect(f"http://127.0.0.1:{engine.http_port}/ws"))
+        await sock.hello()
+        ok = await sock.request({"type": "login", "guest": "Grace"})
+        name = ok["username"]
+        assert name.startswith("guest-") and engine.store.get_user(name).display_name == "Grace"
+        peer = BrowserPeer()
+        await sock.send({"type": "call", "call": "c1", "number": "joinconf", "sdp": await peer.offer(),
+                         "headers": {"X-Conference-Id": "909"}, "audio": True, "video": False})
+        connected = await sock.recv("connected", call="c1", timeout=15)
+        if connected.get("sdp"):  # else it came with the early media's progress
+            await peer.accept(connected["sdp"])
+        await message(sock, "PARTICIPANTS")
+        await sock.send({"type": "hangup", "call": "c1"})
+        await wait_for_log(engine, f"deleted web user {name}", timeout=10)
+        assert engine.store.get_user(name) is None
+        await peer.close()
+        await sock.ws.close()
+        idle = SdkSocket(await http.ws_connect(f"http://127.0.0.1:{engine.http_port}/ws"))
+        await idle.hello()
+        other = (await idle.request({"type": "login", "guest": "Hopper"}))["username"]
+        assert engine.store.get_user(other) is not None
+        await idle.ws.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while engine.store.get_user(other) is not None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert engine.store.get_user(other) is None

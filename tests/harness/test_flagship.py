@@ -518,3 +518,20 @@ def test_join_token_for_another_room_is_refused(app: App) -> None:
                                        "X-Callbridge-Role": "moderator"})
     assert right.joined("conf_1")
     assert [p["role"] for p in app.participants("1")] == ["moderator"]
+
+
+def test_guest_profile_is_deleted_when_the_browser_leaves(app: App) -> None:
+    """Check the conference deletes a guest browser's web user profile
+    (``guest-…``, made at its login) when it leaves, and leaves a stored
+    user's profile alone."""
+    app.store.create_user("guest-0a1b2c3d4e", "unused-secret", "Ann")
+    app.store.create_user("bob", "bobs-password", "Bob")
+    guest = browser(app, "31", user="guest-0a1b2c3d4e")
+    member = browser(app, "31", user="bob")
+    assert guest.joined("conf_31") and member.joined("conf_31")
+    guest.hang_up()
+    member.hang_up()
+    assert app.store.get_user("guest-0a1b2c3d4e") is None
+    assert app.store.get_user("bob") is not None
+    assert "[Fwd] deleted web user guest-0a1b2c3d4e" in app.log or any(
+        "deleted web user guest-0a1b2c3d4e" in line for line in app.log)
