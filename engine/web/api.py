@@ -24,6 +24,7 @@ import datetime
 import logging
 import math
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -360,6 +361,30 @@ async def update_user(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise _store_error(exc) from None
     return _json(_user(user))
+
+
+#: Lifetime of a one-time SDK login token, by default and at most (seconds).
+LOGIN_TOKEN_TTL = 300.0
+LOGIN_TOKEN_MAX_TTL = 86400.0
+
+
+async def create_login_token(request: web.Request) -> web.Response:
+    """A one-time key with which the web SDK logs in as this user
+    (``{"type": "login", "token": ...}``) without its password: an
+    application server issues it to its own signed-in user's browser."""
+    from .ws import TOKEN_NAMESPACE
+
+    name = request.match_info["name"]
+    data = await _body(request, ("ttl",)) if (await request.read()).strip() else {}
+    ttl = _number(data, "ttl", 0, LOGIN_TOKEN_MAX_TTL, exclusive_low=True) or LOGIN_TOKEN_TTL
+    store = _store(request)
+    user = await _in_thread(store.get_user, name)
+    if user is None:
+        raise ApiError(404, "not_found", f"no user {name!r}", "name")
+    token = secrets.token_urlsafe(32)
+    now = time.time()
+    await _in_thread(store.kv_put, TOKEN_NAMESPACE, token, user.name, ttl, now)
+    return _json({"token": token, "user": user.name, "expires_at": now + ttl}, 201)
 
 
 async def delete_user(request: web.Request) -> web.Response:
@@ -890,6 +915,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/users/{name}", get_user, "users"),
     Route("PATCH", "/users/{name}", update_user, "users"),
     Route("DELETE", "/users/{name}", delete_user, "users"),
+    Route("POST", "/users/{name}/login-tokens", create_login_token, "users"),
     Route("GET", "/rooms", list_rooms, "calls"),
     Route("POST", "/rooms", create_room, "calls"),
     Route("GET", "/rooms/{room}", get_room, "calls"),

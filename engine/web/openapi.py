@@ -157,6 +157,8 @@ def _schemas() -> dict[str, Any]:
             "code": {"type": "string"}, "message": {"type": "string"},
             "field": _nullable({"type": "string"})}, ("code", "message", "field"))}, ("error",)),
         "User": user,
+        "LoginToken": _obj({"token": {"type": "string"}, "user": {"type": "string"},
+                            "expires_at": {"type": "number"}}, ("token", "user", "expires_at")),
         "UserList": _obj({"users": {"type": "array", "items": _ref("User")}, **page}, ("users", "total")),
         "Participant": participant,
         "Room": room,
@@ -241,6 +243,11 @@ def document() -> dict[str, Any]:
                          body=user_patch),
             "delete": _op("Delete a user", "users", 204, None, errors=(404,)),
         },
+        "/users/{name}/login-tokens": {"parameters": [_path("name")], "post": _op(
+            "Issue a one-time web SDK login token for a user (no password needed)", "users", 201,
+            "LoginToken", errors=(404,), body_required=False,
+            body=_obj({"ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                               "maximum": 86400}}))},
         "/rooms": {
             "get": _op("List rooms", "calls", 200, "RoomList", params=_PAGING),
             "post": _op("Create a room: conference conf_<name>", "calls", 201, "Room", errors=(409,),

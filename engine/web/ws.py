@@ -439,8 +439,8 @@ def verify_join_token(engine: Any, token: str) -> JoinGrant:
 
 
 def _redeem_token(store: Any, token: str) -> str | None:
-    """The user of a one-time login token, which is used up (a seam: the
-    management API will issue them with ``kv_put(TOKEN_NAMESPACE, ...)``)."""
+    """The user of a one-time login token, which is used up (the management
+    API issues them: ``POST /api/v1/users/{name}/login-tokens``)."""
     if not 16 <= len(token) <= 128:
         return None
     name = store.kv_get(TOKEN_NAMESPACE, token, time.time())

@@ -165,3 +165,26 @@ async def test_keys_cli_creates_a_key_the_api_accepts(tmp_path: Path, make_engin
     assert (await api.get("/rooms"))[0] == 200
     status, body = await api.get("/webhooks")
     assert status == 403 and error(body) == ("forbidden", None)
+
+
+async def test_one_time_login_token_logs_the_sdk_in_once(api: Api, http: aiohttp.ClientSession) -> None:
+    """Check ``POST /users/{name}/login-tokens`` issues a key with which the
+    web SDK logs in as that user without the password, once; an unknown
+    user is 404 and a bad ttl 400."""
+    assert (await api.post("/users", {"name": "kim", "password": "secret-pw", "display_name": "Kim"}))[0] == 201
+    status, issued = await api.post("/users/kim/login-tokens")
+    assert status == 201 and issued["user"] == "kim" and len(issued["token"]) >= 32
+    status, body = await api.post("/users/nobody/login-tokens", {"ttl": 60})
+    assert status == 404 and error(body) == ("not_found", "name")
+    status, body = await api.post("/users/kim/login-tokens", {"ttl": -1})
+    assert status == 400 and error(body)[1] == "ttl"
+    url = f"http://127.0.0.1:{api.engine.http_port}/ws"
+    for expected in ("login_ok", "error"):
+        async with http.ws_connect(url) as ws:
+            await ws.send_json({"type": "hello", "version": 1})
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+            await ws.send_json({"type": "login", "token": issued["token"]})
+            answer = await ws.receive_json(timeout=5)
+            assert answer["type"] == expected, answer
+            if expected == "login_ok":
+                assert answer["username"] == "kim"
