@@ -23,9 +23,11 @@ Timeouts beyond that happen only when the test waits: :meth:`App.wait`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import secrets
+import tempfile
 import textwrap
 import time
 import traceback
@@ -261,6 +263,8 @@ class App:
     :ivar graph: the engine's media graph the scenarios route audio in.
     :ivar store: the engine's store (an in-memory SQLite database): rooms
         (:meth:`open_room`), users.
+    :ivar recordings_dir: where recordings made without a path go (a
+        temporary folder; the engine's is ``data/recordings``).
     :ivar listen_to_prompts: whether actions let prompts play to the end
         (default); ``False`` returns as soon as the scenario is idle, so the
         test can act mid-prompt (barge-in).
@@ -280,6 +284,9 @@ class App:
         self._seen_errors: set[str] = set()
         self._joined: dict[Endpoint, list[str]] = {}
         self.graph = HarnessGraph(on_step=self._media_step)
+        # recordings without a path (``record()``, a room's record_on_start)
+        # go to the test's temporary folder, not ./data/recordings
+        self.graph.recordings_dir = harness.recordings_dir
         self.store = SqliteStore(":memory:")
         try:
             self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
@@ -299,6 +306,10 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.runtime.scenarios_dir} sessions={len(self.runtime.sessions)}>"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.graph.recordings_dir
 
     # -- time --------------------------------------------------------------------------
 
@@ -368,7 +379,9 @@ class App:
     def log_in_web_user(self, user: str) -> None:
         """Log ``user`` in with the web SDK: ``VoxEngine.call_user(user)``
         rings this browser (``app.callee(user)``, ``how == "web"``) rather
-        than a phone, as in ``serve``."""
+        than a phone, as in ``serve``, and a browser's
+        ``call.forward_call_to_user_direct()`` to ``user`` rings it for a
+        direct call (``app.callee(user).direct``)."""
         self.ua.web_users.add(user)
 
     # -- calls out ---------------------------------------------------------------------------
@@ -577,6 +590,7 @@ class Harness:
         self._endpoints: list[Endpoint] = []
         self._loop_errors: list[str] = []
         self._tmp_dir = tmp_dir
+        self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         self._closed = False
 
     def __enter__(self) -> Harness:
@@ -589,6 +603,16 @@ class Harness:
     def now(self) -> float:
         """Virtual seconds since the harness started."""
         return self.loop.time()
+
+    @functools.cached_property
+    def recordings_dir(self) -> Path:
+        """Where the applications' recordings without a path go: under the
+        test's ``tmp_path`` (the fixture), else a temporary folder removed
+        at :meth:`close`."""
+        if self._tmp_dir is not None:
+            return self._tmp_dir() / "recordings"
+        self._own_tmp = tempfile.TemporaryDirectory(prefix="callbridge-harness-")
+        return Path(self._own_tmp.name) / "recordings"
 
     def load(self, path: str | os.PathLike[str] | None = None, *, rules: str | os.PathLike[str] | None = None,
              scenarios: str | os.PathLike[str] | None = None, idle_timeout: float = 30.0) -> App:
@@ -693,6 +717,8 @@ class Harness:
         for app in self.apps:
             app.store.close()
             problems.extend(app.problems())
+        if self._own_tmp is not None:
+            self._own_tmp.cleanup()
         problems.extend(self._loop_errors)
         if problems:
             raise AssertionError("\n".join(problems))

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SimCall",
+    "SimWebCall",
     "Endpoint",
     "Caller",
     "Callee",
@@ -227,8 +228,12 @@ class SimCall(Call):
     """A call leg whose far end is the test (see the module docstring).
 
     ``kind`` is ``"sip"`` for phone and SIP legs and ``"web"`` for web SDK
-    legs, as the scenario would see in ``callbridge serve``.
+    legs (:class:`SimWebCall`, which can also make direct calls), as the
+    scenario would see in ``callbridge serve``.
     """
+
+    #: Who ends the call when the engine's API does, for the transcript.
+    _by = "the scenario"
 
     def __init__(self, endpoint: Endpoint, *, kind: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -268,13 +273,13 @@ class SimCall(Call):
             raise CallError(f"reject code must be 300-699, not {code}")
         if self.state != CallState.ALERTING or self._answering:
             raise CallError(f"cannot reject a call in state {self.state.value}")
-        self.endpoint._note(f"rejected by the scenario with {code}" + _with_headers(headers))
+        self.endpoint._note(f"rejected by {self._by} with {code}" + _with_headers(headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         if self.state.ended:
             return
-        self.endpoint._note("hung up by the scenario" + _with_headers(headers))
+        self.endpoint._note(f"hung up by {self._by}" + _with_headers(headers))
         if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answering):
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
         elif self.direction == "inbound":
@@ -305,6 +310,10 @@ class SimCall(Call):
         data = body.encode() if isinstance(body, str) else body
         self.endpoint.infos.append((mime_type, data))
         self.endpoint._note(f"INFO {mime_type} {data!r}")
+
+    def _remote_message(self, text: str, headers: dict[str, str]) -> None:
+        """A message from the far end (the test): ``MessageReceived``."""
+        self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
 
     # -- media ---------------------------------------------------------------------------
 
@@ -352,6 +361,108 @@ def _with_headers(headers: dict[str, str] | None) -> str:
     return f" with headers {headers}" if headers else ""
 
 
+class SimWebCall(SimCall):
+    """A web SDK leg (``kind == "web"``), with what
+    :class:`~engine.web.webcall.WebCall` adds to a call: direct calls.
+
+    :meth:`forward_call_to_user_direct` follows ``WebCall``'s rules: the
+    callee (a :class:`Callee` with ``how == "web"`` and ``direct``, rung
+    with the caller's headers) joins the caller's session; the callee's
+    answer connects both (the caller first); the end, failure or
+    rejection of either is passed on to the other (a ringing caller is
+    rejected with the callee's code); messages from either browser are
+    relayed to the other. The engine carries no media for such a call:
+    nothing flows in the media graph and the scenario cannot play to it.
+    """
+
+    def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
+        super().__init__(endpoint, kind="web", **kwargs)
+        #: A direct call (browser to browser): the engine relays only signalling.
+        self.direct = False
+        #: The other end of a direct call.
+        self.direct_peer: SimWebCall | None = None
+
+    def forward_call_to_user_direct(self, headers: dict[str, str] | None = None) -> SimWebCall | None:
+        """Ring the user this browser dialed (:attr:`number`) for a direct
+        call; ``None`` (and the call rejected with 480) when the user is not
+        logged in (:meth:`App.log_in_web_user`). As
+        :meth:`engine.web.webcall.WebCall.forward_call_to_user_direct`.
+
+        :raises CallError: not a browser's call that still rings, or early
+            media started (the engine answered the browser's offer).
+        """
+        if self.direction != "inbound" or self.state != CallState.ALERTING or self._answering:
+            raise CallError("forward_call_to_user_direct() needs a browser's call that still rings")
+        if self.early_media:
+            raise CallError("the engine already answered this call's offer (early media)")
+        self.direct = True
+        sent = {**self.headers, **(headers or {})}
+        peer = self.endpoint.app.ua.call_web_user_direct(self.number, self, sent)
+        if peer is None:
+            self.endpoint._note(f"direct call: {self.number!r} is not logged in")
+            self.reject(480)
+            return None
+        adopt = getattr(self.dispatcher, "adopt", None)
+        if adopt is not None:
+            adopt(peer)
+        self.direct_peer, peer.direct_peer = peer, self
+        self.on_ended.append(_pass_end_on)
+        peer.on_ended.append(_pass_end_on)
+        self.endpoint._note(f"forwarded directly to {peer.endpoint.name}")
+        if not peer.state.ended:
+            self.ring()
+        return peer
+
+    def answer(self, headers: dict[str, str] | None = None) -> asyncio.Future[None]:
+        if self.direct:
+            raise CallError("a direct call is answered by its callee (forward_call_to_user_direct)")
+        return super().answer(headers)
+
+    def start_early_media(self, headers: dict[str, str] | None = None) -> None:
+        if self.direct:
+            raise CallError("a direct call has no early media from the engine")
+        super().start_early_media(headers)
+
+    def _media_ready(self) -> bool:
+        return not self.direct and super()._media_ready()
+
+    def _direct_answered(self, headers: dict[str, str]) -> None:
+        """The callee's browser answered a direct call (this is the
+        callee's leg): both are connected, the caller first."""
+        self._answering = True
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        caller = self.direct_peer
+        if caller is not None and caller.state == CallState.ALERTING:
+            caller._answering = True
+            caller.endpoint._note(f"connected directly to {self.endpoint.name}")
+            caller._set_state(CallState.CONNECTED)
+            caller._emit(CallEvents.Connected, headers={})
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
+    def _remote_message(self, text: str, headers: dict[str, str]) -> None:
+        super()._remote_message(text, headers)
+        peer = self.direct_peer
+        if peer is not None and peer.state == CallState.CONNECTED:
+            peer.send_message(text, headers)
+
+
+def _pass_end_on(ended: Call) -> None:
+    """One end of a direct call ended: end the other, as
+    :mod:`engine.web.webcall` does (hang up once connected or while it rings
+    for the callee; reject a ringing caller with the callee's code)."""
+    assert isinstance(ended, SimWebCall)
+    other = ended.direct_peer
+    if other is None or other.state.ended:
+        return
+    other._by = f"the engine (the direct call's other end {ended.state.value} {ended.end_code})"
+    if other.direction == "inbound" and other.state == CallState.ALERTING:
+        code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
+        other.reject(code)
+    else:
+        other.hangup()
+
+
 # -- the test's end ---------------------------------------------------------------------
 
 
@@ -376,9 +487,12 @@ class Endpoint:
         self.messages: list[Message] = []
         self.infos: list[tuple[str, bytes]] = []
         self.transcript: list[Entry] = []
-        self.leg = SimCall(
-            self, kind="web" if transport == "web" else "sip", direction=direction, number=number,
-            callerid=callerid, display_name=display_name, headers=headers, dispatcher=dispatcher,
+        self.leg: SimCall = (
+            SimWebCall(self, direction=direction, number=number, callerid=callerid,
+                       display_name=display_name, headers=headers, dispatcher=dispatcher)
+            if transport == "web" else
+            SimCall(self, kind="sip", direction=direction, number=number, callerid=callerid,
+                    display_name=display_name, headers=headers, dispatcher=dispatcher)
         )
         self.leg.on_ended.append(self._ended)
 
@@ -407,6 +521,18 @@ class Endpoint:
     @property
     def ended(self) -> bool:
         return self.leg.state.ended
+
+    @property
+    def direct(self) -> bool:
+        """Whether this is one end of a direct call (browser to browser:
+        ``forward_call_to_user_direct``; no media through the engine)."""
+        return isinstance(self.leg, SimWebCall) and self.leg.direct
+
+    @property
+    def direct_peer(self) -> Endpoint | None:
+        """The other end of this endpoint's direct call, if any."""
+        peer = self.leg.direct_peer if isinstance(self.leg, SimWebCall) else None
+        return peer.endpoint if peer is not None else None
 
     @property
     def said(self) -> list[str]:
@@ -472,8 +598,7 @@ class Endpoint:
         """Send a message into the call (``MessageReceived`` on the leg)."""
         self._require(self.connected, "send a message", "a connected call")
         self._note(f"sent message {_quote(text)}")
-        self.app._act(lambda: self.leg._emit(CallEvents.MessageReceived, text=text,
-                                             headers=dict(headers or {}), mime_type="text/plain"))
+        self.app._act(self.leg._remote_message, text, dict(headers or {}))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """Send a SIP INFO into the call (``InfoReceived``; DTMF bodies also
@@ -567,6 +692,21 @@ class Endpoint:
                     f" media flows: {self.app.flows.describe()})")
         return Verdict(False, f"expected {self._who()} to join {conference}, {why}" + self._story())
 
+    def connected_directly_to(self, other: Endpoint) -> Verdict:
+        """Whether this endpoint and ``other`` are connected to each other
+        by a direct call (``forward_call_to_user_direct``), now."""
+        peer = self.direct_peer
+        if peer is other and self.connected and other.connected:
+            return Verdict(True, f"{self._who()} is connected directly to {other.name}")
+        if peer is None:
+            why = "it is not a direct call"
+        elif peer is not other:
+            why = f"its direct call is with {peer.name}"
+        else:
+            why = f"{other.name}'s call {other._state_text()[3:]}"
+        return Verdict(False, f"expected {self._who()} to be connected directly to {other.name}; {why}"
+                       + self._story())
+
     def ended_with(self, code: int) -> Verdict:
         """Whether the call has ended with SIP ``code``."""
         leg = self.leg
@@ -643,7 +783,8 @@ class Callee(Endpoint):
     ``call_sip``, ``call_user``). It rings until the test answers, rejects
     or lets it time out (408 after :attr:`SimUserAgent.invite_timeout`).
 
-    :ivar how: ``"pstn"``, ``"sip"`` or ``"user"``.
+    :ivar how: ``"pstn"``, ``"sip"``, ``"user"`` (a registered phone) or
+        ``"web"`` (a browser logged in with :meth:`App.log_in_web_user`).
     :ivar target: what the scenario dialed (number, URI or user name).
     :ivar invite_headers: the headers the scenario sent with the call.
     """
@@ -689,6 +830,9 @@ class Callee(Endpoint):
 
         def connect() -> None:
             self._cancel_timeout()
+            if isinstance(self.leg, SimWebCall) and self.leg.direct:
+                self.leg._direct_answered(dict(headers or {}))
+                return
             self.leg.headers.update(headers or {})
             self.leg._set_state(CallState.CONNECTED)
             self.leg._emit(CallEvents.Connected, code=200, reason="OK", headers=dict(headers or {}))
@@ -774,6 +918,16 @@ class SimUserAgent:
             raise CallError(f"user {user!r} is not registered")
         return self._dial("user", user, user, callerid, display_name, headers, dispatcher)
 
+    def call_web_user_direct(self, user: str, caller: SimWebCall, headers: dict[str, str]) -> SimWebCall | None:
+        """The web layer's ``call_user_direct``: ring ``user``'s browser with
+        ``caller``'s own offer (a direct call), or ``None`` when not logged in."""
+        if user not in self.web_users:
+            return None
+        leg = self._dial("web", user, user, caller.callerid, caller.display_name, headers, caller.dispatcher,
+                         direct=True)
+        assert isinstance(leg, SimWebCall)
+        return leg
+
     def call_web_user(self, user: str, *, callerid: str, display_name: str | None = None,
                       headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None) -> SimCall | None:
         """The runtime's ``web_users.call_user``: ring ``user``'s browser if
@@ -784,11 +938,13 @@ class SimUserAgent:
         return self._dial("web", user, user, callerid, display_name, headers, dispatcher)
 
     def _dial(self, how: str, target: str, number: str, callerid: str, display_name: str | None,
-              headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> SimCall:
+              headers: dict[str, str] | None, dispatcher: Dispatcher | None, direct: bool = False) -> SimCall:
         callee = Callee(self.app, how=how, target=target, number=number, callerid=callerid,
                         display_name=display_name, headers=headers, dispatcher=dispatcher)
+        if isinstance(callee.leg, SimWebCall):
+            callee.leg.direct = direct
         callee.leg._set_state(CallState.PROGRESSING)
-        callee._note(f"dialed by the scenario ({how}) from {callerid!r}"
+        callee._note(f"dialed by the scenario ({how}{', direct' if direct else ''}) from {callerid!r}"
                      + _with_headers(headers))
         callee._timeout = asyncio.get_running_loop().call_later(self.invite_timeout, callee._no_answer)
         self.app._dialed(callee)

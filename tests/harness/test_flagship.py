@@ -1,23 +1,26 @@
 """Unit tests of the flagship application as shipped: the repository's own
 ``rules.yaml`` and ``scenarios/`` (``pstn_gatekeeper``, ``gatekeeper``,
-``conference``), driven through the scenario harness.
+``conference``, ``p2p``), driven through the scenario harness.
 
 Phone callers dial 5550100 and type a PIN; browsers call ``joinconf`` with
 ``X-Conference-Id``; both land in the one ``conf_<id>`` session, which
 mixes them (``everyone``, ``phones``), tells browsers who is in and dials
-participants out on request.
+participants out on request. Anything else dialed is a user name (rule
+``P2P``): a browser's ``X-DirectCall`` call goes browser to browser, other
+calls are bridged through the engine.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.calls import CallState
-from engine.testing import App, Caller, Harness
+from engine.testing import App, Callee, Caller, Harness
 
 ROOT = Path(__file__).parents[2]
 
@@ -302,7 +305,66 @@ def test_browser_hears_hold_music_until_a_slow_conference_answers(callbridge: Ha
     assert app.conference("conf_42").legs[0].state.ended
 
 
+def test_conference_refusing_the_phone_is_announced(callbridge: Harness, tmp_path: Path) -> None:
+    """Check the PIN gate when the conference's call fails (here a stand-in
+    conference that rejects it 503): the caller is told and hung up."""
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    shutil.copy(ROOT / "scenarios" / "pstn_gatekeeper.py", scenarios)
+    (scenarios / "busy.py").write_text(
+        "from engine.scenario import AppEvents, VoxEngine\n"
+        "VoxEngine.add_event_listener(AppEvents.CallAlerting, lambda e: e.call.reject(503))\n")
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n"
+        "  - {name: InboundFromPSTN, pattern: '5550100', scenarios: [pstn_gatekeeper]}\n"
+        "  - {name: Fwd, pattern: 'conf_[A-Za-z0-9]+', scenarios: [busy]}\n")
+    app = callbridge.load(tmp_path)
+    app.open_room("1234")
+    call = phone(app)
+    call.press("1234#")
+    assert call.heard_speech("the conference cannot take your call now")
+    assert call.ended_with(200) and not call.joined("conf_1234")
+    assert call.logged("conf_1234 refused the caller: 503")
+
+
 # -- conference: mixers, participant lists, dial-out -------------------------------------
+
+
+def test_calls_dialed_straight_to_a_conference_are_refused_404(app: App) -> None:
+    """Check a phone or browser dialing conf_1234 itself (skipping the
+    gatekeepers) is refused 404, and the session it started ends."""
+    call = app.incoming_call("conf_1234")
+    assert call.ended_with(404)
+    assert call.logged("refused a sip call dialed straight to conf_1234")
+    web = app.incoming_call("conf_1234", callerid="ann", transport="web")
+    assert web.ended_with(404)
+    assert web.logged("refused a web call dialed straight to conf_1234")
+    assert app.conference("conf_1234").session is None
+
+
+def test_room_not_started_refuses_the_first_caller_and_ends(app: App) -> None:
+    """Check a scheduled room refuses its first caller before it starts:
+    the phone is told why and hung up, and the empty conference ends."""
+    app.open_room("88", starts_at=time.time() + 3600)
+    call = phone(app)
+    call.press("88#")
+    assert call.heard_speech("not started")
+    assert call.ended_with(200) and not call.joined("conf_88")
+    assert "[Fwd] pstn caller +15551234567 refused: room_not_started" in app.log
+    assert app.conference("conf_88").session is None
+
+
+def test_room_with_record_on_start_records_its_mix(app: App) -> None:
+    """Check a room created with record_on_start: its conference records
+    the everyone mix from the first join, into the test's temporary
+    folder (the engine's ``data/recordings`` in ``serve``)."""
+    app.open_room("5", record_on_start=True)
+    browser(app, "5")
+    (line,) = [ln for ln in app.conference("conf_5").log if ln.startswith("recording conf_5 to ")]
+    path = Path(line.removeprefix("recording conf_5 to "))
+    assert path.is_relative_to(app.recordings_dir) and path.exists()
+    (everyone, _) = app.conference("conf_5").mixers
+    assert [rec.path for rec in app.graph._recordings[everyone]] == [path]
 
 
 def test_participant_lists_follow_joins_and_leaves(app: App) -> None:
@@ -370,6 +432,33 @@ def test_dial_out_busy_is_reported_486(app: App) -> None:
     assert app.conference("conf_1234").log[-1] == "dialing 5551234 failed: 486 Busy Here"
 
 
+def test_dial_out_without_a_trunk_is_reported_503(app: App) -> None:
+    """Check dial-out on an engine with no SIP trunk: nothing is dialed,
+    the browser is told FAILED 503 and the log says why."""
+    app.ua.trunk = False
+    web = browser(app, "1234")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "5551234"}')
+    assert notices(web, "CALL_PARTICIPANT_FAILED") == [
+        {"type": "CALL_PARTICIPANT_FAILED", "number": "5551234", "code": 503,
+         "reason": "dialing out is not available"}]
+    assert app.dialed == []
+    assert app.conference("conf_1234").log[-1] == "cannot dial 5551234: no SIP trunk is configured (--trunk)"
+
+
+def test_dial_out_into_a_full_room_is_hung_up_403(app: App) -> None:
+    """Check a dial-out answered after the room filled up: the callee is
+    hung up and the browser told FAILED 403 room_full."""
+    app.open_room("9", max_participants=1)
+    web = browser(app, "9")
+    web.send_message('{"type": "CALL_PARTICIPANT", "number": "5551234"}')
+    callee = app.callee("5551234")
+    callee.answer()
+    assert callee.ended_with(200) and not callee.joined("conf_9")
+    assert notices(web, "CALL_PARTICIPANT_FAILED") == [
+        {"type": "CALL_PARTICIPANT_FAILED", "number": "5551234", "code": 403, "reason": "room_full"}]
+    assert participants(web) == [("ann", "web")]
+
+
 def test_dial_out_unanswered_fails_408(app: App) -> None:
     """Check a dial-out nobody answers fails when the trunk gives up (408)."""
     web = browser(app, "1234")
@@ -405,8 +494,38 @@ def test_messages_that_are_not_requests_are_ignored(app: App) -> None:
     web = browser(app, "1234")
     web.send_message("hello")
     web.send_message('{"type": "SOMETHING_ELSE"}')
+    web.send_message('["CALL_PARTICIPANT", "5551234"]')  # JSON, but not an object
     assert "[Fwd] ignored a message that is not JSON: 'hello'" in app.log
     assert [m.json()["type"] for m in web.messages] == ["PARTICIPANTS"] and app.dialed == []
+
+
+def test_moderate_from_a_guest_is_ignored(app: App) -> None:
+    """Check a guest cannot mute everyone: MODERATE from a participant
+    who is not a moderator is logged and nothing is muted."""
+    guest = browser(app, "1234")
+    p1 = phone(app, name="p1")
+    p1.press("1234#")
+    guest.send_message('{"type": "MODERATE", "action": "mute_all"}')
+    assert "[Fwd] ignored MODERATE from a participant who is not a moderator" in app.log
+    assert app.flows.sends(p1, "conf_1234/phones")
+
+
+def test_browser_moderator_mutes_a_conference_without_a_room(app: App) -> None:
+    """Check MODERATE in an ad-hoc conference (no room in the store): the
+    mixers mute everyone but the moderator, then unmute them."""
+    mod = app.incoming_call("joinconf", callerid="ann", transport="web",
+                            headers={"X-Conference-Id": "77", "X-Callbridge-Room": "77",
+                                     "X-Callbridge-Role": "moderator"})
+    assert mod.joined("conf_77")
+    p1 = phone(app, name="p1")
+    p1.press("77#")
+    assert p1.joined("conf_77") and app.flows.sends(p1, "conf_77/phones")
+    mod.send_message('{"type": "MODERATE", "action": "mute_all"}')
+    assert "[Fwd] muted 1 participants" in app.log
+    assert not app.flows.sends(p1, "conf_77") and app.flows.sends(mod, "conf_77/everyone")
+    mod.send_message('{"type": "MODERATE", "action": "unmute_all"}')
+    assert "[Fwd] unmuted 1 participants" in app.log
+    assert app.flows.sends(p1, "conf_77/phones")
 
 
 def test_conference_ends_when_its_last_participant_leaves(app: App) -> None:
@@ -535,3 +654,191 @@ def test_guest_profile_is_deleted_when_the_browser_leaves(app: App) -> None:
     assert app.store.get_user("bob") is not None
     assert "[Fwd] deleted web user guest-0a1b2c3d4e" in app.log or any(
         "deleted web user guest-0a1b2c3d4e" in line for line in app.log)
+
+
+# -- p2p: calls between users ----------------------------------------------------------------
+
+DIRECT = {"X-DirectCall": "true", "X-Room": "7"}
+
+
+def direct_call(app: App, callee: str = "bob", caller: str = "alice") -> tuple[Caller, Callee]:
+    """``caller``'s browser calls logged-in ``callee`` directly; the callee's browser rings."""
+    app.log_in_web_user(callee)
+    call = app.incoming_call(callee, callerid=caller, transport="web", headers=DIRECT)
+    return call, app.callee(callee)
+
+
+def test_direct_call_is_forwarded_and_connected(app: App) -> None:
+    """Check a browser's X-DirectCall call: the callee's browser rings with
+    the caller's id and headers in the same session, the caller hears it
+    ring, the callee's answer connects both (no media through the engine),
+    messages are relayed both ways and the callee's hang-up ends the
+    caller's call."""
+    alice, bob = direct_call(app)
+    assert bob.how == "web" and bob.direct and bob.direct_peer is alice and alice.direct
+    assert bob.leg.callerid == "alice" and bob.invite_headers == DIRECT
+    assert bob.session is alice.session and bob.state == CallState.PROGRESSING
+    assert alice.state == CallState.ALERTING and "ringing (180)" in [e.text for e in alice.transcript]
+    assert alice.logged("direct call from alice to bob")
+    bob.answer()
+    assert alice.connected_directly_to(bob) and bob.connected_directly_to(alice)
+    assert alice.logged("direct call connected")
+    assert len(app.flows) == 0, app.flows.describe()
+    alice.send_message("hi bob")
+    assert bob.received_message("hi bob")
+    bob.send_message("hi alice", headers={"X-Mood": "good"})
+    assert alice.received_message("hi alice") and alice.messages[-1].headers == {"X-Mood": "good"}
+    bob.hang_up()
+    assert alice.ended_with(200) and bob.ended_with(200)
+    assert alice.logged("direct call ended 200")
+    assert alice.session is not None and alice.session.terminated
+
+
+@pytest.mark.parametrize("code", [603, 486])
+def test_direct_call_rejected_by_the_callee_fails_the_caller_with_its_code(app: App, code: int) -> None:
+    """Check the callee's browser declining (603) or busy (486): the
+    caller's call fails with that code, and the scenario logs it."""
+    alice, bob = direct_call(app)
+    bob.reject(code)
+    assert alice.ended_with(code) and alice.state == CallState.FAILED
+    assert alice.logged(f"direct call failed {code}")
+    assert not alice.connected_directly_to(bob)
+
+
+def test_direct_call_nobody_answers_fails_408(app: App) -> None:
+    """Check a callee that lets it ring: after the invite timeout both
+    calls fail with 408."""
+    alice, bob = direct_call(app)
+    app.wait(app.ua.invite_timeout - 1)
+    assert alice.state == CallState.ALERTING
+    app.wait(1)
+    assert bob.ended_with(408) and alice.ended_with(408)
+    assert alice.logged("direct call failed 408")
+
+
+def test_direct_call_to_a_user_not_logged_in_fails_480(app: App) -> None:
+    """Check a direct call to someone without a browser logged in is
+    refused 480 (Temporarily Unavailable) and nothing is dialed."""
+    alice = app.incoming_call("carol", callerid="alice", transport="web", headers=DIRECT)
+    assert alice.ended_with(480)
+    assert alice.logged("direct call from alice to carol: not logged in")
+    assert app.dialed == []
+
+
+def test_direct_caller_hanging_up_ends_the_callees_call(app: App) -> None:
+    """Check the caller's hang-up ends the callee's call: once connected
+    (200), and while it still rings (487 Cancelled)."""
+    alice, bob = direct_call(app)
+    bob.answer()
+    alice.hang_up()
+    assert bob.ended_with(200) and alice.ended_with(200)
+    assert alice.logged("direct call ended 200")
+    ann, carol = direct_call(app, callee="carol", caller="ann")
+    ann.hang_up()
+    assert carol.ended_with(487) and ann.ended_with(487)
+
+
+def test_scenario_cannot_answer_or_play_to_a_direct_call(callbridge: Harness) -> None:
+    """Check what a scenario may not do to a direct call, as in ``serve``:
+    answer it itself, or play to it (its media is not in the engine)."""
+    app = callbridge.load_text("""
+        rules:
+          - {name: P2P, pattern: ".*", scenarios: [p2p]}
+    """, {"p2p": """
+        from engine.calls import CallError
+        from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+        def on_alerting(e):
+            callee = e.call.forward_call_to_user_direct()
+            try:
+                e.call.answer()
+            except CallError as exc:
+                Logger.write(f"answer: {exc}")
+
+            def connected(ev):
+                try:
+                    e.call.say("hello")
+                except CallError as exc:
+                    Logger.write(f"say: {exc}")
+
+            callee.add_event_listener(CallEvents.Connected, connected)
+
+        VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+    """})
+    alice, bob = direct_call(app)
+    assert alice.logged("answer: a direct call is answered by its callee")
+    bob.answer()
+    assert alice.logged("say: playback needs a connected call or early media, not CONNECTED")
+    assert alice.speech == [] and alice.connected_directly_to(bob)
+
+
+def test_call_to_a_logged_in_user_is_bridged_through_the_engine(app: App) -> None:
+    """Check a phone's call to a user name: the user's browser rings (not
+    direct), the phone hears ringing, the answer connects the phone and
+    media flows both ways through the engine; the phone's hang-up ends the
+    browser's call."""
+    app.log_in_web_user("bob")
+    phone_call = app.incoming_call("bob", callerid="+15551234567", name="phone")
+    bob = app.callee("bob")
+    assert bob.how == "web" and not bob.direct and bob.leg.callerid == "+15551234567"
+    assert phone_call.state == CallState.ALERTING and "ringing (180)" in [e.text for e in phone_call.transcript]
+    assert phone_call.logged("call from +15551234567 to bob (web)")
+    bob.answer()
+    assert phone_call.connected
+    assert app.flows.between(phone_call, bob)
+    phone_call.hang_up()
+    assert bob.ended_with(200) and phone_call.ended_with(200)
+
+
+def test_browser_call_without_x_directcall_is_bridged_to_a_phone(app: App) -> None:
+    """Check a browser's call with no X-DirectCall to a user whose SIP
+    phone is registered (no browser logged in): the phone rings, and once
+    answered audio flows both ways; the phone's hang-up ends the browser's."""
+    app.register_user("bob")
+    web = app.incoming_call("bob", callerid="alice", transport="web")
+    bob = app.callee("bob")
+    assert bob.how == "user" and not web.direct
+    bob.answer()
+    assert web.connected and app.flows.between(web, bob)
+    bob.hang_up()
+    assert web.ended_with(200)
+
+
+def test_bridged_call_refused_by_the_user_passes_the_code_on(app: App) -> None:
+    """Check the user's refusal reaches the caller: busy (486) as 486."""
+    app.register_user("bob")
+    caller = app.incoming_call("bob")
+    app.callee("bob").busy()
+    assert caller.ended_with(486) and caller.state == CallState.FAILED
+
+
+def test_bridged_call_to_nobody_is_refused_404(app: App) -> None:
+    """Check a call to a user with neither a browser logged in nor a phone
+    registered is refused 404, and the log says why."""
+    caller = app.incoming_call("nobody")
+    assert caller.ended_with(404)
+    assert caller.logged("call from +15557654321 to nobody: user 'nobody' is not registered")
+
+
+# -- the small shipped scenarios: echo and answer_hangup ------------------------------------
+
+
+def test_echo_explains_beeps_and_sends_the_caller_back_to_itself(app: App) -> None:
+    """Check the echo test: answered, explained, a 1000 Hz beep, then the
+    caller's audio flows back to it until the scenario hangs up after 60 s."""
+    call = app.incoming_call("echo", name="eve")
+    assert call.connected and call.heard_speech("callbridge echo test")
+    assert call.heard_playback("tone 1000 Hz")
+    assert call.logged("echo test for +15557654321")
+    assert app.flows.between(call, call)
+    call.wait(59)
+    assert call.connected
+    call.wait(1)
+    assert call.ended_with(200) and app.flows.describe() == "none"
+
+
+def test_echo_caller_hanging_up_ends_the_session(app: App) -> None:
+    """Check a caller leaving the echo test early ends its session."""
+    call = app.incoming_call("echo")
+    call.hang_up()
+    assert call.session is not None and call.session.terminated
