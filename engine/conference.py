@@ -570,6 +570,10 @@ class MediaGraph:
 
     def _forget(self, conf: Conference) -> None:
         self._conferences.pop(conf, None)
+        # its recordings end with it (a room recorded from the start ends
+        # when its session does, and recording.ready must follow)
+        for rec in list(self._recordings.get(conf, ())):
+            self._stop_recording(rec)
         for out in self._edges.values():
             out.pop(conf, None)
         for other in list(self._conferences):

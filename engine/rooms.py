@@ -12,8 +12,10 @@ restart, the calls are gone too.
 A room ends when the API ends it, when its schedule is over (checked by
 :meth:`RoomService.tick`, once a second), or ``end_when_empty_after``
 seconds after its last participant left. Ending it marks it in the store,
-calls the ``on_room_ended`` hooks (the engine terminates the conference
-session there), and forgets its participants, hanging up the calls still up.
+forgets its participants (hanging up the calls still up), emits
+``room.ended``, and then calls the ``on_room_ended`` hooks (the engine
+terminates the conference session there, which finishes its recording: so
+``recording.ready`` comes after ``room.ended``).
 
 Events (``room.started``, ``room.ended``, ``participant.joined``,
 ``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
@@ -236,15 +238,19 @@ class RoomService:
         if timer is not None:
             timer.cancel()
         if before.ended_at is None:
+            people = list(self.participants.get(room_id, {}).items())
+            for pid, _ in people:
+                self.leave(room_id, pid)
+            self._emit("room.ended", {"room": room_id, "reason": reason})
+            # Only now the calls and the conference, so that what ending them
+            # causes (the recording's recording.ready) follows room.ended.
+            for _, person in people:
+                self._hang_up(person)
             for hook in list(self.on_room_ended):
                 try:
                     hook(room_id)
                 except Exception:
                     logger.exception("room %s: ending hook failed", room_id)
-            for pid, person in list(self.participants.get(room_id, {}).items()):
-                self.leave(room_id, pid)
-                self._hang_up(person)
-            self._emit("room.ended", {"room": room_id, "reason": reason})
         return room
 
     @staticmethod

@@ -42,7 +42,9 @@ async def on_alerting(e):
                                     headers=headers)
     call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
     leg.add_event_listener(CallEvents.Disconnected, lambda ev: call.hangup())
-    leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(ev.code or 480))
+    # a refusal's reason (X-Reason: room_full, room_locked, ...) reaches the browser
+    leg.add_event_listener(CallEvents.Failed, lambda ev: call.reject(
+        ev.code or 480, headers={k: v for k, v in (ev.headers or {}).items() if k == "X-Reason"}))
     # relay messages both ways; the conference's first ones (the participant
     # list) come before the browser's call is answered: they wait for it
     early = []

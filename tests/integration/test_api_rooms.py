@@ -342,8 +342,10 @@ async def test_phone_pin_and_invite_code_through_the_scenario_api(make_engine: E
 
 
 async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFactory, http: aiohttp.ClientSession) -> None:
-    """Check rooms, users, invites, API keys and join tokens survive
-    stopping the engine and starting another on the same data directory."""
+    """Check rooms, users, invites, API keys, join tokens and webhook
+    subscriptions (with their secrets) survive stopping the engine and
+    starting another on the same data directory (pending deliveries:
+    test_api_sessions.test_pending_webhook_delivery_survives_restart)."""
     first = await make_engine(RULES, SCENARIOS)
     key = new_key(first, "admin")
     api = Api(first, http, key)
@@ -351,6 +353,8 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     await api.post("/users", {"name": "carol", "password": "pw-carol"})
     status, inv = await api.post("/rooms/keep/invites", {"invitee": "dan"})
     status, tok = await api.post("/rooms/keep/tokens", {"identity": "erin"})
+    status, hook = await api.post("/webhooks", {"url": "http://127.0.0.1:9/hooks", "events": ["room.ended"]})
+    assert status == 201
     await first.stop()
 
     second = await make_engine(RULES, SCENARIOS, data_dir=first.config.data_dir)
@@ -363,6 +367,8 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     assert status == 200 and body["identity"] == "erin"
     status, redeemed = await api2.with_key(None).post("/invites/redeem", {"code": inv["code"], "room": "keep"})
     assert status == 200 and redeemed["identity"] == "dan"
+    status, kept = await api2.get(f"/webhooks/{hook['id']}")
+    assert status == 200 and (kept["url"], kept["secret"]) == (hook["url"], hook["secret"])
 
 
 async def test_moderation_from_the_sdk_is_checked_against_the_token(api: Api, http: aiohttp.ClientSession) -> None:

@@ -331,6 +331,27 @@ def test_stop_conference(graph: MediaGraph) -> None:
     assert not a.port.attached and not b.port.attached
 
 
+async def test_stopping_a_conference_finishes_its_recording(graph: MediaGraph, tmp_path: Path) -> None:
+    """Check a conference's recording ends with the conference (file
+    closed, RecordStopped, the graph's on_recording_done hooks called
+    once), not only at engine shutdown."""
+    conf: Conference = graph.create_conference()
+    conf.add(Leg(500))
+    done: list[Path] = []
+    graph.on_recording_done.append(lambda r: done.append(r.path))
+    stopped: list[str] = []
+    conf.add_event_listener("RecordStopped", lambda e: stopped.append(e.name))
+    rec = conf.record(tmp_path / "room.wav")
+    run(graph, 10)
+    conf.stop()
+    assert rec.done() and done == [tmp_path / "room.wav"] and stopped == ["RecordStopped"]
+    with wave.open(str(rec.path)) as w:
+        assert w.getnframes() == 10 * N
+    run(graph, 3)
+    conf.stop()
+    assert done == [tmp_path / "room.wav"]
+
+
 class _Direct:
     def run_listener(self, handler: Any, event: Any) -> None:
         handler(event)

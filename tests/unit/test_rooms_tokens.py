@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -100,24 +101,26 @@ def test_room_admission_cap_lock_and_events() -> None:
 
 
 def test_schedule_tick_ends_room_and_runs_hooks() -> None:
-    """Check tick() ends a room whose duration is over: the hook runs once,
-    participants leave, and room.ended is emitted with the reason."""
+    """Check tick() ends a room whose duration is over: participants leave,
+    room.ended is emitted with the reason, and then the hook runs, once."""
     clock = Clock()
     with SqliteStore(":memory:", clock=clock) as store:
         rooms = RoomService(store, clock)
         ended: list[str] = []
         events: list[str] = []
-        rooms.on_room_ended.append(ended.append)
         rooms.on_event.append(lambda name, data: events.append(f"{name}:{data.get('reason', '')}"))
+        rooms.on_room_ended.append(lambda room_id: (ended.append(room_id), events.append("hook")))
         store.create_room("s", duration=60)
-        rooms.join("s", "p", kind="pstn")
+        call = SimpleNamespace(state=SimpleNamespace(ended=False), hangup=lambda: events.append("hangup"))
+        rooms.join("s", "p", kind="pstn", call=call)
         rooms.tick()
         assert ended == []
         clock.now += 60
         rooms.tick()
         rooms.tick()
         assert ended == ["s"] and rooms.count("s") == 0
-        assert events[-2:] == ["participant.left:", "room.ended:schedule"]
+        # the calls and the conference (and so its recording) end after room.ended
+        assert events[-4:] == ["participant.left:", "room.ended:schedule", "hangup", "hook"]
         with pytest.raises(RoomRefused) as info:
             rooms.join("s", "q", kind="web")
         assert info.value.code == "room_ended"

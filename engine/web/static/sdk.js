@@ -13,6 +13,11 @@
 //   const video = client.call({ number: "bob", video: true, direct: true });
 //   video.on(CallEvents.EndpointAdded, (e) => { myVideo.srcObject = e.stream; });
 //
+//   // a room's participant (login with a join token from /api/v1), as moderator:
+//   await client.login({ token: joinToken });     // client.room, .role, .permissions
+//   await client.muteParticipant(id);             // the server checks the token's permissions
+//   await client.removeParticipant(id); await client.lockRoom(); await client.endRoom();
+//
 // The wire protocol is docs/sdk-protocol.md (version 1).
 
 export const PROTOCOL_VERSION = 1;
@@ -342,6 +347,10 @@ export class Client extends Emitter {
     this.calls = new Map();
     this.username = null;
     this.displayName = null;
+    /** The join token's room, role and permissions (null, null, [] after a password login). */
+    this.room = null;
+    this.role = null;
+    this.permissions = [];
     this.socket = null;
     this._pending = new Map();
     this._pingTimer = null;
@@ -388,6 +397,9 @@ export class Client extends Emitter {
         }
         this.socket = null;
         this.username = null;
+        this.room = null;
+        this.role = null;
+        this.permissions = [];
       };
     });
   }
@@ -410,8 +422,37 @@ export class Client extends Emitter {
     const ok = await this._request(frame);
     this.username = ok.username;
     this.displayName = ok.display_name;
+    this.room = ok.room || null;
+    this.role = ok.role || null;
+    this.permissions = ok.permissions || [];
     return ok;
   }
+
+  /** Whether the join token grants `permission` (`mute_self`, `mute_others`,
+   * `remove`, `lock`, `end`): for showing controls; the engine checks anyway. */
+  can(permission) { return this.permissions.includes(permission); }
+
+  /**
+   * Moderate the join token's room (the `moderate` frame): `action` is
+   * `mute`, `unmute`, `remove` (these name a `participant`, an id of
+   * GET /api/v1/rooms/{room} and of the conference's participant list),
+   * `lock`, `unlock` or `end`. Resolves with the `moderated` frame; rejects
+   * with an SdkError whose code is `forbidden` (the token lacks the
+   * permission, or the login was not with a join token),
+   * `unknown_participant` or `bad_frame`.
+   */
+  moderate(action, participant) {
+    const frame = { type: "moderate", action: String(action) };
+    if (participant !== undefined && participant !== null) frame.participant = String(participant);
+    return this._request(frame);
+  }
+
+  muteParticipant(participant) { return this.moderate("mute", participant); }
+  unmuteParticipant(participant) { return this.moderate("unmute", participant); }
+  removeParticipant(participant) { return this.moderate("remove", participant); }
+  lockRoom() { return this.moderate("lock"); }
+  unlockRoom() { return this.moderate("unlock"); }
+  endRoom() { return this.moderate("end"); }
 
   /**
    * Call a number; the engine routes it by its rules like a SIP call.
