@@ -578,8 +578,6 @@ class MediaGraph:
             out.pop(conf, None)
         for other in list(self._conferences):
             other.remove(conf)
-        for rec in list(self._recordings.get(conf, ())):
-            self._stop_recording(rec)  # the file is complete when the conference ends
         self._changed()
 
     def _changed(self) -> None:

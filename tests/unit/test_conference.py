@@ -375,19 +375,3 @@ async def test_conference_playback_handle(graph: MediaGraph) -> None:
     assert await missing is False
     assert finished[0] == (True, None)
     assert finished[1][0] is False and "file not found" in finished[1][1]
-
-
-async def test_stopping_a_conference_finishes_its_recording(graph: MediaGraph) -> None:
-    """Check a conference's recording ends (file complete, handle done) when
-    the conference stops, not only at engine shutdown."""
-    conf = graph.create_conference()
-    a = Leg(500)
-    conf.add(a)
-    stopped: list[str] = []
-    conf.add_event_listener("RecordStopped", lambda e: stopped.append(e.path))
-    rec = conf.record()
-    run(graph, 5)
-    conf.stop()
-    assert rec.done() and stopped == [str(rec.path)]
-    with wave.open(str(rec.path)) as w:
-        assert w.getnframes() == 5 * N
