@@ -160,10 +160,10 @@ def test_echo(graph: MediaGraph) -> None:
     assert tones(a.port.heard()) == set()
 
 
-def test_internal_call_is_a_wire(graph: MediaGraph) -> None:
-    """Check the canonical application's routing: a phone bridged to an
-    internal call whose other end is in a conference hears the conference
-    and is heard in it, and never hears itself."""
+def phone_bridged_into_conference(graph: MediaGraph) -> tuple[Leg, Leg, Call]:
+    """The canonical application's routing: a phone (500 Hz) bridged both
+    ways to an internal call whose other end is in a conference with
+    another leg (900 Hz); returns (phone, other, the conference's end)."""
     phone, other = Leg(500), Leg(900)
     out, inc = new_call_pair(number="conf_1", callerid="200", display_name=None, headers=None,
                              caller_dispatcher=_Direct())
@@ -174,6 +174,14 @@ def test_internal_call_is_a_wire(graph: MediaGraph) -> None:
     conf = graph.create_conference()
     conf.add(inc)
     conf.add(other)
+    return phone, other, inc
+
+
+def test_internal_call_is_a_wire(graph: MediaGraph) -> None:
+    """Check the canonical application's routing: a phone bridged to an
+    internal call whose other end is in a conference hears the conference
+    and is heard in it, and never hears itself."""
+    phone, other, inc = phone_bridged_into_conference(graph)
     run(graph)
     assert tones(phone.port.heard()) == {900}
     assert tones(other.port.heard()) == {500}
@@ -184,16 +192,7 @@ def test_graph_mute_of_an_internal_leg_mutes_the_caller_behind_it(graph: MediaGr
     moderator muting a participant) stops the phone behind it from
     reaching the conference while it still hears the others; unmuting
     restores it, and nobody hears themselves meanwhile."""
-    phone, other = Leg(500), Leg(900)
-    out, inc = new_call_pair(number="conf_1", callerid="200", display_name=None, headers=None,
-                             caller_dispatcher=_Direct())
-    out._set_state(CallState.CONNECTED)
-    inc._set_state(CallState.CONNECTED)
-    graph.connect(phone, out)
-    graph.connect(out, phone)
-    conf = graph.create_conference()
-    conf.add(inc)
-    conf.add(other)
+    phone, other, inc = phone_bridged_into_conference(graph)
     graph.set_muted(inc)
     assert graph.is_muted(inc)
     run(graph, 30, phone, other)
