@@ -59,11 +59,14 @@ __all__ = [
     "Dispatcher",
     "CallError",
     "Action",
+    "ExtraFields",
+    "Listeners",
     "Playback",
     "SendDigitsAction",
     "MediaStats",
     "DIGIT_MODES",
     "new_call_pair",
+    "end_other_end",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,8 +139,19 @@ class CallError(Exception):
     """An action that the call's state does not allow."""
 
 
+class ExtraFields:
+    """An event whose fields beyond its dataclass ones live in ``extra``
+    and read as attributes (``e.playback``, ``e.path``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["extra"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 @dataclass
-class CallEvent:
+class CallEvent(ExtraFields):
     """What a listener receives. Fields not relevant to an event keep their
     defaults: ``code``/``reason`` for Failed and Disconnected, ``text`` for
     MessageReceived, ``body``/``mime_type`` for InfoReceived, ``headers``
@@ -152,12 +166,6 @@ class CallEvent:
     body: bytes | None = None
     mime_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["extra"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class Dispatcher(Protocol):
@@ -473,7 +481,43 @@ class SendDigitsAction(Action):
             self.call.log.info("digits %r by %s sent (completed=%s)", self.digits, self.mode, completed)
 
 
-class Call(PlaybackMixin):
+class Listeners:
+    """``add_event_listener``/``on``/``remove_event_listener`` over a pyee
+    ``emitter``, each handler run through the object's ``dispatcher`` (the
+    scenario session) so that a failing listener never stops the others."""
+
+    emitter: AsyncIOEventEmitter
+    dispatcher: Dispatcher
+
+    def add_event_listener(self, event: str | enum.Enum, handler: Callable[..., Any]) -> None:
+        """Call ``handler(event)`` (a function or a coroutine function) on ``event``."""
+        name = str(event)
+
+        def run(ev: Any, handler: Callable[..., Any] = handler) -> None:
+            self._dispatch(handler, ev)
+
+        run.__wrapped__ = handler  # type: ignore[attr-defined]
+        self.emitter.on(name, run)
+
+    on = add_event_listener
+
+    def _dispatch(self, handler: Callable[..., Any], event: Any) -> None:
+        """Run one listener (through :attr:`dispatcher`)."""
+        self.dispatcher.run_listener(handler, event)
+
+    def remove_event_listener(
+        self, event: str | enum.Enum, handler: Callable[..., Any] | None = None
+    ) -> None:
+        """Remove ``handler`` from ``event`` (every listener of ``event`` when
+        ``handler`` is ``None``). Handlers compare by equality, so a bound
+        method (``self.on_x``, a new object at each access) is found again."""
+        name = str(event)
+        for listener in list(self.emitter.listeners(name)):
+            if handler is None or getattr(listener, "__wrapped__", None) == handler:
+                self.emitter.remove_listener(name, listener)
+
+
+class Call(PlaybackMixin, Listeners):
     """One call leg, as a scenario sees it.
 
     :ivar id: unique across nodes (random).
@@ -539,29 +583,6 @@ class Call(PlaybackMixin):
         return f"<{type(self).__name__} {self.id[:8]} {self.direction} {self.number} {self.state.value}>"
 
     # -- events ----------------------------------------------------------------
-
-    def add_event_listener(self, event: str | CallEvents, handler: Callable[..., Any]) -> None:
-        """Call ``handler(event)`` (a function or a coroutine function) on ``event``."""
-        name = str(event)
-
-        def run(ev: CallEvent, handler: Callable[..., Any] = handler) -> None:
-            self.dispatcher.run_listener(handler, ev)
-
-        run.__wrapped__ = handler  # type: ignore[attr-defined]
-        self.emitter.on(name, run)
-
-    on = add_event_listener
-
-    def remove_event_listener(
-        self, event: str | CallEvents, handler: Callable[..., Any] | None = None
-    ) -> None:
-        """Remove ``handler`` from ``event`` (every listener of ``event`` when
-        ``handler`` is ``None``). Handlers compare by equality, so a bound
-        method (``self.on_x``, a new object at each access) is found again."""
-        name = str(event)
-        for listener in list(self.emitter.listeners(name)):
-            if handler is None or getattr(listener, "__wrapped__", None) == handler:
-                self.emitter.remove_listener(name, listener)
 
     def _emit(self, name: CallEvents, **fields: Any) -> None:
         extra = {k: fields.pop(k) for k in list(fields) if k not in CallEvent.__dataclass_fields__}
@@ -1162,6 +1183,21 @@ def dtmf_relay_body(digit: str, duration: float) -> str:
     """An ``application/dtmf-relay`` INFO body (the de facto format: Cisco's,
     read by :func:`engine.media.dtmf.parse_dtmf_relay`); Duration in ms."""
     return f"Signal={digit}\r\nDuration={round(duration * 1000)}\r\n"
+
+
+def end_other_end(ended: Call, other: Call) -> None:
+    """End ``other``, the far end of the direct call ``ended``: reject it
+    with ``ended``'s failure code (480 without one) while it rings as the
+    callee, else hang it up. Shared by :mod:`engine.web.webcall` and the scenario harness's
+    simulation of it."""
+    try:
+        if other.direction == "inbound" and other.state == CallState.ALERTING:
+            code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
+            other.reject(code)
+        else:
+            other.hangup()
+    except CallError:
+        other.log.exception("ending the other end of a direct call failed")
 
 
 def new_call_pair(

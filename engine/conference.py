@@ -59,7 +59,8 @@ import numpy as np
 import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
-from .calls import Call, CallError, Dispatcher, InternalCall, Playback, PlaybackMixin, _DirectDispatcher
+from .calls import (Call, CallError, Dispatcher, ExtraFields, InternalCall, Listeners, Playback, PlaybackMixin,
+                    _DirectDispatcher)
 from .media.mixer import FlowMatrix
 from .media.players import FrameSource, PlaybackFinished
 from .media.recorder import RecorderError, WavRecorder
@@ -142,19 +143,13 @@ class ConferenceEvents(str, enum.Enum):
 
 
 @dataclass
-class ConferenceEvent:
+class ConferenceEvent(ExtraFields):
     """What a conference listener receives; other fields in ``extra``."""
 
     name: str
     conference: Conference
     endpoint: Node | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["extra"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class Recording:
@@ -213,7 +208,7 @@ class _Player:
     done: Done | None
 
 
-class Conference(PlaybackMixin):
+class Conference(PlaybackMixin, Listeners):
     """A mixing point in the media graph (``VoxEngine.create_conference()``).
 
     Endpoints are calls (and other conferences) that send audio to it or
@@ -239,24 +234,7 @@ class Conference(PlaybackMixin):
     def __repr__(self) -> str:
         return f"<Conference {self.name} {len(self._members)} endpoints{' stopped' if self.stopped else ''}>"
 
-    # -- events -----------------------------------------------------------------
-
-    def add_event_listener(self, event: str | ConferenceEvents, handler: Callable[..., Any]) -> None:
-        """Call ``handler(event)`` (function or coroutine function) on ``event``."""
-        def run(ev: ConferenceEvent, handler: Callable[..., Any] = handler) -> None:
-            self.dispatcher.run_listener(handler, ev)
-
-        run.__wrapped__ = handler  # type: ignore[attr-defined]
-        self.emitter.on(str(event), run)
-
-    on = add_event_listener
-
-    def remove_event_listener(self, event: str | ConferenceEvents,
-                              handler: Callable[..., Any] | None = None) -> None:
-        name = str(event)
-        for listener in list(self.emitter.listeners(name)):
-            if handler is None or getattr(listener, "__wrapped__", None) == handler:
-                self.emitter.remove_listener(name, listener)
+    # -- events (add_event_listener, on, remove_event_listener: Listeners) --------
 
     def _emit(self, name: ConferenceEvents, endpoint: Node | None = None, **extra: Any) -> None:
         self.emitter.emit(str(name), ConferenceEvent(str(name), self, endpoint, extra))

@@ -55,7 +55,7 @@ from typing import Any, Callable
 import aiohttp
 from pyee.asyncio import AsyncIOEventEmitter
 
-from .calls import Call, CallError, CallEvents, CallState, InternalCall, new_call_pair
+from .calls import Call, CallError, CallEvents, CallState, InternalCall, Listeners, new_call_pair
 from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
 from .rooms import RoomRefused, RoomService
@@ -436,7 +436,7 @@ def clear_timeout(handle: asyncio.TimerHandle) -> None:
     _session().clear_timeout(handle)
 
 
-class Session:
+class Session(Listeners):
     """One running scenario: its namespace, calls, timers, tasks and log."""
 
     def __init__(self, runtime: ScenarioRuntime, rule: Rule, custom_data: str = "") -> None:
@@ -494,19 +494,11 @@ class Session:
 
     # -- events ------------------------------------------------------------------
 
-    def add_event_listener(self, event: str | AppEvents, handler: Callable[..., Any]) -> None:
-        def run(ev: AppEvent, handler: Callable[..., Any] = handler) -> None:
-            self.run_listener(handler, ev)
+    # add_event_listener / remove_event_listener: Listeners; the session runs
+    # its own listeners (in its context; failures end it)
 
-        run.__wrapped__ = handler  # type: ignore[attr-defined]
-        self.emitter.on(str(event), run)
-
-    def remove_event_listener(self, event: str | AppEvents, handler: Callable[..., Any] | None) -> None:
-        """Remove ``handler`` (compared by equality, so bound methods match)
-        or, when ``None``, every listener of ``event``."""
-        for listener in list(self.emitter.listeners(str(event))):
-            if handler is None or getattr(listener, "__wrapped__", None) == handler:
-                self.emitter.remove_listener(str(event), listener)
+    def _dispatch(self, handler: Callable[..., Any], event: Any) -> None:
+        self.run_listener(handler, event)
 
     def emit(self, event: AppEvents, **fields: Any) -> None:
         self.emitter.emit(str(event), AppEvent(str(event), self.id, **fields))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calls import Call, CallError, CallEvents, CallState, Dispatcher, Playback
+from ..calls import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
 from ..media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
 from ..media.tts import Pcm, TtsCache
 from ..scenario import Session
@@ -456,11 +456,7 @@ def _pass_end_on(ended: Call) -> None:
     if other is None or other.state.ended:
         return
     other._by = f"the engine (the direct call's other end {ended.state.value} {ended.end_code})"
-    if other.direction == "inbound" and other.state == CallState.ALERTING:
-        code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
-        other.reject(code)
-    else:
-        other.hangup()
+    end_other_end(ended, other)
 
 
 # -- the test's end ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc import RTCIceCandidate
 
-from ..calls import Call, CallError, CallEvents, CallState
+from ..calls import Call, CallError, CallEvents, CallState, end_other_end
 from ..media.players import FrameSource
 from ..media.tts import TtsCache, default_tts
 from ..transport.media_clock import MediaClock
@@ -81,14 +81,8 @@ def _pass_end_on(ended: Call) -> None:
     other = ended.direct_peer
     if other is None or other.state.ended:
         return
-    try:
-        if other.direction == "inbound" and other.state == CallState.ALERTING:
-            code = ended.end_code if ended.end_code is not None and 300 <= ended.end_code <= 699 else 480
-            other.reject(code)
-        else:
-            other.hangup()
-    except CallError:
-        other.log.exception("ending the other end of a direct call failed")
+    end_other_end(ended, other)
+
 
 
 def _keep(task: asyncio.Task[Any]) -> None:
