@@ -1,0 +1,51 @@
+"""One line per security event, in one format, for fail2ban and auditors.
+
+Every refusal an attacker can provoke (a wrong password, a wrong PIN, a
+forged grant, a rate limit hit, a ban, a cap reached, a dial-out refused)
+is reported through :func:`security_event` to the ``callbridge.security``
+logger. The line is logfmt like the rest of the engine's logs and always
+starts with the same two fields, so that one fail2ban filter matches them
+all::
+
+    security event=auth_failed src=203.0.113.7 method=REGISTER user="alice"
+
+``src`` is the address the engine saw the request come from (the one thing
+an attacker cannot choose freely), or ``-`` when there is none (an API
+key's request through a proxy, an internal call). Values are quoted and
+control characters escaped, so a caller-chosen value (a user name, a
+caller id) can never start a line of its own or forge another field.
+Nothing secret goes in: no password, PIN, token or digit typed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["security_event", "quote"]
+
+logger = logging.getLogger("callbridge.security")
+
+#: Longest value written (a caller id or user name an attacker chose).
+MAX_VALUE = 80
+
+
+def quote(value: Any) -> str:
+    """``value`` as one safe logfmt token: bare when it is plain, else in
+    double quotes with ``"``, ``\\`` and control characters escaped."""
+    text = str(value)[:MAX_VALUE]
+    if text and all(c.isalnum() or c in "-_.:/@+[]" for c in text):
+        return text
+    escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def security_event(event: str, src: str | None, **fields: Any) -> None:
+    """Log security event ``event`` (``auth_failed``, ``pin_failed``,
+    ``rate_limited``, ``banned``, ``forbidden``, ``cap_reached``,
+    ``dial_refused``, ...) from source address ``src``, with ``fields``."""
+    if not logger.isEnabledFor(logging.WARNING):
+        return
+    parts = [f"security event={quote(event)} src={quote(src) if src else '-'}"]
+    parts.extend(f"{key}={quote(value)}" for key, value in fields.items() if value is not None)
+    logger.warning(" ".join(parts))
