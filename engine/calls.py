@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 
 from pyee.asyncio import AsyncIOEventEmitter
 
+from .grants import Grant
 from .media.dtmf import DtmfBodyError, parse_info_body
 from .media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
@@ -526,7 +527,13 @@ class Call(PlaybackMixin, Listeners):
     :ivar callerid: the caller's number (inbound) or the number we present.
     :ivar display_name: the caller's display name, if any.
     :ivar headers: the ``X-`` headers of the INVITE (inbound) or of the
-        answer (outbound), as received.
+        answer (outbound), as received: never ``X-Callbridge-*``, which the
+        engine drops from whatever a caller sends.
+    :ivar grant: what the engine established about the caller
+        (:class:`~engine.grants.Grant`: identity, room, role, permissions),
+        or ``None`` for an anonymous caller. Only the engine sets it.
+    :ivar source: the address the caller's signalling came from (a SIP
+        peer's, a browser's socket's), ``None`` for internal calls.
     """
 
     kind = "call"
@@ -547,6 +554,8 @@ class Call(PlaybackMixin, Listeners):
         self.callerid = callerid
         self.display_name = display_name
         self.headers: dict[str, str] = dict(headers or {})
+        self.grant: Grant | None = None
+        self.source: str | None = None
         self.state = CallState.NEW
         self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
         self.emitter = AsyncIOEventEmitter()
@@ -1207,11 +1216,14 @@ def new_call_pair(
     display_name: str | None,
     headers: dict[str, str] | None,
     caller_dispatcher: Dispatcher,
+    grant: Grant | None = None,
+    source: str | None = None,
 ) -> tuple[InternalCall, InternalCall]:
     """Make the two ends of an internal call: (caller's end, callee's end).
 
     The callee's end has no dispatcher yet: the session that receives it sets
-    one before emitting anything.
+    one before emitting anything. ``grant`` and ``source`` (the caller's,
+    handed on by the calling session) are set on the callee's end.
     """
     out = InternalCall(
         direction="outbound", number=number, callerid=callerid, display_name=display_name,
@@ -1221,6 +1233,7 @@ def new_call_pair(
         direction="inbound", number=number, callerid=callerid, display_name=display_name,
         headers=headers,
     )
+    inc.grant, inc.source = grant, source
     out.peer, inc.peer = inc, out
     out._set_state(CallState.PROGRESSING)
     inc._set_state(CallState.ALERTING)

@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
                        help="whether the web SDK may log in as a guest (the demo page does)")
+    serve.add_argument("--ad-hoc-conferences", choices=("on", "off"), default=_env("AD_HOC_CONFERENCES", "on"),
+                       help="whether a conference that is not a room may be opened by naming it (the demo page)")
+    serve.add_argument("--dial-allow", default=_env("DIAL_ALLOW", ""),
+                       help="comma-separated patterns of numbers call_pstn may dial (none by default)")
+    serve.add_argument("--dial-deny", default=_env("DIAL_DENY", None),
+                       help="comma-separated patterns never dialed (default: emergency and premium ranges)")
+    serve.add_argument("--dial-max-concurrent", type=int, default=int(_env("DIAL_MAX_CONCURRENT", 10)))
+    serve.add_argument("--dial-max-per-hour", type=int, default=int(_env("DIAL_MAX_PER_HOUR", 100)))
+    serve.add_argument("--dial-max-per-identity", type=int, default=int(_env("DIAL_MAX_PER_IDENTITY", 2)))
+    serve.add_argument("--dial-max-per-identity-hour", type=int,
+                       default=int(_env("DIAL_MAX_PER_IDENTITY_HOUR", 20)))
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -105,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rules", type=Path, default=Path(_env("RULES", "rules.yaml")))
     check.add_argument("--scenarios", type=Path, default=Path(_env("SCENARIOS", "scenarios")))
     check.add_argument("number", nargs="*", help="numbers to route (shows which rule wins)")
+    check.add_argument("--kind", choices=("web", "sip", "internal"),
+                       help="route the numbers as this kind of caller (rules' restrictions apply)")
+    check.add_argument("--source", help="the caller's address, for rules' networks (with --kind)")
+    check.add_argument("--authenticated", action="store_true",
+                       help="the caller is authenticated (with --kind)")
 
     call = sub.add_parser("call", help="place a test call through a running engine")
     call.add_argument("number")
@@ -159,6 +175,19 @@ def _config_from(args: argparse.Namespace) -> Any:
         raise SystemExit(f"callbridge: --tts must be one of {', '.join(TTS_PROVIDERS)}, got {args.tts!r}")
     if args.rtp_timeout < 0:
         raise SystemExit(f"callbridge: --rtp-timeout must be 0 (off) or more seconds, got {args.rtp_timeout}")
+    from .dialout import DEFAULT_DENY, DialPolicy
+
+    def patterns(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+    try:
+        dial_policy = DialPolicy(
+            allow=patterns(args.dial_allow, ()), deny=patterns(args.dial_deny, DEFAULT_DENY),
+            max_concurrent=args.dial_max_concurrent, max_per_hour=args.dial_max_per_hour,
+            max_per_identity=args.dial_max_per_identity, max_per_identity_hour=args.dial_max_per_identity_hour,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"callbridge: {exc}") from None
     policy = SecurityPolicy(
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
@@ -170,6 +199,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         rtp_timeout=args.rtp_timeout, guest_login=args.guests == "on",
+        dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 
@@ -223,7 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from .router import RulesError, load_rules
+    from .router import Caller, RulesError, load_rules
     from .scenario import ScenarioError, ScenarioRuntime
 
     try:
@@ -235,12 +265,17 @@ def _rules_check(args: argparse.Namespace) -> int:
     for warning in rules.warnings:
         print(f"warning: {warning}")
     for rule in rules.rules:
-        print(f"{rule.name}: {rule.pattern.pattern} -> {', '.join(rule.scenarios)}")
+        limits = "".join(f" {key}={','.join(v) if isinstance(v, list) else v}"
+                         for key, v in rule.restrictions().items())
+        print(f"{rule.name}: {rule.pattern.pattern} -> {', '.join(rule.scenarios)}"
+              + (f" (only{limits})" if limits else ""))
+    caller = Caller(args.kind, args.source, args.authenticated) if args.kind else None
     for number in args.number:
-        for rule, verdict in rules.explain(number):
+        for rule, verdict in rules.explain(number, caller):
             print(f"  {number!r} {rule.name}: {verdict}")
-        if rules.match(number) is None:
-            print(f"  {number!r}: no rule matches (404)")
+        if rules.match(number, caller) is None:
+            code, why = rules.refusal(number, caller) if caller is not None else (404, "no rule")
+            print(f"  {number!r}: no rule takes it ({code} {why})")
     print(f"{args.rules}: {len(rules.rules)} rules OK")
     return 0
 

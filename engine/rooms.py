@@ -25,6 +25,7 @@ the engine turns them into webhook deliveries.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -291,6 +292,24 @@ class RoomService:
         for timer in self._empty_timers.values():
             timer.cancel()
         self._empty_timers.clear()
+
+    def pin_role(self, room_id: str, pin: str) -> str | None:
+        """``"guest"`` or ``"moderator"`` when ``pin`` is room ``room_id``'s PIN
+        or moderator PIN (its id when it has no PIN), else ``None``. Compared
+        in constant time."""
+        room = self.get(room_id)
+        if room is None or not isinstance(pin, str):
+            return None
+        given = pin.encode()
+        if room.moderator_pin and hmac.compare_digest(given, room.moderator_pin.encode()):
+            return "moderator"
+        if hmac.compare_digest(given, (room.pin or room.room_id).encode()):
+            return "guest"
+        return None
+
+    def report(self, event: str, data: dict[str, Any]) -> None:
+        """Send ``event`` to the event hooks (webhooks), as the room's own are."""
+        self._emit(event, data)
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         for hook in list(self.on_event):

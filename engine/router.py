@@ -8,6 +8,16 @@ The file holds a top-level ``rules:`` list in priority order::
         exclude: "conf_test"             # optional veto, also a whole match
         scenarios: [conference]          # stems of files in scenarios/, in order
         description: "one session per conference"   # optional
+        kinds: [internal]                # optional: web, sip, internal
+        networks: [10.0.0.0/8]           # optional: source addresses (CIDR)
+        authenticated: true              # optional: a SIP digest, store user or join token
+
+A rule with ``kinds``, ``networks`` or ``authenticated`` takes only the
+callers they describe (:class:`Caller`); for anyone else the rule is passed
+over as if its pattern did not match. A number whose matching rules all
+refused the caller is forbidden (403, or a digest challenge to a SIP caller
+when only ``authenticated`` stood in the way); a number no pattern matches
+is not found (404). Either way no session starts.
 
 :func:`load_rules` validates the file completely before anything runs, so that
 ``callbridge serve`` can stop with the file, line and reason of the first
@@ -24,6 +34,7 @@ tuple of bound ``fullmatch`` methods and allocates nothing of its own.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -34,9 +45,12 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
-__all__ = ["Rule", "RuleSet", "RulesError", "RulesWarning", "load_rules", "parse_rules"]
+__all__ = ["Caller", "Rule", "RuleSet", "RulesError", "RulesWarning", "load_rules", "parse_rules"]
 
-_KEYS = ("name", "pattern", "exclude", "scenarios", "description")
+_KEYS = ("name", "pattern", "exclude", "scenarios", "description", "kinds", "networks", "authenticated")
+#: Call kinds a rule can be restricted to.
+KINDS = ("web", "sip", "internal")
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _REQUIRED = ("name", "pattern", "scenarios")
 _TAG = "tag:yaml.org,2002:"
 _TEXT_TAGS = frozenset({_TAG + "str", _TAG + "int", _TAG + "float"})
@@ -106,6 +120,60 @@ class Rule:
     scenarios: tuple[str, ...]
     line: int
     description: str = ""
+    kinds: frozenset[str] | None = None
+    networks: tuple[_Network, ...] | None = None
+    authenticated: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        return self.kinds is not None or self.networks is not None or self.authenticated
+
+    def refusal(self, caller: Caller) -> str | None:
+        """Why this rule does not take ``caller`` (``"kind"``, ``"network"``,
+        ``"authentication"``), or ``None`` when it does."""
+        if self.kinds is not None and caller.kind not in self.kinds:
+            return "kind"
+        if self.networks is not None and not caller.in_networks(self.networks):
+            return "network"
+        if self.authenticated and not caller.authenticated:
+            return "authentication"
+        return None
+
+    def restrictions(self) -> dict[str, object]:
+        """The restrictions as plain data (``rules check``, the API's explain)."""
+        found: dict[str, object] = {}
+        if self.kinds is not None:
+            found["kinds"] = sorted(self.kinds)
+        if self.networks is not None:
+            found["networks"] = [str(n) for n in self.networks]
+        if self.authenticated:
+            found["authenticated"] = True
+        return found
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as far as rules care.
+
+    :param kind: ``web``, ``sip`` or ``internal`` (a scenario's call into another session).
+    :param address: the source address of the signalling, or ``None`` (internal calls).
+    :param authenticated: whether the engine verified an identity (see :class:`engine.grants.Grant`).
+    """
+
+    kind: str
+    address: str | None = None
+    authenticated: bool = False
+
+    def in_networks(self, networks: tuple[_Network, ...]) -> bool:
+        if self.address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(self.address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in networks)
 
 
 _Matcher = Callable[[str], "re.Match[str] | None"]
@@ -128,25 +196,41 @@ class RuleSet:
             for r in self.rules
         )
 
-    def match(self, destination: str) -> Rule | None:
-        """Return the first rule whose pattern matches the whole destination and
-        whose exclude does not, or ``None`` (the caller answers 404).
+    def match(self, destination: str, caller: Caller | None = None) -> Rule | None:
+        """Return the first rule whose pattern matches the whole destination,
+        whose exclude does not, and which takes ``caller``; or ``None`` (the
+        caller answers :meth:`refusal`'s code).
 
         :param destination: the dialed user part, already percent-decoded; it is
             matched as given (no trimming, no case folding).
+        :param caller: who calls; ``None`` only for tools that ask which rule
+            a number reaches regardless of restrictions (``rules check``).
         """
         for pattern, exclude, rule in self._table:
             if pattern(destination) is not None and (
                 exclude is None or exclude(destination) is None
-            ):
+            ) and (caller is None or not rule.restricted or rule.refusal(caller) is None):
                 return rule
         return None
 
-    def explain(self, destination: str) -> list[tuple[Rule, str]]:
+    def refusal(self, destination: str, caller: Caller) -> tuple[int, str]:
+        """Why :meth:`match` found nothing for ``caller``: ``(404, "no rule")``
+        when no pattern matches, ``(401, "authentication")`` when a rule
+        would take the caller once authenticated, else ``(403, REASON)``."""
+        reasons = [rule.refusal(caller) for pattern, exclude, rule in self._table
+                   if pattern(destination) is not None and (exclude is None or exclude(destination) is None)]
+        if not reasons:
+            return 404, "no rule"
+        if "authentication" in reasons:
+            return 401, "authentication"
+        return 403, str(reasons[0])
+
+    def explain(self, destination: str, caller: Caller | None = None) -> list[tuple[Rule, str]]:
         """Say why each rule was passed over, up to and including the match.
 
-        Verdicts are ``"pattern does not match"``, ``"excluded by 'EXCLUDE'"``
-        and ``"matched"``; without a match every rule is listed.
+        Verdicts are ``"pattern does not match"``, ``"excluded by 'EXCLUDE'"``,
+        ``"refused: KIND|NETWORK|AUTHENTICATION"`` (with ``caller``) and
+        ``"matched"``; without a match every rule is listed.
 
         :param destination: as for :meth:`match`.
         """
@@ -157,6 +241,8 @@ class RuleSet:
             elif exclude is not None and exclude(destination) is not None:
                 assert rule.exclude is not None
                 verdicts.append((rule, f"excluded by '{rule.exclude.pattern}'"))
+            elif caller is not None and (why := rule.refusal(caller)) is not None:
+                verdicts.append((rule, f"refused: {why}"))
             else:
                 verdicts.append((rule, "matched"))
                 break
@@ -345,7 +431,47 @@ class _Parser:
             scenarios=self.parse_scenarios(fields["scenarios"][1], label),
             line=_line(node),
             description=text("description", optional=True) or "",
+            kinds=self.parse_kinds(fields["kinds"][1], label) if "kinds" in fields else None,
+            networks=self.parse_networks(fields["networks"][1], label) if "networks" in fields else None,
+            authenticated=self.parse_flag(fields["authenticated"][1], label, "authenticated")
+            if "authenticated" in fields else False,
         )
+
+    def text_list(self, node: Node, label: str, key: str) -> list[tuple[str, Node]]:
+        if not isinstance(node, SequenceNode):
+            raise self.error(_line(node), f"{label}: '{key}' must be a list, got {_kind(node)}")
+        if not node.value:
+            raise self.error(_line(node), f"{label}: '{key}' must not be empty (leave it out to take every caller)")
+        items: list[tuple[str, Node]] = []
+        for item in node.value:
+            if not _is_text(item):
+                raise self.error(_line(item), f"{label}: '{key}' entries must be strings, got {_kind(item)}")
+            items.append((str(item.value), item))
+        return items
+
+    def parse_kinds(self, node: Node, label: str) -> frozenset[str]:
+        kinds = []
+        for value, item in self.text_list(node, label, "kinds"):
+            if value not in KINDS:
+                raise self.error(_line(item), f"{label}: unknown call kind '{value}' (use {', '.join(KINDS)})")
+            kinds.append(value)
+        return frozenset(kinds)
+
+    def parse_networks(self, node: Node, label: str) -> tuple[_Network, ...]:
+        networks = []
+        for value, item in self.text_list(node, label, "networks"):
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                raise self.error(
+                    _line(item), f"{label}: '{value}' is not an address or network (e.g. 192.0.2.0/24, ::1)"
+                ) from None
+        return tuple(networks)
+
+    def parse_flag(self, node: Node, label: str, key: str) -> bool:
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG + "bool"):
+            raise self.error(_line(node), f"{label}: '{key}' must be true or false, got {_kind(node)}")
+        return str(node.value).lower() in ("true", "yes", "on")
 
     def parse_scenarios(self, node: Node, label: str) -> tuple[str, ...]:
         if not isinstance(node, SequenceNode):
@@ -395,7 +521,7 @@ class _Parser:
         found: list[RulesWarning] = []
         for i, rule in enumerate(rules):
             for earlier in rules[:i]:
-                if earlier.exclude is not None:
+                if earlier.exclude is not None or earlier.restricted:
                     continue
                 if earlier.pattern.pattern in _MATCH_ALL:
                     why = "matches everything"

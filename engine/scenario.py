@@ -59,7 +59,11 @@ from .calls import Call, CallError, CallEvents, CallState, InternalCall, Listene
 from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
 from .rooms import RoomRefused, RoomService
-from .router import Rule, RuleSet
+from .dialout import DialPolicy
+from .grants import Grant
+from .router import Caller, Rule, RuleSet
+from .tokens import PRESETS
+from .security_log import security_event
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -124,6 +128,41 @@ class AppEvent:
     query: dict[str, str] = field(default_factory=dict)
 
 
+#: What rules see of a scenario's own call into another session.
+INTERNAL_CALLER = Caller("internal")
+
+
+def caller_of(call: Call) -> Caller:
+    """What the rules see of ``call``: its kind, source address and whether
+    the engine authenticated it."""
+    grant = call.grant
+    return Caller(call.kind, call.source, grant is not None and grant.authenticated)
+
+
+@dataclass
+class PinLimits:
+    """How many wrong PINs and invite codes are tolerated, and where.
+
+    Failures are counted per source address (per source and caller id for
+    ``--trusted`` sources, whose callers share one address), per room (when
+    the room is known: a browser giving a room's PIN), and engine-wide. A
+    source over its budget is refused for ``source_lockout`` seconds; a room
+    over its budget has its PINs locked for ``room_lockout`` seconds (join
+    tokens still work; ``room.pin_locked`` is reported); the engine over
+    its budget refuses every PIN for ``global_lockout`` seconds.
+    """
+
+    source_burst: int = 5
+    source_per_hour: float = 30.0
+    source_lockout: float = 300.0
+    room_burst: int = 10
+    room_per_hour: float = 30.0
+    room_lockout: float = 900.0
+    global_burst: int = 100
+    global_per_hour: float = 1200.0
+    global_lockout: float = 60.0
+
+
 class ScenarioError(Exception):
     """A scenario could not be loaded (file, line and reason in the text)."""
 
@@ -160,17 +199,60 @@ class _VoxEngine:
 
     def call_conference(
         self, name: str, callerid: str | None = None, display_name: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, on_behalf_of: Call | None = None,
+        grant: Grant | None = None,
     ) -> Call:
         """Call the ONE session that owns conference ``name`` (started through
         the rules on first use). Returns this side's leg; the conference
-        session gets ``CallAlerting`` with the other."""
-        return _session().runtime.call_conference(_session(), name, callerid, display_name, headers)
+        session gets ``CallAlerting`` with the other.
+
+        :param on_behalf_of: the caller this leg carries (a gatekeeper's
+            inbound call): its ``grant`` and ``source`` are set on the
+            conference session's leg, so that the conference admits and
+            limits the caller, not the gatekeeper.
+        :param grant: the grant to give the conference's leg instead of
+            ``on_behalf_of.grant`` (one the gatekeeper established itself,
+            e.g. :meth:`admit_with_pin`'s).
+        """
+        session = _session()
+        if grant is None and on_behalf_of is not None:
+            grant = on_behalf_of.grant
+        source = on_behalf_of.source if on_behalf_of is not None else None
+        return session.runtime.call_conference(session, name, callerid, display_name, headers,
+                                               grant=grant, source=source)
 
     def call_pstn(self, number: str, callerid: str, headers: dict[str, str] | None = None,
-                  display_name: str | None = None) -> Call:
-        """Call a phone number through the configured SIP trunk."""
-        return _outbound("call_pstn", number, callerid, display_name=display_name, headers=headers)
+                  display_name: str | None = None, requested_by: Call | None = None) -> Call:
+        """Call a phone number through the configured SIP trunk, if the
+        engine's dial-out policy allows it (:mod:`engine.dialout`: the
+        allow and deny lists, the engine's caps).
+
+        :param requested_by: the participant who asked for this call (a
+            browser's ``CALL_PARTICIPANT``): their grant must hold
+            ``dial_out``, their own caps apply, and the call is hung up when
+            they leave. A guest never holds ``dial_out``.
+        :raises DialRefused: (a :class:`CallError`) the policy refuses, with
+            ``code`` and ``reason``.
+        """
+        session = _session()
+        runtime = session.runtime
+        if session.terminated:
+            raise CallError("this session has terminated: it cannot place calls")
+        if runtime.ua is None or getattr(getattr(runtime.ua, "config", None), "trunk", True) is None:
+            raise CallError("no SIP trunk is configured (--trunk)")
+        now = asyncio.get_running_loop().time()
+
+        def hit(key: str, per_hour: float, burst: int) -> bool:
+            return burst > 0 and runtime.directory.hit(key, now, rate=per_hour / 3600.0, burst=burst)
+
+        digits = runtime.dial_policy.check(number, requested_by=requested_by, hit=hit,
+                                           src=requested_by.source if requested_by is not None else None)
+        call = _outbound("call_pstn", digits, callerid, display_name=display_name, headers=headers)
+        runtime.dial_policy.started(call, requested_by)
+        if requested_by is not None and requested_by.grant is not None:
+            call.grant = Grant(identity=digits, authenticated_by="dial-out", room=requested_by.grant.room,
+                               admitted_by="dial-out", role="guest", permissions=frozenset(PRESETS["guest"]))
+        return call
 
     def call_sip(self, uri: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
                  display_name: str | None = None) -> Call:
@@ -229,6 +311,26 @@ class _VoxEngine:
         room, role = found
         return {"room": room.room_id, "conference": f"conf_{room.room_id}", "role": role}
 
+    def admit_with_pin(self, call: Call, pin: str, room: str | None = None) -> dict[str, str]:
+        """Admit ``call`` by a PIN it typed or sent: a room's PIN or moderator
+        PIN, an invite's one-time code, or (ad-hoc conferences allowed) the
+        id of a conference a browser opened. With ``room`` (an id or
+        ``conf_<id>``: a browser naming its room) only that room's PINs
+        count. On success the call's :attr:`~engine.calls.Call.grant`
+        admits it to the room (hand it on with ``call_conference(...,
+        on_behalf_of=call)``) and ``{"room", "conference", "role"}`` is
+        returned (``room`` is ``""`` for an ad-hoc conference).
+
+        Wrong attempts are limited by the call's source address, the room
+        and the engine as a whole (:class:`PinLimits`), never by caller id.
+
+        :raises RoomRefused: ``wrong_pin``, ``too_many_attempts`` (the
+            source or the engine is cooling down), ``pin_locked`` (the
+            room's PINs are locked after repeated failures), or an invite's
+            refusal (``invite_used``, ``invite_expired``...).
+        """
+        return _session().runtime.admit_with_pin(call, pin, room)
+
     def redeem_invite(self, code: str) -> dict[str, Any]:
         """Use up an invite's code typed on a phone keypad: returns
         ``{"room", "conference", "role", "permissions", "identity",
@@ -241,29 +343,58 @@ class _VoxEngine:
 
     def room_join(
         self, name: str, call: Call, *, kind: str, display_name: str | None = None,
-        identity: str | None = None, role: str = "guest",
+        identity: str | None = None, role: str | None = None,
     ) -> None:
         """Admit ``call`` into room ``name`` (``conf_<id>``) as a participant
         of ``kind`` ``"web"`` or ``"pstn"``; it then shows in
-        ``GET /api/v1/rooms/{id}``. Does nothing for a conference that is
-        not a room. Call :meth:`room_leave` when the call leaves (the
-        runtime also does when the call ends).
+        ``GET /api/v1/rooms/{id}``. Call :meth:`room_leave` when the call
+        leaves (the runtime also does when the call ends).
 
-        :raises RoomRefused: ``code`` ``room_full``, ``room_locked``,
-            ``room_not_started`` or ``room_ended``, with a message to say or
-            send before hanging up.
+        A room admits only a call whose :attr:`~engine.calls.Call.grant` is
+        for it (a join token for the room, its PIN, an invite, a dial-out
+        of a participant); ``identity`` and ``role`` default to the grant's.
+        A conference that is not a room admits anyone, unless ad-hoc
+        conferences are switched off (``--ad-hoc-conferences off``).
+
+        :raises RoomRefused: ``code`` ``not_admitted``, ``room_not_found``,
+            ``room_full``, ``room_locked``, ``room_not_started`` or
+            ``room_ended``, with a message to say or send before hanging up.
         """
         session = _session()
-        rooms = session.runtime.rooms
-        if rooms is None:
-            return
+        runtime = session.runtime
+        rooms = runtime.rooms
+        room = rooms.get(name) if rooms is not None else None
+        grant = call.grant
+        if room is None:
+            if not runtime.ad_hoc_conferences:
+                security_event("forbidden", call.source, reason="ad_hoc_conferences_off", conference=name)
+                raise RoomRefused("room_not_found", "There is no such conference.")
+            if rooms is None:
+                return
+        elif grant is None or not grant.admitted_to(room.room_id):
+            security_event("forbidden", call.source, reason="not_admitted", room=room.room_id,
+                           identity=grant.identity if grant else None)
+            raise RoomRefused("not_admitted", "This conference needs its PIN or an invitation.")
+        assert rooms is not None
+        if grant is not None:
+            identity = identity if identity is not None else grant.identity
+            role = role if role is not None else grant.role
         joined = rooms.join(name, call.id, kind=kind, display_name=display_name, identity=identity,
-                            role=role, call=call)
+                            role=role or "guest", call=call)
         if joined is not None:
             def left(ended: Call) -> None:
                 rooms.leave(name, ended.id)
 
             call.on_ended.append(left)
+
+    def room_has(self, name: str, identity: str | None) -> bool:
+        """Whether someone of ``identity`` (a web user, a join token's
+        subject) is in room ``name`` now."""
+        rooms = _session().runtime.rooms
+        if rooms is None or identity is None:
+            return False
+        room = rooms.get(name)
+        return room is not None and any(p.identity == identity for p in rooms.list_participants(room.room_id))
 
     def room_mute(self, name: str, call: Call, muted: bool = True) -> bool:
         """Mute (``muted=False``: unmute) ``call``'s audio for everyone in
@@ -822,6 +953,16 @@ class ScenarioRuntime:
         self.rooms: RoomService | None = None
         #: The engine's keys (:class:`engine.tokens.Keys`), for invite codes, or ``None``.
         self.keys: Any = None
+        #: Where and how much the trunk may be dialed (closed: nothing is allowed).
+        self.dial_policy = DialPolicy()
+        #: Whether a conference that is not a room (opened by whoever names
+        #: it first) may be joined (``--ad-hoc-conferences``).
+        self.ad_hoc_conferences = True
+        #: Limits on PIN and invite-code attempts.
+        self.pin_limits = PinLimits()
+        #: Source addresses whose callers are told apart by caller id (a
+        #: trunk or load balancer: ``--trusted``), for PIN attempt limits.
+        self.trusted_sources: frozenset[str] = frozenset()
         #: Hooks called with ``(event, data)`` for ``call.started`` / ``call.ended``.
         self.on_call_event: list[Callable[[str, dict[str, Any]], None]] = []
         self.sessions: dict[str, Session] = {}
@@ -911,11 +1052,25 @@ class ScenarioRuntime:
         return session
 
     def on_incoming_call(self, call: Call, request: Any = None) -> None:
-        """Route an inbound call by its dialed number."""
-        rule = self.rules.match(call.number)
+        """Route an inbound call by its dialed number and who calls (a rule's
+        ``kinds``, ``networks``, ``authenticated``). A number no rule takes
+        is refused before any session starts: 404 when no pattern matches,
+        403 when the matching rules refuse this caller, a digest challenge
+        (401) to a SIP caller that only lacks authentication."""
+        caller = caller_of(call)
+        rule = self.rules.match(call.number, caller)
         if rule is None:
-            logger.info("no rule matches %r: 404", call.number)
-            call.reject(404)
+            code, why = self.rules.refusal(call.number, caller)
+            if code == 404:
+                logger.info("no rule matches %r: 404", call.number)
+                call.reject(404)
+                return
+            security_event("forbidden", call.source, kind=call.kind, number=call.number, reason=why)
+            challenge = getattr(call, "challenge", None)
+            if code == 401 and challenge is not None:
+                challenge()
+            else:
+                call.reject(403)
             return
         try:
             session = self.start_session(rule)
@@ -957,10 +1112,17 @@ class ScenarioRuntime:
             except CallError:
                 pass
 
-    def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str]) -> int:
-        """An out-of-dialog MESSAGE: start a session for it; return the status."""
-        rule = self.rules.match(destination)
+    def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str],
+                   source: str | None = None) -> int:
+        """An out-of-dialog SIP MESSAGE from ``source``: start a session for
+        it (through the rules, as a ``sip`` caller); return the status."""
+        caller = Caller("sip", source)
+        rule = self.rules.match(destination, caller)
         if rule is None:
+            code, why = self.rules.refusal(destination, caller)
+            if code != 404:
+                security_event("forbidden", source, kind="sip", method="MESSAGE", number=destination, reason=why)
+                return 403
             return 404
         try:
             session = self.start_session(rule)
@@ -972,7 +1134,7 @@ class ScenarioRuntime:
 
     def call_conference(
         self, caller: Session, name: str, callerid: str | None, display_name: str | None,
-        headers: dict[str, str] | None,
+        headers: dict[str, str] | None, grant: Grant | None = None, source: str | None = None,
     ) -> InternalCall:
         """Connect ``caller`` to the ONE session owning conference ``name``,
         started through the rules on first use. Returns the caller's leg; the
@@ -983,7 +1145,7 @@ class ScenarioRuntime:
         :raises CallError: no rule matches ``name``, or another node owns it
             (calls between nodes are not built yet).
         """
-        rule = self.rules.match(name)
+        rule = self.rules.match(name, INTERNAL_CALLER)
         if rule is None:
             raise CallError(f"no rule matches conference {name!r}")
         if caller.terminated:
@@ -992,7 +1154,7 @@ class ScenarioRuntime:
         session = self._conference_owner(name, rule)
         out, inc = new_call_pair(
             number=name, callerid=callerid or "", display_name=display_name, headers=headers,
-            caller_dispatcher=caller,
+            caller_dispatcher=caller, grant=grant, source=source,
         )
         caller.adopt(out)
         if session is None:
@@ -1040,6 +1202,87 @@ class ScenarioRuntime:
                 return False
             return room is not None and room.state(time.time()) != "ended"
         return False
+
+    def admit_with_pin(self, call: Call, pin: str, room_name: str | None = None) -> dict[str, str]:
+        """See ``VoxEngine.admit_with_pin``."""
+        rooms = self.rooms
+        room = rooms.get(room_name) if rooms is not None and room_name is not None else None
+        if room_name is not None and room is None:
+            raise RoomRefused("room_not_found", "There is no such conference.")
+        room_id = room.room_id if room is not None else None
+        now = asyncio.get_running_loop().time()
+        keys = self._pin_keys(call, room_id)
+        refused = self._pin_blocked(keys, now)
+        if refused is not None:
+            security_event("pin_refused", call.source, reason=refused.code, room=room_id)
+            raise refused
+        found = self._find_pin(pin, room) if isinstance(pin, str) and pin.isalnum() and len(pin) <= 32 else None
+        if isinstance(found, RoomRefused):  # an invite's own refusal (used, expired): a failure too
+            self._pin_failed(keys, now, call, room_id)
+            raise found
+        if found is None:
+            self._pin_failed(keys, now, call, room_id)
+            raise RoomRefused("wrong_pin", "That PIN is not valid.")
+        found_room, role, permissions, by = found
+        base = call.grant or Grant(identity=call.callerid or None, display_name=call.display_name)
+        call.grant = base.with_room(found_room or None, role, frozenset(permissions), by)
+        return {"room": found_room, "conference": f"conf_{found_room or pin}", "role": role}
+
+    def _find_pin(self, pin: str, room: Any) -> tuple[str, str, tuple[str, ...], str] | RoomRefused | None:
+        """``(room id, role, permissions, how)`` a PIN opens, the refusal of
+        an invite it names, or ``None``."""
+        rooms = self.rooms
+        if room is not None:
+            assert rooms is not None
+            role = rooms.pin_role(room.room_id, pin)
+            return (room.room_id, role, PRESETS[role], "pin") if role is not None else None
+        if rooms is not None:
+            found = rooms.store.find_room_by_pin(pin)
+            if found is not None:
+                hit, role = found
+                if hit.state(time.time()) != "ended":
+                    return hit.room_id, role, PRESETS[role], "pin"
+        if (self.ad_hoc_conferences and (rooms is None or rooms.get(pin) is None)
+                and self.directory.conference_owner("conf_" + pin) is not None):
+            return "", "guest", PRESETS["guest"], "pin"  # opened by a browser, not a room
+        if pin.isdigit():
+            try:
+                invite = self.redeem_invite_code(pin)
+            except RoomRefused as refused:
+                return None if refused.code == "invalid_code" else refused
+            return invite["room"], invite["role"], tuple(invite["permissions"]), "invite"
+        return None
+
+    def _pin_keys(self, call: Call, room_id: str | None) -> list[tuple[str, str, float, int, float]]:
+        """``(scope, key, per_hour, burst, lockout)`` of each attempt counter for ``call``."""
+        limits = self.pin_limits
+        source = call.source or "internal"
+        if source in self.trusted_sources:  # a trunk: its callers share the address
+            source = f"{source}/{call.callerid}"
+        keys = [("source", f"pin-src:{source}", limits.source_per_hour, limits.source_burst, limits.source_lockout),
+                ("global", "pin-all", limits.global_per_hour, limits.global_burst, limits.global_lockout)]
+        if room_id is not None:
+            keys.append(("room", f"pin-room:{room_id}", limits.room_per_hour, limits.room_burst,
+                         limits.room_lockout))
+        return keys
+
+    def _pin_blocked(self, keys: list[tuple[str, str, float, int, float]], now: float) -> RoomRefused | None:
+        for scope, key, _, _, _ in keys:
+            if self.directory.is_banned(key, now):
+                if scope == "room":
+                    return RoomRefused("pin_locked", "This conference's PIN is locked. Please try again later.")
+                return RoomRefused("too_many_attempts", "Too many attempts. Please try again later.")
+        return None
+
+    def _pin_failed(self, keys: list[tuple[str, str, float, int, float]], now: float, call: Call,
+                    room_id: str | None) -> None:
+        security_event("pin_failed", call.source, room=room_id, caller=call.callerid)
+        for scope, key, per_hour, burst, lockout in keys:
+            if not self.directory.hit(key, now, rate=per_hour / 3600.0, burst=burst):
+                self.directory.ban(key, now + lockout)
+                security_event("pin_lockout", call.source, scope=scope, room=room_id, seconds=lockout)
+                if scope == "room" and self.rooms is not None and room_id is not None:
+                    self.rooms.report("room.pin_locked", {"room": room_id, "seconds": lockout})
 
     def redeem_invite_code(self, code: str) -> dict[str, Any]:
         """Use up an invite by its code (a phone keypad's digits); see

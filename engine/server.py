@@ -35,7 +35,8 @@ from .transport.media_clock import MediaClock
 from .conference import MediaGraph
 from .transport.rtp_socket import RtpPortAllocator
 from .transport.sip_endpoint import Peer, SecurityPolicy
-from .ua import SipCall, Trunk, UaConfig, UserAgent
+from .dialout import DialPolicy
+from .ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
 from .web.app import CONNECTIONS, create_app
 from .web.webhooks import WebhookDispatcher
 from .web.ws import WebUsers
@@ -95,6 +96,12 @@ class EngineConfig:
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
     guest_login: bool = True
+    #: Where and how much the trunk may be dialed (:mod:`engine.dialout`):
+    #: nothing is allowed until ``--dial-allow`` says where.
+    dial_policy: DialPolicy = field(default_factory=DialPolicy)
+    #: Whether conferences that are not rooms may be opened and joined
+    #: (the demo page's way: anyone who names one).
+    ad_hoc_conferences: bool = True
 
 
 class Engine:
@@ -191,6 +198,9 @@ class Engine:
             log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
             store=self.store,
         )
+        self.runtime.dial_policy = cfg.dial_policy
+        self.runtime.ad_hoc_conferences = cfg.ad_hoc_conferences
+        self.runtime.trusted_sources = frozenset(cfg.policy.trusted)
         try:
             self.runtime.compile_all()
         except Exception as exc:
@@ -318,7 +328,8 @@ class Engine:
         text = request.body.decode("utf-8", errors="replace")
         callerid = unquote(getattr(request.from_.uri, "user", None) or "")
         destination = getattr(request.uri, "user", None) or ""
-        return self.runtime.on_message(text, callerid, destination, request.headers.custom())
+        return self.runtime.on_message(text, callerid, destination, received_headers(request.headers, peer.host),
+                                       source=peer.host)
 
     def reload_rules(self) -> RuleSet:
         rules = self.load_rules()

@@ -22,8 +22,11 @@ the server; the token only says what its holder may ask for.
 .. rubric:: Permissions
 
 ``mute_self`` (own audio and video mute and unmute), ``mute_others``,
-``remove`` (a participant), ``lock`` (the room), ``end`` (the room). The
-presets are ``guest`` (``mute_self``) and ``moderator`` (all of them).
+``remove`` (a participant), ``lock`` (the room), ``end`` (the room),
+``dial_out`` (ask the engine to call a phone into the room through the
+trunk; the dial-out policy still applies). The presets are ``guest``
+(``mute_self``) and ``moderator`` (all of them but ``dial_out``, which is
+only ever given by name).
 
 .. rubric:: Invite codes
 
@@ -59,12 +62,14 @@ __all__ = [
 ]
 
 #: What a participant may be allowed to do.
-PERMISSIONS = ("mute_self", "mute_others", "remove", "lock", "end")
+PERMISSIONS = ("mute_self", "mute_others", "remove", "lock", "end", "dial_out")
 
 #: Named permission sets.
 PRESETS: dict[str, tuple[str, ...]] = {
     "guest": ("mute_self",),
-    "moderator": PERMISSIONS,
+    # dial_out (make the engine call a phone through the trunk) is never in
+    # a preset: it is given explicitly, to a token or invite that lists it.
+    "moderator": ("mute_self", "mute_others", "remove", "lock", "end"),
 }
 
 #: Seconds a join token lives unless asked otherwise, and at most.

@@ -50,6 +50,8 @@ from .calls import (
 from .media.players import FrameSource
 from .media.tts import TtsCache, default_tts
 from .transport.audio_fetch import AudioLoader, default_audio_loader
+from .grants import Grant
+from .security_log import security_event
 from .directory import ContactUpdate, MemoryDirectory, OutOfOrder, TooManyBindings
 from .sip.auth import ClientAuthSession, DigestServer
 from .sip.dialog import Dialog
@@ -111,8 +113,22 @@ class UaConfig:
     auth_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
 
-def _custom_headers(headers: Headers) -> dict[str, str]:
-    return headers.custom()
+#: Headers only the engine may set (lower case prefix): grants travel as
+#: call attributes (:class:`~engine.grants.Grant`), and a peer that sends one
+#: of these gets it dropped (design: "Nothing a caller sends is a grant").
+ENGINE_HEADER_PREFIX = "x-callbridge-"
+
+
+def received_headers(headers: Headers, src: str | None = None) -> dict[str, str]:
+    """The ``X-`` headers of a received message, without ``X-Callbridge-*``
+    (reported as a security event when ``src`` sent some)."""
+    custom = headers.custom()
+    forged = [name for name in custom if name.lower().startswith(ENGINE_HEADER_PREFIX)]
+    for name in forged:
+        del custom[name]
+    if forged and src is not None:
+        security_event("forged_header", src, header=forged[0])
+    return custom
 
 
 def _add_headers(request: SipRequest | SipResponse, headers: dict[str, str] | None) -> None:
@@ -362,6 +378,18 @@ class SipCall(Call):
         self._send_response(self._response(code, headers=headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
 
+    def challenge(self) -> None:
+        """Refuse an inbound call with 401 and a digest challenge (RFC 3261
+        §22.2): a rule that takes authenticated callers only was matched.
+        A phone that has the user's password sends the INVITE again with
+        credentials (:meth:`UserAgent._invite_identity`)."""
+        if self.direction != "inbound" or self.state != CallState.ALERTING or self._final_sent:
+            raise CallError(f"cannot challenge a call in state {self.state.value}")
+        assert self.invite is not None
+        self._final_sent = True
+        self._send_response(self.ua._challenge(self.invite, time.monotonic()))
+        self._finish(CallState.FAILED, CallEvents.Failed, 401, None)
+
     def _on_ack(self, request: SipRequest) -> None:
         if self._answer_msg is None or request.cseq.number != self._answer_cseq:
             return
@@ -376,7 +404,7 @@ class SipCall(Call):
         if self.state == CallState.ALERTING:
             self._set_state(CallState.CONNECTED)
             self._watch_media()
-            self._emit(CallEvents.Connected, headers=_custom_headers(request.headers))
+            self._emit(CallEvents.Connected, headers=received_headers(request.headers))
 
     def _on_cancel(self) -> None:
         if self._final_sent or self.state != CallState.ALERTING:
@@ -466,7 +494,7 @@ class SipCall(Call):
                     self.log.warning("bad early SDP in %d", code)
             if self.state == CallState.PROGRESSING:
                 event = CallEvents.Progress if resp.body or code == 183 else CallEvents.Ringing
-                self._emit(event, code=code, reason=resp.reason, headers=_custom_headers(resp.headers))
+                self._emit(event, code=code, reason=resp.reason, headers=received_headers(resp.headers))
             return
         if code < 300:
             self._on_2xx(resp)
@@ -487,7 +515,7 @@ class SipCall(Call):
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
             return
         self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
-                     _custom_headers(resp.headers))
+                     received_headers(resp.headers))
 
     async def _follow(self, target: SipUri | TelUri) -> None:
         try:
@@ -545,11 +573,11 @@ class SipCall(Call):
                 self._send_bye({"Reason": 'SIP;cause=488;text="Not Acceptable Here"'})
                 self._finish(CallState.FAILED, CallEvents.Failed, 488, "Not Acceptable Here")
                 return
-        self.headers.update(_custom_headers(resp.headers))
+        self.headers.update(received_headers(resp.headers))
         self._set_state(CallState.CONNECTED)
         self._watch_media()
         self._emit(CallEvents.Connected, code=resp.status, reason=resp.reason,
-                   headers=_custom_headers(resp.headers))
+                   headers=received_headers(resp.headers))
 
     def _on_stray_2xx(self, resp: SipResponse) -> None:
         if self._ack is not None:
@@ -614,7 +642,7 @@ class SipCall(Call):
             endpoint.send_response(txn, request.create_response(exc.status, str(exc)))
             return
         method = request.method
-        custom = _custom_headers(request.headers)
+        custom = received_headers(request.headers)
         if method == "BYE":
             endpoint.send_response(txn, request.create_response(200))
             if self._retransmit:
@@ -664,7 +692,7 @@ class SipCall(Call):
         endpoint.send_response(txn, resp)
         self._start_2xx_retransmit(resp)
         self._emit(CallEvents.ReInviteReceived, body=request.body,
-                   headers=_custom_headers(request.headers))
+                   headers=received_headers(request.headers))
 
     def _tone_handling_changed(self, enabled: bool) -> None:
         """Have the media session report RTP DTMF (RFC 4733, in-band) while
@@ -987,8 +1015,10 @@ class UserAgent:
             number=_user_of(request.uri),
             callerid=callerid,
             display_name=from_.display_name,
-            headers=_custom_headers(request.headers),
+            headers=received_headers(request.headers, peer.host),
         )
+        call.source = peer.host
+        call.grant = self._invite_identity(request, peer)
         call.invite = request
         call.invite_txn = txn
         call._set_state(CallState.ALERTING)
@@ -1003,6 +1033,28 @@ class UserAgent:
             logger.exception("incoming call handler failed")
             if call.state == CallState.ALERTING and not call._final_sent:
                 call.reject(500)
+
+    def _invite_identity(self, request: SipRequest, peer: Peer) -> Grant | None:
+        """The store user an INVITE proved to be (digest credentials in answer
+        to :meth:`SipCall.challenge`, RFC 3261 §22.2), or ``None``: an
+        INVITE without valid credentials is an anonymous call, which only
+        rules without ``authenticated: true`` take."""
+        if self.user_ha1 is None:
+            return None
+        creds = next(
+            (v for v in request.headers.get_all("Authorization")
+             if v[:6].lower() == "digest" and v[6:7] in (" ", "\t")),
+            None,
+        )
+        if creds is None:
+            return None
+        result = self.registrar_auth.verify(
+            creds, method="INVITE", uri=request.uri_text, now=time.monotonic(), ha1_lookup=self.user_ha1
+        )
+        if not result.ok or not result.username:
+            security_event("auth_failed", peer.host, method="INVITE", reason=result.reason)
+            return None
+        return Grant(identity=result.username, authenticated_by="sip-digest")
 
     def _on_cancel(self, request: SipRequest, txn: ServerTransaction,
                    invite_txn: ServerTransaction | None, peer: Peer) -> None:

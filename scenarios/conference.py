@@ -19,24 +19,30 @@ moderator's mute reaches phone and browser legs alike, and
 is ``moderator`` can send ``{"type": "MODERATE", "action": "mute_all" |
 "unmute_all"}`` (a phone moderator's ``*6``/``*7``).
 
-Browsers get the participant list as a message on each change; a browser
-can ask to dial a phone number into the conference (``CALL_PARTICIPANT``)
-and hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
+Who joins, and as what, comes from each call's grant (set by the engine:
+a join token, the room's PIN, an invite), never from a header; the engine
+refuses a room's newcomer without one (``VoxEngine.room_join``).
+
+Browsers get the participant list as a message on each change (only
+participants the engine admitted see it); a participant whose grant
+holds ``dial_out`` can ask to dial a phone number into the conference
+(``CALL_PARTICIPANT``; the engine's dial-out policy decides where to and
+how many, and the call ends when the participant who asked leaves) and
+hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
 ``_FAILED``). The conference ends when its last participant leaves. Only
-gatekeepers reach it: a call dialed straight to ``conf_<id>`` gets 404.
+gatekeepers reach it: the ``Fwd`` rule takes internal calls only, and a
+call of another kind that reaches it anyway gets 404.
 """
 
 import json
-import re
 
-from engine.calls import CallError
+from engine.calls import CallError, CallState
 from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 #: Caller id presented to people dialled into the conference.
 DIAL_OUT_CALLER_ID = "5550100"
-#: At most this many dial-outs ringing at once (toll fraud guard).
+#: At most this many dial-outs ringing at once in one conference.
 MAX_DIALING = 3
-NUMBER = re.compile(r"\+?[0-9]{3,15}")
 
 everyone = None
 phones = None
@@ -70,11 +76,11 @@ async def on_alerting(e):
         return
     mixers(e.destination)
     kind = "web" if e.headers.get("X-ClientType") == "web" else "pstn"
-    role = e.headers.get("X-Callbridge-Role", "guest")
+    grant = call.grant
+    role = grant.role if grant is not None else "guest"
     name = e.display_name or e.callerid or "anonymous"
     try:
-        VoxEngine.room_join(e.destination, call, kind=kind, display_name=name,
-                            identity=e.headers.get("X-Callbridge-Identity") or e.callerid, role=role)
+        VoxEngine.room_join(e.destination, call, kind=kind, display_name=name)
     except RoomRefused as refused:
         Logger.write(f"{kind} caller {name} refused: {refused.code}")
         if kind == "web":
@@ -91,7 +97,8 @@ async def on_alerting(e):
 
 
 def join(call, kind, name, number, role="guest"):
-    participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role}
+    participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role,
+                          "guest": call.grant is not None and call.grant.guest}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -126,7 +133,7 @@ def leave(call):
     if info is None:
         return
     Logger.write(f"{info['kind']} participant {info['name']} left ({len(participants)} in)")
-    if info["kind"] == "web" and info["number"].startswith("guest-"):
+    if info["guest"]:
         VoxEngine.delete_user(info["number"])  # a guest's profile lives as long as its visit
     if info.get("dialed"):
         notify("CALL_PARTICIPANT_DISCONNECTED", number=info["number"])
@@ -136,7 +143,8 @@ def leave(call):
 
 
 def web_calls():
-    return [c for c, info in participants.items() if info["kind"] == "web"]
+    return [c for c, info in participants.items()
+            if info["kind"] == "web" and c.state == CallState.CONNECTED]
 
 
 def notify(kind, **fields):
@@ -161,7 +169,7 @@ def on_message(call, ev):
     if not isinstance(data, dict):
         return
     if data.get("type") == "CALL_PARTICIPANT":
-        dial_out(str(data.get("number", "")))
+        dial_out(call, str(data.get("number", ""))[:32])
     elif data.get("type") == "MODERATE":
         info = participants.get(call)
         if info is None or info["role"] != "moderator":
@@ -171,26 +179,29 @@ def on_message(call, ev):
             mute_all(call, data["action"] == "mute_all")
 
 
-def dial_out(number):
-    if not NUMBER.fullmatch(number):
-        notify("CALL_PARTICIPANT_FAILED", number=number, code=484, reason="not a phone number")
+def dial_out(requester, number):
+    """Dial ``number`` into the conference for ``requester`` (a participant's
+    call): the engine checks the requester's ``dial_out`` permission, the
+    destination lists and the caps, and hangs up when the requester leaves."""
+    if requester not in participants:
         return
     if len(dialing) >= MAX_DIALING:
         notify("CALL_PARTICIPANT_FAILED", number=number, code=486, reason="too many calls ringing")
         return
-    Logger.write(f"dialing {number} into the conference")
     try:
-        call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID)
-    except CallError as exc:  # no trunk configured
+        call = VoxEngine.call_pstn(number, DIAL_OUT_CALLER_ID, requested_by=requester)
+    except CallError as exc:  # refused by the dial-out policy, or no trunk configured
         Logger.write(f"cannot dial {number}: {exc}")
-        notify("CALL_PARTICIPANT_FAILED", number=number, code=503, reason="dialing out is not available")
+        notify("CALL_PARTICIPANT_FAILED", number=number, code=getattr(exc, "code", 503),
+               reason=getattr(exc, "reason", "dialing out is not available"))
         return
+    Logger.write(f"dialing a number into the conference for {participants[requester]['name']}")
     dialing[call] = number
 
     def connected(ev):
         dialing.pop(call, None)
         try:
-            VoxEngine.room_join(room_name, call, kind="pstn", display_name=number, identity=number)
+            VoxEngine.room_join(room_name, call, kind="pstn", display_name=number)
         except RoomRefused as refused:
             notify("CALL_PARTICIPANT_FAILED", number=number, code=403, reason=refused.code)
             call.hangup()

@@ -8,6 +8,11 @@ Any other call (a browser without the header, a SIP phone) rings the user
 (their browser, else their registered SIP phone) and is bridged through
 the engine's media. A user nobody can reach gets 404 (a phone dialing a
 number no rule knows gets the same answer it would without this rule).
+
+A browser that joined a room with a join token calls the room's other
+participants directly (the video mesh of the demo page): such a call is
+refused (403) unless the caller is in its room at that moment and the
+callee is in the same room, so a removed participant cannot call back in.
 """
 
 from engine.calls import CallError, CallState
@@ -25,6 +30,12 @@ def on_alerting(e):
 
 
 def direct(call, e):
+    grant = call.grant
+    if grant is not None and grant.room is not None and not (
+            VoxEngine.room_has(grant.room, grant.identity) and VoxEngine.room_has(grant.room, e.destination)):
+        Logger.write(f"direct call from {e.callerid} to {e.destination}: not both in room {grant.room}")
+        call.reject(403)
+        return
     callee = call.forward_call_to_user_direct()
     if callee is None:
         Logger.write(f"direct call from {e.callerid} to {e.destination}: not logged in")

@@ -10,9 +10,10 @@ the conference it opens:
 - the id of a conference a browser opened (``conf_<id>``, no room).
 
 A PIN nobody opened is refused like a wrong one, so guessing cannot create
-conferences. At most ``MAX_TRIES`` tries, each with a time limit; PIN
-attempts are also limited per caller id over time, and every failure is
-logged (without the digits typed).
+conferences. At most ``MAX_TRIES`` tries, each with a time limit; the
+engine also limits wrong PINs by source address and engine-wide
+(``VoxEngine.admit_with_pin``), and every failure is logged (without the
+digits typed).
 
 A moderator on the phone has keypad commands: ``*6`` mutes everyone else,
 ``*7`` unmutes them (sent to the conference session, which checks the role).
@@ -27,12 +28,11 @@ MAX_TRIES = 3
 PIN_TIMEOUT = 15
 DIGIT_TIMEOUT = 5
 MAX_PIN_DIGITS = 12
-#: Attempts per caller id: a burst of this many, then this many per minute.
-ATTEMPT_BURST = 6
-ATTEMPTS_PER_MINUTE = 2
 
 PROMPT = "Please enter your conference PIN, followed by the pound key."
 RETRY = "Please enter your conference PIN again, followed by the pound key."
+#: Refusals after which the caller is not asked again.
+FINAL = {"too_many_attempts", "pin_locked"}
 
 
 async def on_alerting(e):
@@ -47,16 +47,18 @@ async def on_alerting(e):
                                        timeout=PIN_TIMEOUT, inter_digit_timeout=DIGIT_TIMEOUT)
         if call.state.ended:
             return
-        if not VoxEngine.rate_limit("pin:" + caller, ATTEMPTS_PER_MINUTE, ATTEMPT_BURST):
-            Logger.write(f"PIN attempts from {caller} throttled")
-            await call.say("Too many attempts. Please try again later. Goodbye.")
-            call.hangup()
-            return
-        target = find_conference(pin) if pin else None
-        if target is not None:
-            conference, role = target
-            Logger.write(f"PIN accepted for {caller} on try {attempt} ({role})")
-            join(call, conference, role, e)
+        try:
+            found = VoxEngine.admit_with_pin(call, pin) if pin else None
+        except RoomRefused as refused:
+            if refused.code in FINAL:
+                Logger.write(f"PIN attempts from {caller} throttled ({refused.code})")
+                await call.say(refused.message + " Goodbye.")
+                call.hangup()
+                return
+            found = None
+        if found is not None:
+            Logger.write(f"PIN accepted for {caller} on try {attempt} ({found['role']})")
+            join(call, found["conference"], found["role"], e)
             return
         Logger.write(f"wrong PIN from {caller}: try {attempt} of {MAX_TRIES} ({len(pin)} digits)")
         await call.say("That PIN is not valid." if pin else "No PIN was entered.")
@@ -65,26 +67,12 @@ async def on_alerting(e):
     call.hangup()
 
 
-def find_conference(pin):
-    """``(conference, role)`` the digits open, or ``None``."""
-    found = VoxEngine.room_for_pin(pin)
-    if found is not None:
-        return found["conference"], found["role"]
-    if VoxEngine.room("conf_" + pin) is None and VoxEngine.conference_is_open("conf_" + pin):
-        return "conf_" + pin, "guest"  # opened by a browser, not a room
-    try:
-        invite = VoxEngine.redeem_invite(pin)
-    except RoomRefused:
-        return None
-    return invite["conference"], invite["role"]
-
-
 def join(call, conference, role, e):
-    """Bridge the caller to the conference session's leg, both ways."""
+    """Bridge the caller to the conference session's leg, both ways; the
+    grant the PIN gave goes with it."""
     call.handle_tones(False)
     leg = VoxEngine.call_conference(conference, callerid=e.callerid, display_name=e.display_name,
-                                    headers={"X-ClientType": "pstn", "X-Callbridge-Role": role})
-
+                                    headers={"X-ClientType": "pstn"}, on_behalf_of=call)
     def connected(ev):
         VoxEngine.send_media_between(call, leg)
         if role == "moderator":

@@ -39,6 +39,8 @@ import aiohttp
 
 from ..calls import Call, CallState, InternalCall
 from ..conference import Conference
+from ..dialout import DialPolicy
+from ..grants import Grant
 from ..router import load_rules
 from ..scenario import ScenarioRuntime, Session
 from ..rooms import RoomService
@@ -217,13 +219,19 @@ class HarnessRuntime(ScenarioRuntime):
     def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app = app
+        # ``serve`` dials nothing until ``--dial-allow`` says where; a
+        # scenario under test may dial any number the default deny-list
+        # (emergency, premium) lets through. Set ``app.runtime.dial_policy``
+        # to test against your own.
+        self.dial_policy = DialPolicy(allow=(r"\+?[0-9]+",))
 
     async def http_session(self) -> aiohttp.ClientSession:
         return cast(aiohttp.ClientSession, self.app.http)
 
     def call_conference(self, caller: Session, name: str, callerid: str | None,
-                        display_name: str | None, headers: dict[str, str] | None) -> InternalCall:
-        out = super().call_conference(caller, name, callerid, display_name, headers)
+                        display_name: str | None, headers: dict[str, str] | None,
+                        grant: Grant | None = None, source: str | None = None) -> InternalCall:
+        out = super().call_conference(caller, name, callerid, display_name, headers, grant=grant, source=source)
         self.app._conference_calls.append(_ConferenceCall(caller.id, name, out))
         return out
 
@@ -335,21 +343,35 @@ class App:
         headers: dict[str, str] | None = None,
         transport: str = "pstn",
         name: str | None = None,
+        grant: Grant | None = None,
+        source: str = "192.0.2.10",
     ) -> Caller:
         """A call to ``number`` arrives, as the user agent (``"pstn"``: a
         phone or trunk) or the web SDK (``"web"``) would offer it; the rules
-        pick the scenario. Returns once the scenario waits for the caller.
+        pick the scenario (their ``kinds``, ``networks`` and
+        ``authenticated`` apply). Returns once the scenario waits for the caller.
 
         :param callerid: the caller's number or user name (default
             ``"+15557654321"``, or ``"web-user"`` on the web).
-        :param headers: ``X-`` headers of the call (``X-Conference-Id``...).
+        :param headers: ``X-`` headers of the call (``X-Conference-Id``...);
+            ``X-Callbridge-*`` ones are dropped, as the engine does.
         :param name: what messages and flows call this caller (default: the caller id).
+        :param grant: what the engine established about the caller (a join
+            token's room and role: ``Grant(identity=..., authenticated_by=
+            "join-token", room=..., admitted_by="join-token", role=...)``);
+            by default a web caller is a guest (``authenticated_by="guest"``)
+            and a phone caller anonymous (``None``).
+        :param source: the caller's address (for rules' ``networks``).
         """
         if transport not in ("pstn", "web"):
             raise ValueError(f"transport must be 'pstn' or 'web', not {transport!r}")
         cid = callerid or ("web-user" if transport == "web" else "+15557654321")
+        headers = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("x-callbridge-")} or None
         caller = Caller(self, name=name or cid, transport=transport, direction="inbound", number=number,
                         callerid=cid, display_name=display_name, headers=headers)
+        if grant is None and transport == "web":
+            grant = Grant(identity=cid, authenticated_by="guest", display_name=display_name)
+        caller.leg.grant, caller.leg.source = grant, source
         caller.leg._set_state(CallState.ALERTING)
         caller._note(f"called {number!r} from {cid!r} ({transport})" + (f" with headers {headers}" if headers else ""))
         self.callers.append(caller)

@@ -44,6 +44,7 @@ from ..store import (
     UserExists,
     UserNotFound,
 )
+from ..router import KINDS, Caller
 from ..tokens import DEFAULT_TTL, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
 from .errors import ApiError, error_response
 from .webhooks import EVENTS
@@ -742,7 +743,8 @@ async def control_session(request: web.Request) -> web.Response:
 def _rule(rule: Any) -> dict[str, Any]:
     return {"name": rule.name, "pattern": rule.pattern.pattern,
             "exclude": rule.exclude.pattern if rule.exclude is not None else None,
-            "scenarios": list(rule.scenarios), "description": rule.description}
+            "scenarios": list(rule.scenarios), "description": rule.description,
+            "restrictions": rule.restrictions()}
 
 
 async def list_rules(request: web.Request) -> web.Response:
@@ -759,13 +761,24 @@ async def reload_rules(request: web.Request) -> web.Response:
 
 
 async def explain_rules(request: web.Request) -> web.Response:
-    data = await _body(request, ("destination",))
+    data = await _body(request, ("destination", "kind", "source", "authenticated"))
     destination = _str(data, "destination", required=True, max_len=256)
+    kind = _str(data, "kind", max_len=16)
+    if kind is not None and kind not in KINDS:
+        raise ApiError(400, "invalid_field", f"kind must be one of {', '.join(KINDS)}", "kind")
+    source = _str(data, "source", max_len=64)
+    authenticated = data.get("authenticated", False)
+    if not isinstance(authenticated, bool):
+        raise ApiError(400, "invalid_field", "authenticated must be true or false", "authenticated")
+    caller = Caller(kind, source, authenticated) if kind is not None else None
     rules = _engine(request).runtime.rules
-    verdicts = rules.explain(destination)
-    match = rules.match(destination)
-    return _json({"destination": destination, "match": match.name if match is not None else None,
-                  "rules": [{"name": r.name, "verdict": v} for r, v in verdicts]})
+    verdicts = rules.explain(destination, caller)
+    match = rules.match(destination, caller)
+    answer: dict[str, Any] = {"destination": destination, "match": match.name if match is not None else None,
+                              "rules": [{"name": r.name, "verdict": v} for r, v in verdicts]}
+    if match is None:
+        answer["status"] = rules.refusal(destination, caller)[0] if caller is not None else 404
+    return _json(answer)
 
 
 # -- call records ------------------------------------------------------------------------------

@@ -137,10 +137,14 @@ def _schemas() -> dict[str, Any]:
         "calls": {"type": "array", "items": _ref("SessionCall")},
         "control_url": {"type": "string"},
     }, ("id", "rule", "calls"))
+    restrictions = _obj({"kinds": {"type": "array", "items": {"type": "string", "enum": ["web", "sip", "internal"]}},
+                         "networks": {"type": "array", "items": {"type": "string"}},
+                         "authenticated": {"type": "boolean"}}, ())
     rule = _obj({"name": {"type": "string"}, "pattern": {"type": "string"},
                  "exclude": _nullable({"type": "string"}),
                  "scenarios": {"type": "array", "items": {"type": "string"}},
-                 "description": {"type": "string"}}, ("name", "pattern", "scenarios"))
+                 "description": {"type": "string"},
+                 "restrictions": restrictions}, ("name", "pattern", "scenarios"))
     webhook = _obj({"id": {"type": "string"}, "url": {"type": "string"},
                     "events": {"type": "array", "items": {"type": "string"}}, "created_at": _TIME,
                     "secret": {"type": "string"}}, ("id", "url", "events"))
@@ -181,6 +185,7 @@ def _schemas() -> dict[str, Any]:
             "destination": {"type": "string"}, "match": _nullable({"type": "string"}),
             "rules": {"type": "array", "items": _obj({"name": {"type": "string"},
                                                       "verdict": {"type": "string"}}, ("name", "verdict"))},
+            "status": {"type": "integer", "enum": [401, 403, 404]},
         }, ("destination", "match", "rules")),
         "CallList": _obj({"calls": {"type": "array", "items": {"type": "object"}}, **page}, ("calls", "total")),
         "KeyList": _obj({"keys": {"type": "array", "items": {"type": "string"}}}, ("keys",)),
@@ -312,7 +317,10 @@ def document() -> dict[str, Any]:
         "/rules": {"get": _op("List the rules, in order", "calls", 200, "RuleList")},
         "/rules/explain": {"post": _op(
             "Which rule a destination reaches, and why the ones before did not", "calls", 200,
-            "Explanation", body=_obj({"destination": {"type": "string", "maxLength": 256}}, ("destination",)))},
+            "Explanation", body=_obj({"destination": {"type": "string", "maxLength": 256},
+                                      "kind": {"type": "string", "enum": ["web", "sip", "internal"]},
+                                      "source": {"type": "string", "maxLength": 64},
+                                      "authenticated": {"type": "boolean"}}, ("destination",)))},
         "/rules/reload": {"post": _op("Reload rules.yaml and the scenarios without a restart", "admin",
                                       200, "RuleList", errors=(422,))},
         "/calls": {"get": _op("Call records, newest first", "calls", 200, "CallList",

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: The events a webhook may subscribe to (``*``: all of them).
 EVENTS = (
     "room.started", "room.ended", "participant.joined", "participant.left",
-    "call.started", "call.ended", "recording.ready",
+    "call.started", "call.ended", "recording.ready", "room.pin_locked",
 )
 
 

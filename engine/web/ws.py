@@ -29,6 +29,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
+from ..grants import Grant
+from ..security_log import security_event
 from ..tokens import JoinGrant, TokenError
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -69,6 +71,10 @@ class SdkConnection:
         self.display_name: str | None = None
         #: What the join token this socket logged in with grants (``None``: a user login).
         self.grant: JoinGrant | None = None
+        #: How the socket logged in (``guest``, ``password``, ``login-token``, ``join-token``).
+        self.login_method: str | None = None
+        #: The browser's address (the HTTP peer: a reverse proxy's when behind one).
+        self.source: str | None = None
         self.logged_in_at = 0.0
         self.calls: dict[str, WebCall] = {}
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
@@ -201,6 +207,7 @@ class SdkConnection:
                 await asyncio.to_thread(guest_store.create_user, guest_name, secrets.token_urlsafe(24), guest)
                 self.guest_user = guest_name
             self.user, self.display_name = guest_name, guest
+            self.login_method = "guest"
             self.logged_in_at = time.monotonic()
             logger.info("web guest %s (%s) logged in", self.user, guest)
             self.send_frame({"type": "login_ok", "username": self.user, "display_name": guest, "guest": True,
@@ -220,13 +227,18 @@ class SdkConnection:
                              **_ref(frame)})
             return
         if token is not None:
+            self.login_method = "login-token"
             name = await asyncio.to_thread(_redeem_token, store, token)
         else:
+            self.login_method = "password"
             name = frame["username"]
             if not await asyncio.to_thread(store.verify_password, name, frame["password"]):
                 name = None
         user = await asyncio.to_thread(store.get_user, name) if name is not None else None
         if user is None:
+            security_event("auth_failed", self.source, method=f"ws-{self.login_method}",
+                           user=frame.get("username"))
+            self.login_method = None
             raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
         self.user, self.display_name = user.name, user.display_name
         self.logged_in_at = time.monotonic()
@@ -239,6 +251,7 @@ class SdkConnection:
         names the room, display name and permissions (engine.tokens)."""
         grant = verify_join_token(self.engine, token)
         self.user, self.display_name, self.grant = grant.identity, grant.display_name, grant
+        self.login_method = "join-token"
         self.logged_in_at = time.monotonic()
         logger.info("web participant %s logged in for room %s (%s)", grant.identity, grant.room, grant.role)
 
@@ -266,6 +279,7 @@ class SdkConnection:
             display_name=frame.get("display_name") or self.display_name,
             headers=self._call_headers(frame.get("headers") or {}), dialer=engine.runtime.web_users,
         )
+        call.grant, call.source = self.call_grant(), self.source
         call._set_state(CallState.ALERTING)
         self.calls[wire] = call
 
@@ -283,16 +297,21 @@ class SdkConnection:
                 call.reject(500)
 
     def _call_headers(self, headers: dict[str, str]) -> dict[str, str]:
-        """The client's headers, with the ``X-Callbridge-*`` ones set by the
-        engine only: a join token's room, role and permissions (so that a
-        scenario can trust them); a client cannot forge them."""
+        """The client's headers without ``X-Callbridge-*`` ones: what the
+        engine grants travels as the call's :attr:`~engine.calls.Call.grant`."""
         clean = {k: v for k, v in headers.items() if not k.lower().startswith("x-callbridge-")}
-        if self.grant is not None:
-            clean["X-Callbridge-Room"] = self.grant.room
-            clean["X-Callbridge-Role"] = self.grant.role
-            clean["X-Callbridge-Permissions"] = ",".join(self.grant.permissions)
-            clean["X-Callbridge-Identity"] = self.grant.identity
+        if len(clean) != len(headers):
+            security_event("forged_header", self.source, user=self.user)
         return clean
+
+    def call_grant(self) -> Grant:
+        """What this socket's login established, for its calls."""
+        token = self.grant
+        if token is not None:
+            return Grant(identity=token.identity, authenticated_by="join-token", room=token.room,
+                         admitted_by="join-token", role=token.role, permissions=frozenset(token.permissions),
+                         display_name=token.display_name)
+        return Grant(identity=self.user, authenticated_by=self.login_method, display_name=self.display_name)
 
     def ring(self, call: WebCall, timeout: float) -> None:
         """Offer ``call`` (one the engine places) to this browser."""
@@ -456,6 +475,7 @@ async def serve_socket(request: web.Request, engine: Any, connections: set[SdkCo
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4 * MAX_FRAME_BYTES)
     await ws.prepare(request)
     conn = SdkConnection(ws, engine, heartbeat)
+    conn.source = request.remote
     connections.add(conn)
     try:
         await conn.run()

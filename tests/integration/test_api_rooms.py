@@ -37,10 +37,9 @@ SCENARIOS = {
         async def on_alerting(e):
             call = e.call
             try:
+                # identity and role come from the call's grant (the join token)
                 VoxEngine.room_join(e.destination, call, kind="web" if call.kind == "web" else "pstn",
-                                    display_name=e.display_name,
-                                    identity=e.headers.get("X-Callbridge-Identity"),
-                                    role=e.headers.get("X-Callbridge-Role", "guest"))
+                                    display_name=e.display_name)
             except RoomRefused as exc:
                 Logger.write(f"refused {exc.code}")
                 call.reject(486)

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from engine.calls import Call, CallError, CallEvents, CallState, Dispatcher, InternalCall
+from engine.dialout import DialPolicy
 from engine.router import RuleSet, parse_rules
 from engine.scenario import (
     AppEvent,
@@ -802,6 +803,7 @@ async def test_outbound_calls_belong_to_the_session(env: Env) -> None:
             VoxEngine.add_event_listener(AppEvents.Started, on_started)
         """},
     )
+    runtime.dial_policy = DialPolicy(allow=(r"\+[0-9]+",))  # serve allows nothing until --dial-allow
     session = runtime.start_session(runtime.rules.rules[0])
     assert [(how, c.number, c.callerid) for how, c in env.ua.calls] == [
         ("sip", "sip:bob@example.com", "me"),
