@@ -44,6 +44,7 @@ from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer,
 from .sip.sdp import SessionDescription, parse_sdp
 from .media.dtmf_sender import DtmfSender
 from .media.players import FrameSource
+from .media.rtp import RtpSourcePolicy
 from .media.rtcp_session import MIN_INTERVAL, MediaStats, MediaTimedOut, RtcpSession
 from .media.tts import TtsCache
 from .transport.audio_fetch import AudioLoader
@@ -141,11 +142,16 @@ class SdpMediaHandler:
 
     :param rtp_timeout: seconds without RTP or RTCP after which
         :meth:`watch_rtp`'s callback runs (0: never; see the module notes).
+    :param rtp_policy: which RTP sources are latched and how long media goes
+        to an unconfirmed SDP address (:class:`~engine.media.rtp.RtpSourcePolicy`;
+        the defaults when ``None``). RTCP reports follow the same gate.
+    :param call_id: the call's id, for the security log.
     """
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
                  clock: MediaClock | None = None, tts: TtsCache | None = None,
-                 audio: AudioLoader | None = None, rtp_timeout: float = 0.0) -> None:
+                 audio: AudioLoader | None = None, rtp_timeout: float = 0.0,
+                 rtp_policy: RtpSourcePolicy | None = None, call_id: str | None = None) -> None:
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -160,6 +166,8 @@ class SdpMediaHandler:
         self.rtcp: RtcpTransport | None = None
         self.dtmf: DtmfPlayout | None = None
         self.rtp_timeout = rtp_timeout
+        self.rtp_policy = rtp_policy
+        self.call_id = call_id
         #: RTCP's report interval (RFC 3550 section 6.2's 5 s; tests shorten it).
         self.rtcp_interval = MIN_INTERVAL
         self._tone_listener: ToneListener | None = None
@@ -225,12 +233,13 @@ class SdpMediaHandler:
         if self.session is not None:
             return self.session
         assert self.negotiated is not None and self.pair is not None and self.clock is not None
-        session = MediaSession(self.pair.rtp, self.clock)
+        session = MediaSession(self.pair.rtp, self.clock, policy=self.rtp_policy, call_id=self.call_id)
         loop = asyncio.get_running_loop()
         rtcp = RtcpSession(session.sender, interval=self.rtcp_interval, wall_offset=time.time() - loop.time())
         session.rtcp = rtcp
         self.session = session
-        self.rtcp = RtcpTransport(self.pair.rtcp, rtcp, self._rtcp_destination, self._rtp_timed_out)
+        self.rtcp = RtcpTransport(self.pair.rtcp, rtcp, self._rtcp_destination, self._rtp_timed_out,
+                                  may_send=self._rtcp_may_send, on_source=self._on_rtcp_source)
         self._configure(session)
         self.rtcp.start()
         if self._on_rtp_timeout is not None:
@@ -266,6 +275,27 @@ class SdpMediaHandler:
         if rtp[0] == neg.remote_address and rtp[1] == neg.remote_port:
             return (rtp[0], neg.remote_rtcp_port, *rtp[2:])
         return (rtp[0], rtp[1] + 1, *rtp[2:])
+
+    def _rtcp_may_send(self) -> bool:
+        """RTCP reports go only where RTP may go (the send gate of
+        :class:`~engine.media.rtp.RtpReceiverLatch`)."""
+        session = self.session
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # closed outside the loop: no BYE
+            return False
+        return session is not None and session.destination(now) is not None
+
+    def _on_rtcp_source(self, addr: Any) -> None:
+        """RTCP came from ``addr``: from the SDP's own RTCP address, that
+        confirms the SDP address for sending (a phone that only receives
+        sends no RTP, but its RTCP)."""
+        neg, session = self.negotiated, self.session
+        if (neg is None or session is None or session.latch is None
+                or addr[0] != neg.remote_address or addr[1] != neg.remote_rtcp_port):
+            return
+        if session.latch.signalled == (neg.remote_address, neg.remote_port):
+            session.latch.confirm()
 
     def _rtp_timed_out(self, event: MediaTimedOut) -> None:
         if self._on_rtp_timeout is not None:

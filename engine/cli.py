@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rtp-timeout", type=float, default=float(_env("RTP_TIMEOUT", 60)),
                        help="hang up a connected call after this many seconds without RTP or RTCP"
                             " (not while on hold; 0: never)")
+    serve.add_argument("--rtp-strict", choices=("on", "off"), default=_env("RTP_STRICT", "on"),
+                       help="latch an RTP source other than the SDP address only after 4 consistent packets,"
+                            " and stop sending to an address nothing confirmed 3 s after media start")
     serve.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""),
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
@@ -198,7 +201,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
-        rtp_timeout=args.rtp_timeout, guest_login=args.guests == "on",
+        rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on", guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )

@@ -7,7 +7,17 @@ the engine's single :class:`~engine.transport.media_clock.MediaClock`:
 - every datagram is parsed and passed through an
   :class:`~engine.media.rtp.RtpReceiverLatch` that knows the negotiated
   payload types (audio codec and telephone-event), which gives symmetric RTP
-  (:attr:`MediaSession.remote_addr` is where to send) without RTP Bleed;
+  (:attr:`MediaSession.remote_addr` is where to send) without RTP Bleed:
+  the SDP address is accepted at once, another source only after a
+  probation (:class:`~engine.media.rtp.RtpSourcePolicy`); what it refuses
+  never reaches decoding, DTMF or the RTCP statistics, and the first
+  source it refuses outright is logged once per call
+  (``security event=rtp_source_refused``);
+- nothing is sent to an address that nothing confirmed (no packet from it
+  and no source latched) once the policy's grace after media start has
+  passed: the frames are dropped and counted
+  (:attr:`~engine.media.rtp.RtpReceiverLatch.unsent`), so a ``c=`` line
+  naming a victim gets at most the grace's worth of packets;
 - telephone-event packets go to a
   :class:`~engine.media.codecs.telephone_event.TelephoneEventReceiver`; its
   timeout (an event whose end packets were all lost) is one ``loop.call_at``
@@ -69,7 +79,8 @@ from .media.dtmf import DtmfDetector
 from .media.jitterbuffer import JitterBuffer
 from .media.players import FrameSource, PlaybackFinished
 from .media.rtcp_session import RtcpSession
-from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender
+from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
+from .security_log import security_event
 from .sip.offer_answer import NegotiatedMedia
 from .transport.media_clock import ClockSink, MediaClock
 from .transport.rtp_transport import RtpTransport
@@ -99,11 +110,18 @@ class MediaSession:
 
     :param sock: the leg's reserved RTP socket (owned by its port pair).
     :param clock: the engine's media clock.
+    :param policy: which RTP sources are accepted and for how long media
+        goes to an unconfirmed SDP address (the defaults when ``None``).
+    :param call_id: the call's id, for the security log.
     """
 
-    def __init__(self, sock: socket.socket, clock: MediaClock) -> None:
+    def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
+                 call_id: str | None = None) -> None:
         self.transport = RtpTransport(sock, self._on_datagram)
         self.clock = clock
+        self.policy = policy or RtpSourcePolicy()
+        self.call_id = call_id
+        self._refusal_logged = False
         self.negotiated: NegotiatedMedia | None = None
         self.latch: RtpReceiverLatch | None = None
         self.audio_pt: int | None = None
@@ -140,9 +158,13 @@ class MediaSession:
 
     # -- configuration -----------------------------------------------------------
 
-    def configure(self, negotiated: NegotiatedMedia) -> None:
+    def configure(self, negotiated: NegotiatedMedia, now: float | None = None) -> None:
         """Apply (re-)negotiated parameters. The latch is kept across
-        re-INVITEs with the same payload types, so the stream stays latched."""
+        re-INVITEs with the same payload types and address, so the stream
+        stays latched; a new address is preferred from then on, with a new
+        send grace from ``now`` (the loop's time when ``None``)."""
+        if now is None:
+            now = asyncio.get_running_loop().time()
         self.negotiated = negotiated
         codec = negotiated.codec
         pts = {codec.payload_type}
@@ -151,7 +173,9 @@ class MediaSession:
         payload_types = {pt for pt in pts if pt is not None}
         initial = (negotiated.remote_address, negotiated.remote_port)
         if self.latch is None or self.latch.payload_types != frozenset(payload_types):
-            self.latch = RtpReceiverLatch(payload_types, initial_addr=initial)
+            self.latch = RtpReceiverLatch(payload_types, initial_addr=initial, policy=self.policy, now=now)
+        else:
+            self.latch.set_signalled(initial, now)
         self.audio_pt = codec.payload_type
         if self.event_pt != negotiated.telephone_event_pt or self.events is None:
             self.event_pt = negotiated.telephone_event_pt
@@ -177,14 +201,24 @@ class MediaSession:
 
     @property
     def remote_addr(self) -> Any:
-        """Where to send RTP: the latched source, else the SDP address."""
+        """The peer's RTP address: the latched source, else the SDP address
+        (whether it may be sent to now: :meth:`destination`)."""
         return self.latch.remote_addr if self.latch is not None else None
+
+    def destination(self, now: float) -> Any:
+        """Where RTP may go at ``now``: :attr:`remote_addr` once confirmed
+        or within the send grace, else ``None``."""
+        return self.latch.destination(now) if self.latch is not None else None
 
     def send(self, data: bytes) -> bool:
         """Send one RTP (or RTCP-muxed) datagram to :attr:`remote_addr`
-        (symmetric RTP); ``False`` when there is nowhere to send yet."""
-        addr = self.remote_addr
-        if addr is None or self.closed:
+        (symmetric RTP); ``False`` when there is nowhere to send yet, or
+        nothing confirmed the address and the grace is over (counted)."""
+        latch = self.latch
+        if latch is None or self.closed:
+            return False
+        addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
+        if addr is None:
             return False
         self.transport.sendto(data, addr)
         return True
@@ -355,8 +389,10 @@ class MediaSession:
         header = self.sender.next_header(pt, self._frame_samples, len(payload), not self._talkspurt)
         self._talkspurt = True
         latch = self.latch  # self.send, inlined
-        addr = latch.remote_addr if latch is not None else None
-        if addr is not None and not self.closed:
+        if latch is None or self.closed:
+            return
+        addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
+        if addr is not None:
             self.transport.sendto(header + payload, addr)
 
     def close(self) -> None:
@@ -384,6 +420,10 @@ class MediaSession:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if not latch.accept(packet, addr, now):
+            if latch.refused is not None and not self._refusal_logged:
+                self._refusal_logged = True
+                security_event("rtp_source_refused", str(latch.refused[0]), port=latch.refused[1],
+                               call=self.call_id)
             return
         if self.rtcp is not None:
             self.rtcp.on_rtp_received(packet, now)

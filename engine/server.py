@@ -30,6 +30,7 @@ from .store import SqliteStore
 from .tokens import Keys
 from .sip.transaction import Timers
 from .media.tts import TtsCache, make_tts_provider
+from .media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
 from .transport.audio_fetch import AudioLoader
 from .transport.media_clock import MediaClock
 from .conference import MediaGraph
@@ -70,6 +71,14 @@ class EngineConfig:
     #: Seconds a connected call may receive no RTP nor RTCP (while not on
     #: hold) before it is hung up; 0 never (see engine.call_media).
     rtp_timeout: float = 60.0
+    #: Strict RTP (engine.media.rtp.RtpSourcePolicy): a source other than
+    #: the SDP address is latched only after ``rtp_probation`` consistent
+    #: packets, and media goes to an address nothing confirmed only for
+    #: ``rtp_send_grace`` seconds after media start. False: the first packet
+    #: from anywhere latches and the SDP address is always sent to.
+    rtp_strict: bool = True
+    rtp_probation: int = PROBATION
+    rtp_send_grace: float = SEND_GRACE
     realm: str = "callbridge"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     timers: Timers = field(default_factory=Timers)
@@ -114,6 +123,7 @@ class Engine:
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
         self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
+        self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
         #: Rooms' participants and lifetimes; webhook deliveries; secret keys.
@@ -164,6 +174,10 @@ class Engine:
                 raise StartupError(f"--trunk: {exc}") from None
         if cfg.rtp_timeout < 0:
             raise StartupError(f"rtp_timeout must be 0 (off) or more seconds, not {cfg.rtp_timeout}")
+        try:
+            self.rtp_policy = RtpSourcePolicy(cfg.rtp_strict, cfg.rtp_probation, cfg.rtp_send_grace)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
         self._started.append("store")
@@ -318,7 +332,8 @@ class Engine:
         address = self.config.advertised_host or host
         return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
                                audio=self.audio,
-                               rtp_timeout=self.config.rtp_timeout)
+                               rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
+                               call_id=call.id)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -1,4 +1,4 @@
-"""RTP packets (RFC 3550), sequence arithmetic, sender state and a safe latch.
+"""RTP packets (RFC 3550), sequence arithmetic, sender state and a strict latch.
 
 We write our own small packet layer instead of reusing aiortc's
 ``RtpPacket``: aiortc is a heavy dependency (PyAV, cryptography, aioice) that
@@ -26,6 +26,9 @@ __all__ = [
     "RtpPacket",
     "RtpReceiverLatch",
     "RtpSender",
+    "RtpSourcePolicy",
+    "PROBATION",
+    "SEND_GRACE",
     "extend_seq",
     "is_rtcp",
     "seq_diff",
@@ -247,27 +250,79 @@ class RtpSender:
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
 
 
+#: Consecutive packets a new RTP source must send before it is latched
+#: (Asterisk's ``strictrtp`` probation, ``probation=4`` in rtp.conf).
+PROBATION = 4
+#: Seconds media may be sent to the SDP address before anything confirmed it.
+SEND_GRACE = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class RtpSourcePolicy:
+    """How strictly a call leg accepts RTP sources and where it may send.
+
+    :param strict: latch a source other than the SDP address only after
+        :attr:`probation` consistent packets, and stop sending to an
+        unconfirmed address after :attr:`send_grace` (``False``: the old
+        behaviour, the first acceptable packet latches and media always goes
+        to the SDP address until then).
+    :param probation: consecutive packets (one source, one SSRC, sequence
+        numbers each one more than the last) that latch a new source.
+    :param send_grace: seconds from media start during which media goes to
+        the SDP address although nothing came from it yet.
+    :raises ValueError: a knob out of range (the message names it).
+    """
+
+    strict: bool = True
+    probation: int = PROBATION
+    send_grace: float = SEND_GRACE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probation, bool) or not isinstance(self.probation, int) or self.probation < 1:
+            raise ValueError(f"rtp_probation must be a whole number of packets, 1 or more, got {self.probation!r}")
+        if not self.send_grace >= 0:  # also refuses NaN
+            raise ValueError(f"rtp_send_grace must be 0 or more seconds, got {self.send_grace!r}")
+
+
 class RtpReceiverLatch:
-    """Symmetric RTP latching that resists RTP Bleed.
+    """Symmetric RTP latching that resists RTP Bleed and media reflection.
 
     Symmetric RTP sends to wherever the peer's packets come from, which is
     what gets media through NAT; naive latching lets anyone who sprays the
-    port steal or inject the stream. Here:
+    port steal or inject the stream, and sending to the SDP address blindly
+    lets a caller aim our media at a victim by writing its address in
+    ``c=``. Here (with :attr:`RtpSourcePolicy.strict`, the default):
 
     * a packet whose payload type was not negotiated is dropped, latched or
       not, so only real media can latch;
-    * the first acceptable packet latches its source address, SSRC and
-      sequence number;
+    * a packet from the signalled (SDP) address is accepted at once and
+      latches it: the signalling path named it;
     * from the latched address every negotiated packet is accepted (an SSRC
       change there is followed);
-    * from another address a packet is accepted, and the latch moves there
-      (NAT rebinding), only if its SSRC is the latched one and its sequence
-      number continues the stream: 1..``window`` ahead of the highest seen.
-      Anything else is dropped and counted.
+    * a packet from any other source is on probation (Asterisk's
+      ``strictrtp``): it is dropped, and the source is latched (NAT) only
+      when ``probation`` consecutive packets came from it with one SSRC and
+      sequence numbers each one more than the last. While a source is
+      latched, a new one must moreover carry the latched SSRC and start
+      1..``window`` ahead of the highest sequence number seen (NAT
+      rebinding), which a blind sprayer cannot guess. A packet from a third
+      source restarts the probation. Dropped packets are counted and never
+      count as activity (:attr:`last_packet_at`).
 
-    ``initial_addr`` is where to send before anything latched (the SDP
-    address). ``last_packet_at`` is the time of the last accepted packet,
-    for an RTP inactivity timer.
+    Sending (:meth:`destination`): to the latched source; before anything
+    latched, to the SDP address only for ``send_grace`` seconds from
+    ``now`` (media start), unless :meth:`confirm` was called (the peer's
+    RTCP came from the SDP's RTCP address). After that nothing is sent until
+    a packet comes from the SDP address or a source passes probation.
+
+    Without ``strict`` the first acceptable packet latches, a new address
+    is latched at once by a packet with the latched SSRC and a continuing
+    sequence number, and sending to the SDP address is never gated.
+
+    ``initial_addr`` is the SDP address. :attr:`refused` is the first
+    source refused outright (a packet that cannot be on its way to a latch:
+    a wrong SSRC or sequence while latched, or a second source competing
+    with one on probation), for one security log line per call.
     """
 
     def __init__(
@@ -276,22 +331,40 @@ class RtpReceiverLatch:
         *,
         initial_addr: Address | None = None,
         window: int = 32,
+        policy: RtpSourcePolicy | None = None,
+        now: float = 0.0,
     ) -> None:
         self.payload_types = frozenset(payload_types)
         self.window = window
+        policy = policy or RtpSourcePolicy()
+        self.strict = policy.strict
+        self.probation = policy.probation
+        self.send_grace = policy.send_grace
         self.latched = False
+        #: Whether sending to :attr:`remote_addr` was confirmed (a latch or RTCP).
+        self.confirmed = False
         self.ssrc: int | None = None
         self.highest_seq = 0
         self.last_packet_at: float | None = None
+        self.signalled = initial_addr
         self._addr = initial_addr
+        self.grace_until = now + policy.send_grace
+        self._candidate: Address | None = None
+        self._candidate_ssrc = 0
+        self._candidate_seq = 0
+        self._candidate_count = 0
         self.accepted = 0
         self.relatched = 0
         self.dropped_payload_type = 0
         self.dropped_stranger = 0
+        #: Datagrams :meth:`send_to` refused (nothing confirmed after the grace).
+        self.unsent = 0
+        self.refused: Address | None = None
 
     @property
     def remote_addr(self) -> Address | None:
-        """Where to send: the latched address, else the initial one."""
+        """The peer's address: the latched source, else the SDP address
+        (whether media may go there now is :meth:`destination`'s call)."""
         return self._addr
 
     @property
@@ -299,27 +372,98 @@ class RtpReceiverLatch:
         """All dropped packets."""
         return self.dropped_payload_type + self.dropped_stranger
 
+    def destination(self, now: float) -> Address | None:
+        """Where media may be sent at ``now``: :attr:`remote_addr` once
+        confirmed or within the grace, else ``None``."""
+        if self.confirmed or not self.strict or now < self.grace_until:
+            return self._addr
+        return None
+
+    def send_to(self, now: float) -> Address | None:
+        """:meth:`destination`, counting in :attr:`unsent` each refusal."""
+        if self.confirmed:
+            return self._addr
+        addr = self.destination(now)
+        if addr is None and self._addr is not None:
+            self.unsent += 1
+        return addr
+
+    def confirm(self) -> None:
+        """The peer proved it listens at the SDP address by another path
+        (its RTCP came from the SDP's RTCP address): send there."""
+        if not self.latched:
+            self.confirmed = True
+
+    def set_signalled(self, addr: Address, now: float) -> None:
+        """A new SDP (re-INVITE, UPDATE) named ``addr``: nothing changes if
+        it is the same; else that address is the one to prefer, unconfirmed,
+        with a new grace from ``now``."""
+        if addr == self.signalled:
+            return
+        self.signalled = self._addr = addr
+        self.latched = self.confirmed = False
+        self.ssrc = None
+        self._candidate = None
+        self.grace_until = now + self.send_grace
+
+    def _latch(self, packet: RtpPacket, addr: Address) -> None:
+        if self.latched and addr != self._addr:
+            self.relatched += 1
+        self.latched = self.confirmed = True
+        self._addr = addr
+        self.ssrc = packet.ssrc
+        self.highest_seq = packet.sequence_number
+        self._candidate = None
+
     def accept(self, packet: RtpPacket, addr: Address, now: float) -> bool:
         """Decide whether ``packet`` from ``addr`` belongs to the stream."""
         if packet.payload_type not in self.payload_types:
             self.dropped_payload_type += 1
             return False
         seq = packet.sequence_number
-        if not self.latched or addr == self._addr:
+        if self.latched and addr == self._addr:
             # seq_lt(self.highest_seq, seq), inlined (per packet)
-            if (not self.latched or packet.ssrc != self.ssrc
-                    or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0):
+            if packet.ssrc != self.ssrc or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0:
                 self.highest_seq = seq
-            self.latched = True
-            self._addr = addr
             self.ssrc = packet.ssrc
-        elif packet.ssrc == self.ssrc and 0 < seq_diff(self.highest_seq, seq) <= self.window:
-            self._addr = addr
-            self.highest_seq = seq
-            self.relatched += 1
-        else:
+        elif addr == self.signalled or not self.latched and not self.strict:
+            self._latch(packet, addr)
+        elif not self.strict:
+            if packet.ssrc == self.ssrc and 0 < seq_diff(self.highest_seq, seq) <= self.window:
+                self._latch(packet, addr)
+            else:
+                self.dropped_stranger += 1
+                return False
+        elif not self._on_probation(packet, addr):
             self.dropped_stranger += 1
             return False
         self.accepted += 1
         self.last_packet_at = now
+        return True
+
+    def _on_probation(self, packet: RtpPacket, addr: Address) -> bool:
+        """Strict mode, a packet from neither the SDP address nor the latched
+        source: count it toward ``addr``'s probation; ``True`` when this
+        packet completes it (the source is latched)."""
+        seq = packet.sequence_number
+        if (addr == self._candidate and packet.ssrc == self._candidate_ssrc
+                and seq == (self._candidate_seq + 1) & 0xFFFF):
+            self._candidate_count += 1
+        elif self.latched and (packet.ssrc != self.ssrc
+                               or not 0 < seq_diff(self.highest_seq, seq) <= self.window):
+            if self._candidate == addr:
+                self._candidate = None
+            if self.refused is None:
+                self.refused = addr
+            return False
+        else:
+            if self._candidate is not None and self._candidate != addr and self.refused is None:
+                self.refused = addr
+            self._candidate = addr
+            self._candidate_ssrc = packet.ssrc
+            self._candidate_count = 1
+        self._candidate_seq = seq
+        if self._candidate_count < self.probation:
+            return False
+        self._latch(packet, addr)
         return True

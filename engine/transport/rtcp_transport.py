@@ -14,7 +14,9 @@ carries ``a=rtcp-mux``, so RFC 5761 section 5.1.1 keeps it on its own port.
 
 Where reports go: the address the peer's RTCP comes from once it came
 (symmetric RTCP, like symmetric RTP), before that ``default_destination()``
-(the owner's guess from SDP and the RTP latch). Datagrams are accepted only
+(the owner's guess from SDP and the RTP latch); and only while the owner's
+``may_send()`` allows (RTP's send gate: nothing goes to an address nothing
+confirmed once the grace is over). Datagrams are accepted only
 from the host of that guess, which is where the peer's RTP comes from, so a
 stranger on another host cannot feed us reports, a BYE, or keep a dead call
 alive; the ones dropped are counted.
@@ -47,6 +49,8 @@ class RtcpTransport:
         be, or ``None`` while unknown.
     :param on_timeout: called once when the session reports
         :class:`~engine.media.rtcp_session.MediaTimedOut`.
+    :param may_send: whether reports may be sent now (always when ``None``).
+    :param on_source: called with the source of each datagram accepted.
     """
 
     def __init__(
@@ -55,11 +59,18 @@ class RtcpTransport:
         session: RtcpSession,
         default_destination: Callable[[], Any],
         on_timeout: Callable[[MediaTimedOut], None] | None = None,
+        *,
+        may_send: Callable[[], bool] | None = None,
+        on_source: Callable[[Any], None] | None = None,
     ) -> None:
         self.session = session
         self.transport = RtpTransport(sock, self._on_datagram)
         self.default_destination = default_destination
         self.on_timeout = on_timeout
+        self.may_send = may_send
+        self.on_source = on_source
+        #: Reports not sent because ``may_send()`` said no.
+        self.unsent = 0
         #: The source of the peer's RTCP, once some arrived.
         self.latched: Any = None
         self.dropped = 0
@@ -68,6 +79,9 @@ class RtcpTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def destination(self) -> Any:
+        """Where reports go now (``None``: nowhere)."""
+        if self.may_send is not None and not self.may_send():
+            return None
         return self.latched if self.latched is not None else self.default_destination()
 
     def start(self) -> None:
@@ -109,6 +123,8 @@ class RtcpTransport:
             if addr is not None:
                 for data in datagrams:
                     self.transport.sendto(data, addr)
+            else:
+                self.unsent += len(datagrams)
         while (event := self.session.next_event()) is not None:
             if self.on_timeout is not None:
                 try:
@@ -122,6 +138,8 @@ class RtcpTransport:
             self.dropped += 1
             return
         self.latched = addr
+        if self.on_source is not None:
+            self.on_source(addr)
         self.session.receive(data, self._loop.time())
 
     def close(self) -> None:

@@ -108,7 +108,10 @@ async def play_call(make_engine, body: str, until_log: str) -> tuple[Engine, lis
     rtp.setblocking(False)
     uac = UdpUac(engine.ua.port, rtp.getsockname()[1])
     try:
-        await uac.invite()
+        engine_rtp = await uac.invite()
+        # A phone sends RTP too: strict RTP sends to an SDP address nothing
+        # came from only for a 3 s grace, shorter than the prompt.
+        rtp.sendto(RtpPacket(0, 1, 0, 0x5EED, b"\xff" * 160).serialize(), ("127.0.0.1", engine_rtp))
         packets = await receive_rtp(engine, rtp, until_log, timeout=15)
         await uac.bye()
     finally:

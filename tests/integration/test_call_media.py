@@ -1,6 +1,8 @@
 """A call's media beyond playback, on real loopback sockets: RFC 4733 digits
 sent in the audio stream, RTCP (reports, statistics, round-trip time, BYE),
-the RTP inactivity timeout, and hold.
+the RTP inactivity timeout, hold, and strict RTP (a stranger cannot take
+the stream, a victim address in the SDP gets media only for the grace, a
+phone behind NAT latches after the probation).
 
 The first tests drive :class:`engine.call_media.SdpMediaHandler` with SDP
 written by the test and a "phone" made of two sockets (RTP on an even port,
@@ -11,6 +13,7 @@ RTCP on the odd one above); the last ones run a whole engine with a small
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import AsyncIterator, Iterator
 
@@ -23,7 +26,7 @@ from engine.media.rtcp import (
     Bye, ReceiverReport, ReportBlock, RtcpPacket, Sdes, SenderReport, ntp_middle32, parse_rtcp, serialize_rtcp,
 )
 from engine.media.rtcp_session import MediaTimedOut
-from engine.media.rtp import RtpPacket, RtpSender
+from engine.media.rtp import RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
 from engine.server import StartupError
 from engine.transport.media_clock import MediaClock
 from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
@@ -62,11 +65,12 @@ class Phone:
 class Rig:
     """A media handler answering the phone's offer, on the engine's clock."""
 
-    def __init__(self, rtp_timeout: float = 0.0) -> None:
+    def __init__(self, rtp_timeout: float = 0.0, policy: RtpSourcePolicy | None = None) -> None:
         self.ports = RtpPortAllocator("127.0.0.1", 42000, 42200)
         self.phone = Phone(self.ports.allocate())
         self.clock = MediaClock()
-        self.handler = SdpMediaHandler(self.ports, "127.0.0.1", clock=self.clock, rtp_timeout=rtp_timeout)
+        self.handler = SdpMediaHandler(self.ports, "127.0.0.1", clock=self.clock, rtp_timeout=rtp_timeout,
+                                       rtp_policy=policy, call_id="c0ffee")
         self.handler.rtcp_interval = 0.2
         self.timeouts: list[MediaTimedOut] = []
 
@@ -311,6 +315,157 @@ async def test_timeout_off_makes_no_session() -> None:
         assert rig.handler.media_stats().packets_received == 0
     finally:
         await rig.close()
+
+
+# -- strict RTP: hijack and reflection -------------------------------------------------
+
+
+@pytest.fixture
+def attacker() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def latch_of(rig: Rig) -> RtpReceiverLatch:
+    session = rig.handler.session
+    assert session is not None and session.latch is not None
+    return session.latch
+
+
+def drain_all(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(2048))
+        except BlockingIOError:
+            return out
+
+
+async def test_stranger_cannot_take_the_stream(rig: Rig, attacker: socket.socket,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Check an attacker on another port who sends valid RTP with a guessed
+    SSRC, before and after the phone's first packet, is never latched: the
+    playback goes to the SDP address, the attacker gets nothing, and one
+    security line names it."""
+    caplog.set_level(logging.WARNING, logger="callbridge.security")
+    rig.offer()
+    rig.handler.watch_rtp(rig.timeouts.append)
+    spoof = RtpSender(ssrc=0x12345678)
+    target = ("127.0.0.1", rig.port)
+    for _ in range(3):  # fewer than the probation, before the phone sends
+        attacker.sendto(spoof.next_packet(b"\xff" * 160, 0, 160).serialize(), target)
+    await wait_until(lambda: latch_of(rig).dropped_stranger == 3)
+    rig.phone.send_rtp(rig.port)
+    await wait_until(lambda: latch_of(rig).latched)
+    for _ in range(10):  # consecutive, but not the phone's SSRC
+        attacker.sendto(spoof.next_packet(b"\xff" * 160, 0, 160).serialize(), target)
+    await wait_until(lambda: latch_of(rig).dropped_stranger == 13)
+    done: list[bool] = []
+    rig.handler.start_playback(ToneSource(440, 0.2), done.append)
+    await wait_until(lambda: bool(done))
+    await asyncio.sleep(0.05)
+    latch = latch_of(rig)
+    assert latch.remote_addr == rig.phone.rtp.getsockname() and latch.accepted == 1
+    assert len(rig.phone.rtp_packets()) == 10 and drain_all(attacker) == []
+    assert rig.handler.media_stats().packets_received == 1
+    lines = [r.getMessage() for r in caplog.records if "rtp_source_refused" in r.getMessage()]
+    assert lines == [f"security event=rtp_source_refused src=127.0.0.1 port={attacker.getsockname()[1]}"
+                     " call=c0ffee"]
+
+
+async def test_victim_in_sdp_gets_media_only_for_the_grace() -> None:
+    """Check an SDP address that never sends (a victim's) gets RTP and RTCP
+    only during the send grace: once the gate closed, the counts stop
+    growing while the playback goes on, and the frames are counted unsent."""
+    rig = Rig(policy=RtpSourcePolicy(send_grace=0.3))
+    try:
+        rig.offer()
+        victim = rig.phone
+        rig.handler.start_playback(ToneSource(440))
+        await wait_until(lambda: latch_of(rig).unsent >= 1)
+        assert rig.handler.rtcp is not None
+        await wait_until(lambda: rig.handler.rtcp is not None and rig.handler.rtcp.unsent >= 1)
+        during = len(victim.drain(victim.rtp))
+        victim.drain(victim.rtcp)
+        unsent = latch_of(rig).unsent
+        await wait_until(lambda: latch_of(rig).unsent >= unsent + 25)
+        assert rig.handler.rtcp is not None
+        rtcp_unsent = rig.handler.rtcp.unsent
+        await wait_until(lambda: rig.handler.rtcp is not None and rig.handler.rtcp.unsent > rtcp_unsent)
+        rig.handler.close()  # no RTCP BYE either
+        await asyncio.sleep(0.05)
+        assert during >= 1
+        assert victim.drain(victim.rtp) == [] and victim.drain(victim.rtcp) == []
+    finally:
+        await rig.close()
+
+
+async def test_rtcp_from_the_sdp_rtcp_address_confirms_it() -> None:
+    """Check a phone that sends no RTP but RTCP from the SDP's RTCP address
+    (one that only listens) keeps getting media after the grace."""
+    rig = Rig(policy=RtpSourcePolicy(send_grace=0.3))
+    try:
+        rig.offer()
+        phone = rig.phone
+        rig.handler.start_playback(ToneSource(440))
+        phone.rtcp.sendto(serialize_rtcp([ReceiverReport(phone.sender.ssrc, ())]), ("127.0.0.1", rig.port + 1))
+        await wait_until(lambda: latch_of(rig).confirmed)
+        phone.drain(phone.rtp)
+        sent = rig.handler.media_stats().packets_sent
+        await wait_until(lambda: rig.handler.media_stats().packets_sent >= sent + 25)  # past the grace
+        assert len(phone.drain(phone.rtp)) >= 25 and latch_of(rig).unsent == 0
+    finally:
+        await rig.close()
+
+
+async def test_phone_behind_nat_latches_after_probation(rig: Rig) -> None:
+    """Check a phone whose SDP names port A but whose RTP comes from port C
+    (NAT): its first three packets are dropped, the fourth latches C, and
+    the playback then goes to C."""
+    natted = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    natted.bind(("127.0.0.1", 0))
+    natted.setblocking(False)
+    try:
+        rig.offer()
+        rig.handler.watch_rtp(rig.timeouts.append)
+        sender = RtpSender()
+        target = ("127.0.0.1", rig.port)
+        for _ in range(3):
+            natted.sendto(sender.next_packet(b"\xff" * 160, 0, 160).serialize(), target)
+        await wait_until(lambda: latch_of(rig).dropped_stranger == 3)
+        assert latch_of(rig).remote_addr == rig.phone.rtp.getsockname() and not latch_of(rig).latched
+        for _ in range(5):
+            natted.sendto(sender.next_packet(b"\xff" * 160, 0, 160).serialize(), target)
+            await asyncio.sleep(0.02)
+        await wait_until(lambda: latch_of(rig).latched)
+        assert latch_of(rig).remote_addr == natted.getsockname()
+        done: list[bool] = []
+        rig.handler.start_playback(ToneSource(440, 0.2), done.append)
+        await wait_until(lambda: bool(done))
+        await asyncio.sleep(0.05)
+        assert len([RtpPacket.parse(d) for d in drain_all(natted)]) == 10
+        assert rig.phone.drain(rig.phone.rtp) == []
+        assert rig.handler.media_stats().packets_received == 5
+    finally:
+        natted.close()
+
+
+async def test_stranger_spraying_does_not_keep_the_call_alive(rig: Rig, attacker: socket.socket) -> None:
+    """Check RTP from a source that never passes probation (a sprayer whose
+    sequence numbers jump) is not activity: the RTP timeout still fires."""
+    rig.offer()
+    rig.handler.watch_rtp(rig.timeouts.append)
+    target = ("127.0.0.1", rig.port)
+    for i in range(60):
+        if rig.timeouts:
+            break
+        attacker.sendto(RtpPacket(0, (i * 7919) & 0xFFFF, 0, 0xABCD, b"\xff" * 160).serialize(), target)
+        await asyncio.sleep(0.03)
+    assert len(rig.timeouts) == 1
+    assert latch_of(rig).accepted == 0 and rig.handler.media_stats().packets_received == 0
 
 
 # -- the whole engine --------------------------------------------------------------------

@@ -189,7 +189,8 @@ async def test_clock_ticks_drift_free() -> None:
 
 async def test_send_goes_to_the_latched_source(rig: Rig) -> None:
     """Check symmetric RTP: before latching the session sends to the SDP
-    address, afterwards to where the peer's packets come from."""
+    address, afterwards to where the peer's packets come from once they
+    passed the probation (a digit's packets: more than four in a row)."""
     rig.listen()
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.1", 0))

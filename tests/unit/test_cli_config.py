@@ -1,6 +1,6 @@
 """``callbridge serve`` flags and CALLBRIDGE_* variables onto EngineConfig
-(engine.cli), for the settings checked here: the RTP inactivity timeout and
-guest logins."""
+(engine.cli), for the settings checked here: the RTP inactivity timeout,
+guest logins and strict RTP."""
 
 from __future__ import annotations
 
@@ -42,3 +42,15 @@ def test_guests_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CALLBRIDGE_GUESTS", "off")
     assert config([]).guest_login is False
     assert config(["--guests", "on"]).guest_login is True
+
+
+def test_rtp_strict_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check strict RTP is on by default with probation 4 and a 3 s send
+    grace, and --rtp-strict off or CALLBRIDGE_RTP_STRICT=off turns it off."""
+    monkeypatch.delenv("CALLBRIDGE_RTP_STRICT", raising=False)
+    default = config([])
+    assert (default.rtp_strict, default.rtp_probation, default.rtp_send_grace) == (True, 4, 3.0)
+    assert config(["--rtp-strict", "off"]).rtp_strict is False
+    monkeypatch.setenv("CALLBRIDGE_RTP_STRICT", "off")
+    assert config([]).rtp_strict is False
+    assert config(["--rtp-strict", "on"]).rtp_strict is True

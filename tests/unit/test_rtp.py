@@ -1,10 +1,11 @@
 """Tests for :mod:`engine.media.rtp`: packets, sequence arithmetic, sender
-state and the RTP-Bleed-safe latch."""
+state and the strict latch (RTP Bleed, probation, the send gate)."""
 
 from __future__ import annotations
 
 import random
 import struct
+from typing import Any, Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from engine.media.rtp import (
     RtpPacket,
     RtpReceiverLatch,
     RtpSender,
+    RtpSourcePolicy,
     extend_seq,
     is_rtcp,
     seq_diff,
@@ -163,31 +165,92 @@ def test_sender_starts_random() -> None:
 PEER = ("203.0.113.5", 4000)
 NAT = ("203.0.113.5", 4711)
 EVIL = ("198.51.100.66", 5000)
+PRIVATE = ("192.168.1.20", 4000)
 
 
 def latched() -> RtpReceiverLatch:
-    latch = RtpReceiverLatch({PCMU, DTMF}, initial_addr=("10.0.0.2", 4000))
+    """A latch whose SDP address is PEER, latched on three packets from it."""
+    latch = RtpReceiverLatch({PCMU, DTMF}, initial_addr=PEER)
     for i in range(3):
         assert latch.accept(RtpPacket(PCMU, 1000 + i, 160 * i, 0xAAAA), PEER, i * 0.02)
     return latch
 
 
-def test_latch_sends_to_sdp_address_until_latched() -> None:
-    """Check remote_addr is the SDP address before latching, the source after."""
-    latch = RtpReceiverLatch({PCMU}, initial_addr=("10.0.0.2", 4000))
-    assert latch.remote_addr == ("10.0.0.2", 4000) and not latch.latched
+def run(latch: RtpReceiverLatch, addr: tuple[str, int], seqs: Iterable[int], ssrc: int = 0xAAAA,
+        now: float = 1.0) -> list[bool]:
+    """What ``accept`` said to PCMU packets ``seqs`` of ``ssrc`` from ``addr``."""
+    return [latch.accept(RtpPacket(PCMU, seq, 0, ssrc), addr, now) for seq in seqs]
+
+
+def test_sdp_address_accepted_at_once() -> None:
+    """Check the first packet from the SDP address is accepted and latches
+    it, whatever its SSRC and sequence number."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert latch.remote_addr == PEER and not latch.latched and not latch.confirmed
     assert latch.accept(RtpPacket(PCMU, 1, 0, 9), PEER, 0.0)
+    assert latch.latched and latch.confirmed
     assert latch.remote_addr == PEER and latch.ssrc == 9 and latch.last_packet_at == 0.0
 
 
-def test_wrong_payload_type_does_not_latch() -> None:
-    """Check a packet of a payload type not negotiated is dropped before latching."""
-    latch = RtpReceiverLatch({PCMU, DTMF})
-    assert not latch.accept(RtpPacket(8, 1, 0, 0xBAD), EVIL, 0.0)
-    assert not latch.latched and latch.remote_addr is None
-    assert latch.dropped_payload_type == 1
-    assert latch.accept(RtpPacket(DTMF, 5, 0, 0xAAAA), PEER, 0.1)
-    assert latch.remote_addr == PEER
+def test_first_packet_from_a_stranger_is_not_accepted() -> None:
+    """Check a stranger's first packet is dropped, does not latch, does not
+    move the send target and does not count as activity."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert run(latch, EVIL, [100]) == [False]
+    assert not latch.latched and latch.remote_addr == PEER
+    assert latch.last_packet_at is None and latch.accepted == 0 and latch.dropped_stranger == 1
+
+
+def test_probation_latches_after_four_consecutive_packets() -> None:
+    """Check four consecutive packets (one source, one SSRC, sequence +1
+    each) latch a source the SDP did not name: the fourth is accepted and
+    the target moves there (a phone behind NAT)."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PRIVATE)
+    assert run(latch, NAT, [65534, 65535, 0, 1]) == [False, False, False, True]  # across the wrap
+    assert latch.latched and latch.remote_addr == NAT and latch.ssrc == 0xAAAA
+    assert run(latch, NAT, [2, 3]) == [True, True]
+    assert latch.dropped_stranger == 3 and latch.refused is None  # a NAT'd phone is not logged
+
+
+def test_sequence_break_restarts_probation() -> None:
+    """Check a gap, a repeat or a step back in the sequence restarts the count."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert run(latch, EVIL, [10, 11, 12, 14]) == [False] * 4  # 13 missing
+    assert run(latch, EVIL, [15, 16, 16, 17, 18]) == [False] * 5  # 16 twice
+    assert not latch.latched
+    assert run(latch, EVIL, [19]) == [True]  # 16, 17, 18, 19
+    assert latch.remote_addr == EVIL
+
+
+def test_ssrc_change_restarts_probation() -> None:
+    """Check a packet with another SSRC from the same source restarts the count."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert run(latch, EVIL, [10, 11, 12]) == [False] * 3
+    assert run(latch, EVIL, [13], ssrc=0xBBBB) == [False]
+    assert run(latch, EVIL, [14, 15], ssrc=0xAAAA) == [False, False]
+    assert not latch.latched and latch.remote_addr == PEER
+
+
+def test_second_source_restarts_probation() -> None:
+    """Check packets of a second source in between restart the first's
+    probation, and the competitor is the refused source to log."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PRIVATE)
+    assert run(latch, NAT, [10, 11, 12]) == [False] * 3
+    assert run(latch, EVIL, [500], ssrc=0xBBBB) == [False]
+    assert run(latch, NAT, [13]) == [False]
+    assert not latch.latched and latch.refused == EVIL
+
+
+def test_interleaved_spoofed_packets_do_not_move_the_target() -> None:
+    """Check a stranger interleaving valid-looking packets (its own SSRC,
+    consecutive sequence numbers) with a real stream from the SDP address
+    never latches nor is accepted."""
+    latch = latched()
+    for i in range(40):
+        assert latch.accept(RtpPacket(PCMU, 1003 + i, 0, 0xAAAA), PEER, 1.0 + i * 0.02)
+        assert not latch.accept(RtpPacket(PCMU, 7000 + i, 0, 0xBEEF), EVIL, 1.0 + i * 0.02)
+    assert latch.remote_addr == PEER and latch.relatched == 0
+    assert latch.dropped_stranger == 40 and latch.refused == EVIL
 
 
 def test_stranger_with_other_ssrc_dropped() -> None:
@@ -196,6 +259,15 @@ def test_stranger_with_other_ssrc_dropped() -> None:
     for i in range(50):
         assert not latch.accept(RtpPacket(PCMU, 1003 + i, 0, 0xBBBB), EVIL, 1.0)
     assert latch.remote_addr == PEER and latch.dropped_stranger == 50 and latch.dropped == 50
+
+
+def test_wrong_payload_type_does_not_latch() -> None:
+    """Check a packet of a payload type not negotiated is dropped before latching."""
+    latch = RtpReceiverLatch({PCMU, DTMF}, initial_addr=PEER)
+    assert not latch.accept(RtpPacket(8, 1, 0, 0xBAD), PEER, 0.0)
+    assert not latch.latched and latch.dropped_payload_type == 1
+    assert latch.accept(RtpPacket(DTMF, 5, 0, 0xAAAA), PEER, 0.1)
+    assert latch.latched
 
 
 def test_stranger_spraying_our_ssrc_with_wrong_sequence_dropped() -> None:
@@ -209,22 +281,36 @@ def test_stranger_spraying_our_ssrc_with_wrong_sequence_dropped() -> None:
     assert latch.accept(RtpPacket(PCMU, 1003, 0, 0xAAAA), PEER, 1.0)  # the real peer goes on
 
 
-def test_nat_rebinding_relatches() -> None:
-    """Check the same SSRC with a continuing sequence from a new port moves the latch."""
-    latch = latched()
-    assert latch.accept(RtpPacket(PCMU, 1005, 800, 0xAAAA), NAT, 2.0)  # two lost in the rebinding
+def test_nat_rebinding_relatches_after_probation() -> None:
+    """Check the same SSRC continuing the sequence from a new port moves the
+    latch, only after the probation; a straggler from the old binding is
+    then dropped."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PRIVATE)
+    assert run(latch, PEER, [1000, 1001, 1002, 1003]) == [False, False, False, True]
+    assert run(latch, NAT, [1005, 1006, 1007]) == [False] * 3  # two lost in the rebinding
+    assert latch.remote_addr == PEER
+    assert run(latch, NAT, [1008]) == [True]
     assert latch.remote_addr == NAT and latch.relatched == 1
-    assert not latch.accept(RtpPacket(PCMU, 1004, 640, 0xAAAA), PEER, 2.01)  # a straggler from the old binding
-    assert latch.accept(RtpPacket(PCMU, 1006, 960, 0xAAAA), NAT, 2.02)
+    assert run(latch, PEER, [1004]) == [False]  # a straggler from the old binding
+    assert latch.accept(RtpPacket(PCMU, 1009, 0, 0xAAAA), NAT, 2.02)
     assert latch.last_packet_at == 2.02
 
 
 def test_nat_rebinding_across_sequence_wrap() -> None:
-    """Check 'continues' is wrap-aware: 65535 -> 2 from a new port is accepted."""
-    latch = RtpReceiverLatch({PCMU})
-    assert latch.accept(RtpPacket(PCMU, 65535, 0, 1), PEER, 0.0)
-    assert latch.accept(RtpPacket(PCMU, 2, 480, 1), NAT, 0.1)
+    """Check 'continues' is wrap-aware: 65535 -> 2.. from a new port latches."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert run(latch, PEER, [65535], ssrc=1) == [True]
+    assert run(latch, NAT, [2, 3, 4, 5], ssrc=1) == [False, False, False, True]
     assert latch.remote_addr == NAT
+
+
+def test_sdp_address_takes_the_latch_back() -> None:
+    """Check a packet from the SDP address is accepted at once even while
+    another source is latched, and the target moves back to it."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER)
+    assert run(latch, NAT, [1, 2, 3, 4]) == [False, False, False, True]
+    assert run(latch, PEER, [90], ssrc=0xCCCC) == [True]
+    assert latch.remote_addr == PEER and latch.relatched == 1
 
 
 def test_latched_peer_may_change_ssrc() -> None:
@@ -233,3 +319,64 @@ def test_latched_peer_may_change_ssrc() -> None:
     assert latch.accept(RtpPacket(PCMU, 7, 0, 0xCCCC), PEER, 1.0)
     assert latch.ssrc == 0xCCCC and latch.highest_seq == 7
     assert not latch.accept(RtpPacket(PCMU, 1003, 0, 0xAAAA), NAT, 1.0)  # the old SSRC no longer counts
+
+
+def test_send_gate_closes_after_the_grace() -> None:
+    """Check media may go to the unconfirmed SDP address only during the
+    grace, refusals after it are counted, and a packet from the SDP address
+    opens the gate again."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PEER, policy=RtpSourcePolicy(send_grace=3.0), now=10.0)
+    assert latch.send_to(10.0) == PEER and latch.send_to(12.99) == PEER
+    assert latch.send_to(13.0) is None and latch.send_to(20.0) is None
+    assert latch.unsent == 2 and latch.destination(20.0) is None
+    assert run(latch, EVIL, [1, 2, 3], now=20.0) == [False] * 3  # on probation: still closed
+    assert latch.send_to(20.0) is None
+    assert run(latch, PEER, [5], now=21.0) == [True]
+    assert latch.send_to(99.0) == PEER and latch.unsent == 3
+
+
+def test_send_gate_opens_on_probation_or_confirm() -> None:
+    """Check a source passing probation, or confirm() (the peer's RTCP came
+    from the SDP's RTCP address), opens the gate after the grace."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PRIVATE, now=0.0)
+    assert latch.send_to(5.0) is None
+    assert run(latch, NAT, [1, 2, 3, 4], now=5.0)[-1]
+    assert latch.send_to(6.0) == NAT
+    other = RtpReceiverLatch({PCMU}, initial_addr=PEER, now=0.0)
+    other.confirm()
+    assert other.send_to(60.0) == PEER and not other.latched
+
+
+def test_new_sdp_address_gets_a_new_grace() -> None:
+    """Check a re-INVITE naming another address makes it the unconfirmed
+    target with a grace from then; the same address changes nothing."""
+    latch = latched()
+    latch.set_signalled(PEER, 100.0)
+    assert latch.latched and latch.send_to(100.0) == PEER
+    latch.set_signalled(PRIVATE, 100.0)
+    assert not latch.latched and latch.send_to(102.0) == PRIVATE and latch.send_to(103.5) is None
+    assert run(latch, PEER, [1], now=104.0) == [False]  # the old address is a stranger now
+
+
+def test_lenient_policy_latches_the_first_packet() -> None:
+    """Check strict=False keeps the old behaviour: the first acceptable
+    packet from anywhere latches, a rebinding latches on one packet, and
+    sending to the SDP address is never gated."""
+    latch = RtpReceiverLatch({PCMU}, initial_addr=PRIVATE, policy=RtpSourcePolicy(strict=False))
+    assert latch.send_to(1000.0) == PRIVATE
+    assert run(latch, PEER, [7]) == [True] and latch.remote_addr == PEER
+    assert run(latch, NAT, [8]) == [True] and latch.remote_addr == NAT
+    assert run(latch, EVIL, [9], ssrc=0xBBBB) == [False] and latch.remote_addr == NAT
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"probation": 0}, "rtp_probation must be a whole number of packets, 1 or more, got 0"),
+    ({"probation": 2.5}, "rtp_probation must be a whole number of packets, 1 or more, got 2.5"),
+    ({"send_grace": -1.0}, "rtp_send_grace must be 0 or more seconds, got -1.0"),
+    ({"send_grace": float("nan")}, "rtp_send_grace must be 0 or more seconds, got nan"),
+])
+def test_policy_refuses_bad_knobs(kwargs: dict[str, Any], message: str) -> None:
+    """Check a bad probation or grace is refused with a message naming it."""
+    with pytest.raises(ValueError) as info:
+        RtpSourcePolicy(**kwargs)
+    assert str(info.value) == message
