@@ -60,6 +60,7 @@ from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
 from .rooms import RoomRefused, RoomService
 from .router import Rule, RuleSet
+from .security_log import security_event
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "CallEvents",
     "ScenarioError",
     "ScenarioRuntime",
+    "SessionLimitReached",
     "Session",
     "VoxEngine",
     "Logger",
@@ -126,6 +128,17 @@ class AppEvent:
 
 class ScenarioError(Exception):
     """A scenario could not be loaded (file, line and reason in the text)."""
+
+
+class SessionLimitReached(Exception):
+    """``max_sessions`` sessions are running: no new one starts until one ends.
+
+    :param limit: the cap.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"{limit} sessions are running, the most this engine starts (max_sessions)")
 
 
 def _session() -> Session:
@@ -782,7 +795,13 @@ class ScenarioRuntime:
     :param node_id: this engine node's id, for the directory.
     :param idle_timeout: seconds a session with no calls lives on.
     :param log_dir: where the sessions' logs are written (``sessions-YYYY-MM-DD.log``).
+    :param max_sessions: most sessions running at once; a call or MESSAGE
+        that would start one more is refused 503 (each session holds a
+        scenario's namespace, timers and log for at least ``idle_timeout``).
     """
+
+    #: Retry-After (seconds) of the 503 refusing a session over the cap.
+    RETRY_AFTER = 5
 
     #: Ended sessions whose log lines are kept in memory (for read_log
     #: without a log_dir).
@@ -802,7 +821,11 @@ class ScenarioRuntime:
         tts: Any = None,
         audio: Any = None,
         store: Any = None,
+        max_sessions: int = 5000,
     ) -> None:
+        if type(max_sessions) is not int or max_sessions < 1:
+            raise ValueError(f"max_sessions must be a positive integer, not {max_sessions!r}")
+        self.max_sessions = max_sessions
         self.rules = rules
         self.scenarios_dir = Path(scenarios_dir)
         self.ua = ua
@@ -890,8 +913,23 @@ class ScenarioRuntime:
     def start_session(self, rule: Rule, custom_data: str = "") -> Session:
         """Create and load a session; a load error fails it (and raises).
         A session that has no call once started ends after ``idle_timeout``
-        unless it places or receives one."""
+        unless it places or receives one.
+
+        :raises SessionLimitReached: ``max_sessions`` are running.
+        """
+        self._check_capacity()
         return self._start(Session(self, rule, custom_data))
+
+    def _check_capacity(self) -> None:
+        if len(self.sessions) >= self.max_sessions:
+            raise SessionLimitReached(self.max_sessions)
+
+    def _session_cap_event(self, src: str | None, what: str) -> None:
+        """Report a refusal for the session cap: at most one line per
+        source and kind every 10 s (a flood must not become a log flood)."""
+        now = time.monotonic()
+        if self.directory.hit(f"log:sessions:{what}:{src}", now, rate=0.1, burst=1):
+            security_event("cap_reached", src, cap="sessions", what=what, limit=self.max_sessions)
 
     def _start(self, session: Session) -> Session:
         try:
@@ -919,6 +957,11 @@ class ScenarioRuntime:
             return
         try:
             session = self.start_session(rule)
+        except SessionLimitReached:
+            self._session_cap_event(getattr(getattr(call, "peer", None), "host", None), "call")
+            if call.state == CallState.ALERTING:
+                call.reject(503, {"Retry-After": str(self.RETRY_AFTER)})
+            return
         except Exception:
             if call.state == CallState.ALERTING:
                 call.reject(500)
@@ -957,13 +1000,21 @@ class ScenarioRuntime:
             except CallError:
                 pass
 
-    def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str]) -> int:
-        """An out-of-dialog MESSAGE: start a session for it; return the status."""
+    def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str],
+                   src: str | None = None) -> int:
+        """An out-of-dialog MESSAGE: start a session for it; return the
+        status (503 when ``max_sessions`` are running).
+
+        :param src: the source address, for the security log.
+        """
         rule = self.rules.match(destination)
         if rule is None:
             return 404
         try:
             session = self.start_session(rule)
+        except SessionLimitReached:
+            self._session_cap_event(src, "MESSAGE")
+            return 503
         except Exception:
             return 500
         session.emit(AppEvents.MessageReceived, text=text, callerid=callerid,
@@ -1016,6 +1067,10 @@ class ScenarioRuntime:
                     f"conference {name!r} is run by node {node}: calls between nodes are not supported yet"
                 )
             self.directory.release_conference(name, sid)  # a stale claim of this node
+        try:
+            self._check_capacity()
+        except SessionLimitReached as exc:
+            raise CallError(f"conference {name!r} cannot start: {exc}") from None
         session = Session(self, rule)
         node, sid = self.directory.claim_conference(name, self.node_id, session.id)
         if sid != session.id:  # someone else claimed it first
