@@ -95,6 +95,13 @@ class EngineConfig:
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
     guest_login: bool = True
+    #: Most scenario sessions running at once; a call or MESSAGE beyond it
+    #: gets 503 (each session lives at least ``session_idle_timeout``).
+    max_sessions: int = 5000
+    #: Most SDK WebSockets (``/ws``) open from one client address (429
+    #: beyond it), and in all (503 beyond it).
+    ws_max_per_source: int = 10
+    ws_max_connections: int = 2000
 
 
 class Engine:
@@ -189,7 +196,7 @@ class Engine:
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
             node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
             log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
-            store=self.store,
+            store=self.store, max_sessions=cfg.max_sessions,
         )
         try:
             self.runtime.compile_all()
@@ -318,7 +325,8 @@ class Engine:
         text = request.body.decode("utf-8", errors="replace")
         callerid = unquote(getattr(request.from_.uri, "user", None) or "")
         destination = getattr(request.uri, "user", None) or ""
-        return self.runtime.on_message(text, callerid, destination, request.headers.custom())
+        return self.runtime.on_message(text, callerid, destination, request.headers.custom(),
+                                       src=peer.host)
 
     def reload_rules(self) -> RuleSet:
         rules = self.load_rules()
