@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ban-seconds", type=float, default=float(_env("BAN_SECONDS", 60)))
     serve.add_argument("--trusted", default=_env("TRUSTED", ""),
                        help="comma-separated source addresses exempt from rate limits")
+    serve.add_argument("--message-rate", type=float, default=float(_env("MESSAGE_RATE", 5)),
+                       help="out-of-dialog MESSAGEs per second per source address, each starting a"
+                            " session (503 beyond; 0: off)")
+    serve.add_argument("--message-burst", type=int, default=int(_env("MESSAGE_BURST", 20)))
+    serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 20000)),
+                       help="most live SIP server transactions (new requests beyond get 503)")
+    serve.add_argument("--max-tcp-per-source", type=int, default=int(_env("MAX_TCP_PER_SOURCE", 20)),
+                       help="most SIP TCP connections one source address may hold")
+    serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", 5000)),
+                       help="most scenario sessions at once (calls and MESSAGEs beyond get 503)")
+    serve.add_argument("--ws-max-per-source", type=int, default=int(_env("WS_MAX_PER_SOURCE", 10)),
+                       help="most SDK WebSockets one client address may hold (429 beyond)")
+    serve.add_argument("--ws-max-connections", type=int, default=int(_env("WS_MAX_CONNECTIONS", 2000)),
+                       help="most SDK WebSockets in all (503 beyond)")
     serve.add_argument("--idle-timeout", type=float, default=float(_env("IDLE_TIMEOUT", 30)),
                        help="seconds a session with no calls lives on")
     serve.add_argument("--tts", default=_env("TTS", "espeak"),
@@ -178,6 +192,12 @@ def _config_from(args: argparse.Namespace) -> Any:
         raise SystemExit(f"callbridge: --tts must be one of {', '.join(TTS_PROVIDERS)}, got {args.tts!r}")
     if args.rtp_timeout < 0:
         raise SystemExit(f"callbridge: --rtp-timeout must be 0 (off) or more seconds, got {args.rtp_timeout}")
+    for flag in ("message_burst", "max_transactions", "max_tcp_per_source", "max_sessions",
+                 "ws_max_per_source", "ws_max_connections"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 1 or more, got {getattr(args, flag)}")
+    if args.message_rate < 0:
+        raise SystemExit(f"callbridge: --message-rate must be 0 (off) or more, got {args.message_rate}")
     from .dialout import DEFAULT_DENY, DialPolicy
 
     def patterns(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -194,6 +214,8 @@ def _config_from(args: argparse.Namespace) -> Any:
     policy = SecurityPolicy(
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
+        message_rate=args.message_rate, message_burst=args.message_burst,
+        max_transactions=args.max_transactions, max_tcp_per_source=args.max_tcp_per_source,
     )
     return EngineConfig(
         sip_hosts=[h.strip() for h in args.sip_host.split(",") if h.strip()],
@@ -203,6 +225,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on", guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
+        max_sessions=args.max_sessions, ws_max_per_source=args.ws_max_per_source,
+        ws_max_connections=args.ws_max_connections,
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 

@@ -72,6 +72,7 @@ __all__ = [
     "CallEvents",
     "ScenarioError",
     "ScenarioRuntime",
+    "SessionLimitReached",
     "Session",
     "VoxEngine",
     "Logger",
@@ -165,6 +166,17 @@ class PinLimits:
 
 class ScenarioError(Exception):
     """A scenario could not be loaded (file, line and reason in the text)."""
+
+
+class SessionLimitReached(Exception):
+    """``max_sessions`` sessions are running: no new one starts until one ends.
+
+    :param limit: the cap.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"{limit} sessions are running, the most this engine starts (max_sessions)")
 
 
 def _session() -> Session:
@@ -913,7 +925,13 @@ class ScenarioRuntime:
     :param node_id: this engine node's id, for the directory.
     :param idle_timeout: seconds a session with no calls lives on.
     :param log_dir: where the sessions' logs are written (``sessions-YYYY-MM-DD.log``).
+    :param max_sessions: most sessions running at once; a call or MESSAGE
+        that would start one more is refused 503 (each session holds a
+        scenario's namespace, timers and log for at least ``idle_timeout``).
     """
+
+    #: Retry-After (seconds) of the 503 refusing a session over the cap.
+    RETRY_AFTER = 5
 
     #: Ended sessions whose log lines are kept in memory (for read_log
     #: without a log_dir).
@@ -933,7 +951,11 @@ class ScenarioRuntime:
         tts: Any = None,
         audio: Any = None,
         store: Any = None,
+        max_sessions: int = 5000,
     ) -> None:
+        if type(max_sessions) is not int or max_sessions < 1:
+            raise ValueError(f"max_sessions must be a positive integer, not {max_sessions!r}")
+        self.max_sessions = max_sessions
         self.rules = rules
         self.scenarios_dir = Path(scenarios_dir)
         self.ua = ua
@@ -1031,8 +1053,23 @@ class ScenarioRuntime:
     def start_session(self, rule: Rule, custom_data: str = "") -> Session:
         """Create and load a session; a load error fails it (and raises).
         A session that has no call once started ends after ``idle_timeout``
-        unless it places or receives one."""
+        unless it places or receives one.
+
+        :raises SessionLimitReached: ``max_sessions`` are running.
+        """
+        self._check_capacity()
         return self._start(Session(self, rule, custom_data))
+
+    def _check_capacity(self) -> None:
+        if len(self.sessions) >= self.max_sessions:
+            raise SessionLimitReached(self.max_sessions)
+
+    def _session_cap_event(self, src: str | None, what: str) -> None:
+        """Report a refusal for the session cap: at most one line per
+        source and kind every 10 s (a flood must not become a log flood)."""
+        now = time.monotonic()
+        if self.directory.hit(f"log:sessions:{what}:{src}", now, rate=0.1, burst=1):
+            security_event("cap_reached", src, cap="sessions", what=what, limit=self.max_sessions)
 
     def _start(self, session: Session) -> Session:
         try:
@@ -1074,6 +1111,11 @@ class ScenarioRuntime:
             return
         try:
             session = self.start_session(rule)
+        except SessionLimitReached:
+            self._session_cap_event(call.source, "call")
+            if call.state == CallState.ALERTING:
+                call.reject(503, {"Retry-After": str(self.RETRY_AFTER)})
+            return
         except Exception:
             if call.state == CallState.ALERTING:
                 call.reject(500)
@@ -1115,7 +1157,8 @@ class ScenarioRuntime:
     def on_message(self, text: str, callerid: str, destination: str, headers: dict[str, str],
                    source: str | None = None) -> int:
         """An out-of-dialog SIP MESSAGE from ``source``: start a session for
-        it (through the rules, as a ``sip`` caller); return the status."""
+        it (through the rules, as a ``sip`` caller); return the status (503
+        when ``max_sessions`` are running)."""
         caller = Caller("sip", source)
         rule = self.rules.match(destination, caller)
         if rule is None:
@@ -1126,6 +1169,9 @@ class ScenarioRuntime:
             return 404
         try:
             session = self.start_session(rule)
+        except SessionLimitReached:
+            self._session_cap_event(source, "MESSAGE")
+            return 503
         except Exception:
             return 500
         session.emit(AppEvents.MessageReceived, text=text, callerid=callerid,
@@ -1178,6 +1224,10 @@ class ScenarioRuntime:
                     f"conference {name!r} is run by node {node}: calls between nodes are not supported yet"
                 )
             self.directory.release_conference(name, sid)  # a stale claim of this node
+        try:
+            self._check_capacity()
+        except SessionLimitReached as exc:
+            raise CallError(f"conference {name!r} cannot start: {exc}") from None
         session = Session(self, rule)
         node, sid = self.directory.claim_conference(name, self.node_id, session.id)
         if sid != session.id:  # someone else claimed it first

@@ -111,6 +111,13 @@ class EngineConfig:
     #: Whether conferences that are not rooms may be opened and joined
     #: (the demo page's way: anyone who names one).
     ad_hoc_conferences: bool = True
+    #: Most scenario sessions running at once; a call or MESSAGE beyond it
+    #: gets 503 (each session lives at least ``session_idle_timeout``).
+    max_sessions: int = 5000
+    #: Most SDK WebSockets (``/ws``) open from one client address (429
+    #: beyond it), and in all (503 beyond it).
+    ws_max_per_source: int = 10
+    ws_max_connections: int = 2000
 
 
 class Engine:
@@ -210,7 +217,7 @@ class Engine:
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
             node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
             log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
-            store=self.store,
+            store=self.store, max_sessions=cfg.max_sessions,
         )
         self.runtime.dial_policy = cfg.dial_policy
         self.runtime.ad_hoc_conferences = cfg.ad_hoc_conferences

@@ -81,6 +81,7 @@ __all__ = [
     "Invite",
     "InviteRefused",
     "Webhook",
+    "GUEST_HASH",
     "HA1_ALGORITHMS",
     "InvalidValue",
     "Room",
@@ -100,6 +101,10 @@ DEFAULT_FILENAME = "callbridge.sqlite3"
 
 #: Digest algorithms :meth:`Store.sip_ha1` answers for (RFC 7616 section 3.4.2).
 HA1_ALGORITHMS = ("MD5", "SHA-256")
+
+#: The password hash of a user made by :meth:`SqliteStore.create_guest`: no
+#: scrypt string (it has no ``$``), so no password ever matches it.
+GUEST_HASH = "!guest"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ROOM_RE = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -367,6 +372,11 @@ class Store(Protocol):
 
     def create_user(self, name: str, password: str, display_name: str | None = None) -> User:
         """Create a user. :raises UserExists: the name is taken (any case)."""
+        ...
+
+    def create_guest(self, name: str, display_name: str | None = None) -> User:
+        """Create a user that has no password (a web guest): no login by
+        password or SIP digest. :raises UserExists: the name is taken."""
         ...
 
     def get_user(self, name: str) -> User | None:
@@ -1020,6 +1030,36 @@ class SqliteStore:
                     "INSERT INTO users (name, display_name, created_at, password_hash,"
                     " ha1_realm, ha1_md5, ha1_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (name, display_name, created_at, password_hash, realm, md5, sha256),
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise UserExists(name) from None
+            raise
+        return User(name, display_name, created_at)
+
+    def create_guest(self, name: str, display_name: str | None = None) -> User:
+        """Create a user without a password: a web guest's profile.
+
+        Nothing is hashed (a guest login must cost no scrypt work): the
+        password hash is the marker :data:`GUEST_HASH`, which is no scrypt
+        string, so :meth:`verify_password` refuses every password, and the
+        HA1 values are empty for no realm, so :meth:`sip_ha1` finds none.
+        :meth:`update_user` with a password makes it an ordinary user.
+
+        :param name: as for :meth:`create_user`.
+        :param display_name: as for :meth:`create_user`.
+        :raises UserExists: a user of that name exists (any case).
+        :raises InvalidValue: a malformed argument.
+        """
+        _check_name(name)
+        display_name = _check_display_name(display_name)
+        created_at = self._clock()
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO users (name, display_name, created_at, password_hash,"
+                    " ha1_realm, ha1_md5, ha1_sha256) VALUES (?, ?, ?, ?, '', '', '')",
+                    (name, display_name, created_at, GUEST_HASH),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):

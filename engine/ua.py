@@ -960,7 +960,10 @@ class UserAgent:
                 except Exception:
                     logger.exception("MESSAGE handler failed")
                     status = 500
-            endpoint.send_response(txn, request.create_response(status))
+            response = request.create_response(status)
+            if status == 503:  # the session cap: try again later (RFC 3261 §21.5.4)
+                response.headers.add("Retry-After", "5")
+            endpoint.send_response(txn, response)
         elif method in ("BYE", "INFO"):
             endpoint.send_response(txn, request.create_response(481))
         else:

@@ -1163,6 +1163,28 @@ class TransactionLayer:
     def __len__(self) -> int:
         return len(self._client) + len(self._server)
 
+    @property
+    def server_count(self) -> int:
+        """How many server transactions are live (the table a peer grows)."""
+        return len(self._server)
+
+    def matches_server(self, request: SipRequest) -> bool:
+        """Whether ``request`` (not an ACK) is a retransmission of a live
+        server transaction's request, or a CANCEL of a live INVITE server
+        transaction (RFC 3261 §17.2.3, §9.2): the requests that create no
+        new transaction-table entry beyond what their INVITE brought.
+
+        The transport asks this before :meth:`receive` to answer a request
+        statelessly (a 481 to a CANCEL of nothing, a 503 when the table is
+        full) without creating a transaction.
+        """
+        key = _server_key(request, request.method)
+        if key in self._server:
+            return True
+        if request.method == "CANCEL":
+            return isinstance(self._server.get(key[:-1] + ("INVITE",)), InviteServerTransaction)
+        return False
+
     # ------------------------------------------------------------ input
 
     def receive(

@@ -15,9 +15,16 @@ connection that sends no complete message within ``tcp_idle_timeout`` of
 opening, or leaves a message unfinished that long, is closed: the
 slow-loris defence; a quiet connection that carries calls stays open);
 known scanner User-Agents are dropped;
-out-of-dialog requests count against a per-source token bucket, and a source
-over its rate is banned for ``ban_seconds``; a Request-URI longer than
-``max_uri`` gets 414. Malformed requests get a stateless 400 (or 505, 416)
+out-of-dialog requests (CANCEL included) count against a per-source token
+bucket, and a source over its rate is banned for ``ban_seconds``;
+out-of-dialog MESSAGEs also count against a stricter bucket of their own
+(each one starts a scenario session) and get a stateless 503 over it; a
+Request-URI longer than ``max_uri`` gets 414. A CANCEL that matches no INVITE
+transaction gets a stateless 481, and a new request while ``max_transactions``
+server transactions are live gets a stateless 503: neither creates a
+transaction. A source address may hold at most ``max_tcp_per_source`` TCP
+connections. Each refusal is a security event (:mod:`engine.security_log`),
+logged at most once per ``_REFUSAL_LOG_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
 rport; the top Via gets ``received`` and ``rport``).
@@ -34,8 +41,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
 from ..directory import MemoryDirectory
+from ..security_log import security_event
 from ..sip.errors import RemoteProtocolError
-from ..sip.message import SipRequest, SipResponse, new_branch
+from ..sip.message import SipRequest, SipResponse, new_branch, new_tag
 from ..sip.parser import ParseError, StreamFramer, parse_message
 from ..sip.headers import Via
 from ..sip.transaction import (
@@ -56,6 +64,13 @@ from ..sip.transaction import (
 __all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two security events of one kind for one source: a flood
+#: of refusals must not become a flood of log lines.
+_REFUSAL_LOG_PERIOD = 10.0
+
+#: Retry-After (seconds) of the stateless 503s this module sends.
+RETRY_AFTER = 5
 
 # User-Agent substrings of SIP scanners seen in the wild (lower case).
 SCANNER_AGENTS = (
@@ -95,6 +110,14 @@ class SecurityPolicy:
         (a trunk, a load balancer, the benchmark's sipp).
     :param tcp_idle_timeout: seconds a TCP connection may take to send its
         first whole SIP message, and to finish any message it has begun.
+    :param message_rate: out-of-dialog MESSAGEs per second allowed per
+        source address (each starts a scenario session); 0 turns it off.
+    :param message_burst: how many MESSAGEs may arrive at once.
+    :param max_transactions: most live server transactions; a new request
+        beyond it gets a stateless 503 (retransmissions, ACKs and CANCELs
+        of live INVITEs still reach theirs).
+    :param max_tcp_per_source: most TCP connections one source address may
+        hold open (trusted sources exempt).
     """
 
     max_message: int = 65535
@@ -106,6 +129,10 @@ class SecurityPolicy:
     tcp_idle_timeout: float = 30.0
     max_tcp_connections: int = 2048
     trusted: frozenset[str] = field(default_factory=frozenset)
+    message_rate: float = 5.0
+    message_burst: int = 20
+    max_transactions: int = 20_000
+    max_tcp_per_source: int = 20
 
 
 RequestHandler = Callable[[SipRequest, ServerTransaction | None, Peer], None]
@@ -131,8 +158,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, endpoint: SipEndpoint) -> None:
+    def __init__(self, endpoint: SipEndpoint, inbound: bool = False) -> None:
         self.endpoint = endpoint
+        #: Accepted from a peer (counted against ``max_tcp_per_source``), not opened by us.
+        self.inbound = inbound
+        #: Whether :meth:`SipEndpoint._tcp_opened` counted it under its host.
+        self.counted = False
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
         self.framer = StreamFramer(endpoint.policy.max_message)
@@ -215,6 +246,8 @@ class SipEndpoint:
         self._udp: dict[str, _UdpProtocol] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp: dict[tuple[str, int], _TcpProtocol] = {}
+        #: Inbound TCP connections open per source address.
+        self._tcp_per_host: dict[str, int] = {}
         self._client_cb: dict[ClientTransaction, ClientCallback] = {}
         self._peers: dict[tuple[object, ...], Peer] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -224,7 +257,8 @@ class SipEndpoint:
         # TCP connections being opened: what waits to be sent on each.
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
         self._connect_tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"received": 0, "malformed": 0, "dropped": 0, "banned": 0, "sent": 0}
+        self.stats = {"received": 0, "malformed": 0, "dropped": 0, "banned": 0, "sent": 0,
+                      "refused": 0}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -259,7 +293,7 @@ class SipEndpoint:
             if self.port == 0:
                 self.port = transport.get_extra_info("sockname")[1]
             server = await loop.create_server(
-                lambda: _TcpProtocol(self), host, self.port, reuse_address=True
+                lambda: _TcpProtocol(self, inbound=True), host, self.port, reuse_address=True
             )
             self._servers.append(server)
 
@@ -352,6 +386,8 @@ class SipEndpoint:
                 if msg.method != "ACK":
                     self._send_stateless(msg.create_response(414), peer)
                 return
+            if msg.method != "ACK" and not self._fits(msg, peer, now):
+                return
         try:
             events = self.layer.receive(msg, peer, peer.reliable, now)
         except RemoteProtocolError as exc:
@@ -362,6 +398,8 @@ class SipEndpoint:
         self._flush()
 
     def _admit(self, msg: SipRequest, peer: Peer, now: float) -> bool:
+        """Apply the per-source limits to a request; ``False``: drop or
+        refuse it (a refusal is answered here)."""
         policy = self.policy
         agent = msg.headers.get("User-Agent")
         if agent and policy.scanner_agents:
@@ -369,16 +407,89 @@ class SipEndpoint:
             if any(s in lowered for s in policy.scanner_agents):
                 self.stats["dropped"] += 1
                 return False
-        if peer.host in policy.trusted or policy.rate <= 0:
+        if peer.host in policy.trusted:
             return True
-        if msg.method in ("ACK", "CANCEL"):
-            return True  # they belong to an INVITE already admitted
-        if msg.to.tag is not None and (self.dialog_exists is None or self.dialog_exists(msg)):
-            return True  # in-dialog requests belong to calls already admitted
-        if self.directory.hit(peer.host, now, rate=policy.rate, burst=policy.burst):
+        method = msg.method
+        if method == "ACK":
+            # An ACK is never counted: it creates no transaction (its INVITE
+            # server transaction absorbs it, or the dialog takes it, or it is
+            # dropped), and the ACK of a 2xx must never be lost: without it
+            # the UAS retransmits the 2xx and then ends the call (RFC 3261
+            # §13.3.1.4).
             return True
-        self._ban(peer, now)
-        return False
+        if method == "CANCEL":
+            # A CANCEL of a live INVITE server transaction (or a
+            # retransmission of one) belongs to a call already admitted, and
+            # dropping it would leave the caller's phone ringing. Any other
+            # CANCEL counts like a new request: it is answered 481 (see
+            # _fits), and a flood of them is banned like an INVITE flood.
+            try:
+                if self.layer.matches_server(msg):
+                    return True
+            except RemoteProtocolError:
+                pass
+        elif msg.to.tag is not None:
+            if self.dialog_exists is None or self.dialog_exists(msg):
+                return True  # in-dialog requests belong to calls already admitted
+        if policy.rate > 0 and not self.directory.hit(
+            peer.host, now, rate=policy.rate, burst=policy.burst
+        ):
+            self._ban(peer, now)
+            return False
+        if method == "MESSAGE" and msg.to.tag is None and policy.message_rate > 0:
+            # Each out-of-dialog MESSAGE starts a scenario session: a bucket
+            # of its own, stricter than the general one. Over it the source
+            # gets 503 with Retry-After, not 403: the refusal is temporary
+            # (RFC 3261 §21.5.4), while a 403 says "do not repeat this
+            # request" (§21.4.4) of a message that is fine a moment later.
+            if not self.directory.hit(
+                "message:" + peer.host, now, rate=policy.message_rate, burst=policy.message_burst
+            ):
+                self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
+                return False
+        return True
+
+    def _fits(self, msg: SipRequest, peer: Peer, now: float) -> bool:
+        """Whether a request (not an ACK) may go to the transaction layer.
+
+        A retransmission, or a CANCEL of a live INVITE, reaches its
+        transaction whatever the table's size. A CANCEL that matches no
+        INVITE transaction gets 481 (RFC 3261 §9.2: the UAS "SHOULD respond
+        to the CANCEL with a 481") sent statelessly: a retransmission of it
+        gets another 481, so nothing needs to be remembered, where a
+        transaction would hold it for Timer J (64*T1, 32 s on UDP). Any
+        other new request beyond ``max_transactions`` live server
+        transactions gets a stateless 503 with Retry-After.
+        """
+        layer = self.layer
+        try:
+            if layer.matches_server(msg):
+                return True
+        except RemoteProtocolError:
+            return True  # malformed: the layer answers it
+        if msg.method == "CANCEL":
+            self._send_stateless(msg.create_response(481, to_tag=new_tag()), peer)
+            return False
+        if layer.server_count >= self.policy.max_transactions:
+            self._refuse(msg, peer, now, "cap_reached", cap="transactions")
+            return False
+        return True
+
+    def _refuse(self, msg: SipRequest, peer: Peer, now: float, event: str, **fields: str) -> None:
+        """Answer ``msg`` 503 with Retry-After, statelessly, and report the
+        refusal as security event ``event``."""
+        self.stats["refused"] += 1
+        response = msg.create_response(503, to_tag=new_tag())
+        response.headers.add("Retry-After", str(RETRY_AFTER))
+        self._send_stateless(response, peer)
+        self._security_event(event, peer, now, **fields)
+
+    def _security_event(self, event: str, peer: Peer, now: float, **fields: str) -> None:
+        """Log a security event, at most once per ``_REFUSAL_LOG_PERIOD``
+        per source, event and fields (the directory's buckets are bounded)."""
+        key = "log:" + event + ":" + ":".join(fields.values()) + ":" + peer.host
+        if self.directory.hit(key, now, rate=1.0 / _REFUSAL_LOG_PERIOD, burst=1):
+            security_event(event, peer.host, transport=peer.transport, **fields)
 
     def _ban(self, peer: Peer, now: float) -> None:
         policy = self.policy
@@ -386,6 +497,7 @@ class SipEndpoint:
         logger.warning(
             "banning %s for %g s: over %g requests/s", peer.host, policy.ban_seconds, policy.rate
         )
+        security_event("banned", peer.host, seconds=policy.ban_seconds, rate=policy.rate)
         self.stats["banned"] += 1
 
     def _answer_malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
@@ -567,21 +679,41 @@ class SipEndpoint:
         self._flush()
 
     def _tcp_opened(self, conn: _TcpProtocol) -> bool:
+        """Admit a new TCP connection: refused beyond ``max_tcp_connections``
+        in all, from a banned source, and (accepted ones, from an untrusted
+        source) beyond ``max_tcp_per_source`` from one address."""
+        assert conn.peer is not None
+        now = time.monotonic()
+        host = conn.peer.host
         if len(self._tcp) >= self.policy.max_tcp_connections:
             logger.warning("refusing TCP connection: %d open", len(self._tcp))
+            self._security_event("cap_reached", conn.peer, now, cap="tcp_connections")
             return False
-        assert conn.peer is not None
-        if conn.peer.host not in self.policy.trusted and self.directory.is_banned(
-            conn.peer.host, time.monotonic()
-        ):
+        trusted = host in self.policy.trusted
+        if not trusted and self.directory.is_banned(host, now):
             return False
-        self._tcp[(conn.peer.host, conn.peer.port)] = conn
+        if conn.inbound:
+            count = self._tcp_per_host.get(host, 0)
+            if not trusted and count >= self.policy.max_tcp_per_source:
+                self._security_event("cap_reached", conn.peer, now, cap="tcp_per_source")
+                return False
+            self._tcp_per_host[host] = count + 1
+            conn.counted = True
+        self._tcp[(host, conn.peer.port)] = conn
         return True
 
     def _tcp_closed(self, conn: _TcpProtocol) -> None:
         for key, value in list(self._tcp.items()):
             if value is conn:
                 del self._tcp[key]
+        if conn.counted and conn.peer is not None:
+            conn.counted = False
+            host = conn.peer.host
+            left = self._tcp_per_host.get(host, 1) - 1
+            if left > 0:
+                self._tcp_per_host[host] = left
+            else:
+                self._tcp_per_host.pop(host, None)
 
     async def _reap_idle_tcp(self) -> None:
         """The slow-loris defence: close TCP connections that sent no whole

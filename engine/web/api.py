@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from ..rooms import RoomRefused
-from ..scenario import AppEvents, Session
+from ..scenario import AppEvents, Session, SessionLimitReached
 from ..store import (
     API_SCOPES,
     InvalidValue,
@@ -697,6 +697,8 @@ async def start_session(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no rule {rule_name!r}", "rule")
     try:
         session = engine.runtime.start_session(rule, custom_data)
+    except SessionLimitReached as exc:
+        raise ApiError(503, "too_many_sessions", str(exc), headers={"Retry-After": "5"}) from None
     except Exception as exc:
         raise ApiError(422, "scenario_failed", f"the scenario failed to start: {exc}", "rule") from None
     url = request.url.with_path(f"{PREFIX}/control/{session.id}/{session.control_secret}").with_query(None)

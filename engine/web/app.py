@@ -43,6 +43,7 @@ async def healthz(request: web.Request) -> web.Response:
             "sip": {"hosts": engine.config.sip_hosts, "port": engine.ua.port},
             "sessions": len(engine.runtime.sessions),
             "calls": len(engine.ua.calls),
+            "sip_transactions": engine.ua.endpoint.layer.server_count,
             "web_calls": sum(len(conn.calls) for conn in request.app[CONNECTIONS]),
         }
     )
@@ -97,7 +98,8 @@ async def close_sockets(app: web.Application) -> None:
     connections = app[CONNECTIONS]
     for conn in list(connections):
         conn.connection_lost()
-        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        if conn.ws.prepared:  # not one still upgrading
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
 def create_app(engine: Any) -> web.Application:

@@ -41,6 +41,7 @@ from .protocol import (
     error_frame,
     parse_frame,
 )
+from ..security_log import security_event
 from .webcall import WebCall
 
 __all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
@@ -60,8 +61,11 @@ SERVER_NAME = "callbridge/0.1"
 class SdkConnection:
     """One browser's socket: its login, its calls and the frames in and out."""
 
-    def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float) -> None:
+    def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float,
+                 remote: str | None = None) -> None:
         self.ws = ws
+        #: The client's address as the HTTP server saw it (per-address cap).
+        self.remote = remote
         self.engine = engine
         self.heartbeat = heartbeat
         self.hello = False
@@ -73,8 +77,6 @@ class SdkConnection:
         self.grant: JoinGrant | None = None
         #: How the socket logged in (``guest``, ``password``, ``login-token``, ``join-token``).
         self.login_method: str | None = None
-        #: The browser's address (the HTTP peer: a reverse proxy's when behind one).
-        self.source: str | None = None
         self.logged_in_at = 0.0
         self.calls: dict[str, WebCall] = {}
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
@@ -202,9 +204,10 @@ class SdkConnection:
                 # users an application creates through the API: listed by
                 # GET /api/v1/users while it is in, deleted by the
                 # conference scenario when it leaves (and here, at the
-                # latest, when the socket closes). Its password is random
-                # and never told: nobody logs in with it.
-                await asyncio.to_thread(guest_store.create_user, guest_name, secrets.token_urlsafe(24), guest)
+                # latest, when the socket closes). It has no password
+                # (no scrypt, no SIP digest: a guest login costs a row):
+                # nobody logs in with it.
+                await asyncio.to_thread(guest_store.create_guest, guest_name, guest)
                 self.guest_user = guest_name
             self.user, self.display_name = guest_name, guest
             self.login_method = "guest"
@@ -236,7 +239,7 @@ class SdkConnection:
                 name = None
         user = await asyncio.to_thread(store.get_user, name) if name is not None else None
         if user is None:
-            security_event("auth_failed", self.source, method=f"ws-{self.login_method}",
+            security_event("auth_failed", self.remote, method=f"ws-{self.login_method}",
                            user=frame.get("username"))
             self.login_method = None
             raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
@@ -279,7 +282,7 @@ class SdkConnection:
             display_name=frame.get("display_name") or self.display_name,
             headers=self._call_headers(frame.get("headers") or {}), dialer=engine.runtime.web_users,
         )
-        call.grant, call.source = self.call_grant(), self.source
+        call.grant, call.source = self.call_grant(), self.remote
         call._set_state(CallState.ALERTING)
         self.calls[wire] = call
 
@@ -301,7 +304,7 @@ class SdkConnection:
         engine grants travels as the call's :attr:`~engine.calls.Call.grant`."""
         clean = {k: v for k, v in headers.items() if not k.lower().startswith("x-callbridge-")}
         if len(clean) != len(headers):
-            security_event("forged_header", self.source, user=self.user)
+            security_event("forged_header", self.remote, user=self.user)
         return clean
 
     def call_grant(self) -> Grant:
@@ -470,17 +473,41 @@ def _redeem_token(store: Any, token: str) -> str | None:
 
 async def serve_socket(request: web.Request, engine: Any, connections: set[SdkConnection]) -> web.WebSocketResponse:
     """Upgrade ``request`` and serve one :class:`SdkConnection` until the
-    socket closes (``connections`` holds the live ones, for shutdown)."""
-    heartbeat = float(getattr(engine.config, "ws_heartbeat", 10.0))
+    socket closes (``connections`` holds the live ones, for shutdown).
+
+    Before the upgrade, the caps (``ws_max_per_source`` sockets from one
+    address, ``ws_max_connections`` in all) refuse with HTTP 429 or 503 and
+    Retry-After; each socket holds a writer task, a queue and its calls.
+    The address is ``request.remote``, the TCP peer: behind a reverse proxy
+    that is the proxy, and every client shares its cap, so raise
+    ``ws_max_per_source`` there (the engine does not trust
+    X-Forwarded-For: a client can write it).
+    """
+    config = engine.config
+    remote = request.remote
+    per_source = int(getattr(config, "ws_max_per_source", 10))
+    in_all = int(getattr(config, "ws_max_connections", 2000))
+    if len(connections) >= in_all:
+        _ws_refused(remote, "ws_connections", in_all)
+        raise web.HTTPServiceUnavailable(text="too many WebSocket connections: try again later",
+                                         headers={"Retry-After": "5"})
+    if sum(1 for c in connections if c.remote == remote) >= per_source:
+        _ws_refused(remote, "ws_per_source", per_source)
+        raise web.HTTPTooManyRequests(text=f"at most {per_source} WebSocket connections from one address",
+                                      headers={"Retry-After": "5"})
+    heartbeat = float(getattr(config, "ws_heartbeat", 10.0))
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4 * MAX_FRAME_BYTES)
-    await ws.prepare(request)
-    conn = SdkConnection(ws, engine, heartbeat)
-    conn.source = request.remote
-    connections.add(conn)
+    conn = SdkConnection(ws, engine, heartbeat, remote)
+    connections.add(conn)  # counted from here: the upgrade below may wait
     try:
+        await ws.prepare(request)
         await conn.run()
     finally:
         connections.discard(conn)
-        if not ws.closed:
+        if ws.prepared and not ws.closed:
             await ws.close(code=WSCloseCode.GOING_AWAY)
     return ws
+
+
+def _ws_refused(remote: str | None, cap: str, limit: int) -> None:
+    security_event("cap_reached", remote, cap=cap, limit=limit)

@@ -54,3 +54,41 @@ def test_rtp_strict_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CALLBRIDGE_RTP_STRICT", "off")
     assert config([]).rtp_strict is False
     assert config(["--rtp-strict", "on"]).rtp_strict is True
+
+
+BOUNDS = {
+    # flag: (variable, field path, default, a value)
+    "--message-rate": ("MESSAGE_RATE", "policy.message_rate", 5.0, "2.5"),
+    "--message-burst": ("MESSAGE_BURST", "policy.message_burst", 20, "7"),
+    "--max-transactions": ("MAX_TRANSACTIONS", "policy.max_transactions", 20_000, "300"),
+    "--max-tcp-per-source": ("MAX_TCP_PER_SOURCE", "policy.max_tcp_per_source", 20, "4"),
+    "--max-sessions": ("MAX_SESSIONS", "max_sessions", 5000, "50"),
+    "--ws-max-per-source": ("WS_MAX_PER_SOURCE", "ws_max_per_source", 10, "3"),
+    "--ws-max-connections": ("WS_MAX_CONNECTIONS", "ws_max_connections", 2000, "30"),
+}
+
+
+def _field(cfg: EngineConfig, path: str) -> object:
+    value: object = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize("flag", sorted(BOUNDS))
+def test_bounds_default_flag_and_environment(flag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check each bound on unauthenticated requests has its documented
+    default, reads its CALLBRIDGE_ variable, and the flag wins."""
+    variable, path, default, value = BOUNDS[flag]
+    monkeypatch.delenv("CALLBRIDGE_" + variable, raising=False)
+    assert _field(config([]), path) == default
+    monkeypatch.setenv("CALLBRIDGE_" + variable, value)
+    assert _field(config([]), path) == type(default)(value)
+    assert _field(config([flag, "9"]), path) == 9
+
+
+def test_zero_caps_are_refused() -> None:
+    """A cap of 0 would refuse everything: it is refused with the flag named."""
+    with pytest.raises(SystemExit) as info:
+        config(["--max-sessions", "0"])
+    assert str(info.value) == "callbridge: --max-sessions must be 1 or more, got 0"

@@ -707,3 +707,29 @@ def test_call_records_limit_validated(store: SqliteStore) -> None:
     assert error_of(InvalidValue, store.list_call_records, 0) == (
         "invalid limit: must be an integer from 1 to 1000"
     )
+
+
+def test_create_guest_stores_no_hash(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest is a listed user made without scrypt (it raises here) whose
+    row holds no password hash and no HA1: no password logs in as it, SIP
+    digest finds no HA1, and its name is taken like any user's."""
+
+    def no_scrypt(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("scrypt was called")
+
+    monkeypatch.setattr(hashlib, "scrypt", no_scrypt)
+    user = store.create_guest("guest-0a1b2c3d4e", "Ann")
+    monkeypatch.undo()
+    assert (user.name, user.display_name) == ("guest-0a1b2c3d4e", "Ann")
+    assert store.get_user("guest-0a1b2c3d4e") == user
+    with store._read() as conn:
+        row = conn.execute("SELECT password_hash, ha1_md5, ha1_sha256 FROM users").fetchone()
+    assert tuple(row) == ("!guest", "", "")
+    for password in ("!guest", "", "x"):
+        assert store.verify_password("guest-0a1b2c3d4e", password) is False
+    for algorithm in ("MD5", "SHA-256"):
+        assert store.sip_ha1("guest-0a1b2c3d4e", store.sip_realm, algorithm) is None
+    with pytest.raises(UserExists):
+        store.create_guest("GUEST-0a1b2c3d4e")
+    with pytest.raises(InvalidValue):
+        store.create_guest("no spaces")
