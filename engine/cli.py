@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .security_log import escape_controls
+
 __all__ = ["main", "build_parser"]
 
 ENV_PREFIX = "CALLBRIDGE_"
@@ -38,8 +40,10 @@ class _LogfmtFormatter(logging.Formatter):
         for attr, key in (("session_id", "session"), ("call_id", "call")):
             value = getattr(record, attr, None)
             if value:
-                parts.append(f"{key}={value}")
-        message = record.getMessage().replace('"', "'")
+                parts.append(f"{key}={escape_controls(str(value)).replace(' ', '_')}")
+        # A message may quote what a caller sent: controls are escaped so it
+        # cannot end the line and forge the next one.
+        message = escape_controls(record.getMessage()).replace('"', "'")
         parts.append(f'msg="{message}"')
         text = " ".join(parts)
         if record.exc_info:

@@ -60,6 +60,7 @@ from .conference import Conference, ConferenceError, MediaGraph
 from .directory import MemoryDirectory
 from .rooms import RoomRefused, RoomService
 from .router import Rule, RuleSet
+from .security_log import escape_controls
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -562,7 +563,11 @@ class Session(Listeners):
         text = "".join(traceback.format_exception(exc))
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
-        self.write_log(f"scenario error: {text.rstrip()}")
+        # One log line per traceback line, each with the same prefix: the
+        # log stays one entry a line (an exception message may carry what a
+        # caller sent) and a grep for "scenario error:" finds all of it.
+        for line in text.rstrip().splitlines():
+            self.write_log(f"scenario error: {line}")
         self.log.error("scenario %s failed: %s: %s", self.rule.name, type(exc).__name__, exc)
         if self.terminated or self._terminating:
             return
@@ -646,8 +651,14 @@ class Session(Listeners):
         self.timers.discard(handle)
 
     def write_log(self, text: str) -> None:
+        """Append ``<stamp> session=<id> <text>`` to this session's log.
+
+        ``text`` may carry what a caller chose (a caller id, a display name,
+        message text): its control characters are escaped here, at the one
+        sink, so it stays on its one line (see
+        :func:`~engine.security_log.escape_controls`)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        line = f"{stamp} session={self.id} {text}"
+        line = f"{stamp} session={self.id} {escape_controls(text)}"
         self.log_lines.append(line)
         self.runtime.append_log(self.id, line)
 
@@ -1153,10 +1164,12 @@ class ScenarioRuntime:
         if session_id in self._ended_logs:
             return list(self._ended_logs[session_id])
         if self.log_dir is not None:
-            marker = f" session={session_id} "
+            # The session field is the second one of a line: a ``session=``
+            # further on is text a scenario or a caller wrote, never a match.
+            marker = f"session={session_id}"
             for path in sorted(self.log_dir.glob("sessions-*.log"), reverse=True):
                 with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = [ln.rstrip("\n") for ln in fh if marker in ln]
+                    lines = [ln.rstrip("\n") for ln in fh if ln.split(" ", 2)[1:2] == [marker]]
                 if lines:
                     return lines
         raise KeyError(session_id)

@@ -16,7 +16,6 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -316,7 +315,8 @@ class Engine:
 
     def _on_message(self, request: Any, peer: Peer) -> int:
         text = request.body.decode("utf-8", errors="replace")
-        callerid = unquote(getattr(request.from_.uri, "user", None) or "")
+        # The URI parser decoded the user part's escapes once (RFC 3261 §19.1.2).
+        callerid = getattr(request.from_.uri, "user", None) or ""
         destination = getattr(request.uri, "user", None) or ""
         return self.runtime.on_message(text, callerid, destination, request.headers.custom())
 

@@ -41,7 +41,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
-from urllib.parse import unquote
 
 from .calls import (
     Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler, MediaStats, SendDigitsAction,
@@ -979,7 +978,10 @@ class UserAgent:
             return
         endpoint.send_response(txn, request.create_response(100))
         from_ = request.from_
-        callerid = unquote(_user_of(from_.uri))
+        # RFC 3261 §19.1.2/§25.1: the user part's escapes are decoded once,
+        # by the URI parser; decoding again would turn a caller's "%250A"
+        # into a line feed.
+        callerid = _user_of(from_.uri)
         call = SipCall(
             self,
             peer,
