@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
                        help="whether the web SDK may log in as a guest (the demo page does)")
+    serve.add_argument("--webhook-private-networks", choices=("allow", "deny"),
+                       default=_env("WEBHOOK_PRIVATE_NETWORKS", "deny"),
+                       help="whether webhooks may go to loopback, private and link-local"
+                            " addresses (deny by default)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -174,6 +178,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         rtp_timeout=args.rtp_timeout, guest_login=args.guests == "on",
+        webhook_private_networks=args.webhook_private_networks == "allow",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 

@@ -90,6 +90,9 @@ class EngineConfig:
     #: ``webhook_max_attempts`` attempts.
     webhook_retry_delay: float = 1.0
     webhook_max_attempts: int = 8
+    #: Whether webhooks may go to loopback, private, link-local and other
+    #: non-global addresses (registration and delivery); closed by default.
+    webhook_private_networks: bool = False
     #: Whether the web SDK may log in as a guest (``login`` with a display
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
@@ -231,6 +234,7 @@ class Engine:
         self.webhooks = WebhookDispatcher(
             self.store, base_delay=self.config.webhook_retry_delay,
             max_attempts=self.config.webhook_max_attempts,
+            allow_private=self.config.webhook_private_networks,
         )
         self.rooms = RoomService(self.store)
         self.rooms.on_event.append(self.webhooks.publish)

@@ -42,3 +42,16 @@ def test_guests_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CALLBRIDGE_GUESTS", "off")
     assert config([]).guest_login is False
     assert config(["--guests", "on"]).guest_login is True
+
+
+def test_webhook_private_networks_denied_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check webhooks to private networks are denied by default (closed by
+    default), allowed by the flag or CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS, and
+    a value other than allow/deny is refused."""
+    monkeypatch.delenv("CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS", raising=False)
+    assert config([]).webhook_private_networks is False
+    assert config(["--webhook-private-networks", "allow"]).webhook_private_networks is True
+    monkeypatch.setenv("CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS", "allow")
+    assert config([]).webhook_private_networks is True
+    with pytest.raises(SystemExit):
+        config(["--webhook-private-networks", "maybe"])
