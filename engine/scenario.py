@@ -38,6 +38,7 @@ entered further up the stack.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextvars
 import enum
 import functools
@@ -74,6 +75,7 @@ __all__ = [
     "Logger",
     "Net",
     "HttpResponse",
+    "HTTP_MAX_BODY",
     "ApplicationStorage",
     "RoomRefused",
     "set_timeout",
@@ -360,6 +362,10 @@ class HttpResponse:
         return json.loads(self.text)
 
 
+#: The most of an answer's body :meth:`_Net.http_request` reads.
+HTTP_MAX_BODY = 8 * 2**20
+
+
 class _Net:
     async def http_request(
         self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
@@ -367,7 +373,9 @@ class _Net:
     ) -> HttpResponse:
         """Make an HTTP request (aiohttp) from a scenario. It never raises
         (except outside a session): a network error, a bad URL or a timeout
-        returns ``code=0`` and ``error`` (``"timeout"`` for a timeout)."""
+        returns ``code=0`` and ``error`` (``"timeout"`` for a timeout). At
+        most :data:`HTTP_MAX_BODY` bytes of the answer are read: a longer
+        body keeps its ``code`` and is cut, ``error`` saying so."""
         session = _session()
         try:
             http = await session.runtime.http_session()
@@ -375,8 +383,21 @@ class _Net:
                 method, url, headers=headers, data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                text = await resp.text(errors="replace")
-                return HttpResponse(resp.status, text, dict(resp.headers))
+                raw = bytearray()
+                while len(raw) <= HTTP_MAX_BODY:
+                    chunk = await resp.content.read(HTTP_MAX_BODY + 1 - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
+                try:
+                    encoding = codecs.lookup(resp.charset or "utf-8").name
+                except LookupError:
+                    encoding = "utf-8"
+                text = bytes(raw[:HTTP_MAX_BODY]).decode(encoding, errors="replace")
+                cut = f"body over {HTTP_MAX_BODY} bytes: cut" if len(raw) > HTTP_MAX_BODY else None
+                if cut is not None:
+                    session.write_log(f"http_request {method} {url}: {cut}")
+                return HttpResponse(resp.status, text, dict(resp.headers), cut)
         except asyncio.TimeoutError:
             session.write_log(f"http_request {method} {url}: timeout after {timeout} s")
             return HttpResponse(0, "", {}, "timeout")
