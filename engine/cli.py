@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .security_log import escape_controls
+
 __all__ = ["main", "build_parser"]
 
 ENV_PREFIX = "CALLBRIDGE_"
@@ -38,8 +40,10 @@ class _LogfmtFormatter(logging.Formatter):
         for attr, key in (("session_id", "session"), ("call_id", "call")):
             value = getattr(record, attr, None)
             if value:
-                parts.append(f"{key}={value}")
-        message = record.getMessage().replace('"', "'")
+                parts.append(f"{key}={escape_controls(str(value)).replace(' ', '_')}")
+        # A message may quote what a caller sent: controls are escaped so it
+        # cannot end the line and forge the next one.
+        message = escape_controls(record.getMessage()).replace('"', "'")
         parts.append(f'msg="{message}"')
         text = " ".join(parts)
         if record.exc_info:
@@ -124,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dial-max-per-identity", type=int, default=int(_env("DIAL_MAX_PER_IDENTITY", 2)))
     serve.add_argument("--dial-max-per-identity-hour", type=int,
                        default=int(_env("DIAL_MAX_PER_IDENTITY_HOUR", 20)))
+    serve.add_argument("--webhook-private-networks", choices=("allow", "deny"),
+                       default=_env("WEBHOOK_PRIVATE_NETWORKS", "deny"),
+                       help="whether webhooks may go to loopback, private and link-local"
+                            " addresses (deny by default)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -227,6 +235,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
         max_sessions=args.max_sessions, ws_max_per_source=args.ws_max_per_source,
         ws_max_connections=args.ws_max_connections,
+        webhook_private_networks=args.webhook_private_networks == "allow",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
 

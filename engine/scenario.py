@@ -38,6 +38,7 @@ entered further up the stack.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextvars
 import enum
 import functools
@@ -63,7 +64,7 @@ from .dialout import DialPolicy
 from .grants import Grant
 from .router import Caller, Rule, RuleSet
 from .tokens import PRESETS
-from .security_log import security_event
+from .security_log import escape_controls, security_event
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "Logger",
     "Net",
     "HttpResponse",
+    "HTTP_MAX_BODY",
     "ApplicationStorage",
     "RoomRefused",
     "set_timeout",
@@ -502,6 +504,10 @@ class HttpResponse:
         return json.loads(self.text)
 
 
+#: The most of an answer's body :meth:`_Net.http_request` reads.
+HTTP_MAX_BODY = 8 * 2**20
+
+
 class _Net:
     async def http_request(
         self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
@@ -509,7 +515,9 @@ class _Net:
     ) -> HttpResponse:
         """Make an HTTP request (aiohttp) from a scenario. It never raises
         (except outside a session): a network error, a bad URL or a timeout
-        returns ``code=0`` and ``error`` (``"timeout"`` for a timeout)."""
+        returns ``code=0`` and ``error`` (``"timeout"`` for a timeout). At
+        most :data:`HTTP_MAX_BODY` bytes of the answer are read: a longer
+        body keeps its ``code`` and is cut, ``error`` saying so."""
         session = _session()
         try:
             http = await session.runtime.http_session()
@@ -517,8 +525,21 @@ class _Net:
                 method, url, headers=headers, data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                text = await resp.text(errors="replace")
-                return HttpResponse(resp.status, text, dict(resp.headers))
+                raw = bytearray()
+                while len(raw) <= HTTP_MAX_BODY:
+                    chunk = await resp.content.read(HTTP_MAX_BODY + 1 - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
+                try:
+                    encoding = codecs.lookup(resp.charset or "utf-8").name
+                except LookupError:
+                    encoding = "utf-8"
+                text = bytes(raw[:HTTP_MAX_BODY]).decode(encoding, errors="replace")
+                cut = f"body over {HTTP_MAX_BODY} bytes: cut" if len(raw) > HTTP_MAX_BODY else None
+                if cut is not None:
+                    session.write_log(f"http_request {method} {url}: {cut}")
+                return HttpResponse(resp.status, text, dict(resp.headers), cut)
         except asyncio.TimeoutError:
             session.write_log(f"http_request {method} {url}: timeout after {timeout} s")
             return HttpResponse(0, "", {}, "timeout")
@@ -705,7 +726,11 @@ class Session(Listeners):
         text = "".join(traceback.format_exception(exc))
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
-        self.write_log(f"scenario error: {text.rstrip()}")
+        # One log line per traceback line, each with the same prefix: the
+        # log stays one entry a line (an exception message may carry what a
+        # caller sent) and a grep for "scenario error:" finds all of it.
+        for line in text.rstrip().splitlines():
+            self.write_log(f"scenario error: {line}")
         self.log.error("scenario %s failed: %s: %s", self.rule.name, type(exc).__name__, exc)
         if self.terminated or self._terminating:
             return
@@ -789,8 +814,14 @@ class Session(Listeners):
         self.timers.discard(handle)
 
     def write_log(self, text: str) -> None:
+        """Append ``<stamp> session=<id> <text>`` to this session's log.
+
+        ``text`` may carry what a caller chose (a caller id, a display name,
+        message text): its control characters are escaped here, at the one
+        sink, so it stays on its one line (see
+        :func:`~engine.security_log.escape_controls`)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        line = f"{stamp} session={self.id} {text}"
+        line = f"{stamp} session={self.id} {escape_controls(text)}"
         self.log_lines.append(line)
         self.runtime.append_log(self.id, line)
 
@@ -1446,10 +1477,12 @@ class ScenarioRuntime:
         if session_id in self._ended_logs:
             return list(self._ended_logs[session_id])
         if self.log_dir is not None:
-            marker = f" session={session_id} "
+            # The session field is the second one of a line: a ``session=``
+            # further on is text a scenario or a caller wrote, never a match.
+            marker = f"session={session_id}"
             for path in sorted(self.log_dir.glob("sessions-*.log"), reverse=True):
                 with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = [ln.rstrip("\n") for ln in fh if marker in ln]
+                    lines = [ln.rstrip("\n") for ln in fh if ln.split(" ", 2)[1:2] == [marker]]
                 if lines:
                     return lines
         raise KeyError(session_id)

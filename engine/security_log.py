@@ -22,12 +22,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["security_event", "quote"]
+__all__ = ["security_event", "quote", "escape_controls"]
 
 logger = logging.getLogger("callbridge.security")
 
 #: Longest value written (a caller id or user name an attacker chose).
 MAX_VALUE = 80
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character that is not printable (controls, line
+    and paragraph separators, NEL) written as its Python escape, so that a
+    value a caller chose (a caller id, a display name, a message excerpt)
+    can never end a log line and start a forged one.
+
+    Log sinks call this on the whole line they write, not each call site on
+    its fields: one place to get right."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def quote(value: Any) -> str:

@@ -16,7 +16,6 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -101,6 +100,9 @@ class EngineConfig:
     #: ``webhook_max_attempts`` attempts.
     webhook_retry_delay: float = 1.0
     webhook_max_attempts: int = 8
+    #: Whether webhooks may go to loopback, private, link-local and other
+    #: non-global addresses (registration and delivery); closed by default.
+    webhook_private_networks: bool = False
     #: Whether the web SDK may log in as a guest (``login`` with a display
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
@@ -263,6 +265,7 @@ class Engine:
         self.webhooks = WebhookDispatcher(
             self.store, base_delay=self.config.webhook_retry_delay,
             max_attempts=self.config.webhook_max_attempts,
+            allow_private=self.config.webhook_private_networks,
         )
         self.rooms = RoomService(self.store)
         self.rooms.on_event.append(self.webhooks.publish)
@@ -348,7 +351,8 @@ class Engine:
 
     def _on_message(self, request: Any, peer: Peer) -> int:
         text = request.body.decode("utf-8", errors="replace")
-        callerid = unquote(getattr(request.from_.uri, "user", None) or "")
+        # The URI parser decoded the user part's escapes once (RFC 3261 §19.1.2).
+        callerid = getattr(request.from_.uri, "user", None) or ""
         destination = getattr(request.uri, "user", None) or ""
         return self.runtime.on_message(text, callerid, destination, received_headers(request.headers, peer.host),
                                        source=peer.host)

@@ -17,8 +17,11 @@ Inbound::
 Outbound::
 
     INVITE -> 1xx (Ringing / Progress) -> 2xx: ACK, Connected
-           -> 401/407: retry once with digest credentials
-           -> 3xx: follow the first Contact (at most 3 times)
+           -> 401/407: retry once with digest credentials, only while the
+              INVITE goes to the host:port the credentials belong to
+           -> 3xx: follow the first Contact (at most 3 times); a trunk call
+              (call_pstn) only to a Contact on the trunk's host:port
+              (otherwise it fails with the 3xx code)
            -> 4xx-6xx or timeout: Failed(code, reason)
     hangup() before an answer: CANCEL once a provisional response came.
 
@@ -41,7 +44,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
-from urllib.parse import unquote
 
 from .calls import (
     Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler, MediaStats, SendDigitsAction,
@@ -60,6 +62,7 @@ from .sip.headers import NameAddr
 from .sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
 from .sip.transaction import ServerTransaction, Timers, create_cancel
 from .sip.uri import SipUri, TelUri, format_host, parse_uri
+from .security_log import security_event
 from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
 
 if TYPE_CHECKING:
@@ -208,6 +211,19 @@ def _same_host(a: str, b: str) -> bool:
         return a.lower() == b.lower()
 
 
+def _host_port(uri: object) -> tuple[str, int] | None:
+    """The ``host:port`` a request for ``uri`` goes to (port 5060 by
+    default; ``maddr`` is ignored, see :meth:`UserAgent.resolve`), ``None``
+    for any other URI."""
+    if not isinstance(uri, SipUri):
+        return None
+    return uri.host, uri.port or 5060
+
+
+def _same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
+    return a is not None and b is not None and a[1] == b[1] and _same_host(a[0], b[0])
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -245,6 +261,11 @@ class SipCall(Call):
         self._auth: ClientAuthSession | None = None
         self._auth_tries = 0
         self._redirects = 0
+        # Where the digest credentials may go (the host:port of the first
+        # target, the trunk's for call_pstn), and where a 3xx may lead
+        # (``None``: anywhere).
+        self._auth_target: tuple[str, int] | None = None
+        self._redirect_scope: tuple[str, int] | None = None
         self._ack: SipRequest | None = None
         self._timeout: asyncio.TimerHandle | None = None
         self.on_ended.append(lambda call: self._cleanup())
@@ -420,6 +441,7 @@ class SipCall(Call):
         auth: ClientAuthSession | None,
     ) -> None:
         self._auth = auth
+        self._auth_target = _host_port(uri) if auth is not None else None
         self._from = NameAddr(from_uri, self.display_name, {"tag": self.local_tag})
         self._to = NameAddr(uri)
         self._call_id = new_call_id()
@@ -505,9 +527,18 @@ class SipCall(Call):
         if 300 <= code < 400 and self._redirects < 3 and not self._cancel_wanted:
             contacts = resp.contact
             if contacts and isinstance(contacts[0].uri, (SipUri, TelUri)):
+                target = contacts[0].uri
+                if self._redirect_scope is not None and not _same_host_port(
+                        _host_port(target), self._redirect_scope):
+                    # A trunk call stays a call to the trunk: a 3xx must not
+                    # turn it into a call to a host the response chose.
+                    security_event("redirect_refused", self.peer.host, status=code,
+                                   host=target.host if isinstance(target, SipUri) else "tel:")
+                    self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
+                                 _custom_headers(resp.headers))
+                    return
                 self._redirects += 1
                 self._cseq += 1
-                target = contacts[0].uri
                 self.log.info("redirected (%d) to %s", code, target)
                 asyncio.get_running_loop().create_task(self._follow(target))
                 return
@@ -526,7 +557,13 @@ class SipCall(Call):
         self._send_invite(target)
 
     def _retry_with_auth(self, resp: SipResponse) -> bool:
+        """Answer a 401/407 with the credentials, unless the INVITE went
+        elsewhere than where they belong (a 3xx moved it): a redirect must
+        never hand the trunk's password, even hashed, to another host."""
         assert self._auth is not None and self._out_invite is not None
+        if not _same_host_port(_host_port(self._out_invite.uri), self._auth_target):
+            security_event("credentials_withheld", self.peer.host, status=resp.status)
+            return False
         name = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
         reply = "Authorization" if resp.status == 401 else "Proxy-Authorization"
         try:
@@ -1010,7 +1047,10 @@ class UserAgent:
             return
         endpoint.send_response(txn, request.create_response(100))
         from_ = request.from_
-        callerid = unquote(_user_of(from_.uri))
+        # RFC 3261 §19.1.2/§25.1: the user part's escapes are decoded once,
+        # by the URI parser; decoding again would turn a caller's "%250A"
+        # into a line feed.
+        callerid = _user_of(from_.uri)
         call = SipCall(
             self,
             peer,
@@ -1181,11 +1221,19 @@ class UserAgent:
 
     async def resolve(self, uri: SipUri | TelUri) -> Peer:
         """Where to send a request for ``uri`` (RFC 3263 without NAPTR/SRV:
-        the host's A/AAAA record, port 5060 by default)."""
+        the host's A/AAAA record, port 5060 by default).
+
+        A ``maddr`` parameter is ignored: RFC 3261 §19.1.1 calls its use
+        (a loose source route) strongly discouraged and its mechanisms
+        deprecated, and honouring it would send the request to a host the
+        URI's host part does not name, past every check made on that host
+        (the trunk-only redirect rule, where credentials may go). The
+        request goes to the host part; the URI is sent unchanged.
+        """
         if not isinstance(uri, SipUri):
             raise OSError("tel: URIs need a trunk")
         transport = uri.transport if uri.transport in ("UDP", "TCP") else "UDP"
-        host = uri.params.get("maddr") or uri.host
+        host = uri.host
         port = uri.port or 5060
         if not _is_ip(host):
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -1203,11 +1251,17 @@ class UserAgent:
         auth: ClientAuthSession | None = None,
         peer: Peer | None = None,
         from_host: str | None = None,
+        stay_on_host: bool = False,
     ) -> SipCall:
         """Start an outbound call to a SIP URI.
 
         The call is returned at once, before anything is sent, so listeners
         can be attached; it then ends in ``Connected`` or ``Failed``.
+
+        :param auth: credentials for 401/407 challenges; they are only ever
+            sent to ``uri``'s own host:port, never to where a 3xx leads.
+        :param stay_on_host: follow a 3xx only to a Contact on ``uri``'s
+            host:port; another fails the call with the 3xx code.
         """
         target = parse_uri(uri) if isinstance(uri, str) else uri
         if not isinstance(target, SipUri):
@@ -1218,6 +1272,8 @@ class UserAgent:
             number=target.user or "", callerid=callerid, display_name=display_name,
             dispatcher=dispatcher,
         )
+        if stay_on_host:
+            call._redirect_scope = _host_port(target)
         self.calls.add(call)
         call._set_state(CallState.PROGRESSING)
 
@@ -1238,7 +1294,9 @@ class UserAgent:
         headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
     ) -> SipCall:
         """Call ``number`` through the configured trunk, answering its digest
-        challenges with the trunk's credentials."""
+        challenges with the trunk's credentials. A 3xx is followed only to
+        the trunk's own host:port: a redirect never turns a trunk call into
+        a call to a host the response chose."""
         trunk = self.config.trunk
         if trunk is None:
             raise CallError("no SIP trunk is configured (--trunk)")
@@ -1246,7 +1304,8 @@ class UserAgent:
                      params={"transport": trunk.transport.lower()} if trunk.transport != "UDP" else {})
         auth = ClientAuthSession(trunk.username, trunk.password or "") if trunk.username else None
         return self.call_sip(uri, callerid=callerid, display_name=display_name, headers=headers,
-                             dispatcher=dispatcher, auth=auth, from_host=trunk.host)
+                             dispatcher=dispatcher, auth=auth, from_host=trunk.host,
+                             stay_on_host=True)
 
     def call_registered(
         self, user: str, *, callerid: str, display_name: str | None = None,

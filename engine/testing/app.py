@@ -566,10 +566,11 @@ class App:
         return [f for f in self._failures() if f.session_id not in self._seen_errors]
 
     def _traceback(self, session_id: str) -> str:
-        for ln in self.log_lines:
-            if ln.session_id == session_id and ln.text.startswith("scenario error:"):
-                return ln.text
-        return ""
+        prefix = "scenario error: "
+        lines = [ln.text for ln in self.log_lines
+                 if ln.session_id == session_id and ln.text.startswith(prefix)]
+        # The session log has one "scenario error: " line per traceback line.
+        return "\n".join(lines[:1] + [text[len(prefix):] for text in lines[1:]])
 
     def _errors_text(self) -> str:
         failures = self._failures()

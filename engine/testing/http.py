@@ -71,13 +71,29 @@ class _Route:
         return url == self.url
 
 
+class _Body:
+    """The part of :class:`aiohttp.StreamReader` that ``Net`` reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        n = len(self._data) if n < 0 else n
+        chunk, self._data = self._data[:n], self._data[n:]
+        return chunk
+
+
 class _Response:
-    """The part of :class:`aiohttp.ClientResponse` that ``Net`` reads."""
+    """The part of :class:`aiohttp.ClientResponse` that ``Net`` reads
+    (its body in UTF-8)."""
+
+    charset = "utf-8"
 
     def __init__(self, canned: CannedResponse) -> None:
         self.status = canned.status
         self.headers = dict(canned.headers)
         self._text = canned.text
+        self.content = _Body(canned.text.encode("utf-8"))
 
     async def text(self, errors: str = "strict") -> str:
         return self._text

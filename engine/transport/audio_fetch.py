@@ -7,7 +7,8 @@ does for speech), so a long file never stalls the media clock.
 
 Downloads are guarded: only ``http`` and ``https``, at most ``max_bytes``
 (checked against Content-Length first, then while reading), ``timeout``
-seconds for the whole request, and any status outside 2xx is an error.
+seconds for the whole request, at most :data:`MAX_REDIRECTS` redirects
+(aiohttp's default is 10), and any status outside 2xx is an error.
 Every failure is an :class:`~engine.media.sources.AudioFileError` whose
 text starts with the URL.
 
@@ -38,7 +39,10 @@ import numpy as np
 
 from ..media.sources import AudioFileError, Pcm, decode_audio, load_file
 
-__all__ = ["AudioLoader", "is_url", "default_audio_loader"]
+__all__ = ["AudioLoader", "MAX_REDIRECTS", "is_url", "default_audio_loader"]
+
+#: Redirects a download follows before it fails.
+MAX_REDIRECTS = 3
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -108,7 +112,8 @@ class AudioLoader:
         too_big = f"{url}: larger than the download limit of {self.max_bytes} bytes"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
-                async with session.get(url) as resp:
+                # aiohttp fails when the count of redirects reaches max_redirects.
+                async with session.get(url, max_redirects=MAX_REDIRECTS + 1) as resp:
                     if not 200 <= resp.status < 300:
                         raise AudioFileError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
                     if resp.content_length is not None and resp.content_length > self.max_bytes:
@@ -121,6 +126,8 @@ class AudioLoader:
                     return bytes(body)
         except TimeoutError:
             raise AudioFileError(f"{url}: no complete answer within {self.timeout:g} s") from None
+        except aiohttp.TooManyRedirects:
+            raise AudioFileError(f"{url}: more than {MAX_REDIRECTS} redirects") from None
         except aiohttp.ClientError as exc:
             raise AudioFileError(f"{url}: {exc}") from None
 

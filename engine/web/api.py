@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import yarl
 from aiohttp import web
 
 from ..rooms import RoomRefused
@@ -47,7 +48,7 @@ from ..store import (
 from ..router import KINDS, Caller
 from ..tokens import DEFAULT_TTL, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
 from .errors import ApiError, error_response
-from .webhooks import EVENTS
+from .webhooks import EVENTS, is_private_address
 
 __all__ = ["API_ENGINE", "PREFIX", "create_api", "ROUTES"]
 
@@ -878,6 +879,13 @@ async def create_webhook(request: web.Request) -> web.Response:
     assert url is not None
     if not re.match(r"https?://[^/\s]+", url) or any(ch.isspace() for ch in url):
         raise _invalid("url", "must be an http:// or https:// URL")
+    try:
+        host = yarl.URL(url).host or ""
+    except ValueError:
+        raise _invalid("url", "must be an http:// or https:// URL") from None
+    if is_private_address(host) and not _engine(request).config.webhook_private_networks:
+        raise _invalid("url", f"{host} is a private address; webhooks to private networks "
+                              "are denied (--webhook-private-networks)")
     events = _str_list(data, "events", (*EVENTS, "*"))
     if not events:
         raise _missing("events") if events is None else _invalid("events", "must not be empty")

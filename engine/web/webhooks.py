@@ -19,6 +19,15 @@ and the headers::
 
 The timestamp is signed with the body, so a receiver refuses replays older
 than a few minutes (:func:`verify_signature`), as Stripe's scheme does.
+
+A webhook URL is someone else's server, so the sender trusts it little:
+redirects are not followed (a 3xx is a failed attempt, retried like any
+other), at most :data:`MAX_RESPONSE_BYTES` of an answer are read, and
+unless ``allow_private`` (``--webhook-private-networks allow``) no
+connection goes to a loopback, private, link-local, multicast or otherwise
+non-global address. That check is made on the addresses the connector is
+about to connect to (a resolver wrapper, and the URL's host when it is an
+address), not on a separate lookup, so DNS rebinding cannot slip past it.
 """
 
 from __future__ import annotations
@@ -26,17 +35,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 from typing import Any, Callable
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
+from ..security_log import security_event
 from ..store import Delivery, Store
 
-__all__ = ["EVENTS", "WebhookDispatcher", "sign", "verify_signature"]
+__all__ = [
+    "EVENTS", "MAX_RESPONSE_BYTES", "WebhookDispatcher", "is_private_address", "sign",
+    "verify_signature",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +62,65 @@ EVENTS = (
     "room.started", "room.ended", "participant.joined", "participant.left",
     "call.started", "call.ended", "recording.ready", "room.pin_locked",
 )
+
+
+#: The most of a receiver's answer read; the rest is dropped with the connection.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+def is_private_address(host: str) -> bool:
+    """Whether ``host``, an IP address, is one a webhook must not reach
+    when private networks are denied: loopback, private (RFC 1918, ULA),
+    shared (RFC 6598), link-local, multicast, unspecified, reserved, or an
+    IPv4-mapped form of one of these. Anything not an address is ``False``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class PrivateAddressRefused(OSError):
+    """A webhook host is, or resolves to, an address that is denied."""
+
+    def __init__(self, host: str, address: str) -> None:
+        named = address if address == host else f"{host} ({address})"
+        super().__init__(f"refused: {named} is a private address "
+                         "(--webhook-private-networks deny)")
+        self.host = host
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """Resolves with aiohttp's default resolver, then refuses the lot if
+    any address is private: the connector connects to exactly what this
+    returns, so the check is on the addresses actually used."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if is_private_address(result["host"]):
+                raise PrivateAddressRefused(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_BYTES) -> int:
+    """Read at most ``limit`` bytes of ``resp``'s body (dropped); return how many."""
+    read = 0
+    while read < limit:
+        chunk = await resp.content.read(limit - read)
+        if not chunk:
+            break
+        read += len(chunk)
+    return read
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -74,11 +150,14 @@ class WebhookDispatcher:
     :param base_delay: seconds before the first retry (doubled each time).
     :param max_delay: the longest wait between attempts.
     :param timeout: seconds to wait for a receiver's answer.
+    :param allow_private: deliver to loopback, private and link-local
+        addresses too (``--webhook-private-networks allow``); denied by default.
     """
 
     def __init__(
         self, store: Store, *, clock: Callable[[], float] = time.time, max_attempts: int = 8,
         base_delay: float = 1.0, max_delay: float = 300.0, timeout: float = 10.0,
+        allow_private: bool = False,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -86,6 +165,7 @@ class WebhookDispatcher:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = timeout
+        self.allow_private = allow_private
         self._wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         #: Events some webhook wants (``None``: not read yet), so that an
@@ -121,7 +201,11 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Send due deliveries until cancelled."""
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        connector = aiohttp.TCPConnector(
+            resolver=None if self.allow_private else _PublicOnlyResolver())
+        self._http = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(5.0, self.timeout)))
         try:
             while True:
                 self._wake.clear()
@@ -168,13 +252,30 @@ class WebhookDispatcher:
         error: str | None = None
         assert self._http is not None
         try:
-            async with self._http.post(webhook.url, data=body, headers=headers) as resp:
+            host = URL(webhook.url).host or ""
+            if not self.allow_private and is_private_address(host):
+                # An address in the URL never meets the resolver.
+                raise PrivateAddressRefused(host, host)
+            async with self._http.post(webhook.url, data=body, headers=headers,
+                                       allow_redirects=False) as resp:
                 code = resp.status
-                await resp.read()
+                await _read_bounded(resp)
             if not 200 <= code < 300:
                 error = f"HTTP {code}"
         except asyncio.TimeoutError:
             error = "timeout"
+        except PrivateAddressRefused as exc:
+            error = str(exc)
+            security_event("webhook_refused", None, webhook=webhook.webhook_id, host=exc.host,
+                           reason="private address")
+        except aiohttp.ClientConnectorError as exc:
+            refused = exc.os_error if isinstance(exc.os_error, PrivateAddressRefused) else None
+            if refused is None:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = str(refused)
+                security_event("webhook_refused", None, webhook=webhook.webhook_id,
+                               host=refused.host, reason="private address")
         except Exception as exc:  # connection refused, bad URL, ...
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         now = self.clock()

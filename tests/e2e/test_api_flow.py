@@ -100,7 +100,8 @@ async def test_room_invites_browser_and_phone_moderation_webhooks(
     media, and the webhook deliveries (signed, in order, with the
     recording)."""
     engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios",
-                               session_idle_timeout=5.0)
+                               session_idle_timeout=5.0,
+                               webhook_private_networks=True)  # the receiver is on 127.0.0.1
     sockets: list[SdkSocket] = []
     peers: list[BrowserPeer] = []
     phone = Baresip(tmp_path, "phone", PHONE_TONE)

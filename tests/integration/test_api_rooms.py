@@ -345,7 +345,7 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     subscriptions (with their secrets) survive stopping the engine and
     starting another on the same data directory (pending deliveries:
     test_api_sessions.test_pending_webhook_delivery_survives_restart)."""
-    first = await make_engine(RULES, SCENARIOS)
+    first = await make_engine(RULES, SCENARIOS, webhook_private_networks=True)  # a 127.0.0.1 webhook
     key = new_key(first, "admin")
     api = Api(first, http, key)
     await api.post("/rooms", {"name": "keep", "max_participants": 5, "pin": "2468"})

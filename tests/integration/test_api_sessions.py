@@ -63,7 +63,9 @@ SCENARIOS = {
 
 @pytest.fixture
 async def engine(make_engine: EngineFactory) -> Engine:
-    return await make_engine(RULES, SCENARIOS, session_idle_timeout=30.0, webhook_retry_delay=0.05)
+    # The webhook receiver listens on 127.0.0.1: private networks allowed.
+    return await make_engine(RULES, SCENARIOS, session_idle_timeout=30.0, webhook_retry_delay=0.05,
+                             webhook_private_networks=True)
 
 
 @pytest.fixture
@@ -248,7 +250,7 @@ async def test_pending_webhook_delivery_survives_restart(make_engine: EngineFact
                                                          receiver: Receiver) -> None:
     """Check a delivery queued while the receiver was unreachable is sent
     by the next engine started on the same data directory."""
-    first = await make_engine(RULES, SCENARIOS, webhook_retry_delay=30.0)
+    first = await make_engine(RULES, SCENARIOS, webhook_retry_delay=30.0, webhook_private_networks=True)
     assert first.store is not None
     first.store.create_webhook(receiver.url, ["recording.ready"])
     receiver.fail = 1  # the first attempt fails; the retry is 30 s away
@@ -258,7 +260,8 @@ async def test_pending_webhook_delivery_survives_restart(make_engine: EngineFact
     first.webhooks.publish("call.started", {"call_id": "c"})  # nobody wants it: not queued
     assert await wait_until(lambda: receiver.fail == 0)
     await first.stop()
-    second = await make_engine(RULES, SCENARIOS, data_dir=first.config.data_dir, webhook_retry_delay=0.05)
+    second = await make_engine(RULES, SCENARIOS, data_dir=first.config.data_dir, webhook_retry_delay=0.05,
+                               webhook_private_networks=True)
     assert second.webhooks is not None
     second.webhooks.wake()
     # The retry was scheduled 30 s ahead by the first engine; replay it now.

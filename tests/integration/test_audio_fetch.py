@@ -30,6 +30,7 @@ class Media:
         app.router.add_get("/big", self.big)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/moved", self.moved)
+        app.router.add_get("/hop/{n}", self.hop)
         self.server = TestServer(app, host="127.0.0.1")
 
     def url(self, path: str) -> str:
@@ -54,6 +55,11 @@ class Media:
 
     async def moved(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/tone.mp3")
+
+    async def hop(self, request: web.Request) -> web.Response:
+        """/hop/N redirects to /hop/N-1, /hop/0 to the tone."""
+        n = int(request.match_info["n"])
+        raise web.HTTPFound(f"/hop/{n - 1}" if n > 0 else "/tone.mp3")
 
 
 @pytest.fixture
@@ -116,3 +122,14 @@ async def test_nothing_listening(tmp_path) -> None:
         with pytest.raises(AudioFileError) as err:
             await AudioLoader(tmp_path / "cache").fetch(url)
     assert str(err.value).startswith(f"{url}: Cannot connect to host 127.0.0.1:"), err.value
+
+
+async def test_redirects_are_bounded(media: Media, tmp_path) -> None:
+    """Check a download follows up to MAX_REDIRECTS (3) redirects and
+    fails, naming the limit, on a longer chain (aiohttp alone allows 10)."""
+    loader = AudioLoader(tmp_path / "cache")
+    assert await loader.fetch(media.url("/hop/2")) == MP3  # 3 redirects
+    url = media.url("/hop/5")
+    with pytest.raises(AudioFileError) as err:
+        await loader.fetch(url)
+    assert str(err.value) == f"{url}: more than 3 redirects"

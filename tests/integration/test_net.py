@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from engine.router import parse_rules
-from engine.scenario import HttpResponse, Net, ScenarioRuntime, Session
+from engine.scenario import HTTP_MAX_BODY, HttpResponse, Net, ScenarioRuntime, Session
 
 
 class Site:
@@ -27,6 +27,7 @@ class Site:
         app.router.add_get("/hello", self.hello)
         app.router.add_route("*", "/echo", self.echo)
         app.router.add_get("/slow", self.slow)
+        app.router.add_get("/huge", self.huge)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def hello(self, request: web.Request) -> web.Response:
@@ -42,6 +43,19 @@ class Site:
     async def slow(self, request: web.Request) -> web.Response:
         await self.release.wait()
         return web.Response(text="late")
+
+    async def huge(self, request: web.Request) -> web.StreamResponse:
+        """An answer 4 MiB longer than HTTP_MAX_BODY, written in 64 KiB chunks."""
+        resp = web.StreamResponse()
+        resp.content_type = "text/plain"
+        await resp.prepare(request)
+        chunk = b"a" * 65536
+        try:
+            for _ in range((HTTP_MAX_BODY + 4 * 2**20) // len(chunk)):
+                await resp.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client stopped reading and closed
+        return resp
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -108,3 +122,12 @@ async def test_network_errors_return_code_0(session: Session) -> None:
     bad = await request(session, "not a url")
     assert bad.code == 0 and bad.error
     assert not session.terminated and session.error is None
+
+
+async def test_long_body_is_cut_at_the_limit(site: Site, session: Session) -> None:
+    """Check an answer longer than HTTP_MAX_BODY keeps its code, is cut at
+    the limit (never read whole), and says so in ``error``."""
+    result = await request(session, site.url("/huge"))
+    assert result.code == 200
+    assert len(result.text) == HTTP_MAX_BODY and set(result.text) == {"a"}
+    assert result.error == f"body over {HTTP_MAX_BODY} bytes: cut"

@@ -9,7 +9,10 @@ import socket
 import pytest
 
 from engine.server import Engine
+from engine.sip.auth import ClientAuthSession
 from engine.sip.message import SipRequest
+from engine.sip.uri import SipUri, parse_uri
+from engine.transport.sip_endpoint import Peer
 
 from .conftest import EngineFactory, PeerFactory, wait_for_log, wait_until
 from .sip_peer import UdpPeer, request
@@ -215,3 +218,107 @@ async def test_outbound_redirect_is_followed(make_engine: EngineFactory, peers: 
     second.send(bye, server)
     logs = await wait_for_log(engine, "ended Disconnected 200")
     assert "ended Disconnected 200" in logs
+
+
+# -- redirects and the trunk's credentials ---------------------------------------------
+
+TRUNK_RULES = """
+rules:
+  - {name: Trunk, pattern: "dialout", scenarios: [dial_trunk]}
+"""
+
+CHALLENGE = 'Digest realm="carrier", nonce="abc123", algorithm=MD5, qop="auth"'
+
+
+def free_udp_port() -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def redirect(invite: SipRequest, contact: str) -> bytes:
+    moved = invite.create_response(302, to_tag="moved1")
+    moved.headers.add("Contact", f"<{contact}>")
+    return moved.to_bytes()
+
+
+def challenge(invite: SipRequest) -> bytes:
+    resp = invite.create_response(401, to_tag="auth1")
+    resp.headers.add("WWW-Authenticate", CHALLENGE)
+    return resp.to_bytes()
+
+
+async def trunk_engine(make_engine: EngineFactory, peers: PeerFactory) -> tuple[Engine, UdpPeer]:
+    """An engine whose trunk (with credentials) is a scripted UDP peer."""
+    port = free_udp_port()
+    engine = await make_engine(TRUNK_RULES, trunk=f"sip:acct42:s3cret@127.0.0.1:{port}")
+    trunk = await peers.udp(engine, port=port)
+    return engine, trunk
+
+
+async def test_trunk_call_does_not_follow_a_redirect_off_the_trunk(
+        make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """call_pstn: the trunk answers 302 to another host:port. The engine
+    ACKs the 302 and fails the call with 302; nothing is sent to the named
+    host (a redirect must not turn a trunk call into a call anywhere)."""
+    engine, trunk = await trunk_engine(make_engine, peers)
+    elsewhere = await peers.udp(engine)
+    engine.runtime.start_session(engine.rules.match("dialout"), custom_data="5551234")
+    invite = await trunk.recv_request("INVITE")
+    trunk.send(redirect(invite, f"sip:5551234@127.0.0.1:{elsewhere.local[1]}"), trunk.sources[-1])
+    assert (await trunk.recv_request("ACK")).top_via.branch == invite.top_via.branch
+    logs = await wait_for_log(engine, "ended Failed 302")
+    assert "ended Failed 302" in logs
+    await elsewhere.silence(0.3)
+
+
+async def test_trunk_call_follows_a_redirect_on_the_trunk_with_credentials(
+        make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """call_pstn: a 302 to another number on the trunk's own host:port is
+    followed, and the trunk's 401 to that INVITE is answered with the
+    trunk's credentials (they belong to that host:port)."""
+    engine, trunk = await trunk_engine(make_engine, peers)
+    engine.runtime.start_session(engine.rules.match("dialout"), custom_data="5551234")
+    invite = await trunk.recv_request("INVITE")
+    trunk.send(redirect(invite, f"sip:5559999@127.0.0.1:{trunk.local[1]}"), trunk.sources[-1])
+    again = await trunk.recv_request("INVITE")
+    assert again.uri_text == f"sip:5559999@127.0.0.1:{trunk.local[1]}"
+    trunk.send(challenge(again), trunk.sources[-1])
+    authorized = await trunk.recv_request("INVITE")
+    assert 'username="acct42"' in (authorized.headers.get("Authorization") or "")
+    trunk.send(authorized.create_response(486, to_tag="busy1").to_bytes(), trunk.sources[-1])
+    assert "ended Failed 486" in await wait_for_log(engine, "ended Failed 486")
+
+
+async def test_credentials_never_follow_a_redirect_to_another_host(
+        make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A call with credentials for its first host (call_sip with auth, as
+    call_pstn makes): that host answers 302 to another host:port, which
+    challenges with 401. The 401 is ACKed and the call fails with 401: no
+    INVITE with an Authorization header ever reaches the other host."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    first = await peers.udp(engine)
+    other = await peers.udp(engine)
+    call = engine.ua.call_sip(f"sip:bob@127.0.0.1:{first.local[1]}",
+                              auth=ClientAuthSession("acct42", "s3cret"))
+    invite = await first.recv_request("INVITE")
+    first.send(redirect(invite, f"sip:carol@127.0.0.1:{other.local[1]}"), first.sources[-1])
+    moved = await other.recv_request("INVITE")
+    assert moved.headers.get("Authorization") is None
+    other.send(challenge(moved), other.sources[-1])
+    assert (await other.recv_request("ACK")).cseq.number == moved.cseq.number
+    assert await wait_until(lambda: call.state.ended, 3.0)
+    assert call.end_code == 401
+    for raw in other.drain() + first.drain():
+        assert b"Authorization" not in raw
+
+
+async def test_maddr_does_not_choose_where_a_request_goes(make_engine: EngineFactory) -> None:
+    """A target URI with ``maddr`` (RFC 3261 §19.1.1, deprecated) is sent
+    to its host part: maddr never names another destination."""
+    engine = await make_engine(RULES, {"dial_out": DIAL_OUT})
+    uri = parse_uri("sip:bob@127.0.0.1:5070;maddr=192.0.2.1")
+    assert isinstance(uri, SipUri)
+    assert await engine.ua.resolve(uri) == Peer("UDP", "127.0.0.1", 5070)

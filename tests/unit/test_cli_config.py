@@ -92,3 +92,16 @@ def test_zero_caps_are_refused() -> None:
     with pytest.raises(SystemExit) as info:
         config(["--max-sessions", "0"])
     assert str(info.value) == "callbridge: --max-sessions must be 1 or more, got 0"
+
+
+def test_webhook_private_networks_denied_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check webhooks to private networks are denied by default (closed by
+    default), allowed by the flag or CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS, and
+    a value other than allow/deny is refused."""
+    monkeypatch.delenv("CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS", raising=False)
+    assert config([]).webhook_private_networks is False
+    assert config(["--webhook-private-networks", "allow"]).webhook_private_networks is True
+    monkeypatch.setenv("CALLBRIDGE_WEBHOOK_PRIVATE_NETWORKS", "allow")
+    assert config([]).webhook_private_networks is True
+    with pytest.raises(SystemExit):
+        config(["--webhook-private-networks", "maybe"])

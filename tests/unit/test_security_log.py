@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from engine.security_log import quote, security_event
+from engine.cli import _LogfmtFormatter
+from engine.security_log import escape_controls, quote, security_event
 
 
 def test_plain_values_stay_bare() -> None:
@@ -34,3 +35,25 @@ def test_event_line(caplog: pytest.LogCaptureFixture) -> None:
         "security event=auth_failed src=198.51.100.2 method=REGISTER user=bob",
         "security event=cap_reached src=- table=sessions",
     ]
+
+
+def test_escape_controls_keeps_one_line() -> None:
+    """Check every line break Python or a log reader knows (LF, CR, VT, FF,
+    NEL, LINE SEPARATOR) and other controls are written as escapes, and
+    printable text (accents included) is left alone."""
+    assert escape_controls("Zoë 5550100") == "Zoë 5550100"
+    text = escape_controls("a\nb\rc\x0bd\x0ce\x85f\u2028g\x00h\ti")
+    assert text == "a\\nb\\rc\\x0bd\\x0ce\\x85f\\u2028g\\x00h\\ti"
+    assert len(text.splitlines()) == 1
+
+
+def test_logfmt_formatter_keeps_a_hostile_message_on_one_line() -> None:
+    """Check the engine's stderr formatter escapes a message that quotes a
+    caller id with a line feed and a forged field, and a session id too."""
+    record = logging.LogRecord("engine.ua", logging.INFO, __file__, 1,
+                               "call from %s", ("x\nts=0 level=error msg=forged",), None)
+    record.session_id = "s1\nlevel=error"
+    line = _LogfmtFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert "session=s1\\nlevel=error " in line
+    assert line.endswith('msg="call from x\\nts=0 level=error msg=forged"')
