@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from .call_media import SdpMediaHandler
 from .calls import MediaHandler
-from .directory import MemoryDirectory
+from .directory import LoginBackoff, MemoryDirectory
 from .rooms import RoomService
 from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
@@ -95,6 +97,9 @@ class EngineConfig:
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
     guest_login: bool = True
+    #: Lockouts after wrong passwords (REGISTER and the web SDK's login),
+    #: per account and per source address.
+    login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
 
 
 class Engine:
@@ -104,6 +109,8 @@ class Engine:
         self.config = config
         self.node_id = secrets.token_hex(6)
         self.directory = MemoryDirectory()
+        #: Time of the login lockouts (registrar and web SDK); tests set a virtual one.
+        self.clock: Callable[[], float] = time.monotonic
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
         self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
@@ -175,7 +182,7 @@ class Engine:
             hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
             realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
             timers=cfg.timers, register_min_expires=cfg.register_min_expires,
-            register_max_expires=cfg.register_max_expires,
+            register_max_expires=cfg.register_max_expires, login_backoff=cfg.login_backoff,
         )
         self.ua = UserAgent(
             ua_config,
@@ -184,6 +191,7 @@ class Engine:
             on_message=self._on_message,
             directory=self.directory,
             user_ha1=self._user_ha1,
+            clock=lambda: self.clock(),
         )
         self.runtime = ScenarioRuntime(
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,

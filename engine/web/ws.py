@@ -29,6 +29,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
+from ..directory import LoginBackoff, LoginGuard
+from ..security_log import security_event
 from ..tokens import JoinGrant, TokenError
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -58,9 +60,12 @@ SERVER_NAME = "callbridge/0.1"
 class SdkConnection:
     """One browser's socket: its login, its calls and the frames in and out."""
 
-    def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float) -> None:
+    def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float,
+                 remote: str | None = None) -> None:
         self.ws = ws
         self.engine = engine
+        #: The address the socket came from (lockouts and security events).
+        self.remote = remote
         self.heartbeat = heartbeat
         self.hello = False
         self.user: str | None = None
@@ -222,9 +227,7 @@ class SdkConnection:
         if token is not None:
             name = await asyncio.to_thread(_redeem_token, store, token)
         else:
-            name = frame["username"]
-            if not await asyncio.to_thread(store.verify_password, name, frame["password"]):
-                name = None
+            name = await self._check_password(store, frame["username"], frame["password"])
         user = await asyncio.to_thread(store.get_user, name) if name is not None else None
         if user is None:
             raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
@@ -233,6 +236,35 @@ class SdkConnection:
         logger.info("web user %s logged in", user.name)
         self.send_frame({"type": "login_ok", "username": user.name, "display_name": user.display_name,
                          **_ref(frame)})
+
+    async def _check_password(self, store: Any, name: str, password: str) -> str | None:
+        """``name`` when ``password`` is right, else ``None``; a locked-out
+        account or source is refused without checking (no hash computed).
+
+        :raises ProtocolError: ``login_failed`` "try again later" while locked out.
+        """
+        directory = getattr(self.engine, "directory", None)
+        guard = None
+        if directory is not None:
+            policy = getattr(getattr(self.engine, "config", None), "login_backoff", None)
+            guard = LoginGuard(directory, policy if isinstance(policy, LoginBackoff) else None)
+        clock = getattr(self.engine, "clock", time.monotonic)
+        if guard is not None:
+            refusal = guard.refusal(name, self.remote, clock())
+            if refusal is not None:
+                security_event("auth_locked", self.remote, method="ws-login", user=name, scope=refusal)
+                raise ProtocolError(ErrorCode.LOGIN_FAILED,
+                                    "too many failed logins: try again later")
+        if await asyncio.to_thread(store.verify_password, name, password):
+            if guard is not None:
+                guard.succeeded(name)
+            return name
+        security_event("auth_failed", self.remote, method="ws-login", user=name)
+        if guard is not None:
+            lock = guard.failed(name, self.remote, clock())
+            if lock:
+                security_event("auth_locked", self.remote, method="ws-login", user=name, seconds=lock)
+        return None
 
     def _login_with_join_token(self, token: str) -> None:
         """Log in as a join token's identity (not a stored user): the token
@@ -455,7 +487,7 @@ async def serve_socket(request: web.Request, engine: Any, connections: set[SdkCo
     heartbeat = float(getattr(engine.config, "ws_heartbeat", 10.0))
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=4 * MAX_FRAME_BYTES)
     await ws.prepare(request)
-    conn = SdkConnection(ws, engine, heartbeat)
+    conn = SdkConnection(ws, engine, heartbeat, request.remote)
     connections.add(conn)
     try:
         await conn.run()
