@@ -134,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         c = s.add_parser("create")
         c.add_argument("id")
         if name == "users":
-            c.add_argument("--password", required=True)
+            c.add_argument("--password", help="the password; visible in the process list to every"
+                           " local user: prefer --password-stdin or the prompt")
+            c.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+            c.add_argument("--sip", action="store_true",
+                           help="the user may REGISTER a SIP phone (SIP digest hashes are kept only then)")
         else:
             c.add_argument("--max-participants", type=int)
             c.add_argument("--pin", help="4-16 digits phone callers enter (default: the room id)")
@@ -264,6 +269,36 @@ def _call(args: argparse.Namespace) -> int:
     return 0 if result.connected else 1
 
 
+def _password_of(args: argparse.Namespace) -> str | None:
+    """The new user's password: ``--password-stdin`` (one line), else
+    ``--password`` (with a warning: argv is public), else typed at a
+    prompt; ``None`` after printing why there is none."""
+    if args.password is not None and args.password_stdin:
+        print("callbridge: give --password or --password-stdin, not both", file=sys.stderr)
+        return None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        print("callbridge: warning: --password is visible to other local users in the process"
+              " list and shell history; use --password-stdin", file=sys.stderr)
+        password = args.password
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("callbridge: the passwords differ", file=sys.stderr)
+            return None
+    else:
+        print("callbridge: give the password with --password-stdin (or type it at a terminal)",
+              file=sys.stderr)
+        return None
+    if not password:
+        print("callbridge: invalid password: must not be empty", file=sys.stderr)
+        return None
+    return password
+
+
 def _store_command(args: argparse.Namespace) -> int:
     from .store import SqliteStore, StoreError
 
@@ -286,11 +321,14 @@ def _store_command(args: argparse.Namespace) -> int:
                 print(f"deleted API key {args.id}")
         elif args.command == "users":
             if args.action == "create":
-                user = store.create_user(args.id, args.password, args.display_name)
-                print(f"created user {user.name}")
+                password = _password_of(args)
+                if password is None:
+                    return 1
+                user = store.create_user(args.id, password, args.display_name, sip=args.sip)
+                print(f"created user {user.name}" + (" (SIP enabled)" if user.sip else ""))
             elif args.action == "list":
                 for user in store.list_users(0, 1000):
-                    print(f"{user.name}\t{user.display_name or ''}")
+                    print(f"{user.name}\t{user.display_name or ''}\t{'sip' if user.sip else 'web'}")
             elif args.action == "delete":
                 if not store.delete_user(args.id):
                     print(f"callbridge: no user {args.id!r}", file=sys.stderr)

@@ -34,7 +34,9 @@ ones differ.
 For the SIP registrar's digest authentication (RFC 7616 section 3.4.2;
 RFC 3261 section 22.4), ``HA1 = H(username ":" realm ":" password)`` is kept
 for MD5 and SHA-256, computed when the password is set, for the store's
-``sip_realm``. **Changing the realm invalidates every stored HA1**: users must
+``sip_realm`` -- only for users with ``sip`` enabled: an HA1 is a
+password-equivalent for SIP and MD5 is cheap to guess against, so web-only
+users (and guests) keep nothing but the scrypt hash. **Changing the realm invalidates every stored HA1**: users must
 have their passwords reset (or log in once through :meth:`SqliteStore.verify_password`,
 which recomputes the HA1 values for the current realm); until then
 :meth:`Store.sip_ha1` returns ``None`` for them.
@@ -177,11 +179,13 @@ class User:
     :param name: the login and SIP digest username.
     :param display_name: free text shown to others, or ``None``.
     :param created_at: creation time, seconds since the epoch.
+    :param sip: whether the user may REGISTER (digest HA1 values are kept).
     """
 
     name: str
     display_name: str | None
     created_at: float
+    sip: bool = False
 
 
 @dataclass(frozen=True)
@@ -365,8 +369,9 @@ class Store(Protocol):
 
     # users
 
-    def create_user(self, name: str, password: str, display_name: str | None = None) -> User:
-        """Create a user. :raises UserExists: the name is taken (any case)."""
+    def create_user(self, name: str, password: str, display_name: str | None = None, *,
+                    sip: bool = False) -> User:
+        """Create a user (``sip``: may REGISTER). :raises UserExists: the name is taken (any case)."""
         ...
 
     def get_user(self, name: str) -> User | None:
@@ -382,9 +387,11 @@ class Store(Protocol):
         ...
 
     def update_user(
-        self, name: str, *, password: str | None = None, display_name: str | None = None
+        self, name: str, *, password: str | None = None, display_name: str | None = None,
+        sip: bool | None = None,
     ) -> User:
-        """Change what is given (``display_name=""`` clears it).
+        """Change what is given (``display_name=""`` clears it; enabling
+        ``sip`` needs the ``password``).
 
         :raises UserNotFound: no such user.
         """
@@ -682,6 +689,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
         "CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, seq)",
     ),
+    (
+        # Digest HA1 values only for SIP users. Existing users have them and
+        # may already REGISTER: they stay SIP users; new ones are not unless asked.
+        "ALTER TABLE users ADD COLUMN sip INTEGER NOT NULL DEFAULT 1",
+    ),
 )
 
 #: The schema version this code writes.
@@ -805,6 +817,13 @@ def _check_count(field: str, value: object, low: int, high: int | None) -> int:
 API_SCOPES = ("admin", "calls", "users")
 
 _PIN_RE = re.compile(r"[0-9]{4,16}")
+
+_USER_COLUMNS = "name, display_name, created_at, sip"
+
+
+def _user(row: tuple[Any, ...]) -> User:
+    return User(row[0], row[1], row[2], bool(row[3]))
+
 
 _ROOM_COLUMNS = (
     "room_id, display_name, created_at, max_participants, record_on_start, pin, moderator_pin,"
@@ -987,9 +1006,12 @@ class SqliteStore:
 
     # -- users ----------------------------------------------------------------
 
-    def _secrets_for(self, name: str, password: str) -> tuple[str, str, str, str]:
-        """Return (password_hash, realm, ha1_md5, ha1_sha256); slow (scrypt)."""
+    def _secrets_for(self, name: str, password: str, sip: bool) -> tuple[str, str, str, str]:
+        """Return (password_hash, realm, ha1_md5, ha1_sha256); slow (scrypt).
+        The HA1 values are empty unless ``sip``."""
         realm = self.sip_realm
+        if not sip:
+            return _hash_password(password, self._params), realm, "", ""
         return (
             _hash_password(password, self._params),
             realm,
@@ -997,35 +1019,40 @@ class SqliteStore:
             _ha1("SHA-256", name, realm, password),
         )
 
-    def create_user(self, name: str, password: str, display_name: str | None = None) -> User:
+    def create_user(self, name: str, password: str, display_name: str | None = None, *,
+                    sip: bool = False) -> User:
         """Create a user with a password and an optional display name.
 
         :param name: 1-64 characters of ``A-Z a-z 0-9 . _ -``.
         :param password: 1-1024 characters.
         :param display_name: up to 128 characters without control characters;
             ``""`` is stored as ``None``.
+        :param sip: whether the user may REGISTER; only then are SIP digest
+            HA1 values kept.
         :raises UserExists: a user of that name exists (compared case-insensitively).
         :raises InvalidValue: a malformed argument.
         """
         _check_name(name)
         _check_password(password)
         display_name = _check_display_name(display_name)
+        if not isinstance(sip, bool):
+            raise InvalidValue("sip", "must be a boolean")
         if self._find_nocase(name):  # fail fast, before the slow hash
             raise UserExists(name)
-        password_hash, realm, md5, sha256 = self._secrets_for(name, password)
+        password_hash, realm, md5, sha256 = self._secrets_for(name, password, sip)
         created_at = self._clock()
         try:
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO users (name, display_name, created_at, password_hash,"
-                    " ha1_realm, ha1_md5, ha1_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, display_name, created_at, password_hash, realm, md5, sha256),
+                    " ha1_realm, ha1_md5, ha1_sha256, sip) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, display_name, created_at, password_hash, realm, md5, sha256, int(sip)),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise UserExists(name) from None
             raise
-        return User(name, display_name, created_at)
+        return User(name, display_name, created_at, sip)
 
     def get_user(self, name: str) -> User | None:
         """Return the user of exactly that name (case-sensitive), or ``None``.
@@ -1036,9 +1063,9 @@ class SqliteStore:
             return None
         with self._read() as conn:
             row = conn.execute(
-                "SELECT name, display_name, created_at FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
-        return User(*row) if row else None
+        return _user(row) if row else None
 
     def _find_nocase(self, name: str) -> bool:
         """Whether a user's name equals ``name`` ignoring ASCII case."""
@@ -1058,11 +1085,10 @@ class SqliteStore:
         _check_count("limit", limit, 1, _MAX_LIMIT)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT name, display_name, created_at FROM users ORDER BY name"
-                " LIMIT ? OFFSET ?",
+                f"SELECT {_USER_COLUMNS} FROM users ORDER BY name LIMIT ? OFFSET ?",
                 (limit, offset),
             ).fetchall()
-        return [User(*row) for row in rows]
+        return [_user(row) for row in rows]
 
     def count_users(self) -> int:
         """Return the number of users."""
@@ -1070,26 +1096,37 @@ class SqliteStore:
             return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
 
     def update_user(
-        self, name: str, *, password: str | None = None, display_name: str | None = None
+        self, name: str, *, password: str | None = None, display_name: str | None = None,
+        sip: bool | None = None,
     ) -> User:
-        """Change a user's password and/or display name; ``None`` leaves a field as it is.
+        """Change a user's password, display name and/or SIP access; ``None``
+        leaves a field as it is.
 
-        A new password also recomputes the SIP HA1 values for the current realm.
+        A new password also recomputes the SIP HA1 values for the current
+        realm (for a SIP user). Disabling SIP erases the HA1 values; enabling
+        it needs the password, since they are computed from it.
 
         :param name: the user, exactly.
         :param password: the new password (1-1024 characters).
         :param display_name: the new display name; ``""`` clears it.
+        :param sip: whether the user may REGISTER.
         :raises UserNotFound: no user of that name.
-        :raises InvalidValue: a malformed argument.
+        :raises InvalidValue: a malformed argument, or ``sip=True`` without ``password``.
         """
         if not isinstance(name, str):
             raise InvalidValue("name", "must be a string")
         if password is not None:
             _check_password(password)
+        if sip is not None and not isinstance(sip, bool):
+            raise InvalidValue("sip", "must be a boolean")
         new_display = _check_display_name(display_name)
-        if self.get_user(name) is None:  # fail fast, before the slow hash
+        user = self.get_user(name)
+        if user is None:  # fail fast, before the slow hash
             raise UserNotFound(name)
-        secrets_ = self._secrets_for(name, password) if password is not None else None
+        if sip and not user.sip and password is None:
+            raise InvalidValue("sip", "enabling SIP needs the password (the digest hashes are made from it)")
+        sip_after = user.sip if sip is None else sip
+        secrets_ = self._secrets_for(name, password, sip_after) if password is not None else None
         with self._write() as conn:
             if display_name is not None:
                 conn.execute(
@@ -1098,15 +1135,19 @@ class SqliteStore:
             if secrets_ is not None:
                 conn.execute(
                     "UPDATE users SET password_hash = ?, ha1_realm = ?, ha1_md5 = ?,"
-                    " ha1_sha256 = ? WHERE name = ?",
-                    (*secrets_, name),
+                    " ha1_sha256 = ?, sip = ? WHERE name = ?",
+                    (*secrets_, int(sip_after), name),
+                )
+            elif sip is False:
+                conn.execute(
+                    "UPDATE users SET ha1_md5 = '', ha1_sha256 = '', sip = 0 WHERE name = ?", (name,)
                 )
             row = conn.execute(
-                "SELECT name, display_name, created_at FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
             if row is None:  # deleted meanwhile by another thread
                 raise UserNotFound(name)
-        return User(*row)
+        return _user(row)
 
     def delete_user(self, name: str) -> bool:
         """Delete a user.
@@ -1137,12 +1178,12 @@ class SqliteStore:
         if isinstance(name, str):
             with self._read() as conn:
                 row = conn.execute(
-                    "SELECT password_hash, ha1_realm FROM users WHERE name = ?", (name,)
+                    "SELECT password_hash, ha1_realm, sip FROM users WHERE name = ?", (name,)
                 ).fetchone()
         if row is None:
             self._burn(password)
             return False
-        encoded, realm = row
+        encoded, realm, sip = row
         try:
             params, salt, expected = _parse_hash(encoded)
         except (ValueError, KeyError, StoreError):
@@ -1151,8 +1192,8 @@ class SqliteStore:
         actual = _scrypt(password, salt, params, len(expected))
         if not hmac.compare_digest(actual, expected):
             return False
-        if params != self._params or realm != self.sip_realm:
-            new = self._secrets_for(name, password)
+        if params != self._params or (sip and realm != self.sip_realm):
+            new = self._secrets_for(name, password, bool(sip))
             with self._write() as conn:
                 conn.execute(
                     "UPDATE users SET password_hash = ?, ha1_realm = ?, ha1_md5 = ?,"
@@ -1177,8 +1218,8 @@ class SqliteStore:
         :param name: the digest username, exactly.
         :param realm: the realm of the challenge; only :attr:`sip_realm` is kept.
         :param algorithm: ``"MD5"`` or ``"SHA-256"`` (any case).
-        :returns: ``None`` for an unknown user, another realm, or a user whose
-            HA1 values were made for a former realm.
+        :returns: ``None`` for an unknown user, a user without SIP access,
+            another realm, or a user whose HA1 values were made for a former realm.
         :raises InvalidValue: an algorithm other than MD5 or SHA-256.
         """
         algo = algorithm.upper() if isinstance(algorithm, str) else algorithm
@@ -1189,7 +1230,8 @@ class SqliteStore:
         column = "ha1_md5" if algo == "MD5" else "ha1_sha256"
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {column} FROM users WHERE name = ? AND ha1_realm = ?", (name, realm)
+                f"SELECT {column} FROM users WHERE name = ? AND ha1_realm = ? AND sip = 1"
+                f" AND {column} != ''", (name, realm)
             ).fetchone()
         return str(row[0]) if row else None
 

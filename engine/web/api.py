@@ -313,7 +313,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _user(user: User) -> dict[str, Any]:
-    return {"name": user.name, "display_name": user.display_name, "created_at": user.created_at}
+    return {"name": user.name, "display_name": user.display_name, "created_at": user.created_at,
+            "sip": user.sip}
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -326,12 +327,13 @@ async def list_users(request: web.Request) -> web.Response:
 
 
 async def create_user(request: web.Request) -> web.Response:
-    data = await _body(request, ("name", "password", "display_name"))
+    data = await _body(request, ("name", "password", "display_name", "sip"))
     name = _str(data, "name", required=True, max_len=64)
     password = _str(data, "password", required=True, max_len=1024)
     display_name = _str(data, "display_name", max_len=128)
+    sip = _bool(data, "sip") or False
     try:
-        user = await _in_thread(_store(request).create_user, name, password, display_name)
+        user = await _in_thread(_store(request).create_user, name, password, display_name, sip=sip)
     except UserExists:
         raise ApiError(409, "user_exists", f"user {name!r} already exists", "name") from None
     except StoreError as exc:
@@ -347,15 +349,16 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def update_user(request: web.Request) -> web.Response:
-    data = await _body(request, ("password", "display_name"))
+    data = await _body(request, ("password", "display_name", "sip"))
     password = _str(data, "password", max_len=1024, nullable=False)
+    sip = _bool(data, "sip")
     display_name = _str(data, "display_name", max_len=128)
     if "display_name" in data and display_name is None:
         display_name = ""  # null clears it
     name = request.match_info["name"]
     try:
         user = await _in_thread(_store(request).update_user, name, password=password,
-                                display_name=display_name)
+                                display_name=display_name, sip=sip)
     except UserNotFound:
         raise ApiError(404, "not_found", f"no user {name!r}", "name") from None
     except StoreError as exc:

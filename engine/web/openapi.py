@@ -92,7 +92,9 @@ _GRANT_PROPS = {
 
 def _schemas() -> dict[str, Any]:
     user = _obj({"name": {"type": "string"}, "display_name": _nullable({"type": "string"}),
-                 "created_at": _TIME}, ("name", "display_name", "created_at"))
+                 "created_at": _TIME,
+                 "sip": {"type": "boolean", "description": "may REGISTER (SIP digest hashes are kept)"}},
+                ("name", "display_name", "created_at", "sip"))
     participant = _obj({
         "id": {"type": "string"}, "kind": {"type": "string", "enum": ["web", "pstn"]},
         "display_name": _nullable({"type": "string"}), "identity": _nullable({"type": "string"}),
@@ -196,10 +198,13 @@ def document() -> dict[str, Any]:
     """The OpenAPI document (a fresh dict each call)."""
     name = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
     user_body = _obj({"name": name, "password": {"type": "string", "minLength": 1, "maxLength": 1024},
-                      "display_name": _nullable({"type": "string", "maxLength": 128})},
+                      "display_name": _nullable({"type": "string", "maxLength": 128}),
+                      "sip": {"type": "boolean", "default": False,
+                              "description": "may REGISTER as a SIP phone; only then are digest hashes kept"}},
                      ("name", "password"))
     user_patch = _obj({"password": {"type": "string", "minLength": 1, "maxLength": 1024},
-                       "display_name": _nullable({"type": "string", "maxLength": 128})})
+                       "display_name": _nullable({"type": "string", "maxLength": 128}),
+                       "sip": {"type": "boolean", "description": "enabling it needs the password too"}})
     pin = _nullable({"type": "string", "pattern": "^[0-9]{4,16}$"})
     room_body = _obj({
         "name": {"type": "string", "pattern": "^[A-Za-z0-9]{1,32}$"},

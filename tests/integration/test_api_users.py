@@ -107,6 +107,25 @@ async def test_users_crud_and_paging(api: Api) -> None:
     assert status == 404 and error(body) == ("not_found", "name")
 
 
+async def test_sip_access_is_opt_in(api: Api) -> None:
+    """Check a user created through the API is web-only unless ``sip: true``
+    (no digest hash kept), and PATCH turns SIP on (with the password, the
+    hashes' source) and off; ``sip`` without the password is a 400 naming it."""
+    store = api.engine.store
+    assert store is not None
+    status, web_only = await api.post("/users", {"name": "w", "password": "pw"})
+    assert status == 201 and web_only["sip"] is False
+    assert store.sip_ha1("w", "callbridge", "MD5") is None
+    status, phone = await api.post("/users", {"name": "p", "password": "pw", "sip": True})
+    assert status == 201 and phone["sip"] is True and store.sip_ha1("p", "callbridge", "MD5")
+    status, body = await api.patch("/users/w", {"sip": True})
+    assert status == 400 and error(body) == ("invalid_field", "sip")
+    status, user = await api.patch("/users/w", {"sip": True, "password": "pw2"})
+    assert status == 200 and user["sip"] is True and store.sip_ha1("w", "callbridge", "MD5")
+    status, user = await api.patch("/users/p", {"sip": False})
+    assert status == 200 and user["sip"] is False and store.sip_ha1("p", "callbridge", "MD5") is None
+
+
 @pytest.mark.parametrize("method, path, body, status, code, field", [
     ("POST", "/users", {"password": "x"}, 400, "missing_field", "name"),
     ("POST", "/users", {"name": "ok"}, 400, "missing_field", "password"),

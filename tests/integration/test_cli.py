@@ -178,3 +178,27 @@ async def test_unrouted_caller_never_reaches_the_trunk(make_engine) -> None:
     finally:
         trunk.close()
         caller.close()
+
+
+def test_users_create_takes_the_password_off_argv(tmp_path: Path) -> None:
+    """Check ``--password-stdin`` reads the password from standard input
+    (nothing secret in argv), ``--password`` still works but warns that argv
+    is public, no password at all (no terminal) is a clear error, and
+    ``--sip`` is what gives a user SIP digest hashes."""
+    from engine.store import SqliteStore
+
+    data = str(tmp_path / "data")
+    piped = subprocess.run([sys.executable, "-m", "engine", "users", "--data-dir", data, "create", "alice",
+                            "--password-stdin", "--sip"], cwd=ROOT, capture_output=True, text=True,
+                           input="s3cret pw\n", timeout=60)
+    assert piped.returncode == 0 and "created user alice (SIP enabled)" in piped.stdout
+    assert "warning" not in piped.stderr
+    visible = callbridge("users", "--data-dir", data, "create", "bob", "--password", "pw-123456")
+    assert visible.returncode == 0 and "warning: --password is visible" in visible.stderr
+    missing = subprocess.run([sys.executable, "-m", "engine", "users", "--data-dir", data, "create", "cy"],
+                             cwd=ROOT, capture_output=True, text=True, input="", timeout=60)
+    assert missing.returncode == 1 and "--password-stdin" in missing.stderr
+    with SqliteStore.in_directory(data) as store:
+        assert store.verify_password("alice", "s3cret pw") and store.verify_password("bob", "pw-123456")
+        assert store.sip_ha1("alice", "callbridge", "MD5") and store.sip_ha1("bob", "callbridge", "MD5") is None
+        assert store.get_user("cy") is None

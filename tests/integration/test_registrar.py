@@ -106,7 +106,7 @@ def bindings(resp: SipResponse) -> dict[str, int]:
 async def registrar(make_engine: EngineFactory) -> Engine:
     engine = await make_engine(RULES, {"dial_user": DIAL_USER})
     assert engine.store is not None
-    engine.store.create_user("alice", PASSWORD)
+    engine.store.create_user("alice", PASSWORD, sip=True)
     return engine
 
 
@@ -153,6 +153,22 @@ async def test_register_refusals(make_engine: EngineFactory, peers: PeerFactory)
     odd = Registration(peer, engine)
     resp = await odd.send(["<sip:alice@127.0.0.1:5071>"], authorization="Basic YWxpY2U6eA==")
     assert resp.status == 401 and len(resp.headers.get_all("WWW-Authenticate")) == 2
+
+
+async def test_web_only_user_cannot_register(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A user created without SIP access (the default: web SDK only, and
+    every guest) is refused with 403 even with the right password, exactly
+    like an unknown user, and the store keeps no digest hash for it."""
+    engine = await registrar(make_engine)
+    assert engine.store is not None
+    engine.store.create_user("webby", PASSWORD)
+    assert engine.store.sip_ha1("webby", "callbridge", "MD5") is None
+    peer = await peers.udp(engine)
+    web_only = Registration(peer, engine, user="webby")
+    resp = await web_only.register(["<sip:webby@127.0.0.1:5071>"])
+    nobody = await Registration(peer, engine, user="nobody").register(["<sip:nobody@127.0.0.1:5071>"])
+    assert (resp.status, resp.reason) == (nobody.status, nobody.reason) == (403, "Forbidden")
+    assert not engine.directory.bindings("webby", time.monotonic())
 
 
 async def test_register_password_guessing_locks_the_account(
