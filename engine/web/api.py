@@ -384,9 +384,13 @@ async def create_login_token(request: web.Request) -> web.Response:
     user = await _in_thread(store.get_user, name)
     if user is None:
         raise ApiError(404, "not_found", f"no user {name!r}", "name")
+    keys = _engine(request).keys
+    if keys is None:
+        raise ApiError(503, "unavailable", "login tokens are not available")
     token = secrets.token_urlsafe(32)
     now = time.time()
-    await _in_thread(store.kv_put, TOKEN_NAMESPACE, token, user.name, ttl, now)
+    # Only a keyed hash is stored: the database alone logs nobody in.
+    await _in_thread(store.kv_put, TOKEN_NAMESPACE, keys.login_token_hash(token), user.name, ttl, now)
     return _json({"token": token, "user": user.name, "expires_at": now + ttl}, 201)
 
 

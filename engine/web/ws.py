@@ -225,7 +225,7 @@ class SdkConnection:
                              **_ref(frame)})
             return
         if token is not None:
-            name = await asyncio.to_thread(_redeem_token, store, token)
+            name = await asyncio.to_thread(_redeem_token, store, getattr(self.engine, "keys", None), token)
         else:
             name = await self._check_password(store, frame["username"], frame["password"])
         user = await asyncio.to_thread(store.get_user, name) if name is not None else None
@@ -470,13 +470,15 @@ def verify_join_token(engine: Any, token: str) -> JoinGrant:
     return grant
 
 
-def _redeem_token(store: Any, token: str) -> str | None:
+def _redeem_token(store: Any, keys: Any, token: str) -> str | None:
     """The user of a one-time login token, which is used up (the management
-    API issues them: ``POST /api/v1/users/{name}/login-tokens``)."""
-    if not 16 <= len(token) <= 128:
+    API issues them: ``POST /api/v1/users/{name}/login-tokens``; the store
+    keeps only :meth:`engine.tokens.Keys.login_token_hash` of it)."""
+    if keys is None or not isinstance(token, str) or not 16 <= len(token) <= 128:
         return None
-    name = store.kv_get(TOKEN_NAMESPACE, token, time.time())
-    if name is None or not store.kv_delete(TOKEN_NAMESPACE, token):
+    key = keys.login_token_hash(token)
+    name = store.kv_get(TOKEN_NAMESPACE, key, time.time())
+    if name is None or not store.kv_delete(TOKEN_NAMESPACE, key):
         return None  # unknown, expired, or redeemed concurrently
     return str(name)
 

@@ -4,6 +4,7 @@ engine, and ``callbridge keys`` creating a key that the API accepts."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -188,11 +189,16 @@ async def test_keys_cli_creates_a_key_the_api_accepts(tmp_path: Path, make_engin
 
 async def test_one_time_login_token_logs_the_sdk_in_once(api: Api, http: aiohttp.ClientSession) -> None:
     """Check ``POST /users/{name}/login-tokens`` issues a key with which the
-    web SDK logs in as that user without the password, once; an unknown
-    user is 404 and a bad ttl 400."""
+    web SDK logs in as that user without the password, once; the database
+    holds only a hash of it; an unknown user is 404 and a bad ttl 400."""
     assert (await api.post("/users", {"name": "kim", "password": "secret-pw", "display_name": "Kim"}))[0] == 201
     status, issued = await api.post("/users/kim/login-tokens")
     assert status == 201 and issued["user"] == "kim" and len(issued["token"]) >= 32
+    store = api.engine.store
+    assert store is not None and isinstance(store.path, Path)
+    with sqlite3.connect(store.path) as db:  # the file itself, WAL included
+        keys = [row[0] for row in db.execute("SELECT key FROM kv")]
+    assert keys and issued["token"] not in keys and issued["token"] not in repr(keys)
     status, body = await api.post("/users/nobody/login-tokens", {"ttl": 60})
     assert status == 404 and error(body) == ("not_found", "name")
     status, body = await api.post("/users/kim/login-tokens", {"ttl": -1})

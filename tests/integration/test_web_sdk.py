@@ -134,7 +134,8 @@ async def test_login_by_password_and_by_one_time_token(
 ) -> None:
     """Check a wrong password and an unknown user fail with login_failed,
     the right one logs in (with the display name), a second login is
-    refused, and a one-time token logs in once only."""
+    refused, and a one-time token logs in once only; the store keeps only
+    a keyed hash of the token, and that hash itself logs nobody in."""
     sock = await sdk()
     await sock.hello()
     assert (await sock.login("alice", "wrong"))["code"] == "login_failed"
@@ -144,7 +145,13 @@ async def test_login_by_password_and_by_one_time_token(
     assert (await sock.login("alice", "wonderland"))["code"] == "already_logged_in"
 
     assert engine.store is not None
-    engine.store.kv_put(TOKEN_NAMESPACE, "t" * 32, "alice", 60, time.time())
+    assert engine.keys is not None
+    stored = engine.keys.login_token_hash("t" * 32)
+    engine.store.kv_put(TOKEN_NAMESPACE, stored, "alice", 60, time.time())
+    assert "t" * 32 not in stored
+    forged = await sdk()
+    await forged.hello()
+    assert (await forged.request({"type": "login", "token": stored}))["code"] == "login_failed"
     first = await sdk()
     await first.hello()
     ok = await first.request({"type": "login", "token": "t" * 32})
