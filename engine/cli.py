@@ -358,6 +358,10 @@ def _store_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "users", "rooms", "keys"):
+        # Everything these write (database, key, logs, recordings, caches)
+        # is private to the service's user: files 0600, directories 0700.
+        os.umask(0o077)
     if args.command == "serve":
         return _serve(args)
     if args.command == "rules":

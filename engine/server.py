@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,7 +166,10 @@ class Engine:
                 raise StartupError(f"--trunk: {exc}") from None
         if cfg.rtp_timeout < 0:
             raise StartupError(f"rtp_timeout must be 0 (off) or more seconds, not {cfg.rtp_timeout}")
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            _private_data_dir(cfg.data_dir)
+        except OSError as exc:
+            raise StartupError(f"{cfg.data_dir}: cannot create or protect the data directory: {exc}") from None
         self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
         self._started.append("store")
         try:
@@ -333,6 +338,29 @@ class Engine:
         self.runtime.reload(rules)
         self.rules = rules
         return rules
+
+
+def _private_data_dir(data_dir: Path) -> None:
+    """Create the data directory with mode 0700, or tighten it (and what is
+    in it: database, key, logs, recordings, caches) when group or others
+    may read it, with a warning: it holds password hashes, the master key,
+    recordings and logs of who called whom."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    loose = 0
+    for root, dirs, files in os.walk(data_dir):
+        for name, mode in [(root, 0o700)] + [(os.path.join(root, d), 0o700) for d in dirs] + [
+                (os.path.join(root, f), 0o600) for f in files]:
+            try:
+                st = os.lstat(name)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(name, mode)
+                loose += 1
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+    if loose:
+        logger.warning("%s: took group and other access away from %d files and directories"
+                       " (the data directory is private: mode 0700, files 0600)", data_dir, loose)
 
 
 async def run_forever(engine: Engine, stop: asyncio.Event) -> None:

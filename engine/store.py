@@ -860,6 +860,25 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600, or take group and other access away
+    from it and its WAL files; SQLite gives the ``-wal`` and ``-shm`` files
+    it creates later the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        extra = Path(f"{path}{suffix}")
+        try:
+            if extra.stat().st_mode & 0o077:
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _check_scopes(scopes: object) -> tuple[str, ...]:
     if not isinstance(scopes, (list, tuple)) or not scopes:
         raise InvalidValue("scopes", f"must be a non-empty list of {', '.join(API_SCOPES)}")
@@ -905,7 +924,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         try:
             if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _private_file(self.path)
             conn = sqlite3.connect(
                 os.fspath(self.path), check_same_thread=False, isolation_level=None
             )
