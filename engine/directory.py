@@ -820,7 +820,7 @@ class LoginGuard:
     :param policy: the thresholds and delays.
     """
 
-    def __init__(self, directory: Any, policy: LoginBackoff | None = None) -> None:
+    def __init__(self, directory: Directory, policy: LoginBackoff | None = None) -> None:
         self.directory = directory
         self.policy = policy or LoginBackoff()
 

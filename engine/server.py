@@ -102,6 +102,9 @@ class EngineConfig:
     #: Lockouts after wrong passwords (REGISTER and the web SDK's login),
     #: per account and per source address.
     login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
+    #: Digits of the PINs the engine draws for new rooms, and the fewest an
+    #: operator's PIN may have (API and CLI).
+    pin_min_length: int = 6
 
 
 class Engine:
@@ -170,12 +173,12 @@ class Engine:
             _private_data_dir(cfg.data_dir)
         except OSError as exc:
             raise StartupError(f"{cfg.data_dir}: cannot create or protect the data directory: {exc}") from None
-        self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
-        self._started.append("store")
         try:
             self.keys = Keys.in_directory(cfg.data_dir)
         except (OSError, ValueError) as exc:
             raise StartupError(f"{cfg.data_dir / 'secret.key'}: cannot read or create the key: {exc}") from None
+        self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm, pin_key=self.keys.pin_key)
+        self._started.append("store")
         # One RTP allocator per listen address: media is bound where SIP
         # listens, in the peer's address family; only the SDP carries the
         # advertised address.

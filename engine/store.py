@@ -41,6 +41,17 @@ have their passwords reset (or log in once through :meth:`SqliteStore.verify_pas
 which recomputes the HA1 values for the current realm); until then
 :meth:`Store.sip_ha1` returns ``None`` for them.
 
+.. rubric:: Room PINs
+
+A room's phone PINs are stored as ``h1:`` and HMAC-SHA256 under
+``pin_key`` (the engine derives it from its master key, which is not in the
+database): deterministic, so :meth:`SqliteStore.find_room_by_pin` is one
+index lookup, and a copy of the database does not reveal them, nor can
+they be tried against it offline without the key. :class:`Room` carries
+only the hashes; a PIN is shown once, by whoever created it. PINs stored
+in clear by an older version are hashed when the database is opened with
+a key.
+
 .. rubric:: Names
 
 User names are 1-64 characters of ``A-Z a-z 0-9 . _ -`` (not ``.`` or
@@ -202,13 +213,19 @@ class Room:
     created_at: float
     max_participants: int | None = None
     record_on_start: bool = False
-    pin: str | None = None
-    moderator_pin: str | None = None
+    #: Keyed hashes of the PINs (never the PINs): see the module documentation.
+    pin_hash: str | None = None
+    moderator_pin_hash: str | None = None
     end_when_empty_after: float | None = None
     starts_at: float | None = None
     duration: float | None = None
     ended_at: float | None = None
     locked: bool = False
+
+    @property
+    def has_pin(self) -> bool:
+        """Whether phone callers need a PIN (else they join by the room's id)."""
+        return self.pin_hash is not None
 
     @property
     def ends_at(self) -> float | None:
@@ -467,6 +484,10 @@ class Store(Protocol):
 
     def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
         """The room a phone PIN opens and the role it gives (``guest`` or ``moderator``)."""
+        ...
+
+    def room_pin_role(self, room_id: str, pin: str) -> str | None:
+        """The role ``pin`` gives in room ``room_id`` (constant-time), or ``None``."""
         ...
 
     def delete_room(self, room_id: str) -> bool:
@@ -900,6 +921,9 @@ class SqliteStore:
         the module documentation before changing it.
     :param password_params: scrypt cost for new hashes.
     :param clock: returns seconds since the epoch, for ``created_at``.
+    :param pin_key: the key room PINs are hashed with (``Keys.pin_key``);
+        without one a random key is drawn, and PINs set through this object
+        are not found again after the database is reopened.
     :raises StoreError: the database cannot be opened or has a newer schema.
     """
 
@@ -910,7 +934,11 @@ class SqliteStore:
         sip_realm: str = "callbridge",
         password_params: ScryptParams | None = None,
         clock: Callable[[], float] = time.time,
+        pin_key: bytes | None = None,
     ) -> None:
+        if pin_key is not None and (not isinstance(pin_key, bytes) or len(pin_key) < 16):
+            raise InvalidValue("pin_key", "must be at least 16 bytes")
+        self._pin_key = pin_key if pin_key is not None else secrets.token_bytes(32)
         if not isinstance(sip_realm, str) or not sip_realm or '"' in sip_realm or (
             _CONTROL_RE.search(sip_realm)
         ):
@@ -937,6 +965,8 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
+            if pin_key is not None:
+                self._hash_clear_pins(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
@@ -975,6 +1005,33 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _hash_clear_pins(self, conn: sqlite3.Connection) -> None:
+        """Replace PINs an older version stored in clear by their hashes."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT room_id, pin, moderator_pin FROM rooms WHERE pin NOT LIKE 'h1:%'"
+                " OR moderator_pin NOT LIKE 'h1:%'"
+            ).fetchall()
+            for room_id, pin, moderator_pin in rows:
+                conn.execute(
+                    "UPDATE rooms SET pin = ?, moderator_pin = ? WHERE room_id = ?",
+                    (self._stored_pin(pin), self._stored_pin(moderator_pin), room_id),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _stored_pin(self, value: str | None) -> str | None:
+        if value is None or value.startswith("h1:"):
+            return value
+        return self.pin_hash(value)
+
+    def pin_hash(self, pin: str) -> str:
+        """What is stored of a room PIN: ``h1:`` and HMAC-SHA256 under ``pin_key``."""
+        return "h1:" + hmac.new(self._pin_key, pin.encode("utf-8"), hashlib.sha256).hexdigest()
 
     @property
     def schema_version(self) -> int:
@@ -1363,7 +1420,9 @@ class SqliteStore:
         :param max_participants: at most this many in at once (1-10000), ``None``: no cap.
         :param record_on_start: whether the conference records from its start.
         :param pin: 4-16 digits phone callers enter to join (``None``: the room
-            id, when it is all digits, as before rooms had PINs).
+            id, when it is all digits, as before rooms had PINs). Only its
+            keyed hash is kept; a PIN is unique among rooms (PINs, moderator
+            PINs and the ids of rooms without a PIN).
         :param moderator_pin: 4-16 digits that join as a moderator.
         :param end_when_empty_after: seconds after the last participant left
             when the room ends (``None``: it stays open).
@@ -1394,25 +1453,36 @@ class SqliteStore:
             if duration <= 0:
                 raise InvalidValue("duration", "must be more than 0 seconds")
         created_at = self._clock()
+        pin_hash = self.pin_hash(pin) if pin is not None else None
+        moderator_hash = self.pin_hash(moderator_pin) if moderator_pin is not None else None
         try:
             with self._write() as conn:
-                for field, value in (("pin", pin), ("moderator_pin", moderator_pin)):
+                if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone():
+                    raise RoomExists(room_id)
+                for field, value, hashed in (("pin", pin, pin_hash),
+                                             ("moderator_pin", moderator_pin, moderator_hash)):
                     if value is not None and conn.execute(
                         "SELECT 1 FROM rooms WHERE pin = ? OR moderator_pin = ?"
-                        " OR (room_id = ? AND pin IS NULL)", (value, value, value),
+                        " OR (room_id = ? AND pin IS NULL)", (hashed, hashed, value),
                     ).fetchone():
                         raise InvalidValue(field, "is in use by another room")
+                if pin is None and conn.execute(
+                    "SELECT 1 FROM rooms WHERE pin = ? OR moderator_pin = ?",
+                    (self.pin_hash(room_id), self.pin_hash(room_id)),
+                ).fetchone():
+                    # Joined by its id, it would collide with another room's PIN.
+                    raise InvalidValue("pin", f"is needed: room id {room_id!r} is another room's PIN")
                 conn.execute(
                     f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
                     (room_id, display_name, created_at, max_participants, int(record_on_start),
-                     pin, moderator_pin, end_when_empty_after, starts_at, duration),
+                     pin_hash, moderator_hash, end_when_empty_after, starts_at, duration),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise RoomExists(room_id) from None
             raise
-        return Room(room_id, display_name, created_at, max_participants, record_on_start, pin,
-                    moderator_pin, end_when_empty_after, starts_at, duration, None, False)
+        return Room(room_id, display_name, created_at, max_participants, record_on_start, pin_hash,
+                    moderator_hash, end_when_empty_after, starts_at, duration, None, False)
 
     def get_room(self, room_id: str) -> Room | None:
         """Return the room, or ``None``.
@@ -1483,18 +1553,37 @@ class SqliteStore:
 
         :returns: ``(room, role)``, or ``None``.
         """
-        if not isinstance(pin, str) or not pin:
+        if not isinstance(pin, str) or not pin or len(pin) > 64:
             return None
+        hashed = self.pin_hash(pin)
         with self._read() as conn:
             row = conn.execute(
                 f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE pin = ? OR moderator_pin = ?"
                 " OR (room_id = ? AND pin IS NULL) ORDER BY pin = ? DESC LIMIT 1",
-                (pin, pin, pin, pin),
+                (hashed, hashed, pin, hashed),
             ).fetchone()
         if row is None:
             return None
         room = _room(row)
-        return room, "moderator" if room.moderator_pin == pin else "guest"
+        moderator = room.moderator_pin_hash is not None and hmac.compare_digest(
+            room.moderator_pin_hash, hashed)
+        return room, "moderator" if moderator else "guest"
+
+    def room_pin_role(self, room_id: str, pin: str) -> str | None:
+        """The role ``pin`` gives in room ``room_id``: ``guest`` for its PIN
+        (or its id, when it has no PIN), ``moderator`` for its moderator
+        PIN, else ``None``. Compared in constant time.
+        """
+        room = self.get_room(room_id)
+        if room is None or not isinstance(pin, str) or not pin or len(pin) > 64:
+            return None
+        hashed = self.pin_hash(pin)
+        is_moderator = hmac.compare_digest(room.moderator_pin_hash or "", hashed)
+        if room.pin_hash is None:
+            is_guest = hmac.compare_digest(room.room_id.encode(), pin.encode("utf-8"))
+        else:
+            is_guest = hmac.compare_digest(room.pin_hash, hashed)
+        return "moderator" if is_moderator else "guest" if is_guest else None
 
     def delete_room(self, room_id: str) -> bool:
         """Delete a room and its invites.

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ..rooms import RoomRefused
+from ..rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
 from ..scenario import AppEvents, Session
 from ..store import (
     API_SCOPES,
@@ -449,7 +449,8 @@ async def create_room(request: web.Request) -> web.Response:
     display_name = _str(data, "display_name", max_len=128)
     max_participants = _int(data, "max_participants", 1, 10000)
     record_on_start = _bool(data, "record_on_start") or False
-    pin = _str(data, "pin", max_len=16)
+    # No "pin": the engine draws one; "pin": null: an open room (joined by its id).
+    pin: str | None | Any = _str(data, "pin", max_len=16) if "pin" in data else GENERATE
     moderator_pin = _str(data, "moderator_pin", max_len=16)
     end_when_empty_after = _number(data, "end_when_empty_after", 0, 86400 * 365)
     starts_at = duration = None
@@ -464,10 +465,11 @@ async def create_room(request: web.Request) -> web.Response:
             starts_at = _time(schedule["start"], "schedule.start")
         duration = _number(schedule, "duration", 0, 86400 * 365, label="schedule.duration",
                            exclusive_low=True)
+    min_length = int(getattr(_engine(request).config, "pin_min_length", PIN_MIN_LENGTH))
     try:
-        room = _store(request).create_room(
-            name, display_name=display_name, max_participants=max_participants,
-            record_on_start=record_on_start, pin=pin, moderator_pin=moderator_pin,
+        room, clear_pin = create_room_with_pin(
+            _store(request), name, display_name=display_name, max_participants=max_participants,
+            record_on_start=record_on_start, pin=pin, moderator_pin=moderator_pin, min_length=min_length,
             end_when_empty_after=end_when_empty_after, starts_at=starts_at, duration=duration,
         )
     except RoomExists:
@@ -475,7 +477,10 @@ async def create_room(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise _store_error(exc, {"room_id": "name", "starts_at": "schedule.start",
                                  "duration": "schedule.duration"}) from None
-    return _json(_room_view(request, room, participants=True), 201)
+    view = _room_view(request, room, participants=True)
+    # The PINs in clear, this once: only their keyed hashes are kept.
+    view["pin"], view["moderator_pin"] = clear_pin, moderator_pin
+    return _json(view, 201)
 
 
 async def get_room(request: web.Request) -> web.Response:
