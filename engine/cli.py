@@ -78,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--scenarios", type=Path, default=Path(_env("SCENARIOS", "scenarios")))
     serve.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
     serve.add_argument("--trunk", default=_env("TRUNK", None),
-                       help="SIP trunk for call_pstn: sip:user:password@host:port[;transport=tcp]")
+                       help="SIP trunk for call_pstn: sip:user@host:port[;transport=tcp]; give its"
+                       " password with --trunk-password-file or CALLBRIDGE_TRUNK_PASSWORD, not in"
+                       " the URI (argv is visible to every local user)")
+    serve.add_argument("--trunk-password-file", type=Path, default=_env("TRUNK_PASSWORD_FILE", None),
+                       help="a file whose first line is the trunk's password")
+    serve.add_argument("--pin-min-length", type=int, default=int(_env("PIN_MIN_LENGTH", 6)),
+                       help="digits of the PINs drawn for new rooms, and the fewest a given PIN may have")
     serve.add_argument("--advertised-host", default=_env("ADVERTISED_HOST", None),
                        help="address to put in Via, Contact and SDP (behind NAT)")
     serve.add_argument("--rtp-ports", default=_env("RTP_PORTS", "20000-30000"),
@@ -175,11 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
         c = s.add_parser("create")
         c.add_argument("id")
         if name == "users":
-            c.add_argument("--password", required=True)
+            c.add_argument("--password", help="the password; visible in the process list to every"
+                           " local user: prefer --password-stdin or the prompt")
+            c.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+            c.add_argument("--sip", action="store_true",
+                           help="the user may REGISTER a SIP phone (SIP digest hashes are kept only then)")
         else:
             c.add_argument("--max-participants", type=int)
-            c.add_argument("--pin", help="4-16 digits phone callers enter (default: the room id)")
-            c.add_argument("--moderator-pin", help="4-16 digits that join as a moderator")
+            c.add_argument("--pin", help="the digits phone callers enter (default: a random PIN,"
+                           " printed once)")
+            c.add_argument("--no-pin", action="store_true",
+                           help="an open room: phone callers enter the room's id")
+            c.add_argument("--moderator-pin", help="digits that join as a moderator")
+            c.add_argument("--pin-min-length", type=int, default=int(_env("PIN_MIN_LENGTH", 6)),
+                           help="digits of a drawn PIN, and the fewest a given PIN may have")
         c.add_argument("--display-name")
         s.add_parser("list")
         d = s.add_parser("delete")
@@ -228,7 +244,8 @@ def _config_from(args: argparse.Namespace) -> Any:
     return EngineConfig(
         sip_hosts=[h.strip() for h in args.sip_host.split(",") if h.strip()],
         sip_port=args.sip_port, http_host=args.http_host, http_port=args.http_port,
-        rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=args.trunk,
+        rules=args.rules, scenarios=args.scenarios, data_dir=args.data_dir, trunk=_trunk_of(args),
+        pin_min_length=args.pin_min_length,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on", guest_login=args.guests == "on",
@@ -238,6 +255,37 @@ def _config_from(args: argparse.Namespace) -> Any:
         webhook_private_networks=args.webhook_private_networks == "allow",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
     )
+
+
+def _trunk_of(args: argparse.Namespace) -> str | None:
+    """The trunk URI with its password filled in from ``--trunk-password-file``
+    or ``CALLBRIDGE_TRUNK_PASSWORD`` (kept out of argv); warns when the
+    password came on the command line."""
+    from urllib.parse import quote
+
+    trunk = args.trunk
+    if trunk is None:
+        return None
+    argv_trunk = trunk != os.environ.get("CALLBRIDGE_TRUNK")  # else it came from the environment
+    scheme, sep, rest = trunk.partition(":")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if argv_trunk and at and ":" in userinfo:
+        print("callbridge: warning: the trunk password in --trunk is visible to other local users"
+              " in the process list; use --trunk-password-file or CALLBRIDGE_TRUNK_PASSWORD",
+              file=sys.stderr)
+    password = os.environ.get("CALLBRIDGE_TRUNK_PASSWORD")
+    if args.trunk_password_file is not None:
+        try:
+            password = Path(args.trunk_password_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"callbridge: --trunk-password-file {args.trunk_password_file}: cannot read"
+                             f" a password: {getattr(exc, 'strerror', None) or 'the file is empty'}")
+    if password is None:
+        return str(trunk)
+    if not sep or not at:
+        raise SystemExit("callbridge: --trunk needs a user (sip:user@host) for its password")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}:{user}:{quote(password, safe='')}@{hostpart}"
 
 
 def _tune_gc() -> None:
@@ -335,10 +383,48 @@ def _call(args: argparse.Namespace) -> int:
     return 0 if result.connected else 1
 
 
-def _store_command(args: argparse.Namespace) -> int:
-    from .store import SqliteStore, StoreError
+def _password_of(args: argparse.Namespace) -> str | None:
+    """The new user's password: ``--password-stdin`` (one line), else
+    ``--password`` (with a warning: argv is public), else typed at a
+    prompt; ``None`` after printing why there is none."""
+    if args.password is not None and args.password_stdin:
+        print("callbridge: give --password or --password-stdin, not both", file=sys.stderr)
+        return None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        print("callbridge: warning: --password is visible to other local users in the process"
+              " list and shell history; use --password-stdin", file=sys.stderr)
+        password = args.password
+    elif sys.stdin.isatty():
+        import getpass
 
-    store = SqliteStore.in_directory(args.data_dir, sip_realm=args.realm)
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("callbridge: the passwords differ", file=sys.stderr)
+            return None
+    else:
+        print("callbridge: give the password with --password-stdin (or type it at a terminal)",
+              file=sys.stderr)
+        return None
+    if not password:
+        print("callbridge: invalid password: must not be empty", file=sys.stderr)
+        return None
+    return password
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    from .rooms import GENERATE, create_room_with_pin
+    from .store import SqliteStore, StoreError
+    from .tokens import Keys
+
+    try:
+        # The engine's keys: room PINs are hashed with one derived from them.
+        keys = Keys.in_directory(args.data_dir)
+    except (OSError, ValueError) as exc:
+        print(f"callbridge: {args.data_dir}/secret.key: cannot read or create the key: {exc}", file=sys.stderr)
+        return 1
+    store = SqliteStore.in_directory(args.data_dir, sip_realm=args.realm, pin_key=keys.pin_key)
     try:
         if args.command == "keys":
             if args.action == "create":
@@ -357,11 +443,14 @@ def _store_command(args: argparse.Namespace) -> int:
                 print(f"deleted API key {args.id}")
         elif args.command == "users":
             if args.action == "create":
-                user = store.create_user(args.id, args.password, args.display_name)
-                print(f"created user {user.name}")
+                password = _password_of(args)
+                if password is None:
+                    return 1
+                user = store.create_user(args.id, password, args.display_name, sip=args.sip)
+                print(f"created user {user.name}" + (" (SIP enabled)" if user.sip else ""))
             elif args.action == "list":
                 for user in store.list_users(0, 1000):
-                    print(f"{user.name}\t{user.display_name or ''}")
+                    print(f"{user.name}\t{user.display_name or ''}\t{'sip' if user.sip else 'web'}")
             elif args.action == "delete":
                 if not store.delete_user(args.id):
                     print(f"callbridge: no user {args.id!r}", file=sys.stderr)
@@ -369,13 +458,21 @@ def _store_command(args: argparse.Namespace) -> int:
                 print(f"deleted user {args.id}")
         else:
             if args.action == "create":
-                room = store.create_room(args.id, display_name=args.display_name,
-                                         max_participants=args.max_participants, pin=args.pin,
-                                         moderator_pin=args.moderator_pin)
-                print(f"created room {room.room_id}: phone callers join with PIN {room.pin or room.room_id}")
+                if args.no_pin and args.pin is not None:
+                    print("callbridge: give --pin or --no-pin, not both", file=sys.stderr)
+                    return 1
+                room, pin = create_room_with_pin(
+                    store, args.id, display_name=args.display_name,
+                    max_participants=args.max_participants,
+                    pin=None if args.no_pin else GENERATE if args.pin is None else args.pin,
+                    moderator_pin=args.moderator_pin, min_length=args.pin_min_length)
+                # Shown this once: the store keeps only keyed hashes of the PINs.
+                print(f"created room {room.room_id}: phone callers join with PIN {pin or room.room_id}")
+                if args.moderator_pin:
+                    print(f"moderators join with PIN {args.moderator_pin}")
             elif args.action == "list":
                 for room in store.list_rooms():
-                    print(f"{room.room_id}\t{room.display_name or ''}")
+                    print(f"{room.room_id}\t{room.display_name or ''}\t{'pin' if room.has_pin else 'open'}")
             elif args.action == "delete":
                 if not store.delete_room(args.id):
                     print(f"callbridge: no room {args.id!r}", file=sys.stderr)
@@ -391,6 +488,10 @@ def _store_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "users", "rooms", "keys"):
+        # Everything these write (database, key, logs, recordings, caches)
+        # is private to the service's user: files 0600, directories 0700.
+        os.umask(0o077)
     if args.command == "serve":
         return _serve(args)
     if args.command == "rules":

@@ -14,6 +14,9 @@ What it holds:
 * **rate limits and bans**: token buckets and ban deadlines for the SIP
   server's flood protection, with memory bounded against floods from random
   source addresses;
+* **password guessing**: failed logins per account and per source address,
+  with exponential lockouts (:class:`LoginGuard`, used by the registrar and
+  the web SDK's password login);
 * **web user presence**: to come (see the marked place in :class:`Directory`).
 
 Time is always an argument (``now``, seconds on any monotonic-enough scale
@@ -42,6 +45,8 @@ __all__ = [
     "Directory",
     "DirectoryError",
     "DirectoryStats",
+    "LoginBackoff",
+    "LoginGuard",
     "MemoryDirectory",
     "OutOfOrder",
     "Source",
@@ -264,6 +269,19 @@ class Directory(Protocol):
         """Whether ``key`` is banned at ``now``."""
         ...
 
+    def locked_for(self, key: str, now: float) -> float:
+        """Seconds ``key`` stays locked out after failures (0.0: it may try)."""
+        ...
+
+    def add_failure(self, key: str, now: float, *, free: int, base: float, cap: float,
+                    forget: float) -> float:
+        """Count one failure of ``key``; return the lockout it now serves (0.0: none)."""
+        ...
+
+    def clear_failures(self, key: str) -> bool:
+        """Forget the failures of ``key``; ``False`` when none were counted."""
+        ...
+
     def prune(self, now: float) -> int:
         """Forget everything that no longer matters at ``now``; return how many entries."""
         ...
@@ -356,6 +374,8 @@ class MemoryDirectory:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         # key -> until, oldest first
         self._bans: dict[str, float] = {}
+        # key -> [failures, locked_until, forget_at], least recently failed first
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
     # -- registrations --------------------------------------------------------
 
@@ -663,6 +683,59 @@ class MemoryDirectory:
         del self._bans[key]
         return False
 
+    # -- failed logins --------------------------------------------------------
+
+    def locked_for(self, key: str, now: float) -> float:
+        """Seconds ``key`` stays locked out (0.0: it may try now).
+
+        :param key: what failed, e.g. ``"login:user:alice"``.
+        :param now: the current time.
+        """
+        entry = self._failures.get(key)
+        if entry is None:
+            return 0.0
+        if entry[2] <= now and entry[1] <= now:
+            del self._failures[key]
+            return 0.0
+        return max(0.0, entry[1] - now)
+
+    def add_failure(self, key: str, now: float, *, free: int, base: float, cap: float,
+                    forget: float) -> float:
+        """Count one failure of ``key``.
+
+        The first ``free`` failures cost nothing; failure ``free + k`` (k = 0,
+        1, ...) locks ``key`` out for ``min(cap, base * 2**k)`` seconds.
+        Failures are forgotten ``forget`` seconds after the last one (or once
+        its lockout is over, whichever is later). Beyond ``max_rate_keys``
+        keys the least recently failed is dropped, so memory stays bounded.
+
+        :returns: the seconds of lockout this failure started (0.0: none).
+        """
+        now = _check_number("now", now)
+        if type(free) is not int or free < 1:
+            raise ValueError(f"free must be a positive integer, not {free!r}")
+        failures = self._failures
+        entry = failures.get(key)
+        if entry is None or (entry[2] <= now and entry[1] <= now):
+            if entry is None and len(failures) >= self.max_rate_keys:
+                failures.popitem(last=False)
+            entry = failures[key] = [0.0, 0.0, 0.0]
+        entry[0] += 1
+        excess = int(entry[0]) - free
+        lock = min(cap, base * 2.0 ** min(excess, 60)) if excess >= 0 else 0.0
+        if lock > 0:
+            entry[1] = max(entry[1], now + lock)
+        entry[2] = max(now + forget, entry[1])
+        failures.move_to_end(key)
+        return lock
+
+    def clear_failures(self, key: str) -> bool:
+        """Forget the failures of ``key`` (a successful login).
+
+        :returns: ``False`` when none were counted.
+        """
+        return self._failures.pop(key, None) is not None
+
     # -- housekeeping ---------------------------------------------------------
 
     def prune(self, now: float) -> int:
@@ -684,6 +757,10 @@ class MemoryDirectory:
         for key in stale:
             del self._bans[key]
             dropped += 1
+        stale = [k for k, f in self._failures.items() if f[1] <= now and f[2] <= now]
+        for key in stale:
+            del self._failures[key]
+            dropped += 1
         for aor in list(self._aors):
             before = len(self._aors[aor])
             dropped += before - len(self._live(aor, now))
@@ -698,3 +775,81 @@ class MemoryDirectory:
             rate_keys=len(self._buckets),
             bans=len(self._bans),
         )
+
+
+# -- password guessing ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginBackoff:
+    """How failed logins lock an account, and a source address, out.
+
+    After ``account_free`` failures for one account name (compared without
+    case) every further failure locks that account for everyone for
+    ``base`` seconds, doubling up to ``cap``; likewise after ``source_free``
+    failures from one source address. Failures are forgotten ``forget``
+    seconds after the last one.
+    """
+
+    account_free: int = 5
+    source_free: int = 20
+    base: float = 1.0
+    cap: float = 300.0
+    forget: float = 900.0
+
+    def __post_init__(self) -> None:
+        for field_, value in (("account_free", self.account_free), ("source_free", self.source_free)):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{field_} must be a positive integer, not {value!r}")
+        for field_, number in (("base", self.base), ("cap", self.cap), ("forget", self.forget)):
+            if not _check_number(field_, number) > 0:
+                raise ValueError(f"{field_} must be more than 0 seconds, not {number!r}")
+
+
+class LoginGuard:
+    """Per-account and per-source lockouts of password checks.
+
+    The caller asks :meth:`refusal` before checking a password (while
+    locked, it answers as for a wrong password *without* checking, so no
+    hash is computed and the right password is refused too), then reports
+    the outcome with :meth:`failed` or :meth:`succeeded`. An account that
+    does not exist is treated exactly like one that does. The state lives
+    in the :class:`Directory`, so nodes sharing one share the lockouts.
+
+    :param directory: where the failure counts are kept.
+    :param policy: the thresholds and delays.
+    """
+
+    def __init__(self, directory: Directory, policy: LoginBackoff | None = None) -> None:
+        self.directory = directory
+        self.policy = policy or LoginBackoff()
+
+    @staticmethod
+    def _account(user: str) -> str:
+        return "login:user:" + user.lower()
+
+    @staticmethod
+    def _source(src: str) -> str:
+        return "login:src:" + src
+
+    def refusal(self, user: str, src: str | None, now: float) -> str | None:
+        """``"account"`` or ``"source"`` when that is locked out at ``now``, else ``None``."""
+        if self.directory.locked_for(self._account(user), now) > 0:
+            return "account"
+        if src and self.directory.locked_for(self._source(src), now) > 0:
+            return "source"
+        return None
+
+    def failed(self, user: str, src: str | None, now: float) -> float:
+        """Count a wrong password; return the lockout it started (0.0: none)."""
+        p = self.policy
+        lock = self.directory.add_failure(self._account(user), now, free=p.account_free, base=p.base,
+                                          cap=p.cap, forget=p.forget)
+        if src:
+            lock = max(lock, self.directory.add_failure(self._source(src), now, free=p.source_free,
+                                                        base=p.base, cap=p.cap, forget=p.forget))
+        return lock
+
+    def succeeded(self, user: str) -> None:
+        """A right password: the account's count starts again (the source's stays)."""
+        self.directory.clear_failures(self._account(user))

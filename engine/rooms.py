@@ -20,20 +20,86 @@ terminates the conference session there, which finishes its recording: so
 Events (``room.started``, ``room.ended``, ``participant.joined``,
 ``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
 the engine turns them into webhook deliveries.
+
+.. rubric:: PINs
+
+A room created through the API or the CLI gets a random PIN of
+:data:`PIN_MIN_LENGTH` digits (``secrets``) unless it is given one, or is
+explicitly made an open room (API ``"pin": null``, CLI ``--no-pin``:
+phone callers then type the room's id). A PIN given by the operator must
+have at least the configured minimum of digits (:func:`check_pin`). The
+store keeps only keyed hashes: the PIN is shown once, in the answer that
+created the room; afterwards ``pin_set`` says whether there is one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hmac
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .store import Room, Store
+from .store import InvalidValue, Room, Store
 
-__all__ = ["Participant", "RoomRefused", "RoomService", "room_id_of"]
+__all__ = ["GENERATE", "PIN_MIN_LENGTH", "Participant", "RoomRefused", "RoomService", "check_pin",
+           "create_room_with_pin", "new_pin", "room_id_of"]
+
+#: Digits of a generated PIN, and the fewest an operator's PIN may have.
+PIN_MIN_LENGTH = 6
+
+class _Generate(enum.Enum):
+    GENERATE = "generate"
+
+
+#: Stands for "no pin argument given: draw one" in :func:`create_room_with_pin`.
+GENERATE = _Generate.GENERATE
+
+
+def new_pin(length: int = PIN_MIN_LENGTH) -> str:
+    """A random PIN of ``length`` digits (:mod:`secrets`)."""
+    return "".join(secrets.choice("0123456789") for _ in range(length))
+
+
+def check_pin(field: str, pin: str | None, min_length: int = PIN_MIN_LENGTH) -> None:
+    """Refuse an operator's PIN shorter than ``min_length`` digits (or not digits).
+
+    :raises InvalidValue: naming ``field``.
+    """
+    if pin is not None and (not isinstance(pin, str) or not pin.isascii() or not pin.isdigit()
+                            or not min_length <= len(pin) <= 16):
+        raise InvalidValue(field, f"must be {min_length} to 16 digits")
+
+
+def create_room_with_pin(
+    store: Store, room_id: str, *, pin: str | None | _Generate = GENERATE, moderator_pin: str | None = None,
+    min_length: int = PIN_MIN_LENGTH, **settings: Any,
+) -> tuple[Room, str | None]:
+    """Create a room as the API and the CLI do: with the PIN given (at
+    least ``min_length`` digits), a fresh random one (``pin=GENERATE``, the
+    default; redrawn while it collides with another room's), or none
+    (``pin=None``: an open room, joined by its id).
+
+    :returns: the room and its PIN in clear (to show once), or ``None``.
+    :raises InvalidValue: a PIN too short, or in use by another room.
+    """
+    check_pin("moderator_pin", moderator_pin, min_length)
+    if not isinstance(pin, _Generate):
+        check_pin("pin", pin, min_length)
+        return store.create_room(room_id, pin=pin, moderator_pin=moderator_pin, **settings), pin
+    for attempt in range(20):
+        drawn = new_pin(min_length + attempt // 10)  # longer if the space is crowded
+        if drawn == moderator_pin:
+            continue
+        try:
+            return store.create_room(room_id, pin=drawn, moderator_pin=moderator_pin, **settings), drawn
+        except InvalidValue as exc:
+            if exc.field != "pin" or "in use" not in exc.reason:
+                raise
+    raise InvalidValue("pin", "no free PIN was found: give one")
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +167,16 @@ class RoomService:
             logger.debug("room lookup %r: %s", name, exc)
             return None
 
+    def pin_role(self, room_id: str, pin: str) -> str | None:
+        """``"guest"`` or ``"moderator"`` when ``pin`` is room ``room_id``'s
+        PIN or moderator PIN (or its id, when it has no PIN), else ``None``;
+        compared in constant time against the stored keyed hashes."""
+        try:
+            return self.store.room_pin_role(room_id_of(room_id), pin)
+        except Exception as exc:  # a malformed id is simply not a room
+            logger.debug("room pin check %r: %s", room_id, exc)
+            return None
+
     def list_participants(self, room_id: str) -> list[Participant]:
         return sorted(self.participants.get(room_id, {}).values(), key=lambda p: p.joined_at)
 
@@ -116,8 +192,9 @@ class RoomService:
             "display_name": room.display_name,
             "max_participants": room.max_participants,
             "record_on_start": room.record_on_start,
-            "pin": room.pin,
-            "moderator_pin": room.moderator_pin,
+            # never the PINs themselves: they are shown once, at creation
+            "pin_set": room.has_pin,
+            "moderator_pin_set": room.moderator_pin_hash is not None,
             "end_when_empty_after": room.end_when_empty_after,
             "starts_at": room.starts_at,
             "ends_at": room.ends_at,
@@ -292,20 +369,6 @@ class RoomService:
         for timer in self._empty_timers.values():
             timer.cancel()
         self._empty_timers.clear()
-
-    def pin_role(self, room_id: str, pin: str) -> str | None:
-        """``"guest"`` or ``"moderator"`` when ``pin`` is room ``room_id``'s PIN
-        or moderator PIN (its id when it has no PIN), else ``None``. Compared
-        in constant time."""
-        room = self.get(room_id)
-        if room is None or not isinstance(pin, str):
-            return None
-        given = pin.encode()
-        if room.moderator_pin and hmac.compare_digest(given, room.moderator_pin.encode()):
-            return "moderator"
-        if hmac.compare_digest(given, (room.pin or room.room_id).encode()):
-            return "guest"
-        return None
 
     def report(self, event: str, data: dict[str, Any]) -> None:
         """Send ``event`` to the event hooks (webhooks), as the room's own are."""

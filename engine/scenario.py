@@ -43,6 +43,7 @@ import contextvars
 import enum
 import functools
 import inspect
+import os
 import logging
 import secrets
 import time
@@ -1460,9 +1461,10 @@ class ScenarioRuntime:
             if self._log_day != day or self._log_file is None:
                 if self._log_file is not None:
                     self._log_file.close()
-                self._log_file = open(
-                    self.log_dir / f"sessions-{day}.log", "a", encoding="utf-8", buffering=1
-                )
+                # Session logs name callers and numbers: private (0600).
+                fd = os.open(self.log_dir / f"sessions-{day}.log",
+                             os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._log_file = open(fd, "a", encoding="utf-8", buffering=1)
                 self._log_day = day
             self._log_file.write(line + "\n")
         except OSError:

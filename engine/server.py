@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from aiohttp import web
 
 from .call_media import SdpMediaHandler
 from .calls import MediaHandler
-from .directory import MemoryDirectory
+from .directory import LoginBackoff, MemoryDirectory
 from .rooms import RoomService
 from .router import RuleSet, load_rules
 from .scenario import ScenarioRuntime
@@ -120,6 +124,12 @@ class EngineConfig:
     #: beyond it), and in all (503 beyond it).
     ws_max_per_source: int = 10
     ws_max_connections: int = 2000
+    #: Lockouts after wrong passwords (REGISTER and the web SDK's login),
+    #: per account and per source address.
+    login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
+    #: Digits of the PINs the engine draws for new rooms, and the fewest an
+    #: operator's PIN may have (API and CLI).
+    pin_min_length: int = 6
 
 
 class Engine:
@@ -129,6 +139,8 @@ class Engine:
         self.config = config
         self.node_id = secrets.token_hex(6)
         self.directory = MemoryDirectory()
+        #: Time of the login lockouts (registrar and web SDK); tests set a virtual one.
+        self.clock: Callable[[], float] = time.monotonic
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
         self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
@@ -187,13 +199,16 @@ class Engine:
             self.rtp_policy = RtpSourcePolicy(cfg.rtp_strict, cfg.rtp_probation, cfg.rtp_send_grace)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm)
-        self._started.append("store")
+        try:
+            _private_data_dir(cfg.data_dir)
+        except OSError as exc:
+            raise StartupError(f"{cfg.data_dir}: cannot create or protect the data directory: {exc}") from None
         try:
             self.keys = Keys.in_directory(cfg.data_dir)
         except (OSError, ValueError) as exc:
             raise StartupError(f"{cfg.data_dir / 'secret.key'}: cannot read or create the key: {exc}") from None
+        self.store = SqliteStore.in_directory(cfg.data_dir, sip_realm=cfg.realm, pin_key=self.keys.pin_key)
+        self._started.append("store")
         # One RTP allocator per listen address: media is bound where SIP
         # listens, in the peer's address family; only the SDP carries the
         # advertised address.
@@ -205,7 +220,7 @@ class Engine:
             hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
             realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
             timers=cfg.timers, register_min_expires=cfg.register_min_expires,
-            register_max_expires=cfg.register_max_expires,
+            register_max_expires=cfg.register_max_expires, login_backoff=cfg.login_backoff,
         )
         self.ua = UserAgent(
             ua_config,
@@ -214,6 +229,7 @@ class Engine:
             on_message=self._on_message,
             directory=self.directory,
             user_ha1=self._user_ha1,
+            clock=lambda: self.clock(),
         )
         self.runtime = ScenarioRuntime(
             self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
@@ -362,6 +378,29 @@ class Engine:
         self.runtime.reload(rules)
         self.rules = rules
         return rules
+
+
+def _private_data_dir(data_dir: Path) -> None:
+    """Create the data directory with mode 0700, or tighten it (and what is
+    in it: database, key, logs, recordings, caches) when group or others
+    may read it, with a warning: it holds password hashes, the master key,
+    recordings and logs of who called whom."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    loose = 0
+    for root, dirs, files in os.walk(data_dir):
+        for name, mode in [(root, 0o700)] + [(os.path.join(root, d), 0o700) for d in dirs] + [
+                (os.path.join(root, f), 0o600) for f in files]:
+            try:
+                st = os.lstat(name)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(name, mode)
+                loose += 1
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+    if loose:
+        logger.warning("%s: took group and other access away from %d files and directories"
+                       " (the data directory is private: mode 0700, files 0600)", data_dir, loose)
 
 
 async def run_forever(engine: Engine, stop: asyncio.Event) -> None:

@@ -34,10 +34,23 @@ ones differ.
 For the SIP registrar's digest authentication (RFC 7616 section 3.4.2;
 RFC 3261 section 22.4), ``HA1 = H(username ":" realm ":" password)`` is kept
 for MD5 and SHA-256, computed when the password is set, for the store's
-``sip_realm``. **Changing the realm invalidates every stored HA1**: users must
+``sip_realm`` -- only for users with ``sip`` enabled: an HA1 is a
+password-equivalent for SIP and MD5 is cheap to guess against, so web-only
+users (and guests) keep nothing but the scrypt hash. **Changing the realm invalidates every stored HA1**: users must
 have their passwords reset (or log in once through :meth:`SqliteStore.verify_password`,
 which recomputes the HA1 values for the current realm); until then
 :meth:`Store.sip_ha1` returns ``None`` for them.
+
+.. rubric:: Room PINs
+
+A room's phone PINs are stored as ``h1:`` and HMAC-SHA256 under
+``pin_key`` (the engine derives it from its master key, which is not in the
+database): deterministic, so :meth:`SqliteStore.find_room_by_pin` is one
+index lookup, and a copy of the database does not reveal them, nor can
+they be tried against it offline without the key. :class:`Room` carries
+only the hashes; a PIN is shown once, by whoever created it. PINs stored
+in clear by an older version are hashed when the database is opened with
+a key.
 
 .. rubric:: Names
 
@@ -182,11 +195,13 @@ class User:
     :param name: the login and SIP digest username.
     :param display_name: free text shown to others, or ``None``.
     :param created_at: creation time, seconds since the epoch.
+    :param sip: whether the user may REGISTER (digest HA1 values are kept).
     """
 
     name: str
     display_name: str | None
     created_at: float
+    sip: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,13 +218,19 @@ class Room:
     created_at: float
     max_participants: int | None = None
     record_on_start: bool = False
-    pin: str | None = None
-    moderator_pin: str | None = None
+    #: Keyed hashes of the PINs (never the PINs): see the module documentation.
+    pin_hash: str | None = None
+    moderator_pin_hash: str | None = None
     end_when_empty_after: float | None = None
     starts_at: float | None = None
     duration: float | None = None
     ended_at: float | None = None
     locked: bool = False
+
+    @property
+    def has_pin(self) -> bool:
+        """Whether phone callers need a PIN (else they join by the room's id)."""
+        return self.pin_hash is not None
 
     @property
     def ends_at(self) -> float | None:
@@ -370,8 +391,9 @@ class Store(Protocol):
 
     # users
 
-    def create_user(self, name: str, password: str, display_name: str | None = None) -> User:
-        """Create a user. :raises UserExists: the name is taken (any case)."""
+    def create_user(self, name: str, password: str, display_name: str | None = None, *,
+                    sip: bool = False) -> User:
+        """Create a user (``sip``: may REGISTER). :raises UserExists: the name is taken (any case)."""
         ...
 
     def create_guest(self, name: str, display_name: str | None = None) -> User:
@@ -392,9 +414,11 @@ class Store(Protocol):
         ...
 
     def update_user(
-        self, name: str, *, password: str | None = None, display_name: str | None = None
+        self, name: str, *, password: str | None = None, display_name: str | None = None,
+        sip: bool | None = None,
     ) -> User:
-        """Change what is given (``display_name=""`` clears it).
+        """Change what is given (``display_name=""`` clears it; enabling
+        ``sip`` needs the ``password``).
 
         :raises UserNotFound: no such user.
         """
@@ -470,6 +494,10 @@ class Store(Protocol):
 
     def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
         """The room a phone PIN opens and the role it gives (``guest`` or ``moderator``)."""
+        ...
+
+    def room_pin_role(self, room_id: str, pin: str) -> str | None:
+        """The role ``pin`` gives in room ``room_id`` (constant-time), or ``None``."""
         ...
 
     def delete_room(self, room_id: str) -> bool:
@@ -692,6 +720,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
         "CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, seq)",
     ),
+    (
+        # Digest HA1 values only for SIP users. Existing users have them and
+        # may already REGISTER: they stay SIP users; new ones are not unless asked.
+        "ALTER TABLE users ADD COLUMN sip INTEGER NOT NULL DEFAULT 1",
+    ),
 )
 
 #: The schema version this code writes.
@@ -816,6 +849,13 @@ API_SCOPES = ("admin", "calls", "users")
 
 _PIN_RE = re.compile(r"[0-9]{4,16}")
 
+_USER_COLUMNS = "name, display_name, created_at, sip"
+
+
+def _user(row: tuple[Any, ...]) -> User:
+    return User(row[0], row[1], row[2], bool(row[3]))
+
+
 _ROOM_COLUMNS = (
     "room_id, display_name, created_at, max_participants, record_on_start, pin, moderator_pin,"
     " end_when_empty_after, starts_at, duration, ended_at, locked"
@@ -851,6 +891,25 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600, or take group and other access away
+    from it and its WAL files; SQLite gives the ``-wal`` and ``-shm`` files
+    it creates later the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        extra = Path(f"{path}{suffix}")
+        try:
+            if extra.stat().st_mode & 0o077:
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _check_scopes(scopes: object) -> tuple[str, ...]:
     if not isinstance(scopes, (list, tuple)) or not scopes:
         raise InvalidValue("scopes", f"must be a non-empty list of {', '.join(API_SCOPES)}")
@@ -872,6 +931,9 @@ class SqliteStore:
         the module documentation before changing it.
     :param password_params: scrypt cost for new hashes.
     :param clock: returns seconds since the epoch, for ``created_at``.
+    :param pin_key: the key room PINs are hashed with (``Keys.pin_key``);
+        without one a random key is drawn, and PINs set through this object
+        are not found again after the database is reopened.
     :raises StoreError: the database cannot be opened or has a newer schema.
     """
 
@@ -882,7 +944,11 @@ class SqliteStore:
         sip_realm: str = "callbridge",
         password_params: ScryptParams | None = None,
         clock: Callable[[], float] = time.time,
+        pin_key: bytes | None = None,
     ) -> None:
+        if pin_key is not None and (not isinstance(pin_key, bytes) or len(pin_key) < 16):
+            raise InvalidValue("pin_key", "must be at least 16 bytes")
+        self._pin_key = pin_key if pin_key is not None else secrets.token_bytes(32)
         if not isinstance(sip_realm, str) or not sip_realm or '"' in sip_realm or (
             _CONTROL_RE.search(sip_realm)
         ):
@@ -896,7 +962,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         try:
             if isinstance(self.path, Path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _private_file(self.path)
             conn = sqlite3.connect(
                 os.fspath(self.path), check_same_thread=False, isolation_level=None
             )
@@ -908,6 +975,8 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
+            if pin_key is not None:
+                self._hash_clear_pins(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
@@ -946,6 +1015,33 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _hash_clear_pins(self, conn: sqlite3.Connection) -> None:
+        """Replace PINs an older version stored in clear by their hashes."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT room_id, pin, moderator_pin FROM rooms WHERE pin NOT LIKE 'h1:%'"
+                " OR moderator_pin NOT LIKE 'h1:%'"
+            ).fetchall()
+            for room_id, pin, moderator_pin in rows:
+                conn.execute(
+                    "UPDATE rooms SET pin = ?, moderator_pin = ? WHERE room_id = ?",
+                    (self._stored_pin(pin), self._stored_pin(moderator_pin), room_id),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _stored_pin(self, value: str | None) -> str | None:
+        if value is None or value.startswith("h1:"):
+            return value
+        return self.pin_hash(value)
+
+    def pin_hash(self, pin: str) -> str:
+        """What is stored of a room PIN: ``h1:`` and HMAC-SHA256 under ``pin_key``."""
+        return "h1:" + hmac.new(self._pin_key, pin.encode("utf-8"), hashlib.sha256).hexdigest()
 
     @property
     def schema_version(self) -> int:
@@ -997,9 +1093,12 @@ class SqliteStore:
 
     # -- users ----------------------------------------------------------------
 
-    def _secrets_for(self, name: str, password: str) -> tuple[str, str, str, str]:
-        """Return (password_hash, realm, ha1_md5, ha1_sha256); slow (scrypt)."""
+    def _secrets_for(self, name: str, password: str, sip: bool) -> tuple[str, str, str, str]:
+        """Return (password_hash, realm, ha1_md5, ha1_sha256); slow (scrypt).
+        The HA1 values are empty unless ``sip``."""
         realm = self.sip_realm
+        if not sip:
+            return _hash_password(password, self._params), realm, "", ""
         return (
             _hash_password(password, self._params),
             realm,
@@ -1007,35 +1106,40 @@ class SqliteStore:
             _ha1("SHA-256", name, realm, password),
         )
 
-    def create_user(self, name: str, password: str, display_name: str | None = None) -> User:
+    def create_user(self, name: str, password: str, display_name: str | None = None, *,
+                    sip: bool = False) -> User:
         """Create a user with a password and an optional display name.
 
         :param name: 1-64 characters of ``A-Z a-z 0-9 . _ -``.
         :param password: 1-1024 characters.
         :param display_name: up to 128 characters without control characters;
             ``""`` is stored as ``None``.
+        :param sip: whether the user may REGISTER; only then are SIP digest
+            HA1 values kept.
         :raises UserExists: a user of that name exists (compared case-insensitively).
         :raises InvalidValue: a malformed argument.
         """
         _check_name(name)
         _check_password(password)
         display_name = _check_display_name(display_name)
+        if not isinstance(sip, bool):
+            raise InvalidValue("sip", "must be a boolean")
         if self._find_nocase(name):  # fail fast, before the slow hash
             raise UserExists(name)
-        password_hash, realm, md5, sha256 = self._secrets_for(name, password)
+        password_hash, realm, md5, sha256 = self._secrets_for(name, password, sip)
         created_at = self._clock()
         try:
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO users (name, display_name, created_at, password_hash,"
-                    " ha1_realm, ha1_md5, ha1_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, display_name, created_at, password_hash, realm, md5, sha256),
+                    " ha1_realm, ha1_md5, ha1_sha256, sip) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, display_name, created_at, password_hash, realm, md5, sha256, int(sip)),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise UserExists(name) from None
             raise
-        return User(name, display_name, created_at)
+        return User(name, display_name, created_at, sip)
 
     def create_guest(self, name: str, display_name: str | None = None) -> User:
         """Create a user without a password: a web guest's profile.
@@ -1058,7 +1162,7 @@ class SqliteStore:
             with self._write() as conn:
                 conn.execute(
                     "INSERT INTO users (name, display_name, created_at, password_hash,"
-                    " ha1_realm, ha1_md5, ha1_sha256) VALUES (?, ?, ?, ?, '', '', '')",
+                    " ha1_realm, ha1_md5, ha1_sha256, sip) VALUES (?, ?, ?, ?, '', '', '', 0)",
                     (name, display_name, created_at, GUEST_HASH),
                 )
         except StoreError as exc:
@@ -1076,9 +1180,9 @@ class SqliteStore:
             return None
         with self._read() as conn:
             row = conn.execute(
-                "SELECT name, display_name, created_at FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
-        return User(*row) if row else None
+        return _user(row) if row else None
 
     def _find_nocase(self, name: str) -> bool:
         """Whether a user's name equals ``name`` ignoring ASCII case."""
@@ -1098,11 +1202,10 @@ class SqliteStore:
         _check_count("limit", limit, 1, _MAX_LIMIT)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT name, display_name, created_at FROM users ORDER BY name"
-                " LIMIT ? OFFSET ?",
+                f"SELECT {_USER_COLUMNS} FROM users ORDER BY name LIMIT ? OFFSET ?",
                 (limit, offset),
             ).fetchall()
-        return [User(*row) for row in rows]
+        return [_user(row) for row in rows]
 
     def count_users(self) -> int:
         """Return the number of users."""
@@ -1110,26 +1213,37 @@ class SqliteStore:
             return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
 
     def update_user(
-        self, name: str, *, password: str | None = None, display_name: str | None = None
+        self, name: str, *, password: str | None = None, display_name: str | None = None,
+        sip: bool | None = None,
     ) -> User:
-        """Change a user's password and/or display name; ``None`` leaves a field as it is.
+        """Change a user's password, display name and/or SIP access; ``None``
+        leaves a field as it is.
 
-        A new password also recomputes the SIP HA1 values for the current realm.
+        A new password also recomputes the SIP HA1 values for the current
+        realm (for a SIP user). Disabling SIP erases the HA1 values; enabling
+        it needs the password, since they are computed from it.
 
         :param name: the user, exactly.
         :param password: the new password (1-1024 characters).
         :param display_name: the new display name; ``""`` clears it.
+        :param sip: whether the user may REGISTER.
         :raises UserNotFound: no user of that name.
-        :raises InvalidValue: a malformed argument.
+        :raises InvalidValue: a malformed argument, or ``sip=True`` without ``password``.
         """
         if not isinstance(name, str):
             raise InvalidValue("name", "must be a string")
         if password is not None:
             _check_password(password)
+        if sip is not None and not isinstance(sip, bool):
+            raise InvalidValue("sip", "must be a boolean")
         new_display = _check_display_name(display_name)
-        if self.get_user(name) is None:  # fail fast, before the slow hash
+        user = self.get_user(name)
+        if user is None:  # fail fast, before the slow hash
             raise UserNotFound(name)
-        secrets_ = self._secrets_for(name, password) if password is not None else None
+        if sip and not user.sip and password is None:
+            raise InvalidValue("sip", "enabling SIP needs the password (the digest hashes are made from it)")
+        sip_after = user.sip if sip is None else sip
+        secrets_ = self._secrets_for(name, password, sip_after) if password is not None else None
         with self._write() as conn:
             if display_name is not None:
                 conn.execute(
@@ -1138,15 +1252,19 @@ class SqliteStore:
             if secrets_ is not None:
                 conn.execute(
                     "UPDATE users SET password_hash = ?, ha1_realm = ?, ha1_md5 = ?,"
-                    " ha1_sha256 = ? WHERE name = ?",
-                    (*secrets_, name),
+                    " ha1_sha256 = ?, sip = ? WHERE name = ?",
+                    (*secrets_, int(sip_after), name),
+                )
+            elif sip is False:
+                conn.execute(
+                    "UPDATE users SET ha1_md5 = '', ha1_sha256 = '', sip = 0 WHERE name = ?", (name,)
                 )
             row = conn.execute(
-                "SELECT name, display_name, created_at FROM users WHERE name = ?", (name,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
             if row is None:  # deleted meanwhile by another thread
                 raise UserNotFound(name)
-        return User(*row)
+        return _user(row)
 
     def delete_user(self, name: str) -> bool:
         """Delete a user.
@@ -1177,12 +1295,12 @@ class SqliteStore:
         if isinstance(name, str):
             with self._read() as conn:
                 row = conn.execute(
-                    "SELECT password_hash, ha1_realm FROM users WHERE name = ?", (name,)
+                    "SELECT password_hash, ha1_realm, sip FROM users WHERE name = ?", (name,)
                 ).fetchone()
         if row is None:
             self._burn(password)
             return False
-        encoded, realm = row
+        encoded, realm, sip = row
         try:
             params, salt, expected = _parse_hash(encoded)
         except (ValueError, KeyError, StoreError):
@@ -1191,8 +1309,8 @@ class SqliteStore:
         actual = _scrypt(password, salt, params, len(expected))
         if not hmac.compare_digest(actual, expected):
             return False
-        if params != self._params or realm != self.sip_realm:
-            new = self._secrets_for(name, password)
+        if params != self._params or (sip and realm != self.sip_realm):
+            new = self._secrets_for(name, password, bool(sip))
             with self._write() as conn:
                 conn.execute(
                     "UPDATE users SET password_hash = ?, ha1_realm = ?, ha1_md5 = ?,"
@@ -1217,8 +1335,8 @@ class SqliteStore:
         :param name: the digest username, exactly.
         :param realm: the realm of the challenge; only :attr:`sip_realm` is kept.
         :param algorithm: ``"MD5"`` or ``"SHA-256"`` (any case).
-        :returns: ``None`` for an unknown user, another realm, or a user whose
-            HA1 values were made for a former realm.
+        :returns: ``None`` for an unknown user, a user without SIP access,
+            another realm, or a user whose HA1 values were made for a former realm.
         :raises InvalidValue: an algorithm other than MD5 or SHA-256.
         """
         algo = algorithm.upper() if isinstance(algorithm, str) else algorithm
@@ -1229,7 +1347,8 @@ class SqliteStore:
         column = "ha1_md5" if algo == "MD5" else "ha1_sha256"
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {column} FROM users WHERE name = ? AND ha1_realm = ?", (name, realm)
+                f"SELECT {column} FROM users WHERE name = ? AND ha1_realm = ? AND sip = 1"
+                f" AND {column} != ''", (name, realm)
             ).fetchone()
         return str(row[0]) if row else None
 
@@ -1341,7 +1460,9 @@ class SqliteStore:
         :param max_participants: at most this many in at once (1-10000), ``None``: no cap.
         :param record_on_start: whether the conference records from its start.
         :param pin: 4-16 digits phone callers enter to join (``None``: the room
-            id, when it is all digits, as before rooms had PINs).
+            id, when it is all digits, as before rooms had PINs). Only its
+            keyed hash is kept; a PIN is unique among rooms (PINs, moderator
+            PINs and the ids of rooms without a PIN).
         :param moderator_pin: 4-16 digits that join as a moderator.
         :param end_when_empty_after: seconds after the last participant left
             when the room ends (``None``: it stays open).
@@ -1372,25 +1493,36 @@ class SqliteStore:
             if duration <= 0:
                 raise InvalidValue("duration", "must be more than 0 seconds")
         created_at = self._clock()
+        pin_hash = self.pin_hash(pin) if pin is not None else None
+        moderator_hash = self.pin_hash(moderator_pin) if moderator_pin is not None else None
         try:
             with self._write() as conn:
-                for field, value in (("pin", pin), ("moderator_pin", moderator_pin)):
+                if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone():
+                    raise RoomExists(room_id)
+                for field, value, hashed in (("pin", pin, pin_hash),
+                                             ("moderator_pin", moderator_pin, moderator_hash)):
                     if value is not None and conn.execute(
                         "SELECT 1 FROM rooms WHERE pin = ? OR moderator_pin = ?"
-                        " OR (room_id = ? AND pin IS NULL)", (value, value, value),
+                        " OR (room_id = ? AND pin IS NULL)", (hashed, hashed, value),
                     ).fetchone():
                         raise InvalidValue(field, "is in use by another room")
+                if pin is None and conn.execute(
+                    "SELECT 1 FROM rooms WHERE pin = ? OR moderator_pin = ?",
+                    (self.pin_hash(room_id), self.pin_hash(room_id)),
+                ).fetchone():
+                    # Joined by its id, it would collide with another room's PIN.
+                    raise InvalidValue("pin", f"is needed: room id {room_id!r} is another room's PIN")
                 conn.execute(
                     f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
                     (room_id, display_name, created_at, max_participants, int(record_on_start),
-                     pin, moderator_pin, end_when_empty_after, starts_at, duration),
+                     pin_hash, moderator_hash, end_when_empty_after, starts_at, duration),
                 )
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise RoomExists(room_id) from None
             raise
-        return Room(room_id, display_name, created_at, max_participants, record_on_start, pin,
-                    moderator_pin, end_when_empty_after, starts_at, duration, None, False)
+        return Room(room_id, display_name, created_at, max_participants, record_on_start, pin_hash,
+                    moderator_hash, end_when_empty_after, starts_at, duration, None, False)
 
     def get_room(self, room_id: str) -> Room | None:
         """Return the room, or ``None``.
@@ -1461,18 +1593,37 @@ class SqliteStore:
 
         :returns: ``(room, role)``, or ``None``.
         """
-        if not isinstance(pin, str) or not pin:
+        if not isinstance(pin, str) or not pin or len(pin) > 64:
             return None
+        hashed = self.pin_hash(pin)
         with self._read() as conn:
             row = conn.execute(
                 f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE pin = ? OR moderator_pin = ?"
                 " OR (room_id = ? AND pin IS NULL) ORDER BY pin = ? DESC LIMIT 1",
-                (pin, pin, pin, pin),
+                (hashed, hashed, pin, hashed),
             ).fetchone()
         if row is None:
             return None
         room = _room(row)
-        return room, "moderator" if room.moderator_pin == pin else "guest"
+        moderator = room.moderator_pin_hash is not None and hmac.compare_digest(
+            room.moderator_pin_hash, hashed)
+        return room, "moderator" if moderator else "guest"
+
+    def room_pin_role(self, room_id: str, pin: str) -> str | None:
+        """The role ``pin`` gives in room ``room_id``: ``guest`` for its PIN
+        (or its id, when it has no PIN), ``moderator`` for its moderator
+        PIN, else ``None``. Compared in constant time.
+        """
+        room = self.get_room(room_id)
+        if room is None or not isinstance(pin, str) or not pin or len(pin) > 64:
+            return None
+        hashed = self.pin_hash(pin)
+        is_moderator = hmac.compare_digest(room.moderator_pin_hash or "", hashed)
+        if room.pin_hash is None:
+            is_guest = hmac.compare_digest(room.room_id.encode(), pin.encode("utf-8"))
+        else:
+            is_guest = hmac.compare_digest(room.pin_hash, hashed)
+        return "moderator" if is_moderator else "guest" if is_guest else None
 
     def delete_room(self, room_id: str) -> bool:
         """Delete a room and its invites.

@@ -35,6 +35,12 @@ An invite carries a numeric code (8 digits: typed on a phone keypad) and a
 HMAC-SHA256 under a key derived from the master key: a deterministic keyed
 hash, so a code is found by an index lookup, and without the key file the
 stored hashes cannot be checked against the 10**8 possible codes.
+
+.. rubric:: Login tokens and room PINs
+
+The web SDK's one-time login tokens (``POST /api/v1/users/{name}/login-tokens``)
+and rooms' phone PINs are stored the same way, each under its own derived
+key: a copy of the database shows neither a usable token nor a PIN.
 """
 
 from __future__ import annotations
@@ -136,6 +142,9 @@ class Keys:
         self._master = master
         self._jwt_key = self._derive("join-token")
         self._code_key = self._derive("invite-code")
+        self._login_key = self._derive("login-token")
+        #: The key the store hashes room PINs with (``SqliteStore(pin_key=...)``).
+        self.pin_key = self._derive("room-pin")
 
     @classmethod
     def in_directory(cls, data_dir: Path) -> Keys:
@@ -207,3 +216,9 @@ class Keys:
 
     def link_hash(self, link_token: str) -> str:
         return hmac.new(self._code_key, b"link:" + link_token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    # -- one-time login tokens -----------------------------------------------------
+
+    def login_token_hash(self, token: str) -> str:
+        """What the store keeps of a one-time login token (HMAC-SHA256, hex)."""
+        return hmac.new(self._login_key, token.encode("utf-8"), hashlib.sha256).hexdigest()

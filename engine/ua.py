@@ -53,8 +53,8 @@ from .media.players import FrameSource
 from .media.tts import TtsCache, default_tts
 from .transport.audio_fetch import AudioLoader, default_audio_loader
 from .grants import Grant
+from .directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
 from .security_log import security_event
-from .directory import ContactUpdate, MemoryDirectory, OutOfOrder, TooManyBindings
 from .sip.auth import ClientAuthSession, DigestServer
 from .sip.dialog import Dialog
 from .sip.errors import RemoteProtocolError
@@ -114,6 +114,8 @@ class UaConfig:
     register_min_expires: int = 60
     register_max_expires: int = 3600
     auth_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    #: Lockouts after wrong REGISTER passwords, per account and per source.
+    login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
 
 
 #: Headers only the engine may set (lower case prefix): grants travel as
@@ -535,7 +537,7 @@ class SipCall(Call):
                     security_event("redirect_refused", self.peer.host, status=code,
                                    host=target.host if isinstance(target, SipUri) else "tel:")
                     self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
-                                 _custom_headers(resp.headers))
+                                 received_headers(resp.headers))
                     return
                 self._redirects += 1
                 self._cseq += 1
@@ -855,6 +857,8 @@ class UserAgent:
         each call.
     :param user_ha1: ``(user, realm, algorithm) -> HA1 | None`` for the
         registrar (users from the store).
+    :param clock: the registrar's time (nonces, lockouts); tests pass a
+        virtual one.
     """
 
     def __init__(
@@ -866,9 +870,13 @@ class UserAgent:
         on_message: MessageHandler | None = None,
         directory: MemoryDirectory | None = None,
         user_ha1: Callable[[str, str, str], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.directory = directory or MemoryDirectory()
+        self.clock = clock
+        #: Per-account and per-source lockouts of wrong REGISTER passwords.
+        self.login_guard = LoginGuard(self.directory, config.login_backoff)
         self.media_factory = media_factory
         self.on_incoming_call = on_incoming_call
         self.on_message = on_message
@@ -1129,7 +1137,7 @@ class UserAgent:
         aor = to_uri.user
         if self.user_ha1 is None:
             return request.create_response(403, "Registration Disabled")
-        now = time.monotonic()
+        now = self.clock()
         # RFC 4475 §3.3.7: credentials of a scheme we do not know are
         # ignored, and the request is challenged with one we do.
         creds = next(
@@ -1139,10 +1147,33 @@ class UserAgent:
         )
         if creds is None:
             return self._challenge(request, now)
+        guard, user_ha1, locked = self.login_guard, self.user_ha1, []
+
+        def lookup(user: str, realm: str, algorithm: str) -> str | None:
+            # A locked account (or source) is refused like a wrong password,
+            # before its HA1 is even read: the right password fails too.
+            refusal = guard.refusal(user, peer.host, now)
+            if refusal is not None:
+                locked.append(refusal)
+                return None
+            return user_ha1(user, realm, algorithm)
+
         result = self.registrar_auth.verify(
-            creds, method="REGISTER", uri=request.uri_text, now=now, ha1_lookup=self.user_ha1
+            creds, method="REGISTER", uri=request.uri_text, now=now, ha1_lookup=lookup
         )
         if not result.ok:
+            if locked:
+                security_event("auth_locked", peer.host, method="REGISTER", user=result.username,
+                               scope=locked[0])
+                return request.create_response(403, "Forbidden")
+            if result.reason in ("unknown user", "wrong password") and result.username is not None:
+                # An unknown (or web-only) user counts like a wrong password:
+                # the answers and the lockouts do not tell which it was.
+                lock = guard.failed(result.username, peer.host, now)
+                security_event("auth_failed", peer.host, method="REGISTER", user=result.username)
+                if lock:
+                    security_event("auth_locked", peer.host, method="REGISTER", user=result.username,
+                                   seconds=lock)
             if result.reason == "stale nonce":
                 return self._challenge(request, now, stale=True)
             if result.reason == "malformed":
@@ -1153,6 +1184,8 @@ class UserAgent:
                 return self._challenge(request, now)
             logger.info("REGISTER for %s from %s refused: %s", aor, peer.host, result.reason)
             return request.create_response(403, "Forbidden")
+        if result.username is not None:
+            guard.succeeded(result.username)
         if result.username != aor:
             return request.create_response(403, "Username Does Not Match AOR")
         return self._update_bindings(request, peer, aor, now)
@@ -1312,7 +1345,7 @@ class UserAgent:
         headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
     ) -> SipCall:
         """Call the phone registered as ``user`` (its most recent binding)."""
-        now = time.monotonic()
+        now = self.clock()
         bindings = self.directory.bindings(user, now)
         if not bindings:
             raise CallError(f"user {user!r} is not registered")

@@ -4,7 +4,7 @@
 Answer, ask for the conference PIN followed by ``#``, and join the caller to
 the conference it opens:
 
-- a room's PIN (``callbridge rooms create ID --pin``, the API), or its id
+- a room's PIN (``callbridge rooms create ID`` prints it, the API), or its id
   when it has no PIN; a room's moderator PIN joins as moderator;
 - an invite's one-time code (``POST /api/v1/rooms/{id}/invites``);
 - the id of a conference a browser opened (``conf_<id>``, no room).

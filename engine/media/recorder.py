@@ -8,6 +8,7 @@ a tick costs one memory copy; the kernel sees a write every few seconds.
 
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 
@@ -35,7 +36,11 @@ class WavRecorder:
         self.samples = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._wav: wave.Wave_write | None = wave.open(str(self.path), "wb")
+            # Recordings are private (mode 0600), whatever the umask.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = os.fdopen(fd, "wb")
+            self._wav: wave.Wave_write | None = wave.open(self._file, "wb")
         except OSError as exc:
             raise RecorderError(f"cannot record to {self.path}: {exc.strerror or exc}") from exc
         self._wav.setnchannels(1)
@@ -63,3 +68,4 @@ class WavRecorder:
         wav, self._wav = self._wav, None
         if wav is not None:
             wav.close()
+            self._file.close()  # wave closes only the files it opened

@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 import yarl
 from aiohttp import web
 
-from ..rooms import RoomRefused
+from ..rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
 from ..scenario import AppEvents, Session, SessionLimitReached
 from ..store import (
     API_SCOPES,
@@ -315,7 +315,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _user(user: User) -> dict[str, Any]:
-    return {"name": user.name, "display_name": user.display_name, "created_at": user.created_at}
+    return {"name": user.name, "display_name": user.display_name, "created_at": user.created_at,
+            "sip": user.sip}
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -328,12 +329,13 @@ async def list_users(request: web.Request) -> web.Response:
 
 
 async def create_user(request: web.Request) -> web.Response:
-    data = await _body(request, ("name", "password", "display_name"))
+    data = await _body(request, ("name", "password", "display_name", "sip"))
     name = _str(data, "name", required=True, max_len=64)
     password = _str(data, "password", required=True, max_len=1024)
     display_name = _str(data, "display_name", max_len=128)
+    sip = _bool(data, "sip") or False
     try:
-        user = await _in_thread(_store(request).create_user, name, password, display_name)
+        user = await _in_thread(_store(request).create_user, name, password, display_name, sip=sip)
     except UserExists:
         raise ApiError(409, "user_exists", f"user {name!r} already exists", "name") from None
     except StoreError as exc:
@@ -349,15 +351,16 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def update_user(request: web.Request) -> web.Response:
-    data = await _body(request, ("password", "display_name"))
+    data = await _body(request, ("password", "display_name", "sip"))
     password = _str(data, "password", max_len=1024, nullable=False)
+    sip = _bool(data, "sip")
     display_name = _str(data, "display_name", max_len=128)
     if "display_name" in data and display_name is None:
         display_name = ""  # null clears it
     name = request.match_info["name"]
     try:
         user = await _in_thread(_store(request).update_user, name, password=password,
-                                display_name=display_name)
+                                display_name=display_name, sip=sip)
     except UserNotFound:
         raise ApiError(404, "not_found", f"no user {name!r}", "name") from None
     except StoreError as exc:
@@ -383,9 +386,13 @@ async def create_login_token(request: web.Request) -> web.Response:
     user = await _in_thread(store.get_user, name)
     if user is None:
         raise ApiError(404, "not_found", f"no user {name!r}", "name")
+    keys = _engine(request).keys
+    if keys is None:
+        raise ApiError(503, "unavailable", "login tokens are not available")
     token = secrets.token_urlsafe(32)
     now = time.time()
-    await _in_thread(store.kv_put, TOKEN_NAMESPACE, token, user.name, ttl, now)
+    # Only a keyed hash is stored: the database alone logs nobody in.
+    await _in_thread(store.kv_put, TOKEN_NAMESPACE, keys.login_token_hash(token), user.name, ttl, now)
     return _json({"token": token, "user": user.name, "expires_at": now + ttl}, 201)
 
 
@@ -444,7 +451,8 @@ async def create_room(request: web.Request) -> web.Response:
     display_name = _str(data, "display_name", max_len=128)
     max_participants = _int(data, "max_participants", 1, 10000)
     record_on_start = _bool(data, "record_on_start") or False
-    pin = _str(data, "pin", max_len=16)
+    # No "pin": the engine draws one; "pin": null: an open room (joined by its id).
+    pin: str | None | Any = _str(data, "pin", max_len=16) if "pin" in data else GENERATE
     moderator_pin = _str(data, "moderator_pin", max_len=16)
     end_when_empty_after = _number(data, "end_when_empty_after", 0, 86400 * 365)
     starts_at = duration = None
@@ -459,10 +467,11 @@ async def create_room(request: web.Request) -> web.Response:
             starts_at = _time(schedule["start"], "schedule.start")
         duration = _number(schedule, "duration", 0, 86400 * 365, label="schedule.duration",
                            exclusive_low=True)
+    min_length = int(getattr(_engine(request).config, "pin_min_length", PIN_MIN_LENGTH))
     try:
-        room = _store(request).create_room(
-            name, display_name=display_name, max_participants=max_participants,
-            record_on_start=record_on_start, pin=pin, moderator_pin=moderator_pin,
+        room, clear_pin = create_room_with_pin(
+            _store(request), name, display_name=display_name, max_participants=max_participants,
+            record_on_start=record_on_start, pin=pin, moderator_pin=moderator_pin, min_length=min_length,
             end_when_empty_after=end_when_empty_after, starts_at=starts_at, duration=duration,
         )
     except RoomExists:
@@ -470,7 +479,10 @@ async def create_room(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise _store_error(exc, {"room_id": "name", "starts_at": "schedule.start",
                                  "duration": "schedule.duration"}) from None
-    return _json(_room_view(request, room, participants=True), 201)
+    view = _room_view(request, room, participants=True)
+    # The PINs in clear, this once: only their keyed hashes are kept.
+    view["pin"], view["moderator_pin"] = clear_pin, moderator_pin
+    return _json(view, 201)
 
 
 async def get_room(request: web.Request) -> web.Response:

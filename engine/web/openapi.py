@@ -92,23 +92,35 @@ _GRANT_PROPS = {
 
 def _schemas() -> dict[str, Any]:
     user = _obj({"name": {"type": "string"}, "display_name": _nullable({"type": "string"}),
-                 "created_at": _TIME}, ("name", "display_name", "created_at"))
+                 "created_at": _TIME,
+                 "sip": {"type": "boolean", "description": "may REGISTER (SIP digest hashes are kept)"}},
+                ("name", "display_name", "created_at", "sip"))
     participant = _obj({
         "id": {"type": "string"}, "kind": {"type": "string", "enum": ["web", "pstn"]},
         "display_name": _nullable({"type": "string"}), "identity": _nullable({"type": "string"}),
         "role": {"type": "string"}, "joined_at": _TIME, "muted": {"type": "boolean"},
     }, ("id", "kind", "role", "joined_at", "muted"))
-    room = _obj({
+    room_props = {
         "id": {"type": "string"}, "conference": {"type": "string"},
         "display_name": _nullable({"type": "string"}),
         "max_participants": _nullable({"type": "integer"}), "record_on_start": {"type": "boolean"},
-        "pin": _nullable({"type": "string"}), "moderator_pin": _nullable({"type": "string"}),
+        "pin_set": {"type": "boolean", "description": "phone callers need a PIN (else they type the room's id);"
+                    " the PIN itself is shown only when the room is created"},
+        "moderator_pin_set": {"type": "boolean"},
         "end_when_empty_after": _nullable(_TIME), "starts_at": _nullable(_TIME),
         "ends_at": _nullable(_TIME), "duration": _nullable(_TIME), "ended_at": _nullable(_TIME),
         "locked": {"type": "boolean"}, "state": {"type": "string", "enum": ["scheduled", "open", "ended"]},
         "created_at": _TIME, "participant_count": {"type": "integer", "minimum": 0},
         "participants": {"type": "array", "items": _ref("Participant")},
-    }, ("id", "conference", "state", "participant_count", "locked", "created_at"))
+    }
+    room_required = ("id", "conference", "state", "participant_count", "locked", "created_at", "pin_set")
+    room = _obj(room_props, room_required)
+    room_created = _obj({
+        **room_props,
+        "pin": _nullable({"type": "string", "pattern": "^[0-9]{4,16}$",
+                          "description": "the PIN given or drawn, shown this once (null: an open room)"}),
+        "moderator_pin": _nullable({"type": "string", "pattern": "^[0-9]{4,16}$"}),
+    }, (*room_required, "pin", "moderator_pin"))
     token = _obj({
         "token": {"type": "string"}, "room": {"type": "string"}, "identity": {"type": "string"},
         "display_name": _nullable({"type": "string"}), "role": {"type": "string"},
@@ -166,6 +178,7 @@ def _schemas() -> dict[str, Any]:
         "UserList": _obj({"users": {"type": "array", "items": _ref("User")}, **page}, ("users", "total")),
         "Participant": participant,
         "Room": room,
+        "RoomCreated": room_created,
         "RoomList": _obj({"rooms": {"type": "array", "items": _ref("Room")}, **page}, ("rooms", "total")),
         "JoinToken": token,
         "Invite": invite,
@@ -201,11 +214,15 @@ def document() -> dict[str, Any]:
     """The OpenAPI document (a fresh dict each call)."""
     name = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
     user_body = _obj({"name": name, "password": {"type": "string", "minLength": 1, "maxLength": 1024},
-                      "display_name": _nullable({"type": "string", "maxLength": 128})},
+                      "display_name": _nullable({"type": "string", "maxLength": 128}),
+                      "sip": {"type": "boolean", "default": False,
+                              "description": "may REGISTER as a SIP phone; only then are digest hashes kept"}},
                      ("name", "password"))
     user_patch = _obj({"password": {"type": "string", "minLength": 1, "maxLength": 1024},
-                       "display_name": _nullable({"type": "string", "maxLength": 128})})
-    pin = _nullable({"type": "string", "pattern": "^[0-9]{4,16}$"})
+                       "display_name": _nullable({"type": "string", "maxLength": 128}),
+                       "sip": {"type": "boolean", "description": "enabling it needs the password too"}})
+    pin = _nullable({"type": "string", "pattern": "^[0-9]{6,16}$",
+                     "description": "at least --pin-min-length (default 6) digits; kept only as a keyed hash"})
     room_body = _obj({
         "name": {"type": "string", "pattern": "^[A-Za-z0-9]{1,32}$"},
         "display_name": _nullable({"type": "string", "maxLength": 128}),
@@ -255,7 +272,9 @@ def document() -> dict[str, Any]:
                                "maximum": 86400}}))},
         "/rooms": {
             "get": _op("List rooms", "calls", 200, "RoomList", params=_PAGING),
-            "post": _op("Create a room: conference conf_<name>", "calls", 201, "Room", errors=(409,),
+            "post": _op("Create a room: conference conf_<name>; without a pin the engine draws one"
+                        " (shown once), \"pin\": null makes an open room", "calls", 201, "RoomCreated",
+                        errors=(409,),
                         body=room_body),
         },
         "/rooms/{room}": {

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
+from ..directory import LoginBackoff, LoginGuard
 from ..grants import Grant
 from ..security_log import security_event
 from ..tokens import JoinGrant, TokenError
@@ -64,9 +65,10 @@ class SdkConnection:
     def __init__(self, ws: web.WebSocketResponse, engine: Any, heartbeat: float,
                  remote: str | None = None) -> None:
         self.ws = ws
-        #: The client's address as the HTTP server saw it (per-address cap).
-        self.remote = remote
         self.engine = engine
+        #: The address the socket came from, as the HTTP server saw it
+        #: (per-address cap, lockouts, security events, calls' source).
+        self.remote = remote
         self.heartbeat = heartbeat
         self.hello = False
         self.user: str | None = None
@@ -231,16 +233,14 @@ class SdkConnection:
             return
         if token is not None:
             self.login_method = "login-token"
-            name = await asyncio.to_thread(_redeem_token, store, token)
+            name = await asyncio.to_thread(_redeem_token, store, getattr(self.engine, "keys", None), token)
         else:
             self.login_method = "password"
-            name = frame["username"]
-            if not await asyncio.to_thread(store.verify_password, name, frame["password"]):
-                name = None
+            name = await self._check_password(store, frame["username"], frame["password"])
         user = await asyncio.to_thread(store.get_user, name) if name is not None else None
         if user is None:
-            security_event("auth_failed", self.remote, method=f"ws-{self.login_method}",
-                           user=frame.get("username"))
+            if self.login_method == "login-token":  # a wrong password was reported by _check_password
+                security_event("auth_failed", self.remote, method="ws-login-token")
             self.login_method = None
             raise ProtocolError(ErrorCode.LOGIN_FAILED, "wrong user name, password or token")
         self.user, self.display_name = user.name, user.display_name
@@ -248,6 +248,35 @@ class SdkConnection:
         logger.info("web user %s logged in", user.name)
         self.send_frame({"type": "login_ok", "username": user.name, "display_name": user.display_name,
                          **_ref(frame)})
+
+    async def _check_password(self, store: Any, name: str, password: str) -> str | None:
+        """``name`` when ``password`` is right, else ``None``; a locked-out
+        account or source is refused without checking (no hash computed).
+
+        :raises ProtocolError: ``login_failed`` "try again later" while locked out.
+        """
+        directory = getattr(self.engine, "directory", None)
+        guard = None
+        if directory is not None:
+            policy = getattr(getattr(self.engine, "config", None), "login_backoff", None)
+            guard = LoginGuard(directory, policy if isinstance(policy, LoginBackoff) else None)
+        clock = getattr(self.engine, "clock", time.monotonic)
+        if guard is not None:
+            refusal = guard.refusal(name, self.remote, clock())
+            if refusal is not None:
+                security_event("auth_locked", self.remote, method="ws-login", user=name, scope=refusal)
+                raise ProtocolError(ErrorCode.LOGIN_FAILED,
+                                    "too many failed logins: try again later")
+        if await asyncio.to_thread(store.verify_password, name, password):
+            if guard is not None:
+                guard.succeeded(name)
+            return name
+        security_event("auth_failed", self.remote, method="ws-login", user=name)
+        if guard is not None:
+            lock = guard.failed(name, self.remote, clock())
+            if lock:
+                security_event("auth_locked", self.remote, method="ws-login", user=name, seconds=lock)
+        return None
 
     def _login_with_join_token(self, token: str) -> None:
         """Log in as a join token's identity (not a stored user): the token
@@ -460,13 +489,15 @@ def verify_join_token(engine: Any, token: str) -> JoinGrant:
     return grant
 
 
-def _redeem_token(store: Any, token: str) -> str | None:
+def _redeem_token(store: Any, keys: Any, token: str) -> str | None:
     """The user of a one-time login token, which is used up (the management
-    API issues them: ``POST /api/v1/users/{name}/login-tokens``)."""
-    if not 16 <= len(token) <= 128:
+    API issues them: ``POST /api/v1/users/{name}/login-tokens``; the store
+    keeps only :meth:`engine.tokens.Keys.login_token_hash` of it)."""
+    if keys is None or not isinstance(token, str) or not 16 <= len(token) <= 128:
         return None
-    name = store.kv_get(TOKEN_NAMESPACE, token, time.time())
-    if name is None or not store.kv_delete(TOKEN_NAMESPACE, token):
+    key = keys.login_token_hash(token)
+    name = store.kv_get(TOKEN_NAMESPACE, key, time.time())
+    if name is None or not store.kv_delete(TOKEN_NAMESPACE, key):
         return None  # unknown, expired, or redeemed concurrently
     return str(name)
 

@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def rooms_create(engine, room: str) -> None:
-    """``callbridge rooms create ROOM`` against the engine's data directory."""
+    """``callbridge rooms create ROOM --no-pin`` against the engine's data
+    directory: an open room, which phone callers join by typing its id."""
     env = dict(os.environ, CALLBRIDGE_DATA_DIR=str(engine.config.data_dir))
-    result = subprocess.run([sys.executable, "-m", "engine", "rooms", "create", room], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "engine", "rooms", "create", room, "--no-pin"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 

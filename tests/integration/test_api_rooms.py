@@ -7,7 +7,10 @@ restart on the same data directory."""
 from __future__ import annotations
 
 import datetime
+import re
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -66,16 +69,19 @@ async def test_room_create_list_get_end(api: Api) -> None:
     an ended room refuses tokens and its conference is no longer open."""
     status, room = await api.post("/rooms", {
         "name": "class1", "display_name": "Class", "max_participants": 2, "record_on_start": True,
-        "pin": "4321", "moderator_pin": "9999", "end_when_empty_after": 60,
+        "pin": "432198", "moderator_pin": "999911", "end_when_empty_after": 60,
         "schedule": {"start": START.isoformat(), "duration": 86400}})
     assert status == 201, room
-    assert (room["id"], room["conference"], room["max_participants"], room["pin"], room["state"],
-            room["participants"], room["starts_at"]) == (
-        "class1", "conf_class1", 2, "4321", "open", [], START.timestamp())
+    assert (room["id"], room["conference"], room["max_participants"], room["pin"], room["moderator_pin"],
+            room["state"], room["participants"], room["starts_at"]) == (
+        "class1", "conf_class1", 2, "432198", "999911", "open", [], START.timestamp())
     status, listing = await api.get("/rooms?limit=10")
     assert status == 200 and [r["id"] for r in listing["rooms"]] == ["class1"] and listing["total"] == 1
+    assert "432198" not in str(listing) and "999911" not in str(listing)
     status, got = await api.get("/rooms/class1")
     assert status == 200 and got["display_name"] == "Class"
+    assert (got["pin_set"], got["moderator_pin_set"]) == (True, True)
+    assert "pin" not in got and "moderator_pin" not in got and "432198" not in str(got)
     assert api.engine.runtime.conference_is_open("conf_class1")
     status, ended = await api.post("/rooms/class1/end")
     assert status == 200 and ended["state"] == "ended"
@@ -88,12 +94,40 @@ async def test_room_create_list_get_end(api: Api) -> None:
     assert status == 404 and error(body) == ("not_found", "room")
 
 
+async def test_room_pins_are_generated_shown_once_and_stored_hashed(api: Api) -> None:
+    """Check a room created without a PIN gets a random 6-digit one, shown
+    in the creation answer only; ``"pin": null`` makes an open room joined
+    by its id; the database file holds neither PIN, and the room service
+    still tells which PIN gives which role."""
+    status, room = await api.post("/rooms", {"name": "gen", "moderator_pin": "86420975"})
+    assert status == 201 and re.fullmatch(r"[0-9]{6}", room["pin"]) and room["pin_set"] is True
+    status, open_room = await api.post("/rooms", {"name": "424242", "pin": None})
+    assert status == 201 and open_room["pin"] is None and open_room["pin_set"] is False
+    status, got = await api.get("/rooms/gen")
+    assert status == 200 and room["pin"] not in str(got) and "86420975" not in str(got)
+    store = api.engine.store
+    assert store is not None and isinstance(store.path, Path)
+    with sqlite3.connect(store.path) as db:
+        rows = db.execute("SELECT pin, moderator_pin FROM rooms WHERE room_id = 'gen'").fetchall()
+    assert rows and all(v.startswith("h1:") for v in rows[0])
+    assert room["pin"] not in repr(rows) and "86420975" not in repr(rows)
+    rooms = api.engine.rooms
+    assert rooms is not None
+    assert [rooms.pin_role("gen", p) for p in (room["pin"], "86420975", "gen", "000000")] == [
+        "guest", "moderator", None, None]
+    assert rooms.pin_role("conf_424242", "424242") == "guest"
+    assert rooms.pin_role("nosuch", "424242") is None
+
+
 @pytest.mark.parametrize("body, status, code, field", [
     ({"name": "bad name"}, 400, "invalid_field", "name"),
     ({"name": 5}, 400, "invalid_field", "name"),
     ({"max_participants": 0}, 400, "invalid_field", "max_participants"),
     ({"max_participants": "2"}, 400, "invalid_field", "max_participants"),
     ({"pin": "12"}, 400, "invalid_field", "pin"),
+    ({"pin": "4321"}, 400, "invalid_field", "pin"),
+    ({"pin": "12345a"}, 400, "invalid_field", "pin"),
+    ({"moderator_pin": "9999"}, 400, "invalid_field", "moderator_pin"),
     ({"schedule": {"start": "tomorrow"}}, 400, "invalid_field", "schedule.start"),
     ({"schedule": {"duration": 0}}, 400, "invalid_field", "schedule.duration"),
     ({"schedule": {"when": 1}}, 400, "unknown_field", "schedule.when"),
@@ -108,11 +142,15 @@ async def test_room_bad_inputs(api: Api, body: dict[str, Any], status: int, code
 async def test_room_conflicts_and_malformed_bodies(api: Api) -> None:
     """Check a taken name and a PIN in use answer 409/400, and a body that
     is not a JSON object answers 400."""
-    assert (await api.post("/rooms", {"name": "r1", "pin": "5555"}))[0] == 201
+    assert (await api.post("/rooms", {"name": "r1", "pin": "555555"}))[0] == 201
     status, body = await api.post("/rooms", {"name": "r1"})
     assert status == 409 and error(body) == ("room_exists", "name")
-    status, body = await api.post("/rooms", {"name": "r2", "pin": "5555"})
+    status, body = await api.post("/rooms", {"name": "r2", "pin": "555555"})
     assert status == 400 and error(body) == ("invalid_field", "pin")
+    status, body = await api.post("/rooms", {"name": "r3", "moderator_pin": "555555"})
+    assert status == 400 and error(body) == ("invalid_field", "moderator_pin")
+    status, body = await api.post("/rooms", {"name": "555555", "pin": None})
+    assert status == 400 and error(body) == ("invalid_field", "pin")  # its id is r1's PIN
     status, body = await api.post("/rooms", raw="{nope")
     assert status == 400 and error(body) == ("invalid_json", None)
     status, body = await api.post("/rooms", [1])
@@ -348,7 +386,7 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     first = await make_engine(RULES, SCENARIOS, webhook_private_networks=True)  # a 127.0.0.1 webhook
     key = new_key(first, "admin")
     api = Api(first, http, key)
-    await api.post("/rooms", {"name": "keep", "max_participants": 5, "pin": "2468"})
+    await api.post("/rooms", {"name": "keep", "max_participants": 5, "pin": "246813"})
     await api.post("/users", {"name": "carol", "password": "pw-carol"})
     status, inv = await api.post("/rooms/keep/invites", {"invitee": "dan"})
     status, tok = await api.post("/rooms/keep/tokens", {"identity": "erin"})
@@ -359,7 +397,8 @@ async def test_restart_keeps_rooms_users_invites_and_keys(make_engine: EngineFac
     second = await make_engine(RULES, SCENARIOS, data_dir=first.config.data_dir)
     api2 = Api(second, http, key)
     status, room = await api2.get("/rooms/keep")
-    assert status == 200 and (room["max_participants"], room["pin"]) == (5, "2468")
+    assert status == 200 and (room["max_participants"], room["pin_set"]) == (5, True)
+    assert second.rooms is not None and second.rooms.pin_role("keep", "246813") == "guest"
     status, user = await api2.get("/users/carol")
     assert status == 200
     status, body = await api2.post("/tokens/verify", {"token": tok["token"]})

@@ -4,6 +4,7 @@ engine, and ``callbridge keys`` creating a key that the API accepts."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,25 @@ async def test_users_crud_and_paging(api: Api) -> None:
     assert status == 404 and error(body) == ("not_found", "name")
 
 
+async def test_sip_access_is_opt_in(api: Api) -> None:
+    """Check a user created through the API is web-only unless ``sip: true``
+    (no digest hash kept), and PATCH turns SIP on (with the password, the
+    hashes' source) and off; ``sip`` without the password is a 400 naming it."""
+    store = api.engine.store
+    assert store is not None
+    status, web_only = await api.post("/users", {"name": "w", "password": "pw"})
+    assert status == 201 and web_only["sip"] is False
+    assert store.sip_ha1("w", "callbridge", "MD5") is None
+    status, phone = await api.post("/users", {"name": "p", "password": "pw", "sip": True})
+    assert status == 201 and phone["sip"] is True and store.sip_ha1("p", "callbridge", "MD5")
+    status, body = await api.patch("/users/w", {"sip": True})
+    assert status == 400 and error(body) == ("invalid_field", "sip")
+    status, user = await api.patch("/users/w", {"sip": True, "password": "pw2"})
+    assert status == 200 and user["sip"] is True and store.sip_ha1("w", "callbridge", "MD5")
+    status, user = await api.patch("/users/p", {"sip": False})
+    assert status == 200 and user["sip"] is False and store.sip_ha1("p", "callbridge", "MD5") is None
+
+
 @pytest.mark.parametrize("method, path, body, status, code, field", [
     ("POST", "/users", {"password": "x"}, 400, "missing_field", "name"),
     ("POST", "/users", {"name": "ok"}, 400, "missing_field", "password"),
@@ -169,11 +189,16 @@ async def test_keys_cli_creates_a_key_the_api_accepts(tmp_path: Path, make_engin
 
 async def test_one_time_login_token_logs_the_sdk_in_once(api: Api, http: aiohttp.ClientSession) -> None:
     """Check ``POST /users/{name}/login-tokens`` issues a key with which the
-    web SDK logs in as that user without the password, once; an unknown
-    user is 404 and a bad ttl 400."""
+    web SDK logs in as that user without the password, once; the database
+    holds only a hash of it; an unknown user is 404 and a bad ttl 400."""
     assert (await api.post("/users", {"name": "kim", "password": "secret-pw", "display_name": "Kim"}))[0] == 201
     status, issued = await api.post("/users/kim/login-tokens")
     assert status == 201 and issued["user"] == "kim" and len(issued["token"]) >= 32
+    store = api.engine.store
+    assert store is not None and isinstance(store.path, Path)
+    with sqlite3.connect(store.path) as db:  # the file itself, WAL included
+        keys = [row[0] for row in db.execute("SELECT key FROM kv")]
+    assert keys and issued["token"] not in keys and issued["token"] not in repr(keys)
     status, body = await api.post("/users/nobody/login-tokens", {"ttl": 60})
     assert status == 404 and error(body) == ("not_found", "name")
     status, body = await api.post("/users/kim/login-tokens", {"ttl": -1})

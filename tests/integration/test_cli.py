@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import re
 import socket
 import subprocess
 import sys
@@ -130,16 +131,40 @@ def test_users_and_rooms_commands(tmp_path: Path) -> None:
     assert "alice" in callbridge("users", "--data-dir", data, "list").stdout
     assert callbridge("users", "--data-dir", data, "delete", "alice").returncode == 0
     assert callbridge("users", "--data-dir", data, "delete", "alice").returncode == 1
-    made = callbridge("rooms", "--data-dir", data, "create", "1234")
+    made = callbridge("rooms", "--data-dir", data, "create", "1234", "--no-pin")
     assert made.returncode == 0 and "PIN 1234" in made.stdout
     assert "1234" in callbridge("rooms", "--data-dir", data, "list").stdout
     bad = callbridge("rooms", "--data-dir", data, "create", "no spaces")
     assert bad.returncode == 1 and "room" in bad.stderr
-    pinned = callbridge("rooms", "--data-dir", data, "create", "class", "--pin", "4321",
+    pinned = callbridge("rooms", "--data-dir", data, "create", "class", "--pin", "432198",
                         "--max-participants", "30")
-    assert pinned.returncode == 0 and "PIN 4321" in pinned.stdout
+    assert pinned.returncode == 0 and "PIN 432198" in pinned.stdout
     bad_pin = callbridge("rooms", "--data-dir", data, "create", "other", "--pin", "12")
-    assert bad_pin.returncode == 1 and "pin" in bad_pin.stderr
+    assert bad_pin.returncode == 1 and "invalid pin: must be 6 to 16 digits" in bad_pin.stderr
+
+
+def test_rooms_create_draws_a_pin_shown_once(tmp_path: Path) -> None:
+    """Check ``rooms create`` without a PIN prints a random 6-digit one
+    (the PIN the engine then accepts, with the same key file), a 4-digit
+    ``--pin`` is refused naming the field, and ``rooms list`` and the
+    database file never show a PIN."""
+    from engine.store import SqliteStore
+    from engine.tokens import Keys
+
+    data = tmp_path / "data"
+    made = callbridge("rooms", "--data-dir", str(data), "create", "weekly")
+    assert made.returncode == 0, made.stderr
+    pin = re.search(r"PIN ([0-9]+)", made.stdout)
+    assert pin is not None and len(pin.group(1)) == 6
+    short = callbridge("rooms", "--data-dir", str(data), "create", "other", "--pin", "4321")
+    assert short.returncode == 1 and "invalid pin: must be 6 to 16 digits" in short.stderr
+    listed = callbridge("rooms", "--data-dir", str(data), "list").stdout
+    assert "weekly" in listed and pin.group(1) not in listed
+    assert pin.group(1).encode() not in (data / "callbridge.sqlite3").read_bytes()
+    keys = Keys.in_directory(data)
+    with SqliteStore.in_directory(data, pin_key=keys.pin_key) as store:
+        found = store.find_room_by_pin(pin.group(1))
+        assert found is not None and (found[0].room_id, found[1]) == ("weekly", "guest")
 
 
 async def test_unrouted_caller_never_reaches_the_trunk(make_engine) -> None:
@@ -178,3 +203,27 @@ async def test_unrouted_caller_never_reaches_the_trunk(make_engine) -> None:
     finally:
         trunk.close()
         caller.close()
+
+
+def test_users_create_takes_the_password_off_argv(tmp_path: Path) -> None:
+    """Check ``--password-stdin`` reads the password from standard input
+    (nothing secret in argv), ``--password`` still works but warns that argv
+    is public, no password at all (no terminal) is a clear error, and
+    ``--sip`` is what gives a user SIP digest hashes."""
+    from engine.store import SqliteStore
+
+    data = str(tmp_path / "data")
+    piped = subprocess.run([sys.executable, "-m", "engine", "users", "--data-dir", data, "create", "alice",
+                            "--password-stdin", "--sip"], cwd=ROOT, capture_output=True, text=True,
+                           input="s3cret pw\n", timeout=60)
+    assert piped.returncode == 0 and "created user alice (SIP enabled)" in piped.stdout
+    assert "warning" not in piped.stderr
+    visible = callbridge("users", "--data-dir", data, "create", "bob", "--password", "pw-123456")
+    assert visible.returncode == 0 and "warning: --password is visible" in visible.stderr
+    missing = subprocess.run([sys.executable, "-m", "engine", "users", "--data-dir", data, "create", "cy"],
+                             cwd=ROOT, capture_output=True, text=True, input="", timeout=60)
+    assert missing.returncode == 1 and "--password-stdin" in missing.stderr
+    with SqliteStore.in_directory(data) as store:
+        assert store.verify_password("alice", "s3cret pw") and store.verify_password("bob", "pw-123456")
+        assert store.sip_ha1("alice", "callbridge", "MD5") and store.sip_ha1("bob", "callbridge", "MD5") is None
+        assert store.get_user("cy") is None

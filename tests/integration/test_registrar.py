@@ -8,6 +8,8 @@ from __future__ import annotations
 import secrets
 import time
 
+import pytest
+
 from engine.server import Engine
 from engine.sip.auth import ClientAuthSession, parse_challenge
 from engine.sip.message import SipRequest, SipResponse
@@ -104,7 +106,7 @@ def bindings(resp: SipResponse) -> dict[str, int]:
 async def registrar(make_engine: EngineFactory) -> Engine:
     engine = await make_engine(RULES, {"dial_user": DIAL_USER})
     assert engine.store is not None
-    engine.store.create_user("alice", PASSWORD)
+    engine.store.create_user("alice", PASSWORD, sip=True)
     return engine
 
 
@@ -151,6 +153,61 @@ async def test_register_refusals(make_engine: EngineFactory, peers: PeerFactory)
     odd = Registration(peer, engine)
     resp = await odd.send(["<sip:alice@127.0.0.1:5071>"], authorization="Basic YWxpY2U6eA==")
     assert resp.status == 401 and len(resp.headers.get_all("WWW-Authenticate")) == 2
+
+
+async def test_web_only_user_cannot_register(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A user created without SIP access (the default: web SDK only, and
+    every guest) is refused with 403 even with the right password, exactly
+    like an unknown user, and the store keeps no digest hash for it."""
+    engine = await registrar(make_engine)
+    assert engine.store is not None
+    engine.store.create_user("webby", PASSWORD)
+    assert engine.store.sip_ha1("webby", "callbridge", "MD5") is None
+    peer = await peers.udp(engine)
+    web_only = Registration(peer, engine, user="webby")
+    resp = await web_only.register(["<sip:webby@127.0.0.1:5071>"])
+    nobody = await Registration(peer, engine, user="nobody").register(["<sip:nobody@127.0.0.1:5071>"])
+    assert (resp.status, resp.reason) == (nobody.status, nobody.reason) == (403, "Forbidden")
+    assert not engine.directory.bindings("webby", time.monotonic())
+
+
+async def test_register_password_guessing_locks_the_account(
+    make_engine: EngineFactory, peers: PeerFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Five wrong passwords for alice lock her account: the right password
+    then gets 403 too (its HA1 is not even read) until the backoff lapses
+    (virtual clock, no sleep), after which it registers; an unknown
+    account locks the same way; security events name source and user."""
+    engine = await registrar(make_engine)
+    now = [time.monotonic()]
+    engine.clock = lambda: now[0]
+    reads: list[str] = []
+    ha1 = engine.ua.user_ha1
+    assert ha1 is not None
+
+    def counting(user: str, realm: str, algorithm: str) -> str | None:
+        reads.append(user)
+        return ha1(user, realm, algorithm)
+
+    engine.ua.user_ha1 = counting
+    peer = await peers.udp(engine)
+    contact = ["<sip:alice@127.0.0.1:5071>"]
+    for _ in range(5):
+        wrong = Registration(peer, engine, password="guess")
+        assert (await wrong.register(contact)).status == 403
+    assert len(reads) == 5
+    right = Registration(peer, engine)
+    assert (await right.register(contact)).status == 403
+    assert len(reads) == 5
+    for _ in range(6):
+        nobody = Registration(peer, engine, user="mallory", password="guess")
+        assert (await nobody.register(["<sip:mallory@127.0.0.1:5071>"])).status == 403
+    now[0] += 1.5  # the first lockout is 1 s
+    again = Registration(peer, engine)
+    assert (await again.register(contact)).status == 200
+    assert "event=auth_failed src=127.0.0.1 method=REGISTER user=alice" in caplog.text
+    assert "event=auth_locked src=127.0.0.1 method=REGISTER user=alice" in caplog.text
+    assert "event=auth_locked src=127.0.0.1 method=REGISTER user=mallory" in caplog.text
 
 
 async def test_register_remove_one_and_all(make_engine: EngineFactory, peers: PeerFactory) -> None:

@@ -134,7 +134,8 @@ async def test_login_by_password_and_by_one_time_token(
 ) -> None:
     """Check a wrong password and an unknown user fail with login_failed,
     the right one logs in (with the display name), a second login is
-    refused, and a one-time token logs in once only."""
+    refused, and a one-time token logs in once only; the store keeps only
+    a keyed hash of the token, and that hash itself logs nobody in."""
     sock = await sdk()
     await sock.hello()
     assert (await sock.login("alice", "wrong"))["code"] == "login_failed"
@@ -144,7 +145,13 @@ async def test_login_by_password_and_by_one_time_token(
     assert (await sock.login("alice", "wonderland"))["code"] == "already_logged_in"
 
     assert engine.store is not None
-    engine.store.kv_put(TOKEN_NAMESPACE, "t" * 32, "alice", 60, time.time())
+    assert engine.keys is not None
+    stored = engine.keys.login_token_hash("t" * 32)
+    engine.store.kv_put(TOKEN_NAMESPACE, stored, "alice", 60, time.time())
+    assert "t" * 32 not in stored
+    forged = await sdk()
+    await forged.hello()
+    assert (await forged.request({"type": "login", "token": stored}))["code"] == "login_failed"
     first = await sdk()
     await first.hello()
     ok = await first.request({"type": "login", "token": "t" * 32})
@@ -152,6 +159,45 @@ async def test_login_by_password_and_by_one_time_token(
     again = await sdk()
     await again.hello()
     assert (await again.request({"type": "login", "token": "t" * 32}))["code"] == "login_failed"
+
+
+async def test_password_guessing_locks_the_account_with_backoff(
+    engine: Engine, sdk: Callable[[], Awaitable[SdkSocket]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Check five wrong passwords for one account (any case of its name)
+    lock it: then even the right password is refused with "try again
+    later" without being checked, an unknown account is treated the same
+    way, and the lockout lapses after its backoff (virtual clock, no
+    sleep); security events name the source and the user, never the
+    password."""
+    now = [1000.0]
+    engine.clock = lambda: now[0]
+    checked: list[str] = []
+    assert engine.store is not None
+    verify = engine.store.verify_password
+
+    def counting(name: str, password: str) -> bool:
+        checked.append(name)
+        return verify(name, password)
+
+    engine.store.verify_password = counting  # type: ignore[method-assign]
+    sock = await sdk()
+    await sock.hello()
+    for name in ("alice", "ALICE", "alice", "Alice", "alice"):
+        failed = await sock.login(name, "guess")
+        assert failed["code"] == "login_failed" and "later" not in failed["message"]
+    locked = await sock.login("alice", "wonderland")
+    assert locked["code"] == "login_failed" and "try again later" in locked["message"]
+    assert len(checked) == 5  # the locked attempt computed no hash
+    for _ in range(5):
+        await sock.login("nobody", "guess")
+    assert "try again later" in (await sock.login("nobody", "guess"))["message"]
+    now[0] += 1.5  # the first lockout is 1 s
+    ok = await sock.login("alice", "wonderland")
+    assert ok["type"] == "login_ok"
+    assert "event=auth_failed src=127.0.0.1 method=ws-login user=alice" in caplog.text
+    assert "event=auth_locked src=127.0.0.1 method=ws-login user=alice" in caplog.text
+    assert "guess" not in caplog.text and "wonderland" not in caplog.text
 
 
 async def test_a_number_no_rule_matches_fails_with_404(sdk: Callable[[], Awaitable[SdkSocket]]) -> None:

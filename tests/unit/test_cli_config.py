@@ -4,10 +4,13 @@ guest logins and strict RTP."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.cli import _config_from, build_parser
 from engine.server import EngineConfig
+from engine.ua import Trunk
 
 
 def config(argv: list[str]) -> EngineConfig:
@@ -105,3 +108,32 @@ def test_webhook_private_networks_denied_unless_allowed(monkeypatch: pytest.Monk
     assert config([]).webhook_private_networks is True
     with pytest.raises(SystemExit):
         config(["--webhook-private-networks", "maybe"])
+
+
+def test_trunk_password_stays_out_of_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Check the trunk's password comes from --trunk-password-file or
+    CALLBRIDGE_TRUNK_PASSWORD into the URI (escaped), a password written in
+    --trunk still works but warns, one in CALLBRIDGE_TRUNK does not warn,
+    and an unreadable password file is a clear error; the --pin-min-length
+    flag reaches the config."""
+    for name in ("CALLBRIDGE_TRUNK", "CALLBRIDGE_TRUNK_PASSWORD", "CALLBRIDGE_TRUNK_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    secret = tmp_path / "trunk.pw"
+    secret.write_text("p@ss:word\n")
+    made = config(["--trunk", "sip:acct@carrier.example:5080", "--trunk-password-file", str(secret)])
+    trunk = Trunk.from_uri(made.trunk or "")
+    assert (trunk.username, trunk.password, trunk.port) == ("acct", "p@ss:word", 5080)
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv("CALLBRIDGE_TRUNK_PASSWORD", "envpw")
+    assert Trunk.from_uri(config(["--trunk", "sip:acct@carrier.example"]).trunk or "").password == "envpw"
+    monkeypatch.delenv("CALLBRIDGE_TRUNK_PASSWORD")
+    assert config(["--trunk", "sip:acct:inline@carrier.example"]).trunk == "sip:acct:inline@carrier.example"
+    assert "warning: the trunk password in --trunk is visible" in capsys.readouterr().err
+    monkeypatch.setenv("CALLBRIDGE_TRUNK", "sip:acct:inline@carrier.example")
+    config([])
+    assert "warning" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        config(["--trunk", "sip:acct@carrier.example", "--trunk-password-file", str(tmp_path / "none")])
+    assert "--trunk-password-file" in str(info.value) and "cannot read" in str(info.value)
+    assert config(["--pin-min-length", "8"]).pin_min_length == 8

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from engine.directory import (
+    LoginBackoff,
+    LoginGuard,
     Binding,
     ContactUpdate,
     Directory,
@@ -496,3 +498,41 @@ def test_prune_covers_everything(d: MemoryDirectory) -> None:
     assert d.prune(10.0) == 0
     with pytest.raises(ValueError, match="^now must be a finite number, not None$"):
         d.prune(None)  # type: ignore[arg-type]
+
+
+def test_login_guard_backoff_doubles_to_the_cap_and_forgets() -> None:
+    """Check the first four failures of an account cost nothing, the fifth
+    locks it 1 s, each further one doubles the lockout up to the 300 s cap,
+    a success clears the account's count, and the count is forgotten after
+    ``forget`` seconds without failure."""
+    guard = LoginGuard(MemoryDirectory(), LoginBackoff())
+    now = 0.0
+    locks = [guard.failed("Alice", None, now) for _ in range(4)]
+    assert locks == [0.0] * 4 and guard.refusal("alice", None, now) is None
+    locks = [guard.failed("alice", None, now) for _ in range(12)]
+    assert locks == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0, 300.0]
+    assert guard.refusal("ALICE", None, now + 299) == "account"
+    assert guard.refusal("alice", None, now + 301) is None
+    guard.succeeded("alice")
+    assert guard.failed("alice", None, now + 301) == 0.0
+    assert guard.failed("bob", None, 0.0) == 0.0
+    for _ in range(3):
+        guard.failed("bob", None, 0.0)
+    assert guard.failed("bob", None, 901.0) == 0.0  # the first four are forgotten
+
+
+def test_login_guard_locks_a_source_across_accounts_and_memory_is_bounded() -> None:
+    """Check twenty failures from one address over many account names lock
+    that address (not other addresses), and a flood of account names keeps
+    at most ``max_rate_keys`` failure entries."""
+    directory = MemoryDirectory(max_rate_keys=100)
+    guard = LoginGuard(directory)
+    for i in range(19):
+        assert guard.failed(f"user{i}", "192.0.2.1", 0.0) == 0.0
+    assert guard.failed("user19", "192.0.2.1", 0.0) == 1.0
+    assert guard.refusal("someone", "192.0.2.1", 0.5) == "source"
+    assert guard.refusal("someone", "192.0.2.2", 0.5) is None
+    for i in range(1000):
+        guard.failed(f"flood{i}", None, 1.0)
+    assert len(directory._failures) <= 100
+    assert directory.prune(10_000.0) >= 1 and not directory._failures

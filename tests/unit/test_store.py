@@ -83,7 +83,7 @@ def ha1(hash_name: str, text: str) -> str:
 def test_memory_store_implements_the_interface(store: SqliteStore) -> None:
     """Check the SQLite store satisfies the Store protocol and records the schema version."""
     assert isinstance(store, Store)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     assert store.sip_realm == "callbridge"
     assert store.path == ":memory:"
 
@@ -96,7 +96,7 @@ def test_file_store_creates_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.exists()
         assert Path(f"{path}-wal").exists()
         assert raw(path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(path, "SELECT version FROM schema_version") == [(2,)]
+    assert raw(path, "SELECT version FROM schema_version") == [(3,)]
 
 
 def test_in_directory_uses_default_filename(tmp_path: Path) -> None:
@@ -110,14 +110,14 @@ def test_persistence_across_reopen(tmp_path: Path, clock: Clock) -> None:
     """Check every kind of data survives closing and reopening a file store."""
     path = tmp_path / "cb.sqlite3"
     with open_file(path, clock=clock) as store:
-        store.create_user("alice", "s3cret", "Alice A.")
+        store.create_user("alice", "s3cret", "Alice A.", sip=True)
         store.create_room("1234", display_name="Weekly")
         store.kv_put("app", "k", "v", None, 10.0)
         store.kv_put("app", "short", "v", 5.0, 10.0)
         store.add_call_record({"call_id": "c1", "status": "answered"})
     with open_file(path) as store:
-        assert store.schema_version == 2
-        assert store.get_user("alice") == User("alice", "Alice A.", clock.now)
+        assert store.schema_version == 3
+        assert store.get_user("alice") == User("alice", "Alice A.", clock.now, sip=True)
         assert store.verify_password("alice", "s3cret")
         assert store.sip_ha1("alice", "callbridge", "MD5") == ha1(
             "md5", "alice:callbridge:s3cret"
@@ -326,9 +326,9 @@ def test_list_users_bounds(store: SqliteStore, kwargs: dict[str, Any], message: 
 
 def test_update_user(store: SqliteStore) -> None:
     """Check updating password and display name, clearing the name and leaving fields alone."""
-    created = store.create_user("alice", "old", "Alice")
+    created = store.create_user("alice", "old", "Alice", sip=True)
     assert store.update_user("alice") == created
-    assert store.update_user("alice", display_name="A.") == User("alice", "A.", created.created_at)
+    assert store.update_user("alice", display_name="A.") == User("alice", "A.", created.created_at, True)
     before = store.sip_ha1("alice", "callbridge", "MD5")
     assert store.update_user("alice", password="new").display_name == "A."
     assert not store.verify_password("alice", "old")
@@ -448,7 +448,7 @@ def test_corrupt_hash_never_verifies(tmp_path: Path, encoded: str) -> None:
 
 def test_sip_ha1_matches_hashlib(store: SqliteStore) -> None:
     """Check HA1 = H(user:realm:password) for MD5 and SHA-256, in any case of the name."""
-    store.create_user("alice", "pässword")
+    store.create_user("alice", "pässword", sip=True)
     md5 = ha1("md5", "alice:callbridge:pässword")
     sha = ha1("sha256", "alice:callbridge:pässword")
     assert store.sip_ha1("alice", "callbridge", "MD5") == md5
@@ -459,7 +459,7 @@ def test_sip_ha1_matches_hashlib(store: SqliteStore) -> None:
 
 def test_sip_ha1_unknown_user_or_realm(store: SqliteStore) -> None:
     """Check HA1 is None for an unknown user, another case, or another realm."""
-    store.create_user("alice", "pw")
+    store.create_user("alice", "pw", sip=True)
     assert store.sip_ha1("bob", "callbridge", "MD5") is None
     assert store.sip_ha1("ALICE", "callbridge", "MD5") is None
     assert store.sip_ha1("alice", "other", "MD5") is None
@@ -478,7 +478,7 @@ def test_custom_realm_and_realm_change(tmp_path: Path) -> None:
     """Check HA1 follows the configured realm, and a realm change needs the password again."""
     path = tmp_path / "cb.sqlite3"
     with open_file(path, sip_realm="pbx.example.com") as store:
-        store.create_user("alice", "pw")
+        store.create_user("alice", "pw", sip=True)
         assert store.sip_ha1("alice", "pbx.example.com", "SHA-256") == ha1(
             "sha256", "alice:pbx.example.com:pw"
         )
@@ -489,7 +489,7 @@ def test_custom_realm_and_realm_change(tmp_path: Path) -> None:
         assert store.sip_ha1("alice", "new.example.com", "MD5") == ha1(
             "md5", "alice:new.example.com:pw"
         )
-        store.create_user("bob", "x")
+        store.create_user("bob", "x", sip=True)
         store.update_user("bob", password="y")
         assert store.sip_ha1("bob", "new.example.com", "MD5") == ha1("md5", "bob:new.example.com:y")
 
@@ -733,3 +733,44 @@ def test_create_guest_stores_no_hash(store: SqliteStore, monkeypatch: pytest.Mon
         store.create_guest("GUEST-0a1b2c3d4e")
     with pytest.raises(InvalidValue):
         store.create_guest("no spaces")
+
+
+def test_web_only_users_keep_no_digest_hash(tmp_path: Path) -> None:
+    """Check a user created without ``sip`` (the default) has empty HA1
+    columns in the file and no HA1 answer, enabling SIP needs the password
+    and then keeps the hashes, and disabling it erases them again."""
+    path = tmp_path / "cb.sqlite3"
+    with open_file(path) as store:
+        assert store.create_user("webby", "pw").sip is False
+        assert store.sip_ha1("webby", "callbridge", "MD5") is None
+        assert raw(path, "SELECT ha1_md5, ha1_sha256, sip FROM users") == [("", "", 0)]
+        assert error_of(InvalidValue, store.update_user, "webby", sip=True) == (
+            "invalid sip: enabling SIP needs the password (the digest hashes are made from it)"
+        )
+        assert store.update_user("webby", password="pw2", sip=True).sip is True
+        assert store.sip_ha1("webby", "callbridge", "MD5") == ha1("md5", "webby:callbridge:pw2")
+        assert store.update_user("webby", sip=False).sip is False
+        assert store.sip_ha1("webby", "callbridge", "MD5") is None
+        assert raw(path, "SELECT ha1_md5, ha1_sha256, sip FROM users") == [("", "", 0)]
+        assert store.verify_password("webby", "pw2")
+
+
+def test_version_2_users_stay_sip_users(tmp_path: Path) -> None:
+    """Check opening a version 2 database (every user had HA1 values) keeps
+    its users able to REGISTER: an upgrade breaks no phone."""
+    from engine import store as store_module
+
+    path = tmp_path / "cb.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (2)")
+    for step in store_module._MIGRATIONS[:2]:
+        for statement in step:
+            conn.execute(statement)
+    md5 = ha1("md5", "alice:callbridge:pw")
+    sha = ha1("sha256", "alice:callbridge:pw")
+    conn.execute("INSERT INTO users VALUES ('alice', NULL, 1.0, 'x', 'callbridge', ?, ?)", (md5, sha))
+    conn.close()
+    with open_file(path) as store:
+        assert store.get_user("alice") == User("alice", None, 1.0, sip=True)
+        assert store.sip_ha1("alice", "callbridge", "MD5") == md5

@@ -44,9 +44,42 @@ def test_version_1_database_is_migrated_keeping_rooms(tmp_path: Path) -> None:
             conn.execute(statement)
     conn.close()
     with SqliteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.get_room("1234") == Room("1234", "Weekly", 5.0)
         assert store.find_room_by_pin("1234") == (Room("1234", "Weekly", 5.0), "guest")
+
+
+def test_version_2_clear_pins_are_hashed_at_open(tmp_path: Path) -> None:
+    """Check a database whose rooms have PINs in clear (version 2) opens
+    with them replaced by keyed hashes, which still open the rooms with
+    their roles; reopening changes nothing more; a wrong key finds nothing."""
+    from engine import store as store_module
+
+    path = tmp_path / "cb.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (2)")
+    for step in store_module._MIGRATIONS[:2]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("INSERT INTO rooms (room_id, display_name, created_at, pin, moderator_pin)"
+                 " VALUES ('math', NULL, 1.0, '4321', '987654'), ('open', NULL, 1.0, NULL, NULL)")
+    conn.close()
+    key = b"k" * 32
+    with SqliteStore(path, pin_key=key) as store:
+        math = store.get_room("math")
+        assert math is not None and math.pin_hash == store.pin_hash("4321")
+        assert store.find_room_by_pin("4321") == (math, "guest")
+        assert store.find_room_by_pin("987654") == (math, "moderator")
+        assert store.room_pin_role("math", "987654") == "moderator"
+        assert store.room_pin_role("open", "open") == "guest"
+    stored = sqlite3.connect(path).execute("SELECT pin, moderator_pin FROM rooms ORDER BY room_id").fetchall()
+    assert "4321" not in repr(stored) and "987654" not in repr(stored)
+    assert stored[1] == (None, None)
+    with SqliteStore(path, pin_key=key) as store:
+        assert store.get_room("math") == math
+    with SqliteStore(path, pin_key=b"x" * 32) as store:
+        assert store.find_room_by_pin("4321") is None
 
 
 def test_room_settings_state_and_pins(store: SqliteStore) -> None:
