@@ -68,7 +68,7 @@ class FuzzConfig:
     tcp_share: float = 0.1
     window: int = 32
     check_every: int = 5000
-    ws_sockets: int = 4
+    ws_sockets: int = 8
     protos_step: int = 1
     progress: bool = False
 
@@ -97,6 +97,10 @@ class FuzzReport:
     exited: int | None = None  #: exit code, when the engine died during the run
     stop_code: int | None = None  #: exit code after SIGTERM at the end
     findings: dict[str, Finding] = field(default_factory=dict)
+    #: ``scenario X failed: CallError ...``: a shipped scenario acting on a
+    #: call the caller already left (answer after CANCEL, reject after BYE).
+    #: No traceback, nothing the engine failed at; reported, not fatal.
+    scenario_errors: dict[str, Finding] = field(default_factory=dict)
     seconds: float = 0.0
     log_path: Path | None = None
 
@@ -127,6 +131,10 @@ class FuzzReport:
             f"findings (error lines and tracebacks in the engine's stderr): {sum(f.count for f in self.findings.values())}"
             f" in {len(self.findings)} group(s)",
         ]
+        lines.append(f"scenario CallErrors (caller gone before the scenario acted): "
+                     f"{sum(f.count for f in self.scenario_errors.values())}")
+        for signature, finding in sorted(self.scenario_errors.items(), key=lambda kv: -kv[1].count):
+            lines.append(f"  {finding.count} x {signature}")
         for failure in self.failed_checks[:10]:
             lines.append(f"  failed check: {failure}")
         for signature, finding in sorted(self.findings.items(), key=lambda kv: -kv[1].count):
@@ -432,5 +440,7 @@ async def run_fuzz(config: FuzzConfig, workdir: Path | None = None) -> FuzzRepor
     finally:
         report.seconds = time.monotonic() - started
         report.stop_code = await asyncio.to_thread(serve.stop)
-    report.findings = scan_log(serve.log_path.read_text(errors="replace"))
+    for signature, finding in scan_log(serve.log_path.read_text(errors="replace")).items():
+        scenario = signature.startswith("scenario ") and "failed: CallError" in signature and " | " + " | " in signature
+        (report.scenario_errors if scenario else report.findings)[signature] = finding
     return report
