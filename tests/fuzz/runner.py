@@ -187,7 +187,7 @@ class _Sip(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if data.startswith(b"SIP/2.0 "):
             self.report.answers[f"{data[8:9].decode(errors='replace')}xx"] += 1
             self.fuzzer.learn(data)
@@ -212,7 +212,7 @@ class _Options(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.answers: asyncio.Queue[bytes] = asyncio.Queue()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.answers.put_nowait(data)
 
 
