@@ -166,7 +166,7 @@ def scan_log(text: str) -> dict[str, Finding]:
         text_ = msg.group(1) if msg else head
         exc = next((ln for ln in reversed(record) if ln and not ln.startswith(" ")), "") if len(record) > 1 else ""
         where = next((ln.strip() for ln in reversed(record) if ln.strip().startswith("File ")), "")
-        signature = re.sub(r"\b[0-9a-f]{6,}\b|\d+", "N", f"{text_} | {exc} | {where}")[:300]
+        signature = re.sub(r"0x[0-9a-f]+|\b[0-9a-f]{6,}\b|\d+", "N", f"{text_} | {exc} | {where}")[:300]
         if signature in found:
             found[signature].count += 1
         else:
