@@ -23,19 +23,19 @@ Usage: ``./run.sh bench [--seconds 20] [--max-rate 4000] [--only callbridge|kama
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from serve_process import ServeProcess, free_port  # noqa: E402
+
 UAC_XML = ROOT / "tests" / "e2e" / "sipp" / "uac_wait_bye.xml"
 
 KAMAILIO_CFG = """#!KAMAILIO
@@ -54,22 +54,6 @@ request_route {{
     exit;
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def run_sipp(args: list[str], rate: int, seconds: int, workdir: Path) -> tuple[int, int]:
@@ -121,39 +105,18 @@ def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate:
     return best
 
 
-def start_callbridge(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port, http = free_port(), free_port()
+def start_callbridge(workdir: Path) -> tuple[ServeProcess, int]:
     rules = workdir / "rules.yaml"
     rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "engine", "serve", "--sip-port", str(port), "--http-port", str(http),
-           "--rules", str(rules), "--scenarios", str(ROOT / "scenarios"), "--data-dir",
-           str(workdir / "data"), "--trusted", "127.0.0.1", "--log-level", "warning",
-           "--rtp-ports", "20000-60000"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(workdir / "callbridge.log", "w"))
-    try:
-        for _ in range(100):
-            try:
-                with urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise SystemExit("callbridge did not become healthy; see callbridge.log")
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, port
+    serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
+                                   "--trusted", "127.0.0.1", "--log-level", "warning",
+                                   "--rtp-ports", "20000-60000"])
+    serve.wait_healthy(10)
+    return serve, serve.sip_port
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop(serve: ServeProcess) -> None:
+    serve.stop()
 
 
 def bench_callbridge(args: argparse.Namespace, workdir: Path) -> tuple[int, int, int, int]:
@@ -169,12 +132,12 @@ def bench_callbridge(args: argparse.Namespace, workdir: Path) -> tuple[int, int,
         return 0, 0, 0, 0
     proc, port = start_callbridge(workdir)
     try:
-        rss_start = rss_kb(proc.pid)
+        rss_start = proc.rss_kb()
         ok, failed = run_sipp(["-sf", str(UAC_XML), "-s", "bench", f"127.0.0.1:{port}"],
                               best, args.seconds, workdir)
-        rss_end = rss_kb(proc.pid)
+        rss_end = proc.rss_kb()
         time.sleep(5)
-        rss_idle = rss_kb(proc.pid)
+        rss_idle = proc.rss_kb()
         print(f"  callbridge {best:6d} calls/s again in a fresh engine: ok={ok} failed={failed}", flush=True)
         return best, rss_start, rss_end, rss_idle
     finally:

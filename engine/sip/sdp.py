@@ -31,6 +31,7 @@ Peer errors raise :class:`~engine.sip.errors.RemoteProtocolError` with status
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -64,6 +65,8 @@ _SESSION_ORDER = "vosiuepcbtzka"
 _MEDIA_ORDER = "micbka"
 _KNOWN = frozenset("vosiuepcbtrzkam")
 _SESSION_ONLY = frozenset("vostruepz")
+#: An IP4/IP6 ``c=`` address (RFC 8866 section 9, ``connection-address``).
+_ADDRESS = re.compile(r"[A-Za-z0-9.:-]+(/[0-9]+){0,2}")
 
 
 @dataclass
@@ -341,6 +344,12 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
             parts = value.split()
             if len(parts) != 3:
                 raise _error(number, f"c= needs 3 fields, got {len(parts)}")
+            if parts[1] in ("IP4", "IP6") and not _ADDRESS.fullmatch(parts[2]):
+                # RFC 8866 section 9: an IP4/IP6 connection-address is an IP
+                # literal or an FQDN (alphanumerics, '-', '.'), with an optional
+                # multicast /ttl/count. A NUL here reached the RTP socket's
+                # sendto as a host name and raised there (found by bench/fuzz.py).
+                raise _error(number, f"bad connection address {_short(parts[2])!r}")
             section.connection = Connection(*parts)
         elif letter == "b":
             name, colon, bandwidth = value.partition(":")

@@ -56,6 +56,7 @@ from ..sip.transaction import (
     StrayResponse,
     Timers,
     TransactionLayer,
+    TransactionState,
     TransactionTerminated,
     TransactionTimedOut,
     TransportFailed,
@@ -540,7 +541,14 @@ class SipEndpoint:
                     if cb:
                         cb(event.response)
                 elif isinstance(event, RequestReceived):
-                    self.on_request(event.request, event.transaction, cast(Peer, event.addr))
+                    try:
+                        self.on_request(event.request, event.transaction, cast(Peer, event.addr))
+                    except RemoteProtocolError as exc:
+                        # A header parsed lazily by the handler (Contact,
+                        # Record-Route...) was malformed: the peer's error, so
+                        # it gets the 400 (or the status hint) a parse error
+                        # gets, not a transaction left without an answer.
+                        self._refuse(event.transaction, event.request, exc)
                 elif isinstance(event, CancelReceived):
                     self.on_cancel(event.request, event.transaction, event.invite_transaction,
                                    cast(Peer, event.addr))
@@ -559,6 +567,13 @@ class SipEndpoint:
                     self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
             except Exception:
                 logger.exception("error handling %s", type(event).__name__)
+
+    def _refuse(self, txn: ServerTransaction | None, request: SipRequest, exc: RemoteProtocolError) -> None:
+        """Answer ``exc.status`` on ``txn`` unless it has its final answer already."""
+        if txn is None or txn.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            return
+        self.stats["malformed"] += 1
+        self.send_response(txn, request.create_response(exc.status, _reason(str(exc))))
 
     # -- sending ---------------------------------------------------------------
 

@@ -161,6 +161,10 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
         frame = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not JSON: {exc}") from None
+    except RecursionError:
+        # 64 KiB of "[[[[..." nests deeper than the interpreter's stack: the
+        # decoder recurses per level (found by bench/fuzz.py).
+        raise ProtocolError(ErrorCode.BAD_JSON, "not JSON: nested too deeply") from None
     if not isinstance(frame, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "a frame is a JSON object")
     ref = frame.get("ref")

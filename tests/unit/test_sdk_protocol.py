@@ -70,6 +70,17 @@ def test_bad_frames(frame: Any, code: ErrorCode) -> None:
     assert code_of(frame) == code
 
 
+@pytest.mark.parametrize("text", ["[" * 20000, '{"a":' * 5000 + "1" + "}" * 5000], ids=["array", "object"])
+def test_deeply_nested_json_is_bad_json(text: str) -> None:
+    """Check a frame under 64 KiB nested deeper than the JSON decoder's
+    recursion can go is refused as ``bad_json``, not an internal error (the
+    fuzz run's RecursionError)."""
+    with pytest.raises(ProtocolError) as info:
+        parse_frame(text)
+    assert info.value.code == ErrorCode.BAD_JSON
+    assert info.value.message == "not JSON: nested too deeply"
+
+
 def test_errors_echo_ref_and_call() -> None:
     """Check a refused frame's error carries its ``ref`` and ``call``."""
     with pytest.raises(ProtocolError) as info:

@@ -1,0 +1,105 @@
+"""``callbridge serve`` as its own process, for benches and long-running
+checks that need the real command (uvloop, the tuned collector, signal
+handling): free loopback ports, a data directory of its own, stderr to a
+file, ``/healthz`` polled until it answers, RSS read from ``/proc``.
+
+Used by ``bench/sip_cps.py`` and the fuzz runner (``tests/fuzz``); bench
+scripts put ``tests/`` on ``sys.path`` to import it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["ROOT", "ServeProcess", "free_port", "rss_kb"]
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (the engine binds both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB (0 once the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class ServeProcess:
+    """One ``callbridge serve`` on free loopback ports.
+
+    :param workdir: where the data directory (``data/``) and the stderr log
+        (``callbridge.log``) go.
+    :param args: further ``serve`` flags (``--rules``, ``--trusted``...).
+    """
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.sip_port = free_port()
+        self.http_port = free_port()
+        self.log_path = workdir / "callbridge.log"
+        cmd = [sys.executable, "-m", "engine", "serve", "--sip-port", str(self.sip_port),
+               "--http-port", str(self.http_port), "--data-dir", str(workdir / "data"), *args]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def healthz(self, timeout: float = 2.0) -> int | None:
+        """The status of ``GET /healthz``, or None when it does not answer."""
+        try:
+            with urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=timeout) as resp:
+                return int(resp.status)
+        except OSError:
+            return None
+
+    def wait_healthy(self, seconds: float = 20.0) -> None:
+        """Poll ``/healthz`` until 200; stop the process and raise on failure."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if self.healthz(1.0) == 200:
+                return
+            time.sleep(0.1)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"callbridge serve did not become healthy; its stderr ends:\n{tail}")
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.proc.pid)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 10 s; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
