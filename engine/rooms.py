@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hmac
 import logging
 import secrets
 import time
