@@ -548,7 +548,7 @@ class SipEndpoint:
                         # Record-Route...) was malformed: the peer's error, so
                         # it gets the 400 (or the status hint) a parse error
                         # gets, not a transaction left without an answer.
-                        self._answer_malformed(event.transaction, event.request, exc)
+                        self._answer_late_error(event.transaction, event.request, exc)
                 elif isinstance(event, CancelReceived):
                     self.on_cancel(event.request, event.transaction, event.invite_transaction,
                                    cast(Peer, event.addr))
@@ -568,8 +568,8 @@ class SipEndpoint:
             except Exception:
                 logger.exception("error handling %s", type(event).__name__)
 
-    def _answer_malformed(self, txn: ServerTransaction | None, request: SipRequest,
-                          exc: RemoteProtocolError) -> None:
+    def _answer_late_error(self, txn: ServerTransaction | None, request: SipRequest,
+                           exc: RemoteProtocolError) -> None:
         """Answer ``exc.status`` on ``txn`` unless it has its final answer already."""
         if txn is None or txn.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
             return
