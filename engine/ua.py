@@ -410,7 +410,7 @@ class SipCall(Call):
             raise CallError(f"cannot challenge a call in state {self.state.value}")
         assert self.invite is not None
         self._final_sent = True
-        self._send_response(self.ua._challenge(self.invite, time.monotonic()))
+        self._send_response(self.ua._challenge(self.invite, self.ua.clock()))
         self._finish(CallState.FAILED, CallEvents.Failed, 401, None)
 
     def _on_ack(self, request: SipRequest) -> None:
@@ -1100,7 +1100,7 @@ class UserAgent:
         if creds is None:
             return None
         result = self.registrar_auth.verify(
-            creds, method="INVITE", uri=request.uri_text, now=time.monotonic(), ha1_lookup=self.user_ha1
+            creds, method="INVITE", uri=request.uri_text, now=self.clock(), ha1_lookup=self.user_ha1
         )
         if not result.ok or not result.username:
             security_event("auth_failed", peer.host, method="INVITE", reason=result.reason)

@@ -195,7 +195,7 @@ def dial_out(requester, number):
         notify("CALL_PARTICIPANT_FAILED", number=number, code=getattr(exc, "code", 503),
                reason=getattr(exc, "reason", "dialing out is not available"))
         return
-    Logger.write(f"dialing a number into the conference for {participants[requester]['name']}")
+    Logger.write(f"dialing {number} into the conference for {participants[requester]['name']}")
     dialing[call] = number
 
     def connected(ev):

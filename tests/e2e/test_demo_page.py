@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -37,6 +38,8 @@ from playwright.async_api import async_playwright
 from browser import launch_chromium
 from logs import session_logs, wait_for_log
 
+from engine.dialout import DialPolicy
+from engine.rooms import create_room_with_pin
 from engine.server import Engine
 
 from .baresip import Baresip
@@ -104,11 +107,13 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
             await context.close()
 
 
-async def join(context: Any, engine: Engine, name: str, conference: str) -> Any:
-    """A new page on the demo, joined to ``conference`` as ``name``."""
+async def join(context: Any, engine: Engine, name: str, conference: str, token: str | None = None) -> Any:
+    """A new page on the demo, joined to ``conference`` as ``name`` (a
+    guest, or with a join ``token``: ``/?token=…``)."""
     page = await context.new_page()
     page.on("console", lambda msg: print(f"[{name}] {msg.type}: {msg.text}"))
-    await page.goto(f"http://127.0.0.1:{engine.http_port}/?conference={conference}")
+    extra = f"&token={token}" if token else ""
+    await page.goto(f"http://127.0.0.1:{engine.http_port}/?conference={conference}{extra}")
     await page.fill("#name", name)
     await page.click("#join-button")
     await page.wait_for_selector("#room-view:not([hidden])", timeout=30000)
@@ -218,8 +223,13 @@ async def test_invite_a_phone_number(make_engine: Any, browser: Any) -> None:
     carrier = await start_sipp(["-p", str(port), "-m", "1"], scenario="uas_answer_hangup.xml", timeout=40)
     try:
         engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios",
-                                   session_idle_timeout=5.0, trunk=f"sip:127.0.0.1:{port}")
-        page = await join(browser, engine, "Alice", "66")
+                                   session_idle_timeout=5.0, trunk=f"sip:127.0.0.1:{port}",
+                                   dial_policy=DialPolicy(allow=(r"\+1[0-9]{7,10}",)))
+        engine.store.create_room("66")
+        token, _ = engine.keys.issue_join_token(
+            room="66", identity="alice", display_name="Alice", role="custom",
+            permissions=("mute_self", "dial_out"), ttl=600, now=time.time())
+        page = await join(browser, engine, "Alice", "66", token=token)
         await page.fill("#invite-number", "+1 555 0199")
         await page.click("#invite-form button")
         await page.wait_for_function(
@@ -238,6 +248,28 @@ async def test_invite_a_phone_number(make_engine: Any, browser: Any) -> None:
         if carrier.returncode is None:
             carrier.kill()
             await carrier.wait()
+
+
+async def test_a_room_with_a_pin_asks_the_page_for_it(engine: Engine, browser: Any) -> None:
+    """Check the page joins a room that has a PIN only with it: without,
+    the page says the conference needs its PIN and shows the PIN field; a
+    wrong PIN is refused; the right one joins."""
+    create_room_with_pin(engine.store, "77", pin="246810")
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{engine.http_port}/?conference=77")
+    await page.fill("#name", "Eve")
+    await page.click("#join-button")
+    await page.wait_for_function(
+        "document.querySelector('#join-error').textContent.includes('needs its PIN')", timeout=20000)
+    assert await page.is_visible("#pin")
+    await page.fill("#pin", "135790")
+    await page.click("#join-button")
+    await page.wait_for_function(
+        "document.querySelector('#join-error').textContent.includes('not valid')", timeout=20000)
+    await page.fill("#pin", "246810")
+    await page.click("#join-button")
+    await page.wait_for_selector("#room-view:not([hidden])", timeout=30000)
+    assert await page.text_content("#dial-in") == "Phone PIN: 246810#"
 
 
 async def test_invite_without_a_trunk_fails_politely(engine: Engine, browser: Any) -> None:

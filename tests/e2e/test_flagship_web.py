@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
 
+from engine.dialout import DialPolicy
 from logs import wait_for_log
 from sdk_peer import BrowserPeer, SdkSocket
 
@@ -26,11 +28,26 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def dial_out_token(engine, room: str, identity: str = "ada") -> str:
+    """A join token for ``room`` (created if need be) that holds ``dial_out``,
+    as ``POST /api/v1/rooms/{room}/tokens`` with those permissions issues."""
+    if engine.store.get_room(room) is None:
+        engine.store.create_room(room)
+    token, _ = engine.keys.issue_join_token(
+        room=room, identity=identity, display_name="Ada Lovelace", role="custom",
+        permissions=("mute_self", "dial_out"), ttl=600, now=time.time())
+    return token
+
+
 async def join_conference(engine, http: ClientSession, conf_id: str | None) -> tuple[SdkSocket, BrowserPeer]:
     engine.store.create_user("ada", "lovelace", "Ada Lovelace")
     sock = SdkSocket(await http.ws_connect(f"http://127.0.0.1:{engine.http_port}/ws"))
     assert (await sock.hello())["type"] == "hello"
-    assert (await sock.login("ada", "lovelace"))["type"] == "login_ok"
+    if conf_id is not None:  # a join token for the room, allowed to dial out
+        ok = await sock.request({"type": "login", "token": dial_out_token(engine, conf_id)})
+    else:
+        ok = await sock.login("ada", "lovelace")
+    assert ok["type"] == "login_ok", ok
     peer = BrowserPeer()
     headers = {"X-Conference-Id": conf_id} if conf_id is not None else {}
     await sock.send({"type": "call", "call": "c1", "number": "joinconf", "sdp": await peer.offer(),
@@ -68,7 +85,7 @@ async def test_browser_joins_and_dials_a_phone_out(make_engine) -> None:
     uas = await start_sipp(["-p", str(port), "-m", "1"], scenario="uas_answer_bye.xml", timeout=30)
     try:
         engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios",
-                                   trunk=f"sip:127.0.0.1:{port}")
+                                   trunk=f"sip:127.0.0.1:{port}", dial_policy=DialPolicy(allow=(r"[0-9]+",)))
         async with ClientSession() as http:
             sock, peer = await join_conference(engine, http, "777")
             progress = await sock.recv("progress", call="c1", timeout=10)

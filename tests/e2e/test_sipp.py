@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.dialout import DialPolicy
 from engine.server import Engine
 from engine.transport.sip_endpoint import SecurityPolicy
 
@@ -163,7 +164,8 @@ async def test_call_pstn_through_trunk_with_digest(make_engine, tmp_path: Path) 
         ["-p", str(port), "-m", "1", "-inf", str(creds)], scenario="uas_auth.xml", timeout=20,
     )
     try:
-        engine = await make_engine(RULES, trunk=f"sip:{user}:{password}@127.0.0.1:{port}")
+        engine = await make_engine(RULES, trunk=f"sip:{user}:{password}@127.0.0.1:{port}",
+                                   dial_policy=DialPolicy(allow=(r"[0-9]+",)))
         await asyncio.sleep(0.3)  # let sipp bind
         rule = engine.rules.match("dialout")
         session = engine.runtime.start_session(rule, custom_data="5551234")
@@ -191,7 +193,8 @@ async def test_call_pstn_wrong_trunk_password_fails_403(make_engine, tmp_path: P
     uas = await start_sipp(["-p", str(port), "-m", "1", "-inf", str(creds)], scenario="uas_auth.xml",
                            timeout=20)
     try:
-        engine = await make_engine(RULES, trunk=f"sip:acct42:wrong@127.0.0.1:{port}")
+        engine = await make_engine(RULES, trunk=f"sip:acct42:wrong@127.0.0.1:{port}",
+                                   dial_policy=DialPolicy(allow=(r"[0-9]+",)))
         await asyncio.sleep(0.3)
         engine.runtime.start_session(engine.rules.match("dialout"), custom_data="5551234")
         logs = await wait_for_log(engine, "ended Failed 403", timeout=10)

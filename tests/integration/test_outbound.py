@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from engine.dialout import DialPolicy
 from engine.server import Engine
 from engine.sip.auth import ClientAuthSession
 from engine.sip.message import SipRequest
@@ -253,7 +254,8 @@ def challenge(invite: SipRequest) -> bytes:
 async def trunk_engine(make_engine: EngineFactory, peers: PeerFactory) -> tuple[Engine, UdpPeer]:
     """An engine whose trunk (with credentials) is a scripted UDP peer."""
     port = free_udp_port()
-    engine = await make_engine(TRUNK_RULES, trunk=f"sip:acct42:s3cret@127.0.0.1:{port}")
+    engine = await make_engine(TRUNK_RULES, trunk=f"sip:acct42:s3cret@127.0.0.1:{port}",
+                               dial_policy=DialPolicy(allow=(r"[0-9]+",)))
     trunk = await peers.udp(engine, port=port)
     return engine, trunk
 

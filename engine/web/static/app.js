@@ -236,7 +236,16 @@ async function openCamera() {
   }
 }
 
-async function join(name, confId) {
+//: Why a room refused us (the gatekeeper's X-Reason), as the page says it.
+const REFUSALS = {
+  pin_required: "This conference needs its PIN.",
+  wrong_pin: "That PIN is not valid.",
+  too_many_attempts: "Too many attempts. Please try again later.",
+  pin_locked: "This conference's PIN is locked for now. Please try again later.",
+  wrong_room: "Your invitation is for another conference.",
+};
+
+async function join(name, confId, pin) {
   state.leaving = false;
   state.confId = confId;
   if (!state.stream) state.stream = await openCamera();
@@ -244,28 +253,42 @@ async function join(name, confId) {
   state.client = client;
   setStatus("Connecting…", "busy");
   await client.connect();
-  const me = await client.login({ guest: name });
+  // a join token (?token=…, from POST /api/v1/rooms/{id}/tokens or an
+  // invite) admits to its room with its role and permissions (dial_out for
+  // "invite by phone"); without one the page is a guest
+  const me = state.token ? await client.login({ token: state.token }) : await client.login({ guest: name });
   state.me = me.username;
+  if (me.room) confId = state.confId = me.room;
   client.on(ClientEvents.IncomingCall, onIncoming);
   client.on(ClientEvents.Disconnected, () => { if (!state.leaving) leave("The connection to the server was lost."); });
 
-  const call = client.call({ number: "joinconf", customHeaders: { "X-Conference-Id": confId } });
+  const headers = { "X-Conference-Id": confId };
+  if (pin) headers["X-Conference-Pin"] = pin;
+  const call = client.call({ number: "joinconf", customHeaders: headers });
   state.confCall = call;
   call.on(CallEvents.MessageReceived, onConferenceMessage);
   call.on(CallEvents.Disconnected, (e) => { if (!state.leaving) leave(e.code === 200 ? "The conference has ended." : `Disconnected (${e.reason || e.code}).`); });
-  call.on(CallEvents.Failed, (e) => { if (!state.leaving) leave(`Could not join: ${e.reason || e.code}.`); });
+  call.on(CallEvents.Failed, (e) => {
+    if (state.leaving) return;
+    const reason = (e.headers || {})["X-Reason"];
+    if (reason === "pin_required" || reason === "wrong_pin") {
+      $("pin-label").hidden = false;  // the room has a PIN: ask for it
+      $("pin").focus();
+    }
+    leave(REFUSALS[reason] || `Could not join: ${e.reason || e.code}.`);
+  });
   await call.waitFor(CallEvents.Connected, 30000);
 
-  showRoom(name, confId);
+  showRoom(name, confId, pin);
   setStatus("In the conference", "online");
 }
 
-function showRoom(name, confId) {
+function showRoom(name, confId, pin) {
   $("join-view").hidden = true;
   $("room-view").hidden = false;
   $("room-info").hidden = false;
   $("room-label").textContent = `Conference ${confId}`;
-  $("dial-in").textContent = `Phone PIN: ${confId}#`;
+  $("dial-in").textContent = `Phone PIN: ${pin || confId}#`;
   const tile = makeTile("local", `${name} (you)`, "local");
   const video = tile.querySelector("video");
   video.srcObject = state.stream;
@@ -337,7 +360,7 @@ $("join-form").addEventListener("submit", async (e) => {
   $("join-button").disabled = true;
   $("join-error").textContent = "";
   try {
-    await join(name, confId);
+    await join(name, confId, $("pin").value.trim());
   } catch (err) {
     state.leaving = false;
     leave(`Could not join: ${err && err.message ? err.message : err}`);
@@ -350,6 +373,7 @@ $("join-form").addEventListener("submit", async (e) => {
   const params = new URLSearchParams(location.search);
   $("conference").value = params.get("conference") || String(1000 + Math.floor(Math.random() * 9000));
   $("name").value = params.get("name") || localStorage.getItem("callbridge-name") || "";
+  state.token = params.get("token") || null;
   openCamera().then((stream) => {
     state.stream = stream;
     $("preview").srcObject = stream;
