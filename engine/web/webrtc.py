@@ -458,8 +458,14 @@ class BrowserMediaLeg:
         trickled so far; return the answer SDP (with every local candidate:
         aiortc gathers before answering).
 
-        :raises ValueError: the offer is not valid SDP or has no audio.
+        :raises ValueError: the offer is not valid SDP, has no audio, or
+            lacks what DTLS-SRTP and ICE need (a fingerprint, ICE
+            credentials): checked here, because aiortc asserts on them in
+            a background task, where the failure would go unreported.
         """
+        for needed in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
+            if needed not in sdp:
+                raise ValueError(f"the offer has no {needed[2:-1]} (DTLS-SRTP and ICE need it)")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         audio = False
         for transceiver in self.pc.getTransceivers():

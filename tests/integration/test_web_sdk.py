@@ -440,3 +440,20 @@ async def test_call_user_rings_a_logged_in_browser(make_engine: EngineFactory, o
         await caller.close()
         await alice.ws.close()
         await bob.ws.close()
+
+
+async def test_offer_without_dtls_fingerprint_fails_488(sdk: Callable[[], Awaitable[SdkSocket]]) -> None:
+    """Check an offer stripped of its DTLS fingerprint (found by the fuzz
+    run: aiortc asserted in a task nobody awaited) fails the call with 488
+    and the socket goes on."""
+    sock = await sdk()
+    assert (await sock.hello())["type"] == "hello"
+    assert (await sock.request({"type": "login", "guest": "Fuzz"}))["type"] == "login_ok"
+    peer = BrowserPeer()
+    offer = "".join(line for line in (await peer.offer()).splitlines(keepends=True)
+                    if not line.startswith("a=fingerprint:"))
+    await sock.send({"type": "call", "call": "c1", "number": "echo", "sdp": offer, "audio": True, "video": False})
+    failed = await sock.recv("failed", call="c1", timeout=10)
+    assert failed["code"] == 488
+    assert (await sock.request({"type": "ping", "ts": 1}))["type"] == "pong"
+    await peer.close()
