@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from local_site import local_site
+
 from engine.web.webhooks import verify_signature
 from integration.api_client import Api, new_key
 from logs import wait_for_log
@@ -56,14 +58,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hooks", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rec.url = f"http://127.0.0.1:{port}/hooks"
-    yield rec
-    await runner.cleanup()
+    async with local_site(app) as base:
+        rec.url = f"{base}/hooks"
+        yield rec
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:

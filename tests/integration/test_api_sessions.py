@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from local_site import local_site
+
 from engine.server import Engine
 from engine.web.webhooks import verify_signature
 
@@ -195,14 +197,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver(fail=2)
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    await runner.cleanup()
+    async with local_site(app) as base:
+        rec.url = f"{base}/hook"
+        yield rec
 
 
 async def test_webhooks_signed_in_order_retried_and_replayed(api: Api, receiver: Receiver) -> None:

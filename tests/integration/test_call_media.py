@@ -320,13 +320,17 @@ async def test_timeout_off_makes_no_session() -> None:
 # -- strict RTP: hijack and reflection -------------------------------------------------
 
 
-@pytest.fixture
-def attacker() -> Iterator[socket.socket]:
+def loopback_udp() -> Iterator[socket.socket]:
+    """A non-blocking UDP socket on 127.0.0.1 (a phone's RTP port, an attacker's)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
     yield sock
     sock.close()
+
+
+attacker = pytest.fixture(loopback_udp, name="attacker")
+rtp_socket = pytest.fixture(loopback_udp, name="rtp_socket")
 
 
 def latch_of(rig: Rig) -> RtpReceiverLatch:
@@ -512,13 +516,6 @@ def drain(sock: socket.socket) -> list[RtpPacket]:
             return out
 
 
-@pytest.fixture
-def rtp_socket() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
 
 
 async def test_rtp_timeout_hangs_up_with_bye(make_engine: EngineFactory, peers: PeerFactory,

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from local_site import local_site
+
 from engine.server import Engine
 from engine.store import Delivery
 from engine.web.webhooks import MAX_RESPONSE_BYTES
@@ -74,14 +76,9 @@ async def receivers() -> AsyncIterator[Receivers]:
     app.router.add_route("*", "/hook", rec.hook)
     app.router.add_post("/redirect", rec.redirect)
     app.router.add_post("/huge", rec.huge)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rec.base = f"http://127.0.0.1:{port}"
-    yield rec
-    await runner.cleanup()
+    async with local_site(app) as base:
+        rec.base = base
+        yield rec
 
 
 def subscribe(engine: Engine, url: str) -> str:
