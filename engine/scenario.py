@@ -149,22 +149,26 @@ class PinLimits:
 
     Failures are counted per source address (per source and caller id for
     ``--trusted`` sources, whose callers share one address), per room (when
-    the room is known: a browser giving a room's PIN), and engine-wide. A
-    source over its budget is refused for ``source_lockout`` seconds; a room
-    over its budget has its PINs locked for ``room_lockout`` seconds (join
-    tokens still work; ``room.pin_locked`` is reported); the engine over
-    its budget refuses every PIN for ``global_lockout`` seconds.
+    the room is known: a browser giving a room's PIN), and engine-wide, in
+    the directory's failure counters (``Directory.add_failure``, as password
+    lockouts are). Past ``*_free`` failures each further one locks that key
+    out for ``*_base`` seconds, doubling up to ``*_cap``; counts are
+    forgotten ``forget`` seconds after the last failure. A locked source or
+    engine refuses every PIN (``too_many_attempts``); a locked room refuses
+    its PINs (``pin_locked``; join tokens still work, ``room.pin_locked`` is
+    reported).
     """
 
-    source_burst: int = 5
-    source_per_hour: float = 30.0
-    source_lockout: float = 300.0
-    room_burst: int = 10
-    room_per_hour: float = 30.0
-    room_lockout: float = 900.0
-    global_burst: int = 100
-    global_per_hour: float = 1200.0
-    global_lockout: float = 60.0
+    source_free: int = 5
+    source_base: float = 60.0
+    source_cap: float = 3600.0
+    room_free: int = 10
+    room_base: float = 300.0
+    room_cap: float = 3600.0
+    global_free: int = 100
+    global_base: float = 30.0
+    global_cap: float = 600.0
+    forget: float = 3600.0
 
 
 class ScenarioError(Exception):
@@ -1335,36 +1339,36 @@ class ScenarioRuntime:
             return invite["room"], invite["role"], tuple(invite["permissions"]), "invite"
         return None
 
-    def _pin_keys(self, call: Call, room_id: str | None) -> list[tuple[str, str, float, int, float]]:
-        """``(scope, key, per_hour, burst, lockout)`` of each attempt counter for ``call``."""
+    def _pin_keys(self, call: Call, room_id: str | None) -> list[tuple[str, str, int, float, float]]:
+        """``(scope, key, free, base, cap)`` of each failure counter for ``call``."""
         limits = self.pin_limits
         source = call.source or "internal"
         if source in self.trusted_sources:  # a trunk: its callers share the address
             source = f"{source}/{call.callerid}"
-        keys = [("source", f"pin-src:{source}", limits.source_per_hour, limits.source_burst, limits.source_lockout),
-                ("global", "pin-all", limits.global_per_hour, limits.global_burst, limits.global_lockout)]
+        keys = [("source", f"pin:src:{source}", limits.source_free, limits.source_base, limits.source_cap),
+                ("global", "pin:all", limits.global_free, limits.global_base, limits.global_cap)]
         if room_id is not None:
-            keys.append(("room", f"pin-room:{room_id}", limits.room_per_hour, limits.room_burst,
-                         limits.room_lockout))
+            keys.append(("room", f"pin:room:{room_id}", limits.room_free, limits.room_base, limits.room_cap))
         return keys
 
-    def _pin_blocked(self, keys: list[tuple[str, str, float, int, float]], now: float) -> RoomRefused | None:
+    def _pin_blocked(self, keys: list[tuple[str, str, int, float, float]], now: float) -> RoomRefused | None:
         for scope, key, _, _, _ in keys:
-            if self.directory.is_banned(key, now):
+            if self.directory.locked_for(key, now) > 0:
                 if scope == "room":
                     return RoomRefused("pin_locked", "This conference's PIN is locked. Please try again later.")
                 return RoomRefused("too_many_attempts", "Too many attempts. Please try again later.")
         return None
 
-    def _pin_failed(self, keys: list[tuple[str, str, float, int, float]], now: float, call: Call,
+    def _pin_failed(self, keys: list[tuple[str, str, int, float, float]], now: float, call: Call,
                     room_id: str | None) -> None:
         security_event("pin_failed", call.source, room=room_id, caller=call.callerid)
-        for scope, key, per_hour, burst, lockout in keys:
-            if not self.directory.hit(key, now, rate=per_hour / 3600.0, burst=burst):
-                self.directory.ban(key, now + lockout)
-                security_event("pin_lockout", call.source, scope=scope, room=room_id, seconds=lockout)
+        for scope, key, free, base, cap in keys:
+            lock = self.directory.add_failure(key, now, free=free, base=base, cap=cap,
+                                              forget=self.pin_limits.forget)
+            if lock > 0:
+                security_event("pin_lockout", call.source, scope=scope, room=room_id, seconds=lock)
                 if scope == "room" and self.rooms is not None and room_id is not None:
-                    self.rooms.report("room.pin_locked", {"room": room_id, "seconds": lockout})
+                    self.rooms.report("room.pin_locked", {"room": room_id, "seconds": lock})
 
     def redeem_invite_code(self, code: str) -> dict[str, Any]:
         """Use up an invite by its code (a phone keypad's digits); see
