@@ -219,7 +219,6 @@ class _VoxEngine:
     def call_conference(
         self, name: str, callerid: str | None = None, display_name: str | None = None,
         headers: dict[str, str] | None = None, on_behalf_of: Call | None = None,
-        grant: Grant | None = None,
     ) -> Call:
         """Call the ONE session that owns conference ``name`` (started through
         the rules on first use). Returns this side's leg; the conference
@@ -228,15 +227,11 @@ class _VoxEngine:
         :param on_behalf_of: the caller this leg carries (a gatekeeper's
             inbound call): its ``grant`` and ``source`` are set on the
             conference session's leg, so that the conference admits and
-            limits the caller, not the gatekeeper.
-        :param grant: the grant to give the conference's leg instead of
-            ``on_behalf_of.grant`` (one the gatekeeper established itself,
-            e.g. :meth:`admit_with_pin`'s).
+            limits the caller, not the gatekeeper (:meth:`admit_with_pin`
+            sets the grant a PIN gives).
         """
         session = _session()
-        if grant is None and on_behalf_of is not None:
-            grant = on_behalf_of.grant
-        source = on_behalf_of.source if on_behalf_of is not None else None
+        grant, source = (on_behalf_of.grant, on_behalf_of.source) if on_behalf_of is not None else (None, None)
         return session.runtime.call_conference(session, name, callerid, display_name, headers,
                                                grant=grant, source=source)
 
