@@ -273,8 +273,12 @@ class SdpMediaHandler:
         if rtp is None or rtp[0] in ("0.0.0.0", "::"):  # RFC 2543 hold: nowhere to send
             return None
         if rtp[0] == neg.remote_address and rtp[1] == neg.remote_port:
-            return (rtp[0], neg.remote_rtcp_port, *rtp[2:])
-        return (rtp[0], rtp[1] + 1, *rtp[2:])
+            port = neg.remote_rtcp_port
+        else:
+            port = rtp[1] + 1
+        if not 0 < port <= 65535:  # RTP on port 65535 has no port + 1 (found by the fuzz run)
+            return None
+        return (rtp[0], port, *rtp[2:])
 
     def _rtcp_may_send(self) -> bool:
         """RTCP reports go only where RTP may go (the send gate of

@@ -128,9 +128,10 @@ def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     """Parse ``"96 opus/48000/2"``; raise :class:`ValueError` if malformed."""
     pt, _, encoding = value.partition(" ")
     parts = encoding.strip().split("/")
-    if not (pt.isascii() and pt.isdecimal()) or len(parts) not in (2, 3) or not parts[0]:
+    if not (pt.isascii() and pt.isdecimal() and len(pt) <= 3) or len(parts) not in (2, 3) or not parts[0]:
         raise ValueError(value)
-    if not all(p.isascii() and p.isdecimal() for p in parts[1:]):
+    # digits bounded: int() of a 16,000-digit string raises (found by the fuzz run)
+    if not all(p.isascii() and p.isdecimal() and len(p) <= 10 for p in parts[1:]):
         raise ValueError(value)
     channels = int(parts[2]) if len(parts) == 3 else 1
     return int(pt), RtpMap(parts[0], int(parts[1]), channels)
@@ -211,7 +212,7 @@ class MediaDescription(_Section):
             if name != "fmtp" or value is None:
                 continue
             pt, _, params = value.partition(" ")
-            if pt.isascii() and pt.isdecimal():
+            if pt.isascii() and pt.isdecimal() and len(pt) <= 3:
                 result.setdefault(int(pt), params.strip())
         return result
 
@@ -222,8 +223,10 @@ class MediaDescription(_Section):
 
     @property
     def rtcp(self) -> int | None:
-        """The RTCP port from ``a=rtcp`` (RFC 3605), or ``None``."""
-        return _int_or_none(self.attribute("rtcp"))
+        """The RTCP port from ``a=rtcp`` (RFC 3605), or ``None`` (also when it
+        is no port number)."""
+        port = _int_or_none(self.attribute("rtcp"))
+        return port if port is not None and 0 < port <= 65535 else None
 
     def _lines(self) -> list[str]:
         port = str(self.port) if self.port_count == 1 else f"{self.port}/{self.port_count}"
@@ -396,7 +399,9 @@ def _parse_media(number: int, value: str) -> MediaDescription:
 
 
 def _int(number: int, what: str, value: str) -> int:
-    if not (value.isascii() and value.isdecimal()):
+    # 20 digits hold any 64-bit value (o= session versions are NTP times);
+    # more is malformed, and int() of a huge string raises ValueError
+    if not (value.isascii() and value.isdecimal() and len(value) <= 20):
         raise _error(number, f"bad {what} {_short(value)!r}")
     return int(value)
 

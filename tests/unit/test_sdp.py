@@ -848,3 +848,34 @@ def test_offers_must_not_remove_m_lines() -> None:
     with pytest.raises(LocalProtocolError, match="must not remove m= lines"):
         machine.send_offer(our_offer())
     assert machine.state is St.DONE
+
+
+# -------------------------------------------------------------- found by the fuzz run
+
+HUGE = "9" * 16385
+
+
+def test_huge_numbers_are_malformed_not_a_crash() -> None:
+    """Check numbers of thousands of digits (int() of them raises ValueError
+    beyond 4,300 digits) are refused as malformed SDP in o=, t=, m= and
+    a=rtpmap, and ignored in a=fmtp and a=rtcp, so answering such an offer
+    never raises anything but a RemoteProtocolError."""
+    for session in (("v=0", f"o=- 1 {HUGE} IN IP4 192.0.2.1", "s=-", "c=IN IP4 192.0.2.1", "t=0 0"),
+                    (*HEAD[:4], f"t={HUGE} 0")):
+        with pytest.raises(RemoteProtocolError):
+            offer_with("m=audio 4000 RTP/AVP 0", session=session)
+    for media in ((f"m=audio {HUGE} RTP/AVP 0",), ("m=audio 4000 RTP/AVP 0 101", f"a=rtpmap:{HUGE} x/8000"),
+                  ("m=audio 4000 RTP/AVP 0 101", f"a=rtpmap:101 telephone-event/{HUGE}")):
+        with pytest.raises(RemoteProtocolError):
+            offer_with(*media)
+    offer = offer_with("m=audio 4000 RTP/AVP 0", f"a=fmtp:{HUGE} 0-15", f"a=rtcp:{HUGE}")
+    assert offer.media[0].fmtp == {} and offer.media[0].rtcp is None
+    _, negotiated = answer_to(offer)
+    assert negotiated is not None and negotiated.remote_rtcp_port == 4001
+
+
+def test_rtcp_port_out_of_range_is_ignored() -> None:
+    """Check a=rtcp beyond 65535 (or 0) is not used: RTCP goes to RTP port + 1."""
+    for value in ("70000", "0"):
+        offer = offer_with("m=audio 4000 RTP/AVP 0", f"a=rtcp:{value}")
+        assert offer.media[0].rtcp is None
