@@ -151,8 +151,8 @@ class PinLimits:
     ``--trusted`` sources, whose callers share one address), per room (when
     the room is known: a browser giving a room's PIN), and engine-wide, in
     the directory's failure counters (``Directory.add_failure``, as password
-    lockouts are). Past ``*_free`` failures each further one locks that key
-    out for ``*_base`` seconds, doubling up to ``*_cap``; counts are
+    lockouts are). The ``*_free``-th failure locks that key out for
+    ``*_base`` seconds, each further one doubles that up to ``*_cap``; counts are
     forgotten ``forget`` seconds after the last failure. A locked source or
     engine refuses every PIN (``too_many_attempts``); a locked room refuses
     its PINs (``pin_locked``; join tokens still work, ``room.pin_locked`` is
