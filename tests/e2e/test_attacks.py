@@ -25,6 +25,7 @@ from aiohttp import ClientSession
 
 from sdk_peer import BrowserPeer, SdkSocket
 from serve_process import ROOT, ServeProcess
+from udp import drain
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +40,7 @@ class FakeTrunk:
         self.port: int = self.sock.getsockname()[1]
 
     def received(self) -> list[bytes]:
-        got = []
-        while True:
-            try:
-                got.append(self.sock.recv(65536))
-            except BlockingIOError:
-                return got
+        return drain(self.sock)
 
 
 @pytest.fixture

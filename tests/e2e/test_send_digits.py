@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Awaitable, Callable
 
 import pytest
@@ -25,6 +24,7 @@ from engine.server import Engine
 from engine.transport.rtp_socket import RtpPortAllocator
 
 from logs import wait_for_log
+from udp import drain
 
 from .sipp import run_sipp
 
@@ -65,15 +65,6 @@ async def on_alerting(e):
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 """
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(2048))
-        except BlockingIOError:
-            return out
 
 
 def scenario(digits: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ from engine.transport.media_clock import MediaClock
 from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
 from logs import session_logs, wait_for_log
+from udp import drain
 
 from .conftest import EngineFactory, PeerFactory, wait_until
 from .sip_peer import Dialog, sdp_offer
@@ -46,16 +47,8 @@ class Phone:
         self.rtcp = pair.rtcp
         self.sender = RtpSender()
 
-    def drain(self, sock: socket.socket) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(sock.recv(2048))
-            except BlockingIOError:
-                return out
-
     def rtp_packets(self) -> list[RtpPacket]:
-        return [RtpPacket.parse(d) for d in self.drain(self.rtp)]
+        return [RtpPacket.parse(d) for d in drain(self.rtp)]
 
     def send_rtp(self, to: int, count: int = 1) -> None:
         for _ in range(count):
@@ -198,7 +191,7 @@ async def test_rtcp_reports_statistics_and_round_trip() -> None:
         reports: list[list[RtcpPacket]] = []
 
         def received(kind: type) -> bool:
-            reports.extend(parse_rtcp(d) for d in phone.drain(phone.rtcp))
+            reports.extend(parse_rtcp(d) for d in drain(phone.rtcp))
             return any(isinstance(r[0], kind) for r in reports)
 
         await wait_until(lambda: received(ReceiverReport), timeout=2)
@@ -255,7 +248,7 @@ async def test_bye_at_close_and_stats_kept(rig: Rig) -> None:
     await wait_until(lambda: bool(done))
     rig.handler.close()
     await asyncio.sleep(0.05)
-    last = parse_rtcp(rig.phone.drain(rig.phone.rtcp)[-1])
+    last = parse_rtcp(drain(rig.phone.rtcp)[-1])
     assert isinstance(last[0], SenderReport) and isinstance(last[-1], Bye)
     assert rig.handler.media_stats().packets_sent == 5
 
@@ -339,15 +332,6 @@ def latch_of(rig: Rig) -> RtpReceiverLatch:
     return session.latch
 
 
-def drain_all(sock: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(2048))
-        except BlockingIOError:
-            return out
-
-
 async def test_stranger_cannot_take_the_stream(rig: Rig, attacker: socket.socket,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """Check an attacker on another port who sends valid RTP with a guessed
@@ -373,7 +357,7 @@ async def test_stranger_cannot_take_the_stream(rig: Rig, attacker: socket.socket
     await asyncio.sleep(0.05)
     latch = latch_of(rig)
     assert latch.remote_addr == rig.phone.rtp.getsockname() and latch.accepted == 1
-    assert len(rig.phone.rtp_packets()) == 10 and drain_all(attacker) == []
+    assert len(rig.phone.rtp_packets()) == 10 and drain(attacker) == []
     assert rig.handler.media_stats().packets_received == 1
     lines = [r.getMessage() for r in caplog.records if "rtp_source_refused" in r.getMessage()]
     assert lines == [f"security event=rtp_source_refused src=127.0.0.1 port={attacker.getsockname()[1]}"
@@ -392,8 +376,8 @@ async def test_victim_in_sdp_gets_media_only_for_the_grace() -> None:
         await wait_until(lambda: latch_of(rig).unsent >= 1)
         assert rig.handler.rtcp is not None
         await wait_until(lambda: rig.handler.rtcp is not None and rig.handler.rtcp.unsent >= 1)
-        during = len(victim.drain(victim.rtp))
-        victim.drain(victim.rtcp)
+        during = len(drain(victim.rtp))
+        drain(victim.rtcp)
         unsent = latch_of(rig).unsent
         await wait_until(lambda: latch_of(rig).unsent >= unsent + 25)
         assert rig.handler.rtcp is not None
@@ -402,7 +386,7 @@ async def test_victim_in_sdp_gets_media_only_for_the_grace() -> None:
         rig.handler.close()  # no RTCP BYE either
         await asyncio.sleep(0.05)
         assert during >= 1
-        assert victim.drain(victim.rtp) == [] and victim.drain(victim.rtcp) == []
+        assert drain(victim.rtp) == [] and drain(victim.rtcp) == []
     finally:
         await rig.close()
 
@@ -417,10 +401,10 @@ async def test_rtcp_from_the_sdp_rtcp_address_confirms_it() -> None:
         rig.handler.start_playback(ToneSource(440))
         phone.rtcp.sendto(serialize_rtcp([ReceiverReport(phone.sender.ssrc, ())]), ("127.0.0.1", rig.port + 1))
         await wait_until(lambda: latch_of(rig).confirmed)
-        phone.drain(phone.rtp)
+        drain(phone.rtp)
         sent = rig.handler.media_stats().packets_sent
         await wait_until(lambda: rig.handler.media_stats().packets_sent >= sent + 25)  # past the grace
-        assert len(phone.drain(phone.rtp)) >= 25 and latch_of(rig).unsent == 0
+        assert len(drain(phone.rtp)) >= 25 and latch_of(rig).unsent == 0
     finally:
         await rig.close()
 
@@ -450,8 +434,8 @@ async def test_phone_behind_nat_latches_after_probation(rig: Rig) -> None:
         rig.handler.start_playback(ToneSource(440, 0.2), done.append)
         await wait_until(lambda: bool(done))
         await asyncio.sleep(0.05)
-        assert len([RtpPacket.parse(d) for d in drain_all(natted)]) == 10
-        assert rig.phone.drain(rig.phone.rtp) == []
+        assert len([RtpPacket.parse(d) for d in drain(natted)]) == 10
+        assert drain(rig.phone.rtp) == []
         assert rig.handler.media_stats().packets_received == 5
     finally:
         natted.close()
@@ -507,13 +491,8 @@ def media_port(body: bytes) -> int:
     raise AssertionError(body)
 
 
-def drain(sock: socket.socket) -> list[RtpPacket]:
-    out = []
-    while True:
-        try:
-            out.append(RtpPacket.parse(sock.recv(2048)))
-        except BlockingIOError:
-            return out
+def rtp_in(sock: socket.socket) -> list[RtpPacket]:
+    return [RtpPacket.parse(d) for d in drain(sock)]
 
 
 
@@ -643,7 +622,7 @@ async def test_digits_before_the_answer(make_engine: EngineFactory, peers: PeerF
     assert "info refused: INFO digits need a connected call, not ALERTING" in logs
     assert "early digits by rfc4733: True" in logs
     assert "early info refused: INFO digits need a connected call, not ALERTING" in logs
-    events = [p for p in drain(rtp_socket) if p.payload_type == 101]
+    events = [p for p in rtp_in(rtp_socket) if p.payload_type == 101]
     assert len(events) == 7 and {TelephoneEvent.parse(p.payload).event for p in events} == {7}
     dialog.send("BYE")
     assert (await peer.expect(method="BYE")).status == 200
