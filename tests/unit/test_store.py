@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from old_schema import database_at_version
+
 from engine.store import (
     DEFAULT_FILENAME,
     SCHEMA_VERSION,
@@ -758,15 +760,8 @@ def test_web_only_users_keep_no_digest_hash(tmp_path: Path) -> None:
 def test_version_2_users_stay_sip_users(tmp_path: Path) -> None:
     """Check opening a version 2 database (every user had HA1 values) keeps
     its users able to REGISTER: an upgrade breaks no phone."""
-    from engine import store as store_module
-
     path = tmp_path / "cb.sqlite3"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (2)")
-    for step in store_module._MIGRATIONS[:2]:
-        for statement in step:
-            conn.execute(statement)
+    conn = database_at_version(path, 2)
     md5 = ha1("md5", "alice:callbridge:pw")
     sha = ha1("sha256", "alice:callbridge:pw")
     conn.execute("INSERT INTO users VALUES ('alice', NULL, 1.0, 'x', 'callbridge', ?, ?)", (md5, sha))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from old_schema import database_at_version
+
 from engine.store import (
     SCHEMA_VERSION,
     InvalidValue,
@@ -53,15 +55,8 @@ def test_version_2_clear_pins_are_hashed_at_open(tmp_path: Path) -> None:
     """Check a database whose rooms have PINs in clear (version 2) opens
     with them replaced by keyed hashes, which still open the rooms with
     their roles; reopening changes nothing more; a wrong key finds nothing."""
-    from engine import store as store_module
-
     path = tmp_path / "cb.sqlite3"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (2)")
-    for step in store_module._MIGRATIONS[:2]:
-        for statement in step:
-            conn.execute(statement)
+    conn = database_at_version(path, 2)
     conn.execute("INSERT INTO rooms (room_id, display_name, created_at, pin, moderator_pin)"
                  " VALUES ('math', NULL, 1.0, '4321', '987654'), ('open', NULL, 1.0, NULL, NULL)")
     conn.close()
