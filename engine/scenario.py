@@ -65,7 +65,7 @@ from .dialout import DialPolicy
 from .grants import Grant
 from .router import Caller, Rule, RuleSet
 from .tokens import PRESETS
-from .security_log import escape_controls, security_event
+from .security_log import escape_controls, security_event, security_event_throttled
 from .transport.media_clock import MediaClock
 
 __all__ = [
@@ -1098,9 +1098,8 @@ class ScenarioRuntime:
     def _session_cap_event(self, src: str | None, what: str) -> None:
         """Report a refusal for the session cap: at most one line per
         source and kind every 10 s (a flood must not become a log flood)."""
-        now = time.monotonic()
-        if self.directory.hit(f"log:sessions:{what}:{src}", now, rate=0.1, burst=1):
-            security_event("cap_reached", src, cap="sessions", what=what, limit=self.max_sessions)
+        security_event_throttled(self.directory, time.monotonic(), "cap_reached", src, cap="sessions",
+                                 what=what, limit=self.max_sessions)
 
     def _start(self, session: Session) -> Session:
         try:

@@ -20,7 +20,7 @@ Nothing secret goes in: no password, PIN, token or digit typed.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["security_event", "quote", "escape_controls"]
 
@@ -28,6 +28,8 @@ logger = logging.getLogger("callbridge.security")
 
 #: Longest value written (a caller id or user name an attacker chose).
 MAX_VALUE = 80
+#: Seconds between two lines of one throttled event, source and fields.
+THROTTLE_PERIOD = 10.0
 
 
 def escape_controls(text: str) -> str:
@@ -62,3 +64,18 @@ def security_event(event: str, src: str | None, **fields: Any) -> None:
     parts = [f"security event={quote(event)} src={quote(src) if src else '-'}"]
     parts.extend(f"{key}={quote(value)}" for key, value in fields.items() if value is not None)
     logger.warning(" ".join(parts))
+
+
+class _Buckets(Protocol):
+    def hit(self, key: str, now: float, *, rate: float, burst: int) -> bool: ...
+
+
+def security_event_throttled(buckets: _Buckets, now: float, event: str, src: str | None,
+                             **fields: Any) -> None:
+    """:func:`security_event`, at most once per :data:`THROTTLE_PERIOD` for
+    one event, source and fields, so that a flood of refusals (caps, rate
+    limits) does not become a flood of log lines. ``buckets`` is the
+    engine's directory, whose rate buckets are bounded."""
+    key = "log:" + event + ":" + ":".join(str(v) for v in fields.values()) + ":" + (src or "-")
+    if buckets.hit(key, now, rate=1.0 / THROTTLE_PERIOD, burst=1):
+        security_event(event, src, **fields)

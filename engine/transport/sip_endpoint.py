@@ -24,7 +24,7 @@ transaction gets a stateless 481, and a new request while ``max_transactions``
 server transactions are live gets a stateless 503: neither creates a
 transaction. A source address may hold at most ``max_tcp_per_source`` TCP
 connections. Each refusal is a security event (:mod:`engine.security_log`),
-logged at most once per ``_REFUSAL_LOG_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
+logged at most once per ``THROTTLE_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
 rport; the top Via gets ``received`` and ``rport``).
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
 from ..directory import MemoryDirectory
-from ..security_log import security_event
+from ..security_log import security_event, security_event_throttled
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import SipRequest, SipResponse, new_branch, new_tag
 from ..sip.parser import ParseError, StreamFramer, parse_message
@@ -65,10 +65,6 @@ from ..sip.transaction import (
 __all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS"]
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between two security events of one kind for one source: a flood
-#: of refusals must not become a flood of log lines.
-_REFUSAL_LOG_PERIOD = 10.0
 
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
@@ -486,11 +482,8 @@ class SipEndpoint:
         self._security_event(event, peer, now, **fields)
 
     def _security_event(self, event: str, peer: Peer, now: float, **fields: str) -> None:
-        """Log a security event, at most once per ``_REFUSAL_LOG_PERIOD``
-        per source, event and fields (the directory's buckets are bounded)."""
-        key = "log:" + event + ":" + ":".join(fields.values()) + ":" + peer.host
-        if self.directory.hit(key, now, rate=1.0 / _REFUSAL_LOG_PERIOD, burst=1):
-            security_event(event, peer.host, transport=peer.transport, **fields)
+        """Log a refusal, throttled per source, event and fields."""
+        security_event_throttled(self.directory, now, event, peer.host, transport=peer.transport, **fields)
 
     def _ban(self, peer: Peer, now: float) -> None:
         policy = self.policy

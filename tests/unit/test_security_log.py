@@ -57,3 +57,24 @@ def test_logfmt_formatter_keeps_a_hostile_message_on_one_line() -> None:
     assert len(line.splitlines()) == 1
     assert "session=s1\\nlevel=error " in line
     assert line.endswith('msg="call from x\\nts=0 level=error msg=forged"')
+
+
+def test_throttled_events_log_once_per_period(caplog: pytest.LogCaptureFixture) -> None:
+    """Check a flood of one refusal logs one line per source every 10 s,
+    and another source or kind still logs at once."""
+    from engine.directory import MemoryDirectory
+    from engine.security_log import security_event_throttled
+
+    buckets = MemoryDirectory()
+    with caplog.at_level(logging.WARNING, logger="callbridge.security"):
+        for now in (0.0, 1.0, 9.0):
+            security_event_throttled(buckets, now, "cap_reached", "198.51.100.2", cap="sessions")
+        security_event_throttled(buckets, 9.0, "cap_reached", "198.51.100.3", cap="sessions")
+        security_event_throttled(buckets, 9.0, "cap_reached", "198.51.100.2", cap="transactions")
+        security_event_throttled(buckets, 10.5, "cap_reached", "198.51.100.2", cap="sessions")
+    assert caplog.messages == [
+        "security event=cap_reached src=198.51.100.2 cap=sessions",
+        "security event=cap_reached src=198.51.100.3 cap=sessions",
+        "security event=cap_reached src=198.51.100.2 cap=transactions",
+        "security event=cap_reached src=198.51.100.2 cap=sessions",
+    ]
