@@ -18,7 +18,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["Grant", "AUTHENTICATED_BY", "ADMITTED_BY"]
+__all__ = ["Grant", "AUTHENTICATED_BY", "ADMITTED_BY", "ENGINE_HEADER_PREFIX", "without_engine_headers"]
+
+#: Headers only the engine may set (lower case prefix); whatever a caller
+#: sends under it is dropped (design: "Nothing a caller sends is a grant").
+ENGINE_HEADER_PREFIX = "x-callbridge-"
+
+
+def without_engine_headers(headers: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``headers`` without ``X-Callbridge-*`` (any case), and the names dropped."""
+    clean: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, value in headers.items():
+        if name.lower().startswith(ENGINE_HEADER_PREFIX):
+            dropped.append(name)
+        else:
+            clean[name] = value
+    return clean, dropped
 
 #: ``authenticated_by`` values that prove an identity (rules' ``authenticated: true``).
 AUTHENTICATED_BY = frozenset({"sip-digest", "password", "login-token", "join-token"})

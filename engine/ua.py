@@ -52,7 +52,7 @@ from .calls import (
 from .media.players import FrameSource
 from .media.tts import TtsCache, default_tts
 from .transport.audio_fetch import AudioLoader, default_audio_loader
-from .grants import Grant
+from .grants import Grant, without_engine_headers
 from .directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
 from .security_log import security_event
 from .sip.auth import ClientAuthSession, DigestServer
@@ -118,19 +118,11 @@ class UaConfig:
     login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
 
 
-#: Headers only the engine may set (lower case prefix): grants travel as
-#: call attributes (:class:`~engine.grants.Grant`), and a peer that sends one
-#: of these gets it dropped (design: "Nothing a caller sends is a grant").
-ENGINE_HEADER_PREFIX = "x-callbridge-"
-
-
 def received_headers(headers: Headers, src: str | None = None) -> dict[str, str]:
     """The ``X-`` headers of a received message, without ``X-Callbridge-*``
-    (reported as a security event when ``src`` sent some)."""
-    custom = headers.custom()
-    forged = [name for name in custom if name.lower().startswith(ENGINE_HEADER_PREFIX)]
-    for name in forged:
-        del custom[name]
+    (grants travel as call attributes, :class:`~engine.grants.Grant`;
+    reported as a security event when ``src`` sent some)."""
+    custom, forged = without_engine_headers(headers.custom())
     if forged and src is not None:
         security_event("forged_header", src, header=forged[0])
     return custom

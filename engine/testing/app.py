@@ -40,7 +40,7 @@ import aiohttp
 from ..calls import Call, CallState, InternalCall
 from ..conference import Conference
 from ..dialout import DialPolicy
-from ..grants import Grant
+from ..grants import Grant, without_engine_headers
 from ..router import load_rules
 from ..scenario import ScenarioRuntime, Session
 from ..rooms import RoomService
@@ -366,7 +366,7 @@ class App:
         if transport not in ("pstn", "web"):
             raise ValueError(f"transport must be 'pstn' or 'web', not {transport!r}")
         cid = callerid or ("web-user" if transport == "web" else "+15557654321")
-        headers = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("x-callbridge-")} or None
+        headers = without_engine_headers(headers or {})[0] or None
         caller = Caller(self, name=name or cid, transport=transport, direction="inbound", number=number,
                         callerid=cid, display_name=display_name, headers=headers)
         if grant is None and transport == "web":

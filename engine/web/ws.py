@@ -30,7 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..calls import CallError, CallState
 from ..directory import LoginBackoff, LoginGuard
-from ..grants import Grant
+from ..grants import Grant, without_engine_headers
 from ..security_log import security_event
 from ..tokens import JoinGrant, TokenError
 from .protocol import (
@@ -331,8 +331,8 @@ class SdkConnection:
     def _call_headers(self, headers: dict[str, str]) -> dict[str, str]:
         """The client's headers without ``X-Callbridge-*`` ones: what the
         engine grants travels as the call's :attr:`~engine.calls.Call.grant`."""
-        clean = {k: v for k, v in headers.items() if not k.lower().startswith("x-callbridge-")}
-        if len(clean) != len(headers):
+        clean, forged = without_engine_headers(headers)
+        if forged:
             security_event("forged_header", self.remote, user=self.user)
         return clean
 
