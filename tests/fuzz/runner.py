@@ -281,7 +281,7 @@ class _Run:
             n = 0
             while n < config.sip and not self.dead:
                 if self.rng.random() < config.tcp_share / 4:  # a batch averages 4 messages
-                    count = self.rng.randint(1, 7)
+                    count = self.rng.randint(1, min(7, config.sip - n))  # never past the budget
                     await self.tcp_slots.acquire()
                     task = asyncio.create_task(self.tcp_batch(fuzzer, count))
                     self.tasks.add(task)
