@@ -9,12 +9,12 @@ sending one 172-byte RTP packet per leg every 20 ms:
    that sends every datagram back. Its CPU per packet (in + out) is what
    Python plus uvloop cost for the packet rate alone, so
    ``1 / (CPU per packet)`` is the packet-rate ceiling of one core.
-2. *engine*: every leg a real :class:`~engine.media_session.MediaSession`
+2. *engine*: every leg a real :class:`~engine.calls.rtp_stream.MediaSession`
    on an :class:`~engine.transport.rtp_socket.RtpPortAllocator` socket
    (PCMU, latch, jitter buffer, decoder, encoder, RTP sender), joined to
    conferences of varied size (one of ``--big`` parties, the rest
-   ``--sizes`` at random) of one real :class:`~engine.conference.MediaGraph`
-   ticked by the engine's :class:`~engine.transport.media_clock.MediaClock`
+   ``--sizes`` at random) of one real :class:`~engine.calls.conference.MediaGraph`
+   ticked by the engine's :class:`~engine.media.clock.MediaClock`
    under uvloop, as ``callbridge serve`` runs it.
 
 The generator sends each leg a tone of its own (µ-law), reads what comes
@@ -283,11 +283,11 @@ def echo_server(conn: Connection, legs: int) -> None:
 def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock."""
     _install_uvloop()
-    from engine.calls import Call, CallState
-    from engine.conference import MediaGraph
-    from engine.media_session import MediaSession
+    from engine.calls.call import Call, CallState
+    from engine.calls.conference import MediaGraph
+    from engine.calls.rtp_stream import MediaSession
     from engine.sip.offer_answer import Codec, NegotiatedMedia
-    from engine.transport.media_clock import MediaClock
+    from engine.media.clock import MediaClock
     from engine.transport.rtp_socket import RtpPortAllocator
 
     legs = len(plan.conf_of)
@@ -389,8 +389,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
 
 def mix_alone(sizes: list[int], graph_cls: Any) -> dict[int, float]:
     """Milliseconds per tick of the mixing stage of one conference of each size."""
-    from engine.calls import Call, CallState
-    from engine.transport.media_clock import MediaClock
+    from engine.calls.call import Call, CallState
+    from engine.media.clock import MediaClock
 
     class Wire(Call):
         def __init__(self) -> None:

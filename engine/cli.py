@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .security_log import escape_controls
+from engine.security_log import escape_controls
 
 __all__ = ["main", "build_parser"]
 
@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace) -> Any:
-    from .media.tts import TTS_PROVIDERS
-    from .server import EngineConfig
-    from .transport.sip_endpoint import SecurityPolicy
+    from engine.media.tts import TTS_PROVIDERS
+    from engine.server import EngineConfig
+    from engine.transport.sip_endpoint import SecurityPolicy
 
     try:
         start, end = (int(x) for x in args.rtp_ports.split("-"))
@@ -222,7 +222,7 @@ def _config_from(args: argparse.Namespace) -> Any:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 1 or more, got {getattr(args, flag)}")
     if args.message_rate < 0:
         raise SystemExit(f"callbridge: --message-rate must be 0 (off) or more, got {args.message_rate}")
-    from .dialout import DEFAULT_DENY, DialPolicy
+    from engine.runtime.dialout import DEFAULT_DENY, DialPolicy
 
     def patterns(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
         return default if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
@@ -301,7 +301,7 @@ def _tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import Engine, StartupError
+    from engine.server import Engine, StartupError
 
     setup_logging(args.log_level)
     if args.uvloop != "off":
@@ -337,8 +337,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from .router import Caller, RulesError, load_rules
-    from .scenario import ScenarioError, ScenarioRuntime
+    from engine.runtime.router import Caller, RulesError, load_rules
+    from engine.runtime.scenario import ScenarioError, ScenarioRuntime
 
     try:
         rules = load_rules(args.rules, args.scenarios)
@@ -365,7 +365,7 @@ def _rules_check(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from .testcall import place_test_call
+    from engine.testcall import place_test_call
 
     host, _, port = args.to.rpartition(":")
     headers = {}
@@ -414,9 +414,9 @@ def _password_of(args: argparse.Namespace) -> str | None:
 
 
 def _store_command(args: argparse.Namespace) -> int:
-    from .rooms import GENERATE, create_room_with_pin
-    from .store import SqliteStore, StoreError
-    from .tokens import Keys
+    from engine.runtime.rooms import GENERATE, create_room_with_pin
+    from engine.state.store import SqliteStore, StoreError
+    from engine.runtime.tokens import Keys
 
     try:
         # The engine's keys: room PINs are hashed with one derived from them.

@@ -23,29 +23,29 @@ from typing import Any
 
 from aiohttp import web
 
-from .call_media import SdpMediaHandler
-from .calls import MediaHandler
-from .directory import LoginBackoff, MemoryDirectory
-from .rooms import RoomService
-from .router import RuleSet, load_rules
-from .scenario import ScenarioRuntime
-from .store import SqliteStore
-from .tokens import Keys
-from .sip.transaction import Timers
-from .media.tts import TtsCache, make_tts_provider
-from .media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
-from .transport.audio_fetch import AudioLoader
-from .transport.media_clock import MediaClock
-from .conference import MediaGraph
-from .transport.rtp_socket import RtpPortAllocator
-from .transport.sip_endpoint import Peer, SecurityPolicy
-from .dialout import DialPolicy
-from .ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
-from .web.app import CONNECTIONS, create_app
-from .web.webhooks import WebhookDispatcher
-from .web.ws import WebUsers
-from .web.webcall import wait_background as wait_web_background
-from .web.webrtc import add_ice_host_addresses
+from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.call import MediaHandler
+from engine.state.directory import LoginBackoff, MemoryDirectory
+from engine.runtime.rooms import RoomService
+from engine.runtime.router import RuleSet, load_rules
+from engine.runtime.scenario import ScenarioRuntime
+from engine.state.store import SqliteStore
+from engine.runtime.tokens import Keys
+from engine.sip.transaction import Timers
+from engine.media.tts import TtsCache, make_tts_provider
+from engine.media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
+from engine.transport.audio_fetch import AudioLoader
+from engine.media.clock import MediaClock
+from engine.calls.conference import MediaGraph
+from engine.transport.rtp_socket import RtpPortAllocator
+from engine.transport.sip_endpoint import Peer, SecurityPolicy
+from engine.runtime.dialout import DialPolicy
+from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
+from engine.web.app import CONNECTIONS, create_app
+from engine.web.webhooks import WebhookDispatcher
+from engine.web.ws import WebUsers
+from engine.calls.web_call import wait_background as wait_web_background
+from engine.calls.webrtc import add_ice_host_addresses
 
 __all__ = ["EngineConfig", "Engine", "StartupError"]
 
@@ -72,7 +72,7 @@ class EngineConfig:
     session_idle_timeout: float = 30.0
     invite_timeout: float = 60.0
     #: Seconds a connected call may receive no RTP nor RTCP (while not on
-    #: hold) before it is hung up; 0 never (see engine.call_media).
+    #: hold) before it is hung up; 0 never (see engine.calls.sdp_media).
     rtp_timeout: float = 60.0
     #: Strict RTP (engine.media.rtp.RtpSourcePolicy): a source other than
     #: the SDP address is latched only after ``rtp_probation`` consistent
@@ -111,7 +111,7 @@ class EngineConfig:
     #: name only: the demo page's way in); guests get a random
     #: ``guest-…`` user name for the socket's life and are never stored.
     guest_login: bool = True
-    #: Where and how much the trunk may be dialed (:mod:`engine.dialout`):
+    #: Where and how much the trunk may be dialed (:mod:`engine.runtime.dialout`):
     #: nothing is allowed until ``--dial-allow`` says where.
     dial_policy: DialPolicy = field(default_factory=DialPolicy)
     #: Whether conferences that are not rooms may be opened and joined

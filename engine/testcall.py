@@ -1,6 +1,6 @@
 """``callbridge call NUMBER``: place one test call through a running engine.
 
-A throw-away :class:`~engine.ua.UserAgent` on an ephemeral loopback port
+A throw-away :class:`~engine.calls.sip_ua.UserAgent` on an ephemeral loopback port
 dials ``sip:NUMBER@HOST:PORT``, prints each event, stays connected for
 ``duration`` seconds (or until the far end hangs up) and hangs up.
 """
@@ -11,12 +11,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .call_media import SdpMediaHandler
-from .calls import CallEvent, CallEvents, CallState
-from .transport.rtp_socket import RtpPortAllocator
-from .transport.sip_endpoint import Peer, SecurityPolicy
-from .sip.uri import format_host
-from .ua import UaConfig, UserAgent
+from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.call import CallEvent, CallEvents, CallState
+from engine.transport.rtp_socket import RtpPortAllocator
+from engine.transport.sip_endpoint import Peer, SecurityPolicy
+from engine.sip.uri import format_host
+from engine.calls.sip_ua import UaConfig, UserAgent
 
 __all__ = ["TestCallResult", "place_test_call"]
 

@@ -36,7 +36,7 @@ call of another kind that reaches it anyway gets 404.
 
 import json
 
-from engine.calls import CallError, CallState
+from engine.scenario import CallError, CallState
 from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 #: Caller id presented to people dialled into the conference.

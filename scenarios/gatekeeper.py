@@ -16,7 +16,7 @@ it). The conference ending ends the call.
 import re
 from pathlib import Path
 
-from engine.calls import CallState
+from engine.scenario import CallState
 from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
 HOLD_MUSIC = Path(__file__).parent / "media" / "hold.wav"

@@ -15,7 +15,7 @@ refused (403) unless the caller is in its room at that moment and the
 callee is in the same room, so a removed participant cannot call back in.
 """
 
-from engine.calls import CallError, CallState
+from engine.scenario import CallError, CallState
 from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 

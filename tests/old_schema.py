@@ -10,7 +10,7 @@ from pathlib import Path
 def database_at_version(path: Path, version: int) -> sqlite3.Connection:
     """A new SQLite file at ``path`` holding the schema of ``version`` (the
     first ``version`` migration steps); the caller fills it and closes it."""
-    from engine import store as store_module
+    from engine.state import store as store_module
 
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .codecs.telephone_event import DIGIT_TO_EVENT, EVENT_TO_DIGIT
+from engine.media.codecs.telephone_event import DIGIT_TO_EVENT, EVENT_TO_DIGIT
 
 __all__ = [
     "COL_FREQS",

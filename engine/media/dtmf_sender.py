@@ -40,8 +40,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .codecs.telephone_event import TelephoneEvent, TelephoneEventError, TelephoneEventPacket, generate_event_packets
-from .rtp import RtpPacket, RtpSender
+from engine.media.codecs.telephone_event import TelephoneEvent, TelephoneEventError, TelephoneEventPacket, generate_event_packets
+from engine.media.rtp import RtpPacket, RtpSender
 
 __all__ = [
     "DIGITS",

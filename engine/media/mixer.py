@@ -27,7 +27,7 @@ from typing import Hashable, Union
 import numpy as np
 import numpy.typing as npt
 
-from .codecs.g711 import ULAW_DECODE, ULAW_ENCODE
+from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE
 
 __all__ = [
     "ConferenceMixer",

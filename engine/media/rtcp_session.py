@@ -54,7 +54,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable
 
-from .rtcp import (
+from engine.media.rtcp import (
     Bye,
     ReceiverReport,
     ReceiverStats,
@@ -68,7 +68,7 @@ from .rtcp import (
     parse_rtcp,
     serialize_rtcp,
 )
-from .rtp import RtpPacket, RtpSender
+from engine.media.rtp import RtpPacket, RtpSender
 
 __all__ = ["MIN_INTERVAL", "MediaStats", "MediaTimedOut", "RtcpSession"]
 

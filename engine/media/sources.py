@@ -38,7 +38,7 @@ import miniaudio  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 
-from .players import PcmSource
+from engine.media.players import PcmSource
 
 __all__ = [
     "AudioFileError", "AUDIO_FORMATS", "sniff_format", "decode_audio", "decode_native",

@@ -45,7 +45,7 @@ from typing import Callable, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .sources import AudioFileError, decode_native, lowpass_taps
+from engine.media.sources import AudioFileError, decode_native, lowpass_taps
 
 __all__ = [
     "TtsProvider", "EspeakProvider", "GttsProvider", "FallbackProvider", "TtsCache", "TtsError",

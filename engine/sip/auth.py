@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ALGORITHMS",

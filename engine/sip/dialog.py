@@ -46,10 +46,10 @@ import secrets
 from enum import Enum
 from typing import Iterable, Mapping
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .headers import NameAddr, canonical_name
-from .message import Headers, SipMessage, SipRequest, SipResponse
-from .uri import SipUri, Uri
+from engine.sip.errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.headers import NameAddr, canonical_name
+from engine.sip.message import Headers, SipMessage, SipRequest, SipResponse
+from engine.sip.uri import SipUri, Uri
 
 __all__ = [
     "DialogState",

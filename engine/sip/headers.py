@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import RemoteProtocolError
-from .uri import SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.uri import SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
 
 __all__ = [
     "canonical_name",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 from typing import Callable, Iterable, Iterator, TypeVar, cast
 
-from .errors import RemoteProtocolError
-from .headers import (
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.headers import (
     CSeq,
     NameAddr,
     Via,
@@ -23,7 +23,7 @@ from .headers import (
     parse_name_addr,
     parse_via,
 )
-from .uri import Uri, parse_uri
+from engine.sip.uri import Uri, parse_uri
 
 __all__ = [
     "Headers",

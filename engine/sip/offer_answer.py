@@ -30,8 +30,8 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .sdp import (
+from engine.sip.errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.sdp import (
     Connection,
     Direction,
     MediaDescription,

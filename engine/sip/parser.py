@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import re
 
-from .errors import RemoteProtocolError
-from .headers import MULTI_VALUED, canonical_name, split_header_values
-from .message import Headers, SipMessage, SipRequest, SipResponse
-from .uri import AbsoluteUri, SipUri
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.headers import MULTI_VALUED, canonical_name, split_header_values
+from engine.sip.message import Headers, SipMessage, SipRequest, SipResponse
+from engine.sip.uri import AbsoluteUri, SipUri
 
 __all__ = [
     "ParseError",

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "Attribute",

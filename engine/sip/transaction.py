@@ -156,9 +156,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, ClassVar, Union
 
-from .errors import LocalProtocolError
-from .message import BRANCH_MAGIC, Headers, SipMessage, SipRequest, SipResponse
-from .parser import parse_unvalidated
+from engine.sip.errors import LocalProtocolError
+from engine.sip.message import BRANCH_MAGIC, Headers, SipMessage, SipRequest, SipResponse
+from engine.sip.parser import parse_unvalidated
 
 __all__ = [
     "Timers",

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import RemoteProtocolError
+from engine.sip.errors import RemoteProtocolError
 
 __all__ = ["SipUri", "TelUri", "AbsoluteUri", "Uri", "parse_uri", "format_host"]
 

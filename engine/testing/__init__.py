@@ -12,8 +12,8 @@ virtual clock (a 30-second timeout takes no time)::
         assert call.joined("conf_1234")
 
 The scenario code is run by the engine's own
-:class:`~engine.scenario.ScenarioRuntime` and its call legs are real
-:class:`~engine.calls.Call` objects (:class:`SimCall`); only the SIP and
+:class:`~engine.runtime.scenario.ScenarioRuntime` and its call legs are real
+:class:`~engine.calls.call.Call` objects (:class:`SimCall`); only the SIP and
 web transports, the calls' own audio, TTS, HTTP and the clock are
 simulated; conferences and media routing are the engine's media graph.
 See :mod:`engine.testing.app` for the driving model,
@@ -33,8 +33,8 @@ from typing import Iterator
 
 import pytest
 
-from .app import App, ConferenceView, Flow, Harness, LogLine, MediaFlows
-from .calls import (
+from engine.testing.app import App, ConferenceView, Flow, Harness, LogLine, MediaFlows
+from engine.testing.calls import (
     Callee,
     Caller,
     Endpoint,
@@ -48,9 +48,9 @@ from .calls import (
     Verdict,
     estimate_speech,
 )
-from .clock import Plan, VirtualTimeLoop
-from .media import GraphPlayer, HarnessGraph, SteppedClock
-from .http import CannedResponse, HttpExchange, HttpMock
+from engine.testing.clock import Plan, VirtualTimeLoop
+from engine.testing.media import GraphPlayer, HarnessGraph, SteppedClock
+from engine.testing.http import CannedResponse, HttpExchange, HttpMock
 
 __all__ = [
     "App",

@@ -2,7 +2,7 @@
 
 :class:`Harness` owns one :class:`~engine.testing.clock.VirtualTimeLoop` and
 the applications a test loads on it (:meth:`Harness.load`). An
-:class:`App` is the real :class:`~engine.scenario.ScenarioRuntime` over the
+:class:`App` is the real :class:`~engine.runtime.scenario.ScenarioRuntime` over the
 application's rules and scenarios, given a simulated user agent
 (:class:`~engine.testing.calls.SimUserAgent`), canned HTTP
 (:class:`~engine.testing.http.HttpMock`), an in-memory store and the
@@ -37,19 +37,19 @@ from typing import Any, Callable, Iterator, TypeVar, cast
 
 import aiohttp
 
-from ..calls import Call, CallState, InternalCall
-from ..conference import Conference
-from ..dialout import DialPolicy
-from ..grants import Grant, without_engine_headers
-from ..router import load_rules
-from ..scenario import ScenarioRuntime, Session
-from ..rooms import RoomService
-from ..store import SqliteStore
-from ..tokens import Keys
-from .calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
-from .media import HarnessGraph, graph_edges, reach, targets
-from .clock import Plan, VirtualTimeLoop
-from .http import HttpMock
+from engine.calls.call import Call, CallState, InternalCall
+from engine.calls.conference import Conference
+from engine.runtime.dialout import DialPolicy
+from engine.calls.grants import Grant, without_engine_headers
+from engine.runtime.router import load_rules
+from engine.runtime.scenario import ScenarioRuntime, Session
+from engine.runtime.rooms import RoomService
+from engine.state.store import SqliteStore
+from engine.runtime.tokens import Keys
+from engine.testing.calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
+from engine.testing.media import HarnessGraph, graph_edges, reach, targets
+from engine.testing.clock import Plan, VirtualTimeLoop
+from engine.testing.http import HttpMock
 
 __all__ = ["Harness", "App", "MediaFlows", "Flow", "ConferenceView", "LogLine"]
 
@@ -107,7 +107,7 @@ def _names(label: str, name: str) -> bool:
 
 class MediaFlows:
     """Which audio flows between which calls and conferences, now, read
-    from the engine's media graph (:meth:`~engine.conference.MediaGraph.flows`).
+    from the engine's media graph (:meth:`~engine.calls.conference.MediaGraph.flows`).
 
     Endpoints are named as the test named them, conferences (the
     scenario's ``create_conference`` mixers) as ``<conference>/<mixer>``

@@ -1,10 +1,10 @@
 """Simulated call legs and the test's side of them.
 
-A :class:`SimCall` is a real :class:`engine.calls.Call`: the scenario holds
+A :class:`SimCall` is a real :class:`engine.calls.call.Call`: the scenario holds
 it and every event, state change, DTMF collection, playback handle and
 listener runs through the engine's own code. Only the transport-facing
 hooks are replaced: answering, rejecting and hanging up end or connect the
-leg in memory (as :class:`~engine.ua.SipCall` would after the far end's
+leg in memory (as :class:`~engine.calls.sip_ua.SipCall` would after the far end's
 ACK, final response or BYE), messages and INFO are recorded instead of
 sent, ``say`` is recorded as text and lasts as long as the text would take
 to speak (no espeak-ng), and playbacks end when their audio would have,
@@ -30,16 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calls import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
-from ..media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
-from ..media.tts import Pcm, TtsCache
-from ..scenario import Session
-from ..sip.message import REASONS
-from ..sip.uri import SipUri, parse_uri
+from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
+from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
+from engine.media.tts import Pcm, TtsCache
+from engine.runtime.scenario import Session
+from engine.sip.message import REASONS
+from engine.sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
-    from .app import App
-    from .media import GraphPlayer
+    from engine.testing.app import App
+    from engine.testing.media import GraphPlayer
 
 __all__ = [
     "SimCall",
@@ -363,7 +363,7 @@ def _with_headers(headers: dict[str, str] | None) -> str:
 
 class SimWebCall(SimCall):
     """A web SDK leg (``kind == "web"``), with what
-    :class:`~engine.web.webcall.WebCall` adds to a call: direct calls.
+    :class:`~engine.calls.web_call.WebCall` adds to a call: direct calls.
 
     :meth:`forward_call_to_user_direct` follows ``WebCall``'s rules: the
     callee (a :class:`Callee` with ``how == "web"`` and ``direct``, rung
@@ -386,7 +386,7 @@ class SimWebCall(SimCall):
         """Ring the user this browser dialed (:attr:`number`) for a direct
         call; ``None`` (and the call rejected with 480) when the user is not
         logged in (:meth:`App.log_in_web_user`). As
-        :meth:`engine.web.webcall.WebCall.forward_call_to_user_direct`.
+        :meth:`engine.calls.web_call.WebCall.forward_call_to_user_direct`.
 
         :raises CallError: not a browser's call that still rings, or early
             media started (the engine answered the browser's offer).
@@ -449,7 +449,7 @@ class SimWebCall(SimCall):
 
 def _pass_end_on(ended: Call) -> None:
     """One end of a direct call ended: end the other, as
-    :mod:`engine.web.webcall` does (hang up once connected or while it rings
+    :mod:`engine.calls.web_call` does (hang up once connected or while it rings
     for the callee; reject a ringing caller with the callee's code)."""
     assert isinstance(ended, SimWebCall)
     other = ended.direct_peer
@@ -872,13 +872,13 @@ class Callee(Endpoint):
 
 
 class SimUserAgent:
-    """What :class:`~engine.scenario.ScenarioRuntime` needs of the
-    :class:`~engine.ua.UserAgent`: ``call_sip``, ``call_pstn`` and
+    """What :class:`~engine.runtime.scenario.ScenarioRuntime` needs of the
+    :class:`~engine.calls.sip_ua.UserAgent`: ``call_sip``, ``call_pstn`` and
     ``call_registered``. Each returns the :class:`SimCall` of a new
     :class:`Callee` at once, ringing (``PROGRESSING``), as the real one does.
 
     :ivar trunk: whether a PSTN trunk is configured (``call_pstn`` raises
-        :class:`~engine.calls.CallError` otherwise, as in ``serve``).
+        :class:`~engine.calls.call.CallError` otherwise, as in ``serve``).
     :ivar registered: users whose SIP phone ``call_user`` can reach.
     :ivar web_users: users logged in with the web SDK; ``call_user`` rings
         their browser (a :class:`Callee` with ``how == "web"``) before any phone.

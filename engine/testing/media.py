@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-Scenario tests run the engine's own :class:`~engine.conference.MediaGraph`:
+Scenario tests run the engine's own :class:`~engine.calls.conference.MediaGraph`:
 ``create_conference``, ``send_media_to``, ``send_media_between``,
 conference ``add``/``remove``/``set_mute``, conference and internal-call
 playback and recording all edit and compile the real graph, and its
-:meth:`~engine.conference.MediaGraph.tick` mixes. Only the clock differs.
+:meth:`~engine.calls.conference.MediaGraph.tick` mixes. Only the clock differs.
 
-In ``serve`` a :class:`~engine.transport.media_clock.MediaClock` ticks the
+In ``serve`` a :class:`~engine.media.clock.MediaClock` ticks the
 graph every 20 ms while it has work: a conference with people in it ticks
 for as long as they talk. On the virtual clock that would cost 50 ticks a
 virtual second, and a test's ``wait()`` of an hour 180 000 of them. Nothing
@@ -42,11 +42,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..calls import Call, InternalCall, Playback
-from ..conference import Conference, MediaGraph, Node, Pcm, Recording
-from ..media.players import FrameSource, PlaybackFinished
-from ..transport.media_clock import TICK, ClockSink, MediaClock
-from .calls import describe_source, source_duration
+from engine.calls.call import Call, InternalCall, Playback
+from engine.calls.conference import Conference, MediaGraph, Node, Pcm, Recording
+from engine.media.players import FrameSource, PlaybackFinished
+from engine.media.clock import TICK, ClockSink, MediaClock
+from engine.testing.calls import describe_source, source_duration
 
 __all__ = ["SteppedClock", "HarnessGraph", "TimedSource", "GraphPlayer", "graph_edges", "reach", "targets"]
 

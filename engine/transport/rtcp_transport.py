@@ -29,8 +29,8 @@ import logging
 import socket
 from typing import Any, Callable
 
-from ..media.rtcp_session import MediaTimedOut, RtcpSession
-from .rtp_transport import RtpTransport
+from engine.media.rtcp_session import MediaTimedOut, RtcpSession
+from engine.transport.rtp_transport import RtpTransport
 
 __all__ = ["RtcpTransport"]
 

@@ -40,13 +40,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
-from ..directory import MemoryDirectory
-from ..security_log import security_event, security_event_throttled
-from ..sip.errors import RemoteProtocolError
-from ..sip.message import SipRequest, SipResponse, new_branch, new_tag
-from ..sip.parser import ParseError, StreamFramer, parse_message
-from ..sip.headers import Via
-from ..sip.transaction import (
+from engine.state.directory import MemoryDirectory
+from engine.security_log import security_event, security_event_throttled
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.message import SipRequest, SipResponse, new_branch, new_tag
+from engine.sip.parser import ParseError, StreamFramer, parse_message
+from engine.sip.headers import Via
+from engine.sip.transaction import (
     CancelReceived,
     ClientTransaction,
     InviteClientTransaction,

@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable
 import yarl
 from aiohttp import web
 
-from ..rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
-from ..scenario import AppEvents, Session, SessionLimitReached
-from ..store import (
+from engine.runtime.rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
+from engine.runtime.scenario import AppEvents, Session, SessionLimitReached
+from engine.state.store import (
     API_SCOPES,
     InvalidValue,
     InviteRefused,
@@ -45,10 +45,10 @@ from ..store import (
     UserExists,
     UserNotFound,
 )
-from ..router import KINDS, Caller
-from ..tokens import DEFAULT_TTL, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
-from .errors import ApiError, error_response
-from .webhooks import EVENTS, is_private_address
+from engine.runtime.router import KINDS, Caller
+from engine.runtime.tokens import DEFAULT_TTL, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
+from engine.web.errors import ApiError, error_response
+from engine.web.webhooks import EVENTS, is_private_address
 
 __all__ = ["API_ENGINE", "PREFIX", "create_api", "ROUTES"]
 
@@ -377,7 +377,7 @@ async def create_login_token(request: web.Request) -> web.Response:
     """A one-time key with which the web SDK logs in as this user
     (``{"type": "login", "token": ...}``) without its password: an
     application server issues it to its own signed-in user's browser."""
-    from .ws import TOKEN_NAMESPACE
+    from engine.web.ws import TOKEN_NAMESPACE
 
     name = request.match_info["name"]
     data = await _body(request, ("ttl",)) if (await request.read()).strip() else {}
@@ -938,7 +938,7 @@ async def replay_delivery(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from .openapi import document
+    from engine.web.openapi import document
 
     return _json(document())
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from .api import PREFIX, create_api
-from .errors import ApiError, error_response
-from .ws import SdkConnection, serve_socket
+from engine.web.api import PREFIX, create_api
+from engine.web.errors import ApiError, error_response
+from engine.web.ws import SdkConnection, serve_socket
 
 logger = logging.getLogger(__name__)
 

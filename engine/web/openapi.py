@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store import API_SCOPES
-from ..tokens import PERMISSIONS, PRESETS
-from .webhooks import EVENTS
+from engine.state.store import API_SCOPES
+from engine.runtime.tokens import PERMISSIONS, PRESETS
+from engine.web.webhooks import EVENTS
 
 __all__ = ["document"]
 

@@ -109,7 +109,7 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "moderate": {"action": (STR, True), "participant": (STR, False)},
 }
 
-#: ``moderate`` actions and the permission each needs (engine.tokens);
+#: ``moderate`` actions and the permission each needs (engine.runtime.tokens);
 #: ``mute``/``unmute`` of oneself needs ``mute_self`` instead.
 MODERATE_ACTIONS = {
     "mute": "mute_others", "unmute": "mute_others", "remove": "remove",

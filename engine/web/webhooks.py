@@ -47,8 +47,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from ..security_log import security_event
-from ..store import Delivery, Store
+from engine.security_log import security_event
+from engine.state.store import Delivery, Store
 
 __all__ = [
     "EVENTS", "MAX_RESPONSE_BYTES", "WebhookDispatcher", "is_private_address", "sign",

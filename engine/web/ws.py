@@ -3,9 +3,9 @@ per browser.
 
 Handlers stay thin: :func:`~engine.web.protocol.parse_frame` checks each
 frame, a handler per ``type`` acts on the engine (the store for ``login``,
-the scenario runtime for ``call``, a :class:`~engine.web.webcall.WebCall`
+the scenario runtime for ``call``, a :class:`~engine.calls.web_call.WebCall`
 for everything in a call), and any :class:`~engine.web.protocol.ProtocolError`
-or :class:`~engine.calls.CallError` becomes an ``error`` frame with a code.
+or :class:`~engine.calls.call.CallError` becomes an ``error`` frame with a code.
 An unexpected exception is logged and answered ``internal``; the socket and
 the engine go on. Frames out are queued and written by one task, in order,
 so that a call's events (sent synchronously from scenario code) never
@@ -28,12 +28,12 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..calls import CallError, CallState
-from ..directory import LoginBackoff, LoginGuard
-from ..grants import Grant, without_engine_headers
-from ..security_log import security_event
-from ..tokens import JoinGrant, TokenError
-from .protocol import (
+from engine.calls.call import CallError, CallState
+from engine.state.directory import LoginBackoff, LoginGuard
+from engine.calls.grants import Grant, without_engine_headers
+from engine.security_log import security_event
+from engine.runtime.tokens import JoinGrant, TokenError
+from engine.web.protocol import (
     MAX_FRAME_BYTES,
     MODERATE_ACTIONS,
     PROTOCOL_VERSION,
@@ -42,8 +42,8 @@ from .protocol import (
     error_frame,
     parse_frame,
 )
-from ..security_log import security_event
-from .webcall import WebCall
+from engine.security_log import security_event
+from engine.calls.web_call import WebCall
 
 __all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
            "verify_join_token"]
@@ -330,7 +330,7 @@ class SdkConnection:
 
     def _call_headers(self, headers: dict[str, str]) -> dict[str, str]:
         """The client's headers without ``X-Callbridge-*`` ones: what the
-        engine grants travels as the call's :attr:`~engine.calls.Call.grant`."""
+        engine grants travels as the call's :attr:`~engine.calls.call.Call.grant`."""
         clean, forged = without_engine_headers(headers)
         if forged:
             security_event("forged_header", self.remote, user=self.user)
@@ -492,7 +492,7 @@ def verify_join_token(engine: Any, token: str) -> JoinGrant:
 def _redeem_token(store: Any, keys: Any, token: str) -> str | None:
     """The user of a one-time login token, which is used up (the management
     API issues them: ``POST /api/v1/users/{name}/login-tokens``; the store
-    keeps only :meth:`engine.tokens.Keys.login_token_hash` of it)."""
+    keeps only :meth:`engine.runtime.tokens.Keys.login_token_hash` of it)."""
     if keys is None or not isinstance(token, str) or not 16 <= len(token) <= 128:
         return None
     key = keys.login_token_hash(token)

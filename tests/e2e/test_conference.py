@@ -28,7 +28,7 @@ rules:
 """
 
 DOOR = """
-from engine.scenario import AppEvents, CallEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
 
 
 async def on_alerting(e):
@@ -45,7 +45,7 @@ VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 """
 
 ROOM = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 legs = []
 conference = None

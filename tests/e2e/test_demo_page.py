@@ -38,8 +38,8 @@ from playwright.async_api import async_playwright
 from browser import launch_chromium
 from logs import session_logs, wait_for_log
 
-from engine.dialout import DialPolicy
-from engine.rooms import create_room_with_pin
+from engine.runtime.dialout import DialPolicy
+from engine.runtime.rooms import create_room_with_pin
 from engine.server import Engine
 
 from .baresip import Baresip

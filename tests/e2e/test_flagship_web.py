@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
-from engine.dialout import DialPolicy
+from engine.runtime.dialout import DialPolicy
 from logs import wait_for_log
 from sdk_peer import BrowserPeer, SdkSocket
 

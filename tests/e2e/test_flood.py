@@ -31,7 +31,7 @@ rules:
 
 INBOX = '''\
 """Take MESSAGEs and keep the session (until the idle timeout)."""
-from engine.scenario import AppEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, VoxEngine
 
 VoxEngine.add_event_listener(AppEvents.MessageReceived, lambda e: None)
 '''

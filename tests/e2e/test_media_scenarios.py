@@ -62,7 +62,7 @@ rules:
 
 EARLY = """
 import asyncio
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):
@@ -81,7 +81,7 @@ VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 """
 
 RECORD = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

@@ -42,7 +42,7 @@ rules:
 PROMPT = "please enter your conference PIN followed by the pound key"
 
 SCENARIO = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

@@ -40,8 +40,8 @@ rules:
 SCENARIO = """
 import asyncio
 
-from engine.calls import CallError
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.calls.call import CallError
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.dialout import DialPolicy
+from engine.runtime.dialout import DialPolicy
 from engine.server import Engine
 from engine.transport.sip_endpoint import SecurityPolicy
 

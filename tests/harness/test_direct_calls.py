@@ -1,7 +1,7 @@
 """The harness's direct calls behave as the web layer's.
 
 A direct call (``forward_call_to_user_direct``) is transport behaviour: in
-``serve`` it lives in :class:`~engine.web.webcall.WebCall`, in the harness
+``serve`` it lives in :class:`~engine.calls.web_call.WebCall`, in the harness
 in :class:`~engine.testing.SimWebCall`. Each script below is played against
 both: a pair of real ``WebCall`` legs, rung by the web layer's own
 :class:`~engine.web.ws.WebUsers` over fake sockets (a direct call has no
@@ -22,10 +22,10 @@ from typing import Any, Callable, cast
 
 import pytest
 
-from engine.calls import Call, CallEvent, CallEvents, CallState
+from engine.calls.call import Call, CallEvent, CallEvents, CallState
 from engine.testing import Endpoint, Harness, VirtualTimeLoop
-from engine.transport.media_clock import MediaClock
-from engine.web.webcall import WebCall
+from engine.media.clock import MediaClock
+from engine.calls.web_call import WebCall
 from engine.web.ws import SdkConnection, WebUsers
 
 ROOT = Path(__file__).parents[2]
@@ -46,7 +46,7 @@ SCRIPTS = {
 }
 
 SCENARIO = """
-    from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+    from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
     def record(role, call):
         for name in (CallEvents.Connected, CallEvents.Failed, CallEvents.Disconnected,

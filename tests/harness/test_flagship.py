@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from engine.calls import CallState
-from engine.dialout import DialPolicy
-from engine.grants import Grant
+from engine.calls.call import CallState
+from engine.runtime.dialout import DialPolicy
+from engine.calls.grants import Grant
 from engine.testing import App, Callee, Caller, Harness
 
 ROOT = Path(__file__).parents[2]
@@ -760,8 +760,8 @@ def test_scenario_cannot_answer_or_play_to_a_direct_call(callbridge: Harness) ->
         rules:
           - {name: P2P, pattern: ".*", scenarios: [p2p]}
     """, {"p2p": """
-        from engine.calls import CallError
-        from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+        from engine.calls.call import CallError
+        from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
         def on_alerting(e):
             callee = e.call.forward_call_to_user_direct()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine.grants import Grant
+from engine.calls.grants import Grant
 from engine.testing import App, Caller, Harness
 
 ROOT = Path(__file__).parents[2]

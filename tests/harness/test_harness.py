@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.calls import CallError, CallEvents, CallState, InternalCall
+from engine.calls.call import CallError, CallEvents, CallState, InternalCall
 from engine.testing import App, Harness
 
 APP = Path(__file__).parent / "app"
@@ -126,7 +126,7 @@ def test_digits_before_tone_handling_are_lost_and_reported(callbridge: Harness) 
     app = callbridge.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [deaf]}]',
         {"deaf": """
-            from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
             def on_alerting(e):
                 e.call.add_event_listener(CallEvents.ToneReceived, lambda ev: Logger.write(ev.tone))
@@ -277,7 +277,7 @@ def test_connected_comes_after_answer_returns(callbridge: Harness) -> None:
     app = callbridge.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [late]}]',
         {"late": """
-            from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
             def on_alerting(e):
                 e.call.answer()
@@ -312,7 +312,7 @@ def test_unread_errors_and_unregistered_urls_fail_at_close(tmp_path: Path) -> No
     app = harness.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [fetch]}]',
         {"fetch": """
-            from engine.scenario import AppEvents, Logger, Net, VoxEngine
+            from engine.runtime.scenario import AppEvents, Logger, Net, VoxEngine
 
             async def on_alerting(e):
                 r = await Net.http_request("http://nowhere.example/x")
@@ -350,7 +350,7 @@ def test_http_delay_beyond_the_timeout_times_out(callbridge: Harness) -> None:
     app = callbridge.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [slow]}]',
         {"slow": """
-            from engine.scenario import AppEvents, Logger, Net, VoxEngine
+            from engine.runtime.scenario import AppEvents, Logger, Net, VoxEngine
 
             async def on_alerting(e):
                 e.call.answer()
@@ -375,8 +375,8 @@ def test_call_user_needs_a_registered_user(callbridge: Harness) -> None:
     app = callbridge.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [dial_user]}]',
         {"dial_user": """
-            from engine.calls import CallError
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.calls.call import CallError
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
             def on_alerting(e):
                 try:
@@ -476,7 +476,7 @@ def test_internal_call_errors_reach_the_scenario_not_the_test(app: App) -> None:
     bad = harness.load_text(
         'rules: [{name: In, pattern: "in", scenarios: [early]}]',
         {"early": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
 
             def on_alerting(e):
                 e.call.say("too early")

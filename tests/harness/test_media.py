@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.calls import CallState
+from engine.calls.call import CallState
 from engine.testing import App, Harness
 
 #: A conference session with one mixer: answers, adds the call, greets it
 #: through the mixer (conference.say), mutes callers whose id starts with
 #: "mute", and records when told so by a message.
 ROOM = """
-    from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+    from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
     mixer = None
 
@@ -36,7 +36,7 @@ ROOM = """
 
 #: Forwards a phone caller to conf_<dialed digits>, bridged both ways once connected.
 GATE = """
-    from engine.scenario import AppEvents, CallEvents, VoxEngine
+    from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
 
     async def on_alerting(e):
         call = e.call
@@ -57,7 +57,7 @@ RULES = """
 """
 
 ECHO = """
-    from engine.scenario import AppEvents, VoxEngine
+    from engine.runtime.scenario import AppEvents, VoxEngine
 
     async def on_alerting(e):
         await e.call.answer()
@@ -139,7 +139,7 @@ def test_endless_conference_music_does_not_hold_actions(callbridge: Harness) -> 
     plays (heard_playback)."""
     app = callbridge.load_text(RULES, {"gate": GATE, "echo": ECHO, "room": """
         from engine.media.players import ToneSource
-        from engine.scenario import AppEvents, VoxEngine
+        from engine.runtime.scenario import AppEvents, VoxEngine
 
         async def on_alerting(e):
             mixer = VoxEngine.create_conference("music")
@@ -159,7 +159,7 @@ def test_recording_lasts_the_virtual_time(callbridge: Harness, tmp_path: Path) -
     time it ran, though the graph did not tick every 20 ms."""
     target = tmp_path / "rec.wav"
     app = callbridge.load_text(RULES, {"gate": GATE, "room": ROOM, "echo": f"""
-        from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+        from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
         async def on_alerting(e):
             await e.call.answer()

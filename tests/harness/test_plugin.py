@@ -80,7 +80,7 @@ def test_a_scenario_error_fails_the_test_at_teardown(pytester: pytest.Pytester) 
             app = callbridge.load_text(
                 'rules: [{name: In, pattern: "in", scenarios: [bad]}]',
                 {"bad": """
-                    from engine.scenario import AppEvents, VoxEngine
+                    from engine.runtime.scenario import AppEvents, VoxEngine
                     def on_alerting(e):
                         e.call.answer()
                         {}["missing"]

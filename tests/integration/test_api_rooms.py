@@ -35,7 +35,7 @@ rules:
 #: conference scenario is to do) and refuses them with the refusal's code.
 SCENARIOS = {
     "room_conf": """
-        from engine.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
+        from engine.runtime.scenario import AppEvents, CallEvents, Logger, RoomRefused, VoxEngine
 
         async def on_alerting(e):
             call = e.call
@@ -168,7 +168,7 @@ async def test_scheduled_room_refuses_before_start(api: Api) -> None:
     assert status == 201 and room["state"] == "scheduled"
     rooms = api.engine.rooms
     assert rooms is not None
-    from engine.rooms import RoomRefused
+    from engine.runtime.rooms import RoomRefused
 
     with pytest.raises(RoomRefused) as info:
         rooms.join("conf_later", "p1", kind="pstn")
@@ -344,7 +344,7 @@ async def test_phone_pin_and_invite_code_through_the_scenario_api(make_engine: E
     room's PIN and moderator PIN to its conference and role, and
     redeem_invite takes an invite's digits once."""
     engine = await make_engine(RULES, {**SCENARIOS, "gate": """
-        from engine.scenario import AppEvents, Logger, RoomRefused, VoxEngine
+        from engine.runtime.scenario import AppEvents, Logger, RoomRefused, VoxEngine
 
         def started(e):
             Logger.write(f"pin {VoxEngine.room_for_pin('4321')} {VoxEngine.room_for_pin('9999')}"
@@ -367,7 +367,7 @@ async def test_phone_pin_and_invite_code_through_the_scenario_api(make_engine: E
                                permissions=["mute_self"], code_hash=keys.code_hash(code),
                                link_hash=keys.link_hash(link), expires_at=time.time() + 60,
                                max_attempts=3, now=time.time())
-    from engine.router import Rule
+    from engine.runtime.router import Rule
     import re
 
     session = engine.runtime.start_session(Rule("Gate", re.compile("gate"), None, ("gate",), 0), code)

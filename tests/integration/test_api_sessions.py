@@ -34,7 +34,7 @@ rules:
 
 SCENARIOS = {
     "api_session": """
-        from engine.scenario import AppEvents, ApplicationStorage, Logger, VoxEngine
+        from engine.runtime.scenario import AppEvents, ApplicationStorage, Logger, VoxEngine
 
         async def started(e):
             Logger.write(f"custom {VoxEngine.custom_data()}")
@@ -51,7 +51,7 @@ SCENARIOS = {
         VoxEngine.add_event_listener(AppEvents.HttpRequest, request)
     """,
     "recorder": """
-        from engine.scenario import AppEvents, VoxEngine
+        from engine.runtime.scenario import AppEvents, VoxEngine
 
         def started(e):
             rec = VoxEngine.create_conference("everyone").record()

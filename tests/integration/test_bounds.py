@@ -20,7 +20,7 @@ import pytest
 
 from engine.sip.message import SipResponse
 from engine.sip.transaction import Timers
-from engine.store import GUEST_HASH
+from engine.state.store import GUEST_HASH
 from engine.transport.sip_endpoint import SecurityPolicy
 
 from .conftest import EngineFactory, PeerFactory, use_timers, wait_until
@@ -29,7 +29,7 @@ from .sip_peer import Dialog, TcpPeer, UdpPeer, request
 #: A call rings until cancelled; a MESSAGE starts a session that waits.
 RING = '''
 """Let every call ring; take MESSAGEs and do nothing."""
-from engine.scenario import AppEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, VoxEngine
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, lambda e: None)
 VoxEngine.add_event_listener(AppEvents.MessageReceived, lambda e: None)

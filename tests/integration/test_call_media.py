@@ -4,7 +4,7 @@ the RTP inactivity timeout, hold, and strict RTP (a stranger cannot take
 the stream, a victim address in the SDP gets media only for the grace, a
 phone behind NAT latches after the probation).
 
-The first tests drive :class:`engine.call_media.SdpMediaHandler` with SDP
+The first tests drive :class:`engine.calls.sdp_media.SdpMediaHandler` with SDP
 written by the test and a "phone" made of two sockets (RTP on an even port,
 RTCP on the odd one above); the last ones run a whole engine with a small
 ``rtp_timeout`` and a scripted SIP caller.
@@ -19,7 +19,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from engine.call_media import SdpMediaHandler
+from engine.calls.sdp_media import SdpMediaHandler
 from engine.media.codecs.telephone_event import TelephoneEvent, TelephoneEventReceiver
 from engine.media.players import ToneSource
 from engine.media.rtcp import (
@@ -28,7 +28,7 @@ from engine.media.rtcp import (
 from engine.media.rtcp_session import MediaTimedOut
 from engine.media.rtp import RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
 from engine.server import StartupError
-from engine.transport.media_clock import MediaClock
+from engine.media.clock import MediaClock
 from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
 from logs import session_logs, wait_for_log
@@ -464,7 +464,7 @@ rules:
 """
 
 TALK = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):
@@ -578,8 +578,8 @@ async def test_caller_rtp_keeps_the_call(make_engine: EngineFactory, peers: Peer
 
 
 EARLY = """
-from engine.calls import CallError
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.calls.call import CallError
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

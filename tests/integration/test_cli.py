@@ -148,8 +148,8 @@ def test_rooms_create_draws_a_pin_shown_once(tmp_path: Path) -> None:
     (the PIN the engine then accepts, with the same key file), a 4-digit
     ``--pin`` is refused naming the field, and ``rooms list`` and the
     database file never show a PIN."""
-    from engine.store import SqliteStore
-    from engine.tokens import Keys
+    from engine.state.store import SqliteStore
+    from engine.runtime.tokens import Keys
 
     data = tmp_path / "data"
     made = callbridge("rooms", "--data-dir", str(data), "create", "weekly")
@@ -210,7 +210,7 @@ def test_users_create_takes_the_password_off_argv(tmp_path: Path) -> None:
     (nothing secret in argv), ``--password`` still works but warns that argv
     is public, no password at all (no terminal) is a clear error, and
     ``--sip`` is what gives a user SIP digest hashes."""
-    from engine.store import SqliteStore
+    from engine.state.store import SqliteStore
 
     data = str(tmp_path / "data")
     piped = subprocess.run([sys.executable, "-m", "engine", "users", "--data-dir", data, "create", "alice",

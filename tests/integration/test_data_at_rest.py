@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine.media.recorder import WavRecorder
-from engine.store import SqliteStore
+from engine.state.store import SqliteStore
 
 from .conftest import EngineFactory
 

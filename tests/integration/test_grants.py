@@ -23,7 +23,7 @@ rules:
 
 SCENARIOS = {
     "who": """
-        from engine.scenario import AppEvents, Logger, VoxEngine
+        from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
         def on_alerting(e):
             grant = e.call.grant

@@ -21,7 +21,7 @@ rules:
 
 GREET = '''
 """Log the caller id and display name verbatim, then refuse the call."""
-from engine.scenario import AppEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
 
 def on_alerting(e):
@@ -35,7 +35,7 @@ VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 
 NOTE = '''
 """Log a MESSAGE's sender and text verbatim."""
-from engine.scenario import AppEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
 
 def on_message(e):

@@ -1,4 +1,4 @@
-"""The media plane on real loopback UDP: :class:`engine.media_session.MediaSession`
+"""The media plane on real loopback UDP: :class:`engine.calls.rtp_stream.MediaSession`
 on a reserved RTP socket, fed by a test sender, with the one media clock.
 
 Checks RFC 4733 digits are reported once each (end packets repeated), an
@@ -24,9 +24,9 @@ from engine.media.players import PcmSource, ToneSource
 from engine.media.codecs.telephone_event import generate_event_packets
 from engine.media.dtmf import generate_dtmf_sequence
 from engine.media.rtp import RtpPacket, RtpSender
-from engine.media_session import MediaSession
+from engine.calls.rtp_stream import MediaSession
 from engine.sip.offer_answer import PCMU, NegotiatedMedia
-from engine.transport.media_clock import MediaClock
+from engine.media.clock import MediaClock
 from engine.transport.rtp_socket import RtpPortAllocator
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``Net.http_request`` (:mod:`engine.scenario`) against a real
+"""Tests for ``Net.http_request`` (:mod:`engine.runtime.scenario`) against a real
 aiohttp server on 127.0.0.1: results, timeouts and network errors, which
 come back as ``code=0`` with ``error`` and never as exceptions."""
 
@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from engine.router import parse_rules
-from engine.scenario import HTTP_MAX_BODY, HttpResponse, Net, ScenarioRuntime, Session
+from engine.runtime.router import parse_rules
+from engine.runtime.scenario import HTTP_MAX_BODY, HttpResponse, Net, ScenarioRuntime, Session
 
 
 class Site:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from engine.dialout import DialPolicy
+from engine.runtime.dialout import DialPolicy
 from engine.server import Engine
 from engine.sip.auth import ClientAuthSession
 from engine.sip.message import SipRequest
@@ -26,7 +26,7 @@ rules:
 DIAL_OUT = '''
 """On a MESSAGE to 'dial': call the SIP URI in its text; X-Mode 'on-ring'
 hangs up on Ringing, 'soon' hangs up 50 ms after dialing."""
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
 
 
 def on_message(e):

@@ -25,7 +25,7 @@ rules:
 DIAL_USER = '''
 """On a MESSAGE to 'dial': call the registered user named in its text,
 hang up once connected, log how the call went."""
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_message(e):

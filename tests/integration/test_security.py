@@ -240,7 +240,7 @@ async def test_tcp_connection_limit_and_banned_source(make_engine: EngineFactory
 
 HANGUP_LATER = '''
 """Answer, hang up 0.8 s after the caller's ACK."""
-from engine.scenario import AppEvents, CallEvents, VoxEngine, set_timeout
+from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine, set_timeout
 
 
 def on_alerting(e):

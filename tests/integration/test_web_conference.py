@@ -27,7 +27,7 @@ from .conftest import EngineFactory, wait_until
 
 #: The conference session (rule "conf_room"): one conference, everyone joins.
 ROOM = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 room = None
 
@@ -49,7 +49,7 @@ VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 #: one "conf_room" session. With X-Prompt, a tone is then played to the
 #: caller on top of the conference.
 ROOM_GATE = """
-from engine.scenario import AppEvents, CallEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
 
 async def on_alerting(e):
     call = e.call

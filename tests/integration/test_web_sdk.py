@@ -217,7 +217,7 @@ async def test_scenario_rejects_with_its_code(
     busy = await make_engine(
         "rules:\n  - {name: Busy, pattern: busy, scenarios: [busy]}\n",
         scenarios={"busy": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
             VoxEngine.add_event_listener(AppEvents.CallAlerting, lambda e: e.call.reject(486))
         """},
     )
@@ -370,7 +370,7 @@ rules:
 #: Alice's call to ring_<user> is answered, then the scenario rings <user>
 #: with call_user and logs what happens; messages from the callee are echoed.
 RING_SCENARIO = """
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

@@ -16,7 +16,7 @@ from aiohttp import web
 from local_site import local_site
 
 from engine.server import Engine
-from engine.store import Delivery
+from engine.state.store import Delivery
 from engine.web.webhooks import MAX_RESPONSE_BYTES
 
 from .api_client import Api, error, new_key

@@ -1,6 +1,6 @@
 """Answer, wait a moment, hang up (the engine sends the BYE)."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
 
 
 def on_alerting(e):

@@ -1,7 +1,7 @@
 """Answer, log every DTMF tone with how it came, collect digits until '#'
 (10 s at most) and log them; the caller hangs up."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

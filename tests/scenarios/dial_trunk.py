@@ -1,7 +1,7 @@
 """Started without a call (from the runtime, as the API will): dial a PSTN
 number through the trunk and log what happens."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_started(e):

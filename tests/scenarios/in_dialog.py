@@ -1,6 +1,6 @@
 """Answer and log what arrives inside the call: INFO, MESSAGE, re-INVITE."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 async def on_alerting(e):

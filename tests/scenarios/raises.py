@@ -1,6 +1,6 @@
 """A scenario with a bug: it raises while handling the call."""
 
-from engine.scenario import AppEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, VoxEngine
 
 
 def on_alerting(e):

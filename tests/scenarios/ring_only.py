@@ -1,6 +1,6 @@
 """Ring and never answer; log how the call ended."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_alerting(e):

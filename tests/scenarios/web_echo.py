@@ -3,7 +3,7 @@ tone, send "welcome" (number "early": early media with the tone first,
 answer 300 ms later), echo each message back ("echo: <text>", header
 X-Echo), log tones (with their mode) and the end of the call."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_alerting(e):

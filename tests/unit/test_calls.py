@@ -1,8 +1,8 @@
-"""Tests for :mod:`engine.calls`: events, listeners, state rules, internal pairs.
+"""Tests for :mod:`engine.calls.call`: events, listeners, state rules, internal pairs.
 
 No sockets and no scenario runtime: listeners run through a recording
 dispatcher or the default one, and internal calls are made in pairs with
-:func:`engine.calls.new_call_pair`.
+:func:`engine.calls.call.new_call_pair`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from engine.calls import (
+from engine.calls.call import (
     Call,
     CallError,
     CallEvent,
@@ -145,7 +145,7 @@ async def test_direct_dispatcher_logs_sync_listener_errors(caplog: pytest.LogCap
 
     call.add_event_listener(CallEvents.Disconnected, broken)
     seen = record(call, CallEvents.Disconnected)
-    with caplog.at_level(logging.ERROR, logger="engine.calls"):
+    with caplog.at_level(logging.ERROR, logger="engine.calls.call"):
         call.hangup()
     assert [e.name for e in seen] == ["Disconnected"]
     errors = [r for r in caplog.records if r.exc_info]
@@ -166,7 +166,7 @@ async def test_direct_dispatcher_logs_coroutine_listener_errors(
         raise ValueError("async listener bug")
 
     call.add_event_listener(CallEvents.Disconnected, broken)
-    with caplog.at_level(logging.ERROR, logger="engine.calls"):
+    with caplog.at_level(logging.ERROR, logger="engine.calls.call"):
         call.hangup()
         await done.wait()
         for _ in range(3):
@@ -256,7 +256,7 @@ def test_failing_end_callback_does_not_stop_the_others(caplog: pytest.LogCapture
         raise RuntimeError("end callback bug")
 
     call.on_ended.extend([broken, lambda c: ran.append("second")])
-    with caplog.at_level(logging.ERROR, logger="engine.calls"):
+    with caplog.at_level(logging.ERROR, logger="engine.calls.call"):
         call.hangup()
     assert ran == ["second"]
     assert any("end callback" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli import _config_from, build_parser
 from engine.server import EngineConfig
-from engine.ua import Trunk
+from engine.calls.sip_ua import Trunk
 
 
 def config(argv: list[str]) -> EngineConfig:

@@ -14,10 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.calls import Call, CallState, new_call_pair
-from engine.conference import Conference, ConferenceError, MediaGraph
+from engine.calls.call import Call, CallState, new_call_pair
+from engine.calls.conference import Conference, ConferenceError, MediaGraph
 from engine.media.players import ToneSource
-from engine.transport.media_clock import MediaClock
+from engine.media.clock import MediaClock
 
 Pcm = npt.NDArray[np.int16]
 RATE = 8000

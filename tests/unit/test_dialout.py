@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.calls import CallState, InternalCall
-from engine.dialout import DialPolicy, DialRefused, normalize_number
-from engine.grants import Grant
+from engine.calls.call import CallState, InternalCall
+from engine.runtime.dialout import DialPolicy, DialRefused, normalize_number
+from engine.calls.grants import Grant
 
 
 class Buckets:

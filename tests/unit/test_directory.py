@@ -1,4 +1,4 @@
-"""Tests for :mod:`engine.directory`: registrations, conference ownership, rate limits, bans."""
+"""Tests for :mod:`engine.state.directory`: registrations, conference ownership, rate limits, bans."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine.directory import (
+from engine.state.directory import (
     LoginBackoff,
     LoginGuard,
     Binding,

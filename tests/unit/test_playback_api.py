@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from audio_files import encode, tone
 
-from engine.calls import Call, CallError, CallEvent, CallEvents, CallState, new_call_pair
+from engine.calls.call import Call, CallError, CallEvent, CallEvents, CallState, new_call_pair
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, ToneSource
 from engine.media.tts import TtsCache
 from engine.transport.audio_fetch import AudioLoader

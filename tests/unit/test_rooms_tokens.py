@@ -1,5 +1,5 @@
-"""Unit tests of :mod:`engine.tokens` (join tokens, invite hashing, the key
-file) and :mod:`engine.rooms` (admission, cap, lock, schedule, events)."""
+"""Unit tests of :mod:`engine.runtime.tokens` (join tokens, invite hashing, the key
+file) and :mod:`engine.runtime.rooms` (admission, cap, lock, schedule, events)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import jwt
 import pytest
 
-from engine.rooms import RoomRefused, RoomService
-from engine.store import SqliteStore
-from engine.tokens import PRESETS, Keys, TokenError, permissions_for
+from engine.runtime.rooms import RoomRefused, RoomService
+from engine.state.store import SqliteStore
+from engine.runtime.tokens import PRESETS, Keys, TokenError, permissions_for
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`engine.router`: rules.yaml loading, matching, errors."""
+"""Tests for :mod:`engine.runtime.router`: rules.yaml loading, matching, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.router import Rule, RulesError, RuleSet, load_rules, parse_rules
+from engine.runtime.router import Rule, RulesError, RuleSet, load_rules, parse_rules
 
 DATA = Path(__file__).parent / "data" / "rules"
 CANONICAL = DATA / "canonical.yaml"

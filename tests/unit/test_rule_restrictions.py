@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.router import Caller, RulesError, parse_rules
+from engine.runtime.router import Caller, RulesError, parse_rules
 
 RULES = """rules:
   - {name: Office, pattern: ".*", kinds: [sip], networks: [10.0.0.0/8, "2001:db8::/32"], scenarios: [x]}

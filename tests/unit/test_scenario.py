@@ -1,4 +1,4 @@
-"""Tests for :mod:`engine.scenario`: loading, sessions, events, errors,
+"""Tests for :mod:`engine.runtime.scenario`: loading, sessions, events, errors,
 timers, idle ends, ``call_conference`` and session logs.
 
 No sockets: the user agent is :class:`FakeUserAgent`, whose calls are
@@ -19,10 +19,10 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from engine.calls import Call, CallError, CallEvents, CallState, Dispatcher, InternalCall
-from engine.dialout import DialPolicy
-from engine.router import RuleSet, parse_rules
-from engine.scenario import (
+from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, InternalCall
+from engine.runtime.dialout import DialPolicy
+from engine.runtime.router import RuleSet, parse_rules
+from engine.runtime.scenario import (
     AppEvent,
     Logger,
     Net,
@@ -97,7 +97,7 @@ class FakeCall(Call):
 
 
 class FakeUserAgent:
-    """What the runtime needs of :class:`~engine.ua.UserAgent`: outbound calls."""
+    """What the runtime needs of :class:`~engine.calls.sip_ua.UserAgent`: outbound calls."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, FakeCall]] = []
@@ -196,7 +196,7 @@ async def test_each_session_has_a_fresh_namespace(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: In, pattern: "in", scenarios: [collect]}]',
         {"collect": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
             calls = []
             VoxEngine.add_event_listener(AppEvents.CallAlerting, lambda e: calls.append(e.call))
         """},
@@ -347,7 +347,7 @@ async def test_coroutine_handlers(env: Env) -> None:
         'rules: [{name: In, pattern: "in", scenarios: [waits]}]',
         {"waits": """
             import asyncio
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
             async def on_alerting(e):
                 await asyncio.sleep(0)
@@ -424,7 +424,7 @@ async def test_scenario_errors_end_the_session(env: Env, source: str, answered: 
     sessions go on while new ones still start."""
     header = """
         import asyncio
-        from engine.scenario import AppEvents, CallEvents, VoxEngine, set_timeout
+        from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine, set_timeout
         terminated = []
         VoxEngine.add_event_listener(AppEvents.Terminated, terminated.append)
     """
@@ -463,7 +463,7 @@ async def test_handled_task_errors_do_not_end_the_session(env: Env) -> None:
         'rules: [{name: In, pattern: "in", scenarios: [careful]}]',
         {"careful": """
             import asyncio
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
             async def work():
                 raise ValueError("expected")
@@ -494,7 +494,7 @@ async def test_terminating_and_terminated_are_emitted_once(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: In, pattern: "in", scenarios: [ends]}]',
         {"ends": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
             seen = []
 
             def on(e):
@@ -526,7 +526,7 @@ async def test_terminate_from_a_call_listener(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: In, pattern: "in", scenarios: [quits]}]',
         {"quits": """
-            from engine.scenario import AppEvents, CallEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
             seen = []
 
             def on_alerting(e):
@@ -550,7 +550,7 @@ async def test_reentrant_hangup_inside_a_listener(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: In, pattern: "in", scenarios: [reenter]}]',
         {"reenter": """
-            from engine.scenario import AppEvents, CallEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
             log = []
 
             def on_alerting(e):
@@ -637,7 +637,7 @@ async def test_concurrent_sessions_keep_their_own_state(env: Env) -> None:
         'rules: [{name: Api, pattern: "api", scenarios: [reader]}]',
         {"reader": """
             import asyncio
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
             seen = []
 
             async def on_started(e):
@@ -666,7 +666,7 @@ async def test_set_timeout_runs_in_the_session_and_clear_timeout_cancels(env: En
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [timers]}]',
         {"timers": """
-            from engine.scenario import AppEvents, VoxEngine, clear_timeout, set_timeout
+            from engine.runtime.scenario import AppEvents, VoxEngine, clear_timeout, set_timeout
             fired = []
 
             async def later():
@@ -695,7 +695,7 @@ async def test_termination_cancels_timers_and_tasks(env: Env) -> None:
         'rules: [{name: Api, pattern: "api", scenarios: [pending]}]',
         {"pending": """
             import asyncio
-            from engine.scenario import AppEvents, VoxEngine, set_timeout
+            from engine.runtime.scenario import AppEvents, VoxEngine, set_timeout
             state = []
             timers = []
 
@@ -745,7 +745,7 @@ async def test_a_new_call_cancels_the_idle_timer(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: In, pattern: "in", scenarios: [redial]}]',
         {"redial": """
-            from engine.scenario import AppEvents, CallEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
 
             def on_alerting(e):
                 e.call.answer()
@@ -787,7 +787,7 @@ async def test_outbound_calls_belong_to_the_session(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [dialer]}]',
         {"dialer": """
-            from engine.scenario import AppEvents, CallEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
             seen = []
 
             def on_started(e):
@@ -824,8 +824,8 @@ async def test_outbound_calls_without_a_user_agent(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [dialer]}]',
         {"dialer": """
-            from engine.calls import CallError
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.calls.call import CallError
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
             def on_started(e):
                 try:
@@ -935,8 +935,8 @@ async def test_conference_sessions_talk_back_synchronously(env: Env) -> None:
         CONFERENCE_RULES,
         {
             "conference": """
-                from engine.calls import CallEvents
-                from engine.scenario import AppEvents, VoxEngine
+                from engine.calls.call import CallEvents
+                from engine.runtime.scenario import AppEvents, VoxEngine
 
                 def on_alerting(e):
                     call = e.call
@@ -948,8 +948,8 @@ async def test_conference_sessions_talk_back_synchronously(env: Env) -> None:
                 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
             """,
             "gatekeeper": """
-                from engine.calls import CallEvents
-                from engine.scenario import AppEvents, VoxEngine
+                from engine.calls.call import CallEvents
+                from engine.runtime.scenario import AppEvents, VoxEngine
                 heard = []
 
                 def on_alerting(e):
@@ -1000,8 +1000,8 @@ async def test_conference_without_a_rule_is_a_call_error(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [lost]}]',
         {"lost": """
-            from engine.calls import CallError
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.calls.call import CallError
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
 
             def on_started(e):
                 try:
@@ -1036,7 +1036,7 @@ async def test_caller_hanging_up_at_once_leaves_no_dangling_leg(env: Env) -> Non
     runtime = env.runtime(
         CONFERENCE_RULES,
         {"gatekeeper": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
 
             def on_alerting(e):
                 VoxEngine.call_conference("conf_1").hangup()
@@ -1072,7 +1072,7 @@ async def test_logger_lines_are_in_read_log_and_the_log_file(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [talks]}]',
         {"talks": """
-            from engine.scenario import AppEvents, Logger, VoxEngine
+            from engine.runtime.scenario import AppEvents, Logger, VoxEngine
             VoxEngine.add_event_listener(AppEvents.Started, lambda e: Logger.write("hello, log"))
         """},
     )
@@ -1124,7 +1124,7 @@ async def test_listener_removal_on_the_session(env: Env) -> None:
     runtime = env.runtime(
         'rules: [{name: Api, pattern: "api", scenarios: [fickle]}]',
         {"fickle": """
-            from engine.scenario import AppEvents, VoxEngine
+            from engine.runtime.scenario import AppEvents, VoxEngine
             seen = []
 
             class Handlers:

@@ -16,7 +16,7 @@ from engine.media.players import ToneSource
 from engine.web.protocol import (
     MAX_FRAME_BYTES, ErrorCode, ProtocolError, error_frame, parse_frame,
 )
-from engine.web.webrtc import FRAME_SAMPLES, MAX_BUFFERED, AudioPort, PortPlayer, parse_candidate
+from engine.calls.webrtc import FRAME_SAMPLES, MAX_BUFFERED, AudioPort, PortPlayer, parse_candidate
 
 
 def code_of(frame: Any) -> ErrorCode:

@@ -50,7 +50,7 @@ def test_escape_controls_keeps_one_line() -> None:
 def test_logfmt_formatter_keeps_a_hostile_message_on_one_line() -> None:
     """Check the engine's stderr formatter escapes a message that quotes a
     caller id with a line feed and a forged field, and a session id too."""
-    record = logging.LogRecord("engine.ua", logging.INFO, __file__, 1,
+    record = logging.LogRecord("engine.calls.sip_ua", logging.INFO, __file__, 1,
                                "call from %s", ("x\nts=0 level=error msg=forged",), None)
     record.session_id = "s1\nlevel=error"
     line = _LogfmtFormatter().format(record)
@@ -62,7 +62,7 @@ def test_logfmt_formatter_keeps_a_hostile_message_on_one_line() -> None:
 def test_throttled_events_log_once_per_period(caplog: pytest.LogCaptureFixture) -> None:
     """Check a flood of one refusal logs one line per source every 10 s,
     and another source or kind still logs at once."""
-    from engine.directory import MemoryDirectory
+    from engine.state.directory import MemoryDirectory
     from engine.security_log import security_event_throttled
 
     buckets = MemoryDirectory()

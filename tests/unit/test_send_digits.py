@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-import engine.calls
-from engine.calls import Call, CallError, CallEvent, CallEvents, CallState, InternalCall, MediaStats, new_call_pair
+import engine.calls.call
+from engine.calls.call import Call, CallError, CallEvent, CallEvents, CallState, InternalCall, MediaStats, new_call_pair
 
 
 class RecordingDispatcher:
@@ -53,7 +53,7 @@ class VirtualSleep:
 @pytest.fixture
 def sleep(monkeypatch: pytest.MonkeyPatch) -> Iterator[VirtualSleep]:
     fake = VirtualSleep()
-    monkeypatch.setattr(engine.calls, "_sleep", fake)
+    monkeypatch.setattr(engine.calls.call, "_sleep", fake)
     yield fake
 
 

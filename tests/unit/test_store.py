@@ -1,4 +1,4 @@
-"""Tests for :mod:`engine.store`: users, passwords, SIP HA1, key-value, rooms, call records."""
+"""Tests for :mod:`engine.state.store`: users, passwords, SIP HA1, key-value, rooms, call records."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from old_schema import database_at_version
 
-from engine.store import (
+from engine.state.store import (
     DEFAULT_FILENAME,
     SCHEMA_VERSION,
     InvalidValue,

@@ -1,4 +1,4 @@
-"""Tests for the management API's part of :mod:`engine.store`: the schema
+"""Tests for the management API's part of :mod:`engine.state.store`: the schema
 migration, rooms with a lifetime and PINs, API keys, invites, webhooks."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from old_schema import database_at_version
 
-from engine.store import (
+from engine.state.store import (
     SCHEMA_VERSION,
     InvalidValue,
     InviteRefused,
@@ -38,7 +38,7 @@ def test_version_1_database_is_migrated_keeping_rooms(tmp_path: Path) -> None:
     conn.execute("INSERT INTO rooms VALUES ('1234', 'Weekly', 5.0)")
     conn.close()
     # The rest of version 1's tables are missing here: create them as v1 did.
-    from engine import store as store_module
+    from engine.state import store as store_module
 
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in store_module._MIGRATIONS[0]:

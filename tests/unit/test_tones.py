@@ -1,7 +1,7 @@
 """Tests for DTMF on calls: ``handle_tones``, ``ToneReceived``, INFO bodies
 as tones, type-ahead and every way ``collect_tones`` ends.
 
-A fake call (a bare :class:`~engine.calls.Call`) gets digits the way the
+A fake call (a bare :class:`~engine.calls.call.Call`) gets digits the way the
 media session and the SIP layer deliver them, through ``_tone_received``;
 timeouts are short real delays on the test's loop.
 """
@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from engine.calls import Call, CallEvent, CallEvents, CallState, new_call_pair
+from engine.calls.call import Call, CallEvent, CallEvents, CallState, new_call_pair
 
 
 class FakeCall(Call):

@@ -1,5 +1,5 @@
-"""Browser legs in the media graph: a :class:`~engine.web.webcall.WebCall`
-(fake media leg, real :class:`~engine.web.webrtc.AudioPort`) is routed like
+"""Browser legs in the media graph: a :class:`~engine.calls.web_call.WebCall`
+(fake media leg, real :class:`~engine.calls.webrtc.AudioPort`) is routed like
 a SIP leg. What the browser "sends" is fed into its port; what the graph
 writes to the browser is read from the port's outgoing queue. Checked by
 spectrum (which tones are present), never by counting frames, plus the one
@@ -15,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.calls import Call, CallState
-from engine.conference import MediaGraph
+from engine.calls.call import Call, CallState
+from engine.calls.conference import MediaGraph
 from engine.media.players import ToneSource
-from engine.transport.media_clock import MediaClock
-from engine.web.webcall import WebCall
-from engine.web.webrtc import FRAME_SAMPLES, AudioPort, LegAudio
+from engine.media.clock import MediaClock
+from engine.calls.web_call import WebCall
+from engine.calls.webrtc import FRAME_SAMPLES, AudioPort, LegAudio
 
 Pcm = npt.NDArray[np.int16]
 RATE = 8000

@@ -1,4 +1,4 @@
-"""A browser's call (:class:`engine.web.webcall.WebCall`) with a recording
+"""A browser's call (:class:`engine.calls.web_call.WebCall`) with a recording
 channel and a fake media leg: no socket, no ICE. Checks the frames each
 scenario action sends, the events and end codes the scenario sees (the same
 as a SIP call's), and that playback goes through the leg's audio port."""
@@ -11,10 +11,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytest
 
-from engine.calls import CallError, CallEvent, CallEvents, CallState
-from engine.transport.media_clock import MediaClock
-from engine.web.webcall import WebCall
-from engine.web.webrtc import AudioPort
+from engine.calls.call import CallError, CallEvent, CallEvents, CallState
+from engine.media.clock import MediaClock
+from engine.calls.web_call import WebCall
+from engine.calls.webrtc import AudioPort
 
 
 class Channel:

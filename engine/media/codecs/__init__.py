@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import CodecError, Decoder, Encoder, Pcm
-from .g711 import PcmaDecoder, PcmaEncoder, PcmuDecoder, PcmuEncoder
+from engine.media.codecs.base import CodecError, Decoder, Encoder, Pcm
+from engine.media.codecs.g711 import PcmaDecoder, PcmaEncoder, PcmuDecoder, PcmuEncoder
 
 __all__ = [
     "CodecError",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .base import Decoder, Encoder, Pcm
+from engine.media.codecs.base import Decoder, Encoder, Pcm
 
 __all__ = [
     "ALAW_DECODE",

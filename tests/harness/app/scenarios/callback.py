@@ -1,7 +1,7 @@
 """Call the caller back on the number in ``X-Callback``: say so, hang up,
 dial out; a busy line is logged and nobody is called again."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine, set_timeout
 
 
 async def on_alerting(e):

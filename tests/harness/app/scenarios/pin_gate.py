@@ -2,7 +2,7 @@
 check it with the rooms API, and join conference ``conf_<pin>``. Three
 wrong PINs or ten seconds of silence end the call."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, Net, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, Net, VoxEngine
 
 API = "http://api.example/rooms/"
 ATTEMPTS = 3

@@ -4,7 +4,7 @@ client sends ``CALL_PARTICIPANT <number>``."""
 
 import json
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 participants = []
 mixer = None

@@ -3,8 +3,8 @@ early media, answer once the conference has, as a web client, and relay
 messages both ways (those the conference sends before the web call is
 connected wait for it)."""
 
-from engine.calls import CallState
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.calls.call import CallState
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_alerting(e):

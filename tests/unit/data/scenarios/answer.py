@@ -1,6 +1,6 @@
 """Answers every call and ends the session when the call ends."""
 
-from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
 
 
 def on_call_alerting(e):

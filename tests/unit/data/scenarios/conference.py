@@ -2,8 +2,8 @@
 ``alerts``, each leg to ``legs`` and the legs' events to ``events``. The
 tests answer, reject and hang up the legs themselves."""
 
-from engine.calls import CallEvents
-from engine.scenario import AppEvents, VoxEngine
+from engine.calls.call import CallEvents
+from engine.runtime.scenario import AppEvents, VoxEngine
 
 alerts = []
 legs = []

@@ -2,8 +2,8 @@
 conference with the caller's id, name and ``X-ClientType: web``, and keeps
 the conference leg in ``leg`` and that leg's events in ``leg_events``."""
 
-from engine.calls import CallEvents
-from engine.scenario import AppEvents, VoxEngine
+from engine.calls.call import CallEvents
+from engine.runtime.scenario import AppEvents, VoxEngine
 
 leg = None
 leg_events = []

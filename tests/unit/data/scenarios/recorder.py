@@ -1,7 +1,7 @@
 """Records every session event, and every event of the calls it is offered,
 in ``events`` (the tests read it through the session's namespace)."""
 
-from engine.scenario import AppEvents, CallEvents, VoxEngine
+from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
 
 events = []
 

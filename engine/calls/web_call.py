@@ -1,15 +1,15 @@
-"""A browser's call, as a scenario sees it: an ordinary :class:`~engine.calls.Call`.
+"""A browser's call, as a scenario sees it: an ordinary :class:`~engine.calls.call.Call`.
 
 A :class:`WebCall` is one leg between the engine and a browser running the
 web SDK. Its signalling travels as JSON frames over the browser's WebSocket
 (:mod:`engine.web.ws`, protocol in ``docs/sdk-protocol.md``), handed in as a
 :class:`SignallingChannel`; its media is an aiortc peer connection
-(:class:`~engine.web.webrtc.BrowserMediaLeg`) made when the scenario first
+(:class:`~engine.calls.webrtc.BrowserMediaLeg`) made when the scenario first
 needs media (early media or answer), so a call the scenario rejects costs no
 ICE or DTLS.
 
 Inbound (the browser called; ``direction="inbound"``), mirroring
-:class:`~engine.ua.SipCall`::
+:class:`~engine.calls.sip_ua.SipCall`::
 
     call frame -> ALERTING (the rules route ``number``; CallAlerting)
       ring()              -> progress {code 180}
@@ -31,19 +31,19 @@ Outbound (the engine calls a logged-in user, ``VoxEngine.call_user``;
       hangup()                -> hangup 487 to the browser: Disconnected 487
 
 Messages go both ways once connected (``message`` frames,
-:attr:`~engine.calls.CallEvents.MessageReceived`); digits the browser sends
+:attr:`~engine.calls.call.CallEvents.MessageReceived`); digits the browser sends
 (``dtmf`` frames; aiortc has no telephone-event) arrive as ``ToneReceived``
 with ``mode="signalling"``.
 
 Media: :attr:`WebCall.audio_port` is the leg's raw
-:class:`~engine.web.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
+:class:`~engine.calls.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
 20 ms of 8 kHz int16) once media exists. Above it sits one
-:class:`~engine.web.webrtc.LegAudio`, the only writer to the browser's
+:class:`~engine.calls.webrtc.LegAudio`, the only writer to the browser's
 track: it plays ``say()`` and ``start_playback*()`` on the engine's media
 clock while the call is not routed, and it is the call's
 :meth:`_audio_port` for the media graph (conferences, ``send_media_to``),
 which then mixes the call's own player into what it sends, exactly as for a
-SIP leg's :class:`~engine.media_session.MediaSession`.
+SIP leg's :class:`~engine.calls.rtp_stream.MediaSession`.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc import RTCIceCandidate
 
-from ..calls import Call, CallError, CallEvents, CallState, end_other_end
-from ..media.players import FrameSource
-from ..media.tts import TtsCache, default_tts
-from ..transport.media_clock import MediaClock
-from .webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
+from engine.calls.call import Call, CallError, CallEvents, CallState, end_other_end
+from engine.media.players import FrameSource
+from engine.media.tts import TtsCache, default_tts
+from engine.media.clock import MediaClock
+from engine.calls.webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
 __all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "wait_background"]
 

@@ -28,11 +28,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .calls import CallError
-from .security_log import security_event
+from engine.calls.call import CallError
+from engine.security_log import security_event
 
 if TYPE_CHECKING:
-    from .calls import Call
+    from engine.calls.call import Call
 
 __all__ = ["DialPolicy", "DialRefused", "DEFAULT_DENY", "normalize_number"]
 
@@ -59,7 +59,7 @@ class DialRefused(CallError):
     """The policy refuses a trunk call. ``code`` is a SIP-like status (403
     forbidden destination or permission, 484 not a number, 486 a cap
     reached) and ``reason`` a short text to show the requester. A
-    :class:`~engine.calls.CallError`, so scenarios catching that see it."""
+    :class:`~engine.calls.call.CallError`, so scenarios catching that see it."""
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code

@@ -157,7 +157,7 @@ class Caller:
 
     :param kind: ``web``, ``sip`` or ``internal`` (a scenario's call into another session).
     :param address: the source address of the signalling, or ``None`` (internal calls).
-    :param authenticated: whether the engine verified an identity (see :class:`engine.grants.Grant`).
+    :param authenticated: whether the engine verified an identity (see :class:`engine.calls.grants.Grant`).
     """
 
     kind: str

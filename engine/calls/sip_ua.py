@@ -1,5 +1,5 @@
 """The SIP user agent core: INVITE sessions, in-dialog requests, OPTIONS,
-MESSAGE and the registrar, turning SIP into :class:`~engine.calls.Call`
+MESSAGE and the registrar, turning SIP into :class:`~engine.calls.call.Call`
 objects.
 
 The :class:`UserAgent` owns a :class:`~engine.transport.sip_endpoint.SipEndpoint`
@@ -45,28 +45,28 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .calls import (
+from engine.calls.call import (
     Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler, MediaStats, SendDigitsAction,
     dtmf_relay_body,
 )
-from .media.players import FrameSource
-from .media.tts import TtsCache, default_tts
-from .transport.audio_fetch import AudioLoader, default_audio_loader
-from .grants import Grant, without_engine_headers
-from .directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
-from .security_log import security_event
-from .sip.auth import ClientAuthSession, DigestServer
-from .sip.dialog import Dialog
-from .sip.errors import RemoteProtocolError
-from .sip.headers import NameAddr
-from .sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
-from .sip.transaction import ServerTransaction, Timers, create_cancel
-from .sip.uri import SipUri, TelUri, format_host, parse_uri
-from .security_log import security_event
-from .transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
+from engine.media.players import FrameSource
+from engine.media.tts import TtsCache, default_tts
+from engine.transport.audio_fetch import AudioLoader, default_audio_loader
+from engine.calls.grants import Grant, without_engine_headers
+from engine.state.directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
+from engine.security_log import security_event
+from engine.sip.auth import ClientAuthSession, DigestServer
+from engine.sip.dialog import Dialog
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.headers import NameAddr
+from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
+from engine.sip.transaction import ServerTransaction, Timers, create_cancel
+from engine.sip.uri import SipUri, TelUri, format_host, parse_uri
+from engine.security_log import security_event
+from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
 
 if TYPE_CHECKING:
-    from .conference import AudioPort
+    from engine.calls.conference import AudioPort
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler"]
 
@@ -120,7 +120,7 @@ class UaConfig:
 
 def received_headers(headers: Headers, src: str | None = None) -> dict[str, str]:
     """The ``X-`` headers of a received message, without ``X-Callbridge-*``
-    (grants travel as call attributes, :class:`~engine.grants.Grant`;
+    (grants travel as call attributes, :class:`~engine.calls.grants.Grant`;
     reported as a security event when ``src`` sent some)."""
     custom, forged = without_engine_headers(headers.custom())
     if forged and src is not None:
@@ -771,7 +771,7 @@ class SipCall(Call):
 
     def _watch_media(self) -> None:
         """Connected: have the media hang up on RTP inactivity (if the
-        engine's ``rtp_timeout`` is on; see :mod:`engine.call_media`)."""
+        engine's ``rtp_timeout`` is on; see :mod:`engine.calls.sdp_media`)."""
         watch = getattr(self.media, "watch_rtp", None)
         if watch is not None:
             try:
@@ -845,7 +845,7 @@ class UserAgent:
         hand the call to a scenario; exceptions reject it with 500.
     :param on_message: called for an out-of-dialog MESSAGE; returns the
         status code to answer with.
-    :param media_factory: makes the :class:`~engine.calls.MediaHandler` of
+    :param media_factory: makes the :class:`~engine.calls.call.MediaHandler` of
         each call.
     :param user_ha1: ``(user, realm, algorithm) -> HA1 | None`` for the
         registrar (users from the store).

@@ -55,7 +55,7 @@ class Grant:
     :param room: the room (id, no ``conf_``) the caller was admitted to, if any.
     :param admitted_by: how: ``join-token``, ``pin``, ``invite``, ``dial-out``.
     :param role: ``guest`` or ``moderator`` in that room.
-    :param permissions: what the caller may ask for (``engine.tokens.PERMISSIONS``,
+    :param permissions: what the caller may ask for (``engine.runtime.tokens.PERMISSIONS``,
         ``dial_out`` among them).
     :param display_name: the name the grant carries (a join token's ``name``).
     """

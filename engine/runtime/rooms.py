@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .store import InvalidValue, Room, Store
+from engine.state.store import InvalidValue, Room, Store
 
 __all__ = ["GENERATE", "PIN_MIN_LENGTH", "Participant", "RoomRefused", "RoomService", "check_pin",
            "create_room_with_pin", "new_pin", "room_id_of"]

@@ -16,7 +16,7 @@ graph compiles them into a plan of two :class:`~engine.media.mixer.FlowMatrix`
 stages over numbered rows:
 
 - the *source rows*: every call leg with media of its own (a SIP leg's
-  :class:`~engine.media_session.MediaSession`, later a browser leg) that
+  :class:`~engine.calls.rtp_stream.MediaSession`, later a browser leg) that
   sends or records, plus every player of a conference or internal call;
 - stage 1 sums the rows flowing into each conference (``int32``, with each
   endpoint's volume as the gain);
@@ -59,14 +59,14 @@ import numpy as np
 import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
-from .calls import (Call, CallError, Dispatcher, ExtraFields, InternalCall, Listeners, Playback, PlaybackMixin,
+from engine.calls.call import (Call, CallError, Dispatcher, ExtraFields, InternalCall, Listeners, Playback, PlaybackMixin,
                     _DirectDispatcher)
-from .media.mixer import FlowMatrix
-from .media.players import FrameSource, PlaybackFinished
-from .media.recorder import RecorderError, WavRecorder
-from .media.tts import TtsCache, default_tts
-from .transport.audio_fetch import AudioLoader, default_audio_loader
-from .transport.media_clock import MediaClock
+from engine.media.mixer import FlowMatrix
+from engine.media.players import FrameSource, PlaybackFinished
+from engine.media.recorder import RecorderError, WavRecorder
+from engine.media.tts import TtsCache, default_tts
+from engine.transport.audio_fetch import AudioLoader, default_audio_loader
+from engine.media.clock import MediaClock
 
 __all__ = [
     "AudioPort",
@@ -91,7 +91,7 @@ class ConferenceError(CallError):
 
 class AudioPort(Protocol):
     """A call leg's audio as the media graph drives it (a SIP leg's
-    :class:`~engine.media_session.MediaSession`; a browser leg later)."""
+    :class:`~engine.calls.rtp_stream.MediaSession`; a browser leg later)."""
 
     def graph_attach(self) -> None: ...
 
@@ -109,7 +109,7 @@ class AudioPort(Protocol):
 class BatchAudioPort(AudioPort, Protocol):
     """An audio port whose G.711 frames the graph decodes and encodes for
     all such legs at once, one table lookup per tick instead of one per leg
-    (:class:`~engine.media_session.MediaSession`)."""
+    (:class:`~engine.calls.rtp_stream.MediaSession`)."""
 
     #: The decode table for payloads :meth:`pull_payload` returns (``None``: never bytes).
     decode_table: npt.NDArray[np.int16] | None

@@ -7,7 +7,7 @@ events (through pyee) and actions (``answer``, ``reject``, ``hangup``,
 Two kinds exist now:
 
 - :class:`SipCall`, a leg to a phone, trunk or SIP peer, driven by the
-  :class:`~engine.ua.UserAgent` (the INVITE session of pjsip's ``sip_inv``:
+  :class:`~engine.calls.sip_ua.UserAgent` (the INVITE session of pjsip's ``sip_inv``:
   it runs offer/answer but does not manage media itself);
 - :class:`InternalCall`, one end of a pair joining two scenario sessions
   (``VoxEngine.call_conference``): answering, hanging up and messages cross
@@ -38,17 +38,17 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 
 from pyee.asyncio import AsyncIOEventEmitter
 
-from .grants import Grant
-from .media.dtmf import DtmfBodyError, parse_info_body
-from .media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
-from .media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
-from .media.sources import AudioFileError, Pcm
-from .media.rtcp_session import MediaStats
-from .media.tts import TtsCache, default_tts
-from .transport.audio_fetch import AudioLoader, default_audio_loader
+from engine.calls.grants import Grant
+from engine.media.dtmf import DtmfBodyError, parse_info_body
+from engine.media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
+from engine.media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
+from engine.media.sources import AudioFileError, Pcm
+from engine.media.rtcp_session import MediaStats
+from engine.media.tts import TtsCache, default_tts
+from engine.transport.audio_fetch import AudioLoader, default_audio_loader
 
 if TYPE_CHECKING:
-    from .conference import AudioPort, Conference, MediaGraph, Recording
+    from engine.calls.conference import AudioPort, Conference, MediaGraph, Recording
 
 __all__ = [
     "CallEvents",
@@ -530,7 +530,7 @@ class Call(PlaybackMixin, Listeners):
         answer (outbound), as received: never ``X-Callbridge-*``, which the
         engine drops from whatever a caller sends.
     :ivar grant: what the engine established about the caller
-        (:class:`~engine.grants.Grant`: identity, room, role, permissions),
+        (:class:`~engine.calls.grants.Grant`: identity, room, role, permissions),
         or ``None`` for an anonymous caller. Only the engine sets it.
     :ivar source: the address the caller's signalling came from (a SIP
         peer's, a browser's socket's), ``None`` for internal calls.
@@ -574,7 +574,7 @@ class Call(PlaybackMixin, Listeners):
         self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
         self._playback: Playback | None = None
         self.on_ended.append(lambda call: call.stop_playback())
-        #: The engine's media graph (:mod:`engine.conference`); the session
+        #: The engine's media graph (:mod:`engine.calls.conference`); the session
         #: that adopts the call sets it.
         self.graph: MediaGraph | None = None
         #: send_digits() handles not yet done, in order (the first is sending).
@@ -1197,7 +1197,7 @@ def dtmf_relay_body(digit: str, duration: float) -> str:
 def end_other_end(ended: Call, other: Call) -> None:
     """End ``other``, the far end of the direct call ``ended``: reject it
     with ``ended``'s failure code (480 without one) while it rings as the
-    callee, else hang it up. Shared by :mod:`engine.web.webcall` and the scenario harness's
+    callee, else hang it up. Shared by :mod:`engine.calls.web_call` and the scenario harness's
     simulation of it."""
     try:
         if other.direction == "inbound" and other.state == CallState.ALERTING:

@@ -13,7 +13,7 @@ an :class:`AudioPort`:
 - :meth:`AudioPort.write_frame` queues audio for the browser. The outgoing
   track (:class:`PortAudioTrack`) hands queued frames to aiortc, which
   resamples and encodes them. It does not pace itself: the engine's one
-  media clock (:class:`~engine.transport.media_clock.MediaClock`) drives
+  media clock (:class:`~engine.media.clock.MediaClock`) drives
   writers, so nothing is sent while nothing is written and the RTP
   timestamps skip over the gap (a new talkspurt).
 
@@ -50,8 +50,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame, AudioResampler
 
-from ..media.players import FrameSource, PlaybackFinished
-from ..transport.media_clock import MediaClock
+from engine.media.players import FrameSource, PlaybackFinished
+from engine.media.clock import MediaClock
 
 __all__ = [
     "AudioPort",
@@ -227,7 +227,7 @@ class PortAudioTrack(MediaStreamTrack):
 
 class PortPlayer:
     """A media clock sink that plays a player into an :class:`AudioPort`
-    (what :class:`~engine.media_session.MediaSession` does for RTP legs).
+    (what :class:`~engine.calls.rtp_stream.MediaSession` does for RTP legs).
 
     Frames are pulled only once the port is sending, so a prompt started as
     the call connects is heard from its start; ``done(completed)`` is called
@@ -271,7 +271,7 @@ class PortPlayer:
 
 class LegAudio:
     """A browser leg's audio as the engine drives it: the
-    :class:`~engine.conference.AudioPort` of the media graph, and the
+    :class:`~engine.calls.conference.AudioPort` of the media graph, and the
     call's own player (``say()``, ``start_playback()``).
 
     Exactly one writer feeds the outgoing track each 20 ms:
@@ -360,7 +360,7 @@ class LegAudio:
         self.stop_playback()
         self.clock.discard(self)
 
-    # -- the media graph (engine.conference.AudioPort) ------------------------------
+    # -- the media graph (engine.calls.conference.AudioPort) ------------------------------
 
     def graph_attach(self) -> None:
         """From now on the graph writes the track (:meth:`push`)."""

@@ -1,10 +1,10 @@
 """The SDP side of a call's media: offer/answer over a reserved RTP port.
 
-:class:`SdpMediaHandler` is the :class:`~engine.calls.MediaHandler` the engine
+:class:`SdpMediaHandler` is the :class:`~engine.calls.call.MediaHandler` the engine
 gives each SIP call: it reserves an RTP/RTCP port pair, makes offers and
 answers with PCMU, PCMA and telephone-event (RFC 3264), and keeps what was
 negotiated in :attr:`negotiated`. Once something is negotiated and media is
-wanted, it runs a :class:`~engine.media_session.MediaSession` on the
+wanted, it runs a :class:`~engine.calls.rtp_stream.MediaSession` on the
 reserved RTP socket with the engine's media clock, and beside it RTCP
 (:class:`~engine.media.rtcp_session.RtcpSession` on the pair's RTCP socket,
 driven by :class:`~engine.transport.rtcp_transport.RtcpTransport`).
@@ -40,18 +40,18 @@ import secrets
 import time
 from typing import Any, Callable
 
-from .sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
-from .sip.sdp import SessionDescription, parse_sdp
-from .media.dtmf_sender import DtmfSender
-from .media.players import FrameSource
-from .media.rtp import RtpSourcePolicy
-from .media.rtcp_session import MIN_INTERVAL, MediaStats, MediaTimedOut, RtcpSession
-from .media.tts import TtsCache
-from .transport.audio_fetch import AudioLoader
-from .media_session import MediaSession, PlaybackDone, ToneListener
-from .transport.media_clock import MediaClock
-from .transport.rtcp_transport import RtcpTransport
-from .transport.rtp_socket import RtpPortAllocator, RtpPortPair
+from engine.sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
+from engine.sip.sdp import SessionDescription, parse_sdp
+from engine.media.dtmf_sender import DtmfSender
+from engine.media.players import FrameSource
+from engine.media.rtp import RtpSourcePolicy
+from engine.media.rtcp_session import MIN_INTERVAL, MediaStats, MediaTimedOut, RtcpSession
+from engine.media.tts import TtsCache
+from engine.transport.audio_fetch import AudioLoader
+from engine.calls.rtp_stream import MediaSession, PlaybackDone, ToneListener
+from engine.media.clock import MediaClock
+from engine.transport.rtcp_transport import RtcpTransport
+from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
 __all__ = ["SdpMediaHandler", "DtmfPlayout", "DEFAULT_CODECS"]
 
@@ -66,7 +66,7 @@ DigitsDone = Callable[[bool], None]
 class DtmfPlayout:
     """Sends a :class:`DtmfSender`'s packets through a media session.
 
-    It is the session's :attr:`~engine.media_session.MediaSession.dtmf`
+    It is the session's :attr:`~engine.calls.rtp_stream.MediaSession.dtmf`
     while it runs: each tick it takes the frame (the player waits) and sends
     the frame's packets, unless the session may not send now (hold), when
     they are dropped and time still passes. ``done`` is called once: at the
@@ -173,9 +173,9 @@ class SdpMediaHandler:
         self._tone_listener: ToneListener | None = None
         self._on_rtp_timeout: Callable[[MediaTimedOut], None] | None = None
         self._final_stats: MediaStats | None = None
-        #: Speech for :meth:`engine.calls.Call.say` (``None``: the default cache).
+        #: Speech for :meth:`engine.calls.call.Call.say` (``None``: the default cache).
         self.tts = tts
-        #: Files and URLs for :meth:`engine.calls.Call.start_playback` (``None``: the default loader).
+        #: Files and URLs for :meth:`engine.calls.call.Call.start_playback` (``None``: the default loader).
         self.audio = audio
 
     def _port(self) -> int:

@@ -2,7 +2,7 @@
 
 :class:`MediaSession` joins the sans-IO blocks of :mod:`engine.media` to a
 call's RTP socket (:class:`~engine.transport.rtp_transport.RtpTransport`) and
-the engine's single :class:`~engine.transport.media_clock.MediaClock`:
+the engine's single :class:`~engine.media.clock.MediaClock`:
 
 - every datagram is parsed and passed through an
   :class:`~engine.media.rtp.RtpReceiverLatch` that knows the negotiated
@@ -43,7 +43,7 @@ While the session may not send (the stream is recvonly/inactive or the peer
 holds it) frames are still pulled, so playback time passes, but nothing is
 sent and the RTP timestamp skips over them.
 
-When the call takes part in media routing (:mod:`engine.conference`), the
+When the call takes part in media routing (:mod:`engine.calls.conference`), the
 media graph drives the session instead (:meth:`graph_attach`): each graph
 tick calls :meth:`pull` (the received frame, decoded or concealed, after
 in-band detection) and :meth:`push` (the mix for this leg plus its own
@@ -52,7 +52,7 @@ player, encoded and sent), and the session no longer ticks itself.
 The socket is read only while a tone listener is set, the graph drives the
 session (:meth:`set_tone_listener`, :meth:`graph_attach`) or RTCP runs
 (:attr:`MediaSession.rtcp`, which needs every arrival for its statistics
-and the RTP inactivity timeout; see :mod:`engine.call_media`):
+and the RTP inactivity timeout; see :mod:`engine.calls.sdp_media`):
 a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
 listener is set wait in that buffer and are still reported.
@@ -72,18 +72,18 @@ from typing import Any, Callable
 import numpy as np
 import numpy.typing as npt
 
-from .media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
-from .media.codecs.g711 import G711Decoder, G711Encoder
-from .media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
-from .media.dtmf import DtmfDetector
-from .media.jitterbuffer import JitterBuffer
-from .media.players import FrameSource, PlaybackFinished
-from .media.rtcp_session import RtcpSession
-from .media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
-from .security_log import security_event
-from .sip.offer_answer import NegotiatedMedia
-from .transport.media_clock import ClockSink, MediaClock
-from .transport.rtp_transport import RtpTransport
+from engine.media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
+from engine.media.codecs.g711 import G711Decoder, G711Encoder
+from engine.media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
+from engine.media.dtmf import DtmfDetector
+from engine.media.jitterbuffer import JitterBuffer
+from engine.media.players import FrameSource, PlaybackFinished
+from engine.media.rtcp_session import RtcpSession
+from engine.media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
+from engine.security_log import security_event
+from engine.sip.offer_answer import NegotiatedMedia
+from engine.media.clock import ClockSink, MediaClock
+from engine.transport.rtp_transport import RtpTransport
 
 __all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
 
@@ -141,14 +141,14 @@ class MediaSession:
         self.player: FrameSource | None = None
         self._player_done: PlaybackDone | None = None
         self._talkspurt = False
-        #: Driven by the media graph (:mod:`engine.conference`) instead of ticking itself.
+        #: Driven by the media graph (:mod:`engine.calls.conference`) instead of ticking itself.
         self.graph_driven = False
         #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
         self.last_sent: Pcm | None = None
-        #: RTCP statistics and RTP inactivity (set by engine.call_media); while
+        #: RTCP statistics and RTP inactivity (set by engine.calls.sdp_media); while
         #: set, the socket is read for every call, tone listener or not.
         self.rtcp: RtcpSession | None = None
-        #: RFC 4733 digits being sent (engine.call_media.DtmfPlayout): its
+        #: RFC 4733 digits being sent (engine.calls.sdp_media.DtmfPlayout): its
         #: tick replaces the player's while it returns True.
         self.dtmf: ClockSink | None = None
         #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).

@@ -1,0 +1,1 @@
+"""The application runtime: rules, scenario sessions, rooms, tokens and the dial-out policy."""
