@@ -1,0 +1,52 @@
+"""The layers of docs/architecture.md, checked on the import graph.
+
+Each tuple below is one layer, highest first: a module may import from its
+own layer's siblings (unless the layer says they are independent) and from
+any layer below it, never from a layer above. The graph is grimp's (the
+library under import-linter), built from the source; the failure message
+names each illegal import chain so that whoever added it sees which line to
+move. ``docs/architecture.md`` shows the same table: change both together.
+"""
+
+from __future__ import annotations
+
+import grimp
+from grimp import Layer
+
+#: Highest first. ``independent=True``: siblings may not import each other.
+LAYERS: tuple[Layer, ...] = (
+    Layer("engine.cli", "engine.testing", "engine.testcall", independent=False),
+    Layer("engine.server"),
+    Layer("engine.web"),
+    Layer("engine.scenario", "engine.runtime", independent=False),
+    Layer("engine.calls"),
+    Layer("engine.transport"),
+    Layer("engine.sip", "engine.media", "engine.state", independent=True),
+    Layer("engine.security_log"),
+)
+
+
+def _chains(graph: grimp.ImportGraph, layers: tuple[Layer, ...]) -> list[str]:
+    found = []
+    for dependency in graph.find_illegal_dependencies_for_layers(layers=layers):
+        for route in dependency.routes:
+            found.append(f"{' | '.join(route.heads)} -> ... -> {' | '.join(route.tails)}"
+                         f" (via {', '.join(route.middle) or 'a direct import'})")
+    return sorted(found)
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    """Every module of engine/ is in some layer, and no import goes upward."""
+    graph = grimp.build_graph("engine")
+    covered = {module for layer in LAYERS for module in layer.module_tails}
+    top_level = {m for m in graph.modules if m.count(".") == 1 and m != "engine.__main__"}
+    assert top_level <= covered, f"modules in no layer: {sorted(top_level - covered)}"
+    assert _chains(graph, LAYERS) == []
+
+
+def test_the_check_catches_an_upward_import() -> None:
+    """The same check, on a graph with one added upward import, reports it:
+    the test above could not pass by checking nothing."""
+    graph = grimp.build_graph("engine")
+    graph.add_import(importer="engine.sip.parser", imported="engine.calls.call")
+    assert any("engine.sip.parser" in chain for chain in _chains(graph, LAYERS))
