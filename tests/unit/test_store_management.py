@@ -38,10 +38,10 @@ def test_version_1_database_is_migrated_keeping_rooms(tmp_path: Path) -> None:
     conn.execute("INSERT INTO rooms VALUES ('1234', 'Weekly', 5.0)")
     conn.close()
     # The rest of version 1's tables are missing here: create them as v1 did.
-    from engine.state import store as store_module
+    from engine.state.store.migrations import MIGRATIONS
 
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in store_module._MIGRATIONS[0]:
+    for statement in MIGRATIONS[0]:
         if "rooms" not in statement:
             conn.execute(statement)
     conn.close()
