@@ -14,9 +14,10 @@ What it holds:
 * **rate limits and bans**: token buckets and ban deadlines for the SIP
   server's flood protection, with memory bounded against floods from random
   source addresses;
-* **password guessing**: failed logins per account and per source address,
-  with exponential lockouts (:class:`LoginGuard`, used by the registrar and
-  the web SDK's password login);
+* **password guessing**: the failure counts per account and per source
+  address behind the exponential lockouts of
+  :class:`~engine.state.login_guard.LoginGuard` (the policy lives there; it is
+  re-exported here);
 * **web user presence**: to come (see the marked place in :class:`Directory`).
 
 Time is always an argument (``now``, seconds on any monotonic-enough scale
@@ -28,7 +29,8 @@ to :meth:`Directory.claim_conference` the same name). :class:`MemoryDirectory`
 is not meant to be shared between threads. A Redis implementation provides
 the same guarantees with ``SET NX`` and scripts.
 
-This module is a leaf: it imports nothing from ``engine``.
+This module imports nothing from ``engine`` but :mod:`engine.state.login_guard`
+(itself a leaf), for the re-export.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+# Re-exported: the password-login lockout lives in its own module now.
+from engine.state.login_guard import LoginBackoff, LoginGuard
 
 __all__ = [
     "Binding",
@@ -775,81 +780,3 @@ class MemoryDirectory:
             rate_keys=len(self._buckets),
             bans=len(self._bans),
         )
-
-
-# -- password guessing ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoginBackoff:
-    """How failed logins lock an account, and a source address, out.
-
-    After ``account_free`` failures for one account name (compared without
-    case) every further failure locks that account for everyone for
-    ``base`` seconds, doubling up to ``cap``; likewise after ``source_free``
-    failures from one source address. Failures are forgotten ``forget``
-    seconds after the last one.
-    """
-
-    account_free: int = 5
-    source_free: int = 20
-    base: float = 1.0
-    cap: float = 300.0
-    forget: float = 900.0
-
-    def __post_init__(self) -> None:
-        for field_, value in (("account_free", self.account_free), ("source_free", self.source_free)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{field_} must be a positive integer, not {value!r}")
-        for field_, number in (("base", self.base), ("cap", self.cap), ("forget", self.forget)):
-            if not _check_number(field_, number) > 0:
-                raise ValueError(f"{field_} must be more than 0 seconds, not {number!r}")
-
-
-class LoginGuard:
-    """Per-account and per-source lockouts of password checks.
-
-    The caller asks :meth:`refusal` before checking a password (while
-    locked, it answers as for a wrong password *without* checking, so no
-    hash is computed and the right password is refused too), then reports
-    the outcome with :meth:`failed` or :meth:`succeeded`. An account that
-    does not exist is treated exactly like one that does. The state lives
-    in the :class:`Directory`, so nodes sharing one share the lockouts.
-
-    :param directory: where the failure counts are kept.
-    :param policy: the thresholds and delays.
-    """
-
-    def __init__(self, directory: Directory, policy: LoginBackoff | None = None) -> None:
-        self.directory = directory
-        self.policy = policy or LoginBackoff()
-
-    @staticmethod
-    def _account(user: str) -> str:
-        return "login:user:" + user.lower()
-
-    @staticmethod
-    def _source(src: str) -> str:
-        return "login:src:" + src
-
-    def refusal(self, user: str, src: str | None, now: float) -> str | None:
-        """``"account"`` or ``"source"`` when that is locked out at ``now``, else ``None``."""
-        if self.directory.locked_for(self._account(user), now) > 0:
-            return "account"
-        if src and self.directory.locked_for(self._source(src), now) > 0:
-            return "source"
-        return None
-
-    def failed(self, user: str, src: str | None, now: float) -> float:
-        """Count a wrong password; return the lockout it started (0.0: none)."""
-        p = self.policy
-        lock = self.directory.add_failure(self._account(user), now, free=p.account_free, base=p.base,
-                                          cap=p.cap, forget=p.forget)
-        if src:
-            lock = max(lock, self.directory.add_failure(self._source(src), now, free=p.source_free,
-                                                        base=p.base, cap=p.cap, forget=p.forget))
-        return lock
-
-    def succeeded(self, user: str) -> None:
-        """A right password: the account's count starts again (the source's stays)."""
-        self.directory.clear_failures(self._account(user))

@@ -536,3 +536,16 @@ def test_login_guard_locks_a_source_across_accounts_and_memory_is_bounded() -> N
         guard.failed(f"flood{i}", None, 1.0)
     assert len(directory._failures) <= 100
     assert directory.prune(10_000.0) >= 1 and not directory._failures
+
+
+def test_login_guard_lives_apart_and_is_reexported() -> None:
+    """Check the password-login lockout is its own leaf module and
+    engine.state.directory still hands out the very same classes."""
+    import grimp
+
+    from engine.state import login_guard
+
+    assert LoginGuard is login_guard.LoginGuard and LoginBackoff is login_guard.LoginBackoff
+    graph = grimp.build_graph("engine")
+    imported = graph.find_modules_directly_imported_by("engine.state.login_guard")
+    assert {m for m in imported if m.startswith("engine")} == set()

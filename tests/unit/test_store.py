@@ -769,3 +769,22 @@ def test_version_2_users_stay_sip_users(tmp_path: Path) -> None:
     with open_file(path) as store:
         assert store.get_user("alice") == User("alice", None, 1.0, sip=True)
         assert store.sip_ha1("alice", "callbridge", "MD5") == md5
+
+
+def test_store_package_imports_nothing_else_from_engine() -> None:
+    """Check no module of engine.state.store imports a module of engine
+    outside the package (the store is a leaf, handed down at start-up), and
+    that engine.state.store is the package, not a module beside it."""
+    import grimp
+
+    import engine.state.store as package
+
+    assert package.__file__ is not None and package.__file__.endswith("store/__init__.py")
+    graph = grimp.build_graph("engine")
+    inside = {m for m in graph.modules if m == "engine.state.store" or m.startswith("engine.state.store.")}
+    assert len(inside) > 10
+    outside = {
+        (m, imported) for m in inside for imported in graph.find_modules_directly_imported_by(m)
+        if imported.startswith("engine") and imported not in inside
+    }
+    assert outside == set()
