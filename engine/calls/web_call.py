@@ -53,7 +53,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc import RTCIceCandidate
 
-from engine.calls.call import Call, CallError, CallEvents, CallState, end_other_end
+from engine.calls.call import Call, CallAction, CallError, CallEvents, CallState, check_action, end_other_end
 from engine.media.players import FrameSource
 from engine.media.tts import TtsCache, default_tts
 from engine.media.clock import MediaClock
@@ -311,19 +311,15 @@ class WebCall(Call):
 
     # -- scenario actions ---------------------------------------------------------
 
-    def _require_alerting(self, action: str) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError(f"{action}() needs an inbound call not yet answered")
-
     def ring(self, headers: dict[str, str] | None = None) -> None:
         """Tell the browser the call rings (``progress`` 180)."""
-        self._require_alerting("ring")
+        check_action(self, CallAction.RING)
         self._send("progress", code=180, reason="Ringing", headers=dict(headers or {}))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Answer the browser's offer now (``progress`` 183 with our SDP), so
         audio played before :meth:`answer` is heard."""
-        self._require_alerting("start_early_media")
+        check_action(self, CallAction.START_EARLY_MEDIA)
         if self.direct:
             raise CallError("a direct call has no early media from the engine")
         if self._early:
@@ -344,13 +340,10 @@ class WebCall(Call):
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
         """Answer: our SDP goes to the browser (``connected``) and the call is
         ``CONNECTED`` (the awaitable completes then)."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state.ended:
-            raise CallError("call already ended")
+        answering = check_action(self, CallAction.ANSWER, answered=self._answering)
         if self.direct:
             raise CallError("a direct call is answered by its callee (forward_call_to_user_direct)")
-        if self.state == CallState.ALERTING and not self._answering:
+        if answering:
             self._answering = True
             fut = self._ensure_media()
             sent = dict(headers or {})
@@ -369,19 +362,14 @@ class WebCall(Call):
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse the call: ``failed`` with ``code`` to the browser, Failed here."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING or self._answering:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, answered=self._answering, code=code)
         self._send("failed", code=code, reason="Rejected", headers=dict(headers or {}))
         self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected")
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         """End the call: ``hangup`` once connected (Disconnected 200), ``failed``
         480 before the answer (Disconnected 480 here, as a SIP call's)."""
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         if self.state == CallState.CONNECTED:
             self._send("hangup", code=200, reason="Hangup", headers=dict(headers or {}))
@@ -395,14 +383,12 @@ class WebCall(Call):
 
     def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
         """A ``message`` frame to the browser (its SDK's MessageReceived)."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("messages need a connected call")
+        check_action(self, CallAction.SEND_MESSAGE)
         self._send("message", text=str(text), headers=dict(headers or {}))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """An ``info`` frame (``mime_type``, ``body`` as text) to the browser."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("INFO needs a connected call")
+        check_action(self, CallAction.SEND_INFO)
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         self._send("info", mime_type=mime_type, body=text, headers=dict(headers or {}))
 

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
+from engine.calls.call import (
+    Call, CallAction, CallError, CallEvents, CallState, Dispatcher, Playback, check_action, end_other_end,
+)
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
 from engine.media.tts import Pcm, TtsCache
 from engine.runtime.scenario import Session
@@ -251,14 +253,10 @@ class SimCall(Call):
     def answer(self, headers: dict[str, str] | None = None) -> asyncio.Future[None]:
         """Answer; the caller acknowledges on the next turn of the loop (as
         a SIP caller's ACK arrives after our 200), then ``Connected``."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state == CallState.ALERTING and not self._answering:
+        if check_action(self, CallAction.ANSWER, answered=self._answering):
             self._answering = True
             self.endpoint._note("answered by the scenario" + _with_headers(headers))
             asyncio.get_running_loop().call_soon(self._acknowledged)
-        elif self.state.ended:
-            raise CallError("call already ended")
         return self._connected_future()
 
     def _acknowledged(self) -> None:
@@ -267,17 +265,12 @@ class SimCall(Call):
             self._emit(CallEvents.Connected, headers={})
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING or self._answering:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, answered=self._answering, code=code)
         self.endpoint._note(f"rejected by {self._by} with {code}" + _with_headers(headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         self.endpoint._note(f"hung up by {self._by}" + _with_headers(headers))
         if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answering):
@@ -288,13 +281,11 @@ class SimCall(Call):
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
 
     def ring(self, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("ring() needs an inbound call not yet answered")
+        check_action(self, CallAction.RING)
         self.endpoint._note("ringing (180)")
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("start_early_media() needs an inbound call not yet answered")
+        check_action(self, CallAction.START_EARLY_MEDIA)
         self.early_media = True
         self.endpoint._note("early media (183)")
 
@@ -305,8 +296,7 @@ class SimCall(Call):
         self.endpoint._note(f"message {_quote(text)}" + _with_headers(headers))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
-        if self.state != CallState.CONNECTED:
-            raise CallError("INFO needs a connected call")
+        check_action(self, CallAction.SEND_INFO)
         data = body.encode() if isinstance(body, str) else body
         self.endpoint.infos.append((mime_type, data))
         self.endpoint._note(f"INFO {mime_type} {data!r}")
