@@ -59,6 +59,10 @@ __all__ = [
     "MediaHandler",
     "Dispatcher",
     "CallError",
+    "CallAction",
+    "ActionRule",
+    "ACTION_RULES",
+    "check_action",
     "Action",
     "ExtraFields",
     "Listeners",
@@ -138,6 +142,121 @@ class CallState(str, enum.Enum):
 
 class CallError(Exception):
     """An action that the call's state does not allow."""
+
+
+# -- what each action may do in each state --------------------------------------
+#
+# Every kind of call (SIP, internal, browser, the harness's simulated legs)
+# checks a scenario's action against this one table before doing anything
+# of its own: an action is done in its ``allowed`` states, does nothing in
+# its ``ignored`` ones (answering a call already connected, hanging up one
+# already ended) and raises :class:`CallError` with ``refused`` in the
+# others. What the action then sends (200 OK, 487, a ``hangup`` frame...)
+# is the kind's own business.
+#
+# A call whose answer is on its way (a SIP 200 OK waiting for its ACK, a
+# browser's answer being negotiated) is still ``ALERTING`` but counts as
+# ``CONNECTED`` here: it can no longer be rejected or answered again.
+#
+#   action                       inbound only  allowed                 ignored
+#   answer                       yes           ALERTING                NEW PROGRESSING CONNECTED
+#   reject                       yes           ALERTING                -
+#   hangup                       no            NEW ALERTING            DISCONNECTED FAILED
+#                                              PROGRESSING CONNECTED
+#   ring, start_early_media      yes           ALERTING                -
+#   forward_call_to_user_direct  yes           ALERTING                -
+#   send_message, send_info      no            CONNECTED               -
+
+
+class CallAction(str, enum.Enum):
+    """A scenario's action on a call whose state :func:`check_action` checks."""
+
+    ANSWER = "answer"
+    REJECT = "reject"
+    HANGUP = "hangup"
+    RING = "ring"
+    START_EARLY_MEDIA = "start_early_media"
+    FORWARD_DIRECT = "forward_call_to_user_direct"
+    SEND_MESSAGE = "send_message"
+    SEND_INFO = "send_info"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """Where one :class:`CallAction` may run.
+
+    :param allowed: the states in which the action is done.
+    :param refused: the :class:`CallError` text in every other state (not
+        ``ignored``); ``{state}`` becomes the state's name.
+    :param ignored: the states in which the action does nothing, silently.
+    :param outbound: the :class:`CallError` text for an outbound call, or
+        ``None`` when either direction may act.
+    """
+
+    allowed: frozenset[CallState]
+    refused: str
+    ignored: frozenset[CallState] = frozenset()
+    outbound: str | None = None
+
+
+_NOT_ANSWERED = "{action}() needs an inbound call not yet answered"
+_LIVE = frozenset({CallState.NEW, CallState.ALERTING, CallState.PROGRESSING, CallState.CONNECTED})
+
+#: The one table of what a scenario may do to a call in each state.
+ACTION_RULES: dict[CallAction, ActionRule] = {
+    CallAction.ANSWER: ActionRule(
+        allowed=frozenset({CallState.ALERTING}), refused="call already ended",
+        ignored=frozenset({CallState.NEW, CallState.PROGRESSING, CallState.CONNECTED}),
+        outbound="only an inbound call can be answered"),
+    CallAction.REJECT: ActionRule(
+        allowed=frozenset({CallState.ALERTING}), refused="cannot reject a call in state {state}",
+        outbound="only an inbound call can be rejected"),
+    CallAction.HANGUP: ActionRule(
+        allowed=_LIVE, refused="hangup() of an unknown state {state}",
+        ignored=frozenset({CallState.DISCONNECTED, CallState.FAILED})),
+    CallAction.RING: ActionRule(
+        allowed=frozenset({CallState.ALERTING}), refused=_NOT_ANSWERED.format(action="ring"),
+        outbound=_NOT_ANSWERED.format(action="ring")),
+    CallAction.START_EARLY_MEDIA: ActionRule(
+        allowed=frozenset({CallState.ALERTING}), refused=_NOT_ANSWERED.format(action="start_early_media"),
+        outbound=_NOT_ANSWERED.format(action="start_early_media")),
+    CallAction.FORWARD_DIRECT: ActionRule(
+        allowed=frozenset({CallState.ALERTING}),
+        refused="forward_call_to_user_direct() needs a browser's call that still rings",
+        outbound="forward_call_to_user_direct() needs a browser's call that still rings"),
+    CallAction.SEND_MESSAGE: ActionRule(
+        allowed=frozenset({CallState.CONNECTED}), refused="messages need a connected call"),
+    CallAction.SEND_INFO: ActionRule(
+        allowed=frozenset({CallState.CONNECTED}), refused="INFO needs a connected call"),
+}
+
+
+def check_action(call: Call, action: CallAction, *, answered: bool = False, code: int | None = None) -> bool:
+    """Check ``action`` against :data:`ACTION_RULES` in ``call``'s state.
+
+    :param answered: the call's answer is on its way (it then counts as
+        ``CONNECTED``; errors still name its real state).
+    :param code: a reject's final response code, checked (300-699, RFC 3261
+        section 21) after the direction and before the state.
+    :returns: ``True`` when the action is to be done, ``False`` when it does
+        nothing in this state.
+    :raises CallError: the action is not allowed: the direction's, the
+        code's or the state's message.
+    """
+    rule = ACTION_RULES[action]
+    if rule.outbound is not None and call.direction != "inbound":
+        raise CallError(rule.outbound)
+    if code is not None and not 300 <= code <= 699:
+        raise CallError(f"reject code must be 300-699, not {code}")
+    state = CallState.CONNECTED if answered and call.state == CallState.ALERTING else call.state
+    if state in rule.allowed:
+        return True
+    if state in rule.ignored:
+        return False
+    raise CallError(rule.refused.format(state=call.state.value))
 
 
 class ExtraFields:
@@ -1092,11 +1211,7 @@ class InternalCall(Call):
         """Connect both ends: the caller's end gets Connected (with
         ``headers``) first, as a SIP caller gets 200 OK before the callee
         gets the ACK, then this end."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state.ended:
-            raise CallError("call already ended")
-        if self.state == CallState.ALERTING:
+        if check_action(self, CallAction.ANSWER):
             peer = self._require_peer()
             sent = dict(headers or {})
             self._set_state(CallState.CONNECTED)
@@ -1111,12 +1226,7 @@ class InternalCall(Call):
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse the call: Failed with ``code`` on both ends (``headers`` go to the caller)."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, code=code)
         failed = (CallState.FAILED, CallEvents.Failed, code, "Rejected")
         self._end_both(failed, failed, headers)
 
@@ -1126,7 +1236,7 @@ class InternalCall(Call):
         (Disconnected 480 here, Failed 480 for the caller); the caller's end
         before the answer cancels it (Disconnected 487 on both). A hangup of
         an ended call does nothing."""
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         if self.state == CallState.CONNECTED:
             bye = (CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
@@ -1139,28 +1249,26 @@ class InternalCall(Call):
             cancel = (CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
             self._end_both(cancel, cancel, headers)
 
-    def _before_answer(self, action: str) -> InternalCall:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError(f"{action}() needs an inbound call not yet answered")
+    def _before_answer(self, action: CallAction) -> InternalCall:
+        check_action(self, action)
         return self._require_peer()
 
     def ring(self, headers: dict[str, str] | None = None) -> None:
         """Tell the caller the callee is ringing (Ringing on the caller's end)."""
-        peer = self._before_answer("ring")
+        peer = self._before_answer(CallAction.RING)
         if peer.state == CallState.PROGRESSING:
             peer._emit(CallEvents.Ringing, code=180, reason="Ringing", headers=dict(headers or {}))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Tell the caller early media starts (Progress on the caller's end)."""
-        peer = self._before_answer("start_early_media")
+        peer = self._before_answer(CallAction.START_EARLY_MEDIA)
         if peer.state == CallState.PROGRESSING:
             peer._emit(CallEvents.Progress, code=183, reason="Session Progress",
                        headers=dict(headers or {}))
 
     def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
         """MessageReceived (``text``, ``headers``) on the other end."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("messages need a connected call")
+        check_action(self, CallAction.SEND_MESSAGE)
         peer = self._require_peer()
         peer._emit(CallEvents.MessageReceived, text=text, headers=dict(headers or {}))
 
@@ -1182,8 +1290,7 @@ class InternalCall(Call):
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """InfoReceived (``mime_type``, ``body`` as bytes, ``headers``) on the other end."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("INFO needs a connected call")
+        check_action(self, CallAction.SEND_INFO)
         data = body.encode() if isinstance(body, str) else body
         self._require_peer()._info_received(mime_type, data, dict(headers or {}))
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from engine.calls.call import (
     Call, CallError, CallEvents, CallState, Dispatcher, MediaHandler, MediaStats, SendDigitsAction,
-    dtmf_relay_body,
+    CallAction, check_action, dtmf_relay_body,
 )
 from engine.media.players import FrameSource
 from engine.media.tts import TtsCache, default_tts
@@ -287,15 +287,13 @@ class SipCall(Call):
 
     def ring(self, headers: dict[str, str] | None = None) -> None:
         """Send 180 Ringing (inbound, before answer)."""
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("ring() needs an inbound call not yet answered")
+        check_action(self, CallAction.RING)
         self._send_response(self._response(180, headers=headers))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Send 183 Session Progress with our SDP answer, so that audio
         played now is heard before the call is answered."""
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("start_early_media() needs an inbound call not yet answered")
+        check_action(self, CallAction.START_EARLY_MEDIA)
         body = self._local_answer()
         if body is None:
             return
@@ -326,9 +324,7 @@ class SipCall(Call):
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
         """Answer with 200 OK and SDP; the returned awaitable completes when
         the caller's ACK arrives (the call is then ``CONNECTED``)."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state == CallState.ALERTING and not self._final_sent:
+        if check_action(self, CallAction.ANSWER, answered=self._final_sent):
             body = self._local_answer()
             if body is None:
                 return self._connected_future()
@@ -343,8 +339,6 @@ class SipCall(Call):
             self._answer_cseq = self.invite.cseq.number
             self._send_response(response)
             self._start_2xx_retransmit(response)
-        elif self.state.ended:
-            raise CallError("call already ended")
         return self._connected_future()
 
     def _start_2xx_retransmit(self, response: SipResponse) -> None:
@@ -383,12 +377,7 @@ class SipCall(Call):
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse an inbound call with a final response (default 486 Busy Here)."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING or self._final_sent:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, answered=self._final_sent, code=code)
         self._final_sent = True
         self._send_response(self._response(code, headers=headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
@@ -619,7 +608,7 @@ class SipCall(Call):
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         """End the call: BYE when connected, CANCEL while an outbound call
         rings, 480 for an inbound call not yet answered."""
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answer_msg):
             self._send_bye(headers)

@@ -53,7 +53,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc import RTCIceCandidate
 
-from engine.calls.call import Call, CallError, CallEvents, CallState, end_other_end
+from engine.calls.call import CallAction, CallError, CallEvents, CallState, check_action
+from engine.calls.direct import DirectCallLeg
 from engine.media.players import FrameSource
 from engine.media.tts import TtsCache, default_tts
 from engine.media.clock import MediaClock
@@ -71,18 +72,6 @@ _background: set[asyncio.Task[Any]] = set()
 
 #: Candidates a browser may trickle before its direct call is forwarded.
 MAX_KEPT_CANDIDATES = 64
-
-
-def _pass_end_on(ended: Call) -> None:
-    """One end of a direct call ended: end the other (hang up once connected
-    or while it rings for the callee; reject the caller with the callee's
-    code when it failed)."""
-    assert isinstance(ended, WebCall)
-    other = ended.direct_peer
-    if other is None or other.state.ended:
-        return
-    end_other_end(ended, other)
-
 
 
 def _keep(task: asyncio.Task[Any]) -> None:
@@ -112,7 +101,7 @@ class DirectDialer(Protocol):
     def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None: ...
 
 
-class WebCall(Call):
+class WebCall(DirectCallLeg):
     """A call leg to a browser (see the module notes).
 
     :param channel: the browser's socket.
@@ -311,19 +300,15 @@ class WebCall(Call):
 
     # -- scenario actions ---------------------------------------------------------
 
-    def _require_alerting(self, action: str) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError(f"{action}() needs an inbound call not yet answered")
-
     def ring(self, headers: dict[str, str] | None = None) -> None:
         """Tell the browser the call rings (``progress`` 180)."""
-        self._require_alerting("ring")
+        check_action(self, CallAction.RING)
         self._send("progress", code=180, reason="Ringing", headers=dict(headers or {}))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Answer the browser's offer now (``progress`` 183 with our SDP), so
         audio played before :meth:`answer` is heard."""
-        self._require_alerting("start_early_media")
+        check_action(self, CallAction.START_EARLY_MEDIA)
         if self.direct:
             raise CallError("a direct call has no early media from the engine")
         if self._early:
@@ -344,13 +329,10 @@ class WebCall(Call):
     def answer(self, headers: dict[str, str] | None = None) -> Awaitable[None]:
         """Answer: our SDP goes to the browser (``connected``) and the call is
         ``CONNECTED`` (the awaitable completes then)."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state.ended:
-            raise CallError("call already ended")
+        answering = check_action(self, CallAction.ANSWER, answered=self._answering)
         if self.direct:
             raise CallError("a direct call is answered by its callee (forward_call_to_user_direct)")
-        if self.state == CallState.ALERTING and not self._answering:
+        if answering:
             self._answering = True
             fut = self._ensure_media()
             sent = dict(headers or {})
@@ -369,19 +351,14 @@ class WebCall(Call):
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse the call: ``failed`` with ``code`` to the browser, Failed here."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING or self._answering:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, answered=self._answering, code=code)
         self._send("failed", code=code, reason="Rejected", headers=dict(headers or {}))
         self._finish(CallState.FAILED, CallEvents.Failed, code, "Rejected")
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
         """End the call: ``hangup`` once connected (Disconnected 200), ``failed``
         480 before the answer (Disconnected 480 here, as a SIP call's)."""
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         if self.state == CallState.CONNECTED:
             self._send("hangup", code=200, reason="Hangup", headers=dict(headers or {}))
@@ -395,82 +372,55 @@ class WebCall(Call):
 
     def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
         """A ``message`` frame to the browser (its SDK's MessageReceived)."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("messages need a connected call")
+        check_action(self, CallAction.SEND_MESSAGE)
         self._send("message", text=str(text), headers=dict(headers or {}))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """An ``info`` frame (``mime_type``, ``body`` as text) to the browser."""
-        if self.state != CallState.CONNECTED:
-            raise CallError("INFO needs a connected call")
+        check_action(self, CallAction.SEND_INFO)
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         self._send("info", mime_type=mime_type, body=text, headers=dict(headers or {}))
 
     # -- direct calls (browser to browser) ------------------------------------------
 
     def forward_call_to_user_direct(self, headers: dict[str, str] | None = None) -> WebCall | None:
-        """Ring the user this browser dialed (:attr:`number`) and connect the
-        two browsers peer to peer, audio and video: the engine relays the
-        offer, the answer and the ICE candidates between the two sockets and
-        carries no media. Both calls report their events to the scenario
-        (the callee's is returned, owned by the same session); the call's
-        end, failure or rejection is passed on to the other, and messages
-        are relayed both ways.
+        """See :meth:`engine.calls.direct.DirectCallLeg.forward_call_to_user_direct`."""
+        peer = super().forward_call_to_user_direct(headers)
+        assert peer is None or isinstance(peer, WebCall)
+        return peer
 
-        :param headers: ``X-`` headers for the callee besides the caller's.
-        :return: the callee's call, or ``None`` when the user is not logged
-            in with the SDK (the caller's call is then rejected with 480).
-        :raises CallError: not a browser's call that still rings, or the
-            engine already answered its offer (early media).
-        """
-        if self.direction != "inbound" or self.state != CallState.ALERTING or self._answering:
-            raise CallError("forward_call_to_user_direct() needs a browser's call that still rings")
-        if self._answer_sdp is not None:
-            raise CallError("the engine already answered this call's offer (early media)")
-        if self.dialer is None:
+    def _offer_answered(self) -> bool:
+        return self._answer_sdp is not None
+
+    def _direct_dialer(self) -> Callable[[dict[str, str]], DirectCallLeg | None]:
+        dialer = self.dialer
+        if dialer is None:
             raise CallError("direct calls need the web SDK's users, and this call has none")
-        self.direct = True
-        sent = {**self.headers, **(headers or {})}
-        peer = self.dialer.call_user_direct(self.number, self, sent)
-        if peer is None:
-            self.log.info("direct call: %r is not logged in", self.number)
-            self.reject(480)
-            return None
-        adopt = getattr(self.dispatcher, "adopt", None)
-        if adopt is not None:
-            adopt(peer)
-        self.direct_peer, peer.direct_peer = peer, self
-        self.on_ended.append(_pass_end_on)
-        peer.on_ended.append(_pass_end_on)
+        return lambda headers: dialer.call_user_direct(self.number, self, headers)
+
+    def _forwarded(self, peer: DirectCallLeg) -> None:
+        """The candidates this browser trickled so far go to the callee's."""
+        assert isinstance(peer, WebCall)
         candidates, self._raw_candidates = self._raw_candidates, []
         self._early_candidates.clear()
         for init in candidates:
             peer._relay_candidate(init)
-        if not peer.state.ended:
-            self.ring()
-        return peer
 
     def _relay_candidate(self, init: dict[str, Any]) -> None:
         """A candidate of the other browser, passed on as it came."""
         if not self.state.ended:
             self._send("ice", candidate=init)
 
-    def _direct_answered(self, sdp: str, headers: dict[str, str]) -> None:
+    def _direct_answered(self, sdp: str | None, headers: dict[str, str]) -> None:
         """The callee's browser answered a direct call: both are connected,
         and the caller's browser gets the callee's answer."""
-        self._answering = True
         self.direct_answer = sdp
-        self.headers.update(headers)
-        self._set_state(CallState.CONNECTED)
         if self._no_answer is not None:
             self._no_answer.cancel()
-        caller = self.direct_peer
-        if caller is not None and caller.state == CallState.ALERTING:
-            caller._answering = True
-            caller._send("connected", sdp=sdp, headers=dict(headers))
-            caller._set_state(CallState.CONNECTED)
-            caller._emit(CallEvents.Connected, headers={})
-        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+        super()._direct_answered(sdp, headers)
+
+    def _connect_direct(self, callee: DirectCallLeg, sdp: str | None, headers: dict[str, str]) -> None:
+        self._send("connected", sdp=sdp, headers=dict(headers))
 
     # -- frames in (from the socket handler) --------------------------------------
 
@@ -529,9 +479,7 @@ class WebCall(Call):
         if self.state != CallState.CONNECTED:
             raise CallError("messages need a connected call")
         self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
-        peer = self.direct_peer
-        if peer is not None and peer.state == CallState.CONNECTED:
-            peer.send_message(text, headers)
+        self._relay_message(text, headers)
 
     def on_remote_tones(self, tones: str) -> None:
         """Digits from the browser: ToneReceived (mode ``"signalling"``) each.

@@ -33,7 +33,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import os
 import struct
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from typing import Callable, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from engine.media.cache import store_array
 from engine.media.sources import AudioFileError, decode_native, lowpass_taps
 
 __all__ = [
@@ -329,18 +329,7 @@ class TtsCache:
         self.misses += 1
         pcm, rate, name = self._synthesize(text, voice)
         out = resample(pcm, rate, self.rate)
-        path = self.path_for(text, voice, name)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, out, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        store_array(self.path_for(text, voice, name), out)
         return out
 
     async def get_async(self, text: str, voice: str = "en") -> Pcm:

@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
+from engine.calls.call import (
+    Call, CallAction, CallError, CallEvents, CallState, Dispatcher, Playback, check_action,
+)
+from engine.calls.direct import DirectCallLeg
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
 from engine.media.tts import Pcm, TtsCache
 from engine.runtime.scenario import Session
@@ -251,14 +254,10 @@ class SimCall(Call):
     def answer(self, headers: dict[str, str] | None = None) -> asyncio.Future[None]:
         """Answer; the caller acknowledges on the next turn of the loop (as
         a SIP caller's ACK arrives after our 200), then ``Connected``."""
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be answered")
-        if self.state == CallState.ALERTING and not self._answering:
+        if check_action(self, CallAction.ANSWER, answered=self._answering):
             self._answering = True
             self.endpoint._note("answered by the scenario" + _with_headers(headers))
             asyncio.get_running_loop().call_soon(self._acknowledged)
-        elif self.state.ended:
-            raise CallError("call already ended")
         return self._connected_future()
 
     def _acknowledged(self) -> None:
@@ -267,17 +266,12 @@ class SimCall(Call):
             self._emit(CallEvents.Connected, headers={})
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound":
-            raise CallError("only an inbound call can be rejected")
-        if not 300 <= code <= 699:
-            raise CallError(f"reject code must be 300-699, not {code}")
-        if self.state != CallState.ALERTING or self._answering:
-            raise CallError(f"cannot reject a call in state {self.state.value}")
+        check_action(self, CallAction.REJECT, answered=self._answering, code=code)
         self.endpoint._note(f"rejected by {self._by} with {code}" + _with_headers(headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
 
     def hangup(self, headers: dict[str, str] | None = None) -> None:
-        if self.state.ended:
+        if not check_action(self, CallAction.HANGUP):
             return
         self.endpoint._note(f"hung up by {self._by}" + _with_headers(headers))
         if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answering):
@@ -288,13 +282,11 @@ class SimCall(Call):
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
 
     def ring(self, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("ring() needs an inbound call not yet answered")
+        check_action(self, CallAction.RING)
         self.endpoint._note("ringing (180)")
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
-        if self.direction != "inbound" or self.state != CallState.ALERTING:
-            raise CallError("start_early_media() needs an inbound call not yet answered")
+        check_action(self, CallAction.START_EARLY_MEDIA)
         self.early_media = True
         self.endpoint._note("early media (183)")
 
@@ -305,8 +297,7 @@ class SimCall(Call):
         self.endpoint._note(f"message {_quote(text)}" + _with_headers(headers))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
-        if self.state != CallState.CONNECTED:
-            raise CallError("INFO needs a connected call")
+        check_action(self, CallAction.SEND_INFO)
         data = body.encode() if isinstance(body, str) else body
         self.endpoint.infos.append((mime_type, data))
         self.endpoint._note(f"INFO {mime_type} {data!r}")
@@ -361,18 +352,21 @@ def _with_headers(headers: dict[str, str] | None) -> str:
     return f" with headers {headers}" if headers else ""
 
 
-class SimWebCall(SimCall):
+class SimWebCall(DirectCallLeg, SimCall):
     """A web SDK leg (``kind == "web"``), with what
     :class:`~engine.calls.web_call.WebCall` adds to a call: direct calls.
 
-    :meth:`forward_call_to_user_direct` follows ``WebCall``'s rules: the
-    callee (a :class:`Callee` with ``how == "web"`` and ``direct``, rung
-    with the caller's headers) joins the caller's session; the callee's
-    answer connects both (the caller first); the end, failure or
-    rejection of either is passed on to the other (a ringing caller is
-    rejected with the callee's code); messages from either browser are
-    relayed to the other. The engine carries no media for such a call:
-    nothing flows in the media graph and the scenario cannot play to it.
+    :meth:`forward_call_to_user_direct` is WebCall's own
+    (:class:`~engine.calls.direct.DirectCallLeg`): the callee (a
+    :class:`Callee` with ``how == "web"`` and ``direct``, rung with the
+    caller's headers) joins the caller's session; the callee's answer
+    connects both (the caller first); the end, failure or rejection of
+    either is passed on to the other (a ringing caller is rejected with the
+    callee's code); messages from either browser are relayed to the other.
+    Only the hooks differ: the callee is rung through :class:`SimUserAgent`
+    and the transcript notes what happened. The engine carries no media for
+    such a call: nothing flows in the media graph and the scenario cannot
+    play to it.
     """
 
     def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
@@ -383,35 +377,33 @@ class SimWebCall(SimCall):
         self.direct_peer: SimWebCall | None = None
 
     def forward_call_to_user_direct(self, headers: dict[str, str] | None = None) -> SimWebCall | None:
-        """Ring the user this browser dialed (:attr:`number`) for a direct
-        call; ``None`` (and the call rejected with 480) when the user is not
-        logged in (:meth:`App.log_in_web_user`). As
-        :meth:`engine.calls.web_call.WebCall.forward_call_to_user_direct`.
-
-        :raises CallError: not a browser's call that still rings, or early
-            media started (the engine answered the browser's offer).
-        """
-        if self.direction != "inbound" or self.state != CallState.ALERTING or self._answering:
-            raise CallError("forward_call_to_user_direct() needs a browser's call that still rings")
-        if self.early_media:
-            raise CallError("the engine already answered this call's offer (early media)")
-        self.direct = True
-        sent = {**self.headers, **(headers or {})}
-        peer = self.endpoint.app.ua.call_web_user_direct(self.number, self, sent)
-        if peer is None:
-            self.endpoint._note(f"direct call: {self.number!r} is not logged in")
-            self.reject(480)
-            return None
-        adopt = getattr(self.dispatcher, "adopt", None)
-        if adopt is not None:
-            adopt(peer)
-        self.direct_peer, peer.direct_peer = peer, self
-        self.on_ended.append(_pass_end_on)
-        peer.on_ended.append(_pass_end_on)
-        self.endpoint._note(f"forwarded directly to {peer.endpoint.name}")
-        if not peer.state.ended:
-            self.ring()
+        """As :meth:`engine.calls.web_call.WebCall.forward_call_to_user_direct`
+        (``None`` when the user is not logged in: :meth:`App.log_in_web_user`)."""
+        peer = super().forward_call_to_user_direct(headers)
+        assert peer is None or isinstance(peer, SimWebCall)
         return peer
+
+    # -- DirectCallLeg's hooks ------------------------------------------------------------
+
+    def _offer_answered(self) -> bool:
+        return self.early_media
+
+    def _direct_dialer(self) -> Callable[[dict[str, str]], DirectCallLeg | None]:
+        return lambda headers: self.endpoint.app.ua.call_web_user_direct(self.number, self, headers)
+
+    def _forwarded(self, peer: DirectCallLeg) -> None:
+        assert isinstance(peer, SimWebCall)
+        self.endpoint._note(f"forwarded directly to {peer.endpoint.name}")
+
+    def _connect_direct(self, callee: DirectCallLeg, sdp: str | None, headers: dict[str, str]) -> None:
+        assert isinstance(callee, SimWebCall)
+        self.endpoint._note(f"connected directly to {callee.endpoint.name}")
+
+    def _end_for_other_end(self, ended: DirectCallLeg) -> None:
+        self._by = f"the engine (the direct call's other end {ended.state.value} {ended.end_code})"
+        super()._end_for_other_end(ended)
+
+    # -- what a direct call changes ---------------------------------------------------------
 
     def answer(self, headers: dict[str, str] | None = None) -> asyncio.Future[None]:
         if self.direct:
@@ -426,37 +418,9 @@ class SimWebCall(SimCall):
     def _media_ready(self) -> bool:
         return not self.direct and super()._media_ready()
 
-    def _direct_answered(self, headers: dict[str, str]) -> None:
-        """The callee's browser answered a direct call (this is the
-        callee's leg): both are connected, the caller first."""
-        self._answering = True
-        self.headers.update(headers)
-        self._set_state(CallState.CONNECTED)
-        caller = self.direct_peer
-        if caller is not None and caller.state == CallState.ALERTING:
-            caller._answering = True
-            caller.endpoint._note(f"connected directly to {self.endpoint.name}")
-            caller._set_state(CallState.CONNECTED)
-            caller._emit(CallEvents.Connected, headers={})
-        self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
-
     def _remote_message(self, text: str, headers: dict[str, str]) -> None:
         super()._remote_message(text, headers)
-        peer = self.direct_peer
-        if peer is not None and peer.state == CallState.CONNECTED:
-            peer.send_message(text, headers)
-
-
-def _pass_end_on(ended: Call) -> None:
-    """One end of a direct call ended: end the other, as
-    :mod:`engine.calls.web_call` does (hang up once connected or while it rings
-    for the callee; reject a ringing caller with the callee's code)."""
-    assert isinstance(ended, SimWebCall)
-    other = ended.direct_peer
-    if other is None or other.state.ended:
-        return
-    other._by = f"the engine (the direct call's other end {ended.state.value} {ended.end_code})"
-    end_other_end(ended, other)
+        self._relay_message(text, headers)
 
 
 # -- the test's end ---------------------------------------------------------------------
@@ -827,7 +791,7 @@ class Callee(Endpoint):
         def connect() -> None:
             self._cancel_timeout()
             if isinstance(self.leg, SimWebCall) and self.leg.direct:
-                self.leg._direct_answered(dict(headers or {}))
+                self.leg._direct_answered(None, dict(headers or {}))
                 return
             self.leg.headers.update(headers or {})
             self.leg._set_state(CallState.CONNECTED)
@@ -918,6 +882,7 @@ class SimUserAgent:
         """The web layer's ``call_user_direct``: ring ``user``'s browser with
         ``caller``'s own offer (a direct call), or ``None`` when not logged in."""
         if user not in self.web_users:
+            caller.endpoint._note(f"direct call: {user!r} is not logged in")
             return None
         leg = self._dial("web", user, user, caller.callerid, caller.display_name, headers, caller.dispatcher,
                          direct=True)

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from engine.media.cache import store_array
 from engine.media.sources import AudioFileError, Pcm, decode_audio, load_file
 
 __all__ = ["AudioLoader", "MAX_REDIRECTS", "is_url", "default_audio_loader"]
@@ -142,19 +143,9 @@ class AudioLoader:
     def _decode_and_store(self, data: bytes, url: str, path: Path) -> Pcm:
         pcm = decode_audio(data, url, self.rate)
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+            store_array(path, pcm)
         except OSError:
-            return pcm  # no cache, still playable
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, pcm, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass  # no cache, still playable
         return pcm
 
 
