@@ -54,13 +54,19 @@ from engine.media.tts import TtsCache, default_tts
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
 from engine.calls.grants import Grant, without_engine_headers
 from engine.state.directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
-from engine.security_log import security_event
 from engine.sip.auth import ClientAuthSession, DigestServer
 from engine.sip.dialog import Dialog
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.headers import NameAddr
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
-from engine.sip.transaction import ServerTransaction, Timers, create_cancel
+from engine.sip.invite_session import (
+    AckTimedOut, Answered, CallCancelled, CallFailed, CancelReady, CredentialsWithheld, InviteReady,
+    InviteSession, NoAnswer, ProvisionalReceived, Redirected, RedirectRefused, ReInviteRefused,
+    Retransmit2xx, host_port, same_host, same_host_port,
+)
+from engine.sip.invite_session import Event as SessionEvent
+from engine.sip.registrar import Registrar, RegisterAnswered
+from engine.sip.transaction import ServerTransaction, Timers
 from engine.sip.uri import SipUri, TelUri, format_host, parse_uri
 from engine.security_log import security_event
 from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
@@ -143,22 +149,6 @@ def _user_of(uri: Any) -> str:
     return ""
 
 
-def _contact_q(raw: str | None) -> float | None:
-    """A Contact's ``q`` (RFC 3261 §20.10: 0 to 1, three decimals at most),
-    ``None`` when absent.
-
-    :raises ValueError: when malformed.
-    """
-    if raw is None:
-        return None
-    if len(raw) > 5 or not raw[:1].isdigit():
-        raise ValueError(f"bad q {raw!r}")
-    q = float(raw)
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"bad q {raw!r}")
-    return q
-
-
 def _dialog_problem(invite: SipRequest) -> str | None:
     """Why an INVITE cannot create a dialog (RFC 3261 §8.1.1.8: exactly one
     SIP URI in Contact; §12.1.1: Record-Route of SIP URIs), or ``None``.
@@ -197,25 +187,18 @@ def _retrieve_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _same_host(a: str, b: str) -> bool:
-    """Whether two hosts are the same (addresses compared as addresses)."""
+_same_host = same_host
+_host_port = host_port
+_same_host_port = same_host_port
+
+
+def _loop_time() -> float:
+    """The running loop's time (``time.monotonic`` on Linux, which the
+    transport's transactions use as well)."""
     try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return a.lower() == b.lower()
-
-
-def _host_port(uri: object) -> tuple[str, int] | None:
-    """The ``host:port`` a request for ``uri`` goes to (port 5060 by
-    default; ``maddr`` is ignored, see :meth:`UserAgent.resolve`), ``None``
-    for any other URI."""
-    if not isinstance(uri, SipUri):
-        return None
-    return uri.host, uri.port or 5060
-
-
-def _same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:
-    return a is not None and b is not None and a[1] == b[1] and _same_host(a[0], b[0])
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop yet (construction, tests): the same clock
+        return time.monotonic()
 
 
 def _is_ip(host: str) -> bool:
@@ -227,7 +210,15 @@ def _is_ip(host: str) -> bool:
 
 
 class SipCall(Call):
-    """A call leg over SIP: one INVITE session and its dialog."""
+    """A call leg over SIP: the asyncio adapter of one
+    :class:`~engine.sip.invite_session.InviteSession` (which holds the
+    dialog, the 2xx retransmission, the no-answer timer, CANCEL, digest
+    retries and redirects) and its media handler.
+
+    It feeds the session what the endpoint hands up, performs the events the
+    session returns (:meth:`_perform`) and keeps one timer armed at the
+    session's next deadline (:meth:`_arm`), on the UA's clock.
+    """
 
     kind = "sip"
 
@@ -235,40 +226,108 @@ class SipCall(Call):
         super().__init__(**kwargs)
         self.ua = ua
         self.peer = peer
-        self.dialog: Dialog | None = None
+        self.session: InviteSession | None = None
         self.media: MediaHandler | None = None
         self.local_tag = new_tag()
         # inbound
         self.invite: SipRequest | None = None
         self.invite_txn: ServerTransaction | None = None
-        self._final_sent = False
         self._early_sdp_sent = False
-        self._answer_msg: SipResponse | None = None
-        self._retransmit: asyncio.TimerHandle | None = None
-        self._answer_cseq = 0
         # outbound
-        self._out_invite: SipRequest | None = None
         self._out_txn: Any = None
-        self._cancel_wanted = False
-        self._cancel_sent = False
-        self._provisional_seen = False
-        self._auth: ClientAuthSession | None = None
-        self._auth_tries = 0
-        self._redirects = 0
-        # Where the digest credentials may go (the host:port of the first
-        # target, the trunk's for call_pstn), and where a 3xx may lead
-        # (``None``: anywhere).
-        self._auth_target: tuple[str, int] | None = None
+        # Where a 3xx may lead (``None``: anywhere); set by call_sip.
         self._redirect_scope: tuple[str, int] | None = None
-        self._ack: SipRequest | None = None
-        self._timeout: asyncio.TimerHandle | None = None
+        # One timer, armed at the session's next deadline. It calls a
+        # method, not a closure that re-arms itself: such a closure is a
+        # reference cycle that would keep every answered call alive until a
+        # full garbage collection.
+        self._timer: asyncio.TimerHandle | None = None
         self.on_ended.append(lambda call: self._cleanup())
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The session's dialog, once a 2xx made one."""
+        return self.session.dialog if self.session is not None else None
+
+    @property
+    def _final_sent(self) -> bool:
+        return self.session is not None and self.session.final_sent
+
+    @property
+    def _ack(self) -> SipRequest | None:
+        return self.session.ack if self.session is not None else None
+
+    # -- the session's timer and events -------------------------------------------
+
+    def _arm(self) -> None:
+        """Re-arm the one timer at the session's next deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self.session.get_timer() if self.session is not None else None
+        if when is not None:
+            delay = max(0.0, when - self.ua.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session is not None:
+            self._run(self.session.handle_timer(self.ua.clock()))
+
+    def _run(self, events: list[SessionEvent]) -> None:
+        for event in events:
+            self._perform(event)
+        self._arm()
+
+    def _perform(self, event: SessionEvent) -> None:
+        """Do what one session event asks for."""
+        endpoint = self.ua.endpoint
+        if isinstance(event, Retransmit2xx):
+            endpoint._transmit(event.data, self.peer)
+        elif isinstance(event, AckTimedOut):
+            self.log.warning("no ACK for our 200 OK: ending the call")
+            if event.bye is not None:
+                endpoint.send_request(event.bye, self.peer, lambda resp: None)
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
+        elif isinstance(event, InviteReady):
+            self._out_txn = endpoint.send_request(event.request, self.peer, self._on_invite_response)
+        elif isinstance(event, CancelReady):
+            endpoint.send_request(event.request, self.peer, lambda resp: None)
+        elif isinstance(event, ProvisionalReceived):
+            self._on_provisional(event.response)
+        elif isinstance(event, Answered):
+            self._on_answered(event)
+        elif isinstance(event, CallFailed):
+            if event.response is None:
+                self._finish(CallState.FAILED, CallEvents.Failed, event.status, event.reason)
+            else:
+                self._finish(CallState.FAILED, CallEvents.Failed, event.status, event.reason,
+                             received_headers(event.response.headers))
+        elif isinstance(event, CallCancelled):
+            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
+        elif isinstance(event, NoAnswer):
+            if self.state == CallState.PROGRESSING:
+                self.log.info("no answer within %.0f s", event.timeout)
+                self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
+        elif isinstance(event, Redirected):
+            self.log.info("redirected (%d) to %s", event.status, event.target)
+            asyncio.get_running_loop().create_task(self._follow(event.target))
+        elif isinstance(event, RedirectRefused):
+            security_event("redirect_refused", self.peer.host, status=event.status, host=event.host)
+        elif isinstance(event, CredentialsWithheld):
+            security_event("credentials_withheld", self.peer.host, status=event.status)
 
     # -- inbound -----------------------------------------------------------------
 
     def _send_response(self, response: SipResponse) -> None:
         assert self.invite_txn is not None
         self.ua.endpoint.send_response(self.invite_txn, response)
+
+    def _send_final(self, response: SipResponse) -> None:
+        """A 300-699 to the INVITE."""
+        assert self.session is not None
+        self.session.send_final(response)
+        self._send_response(response)
 
     def _response(self, status: int, reason: str | None = None, headers: dict[str, str] | None = None,
                   body: bytes = b"") -> SipResponse:
@@ -288,7 +347,10 @@ class SipCall(Call):
     def ring(self, headers: dict[str, str] | None = None) -> None:
         """Send 180 Ringing (inbound, before answer)."""
         check_action(self, CallAction.RING)
-        self._send_response(self._response(180, headers=headers))
+        response = self._response(180, headers=headers)
+        assert self.session is not None
+        self.session.send_provisional(response)
+        self._send_response(response)
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Send 183 Session Progress with our SDP answer, so that audio
@@ -298,7 +360,10 @@ class SipCall(Call):
         if body is None:
             return
         self._early_sdp_sent = True
-        self._send_response(self._response(183, headers=headers, body=body))
+        response = self._response(183, headers=headers, body=body)
+        assert self.session is not None
+        self.session.send_provisional(response)
+        self._send_response(response)
 
     def _local_answer(self) -> bytes | None:
         """Our SDP answer to the INVITE's offer (made once). ``None`` after
@@ -329,57 +394,18 @@ class SipCall(Call):
             if body is None:
                 return self._connected_future()
             response = self._response(200, headers=headers, body=body)
-            assert self.invite is not None
-            self.dialog = Dialog.create_uas(
-                _dialog_request(self.invite), self.local_tag, self.ua.contact_for(self.peer)
-            )
+            assert self.invite is not None and self.session is not None
+            self.session.send_answer(response, _dialog_request(self.invite),
+                                     self.ua.contact_for(self.peer), self.ua.clock())
             self.ua.register_dialog(self)
-            self._final_sent = True
-            self._answer_msg = response
-            self._answer_cseq = self.invite.cseq.number
             self._send_response(response)
-            self._start_2xx_retransmit(response)
+            self._arm()
         return self._connected_future()
-
-    def _start_2xx_retransmit(self, response: SipResponse) -> None:
-        """RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until ACK.
-
-        State lives on the call and the timer calls a method, not a closure
-        that re-arms itself: such a closure is a reference cycle that would
-        keep every answered call alive until a full garbage collection.
-        """
-        timers = self.ua.config.timers
-        loop = asyncio.get_running_loop()
-        self._rt_data = response.to_bytes()
-        self._rt_deadline = loop.time() + 64 * timers.t1
-        if not self.peer.reliable:
-            self._retransmit = loop.call_later(timers.t1, self._fire_2xx, min(2 * timers.t1, timers.t2))
-        else:  # a reliable transport needs no retransmission, only the timeout
-            self._retransmit = loop.call_at(self._rt_deadline, self._fire_2xx, 0.0)
-
-    def _fire_2xx(self, interval: float) -> None:
-        if self._answer_msg is None:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = self._rt_deadline
-        if now >= deadline - 0.001:  # timers may fire a hair early
-            self._answer_msg = None
-            self.log.warning("no ACK for our 200 OK: ending the call")
-            self._send_bye({"Reason": 'SIP;cause=408;text="ACK Timeout"'})
-            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 408, "ACK Timeout")
-            return
-        self.ua.endpoint._transmit(self._rt_data, self.peer)
-        # Never past the deadline: give up at 64*T1, not at the next T2 step.
-        self._retransmit = loop.call_later(
-            min(interval, deadline - now), self._fire_2xx, min(2 * interval, self.ua.config.timers.t2)
-        )
 
     def reject(self, code: int = 486, headers: dict[str, str] | None = None) -> None:
         """Refuse an inbound call with a final response (default 486 Busy Here)."""
         check_action(self, CallAction.REJECT, answered=self._final_sent, code=code)
-        self._final_sent = True
-        self._send_response(self._response(code, headers=headers))
+        self._send_final(self._response(code, headers=headers))
         self._finish(CallState.FAILED, CallEvents.Failed, code, None)
 
     def challenge(self) -> None:
@@ -390,16 +416,16 @@ class SipCall(Call):
         if self.direction != "inbound" or self.state != CallState.ALERTING or self._final_sent:
             raise CallError(f"cannot challenge a call in state {self.state.value}")
         assert self.invite is not None
-        self._final_sent = True
-        self._send_response(self.ua._challenge(self.invite, self.ua.clock()))
+        self._send_final(self.ua.registrar.challenge(self.invite, self.ua.clock()))
         self._finish(CallState.FAILED, CallEvents.Failed, 401, None)
 
     def _on_ack(self, request: SipRequest) -> None:
-        if self._answer_msg is None or request.cseq.number != self._answer_cseq:
+        if self.session is None:
             return
-        self._answer_msg = None
-        if self._retransmit:
-            self._retransmit.cancel()
+        events = self.session.receive_ack(request)
+        self._arm()
+        if not events:
+            return
         if request.body and self.media is not None and not (self.invite and self.invite.body):
             try:
                 self.media.set_answer(request.body)
@@ -411,10 +437,9 @@ class SipCall(Call):
             self._emit(CallEvents.Connected, headers=received_headers(request.headers))
 
     def _on_cancel(self) -> None:
-        if self._final_sent or self.state != CallState.ALERTING:
+        if self.session is None or not self.session.receive_cancel() or self.state != CallState.ALERTING:
             return
-        self._final_sent = True
-        self._send_response(self._response(487))
+        self._send_final(self._response(487))
         self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
 
     # -- outbound ----------------------------------------------------------------
@@ -423,113 +448,45 @@ class SipCall(Call):
         self, uri: SipUri | TelUri, from_uri: SipUri, headers: dict[str, str] | None,
         auth: ClientAuthSession | None,
     ) -> None:
-        self._auth = auth
-        self._auth_target = _host_port(uri) if auth is not None else None
-        self._from = NameAddr(from_uri, self.display_name, {"tag": self.local_tag})
-        self._to = NameAddr(uri)
-        self._call_id = new_call_id()
-        self._cseq = 1
-        self._extra = dict(headers or {})
         self.media = self.ua.media_factory(self)
         self._tone_handling_changed(self.tones_enabled)
         try:
-            self._offer = self.media.create_offer()
+            offer = self.media.create_offer()
         except Exception:
             self.log.exception("media offer failed")
             self._finish(CallState.FAILED, CallEvents.Failed, 500, "Media Error")
             return
         if self.state.ended:  # hung up before the INVITE could leave
             return
-        loop = asyncio.get_running_loop()
-        self._timeout = loop.call_later(self.ua.config.invite_timeout, self._on_no_answer)
-        self._send_invite(uri)
-
-    def _send_invite(self, uri: SipUri | TelUri, authorization: tuple[str, str] | None = None) -> None:
-        req = SipRequest("INVITE", uri)
-        h = req.headers
-        h.add("Max-Forwards", "70")
-        h.add("From", str(self._from))
-        h.add("To", str(self._to))
-        h.add("Call-ID", self._call_id)
-        h.add("CSeq", f"{self._cseq} INVITE")
-        h.add("Contact", self.ua.contact_for(self.peer))
-        h.add("User-Agent", self.ua.config.user_agent)
-        h.add("Allow", ALLOW)
-        if authorization:
-            h.add(*authorization)
-        _add_headers(req, self._extra)
-        h.add("Content-Type", "application/sdp")
-        req.body = self._offer
-        self._out_invite = req
-        self._provisional_seen = False  # a CANCEL waits for this INVITE's 1xx
-        self._out_txn = self.ua.endpoint.send_request(req, self.peer, self._on_invite_response)
-
-    def _on_no_answer(self) -> None:
-        if self.state == CallState.PROGRESSING:
-            self.log.info("no answer within %.0f s", self.ua.config.invite_timeout)
-            self._cancel_wanted = True
-            self._send_cancel()
-            self._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
-
-    def _send_cancel(self) -> None:
-        if self._out_invite is None or not self._provisional_seen or self._cancel_sent:
-            return  # RFC 3261 §9.1: wait for a provisional response; once
-        self._cancel_sent = True
-        cancel = create_cancel(self._out_invite)
-        self.ua.endpoint.send_request(cancel, self.peer, lambda resp: None)
+        self.session = InviteSession.create_uac(
+            self.ua.config.timers, self.peer.reliable,
+            from_=NameAddr(from_uri, self.display_name, {"tag": self.local_tag}),
+            to=NameAddr(uri),
+            call_id=new_call_id(),
+            headers=[("Contact", self.ua.contact_for(self.peer)),
+                     ("User-Agent", self.ua.config.user_agent), ("Allow", ALLOW)],
+            extra=list((headers or {}).items()),
+            offer=offer,
+            auth=auth,
+            auth_target=host_port(uri) if auth is not None else None,
+            redirect_scope=self._redirect_scope,
+        )
+        self._run(self.session.start(uri, self.ua.clock(), self.ua.config.invite_timeout))
 
     def _on_invite_response(self, resp: SipResponse | None) -> None:
-        if resp is None:
-            self._finish(CallState.FAILED, CallEvents.Failed, 408, "Request Timeout")
-            return
+        if self.session is not None:
+            self._run(self.session.receive_response(resp))
+
+    def _on_provisional(self, resp: SipResponse) -> None:
         code = resp.status
-        if code < 200:
-            # RFC 3261 §9.1: any provisional response, 100 included, allows
-            # the CANCEL that a hangup() before it had to hold back.
-            self._provisional_seen = True
-            if self._cancel_wanted:
-                self._send_cancel()
-                return
-            if code == 100:
-                return
-            if resp.body and self.media is not None:
-                try:
-                    self.media.set_answer(resp.body)
-                except RemoteProtocolError:
-                    self.log.warning("bad early SDP in %d", code)
-            if self.state == CallState.PROGRESSING:
-                event = CallEvents.Progress if resp.body or code == 183 else CallEvents.Ringing
-                self._emit(event, code=code, reason=resp.reason, headers=received_headers(resp.headers))
-            return
-        if code < 300:
-            self._on_2xx(resp)
-            return
-        if code in (401, 407) and self._auth is not None and self._auth_tries < 2 and not self._cancel_wanted:
-            if self._retry_with_auth(resp):
-                return
-        if 300 <= code < 400 and self._redirects < 3 and not self._cancel_wanted:
-            contacts = resp.contact
-            if contacts and isinstance(contacts[0].uri, (SipUri, TelUri)):
-                target = contacts[0].uri
-                if self._redirect_scope is not None and not _same_host_port(
-                        _host_port(target), self._redirect_scope):
-                    # A trunk call stays a call to the trunk: a 3xx must not
-                    # turn it into a call to a host the response chose.
-                    security_event("redirect_refused", self.peer.host, status=code,
-                                   host=target.host if isinstance(target, SipUri) else "tel:")
-                    self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
-                                 received_headers(resp.headers))
-                    return
-                self._redirects += 1
-                self._cseq += 1
-                self.log.info("redirected (%d) to %s", code, target)
-                asyncio.get_running_loop().create_task(self._follow(target))
-                return
-        if self._cancel_wanted and code == 487:
-            self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
-            return
-        self._finish(CallState.FAILED, CallEvents.Failed, code, resp.reason,
-                     received_headers(resp.headers))
+        if resp.body and self.media is not None:
+            try:
+                self.media.set_answer(resp.body)
+            except RemoteProtocolError:
+                self.log.warning("bad early SDP in %d", code)
+        if self.state == CallState.PROGRESSING:
+            event = CallEvents.Progress if resp.body or code == 183 else CallEvents.Ringing
+            self._emit(event, code=code, reason=resp.reason, headers=received_headers(resp.headers))
 
     async def _follow(self, target: SipUri | TelUri) -> None:
         try:
@@ -537,54 +494,24 @@ class SipCall(Call):
         except OSError as exc:
             self._finish(CallState.FAILED, CallEvents.Failed, 404, f"Cannot resolve: {exc}")
             return
-        self._send_invite(target)
+        if self.session is not None:
+            self._run(self.session.follow(target))
 
-    def _retry_with_auth(self, resp: SipResponse) -> bool:
-        """Answer a 401/407 with the credentials, unless the INVITE went
-        elsewhere than where they belong (a 3xx moved it): a redirect must
-        never hand the trunk's password, even hashed, to another host."""
-        assert self._auth is not None and self._out_invite is not None
-        if not _same_host_port(_host_port(self._out_invite.uri), self._auth_target):
-            security_event("credentials_withheld", self.peer.host, status=resp.status)
-            return False
-        name = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-        reply = "Authorization" if resp.status == 401 else "Proxy-Authorization"
-        try:
-            challenge = self._auth.on_challenge(resp.headers.get_all(name))
-            creds = self._auth.authorize(
-                challenge.realm, method="INVITE", uri=self._out_invite.uri_text, body=self._offer
-            )
-        except RemoteProtocolError as exc:
-            self.log.warning("cannot answer the challenge: %s", exc)
-            return False
-        self._auth_tries += 1
-        self._cseq += 1
-        self._send_invite(self._out_invite.uri, (reply, creds.to_header()))  # type: ignore[arg-type]
-        return True
-
-    def _on_2xx(self, resp: SipResponse) -> None:
-        assert self._out_invite is not None
-        if self.dialog is not None:
-            if resp.to.tag != self.dialog.remote_tag:
-                # A second fork answered: acknowledge and end it (RFC 3261 §13.2.2.4).
-                extra = Dialog.create_uac(self._out_invite, resp)
-                self.ua.endpoint.send_ack(extra.create_ack(resp.cseq.number), self.peer)
-                self.ua.endpoint.send_request(extra.create_request("BYE"), self.peer, lambda r: None)
-            elif self._ack is not None:
-                self.ua.endpoint.send_ack(self._ack, self.peer)
+    def _on_answered(self, event: Answered) -> None:
+        endpoint = self.ua.endpoint
+        endpoint.send_ack(event.ack, self.peer)
+        if not event.fresh:  # a retransmission, or a second fork (ACK and BYE)
+            if event.bye is not None:
+                endpoint.send_request(event.bye, self.peer, lambda r: None)
             return
-        self.dialog = Dialog.create_uac(self._out_invite, resp)
         self.ua.register_dialog(self)
-        ack = self.dialog.create_ack(resp.cseq.number)
-        self._ack = ack
-        self.ua.endpoint.send_ack(ack, self.peer)
-        if self._timeout:
-            self._timeout.cancel()
-        if self.state.ended or self._cancel_wanted:
-            self._send_bye()
+        if event.abandoned:
+            assert event.bye is not None
+            endpoint.send_request(event.bye, self.peer, lambda r: None)
             if not self.state.ended:
                 self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
             return
+        resp = event.response
         if self.media is not None and resp.body:
             try:
                 self.media.set_answer(resp.body)
@@ -600,8 +527,8 @@ class SipCall(Call):
                    headers=received_headers(resp.headers))
 
     def _on_stray_2xx(self, resp: SipResponse) -> None:
-        if self._ack is not None:
-            self.ua.endpoint.send_ack(self._ack, self.peer)
+        if self.session is not None:
+            self._run(self.session.receive_stray_2xx(resp))
 
     # -- both directions ---------------------------------------------------------
 
@@ -610,26 +537,25 @@ class SipCall(Call):
         rings, 480 for an inbound call not yet answered."""
         if not check_action(self, CallAction.HANGUP):
             return
-        if self.state == CallState.CONNECTED or (self.direction == "inbound" and self._answer_msg):
+        awaiting_ack = self.session is not None and self.session.awaiting_ack
+        if self.state == CallState.CONNECTED or (self.direction == "inbound" and awaiting_ack):
             self._send_bye(headers)
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
         elif self.direction == "inbound":
             if not self._final_sent:
-                self._final_sent = True
-                self._send_response(self._response(480, headers=headers))
+                self._send_final(self._response(480, headers=headers))
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup")
         else:
-            self._cancel_wanted = True
-            self._send_cancel()
+            if self.session is not None:
+                self._run(self.session.cancel())
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
 
     def _send_bye(self, headers: dict[str, str] | None = None) -> None:
-        if self.dialog is None:
+        if self.session is None or self.session.dialog is None:
             return
-        if self._retransmit:
-            self._retransmit.cancel()
-        self._answer_msg = None
-        bye = self.dialog.create_request("BYE")
+        bye = self.session.end_session()
+        self._arm()
+        assert bye is not None
         _add_headers(bye, headers)
         self.ua.endpoint.send_request(bye, self.peer, lambda resp: None)
 
@@ -655,7 +581,7 @@ class SipCall(Call):
     def _on_request(self, request: SipRequest, txn: ServerTransaction) -> None:
         """An in-dialog request other than ACK."""
         endpoint = self.ua.endpoint
-        assert self.dialog is not None
+        assert self.dialog is not None and self.session is not None
         try:
             self.dialog.receive_request(request)
         except RemoteProtocolError as exc:
@@ -665,9 +591,8 @@ class SipCall(Call):
         custom = received_headers(request.headers)
         if method == "BYE":
             endpoint.send_response(txn, request.create_response(200))
-            if self._retransmit:
-                self._retransmit.cancel()
-            self._answer_msg = None
+            self.session.receive_bye()
+            self._arm()
             if self.state == CallState.CONNECTED or self.direction == "inbound":
                 self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "BYE", custom)
             else:
@@ -690,9 +615,11 @@ class SipCall(Call):
     def _on_reinvite(self, request: SipRequest, txn: ServerTransaction) -> None:
         """A re-INVITE: answer its offer (hold/unhold, new address) with 200."""
         endpoint = self.ua.endpoint
-        if self._answer_msg is not None:
-            endpoint.send_response(txn, request.create_response(491))  # RFC 3261 §14.2
-            return
+        assert self.session is not None
+        for event in self.session.receive_reinvite(request):
+            if isinstance(event, ReInviteRefused):  # RFC 3261 §14.2
+                endpoint.send_response(txn, event.response)
+                return
         body = b""
         if request.body and self.media is not None:
             try:
@@ -707,10 +634,9 @@ class SipCall(Call):
         if body:
             resp.headers.add("Content-Type", "application/sdp")
             resp.body = body
-        self._answer_msg = resp
-        self._answer_cseq = request.cseq.number
+        self.session.send_reinvite_answer(request, resp, self.ua.clock())
         endpoint.send_response(txn, resp)
-        self._start_2xx_retransmit(resp)
+        self._arm()
         self._emit(CallEvents.ReInviteReceived, body=request.body,
                    headers=received_headers(request.headers))
 
@@ -810,10 +736,11 @@ class SipCall(Call):
         self.send_info("application/dtmf-relay", dtmf_relay_body(digit, action.duration))
 
     def _cleanup(self) -> None:
-        if self._retransmit:
-            self._retransmit.cancel()
-        if self._timeout:
-            self._timeout.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.session is not None:
+            self.session.close()
         if self.media is not None:
             try:
                 self.media.close()
@@ -851,17 +778,17 @@ class UserAgent:
         on_message: MessageHandler | None = None,
         directory: MemoryDirectory | None = None,
         user_ha1: Callable[[str, str, str], str | None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.directory = directory or MemoryDirectory()
-        self.clock = clock
+        self.clock: Callable[[], float] = clock if clock is not None else _loop_time
         #: Per-account and per-source lockouts of wrong REGISTER passwords.
         self.login_guard = LoginGuard(self.directory, config.login_backoff)
         self.media_factory = media_factory
         self.on_incoming_call = on_incoming_call
         self.on_message = on_message
-        self.user_ha1 = user_ha1
+        self._user_ha1 = user_ha1
         self.endpoint = SipEndpoint(
             config.hosts,
             config.port,
@@ -875,10 +802,24 @@ class UserAgent:
             dialog_exists=self._has_dialog,
         )
         self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
+        self.registrar = Registrar(
+            self.registrar_auth, self.login_guard, user_ha1,
+            min_expires=config.register_min_expires, max_expires=config.register_max_expires,
+        )
         self._dialogs: dict[tuple[str, str, str], SipCall] = {}
         self._by_invite: dict[ServerTransaction, SipCall] = {}
         self._late_acks: OrderedDict[tuple[str, str, str], tuple[bytes, Peer, float]] = OrderedDict()
         self.calls: set[SipCall] = set()
+
+    @property
+    def user_ha1(self) -> Callable[[str, str, str], str | None] | None:
+        """The registrar's users: ``(user, realm, algorithm) -> HA1 | None``."""
+        return self._user_ha1
+
+    @user_ha1.setter
+    def user_ha1(self, value: Callable[[str, str, str], str | None] | None) -> None:
+        self._user_ha1 = value
+        self.registrar.user_ha1 = value
 
     async def start(self) -> None:
         await self.endpoint.start()
@@ -933,7 +874,7 @@ class UserAgent:
             key = call.dialog.id
             self._dialogs.pop(key, None)
             if call._ack is not None:
-                now = time.monotonic()
+                now = self.clock()
                 acks = self._late_acks
                 while acks:
                     first = next(iter(acks.values()))
@@ -1053,6 +994,7 @@ class UserAgent:
         call.grant = self._invite_identity(request, peer)
         call.invite = request
         call.invite_txn = txn
+        call.session = InviteSession.create_uas(request, self.config.timers, peer.reliable)
         call._set_state(CallState.ALERTING)
         self.calls.add(call)
         self._by_invite[txn] = call
@@ -1071,22 +1013,8 @@ class UserAgent:
         to :meth:`SipCall.challenge`, RFC 3261 §22.2), or ``None``: an
         INVITE without valid credentials is an anonymous call, which only
         rules without ``authenticated: true`` take."""
-        if self.user_ha1 is None:
-            return None
-        creds = next(
-            (v for v in request.headers.get_all("Authorization")
-             if v[:6].lower() == "digest" and v[6:7] in (" ", "\t")),
-            None,
-        )
-        if creds is None:
-            return None
-        result = self.registrar_auth.verify(
-            creds, method="INVITE", uri=request.uri_text, now=self.clock(), ha1_lookup=self.user_ha1
-        )
-        if not result.ok or not result.username:
-            security_event("auth_failed", peer.host, method="INVITE", reason=result.reason)
-            return None
-        return Grant(identity=result.username, authenticated_by="sip-digest")
+        username = self.registrar.invite_identity(request, peer.host, self.clock())
+        return Grant(identity=username, authenticated_by="sip-digest") if username else None
 
     def _on_cancel(self, request: SipRequest, txn: ServerTransaction,
                    invite_txn: ServerTransaction | None, peer: Peer) -> None:
@@ -1106,130 +1034,35 @@ class UserAgent:
             call._on_stray_2xx(response)
             return
         late = self._late_acks.get(key)
-        if late is not None and late[2] > time.monotonic():
+        if late is not None and late[2] > self.clock():
             self.endpoint.send_stateless_bytes(late[0], late[1])
 
     # -- registrar (RFC 3261 §10.3) --------------------------------------------
 
     def _on_register(self, request: SipRequest, peer: Peer) -> SipResponse:
-        to_uri = request.to.uri
-        if not isinstance(to_uri, SipUri) or not to_uri.user:
-            return request.create_response(404, "Unknown AOR")
-        aor = to_uri.user
-        if self.user_ha1 is None:
-            return request.create_response(403, "Registration Disabled")
+        """Have the registrar read the REGISTER and apply its decision to
+        the directory (all contacts or none)."""
         now = self.clock()
-        # RFC 4475 §3.3.7: credentials of a scheme we do not know are
-        # ignored, and the request is challenged with one we do.
-        creds = next(
-            (v for v in request.headers.get_all("Authorization")
-             if v[:6].lower() == "digest" and v[6:7] in (" ", "\t")),
-            None,
-        )
-        if creds is None:
-            return self._challenge(request, now)
-        guard, user_ha1, locked = self.login_guard, self.user_ha1, []
-
-        def lookup(user: str, realm: str, algorithm: str) -> str | None:
-            # A locked account (or source) is refused like a wrong password,
-            # before its HA1 is even read: the right password fails too.
-            refusal = guard.refusal(user, peer.host, now)
-            if refusal is not None:
-                locked.append(refusal)
-                return None
-            return user_ha1(user, realm, algorithm)
-
-        result = self.registrar_auth.verify(
-            creds, method="REGISTER", uri=request.uri_text, now=now, ha1_lookup=lookup
-        )
-        if not result.ok:
-            if locked:
-                security_event("auth_locked", peer.host, method="REGISTER", user=result.username,
-                               scope=locked[0])
-                return request.create_response(403, "Forbidden")
-            if result.reason in ("unknown user", "wrong password") and result.username is not None:
-                # An unknown (or web-only) user counts like a wrong password:
-                # the answers and the lockouts do not tell which it was.
-                lock = guard.failed(result.username, peer.host, now)
-                security_event("auth_failed", peer.host, method="REGISTER", user=result.username)
-                if lock:
-                    security_event("auth_locked", peer.host, method="REGISTER", user=result.username,
-                                   seconds=lock)
-            if result.reason == "stale nonce":
-                return self._challenge(request, now, stale=True)
-            if result.reason == "malformed":
-                return request.create_response(400, "Malformed Authorization")
-            if result.reason in ("realm mismatch", "bad nonce", "unsupported algorithm"):
-                # Not an answer to a challenge of ours (another realm, or a
-                # nonce from before a restart): challenge, do not refuse.
-                return self._challenge(request, now)
-            logger.info("REGISTER for %s from %s refused: %s", aor, peer.host, result.reason)
-            return request.create_response(403, "Forbidden")
-        if result.username is not None:
-            guard.succeeded(result.username)
-        if result.username != aor:
-            return request.create_response(403, "Username Does Not Match AOR")
-        return self._update_bindings(request, peer, aor, now)
-
-    def _update_bindings(self, request: SipRequest, peer: Peer, aor: str, now: float) -> SipResponse:
-        """RFC 3261 §10.3 steps 6-8: apply every Contact, all or none."""
-        config = self.config
-        expires_header = request.headers.get("Expires")
-        default_expires = int(expires_header) if expires_header is not None else 3600
-        contacts = request.contact
-        call_id = request.call_id
-        cseq = request.cseq.number
+        decision = self.registrar.receive(request, (peer.transport, peer.host, peer.port), now)
+        if isinstance(decision, RegisterAnswered):
+            return decision.response
+        directory = self.directory
         try:
-            if any(c.wildcard for c in contacts):
-                if len(contacts) != 1 or default_expires != 0:
-                    return request.create_response(400, "Wildcard Contact Needs Expires 0")
-                self.directory.remove_all(aor, call_id, cseq, now=now)
+            if decision.remove_all:
+                directory.remove_all(decision.aor, decision.call_id, decision.cseq, now=now)
                 bindings = []
-            else:
-                updates: list[ContactUpdate] = []
-                for contact in contacts:
-                    raw = contact.params.get("expires")
-                    if raw is None:
-                        expires = default_expires
-                    elif raw.isdigit() and len(raw) <= 10:
-                        expires = int(raw)
-                    else:
-                        return request.create_response(400, "Bad Contact expires")
-                    if 0 < expires < config.register_min_expires:
-                        resp = request.create_response(423)
-                        resp.headers.add("Min-Expires", str(config.register_min_expires))
-                        return resp
-                    try:
-                        q = _contact_q(contact.params.get("q"))
-                    except ValueError:
-                        return request.create_response(400, "Bad Contact q")
-                    updates.append(ContactUpdate(
-                        str(contact.uri), min(expires, config.register_max_expires), q,
-                    ))
-                if updates:
-                    bindings = self.directory.update_bindings(
-                        aor, updates, now=now, call_id=call_id, cseq=cseq,
-                        source=(peer.transport, peer.host, peer.port),
-                    )
-                else:  # a query (RFC 3261 §10.2.3)
-                    bindings = self.directory.bindings(aor, now)
+            elif decision.contacts:
+                bindings = directory.update_bindings(
+                    decision.aor, [ContactUpdate(c.contact, c.expires, c.q) for c in decision.contacts],
+                    now=now, call_id=decision.call_id, cseq=decision.cseq, source=decision.source,
+                )
+            else:  # a query (RFC 3261 §10.2.3)
+                bindings = directory.bindings(decision.aor, now)
         except OutOfOrder as exc:
-            logger.info("REGISTER for %s refused: %s", aor, exc)
-            return request.create_response(500, "Out Of Order")
+            return self.registrar.refused(decision, "out of order", str(exc))
         except TooManyBindings as exc:
-            logger.info("REGISTER for %s refused: %s", aor, exc)
-            return request.create_response(403, "Too Many Bindings")
-        resp = request.create_response(200, to_tag=new_tag())
-        for binding in bindings:
-            resp.headers.add("Contact", f"<{binding.contact}>;expires={int(binding.remaining(now))}")
-        resp.headers.add("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
-        return resp
-
-    def _challenge(self, request: SipRequest, now: float, stale: bool = False) -> SipResponse:
-        resp = request.create_response(401, to_tag=new_tag())
-        for value in self.registrar_auth.make_challenges(now, stale=stale):
-            resp.headers.add("WWW-Authenticate", value)
-        return resp
+            return self.registrar.refused(decision, "too many bindings", str(exc))
+        return self.registrar.accepted(decision, bindings, now, time.time())
 
     # -- outgoing ----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from engine.sip.transaction import (
 )
 
 from sip_helpers import (
+    SessionUas,
     CLIENT_ADDR,
     SERVER_ADDR,
     LayerPair,
@@ -1146,74 +1147,14 @@ class UacCore:
         self.pair.client.send_request(bye, SERVER_ADDR, self.pair.reliable, now)
 
 
-class UasCore:
-    """A minimal UAS: 180 at once, 200 after two seconds, retransmitted until ACK (§13.3.1.4)."""
-
-    def __init__(self, pair: LayerPair, timers: Timers = T) -> None:
-        self.pair = pair
-        self.timers = timers
-        self.tx: InviteServerTransaction | None = None
-        self.ok: SipResponse | None = None
-        self.dialog: Dialog | None = None
-        self.tag = new_tag()
-        self.ring_at: float | None = None
-        self.retransmit_at: float | None = None
-        self.interval = timers.t1
-        self.give_up = 0.0
-        self.acked = False
-        self.bye_received = False
-        self.invites = 0
+class UasCore(SessionUas):
+    """The UAS of these pair tests: the real INVITE session
+    (:class:`sip_helpers.SessionUas`): 180 at once, 200 after two seconds,
+    retransmitted until ACK (§13.3.1.4)."""
 
     def on_event(self, event: Event, now: float) -> None:
         assert not isinstance(event, TransactionTimedOut), event
-        if not isinstance(event, RequestReceived):
-            return
-        request = event.request
-        if request.method == "INVITE":
-            assert isinstance(event.transaction, InviteServerTransaction)
-            self.invites += 1
-            self.tx = event.transaction
-            ringing = request.create_response(180, to_tag=self.tag)
-            self.pair.server.send_response(self.tx, ringing, now)
-            self.ring_at = now + 2.0
-        elif request.method == "ACK":
-            assert event.transaction is None
-            assert self.dialog is not None
-            self.dialog.receive_request(request)
-            self.acked = True
-            self.retransmit_at = None
-        elif request.method == "BYE":
-            assert self.dialog is not None and event.transaction is not None
-            self.dialog.receive_request(request)
-            self.bye_received = True
-            self.pair.server.send_response(event.transaction, request.create_response(200), now)
-
-    def get_timer(self) -> float | None:
-        due = [t for t in (self.ring_at, self.retransmit_at) if t is not None]
-        return min(due) if due else None
-
-    def handle_timer(self, now: float) -> None:
-        assert self.tx is not None
-        if self.ring_at is not None and self.ring_at <= now:
-            self.ring_at = None
-            ok = self.tx.request.create_response(200, to_tag=self.tag)
-            ok.headers.add("Contact", "<sip:bob@192.0.2.2>")
-            self.ok = ok
-            self.dialog = Dialog.create_uas(self.tx.request, self.tag, "<sip:bob@192.0.2.2>")
-            self.pair.server.send_response(self.tx, ok, now)
-            self.retransmit_at = now + self.interval
-            self.give_up = now + self.timers.timeout
-        if self.retransmit_at is not None and self.retransmit_at <= now:
-            assert self.ok is not None
-            if now >= self.give_up:
-                self.retransmit_at = None
-                return
-            if self.tx.state is S.ACCEPTED:
-                self.pair.server.send_response(self.tx, self.ok, now)
-            else:
-                self.pair.server.send_stateless(self.ok, CLIENT_ADDR)
-            self.interval = min(2 * self.interval, self.timers.t2)
-            self.retransmit_at = now + self.interval
+        super().on_event(event, now)
 
 
 def _run_call(loss: Callable[[int], bool], reliable: bool = False) -> tuple[LayerPair, UacCore, UasCore]:
