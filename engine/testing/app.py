@@ -2,7 +2,7 @@
 
 :class:`Harness` owns one :class:`~engine.testing.clock.VirtualTimeLoop` and
 the applications a test loads on it (:meth:`Harness.load`). An
-:class:`App` is the real :class:`~engine.runtime.scenario.ScenarioRuntime` over the
+:class:`App` is the real :class:`~engine.runtime.runtime.ScenarioRuntime` over the
 application's rules and scenarios, given a simulated user agent
 (:class:`~engine.testing.calls.SimUserAgent`), canned HTTP
 (:class:`~engine.testing.http.HttpMock`), an in-memory store and the
@@ -37,13 +37,13 @@ from typing import Any, Callable, Iterator, TypeVar, cast
 
 import aiohttp
 
-from engine.calls.call import Call, CallState, InternalCall
+from engine.calls.call import Call, CallState, Dispatcher, InternalCall
 from engine.calls.conference import Conference
 from engine.runtime.dialout import DialPolicy
 from engine.calls.grants import Grant, without_engine_headers
+from engine.server import EngineConfig, build_engine
 from engine.runtime.router import load_rules
 from engine.runtime.scenario import ScenarioRuntime, Session
-from engine.runtime.rooms import RoomService
 from engine.state.store import SqliteStore
 from engine.runtime.tokens import Keys
 from engine.testing.calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
@@ -211,35 +211,6 @@ class ConferenceView:
         return [ln.text for ln in self.app.log_lines if ln.session_id in ids]
 
 
-class HarnessRuntime(ScenarioRuntime):
-    """The engine's runtime, observed: HTTP goes to the app's
-    :class:`HttpMock`, conference calls and log lines are recorded; media
-    runs in a :class:`~engine.testing.media.HarnessGraph`."""
-
-    def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.app = app
-        # ``serve`` dials nothing until ``--dial-allow`` says where; a
-        # scenario under test may dial any number the default deny-list
-        # (emergency, premium) lets through. Set ``app.runtime.dial_policy``
-        # to test against your own.
-        self.dial_policy = DialPolicy(allow=(r"\+?[0-9]+",))
-
-    async def http_session(self) -> aiohttp.ClientSession:
-        return cast(aiohttp.ClientSession, self.app.http)
-
-    def call_conference(self, caller: Session, name: str, callerid: str | None,
-                        display_name: str | None, headers: dict[str, str] | None,
-                        grant: Grant | None = None, source: str | None = None) -> InternalCall:
-        out = super().call_conference(caller, name, callerid, display_name, headers, grant=grant, source=source)
-        self.app._conference_calls.append(_ConferenceCall(caller.id, name, out))
-        return out
-
-    def append_log(self, session_id: str, line: str) -> None:
-        super().append_log(session_id, line)
-        self.app._log(session_id, line)
-
-
 class _WebUsers:
     """The runtime's ``web_users`` seam (:class:`engine.web.ws.WebUsers` in
     ``serve``): browsers logged in with :meth:`App.log_in_web_user`."""
@@ -248,7 +219,7 @@ class _WebUsers:
         self.ua = ua
 
     def call_user(self, name: str, *, callerid: str, display_name: str | None,
-                  headers: dict[str, str] | None, dispatcher: Any) -> SimCall | None:
+                  headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> SimCall | None:
         return self.ua.call_web_user(name, callerid=callerid, display_name=display_name,
                                      headers=headers, dispatcher=dispatcher)
 
@@ -296,21 +267,34 @@ class App:
         # go to the test's temporary folder, not ./data/recordings
         self.graph.recordings_dir = harness.recordings_dir
         self.store = SqliteStore(":memory:")
+        self.keys = Keys(secrets.token_bytes(32))
+        # ``serve`` dials nothing until ``--dial-allow`` says where; a
+        # scenario under test may dial any number the default deny-list
+        # (emergency, premium) lets through. Set ``app.runtime.dial_policy``
+        # to test against your own.
+        config = EngineConfig(rules=rules, scenarios=scenarios, session_idle_timeout=idle_timeout,
+                              dial_policy=DialPolicy(allow=(r"\+?[0-9]+",)))
         try:
-            self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
-                                          node_id="harness", idle_timeout=idle_timeout, graph=self.graph,
-                                          tts=RecordingTts(), store=self.store)
-            self.runtime.web_users = _WebUsers(self.ua)
-            # rooms as the engine has them: admission, participants, mutes
-            # through the media graph, invites hashed with a fresh key
-            self.rooms = RoomService(self.store)
-            self.rooms.muter = self.graph.set_muted
-            self.runtime.rooms = self.rooms
-            self.runtime.keys = self.keys = Keys(secrets.token_bytes(32))
-            self.runtime.compile_all()
+            # the engine's own wiring: rooms (admission, participants, mutes
+            # through the media graph), invites hashed with a fresh key
+            parts = build_engine(
+                config, rules=load_rules(rules, scenarios), dialer=self.ua, store=self.store,
+                keys=self.keys, graph=self.graph, tts=RecordingTts(), audio=None,
+                web_users=_WebUsers(self.ua), node_id="harness", on_log_line=self._log,
+                on_conference_call=self._conference_called, http_session=self._http_session,
+            )
         except BaseException:
             self.store.close()
             raise
+        self.runtime: ScenarioRuntime = parts.runtime
+        self.rooms = parts.rooms
+
+    async def _http_session(self) -> aiohttp.ClientSession:
+        """``Net.http_request``'s client: the canned responses of :attr:`http`."""
+        return cast(aiohttp.ClientSession, self.http)
+
+    def _conference_called(self, caller: Session, name: str, leg: InternalCall) -> None:
+        self._conference_calls.append(_ConferenceCall(caller.id, name, leg))
 
     def __repr__(self) -> str:
         return f"<App {self.runtime.scenarios_dir} sessions={len(self.runtime.sessions)}>"

@@ -872,7 +872,7 @@ class Callee(Endpoint):
 
 
 class SimUserAgent:
-    """What :class:`~engine.runtime.scenario.ScenarioRuntime` needs of the
+    """What :class:`~engine.runtime.runtime.ScenarioRuntime` needs of the
     :class:`~engine.calls.sip_ua.UserAgent`: ``call_sip``, ``call_pstn`` and
     ``call_registered``. Each returns the :class:`SimCall` of a new
     :class:`Callee` at once, ringing (``PROGRESSING``), as the real one does.
