@@ -195,7 +195,7 @@ class ConferenceView:
         session = self.session
         if session is None:
             raise AssertionError(f"no session runs {self.name}")
-        self.app._act(session.terminate)
+        self.app.act(session.terminate)
 
     @property
     def mixers(self) -> list[Conference]:
@@ -356,25 +356,25 @@ class App:
         if grant is None and transport == "web":
             grant = Grant(identity=cid, authenticated_by="guest", display_name=display_name)
         caller.leg.grant, caller.leg.source = grant, source
-        caller.leg._set_state(CallState.ALERTING)
+        caller.leg.remote_offer()
         caller._note(f"called {number!r} from {cid!r} ({transport})" + (f" with headers {headers}" if headers else ""))
         self.callers.append(caller)
         self.harness._endpoints.append(caller)
-        self._act(self.runtime.on_incoming_call, caller.leg, None)
+        self.act(self.runtime.on_incoming_call, caller.leg, None)
         return caller
 
     def send_message(self, destination: str, text: str, callerid: str = "+15557654321",
                      headers: dict[str, str] | None = None) -> int:
         """An out-of-dialog SIP MESSAGE to ``destination``; returns the status
         the engine answers (200, 404 when no rule matches, 500)."""
-        return self._act(self.runtime.on_message, text, callerid, destination, dict(headers or {}))
+        return self.act(self.runtime.on_message, text, callerid, destination, dict(headers or {}))
 
     def start(self, rule: str, custom_data: str = "") -> Session:
         """Start a session of rule ``rule`` without a call (as the management
         API does), with ``custom_data``."""
         for r in self.runtime.rules.rules:
             if r.name == rule:
-                return self._act(self.runtime.start_session, r, custom_data)
+                return self.act(self.runtime.start_session, r, custom_data)
         names = ", ".join(r.name for r in self.runtime.rules.rules)
         raise ValueError(f"no rule named {rule!r} (rules: {names})")
 
@@ -564,8 +564,12 @@ class App:
 
     # -- driving ------------------------------------------------------------------------------
 
-    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
-        return self.harness._act(fn, *args, listen=listen and self.listen_to_prompts)
+    def act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        """Do one thing from outside (``fn(*args)``), as a test action does,
+        and run the loop until the scenario waits again (see
+        :meth:`Harness.act`); prompts play to the end unless
+        :attr:`listen_to_prompts` is off. Returns what ``fn`` returned."""
+        return self.harness.act(fn, *args, listen=listen and self.listen_to_prompts)
 
     def problems(self) -> list[str]:
         """What should fail the test at its end: scenario errors nobody read
@@ -670,8 +674,10 @@ class Harness:
             self.loop.drive(Plan(deadline=self.now + seconds, settle=True))
         self._raise_loop_errors()
 
-    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
-        """Run ``fn(*args)`` in the loop, then the loop until idle; return its result."""
+    def act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        """Run ``fn(*args)`` in the loop, then the loop until idle (and,
+        with ``listen``, until no prompt plays to a test's endpoint); return
+        its result, or raise what it raised."""
         if self._closed:
             raise RuntimeError("the harness is closed")
         fut: asyncio.Future[_T] = self.loop.create_future()
@@ -707,7 +713,7 @@ class Harness:
         problems: list[str] = []
         try:
             for app in self.apps:
-                self._act(_stop, app.runtime, listen=False)
+                self.act(_stop, app.runtime, listen=False)
             self.wait()
         except AssertionError as exc:
             problems.append(str(exc))
