@@ -8,13 +8,13 @@ ones, and unit tests their own doubles.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 import aiohttp
 
 from engine.calls.call import Call, Dispatcher
 
-__all__ = ["Dialer", "WebUsers", "HttpSessionFactory", "CallEventHook", "LogLineHook"]
+__all__ = ["Dialer", "WebUsers", "Challengeable", "HttpSessionFactory", "CallEventHook", "LogLineHook"]
 
 
 class Dialer(Protocol):
@@ -46,6 +46,16 @@ class WebUsers(Protocol):
     def call_user(self, name: str, *, callerid: str, display_name: str | None,
                   headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> Call | None:
         """Ring ``name``'s browser; ``None`` when ``name`` is not logged in."""
+        ...
+
+
+@runtime_checkable
+class Challengeable(Protocol):
+    """An inbound call that can be answered with a digest challenge (a SIP
+    call: 401 with ``WWW-Authenticate``, RFC 3261 §22.2)."""
+
+    def challenge(self) -> None:
+        """Refuse with a challenge; the caller may retry with credentials."""
         ...
 
 

@@ -33,7 +33,7 @@ from engine.runtime.compiler import ScenarioCompiler
 from engine.runtime.conferences import ConferenceOwners
 from engine.runtime.dialout import DialPolicy
 from engine.runtime.invites import PinAdmission, PinLimits
-from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers
+from engine.runtime.protocols import CallEventHook, Challengeable, Dialer, HttpSessionFactory, LogLineHook, WebUsers
 from engine.runtime.records import CallRecords, SessionLogs
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import Caller, Rule, RuleSet
@@ -261,7 +261,7 @@ class ScenarioRuntime:
             session.arm_idle()
         return session
 
-    def on_incoming_call(self, call: Call, request: Any = None) -> None:
+    def on_incoming_call(self, call: Call, request: object = None) -> None:
         """Route an inbound call by its dialed number and who calls (a rule's
         ``kinds``, ``networks``, ``authenticated``). A number no rule takes
         is refused before any session starts: 404 when no pattern matches,
@@ -276,9 +276,8 @@ class ScenarioRuntime:
                 call.reject(404)
                 return
             security_event("forbidden", call.source, kind=call.kind, number=call.number, reason=why)
-            challenge = getattr(call, "challenge", None)
-            if code == 401 and challenge is not None:
-                challenge()
+            if code == 401 and isinstance(call, Challengeable):
+                call.challenge()
             else:
                 call.reject(403)
             return
