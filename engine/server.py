@@ -24,12 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from engine.calls.sdp_media import SdpMediaHandler
-from engine.calls.call import MediaHandler
+from engine.calls.call import InternalCall, MediaHandler
 from engine.state.directory import LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
-from engine.runtime.scenario import ScenarioRuntime
-from engine.state.store import SqliteStore
+from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers as WebUsersSeam
+from engine.runtime.scenario import ScenarioError, ScenarioRuntime, Session
+from engine.state.store import SqliteStore, Store
 from engine.runtime.tokens import Keys
 from engine.sip.transaction import Timers
 from engine.media.tts import TtsCache, make_tts_provider
@@ -41,13 +42,13 @@ from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.runtime.dialout import DialPolicy
 from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
-from engine.web.app import CONNECTIONS, create_app
+from engine.web.app import create_app
 from engine.web.webhooks import WebhookDispatcher
-from engine.web.ws import WebUsers
+from engine.web.ws import SdkConnection, WebUsers
 from engine.calls.web_call import wait_background as wait_web_background
 from engine.calls.webrtc import add_ice_host_addresses
 
-__all__ = ["EngineConfig", "Engine", "StartupError"]
+__all__ = ["EngineConfig", "Engine", "EngineParts", "StartupError", "build_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,71 @@ class EngineConfig:
     #: Digits of the PINs the engine draws for new rooms, and the fewest an
     #: operator's PIN may have (API and CLI).
     pin_min_length: int = 6
+
+
+@dataclass
+class EngineParts:
+    """What :func:`build_engine` wires: the scenario runtime and the rooms it admits to."""
+
+    runtime: ScenarioRuntime
+    rooms: RoomService
+
+
+def build_engine(
+    config: EngineConfig,
+    *,
+    rules: RuleSet,
+    dialer: Dialer | None,
+    store: Store,
+    keys: Keys,
+    graph: MediaGraph,
+    tts: TtsCache | None,
+    audio: AudioLoader | None,
+    web_users: WebUsersSeam | None,
+    directory: MemoryDirectory | None = None,
+    node_id: str | None = None,
+    log_dir: Path | None = None,
+    trunk_configured: bool = True,
+    on_event: list[CallEventHook] | None = None,
+    on_log_line: LogLineHook | None = None,
+    on_conference_call: Callable[[Session, str, InternalCall], None] | None = None,
+    http_session: HttpSessionFactory | None = None,
+) -> EngineParts:
+    """Wire the application layer the one way both ``serve`` (:class:`Engine`)
+    and the test harness (:class:`engine.testing.app.App`) run it: rooms
+    (mutes through ``graph``, an ended room ends its conference's session)
+    and the scenario runtime over them, with ``config``'s session settings,
+    dial-out policy, ad-hoc conferences and trusted sources; every scenario
+    the rules name is compiled.
+
+    :param dialer: places outbound calls (the SIP user agent), or ``None``.
+    :param web_users: rings browsers logged in with the web SDK, or ``None``.
+    :param on_event: hooks for room and call events (``(name, data)``:
+        the webhooks), or ``None``.
+    :param trunk_configured: whether ``call_pstn`` has a SIP trunk.
+    :raises ScenarioError: a scenario does not compile (file, line, reason).
+    """
+    hooks = list(on_event or ())
+    runtime: ScenarioRuntime | None = None
+
+    def end_conference(room_id: str) -> None:
+        session = runtime.conference_session(f"conf_{room_id}") if runtime is not None else None
+        if session is not None and not session.terminated:
+            session.write_log(f"room {room_id} ended: terminating its conference")
+            session.terminate()
+
+    rooms = RoomService(store, muter=graph.set_muted, on_event=hooks, on_room_ended=[end_conference])
+    runtime = ScenarioRuntime(
+        rules, config.scenarios, ua=dialer, directory=directory, node_id=node_id,
+        idle_timeout=config.session_idle_timeout, log_dir=log_dir, graph=graph, tts=tts, audio=audio,
+        store=store, max_sessions=config.max_sessions, rooms=rooms, keys=keys, web_users=web_users,
+        dial_policy=config.dial_policy, ad_hoc_conferences=config.ad_hoc_conferences,
+        trusted_sources=config.policy.trusted, trunk_configured=trunk_configured,
+        on_call_event=hooks, on_log_line=on_log_line, on_conference_call=on_conference_call,
+        http_session=http_session,
+    )
+    runtime.compile_all()
+    return EngineParts(runtime, rooms)
 
 
 class Engine:
@@ -231,19 +297,22 @@ class Engine:
             user_ha1=self._user_ha1,
             clock=lambda: self.clock(),
         )
-        self.runtime = ScenarioRuntime(
-            self.rules, cfg.scenarios, ua=self.ua, directory=self.directory,
-            node_id=self.node_id, idle_timeout=cfg.session_idle_timeout,
-            log_dir=cfg.data_dir / "logs", graph=self.media_graph, tts=self.tts, audio=self.audio,
-            store=self.store, max_sessions=cfg.max_sessions,
+        connections: set[SdkConnection] = set()
+        self.webhooks = WebhookDispatcher(
+            self.store, base_delay=cfg.webhook_retry_delay, max_attempts=cfg.webhook_max_attempts,
+            allow_private=cfg.webhook_private_networks,
         )
-        self.runtime.dial_policy = cfg.dial_policy
-        self.runtime.ad_hoc_conferences = cfg.ad_hoc_conferences
-        self.runtime.trusted_sources = frozenset(cfg.policy.trusted)
         try:
-            self.runtime.compile_all()
-        except Exception as exc:
+            parts = build_engine(
+                cfg, rules=self.rules, dialer=self.ua, store=self.store, keys=self.keys,
+                graph=self.media_graph, tts=self.tts, audio=self.audio,
+                web_users=WebUsers(connections, self), directory=self.directory, node_id=self.node_id,
+                log_dir=cfg.data_dir / "logs", trunk_configured=trunk is not None,
+                on_event=[self.webhooks.publish],
+            )
+        except ScenarioError as exc:
             raise StartupError(str(exc)) from None
+        self.runtime, self.rooms = parts.runtime, parts.rooms
         self._started.append("runtime")
         self._start_rooms()
         try:
@@ -254,8 +323,7 @@ class Engine:
             ) from None
         self._started.append("sip")
         add_ice_host_addresses(cfg.webrtc_hosts)
-        app = create_app(self)
-        self.runtime.web_users = WebUsers(app[CONNECTIONS], self)
+        app = create_app(self, connections)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
         self._started.append("http")
@@ -275,22 +343,10 @@ class Engine:
         )
 
     def _start_rooms(self) -> None:
-        """Rooms, webhooks and call records, wired together: room and call
-        events become webhook deliveries; an ended room ends its conference."""
-        assert self.store is not None
-        self.webhooks = WebhookDispatcher(
-            self.store, base_delay=self.config.webhook_retry_delay,
-            max_attempts=self.config.webhook_max_attempts,
-            allow_private=self.config.webhook_private_networks,
-        )
-        self.rooms = RoomService(self.store)
-        self.rooms.on_event.append(self.webhooks.publish)
-        self.rooms.on_room_ended.append(self._end_conference)
-        self.rooms.muter = self.media_graph.set_muted
+        """Run the rooms' schedule and the webhook deliveries; a finished
+        recording becomes a webhook too."""
+        assert self.rooms is not None and self.webhooks is not None
         self.media_graph.on_recording_done.append(self._recording_ready)
-        self.runtime.rooms = self.rooms
-        self.runtime.keys = self.keys
-        self.runtime.on_call_event.append(self.webhooks.publish)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.rooms.run(), name="rooms-schedule"),
@@ -312,12 +368,6 @@ class Engine:
             "session_id": getattr(session, "id", None),
             "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
         })
-
-    def _end_conference(self, room_id: str) -> None:
-        session = self.runtime.conference_session(f"conf_{room_id}")
-        if session is not None and not session.terminated:
-            session.write_log(f"room {room_id} ended: terminating its conference")
-            session.terminate()
 
     async def stop(self) -> None:
         errors: list[BaseException] = []

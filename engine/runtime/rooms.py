@@ -40,7 +40,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from engine.state.store import InvalidValue, Room, Store
 
@@ -144,16 +144,22 @@ class RoomService:
 
     :param store: where the rooms are.
     :param clock: seconds since the epoch.
+    :param muter: mutes a participant's call (``(call, muted)``: the media graph), or ``None``.
+    :param on_event: hooks called with ``(name, data)`` for each room event.
+    :param on_room_ended: hooks called with a room's id when it ends.
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, *,
+                 muter: Callable[[Any, bool], None] | None = None,
+                 on_event: Iterable[Callable[[str, dict[str, Any]], None]] = (),
+                 on_room_ended: Iterable[Callable[[str], None]] = ()) -> None:
         self.store = store
         self.clock = clock
         self.participants: dict[str, dict[str, Participant]] = {}
-        self.on_event: list[Callable[[str, dict[str, Any]], None]] = []
-        self.on_room_ended: list[Callable[[str], None]] = []
-        #: Mutes a participant's call (``(call, muted)``; set by the engine: the media graph).
-        self.muter: Callable[[Any, bool], None] | None = None
+        self.on_event: list[Callable[[str, dict[str, Any]], None]] = list(on_event)
+        self.on_room_ended: list[Callable[[str], None]] = list(on_room_ended)
+        #: Mutes a participant's call (``(call, muted)``: the media graph).
+        self.muter = muter
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- reading -------------------------------------------------------------------

@@ -12,7 +12,7 @@ virtual clock (a 30-second timeout takes no time)::
         assert call.joined("conf_1234")
 
 The scenario code is run by the engine's own
-:class:`~engine.runtime.scenario.ScenarioRuntime` and its call legs are real
+:class:`~engine.runtime.runtime.ScenarioRuntime` and its call legs are real
 :class:`~engine.calls.call.Call` objects (:class:`SimCall`); only the SIP and
 web transports, the calls' own audio, TTS, HTTP and the clock are
 simulated; conferences and media routing are the engine's media graph.

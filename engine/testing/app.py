@@ -2,7 +2,7 @@
 
 :class:`Harness` owns one :class:`~engine.testing.clock.VirtualTimeLoop` and
 the applications a test loads on it (:meth:`Harness.load`). An
-:class:`App` is the real :class:`~engine.runtime.scenario.ScenarioRuntime` over the
+:class:`App` is the real :class:`~engine.runtime.runtime.ScenarioRuntime` over the
 application's rules and scenarios, given a simulated user agent
 (:class:`~engine.testing.calls.SimUserAgent`), canned HTTP
 (:class:`~engine.testing.http.HttpMock`), an in-memory store and the
@@ -37,13 +37,13 @@ from typing import Any, Callable, Iterator, TypeVar, cast
 
 import aiohttp
 
-from engine.calls.call import Call, CallState, InternalCall
+from engine.calls.call import Call, CallState, Dispatcher, InternalCall
 from engine.calls.conference import Conference
 from engine.runtime.dialout import DialPolicy
 from engine.calls.grants import Grant, without_engine_headers
+from engine.server import EngineConfig, build_engine
 from engine.runtime.router import load_rules
 from engine.runtime.scenario import ScenarioRuntime, Session
-from engine.runtime.rooms import RoomService
 from engine.state.store import SqliteStore
 from engine.runtime.tokens import Keys
 from engine.testing.calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
@@ -195,7 +195,7 @@ class ConferenceView:
         session = self.session
         if session is None:
             raise AssertionError(f"no session runs {self.name}")
-        self.app._act(session.terminate)
+        self.app.act(session.terminate)
 
     @property
     def mixers(self) -> list[Conference]:
@@ -211,35 +211,6 @@ class ConferenceView:
         return [ln.text for ln in self.app.log_lines if ln.session_id in ids]
 
 
-class HarnessRuntime(ScenarioRuntime):
-    """The engine's runtime, observed: HTTP goes to the app's
-    :class:`HttpMock`, conference calls and log lines are recorded; media
-    runs in a :class:`~engine.testing.media.HarnessGraph`."""
-
-    def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.app = app
-        # ``serve`` dials nothing until ``--dial-allow`` says where; a
-        # scenario under test may dial any number the default deny-list
-        # (emergency, premium) lets through. Set ``app.runtime.dial_policy``
-        # to test against your own.
-        self.dial_policy = DialPolicy(allow=(r"\+?[0-9]+",))
-
-    async def http_session(self) -> aiohttp.ClientSession:
-        return cast(aiohttp.ClientSession, self.app.http)
-
-    def call_conference(self, caller: Session, name: str, callerid: str | None,
-                        display_name: str | None, headers: dict[str, str] | None,
-                        grant: Grant | None = None, source: str | None = None) -> InternalCall:
-        out = super().call_conference(caller, name, callerid, display_name, headers, grant=grant, source=source)
-        self.app._conference_calls.append(_ConferenceCall(caller.id, name, out))
-        return out
-
-    def append_log(self, session_id: str, line: str) -> None:
-        super().append_log(session_id, line)
-        self.app._log(session_id, line)
-
-
 class _WebUsers:
     """The runtime's ``web_users`` seam (:class:`engine.web.ws.WebUsers` in
     ``serve``): browsers logged in with :meth:`App.log_in_web_user`."""
@@ -248,7 +219,7 @@ class _WebUsers:
         self.ua = ua
 
     def call_user(self, name: str, *, callerid: str, display_name: str | None,
-                  headers: dict[str, str] | None, dispatcher: Any) -> SimCall | None:
+                  headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> SimCall | None:
         return self.ua.call_web_user(name, callerid=callerid, display_name=display_name,
                                      headers=headers, dispatcher=dispatcher)
 
@@ -296,21 +267,34 @@ class App:
         # go to the test's temporary folder, not ./data/recordings
         self.graph.recordings_dir = harness.recordings_dir
         self.store = SqliteStore(":memory:")
+        self.keys = Keys(secrets.token_bytes(32))
+        # ``serve`` dials nothing until ``--dial-allow`` says where; a
+        # scenario under test may dial any number the default deny-list
+        # (emergency, premium) lets through. Set ``app.runtime.dial_policy``
+        # to test against your own.
+        config = EngineConfig(rules=rules, scenarios=scenarios, session_idle_timeout=idle_timeout,
+                              dial_policy=DialPolicy(allow=(r"\+?[0-9]+",)))
         try:
-            self.runtime = HarnessRuntime(self, load_rules(rules, scenarios), scenarios, ua=self.ua,
-                                          node_id="harness", idle_timeout=idle_timeout, graph=self.graph,
-                                          tts=RecordingTts(), store=self.store)
-            self.runtime.web_users = _WebUsers(self.ua)
-            # rooms as the engine has them: admission, participants, mutes
-            # through the media graph, invites hashed with a fresh key
-            self.rooms = RoomService(self.store)
-            self.rooms.muter = self.graph.set_muted
-            self.runtime.rooms = self.rooms
-            self.runtime.keys = self.keys = Keys(secrets.token_bytes(32))
-            self.runtime.compile_all()
+            # the engine's own wiring: rooms (admission, participants, mutes
+            # through the media graph), invites hashed with a fresh key
+            parts = build_engine(
+                config, rules=load_rules(rules, scenarios), dialer=self.ua, store=self.store,
+                keys=self.keys, graph=self.graph, tts=RecordingTts(), audio=None,
+                web_users=_WebUsers(self.ua), node_id="harness", on_log_line=self._log,
+                on_conference_call=self._conference_called, http_session=self._http_session,
+            )
         except BaseException:
             self.store.close()
             raise
+        self.runtime: ScenarioRuntime = parts.runtime
+        self.rooms = parts.rooms
+
+    async def _http_session(self) -> aiohttp.ClientSession:
+        """``Net.http_request``'s client: the canned responses of :attr:`http`."""
+        return cast(aiohttp.ClientSession, self.http)
+
+    def _conference_called(self, caller: Session, name: str, leg: InternalCall) -> None:
+        self._conference_calls.append(_ConferenceCall(caller.id, name, leg))
 
     def __repr__(self) -> str:
         return f"<App {self.runtime.scenarios_dir} sessions={len(self.runtime.sessions)}>"
@@ -372,25 +356,25 @@ class App:
         if grant is None and transport == "web":
             grant = Grant(identity=cid, authenticated_by="guest", display_name=display_name)
         caller.leg.grant, caller.leg.source = grant, source
-        caller.leg._set_state(CallState.ALERTING)
+        caller.leg.remote_offer()
         caller._note(f"called {number!r} from {cid!r} ({transport})" + (f" with headers {headers}" if headers else ""))
         self.callers.append(caller)
         self.harness._endpoints.append(caller)
-        self._act(self.runtime.on_incoming_call, caller.leg, None)
+        self.act(self.runtime.on_incoming_call, caller.leg, None)
         return caller
 
     def send_message(self, destination: str, text: str, callerid: str = "+15557654321",
                      headers: dict[str, str] | None = None) -> int:
         """An out-of-dialog SIP MESSAGE to ``destination``; returns the status
         the engine answers (200, 404 when no rule matches, 500)."""
-        return self._act(self.runtime.on_message, text, callerid, destination, dict(headers or {}))
+        return self.act(self.runtime.on_message, text, callerid, destination, dict(headers or {}))
 
     def start(self, rule: str, custom_data: str = "") -> Session:
         """Start a session of rule ``rule`` without a call (as the management
         API does), with ``custom_data``."""
         for r in self.runtime.rules.rules:
             if r.name == rule:
-                return self._act(self.runtime.start_session, r, custom_data)
+                return self.act(self.runtime.start_session, r, custom_data)
         names = ", ".join(r.name for r in self.runtime.rules.rules)
         raise ValueError(f"no rule named {rule!r} (rules: {names})")
 
@@ -580,8 +564,12 @@ class App:
 
     # -- driving ------------------------------------------------------------------------------
 
-    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
-        return self.harness._act(fn, *args, listen=listen and self.listen_to_prompts)
+    def act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        """Do one thing from outside (``fn(*args)``), as a test action does,
+        and run the loop until the scenario waits again (see
+        :meth:`Harness.act`); prompts play to the end unless
+        :attr:`listen_to_prompts` is off. Returns what ``fn`` returned."""
+        return self.harness.act(fn, *args, listen=listen and self.listen_to_prompts)
 
     def problems(self) -> list[str]:
         """What should fail the test at its end: scenario errors nobody read
@@ -686,8 +674,10 @@ class Harness:
             self.loop.drive(Plan(deadline=self.now + seconds, settle=True))
         self._raise_loop_errors()
 
-    def _act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
-        """Run ``fn(*args)`` in the loop, then the loop until idle; return its result."""
+    def act(self, fn: Callable[..., _T], *args: Any, listen: bool = True) -> _T:
+        """Run ``fn(*args)`` in the loop, then the loop until idle (and,
+        with ``listen``, until no prompt plays to a test's endpoint); return
+        its result, or raise what it raised."""
         if self._closed:
             raise RuntimeError("the harness is closed")
         fut: asyncio.Future[_T] = self.loop.create_future()
@@ -723,7 +713,7 @@ class Harness:
         problems: list[str] = []
         try:
             for app in self.apps:
-                self._act(_stop, app.runtime, listen=False)
+                self.act(_stop, app.runtime, listen=False)
             self.wait()
         except AssertionError as exc:
             problems.append(str(exc))

@@ -249,6 +249,51 @@ class SimCall(Call):
         self._play_end: asyncio.TimerHandle | None = None
         self._speech = RecordingTts()
 
+    # -- the far end: what the test does, as the peer's signalling would -------------
+
+    def remote_offer(self) -> None:
+        """The far end offers this inbound call (an INVITE arrived): ``ALERTING``."""
+        self._set_state(CallState.ALERTING)
+
+    def remote_dialed(self) -> None:
+        """The engine's INVITE for this outbound call went out: ``PROGRESSING``."""
+        self._set_state(CallState.PROGRESSING)
+
+    def remote_progress(self, event: CallEvents, code: int, reason: str, headers: dict[str, str]) -> None:
+        """The far end sent a provisional answer (180 ``Ringing``, 183 ``Progress``)."""
+        self._emit(event, code=code, reason=reason, headers=headers)
+
+    def remote_answer(self, headers: dict[str, str]) -> None:
+        """The far end answered this outbound call (200 OK): ``Connected``."""
+        self.headers.update(headers)
+        self._set_state(CallState.CONNECTED)
+        self._emit(CallEvents.Connected, code=200, reason="OK", headers=dict(headers))
+
+    def remote_hangup(self, code: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        """The far end ended the call (BYE: 200, CANCEL: 487): ``Disconnected``."""
+        self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, code, reason, headers)
+
+    def remote_fail(self, code: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        """The far end refused the call with a final ``code`` (or it timed out): ``Failed``."""
+        self._finish(CallState.FAILED, CallEvents.Failed, code, reason, headers)
+
+    def remote_message(self, text: str, headers: dict[str, str]) -> None:
+        """The far end sent a MESSAGE in the dialog (``MessageReceived``)."""
+        self._remote_message(text, headers)
+
+    def remote_info(self, mime_type: str, body: bytes, headers: dict[str, str]) -> None:
+        """The far end sent an INFO (``InfoReceived``; DTMF bodies also ``ToneReceived``)."""
+        self._info_received(mime_type, body, headers)
+
+    def remote_tone(self, digit: str, mode: str) -> None:
+        """The far end pressed ``digit`` (RFC 4733 event or in-band tone)."""
+        self._tone_received(digit, mode)
+
+    @property
+    def media_ready(self) -> bool:
+        """Whether media flows on this leg (connected, or early media)."""
+        return self._media_ready()
+
     # -- signalling (what SipCall sends, done in memory) --------------------------
 
     def answer(self, headers: dict[str, str] | None = None) -> asyncio.Future[None]:
@@ -532,16 +577,16 @@ class Endpoint:
             raise ValueError(f"DTMF digits are 0-9, *, # and A-D, not {digits!r}")
         if mode not in ("rfc4733", "info", "inband"):
             raise ValueError(f"mode must be 'rfc4733', 'info' or 'inband', not {mode!r}")
-        self._require(self.leg._media_ready(), "press digits", "a connected call or early media")
+        self._require(self.leg.media_ready, "press digits", "a connected call or early media")
         heard: list[bool] = []
 
         def one(digit: str) -> None:
             heard.append(self.leg.tones_enabled and not self.leg.state.ended)
             if mode == "info":
                 body = f"Signal={digit}\r\nDuration=160\r\n".encode()
-                self.leg._info_received("application/dtmf-relay", body, {})
+                self.leg.remote_info("application/dtmf-relay", body, {})
             else:
-                self.leg._tone_received(digit, mode)
+                self.leg.remote_tone(digit, mode)
 
         for i, digit in enumerate(digits):
             if i and interval > 0:
@@ -549,7 +594,7 @@ class Endpoint:
             last = i == len(digits) - 1
             if i == 0:
                 self._note(f"pressed {digits}")
-            self.app._act(one, digit, listen=last)
+            self.app.act(one, digit, listen=last)
         missed = "".join(d for d, ok in zip(digits, heard) if not ok)
         if missed:
             self._note(f"(the scenario did not hear {missed!r}: tone handling was off)")
@@ -558,7 +603,7 @@ class Endpoint:
         """Send a message into the call (``MessageReceived`` on the leg)."""
         self._require(self.connected, "send a message", "a connected call")
         self._note(f"sent message {_quote(text)}")
-        self.app._act(self.leg._remote_message, text, dict(headers or {}))
+        self.app.act(self.leg.remote_message, text, dict(headers or {}))
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         """Send a SIP INFO into the call (``InfoReceived``; DTMF bodies also
@@ -566,7 +611,7 @@ class Endpoint:
         self._require(self.connected, "send INFO", "a connected call")
         data = body.encode() if isinstance(body, str) else body
         self._note(f"sent INFO {mime_type}")
-        self.app._act(self.leg._info_received, mime_type, data, dict(headers or {}))
+        self.app.act(self.leg.remote_info, mime_type, data, dict(headers or {}))
 
     def hang_up(self, headers: dict[str, str] | None = None) -> None:
         """Hang up: BYE once connected (``Disconnected`` 200); a caller
@@ -577,10 +622,9 @@ class Endpoint:
         hdrs = dict(headers or {})
         self._note("hung up")
         if leg.state == CallState.CONNECTED:
-            self.app._act(leg._finish, CallState.DISCONNECTED, CallEvents.Disconnected, 200, "BYE", hdrs)
+            self.app.act(leg.remote_hangup, 200, "BYE", hdrs)
         elif leg.direction == "inbound":
-            self.app._act(leg._finish, CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled",
-                          hdrs)
+            self.app.act(leg.remote_hangup, 487, "Cancelled", hdrs)
         else:
             raise AssertionError(
                 f"{self._who()} cannot hang up a call it has not answered: use reject(){self._story()}"
@@ -772,16 +816,15 @@ class Callee(Endpoint):
         """Send 180 Ringing (``Ringing`` on the leg)."""
         self._progressing("ring")
         self._note("ringing (180)")
-        self.app._act(lambda: self.leg._emit(CallEvents.Ringing, code=180, reason="Ringing",
-                                             headers=dict(headers or {})))
+        self.app.act(self.leg.remote_progress, CallEvents.Ringing, 180, "Ringing", dict(headers or {}))
 
     def start_early_media(self, headers: dict[str, str] | None = None) -> None:
         """Send 183 with media (``Progress``; the scenario may play now)."""
         self._progressing("start early media")
         self.leg.early_media = True
         self._note("early media (183)")
-        self.app._act(lambda: self.leg._emit(CallEvents.Progress, code=183, reason="Session Progress",
-                                             headers=dict(headers or {})))
+        self.app.act(self.leg.remote_progress, CallEvents.Progress, 183, "Session Progress",
+                     dict(headers or {}))
 
     def answer(self, headers: dict[str, str] | None = None) -> None:
         """Answer with 200 OK (``Connected`` on the leg, with ``headers``)."""
@@ -793,11 +836,9 @@ class Callee(Endpoint):
             if isinstance(self.leg, SimWebCall) and self.leg.direct:
                 self.leg._direct_answered(None, dict(headers or {}))
                 return
-            self.leg.headers.update(headers or {})
-            self.leg._set_state(CallState.CONNECTED)
-            self.leg._emit(CallEvents.Connected, code=200, reason="OK", headers=dict(headers or {}))
+            self.leg.remote_answer(dict(headers or {}))
 
-        self.app._act(connect)
+        self.app.act(connect)
 
     def reject(self, code: int = 486, reason: str | None = None, headers: dict[str, str] | None = None) -> None:
         """Refuse with a final ``code`` (486 Busy Here by default; any
@@ -807,8 +848,7 @@ class Callee(Endpoint):
         self._progressing("reject")
         phrase = reason or REASONS.get(code, "")
         self._note(f"rejected {code} {phrase}".rstrip())
-        self.app._act(self.leg._finish, CallState.FAILED, CallEvents.Failed, code, phrase,
-                      dict(headers or {}))
+        self.app.act(self.leg.remote_fail, code, phrase, dict(headers or {}))
 
     fail = reject
 
@@ -825,7 +865,7 @@ class Callee(Endpoint):
         self._timeout = None
         if self.leg.state == CallState.PROGRESSING:
             self._note("no answer")
-            self.leg._finish(CallState.FAILED, CallEvents.Failed, 408, "No Answer")
+            self.leg.remote_fail(408, "No Answer")
 
     def _ended(self, call: Call) -> None:
         self._cancel_timeout()
@@ -836,7 +876,7 @@ class Callee(Endpoint):
 
 
 class SimUserAgent:
-    """What :class:`~engine.runtime.scenario.ScenarioRuntime` needs of the
+    """What :class:`~engine.runtime.runtime.ScenarioRuntime` needs of the
     :class:`~engine.calls.sip_ua.UserAgent`: ``call_sip``, ``call_pstn`` and
     ``call_registered``. Each returns the :class:`SimCall` of a new
     :class:`Callee` at once, ringing (``PROGRESSING``), as the real one does.
@@ -904,7 +944,7 @@ class SimUserAgent:
                         display_name=display_name, headers=headers, dispatcher=dispatcher)
         if isinstance(callee.leg, SimWebCall):
             callee.leg.direct = direct
-        callee.leg._set_state(CallState.PROGRESSING)
+        callee.leg.remote_dialed()
         callee._note(f"dialed by the scenario ({how}{', direct' if direct else ''}) from {callerid!r}"
                      + _with_headers(headers))
         callee._timeout = asyncio.get_running_loop().call_later(self.invite_timeout, callee._no_answer)

@@ -1,8 +1,8 @@
 """Canned HTTP for ``Net.http_request``: the test says what each URL answers.
 
 :class:`HttpMock` stands in for the :class:`aiohttp.ClientSession` that
-:meth:`engine.runtime.scenario.ScenarioRuntime.http_session` hands to
-:meth:`engine.runtime.scenario._Net.http_request`, so the runtime's own request code
+:meth:`engine.runtime.runtime.ScenarioRuntime.http_session` hands to
+:meth:`engine.runtime.scenario_api._Net.http_request`, so the runtime's own request code
 (its timeout, error and logging paths) runs unchanged; only the network is
 gone. A response may be delayed (on the virtual clock: a delay longer than
 the scenario's ``timeout`` becomes its timeout) or be a network error. A

@@ -33,6 +33,7 @@ import yarl
 from aiohttp import web
 
 from engine.runtime.rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
+from engine.runtime.invites import redeem_invite as redeem_invite_once
 from engine.runtime.scenario import AppEvents, Session, SessionLimitReached
 from engine.state.store import (
     API_SCOPES,
@@ -653,10 +654,7 @@ async def redeem_invite(request: web.Request) -> web.Response:
     if not engine.directory.hit(f"invite:{peer}", asyncio.get_running_loop().time(), rate=1.0, burst=20):
         raise ApiError(429, "too_many_attempts", "too many attempts; wait a minute")
     try:
-        if code is not None:
-            invite = store.redeem_invite(code_hash=keys.code_hash(code), room_id=room_id, now=time.time())
-        else:
-            invite = store.redeem_invite(link_hash=keys.link_hash(link or ""), now=time.time())
+        invite = redeem_invite_once(store, keys, code=code, link_token=link, room_id=room_id)
     except InviteRefused as exc:
         status = {"invalid_code": 403, "invite_locked": 423}.get(exc.code, 410)
         raise ApiError(status, exc.code, str(exc), "link_token" if link is not None else "code") from None

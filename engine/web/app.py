@@ -102,10 +102,16 @@ async def close_sockets(app: web.Application) -> None:
             await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def create_app(engine: Any) -> web.Application:
+def create_app(engine: Any, connections: set[SdkConnection] | None = None) -> web.Application:
+    """The HTTP application of ``engine``.
+
+    :param connections: the set live SDK sockets are kept in (the one the
+        engine's :class:`~engine.web.ws.WebUsers` reads), or ``None``: a new one.
+    """
     app = web.Application(middlewares=[json_errors])
     app[ENGINE] = engine
-    connections: set[SdkConnection] = set()
+    if connections is None:
+        connections = set()
     app[CONNECTIONS] = connections
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", sdk_socket)

@@ -1084,7 +1084,7 @@ async def test_logger_lines_are_in_read_log_and_the_log_file(env: Env) -> None:
     assert ended[: len(running)] == running and ended[-1].endswith("terminated")
     text = daily_log(env)
     assert f"session={session.id} hello, log" in text
-    runtime._ended_logs.clear()  # evicted from memory: read back from the file
+    runtime.logs.forget_ended()  # evicted from memory: read back from the file
     assert runtime.read_log(session.id) == ended
     with pytest.raises(KeyError):
         runtime.read_log("no-such-session")
