@@ -32,7 +32,8 @@ import numpy as np
 
 from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, Playback, end_other_end
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
-from engine.media.tts import Pcm, TtsCache
+from engine.media.pcm import Pcm
+from engine.media.tts import TtsCache
 from engine.runtime.scenario import Session
 from engine.sip.message import REASONS
 from engine.sip.uri import SipUri, parse_uri

@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from engine.media.sources import AudioFileError, Pcm, decode_audio, load_file
+from engine.media.pcm import Pcm
+from engine.media.sources import AudioFileError, decode_audio, load_file
 
 __all__ = ["AudioLoader", "MAX_REDIRECTS", "is_url", "default_audio_loader"]
 
