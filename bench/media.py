@@ -14,7 +14,7 @@ sending one 172-byte RTP packet per leg every 20 ms:
    (PCMU, latch, jitter buffer, decoder, encoder, RTP sender), joined to
    conferences of varied size (one of ``--big`` parties, the rest
    ``--sizes`` at random) of one real :class:`~engine.calls.conference.MediaGraph`
-   ticked by the engine's :class:`~engine.media.clock.MediaClock`
+   (its :class:`~engine.media.bridge.Bridge` mixing) ticked by the engine's :class:`~engine.media.clock.MediaClock`
    under uvloop, as ``callbridge serve`` runs it.
 
 The generator sends each leg a tone of its own (µ-law), reads what comes
@@ -404,13 +404,13 @@ def mix_alone(sizes: list[int], graph_cls: Any) -> dict[int, float]:
         conf = graph.create_conference()
         for _ in range(size):
             conf.add(Wire())
-        plan = graph._compile()
+        plan = graph._compile().bridge
         rows = rng.integers(-3000, 3000, size=(len(plan.sources), FRAME)).astype(np.int16)
-        graph._mix(plan, rows)
+        graph.bridge.mix(plan, rows)
         n = 2000
         t0 = time.perf_counter()
         for _ in range(n):
-            graph._mix(plan, rows)
+            graph.bridge.mix(plan, rows)
         out[size] = (time.perf_counter() - t0) / n * 1000
     return out
 

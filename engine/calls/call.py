@@ -39,16 +39,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 from pyee.asyncio import AsyncIOEventEmitter
 
 from engine.calls.grants import Grant
+from engine.calls.recording import Recording
 from engine.media.dtmf import DtmfBodyError, parse_info_body
 from engine.media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from engine.media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
-from engine.media.sources import AudioFileError, Pcm
+from engine.media.pcm import Pcm
+from engine.media.ports import AudioPort
+from engine.media.sources import AudioFileError
 from engine.media.rtcp_session import MediaStats
 from engine.media.tts import TtsCache, default_tts
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
-
-if TYPE_CHECKING:
-    from engine.calls.conference import AudioPort, Conference, MediaGraph, Recording
 
 __all__ = [
     "CallEvents",
@@ -56,7 +56,9 @@ __all__ = [
     "CallEvent",
     "Call",
     "InternalCall",
+    "MediaEndpoint",
     "MediaHandler",
+    "MediaRouter",
     "Dispatcher",
     "CallError",
     "CallAction",
@@ -351,6 +353,33 @@ class MediaHandler(Protocol):
     def set_answer(self, answer: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+
+class MediaEndpoint(Protocol):
+    """What media flows join: a call or a :class:`~engine.calls.conference.Conference`."""
+
+    def send_media_to(self, target: Any) -> None: ...
+
+    def stop_media_to(self, target: Any) -> None: ...
+
+
+class MediaRouter(Protocol):
+    """The media graph as a call drives it
+    (:class:`~engine.calls.conference.MediaGraph`). A protocol, not an
+    import: :mod:`engine.calls.conference` imports this module, and the
+    graph knows calls through its own :class:`~engine.calls.conference.Leg`.
+    """
+
+    def connect(self, src: Call, dst: Any, gain: float = 1.0) -> None: ...
+
+    def disconnect(self, src: Call, dst: Any) -> None: ...
+
+    def start_recording(self, node: Call, path: str | Path | None = None) -> Recording: ...
+
+    def start_player(self, node: Call, source: FrameSource,
+                     done: Callable[[bool], None] | None = None) -> None: ...
+
+    def stop_player(self, node: Call) -> None: ...
 
 
 class PlaybackOwner(Protocol):
@@ -695,7 +724,7 @@ class Call(PlaybackMixin, Listeners):
         self.on_ended.append(lambda call: call.stop_playback())
         #: The engine's media graph (:mod:`engine.calls.conference`); the session
         #: that adopts the call sets it.
-        self.graph: MediaGraph | None = None
+        self.graph: MediaRouter | None = None
         #: send_digits() handles not yet done, in order (the first is sending).
         self._digit_actions: list[SendDigitsAction] = []
         self.on_ended.append(lambda call: call._stop_digits())
@@ -954,21 +983,29 @@ class Call(PlaybackMixin, Listeners):
 
     # -- media routing -----------------------------------------------------------
 
-    def _require_graph(self) -> MediaGraph:
+    def _require_graph(self) -> MediaRouter:
         if self.graph is None:
             raise CallError("this call has no media graph: it gets one when a scenario session adopts it")
         return self.graph
+
+    #: Whether this call is a wire of the media graph with no media of its
+    #: own (:class:`InternalCall`): what is sent to it comes out of its peer.
+    media_wire = False
 
     def _audio_port(self) -> AudioPort | None:
         """Hook: this leg's own audio (``None``: none yet, or a wire like
         :class:`InternalCall`)."""
         return None
 
-    def send_media_to(self, target: Call | Conference) -> None:
+    def _wire_peer(self) -> Call | None:
+        """Hook: a wire's other end (``None`` for a call with media of its own)."""
+        return None
+
+    def send_media_to(self, target: MediaEndpoint) -> None:
         """``target`` (a call, this call for an echo, or a conference) hears this call."""
         self._require_graph().connect(self, target)
 
-    def stop_media_to(self, target: Call | Conference) -> None:
+    def stop_media_to(self, target: MediaEndpoint) -> None:
         """Stop what :meth:`send_media_to` started (nothing if not sending)."""
         self._require_graph().disconnect(self, target)
 
@@ -1165,6 +1202,11 @@ class InternalCall(Call):
 
     # An internal call is a wire in the media graph: what is played to this
     # end is heard by whatever the other end's session sends it to.
+
+    media_wire = True
+
+    def _wire_peer(self) -> InternalCall | None:
+        return self.peer
 
     def _check_media(self) -> None:
         self._require_graph()

@@ -37,15 +37,20 @@ and mix-minus still keeps the phone from hearing itself.
 Conferences linked to conferences merge their sources (each source counted
 once, so two conferences joined both ways act as one).
 
-Per tick the graph pulls one frame from every source leg (decoded, or
-silence), reads every player, applies the two stages and pushes each
-receiving leg its frame (plus the leg's own player, mixed in by the leg).
-Recorders get a call's incoming plus outgoing audio, or a conference's sum.
+Per tick the graph hands its plan to the port-level mixer,
+:class:`~engine.media.bridge.Bridge`: it pulls one frame from every source
+leg (decoded, or silence), reads every player, applies the two stages and
+pushes each receiving leg its frame (plus the leg's own player, mixed in by
+the leg). Recorders get a call's incoming plus outgoing audio, or a
+conference's sum.
+
+The graph knows calls only through the :class:`Leg` protocol (their state,
+their end, their port, and whether they are a wire), so :mod:`engine.calls.call`
+never needs this module: ``call.graph`` is typed by its own small protocol.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import logging
@@ -53,35 +58,35 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Protocol, TypeGuard, Union, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
-from engine.calls.call import (Call, CallError, Dispatcher, ExtraFields, InternalCall, Listeners, Playback, PlaybackMixin,
-                    _DirectDispatcher)
+from engine.calls.call import CallError, Dispatcher, ExtraFields, Listeners, Playback, PlaybackMixin, _DirectDispatcher
+from engine.calls.recording import Recording
+from engine.media.bridge import Bridge, BridgePlan, FrameSink
+from engine.media.clock import MediaClock
 from engine.media.mixer import FlowMatrix
-from engine.media.players import FrameSource, PlaybackFinished
+from engine.media.pcm import SAMPLE_RATE
+from engine.media.players import FrameSource
+from engine.media.ports import AudioPort, PortOwner
 from engine.media.recorder import RecorderError, WavRecorder
 from engine.media.tts import TtsCache, default_tts
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
-from engine.media.clock import MediaClock
 
 __all__ = [
-    "AudioPort",
     "Conference",
     "ConferenceError",
     "ConferenceEvent",
     "ConferenceEvents",
+    "Leg",
     "MediaGraph",
+    "Node",
     "Recording",
 ]
 
 logger = logging.getLogger(__name__)
 
-Pcm = npt.NDArray[np.int16]
-Node = Union[Call, "Conference"]
 Done = Callable[[bool], None]
 
 
@@ -89,37 +94,35 @@ class ConferenceError(CallError):
     """A media routing request that cannot be done (names the reason)."""
 
 
-class AudioPort(Protocol):
-    """A call leg's audio as the media graph drives it (a SIP leg's
-    :class:`~engine.calls.rtp_stream.MediaSession`; a browser leg later)."""
-
-    def graph_attach(self) -> None: ...
-
-    def graph_detach(self) -> None: ...
-
-    def pull(self, now: float) -> Pcm | None: ...
-
-    def push(self, frame: Pcm | None) -> bool: ...
-
-    #: What the last :meth:`push` sent, the leg's own player included.
-    last_sent: Pcm | None
+class _HasEnded(Protocol):
+    @property
+    def ended(self) -> bool: ...
 
 
 @runtime_checkable
-class BatchAudioPort(AudioPort, Protocol):
-    """An audio port whose G.711 frames the graph decodes and encodes for
-    all such legs at once, one table lookup per tick instead of one per leg
-    (:class:`~engine.calls.rtp_stream.MediaSession`)."""
-
-    #: The decode table for payloads :meth:`pull_payload` returns (``None``: never bytes).
-    decode_table: npt.NDArray[np.int16] | None
+class Leg(PortOwner, Protocol):
+    """A call as the media graph routes it (:class:`~engine.calls.call.Call`
+    and its subclasses): a leg with media of its own, whose port the bridge
+    drives, or a *wire* (:attr:`media_wire`, an internal call) whose other
+    end carries on what is sent to it."""
 
     @property
-    def encode_table(self) -> npt.NDArray[np.uint8] | None: ...
+    def state(self) -> _HasEnded:
+        """The call's state (``state.ended``: it is over)."""
 
-    def pull_payload(self, now: float) -> bytes | Pcm | None: ...
+    @property
+    def on_ended(self) -> list[Callable[[Any], None]]:
+        """Called with the call when it ends."""
 
-    def push_payload(self, payload: bytes) -> None: ...
+    @property
+    def media_wire(self) -> bool:
+        """Whether it is a wire with no media of its own (an internal call)."""
+
+    def _wire_peer(self) -> Leg | None:
+        """A wire's other end (``None``: none, or not a wire)."""
+
+
+Node = Union[Leg, "Conference"]
 
 
 class ConferenceEvents(str, enum.Enum):
@@ -150,47 +153,6 @@ class ConferenceEvent(ExtraFields):
     conference: Conference
     endpoint: Node | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Recording:
-    """The handle of one recording: awaiting it returns the WAV's path once
-    the recording has stopped; :meth:`stop` ends it."""
-
-    def __init__(self, graph: MediaGraph, node: Node, recorder: WavRecorder) -> None:
-        self.graph = graph
-        self.node = node
-        self.recorder = recorder
-        self.path = recorder.path
-        self._fut: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
-        self.on_stopped: list[Callable[[Recording], None]] = []
-
-    def __repr__(self) -> str:
-        return f"<Recording {self.path} {self.duration:.1f}s>"
-
-    @property
-    def duration(self) -> float:
-        return self.recorder.duration
-
-    def done(self) -> bool:
-        return self._fut.done()
-
-    def __await__(self) -> Generator[Any, None, Path]:
-        return asyncio.shield(self._fut).__await__()
-
-    def stop(self) -> None:
-        """End the recording (the file is complete when this returns)."""
-        self.graph._stop_recording(self)
-
-    def _finish(self) -> None:
-        if self._fut.done():
-            return
-        self.recorder.close()
-        self._fut.set_result(self.path)
-        for cb in self.on_stopped:
-            try:
-                cb(self)
-            except Exception:
-                logger.exception("recording callback failed")
 
 
 @dataclass
@@ -378,6 +340,16 @@ class Conference(PlaybackMixin, Listeners):
         self._emit(ConferenceEvents.Stopped)
 
 
+def _is_wire(node: Node) -> TypeGuard[Leg]:
+    """An internal call: what is sent to it comes out of its other end."""
+    return not isinstance(node, Conference) and node.media_wire
+
+
+def _is_media_leg(node: Node) -> TypeGuard[Leg]:
+    """A call with media of its own (a port the bridge pulls and pushes)."""
+    return not isinstance(node, Conference) and not node.media_wire
+
+
 def _check_volume(volume: float) -> float:
     v = float(volume)
     if not 0.0 <= v <= 4.0:
@@ -385,32 +357,14 @@ def _check_volume(volume: float) -> float:
     return v
 
 
-@dataclass
+@dataclass(eq=False)
 class _Plan:
-    """A compiled graph: what to pull, mix and push each tick."""
+    """A compiled graph: the bridge's plan, plus what the graph needs to
+    know about it (which legs it drives, which players it reads)."""
 
-    sources: list[Call]                  # rows 0..S-1: legs pulled
-    players: list[Node]                  # rows S..S+P-1
-    conferences: list[Conference]        # stage-1 sinks
-    receivers: list[Call]                # stage-2 sinks
-    stage1: FlowMatrix
-    stage2: FlowMatrix
-    legs: set[Call]                      # every leg the graph drives
-    call_rec: list[tuple[Recording, int | None, int | None]]  # (rec, source row, receiver row)
-    conf_rec: list[tuple[Recording, int]]                     # (rec, conference row)
-    silent: list[Call] = field(default_factory=list)          # sources that receive nothing
-    # Filled on the first tick (and again while a leg has no audio port yet):
-    ports_pending: bool = True
-    src_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
-    src_plain: list[tuple[int, AudioPort]] = field(default_factory=list)
-    recv_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
-    recv_plain: list[tuple[int, AudioPort]] = field(default_factory=list)
-    silent_ports: list[AudioPort] = field(default_factory=list)
-    # Buffers reused every tick: fresh arrays of this size cost page faults
-    # (glibc hands them back to the kernel), 0.7 ms a tick at 1,000 legs.
-    rows: Pcm | None = None
-    stacked: npt.NDArray[np.int32] | None = None
-    mixed: npt.NDArray[np.int32] | None = None
+    bridge: BridgePlan[Leg]
+    legs: set[Leg]                       # every leg the graph drives
+    players: list[_Player]               # the bridge's player rows, in order
 
 
 class MediaGraph:
@@ -421,18 +375,19 @@ class MediaGraph:
     :param recordings_dir: where :meth:`start_recording` puts files by default.
     """
 
-    def __init__(self, clock: MediaClock, rate: int = 8000,
+    def __init__(self, clock: MediaClock, rate: int = SAMPLE_RATE,
                  recordings_dir: Path | str = Path("data") / "recordings") -> None:
         self.clock = clock
         self.rate = rate
         self.samples = rate // 50
+        #: The port-level mixer that runs the compiled plan each tick.
+        self.bridge: Bridge[Leg] = Bridge(self.samples)
         self.recordings_dir = Path(recordings_dir)
         self._edges: dict[Node, dict[Node, float]] = {}
         self._conferences: dict[Conference, None] = {}
         self._players: dict[Node, _Player] = {}
         self._recordings: dict[Node, list[Recording]] = {}
-        self._watched: set[Call] = set()
-        self._attached: dict[Call, AudioPort] = {}
+        self._watched: set[Leg] = set()
         self._plan: _Plan | None = None
         #: Nodes whose audio goes nowhere (a moderator muted them).
         self._muted: set[Node] = set()
@@ -440,9 +395,21 @@ class MediaGraph:
         #: sends the ``recording.ready`` webhook from here).
         self.on_recording_done: list[Callable[[Recording], None]] = []
         self.ticks = 0
-        #: When a list (benches): each tick appends ``(start, pull, mix, push)``,
-        #: its ``perf_counter`` start and the seconds each phase took.
-        self.tick_times: list[tuple[float, float, float, float]] | None = None
+
+    @property
+    def tick_times(self) -> list[tuple[float, float, float, float]] | None:
+        """When a list (benches): each tick appends ``(start, pull, mix, push)``,
+        its ``perf_counter`` start and the seconds each phase took."""
+        return self.bridge.tick_times
+
+    @tick_times.setter
+    def tick_times(self, times: list[tuple[float, float, float, float]] | None) -> None:
+        self.bridge.tick_times = times
+
+    @property
+    def _attached(self) -> dict[Leg, AudioPort]:
+        """The legs whose ports the bridge drives now."""
+        return self.bridge.attached
 
     # -- editing ----------------------------------------------------------------
 
@@ -526,7 +493,7 @@ class MediaGraph:
         self.stop_player(node)
         for rec in list(self._recordings.get(node, ())):
             self._stop_recording(rec)
-        if isinstance(node, Call):
+        if not isinstance(node, Conference):
             self._watched.discard(node)
         self._muted.discard(node)
         self._changed()
@@ -536,13 +503,13 @@ class MediaGraph:
             if node.graph is not self:
                 raise ConferenceError(f"{node!r} belongs to another engine")
             return
-        if not isinstance(node, Call):
+        if not isinstance(node, Leg):
             raise ConferenceError(f"media flows join calls and conferences, not {type(node).__name__}")
         if node.state.ended:
             raise ConferenceError(f"{node!r} has ended")
 
     def _watch(self, node: Node) -> None:
-        if isinstance(node, Call) and node not in self._watched:
+        if not isinstance(node, Conference) and node not in self._watched:
             self._watched.add(node)
             node.on_ended.append(self.remove_node)
 
@@ -620,7 +587,7 @@ class MediaGraph:
 
     # -- compiling --------------------------------------------------------------
 
-    def _targets(self, src: Node, seen: set[InternalCall]) -> list[tuple[Node, float]]:
+    def _targets(self, src: Node, seen: set[Leg]) -> list[tuple[Node, float]]:
         """Where ``src``'s audio ends up: legs and conferences, through
         internal-call wires."""
         out: list[tuple[Node, float]] = []
@@ -634,10 +601,10 @@ class MediaGraph:
                 out.append((conf, m.volume))
         return out
 
-    def _resolve(self, dst: Node, gain: float, seen: set[InternalCall]) -> list[tuple[Node, float]]:
+    def _resolve(self, dst: Node, gain: float, seen: set[Leg]) -> list[tuple[Node, float]]:
         """A target: itself, or for an internal call the targets of its other end."""
-        if isinstance(dst, InternalCall):
-            peer = dst.peer
+        if not isinstance(dst, Conference) and dst.media_wire:
+            peer = dst._wire_peer()
             if peer is None or peer in seen or peer.state.ended:
                 return []
             seen.add(peer)
@@ -646,15 +613,15 @@ class MediaGraph:
 
     def _compile(self) -> _Plan:
         rows: dict[Node, int] = {}          # source legs and players -> row
-        sources: list[Call] = []
+        sources: list[Leg] = []
         players: list[Node] = []
         conf_index = {c: i for i, c in enumerate(self._conferences)}
         direct_conf: list[dict[int, float]] = [{} for _ in conf_index]   # row -> gain into conference
         conf_links: list[set[int]] = [set() for _ in conf_index]         # conferences feeding each
-        receivers: dict[Call, dict[int, float]] = {}                     # leg -> {row: gain}
-        hears_conf: dict[Call, set[int]] = {}
+        receivers: dict[Leg, dict[int, float]] = {}                      # leg -> {row: gain}
+        hears_conf: dict[Leg, set[int]] = {}
 
-        def row_of(leg: Call) -> int:
+        def row_of(leg: Leg) -> int:
             if leg not in rows:
                 rows[leg] = len(sources)
                 sources.append(leg)
@@ -670,7 +637,7 @@ class MediaGraph:
                 recv[row] = recv.get(row, 0.0) + gain
 
         # Legs with media of their own, as sources.
-        legs = [n for n in self._watched if not isinstance(n, InternalCall) and not n.state.ended]
+        legs = [n for n in self._watched if not n.media_wire and not n.state.ended]
         for leg in legs:
             for target, gain in self._targets(leg, set()):
                 flow(row_of(leg), target, gain)
@@ -691,18 +658,17 @@ class MediaGraph:
         player_targets: list[list[tuple[Node, float]]] = []
         for node in self._players:
             players.append(node)
-            player_targets.append(self._resolve(node, 1.0, set()) if isinstance(node, InternalCall)
-                                  else [(node, 1.0)])
+            player_targets.append(self._resolve(node, 1.0, set()) if _is_wire(node) else [(node, 1.0)])
         # Recorded legs need their incoming audio.
         for node in self._recordings:
-            if isinstance(node, Call) and not isinstance(node, InternalCall):
+            if _is_media_leg(node):
                 row_of(node)
         for leg in hears_conf:
             row_of(leg)  # for subtracting its own voice
         num_legs = len(sources)
         for p, targets in enumerate(player_targets):
             for target, gain in targets:
-                if isinstance(target, Call) and not isinstance(target, InternalCall) and target is players[p]:
+                if _is_media_leg(target) and target is players[p]:
                     continue  # a leg's own player is mixed by the leg
                 flow(num_legs + p, target, gain)
         num_rows = num_legs + len(players)
@@ -736,61 +702,44 @@ class MediaGraph:
                 if w:
                     edges2.append((own, i, -w))  # type: ignore[arg-type]
         stage2 = FlowMatrix(num_rows + len(full), len(recv_list), edges2)
-        call_rec: list[tuple[Recording, int | None, int | None]] = []
-        conf_rec: list[tuple[Recording, int]] = []
+        leg_rec: list[tuple[FrameSink, Leg, int | None, int | None]] = []
+        mix_rec: list[tuple[FrameSink, int]] = []
         for node, recs in self._recordings.items():
             for rec in recs:
                 if isinstance(node, Conference):
                     if node in conf_index:
-                        conf_rec.append((rec, conf_index[node]))
-                elif isinstance(node, Call):
-                    call_rec.append((rec, rows.get(node), recv_index.get(node)))
+                        mix_rec.append((rec.recorder, conf_index[node]))
+                else:
+                    leg_rec.append((rec.recorder, node, rows.get(node), recv_index.get(node)))
         driven = set(sources) | set(recv_list)
         silent = [leg for leg in sources if leg not in recv_index]
-        return _Plan(sources, players, list(conf_index), recv_list, stage1, stage2,
-                     driven, call_rec, conf_rec, silent)
+        playing = [self._players[node] for node in players]
+        bridge = BridgePlan(sources, [player.source for player in playing], recv_list, stage1, stage2,
+                            leg_rec, mix_rec, silent)
+        return _Plan(bridge, driven, playing)
 
     # -- ticking ----------------------------------------------------------------
 
-    def _port(self, leg: Call) -> AudioPort | None:
-        port = self._attached.get(leg)
-        if port is None:
-            port = leg._audio_port()
-            if port is not None:
-                port.graph_attach()
-                self._attached[leg] = port
-        return port
-
     def _detach_stale(self, plan: _Plan) -> None:
-        for leg in [leg for leg in self._attached if leg not in plan.legs or leg.state.ended]:
-            port = self._attached.pop(leg)
+        for leg in [leg for leg in self.bridge.attached if leg not in plan.legs or leg.state.ended]:
             try:
-                port.graph_detach()
+                self.bridge.detach(leg)
             except Exception:
                 logger.exception("detaching %r failed", leg)
 
     def tick(self, now: float) -> bool:
-        """One 20 ms frame for every flow (a :class:`MediaClock` sink):
-        pull every source, mix, push every receiver."""
+        """One 20 ms frame for every flow (a :class:`MediaClock` sink): the
+        bridge pulls every source, mixes, pushes every receiver."""
         plan = self._plan
         if plan is None:
             plan = self._plan = self._compile()
             self._detach_stale(plan)
-        if not (plan.legs or plan.players or plan.call_rec or plan.conf_rec):
+        if plan.bridge.idle:
             return False
         self.ticks += 1
-        times = self.tick_times
-        t0 = time.perf_counter() if times is not None else 0.0
-        rows, finished = self._pull(plan, now)
-        t1 = time.perf_counter() if times is not None else 0.0
-        sums, out = self._mix(plan, rows)
-        t2 = time.perf_counter() if times is not None else 0.0
-        self._push(plan, out)
-        self._record(plan, rows, sums, out)
-        if times is not None:
-            t3 = time.perf_counter()
-            times.append((t0, t1 - t0, t2 - t1, t3 - t2))
-        for player in finished:
+        finished = self.bridge.tick(plan.bridge, now)
+        for p in finished:
+            player = plan.players[p]
             for node, current in list(self._players.items()):
                 if current is player:
                     del self._players[node]
@@ -799,143 +748,6 @@ class MediaGraph:
                         current.done(True)
         return True
 
-    def _resolve_ports(self, plan: _Plan) -> None:
-        """Attach the plan's legs and sort their ports into batched and plain."""
-        pending = False
-
-        def split(legs: list[Call], batch: list[tuple[int, BatchAudioPort]],
-                  plain: list[tuple[int, AudioPort]]) -> None:
-            nonlocal pending
-            batch.clear()
-            plain.clear()
-            for i, leg in enumerate(legs):
-                port = self._port(leg)
-                if port is None:
-                    pending = True
-                elif isinstance(port, BatchAudioPort):
-                    batch.append((i, port))
-                else:
-                    plain.append((i, port))
-
-        split(plan.sources, plan.src_batch, plan.src_plain)
-        split(plan.receivers, plan.recv_batch, plan.recv_plain)
-        plan.silent_ports = [port for port in map(self._attached.get, plan.silent) if port is not None]
-        plan.ports_pending = pending
-
-    def _pull(self, plan: _Plan, now: float) -> tuple[Pcm, list[_Player]]:
-        """This tick's source rows: each source leg's received frame, then
-        each player's frame (silence where there is none). G.711 payloads of
-        all legs are decoded together, one table lookup per codec."""
-        if plan.ports_pending:
-            self._resolve_ports(plan)
-        n = self.samples
-        num_legs = len(plan.sources)
-        rows = plan.rows
-        if rows is None or rows.shape[1] != n:
-            rows = plan.rows = np.zeros((num_legs + len(plan.players), n), dtype=np.int16)
-        else:
-            rows.fill(0)
-        coded: dict[int, tuple[npt.NDArray[np.int16], list[int], list[bytes]]] = {}
-        for i, bport in plan.src_batch:
-            got = bport.pull_payload(now)
-            if got is None:
-                continue
-            if isinstance(got, bytes):
-                table = bport.decode_table
-                assert table is not None
-                group = coded.get(id(table))
-                if group is None:
-                    group = coded[id(table)] = (table, [], [])
-                group[1].append(i)
-                group[2].append(got)
-            else:
-                rows[i, : got.shape[0]] = got[:n]
-        for table, index, payloads in coded.values():
-            codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), -1)
-            rows[index, : codes.shape[1]] = table[codes[:, :n]]
-        for i, port in plan.src_plain:
-            frame = port.pull(now)
-            if frame is not None:
-                rows[i, : frame.shape[0]] = frame[:n]
-        finished: list[_Player] = []
-        for p, node in enumerate(plan.players):
-            player = self._players.get(node)
-            if player is None:
-                continue
-            try:
-                frame = np.asarray(player.source.read(n), dtype=np.int16)
-                rows[num_legs + p, : frame.shape[0]] = frame[:n]
-            except PlaybackFinished:
-                finished.append(player)
-            except Exception:
-                logger.exception("player %r failed; stopped", player.source)
-                finished.append(player)
-        return rows, finished
-
-    def _mix(self, plan: _Plan, rows: Pcm) -> tuple[npt.NDArray[np.int32], Pcm]:
-        """The two stages: conference sums (``int32``) and each receiver's
-        saturated frame."""
-        num_rows, n = rows.shape
-        stacked, mixed = plan.stacked, plan.mixed
-        if stacked is None or mixed is None or stacked.shape[1] != n:
-            stacked = plan.stacked = np.empty((num_rows + len(plan.conferences), n), dtype=np.int32)
-            mixed = plan.mixed = np.empty((len(plan.receivers), n), dtype=np.int32)
-        stacked[:num_rows] = rows
-        sums = plan.stage1.apply_raw(rows, out=stacked[num_rows:])
-        plan.stage2.apply_raw(stacked, out=mixed)
-        np.clip(mixed, -32768, 32767, out=mixed)
-        return sums, mixed.astype(np.int16)
-
-    def _push(self, plan: _Plan, out: Pcm) -> None:
-        """Each receiver its frame; each other source leg only its own player.
-        Frames of legs that take them encoded are encoded together, one
-        table lookup per codec."""
-        if plan.ports_pending:
-            self._resolve_ports(plan)
-        for k, port in plan.recv_plain:
-            port.push(out[k])
-        coded: dict[int, tuple[npt.NDArray[np.uint8], list[int], list[BatchAudioPort]]] = {}
-        for k, bport in plan.recv_batch:
-            table = bport.encode_table
-            if table is None:
-                bport.push(out[k])
-                continue
-            group = coded.get(id(table))
-            if group is None:
-                group = coded[id(table)] = (table, [], [])
-            group[1].append(k)
-            group[2].append(bport)
-        n = out.shape[1]
-        for table, index, ports in coded.values():
-            frames = out if len(index) == out.shape[0] else out[index]
-            data = table[frames.view(np.uint16)].tobytes()
-            for j, bport in enumerate(ports):
-                bport.push_payload(data[j * n:(j + 1) * n])
-        for port in plan.silent_ports:
-            port.push(None)  # its own player, if any
-
-    def _record(self, plan: _Plan, rows: Pcm, sums: npt.NDArray[np.int32], out: Pcm) -> None:
-        n = self.samples
-        for rec, src_row, recv_row in plan.call_rec:
-            # what the leg was sent: its own player mixed in by push(), or
-            # (batched legs, which have no player) its row of the mix
-            port = self._attached.get(rec.node)  # type: ignore[arg-type]
-            sent = getattr(port, "last_sent", None) if port is not None else None
-            if sent is not None:
-                heard = np.zeros(n, np.int32)
-                heard[: sent.shape[0]] += sent[:n]
-            elif recv_row is not None:
-                heard = out[recv_row].astype(np.int32)
-            else:
-                heard = np.zeros(n, np.int32)
-            if src_row is not None:
-                heard += rows[src_row]
-            np.clip(heard, -32768, 32767, out=heard)
-            rec.recorder.write(heard.astype(np.int16))
-        for rec, ci in plan.conf_rec:
-            total = np.clip(sums[ci], -32768, 32767).astype(np.int16)
-            rec.recorder.write(total)
-
     async def stop(self) -> None:
         """Stop every conference and recording (engine shutdown)."""
         for conf in list(self._conferences):
@@ -943,5 +755,5 @@ class MediaGraph:
         for recs in list(self._recordings.values()):
             for rec in list(recs):
                 self._stop_recording(rec)
-        for leg in list(self._attached):
-            self._attached.pop(leg).graph_detach()
+        for leg in list(self.bridge.attached):
+            self.bridge.detach(leg)

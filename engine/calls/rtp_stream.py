@@ -84,6 +84,7 @@ from engine.security_log import security_event
 from engine.sip.offer_answer import NegotiatedMedia
 from engine.media.clock import ClockSink, MediaClock
 from engine.transport.rtp_transport import RtpTransport
+from engine.media.pcm import Pcm
 
 __all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
 
@@ -95,7 +96,6 @@ ToneListener = Callable[[str, str], None]
 #: ``done(completed)``: the player ended (``True``) or was stopped or replaced (``False``).
 PlaybackDone = Callable[[bool], None]
 
-Pcm = npt.NDArray[np.int16]
 
 def _ignore(data: bytes, addr: Any) -> None:
     """The handler of a closed session's transport."""

@@ -72,7 +72,7 @@ from engine.security_log import security_event
 from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
 
 if TYPE_CHECKING:
-    from engine.calls.conference import AudioPort
+    from engine.media.ports import AudioPort
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler"]
 

@@ -36,7 +36,7 @@ Messages go both ways once connected (``message`` frames,
 with ``mode="signalling"``.
 
 Media: :attr:`WebCall.audio_port` is the leg's raw
-:class:`~engine.calls.webrtc.AudioPort` (``read_frame()``/``write_frame()``,
+:class:`~engine.calls.webrtc.WebRtcAudioPort` (``read_frame()``/``write_frame()``,
 20 ms of 8 kHz int16) once media exists. Above it sits one
 :class:`~engine.calls.webrtc.LegAudio`, the only writer to the browser's
 track: it plays ``say()`` and ``start_playback*()`` on the engine's media
@@ -58,7 +58,7 @@ from engine.calls.direct import DirectCallLeg
 from engine.media.players import FrameSource
 from engine.media.tts import TtsCache, default_tts
 from engine.media.clock import MediaClock
-from engine.calls.webrtc import AudioPort, BrowserMediaLeg, LegAudio, parse_candidate
+from engine.calls.webrtc import WebRtcAudioPort, BrowserMediaLeg, LegAudio, parse_candidate
 
 __all__ = ["WebCall", "SignallingChannel", "LegFactory", "DirectDialer", "wait_background"]
 
@@ -171,7 +171,7 @@ class WebCall(DirectCallLeg):
     # -- media ---------------------------------------------------------------------
 
     @property
-    def audio_port(self) -> AudioPort | None:
+    def audio_port(self) -> WebRtcAudioPort | None:
         """The browser's audio as 20 ms frames (``None`` before media exists)."""
         return self.leg.port if self.leg is not None else None
 

@@ -4,13 +4,13 @@ A browser that calls a number routed to a scenario sends a WebRTC offer over
 the SDK's WebSocket (:mod:`engine.web.ws`); :class:`BrowserMediaLeg` answers
 it with an aiortc :class:`~aiortc.RTCPeerConnection` and turns the audio into
 the engine's own currency, 20 ms frames of 16-bit mono PCM at 8 kHz, through
-an :class:`AudioPort`:
+a :class:`WebRtcAudioPort`:
 
-- :meth:`AudioPort.read_frame` returns what the browser said: aiortc
+- :meth:`WebRtcAudioPort.read_frame` returns what the browser said: aiortc
   decodes Opus (48 kHz stereo) or PCMU, a PyAV resampler brings it to 8 kHz
   mono, and a short FIFO (:data:`MAX_BUFFERED` frames; the oldest are
   dropped) holds it until the media graph pulls it;
-- :meth:`AudioPort.write_frame` queues audio for the browser. The outgoing
+- :meth:`WebRtcAudioPort.write_frame` queues audio for the browser. The outgoing
   track (:class:`PortAudioTrack`) hands queued frames to aiortc, which
   resamples and encodes them. It does not pace itself: the engine's one
   media clock (:class:`~engine.media.clock.MediaClock`) drives
@@ -52,28 +52,23 @@ from av import AudioFrame, AudioResampler
 
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.clock import MediaClock
+from engine.media.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 
 __all__ = [
-    "AudioPort",
+    "WebRtcAudioPort",
     "BrowserMediaLeg",
     "LegAudio",
     "PortAudioTrack",
     "PortPlayer",
     "add_ice_host_addresses",
     "parse_candidate",
-    "RATE",
     "FRAME_SAMPLES",
 ]
 
 logger = logging.getLogger(__name__)
 
-Pcm = npt.NDArray[np.int16]
 
-#: The engine's audio rate and frame size (20 ms).
-RATE = 8000
-FRAME_SAMPLES = 160
-
-#: Frames an :class:`AudioPort` buffers each way (200 ms); older ones are dropped.
+#: Frames a :class:`WebRtcAudioPort` buffers each way (200 ms); older ones are dropped.
 MAX_BUFFERED = 10
 
 #: A gap longer than this between written frames starts a new talkspurt
@@ -111,14 +106,14 @@ def _silence() -> Pcm:
     return np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
 
-class AudioPort:
+class WebRtcAudioPort:
     """Audio of one browser leg as 20 ms frames of 8 kHz int16 mono PCM.
 
     :ivar frames_in: frames received from the browser so far.
     :ivar frames_out: frames handed to the browser's track so far.
     """
 
-    rate = RATE
+    rate = SAMPLE_RATE
     samples = FRAME_SAMPLES
 
     def __init__(self) -> None:
@@ -192,11 +187,11 @@ class AudioPort:
 
 
 class PortAudioTrack(MediaStreamTrack):
-    """The outgoing audio track: frames written to an :class:`AudioPort`."""
+    """The outgoing audio track: frames written to a :class:`WebRtcAudioPort`."""
 
     kind = "audio"
 
-    def __init__(self, port: AudioPort) -> None:
+    def __init__(self, port: WebRtcAudioPort) -> None:
         super().__init__()
         self.port = port
         self._pts = 0
@@ -214,19 +209,19 @@ class PortAudioTrack(MediaStreamTrack):
             gap = now - self._last
             step = FRAME_SAMPLES
             if gap > TALKSPURT_GAP:
-                step = max(FRAME_SAMPLES, int(round(gap * RATE / FRAME_SAMPLES)) * FRAME_SAMPLES)
+                step = max(FRAME_SAMPLES, int(round(gap * SAMPLE_RATE / FRAME_SAMPLES)) * FRAME_SAMPLES)
             self._pts += step
         self._last = now
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
+        frame.sample_rate = SAMPLE_RATE
         frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self.port.frames_out += 1
         return frame
 
 
 class PortPlayer:
-    """A media clock sink that plays a player into an :class:`AudioPort`
+    """A media clock sink that plays a player into a :class:`WebRtcAudioPort`
     (what :class:`~engine.calls.rtp_stream.MediaSession` does for RTP legs).
 
     Frames are pulled only once the port is sending, so a prompt started as
@@ -234,7 +229,7 @@ class PortPlayer:
     once, at the end or on :meth:`stop`.
     """
 
-    def __init__(self, port: AudioPort, player: FrameSource, done: Callable[[bool], None]) -> None:
+    def __init__(self, port: WebRtcAudioPort, player: FrameSource, done: Callable[[bool], None]) -> None:
         self.port = port
         self.player = player
         self._done: Callable[[bool], None] | None = done
@@ -271,7 +266,7 @@ class PortPlayer:
 
 class LegAudio:
     """A browser leg's audio as the engine drives it: the
-    :class:`~engine.calls.conference.AudioPort` of the media graph, and the
+    :class:`~engine.media.ports.AudioPort` of the media graph, and the
     call's own player (``say()``, ``start_playback()``).
 
     Exactly one writer feeds the outgoing track each 20 ms:
@@ -290,7 +285,7 @@ class LegAudio:
     (``None`` when none is buffered: silence).
     """
 
-    def __init__(self, port: AudioPort, clock: MediaClock) -> None:
+    def __init__(self, port: WebRtcAudioPort, clock: MediaClock) -> None:
         self.port = port
         self.clock = clock
         self.player: FrameSource | None = None
@@ -360,7 +355,7 @@ class LegAudio:
         self.stop_playback()
         self.clock.discard(self)
 
-    # -- the media graph (engine.calls.conference.AudioPort) ------------------------------
+    # -- the media graph (engine.media.ports.AudioPort) ------------------------------
 
     def graph_attach(self) -> None:
         """From now on the graph writes the track (:meth:`push`)."""
@@ -439,7 +434,7 @@ class BrowserMediaLeg:
 
     def __init__(self, on_failed: Callable[[str], None] | None = None) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.port = AudioPort()
+        self.port = WebRtcAudioPort()
         self.track = PortAudioTrack(self.port)
         self._on_failed = on_failed
         self._tasks: set[asyncio.Task[None]] = set()
@@ -526,7 +521,7 @@ class BrowserMediaLeg:
         """Decode, resample to 8 kHz mono and buffer the browser's audio.
         Reading never stops while the track lives: aiortc queues decoded
         frames without bound for a track nobody reads."""
-        resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         while True:
             try:
                 frame = await track.recv()

@@ -24,11 +24,14 @@ import asyncio
 import logging
 from typing import Protocol
 
+from engine.media.pcm import FRAME_SECONDS
+
 __all__ = ["ClockSink", "MediaClock", "TICK"]
 
 logger = logging.getLogger(__name__)
 
-TICK = 0.020
+#: The clock's period: one frame (:data:`engine.media.pcm.FRAME_SECONDS`).
+TICK = FRAME_SECONDS
 
 
 class ClockSink(Protocol):

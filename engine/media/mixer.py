@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE
+from engine.media.pcm import Pcm
 
 __all__ = [
     "ConferenceMixer",
@@ -37,7 +38,6 @@ __all__ = [
     "stack_frames",
 ]
 
-Pcm = npt.NDArray[np.int16]
 FrameInput = Union[Pcm, Sequence[Pcm]]
 
 

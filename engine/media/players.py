@@ -15,12 +15,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from engine.media.pcm import Pcm
+
 __all__ = [
     "FrameSource", "PlaybackFinished", "ToneSource", "PcmSource", "SilenceSource", "silence",
     "DEFAULT_LEVEL",
 ]
 
-Pcm = npt.NDArray[np.int16]
 
 #: Default level of generated tones, in dBFS (peak of the sine).
 DEFAULT_LEVEL = -10.0

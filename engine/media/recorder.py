@@ -13,11 +13,11 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
+
+from engine.media.pcm import Pcm
 
 __all__ = ["WavRecorder", "RecorderError"]
 
-Pcm = npt.NDArray[np.int16]
 
 
 class RecorderError(Exception):

@@ -39,13 +39,13 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.media.players import PcmSource
+from engine.media.pcm import Pcm
 
 __all__ = [
     "AudioFileError", "AUDIO_FORMATS", "sniff_format", "decode_audio", "decode_native",
     "decode_source", "load_file", "lowpass_taps",
 ]
 
-Pcm = npt.NDArray[np.int16]
 
 #: The formats :func:`decode_audio` plays, as :func:`sniff_format` names them.
 AUDIO_FORMATS = ("WAV", "MP3", "OGG", "FLAC")

@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from engine.media.cache import store_array
 from engine.media.sources import AudioFileError, decode_native, lowpass_taps
+from engine.media.pcm import Pcm
 
 __all__ = [
     "TtsProvider", "EspeakProvider", "GttsProvider", "FallbackProvider", "TtsCache", "TtsError",
@@ -54,7 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Pcm = npt.NDArray[np.int16]
 
 
 class TtsError(Exception):

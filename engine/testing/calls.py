@@ -35,7 +35,8 @@ from engine.calls.call import (
 )
 from engine.calls.direct import DirectCallLeg
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
-from engine.media.tts import Pcm, TtsCache
+from engine.media.pcm import Pcm
+from engine.media.tts import TtsCache
 from engine.runtime.scenario import Session
 from engine.sip.message import REASONS
 from engine.sip.uri import SipUri, parse_uri

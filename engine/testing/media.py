@@ -43,7 +43,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from engine.calls.call import Call, InternalCall, Playback
-from engine.calls.conference import Conference, MediaGraph, Node, Pcm, Recording
+from engine.calls.conference import Conference, MediaGraph, Node, Recording
+from engine.media.pcm import Pcm
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.clock import TICK, ClockSink, MediaClock
 from engine.testing.calls import describe_source, source_duration

@@ -38,7 +38,8 @@ import aiohttp
 import numpy as np
 
 from engine.media.cache import store_array
-from engine.media.sources import AudioFileError, Pcm, decode_audio, load_file
+from engine.media.pcm import Pcm
+from engine.media.sources import AudioFileError, decode_audio, load_file
 
 __all__ = ["AudioLoader", "MAX_REDIRECTS", "is_url", "default_audio_loader"]
 

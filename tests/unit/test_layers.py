@@ -50,3 +50,31 @@ def test_the_check_catches_an_upward_import() -> None:
     graph = grimp.build_graph("engine")
     graph.add_import(importer="engine.sip.parser", imported="engine.calls.call")
     assert any("engine.sip.parser" in chain for chain in _chains(graph, LAYERS))
+
+
+#: Pairs of modules that may import each other one way at most (the call
+#: layer's routing graph knows calls through protocols, not the other way round).
+ONE_WAY: tuple[tuple[str, str], ...] = (
+    ("engine.calls.call", "engine.calls.conference"),
+)
+
+
+def _both_ways(graph: grimp.ImportGraph, pairs: tuple[tuple[str, str], ...]) -> list[str]:
+    return [f"{a} <-> {b}" for a, b in pairs
+            if graph.chain_exists(importer=a, imported=b) and graph.chain_exists(importer=b, imported=a)]
+
+
+def test_call_and_conference_do_not_import_each_other_both_ways() -> None:
+    """``engine.calls.call`` and ``engine.calls.conference`` are not in an
+    import cycle, direct or through other modules (``TYPE_CHECKING`` imports
+    count: grimp sees them)."""
+    assert _both_ways(grimp.build_graph("engine"), ONE_WAY) == []
+
+
+def test_the_cycle_check_catches_a_cycle() -> None:
+    """The same check reports the pair once an import back is added: the
+    test above could not pass by checking nothing."""
+    graph = grimp.build_graph("engine")
+    graph.add_import(importer="engine.calls.call", imported="engine.calls.conference")
+    graph.add_import(importer="engine.calls.conference", imported="engine.calls.call")
+    assert _both_ways(graph, ONE_WAY) == ["engine.calls.call <-> engine.calls.conference"]

@@ -1,7 +1,7 @@
 """The web SDK protocol's frame checks (:mod:`engine.web.protocol`), with no
 socket: each bad input raises :class:`ProtocolError` with its code and the
 frame's ``ref``/``call`` to echo; good frames come back normalised. Also the
-media seam's passive parts: :class:`AudioPort` buffering and
+media seam's passive parts: :class:`WebRtcAudioPort` buffering and
 :class:`PortPlayer` pulling a player into it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from engine.media.players import ToneSource
 from engine.web.protocol import (
     MAX_FRAME_BYTES, ErrorCode, ProtocolError, error_frame, parse_frame,
 )
-from engine.calls.webrtc import FRAME_SAMPLES, MAX_BUFFERED, AudioPort, PortPlayer, parse_candidate
+from engine.calls.webrtc import FRAME_SAMPLES, MAX_BUFFERED, WebRtcAudioPort, PortPlayer, parse_candidate
 
 
 def code_of(frame: Any) -> ErrorCode:
@@ -123,7 +123,7 @@ def test_audio_port_buffers_and_bounds() -> None:
     """Check the port gives 160-sample frames, silence when empty, keeps at
     most MAX_BUFFERED frames each way (dropping the oldest) and refuses
     frames of the wrong size."""
-    port = AudioPort()
+    port = WebRtcAudioPort()
     assert not port.read_frame().any() and port.available == 0
     for i in range(MAX_BUFFERED + 5):
         port._received(np.full(FRAME_SAMPLES, i, dtype=np.int16).tobytes())
@@ -139,7 +139,7 @@ def test_audio_port_buffers_and_bounds() -> None:
 async def test_port_player_waits_for_sending_then_plays_to_the_end() -> None:
     """Check a player pulls nothing until the port is sending, then one
     frame a tick, and reports ``done(True)`` at its end, once."""
-    port = AudioPort()
+    port = WebRtcAudioPort()
     done: list[bool] = []
     player = PortPlayer(port, ToneSource(440, 0.05), done.append)
     assert player.tick(0.0) and port._out.qsize() == 0

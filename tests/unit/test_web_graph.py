@@ -1,5 +1,5 @@
 """Browser legs in the media graph: a :class:`~engine.calls.web_call.WebCall`
-(fake media leg, real :class:`~engine.calls.webrtc.AudioPort`) is routed like
+(fake media leg, real :class:`~engine.calls.webrtc.WebRtcAudioPort`) is routed like
 a SIP leg. What the browser "sends" is fed into its port; what the graph
 writes to the browser is read from the port's outgoing queue. Checked by
 spectrum (which tones are present), never by counting frames, plus the one
@@ -20,7 +20,7 @@ from engine.calls.conference import MediaGraph
 from engine.media.players import ToneSource
 from engine.media.clock import MediaClock
 from engine.calls.web_call import WebCall
-from engine.calls.webrtc import FRAME_SAMPLES, AudioPort, LegAudio
+from engine.calls.webrtc import FRAME_SAMPLES, WebRtcAudioPort, LegAudio
 
 Pcm = npt.NDArray[np.int16]
 RATE = 8000
@@ -51,7 +51,7 @@ class FakeLeg:
     """Stands in for :class:`BrowserMediaLeg` (no ICE): a real port."""
 
     def __init__(self, on_failed: Callable[[str], None]) -> None:
-        self.port = AudioPort()
+        self.port = WebRtcAudioPort()
         self.port.sending = True  # as if aiortc pulled the track already
 
     async def accept_offer(self, sdp: str, candidates: Sequence[Any] = ()) -> str:

@@ -14,7 +14,7 @@ import pytest
 from engine.calls.call import CallError, CallEvent, CallEvents, CallState
 from engine.media.clock import MediaClock
 from engine.calls.web_call import WebCall
-from engine.calls.webrtc import AudioPort
+from engine.calls.webrtc import WebRtcAudioPort
 
 
 class Channel:
@@ -34,7 +34,7 @@ class FakeLeg:
 
     def __init__(self, on_failed: Callable[[str], None]) -> None:
         self.on_failed = on_failed
-        self.port = AudioPort()
+        self.port = WebRtcAudioPort()
         self.candidates: list[Any] = []
         self.closed = False
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from engine.media.codecs.base import CodecError, Decoder, Encoder, Pcm
+from engine.media.codecs.base import CodecError, Decoder, Encoder
 from engine.media.codecs.g711 import PcmaDecoder, PcmaEncoder, PcmuDecoder, PcmuEncoder
+from engine.media.pcm import Pcm
 
 __all__ = [
     "CodecError",

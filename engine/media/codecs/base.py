@@ -9,9 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
-import numpy.typing as npt
 
-Pcm = npt.NDArray[np.int16]
+from engine.media.pcm import Pcm
+
 """One frame of 16-bit mono PCM."""
 
 

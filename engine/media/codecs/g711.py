@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.media.codecs.base import Decoder, Encoder, Pcm
+from engine.media.codecs.base import Decoder, Encoder
+from engine.media.pcm import Pcm
 
 __all__ = [
     "ALAW_DECODE",
