@@ -176,11 +176,12 @@ class MediaSession:
         if now is None:
             now = asyncio.get_running_loop().time()
         self.negotiated = negotiated
-        if negotiated.srtp is None:
+        keys = negotiated.srtp
+        if keys is None:
             self.srtp = None
-        elif self.srtp is None or self.srtp.params != negotiated.srtp:
+        elif self.srtp is None or self.srtp.keys != (keys.suite, keys.send_key, keys.recv_key):
             # new keys (a re-INVITE may rekey); the same keys keep the replay state
-            self.srtp = SrtpContext(negotiated.srtp)
+            self.srtp = SrtpContext(keys.suite, keys.send_key, keys.recv_key)
         codec = negotiated.codec
         pts = {codec.payload_type}
         if negotiated.telephone_event_pt is not None:

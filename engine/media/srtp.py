@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import pylibsrtp
 
-from engine.sip.offer_answer import SrtpParameters
-
 __all__ = ["SrtpContext", "SrtpError", "PROFILES"]
 
 #: SDES crypto-suite names (RFC 4568 section 6.2, RFC 7714 section 14.2) to libsrtp profiles.
@@ -56,21 +54,26 @@ def _session(suite: str, key: bytes, ssrc_type: int) -> pylibsrtp.Session:
 class SrtpContext:
     """Protect what we send and unprotect what we receive on one leg.
 
-    :param params: the suite and the two keys negotiated in SDP
-        (:class:`~engine.sip.offer_answer.SrtpParameters`).
+    The call layer maps SDP's :class:`~engine.sip.offer_answer.SrtpParameters`
+    to these arguments (media/ does not read SDP).
+
+    :param suite: the SDES crypto-suite name (a key of :data:`PROFILES`).
+    :param send_key: our master key and salt (the one in our SDP).
+    :param recv_key: the peer's master key and salt.
     :raises SrtpError: if the suite or a key cannot be used.
     """
 
-    def __init__(self, params: SrtpParameters) -> None:
-        self.params = params
-        self._tx = _session(params.suite, params.send_key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
-        self._rx = _session(params.suite, params.recv_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    def __init__(self, suite: str, send_key: bytes, recv_key: bytes) -> None:
+        #: ``(suite, send_key, recv_key)``, to tell whether a re-INVITE changed them.
+        self.keys = (suite, send_key, recv_key)
+        self._tx = _session(suite, send_key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self._rx = _session(suite, recv_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
         #: Dropped inbound packets: ``srtp_auth_failed``, ``srtp_replay``,
         #: ``srtp_malformed`` (too short, too long, an unknown error).
         self.stats: dict[str, int] = {"srtp_auth_failed": 0, "srtp_replay": 0, "srtp_malformed": 0}
 
     def __repr__(self) -> str:  # never print keys
-        return f"SrtpContext({self.params.suite})"
+        return f"SrtpContext({self.keys[0]})"
 
     def protect_rtp(self, packet: bytes) -> bytes | None:
         """The SRTP packet for the RTP ``packet`` (``None`` if libsrtp refuses it: too long)."""

@@ -261,9 +261,9 @@ ERRORS = [
     ("rules:\n  - name: Fwd\n    patern: x\n", "rules.yaml:3: rule 'Fwd': unknown key 'patern' (did you mean 'pattern'?)"),
     (RULE + "    priority: 1\n",
      "rules.yaml:4: rule 'Fwd': unknown key 'priority' "
-     "(expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated)"),
+     "(expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated, srtp)"),
     (RULE + "    pattern: x\n", "rules.yaml:4: rule 'Fwd': duplicate key 'pattern' (first on line 3)"),
-    (RULE + "    1: x\n", "rules.yaml:4: rule 'Fwd': unknown key '1' (expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated)"),
+    (RULE + "    1: x\n", "rules.yaml:4: rule 'Fwd': unknown key '1' (expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated, srtp)"),
     (RULE + "    true: x\n", "rules.yaml:4: rule 'Fwd': keys must be strings, got a boolean"),
     (RULE + "    <<: {exclude: x}\n", "rules.yaml:4: rule 'Fwd': merge keys ('<<') are not supported"),
     # required keys and types
