@@ -304,6 +304,12 @@ ERRORS = [
     (RULE + "    scenarios: ['../x']\n",
      "rules.yaml:4: rule 'Fwd': '../x' is not a valid scenario name "
      "(a file stem: letters, digits and '_', not starting with a digit)"),
+    (RULE + "    scenarios: [x]\n    srtp: required\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got 'required'"),
+    (RULE + "    scenarios: [x]\n    srtp: yes\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got 'yes'"),
+    (RULE + "    scenarios: [x]\n    srtp: [mandatory]\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got a list"),
 ]
 
 
@@ -371,3 +377,10 @@ def test_error_pickles() -> None:
 def test_repr(canonical: RuleSet) -> None:
     """Check the repr lists the rule names in order."""
     assert repr(canonical) == "RuleSet(['InboundFromPSTN', 'InboundCall', 'Fwd', 'P2P'])"
+
+
+@pytest.mark.parametrize("value", ["mandatory", "optional", "off", "'off'"])
+def test_srtp_policy(value: str) -> None:
+    """Check each SRTP policy is read (a bare YAML ``off`` included), and a rule without one has none."""
+    rules = parse_rules(f"rules:\n  - {{name: A, pattern: a, scenarios: [x], srtp: {value}}}\n  - {{name: B, pattern: b, scenarios: [x]}}\n")
+    assert [r.srtp for r in rules.rules] == [value.strip("'"), None]
