@@ -226,11 +226,15 @@ class SdpMediaHandler:
         return key
 
     def create_offer(self) -> bytes:
-        """:raises LocalProtocolError: SRTP is wanted but the signalling is not secure."""
+        """Our offer: ``RTP/SAVP`` with a key per suite when the policy asks
+        and the signalling is secure; ``optional`` over plain signalling
+        offers plain RTP.
+
+        :raises LocalProtocolError: SRTP is mandatory but the signalling is not secure."""
         crypto: list[CryptoAttribute] = []
-        if self.srtp != "off":
-            if not self.secure_signalling:
-                raise LocalProtocolError("SRTP keys (SDES) may only be offered over TLS signalling")
+        if self.srtp == "mandatory" and not self.secure_signalling:
+            raise LocalProtocolError("SRTP keys (SDES) may only be offered over TLS signalling")
+        if self.srtp != "off" and self.secure_signalling:
             crypto = [CryptoAttribute(tag, suite, self._srtp_key(suite)) for tag, suite in enumerate(SRTP_SUITES, 1)]
         self.version += 1
         self.local_offer = create_offer(

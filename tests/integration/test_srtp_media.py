@@ -174,6 +174,7 @@ async def test_sdes_over_plain_signalling_refused(caplog: pytest.LogCaptureFixtu
         assert "sdes_over_plain" in caplog.text and "5ec" in caplog.text
         offered = str(rig.peer.offer.media[0].crypto[0]).split("inline:")[1]
         assert offered not in caplog.text
+        assert b"RTP/AVP" in rig.handler.create_offer()  # optional: no keys over plain signalling
         rig.handler.srtp = "mandatory"
         with pytest.raises(LocalProtocolError, match="only be offered over TLS"):
             rig.handler.create_offer()
