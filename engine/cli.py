@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rtp-strict", choices=("on", "off"), default=_env("RTP_STRICT", "on"),
                        help="latch an RTP source other than the SDP address only after 4 consistent packets,"
                             " and stop sending to an address nothing confirmed 3 s after media start")
+    serve.add_argument("--srtp-allow-plain-signalling", action="store_true",
+                       default=_env("SRTP_ALLOW_PLAIN_SIGNALLING", "") in ("1", "on", "true"),
+                       help="accept and offer SDES SRTP keys over plain UDP/TCP SIP (unsafe: anyone on"
+                            " the path reads the keys; for tests and trusted networks)")
     serve.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""),
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
@@ -248,7 +252,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         pin_min_length=args.pin_min_length,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
-        rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on", guest_login=args.guests == "on",
+        rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on",
+        srtp_allow_plain_signalling=args.srtp_allow_plain_signalling, guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
         max_sessions=args.max_sessions, ws_max_per_source=args.ws_max_per_source,
         ws_max_connections=args.ws_max_connections,

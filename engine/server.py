@@ -81,6 +81,9 @@ class EngineConfig:
     #: ``rtp_send_grace`` seconds after media start. False: the first packet
     #: from anywhere latches and the SDP address is always sent to.
     rtp_strict: bool = True
+    #: Whether SDES SRTP keys may travel over plain UDP/TCP SIP (they are
+    #: refused with 488 unless the signalling is TLS; see engine.calls.sdp_media).
+    srtp_allow_plain_signalling: bool = False
     rtp_probation: int = PROBATION
     rtp_send_grace: float = SEND_GRACE
     realm: str = "callbridge"
@@ -406,10 +409,15 @@ class Engine:
     def _media_for(self, call: SipCall) -> MediaHandler:
         host = self.ua.endpoint.listen_host_for(call.peer)
         address = self.config.advertised_host or host
+        # SRTP: the rule's or the call's policy; by default answer in kind
+        # inbound and offer plain RTP outbound.
+        srtp = call.srtp or ("optional" if call.direction == "inbound" else "off")
+        secure = call.peer.transport == "TLS" or self.config.srtp_allow_plain_signalling
         return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
                                audio=self.audio,
                                rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
-                               call_id=call.id)
+                               call_id=call.id, srtp=srtp,
+                               secure_signalling=secure, source=call.peer.host)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

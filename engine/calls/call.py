@@ -704,6 +704,10 @@ class Call(PlaybackMixin, Listeners):
         self.headers: dict[str, str] = dict(headers or {})
         self.grant: Grant | None = None
         self.source: str | None = None
+        #: The SRTP policy of this leg's media (``mandatory``, ``optional``,
+        #: ``off``), set from the matching rule or the outbound call's
+        #: options; ``None``: the engine's default for the direction.
+        self.srtp: str | None = None
         self.state = CallState.NEW
         self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
         self.emitter = AsyncIOEventEmitter()

@@ -57,6 +57,13 @@ a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
 listener is set wait in that buffer and are still reported.
 
+SRTP (RFC 3711, keys from SDES): when the negotiated stream carries keys,
+:attr:`MediaSession.srtp` (an :class:`~engine.media.srtp.SrtpContext`)
+protects each datagram just before it is sent and unprotects each one just
+after it is read, before parsing and latching; a packet failing
+authentication or replay is dropped and counted there, so a forged packet
+never latches a source.
+
 Outgoing RFC 4733 digits (:attr:`MediaSession.dtmf`) take the player's
 place on each tick while they are sent: the player is paused, not pulled,
 and the stream's timestamp advances under the events.
@@ -80,6 +87,7 @@ from engine.media.jitterbuffer import JitterBuffer
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.rtcp_session import RtcpSession
 from engine.media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
+from engine.media.srtp import SrtpContext
 from engine.security_log import security_event
 from engine.sip.offer_answer import NegotiatedMedia
 from engine.media.clock import ClockSink, MediaClock
@@ -155,6 +163,8 @@ class MediaSession:
         self.decode_table: npt.NDArray[np.int16] | None = None
         self._g711_decoder: G711Decoder | None = None
         self._encode_table: npt.NDArray[np.uint8] | None = None
+        #: SRTP for this leg (set by :meth:`configure` from the negotiated keys), or ``None``.
+        self.srtp: SrtpContext | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -166,6 +176,12 @@ class MediaSession:
         if now is None:
             now = asyncio.get_running_loop().time()
         self.negotiated = negotiated
+        keys = negotiated.srtp
+        if keys is None:
+            self.srtp = None
+        elif self.srtp is None or self.srtp.keys != (keys.suite, keys.send_key, keys.recv_key):
+            # new keys (a re-INVITE may rekey); the same keys keep the replay state
+            self.srtp = SrtpContext(keys.suite, keys.send_key, keys.recv_key)
         codec = negotiated.codec
         pts = {codec.payload_type}
         if negotiated.telephone_event_pt is not None:
@@ -220,6 +236,11 @@ class MediaSession:
         addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
         if addr is None:
             return False
+        if self.srtp is not None:
+            protected = self.srtp.protect_rtp(data)
+            if protected is None:
+                return False
+            data = protected
         self.transport.sendto(data, addr)
         return True
 
@@ -393,7 +414,11 @@ class MediaSession:
             return
         addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
         if addr is not None:
-            self.transport.sendto(header + payload, addr)
+            data: bytes | None = header + payload
+            if self.srtp is not None:
+                data = self.srtp.protect_rtp(header + payload)
+            if data is not None:
+                self.transport.sendto(data, addr)
 
     def close(self) -> None:
         self.closed = True
@@ -412,6 +437,11 @@ class MediaSession:
         latch = self.latch
         if latch is None or (self._listener is None and not self.graph_driven and self.rtcp is None):
             return
+        if self.srtp is not None:
+            plain = self.srtp.unprotect_rtp(data)
+            if plain is None:
+                return  # forged, replayed or damaged: counted in srtp.stats
+            data = plain
         try:
             packet = RtpPacket.parse(data)
         except RtpError:

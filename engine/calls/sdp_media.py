@@ -28,6 +28,16 @@ then made only on demand. The timeout is checked on the RTCP timer (one
 the peer holds the call or the stream is not received
 (:meth:`SdpMediaHandler._configure`).
 
+SRTP with SDES keys (RFC 3711, RFC 4568) follows the leg's policy
+(``srtp``: ``mandatory``, ``optional`` or ``off``; see
+:mod:`engine.sip.offer_answer`): offers are ``RTP/SAVP`` unless it is
+``off``, and answers take what the policy allows. Keys travel in the SDP,
+so they may only be sent or accepted over TLS signalling
+(``secure_signalling``): an SDES offer that came over plain UDP or TCP is
+refused with 488 and logged (``security event=sdes_over_plain``), and we
+do not offer keys over it either. Our key for a suite is made once per leg
+and kept across re-INVITEs, so a re-offer does not rekey our stream.
+
 :class:`DtmfPlayout` sends outgoing RFC 4733 digits
 (:class:`~engine.media.dtmf_sender.DtmfSender`) on the session's ticks.
 """
@@ -40,8 +50,21 @@ import secrets
 import time
 from typing import Any, Callable
 
-from engine.sip.offer_answer import PCMA, PCMU, Codec, NegotiatedMedia, create_answer, create_offer, process_answer
-from engine.sip.sdp import SessionDescription, parse_sdp
+from engine.security_log import security_event
+from engine.sip.errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.offer_answer import (
+    PCMA,
+    PCMU,
+    SRTP_POLICIES,
+    Codec,
+    NegotiatedMedia,
+    SrtpPolicy,
+    create_answer,
+    create_offer,
+    new_srtp_key,
+    process_answer,
+)
+from engine.sip.sdp import SRTP_SUITES, CryptoAttribute, SessionDescription, parse_sdp
 from engine.media.dtmf_sender import DtmfSender
 from engine.media.players import FrameSource
 from engine.media.rtp import RtpSourcePolicy
@@ -146,12 +169,20 @@ class SdpMediaHandler:
         to an unconfirmed SDP address (:class:`~engine.media.rtp.RtpSourcePolicy`;
         the defaults when ``None``). RTCP reports follow the same gate.
     :param call_id: the call's id, for the security log.
+    :param srtp: the leg's SRTP policy (see the module notes).
+    :param secure_signalling: whether the SDP travels over TLS (or plain
+        signalling is allowed to carry keys: ``--srtp-allow-plain-signalling``).
+    :param source: the peer's address, for the security log.
     """
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
                  clock: MediaClock | None = None, tts: TtsCache | None = None,
                  audio: AudioLoader | None = None, rtp_timeout: float = 0.0,
-                 rtp_policy: RtpSourcePolicy | None = None, call_id: str | None = None) -> None:
+                 rtp_policy: RtpSourcePolicy | None = None, call_id: str | None = None,
+                 srtp: str = "off", secure_signalling: bool = False,
+                 source: str | None = None) -> None:
+        if srtp not in SRTP_POLICIES:
+            raise ValueError(f"srtp must be one of {', '.join(SRTP_POLICIES)}, not {srtp!r}")
         self.ports = ports
         self.address = address
         self.codecs = codecs
@@ -168,6 +199,10 @@ class SdpMediaHandler:
         self.rtp_timeout = rtp_timeout
         self.rtp_policy = rtp_policy
         self.call_id = call_id
+        self.srtp: SrtpPolicy = next(p for p in SRTP_POLICIES if p == srtp)
+        self.secure_signalling = secure_signalling
+        self.source = source
+        self._srtp_keys: dict[str, bytes] = {}
         #: RTCP's report interval (RFC 3550 section 6.2's 5 s; tests shorten it).
         self.rtcp_interval = MIN_INTERVAL
         self._tone_listener: ToneListener | None = None
@@ -183,20 +218,46 @@ class SdpMediaHandler:
             self.pair = self.ports.allocate()
         return self.pair.rtp_port
 
+    def _srtp_key(self, suite: str) -> bytes:
+        """Our key for ``suite``: made once per leg (see the module notes)."""
+        key = self._srtp_keys.get(suite)
+        if key is None:
+            key = self._srtp_keys[suite] = new_srtp_key(suite)
+        return key
+
     def create_offer(self) -> bytes:
+        """Our offer: ``RTP/SAVP`` with a key per suite when the policy asks
+        and the signalling is secure; ``optional`` over plain signalling
+        offers plain RTP.
+
+        :raises LocalProtocolError: SRTP is mandatory but the signalling is not secure."""
+        crypto: list[CryptoAttribute] = []
+        if self.srtp == "mandatory" and not self.secure_signalling:
+            raise LocalProtocolError("SRTP keys (SDES) may only be offered over TLS signalling")
+        if self.srtp != "off" and self.secure_signalling:
+            crypto = [CryptoAttribute(tag, suite, self._srtp_key(suite)) for tag, suite in enumerate(SRTP_SUITES, 1)]
         self.version += 1
         self.local_offer = create_offer(
             self.address, self._port(), self.codecs, session_id=self.session_id,
-            session_version=self.version,
+            session_version=self.version, crypto=crypto,
         )
         return self.local_offer.to_bytes()
 
     def create_answer(self, offer: bytes) -> bytes:
+        """:raises RemoteProtocolError: 400 for malformed SDP, 488 when
+        nothing is acceptable or SDES keys came over plain signalling."""
         remote = parse_sdp(offer)
+        if self.srtp != "off" and not self.secure_signalling and any(
+            m.port != 0 and m.proto.startswith("RTP/SAVP") and m.attribute("crypto") is not None
+            for m in remote.media
+        ):
+            # RFC 4568 section 8.3: SDES keys need a secure signalling path.
+            security_event("sdes_over_plain", self.source, call=self.call_id)
+            raise RemoteProtocolError("SDES keys over plain signalling (use TLS)", status=488)
         self.version += 1
         answer, negotiated = create_answer(
             remote, self.address, self._port(), self.codecs, session_id=self.session_id,
-            session_version=self.version,
+            session_version=self.version, srtp=self.srtp, srtp_key=self._srtp_key,
         )
         self.remote = remote
         self.negotiated = negotiated
@@ -239,7 +300,8 @@ class SdpMediaHandler:
         session.rtcp = rtcp
         self.session = session
         self.rtcp = RtcpTransport(self.pair.rtcp, rtcp, self._rtcp_destination, self._rtp_timed_out,
-                                  may_send=self._rtcp_may_send, on_source=self._on_rtcp_source)
+                                  may_send=self._rtcp_may_send, on_source=self._on_rtcp_source,
+                                  protector=lambda: session.srtp)
         self._configure(session)
         self.rtcp.start()
         if self._on_rtp_timeout is not None:
@@ -368,6 +430,12 @@ class SdpMediaHandler:
         if self.dtmf is not None:
             self.dtmf.stop()
             self.dtmf = None
+
+    def srtp_stats(self) -> dict[str, int]:
+        """SRTP packets dropped on this leg (:attr:`engine.media.srtp.SrtpContext.stats`;
+        empty without SRTP)."""
+        srtp = self.session.srtp if self.session is not None else None
+        return dict(srtp.stats) if srtp is not None else {}
 
     def media_stats(self) -> MediaStats:
         """Statistics of the media session (zeros if none ran); kept after :meth:`close`."""

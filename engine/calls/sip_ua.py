@@ -57,6 +57,7 @@ from engine.state.directory import ContactUpdate, LoginBackoff, LoginGuard, Memo
 from engine.sip.auth import ClientAuthSession, DigestServer
 from engine.sip.dialog import Dialog
 from engine.sip.errors import RemoteProtocolError
+from engine.sip.offer_answer import SRTP_POLICIES
 from engine.sip.headers import NameAddr
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_call_id, new_tag
 from engine.sip.invite_session import (
@@ -1099,6 +1100,7 @@ class UserAgent:
         peer: Peer | None = None,
         from_host: str | None = None,
         stay_on_host: bool = False,
+        srtp: str | None = None,
     ) -> SipCall:
         """Start an outbound call to a SIP URI.
 
@@ -1109,7 +1111,11 @@ class UserAgent:
             sent to ``uri``'s own host:port, never to where a 3xx leads.
         :param stay_on_host: follow a 3xx only to a Contact on ``uri``'s
             host:port; another fails the call with the 3xx code.
+        :param srtp: ``mandatory`` or ``optional`` offer SRTP (SDES, over TLS
+            only), ``off`` or ``None`` plain RTP.
         """
+        if srtp is not None and srtp not in SRTP_POLICIES:
+            raise CallError(f"srtp must be one of {', '.join(SRTP_POLICIES)}, not {srtp!r}")
         target = parse_uri(uri) if isinstance(uri, str) else uri
         if not isinstance(target, SipUri):
             raise CallError(f"not a sip: URI: {uri}")
@@ -1119,6 +1125,7 @@ class UserAgent:
             number=target.user or "", callerid=callerid, display_name=display_name,
             dispatcher=dispatcher,
         )
+        call.srtp = srtp
         if stay_on_host:
             call._redirect_scope = _host_port(target)
         self.calls.add(call)
@@ -1139,6 +1146,7 @@ class UserAgent:
     def call_pstn(
         self, number: str, callerid: str, *, display_name: str | None = None,
         headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
+        srtp: str | None = None,
     ) -> SipCall:
         """Call ``number`` through the configured trunk, answering its digest
         challenges with the trunk's credentials. A 3xx is followed only to
@@ -1152,7 +1160,7 @@ class UserAgent:
         auth = ClientAuthSession(trunk.username, trunk.password or "") if trunk.username else None
         return self.call_sip(uri, callerid=callerid, display_name=display_name, headers=headers,
                              dispatcher=dispatcher, auth=auth, from_host=trunk.host,
-                             stay_on_host=True)
+                             stay_on_host=True, srtp=srtp)
 
     def call_registered(
         self, user: str, *, callerid: str, display_name: str | None = None,

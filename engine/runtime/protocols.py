@@ -23,12 +23,14 @@ class Dialer(Protocol):
     with its listeners run by ``dispatcher`` (the session placing it)."""
 
     def call_sip(self, uri: str, *, callerid: str, display_name: str | None,
-                 headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> Call:
+                 headers: dict[str, str] | None, dispatcher: Dispatcher | None,
+                 srtp: str | None = None) -> Call:
         """Call a SIP URI directly (RFC 3261 §8.1)."""
         ...
 
     def call_pstn(self, number: str, callerid: str, *, display_name: str | None,
-                  headers: dict[str, str] | None, dispatcher: Dispatcher | None) -> Call:
+                  headers: dict[str, str] | None, dispatcher: Dispatcher | None,
+                  srtp: str | None = None) -> Call:
         """Call ``number`` through the SIP trunk; :class:`~engine.calls.call.CallError`
         when none is configured."""
         ...

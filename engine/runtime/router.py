@@ -47,7 +47,9 @@ from yaml.reader import ReaderError
 
 __all__ = ["Caller", "Rule", "RuleSet", "RulesError", "RulesWarning", "load_rules", "parse_rules"]
 
-_KEYS = ("name", "pattern", "exclude", "scenarios", "description", "kinds", "networks", "authenticated")
+_KEYS = ("name", "pattern", "exclude", "scenarios", "description", "kinds", "networks", "authenticated", "srtp")
+#: A rule's ``srtp`` values (engine.sip.offer_answer.SRTP_POLICIES; the router does not import sip/).
+SRTP_VALUES = ("mandatory", "optional", "off")
 #: Call kinds a rule can be restricted to.
 KINDS = ("web", "sip", "internal")
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -112,6 +114,9 @@ class Rule:
         session.
     :param line: line of the rule in its file (0 for rules not from a file).
     :param description: free text, ``""`` when absent.
+    :param srtp: the SRTP policy of SIP calls this rule takes (``mandatory``:
+        only SRTP, refused 488 otherwise; ``optional``: answered in kind;
+        ``off``: only RTP), or ``None`` for the engine's default (``optional``).
     """
 
     name: str
@@ -123,6 +128,7 @@ class Rule:
     kinds: frozenset[str] | None = None
     networks: tuple[_Network, ...] | None = None
     authenticated: bool = False
+    srtp: str | None = None
 
     @property
     def restricted(self) -> bool:
@@ -435,6 +441,7 @@ class _Parser:
             networks=self.parse_networks(fields["networks"][1], label) if "networks" in fields else None,
             authenticated=self.parse_flag(fields["authenticated"][1], label, "authenticated")
             if "authenticated" in fields else False,
+            srtp=self.parse_srtp(fields["srtp"][1], label) if "srtp" in fields else None,
         )
 
     def text_list(self, node: Node, label: str, key: str) -> list[tuple[str, Node]]:
@@ -467,6 +474,15 @@ class _Parser:
                     _line(item), f"{label}: '{value}' is not an address or network (e.g. 192.0.2.0/24, ::1)"
                 ) from None
         return tuple(networks)
+
+    def parse_srtp(self, node: Node, label: str) -> str:
+        # YAML reads a bare `off` as the boolean false: take it as the word.
+        if isinstance(node, ScalarNode) and node.tag == _TAG + "bool" and str(node.value).lower() in ("off", "no", "false"):
+            return "off"
+        if not _is_text(node) or str(node.value) not in SRTP_VALUES:
+            shown = repr(str(node.value)) if isinstance(node, ScalarNode) else _kind(node)
+            raise self.error(_line(node), f"{label}: srtp must be one of {', '.join(SRTP_VALUES)}, got {shown}")
+        return str(node.value)
 
     def parse_flag(self, node: Node, label: str, key: str) -> bool:
         if not (isinstance(node, ScalarNode) and node.tag == _TAG + "bool"):

@@ -281,6 +281,8 @@ class ScenarioRuntime:
             else:
                 call.reject(403)
             return
+        if rule.srtp is not None:
+            call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sdp_media)
         try:
             session = self.start_session(rule)
         except SessionLimitReached:

@@ -85,7 +85,8 @@ class _VoxEngine:
                                                grant=grant, source=source)
 
     def call_pstn(self, number: str, callerid: str, headers: dict[str, str] | None = None,
-                  display_name: str | None = None, requested_by: Call | None = None) -> Call:
+                  display_name: str | None = None, requested_by: Call | None = None,
+                  srtp: str | None = None) -> Call:
         """Call a phone number through the configured SIP trunk, if the
         engine's dial-out policy allows it (:mod:`engine.runtime.dialout`: the
         allow and deny lists, the engine's caps).
@@ -94,6 +95,8 @@ class _VoxEngine:
             browser's ``CALL_PARTICIPANT``): their grant must hold
             ``dial_out``, their own caps apply, and the call is hung up when
             they leave. A guest never holds ``dial_out``.
+        :param srtp: ``mandatory``/``optional`` offer SRTP (SDES keys; needs
+            TLS to the trunk), ``off``/``None`` plain RTP.
         :raises DialRefused: (a :class:`CallError`) the policy refuses, with
             ``code`` and ``reason``.
         """
@@ -111,7 +114,8 @@ class _VoxEngine:
         digits = runtime.dial_policy.check(number, requested_by=requested_by, hit=hit,
                                            src=requested_by.source if requested_by is not None else None)
         call = _outbound(lambda ua, me: ua.call_pstn(digits, callerid, display_name=display_name,
-                                                     headers=headers, dispatcher=me))
+                                                     headers=headers, dispatcher=me,
+                                                     **({"srtp": srtp} if srtp else {})))
         runtime.dial_policy.started(call, requested_by)
         if requested_by is not None and requested_by.grant is not None:
             call.grant = Grant(identity=digits, authenticated_by="dial-out", room=requested_by.grant.room,
@@ -119,10 +123,15 @@ class _VoxEngine:
         return call
 
     def call_sip(self, uri: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
-                 display_name: str | None = None) -> Call:
-        """Call a SIP URI directly."""
+                 display_name: str | None = None, srtp: str | None = None) -> Call:
+        """Call a SIP URI directly.
+
+        :param srtp: ``mandatory``/``optional`` offer SRTP (SDES keys; only
+            over TLS, ``sip:...;transport=tls``), ``off``/``None`` plain RTP.
+        """
         return _outbound(lambda ua, me: ua.call_sip(uri, callerid=callerid, display_name=display_name,
-                                                    headers=headers, dispatcher=me))
+                                                    headers=headers, dispatcher=me,
+                                                     **({"srtp": srtp} if srtp else {})))
 
     def call_user(self, name: str, callerid: str = "callbridge", headers: dict[str, str] | None = None,
                   display_name: str | None = None) -> Call:

@@ -9,8 +9,15 @@ Decisions callers should know about:
 - An answer carries one codec per accepted stream, plus ``telephone-event``
   at the codec's clock rate when one is offered. RFC 3264 section 6.1 allows
   more than one, but with one codec the peer cannot switch codecs mid-call.
-- At most one stream of each kind is accepted, and only over ``RTP/AVP``.
-  Other streams, SRTP among them, are answered with port 0.
+- At most one stream of each kind is accepted, over ``RTP/AVP`` or, with
+  SDES keys (RFC 4568), over ``RTP/SAVP`` and ``RTP/SAVPF`` (SRTP, RFC 3711).
+  The SRTP policy decides which: ``mandatory`` takes only SRTP, ``off``
+  only plain RTP, ``optional`` (the default) answers each in kind. Other
+  streams are answered with port 0.
+- SDES: an answer takes the first ``a=crypto`` of the offer whose suite we
+  support (offerer's order, RFC 4568 section 7.1.1), without MKI or session
+  parameters, and answers it under the same tag with a key of our own. The
+  key written by a party is the one it sends with (RFC 4568 section 6.1).
 - The codec is picked in the offerer's preference order. Payload type numbers
   are the offerer's in an answer we write (RFC 3264 section 6.1), and the
   answerer's when we read the answer to our own offer. We send with the
@@ -27,12 +34,16 @@ import copy
 import dataclasses
 import enum
 import ipaddress
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 from engine.sip.sdp import (
+    SRTP_SUITES,
     Connection,
+    CryptoAttribute,
     Direction,
     MediaDescription,
     Origin,
@@ -50,9 +61,13 @@ __all__ = [
     "OfferAnswerState",
     "PCMA",
     "PCMU",
+    "SRTP_POLICIES",
+    "SrtpParameters",
+    "SrtpPolicy",
     "TELEPHONE_EVENT",
     "create_answer",
     "create_offer",
+    "new_srtp_key",
     "process_answer",
 ]
 
@@ -100,7 +115,41 @@ _STATIC_PAYLOAD_TYPES = {
     13: RtpMap("CN", 8000),
     18: RtpMap("G729", 8000),
 }
-_PROTOS = frozenset({"RTP/AVP"})
+_PLAIN_PROTOS = frozenset({"RTP/AVP"})
+#: RFC 3711 section 12 (SAVP) and RFC 5124 (SAVPF, answered without RTCP feedback).
+_SECURE_PROTOS = frozenset({"RTP/SAVP", "RTP/SAVPF"})
+
+#: Which streams a leg takes: only SRTP, either (answered in kind), only RTP.
+SrtpPolicy = Literal["mandatory", "optional", "off"]
+SRTP_POLICIES: tuple[SrtpPolicy, ...] = ("mandatory", "optional", "off")
+
+
+def new_srtp_key(suite: str) -> bytes:
+    """A fresh random master key and salt for ``suite`` (RFC 4568 section 6.1)."""
+    return secrets.token_bytes(SRTP_SUITES[suite])
+
+
+@dataclass(frozen=True)
+class SrtpParameters:
+    """The SDES outcome of one stream: SRTP with ``suite``.
+
+    :param send_key: our master key and salt (the one in our SDP).
+    :param recv_key: the peer's (the one in its SDP).
+    """
+
+    suite: str
+    send_key: bytes
+    recv_key: bytes
+
+    def __repr__(self) -> str:  # never print keys
+        return f"SrtpParameters(suite={self.suite!r})"
+
+
+def _usable_crypto(media: MediaDescription, suites: Sequence[str]) -> CryptoAttribute | None:
+    """The first ``a=crypto`` of ``media`` we can use (RFC 4568 section 7.1.1):
+    a suite we support, no MKI (pylibsrtp has none), no session parameters
+    (an unknown one forbids using the line, RFC 4568 section 6.3)."""
+    return next((c for c in media.crypto if c.suite in suites and c.mki is None and not c.session_params), None)
 _DEFAULT_PTIME = 20
 
 
@@ -116,6 +165,7 @@ class NegotiatedMedia:
     :param send: whether we send media.
     :param recv: whether we receive media.
     :param on_hold: whether the peer has put the stream on hold (see the module notes).
+    :param srtp: the SRTP suite and keys, or ``None`` for plain RTP.
     """
 
     index: int
@@ -128,6 +178,7 @@ class NegotiatedMedia:
     send: bool
     recv: bool
     on_hold: bool
+    srtp: SrtpParameters | None = None
 
     @property
     def direction(self) -> Direction:
@@ -186,10 +237,11 @@ def _telephone_event_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> i
 
 
 def _build_media(
-    kind: str, port: int, codecs: Sequence[Codec], direction: Direction, ptime: int | None
+    kind: str, port: int, codecs: Sequence[Codec], direction: Direction, ptime: int | None,
+    proto: str = "RTP/AVP", crypto: Sequence[CryptoAttribute] = (),
 ) -> MediaDescription:
-    """Build an ``RTP/AVP`` m= section for ``codecs``, whose payload types are all set."""
-    media = MediaDescription(kind, port, "RTP/AVP", [str(c.payload_type) for c in codecs])
+    """Build an m= section for ``codecs``, whose payload types are all set."""
+    media = MediaDescription(kind, port, proto, [str(c.payload_type) for c in codecs])
     for codec in codecs:
         # Write an rtpmap even for static types: RFC 8866 section 6.6 recommends it.
         media.attributes.append(("rtpmap", f"{codec.payload_type} {codec.rtpmap}"))
@@ -197,6 +249,7 @@ def _build_media(
             media.attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
     if ptime and kind == "audio":
         media.attributes.append(("ptime", str(ptime)))
+    media.attributes.extend(("crypto", str(c)) for c in crypto)
     media.direction = direction
     return media
 
@@ -228,6 +281,7 @@ def create_offer(
     ptime: int | None = 20,
     telephone_event: bool = True,
     username: str = "callbridge",
+    crypto: Sequence[CryptoAttribute] = (),
 ) -> SessionDescription:
     """Build an offer (RFC 3264 section 5) with one ``m=`` line of the codecs' kind.
 
@@ -237,6 +291,8 @@ def create_offer(
     :param telephone_event: add RFC 4733 ``telephone-event`` (at 101 when free)
         once for each clock rate among the audio codecs.
     :param ptime: the ``a=ptime`` to request (audio only). ``None`` leaves it out.
+    :param crypto: SDES keys (RFC 4568) in our order of preference: the offer
+        is ``RTP/SAVP`` when there are any, else ``RTP/AVP``.
     :raises LocalProtocolError: if ``codecs`` is empty, mixes kinds, or repeats a payload type.
     """
     if not codecs:
@@ -252,7 +308,8 @@ def create_offer(
             pt = TELEPHONE_EVENT.payload_type if TELEPHONE_EVENT.payload_type not in taken else None
             offered.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=rate, payload_type=pt))
             taken.add(pt)
-    media = _build_media(kind, port, _assign_payload_types(offered), direction, ptime)
+    proto = "RTP/SAVP" if crypto else "RTP/AVP"
+    media = _build_media(kind, port, _assign_payload_types(offered), direction, ptime, proto, crypto)
     return _build_session(address, session_id, session_version, username, [media])
 
 
@@ -276,6 +333,9 @@ def create_answer(
     ptime: int | None = 20,
     telephone_event: bool = True,
     username: str = "callbridge",
+    srtp: SrtpPolicy = "optional",
+    srtp_suites: Sequence[str] = tuple(SRTP_SUITES),
+    srtp_key: Callable[[str], bytes] = new_srtp_key,
 ) -> tuple[SessionDescription, NegotiatedMedia | None]:
     """Answer a peer's offer (RFC 3264 section 6).
 
@@ -289,10 +349,14 @@ def create_answer(
         offerer's preference decides.
     :param direction: the direction we want. It is intersected with what the
         offer allows (RFC 3264 section 6.1).
+    :param srtp: which streams we take (see the module notes).
+    :param srtp_suites: the SDES crypto-suites we support.
+    :param srtp_key: makes our key for a suite (fresh random ones by default).
     :returns: the answer, and the negotiated audio stream. The stream is
         ``None`` only if the offer has no active stream at all (every port is 0).
     :raises RemoteProtocolError: with status 488 if the offer has an active
-        stream but no audio stream we can accept.
+        stream but no audio stream we can accept; the text says why when
+        SRTP is the reason.
     """
     if not codecs:
         raise LocalProtocolError("no codecs to answer with")
@@ -300,6 +364,7 @@ def create_answer(
     want_send, want_recv = _flags(direction)
     answered: list[MediaDescription] = []
     accepted: dict[str, NegotiatedMedia] = {}
+    why: str | None = None
     for index, media in enumerate(offer.media):
         ours = [c for c in codecs if c.kind == media.kind]
         formats = _payload_types(media)
@@ -309,7 +374,18 @@ def create_answer(
             None,
         )
         local_port = None
-        if media.port != 0 and media.proto in _PROTOS and media.kind not in accepted and chosen:
+        crypto: CryptoAttribute | None = None
+        usable = media.proto in _PLAIN_PROTOS and srtp != "mandatory"
+        if media.port != 0 and media.proto in _PLAIN_PROTOS and srtp == "mandatory":
+            why = why or "SRTP is required but the offer has no usable RTP/SAVP stream"
+        elif media.port != 0 and media.proto in _SECURE_PROTOS:
+            crypto = _usable_crypto(media, srtp_suites) if srtp != "off" else None
+            usable = crypto is not None
+            if srtp == "off":
+                why = why or "SRTP is off but the offer is RTP/SAVP"
+            elif crypto is None:
+                why = why or "no supported SDES crypto-suite in the RTP/SAVP offer"
+        if media.port != 0 and usable and media.kind not in accepted and chosen:
             local_port = port_for(index)
         if chosen is None or local_port is None:
             answered.append(_rejected(media))
@@ -320,6 +396,12 @@ def create_answer(
         remote_recv = remote_recv and not _is_unspecified(remote_address)
         te_pt = _telephone_event_pt(formats, codec.clock_rate) if telephone_event else None
         send, recv = want_send and remote_recv, want_recv and remote_send
+        ours_crypto: list[CryptoAttribute] = []
+        keys: SrtpParameters | None = None
+        if crypto is not None:
+            # RFC 4568 section 7.1.2: the same tag and suite, our own key.
+            ours_crypto.append(CryptoAttribute(crypto.tag, crypto.suite, srtp_key(crypto.suite)))
+            keys = SrtpParameters(crypto.suite, ours_crypto[0].key, crypto.key)
         accepted[media.kind] = NegotiatedMedia(
             index=index,
             remote_address=remote_address,
@@ -331,15 +413,18 @@ def create_answer(
             send=send,
             recv=recv,
             on_hold=not remote_recv,
+            srtp=keys,
         )
         answer_codecs = [dataclasses.replace(codec, payload_type=pt)]
         if te_pt is not None:
             answer_codecs.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=codec.clock_rate, payload_type=te_pt))
-        answered.append(_build_media(media.kind, local_port, answer_codecs, _to_direction(send, recv), ptime))
+        answered.append(_build_media(media.kind, local_port, answer_codecs, _to_direction(send, recv), ptime,
+                                     media.proto, ours_crypto))
     audio = accepted.get("audio")
     if audio is None and any(m.port != 0 for m in offer.media):
         # RFC 3264 section 6: nothing in common rejects the session; 488 is RFC 3261 section 21.4.26.
-        raise RemoteProtocolError("no acceptable audio stream", status=488)
+        raise RemoteProtocolError(f"no acceptable audio stream ({why})" if why else "no acceptable audio stream",
+                                  status=488)
     return _build_session(address, session_id, session_version, username, answered), audio
 
 
@@ -362,6 +447,7 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
     ours, theirs = offer.media[index], answer.media[index]
     if theirs.port == 0:
         raise RemoteProtocolError("audio stream rejected", status=488)
+    keys = _answered_srtp(ours, theirs)
     offered = _payload_types(ours)
     formats = _payload_types(theirs)
     # The answerer's first codec that we offered. Keep the answerer's number and
@@ -388,7 +474,29 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
         send=we_send and they_recv,
         recv=we_recv and they_send,
         on_hold=we_send and not they_recv,
+        srtp=keys,
     )
+
+
+def _answered_srtp(ours: MediaDescription, theirs: MediaDescription) -> SrtpParameters | None:
+    """The SRTP keys agreed by our offer ``ours`` and the answer ``theirs``
+    (RFC 4568 section 7.1.3: the answer repeats the tag and suite of one of
+    our ``a=crypto`` lines, with its own key).
+
+    :raises RemoteProtocolError: (488) if the answer changes the transport
+        profile or has no crypto attribute matching the offer.
+    """
+    secure = ours.proto in _SECURE_PROTOS
+    if (theirs.proto in _SECURE_PROTOS) != secure:
+        raise RemoteProtocolError(f"answer is {theirs.proto}, offer was {ours.proto}", status=488)
+    if not secure:
+        return None
+    offered = {c.tag: c for c in ours.crypto}
+    for answered in theirs.crypto:
+        mine = offered.get(answered.tag)
+        if mine is not None and mine.suite == answered.suite and answered.mki is None:
+            return SrtpParameters(mine.suite, mine.key, answered.key)
+    raise RemoteProtocolError("answer has no a=crypto matching the offer", status=488)
 
 
 # Theory of operation

@@ -21,9 +21,10 @@ What the parser accepts:
   GB28181 cameras send ``y=`` and ``f=``. They are stored in ``extra`` and
   written again at the end of their section. Known lines that we do not model
   (``i= u= e= p= z= k=``) and repeated ``c=`` lines are also kept in ``extra``.
-- Attributes keep their order and are never interpreted while parsing. The one
-  exception is ``a=rtpmap``, which is checked because payload types cannot be
-  read without it.
+- Attributes keep their order and are never interpreted while parsing. The
+  exceptions are ``a=rtpmap``, which is checked because payload types cannot be
+  read without it, and ``a=crypto`` (RFC 4568 section 9.1), checked so that a
+  malformed SDES key is refused with the line that carries it.
 
 Peer errors raise :class:`~engine.sip.errors.RemoteProtocolError` with status
 400, and the message names the line, e.g. ``"SDP line 3: missing '='"``.
@@ -31,6 +32,8 @@ Peer errors raise :class:`~engine.sip.errors.RemoteProtocolError` with status
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,6 +43,8 @@ from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "Attribute",
     "Connection",
+    "CryptoAttribute",
+    "SRTP_SUITES",
     "Direction",
     "DIRECTIONS",
     "MediaDescription",
@@ -48,6 +53,7 @@ __all__ = [
     "SessionDescription",
     "Timing",
     "media_direction",
+    "parse_crypto",
     "parse_sdp",
     "rtp_address",
 ]
@@ -137,6 +143,98 @@ def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     return int(pt), RtpMap(parts[0], int(parts[1]), channels)
 
 
+#: The SDES crypto-suites we know (RFC 4568 section 6.2, RFC 7714 section 14.2)
+#: and the length of their inline key: master key plus master salt, in bytes.
+SRTP_SUITES: dict[str, int] = {
+    "AES_CM_128_HMAC_SHA1_80": 16 + 14,
+    "AES_CM_128_HMAC_SHA1_32": 16 + 14,
+    "AEAD_AES_128_GCM": 16 + 12,
+}
+_CRYPTO_TAG = re.compile(r"[0-9]{1,9}")
+_CRYPTO_SUITE = re.compile(r"[A-Za-z0-9_]{1,64}")
+_LIFETIME = re.compile(r"(2\^)?[0-9]{1,20}")
+_MKI = re.compile(r"([0-9]{1,20}):([0-9]{1,3})")
+
+
+@dataclass(frozen=True)
+class CryptoAttribute:
+    """An ``a=crypto`` attribute for SDES-keyed SRTP (RFC 4568 section 9.1).
+
+    ``a=crypto:<tag> <crypto-suite> inline:<key||salt>[|<lifetime>][|<MKI>:<length>] [<session-param>...]``
+
+    Only the first key parameter of a line is kept (several need an MKI,
+    which :mod:`engine.media.srtp` does not support; see :attr:`mki`).
+
+    :param tag: the attribute's tag (1 to 9 digits), repeated in the answer.
+    :param suite: the crypto-suite name, e.g. ``AES_CM_128_HMAC_SHA1_80``.
+    :param key: the master key followed by the master salt (decoded base64).
+    :param lifetime: the key's lifetime as written (``2^31`` or a number), or ``None``.
+    :param mki: ``(value, length)`` of the master key identifier, or ``None``.
+    :param session_params: the session parameters as written (RFC 4568 section 6.3).
+    """
+
+    tag: int
+    suite: str
+    key: bytes
+    lifetime: str | None = None
+    mki: tuple[int, int] | None = None
+    session_params: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        params = "inline:" + base64.b64encode(self.key).decode("ascii")
+        if self.lifetime is not None:
+            params += "|" + self.lifetime
+        if self.mki is not None:
+            params += f"|{self.mki[0]}:{self.mki[1]}"
+        return " ".join([str(self.tag), self.suite, params, *self.session_params])
+
+    def __repr__(self) -> str:  # never print the key (design.md: no secrets in logs)
+        return f"CryptoAttribute(tag={self.tag}, suite={self.suite!r}, key=<{len(self.key)} bytes>)"
+
+
+def parse_crypto(value: str) -> CryptoAttribute:
+    """Parse the value of an ``a=crypto`` attribute (RFC 4568 section 9.1).
+
+    An unknown crypto-suite is not an error (the answerer skips it, RFC 4568
+    section 7.1.1); a known one must carry a key of its length.
+
+    :raises ValueError: naming what is wrong (never the key itself).
+    """
+    parts = value.split()
+    if len(parts) < 3:
+        raise ValueError("needs '<tag> <crypto-suite> inline:<key>'")
+    tag, suite, key_params, *session = parts
+    if not _CRYPTO_TAG.fullmatch(tag):
+        raise ValueError(f"bad tag {_short(tag)!r}")
+    if not _CRYPTO_SUITE.fullmatch(suite):
+        raise ValueError(f"bad crypto-suite {_short(suite)!r}")
+    first = key_params.split(";")[0]
+    method, colon, info = first.partition(":")
+    if not colon or method.lower() != "inline":
+        raise ValueError(f"key method must be 'inline', got {_short(method)!r}")
+    key_text, *rest = info.split("|")
+    if len(rest) > 2:
+        raise ValueError("too many '|' fields in the key parameters")
+    try:
+        key = base64.b64decode(key_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("key is not valid base64") from None
+    lifetime: str | None = None
+    mki: tuple[int, int] | None = None
+    for field_ in rest:
+        match = _MKI.fullmatch(field_)
+        if match and mki is None:
+            mki = (int(match[1]), int(match[2]))
+        elif _LIFETIME.fullmatch(field_) and lifetime is None and mki is None:
+            lifetime = field_
+        else:
+            raise ValueError(f"bad lifetime or MKI {_short(field_)!r}")
+    wanted = SRTP_SUITES.get(suite)
+    if wanted is not None and len(key) != wanted:
+        raise ValueError(f"{suite} needs a {wanted}-byte key and salt, got {len(key)} bytes")
+    return CryptoAttribute(int(tag), suite, key, lifetime, mki, tuple(session))
+
+
 def _int_or_none(value: str | None) -> int | None:
     # Leniently read a number, accepting "20.0" as 20 (some phones write that).
     try:
@@ -214,6 +312,19 @@ class MediaDescription(_Section):
             pt, _, params = value.partition(" ")
             if pt.isascii() and pt.isdecimal() and len(pt) <= 3:
                 result.setdefault(int(pt), params.strip())
+        return result
+
+    @property
+    def crypto(self) -> list[CryptoAttribute]:
+        """The ``a=crypto`` attributes (RFC 4568) in the order written."""
+        result = []
+        for name, value in self.attributes:
+            if name == "crypto" and value is not None:
+                try:
+                    result.append(parse_crypto(value))
+                except ValueError as exc:
+                    # parse_sdp rejects bad crypto lines, so this one was added by us.
+                    raise LocalProtocolError(f"bad crypto attribute: {exc}") from None
         return result
 
     @property
@@ -368,6 +479,11 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
                     _parse_rtpmap(attr_value)
                 except ValueError:
                     raise _error(number, f"bad rtpmap {_short(attr_value)!r}") from None
+            if name == "crypto" and media is not None:
+                try:
+                    parse_crypto(attr_value)
+                except ValueError as exc:
+                    raise _error(number, f"bad crypto attribute: {exc}") from None
             section.attributes.append((name, attr_value if colon else None))
         elif letter == "t":
             start, _, stop = value.partition(" ")

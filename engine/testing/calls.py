@@ -901,14 +901,16 @@ class SimUserAgent:
         self.invite_timeout = 60.0
 
     def call_sip(self, uri: str | SipUri, *, callerid: str = "callbridge", display_name: str | None = None,
-                 headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None) -> SimCall:
+                 headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
+                 srtp: str | None = None) -> SimCall:
         target = parse_uri(uri) if isinstance(uri, str) else uri
         if not isinstance(target, SipUri):
             raise CallError(f"not a sip: URI: {uri}")
         return self._dial("sip", str(uri), target.user or "", callerid, display_name, headers, dispatcher)
 
     def call_pstn(self, number: str, callerid: str, *, display_name: str | None = None,
-                  headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None) -> SimCall:
+                  headers: dict[str, str] | None = None, dispatcher: Dispatcher | None = None,
+                  srtp: str | None = None) -> SimCall:
         if not self.trunk:
             raise CallError("no SIP trunk is configured (--trunk)")
         return self._dial("pstn", number, number, callerid, display_name, headers, dispatcher)

@@ -20,6 +20,12 @@ confirmed once the grace is over). Datagrams are accepted only
 from the host of that guess, which is where the peer's RTP comes from, so a
 stranger on another host cannot feed us reports, a BYE, or keep a dead call
 alive; the ones dropped are counted.
+
+With SRTP the transport is handed a ``protector`` (the leg's
+:class:`~engine.media.srtp.SrtpContext`, which has ``protect_rtcp`` and
+``unprotect_rtcp``): reports are protected (SRTCP, RFC 3711 section 3.4)
+just before they are sent, and datagrams unprotected just after they are
+read; one that does not authenticate is dropped (counted there).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from engine.media.rtcp_session import MediaTimedOut, RtcpSession
 from engine.transport.rtp_transport import RtpTransport
@@ -41,6 +47,14 @@ logger = logging.getLogger(__name__)
 def _ignore(data: bytes, addr: Any) -> None:
     """The handler of a closed RTCP transport."""
 
+
+class RtcpProtector(Protocol):
+    """SRTCP for one leg (:class:`engine.media.srtp.SrtpContext`)."""
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None: ...
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None: ...
+
 class RtcpTransport:
     """RTCP on one socket for one :class:`RtcpSession`.
 
@@ -51,6 +65,8 @@ class RtcpTransport:
         :class:`~engine.media.rtcp_session.MediaTimedOut`.
     :param may_send: whether reports may be sent now (always when ``None``).
     :param on_source: called with the source of each datagram accepted.
+    :param protector: SRTCP, or ``None`` for plain RTCP; a callable returning
+        it is read at each use (the keys may change with a re-INVITE).
     """
 
     def __init__(
@@ -62,6 +78,7 @@ class RtcpTransport:
         *,
         may_send: Callable[[], bool] | None = None,
         on_source: Callable[[Any], None] | None = None,
+        protector: Callable[[], RtcpProtector | None] | None = None,
     ) -> None:
         self.session = session
         self.transport = RtpTransport(sock, self._on_datagram)
@@ -69,6 +86,7 @@ class RtcpTransport:
         self.on_timeout = on_timeout
         self.may_send = may_send
         self.on_source = on_source
+        self.protector = protector
         #: Reports not sent because ``may_send()`` said no.
         self.unsent = 0
         #: The source of the peer's RTCP, once some arrived.
@@ -122,7 +140,7 @@ class RtcpTransport:
             addr = self.destination()
             if addr is not None:
                 for data in datagrams:
-                    self.transport.sendto(data, addr)
+                    self._send(data, addr)
             else:
                 self.unsent += len(datagrams)
         while (event := self.session.next_event()) is not None:
@@ -132,11 +150,26 @@ class RtcpTransport:
                 except Exception:
                     logger.exception("RTP timeout handler failed")
 
+    def _send(self, data: bytes, addr: Any) -> None:
+        protector = self.protector() if self.protector is not None else None
+        if protector is not None:
+            protected = protector.protect_rtcp(data)
+            if protected is None:
+                return
+            data = protected
+        self.transport.sendto(data, addr)
+
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         expected = self.latched if self.latched is not None else self.default_destination()
         if expected is None or addr[0] != expected[0] or self._loop is None:
             self.dropped += 1
             return
+        protector = self.protector() if self.protector is not None else None
+        if protector is not None:
+            plain = protector.unprotect_rtcp(data)
+            if plain is None:
+                return  # forged or replayed: counted by the protector
+            data = plain
         self.latched = addr
         if self.on_source is not None:
             self.on_source(addr)
@@ -153,7 +186,7 @@ class RtcpTransport:
             bye = self.session.close(loop.time())
             addr = self.destination()
             if bye is not None and addr is not None:
-                self.transport.sendto(bye, addr)
+                self._send(bye, addr)
         self.transport.detach()
         self.transport.handler = _ignore  # break the cycle: freed by refcounting
         self._loop = None

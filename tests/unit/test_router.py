@@ -261,9 +261,9 @@ ERRORS = [
     ("rules:\n  - name: Fwd\n    patern: x\n", "rules.yaml:3: rule 'Fwd': unknown key 'patern' (did you mean 'pattern'?)"),
     (RULE + "    priority: 1\n",
      "rules.yaml:4: rule 'Fwd': unknown key 'priority' "
-     "(expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated)"),
+     "(expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated, srtp)"),
     (RULE + "    pattern: x\n", "rules.yaml:4: rule 'Fwd': duplicate key 'pattern' (first on line 3)"),
-    (RULE + "    1: x\n", "rules.yaml:4: rule 'Fwd': unknown key '1' (expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated)"),
+    (RULE + "    1: x\n", "rules.yaml:4: rule 'Fwd': unknown key '1' (expected one of: name, pattern, exclude, scenarios, description, kinds, networks, authenticated, srtp)"),
     (RULE + "    true: x\n", "rules.yaml:4: rule 'Fwd': keys must be strings, got a boolean"),
     (RULE + "    <<: {exclude: x}\n", "rules.yaml:4: rule 'Fwd': merge keys ('<<') are not supported"),
     # required keys and types
@@ -304,6 +304,12 @@ ERRORS = [
     (RULE + "    scenarios: ['../x']\n",
      "rules.yaml:4: rule 'Fwd': '../x' is not a valid scenario name "
      "(a file stem: letters, digits and '_', not starting with a digit)"),
+    (RULE + "    scenarios: [x]\n    srtp: required\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got 'required'"),
+    (RULE + "    scenarios: [x]\n    srtp: yes\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got 'yes'"),
+    (RULE + "    scenarios: [x]\n    srtp: [mandatory]\n",
+     "rules.yaml:5: rule 'Fwd': srtp must be one of mandatory, optional, off, got a list"),
 ]
 
 
@@ -371,3 +377,10 @@ def test_error_pickles() -> None:
 def test_repr(canonical: RuleSet) -> None:
     """Check the repr lists the rule names in order."""
     assert repr(canonical) == "RuleSet(['InboundFromPSTN', 'InboundCall', 'Fwd', 'P2P'])"
+
+
+@pytest.mark.parametrize("value", ["mandatory", "optional", "off", "'off'"])
+def test_srtp_policy(value: str) -> None:
+    """Check each SRTP policy is read (a bare YAML ``off`` included), and a rule without one has none."""
+    rules = parse_rules(f"rules:\n  - {{name: A, pattern: a, scenarios: [x], srtp: {value}}}\n  - {{name: B, pattern: b, scenarios: [x]}}\n")
+    assert [r.srtp for r in rules.rules] == [value.strip("'"), None]
