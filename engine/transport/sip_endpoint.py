@@ -8,22 +8,17 @@ each configured address (IPv4 and IPv6), feeds what arrives to the
 transaction layer, sends what it queues, and keeps exactly one timer armed
 (``loop.call_at``) for the earliest transaction deadline.
 
-Before a request reaches the transaction layer the :class:`SecurityPolicy`
-applies, in order: banned sources are dropped; datagrams over
+Before a request reaches the transaction layer the admission policy
+(:mod:`engine.transport.admission`: bans, scanners, per-source rates, the
+stricter MESSAGE rate, stream connections per source) applies; datagrams over
 ``max_message`` are dropped (TCP input is bounded by the framer, and a
 connection that sends no complete message within ``tcp_idle_timeout`` of
 opening, or leaves a message unfinished that long, is closed: the
-slow-loris defence; a quiet connection that carries calls stays open);
-known scanner User-Agents are dropped;
-out-of-dialog requests (CANCEL included) count against a per-source token
-bucket, and a source over its rate is banned for ``ban_seconds``;
-out-of-dialog MESSAGEs also count against a stricter bucket of their own
-(each one starts a scenario session) and get a stateless 503 over it; a
+slow-loris defence; a quiet connection that carries calls stays open); a
 Request-URI longer than ``max_uri`` gets 414. A CANCEL that matches no INVITE
 transaction gets a stateless 481, and a new request while ``max_transactions``
 server transactions are live gets a stateless 503: neither creates a
-transaction. A source address may hold at most ``max_tcp_per_source`` TCP
-connections. Each refusal is a security event (:mod:`engine.security_log`),
+transaction. Each refusal is a security event (:mod:`engine.security_log`),
 logged at most once per ``THROTTLE_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
@@ -37,11 +32,10 @@ import errno
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
-from engine.state.directory import MemoryDirectory
-from engine.security_log import security_event, security_event_throttled
+from engine.state.directory import Directory
+from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -69,21 +63,6 @@ logger = logging.getLogger(__name__)
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
 
-# User-Agent substrings of SIP scanners seen in the wild (lower case).
-SCANNER_AGENTS = (
-    "friendly-scanner",
-    "sipvicious",
-    "sipcli",
-    "sip-scan",
-    "sipscan",
-    "vaxsipuseragent",
-    "iwar",
-    "pplsip",
-    "sundayddr",
-    "smap",
-)
-
-
 class Peer(NamedTuple):
     """Where a message came from or goes to; hashable, used as the
     transaction layer's opaque address."""
@@ -95,41 +74,6 @@ class Peer(NamedTuple):
     @property
     def reliable(self) -> bool:
         return self.transport != "UDP"
-
-
-@dataclass
-class SecurityPolicy:
-    """Limits for a server on a public address (all on by default).
-
-    :param rate: out-of-dialog requests per second allowed per source address.
-    :param burst: how many may arrive at once before the rate applies.
-    :param trusted: source addresses exempt from rate limiting and bans
-        (a trunk, a load balancer, the benchmark's sipp).
-    :param tcp_idle_timeout: seconds a TCP connection may take to send its
-        first whole SIP message, and to finish any message it has begun.
-    :param message_rate: out-of-dialog MESSAGEs per second allowed per
-        source address (each starts a scenario session); 0 turns it off.
-    :param message_burst: how many MESSAGEs may arrive at once.
-    :param max_transactions: most live server transactions; a new request
-        beyond it gets a stateless 503 (retransmissions, ACKs and CANCELs
-        of live INVITEs still reach theirs).
-    :param max_tcp_per_source: most TCP connections one source address may
-        hold open (trusted sources exempt).
-    """
-
-    max_message: int = 65535
-    max_uri: int = 512
-    rate: float = 50.0
-    burst: int = 200
-    ban_seconds: float = 60.0
-    scanner_agents: tuple[str, ...] = SCANNER_AGENTS
-    tcp_idle_timeout: float = 30.0
-    max_tcp_connections: int = 2048
-    trusted: frozenset[str] = field(default_factory=frozenset)
-    message_rate: float = 5.0
-    message_burst: int = 20
-    max_transactions: int = 20_000
-    max_tcp_per_source: int = 20
 
 
 RequestHandler = Callable[[SipRequest, ServerTransaction | None, Peer], None]
@@ -224,8 +168,8 @@ class SipEndpoint:
         on_request: RequestHandler,
         on_cancel: CancelHandler,
         on_stray_response: StrayHandler,
+        directory: Directory,
         policy: SecurityPolicy | None = None,
-        directory: MemoryDirectory | None = None,
         timers: Timers | None = None,
         advertised_host: str | None = None,
         dialog_exists: Callable[[SipRequest], bool] | None = None,
@@ -233,7 +177,8 @@ class SipEndpoint:
         self.hosts = list(hosts)
         self.port = port
         self.policy = policy or SecurityPolicy()
-        self.directory = directory or MemoryDirectory()
+        self.directory = directory
+        self.admission = Admission(self.policy, directory)
         self.layer = TransactionLayer(timers or Timers())
         self.on_request = on_request
         self.on_cancel = on_cancel
@@ -243,8 +188,6 @@ class SipEndpoint:
         self._udp: dict[str, _UdpProtocol] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp: dict[tuple[str, int], _TcpProtocol] = {}
-        #: Inbound TCP connections open per source address.
-        self._tcp_per_host: dict[str, int] = {}
         self._client_cb: dict[ClientTransaction, ClientCallback] = {}
         self._peers: dict[tuple[object, ...], Peer] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -353,7 +296,7 @@ class SipEndpoint:
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
         self.stats["received"] += 1
         policy = self.policy
-        if peer.host not in policy.trusted and self.directory.is_banned(peer.host, time.monotonic()):
+        if self.admission.is_banned(peer.host, time.monotonic()):
             self.stats["banned"] += 1
             return
         try:
@@ -395,56 +338,28 @@ class SipEndpoint:
         self._flush()
 
     def _admit(self, msg: SipRequest, peer: Peer, now: float) -> bool:
-        """Apply the per-source limits to a request; ``False``: drop or
+        """Apply the admission policy to a request; ``False``: drop or
         refuse it (a refusal is answered here)."""
-        policy = self.policy
-        agent = msg.headers.get("User-Agent")
-        if agent and policy.scanner_agents:
-            lowered = agent.lower()
-            if any(s in lowered for s in policy.scanner_agents):
-                self.stats["dropped"] += 1
-                return False
-        if peer.host in policy.trusted:
+        verdict = self.admission.check_request(msg, peer.host, now, self._belongs)
+        if verdict is Verdict.ADMIT:
             return True
-        method = msg.method
-        if method == "ACK":
-            # An ACK is never counted: it creates no transaction (its INVITE
-            # server transaction absorbs it, or the dialog takes it, or it is
-            # dropped), and the ACK of a 2xx must never be lost: without it
-            # the UAS retransmits the 2xx and then ends the call (RFC 3261
-            # §13.3.1.4).
-            return True
-        if method == "CANCEL":
-            # A CANCEL of a live INVITE server transaction (or a
-            # retransmission of one) belongs to a call already admitted, and
-            # dropping it would leave the caller's phone ringing. Any other
-            # CANCEL counts like a new request: it is answered 481 (see
-            # _fits), and a flood of them is banned like an INVITE flood.
+        if verdict is Verdict.DROP:
+            self.stats["dropped"] += 1
+        elif verdict is Verdict.BAN:
+            self.stats["banned"] += 1
+        else:
+            self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
+        return False
+
+    def _belongs(self, msg: SipRequest) -> bool:
+        """Whether a CANCEL matches a live INVITE transaction, or a request
+        with a To tag a dialog we have (any, without ``dialog_exists``)."""
+        if msg.method == "CANCEL":
             try:
-                if self.layer.matches_server(msg):
-                    return True
+                return self.layer.matches_server(msg)
             except RemoteProtocolError:
-                pass
-        elif msg.to.tag is not None:
-            if self.dialog_exists is None or self.dialog_exists(msg):
-                return True  # in-dialog requests belong to calls already admitted
-        if policy.rate > 0 and not self.directory.hit(
-            peer.host, now, rate=policy.rate, burst=policy.burst
-        ):
-            self._ban(peer, now)
-            return False
-        if method == "MESSAGE" and msg.to.tag is None and policy.message_rate > 0:
-            # Each out-of-dialog MESSAGE starts a scenario session: a bucket
-            # of its own, stricter than the general one. Over it the source
-            # gets 503 with Retry-After, not 403: the refusal is temporary
-            # (RFC 3261 §21.5.4), while a 403 says "do not repeat this
-            # request" (§21.4.4) of a message that is fine a moment later.
-            if not self.directory.hit(
-                "message:" + peer.host, now, rate=policy.message_rate, burst=policy.message_burst
-            ):
-                self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
                 return False
-        return True
+        return self.dialog_exists is None or self.dialog_exists(msg)
 
     def _fits(self, msg: SipRequest, peer: Peer, now: float) -> bool:
         """Whether a request (not an ACK) may go to the transaction layer.
@@ -483,16 +398,7 @@ class SipEndpoint:
 
     def _security_event(self, event: str, peer: Peer, now: float, **fields: str) -> None:
         """Log a refusal, throttled per source, event and fields."""
-        security_event_throttled(self.directory, now, event, peer.host, transport=peer.transport, **fields)
-
-    def _ban(self, peer: Peer, now: float) -> None:
-        policy = self.policy
-        self.directory.ban(peer.host, now + policy.ban_seconds)
-        logger.warning(
-            "banning %s for %g s: over %g requests/s", peer.host, policy.ban_seconds, policy.rate
-        )
-        security_event("banned", peer.host, seconds=policy.ban_seconds, rate=policy.rate)
-        self.stats["banned"] += 1
+        self.admission.refused(event, peer.host, now, transport=peer.transport, **fields)
 
     def _answer_malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
         """Answer a malformed request statelessly when it can be answered.
@@ -511,11 +417,9 @@ class SipEndpoint:
         headers = partial.headers
         if not headers.get("Via") or not headers.get("CSeq"):
             return
-        policy = self.policy
-        if policy.rate > 0 and peer.host not in policy.trusted:
-            if not self.directory.hit(peer.host, now, rate=policy.rate, burst=policy.burst):
-                self._ban(peer, now)
-                return
+        if not self.admission.count(peer.host, now):
+            self.stats["banned"] += 1
+            return
         response = partial.create_response(exc.status, _reason(str(exc)))
         self._send_stateless(response, peer)
 
@@ -688,27 +592,13 @@ class SipEndpoint:
         self._flush()
 
     def _tcp_opened(self, conn: _TcpProtocol) -> bool:
-        """Admit a new TCP connection: refused beyond ``max_tcp_connections``
-        in all, from a banned source, and (accepted ones, from an untrusted
-        source) beyond ``max_tcp_per_source`` from one address."""
+        """Admit a new stream connection (:meth:`Admission.open_connection`)."""
         assert conn.peer is not None
-        now = time.monotonic()
-        host = conn.peer.host
-        if len(self._tcp) >= self.policy.max_tcp_connections:
-            logger.warning("refusing TCP connection: %d open", len(self._tcp))
-            self._security_event("cap_reached", conn.peer, now, cap="tcp_connections")
+        if not self.admission.open_connection(conn.peer.host, time.monotonic(), inbound=conn.inbound,
+                                              open_now=len(self._tcp), transport=conn.peer.transport):
             return False
-        trusted = host in self.policy.trusted
-        if not trusted and self.directory.is_banned(host, now):
-            return False
-        if conn.inbound:
-            count = self._tcp_per_host.get(host, 0)
-            if not trusted and count >= self.policy.max_tcp_per_source:
-                self._security_event("cap_reached", conn.peer, now, cap="tcp_per_source")
-                return False
-            self._tcp_per_host[host] = count + 1
-            conn.counted = True
-        self._tcp[(host, conn.peer.port)] = conn
+        conn.counted = conn.inbound
+        self._tcp[(conn.peer.host, conn.peer.port)] = conn
         return True
 
     def _tcp_closed(self, conn: _TcpProtocol) -> None:
@@ -717,12 +607,7 @@ class SipEndpoint:
                 del self._tcp[key]
         if conn.counted and conn.peer is not None:
             conn.counted = False
-            host = conn.peer.host
-            left = self._tcp_per_host.get(host, 1) - 1
-            if left > 0:
-                self._tcp_per_host[host] = left
-            else:
-                self._tcp_per_host.pop(host, None)
+            self.admission.close_connection(conn.peer.host)
 
     async def _reap_idle_tcp(self) -> None:
         """The slow-loris defence: close TCP connections that sent no whole
