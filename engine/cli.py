@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SIP trunk for call_pstn: sip:user@host:port[;transport=tcp]; give its"
                        " password with --trunk-password-file or CALLBRIDGE_TRUNK_PASSWORD, not in"
                        " the URI (argv is visible to every local user)")
+    serve.add_argument("--trunk-ca", type=Path, default=_env("TRUNK_CA", None),
+                       help="CA file the trunk's TLS certificate must chain to (default: the system's CAs)")
+    serve.add_argument("--trunk-client-cert", type=Path, default=_env("TRUNK_CLIENT_CERT", None),
+                       help="client certificate shown to a TLS trunk that asks for one (default: none)")
+    serve.add_argument("--trunk-client-key", type=Path, default=_env("TRUNK_CLIENT_KEY", None))
+    serve.add_argument("--tls-cert", type=Path, default=_env("TLS_CERT", None),
+                       help="certificate chain (PEM) of SIP over TLS; with --tls-key turns the TLS listener on")
+    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", None))
+    serve.add_argument("--sip-tls-port", type=int, default=int(_env("SIP_TLS_PORT", 5061)),
+                       help="port of SIP over TLS (on with --tls-cert and --tls-key)")
     serve.add_argument("--trunk-password-file", type=Path, default=_env("TRUNK_PASSWORD_FILE", None),
                        help="a file whose first line is the trunk's password")
     serve.add_argument("--pin-min-length", type=int, default=int(_env("PIN_MIN_LENGTH", 6)),
@@ -259,6 +269,9 @@ def _config_from(args: argparse.Namespace) -> Any:
         ws_max_connections=args.ws_max_connections,
         webhook_private_networks=args.webhook_private_networks == "allow",
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
+        tls_cert=args.tls_cert, tls_key=args.tls_key, sip_tls_port=args.sip_tls_port,
+        trunk_ca=args.trunk_ca, trunk_client_cert=args.trunk_client_cert,
+        trunk_client_key=args.trunk_client_key,
     )
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -134,6 +135,52 @@ class EngineConfig:
     #: Digits of the PINs the engine draws for new rooms, and the fewest an
     #: operator's PIN may have (API and CLI).
     pin_min_length: int = 6
+    #: SIP over TLS (RFC 3261 §26): the certificate chain and key of the
+    #: listener on ``sip_tls_port``, which is on when both are given.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    sip_tls_port: int = 5061
+    #: A CA file the trunk's TLS certificate is verified against instead of
+    #: the system's CAs (a private CA); its host name is always checked.
+    trunk_ca: Path | None = None
+    #: A client certificate and key shown to the trunk over TLS when it
+    #: asks for one; none is sent when unset (it is never the server pair
+    #: implicitly: that key would then answer for two roles).
+    trunk_client_cert: Path | None = None
+    trunk_client_key: Path | None = None
+
+
+def _tls_contexts(cfg: EngineConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The TLS contexts of SIP over TLS, from the configured files: the
+    listener's (``tls_cert`` and ``tls_key``, both or neither; ``None``:
+    no listener) and the trunk's (``None``: the system's CAs) (``trunk_ca``, ``trunk_client_cert``/``trunk_client_key``).
+
+    :raises StartupError: naming the file that cannot be used and why.
+    """
+    server_context = trunk_context = None
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise StartupError("--tls-cert and --tls-key go together: give both or neither")
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            server.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {exc}") from None
+        server_context = server
+    if (cfg.trunk_client_cert is None) != (cfg.trunk_client_key is None):
+        raise StartupError("--trunk-client-cert and --trunk-client-key go together: give both or neither")
+    if cfg.trunk_ca is not None or cfg.trunk_client_cert is not None:
+        try:
+            trunk = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.trunk_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"--trunk-ca {cfg.trunk_ca}: {exc}") from None
+        if cfg.trunk_client_cert is not None and cfg.trunk_client_key is not None:
+            try:
+                trunk.load_cert_chain(cfg.trunk_client_cert, cfg.trunk_client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(f"--trunk-client-cert {cfg.trunk_client_cert}: {exc}") from None
+        trunk_context = trunk
+    return server_context, trunk_context
 
 
 @dataclass
@@ -285,11 +332,13 @@ class Engine:
             host: RtpPortAllocator(host, cfg.rtp_port_start, cfg.rtp_port_end)
             for host in cfg.sip_hosts
         }
+        tls_context, trunk_tls_context = _tls_contexts(cfg)
         ua_config = UaConfig(
             hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
             realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
             timers=cfg.timers, register_min_expires=cfg.register_min_expires,
             register_max_expires=cfg.register_max_expires, login_backoff=cfg.login_backoff,
+            tls_port=cfg.sip_tls_port, tls_context=tls_context, trunk_tls_context=trunk_tls_context,
         )
         self.ua = UserAgent(
             ua_config,

@@ -41,6 +41,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -63,7 +64,7 @@ from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, n
 from engine.sip.invite_session import (
     AckTimedOut, Answered, CallCancelled, CallFailed, CancelReady, CredentialsWithheld, InviteReady,
     InviteSession, NoAnswer, ProvisionalReceived, Redirected, RedirectRefused, ReInviteRefused,
-    Retransmit2xx, host_port, same_host, same_host_port,
+    Retransmit2xx, host_port, same_host, same_host_port, uses_tls,
 )
 from engine.sip.invite_session import Event as SessionEvent
 from engine.sip.registrar import Registrar, RegisterAnswered
@@ -94,14 +95,22 @@ class Trunk:
     transport: str = "UDP"
     username: str | None = None
     password: str | None = None
+    #: ``sips`` when the trunk was given as a ``sips:`` URI (RFC 5630: TLS
+    #: on every hop); its calls then go to ``sips:`` Request-URIs.
+    scheme: str = "sip"
 
     @classmethod
     def from_uri(cls, text: str) -> Trunk:
-        """``sip:user:password@host:port;transport=tcp``."""
+        """``sip:user:password@host:port;transport=tcp``, or TLS as
+        ``sips:host:port`` or ``sip:host;transport=tls`` (port 5061 by default)."""
         uri = parse_uri(text)
         if not isinstance(uri, SipUri):
-            raise ValueError(f"trunk must be a sip: URI, got {text!r}")
-        return cls(uri.host, uri.port or 5060, uri.transport, uri.user, uri.password)
+            raise ValueError(f"trunk must be a sip: or sips: URI, got {text!r}")
+        transport = "TLS" if uri.scheme == "sips" else uri.transport
+        if transport not in ("UDP", "TCP", "TLS"):
+            raise ValueError(f"trunk transport must be udp, tcp or tls, not {transport.lower()!r}")
+        port = uri.port or (5061 if transport == "TLS" else 5060)
+        return cls(uri.host, port, transport, uri.user, uri.password, uri.scheme)
 
     def __repr__(self) -> str:  # never print the password
         return f"Trunk({self.username}@{self.host}:{self.port};{self.transport})"
@@ -123,6 +132,13 @@ class UaConfig:
     auth_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     #: Lockouts after wrong REGISTER passwords, per account and per source.
     login_backoff: LoginBackoff = field(default_factory=LoginBackoff)
+    #: SIP over TLS: the listener's port and server context (no context:
+    #: no listener); how servers we call over TLS are verified (``None``:
+    #: the system's CAs), and the trunk in particular (its private CA).
+    tls_port: int = 5061
+    tls_context: ssl.SSLContext | None = None
+    tls_client_context: ssl.SSLContext | None = None
+    trunk_tls_context: ssl.SSLContext | None = None
 
 
 def received_headers(headers: Headers, src: str | None = None) -> dict[str, str]:
@@ -200,6 +216,9 @@ def _loop_time() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:  # no loop yet (construction, tests): the same clock
         return time.monotonic()
+
+
+_uses_tls = uses_tls
 
 
 def _is_ip(host: str) -> bool:
@@ -320,6 +339,14 @@ class SipCall(Call):
 
     # -- inbound -----------------------------------------------------------------
 
+    def _contact(self, uri: object = None) -> str:
+        """Our Contact for this call: ``sips:`` when its Request-URI is one
+        (RFC 3261 §12.1.1, §8.1.1.8), on the transport it travels."""
+        if uri is None:
+            uri = self.invite.uri if self.invite is not None else getattr(self, "_to", None)
+            uri = getattr(uri, "uri", uri)
+        return self.ua.contact_for(self.peer, sips=isinstance(uri, SipUri) and uri.scheme == "sips")
+
     def _send_response(self, response: SipResponse) -> None:
         assert self.invite_txn is not None
         self.ua.endpoint.send_response(self.invite_txn, response)
@@ -335,7 +362,7 @@ class SipCall(Call):
         assert self.invite is not None
         resp = self.invite.create_response(status, reason, to_tag=self.local_tag)
         if status != 100:
-            resp.headers.add("Contact", self.ua.contact_for(self.peer))
+            resp.headers.add("Contact", self._contact())
         resp.headers.add("Server", self.ua.config.user_agent)
         if 200 <= status < 300:
             resp.headers.add("Allow", ALLOW)
@@ -397,7 +424,7 @@ class SipCall(Call):
             response = self._response(200, headers=headers, body=body)
             assert self.invite is not None and self.session is not None
             self.session.send_answer(response, _dialog_request(self.invite),
-                                     self.ua.contact_for(self.peer), self.ua.clock())
+                                     self._contact(), self.ua.clock())
             self.ua.register_dialog(self)
             self._send_response(response)
             self._arm()
@@ -464,7 +491,7 @@ class SipCall(Call):
             from_=NameAddr(from_uri, self.display_name, {"tag": self.local_tag}),
             to=NameAddr(uri),
             call_id=new_call_id(),
-            headers=[("Contact", self.ua.contact_for(self.peer)),
+            headers=[("Contact", self._contact()),
                      ("User-Agent", self.ua.config.user_agent), ("Allow", ALLOW)],
             extra=list((headers or {}).items()),
             offer=offer,
@@ -631,7 +658,7 @@ class SipCall(Call):
         elif self.media is not None:
             body = self.media.create_offer()
         resp = request.create_response(200)
-        resp.headers.add("Contact", self.ua.contact_for(self.peer))
+        resp.headers.add("Contact", self._contact())
         if body:
             resp.headers.add("Content-Type", "application/sdp")
             resp.body = body
@@ -801,6 +828,9 @@ class UserAgent:
             timers=config.timers,
             advertised_host=config.advertised_host,
             dialog_exists=self._has_dialog,
+            tls_port=config.tls_port,
+            tls_context=config.tls_context,
+            tls_client_context=config.tls_client_context,
         )
         self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
         self.registrar = Registrar(
@@ -825,6 +855,7 @@ class UserAgent:
     async def start(self) -> None:
         await self.endpoint.start()
         self.config.port = self.endpoint.port
+        self.config.tls_port = self.endpoint.tls_port
 
     async def stop(self) -> None:
         for call in list(self.calls):
@@ -845,10 +876,16 @@ class UserAgent:
         self.config.timers = timers
         self.endpoint.layer.timers = timers
 
-    def contact_for(self, peer: Peer) -> str:
+    def contact_for(self, peer: Peer, sips: bool = False) -> str:
+        """Our Contact towards ``peer``: on its transport and our port for
+        it; over TLS ``sips:`` when the request was (RFC 5630 §3.1.1),
+        else ``sip:...;transport=tls``."""
         host = format_host(self.endpoint.local_host_for(peer))
-        transport = ";transport=tcp" if peer.transport == "TCP" else ""
-        return f"<sip:callbridge@{host}:{self.endpoint.port}{transport}>"
+        port = self.endpoint.port_for(peer.transport)
+        if peer.transport == "TLS" and sips:
+            return f"<sips:callbridge@{host}:{port}>"
+        transport = f";transport={peer.transport.lower()}" if peer.transport != "UDP" else ""
+        return f"<sip:callbridge@{host}:{port}{transport}>"
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -1080,13 +1117,24 @@ class UserAgent:
         """
         if not isinstance(uri, SipUri):
             raise OSError("tel: URIs need a trunk")
-        transport = uri.transport if uri.transport in ("UDP", "TCP") else "UDP"
+        if _uses_tls(uri):
+            transport = "TLS"
+        else:
+            transport = uri.transport if uri.transport in ("UDP", "TCP") else "UDP"
         host = uri.host
-        port = uri.port or 5060
+        port = uri.port or (5061 if transport == "TLS" else 5060)
         if not _is_ip(host):
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             host = str(infos[0][4][0])
-        return Peer(transport, host, port)
+        peer = Peer(transport, host, port)
+        if transport == "TLS":
+            # RFC 5922 §7.2: the certificate must carry the URI's host, not
+            # the address it resolved to; the trunk's by its own CA.
+            trunk = self.config.trunk
+            context = self.config.trunk_tls_context if trunk is not None and _same_host_port(
+                (uri.host, port), (trunk.host, trunk.port)) else None
+            self.endpoint.expect_tls_server(peer, uri.host, context)
+        return peer
 
     def call_sip(
         self,
@@ -1155,8 +1203,10 @@ class UserAgent:
         trunk = self.config.trunk
         if trunk is None:
             raise CallError("no SIP trunk is configured (--trunk)")
-        uri = SipUri(host=trunk.host, user=number, port=trunk.port,
-                     params={"transport": trunk.transport.lower()} if trunk.transport != "UDP" else {})
+        params: dict[str, str | None] = {}
+        if trunk.transport != "UDP" and trunk.scheme != "sips":
+            params["transport"] = trunk.transport.lower()
+        uri = SipUri(host=trunk.host, user=number, port=trunk.port, params=params, scheme=trunk.scheme)
         auth = ClientAuthSession(trunk.username, trunk.password or "") if trunk.username else None
         return self.call_sip(uri, callerid=callerid, display_name=display_name, headers=headers,
                              dispatcher=dispatcher, auth=auth, from_host=trunk.host,
@@ -1179,8 +1229,13 @@ class UserAgent:
         # REGISTER came from) only the source address reaches the phone;
         # otherwise the Contact is where it listens (RFC 3261 §10.2.1 lets
         # a third party register it, so the source may be someone else).
+        # Over TCP or TLS the phone is reached over the connection it
+        # registered on while that is open (RFC 5923, RFC 5626 §5.2): a TLS
+        # phone has no certificate to accept a connection of ours with.
         peer = None
         if best.source and not _same_host(target.host, best.source[1]):
+            peer = Peer(*best.source)
+        elif best.source and best.source[0] != "UDP" and self.endpoint.has_connection(Peer(*best.source)):
             peer = Peer(*best.source)
         return self.call_sip(target, callerid=callerid, display_name=display_name,
                              headers=headers, dispatcher=dispatcher, peer=peer)

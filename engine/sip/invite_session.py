@@ -225,12 +225,19 @@ def same_host(a: str, b: str) -> bool:
         return a.lower() == b.lower()
 
 
+def uses_tls(uri: SipUri) -> bool:
+    """RFC 3261 §26.2.2 and RFC 5630: ``sips:`` (or the deprecated
+    ``;transport=tls``) is reached over TLS."""
+    return uri.scheme == "sips" or uri.transport == "TLS"
+
+
 def host_port(uri: object) -> tuple[str, int] | None:
     """The ``host:port`` a request for ``uri`` goes to (port 5060 by
-    default; ``maddr`` is ignored), ``None`` for any other URI."""
+    default, 5061 over TLS; ``maddr`` is ignored), ``None`` for any other
+    URI."""
     if not isinstance(uri, SipUri):
         return None
-    return uri.host, uri.port or 5060
+    return uri.host, uri.port or (5061 if uses_tls(uri) else 5060)
 
 
 def same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool:

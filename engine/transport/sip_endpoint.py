@@ -1,5 +1,5 @@
-"""SIP over UDP and TCP: sockets, the transaction layer's clock, and the
-protections a server on a public address needs.
+"""SIP over UDP, TCP and TLS: sockets, the transaction layer's clock, and
+the protections a server on a public address needs.
 
 This is the aioquic ``asyncio/protocol.py`` of callbridge: the sans-IO
 :class:`~engine.sip.transaction.TransactionLayer` decides, this module moves
@@ -8,22 +8,28 @@ each configured address (IPv4 and IPv6), feeds what arrives to the
 transaction layer, sends what it queues, and keeps exactly one timer armed
 (``loop.call_at``) for the earliest transaction deadline.
 
-Before a request reaches the transaction layer the :class:`SecurityPolicy`
-applies, in order: banned sources are dropped; datagrams over
+SIP over TLS (RFC 3261 §26, RFC 5630) listens on its own port (5061) when a
+server context is given, framed like TCP. An accepted TLS connection is
+admitted (``max_tcp_per_source``) before its handshake, which must finish
+within ``tls_handshake_timeout``. Outbound TLS verifies the server's
+certificate against the name of the URI it was reached by
+(:meth:`SipEndpoint.expect_tls_server`); a failure fails the transactions
+bound there at once with a 503 whose reason names the TLS error. Stream
+connections are kept per peer address, so responses and later requests go
+back over the connection the peer opened (RFC 3261 §18.2.2, RFC 5923
+``alias``).
+
+Before a request reaches the transaction layer the admission policy
+(:mod:`engine.transport.admission`: bans, scanners, per-source rates, the
+stricter MESSAGE rate, stream connections per source) applies; datagrams over
 ``max_message`` are dropped (TCP input is bounded by the framer, and a
 connection that sends no complete message within ``tcp_idle_timeout`` of
 opening, or leaves a message unfinished that long, is closed: the
-slow-loris defence; a quiet connection that carries calls stays open);
-known scanner User-Agents are dropped;
-out-of-dialog requests (CANCEL included) count against a per-source token
-bucket, and a source over its rate is banned for ``ban_seconds``;
-out-of-dialog MESSAGEs also count against a stricter bucket of their own
-(each one starts a scenario session) and get a stateless 503 over it; a
+slow-loris defence; a quiet connection that carries calls stays open); a
 Request-URI longer than ``max_uri`` gets 414. A CANCEL that matches no INVITE
 transaction gets a stateless 481, and a new request while ``max_transactions``
 server transactions are live gets a stateless 503: neither creates a
-transaction. A source address may hold at most ``max_tcp_per_source`` TCP
-connections. Each refusal is a security event (:mod:`engine.security_log`),
+transaction. Each refusal is a security event (:mod:`engine.security_log`),
 logged at most once per ``THROTTLE_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
@@ -36,12 +42,12 @@ import asyncio
 import errno
 import functools
 import logging
+import ssl
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
-from engine.state.directory import MemoryDirectory
-from engine.security_log import security_event, security_event_throttled
+from engine.state.directory import Directory
+from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -69,67 +75,17 @@ logger = logging.getLogger(__name__)
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
 
-# User-Agent substrings of SIP scanners seen in the wild (lower case).
-SCANNER_AGENTS = (
-    "friendly-scanner",
-    "sipvicious",
-    "sipcli",
-    "sip-scan",
-    "sipscan",
-    "vaxsipuseragent",
-    "iwar",
-    "pplsip",
-    "sundayddr",
-    "smap",
-)
-
-
 class Peer(NamedTuple):
     """Where a message came from or goes to; hashable, used as the
     transaction layer's opaque address."""
 
-    transport: str  # "UDP" or "TCP"
+    transport: str  # "UDP", "TCP" or "TLS"
     host: str
     port: int
 
     @property
     def reliable(self) -> bool:
         return self.transport != "UDP"
-
-
-@dataclass
-class SecurityPolicy:
-    """Limits for a server on a public address (all on by default).
-
-    :param rate: out-of-dialog requests per second allowed per source address.
-    :param burst: how many may arrive at once before the rate applies.
-    :param trusted: source addresses exempt from rate limiting and bans
-        (a trunk, a load balancer, the benchmark's sipp).
-    :param tcp_idle_timeout: seconds a TCP connection may take to send its
-        first whole SIP message, and to finish any message it has begun.
-    :param message_rate: out-of-dialog MESSAGEs per second allowed per
-        source address (each starts a scenario session); 0 turns it off.
-    :param message_burst: how many MESSAGEs may arrive at once.
-    :param max_transactions: most live server transactions; a new request
-        beyond it gets a stateless 503 (retransmissions, ACKs and CANCELs
-        of live INVITEs still reach theirs).
-    :param max_tcp_per_source: most TCP connections one source address may
-        hold open (trusted sources exempt).
-    """
-
-    max_message: int = 65535
-    max_uri: int = 512
-    rate: float = 50.0
-    burst: int = 200
-    ban_seconds: float = 60.0
-    scanner_agents: tuple[str, ...] = SCANNER_AGENTS
-    tcp_idle_timeout: float = 30.0
-    max_tcp_connections: int = 2048
-    trusted: frozenset[str] = field(default_factory=frozenset)
-    message_rate: float = 5.0
-    message_burst: int = 20
-    max_transactions: int = 20_000
-    max_tcp_per_source: int = 20
 
 
 RequestHandler = Callable[[SipRequest, ServerTransaction | None, Peer], None]
@@ -155,33 +111,89 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, endpoint: SipEndpoint, inbound: bool = False) -> None:
+    """One stream connection, TCP or TLS (the framing is the same: RFC 3261
+    §18.3 Content-Length).
+
+    :param kind: ``"TCP"`` or ``"TLS"`` (the :class:`Peer` transport).
+    :param server_tls: for an accepted TLS connection, the context of the
+        handshake, started once the connection is admitted (so a handshake
+        in progress holds one of its source's ``max_tcp_per_source`` slots,
+        for at most ``tls_handshake_timeout``). Outbound TLS connections
+        are made by ``create_connection(ssl=...)`` and arrive here done.
+    """
+
+    def __init__(self, endpoint: SipEndpoint, inbound: bool = False, kind: str = "TCP",
+                 server_tls: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         #: Accepted from a peer (counted against ``max_tcp_per_source``), not opened by us.
         self.inbound = inbound
+        self.kind = kind
+        self._server_tls = server_tls
         #: Whether :meth:`SipEndpoint._tcp_opened` counted it under its host.
         self.counted = False
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        #: The address an RFC 5923 ``alias`` Via parameter added for it.
+        self.alias: Peer | None = None
         self.framer = StreamFramer(endpoint.policy.max_message)
         self.opened = time.monotonic()
         self.messages = 0  # whole SIP messages received (keep-alives not counted)
         self.partial_since: float | None = None  # when the unfinished message began
         self.closed = asyncio.get_running_loop().create_future()
+        self._handshake: asyncio.Task[None] | None = None
+        # Data decrypted before _accept_tls resumed (the handshake is over,
+        # but self.transport is still the raw one): fed once it is not.
+        self._early: list[bytes] = []
+        #: Whether the server side of a TLS handshake is still to finish.
+        self.handshaking = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer("TCP", host, port)
+        self.peer = Peer(self.kind, host, port)
         if not self.endpoint._tcp_opened(self):
             transport.close()
+            return
+        if self._server_tls is not None:
+            # Nothing may reach data_received before the handshake takes
+            # the stream (start_tls pauses too, but only once it runs).
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.handshaking = True
+            self._handshake = asyncio.get_running_loop().create_task(
+                self._accept_tls(self._server_tls))
+
+    async def _accept_tls(self, context: ssl.SSLContext) -> None:
+        """RFC 3261 §26.3.1: the server side of the TLS handshake, bounded
+        by ``tls_handshake_timeout``; a failed one closes the connection."""
+        raw = self.transport
+        assert raw is not None and self.peer is not None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw, self, context, server_side=True,
+                ssl_handshake_timeout=self.endpoint.policy.tls_handshake_timeout)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.endpoint._tls_accept_failed(self, exc)
+            raw.close()
+            self.connection_lost(None)
+            return
+        if tls is None:  # the connection went away during the handshake
+            self.connection_lost(None)
+            return
+        self.transport = tls
+        self.handshaking = False
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
+        if self.handshaking:
+            self._early.append(data)
+            return
         try:
             frames = self.framer.feed(data)
         except ParseError as exc:
-            logger.info("closing TCP connection from %s: %s", self.peer.host, exc)
+            logger.info("closing %s connection from %s: %s", self.kind, self.peer.host, exc)
             self.transport.close()
             return
         for frame in frames:
@@ -214,6 +226,11 @@ class SipEndpoint:
         dialog we have. Such requests are exempt from the rate limit; with
         this hook, made-up To tags (which cost a 481 and a transaction each)
         are counted like new requests.
+    :param tls_context: the server context of SIP over TLS (RFC 3261 §26.2);
+        with it, a TLS listener on ``tls_port`` (0 = pick one) on every host.
+    :param tls_client_context: how the TLS servers we connect to are
+        verified when :meth:`expect_tls_server` named no other context;
+        default: the system's CAs, host name checked.
     """
 
     def __init__(
@@ -224,16 +241,20 @@ class SipEndpoint:
         on_request: RequestHandler,
         on_cancel: CancelHandler,
         on_stray_response: StrayHandler,
+        directory: Directory,
         policy: SecurityPolicy | None = None,
-        directory: MemoryDirectory | None = None,
         timers: Timers | None = None,
         advertised_host: str | None = None,
         dialog_exists: Callable[[SipRequest], bool] | None = None,
+        tls_port: int = 5061,
+        tls_context: ssl.SSLContext | None = None,
+        tls_client_context: ssl.SSLContext | None = None,
     ) -> None:
         self.hosts = list(hosts)
         self.port = port
         self.policy = policy or SecurityPolicy()
-        self.directory = directory or MemoryDirectory()
+        self.directory = directory
+        self.admission = Admission(self.policy, directory)
         self.layer = TransactionLayer(timers or Timers())
         self.on_request = on_request
         self.on_cancel = on_cancel
@@ -242,9 +263,20 @@ class SipEndpoint:
         self.dialog_exists = dialog_exists
         self._udp: dict[str, _UdpProtocol] = {}
         self._servers: list[asyncio.base_events.Server] = []
-        self._tcp: dict[tuple[str, int], _TcpProtocol] = {}
-        #: Inbound TCP connections open per source address.
-        self._tcp_per_host: dict[str, int] = {}
+        self.tls_port = tls_port
+        self.tls_context = tls_context
+        self._tls_client_context = tls_client_context
+        #: Stream connections by the address they reach (the peer's source
+        #: address, the listening address we connected to, an RFC 5923
+        #: alias): responses and requests to a peer reuse its connection.
+        self._tcp: dict[Peer, _TcpProtocol] = {}
+        #: The connections themselves (``_tcp`` may name one twice).
+        self._conns: set[_TcpProtocol] = set()
+        #: TLS servers we may connect to: the name their certificate must
+        #: carry and the context that verifies it, by address.
+        self._tls_servers: dict[tuple[str, int], tuple[str, ssl.SSLContext]] = {}
+        #: Why the transport to a peer failed, while its transactions fail.
+        self._failures: dict[object, str] = {}
         self._client_cb: dict[ClientTransaction, ClientCallback] = {}
         self._peers: dict[tuple[object, ...], Peer] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -252,7 +284,7 @@ class SipEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_task: asyncio.Task[None] | None = None
         # TCP connections being opened: what waits to be sent on each.
-        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._connecting: dict[Peer, list[bytes]] = {}
         self._connect_tasks: set[asyncio.Task[None]] = set()
         self.stats = {"received": 0, "malformed": 0, "dropped": 0, "banned": 0, "sent": 0,
                       "refused": 0}
@@ -267,10 +299,10 @@ class SipEndpoint:
         program's TCP connection may use that number), another is tried.
         """
         loop = self._loop = asyncio.get_running_loop()
-        wanted = self.port
-        attempts = 20 if wanted == 0 else 1
+        wanted, wanted_tls = self.port, self.tls_port
+        attempts = 20 if wanted == 0 or wanted_tls == 0 else 1
         for attempt in range(attempts):
-            self.port = wanted
+            self.port, self.tls_port = wanted, wanted_tls
             try:
                 await self._bind(loop)
                 break
@@ -293,6 +325,17 @@ class SipEndpoint:
                 lambda: _TcpProtocol(self, inbound=True), host, self.port, reuse_address=True
             )
             self._servers.append(server)
+            if self.tls_context is not None:
+                context = self.tls_context
+                # The handshake starts once the connection is admitted
+                # (_TcpProtocol._accept_tls), not in create_server(ssl=).
+                server = await loop.create_server(
+                    lambda: _TcpProtocol(self, inbound=True, kind="TLS", server_tls=context),
+                    host, self.tls_port, reuse_address=True,
+                )
+                self._servers.append(server)
+                if self.tls_port == 0:
+                    self.tls_port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._idle_task:
@@ -306,13 +349,37 @@ class SipEndpoint:
                 proto.transport.close()
         for server in self._servers:
             server.close()
-        for conn in list(self._tcp.values()):
+        for conn in list(self._conns):
             if conn.transport:
                 conn.transport.close()
         for server in self._servers:
             await server.wait_closed()
         self._udp.clear()
         self._servers.clear()
+
+    def port_for(self, transport: str) -> int:
+        """Our port for ``transport`` (the TLS port for TLS)."""
+        return self.tls_port if transport == "TLS" else self.port
+
+    def has_connection(self, peer: Peer) -> bool:
+        """Whether an open stream connection reaches ``peer`` (a phone's flow)."""
+        conn = self._tcp.get(peer)
+        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+
+    def expect_tls_server(self, peer: Peer, server_hostname: str,
+                          context: ssl.SSLContext | None = None) -> None:
+        """Before a request goes to ``peer`` over TLS: the name its
+        certificate must carry (the host of the URI, RFC 5922 §7.2, not the
+        address it resolved to) and the context that verifies it (default:
+        ``tls_client_context``)."""
+        if len(self._tls_servers) >= 4096:
+            self._tls_servers.clear()
+        self._tls_servers[(peer.host, peer.port)] = (server_hostname, context or self._client_context())
+
+    def _client_context(self) -> ssl.SSLContext:
+        if self._tls_client_context is None:
+            self._tls_client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        return self._tls_client_context
 
     @property
     def local_host(self) -> str:
@@ -353,7 +420,7 @@ class SipEndpoint:
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
         self.stats["received"] += 1
         policy = self.policy
-        if peer.host not in policy.trusted and self.directory.is_banned(peer.host, time.monotonic()):
+        if self.admission.is_banned(peer.host, time.monotonic()):
             self.stats["banned"] += 1
             return
         try:
@@ -379,6 +446,8 @@ class SipEndpoint:
                 msg.headers.prepend("Via", str(top))
             except RemoteProtocolError:
                 return
+            if stream and "alias" in top.params:
+                self._add_alias(peer, top)
             if len(msg.uri_text) > policy.max_uri:
                 if msg.method != "ACK":
                     self._send_stateless(msg.create_response(414), peer)
@@ -394,57 +463,59 @@ class SipEndpoint:
         self._dispatch(events)
         self._flush()
 
+    def _add_alias(self, peer: Peer, via: Via) -> None:
+        """RFC 5923 §5: the connection ``peer`` opened also reaches its
+        Via sent-by, so requests to the peer's listening port go back over
+        it rather than over a new connection (the only way to reach a phone
+        behind NAT, and a TLS phone that has no certificate to accept with).
+
+        Honoured only when the sent-by host is the connection's own source
+        address: an alias could otherwise capture another host's traffic
+        (RFC 5923 §11; we do not authenticate clients' certificates, which
+        is how the RFC lets a name be aliased). One alias per connection,
+        never displacing another live connection.
+        """
+        port = via.port if via.port is not None else (5061 if peer.transport == "TLS" else 5060)
+        if port == peer.port or via.host.strip("[]").lower() != peer.host.lower():
+            return
+        conn = self._tcp.get(peer)
+        if conn is None:
+            return
+        key = Peer(peer.transport, peer.host, port)
+        if key == conn.alias:
+            return
+        other = self._tcp.get(key)
+        if other is not None and other is not conn and other.transport is not None \
+                and not other.transport.is_closing():
+            return
+        if conn.alias is not None and self._tcp.get(conn.alias) is conn:
+            del self._tcp[conn.alias]
+        conn.alias = key
+        self._tcp[key] = conn
+
     def _admit(self, msg: SipRequest, peer: Peer, now: float) -> bool:
-        """Apply the per-source limits to a request; ``False``: drop or
+        """Apply the admission policy to a request; ``False``: drop or
         refuse it (a refusal is answered here)."""
-        policy = self.policy
-        agent = msg.headers.get("User-Agent")
-        if agent and policy.scanner_agents:
-            lowered = agent.lower()
-            if any(s in lowered for s in policy.scanner_agents):
-                self.stats["dropped"] += 1
-                return False
-        if peer.host in policy.trusted:
+        verdict = self.admission.check_request(msg, peer.host, now, self._belongs)
+        if verdict is Verdict.ADMIT:
             return True
-        method = msg.method
-        if method == "ACK":
-            # An ACK is never counted: it creates no transaction (its INVITE
-            # server transaction absorbs it, or the dialog takes it, or it is
-            # dropped), and the ACK of a 2xx must never be lost: without it
-            # the UAS retransmits the 2xx and then ends the call (RFC 3261
-            # §13.3.1.4).
-            return True
-        if method == "CANCEL":
-            # A CANCEL of a live INVITE server transaction (or a
-            # retransmission of one) belongs to a call already admitted, and
-            # dropping it would leave the caller's phone ringing. Any other
-            # CANCEL counts like a new request: it is answered 481 (see
-            # _fits), and a flood of them is banned like an INVITE flood.
+        if verdict is Verdict.DROP:
+            self.stats["dropped"] += 1
+        elif verdict is Verdict.BAN:
+            self.stats["banned"] += 1
+        else:
+            self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
+        return False
+
+    def _belongs(self, msg: SipRequest) -> bool:
+        """Whether a CANCEL matches a live INVITE transaction, or a request
+        with a To tag a dialog we have (any, without ``dialog_exists``)."""
+        if msg.method == "CANCEL":
             try:
-                if self.layer.matches_server(msg):
-                    return True
+                return self.layer.matches_server(msg)
             except RemoteProtocolError:
-                pass
-        elif msg.to.tag is not None:
-            if self.dialog_exists is None or self.dialog_exists(msg):
-                return True  # in-dialog requests belong to calls already admitted
-        if policy.rate > 0 and not self.directory.hit(
-            peer.host, now, rate=policy.rate, burst=policy.burst
-        ):
-            self._ban(peer, now)
-            return False
-        if method == "MESSAGE" and msg.to.tag is None and policy.message_rate > 0:
-            # Each out-of-dialog MESSAGE starts a scenario session: a bucket
-            # of its own, stricter than the general one. Over it the source
-            # gets 503 with Retry-After, not 403: the refusal is temporary
-            # (RFC 3261 §21.5.4), while a 403 says "do not repeat this
-            # request" (§21.4.4) of a message that is fine a moment later.
-            if not self.directory.hit(
-                "message:" + peer.host, now, rate=policy.message_rate, burst=policy.message_burst
-            ):
-                self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
                 return False
-        return True
+        return self.dialog_exists is None or self.dialog_exists(msg)
 
     def _fits(self, msg: SipRequest, peer: Peer, now: float) -> bool:
         """Whether a request (not an ACK) may go to the transaction layer.
@@ -483,16 +554,7 @@ class SipEndpoint:
 
     def _security_event(self, event: str, peer: Peer, now: float, **fields: str) -> None:
         """Log a refusal, throttled per source, event and fields."""
-        security_event_throttled(self.directory, now, event, peer.host, transport=peer.transport, **fields)
-
-    def _ban(self, peer: Peer, now: float) -> None:
-        policy = self.policy
-        self.directory.ban(peer.host, now + policy.ban_seconds)
-        logger.warning(
-            "banning %s for %g s: over %g requests/s", peer.host, policy.ban_seconds, policy.rate
-        )
-        security_event("banned", peer.host, seconds=policy.ban_seconds, rate=policy.rate)
-        self.stats["banned"] += 1
+        self.admission.refused(event, peer.host, now, transport=peer.transport, **fields)
 
     def _answer_malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
         """Answer a malformed request statelessly when it can be answered.
@@ -511,11 +573,9 @@ class SipEndpoint:
         headers = partial.headers
         if not headers.get("Via") or not headers.get("CSeq"):
             return
-        policy = self.policy
-        if policy.rate > 0 and peer.host not in policy.trusted:
-            if not self.directory.hit(peer.host, now, rate=policy.rate, burst=policy.burst):
-                self._ban(peer, now)
-                return
+        if not self.admission.count(peer.host, now):
+            self.stats["banned"] += 1
+            return
         response = partial.create_response(exc.status, _reason(str(exc)))
         self._send_stateless(response, peer)
 
@@ -555,7 +615,8 @@ class SipEndpoint:
                     txn = event.transaction
                     cb = self._client_cb.get(txn)  # type: ignore[arg-type]
                     if cb:
-                        cb(txn.request.create_response(503, "Transport Failure"))
+                        reason = self._failures.get(txn.addr, "Transport Failure")
+                        cb(txn.request.create_response(503, _reason(reason)))
                 elif isinstance(event, TransactionTerminated):
                     self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
             except Exception:
@@ -608,7 +669,7 @@ class SipEndpoint:
         via = Via(
             peer.transport,
             self.local_host_for(peer),
-            self.port,
+            self.port_for(peer.transport),
             {"branch": new_branch(), "rport": None},
         )
         request.headers.prepend("Via", str(via))
@@ -632,9 +693,11 @@ class SipEndpoint:
             if proto is not None and proto.transport is not None:
                 proto.transport.sendto(data, (peer.host, peer.port))
             return
-        key = (peer.host, peer.port)
+        key = peer
         conn = self._tcp.get(key)
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            if conn.handshaking:
+                return  # nothing was received on it yet: nothing to answer
             conn.transport.write(data)
             return
         waiting = self._connecting.get(key)
@@ -655,16 +718,31 @@ class SipEndpoint:
         return self._udp.get(host)
 
     async def _connect_and_send(self, peer: Peer) -> None:
-        key = (peer.host, peer.port)
+        key = peer
         loop = asyncio.get_running_loop()
+        tls: ssl.SSLContext | None = None
+        name: str | None = None
+        timeout = 5.0
+        if peer.transport == "TLS":
+            name, tls = self._tls_servers.get((peer.host, peer.port)) or (peer.host, self._client_context())
+            timeout += self.policy.tls_handshake_timeout
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpProtocol(self), peer.host, peer.port), 5.0
+                loop.create_connection(
+                    lambda: _TcpProtocol(self, kind=peer.transport), peer.host, peer.port,
+                    ssl=tls, server_hostname=name,
+                    ssl_handshake_timeout=self.policy.tls_handshake_timeout if tls else None,
+                ),
+                timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
             self._connecting.pop(key, None)
-            logger.info("TCP connect to %s:%s failed: %s", peer.host, peer.port, exc)
-            self._transport_failed(peer)
+            reason = _connect_failure(peer, name, exc)
+            if tls is not None:
+                logger.warning("TLS connection to %s:%s (%s) failed: %s", peer.host, peer.port, name, reason)
+            else:
+                logger.info("TCP connect to %s:%s failed: %s", peer.host, peer.port, exc)
+            self._transport_failed(peer, reason)
             return
         except asyncio.CancelledError:
             self._connecting.pop(key, None)
@@ -677,52 +755,49 @@ class SipEndpoint:
             for data in waiting:
                 proto.transport.write(data)
 
-    def _transport_failed(self, peer: Peer) -> None:
+    def _transport_failed(self, peer: Peer, reason: str = "Transport Failure") -> None:
         """RFC 3261 §18.4: the client transactions bound for ``peer`` fail now
-        rather than at Timer B/F; their callbacks get a 503 (§8.1.3.1)."""
+        rather than at Timer B/F; their callbacks get a 503 (§8.1.3.1)
+        whose reason says why (a TLS certificate that was not trusted...)."""
         now = time.monotonic()
         events: list[object] = []
         for txn in [t for t in self._client_cb if t.addr == peer]:
             events += self.layer.handle_transport_error(txn, now)
-        self._dispatch(events)
+        self._failures[peer] = reason
+        try:
+            self._dispatch(events)
+        finally:
+            self._failures.pop(peer, None)
         self._flush()
 
-    def _tcp_opened(self, conn: _TcpProtocol) -> bool:
-        """Admit a new TCP connection: refused beyond ``max_tcp_connections``
-        in all, from a banned source, and (accepted ones, from an untrusted
-        source) beyond ``max_tcp_per_source`` from one address."""
+    def _tls_accept_failed(self, conn: _TcpProtocol, exc: BaseException) -> None:
+        """An inbound TLS handshake failed or timed out: a refusal a peer
+        can provoke, logged as a security event."""
         assert conn.peer is not None
-        now = time.monotonic()
-        host = conn.peer.host
-        if len(self._tcp) >= self.policy.max_tcp_connections:
-            logger.warning("refusing TCP connection: %d open", len(self._tcp))
-            self._security_event("cap_reached", conn.peer, now, cap="tcp_connections")
+        reason = _connect_failure(conn.peer, None, exc)
+        logger.info("TLS handshake from %s failed: %s", conn.peer.host, reason)
+        self._security_event("tls_handshake_failed", conn.peer, time.monotonic(),
+                             reason=type(exc).__name__)
+
+    def _tcp_opened(self, conn: _TcpProtocol) -> bool:
+        """Admit a new stream connection (:meth:`Admission.open_connection`)."""
+        assert conn.peer is not None
+        if not self.admission.open_connection(conn.peer.host, time.monotonic(), inbound=conn.inbound,
+                                              open_now=len(self._conns), transport=conn.peer.transport):
             return False
-        trusted = host in self.policy.trusted
-        if not trusted and self.directory.is_banned(host, now):
-            return False
-        if conn.inbound:
-            count = self._tcp_per_host.get(host, 0)
-            if not trusted and count >= self.policy.max_tcp_per_source:
-                self._security_event("cap_reached", conn.peer, now, cap="tcp_per_source")
-                return False
-            self._tcp_per_host[host] = count + 1
-            conn.counted = True
-        self._tcp[(host, conn.peer.port)] = conn
+        conn.counted = conn.inbound
+        self._tcp[conn.peer] = conn
+        self._conns.add(conn)
         return True
 
     def _tcp_closed(self, conn: _TcpProtocol) -> None:
-        for key, value in list(self._tcp.items()):
+        self._conns.discard(conn)
+        for key, value in list(self._tcp.items()):  # its source, alias, where we connected
             if value is conn:
                 del self._tcp[key]
         if conn.counted and conn.peer is not None:
             conn.counted = False
-            host = conn.peer.host
-            left = self._tcp_per_host.get(host, 1) - 1
-            if left > 0:
-                self._tcp_per_host[host] = left
-            else:
-                self._tcp_per_host.pop(host, None)
+            self.admission.close_connection(conn.peer.host)
 
     async def _reap_idle_tcp(self) -> None:
         """The slow-loris defence: close TCP connections that sent no whole
@@ -733,7 +808,7 @@ class SipEndpoint:
         while True:
             await asyncio.sleep(min(5.0, self.policy.tcp_idle_timeout / 2))
             limit = time.monotonic() - self.policy.tcp_idle_timeout
-            for conn in list(self._tcp.values()):
+            for conn in list(self._conns):
                 if conn.transport is None:
                     continue
                 stalled = conn.partial_since is not None and conn.partial_since < limit
@@ -760,6 +835,21 @@ class SipEndpoint:
         events = self.layer.handle_timer(time.monotonic())
         self._dispatch(events)
         self._flush()
+
+
+def _connect_failure(peer: Peer, name: str | None, exc: BaseException) -> str:
+    """Why a connection to (or from) ``peer`` failed, in words for a
+    reason phrase: the TLS verification error names what was wrong with
+    the certificate (RFC 5922 §7.3 host name, an untrusted issuer)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        return f"TLS certificate not accepted: {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {name or peer.host} failed: {exc.reason or exc}"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        what = "TLS handshake" if peer.transport == "TLS" else "connection"
+        return f"{what} with {name or peer.host} timed out"
+    return f"{peer.transport} connection to {peer.host}:{peer.port} failed: {exc}"
 
 
 def _reason(text: str) -> str:

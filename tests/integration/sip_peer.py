@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -87,7 +88,7 @@ def request(
         f"CSeq: {cseq} {cseq_method or method}",
     ]
     if contact:
-        tp = ";transport=tcp" if transport == "TCP" else ""
+        tp = f";transport={transport.lower()}" if transport != "UDP" else ""
         lines.append(f"Contact: <sip:tester@{bracket(host)}:{port}{tp}>")
     lines += [f"{name}: {value}" for name, value in headers]
     if body:
@@ -218,9 +219,13 @@ class TcpPeer(_Base):
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
+    #: The TLS client context (:class:`TlsPeer`); ``None`` over plain TCP.
+    tls: ssl.SSLContext | None = None
+
     async def open(self) -> TcpPeer:
         self._reader, self._writer = await asyncio.open_connection(
-            self.server[0], self.server[1], local_addr=(self.host, 0)
+            self.server[0], self.server[1], local_addr=(self.host, 0),
+            ssl=self.tls, server_hostname=self.server[0] if self.tls else None,
         )
         self.local = self._writer.get_extra_info("sockname")[:2]
         self._task = asyncio.get_running_loop().create_task(self._read())
@@ -273,6 +278,17 @@ class TcpPeer(_Base):
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+class TlsPeer(TcpPeer):
+    """One TLS connection from ``host`` to ``server`` (RFC 3261 §26), the
+    server's certificate verified by ``context``; framed like TCP."""
+
+    transport = "TLS"
+
+    def __init__(self, host: str, server: tuple[str, int], context: ssl.SSLContext) -> None:
+        super().__init__(host, server)
+        self.tls = context
 
 
 class TcpListener(_Base):

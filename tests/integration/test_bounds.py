@@ -196,7 +196,7 @@ async def test_tcp_connections_per_source_capped(make_engine: EngineFactory, pee
         assert (await conn.expect(method="OPTIONS")).status == 200
     assert sum(c.eof.is_set() for c in conns) == 5
     await alive[0].close()
-    assert await wait_until(lambda: engine.ua.endpoint._tcp_per_host.get("127.0.0.1") == 19, 2.0)
+    assert await wait_until(lambda: engine.ua.endpoint.admission.connections_from("127.0.0.1") == 19, 2.0)
     late = await peers.tcp(engine)
     late.send(options(late, port))
     assert (await late.expect(method="OPTIONS")).status == 200
