@@ -11,9 +11,11 @@ that does not compile, and teardown runs only for what started.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import secrets
+import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from engine.media.clock import MediaClock
 from engine.calls.conference import MediaGraph
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
+from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_server_context, reload_server_context
 from engine.runtime.dialout import DialPolicy
 from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
 from engine.web.app import CONNECTIONS, create_app
@@ -130,6 +133,11 @@ class EngineConfig:
     #: Digits of the PINs the engine draws for new rooms, and the fewest an
     #: operator's PIN may have (API and CLI).
     pin_min_length: int = 6
+    #: A PEM certificate (chain) and its private key: with both, the HTTP
+    #: port serves HTTPS and ``/ws`` is WSS (engine.transport.tls); SIP
+    #: over TLS takes the same pair. Neither: clear text.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class Engine:
@@ -147,6 +155,9 @@ class Engine:
         self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
+        #: The server context of ``tls_cert``/``tls_key`` (None: clear
+        #: text); :meth:`reload_tls` loads a new pair into this same object.
+        self.tls_context: ssl.SSLContext | None = None
         #: Rooms' participants and lifetimes; webhook deliveries; secret keys.
         self.rooms: RoomService | None = None
         self.webhooks: WebhookDispatcher | None = None
@@ -185,6 +196,7 @@ class Engine:
     async def _start(self) -> None:
         cfg = self.config
         self.rules = self.load_rules()
+        self.tls_context = self._load_tls()
         for warning in self.rules.warnings:
             logger.warning("%s", warning)
         trunk = None
@@ -259,7 +271,7 @@ class Engine:
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
         self._started.append("http")
-        site = web.TCPSite(self.http_runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(self.http_runner, cfg.http_host, cfg.http_port, ssl_context=self.tls_context)
         try:
             await site.start()
         except OSError as exc:
@@ -270,9 +282,48 @@ class Engine:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http_port
         logger.info(
-            "callbridge ready: sip=%s:%d (udp+tcp) http=%s:%d node=%s",
-            ",".join(cfg.sip_hosts), self.ua.port, cfg.http_host, self.http_port, self.node_id,
+            "callbridge ready: sip=%s:%d (udp+tcp) %s=%s:%d node=%s",
+            ",".join(cfg.sip_hosts), self.ua.port, "https" if self.tls_context else "http",
+            cfg.http_host, self.http_port, self.node_id,
         )
+
+    def _load_tls(self) -> ssl.SSLContext | None:
+        """The TLS context of ``tls_cert``/``tls_key``, checked (files,
+        key matching the certificate, validity period); None without them."""
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+            raise StartupError(f"{given} needs {missing}: give the certificate and its key together")
+        try:
+            context = load_server_context(cert, key)
+            _warn_about_certificate(check_pair(cert, key))
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
+        return context
+
+    def reload_tls(self) -> bool:
+        """Load ``tls_cert``/``tls_key`` again (SIGHUP) into the same
+        context: new handshakes get the new certificate, open connections
+        (calls, WebSockets) stay. A pair that fails the checks is refused
+        with an error log and the old certificate stays in use.
+
+        :returns: whether the new pair is in use.
+        """
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if self.tls_context is None or cert is None or key is None:
+            logger.warning("TLS reload asked for, but the engine serves no TLS")
+            return False
+        try:
+            info = reload_server_context(self.tls_context, cert, key)
+        except TlsError as exc:
+            logger.error("TLS reload refused, the previous certificate stays in use: %s", exc)
+            return False
+        logger.info("TLS certificate reloaded: %s serial=%x valid until %s UTC", info.subject, info.serial,
+                    f"{info.not_after:%Y-%m-%d %H:%M}")
+        _warn_about_certificate(info)
+        return True
 
     def _start_rooms(self) -> None:
         """Rooms, webhooks and call records, wired together: room and call
@@ -378,6 +429,17 @@ class Engine:
         self.runtime.reload(rules)
         self.rules = rules
         return rules
+
+
+def _warn_about_certificate(info: CertificateInfo) -> None:
+    """Loud warnings for a self-signed certificate and one about to expire."""
+    if info.self_signed:
+        logger.warning("TLS certificate %s is self-signed: development certificate, not for production"
+                       " (browsers and phones will not trust it)", info.subject)
+    left = info.not_after - datetime.datetime.now(datetime.timezone.utc)
+    if left < datetime.timedelta(days=14):
+        logger.warning("TLS certificate %s expires in %d days (%s UTC): renew it and send SIGHUP",
+                       info.subject, left.days, f"{info.not_after:%Y-%m-%d %H:%M}")
 
 
 def _private_data_dir(data_dir: Path) -> None:
