@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tls_certs import make_pair
 
 from engine.cli import main
 from engine.transport.tls import (
@@ -22,29 +22,6 @@ from engine.transport.tls import (
 )
 
 UTC = datetime.timezone.utc
-
-
-def make_pair(folder: Path, *, not_before: datetime.datetime, not_after: datetime.datetime,
-              issuer: str | None = None) -> tuple[Path, Path]:
-    """A certificate for ``localhost`` valid from ``not_before`` to
-    ``not_after`` (signed by its own key, or issued by ``issuer``'s name and
-    a throwaway key: not self-signed) and its key, as PEM files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    signer = key if issuer is None else ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    cert = (
-        x509.CertificateBuilder().subject_name(subject)
-        .issuer_name(subject if issuer is None else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(not_before).not_valid_after(not_after)
-        .sign(signer, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_dev_certificate_names_hosts_and_loopback(tmp_path: Path) -> None:
