@@ -297,10 +297,18 @@ class Engine:
             given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
             raise StartupError(f"{given} needs {missing}: give the certificate and its key together")
         try:
+            info = check_pair(cert, key)
             context = load_server_context(cert, key)
-            _warn_about_certificate(check_pair(cert, key))
         except TlsError as exc:
             raise StartupError(str(exc)) from None
+        logger.info("TLS certificate: %s serial=%x valid until %s UTC", info.subject, info.serial,
+                    f"{info.not_after:%Y-%m-%d %H:%M}")
+        _warn_about_certificate(info)
+        try:
+            if os.stat(key).st_mode & 0o007:
+                logger.warning("TLS key %s is readable by every local user: chmod 600 it", key)
+        except OSError:
+            pass  # read a moment ago; a race changes nothing here
         return context
 
     def reload_tls(self) -> bool:

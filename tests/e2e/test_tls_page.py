@@ -52,7 +52,8 @@ async def test_demo_page_joins_over_https_and_wss(make_engine: Any, tmp_path: Pa
             base = f"https://127.0.0.1:{engine.http_port}"
             response = await page.goto(f"{base}/?conference=77")
             assert response is not None and response.ok
-            assert (await response.security_details() or {}).get("protocol", "").startswith("TLS 1.")
+            details = await response.security_details()
+            assert details is not None and str(details.get("protocol")).startswith("TLS 1."), details
             await page.fill("#name", "Alice")
             await page.click("#join-button")
             await page.wait_for_selector("#room-view:not([hidden])", timeout=30000)

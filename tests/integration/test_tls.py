@@ -75,6 +75,19 @@ async def test_api_over_https_and_sdk_over_wss(make_engine: EngineFactory, tmp_p
                 await resp.read()
 
 
+async def test_start_logs_the_certificate_and_warns_about_a_loose_key(
+        make_engine: EngineFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Check the start logs the certificate served (subject, serial), the
+    self-signed warning, and a warning for a key file other users can read."""
+    cert, key = write_dev_certificate(tmp_path / "tls")
+    key.chmod(0o644)
+    with caplog.at_level(logging.INFO, logger="engine.server"):
+        await tls_engine(make_engine, cert, key)
+    assert f"serial={serial_of(cert):x} valid until" in caplog.text
+    assert "is self-signed: development certificate, not for production" in caplog.text
+    assert f"TLS key {key} is readable by every local user: chmod 600 it" in caplog.text
+
+
 async def test_untrusted_client_is_refused(make_engine: EngineFactory, tmp_path: Path) -> None:
     """Check a client trusting another certificate fails verification: the
     engine serves the configured certificate, not some default."""
