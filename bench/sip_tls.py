@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from serve_process import ServeProcess, free_port  # noqa: E402
 from sip_cps import UAC_XML, run_sipp  # noqa: E402
-from tls_certs import make_certs  # noqa: E402
+from tls_ca import make_certs  # noqa: E402
 
 from engine.sip.message import SipRequest, SipResponse  # noqa: E402
 from engine.sip.parser import StreamFramer, parse_message  # noqa: E402

@@ -4,7 +4,9 @@
 environment variable; flags win); ``callbridge rules check`` validates
 ``rules.yaml`` and the scenarios it names; ``callbridge call NUMBER`` places
 a test call through a running engine; ``callbridge users`` and
-``callbridge rooms`` manage the store.
+``callbridge rooms`` manage the store; ``callbridge certs dev`` writes a
+self-signed certificate for trying HTTPS/WSS (``serve --tls-cert
+--tls-key``; SIGHUP loads the pair again).
 
 Logs are one line per event, ``key=value`` fields with the session and call
 ids where there are some.
@@ -86,9 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trunk-client-cert", type=Path, default=_env("TRUNK_CLIENT_CERT", None),
                        help="client certificate shown to a TLS trunk that asks for one (default: none)")
     serve.add_argument("--trunk-client-key", type=Path, default=_env("TRUNK_CLIENT_KEY", None))
-    serve.add_argument("--tls-cert", type=Path, default=_env("TLS_CERT", None),
-                       help="certificate chain (PEM) of SIP over TLS; with --tls-key turns the TLS listener on")
-    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", None))
     serve.add_argument("--sip-tls-port", type=int, default=int(_env("SIP_TLS_PORT", 5061)),
                        help="port of SIP over TLS (on with --tls-cert and --tls-key)")
     serve.add_argument("--trunk-password-file", type=Path, default=_env("TRUNK_PASSWORD_FILE", None),
@@ -152,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("WEBHOOK_PRIVATE_NETWORKS", "deny"),
                        help="whether webhooks may go to loopback, private and link-local"
                             " addresses (deny by default)")
+    serve.add_argument("--tls-cert", type=Path, default=_env("TLS_CERT", None),
+                       help="PEM certificate (chain): with --tls-key, the HTTP port serves HTTPS and /ws is"
+                            " WSS, and SIP over TLS listens on --sip-tls-port; SIGHUP loads the files again")
+    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", None),
+                       help="the certificate's private key (PEM, unencrypted; keep it mode 0600)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument("--uvloop", choices=("auto", "on", "off"), default=_env("UVLOOP", "auto"))
 
@@ -166,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--source", help="the caller's address, for rules' networks (with --kind)")
     check.add_argument("--authenticated", action="store_true",
                        help="the caller is authenticated (with --kind)")
+
+    certs = sub.add_parser("certs", help="TLS certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    dev = certs_sub.add_parser("dev", help="write a self-signed development certificate (not for production)")
+    dev.add_argument("--out", type=Path, required=True, help="folder for cert.pem and key.pem")
+    dev.add_argument("--host", action="append", default=[],
+                     help="a host name or address the certificate is for (repeat; localhost, 127.0.0.1"
+                          " and ::1 are always in)")
+    dev.add_argument("--force", action="store_true", help="replace cert.pem and key.pem if they exist")
 
     call = sub.add_parser("call", help="place a test call through a running engine")
     call.add_argument("number")
@@ -339,6 +352,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, engine.reload_tls)
         try:
             await engine.start()
         except StartupError as exc:
@@ -379,6 +393,24 @@ def _rules_check(args: argparse.Namespace) -> int:
             code, why = rules.refusal(number, caller) if caller is not None else (404, "no rule")
             print(f"  {number!r}: no rule takes it ({code} {why})")
     print(f"{args.rules}: {len(rules.rules)} rules OK")
+    return 0
+
+
+def _certs_dev(args: argparse.Namespace) -> int:
+    from engine.transport.tls import DEV_CERT_DAYS, TlsError, spki_sha256, write_dev_certificate
+
+    try:
+        cert, key = write_dev_certificate(args.out, args.host, overwrite=args.force)
+    except TlsError as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"callbridge: {args.out}: cannot write the certificate: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} (key mode 0600): self-signed, valid {DEV_CERT_DAYS} days")
+    print("development certificate, not for production: browsers and phones will not trust it")
+    print(f"SPKI SHA-256 (Chromium --ignore-certificate-errors-spki-list): {spki_sha256(cert.read_bytes())}")
+    print(f"use: callbridge serve --tls-cert {cert} --tls-key {key}")
     return 0
 
 
@@ -516,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rules_check(args)
     if args.command == "call":
         return _call(args)
+    if args.command == "certs":
+        return _certs_dev(args)
     return _store_command(args)
 
 

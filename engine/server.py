@@ -11,6 +11,7 @@ that does not compile, and teardown runs only for what started.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import secrets
@@ -41,6 +42,7 @@ from engine.media.clock import MediaClock
 from engine.calls.conference import MediaGraph
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
+from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_server_context, reload_server_context
 from engine.runtime.dialout import DialPolicy
 from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
 from engine.web.app import create_app
@@ -135,8 +137,10 @@ class EngineConfig:
     #: Digits of the PINs the engine draws for new rooms, and the fewest an
     #: operator's PIN may have (API and CLI).
     pin_min_length: int = 6
-    #: SIP over TLS (RFC 3261 §26): the certificate chain and key of the
-    #: listener on ``sip_tls_port``, which is on when both are given.
+    #: A PEM certificate (chain) and its private key: with both, the HTTP
+    #: port serves HTTPS and ``/ws`` is WSS (engine.transport.tls), and SIP
+    #: over TLS (RFC 3261 §26) listens on ``sip_tls_port`` with the same
+    #: context, so one SIGHUP renews both. Neither: clear text.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     sip_tls_port: int = 5061
@@ -150,37 +154,27 @@ class EngineConfig:
     trunk_client_key: Path | None = None
 
 
-def _tls_contexts(cfg: EngineConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    """The TLS contexts of SIP over TLS, from the configured files: the
-    listener's (``tls_cert`` and ``tls_key``, both or neither; ``None``:
-    no listener) and the trunk's (``None``: the system's CAs) (``trunk_ca``, ``trunk_client_cert``/``trunk_client_key``).
+def _trunk_tls_context(cfg: EngineConfig) -> ssl.SSLContext | None:
+    """The TLS context towards the trunk from ``trunk_ca`` and
+    ``trunk_client_cert``/``trunk_client_key`` (``None``: the system's CAs,
+    no client certificate). The listener's context is :meth:`Engine._load_tls`'s.
 
     :raises StartupError: naming the file that cannot be used and why.
     """
-    server_context = trunk_context = None
-    if (cfg.tls_cert is None) != (cfg.tls_key is None):
-        raise StartupError("--tls-cert and --tls-key go together: give both or neither")
-    if cfg.tls_cert is not None and cfg.tls_key is not None:
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            server.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise StartupError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {exc}") from None
-        server_context = server
     if (cfg.trunk_client_cert is None) != (cfg.trunk_client_key is None):
         raise StartupError("--trunk-client-cert and --trunk-client-key go together: give both or neither")
-    if cfg.trunk_ca is not None or cfg.trunk_client_cert is not None:
+    if cfg.trunk_ca is None and cfg.trunk_client_cert is None:
+        return None
+    try:
+        trunk = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.trunk_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"--trunk-ca {cfg.trunk_ca}: {exc}") from None
+    if cfg.trunk_client_cert is not None and cfg.trunk_client_key is not None:
         try:
-            trunk = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.trunk_ca)
+            trunk.load_cert_chain(cfg.trunk_client_cert, cfg.trunk_client_key)
         except (OSError, ssl.SSLError) as exc:
-            raise StartupError(f"--trunk-ca {cfg.trunk_ca}: {exc}") from None
-        if cfg.trunk_client_cert is not None and cfg.trunk_client_key is not None:
-            try:
-                trunk.load_cert_chain(cfg.trunk_client_cert, cfg.trunk_client_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise StartupError(f"--trunk-client-cert {cfg.trunk_client_cert}: {exc}") from None
-        trunk_context = trunk
-    return server_context, trunk_context
+            raise StartupError(f"--trunk-client-cert {cfg.trunk_client_cert}: {exc}") from None
+    return trunk
 
 
 @dataclass
@@ -263,6 +257,9 @@ class Engine:
         self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
+        #: The server context of ``tls_cert``/``tls_key`` (None: clear
+        #: text); :meth:`reload_tls` loads a new pair into this same object.
+        self.tls_context: ssl.SSLContext | None = None
         #: Rooms' participants and lifetimes; webhook deliveries; secret keys.
         self.rooms: RoomService | None = None
         self.webhooks: WebhookDispatcher | None = None
@@ -301,6 +298,7 @@ class Engine:
     async def _start(self) -> None:
         cfg = self.config
         self.rules = self.load_rules()
+        self.tls_context = self._load_tls()
         for warning in self.rules.warnings:
             logger.warning("%s", warning)
         trunk = None
@@ -332,13 +330,13 @@ class Engine:
             host: RtpPortAllocator(host, cfg.rtp_port_start, cfg.rtp_port_end)
             for host in cfg.sip_hosts
         }
-        tls_context, trunk_tls_context = _tls_contexts(cfg)
+        trunk_tls_context = _trunk_tls_context(cfg)
         ua_config = UaConfig(
             hosts=cfg.sip_hosts, port=cfg.sip_port, advertised_host=cfg.advertised_host,
             realm=cfg.realm, trunk=trunk, invite_timeout=cfg.invite_timeout, policy=cfg.policy,
             timers=cfg.timers, register_min_expires=cfg.register_min_expires,
             register_max_expires=cfg.register_max_expires, login_backoff=cfg.login_backoff,
-            tls_port=cfg.sip_tls_port, tls_context=tls_context, trunk_tls_context=trunk_tls_context,
+            tls_port=cfg.sip_tls_port, tls_context=self.tls_context, trunk_tls_context=trunk_tls_context,
         )
         self.ua = UserAgent(
             ua_config,
@@ -379,7 +377,7 @@ class Engine:
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self.http_runner.setup()
         self._started.append("http")
-        site = web.TCPSite(self.http_runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(self.http_runner, cfg.http_host, cfg.http_port, ssl_context=self.tls_context)
         try:
             await site.start()
         except OSError as exc:
@@ -390,9 +388,58 @@ class Engine:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http_port
         logger.info(
-            "callbridge ready: sip=%s:%d (udp+tcp) http=%s:%d node=%s",
-            ",".join(cfg.sip_hosts), self.ua.port, cfg.http_host, self.http_port, self.node_id,
+            "callbridge ready: sip=%s:%d (udp+tcp%s) %s=%s:%d node=%s",
+            ",".join(cfg.sip_hosts), self.ua.port,
+            f", tls {self.ua.endpoint.tls_port}" if self.tls_context else "",
+            "https" if self.tls_context else "http",
+            cfg.http_host, self.http_port, self.node_id,
         )
+
+    def _load_tls(self) -> ssl.SSLContext | None:
+        """The TLS context of ``tls_cert``/``tls_key``, checked (files,
+        key matching the certificate, validity period); None without them."""
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+            raise StartupError(f"{given} needs {missing}: give the certificate and its key together")
+        try:
+            info = check_pair(cert, key)
+            context = load_server_context(cert, key)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
+        logger.info("TLS certificate: %s serial=%x valid until %s UTC", info.subject, info.serial,
+                    f"{info.not_after:%Y-%m-%d %H:%M}")
+        _warn_about_certificate(info)
+        try:
+            if os.stat(key).st_mode & 0o007:
+                logger.warning("TLS key %s is readable by every local user: chmod 600 it", key)
+        except OSError:
+            pass  # read a moment ago; a race changes nothing here
+        return context
+
+    def reload_tls(self) -> bool:
+        """Load ``tls_cert``/``tls_key`` again (SIGHUP) into the same
+        context: new handshakes get the new certificate, open connections
+        (calls, WebSockets) stay. A pair that fails the checks is refused
+        with an error log and the old certificate stays in use.
+
+        :returns: whether the new pair is in use.
+        """
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if self.tls_context is None or cert is None or key is None:
+            logger.warning("TLS reload asked for, but the engine serves no TLS")
+            return False
+        try:
+            info = reload_server_context(self.tls_context, cert, key)
+        except TlsError as exc:
+            logger.error("TLS reload refused, the previous certificate stays in use: %s", exc)
+            return False
+        logger.info("TLS certificate reloaded: %s serial=%x valid until %s UTC", info.subject, info.serial,
+                    f"{info.not_after:%Y-%m-%d %H:%M}")
+        _warn_about_certificate(info)
+        return True
 
     def _start_rooms(self) -> None:
         """Run the rooms' schedule and the webhook deliveries; a finished
@@ -485,6 +532,17 @@ class Engine:
         self.runtime.reload(rules)
         self.rules = rules
         return rules
+
+
+def _warn_about_certificate(info: CertificateInfo) -> None:
+    """Loud warnings for a self-signed certificate and one about to expire."""
+    if info.self_signed:
+        logger.warning("TLS certificate %s is self-signed: development certificate, not for production"
+                       " (browsers and phones will not trust it)", info.subject)
+    left = info.not_after - datetime.datetime.now(datetime.timezone.utc)
+    if left < datetime.timedelta(days=14):
+        logger.warning("TLS certificate %s expires in %d days (%s UTC): renew it and send SIGHUP",
+                       info.subject, left.days, f"{info.not_after:%Y-%m-%d %H:%M}")
 
 
 def _private_data_dir(data_dir: Path) -> None:

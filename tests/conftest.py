@@ -63,7 +63,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             scenarios=scen_dir,
             data_dir=overrides.pop("data_dir", app / "data"),  # type: ignore[arg-type]
             policy=policy or SecurityPolicy(trusted=frozenset({"127.0.0.1", "::1"})),
-            **{"session_idle_timeout": 2.0, **overrides},  # type: ignore[arg-type]
+            **{"session_idle_timeout": 2.0, "sip_tls_port": 0, **overrides},  # type: ignore[arg-type]
         )
         engine = Engine(config)
         await engine.start()

@@ -1,12 +1,12 @@
-"""Certificates for the SIP-over-TLS tests, made with ``cryptography``: a
-CA and a server certificate it signed for 127.0.0.1, ::1 and localhost,
-written as PEM files (the engine reads files, as ``--tls-cert`` does)."""
+"""Certificates for the TLS tests: a pair with any validity period, a
+client context that trusts given certificates, and the serial number a TLS
+server presents."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-import ipaddress
-from dataclasses import dataclass
+import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -14,63 +14,51 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-
-@dataclass
-class CertSet:
-    """PEM files: the CA's certificate, and a server's chain and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
+__all__ = ["make_pair", "trusting", "served_serial", "serial_of"]
 
 
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def make_certs(folder: Path, label: str = "test", hosts: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")) -> CertSet:
-    """A new CA ``label`` and a server certificate it signed for ``hosts``."""
+def make_pair(folder: Path, *, not_before: datetime.datetime, not_after: datetime.datetime,
+              issuer: str | None = None) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` valid from ``not_before`` to
+    ``not_after`` (signed by its own key, or issued by ``issuer``'s name and
+    a throwaway key: not self-signed) and its key, as PEM files."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"{label} CA")).issuer_name(_name(f"{label} CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    signer = key if issuer is None else ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        x509.CertificateBuilder().subject_name(subject)
+        .issuer_name(subject if issuer is None else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-                                              x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .not_valid_before(not_before).not_valid_after(not_after)
+        .sign(signer, hashes.SHA256())
     )
-    out = CertSet(folder / f"{label}-ca.pem", folder / f"{label}-cert.pem", folder / f"{label}-key.pem")
-    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    out.key.chmod(0o600)
-    return out
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def trusting(*certs: Path) -> ssl.SSLContext:
+    """A client context that verifies the server (chain and host name)
+    against ``certs`` only."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+    context.load_verify_locations(cadata="".join(c.read_text() for c in certs))
+    return context
+
+
+def serial_of(cert: Path) -> int:
+    return int(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number)
+
+
+async def served_serial(host: str, port: int, context: ssl.SSLContext) -> int:
+    """The serial number of the certificate a new TLS connection to
+    ``host:port`` is given (the handshake verified by ``context``)."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return int(x509.load_der_x509_certificate(der).serial_number)
+    finally:
+        writer.close()
+        await writer.wait_closed()

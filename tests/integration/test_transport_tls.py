@@ -23,7 +23,7 @@ from engine.sip.message import SipRequest
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 
 from e2e.test_playback import decode, goertzel, receive_rtp
-from tls_certs import CertSet, make_certs
+from tls_ca import CertSet, make_certs
 
 from .conftest import EngineFactory, wait_for_log, wait_until
 from .sip_peer import Dialog, TlsPeer, request, sdp_offer
