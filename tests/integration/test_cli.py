@@ -93,27 +93,33 @@ def test_serve_call_and_shutdown(tmp_path: Path) -> None:
                CALLBRIDGE_DATA_DIR=str(tmp_path / "data"))
     proc = subprocess.Popen([sys.executable, "-m", "engine", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        status = None
-        while time.monotonic() < deadline and status != 200:
-            try:
-                with urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
-                    status = resp.status
-            except OSError:
-                time.sleep(0.1)
-        assert status == 200, "serve never became healthy"
-        result = callbridge("call", "100", "--to", f"127.0.0.1:{sip}", "--duration", "5",
-                            "--header", "X-Trace: cli-test")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.splitlines()[:2] == ["Connected 200 OK", "Disconnected 200 BYE"]
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    with proc:  # the pipes are closed whatever happens
+        try:
+            # A wait for readiness, not a timing check: a loaded CI machine
+            # may take a while to import aiortc and numpy.
+            deadline = time.monotonic() + 90
+            status = None
+            while time.monotonic() < deadline and status != 200 and proc.poll() is None:
+                try:
+                    with urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
+                        status = resp.status
+                except OSError:
+                    time.sleep(0.1)
+            if status != 200:
+                proc.kill()
+                _, early = proc.communicate()
+                raise AssertionError(f"serve never became healthy (exit {proc.returncode}):\n{early[-3000:]}")
+            result = callbridge("call", "100", "--to", f"127.0.0.1:{sip}", "--duration", "5",
+                                "--header", "X-Trace: cli-test")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert result.stdout.splitlines()[:2] == ["Connected 200 OK", "Disconnected 200 BYE"]
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=15)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     lines = [ln for ln in err.splitlines() if ln.startswith("ts=")]
     assert any("msg=\"callbridge ready" in ln for ln in lines)
     assert any(" call=" in ln and "state CONNECTED" in ln for ln in lines)
