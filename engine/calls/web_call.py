@@ -9,7 +9,7 @@ needs media (early media or answer), so a call the scenario rejects costs no
 ICE or DTLS.
 
 Inbound (the browser called; ``direction="inbound"``), mirroring
-:class:`~engine.calls.sip_ua.SipCall`::
+:class:`~engine.calls.sip_leg.SipCall`::
 
     call frame -> ALERTING (the rules route ``number``; CallAlerting)
       ring()              -> progress {code 180}
