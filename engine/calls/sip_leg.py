@@ -199,7 +199,7 @@ class SipCall(Call):
         """Do what one session event asks for."""
         endpoint = self.ua.endpoint
         if isinstance(event, Retransmit2xx):
-            endpoint._transmit(event.data, self.peer)
+            endpoint.send_stateless_bytes(event.data, self.peer)
         elif isinstance(event, AckTimedOut):
             self.log.warning("no ACK for our 200 OK: ending the call")
             if event.bye is not None:

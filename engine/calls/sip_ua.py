@@ -39,7 +39,7 @@ from engine.sip.invite_session import InviteSession, host_port, same_host, same_
 from engine.sip.registrar import Registrar, RegisterAnswered
 from engine.sip.transaction import ServerTransaction, Timers
 from engine.sip.uri import SipUri, TelUri, format_host, parse_uri
-from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint
+from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint, loop_time
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler", "received_headers"]
 
@@ -146,15 +146,6 @@ _host_port = host_port
 _same_host_port = same_host_port
 
 
-def _loop_time() -> float:
-    """The running loop's time (``time.monotonic`` on Linux, which the
-    transport's transactions use as well)."""
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:  # no loop yet (construction, tests): the same clock
-        return time.monotonic()
-
-
 _uses_tls = uses_tls
 
 
@@ -199,7 +190,7 @@ class UserAgent:
     ) -> None:
         self.config = config
         self.directory = directory or MemoryDirectory()
-        self.clock: Callable[[], float] = clock if clock is not None else _loop_time
+        self.clock: Callable[[], float] = clock if clock is not None else loop_time
         #: Per-account and per-source lockouts of wrong REGISTER passwords.
         self.login_guard = LoginGuard(self.directory, config.login_backoff)
         self.media_factory = media_factory
@@ -220,6 +211,7 @@ class UserAgent:
             tls_port=config.tls_port,
             tls_context=config.tls_context,
             tls_client_context=config.tls_client_context,
+            clock=self.clock,
         )
         self.registrar_auth = DigestServer(config.realm, secret=config.auth_secret)
         self.registrar = Registrar(
