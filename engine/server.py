@@ -26,7 +26,7 @@ from aiohttp import web
 
 from engine.calls.sdp_media import SdpMediaHandler
 from engine.calls.call import InternalCall, MediaHandler
-from engine.state.directory import LoginBackoff, MemoryDirectory
+from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
 from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers as WebUsersSeam
@@ -202,7 +202,7 @@ def build_engine(
     tts: TtsCache | None,
     audio: AudioLoader | None,
     web_users: WebUsersSeam | None,
-    directory: MemoryDirectory | None = None,
+    directory: Directory,
     node_id: str | None = None,
     log_dir: Path | None = None,
     trunk_configured: bool = True,
@@ -220,6 +220,8 @@ def build_engine(
 
     :param dialer: places outbound calls (the SIP user agent), or ``None``.
     :param web_users: rings browsers logged in with the web SDK, or ``None``.
+    :param directory: the engine's one directory (rate limits, lockouts,
+        conference claims), shared with the SIP user agent.
     :param on_event: hooks for room and call events (``(name, data)``:
         the webhooks), or ``None``.
     :param trunk_configured: whether ``call_pstn`` has a SIP trunk.

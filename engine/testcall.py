@@ -17,6 +17,7 @@ from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.sip.uri import format_host
 from engine.calls.sip_ua import UaConfig, UserAgent
+from engine.state.directory import MemoryDirectory
 
 __all__ = ["TestCallResult", "place_test_call"]
 
@@ -40,6 +41,7 @@ async def place_test_call(
     ua = UserAgent(
         UaConfig(hosts=[local], port=0, policy=SecurityPolicy(rate=0)),
         media_factory=lambda call: SdpMediaHandler(ports, local),
+        directory=MemoryDirectory(),
     )
     await ua.start()
     result = TestCallResult()

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from engine.calls.call import CallError, CallEvents, CallState, Dispatcher, MediaHandler
 from engine.calls.grants import Grant
 from engine.calls.sip_leg import ALLOW, SipCall, add_headers, received_headers
-from engine.state.directory import ContactUpdate, LoginBackoff, LoginGuard, MemoryDirectory, OutOfOrder, TooManyBindings
+from engine.state.directory import ContactUpdate, Directory, LoginBackoff, LoginGuard, OutOfOrder, TooManyBindings
 from engine.sip.auth import ClientAuthSession, DigestServer
 from engine.sip.offer_answer import SRTP_POLICIES
 from engine.sip.message import BRANCH_MAGIC, SipRequest, SipResponse, new_tag
@@ -173,8 +173,10 @@ class UserAgent:
         each call.
     :param user_ha1: ``(user, realm, algorithm) -> HA1 | None`` for the
         registrar (users from the store).
-    :param clock: the registrar's time (nonces, lockouts); tests pass a
-        virtual one.
+    :param directory: the engine's one directory: registrations, the
+        endpoint's rate limits and bans, login lockouts.
+    :param clock: the time of the registrar (nonces, lockouts) and of the
+        endpoint (transactions, admission); tests pass a virtual one.
     """
 
     def __init__(
@@ -184,12 +186,12 @@ class UserAgent:
         media_factory: Callable[[SipCall], MediaHandler],
         on_incoming_call: IncomingCallHandler | None = None,
         on_message: MessageHandler | None = None,
-        directory: MemoryDirectory | None = None,
+        directory: Directory,
         user_ha1: Callable[[str, str, str], str | None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
-        self.directory = directory or MemoryDirectory()
+        self.directory = directory
         self.clock: Callable[[], float] = clock if clock is not None else loop_time
         #: Per-account and per-source lockouts of wrong REGISTER passwords.
         self.login_guard = LoginGuard(self.directory, config.login_backoff)
