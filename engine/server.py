@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.calls.sdp_media import SdpMediaHandler
-from engine.calls.call import InternalCall, MediaHandler
+from engine.calls.call import Call, InternalCall, MediaHandler
 from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
@@ -38,7 +38,8 @@ from engine.media.tts import TtsCache, make_tts_provider
 from engine.media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
 from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
-from engine.calls.conference import MediaGraph
+from engine.calls.conference import Conference, MediaGraph
+from engine.calls.recording import Recording
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.runtime.dialout import DialPolicy
@@ -261,7 +262,7 @@ class Engine:
         self.clock: Callable[[], float] = time.monotonic
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
-        self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
+        self._runtime: ScenarioRuntime | None = None
         self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
@@ -283,6 +284,16 @@ class Engine:
         self.audio = AudioLoader(Path(config.data_dir) / "audio-cache")
         #: Conferences and media flows, ticked by the media clock.
         self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings")
+
+    @property
+    def runtime(self) -> ScenarioRuntime:
+        """The scenario runtime, built by :meth:`start`.
+
+        :raises RuntimeError: the engine has not started (or failed before
+            the runtime was built)."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has no scenario runtime before start()")
+        return self._runtime
 
     # -- start and stop ----------------------------------------------------------
 
@@ -366,7 +377,7 @@ class Engine:
             )
         except ScenarioError as exc:
             raise StartupError(str(exc)) from None
-        self.runtime, self.rooms = parts.runtime, parts.rooms
+        self._runtime, self.rooms = parts.runtime, parts.rooms
         self._started.append("runtime")
         self._start_rooms()
         try:
@@ -408,18 +419,18 @@ class Engine:
         ]
         self._started.append("rooms")
 
-    def _recording_ready(self, rec: Any) -> None:
+    def _recording_ready(self, rec: Recording) -> None:
         """``recording.ready``: the file, its length, and the rooms of the
         session whose conference (or call) it recorded."""
         if self.webhooks is None:
             return
-        node = rec.node
-        session = getattr(node, "dispatcher", None)
-        conferences = sorted(getattr(session, "conferences", ()) or ())
+        node: Call | Conference = rec.node
+        session = node.dispatcher if isinstance(node.dispatcher, Session) else None
+        conferences = sorted(session.conferences) if session is not None else []
         self.webhooks.publish("recording.ready", {
             "path": str(rec.path), "duration": round(rec.duration, 3),
-            "conference": getattr(node, "name", None), "call_id": getattr(node, "id", None),
-            "session_id": getattr(session, "id", None),
+            "conference": node.name if isinstance(node, Conference) else None, "call_id": node.id,
+            "session_id": session.id if session is not None else None,
             "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
         })
 

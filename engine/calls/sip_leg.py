@@ -592,7 +592,7 @@ class SipCall(Call):
         if stop is not None:
             stop()
 
-    def _audio_port(self) -> AudioPort | None:
+    def media_port(self) -> AudioPort | None:
         port = getattr(self.media, "audio_port", None)
         return port() if port is not None and self._media_ready() else None
 
