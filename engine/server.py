@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.sip_media import SipLegMedia
 from engine.calls.call import Call, InternalCall, MediaHandler
 from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
@@ -75,7 +75,7 @@ class EngineConfig:
     session_idle_timeout: float = 30.0
     invite_timeout: float = 60.0
     #: Seconds a connected call may receive no RTP nor RTCP (while not on
-    #: hold) before it is hung up; 0 never (see engine.calls.sdp_media).
+    #: hold) before it is hung up; 0 never (see engine.calls.sip_media).
     rtp_timeout: float = 60.0
     #: Strict RTP (engine.media.rtp.RtpSourcePolicy): a source other than
     #: the SDP address is latched only after ``rtp_probation`` consistent
@@ -84,7 +84,7 @@ class EngineConfig:
     #: from anywhere latches and the SDP address is always sent to.
     rtp_strict: bool = True
     #: Whether SDES SRTP keys may travel over plain UDP/TCP SIP (they are
-    #: refused with 488 unless the signalling is TLS; see engine.calls.sdp_media).
+    #: refused with 488 unless the signalling is TLS; see engine.calls.sip_media).
     srtp_allow_plain_signalling: bool = False
     rtp_probation: int = PROBATION
     rtp_send_grace: float = SEND_GRACE
@@ -475,11 +475,11 @@ class Engine:
         # inbound and offer plain RTP outbound.
         srtp = call.srtp or ("optional" if call.direction == "inbound" else "off")
         secure = call.peer.transport == "TLS" or self.config.srtp_allow_plain_signalling
-        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
-                               audio=self.audio,
-                               rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
-                               call_id=call.id, srtp=srtp,
-                               secure_signalling=secure, source=call.peer.host)
+        return SipLegMedia(self.ports[host], address, clock=self.media_clock, tts=self.tts,
+                           audio=self.audio,
+                           rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
+                           call_id=call.id, srtp=srtp,
+                           secure_signalling=secure, source=call.peer.host)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.sip_media import SipLegMedia
 from engine.calls.call import CallEvent, CallEvents, CallState
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
@@ -40,7 +40,7 @@ async def place_test_call(
     ports = RtpPortAllocator(local, 40000, 41000)
     ua = UserAgent(
         UaConfig(hosts=[local], port=0, policy=SecurityPolicy(rate=0)),
-        media_factory=lambda call: SdpMediaHandler(ports, local),
+        media_factory=lambda call: SipLegMedia(ports, local),
         directory=MemoryDirectory(),
     )
     await ua.start()

@@ -610,7 +610,7 @@ class SipCall(Call):
 
     def _watch_media(self) -> None:
         """Connected: have the media hang up on RTP inactivity (if the
-        engine's ``rtp_timeout`` is on; see :mod:`engine.calls.sdp_media`)."""
+        engine's ``rtp_timeout`` is on; see :mod:`engine.calls.sip_media`)."""
         watch = getattr(self.media, "watch_rtp", None)
         if watch is not None:
             try:

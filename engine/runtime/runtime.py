@@ -283,7 +283,7 @@ class ScenarioRuntime:
                 call.reject(403)
             return
         if rule.srtp is not None:
-            call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sdp_media)
+            call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sip_media)
         try:
             session = self.start_session(rule)
         except SessionLimitReached:
