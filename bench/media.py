@@ -302,7 +302,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
             self.session = session
             self._set_state(CallState.CONNECTED)
 
-        def _audio_port(self) -> MediaSession:
+        def media_port(self) -> MediaSession:
             return self.session
 
     pcmu = Codec("PCMU", RATE, payload_type=0)

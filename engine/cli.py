@@ -371,10 +371,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _rules_check(args: argparse.Namespace) -> int:
     from engine.runtime.router import Caller, RulesError, load_rules
     from engine.runtime.scenario import ScenarioError, ScenarioRuntime
+    from engine.state.directory import MemoryDirectory
 
     try:
         rules = load_rules(args.rules, args.scenarios)
-        ScenarioRuntime(rules, args.scenarios, ua=None).compile_all()
+        ScenarioRuntime(rules, args.scenarios, ua=None, directory=MemoryDirectory()).compile_all()
     except (RulesError, ScenarioError) as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 1

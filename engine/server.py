@@ -25,9 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.calls.sdp_media import SdpMediaHandler
-from engine.calls.call import InternalCall, MediaHandler
-from engine.state.directory import LoginBackoff, MemoryDirectory
+from engine.calls.sip_media import SipLegMedia
+from engine.calls.call import Call, InternalCall, MediaHandler
+from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
 from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers as WebUsersSeam
@@ -39,7 +39,8 @@ from engine.media.tts import TtsCache, make_tts_provider
 from engine.media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
 from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
-from engine.calls.conference import MediaGraph
+from engine.calls.conference import Conference, MediaGraph
+from engine.calls.recording import Recording
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_server_context, reload_server_context
@@ -76,7 +77,7 @@ class EngineConfig:
     session_idle_timeout: float = 30.0
     invite_timeout: float = 60.0
     #: Seconds a connected call may receive no RTP nor RTCP (while not on
-    #: hold) before it is hung up; 0 never (see engine.calls.sdp_media).
+    #: hold) before it is hung up; 0 never (see engine.calls.sip_media).
     rtp_timeout: float = 60.0
     #: Strict RTP (engine.media.rtp.RtpSourcePolicy): a source other than
     #: the SDP address is latched only after ``rtp_probation`` consistent
@@ -85,7 +86,7 @@ class EngineConfig:
     #: from anywhere latches and the SDP address is always sent to.
     rtp_strict: bool = True
     #: Whether SDES SRTP keys may travel over plain UDP/TCP SIP (they are
-    #: refused with 488 unless the signalling is TLS; see engine.calls.sdp_media).
+    #: refused with 488 unless the signalling is TLS; see engine.calls.sip_media).
     srtp_allow_plain_signalling: bool = False
     rtp_probation: int = PROBATION
     rtp_send_grace: float = SEND_GRACE
@@ -196,7 +197,7 @@ def build_engine(
     tts: TtsCache | None,
     audio: AudioLoader | None,
     web_users: WebUsersSeam | None,
-    directory: MemoryDirectory | None = None,
+    directory: Directory,
     node_id: str | None = None,
     log_dir: Path | None = None,
     trunk_configured: bool = True,
@@ -214,6 +215,8 @@ def build_engine(
 
     :param dialer: places outbound calls (the SIP user agent), or ``None``.
     :param web_users: rings browsers logged in with the web SDK, or ``None``.
+    :param directory: the engine's one directory (rate limits, lockouts,
+        conference claims), shared with the SIP user agent.
     :param on_event: hooks for room and call events (``(name, data)``:
         the webhooks), or ``None``.
     :param trunk_configured: whether ``call_pstn`` has a SIP trunk.
@@ -253,7 +256,7 @@ class Engine:
         self.clock: Callable[[], float] = time.monotonic
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
-        self.runtime: ScenarioRuntime = None  # type: ignore[assignment]
+        self._runtime: ScenarioRuntime | None = None
         self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
@@ -278,6 +281,16 @@ class Engine:
         self.audio = AudioLoader(Path(config.data_dir) / "audio-cache")
         #: Conferences and media flows, ticked by the media clock.
         self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings")
+
+    @property
+    def runtime(self) -> ScenarioRuntime:
+        """The scenario runtime, built by :meth:`start`.
+
+        :raises RuntimeError: the engine has not started (or failed before
+            the runtime was built)."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has no scenario runtime before start()")
+        return self._runtime
 
     # -- start and stop ----------------------------------------------------------
 
@@ -362,7 +375,7 @@ class Engine:
             )
         except ScenarioError as exc:
             raise StartupError(str(exc)) from None
-        self.runtime, self.rooms = parts.runtime, parts.rooms
+        self._runtime, self.rooms = parts.runtime, parts.rooms
         self._started.append("runtime")
         self._start_rooms()
         try:
@@ -453,18 +466,18 @@ class Engine:
         ]
         self._started.append("rooms")
 
-    def _recording_ready(self, rec: Any) -> None:
+    def _recording_ready(self, rec: Recording) -> None:
         """``recording.ready``: the file, its length, and the rooms of the
         session whose conference (or call) it recorded."""
         if self.webhooks is None:
             return
-        node = rec.node
-        session = getattr(node, "dispatcher", None)
-        conferences = sorted(getattr(session, "conferences", ()) or ())
+        node: Call | Conference = rec.node
+        session = node.dispatcher if isinstance(node.dispatcher, Session) else None
+        conferences = sorted(session.conferences) if session is not None else []
         self.webhooks.publish("recording.ready", {
             "path": str(rec.path), "duration": round(rec.duration, 3),
-            "conference": getattr(node, "name", None), "call_id": getattr(node, "id", None),
-            "session_id": getattr(session, "id", None),
+            "conference": node.name if isinstance(node, Conference) else None, "call_id": node.id,
+            "session_id": session.id if session is not None else None,
             "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
         })
 
@@ -509,11 +522,11 @@ class Engine:
         # inbound and offer plain RTP outbound.
         srtp = call.srtp or ("optional" if call.direction == "inbound" else "off")
         secure = call.peer.transport == "TLS" or self.config.srtp_allow_plain_signalling
-        return SdpMediaHandler(self.ports[host], address, clock=self.media_clock, tts=self.tts,
-                               audio=self.audio,
-                               rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
-                               call_id=call.id, srtp=srtp,
-                               secure_signalling=secure, source=call.peer.host)
+        return SipLegMedia(self.ports[host], address, clock=self.media_clock, tts=self.tts,
+                           audio=self.audio,
+                           rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
+                           call_id=call.id, srtp=srtp,
+                           secure_signalling=secure, source=call.peer.host)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

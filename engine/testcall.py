@@ -11,12 +11,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.sip_media import SipLegMedia
 from engine.calls.call import CallEvent, CallEvents, CallState
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.sip.uri import format_host
 from engine.calls.sip_ua import UaConfig, UserAgent
+from engine.state.directory import MemoryDirectory
 
 __all__ = ["TestCallResult", "place_test_call"]
 
@@ -39,7 +40,8 @@ async def place_test_call(
     ports = RtpPortAllocator(local, 40000, 41000)
     ua = UserAgent(
         UaConfig(hosts=[local], port=0, policy=SecurityPolicy(rate=0)),
-        media_factory=lambda call: SdpMediaHandler(ports, local),
+        media_factory=lambda call: SipLegMedia(ports, local),
+        directory=MemoryDirectory(),
     )
     await ua.start()
     result = TestCallResult()

@@ -996,7 +996,7 @@ class Call(PlaybackMixin, Listeners):
     #: own (:class:`InternalCall`): what is sent to it comes out of its peer.
     media_wire = False
 
-    def _audio_port(self) -> AudioPort | None:
+    def media_port(self) -> AudioPort | None:
         """Hook: this leg's own audio (``None``: none yet, or a wire like
         :class:`InternalCall`)."""
         return None

@@ -21,11 +21,20 @@ The pair, once forwarded::
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 from engine.calls.call import Call, CallAction, CallError, CallEvents, CallState, check_action, end_other_end
 
-__all__ = ["DirectCallLeg"]
+__all__ = ["Adopter", "DirectCallLeg"]
+
+
+@runtime_checkable
+class Adopter(Protocol):
+    """A dispatcher that can take a call in (a scenario session,
+    :meth:`engine.runtime.session.Session.adopt`): the callee of a direct
+    call joins the caller's session, so its listeners run there too."""
+
+    def adopt(self, call: Call) -> None: ...
 
 
 def _pass_end_on(ended: Call) -> None:
@@ -105,9 +114,8 @@ class DirectCallLeg(Call):
             self.log.info("direct call: %r is not logged in", self.number)
             self.reject(480)
             return None
-        adopt = getattr(self.dispatcher, "adopt", None)
-        if adopt is not None:
-            adopt(peer)
+        if isinstance(self.dispatcher, Adopter):
+            self.dispatcher.adopt(peer)
         self.direct_peer, peer.direct_peer = peer, self
         self.on_ended.append(_pass_end_on)
         peer.on_ended.append(_pass_end_on)

@@ -52,7 +52,7 @@ player, encoded and sent), and the session no longer ticks itself.
 The socket is read only while a tone listener is set, the graph drives the
 session (:meth:`set_tone_listener`, :meth:`graph_attach`) or RTCP runs
 (:attr:`MediaSession.rtcp`, which needs every arrival for its statistics
-and the RTP inactivity timeout; see :mod:`engine.calls.sdp_media`):
+and the RTP inactivity timeout; see :mod:`engine.calls.sip_media`):
 a call whose scenario wants no media pays nothing for the RTP it receives,
 which the kernel drops once its buffer is full. Digits sent just before the
 listener is set wait in that buffer and are still reported.
@@ -153,10 +153,10 @@ class MediaSession:
         self.graph_driven = False
         #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
         self.last_sent: Pcm | None = None
-        #: RTCP statistics and RTP inactivity (set by engine.calls.sdp_media); while
+        #: RTCP statistics and RTP inactivity (set by engine.calls.sip_media); while
         #: set, the socket is read for every call, tone listener or not.
         self.rtcp: RtcpSession | None = None
-        #: RFC 4733 digits being sent (engine.calls.sdp_media.DtmfPlayout): its
+        #: RFC 4733 digits being sent (engine.calls.sip_media.DtmfPlayout): its
         #: tick replaces the player's while it returns True.
         self.dtmf: ClockSink | None = None
         #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).

@@ -9,7 +9,7 @@ needs media (early media or answer), so a call the scenario rejects costs no
 ICE or DTLS.
 
 Inbound (the browser called; ``direction="inbound"``), mirroring
-:class:`~engine.calls.sip_ua.SipCall`::
+:class:`~engine.calls.sip_leg.SipCall`::
 
     call frame -> ALERTING (the rules route ``number``; CallAlerting)
       ring()              -> progress {code 180}
@@ -41,7 +41,7 @@ Media: :attr:`WebCall.audio_port` is the leg's raw
 :class:`~engine.calls.webrtc.LegAudio`, the only writer to the browser's
 track: it plays ``say()`` and ``start_playback*()`` on the engine's media
 clock while the call is not routed, and it is the call's
-:meth:`_audio_port` for the media graph (conferences, ``send_media_to``),
+:meth:`media_port` for the media graph (conferences, ``send_media_to``),
 which then mixes the call's own player into what it sends, exactly as for a
 SIP leg's :class:`~engine.calls.rtp_stream.MediaSession`.
 """
@@ -263,7 +263,7 @@ class WebCall(DirectCallLeg):
             self._leg_audio = LegAudio(self.leg.port, self.clock)
         return self._leg_audio
 
-    def _audio_port(self) -> LegAudio | None:
+    def media_port(self) -> LegAudio | None:
         """The media graph's view of this leg (``None`` until media flows:
         answered, or early media)."""
         return self._leg_audio_port() if self._media_ready() else None

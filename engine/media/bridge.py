@@ -106,7 +106,7 @@ class Bridge(Generic[K]):
         """``leg``'s port, attached on first use (``None``: it has none yet)."""
         port = self.attached.get(leg)
         if port is None:
-            port = leg._audio_port()
+            port = leg.media_port()
             if port is not None:
                 port.graph_attach()
                 self.attached[leg] = port

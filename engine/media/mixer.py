@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Hashable, Union
+from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,6 @@ from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE
 from engine.media.pcm import Pcm
 
 __all__ = [
-    "ConferenceMixer",
     "FlowMatrix",
     "benchmark_mix",
     "mix_minus",
@@ -281,68 +280,6 @@ class _SinkGroup:
                 np.add(target, scratch, out=target)
         if not self.every_sink:
             out[self.sinks] = target
-
-
-@dataclass
-class _Member:
-    mute: bool = False
-    deaf: bool = False
-    volume: float = 1.0
-
-
-@dataclass
-class ConferenceMixer:
-    """A conference's members by id, with mute, deaf and volume, mixed by :func:`mix_minus`.
-
-    :param samples: frame length (160 = 20 ms at 8 kHz); absent frames are silence.
-    """
-
-    samples: int = 160
-    _members: dict[Hashable, _Member] = field(default_factory=dict)
-
-    def add(self, member: Hashable, *, mute: bool = False, deaf: bool = False, volume: float = 1.0) -> None:
-        """Add (or reset) a member."""
-        self._members[member] = _Member(mute, deaf, volume)
-
-    def remove(self, member: Hashable) -> None:
-        """Remove a member (no error if absent)."""
-        self._members.pop(member, None)
-
-    @property
-    def members(self) -> list[Hashable]:
-        """Member ids in joining order."""
-        return list(self._members)
-
-    def set_mute(self, member: Hashable, mute: bool) -> None:
-        """Stop (or resume) taking audio from ``member``."""
-        self._members[member].mute = mute
-
-    def set_deaf(self, member: Hashable, deaf: bool) -> None:
-        """Stop (or resume) sending audio to ``member``."""
-        self._members[member].deaf = deaf
-
-    def set_volume(self, member: Hashable, volume: float) -> None:
-        """Linear gain on what ``member`` contributes."""
-        self._members[member].volume = volume
-
-    def mix(self, frames: dict[Hashable, Pcm]) -> dict[Hashable, Pcm]:
-        """Each member's mix-minus for this tick; frames of non-members are ignored."""
-        ids = list(self._members)
-        if not ids:
-            return {}
-        arr = np.zeros((len(ids), self.samples), dtype=np.int16)
-        for i, m in enumerate(ids):
-            f = frames.get(m)
-            if f is not None:
-                arr[i, : min(f.size, self.samples)] = f[: self.samples]
-        members = [self._members[m] for m in ids]
-        out = mix_minus(
-            arr,
-            mute=[m.mute for m in members],
-            deaf=[m.deaf for m in members],
-            volume=[m.volume for m in members],
-        )
-        return dict(zip(ids, out))
 
 
 def benchmark_mix(legs: int = 1000, conference_size: int = 10, ticks: int = 200, samples: int = 160) -> float:

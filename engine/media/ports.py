@@ -68,5 +68,5 @@ class PortOwner(Protocol):
     """What the bridge mixes: a leg whose port appears once its media is up
     (a call; the bridge keys its attached ports by it)."""
 
-    def _audio_port(self) -> AudioPort | None:
+    def media_port(self) -> AudioPort | None:
         """This leg's port (``None``: none yet, or no media of its own)."""

@@ -11,7 +11,7 @@ from typing import Mapping
 
 from engine.calls.call import CallError
 from engine.runtime.session import Session
-from engine.state.directory import MemoryDirectory
+from engine.state.directory import Directory
 from engine.state.store import Store
 
 __all__ = ["ConferenceOwners"]
@@ -28,7 +28,7 @@ class ConferenceOwners:
     :param store: the rooms (``conf_<room id>`` is open once the room exists), or ``None``.
     """
 
-    def __init__(self, directory: MemoryDirectory, node_id: str, sessions: Mapping[str, Session],
+    def __init__(self, directory: Directory, node_id: str, sessions: Mapping[str, Session],
                  store: Store | None = None) -> None:
         self.directory = directory
         self.node_id = node_id

@@ -18,7 +18,7 @@ from engine.calls.grants import Grant
 from engine.runtime.rooms import RoomRefused, RoomService
 from engine.runtime.tokens import PRESETS, Keys
 from engine.security_log import security_event
-from engine.state.directory import MemoryDirectory
+from engine.state.directory import Directory
 from engine.state.store import Invite, InviteRefused, Room, Store
 
 __all__ = ["PinLimits", "PinAdmission", "redeem_invite"]
@@ -86,7 +86,7 @@ class PinAdmission:
         room) is opened by its id.
     """
 
-    def __init__(self, directory: MemoryDirectory, rooms: RoomService | None, store: Store | None,
+    def __init__(self, directory: Directory, rooms: RoomService | None, store: Store | None,
                  keys: Keys | None, *, limits: PinLimits | None = None,
                  trusted_sources: frozenset[str] = frozenset(), ad_hoc_conferences: bool = True) -> None:
         self.directory = directory

@@ -40,7 +40,7 @@ from engine.runtime.router import Caller, Rule, RuleSet
 from engine.runtime.session import AppEvents, Session, TaskFactory
 from engine.runtime.tokens import Keys
 from engine.security_log import security_event, security_event_throttled
-from engine.state.directory import MemoryDirectory
+from engine.state.directory import Directory
 from engine.state.store import Store
 from engine.transport.audio_fetch import AudioLoader
 
@@ -77,7 +77,8 @@ class ScenarioRuntime:
     :param scenarios_dir: where the rules' scenarios are.
     :param ua: places outbound calls (the :class:`~engine.calls.sip_ua.UserAgent`),
         or ``None`` (then scenarios cannot place calls).
-    :param directory: rate limits, lockouts and conference claims.
+    :param directory: rate limits, lockouts and conference claims (the
+        engine's one directory, shared with the SIP side).
     :param node_id: this engine node's id, for the directory.
     :param idle_timeout: seconds a session with no calls lives on.
     :param log_dir: where the sessions' logs are written (``sessions-YYYY-MM-DD.log``).
@@ -119,7 +120,7 @@ class ScenarioRuntime:
         scenarios_dir: Path,
         *,
         ua: Dialer | None,
-        directory: MemoryDirectory | None = None,
+        directory: Directory,
         node_id: str | None = None,
         idle_timeout: float = 30.0,
         log_dir: Path | None = None,
@@ -148,7 +149,7 @@ class ScenarioRuntime:
         self.compiler = ScenarioCompiler(scenarios_dir)
         self.ua = ua
         self.trunk_configured = trunk_configured
-        self.directory = directory or MemoryDirectory()
+        self.directory = directory
         self.node_id = node_id or secrets.token_hex(6)
         self.idle_timeout = idle_timeout
         self.graph = graph if graph is not None else MediaGraph(MediaClock())
@@ -282,7 +283,7 @@ class ScenarioRuntime:
                 call.reject(403)
             return
         if rule.srtp is not None:
-            call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sdp_media)
+            call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sip_media)
         try:
             session = self.start_session(rule)
         except SessionLimitReached:

@@ -44,6 +44,7 @@ from engine.calls.grants import Grant, without_engine_headers
 from engine.server import EngineConfig, build_engine
 from engine.runtime.router import load_rules
 from engine.runtime.scenario import ScenarioRuntime, Session
+from engine.state.directory import MemoryDirectory
 from engine.state.store import SqliteStore
 from engine.runtime.tokens import Keys
 from engine.testing.calls import Callee, Caller, Endpoint, RecordingTts, SimCall, SimUserAgent, Verdict
@@ -242,6 +243,7 @@ class App:
     :ivar graph: the engine's media graph the scenarios route audio in.
     :ivar store: the engine's store (an in-memory SQLite database): rooms
         (:meth:`open_room`), users.
+    :ivar directory: the engine's directory (conference claims, PIN lockouts).
     :ivar recordings_dir: where recordings made without a path go (a
         temporary folder; the engine's is ``data/recordings``).
     :ivar listen_to_prompts: whether actions let prompts play to the end
@@ -267,6 +269,8 @@ class App:
         # go to the test's temporary folder, not ./data/recordings
         self.graph.recordings_dir = harness.recordings_dir
         self.store = SqliteStore(":memory:")
+        #: The engine's one directory (conference claims, PIN lockouts).
+        self.directory = MemoryDirectory()
         self.keys = Keys(secrets.token_bytes(32))
         # ``serve`` dials nothing until ``--dial-allow`` says where; a
         # scenario under test may dial any number the default deny-list
@@ -280,7 +284,8 @@ class App:
             parts = build_engine(
                 config, rules=load_rules(rules, scenarios), dialer=self.ua, store=self.store,
                 keys=self.keys, graph=self.graph, tts=RecordingTts(), audio=None,
-                web_users=_WebUsers(self.ua), node_id="harness", on_log_line=self._log,
+                web_users=_WebUsers(self.ua), directory=self.directory, node_id="harness",
+                on_log_line=self._log,
                 on_conference_call=self._conference_called, http_session=self._http_session,
             )
         except BaseException:

@@ -4,7 +4,7 @@ A :class:`SimCall` is a real :class:`engine.calls.call.Call`: the scenario holds
 it and every event, state change, DTMF collection, playback handle and
 listener runs through the engine's own code. Only the transport-facing
 hooks are replaced: answering, rejecting and hanging up end or connect the
-leg in memory (as :class:`~engine.calls.sip_ua.SipCall` would after the far end's
+leg in memory (as :class:`~engine.calls.sip_leg.SipCall` would after the far end's
 ACK, final response or BYE), messages and INFO are recorded instead of
 sent, ``say`` is recorded as text and lasts as long as the text would take
 to speak (no espeak-ng), and playbacks end when their audio would have,

@@ -68,12 +68,22 @@ from engine.sip.transaction import (
     TransportFailed,
 )
 
-__all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS"]
+__all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS", "loop_time"]
 
 logger = logging.getLogger(__name__)
 
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
+
+
+def loop_time() -> float:
+    """The running loop's time (``time.monotonic`` on Linux), the default
+    clock of the SIP path."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop yet (construction, tests): the same clock
+        return time.monotonic()
+
 
 class Peer(NamedTuple):
     """Where a message came from or goes to; hashable, used as the
@@ -136,7 +146,7 @@ class _TcpProtocol(asyncio.Protocol):
         #: The address an RFC 5923 ``alias`` Via parameter added for it.
         self.alias: Peer | None = None
         self.framer = StreamFramer(endpoint.policy.max_message)
-        self.opened = time.monotonic()
+        self.opened = endpoint.clock()
         self.messages = 0  # whole SIP messages received (keep-alives not counted)
         self.partial_since: float | None = None  # when the unfinished message began
         self.closed = asyncio.get_running_loop().create_future()
@@ -205,7 +215,7 @@ class _TcpProtocol(asyncio.Protocol):
         if not self.framer.buffered:
             self.partial_since = None
         elif frames or self.partial_since is None:
-            self.partial_since = time.monotonic()  # a new message has begun
+            self.partial_since = self.endpoint.clock()  # a new message has begun
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.endpoint._tcp_closed(self)
@@ -231,6 +241,9 @@ class SipEndpoint:
     :param tls_client_context: how the TLS servers we connect to are
         verified when :meth:`expect_tls_server` named no other context;
         default: the system's CAs, host name checked.
+    :param clock: the time of transactions, admission (rates, bans) and
+        connection idleness; default :func:`loop_time`. The engine passes
+        its user agent's, so the SIP path reads one clock.
     """
 
     def __init__(
@@ -249,8 +262,10 @@ class SipEndpoint:
         tls_port: int = 5061,
         tls_context: ssl.SSLContext | None = None,
         tls_client_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.hosts = list(hosts)
+        self.clock: Callable[[], float] = clock if clock is not None else loop_time
         self.port = port
         self.policy = policy or SecurityPolicy()
         self.directory = directory
@@ -420,20 +435,20 @@ class SipEndpoint:
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
         self.stats["received"] += 1
         policy = self.policy
-        if self.admission.is_banned(peer.host, time.monotonic()):
+        if self.admission.is_banned(peer.host, self.clock()):
             self.stats["banned"] += 1
             return
         try:
             msg = parse_message(data, stream=stream)
         except ParseError as exc:
             self.stats["malformed"] += 1
-            self._answer_malformed(exc, peer, time.monotonic())
+            self._answer_malformed(exc, peer, self.clock())
             return
         except Exception:  # a parser bug must never take the server down
             self.stats["malformed"] += 1
             logger.exception("parser failure on message from %s", peer.host)
             return
-        now = time.monotonic()
+        now = self.clock()
         if isinstance(msg, SipRequest):
             if not self._admit(msg, peer, now):
                 return
@@ -645,13 +660,13 @@ class SipEndpoint:
         """
         if request.method != "CANCEL" or not request.headers.get("Via"):
             self._add_via(request, peer)
-        txn = self.layer.send_request(request, peer, peer.reliable, time.monotonic())
+        txn = self.layer.send_request(request, peer, peer.reliable, self.clock())
         self._client_cb[txn] = on_response
         self._flush()
         return txn
 
     def send_response(self, transaction: ServerTransaction, response: SipResponse) -> None:
-        events = self.layer.send_response(transaction, response, time.monotonic())
+        events = self.layer.send_response(transaction, response, self.clock())
         self._dispatch(events)
         self._flush()
 
@@ -675,7 +690,9 @@ class SipEndpoint:
         request.headers.prepend("Via", str(via))
 
     def send_stateless_bytes(self, data: bytes, peer: Peer) -> None:
-        """Send bytes already serialized (a remembered ACK) outside any transaction."""
+        """Send bytes already serialized outside any transaction: a
+        remembered ACK, a 2xx the INVITE session retransmits (RFC 3261
+        §13.3.1.4)."""
         self._transmit(data, peer)
 
     def _send_stateless(self, message: SipRequest | SipResponse, peer: Peer) -> None:
@@ -759,7 +776,7 @@ class SipEndpoint:
         """RFC 3261 §18.4: the client transactions bound for ``peer`` fail now
         rather than at Timer B/F; their callbacks get a 503 (§8.1.3.1)
         whose reason says why (a TLS certificate that was not trusted...)."""
-        now = time.monotonic()
+        now = self.clock()
         events: list[object] = []
         for txn in [t for t in self._client_cb if t.addr == peer]:
             events += self.layer.handle_transport_error(txn, now)
@@ -776,13 +793,13 @@ class SipEndpoint:
         assert conn.peer is not None
         reason = _connect_failure(conn.peer, None, exc)
         logger.info("TLS handshake from %s failed: %s", conn.peer.host, reason)
-        self._security_event("tls_handshake_failed", conn.peer, time.monotonic(),
+        self._security_event("tls_handshake_failed", conn.peer, self.clock(),
                              reason=type(exc).__name__)
 
     def _tcp_opened(self, conn: _TcpProtocol) -> bool:
         """Admit a new stream connection (:meth:`Admission.open_connection`)."""
         assert conn.peer is not None
-        if not self.admission.open_connection(conn.peer.host, time.monotonic(), inbound=conn.inbound,
+        if not self.admission.open_connection(conn.peer.host, self.clock(), inbound=conn.inbound,
                                               open_now=len(self._conns), transport=conn.peer.transport):
             return False
         conn.counted = conn.inbound
@@ -807,7 +824,7 @@ class SipEndpoint:
         registrations over TCP reach the phone (RFC 3261 §18.3)."""
         while True:
             await asyncio.sleep(min(5.0, self.policy.tcp_idle_timeout / 2))
-            limit = time.monotonic() - self.policy.tcp_idle_timeout
+            limit = self.clock() - self.policy.tcp_idle_timeout
             for conn in list(self._conns):
                 if conn.transport is None:
                     continue
@@ -826,13 +843,13 @@ class SipEndpoint:
             self._timer = None
         self._timer_at = when
         if when is not None and self._loop is not None:
-            # time.monotonic() and loop.time() share a clock on Linux.
-            self._timer = self._loop.call_at(when, self._on_timer)
+            # ``when`` is on the endpoint's clock, which need not be the loop's.
+            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        events = self.layer.handle_timer(time.monotonic())
+        events = self.layer.handle_timer(self.clock())
         self._dispatch(events)
         self._flush()
 

@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -44,8 +44,10 @@ from engine.web.protocol import (
 )
 from engine.security_log import security_event
 from engine.calls.web_call import WebCall
+from engine.media.clock import MediaClock
+from engine.media.tts import TtsCache
 
-__all__ = ["SdkConnection", "WebUsers", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
+__all__ = ["SdkConnection", "WebUsers", "WebUsersEngine", "serve_socket", "TOKEN_NAMESPACE", "MAX_CALLS_PER_SOCKET",
            "verify_join_token"]
 
 logger = logging.getLogger(__name__)
@@ -409,12 +411,30 @@ class SdkConnection:
         self.send_frame({"type": "moderated", "action": action, "participant": pid, **_ref(frame)})
 
 
+class _RingSettings(Protocol):
+    @property
+    def invite_timeout(self) -> float: ...
+
+
+class WebUsersEngine(Protocol):
+    """What :class:`WebUsers` needs of the engine
+    (:class:`~engine.server.Engine`): the media clock and speech of the
+    calls it makes, and how long they ring (``config.invite_timeout``)."""
+
+    @property
+    def media_clock(self) -> MediaClock: ...
+    @property
+    def tts(self) -> TtsCache | None: ...
+    @property
+    def config(self) -> _RingSettings: ...
+
+
 class WebUsers:
     """Who is logged in with the web SDK on this node, and how to ring them
     (the scenario runtime's ``web_users``). Per node for now: with several
     nodes, the directory will say which node holds a user's socket."""
 
-    def __init__(self, connections: set[SdkConnection], engine: Any) -> None:
+    def __init__(self, connections: set[SdkConnection], engine: WebUsersEngine) -> None:
         self.connections = connections
         self.engine = engine
 
@@ -439,7 +459,7 @@ class WebUsers:
         )
         call.wire_id = call.id
         call._set_state(CallState.PROGRESSING)
-        conn.ring(call, float(getattr(engine.config, "invite_timeout", 60.0)))
+        conn.ring(call, float(engine.config.invite_timeout))
         return call
 
 
@@ -459,7 +479,7 @@ class WebUsers:
         )
         call.wire_id = call.id
         call._set_state(CallState.PROGRESSING)
-        conn.ring(call, float(getattr(engine.config, "invite_timeout", 60.0)))
+        conn.ring(call, float(engine.config.invite_timeout))
         return call
 
 

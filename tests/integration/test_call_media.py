@@ -4,7 +4,7 @@ the RTP inactivity timeout, hold, and strict RTP (a stranger cannot take
 the stream, a victim address in the SDP gets media only for the grace, a
 phone behind NAT latches after the probation).
 
-The first tests drive :class:`engine.calls.sdp_media.SdpMediaHandler` with SDP
+The first tests drive :class:`engine.calls.sip_media.SipLegMedia` with SDP
 written by the test and a "phone" made of two sockets (RTP on an even port,
 RTCP on the odd one above); the last ones run a whole engine with a small
 ``rtp_timeout`` and a scripted SIP caller.
@@ -19,7 +19,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.sip_media import SipLegMedia
 from engine.media.codecs.telephone_event import TelephoneEvent, TelephoneEventReceiver
 from engine.media.players import ToneSource
 from engine.media.rtcp import (
@@ -62,8 +62,8 @@ class Rig:
         self.ports = RtpPortAllocator("127.0.0.1", 42000, 42200)
         self.phone = Phone(self.ports.allocate())
         self.clock = MediaClock()
-        self.handler = SdpMediaHandler(self.ports, "127.0.0.1", clock=self.clock, rtp_timeout=rtp_timeout,
-                                       rtp_policy=policy, call_id="c0ffee")
+        self.handler = SipLegMedia(self.ports, "127.0.0.1", clock=self.clock, rtp_timeout=rtp_timeout,
+                                   rtp_policy=policy, call_id="c0ffee")
         self.handler.rtcp_interval = 0.2
         self.timeouts: list[MediaTimedOut] = []
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from engine.runtime.router import parse_rules
 from engine.runtime.scenario import HTTP_MAX_BODY, HttpResponse, Net, ScenarioRuntime, Session
+from engine.state.directory import MemoryDirectory
 
 
 class Site:
@@ -76,7 +77,7 @@ async def session(tmp_path: Path) -> AsyncIterator[Session]:
     (tmp_path / "idle.py").write_text("")
     rules = parse_rules('rules: [{name: Api, pattern: "api", scenarios: [idle]}]',
                         scenarios_dir=tmp_path)
-    runtime = ScenarioRuntime(rules, tmp_path, ua=None)
+    runtime = ScenarioRuntime(rules, tmp_path, ua=None, directory=MemoryDirectory())
     yield runtime.start_session(rules.rules[0])
     await runtime.stop()
 

@@ -120,6 +120,26 @@ async def test_ban_expires(make_engine: EngineFactory, peers: PeerFactory) -> No
     assert (await peer.expect(method="OPTIONS")).status == 200
 
 
+async def test_bans_run_on_the_engine_clock(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Check the endpoint's admission reads the engine's clock (the one the
+    registrar uses), not its own: a ban until virtual time 1060 drops a
+    request at 1000 and lets one through at 1061, however far the real
+    monotonic clock is from either (virtual clock, no sleep)."""
+    engine = await make_engine(RULES, policy=SecurityPolicy(trusted=frozenset()))
+    now = [1000.0]
+    engine.clock = lambda: now[0]
+    engine.directory.ban("127.0.0.1", 1060.0)
+    peer = await peers.udp(engine)
+    uri = f"sip:echo@127.0.0.1:{engine.ua.port}"
+    peer.send(request("OPTIONS", uri, local=peer.local, call_id="while-banned"))
+    assert await wait_until(lambda: engine.ua.endpoint.stats["received"] == 1, 2.0)
+    now[0] = 1061.0
+    peer.send(request("OPTIONS", uri, local=peer.local, call_id="after-the-ban"))
+    resp = await peer.expect(method="OPTIONS")
+    assert (resp.status, resp.call_id) == (200, "after-the-ban")
+    assert engine.ua.endpoint.stats["banned"] == 1
+
+
 async def test_scanner_user_agents_dropped(make_engine: EngineFactory, peers: PeerFactory) -> None:
     """Requests whose User-Agent names a known scanner (friendly-scanner,
     sipvicious, any case) get nothing, even from a trusted source; another

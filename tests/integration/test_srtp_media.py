@@ -1,5 +1,5 @@
 """SRTP on a SIP leg over real loopback UDP: the engine's
-:class:`~engine.calls.sdp_media.SdpMediaHandler` answers an SDES offer
+:class:`~engine.calls.sip_media.SipLegMedia` answers an SDES offer
 from a small SRTP peer of our own (pylibsrtp through
 :class:`engine.media.srtp.SrtpContext`, on its own sockets).
 
@@ -20,7 +20,7 @@ from typing import AsyncIterator
 import numpy as np
 import pytest
 
-from engine.calls.sdp_media import SdpMediaHandler
+from engine.calls.sip_media import SipLegMedia
 from engine.media.clock import MediaClock
 from engine.media.codecs import get_decoder, get_encoder
 from engine.media.dtmf import generate_dtmf_sequence
@@ -71,8 +71,8 @@ class Rig:
         self.ports = RtpPortAllocator("127.0.0.1", 43000, 43200)
         self.peer = SrtpPeer(self.ports.allocate())
         self.clock = MediaClock()
-        self.handler = SdpMediaHandler(self.ports, "127.0.0.1", clock=self.clock, call_id="5ec",
-                                       srtp=srtp, secure_signalling=secure, source="127.0.0.1")
+        self.handler = SipLegMedia(self.ports, "127.0.0.1", clock=self.clock, call_id="5ec",
+                                   srtp=srtp, secure_signalling=secure, source="127.0.0.1")
         self.handler.rtcp_interval = 0.2
         self.tones: list[tuple[str, str]] = []
 

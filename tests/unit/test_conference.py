@@ -67,7 +67,7 @@ class Leg(Call):
         self.port = FakePort(freq)
         self._set_state(CallState.CONNECTED)
 
-    def _audio_port(self) -> FakePort:
+    def media_port(self) -> FakePort:
         return self.port
 
 

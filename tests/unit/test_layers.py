@@ -78,3 +78,12 @@ def test_the_cycle_check_catches_a_cycle() -> None:
     graph.add_import(importer="engine.calls.call", imported="engine.calls.conference")
     graph.add_import(importer="engine.calls.conference", imported="engine.calls.call")
     assert _both_ways(graph, ONE_WAY) == ["engine.calls.call <-> engine.calls.conference"]
+
+
+def test_sip_leg_does_not_import_the_user_agent() -> None:
+    """``engine.calls.sip_leg`` (:class:`SipCall`) knows its user agent only
+    through the ``SipLegOwner`` protocol: no import chain leads from it to
+    ``engine.calls.sip_ua`` (which imports it to create legs)."""
+    graph = grimp.build_graph("engine")
+    assert graph.chain_exists(importer="engine.calls.sip_ua", imported="engine.calls.sip_leg")
+    assert not graph.chain_exists(importer="engine.calls.sip_leg", imported="engine.calls.sip_ua")

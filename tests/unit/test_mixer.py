@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.media.mixer import ConferenceMixer, FlowMatrix, benchmark_mix, mix_minus, stack_frames
+from engine.media.mixer import FlowMatrix, benchmark_mix, mix_minus, stack_frames
 
 
 def frames(*rows: list[int]) -> npt.NDArray[np.int16]:
@@ -152,27 +152,6 @@ def test_flows_mix_minus_shape() -> None:
     hole = [e for e in edges if e[1] != 50]
     want[50] = 0
     assert np.array_equal(FlowMatrix(legs + confs, legs, hole).apply_raw(stacked), want)
-
-
-def test_conference_mixer() -> None:
-    """Check the id-keyed conference: missing frames are silence, mute/deaf/
-    volume settings apply, removed members vanish."""
-    conf = ConferenceMixer(samples=2)
-    assert conf.mix({}) == {}
-    conf.add("a")
-    conf.add("b", volume=2.0)
-    conf.add("c")
-    assert conf.members == ["a", "b", "c"]
-    out = conf.mix({"a": np.array([1, 1], np.int16), "b": np.array([10, 10], np.int16), "x": np.array([5, 5], np.int16)})
-    assert {k: v.tolist() for k, v in out.items()} == {"a": [20, 20], "b": [1, 1], "c": [21, 21]}
-    conf.set_mute("b", True)
-    conf.set_deaf("c", True)
-    conf.set_volume("a", 3.0)
-    out = conf.mix({"a": np.array([1, 1], np.int16), "b": np.array([10, 10], np.int16)})
-    assert {k: v.tolist() for k, v in out.items()} == {"a": [0, 0], "b": [3, 3], "c": [0, 0]}
-    conf.remove("b")
-    conf.remove("zz")
-    assert conf.members == ["a", "c"]
 
 
 def test_benchmark_runs() -> None:

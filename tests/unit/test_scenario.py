@@ -22,6 +22,7 @@ import pytest
 from engine.calls.call import Call, CallError, CallEvents, CallState, Dispatcher, InternalCall
 from engine.runtime.dialout import DialPolicy
 from engine.runtime.router import RuleSet, parse_rules
+from engine.state.directory import MemoryDirectory
 from engine.runtime.scenario import (
     AppEvent,
     Logger,
@@ -145,8 +146,8 @@ class Env:
                 idle_timeout: float = 30.0) -> ScenarioRuntime:
         for name, source in (scenarios or {}).items():
             self.write(name, source)
-        runtime = ScenarioRuntime(self.rules(rules), self.dir, ua=self.ua, node_id="node1",
-                                  idle_timeout=idle_timeout, log_dir=self.log_dir)
+        runtime = ScenarioRuntime(self.rules(rules), self.dir, ua=self.ua, directory=MemoryDirectory(),
+                                  node_id="node1", idle_timeout=idle_timeout, log_dir=self.log_dir)
         runtime.compile_all()
         self.runtimes.append(runtime)
         return runtime
@@ -236,7 +237,7 @@ async def test_syntax_error_names_file_line_and_reason(env: Env) -> None:
     """Check compile_all raises ScenarioError as ``file:line: reason``."""
     path = env.write("broken", "x = 1\n\ndef broken(:\n    pass\n")
     rules = env.rules('rules: [{name: In, pattern: "in", scenarios: [answer, broken]}]')
-    runtime = ScenarioRuntime(rules, env.dir, ua=env.ua)
+    runtime = ScenarioRuntime(rules, env.dir, ua=env.ua, directory=MemoryDirectory())
     with pytest.raises(ScenarioError) as info:
         runtime.compile_all()
     assert str(info.value) == f"{path}:3: invalid syntax"
@@ -247,16 +248,16 @@ async def test_unreadable_scenarios_are_scenario_errors(env: Env) -> None:
     naming the file (and the line of the bad byte), not another exception."""
     rules = parse_rules('rules: [{name: In, pattern: "in", scenarios: [missing]}]')
     with pytest.raises(ScenarioError, match=r"missing\.py: cannot read the scenario"):
-        ScenarioRuntime(rules, env.dir, ua=env.ua).compile_all()
+        ScenarioRuntime(rules, env.dir, ua=env.ua, directory=MemoryDirectory()).compile_all()
     path = env.dir / "latin1.py"
     path.write_bytes(b"x = 1\ny = '\xe9'\n")
     rules = parse_rules('rules: [{name: In, pattern: "in", scenarios: [latin1]}]')
     with pytest.raises(ScenarioError) as info:
-        ScenarioRuntime(rules, env.dir, ua=env.ua).compile_all()
+        ScenarioRuntime(rules, env.dir, ua=env.ua, directory=MemoryDirectory()).compile_all()
     assert str(info.value).startswith(f"{path}:2: not valid UTF-8")
     path.write_bytes(b"x = 1\n\0\n")
     with pytest.raises(ScenarioError, match=rf"^{path}"):
-        ScenarioRuntime(rules, env.dir, ua=env.ua).compile_all()
+        ScenarioRuntime(rules, env.dir, ua=env.ua, directory=MemoryDirectory()).compile_all()
 
 
 async def test_scenario_raising_at_import_fails_the_session(env: Env) -> None:
@@ -1102,7 +1103,7 @@ async def test_read_log_without_a_log_dir_after_the_end(env: Env) -> None:
     """Check a runtime without log_dir still answers read_log for a session
     that has just ended."""
     rules = env.rules('rules: [{name: Api, pattern: "api", scenarios: [recorder]}]')
-    runtime = ScenarioRuntime(rules, env.dir, ua=env.ua)
+    runtime = ScenarioRuntime(rules, env.dir, ua=env.ua, directory=MemoryDirectory())
     env.runtimes.append(runtime)
     session = runtime.start_session(rules.rules[0])
     session.terminate()

@@ -94,7 +94,7 @@ class SipLeg(Call):
         self.port = SipLikePort(freq)
         self._set_state(CallState.CONNECTED)
 
-    def _audio_port(self) -> SipLikePort:
+    def media_port(self) -> SipLikePort:
         return self.port
 
 
@@ -205,7 +205,7 @@ async def test_player_is_mixed_in_by_the_graph_and_one_writer_per_tick(
     conf.add(a)
     conf.add(phone)
     playback = a.start_playback_tone(500)
-    audio = a._audio_port()
+    audio = a.media_port()
     assert isinstance(audio, LegAudio)
     assert audio in clock  # standalone until the graph ticks
     browser = Browser(a, None)
@@ -256,9 +256,9 @@ async def test_no_media_before_the_answer(clock: ManualClock, graph: MediaGraph)
                    direction="inbound", number="joinconf", callerid="bob")
     call._set_state(CallState.ALERTING)
     call.graph = graph
-    assert call._audio_port() is None
+    assert call.media_port() is None
     await call.answer()
-    assert call._audio_port() is not None
+    assert call.media_port() is not None
     phone = SipLeg(900)
     graph.connect(phone, call)
     run(clock, [Browser(call, None)], 3)

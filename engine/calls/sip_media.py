@@ -1,6 +1,6 @@
 """The SDP side of a call's media: offer/answer over a reserved RTP port.
 
-:class:`SdpMediaHandler` is the :class:`~engine.calls.call.MediaHandler` the engine
+:class:`SipLegMedia` is the :class:`~engine.calls.call.MediaHandler` the engine
 gives each SIP call: it reserves an RTP/RTCP port pair, makes offers and
 answers with PCMU, PCMA and telephone-event (RFC 3264), and keeps what was
 negotiated in :attr:`negotiated`. Once something is negotiated and media is
@@ -10,9 +10,9 @@ reserved RTP socket with the engine's media clock, and beside it RTCP
 driven by :class:`~engine.transport.rtcp_transport.RtcpTransport`).
 
 Media is wanted when a tone listener is set
-(:meth:`SdpMediaHandler.set_tone_listener`), something is played or digits
+(:meth:`SipLegMedia.set_tone_listener`), something is played or digits
 are sent, or, once the call is connected, when the engine has an RTP
-inactivity timeout (:meth:`SdpMediaHandler.watch_rtp`; ``rtp_timeout``,
+inactivity timeout (:meth:`SipLegMedia.watch_rtp`; ``rtp_timeout``,
 60 s by default). Until then a call costs no more than SDP.
 
 The timeout needs to see arrivals, so with it every connected call reads
@@ -26,7 +26,7 @@ the session objects). ``rtp_timeout=0`` turns all of it off, and media is
 then made only on demand. The timeout is checked on the RTCP timer (one
 ``loop.call_at`` per call), never per packet, and it is suspended while
 the peer holds the call or the stream is not received
-(:meth:`SdpMediaHandler._configure`).
+(:meth:`SipLegMedia._configure`).
 
 SRTP with SDES keys (RFC 3711, RFC 4568) follows the leg's policy
 (``srtp``: ``mandatory``, ``optional`` or ``off``; see
@@ -76,7 +76,7 @@ from engine.media.clock import MediaClock
 from engine.transport.rtcp_transport import RtcpTransport
 from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
-__all__ = ["SdpMediaHandler", "DtmfPlayout", "DEFAULT_CODECS"]
+__all__ = ["SipLegMedia", "DtmfPlayout", "DEFAULT_CODECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class DtmfPlayout:
                 logger.exception("digits callback failed")
 
 
-class SdpMediaHandler:
+class SipLegMedia:
     """Offer/answer for one call leg on one reserved port pair.
 
     :param rtp_timeout: seconds without RTP or RTCP after which
