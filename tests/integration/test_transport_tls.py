@@ -18,12 +18,14 @@ import pytest
 
 from engine.media.rtp import RtpPacket
 from engine.runtime.dialout import DialPolicy
-from engine.server import Engine
+from engine.server import Engine, EngineConfig
 from engine.sip.message import SipRequest
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 
 from e2e.test_playback import decode, goertzel, receive_rtp
 from tls_ca import CertSet, make_certs
+
+from conftest import SCENARIOS
 
 from .conftest import EngineFactory, wait_for_log, wait_until
 from .sip_peer import Dialog, TlsPeer, request, sdp_offer
@@ -311,3 +313,43 @@ async def test_handshake_timeout_frees_the_slot(make_engine: EngineFactory, cert
     finally:
         writer.close()
     assert await wait_until(lambda: engine.ua.endpoint.admission.connections_from("127.0.0.1") == 0, 2.0)
+
+
+def test_tls_listener_accepts_under_uvloop(certs: CertSet, tmp_path: Path) -> None:
+    """``callbridge serve`` runs on uvloop, which starts reading an accepted
+    connection only once ``connection_made`` has returned (the pause there
+    does nothing), so the ClientHello reaches the SIP protocol before
+    ``start_tls`` has taken the stream. Check that on a uvloop loop a TLS
+    client completes its handshake and an OPTIONS over it is answered 200,
+    twice in a row (before the fix the handshake hung until
+    ``tls_handshake_timeout`` and the client saw ConnectionResetError: the
+    TLS half of bench/sip_tls.py)."""
+    import uvloop
+
+    (tmp_path / "rules.yaml").write_text('rules:\n  - {name: Any, pattern: "tone", scenarios: [answer_wait_hangup]}\n')
+    config = EngineConfig(
+        sip_hosts=["127.0.0.1"], sip_port=0, http_port=0, sip_tls_port=0, rules=tmp_path / "rules.yaml",
+        scenarios=SCENARIOS, data_dir=tmp_path / "data", tls_cert=certs.cert, tls_key=certs.key,
+        policy=SecurityPolicy(trusted=frozenset(), tls_handshake_timeout=3.0))
+
+    async def options_over_tls() -> list[int]:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        engine = Engine(config)
+        await engine.start()
+        statuses = []
+        try:
+            tls_port = engine.ua.config.tls_port
+            for _ in range(2):
+                peer = await TlsPeer("127.0.0.1", ("127.0.0.1", tls_port), client_context(certs.ca)).open()
+                try:
+                    peer.send(request("OPTIONS", f"sips:tone@127.0.0.1:{tls_port}", local=peer.local,
+                                      transport="TLS"))
+                    statuses.append((await peer.expect(method="OPTIONS", timeout=5)).status)
+                finally:
+                    await peer.close()
+        finally:
+            await engine.stop()
+        return statuses
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(options_over_tls()) == [200, 200]
