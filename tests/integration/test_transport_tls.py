@@ -30,6 +30,7 @@ from engine.transport.sip_endpoint import Peer, SecurityPolicy
 
 from e2e.test_playback import decode, goertzel, receive_rtp
 from tls_ca import CertSet, make_certs
+from tls_certs import serial_of, served_serial, trusting
 
 from conftest import SCENARIOS
 
@@ -466,3 +467,38 @@ async def test_srtp_call_over_tls_both_ways_and_drops_recorded(make_engine: Engi
     media = record["media"]
     assert media["srtp_auth_failed"] >= 1 and media["srtp_replay"] >= 1, media
     assert media["packets_received"] >= 140 and media["packets_sent"] >= 100, media
+
+
+async def test_reload_serves_the_new_certificate_and_keeps_dialogs(
+        make_engine: EngineFactory, tmp_path: Path) -> None:
+    """``Engine.reload_tls()`` (what SIGHUP runs) with a new pair written
+    over ``tls_cert``/``tls_key``: a new TLS connection to the SIP TLS port
+    is given the new certificate (its serial), verified against the new
+    CA, while a dialog set up over a connection made before the reload
+    still ends: its BYE gets a 200 over that connection."""
+    old = make_certs(tmp_path / "old", "old")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(old.cert.read_bytes())
+    key.write_bytes(old.key.read_bytes())
+    engine = await make_engine(TONE_RULES, {"tone": TONE}, tls_cert=cert, tls_key=key, sip_tls_port=0)
+    tls_port = engine.ua.config.tls_port
+    assert await served_serial("127.0.0.1", tls_port, trusting(old.ca)) == serial_of(old.cert)
+    peer = await TlsPeer("127.0.0.1", ("127.0.0.1", tls_port), client_context(old.ca)).open()
+    try:
+        dialog = Dialog(peer, f"sips:tone@127.0.0.1:{tls_port}")  # type: ignore[arg-type]
+        dialog.invite(body=sdp_offer("127.0.0.1", 41002))
+        ok = await peer.expect(200, method="INVITE", timeout=5)
+        dialog.learn(ok)
+        dialog.ack()
+        new = make_certs(tmp_path / "new", "new")
+        cert.write_bytes(new.cert.read_bytes())
+        key.write_bytes(new.key.read_bytes())
+        assert engine.reload_tls()
+        assert await served_serial("127.0.0.1", tls_port, trusting(new.ca)) == serial_of(new.cert)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await served_serial("127.0.0.1", tls_port, trusting(old.ca))
+        dialog.send("BYE")
+        assert (await peer.expect(200, method="BYE", timeout=5)).status == 200
+    finally:
+        await peer.close()
+    assert serial_of(new.cert) != serial_of(old.cert)
