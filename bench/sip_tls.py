@@ -142,7 +142,7 @@ def main() -> int:
         serve = ServeProcess(workdir, [
             "--rules", str(rules), "--scenarios", str(ROOT / "scenarios"), "--trusted", "127.0.0.1",
             "--log-level", "warning", "--rtp-ports", "20000-32000", "--tls-cert", str(certs.cert),
-            "--tls-key", str(certs.key), "--sip-tls-port", str(tls_port)])
+            "--tls-key", str(certs.key), "--sip-tls-port", str(tls_port)], ca=certs.ca)
         try:
             serve.wait_healthy(10)
             begun = time.monotonic()

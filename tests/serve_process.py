@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,13 @@ class ServeProcess:
     :param workdir: where the data directory (``data/``) and the stderr log
         (``callbridge.log``) go.
     :param args: further ``serve`` flags (``--rules``, ``--trusted``...).
+    :param ca: with ``--tls-cert``, the CA that signed it: ``/healthz`` is
+        then polled over HTTPS, verified against it.
     """
 
-    def __init__(self, workdir: Path, args: list[str]) -> None:
+    def __init__(self, workdir: Path, args: list[str], ca: Path | None = None) -> None:
         self.workdir = workdir
+        self.context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
         self.sip_port = free_port()
         self.http_port = free_port()
         self.log_path = workdir / "callbridge.log"
@@ -71,7 +75,9 @@ class ServeProcess:
     def healthz(self, timeout: float = 2.0) -> int | None:
         """The status of ``GET /healthz``, or None when it does not answer."""
         try:
-            with urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=timeout) as resp:
+            scheme = "https" if self.context is not None else "http"
+            with urlopen(f"{scheme}://127.0.0.1:{self.http_port}/healthz", timeout=timeout,
+                         context=self.context) as resp:
                 return int(resp.status)
         except OSError:
             return None

@@ -45,6 +45,7 @@ and kept across re-INVITEs, so a re-offer does not rekey our stream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -438,9 +439,12 @@ class SipLegMedia:
         return dict(srtp.stats) if srtp is not None else {}
 
     def media_stats(self) -> MediaStats:
-        """Statistics of the media session (zeros if none ran); kept after :meth:`close`."""
+        """Statistics of the media session (zeros if none ran), with its
+        SRTP drops (:meth:`srtp_stats`); kept after :meth:`close`."""
         if self.session is not None and self.session.rtcp is not None:
-            return self.session.rtcp.stats()
+            stats = self.session.rtcp.stats()
+            srtp = self.srtp_stats()
+            return dataclasses.replace(stats, **srtp) if srtp else stats
         return self._final_stats or MediaStats()
 
     def close(self) -> None:
@@ -456,7 +460,7 @@ class SipLegMedia:
                 self.rtcp.close()  # RTCP BYE, before the socket goes
                 self.rtcp = None
             if self.session.rtcp is not None:
-                self._final_stats = self.session.rtcp.stats()
+                self._final_stats = self.media_stats()
             self.session.close()
             self.session = None
         if self.pair is not None:

@@ -99,6 +99,13 @@ class MediaStats:
         (``None`` until it reported).
     :param remote_fraction_lost: the peer's fraction lost, 0.0-1.0.
     :param remote_jitter_ms: the jitter the peer measures on our stream.
+    :param srtp_auth_failed: SRTP/SRTCP packets dropped because their
+        authentication tag did not match (forged, damaged, or plain RTP;
+        RFC 3711 section 3.3, step 5). Zero on a leg without SRTP.
+    :param srtp_replay: SRTP/SRTCP packets dropped by the replay check
+        (an index already seen or too old; RFC 3711 section 3.3.2).
+    :param srtp_malformed: SRTP/SRTCP packets dropped as unusable (too
+        short for a tag, too long, another libsrtp error).
     """
 
     packets_sent: int = 0
@@ -115,6 +122,9 @@ class MediaStats:
     rtcp_sent: int = 0
     rtcp_received: int = 0
     rtcp_malformed: int = 0
+    srtp_auth_failed: int = 0
+    srtp_replay: int = 0
+    srtp_malformed: int = 0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ files) and call records (in the store, and as ``call.started`` /
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -147,6 +148,8 @@ class CallRecords:
                 "duration": round(end - answer, 3) if answer is not None else 0.0,
                 "status": "answered" if answer is not None else "unanswered",
                 "end_code": call.end_code, "end_reason": call.end_reason,
+                # RTP/RTCP counts and SRTP drops (forged, replayed packets)
+                "media": dataclasses.asdict(call.media_stats()),
             }
             if self.store is not None:
                 try:

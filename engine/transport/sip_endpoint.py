@@ -120,6 +120,22 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         logger.debug("UDP error: %s", exc)
 
 
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand ``data`` to ``protocol`` as its transport would (the TLS
+    protocols of asyncio and uvloop are buffered protocols)."""
+    if hasattr(protocol, "buffer_updated"):
+        protocol = cast(asyncio.BufferedProtocol, protocol)
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
+
+
 class _TcpProtocol(asyncio.Protocol):
     """One stream connection, TCP or TLS (the framing is the same: RFC 3261
     §18.3 Content-Length).
@@ -154,6 +170,10 @@ class _TcpProtocol(asyncio.Protocol):
         # Data decrypted before _accept_tls resumed (the handshake is over,
         # but self.transport is still the raw one): fed once it is not.
         self._early: list[bytes] = []
+        # TLS records (the ClientHello) read before start_tls took the
+        # stream: uvloop starts reading after connection_made returns, so
+        # its pause_reading() there does nothing. Handed to the TLS layer.
+        self._early_records: list[bytes] = []
         #: Whether the server side of a TLS handshake is still to finish.
         self.handshaking = False
 
@@ -177,10 +197,24 @@ class _TcpProtocol(asyncio.Protocol):
         by ``tls_handshake_timeout``; a failed one closes the connection."""
         raw = self.transport
         assert raw is not None and self.peer is not None
+        loop = asyncio.get_running_loop()
+        starting = loop.create_task(loop.start_tls(
+            raw, self, context, server_side=True,
+            ssl_handshake_timeout=self.endpoint.policy.tls_handshake_timeout))
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, self, context, server_side=True,
-                ssl_handshake_timeout=self.endpoint.policy.tls_handshake_timeout)
+            # start_tls swaps the transport's protocol for its TLS one at
+            # once and schedules that protocol's connection_made and the
+            # resumed reading; this step runs after the swap and before
+            # those (callbacks run in order), so the records already read
+            # reach the TLS layer first (it buffers them until it starts).
+            await asyncio.sleep(0)
+            if self._early_records and raw.get_protocol() is not self:
+                _feed(raw.get_protocol(), b"".join(self._early_records))
+            self._early_records.clear()
+            tls = await starting
+        except asyncio.CancelledError:
+            starting.cancel()
+            raise
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             self.endpoint._tls_accept_failed(self, exc)
             raw.close()
@@ -198,7 +232,10 @@ class _TcpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
         if self.handshaking:
-            self._early.append(data)
+            if self.transport.get_protocol() is self:  # not yet start_tls's: still encrypted
+                self._early_records.append(data)
+            else:
+                self._early.append(data)
             return
         try:
             frames = self.framer.feed(data)

@@ -56,9 +56,14 @@ class Baresip:
     """One baresip phone in its own folder.
 
     :param freq: the tone its microphone sends (Hz).
+    :param cafile: a CA certificate (PEM) to verify SIP-over-TLS servers
+        with (``sip_cafile``); dial ``sip:...;transport=tls`` to use TLS.
+    :param mediaenc: the account's ``mediaenc`` (``srtp-mand``: SDES-keyed
+        SRTP only, RFC 4568; loads the ``srtp`` module).
     """
 
-    def __init__(self, workdir: Path, name: str, freq: float) -> None:
+    def __init__(self, workdir: Path, name: str, freq: float, *, cafile: Path | None = None,
+                 mediaenc: str | None = None) -> None:
         require_tool("baresip")
         if not (MODULES / "sndfile.so").exists():
             raise AssertionError(f"baresip's modules are missing under {MODULES}: install the baresip package")
@@ -75,7 +80,9 @@ class Baresip:
         (self.dir / "config").write_text("\n".join([
             f"module_path {MODULES}",
             "module g711.so", "module aufile.so", "module sndfile.so", "module cons.so",
+            *(["module srtp.so"] if mediaenc else []),
             "module_app account.so", "module_app menu.so",
+            *([f"sip_cafile {cafile}"] if cafile is not None else []),
             f"cons_listen 127.0.0.1:{self.cons_port}",
             f"sip_listen 127.0.0.1:{self.sip_port}",
             "net_interface 127.0.0.1",
@@ -84,7 +91,8 @@ class Baresip:
             "",
         ]))
         (self.dir / "accounts").write_text(
-            f"<sip:{name}@127.0.0.1:{self.sip_port}>;regint=0;answermode=manual;audio_codecs=PCMU\n")
+            f"<sip:{name}@127.0.0.1:{self.sip_port}>;regint=0;answermode=manual;audio_codecs=PCMU"
+            + (f";mediaenc={mediaenc}" if mediaenc else "") + "\n")
         self.log = self.dir / "out.txt"
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -134,7 +134,8 @@ async def test_tone_goes_out_as_srtp_only(rig: Rig) -> None:
 async def test_peer_audio_decoded_and_forgeries_dropped(rig: Rig) -> None:
     """Check the peer's SRTP audio is decrypted and decoded by the engine
     (in-band DTMF '5' found in it), while a forged copy, a replay and a plain
-    RTP packet are dropped and counted, never decoded."""
+    RTP packet are dropped and counted (in ``srtp_stats()`` and in
+    ``media_stats()``), never decoded."""
     rig.peer.set_answer(rig.handler.create_answer(rig.peer.offer.to_bytes()))
     rig.handler.set_tone_listener(lambda d, m: rig.tones.append((d, m)))
     srtp, sock = rig.peer.srtp, rig.peer.pair.rtp
@@ -158,6 +159,9 @@ async def test_peer_audio_decoded_and_forgeries_dropped(rig: Rig) -> None:
     stats = rig.handler.srtp_stats()
     assert stats["srtp_replay"] >= 2  # the forged copy reuses the genuine one's index
     assert stats["srtp_auth_failed"] + stats["srtp_malformed"] >= 1  # the plain packet
+    media = rig.handler.media_stats()  # the call's statistics carry the same counts
+    assert (media.srtp_auth_failed, media.srtp_replay, media.srtp_malformed) == (
+        stats["srtp_auth_failed"], stats["srtp_replay"], stats["srtp_malformed"])
     session = rig.handler.session
     assert session is not None and session.latch is not None and session.latch.remote_addr == sock.getsockname()
 
