@@ -23,6 +23,7 @@ from engine.calls.call import CallState
 from engine.runtime.dialout import DialPolicy
 from engine.calls.grants import Grant
 from engine.testing import App, Callee, Caller, Harness
+from engine.testing.calls import estimate_speech
 
 ROOT = Path(__file__).parents[2]
 
@@ -155,6 +156,47 @@ def test_silence_times_out_three_times(app: App) -> None:
     assert call.said == [PROMPT, NO_PIN, RETRY, NO_PIN, RETRY, NO_PIN, REFUSED]
     assert call.ended_with(200)
     assert call.logged("try 1 of 3 (0 digits)")
+
+
+def test_first_digit_stops_the_pin_prompt_and_the_caller_joins(app: App) -> None:
+    """Check barge-in on the PIN prompt: a caller who types during the
+    prompt cuts it short at the first digit (the prompt is stopped at that
+    virtual instant, not played out) and joins with the PIN typed."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100", callerid="+15551234567")
+    prompt = call.speech[0]
+    assert prompt.text == PROMPT and prompt.completed is None
+    app.wait(1.0)
+    call.press("1")
+    assert prompt.completed is False and not call.leg.playing
+    assert app.now == pytest.approx(prompt.at + 1.0) and prompt.duration > 1.0
+    call.press("234#")
+    assert call.joined("conf_1234") and call.logged("PIN accepted for +15551234567 on try 1")
+
+
+def test_retry_prompt_is_barged_into_too(app: App) -> None:
+    """Check barge-in on the second prompt: after a wrong PIN, the first
+    digit typed stops 'enter your PIN again', and the right PIN joins."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100")
+    call.press("9#")
+    app.wait(estimate_speech(WRONG) + 0.5)
+    retry = call.speech[-1]
+    assert retry.text == RETRY and retry.completed is None
+    call.press("1234#")
+    assert retry.completed is False and call.joined("conf_1234")
+
+
+def test_pin_timeout_counts_from_the_end_of_the_prompt(app: App) -> None:
+    """Check the 15 s to start typing begin when the barge-in prompt ends,
+    not when it starts (a long prompt does not eat the caller's time)."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100")
+    prompt = call.speech[0]
+    app.wait(prompt.duration + 14.9)
+    assert call.said == [PROMPT] and prompt.completed is True
+    app.wait(0.2)
+    assert call.said == [PROMPT, NO_PIN]
 
 
 def test_digits_without_pound_end_after_the_inter_digit_timeout(app: App) -> None:
