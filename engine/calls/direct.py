@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable
 
 from engine.calls.call import Call, CallAction, CallError, CallEvents, CallState, check_action, end_other_end
+from engine.security_log import security_event
 
 __all__ = ["DirectCallLeg"]
 
@@ -91,13 +92,22 @@ class DirectCallLeg(Call):
 
         :param headers: ``X-`` headers for the callee besides the caller's.
         :return: the callee's call, or ``None`` when the user is not logged
-            in with the SDK (the caller's call is then rejected with 480).
+            in with the SDK (the caller's call is then rejected with 480), or
+            when the caller only listens (a join token's ``subscriber``: it
+            sends no media to anyone, so it is rejected 403 with ``X-Reason:
+            listen_only``).
         :raises CallError: not a browser's call that still rings, or the
             engine already answered its offer (early media).
         """
         check_action(self, CallAction.FORWARD_DIRECT, answered=self._answering)
         if self._offer_answered():
             raise CallError("the engine already answered this call's offer (early media)")
+        if self.grant is not None and self.grant.listen_only:
+            self.log.info("direct call refused: the caller listens only (role %s)", self.grant.role)
+            security_event("listen_only_direct_call", self.source,
+                           identity=self.grant.identity)
+            self.reject(403, headers={"X-Reason": "listen_only"})
+            return None
         dial = self._direct_dialer()
         self.direct = True
         peer = dial({**self.headers, **(headers or {})})

@@ -64,6 +64,7 @@ class ErrorCode(str, enum.Enum):
     BAD_STATE = "bad_state"  #: the call's state does not allow the action
     FORBIDDEN = "forbidden"  #: the join token does not grant it (``moderate``)
     UNKNOWN_PARTICIPANT = "unknown_participant"  #: no such participant in the token's room
+    LISTEN_ONLY = "listen_only"  #: a subscriber (listen only) cannot be unmuted nor send
     INTERNAL = "internal"  #: the engine failed; the socket stays up
 
     def __str__(self) -> str:

@@ -114,6 +114,26 @@ def test_pin_of_a_conference_a_browser_opened_joins_it(app: App) -> None:
     assert app.flows.sends(web, "conf_777/everyone") and app.flows.sends("conf_777/everyone", call)
 
 
+def test_phone_dialing_in_is_announced_to_browsers_inbound(app: App) -> None:
+    """Check the tutorial's notices for a phone that dials in by PIN:
+    browsers get CALL_PARTICIPANT_CONNECTED with ``inbound: true``, the
+    phone's id, name and number (besides the participant list), and
+    CALL_PARTICIPANT_DISCONNECTED when it hangs up."""
+    web = browser(app, "777")
+    call = phone(app)
+    call.press("777#")
+    assert call.joined("conf_777")
+    (joined,) = notices(web, "CALL_PARTICIPANT_CONNECTED")
+    assert joined == {"type": "CALL_PARTICIPANT_CONNECTED", "inbound": True, "id": joined["id"],
+                      "name": "+15551234567", "number": "+15551234567"}
+    roster = notices(web, "PARTICIPANTS")[-1]["participants"]
+    assert joined["id"] in [p["id"] for p in roster if p["kind"] == "pstn"]
+    call.hang_up()
+    (left,) = notices(web, "CALL_PARTICIPANT_DISCONNECTED")
+    assert left == {**joined, "type": "CALL_PARTICIPANT_DISCONNECTED"}
+    assert participants(web) == [("ann", "web")]
+
+
 def test_wrong_pin_three_times_is_refused_and_hung_up(app: App) -> None:
     """Check three wrong PINs: each is answered 'not valid' and asked
     again, then the caller is told the conference cannot be found and hung
@@ -438,6 +458,19 @@ def test_participant_lists_follow_joins_and_leaves(app: App) -> None:
     assert len(notices(ann, "PARTICIPANTS")) == 4  # ann; +bob; +phone; -bob
 
 
+def test_join_token_data_and_role_reach_the_other_participants(app: App) -> None:
+    """Check a join token's free-form ``data`` (kept in the call's grant)
+    and role reach the other browsers' participant list; a participant
+    without data shows ``data: null``."""
+    info = '{"avatar": "https://example.org/ann.png", "team": "blue"}'
+    ann = browser(app, "1234", grant=Grant(identity="ann", authenticated_by="join-token", room="1234",
+                                           admitted_by="join-token", role="guest", data=info))
+    bob = browser(app, "1234", user="bob")
+    roster = notices(bob, "PARTICIPANTS")[-1]["participants"]
+    assert [(p["name"], p["role"], p["data"]) for p in roster] == [("ann", "guest", info), ("bob", "guest", None)]
+    assert notices(ann, "PARTICIPANTS")[-1]["participants"] == roster
+
+
 def test_mixers_give_phones_everyone_and_browsers_the_phones(app: App) -> None:
     """Check the two mixers: a phone hears everyone (both browsers and the
     other phone); a browser hears the phones through the server, not the
@@ -471,7 +504,8 @@ def test_dial_out_connected_joins_the_participant(app: App) -> None:
     assert app.flows.between(callee, "conf_1234/everyone") and app.flows.sends(callee, "conf_1234/phones")
     callee.hang_up()
     assert notices(web, "CALL_PARTICIPANT_DISCONNECTED") == [
-        {"type": "CALL_PARTICIPANT_DISCONNECTED", "number": "+15559876543"}]
+        {"type": "CALL_PARTICIPANT_DISCONNECTED", "inbound": False, "id": callee.leg.id,
+         "name": "+15559876543", "number": "+15559876543"}]
     assert participants(web) == [("ann", "web")]
 
 
