@@ -141,6 +141,31 @@ class DirectCallLeg(Call):
             caller._emit(CallEvents.Connected, headers={})
         self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
 
+    #: ``ice_failed`` frames one leg may relay (an ICE restart needs two or
+    #: three: the report, the new offer, its answer); a flood is refused.
+    MAX_ICE_RESTARTS = 12
+    _ice_relayed: int = 0
+
+    def _relay_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        """This leg's browser says its peer connection's ICE failed (with an
+        ICE-restart offer or its answer, or without SDP: "please restart"):
+        the other browser is told, so one of them restarts ICE.
+
+        :raises CallError: not a connected direct call, or too many restarts.
+        """
+        peer = self.direct_peer
+        if not self.direct or peer is None or self.state != CallState.CONNECTED:
+            raise CallError("ICE_FAILED is for a connected direct call")
+        if self._ice_relayed >= self.MAX_ICE_RESTARTS:
+            raise CallError(f"at most {self.MAX_ICE_RESTARTS} ICE restarts per call")
+        self._ice_relayed += 1
+        self.log.info("direct call: ICE failed on one end (%s), telling the other", sdp_type or "no sdp")
+        if peer.state == CallState.CONNECTED:
+            peer._send_ice_failed(sdp, sdp_type)
+
+    def _send_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        """Hook: tell this leg's browser the other end's ICE failed."""
+
     def _relay_message(self, text: str, headers: dict[str, str]) -> None:
         """A message this leg's browser sent goes on to the other browser,
         once that one is connected."""

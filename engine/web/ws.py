@@ -88,6 +88,7 @@ class SdkConnection:
             "hello": self.on_hello, "ping": self.on_ping, "login": self.on_login,
             "call": self.on_call, "answer": self.on_answer, "reject": self.on_reject,
             "hangup": self.on_hangup, "ice": self.on_ice, "message": self.on_message,
+            "ice_failed": self.on_ice_failed,
             "dtmf": self.on_dtmf, "moderate": self.on_moderate,
         }
 
@@ -375,6 +376,9 @@ class SdkConnection:
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_message(frame["text"], frame.get("headers") or {})
+
+    async def on_ice_failed(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_ice_failed(frame.get("sdp"), frame.get("sdp_type"))
 
     async def on_dtmf(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_tones(frame["tones"])
