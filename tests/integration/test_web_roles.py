@@ -133,8 +133,12 @@ async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory) -
             assert status == 409 and error(body)[0] == "listen_only"
             refused = await guest.request({"type": "moderate", "action": "unmute", "participant": sue["id"]})
             assert (refused["type"], refused["code"]) == ("error", "listen_only")
-            await sub.send({"type": "call", "call": "d1", "number": "gil", "sdp": await BrowserPeer().offer(),
-                            "headers": {"X-DirectCall": "true"}})
+            offerer = BrowserPeer()
+            try:
+                await sub.send({"type": "call", "call": "d1", "number": "gil", "sdp": await offerer.offer(),
+                                "headers": {"X-DirectCall": "true"}})
+            finally:
+                await offerer.close()
             failed = await sub.recv("failed", call="d1", timeout=10)
             assert failed["code"] == 403 and failed["headers"].get("X-Reason") == "listen_only"
         finally:
