@@ -29,7 +29,11 @@ holds ``dial_out`` can ask to dial a phone number into the conference
 (``CALL_PARTICIPANT``; the engine's dial-out policy decides where to and
 how many, and the call ends when the participant who asked leaves) and
 hears how it goes (``CALL_PARTICIPANT_CONNECTED``, ``_DISCONNECTED``,
-``_FAILED``). The conference ends when its last participant leaves. Only
+``_FAILED``, with ``inbound: false``). A phone that dials in by PIN is
+announced the same way, with ``inbound: true`` (its ``id``, ``name`` and
+``number``), and so is its leaving. Each entry of the participant list
+carries the participant's ``role`` and the ``data`` of its join token
+(``null`` without one), so pages can show what the application put there. The conference ends when its last participant leaves. Only
 gatekeepers reach it: the ``Fwd`` rule takes internal calls only, and a
 call of another kind that reaches it anyway gets 404.
 """
@@ -96,9 +100,11 @@ async def on_alerting(e):
     join(call, kind, name, e.callerid or "", role)
 
 
-def join(call, kind, name, number, role="guest"):
+def join(call, kind, name, number, role="guest", dialed=False):
+    grant = call.grant
     participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role,
-                          "guest": call.grant is not None and call.grant.guest}
+                          "guest": grant is not None and grant.guest, "dialed": dialed,
+                          "data": grant.data if grant is not None else None}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -106,6 +112,9 @@ def join(call, kind, name, number, role="guest"):
         call.send_media_to(everyone)
         phones.send_media_to(call)
     Logger.write(f"{kind} participant {name} joined ({len(participants)} in)")
+    if kind == "pstn" and not dialed:
+        # a phone that dialed in, as the tutorial's browsers learn of it
+        notify("CALL_PARTICIPANT_CONNECTED", inbound=True, id=call.id, name=name, number=number)
     call.say("You have joined the conference.")
     call.add_event_listener(CallEvents.MessageReceived, lambda ev: on_message(call, ev))
     call.add_event_listener(CallEvents.Disconnected, lambda ev: leave(call))
@@ -135,8 +144,9 @@ def leave(call):
     Logger.write(f"{info['kind']} participant {info['name']} left ({len(participants)} in)")
     if info["guest"]:
         VoxEngine.delete_user(info["number"])  # a guest's profile lives as long as its visit
-    if info.get("dialed"):
-        notify("CALL_PARTICIPANT_DISCONNECTED", number=info["number"])
+    if info["kind"] == "pstn":
+        notify("CALL_PARTICIPANT_DISCONNECTED", inbound=not info["dialed"], id=info["id"], name=info["name"],
+               number=info["number"])
     broadcast()
     if not participants and not dialing:
         VoxEngine.terminate()
@@ -155,7 +165,7 @@ def notify(kind, **fields):
 
 def broadcast():
     notify("PARTICIPANTS", participants=[
-        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind")}
+        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "data")}
         for info in participants.values()
     ])
 
@@ -206,9 +216,8 @@ def dial_out(requester, number):
             notify("CALL_PARTICIPANT_FAILED", number=number, code=403, reason=refused.code)
             call.hangup()
             return
-        notify("CALL_PARTICIPANT_CONNECTED", number=number, id=call.id)
-        join(call, "pstn", number, number)
-        participants[call]["dialed"] = True
+        notify("CALL_PARTICIPANT_CONNECTED", inbound=False, id=call.id, name=number, number=number)
+        join(call, "pstn", number, number, dialed=True)
 
     def failed(ev):
         dialing.pop(call, None)

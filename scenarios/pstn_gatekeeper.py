@@ -1,7 +1,8 @@
 """Phone callers join a conference by PIN (the canonical application's
 ``InboundFromPSTN`` rule).
 
-Answer, ask for the conference PIN followed by ``#``, and join the caller to
+Answer, ask for the conference PIN followed by ``#`` (the caller may type
+it during the prompt: the first digit stops it), and join the caller to
 the conference it opens:
 
 - a room's PIN (``callbridge rooms create ID`` prints it, the API), or its id
@@ -42,9 +43,11 @@ async def on_alerting(e):
     await call.answer()
     call.handle_tones(True)
     for attempt in range(1, MAX_TRIES + 1):
-        await call.say(PROMPT if attempt == 1 else RETRY)
-        pin = await call.collect_tones(max_digits=MAX_PIN_DIGITS, terminator="#",
-                                       timeout=PIN_TIMEOUT, inter_digit_timeout=DIGIT_TIMEOUT)
+        # barge-in: the first digit stops the prompt; the time to start
+        # typing counts from the prompt's end
+        call.say(PROMPT if attempt == 1 else RETRY)
+        pin = await call.collect_tones(max_digits=MAX_PIN_DIGITS, terminator="#", timeout=PIN_TIMEOUT,
+                                       inter_digit_timeout=DIGIT_TIMEOUT, stop_playback=True)
         if call.state.ended:
             return
         try:

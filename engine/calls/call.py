@@ -874,6 +874,7 @@ class Call(PlaybackMixin, Listeners):
         terminator: str | None = None,
         timeout: float | None = None,
         inter_digit_timeout: float | None = None,
+        stop_playback: bool = False,
     ) -> str:
         """Collect DTMF digits and return them (tone handling is on meanwhile).
 
@@ -889,6 +890,14 @@ class Call(PlaybackMixin, Listeners):
         was collected is returned, possibly ``""``.
 
         :param terminator: one or more digits that end the input (``"#"``).
+        :param stop_playback: barge-in: the first digit (a typed-ahead one
+            too) stops the call's current playback, so a caller who knows the
+            answer need not hear the prompt out; ``timeout`` then counts
+            from the prompt's end (or its barge-in). Start the prompt
+            without awaiting it, then collect::
+
+                call.say("Please enter your PIN")
+                pin = await call.collect_tones(terminator="#", stop_playback=True)
         """
         if max_digits is not None and max_digits < 1:
             raise ValueError("max_digits must be at least 1")
@@ -896,6 +905,7 @@ class Call(PlaybackMixin, Listeners):
         done: asyncio.Future[None] = loop.create_future()
         digits: list[str] = []
         inter: list[asyncio.TimerHandle] = []
+        barged: list[bool] = []
 
         def finish() -> None:
             if not done.done():
@@ -907,6 +917,9 @@ class Call(PlaybackMixin, Listeners):
         def add(tone: str) -> None:
             if done.done():
                 return
+            if stop_playback and not barged:
+                barged.append(True)
+                self.stop_playback()
             if terminator and tone in terminator:
                 finish()
                 return
@@ -928,7 +941,17 @@ class Call(PlaybackMixin, Listeners):
             for h in inter:
                 h.cancel()
             return "".join(digits)
-        overall = loop.call_later(timeout, finish) if timeout is not None else None
+        overall: list[asyncio.TimerHandle] = []
+
+        def arm(_: object = None) -> None:
+            if timeout is not None and not done.done():
+                overall.append(loop.call_later(timeout, finish))
+
+        prompt = self._playback if stop_playback else None
+        if prompt is not None and not prompt.done():
+            prompt._fut.add_done_callback(arm)  # the caller's time starts when the prompt ends
+        else:
+            arm()
         self.emitter.on(str(CallEvents.ToneReceived), on_tone)
         self.on_ended.append(on_end)
         self._tone_collectors += 1
@@ -940,9 +963,7 @@ class Call(PlaybackMixin, Listeners):
             self._tone_collectors -= 1
             if not self.tones_enabled:
                 self._tone_handling_changed(False)
-            if overall is not None:
-                overall.cancel()
-            for h in inter:
+            for h in overall + inter:
                 h.cancel()
             try:
                 self.emitter.remove_listener(str(CallEvents.ToneReceived), on_tone)

@@ -367,6 +367,13 @@ class _Plan:
     players: list[_Player]               # the bridge's player rows, in order
 
 
+def _listen_only(node: object) -> bool:
+    """Whether ``node`` is a call whose grant only listens (role
+    ``subscriber``): its audio goes nowhere, whatever the routing."""
+    grant = getattr(node, "grant", None)
+    return bool(getattr(grant, "listen_only", False))
+
+
 class MediaGraph:
     """The engine's media routing (see the module notes).
 
@@ -461,6 +468,8 @@ class MediaGraph:
         internal leg mutes the caller behind it (a browser or a phone alike),
         which is how a room moderator mutes a participant."""
         self._check_node(node)
+        if not muted and _listen_only(node):
+            raise ConferenceError(f"{node!r} is listen-only (role subscriber): it cannot be unmuted")
         if muted:
             self._muted.add(node)
         else:
@@ -591,7 +600,7 @@ class MediaGraph:
         """Where ``src``'s audio ends up: legs and conferences, through
         internal-call wires."""
         out: list[tuple[Node, float]] = []
-        if src in self._muted:
+        if src in self._muted or _listen_only(src):
             return out
         for dst, gain in self._edges.get(src, {}).items():
             out.extend(self._resolve(dst, gain, seen))

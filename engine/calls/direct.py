@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable, Protocol, runtime_checkable
 
 from engine.calls.call import Call, CallAction, CallError, CallEvents, CallState, check_action, end_other_end
+from engine.security_log import security_event
 
 __all__ = ["Adopter", "DirectCallLeg"]
 
@@ -100,13 +101,22 @@ class DirectCallLeg(Call):
 
         :param headers: ``X-`` headers for the callee besides the caller's.
         :return: the callee's call, or ``None`` when the user is not logged
-            in with the SDK (the caller's call is then rejected with 480).
+            in with the SDK (the caller's call is then rejected with 480), or
+            when the caller only listens (a join token's ``subscriber``: it
+            sends no media to anyone, so it is rejected 403 with ``X-Reason:
+            listen_only``).
         :raises CallError: not a browser's call that still rings, or the
             engine already answered its offer (early media).
         """
         check_action(self, CallAction.FORWARD_DIRECT, answered=self._answering)
         if self._offer_answered():
             raise CallError("the engine already answered this call's offer (early media)")
+        if self.grant is not None and self.grant.listen_only:
+            self.log.info("direct call refused: the caller listens only (role %s)", self.grant.role)
+            security_event("listen_only_direct_call", self.source,
+                           identity=self.grant.identity)
+            self.reject(403, headers={"X-Reason": "listen_only"})
+            return None
         dial = self._direct_dialer()
         self.direct = True
         peer = dial({**self.headers, **(headers or {})})
@@ -138,6 +148,31 @@ class DirectCallLeg(Call):
             caller._set_state(CallState.CONNECTED)
             caller._emit(CallEvents.Connected, headers={})
         self._emit(CallEvents.Connected, code=200, reason="OK", headers=headers)
+
+    #: ``ice_failed`` frames one leg may relay (an ICE restart needs two or
+    #: three: the report, the new offer, its answer); a flood is refused.
+    MAX_ICE_RESTARTS = 12
+    _ice_relayed: int = 0
+
+    def _relay_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        """This leg's browser says its peer connection's ICE failed (with an
+        ICE-restart offer or its answer, or without SDP: "please restart"):
+        the other browser is told, so one of them restarts ICE.
+
+        :raises CallError: not a connected direct call, or too many restarts.
+        """
+        peer = self.direct_peer
+        if not self.direct or peer is None or self.state != CallState.CONNECTED:
+            raise CallError("ICE_FAILED is for a connected direct call")
+        if self._ice_relayed >= self.MAX_ICE_RESTARTS:
+            raise CallError(f"at most {self.MAX_ICE_RESTARTS} ICE restarts per call")
+        self._ice_relayed += 1
+        self.log.info("direct call: ICE failed on one end (%s), telling the other", sdp_type or "no sdp")
+        if peer.state == CallState.CONNECTED:
+            peer._send_ice_failed(sdp, sdp_type)
+
+    def _send_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        """Hook: tell this leg's browser the other end's ICE failed."""
 
     def _relay_message(self, text: str, headers: dict[str, str]) -> None:
         """A message this leg's browser sent goes on to the other browser,

@@ -36,6 +36,11 @@ def without_engine_headers(headers: dict[str, str]) -> tuple[dict[str, str], lis
             clean[name] = value
     return clean, dropped
 
+#: Roles whose participants hear and see but send nothing (a join token's
+#: ``subscriber``): the media graph never forwards their audio, they cannot
+#: be unmuted, and their direct calls are refused.
+LISTEN_ONLY_ROLES = frozenset({"subscriber"})
+
 #: ``authenticated_by`` values that prove an identity (rules' ``authenticated: true``).
 AUTHENTICATED_BY = frozenset({"sip-digest", "password", "login-token", "join-token"})
 #: ``admitted_by`` values: how a caller was admitted to its ``room``.
@@ -54,10 +59,12 @@ class Grant:
         engine called), or ``None``.
     :param room: the room (id, no ``conf_``) the caller was admitted to, if any.
     :param admitted_by: how: ``join-token``, ``pin``, ``invite``, ``dial-out``.
-    :param role: ``guest`` or ``moderator`` in that room.
+    :param role: ``guest``, ``moderator`` or ``subscriber`` (listen only) in that room.
     :param permissions: what the caller may ask for (``engine.runtime.tokens.PERMISSIONS``,
         ``dial_out`` among them).
     :param display_name: the name the grant carries (a join token's ``name``).
+    :param data: a join token's free-form ``data`` (at most 1 KB), which the
+        conference shows the other participants; ``None`` without one.
     """
 
     identity: str | None = None
@@ -67,6 +74,7 @@ class Grant:
     role: str = "guest"
     permissions: frozenset[str] = field(default_factory=frozenset)
     display_name: str | None = None
+    data: str | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -77,6 +85,11 @@ class Grant:
     def guest(self) -> bool:
         """Whether the identity is a web guest's ``guest-…`` visit profile."""
         return self.authenticated_by == "guest"
+
+    @property
+    def listen_only(self) -> bool:
+        """Whether the holder only listens (:data:`LISTEN_ONLY_ROLES`)."""
+        return self.role in LISTEN_ONLY_ROLES
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

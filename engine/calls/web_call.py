@@ -481,6 +481,14 @@ class WebCall(DirectCallLeg):
         self._emit(CallEvents.MessageReceived, text=text, headers=headers, mime_type="text/plain")
         self._relay_message(text, headers)
 
+    def on_remote_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        """An ``ice_failed`` frame: relayed to the other browser of a direct
+        call (see :meth:`DirectCallLeg._relay_ice_failed`)."""
+        self._relay_ice_failed(sdp, sdp_type)
+
+    def _send_ice_failed(self, sdp: str | None, sdp_type: str | None) -> None:
+        self._send("ice_failed", sdp=sdp, sdp_type=sdp_type)
+
     def on_remote_tones(self, tones: str) -> None:
         """Digits from the browser: ToneReceived (mode ``"signalling"``) each.
 

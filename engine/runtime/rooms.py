@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from engine.calls.grants import LISTEN_ONLY_ROLES
 from engine.state.store import InvalidValue, Room, Store
 
 __all__ = ["GENERATE", "PIN_MIN_LENGTH", "Participant", "RoomRefused", "RoomService", "check_pin",
@@ -246,6 +247,12 @@ class RoomService:
             raise RoomRefused("room_full", f"room {room.room_id} is full ({room.max_participants} participants)")
         first = not people
         person = Participant(participant_id, kind, display_name, identity, role, self.clock(), call)
+        if role in LISTEN_ONLY_ROLES:
+            # a subscriber listens only: its audio is muted from the start
+            # (the media graph drops it anyway) and stays so
+            person.muted = True
+            if call is not None and self.muter is not None:
+                self.muter(call, True)
         people[participant_id] = person
         timer = self._empty_timers.pop(room.room_id, None)
         if timer is not None:
@@ -261,6 +268,8 @@ class RoomService:
         person = self.participants.get(room_id_of(name), {}).get(participant_id)
         if person is None:
             return None
+        if not muted and person.role in LISTEN_ONLY_ROLES:
+            raise RoomRefused("listen_only", f"participant {participant_id} listens only (role subscriber)")
         if person.call is not None and self.muter is not None:
             self.muter(person.call, muted)
         person.muted = muted
@@ -269,7 +278,8 @@ class RoomService:
     def mute_all(self, name: str, muted: bool = True, *, except_: str | None = None) -> int:
         """Mute or unmute every participant but ``except_`` (a moderator's
         ``*6``); return how many."""
-        people = [pid for pid in self.participants.get(room_id_of(name), {}) if pid != except_]
+        people = [pid for pid, person in self.participants.get(room_id_of(name), {}).items()
+                  if pid != except_ and (muted or person.role not in LISTEN_ONLY_ROLES)]
         for pid in people:
             self.mute(name, pid, muted)
         return len(people)

@@ -13,7 +13,11 @@ claims::
 
     {"iss": "callbridge", "aud": "callbridge-join", "sub": IDENTITY,
      "room": ROOM_ID, "name": DISPLAY_NAME, "role": "guest",
-     "perms": ["mute_self"], "iat": ..., "exp": ..., "jti": ...}
+     "perms": ["mute_self"], "data": null, "iat": ..., "exp": ..., "jti": ...}
+
+``data`` is free-form text the application attaches (JSON, say; at most
+:data:`MAX_DATA` bytes of UTF-8): the engine keeps it in the call's grant
+and the conference shows it to the other participants with the roster.
 
 Tokens are short-lived (10 minutes unless asked otherwise, 24 hours at
 most): they are bearer credentials. The engine checks every permission on
@@ -25,8 +29,10 @@ the server; the token only says what its holder may ask for.
 ``remove`` (a participant), ``lock`` (the room), ``end`` (the room),
 ``dial_out`` (ask the engine to call a phone into the room through the
 trunk; the dial-out policy still applies). The presets are ``guest``
-(``mute_self``) and ``moderator`` (all of them but ``dial_out``, which is
-only ever given by name).
+(``mute_self``), ``moderator`` (all of them but ``dial_out``, which is
+only ever given by name) and ``subscriber`` (none: listen only; the engine
+mutes its audio into the conference, refuses to unmute it and refuses its
+direct calls, see :data:`LISTEN_ONLY_ROLES`).
 
 .. rubric:: Invite codes
 
@@ -55,6 +61,8 @@ from typing import Any
 
 import jwt
 
+from engine.calls.grants import LISTEN_ONLY_ROLES
+
 __all__ = [
     "DEFAULT_TTL",
     "MAX_TTL",
@@ -62,6 +70,8 @@ __all__ = [
     "PRESETS",
     "CODE_DIGITS",
     "JoinGrant",
+    "LISTEN_ONLY_ROLES",
+    "MAX_DATA",
     "Keys",
     "TokenError",
     "permissions_for",
@@ -76,7 +86,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # dial_out (make the engine call a phone through the trunk) is never in
     # a preset: it is given explicitly, to a token or invite that lists it.
     "moderator": ("mute_self", "mute_others", "remove", "lock", "end"),
+    # listen only: hears and sees the conference, sends nothing
+    "subscriber": (),
 }
+
+
+#: Bytes (UTF-8) of a join token's free-form ``data``, at most.
+MAX_DATA = 1024
 
 #: Seconds a join token lives unless asked otherwise, and at most.
 DEFAULT_TTL = 600.0
@@ -110,6 +126,8 @@ class JoinGrant:
     permissions: tuple[str, ...]
     expires_at: float
     token_id: str
+    #: Free-form text the application attached (at most :data:`MAX_DATA` bytes).
+    data: str | None = None
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -167,16 +185,24 @@ class Keys:
 
     def issue_join_token(
         self, *, room: str, identity: str, display_name: str | None, role: str,
-        permissions: tuple[str, ...], ttl: float, now: float,
+        permissions: tuple[str, ...], ttl: float, now: float, data: str | None = None,
     ) -> tuple[str, JoinGrant]:
-        """Sign a join token; return it and what it grants."""
+        """Sign a join token; return it and what it grants.
+
+        :param data: free-form text for the other participants.
+        :raises ValueError: ``data`` over :data:`MAX_DATA` bytes.
+        """
+        if data is not None and len(data.encode("utf-8")) > MAX_DATA:
+            raise ValueError(f"data is at most {MAX_DATA} bytes (UTF-8)")
         grant = JoinGrant(room, identity, display_name, role, tuple(permissions), now + ttl,
-                          secrets.token_hex(8))
+                          secrets.token_hex(8), data)
         claims: dict[str, Any] = {
             "iss": _ISSUER, "aud": _AUDIENCE, "sub": identity, "room": room, "name": display_name,
             "role": role, "perms": list(permissions), "iat": int(now), "exp": now + ttl,
             "jti": grant.token_id,
         }
+        if data is not None:
+            claims["data"] = data
         return jwt.encode(claims, self._jwt_key, algorithm="HS256"), grant
 
     def verify_join_token(self, token: str, now: float) -> JoinGrant:
@@ -200,9 +226,12 @@ class Keys:
         name = claims.get("name")
         if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
             raise TokenError("token_invalid", "the join token's permissions are malformed")
+        data = claims.get("data")
+        if data is not None and (not isinstance(data, str) or len(data.encode("utf-8")) > MAX_DATA):
+            raise TokenError("token_invalid", "the join token's data is malformed")
         return JoinGrant(str(claims["room"]), str(claims["sub"]),
                          name if isinstance(name, str) else None, str(claims.get("role", "")),
-                         tuple(perms), float(exp), str(claims.get("jti", "")))
+                         tuple(perms), float(exp), str(claims.get("jti", "")), data)
 
     # -- invites -----------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from engine.state.store import (
     UserNotFound,
 )
 from engine.runtime.router import KINDS, Caller
-from engine.runtime.tokens import DEFAULT_TTL, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
+from engine.runtime.tokens import DEFAULT_TTL, MAX_DATA, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
 from engine.web.errors import ApiError, error_response
 from engine.web.webhooks import EVENTS, is_private_address
 
@@ -537,7 +537,10 @@ async def mute_participant(request: web.Request) -> web.Response:
     if muted is None:
         raise _missing("muted")
     pid = request.match_info["participant"]
-    person = _rooms(request).mute(room.room_id, pid, muted)
+    try:
+        person = _rooms(request).mute(room.room_id, pid, muted)
+    except RoomRefused as refused:  # a subscriber (listen only) cannot be unmuted
+        raise ApiError(409, refused.code, refused.message, "muted") from None
     if person is None:
         raise ApiError(404, "not_found", f"no participant {pid!r} in room {room.room_id}", "participant")
     return _json(person.as_dict())
@@ -559,12 +562,12 @@ def _grant_fields(data: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
 def _token_answer(token: str, grant: Any) -> dict[str, Any]:
     return {"token": token, "room": grant.room, "identity": grant.identity,
             "display_name": grant.display_name, "role": grant.role,
-            "permissions": list(grant.permissions), "expires_at": grant.expires_at}
+            "permissions": list(grant.permissions), "expires_at": grant.expires_at, "data": grant.data}
 
 
 async def create_token(request: web.Request) -> web.Response:
     room = _room_or_404(request)
-    data = await _body(request, ("identity", "display_name", "role", "permissions", "ttl"))
+    data = await _body(request, ("identity", "display_name", "role", "permissions", "ttl", "data"))
     identity = _str(data, "identity", required=True, max_len=256)
     assert identity is not None
     if not identity:
@@ -572,11 +575,14 @@ async def create_token(request: web.Request) -> web.Response:
     display_name = _str(data, "display_name", max_len=128)
     role, perms = _grant_fields(data)
     ttl = _number(data, "ttl", 0, MAX_TTL, exclusive_low=True) or DEFAULT_TTL
+    extra = _str(data, "data", max_len=MAX_DATA)
+    if extra is not None and len(extra.encode("utf-8")) > MAX_DATA:
+        raise _invalid("data", f"must be at most {MAX_DATA} bytes (UTF-8)")
     if room.state(time.time()) == "ended":
         raise ApiError(409, "room_ended", f"room {room.room_id} has ended", "room")
     token, grant = _engine(request).keys.issue_join_token(
         room=room.room_id, identity=identity, display_name=display_name, role=role,
-        permissions=perms, ttl=ttl, now=time.time())
+        permissions=perms, ttl=ttl, now=time.time(), data=extra)
     return _json(_token_answer(token, grant), 201)
 
 

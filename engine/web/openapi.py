@@ -125,7 +125,7 @@ def _schemas() -> dict[str, Any]:
         "token": {"type": "string"}, "room": {"type": "string"}, "identity": {"type": "string"},
         "display_name": _nullable({"type": "string"}), "role": {"type": "string"},
         "permissions": {"type": "array", "items": {"type": "string"}}, "expires_at": _TIME,
-        "conference": {"type": "string"},
+        "conference": {"type": "string"}, "data": _nullable({"type": "string"}),
     }, ("room", "identity", "role", "permissions", "expires_at"))
     invite_props = {
         "id": {"type": "string"}, "room": {"type": "string"}, "invitee": {"type": "string"},
@@ -236,7 +236,10 @@ def document() -> dict[str, Any]:
         }),
     })
     token_body = _obj({"identity": {"type": "string", "minLength": 1, "maxLength": 256}, **_GRANT_PROPS,
-                       "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400}},
+                       "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400},
+                       "data": {"type": "string", "maxLength": 1024,
+                                "description": "free-form text (JSON, say), at most 1 KB of UTF-8: shown to "
+                                               "the other participants with the conference's roster"}},
                       ("identity",))
     invite_body = _obj({"invitee": {"type": "string", "minLength": 1, "maxLength": 256}, **_GRANT_PROPS,
                         "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0,

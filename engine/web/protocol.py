@@ -64,6 +64,7 @@ class ErrorCode(str, enum.Enum):
     BAD_STATE = "bad_state"  #: the call's state does not allow the action
     FORBIDDEN = "forbidden"  #: the join token does not grant it (``moderate``)
     UNKNOWN_PARTICIPANT = "unknown_participant"  #: no such participant in the token's room
+    LISTEN_ONLY = "listen_only"  #: a subscriber (listen only) cannot be unmuted nor send
     INTERNAL = "internal"  #: the engine failed; the socket stays up
 
     def __str__(self) -> str:
@@ -107,6 +108,7 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "message": {"call": (STR, True), "text": (STR, True), "headers": (OBJ, False)},
     "dtmf": {"call": (STR, True), "tones": (STR, True)},
     "moderate": {"action": (STR, True), "participant": (STR, False)},
+    "ice_failed": {"call": (STR, True), "sdp": (STR, False), "sdp_type": (STR, False)},
 }
 
 #: ``moderate`` actions and the permission each needs (engine.runtime.tokens);
@@ -215,6 +217,11 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
                                 f"moderate: action must be one of {', '.join(MODERATE_ACTIONS)}", ref=ref)
         if frame["action"] in ("mute", "unmute", "remove") and frame.get("participant") is None:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"moderate: {frame['action']} needs participant", ref=ref)
+    elif kind == "ice_failed":
+        if (frame.get("sdp") is None) != (frame.get("sdp_type") is None) or frame.get("sdp_type") not in (
+                None, "offer", "answer"):
+            raise ProtocolError(ErrorCode.BAD_FRAME, "ice_failed: sdp goes with sdp_type offer or answer",
+                                ref=ref, call=call)
     elif kind == "reject":
         code = frame.get("code")
         if code is not None and not 400 <= code <= 699:

@@ -33,6 +33,7 @@ from engine.state.directory import LoginBackoff, LoginGuard
 from engine.calls.grants import Grant, without_engine_headers
 from engine.security_log import security_event
 from engine.runtime.tokens import JoinGrant, TokenError
+from engine.runtime.rooms import RoomRefused
 from engine.web.protocol import (
     MAX_FRAME_BYTES,
     MODERATE_ACTIONS,
@@ -89,6 +90,7 @@ class SdkConnection:
             "hello": self.on_hello, "ping": self.on_ping, "login": self.on_login,
             "call": self.on_call, "answer": self.on_answer, "reject": self.on_reject,
             "hangup": self.on_hangup, "ice": self.on_ice, "message": self.on_message,
+            "ice_failed": self.on_ice_failed,
             "dtmf": self.on_dtmf, "moderate": self.on_moderate,
         }
 
@@ -344,7 +346,7 @@ class SdkConnection:
         if token is not None:
             return Grant(identity=token.identity, authenticated_by="join-token", room=token.room,
                          admitted_by="join-token", role=token.role, permissions=frozenset(token.permissions),
-                         display_name=token.display_name)
+                         display_name=token.display_name, data=token.data)
         return Grant(identity=self.user, authenticated_by=self.login_method, display_name=self.display_name)
 
     def ring(self, call: WebCall, timeout: float) -> None:
@@ -377,6 +379,9 @@ class SdkConnection:
     async def on_message(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_message(frame["text"], frame.get("headers") or {})
 
+    async def on_ice_failed(self, frame: dict[str, Any]) -> None:
+        self._call(frame).on_remote_ice_failed(frame.get("sdp"), frame.get("sdp_type"))
+
     async def on_dtmf(self, frame: dict[str, Any]) -> None:
         self._call(frame).on_remote_tones(frame["tones"])
 
@@ -397,7 +402,10 @@ class SdkConnection:
         if not grant.may(needed):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{action} needs the {needed!r} permission")
         if action in ("mute", "unmute"):
-            rooms.mute(grant.room, pid, action == "mute")
+            try:
+                rooms.mute(grant.room, pid, action == "mute")
+            except RoomRefused as refused:  # a subscriber (listen only) cannot be unmuted
+                raise ProtocolError(ErrorCode.LISTEN_ONLY, refused.message) from None
         elif action == "remove":
             call = person.call if person is not None else None
             rooms.leave(grant.room, pid)

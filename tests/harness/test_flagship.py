@@ -23,6 +23,7 @@ from engine.calls.call import CallState
 from engine.runtime.dialout import DialPolicy
 from engine.calls.grants import Grant
 from engine.testing import App, Callee, Caller, Harness
+from engine.testing.calls import estimate_speech
 
 ROOT = Path(__file__).parents[2]
 
@@ -113,6 +114,26 @@ def test_pin_of_a_conference_a_browser_opened_joins_it(app: App) -> None:
     assert app.flows.sends(web, "conf_777/everyone") and app.flows.sends("conf_777/everyone", call)
 
 
+def test_phone_dialing_in_is_announced_to_browsers_inbound(app: App) -> None:
+    """Check the tutorial's notices for a phone that dials in by PIN:
+    browsers get CALL_PARTICIPANT_CONNECTED with ``inbound: true``, the
+    phone's id, name and number (besides the participant list), and
+    CALL_PARTICIPANT_DISCONNECTED when it hangs up."""
+    web = browser(app, "777")
+    call = phone(app)
+    call.press("777#")
+    assert call.joined("conf_777")
+    (joined,) = notices(web, "CALL_PARTICIPANT_CONNECTED")
+    assert joined == {"type": "CALL_PARTICIPANT_CONNECTED", "inbound": True, "id": joined["id"],
+                      "name": "+15551234567", "number": "+15551234567"}
+    roster = notices(web, "PARTICIPANTS")[-1]["participants"]
+    assert joined["id"] in [p["id"] for p in roster if p["kind"] == "pstn"]
+    call.hang_up()
+    (left,) = notices(web, "CALL_PARTICIPANT_DISCONNECTED")
+    assert left == {**joined, "type": "CALL_PARTICIPANT_DISCONNECTED"}
+    assert participants(web) == [("ann", "web")]
+
+
 def test_wrong_pin_three_times_is_refused_and_hung_up(app: App) -> None:
     """Check three wrong PINs: each is answered 'not valid' and asked
     again, then the caller is told the conference cannot be found and hung
@@ -155,6 +176,47 @@ def test_silence_times_out_three_times(app: App) -> None:
     assert call.said == [PROMPT, NO_PIN, RETRY, NO_PIN, RETRY, NO_PIN, REFUSED]
     assert call.ended_with(200)
     assert call.logged("try 1 of 3 (0 digits)")
+
+
+def test_first_digit_stops_the_pin_prompt_and_the_caller_joins(app: App) -> None:
+    """Check barge-in on the PIN prompt: a caller who types during the
+    prompt cuts it short at the first digit (the prompt is stopped at that
+    virtual instant, not played out) and joins with the PIN typed."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100", callerid="+15551234567")
+    prompt = call.speech[0]
+    assert prompt.text == PROMPT and prompt.completed is None
+    app.wait(1.0)
+    call.press("1")
+    assert prompt.completed is False and not call.leg.playing
+    assert app.now == pytest.approx(prompt.at + 1.0) and prompt.duration > 1.0
+    call.press("234#")
+    assert call.joined("conf_1234") and call.logged("PIN accepted for +15551234567 on try 1")
+
+
+def test_retry_prompt_is_barged_into_too(app: App) -> None:
+    """Check barge-in on the second prompt: after a wrong PIN, the first
+    digit typed stops 'enter your PIN again', and the right PIN joins."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100")
+    call.press("9#")
+    app.wait(estimate_speech(WRONG) + 0.5)
+    retry = call.speech[-1]
+    assert retry.text == RETRY and retry.completed is None
+    call.press("1234#")
+    assert retry.completed is False and call.joined("conf_1234")
+
+
+def test_pin_timeout_counts_from_the_end_of_the_prompt(app: App) -> None:
+    """Check the 15 s to start typing begin when the barge-in prompt ends,
+    not when it starts (a long prompt does not eat the caller's time)."""
+    app.listen_to_prompts = False
+    call = app.incoming_call("5550100")
+    prompt = call.speech[0]
+    app.wait(prompt.duration + 14.9)
+    assert call.said == [PROMPT] and prompt.completed is True
+    app.wait(0.2)
+    assert call.said == [PROMPT, NO_PIN]
 
 
 def test_digits_without_pound_end_after_the_inter_digit_timeout(app: App) -> None:
@@ -396,6 +458,19 @@ def test_participant_lists_follow_joins_and_leaves(app: App) -> None:
     assert len(notices(ann, "PARTICIPANTS")) == 4  # ann; +bob; +phone; -bob
 
 
+def test_join_token_data_and_role_reach_the_other_participants(app: App) -> None:
+    """Check a join token's free-form ``data`` (kept in the call's grant)
+    and role reach the other browsers' participant list; a participant
+    without data shows ``data: null``."""
+    info = '{"avatar": "https://example.org/ann.png", "team": "blue"}'
+    ann = browser(app, "1234", grant=Grant(identity="ann", authenticated_by="join-token", room="1234",
+                                           admitted_by="join-token", role="guest", data=info))
+    bob = browser(app, "1234", user="bob")
+    roster = notices(bob, "PARTICIPANTS")[-1]["participants"]
+    assert [(p["name"], p["role"], p["data"]) for p in roster] == [("ann", "guest", info), ("bob", "guest", None)]
+    assert notices(ann, "PARTICIPANTS")[-1]["participants"] == roster
+
+
 def test_mixers_give_phones_everyone_and_browsers_the_phones(app: App) -> None:
     """Check the two mixers: a phone hears everyone (both browsers and the
     other phone); a browser hears the phones through the server, not the
@@ -429,7 +504,8 @@ def test_dial_out_connected_joins_the_participant(app: App) -> None:
     assert app.flows.between(callee, "conf_1234/everyone") and app.flows.sends(callee, "conf_1234/phones")
     callee.hang_up()
     assert notices(web, "CALL_PARTICIPANT_DISCONNECTED") == [
-        {"type": "CALL_PARTICIPANT_DISCONNECTED", "number": "+15559876543"}]
+        {"type": "CALL_PARTICIPANT_DISCONNECTED", "inbound": False, "id": callee.leg.id,
+         "name": "+15559876543", "number": "+15559876543"}]
     assert participants(web) == [("ann", "web")]
 
 

@@ -136,3 +136,41 @@ async def test_guests_can_be_refused(make_engine: EngineFactory) -> None:
         reply = await sock.request({"type": "login", "guest": "Eve"})
         assert reply["type"] == "error" and reply["code"] == "guests_not_allowed"
         await sock.ws.close()
+
+
+async def test_ice_failed_is_relayed_for_an_ice_restart(engine: Engine) -> None:
+    """Check ICE_FAILED on a connected direct call: the callee's report
+    (no SDP: "please restart") reaches the caller, the caller's ICE-restart
+    offer reaches the callee and the callee's answer comes back, verbatim;
+    before the answer (not a connected direct call) it is bad_state, a bad
+    sdp_type is bad_frame, and a flood of restarts is refused."""
+    restart_offer, restart_answer = OFFER.replace("1 1", "1 2"), ANSWER.replace("2 2", "2 3")
+    async with aiohttp.ClientSession() as http:
+        alice, _ = await guest(engine, http, "Alice")
+        bob, bob_user = await guest(engine, http, "Bob")
+        await dial(alice, bob_user)
+        wire = (await bob.recv("incoming", timeout=5))["call"]
+        early = await alice.request({"type": "ice_failed", "call": "d1"})
+        assert (early["type"], early["code"]) == ("error", "bad_state")
+        await bob.send({"type": "answer", "call": wire, "sdp": ANSWER})
+        await alice.recv("connected", call="d1")
+        await wait_for_log(engine, "direct call connected")
+
+        await bob.send({"type": "ice_failed", "call": wire})
+        assert await alice.recv("ice_failed", call="d1") == {"type": "ice_failed", "call": "d1"}
+        await alice.send({"type": "ice_failed", "call": "d1", "sdp": restart_offer, "sdp_type": "offer"})
+        got = await bob.recv("ice_failed", call=wire)
+        assert (got["sdp"], got["sdp_type"]) == (restart_offer, "offer")
+        await bob.send({"type": "ice_failed", "call": wire, "sdp": restart_answer, "sdp_type": "answer"})
+        got = await alice.recv("ice_failed", call="d1")
+        assert (got["sdp"], got["sdp_type"]) == (restart_answer, "answer")
+
+        bad = await alice.request({"type": "ice_failed", "call": "d1", "sdp": OFFER, "sdp_type": "pranswer"})
+        assert (bad["type"], bad["code"]) == ("error", "bad_frame")
+        for _ in range(11):  # the offer above was the first of 12
+            await alice.send({"type": "ice_failed", "call": "d1"})
+        flood = await alice.request({"type": "ice_failed", "call": "d1", "ref": "13th"})
+        assert (flood["type"], flood["code"]) == ("error", "bad_state")
+        assert "at most 12 ICE restarts" in flood["message"]
+        await alice.ws.close()
+        await bob.ws.close()

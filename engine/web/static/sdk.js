@@ -42,7 +42,12 @@ export const CallEvents = Object.freeze({
   EndpointAdded: "EndpointAdded", // ({stream, element}) remote media arrived
   EndpointRemoved: "EndpointRemoved", // ({stream})
   Error: "Error",                 // an error frame about this call ({code, message})
+  ICETimeout: "ICETimeout",       // a direct call's ICE failed; a restart is tried ({attempt})
 });
+
+/** ICE restarts a direct call tries before it ends, and how long each may take (ms). */
+const ICE_RESTARTS = 2;
+const ICE_RESTART_WAIT = 10000;
 
 class Emitter {
   constructor() { this._listeners = new Map(); }
@@ -140,7 +145,8 @@ export class Call extends Emitter {
       pc.onicecandidate = (e) => this._sendIce(e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this._addRemote(e.streams[0] || new MediaStream([e.track]));
       pc.onconnectionstatechange = () => {
-        if (pc.connectionState === "failed" && this.active) {
+        if (pc.connectionState === "connected") this._iceRecovered();
+        if (pc.connectionState === "failed" && this.active && !this._iceFailed()) {
           this._end("Failed", "FAILED", { code: 503, reason: "WebRTC connection failed" }, true);
         }
       };
@@ -157,6 +163,61 @@ export class Call extends Emitter {
       for (const c of this._pendingIce.splice(0)) this._sendIce(c);
     } catch (err) {
       this._end("Failed", "FAILED", { code: 500, reason: String(err && err.message || err) }, false);
+    }
+  }
+
+  /** A connected direct call's ICE failed: tell the other browser
+   * (`ice_failed`, relayed by the engine) so that ICE restarts: the caller
+   * sends an ICE-restart offer, the callee asks the caller for one. At most
+   * ICE_RESTARTS tries, each given ICE_RESTART_WAIT ms; returns whether a
+   * retry runs (otherwise the call ends as before). */
+  _iceFailed() {
+    if (!this.direct || this.state !== "CONNECTED") return false;
+    if (this._restartTimer) return true;  // a retry already runs
+    this._restarts = (this._restarts || 0) + 1;
+    if (this._restarts > ICE_RESTARTS) return false;
+    this._emit(CallEvents.ICETimeout, { call: this, attempt: this._restarts });
+    this._restartTimer = setTimeout(() => {
+      this._restartTimer = null;
+      const pc = this.peerConnection;
+      if (this.active && pc && pc.connectionState !== "connected" && !this._iceFailed()) {
+        this._end("Disconnected", "DISCONNECTED", { code: 503, reason: "WebRTC connection failed" }, true);
+      }
+    }, ICE_RESTART_WAIT);
+    if (this.incoming) this.client._send({ type: "ice_failed", call: this.id });
+    else this._restartIce().catch((err) => console.warn("callbridge: ICE restart failed", err));
+    return true;
+  }
+
+  _iceRecovered() {
+    if (this._restartTimer) { clearTimeout(this._restartTimer); this._restartTimer = null; }
+  }
+
+  /** The caller's side of an ICE restart: a new offer with new ICE credentials. */
+  async _restartIce() {
+    const pc = this.peerConnection;
+    if (!pc || !this.active || pc.signalingState !== "stable") return;
+    const offer = await pc.createOffer({ iceRestart: true });
+    await pc.setLocalDescription(offer);
+    this.client._send({ type: "ice_failed", call: this.id, sdp: pc.localDescription.sdp, sdp_type: "offer" });
+  }
+
+  /** The other browser's `ice_failed`: answer its ICE-restart offer, take
+   * the answer to ours, or (the caller, asked without SDP) restart. */
+  async _onIceFailed(frame) {
+    const pc = this.peerConnection;
+    if (!pc || !this.active || !this.direct) return;
+    if (frame.sdp_type === "offer") {
+      await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      this.client._send({ type: "ice_failed", call: this.id, sdp: pc.localDescription.sdp, sdp_type: "answer" });
+      this._flushRemoteIce();
+    } else if (frame.sdp_type === "answer") {
+      if (pc.signalingState === "have-local-offer") await pc.setRemoteDescription({ type: "answer", sdp: frame.sdp });
+      this._flushRemoteIce();
+    } else if (!this.incoming) {
+      await this._restartIce();
     }
   }
 
@@ -225,6 +286,9 @@ export class Call extends Emitter {
       case "ice":  // the other browser's candidate, in a direct call
         if (frame.candidate) this._addRemoteIce(frame.candidate);
         break;
+      case "ice_failed":  // the other browser's ICE failed: restart ICE (direct calls)
+        await this._onIceFailed(frame);
+        break;
       case "info":
         this._emit(CallEvents.InfoReceived, { call: this, mimeType: frame.mime_type, body: frame.body, headers: frame.headers || {} });
         break;
@@ -252,7 +316,8 @@ export class Call extends Emitter {
       pc.onicecandidate = (e) => this._sendIce(e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this._addRemote(e.streams[0] || new MediaStream([e.track]));
       pc.onconnectionstatechange = () => {
-        if (pc.connectionState === "failed" && this.active) {
+        if (pc.connectionState === "connected") this._iceRecovered();
+        if (pc.connectionState === "failed" && this.active && !this._iceFailed()) {
           this._end("Disconnected", "DISCONNECTED", { code: 503, reason: "WebRTC connection failed" }, true);
         }
       };
