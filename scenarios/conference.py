@@ -24,7 +24,9 @@ a join token, the room's PIN, an invite), never from a header; the engine
 refuses a room's newcomer without one (``VoxEngine.room_join``).
 
 Browsers get the participant list as a message on each change (only
-participants the engine admitted see it); a participant whose grant
+participants the engine admitted see it), with each one's mute state:
+when the API, a moderator's page or a phone's ``*6`` mutes someone, the
+pages get ``PARTICIPANT_UPDATED`` and the new list; a participant whose grant
 holds ``dial_out`` can ask to dial a phone number into the conference
 (``CALL_PARTICIPANT``; the engine's dial-out policy decides where to and
 how many, and the call ends when the participant who asked leaves) and
@@ -98,7 +100,7 @@ async def on_alerting(e):
 
 def join(call, kind, name, number, role="guest"):
     participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role,
-                          "guest": call.grant is not None and call.grant.guest}
+                          "guest": call.grant is not None and call.grant.guest, "muted": False}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -124,7 +126,9 @@ def mute_all(moderator, muted):
                 for mixer in (everyone, phones):
                     if other in mixer:
                         mixer.set_mute(other, muted)
+                participants[other]["muted"] = muted
                 count += 1
+        broadcast()
     Logger.write(f"{'muted' if muted else 'unmuted'} {count} participants")
 
 
@@ -155,9 +159,20 @@ def notify(kind, **fields):
 
 def broadcast():
     notify("PARTICIPANTS", participants=[
-        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind")}
+        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "muted")}
         for info in participants.values()
     ])
+
+
+def on_participant_updated(e):
+    """The room muted or unmuted someone (the API, a moderator, ``*6``):
+    the pages show it."""
+    for call, info in participants.items():
+        if call.id == e.data.get("id"):
+            info["muted"] = bool(e.data.get("muted"))
+            notify("PARTICIPANT_UPDATED", participant={"id": call.id, "muted": info["muted"]})
+            broadcast()
+            return
 
 
 def on_message(call, ev):
@@ -224,3 +239,4 @@ def dial_out(requester, number):
 
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+VoxEngine.add_event_listener(AppEvents.ParticipantUpdated, on_participant_updated)

@@ -18,7 +18,8 @@ terminates the conference session there, which finishes its recording: so
 ``recording.ready`` comes after ``room.ended``).
 
 Events (``room.started``, ``room.ended``, ``participant.joined``,
-``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
+``participant.left``, ``participant.updated`` when a participant is muted
+or unmuted) go to the ``on_event`` hooks as ``(name, data)``;
 the engine turns them into webhook deliveries.
 
 .. rubric:: PINs
@@ -263,7 +264,10 @@ class RoomService:
             return None
         if person.call is not None and self.muter is not None:
             self.muter(person.call, muted)
+        changed = person.muted != muted
         person.muted = muted
+        if changed:
+            self._emit("participant.updated", {"room": room_id_of(name), "participant": person.as_dict()})
         return person
 
     def mute_all(self, name: str, muted: bool = True, *, except_: str | None = None) -> int:

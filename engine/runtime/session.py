@@ -65,6 +65,10 @@ class AppEvents(str, enum.Enum):
     MessageReceived = "MessageReceived"
     #: A request to the session's control URL (``POST /api/v1/sessions``).
     HttpRequest = "HttpRequest"
+    #: A participant of the session's room changed (muted or unmuted, by
+    #: the API, a moderator's page or a phone's ``*6``): ``data`` is the
+    #: participant as ``GET /api/v1/rooms/{id}`` lists it.
+    ParticipantUpdated = "ParticipantUpdated"
     Terminating = "Terminating"
     Terminated = "Terminated"
 
@@ -82,6 +86,7 @@ class AppEvent:
     ``callerid``, ``destination``, ``headers``.
     For ``HttpRequest`` (the session's control URL): ``method``, ``path``
     (what follows the control URL), ``query``, ``headers``, ``text`` (the body).
+    For ``ParticipantUpdated``: ``data`` (the room's participant).
     """
 
     name: str
@@ -95,6 +100,7 @@ class AppEvent:
     method: str | None = None
     path: str | None = None
     query: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 
