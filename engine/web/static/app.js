@@ -306,6 +306,10 @@ const REFUSALS = {
   too_many_attempts: "Too many attempts. Please try again later.",
   pin_locked: "This conference's PIN is locked for now. Please try again later.",
   wrong_room: "Your invitation is for another conference.",
+  room_locked: "This conference is locked: a moderator has closed it to newcomers.",
+  room_full: "This conference is full.",
+  room_ended: "This conference has ended.",
+  room_not_started: "This conference has not started yet.",
 };
 
 async function join(name, confId, pin) {
