@@ -237,8 +237,16 @@ def build_engine(
         if session is not None and not session.terminated:
             session.emit(AppEvents.ParticipantUpdated, data=dict(data["participant"]))
 
+    def request_recording(room_id: str) -> None:
+        """Ask room ``room_id``'s conference session to record (it answers
+        with ``VoxEngine.room_recording_started``)."""
+        session = runtime.conference_session(f"conf_{room_id}") if runtime is not None else None
+        if session is not None and not session.terminated:
+            session.emit(AppEvents.RecordingRequested, data={"room": room_id})
+
     rooms = RoomService(store, muter=graph.set_muted, on_event=[*hooks, tell_conference],
                         on_room_ended=[end_conference])
+    rooms.recording_starter = request_recording
     runtime = ScenarioRuntime(
         rules, config.scenarios, ua=dialer, directory=directory, node_id=node_id,
         idle_timeout=config.session_idle_timeout, log_dir=log_dir, graph=graph, tts=tts, audio=audio,

@@ -15,7 +15,8 @@ every participant is admitted through it: a full, locked, not yet started
 or ended room refuses the call (a browser gets the refusal's code, a phone
 hears why), the room lists who is in (``GET /api/v1/rooms/{id}``), a
 moderator's mute reaches phone and browser legs alike, and
-``record_on_start`` records the whole conference. A participant whose role
+``record_on_start`` records the whole conference (so does a request of
+the API or a moderator's ``startRecording()``; either can stop it). A participant whose role
 is ``moderator`` can send ``{"type": "MODERATE", "action": "mute_all" |
 "unmute_all"}`` (a phone moderator's ``*6``/``*7``).
 
@@ -61,8 +62,20 @@ def mixers(name):
         phones = VoxEngine.create_conference("phones")
         room = VoxEngine.room(name)
         if room is not None and room.get("record_on_start"):
-            recording = everyone.record()
-            Logger.write(f"recording {name} to {recording.path}")
+            record()
+
+
+def record():
+    """Record the whole conference (``record_on_start``, or asked by the API
+    or a moderator); the room knows, so that they can stop it."""
+    recording = everyone.record()
+    Logger.write(f"recording {room_name} to {recording.path}")
+    VoxEngine.room_recording_started(room_name, recording)
+
+
+def on_recording_requested(e):
+    if everyone is not None:
+        record()
 
 
 async def on_alerting(e):
@@ -240,3 +253,4 @@ def dial_out(requester, number):
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 VoxEngine.add_event_listener(AppEvents.ParticipantUpdated, on_participant_updated)
+VoxEngine.add_event_listener(AppEvents.RecordingRequested, on_recording_requested)

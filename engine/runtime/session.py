@@ -69,6 +69,9 @@ class AppEvents(str, enum.Enum):
     #: the API, a moderator's page or a phone's ``*6``): ``data`` is the
     #: participant as ``GET /api/v1/rooms/{id}`` lists it.
     ParticipantUpdated = "ParticipantUpdated"
+    #: The API or a moderator asks the room's conference to record (answer
+    #: with ``VoxEngine.room_recording_started``): ``data`` has ``room``.
+    RecordingRequested = "RecordingRequested"
     Terminating = "Terminating"
     Terminated = "Terminated"
 
@@ -86,7 +89,8 @@ class AppEvent:
     ``callerid``, ``destination``, ``headers``.
     For ``HttpRequest`` (the session's control URL): ``method``, ``path``
     (what follows the control URL), ``query``, ``headers``, ``text`` (the body).
-    For ``ParticipantUpdated``: ``data`` (the room's participant).
+    For ``ParticipantUpdated``: ``data`` (the room's participant). For
+    ``RecordingRequested``: ``data`` (``room``).
     """
 
     name: str

@@ -650,6 +650,33 @@ async def mute_all(request: web.Request) -> web.Response:
                   "participants": [p.as_dict() for p in rooms.list_participants(room.room_id)]})
 
 
+def _recording_view(room_id: str, rec: Any) -> dict[str, Any]:
+    live = rec is not None and not rec.done()
+    return {"room": room_id, "recording": live, "path": str(rec.path) if rec is not None else None,
+            "duration": round(float(rec.duration), 3) if rec is not None else None}
+
+
+async def room_recording(request: web.Request) -> web.Response:
+    """``{"action": "start"}`` has the room's conference record (the one
+    recording already running is answered as it is); ``"stop"`` stops it.
+    Refusals are 409: ``no_conference``, ``not_recordable``, ``not_recording``."""
+    room = _room_or_404(request)
+    data = await _body(request, ("action",))
+    action = _str(data, "action", required=True, max_len=16)
+    if action not in ("start", "stop"):
+        raise _invalid("action", "must be start or stop")
+    if room.ended_at is not None:
+        raise ApiError(409, "room_ended", f"room {room.room_id} has ended", "room")
+    rooms = _rooms(request)
+    rec = rooms.start_recording(room.room_id) if action == "start" else rooms.stop_recording(room.room_id)
+    return _json(_recording_view(room.room_id, rec))
+
+
+async def get_room_recording(request: web.Request) -> web.Response:
+    room = _room_or_404(request)
+    return _json(_recording_view(room.room_id, _rooms(request).recordings.get(room.room_id)))
+
+
 # -- join tokens and invites ---------------------------------------------------------------
 
 
@@ -1067,6 +1094,8 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/rooms/{room}/participants/{participant}", remove_participant, "calls"),
     Route("POST", "/rooms/{room}/participants/{participant}/mute", mute_participant, "calls"),
     Route("POST", "/rooms/{room}/mute_all", mute_all, "calls"),
+    Route("POST", "/rooms/{room}/recording", room_recording, "calls"),
+    Route("GET", "/rooms/{room}/recording", get_room_recording, "calls"),
     Route("POST", "/rooms/{room}/tokens", create_token, "calls"),
     Route("POST", "/rooms/{room}/invites", create_invite, "calls"),
     Route("GET", "/rooms/{room}/invites", list_invites, "calls"),

@@ -184,6 +184,9 @@ def _schemas() -> dict[str, Any]:
                          "changed": {"type": "array", "items": {"type": "string"}},
                          "participants": {"type": "array", "items": _ref("Participant")}},
                         ("room", "muted", "changed", "participants")),
+        "RoomRecording": _obj({"room": {"type": "string"}, "recording": {"type": "boolean"},
+                               "path": _nullable({"type": "string"}), "duration": _nullable(_TIME)},
+                              ("room", "recording", "path", "duration")),
         "RoomList": _obj({"rooms": {"type": "array", "items": _ref("Room")}, **page}, ("rooms", "total")),
         "JoinToken": token,
         "Invite": invite,
@@ -325,6 +328,15 @@ def document() -> dict[str, Any]:
                                       "except": {"type": "array", "maxItems": 100,
                                                  "items": {"type": "string", "minLength": 1,
                                                            "maxLength": 256}}}, ("muted",)))},
+        "/rooms/{room}/recording": {
+            "parameters": [_ROOM],
+            "get": _op("Whether the room's conference is recording, and to which file", "calls", 200,
+                       "RoomRecording", errors=(404,)),
+            "post": _op("Start or stop recording the room's conference (webhooks recording.started,"
+                        " recording.stopped, then recording.ready); 409 no_conference, not_recordable,"
+                        " not_recording", "calls", 200, "RoomRecording", errors=(404, 409),
+                        body=_obj({"action": {"type": "string", "enum": ["start", "stop"]}}, ("action",))),
+        },
         "/rooms/{room}/tokens": {"parameters": [_ROOM], "post": _op(
             "Issue a join token (JWT) for the web SDK", "calls", 201, "JoinToken", errors=(404, 409),
             body=token_body)},

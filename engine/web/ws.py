@@ -32,6 +32,7 @@ from engine.calls.call import CallError, CallState
 from engine.state.directory import LoginBackoff, LoginGuard
 from engine.calls.grants import Grant, without_engine_headers
 from engine.security_log import security_event, security_event_throttled
+from engine.runtime.rooms import RoomRefused
 from engine.runtime.tokens import JoinGrant, TokenError
 from engine.web.protocol import (
     MAX_FRAME_BYTES,
@@ -388,7 +389,7 @@ class SdkConnection:
         if grant is None or rooms is None:
             self._moderation_refused(reason="moderate_without_token", user=self.user, action=action)
             raise ProtocolError(ErrorCode.FORBIDDEN, "moderation needs a login with a join token")
-        if action in ("mute_all", "unmute_all"):
+        if action in ("mute_all", "unmute_all", "start_recording", "stop_recording"):
             pid = None  # the whole room
         person = rooms.participants.get(grant.room, {}).get(pid) if pid is not None else None
         if pid is not None and person is None:
@@ -415,6 +416,14 @@ class SdkConnection:
                 call.hangup()
         elif action in ("lock", "unlock"):
             await asyncio.to_thread(rooms.store.set_room_locked, grant.room, action == "lock")
+        elif action in ("start_recording", "stop_recording"):
+            try:
+                if action == "start_recording":
+                    rooms.start_recording(grant.room)
+                else:
+                    rooms.stop_recording(grant.room)
+            except RoomRefused as refused:
+                raise ProtocolError(ErrorCode.BAD_STATE, f"{refused.code}: {refused.message}") from None
         else:
             rooms.end(grant.room, f"moderator {grant.identity}")
         logger.info("room %s: %s %s by %s", grant.room, action, pid or "", grant.identity)

@@ -6,7 +6,10 @@ moderation refused and logged as a security event."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -218,3 +221,109 @@ async def test_moderation_without_a_join_token_is_logged(api: Api, http: aiohttp
         assert "security event=forbidden src=127.0.0.1 reason=moderate_without_token user=guest-" in caplog.text
     finally:
         await sock.ws.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _message(sock: SdkSocket, kind: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+    """The next conference message (JSON in a ``message`` frame) of ``kind``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        frame = await sock.recv("message", timeout=max(0.1, deadline - loop.time()))
+        data = json.loads(frame["text"])
+        if data.get("type") == kind and all(data.get(k) == v for k, v in match.items()):
+            return dict(data)
+
+
+async def test_recording_and_live_mute_state_in_the_shipped_conference(
+        make_engine: EngineFactory, http: aiohttp.ClientSession) -> None:
+    """Check, against the shipped rules and conference scenario: the API
+    and a moderator's SDK start and stop the room's recording (webhook
+    events recording.started/recording.stopped, the WAV written), a guest
+    may not, nothing records in an empty room; and a mute made through
+    the API reaches the pages as PARTICIPANT_UPDATED and a roster with
+    ``muted``."""
+    engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios")
+    api = Api(engine, http, new_key(engine, "calls"))
+    await api.post("/rooms", {"name": "rec1", "pin": None})
+    await api.post("/rooms", {"name": "empty1", "pin": None})
+    events: list[tuple[str, dict[str, Any]]] = []
+    assert engine.rooms is not None
+    engine.rooms.on_event.append(lambda name, data: events.append((name, data)))
+    sockets: list[SdkSocket] = []
+    peers: list[BrowserPeer] = []
+
+    async def join(identity: str, role: str) -> SdkSocket:
+        status, tok = await api.post("/rooms/rec1/tokens", {"identity": identity, "role": role})
+        sock = SdkSocket(await http.ws_connect(f"http://127.0.0.1:{engine.http_port}/ws"))
+        sockets.append(sock)
+        await sock.hello()
+        assert (await sock.request({"type": "login", "token": tok["token"]}))["type"] == "login_ok"
+        peer = BrowserPeer()
+        peers.append(peer)
+        await sock.send({"type": "call", "call": "c1", "number": "joinconf", "sdp": await peer.offer(),
+                         "audio": True, "video": False, "headers": {"X-Conference-Id": "rec1"}})
+        await sock.recv("connected", call="c1", timeout=15)
+        return sock
+
+    try:
+        status, body = await api.post("/rooms/empty1/recording", {"action": "start"})
+        assert status == 409 and error(body)[0] == "no_conference"
+        dr = await join("dr", "moderator")
+        gus = await join("gus", "guest")
+        roster = await _message(dr, "PARTICIPANTS", timeout=15)
+        while len(roster["participants"]) < 2:
+            roster = await _message(dr, "PARTICIPANTS", timeout=15)
+        assert all(p["muted"] is False for p in roster["participants"])
+        gus_id = next(p["id"] for p in roster["participants"] if p["number"] == "gus")
+
+        status, rec = await api.post("/rooms/rec1/recording", {"action": "start"})
+        assert status == 200 and rec["recording"] is True and rec["path"].endswith(".wav"), rec
+        status, again = await api.post("/rooms/rec1/recording", {"action": "start"})
+        assert status == 200 and again["path"] == rec["path"]  # the one running
+        status, got = await api.get("/rooms/rec1/recording")
+        assert got["recording"] is True
+        denied = await gus.request({"type": "moderate", "action": "stop_recording"})
+        assert (denied["type"], denied["code"]) == ("error", "forbidden")
+        stopped = await dr.request({"type": "moderate", "action": "stop_recording"})
+        assert stopped["type"] == "moderated"
+        assert Path(rec["path"]).stat().st_size > 44
+        status, body = await api.post("/rooms/rec1/recording", {"action": "stop"})
+        assert status == 409 and error(body)[0] == "not_recording"
+        started = await dr.request({"type": "moderate", "action": "start_recording"})
+        assert started["type"] == "moderated"
+        status, rec2 = await api.post("/rooms/rec1/recording", {"action": "stop"})
+        assert status == 200 and rec2["recording"] is False and rec2["path"] != rec["path"]
+        names = [n for n, _ in events if n.startswith("recording.")]
+        assert names == ["recording.started", "recording.stopped"] * 2, names
+        assert all(d["room"] == "rec1" for n, d in events if n.startswith("recording."))
+
+        status, _ = await api.post(f"/rooms/rec1/participants/{gus_id}/mute", {"muted": True})
+        assert status == 200
+        update = await _message(dr, "PARTICIPANT_UPDATED")
+        assert update["participant"] == {"id": gus_id, "muted": True}
+        roster = await _message(dr, "PARTICIPANTS")
+        assert {p["id"]: p["muted"] for p in roster["participants"]}[gus_id] is True
+        mine = await _message(gus, "PARTICIPANT_UPDATED")
+        assert mine["participant"] == {"id": gus_id, "muted": True}
+    finally:
+        for sock in sockets:
+            await sock.ws.close()
+        for peer in peers:
+            await peer.close()
+
+
+@pytest.mark.parametrize("body, status, code, field", [
+    ({}, 400, "missing_field", "action"),
+    ({"action": "pause"}, 400, "invalid_field", "action"),
+    ({"action": 1}, 400, "invalid_field", "action"),
+    ({"action": "start", "path": "/etc/passwd"}, 400, "unknown_field", "path"),
+])
+async def test_recording_bad_inputs(api: Api, body: dict[str, Any], status: int, code: str, field: str) -> None:
+    """Check each bad recording request is refused naming its field (a
+    client cannot choose the file)."""
+    await api.post("/rooms", {"name": "r2"})
+    got, answer = await api.post("/rooms/r2/recording", body)
+    assert got == status and error(answer) == (code, field), answer

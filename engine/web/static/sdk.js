@@ -429,14 +429,15 @@ export class Client extends Emitter {
   }
 
   /** Whether the join token grants `permission` (`mute_self`, `mute_others`,
-   * `remove`, `lock`, `end`): for showing controls; the engine checks anyway. */
+   * `remove`, `lock`, `end`, `record`): for showing controls; the engine checks anyway. */
   can(permission) { return this.permissions.includes(permission); }
 
   /**
    * Moderate the join token's room (the `moderate` frame): `action` is
    * `mute`, `unmute`, `remove` (these name a `participant`, an id of
    * GET /api/v1/rooms/{room} and of the conference's participant list),
-   * `mute_all`, `unmute_all`, `lock`, `unlock` or `end`. Resolves with the `moderated` frame; rejects
+   * `mute_all`, `unmute_all`, `start_recording`, `stop_recording`,
+   * `lock`, `unlock` or `end`. Resolves with the `moderated` frame; rejects
    * with an SdkError whose code is `forbidden` (the token lacks the
    * permission, or the login was not with a join token),
    * `unknown_participant` or `bad_frame`. `mute_all` and `unmute_all`
@@ -454,6 +455,9 @@ export class Client extends Emitter {
   /** Mute (or, `unmuteAll()`, unmute) every participant but this moderator. */
   muteAll() { return this.moderate("mute_all"); }
   unmuteAll() { return this.moderate("unmute_all"); }
+  /** Start or stop recording the room's conference (the `record` permission). */
+  startRecording() { return this.moderate("start_recording"); }
+  stopRecording() { return this.moderate("stop_recording"); }
   lockRoom() { return this.moderate("lock"); }
   unlockRoom() { return this.moderate("unlock"); }
   endRoom() { return this.moderate("end"); }
