@@ -113,3 +113,50 @@ async def test_moderator_mutes_removes_and_locks(engine: Engine, browser: Any, t
     finally:
         phone.command("/hangup\n")
         await phone.stop()
+
+
+async def test_without_guests_the_page_asks_for_a_login(make_engine: Any, browser: Any) -> None:  # noqa: F811
+    """Check on an engine run with ``--guests off`` the page shows a user
+    name and password form instead of the name box (from /config.json), a
+    wrong password is refused, the right one joins under the user's display
+    name, and a one-time login link (``?login=``) joins with no password."""
+    from .test_flagship_phone import ROOT
+
+    engine = await make_engine((ROOT / "rules.yaml").read_text(), ROOT / "scenarios",
+                               session_idle_timeout=5.0, guest_login=False)
+    engine.store.create_user("alice", "correct-horse-9", "Alice A")
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{engine.http_port}/?conference=91")
+    await page.wait_for_selector("#login-fields:not([hidden])", timeout=10000)
+    assert not await page.is_visible("#name")
+    await page.fill("#username", "alice")
+    await page.fill("#password", "wrong-password")
+    await page.click("#join-button")
+    await page.wait_for_function(
+        "document.querySelector('#join-error').textContent.includes('wrong user name')", timeout=15000)
+    await page.fill("#password", "correct-horse-9")
+    await page.click("#join-button")
+    await page.wait_for_selector("#room-view:not([hidden])", timeout=30000)
+    await page.wait_for_function("document.querySelector('#people').textContent.includes('Alice A (you)')",
+                                 timeout=15000)
+
+    link_token = secrets_token(engine, "alice")
+    other = await browser.new_page()
+    await other.goto(f"http://127.0.0.1:{engine.http_port}/?conference=92&login={link_token}")
+    await other.wait_for_selector("#login-fields:not([hidden])", timeout=10000)
+    assert not await other.is_visible("#username") and not await other.is_visible("#name")
+    assert "login=" not in other.url  # the one-time token leaves the address bar
+    await other.click("#join-button")
+    await other.wait_for_selector("#room-view:not([hidden])", timeout=30000)
+
+
+def secrets_token(engine: Engine, user: str) -> str:
+    """A one-time login token for ``user``, as POST /users/{name}/login-tokens issues."""
+    import secrets
+
+    from engine.web.ws import TOKEN_NAMESPACE
+
+    token = secrets.token_urlsafe(32)
+    assert engine.keys is not None
+    engine.store.kv_put(TOKEN_NAMESPACE, engine.keys.login_token_hash(token), user, 300.0, time.time())
+    return token
