@@ -189,15 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE")
     call.add_argument("--tcp", action="store_true")
 
+    # --data-dir and --realm go before or after the action ("rooms --data-dir d
+    # create 1" and "rooms create 1 --data-dir d"): the actions take them too,
+    # SUPPRESSed so that, when not given there, the command's value stands.
+    store_opts = argparse.ArgumentParser(add_help=False)
+    store_opts.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                            help="the engine's data directory (default: data, or $CALLBRIDGE_DATA_DIR)")
+    store_opts.add_argument("--realm", default=argparse.SUPPRESS, help="the SIP realm of digest hashes")
+
     keys = sub.add_parser("keys", help="manage API keys of /api/v1")
     keys.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
     keys.add_argument("--realm", default=_env("REALM", "callbridge"))
     keys_sub = keys.add_subparsers(dest="action", required=True)
-    kc = keys_sub.add_parser("create", help="create a key; its secret is shown once")
+    kc = keys_sub.add_parser("create", help="create a key; its secret is shown once", parents=[store_opts])
     kc.add_argument("--scopes", default="admin", help="comma-separated: admin, calls, users")
     kc.add_argument("--name", help="a label")
-    keys_sub.add_parser("list")
-    kd = keys_sub.add_parser("delete")
+    keys_sub.add_parser("list", parents=[store_opts])
+    kd = keys_sub.add_parser("delete", parents=[store_opts])
     kd.add_argument("id")
 
     for name, what in (("users", "web and SIP users"), ("rooms", "conference rooms")):
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "data")))
         p.add_argument("--realm", default=_env("REALM", "callbridge"))
         s = p.add_subparsers(dest="action", required=True)
-        c = s.add_parser("create")
+        c = s.add_parser("create", parents=[store_opts])
         c.add_argument("id")
         if name == "users":
             c.add_argument("--password", help="the password; visible in the process list to every"
@@ -224,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--pin-min-length", type=int, default=int(_env("PIN_MIN_LENGTH", 6)),
                            help="digits of a drawn PIN, and the fewest a given PIN may have")
         c.add_argument("--display-name")
-        s.add_parser("list")
-        d = s.add_parser("delete")
+        s.add_parser("list", parents=[store_opts])
+        d = s.add_parser("delete", parents=[store_opts])
         d.add_argument("id")
     return parser
 

@@ -31,7 +31,7 @@ from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
 from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers as WebUsersSeam
-from engine.runtime.scenario import ScenarioError, ScenarioRuntime, Session
+from engine.runtime.scenario import AppEvents, ScenarioError, ScenarioRuntime, Session
 from engine.state.store import SqliteStore, Store
 from engine.runtime.tokens import Keys
 from engine.sip.transaction import Timers
@@ -231,7 +231,25 @@ def build_engine(
             session.write_log(f"room {room_id} ended: terminating its conference")
             session.terminate()
 
-    rooms = RoomService(store, muter=graph.set_muted, on_event=hooks, on_room_ended=[end_conference])
+    def tell_conference(event: str, data: dict[str, Any]) -> None:
+        """A participant's change reaches its conference's session (which
+        tells the pages: the roster's mute state)."""
+        if event != "participant.updated" or runtime is None:
+            return
+        session = runtime.conference_session(f"conf_{data['room']}")
+        if session is not None and not session.terminated:
+            session.emit(AppEvents.ParticipantUpdated, data=dict(data["participant"]))
+
+    def request_recording(room_id: str) -> None:
+        """Ask room ``room_id``'s conference session to record (it answers
+        with ``VoxEngine.room_recording_started``)."""
+        session = runtime.conference_session(f"conf_{room_id}") if runtime is not None else None
+        if session is not None and not session.terminated:
+            session.emit(AppEvents.RecordingRequested, data={"room": room_id})
+
+    rooms = RoomService(store, muter=graph.set_muted, on_event=[*hooks, tell_conference],
+                        on_room_ended=[end_conference])
+    rooms.recording_starter = request_recording
     runtime = ScenarioRuntime(
         rules, config.scenarios, ua=dialer, directory=directory, node_id=node_id,
         idle_timeout=config.session_idle_timeout, log_dir=log_dir, graph=graph, tts=tts, audio=audio,

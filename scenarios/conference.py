@@ -15,7 +15,8 @@ every participant is admitted through it: a full, locked, not yet started
 or ended room refuses the call (a browser gets the refusal's code, a phone
 hears why), the room lists who is in (``GET /api/v1/rooms/{id}``), a
 moderator's mute reaches phone and browser legs alike, and
-``record_on_start`` records the whole conference. A participant whose role
+``record_on_start`` records the whole conference (so does a request of
+the API or a moderator's ``startRecording()``; either can stop it). A participant whose role
 is ``moderator`` can send ``{"type": "MODERATE", "action": "mute_all" |
 "unmute_all"}`` (a phone moderator's ``*6``/``*7``).
 
@@ -24,7 +25,9 @@ a join token, the room's PIN, an invite), never from a header; the engine
 refuses a room's newcomer without one (``VoxEngine.room_join``).
 
 Browsers get the participant list as a message on each change (only
-participants the engine admitted see it); a participant whose grant
+participants the engine admitted see it), with each one's mute state:
+when the API, a moderator's page or a phone's ``*6`` mutes someone, the
+pages get ``PARTICIPANT_UPDATED`` and the new list; a participant whose grant
 holds ``dial_out`` can ask to dial a phone number into the conference
 (``CALL_PARTICIPANT``; the engine's dial-out policy decides where to and
 how many, and the call ends when the participant who asked leaves) and
@@ -63,8 +66,20 @@ def mixers(name):
         phones = VoxEngine.create_conference("phones")
         room = VoxEngine.room(name)
         if room is not None and room.get("record_on_start"):
-            recording = everyone.record()
-            Logger.write(f"recording {name} to {recording.path}")
+            record()
+
+
+def record():
+    """Record the whole conference (``record_on_start``, or asked by the API
+    or a moderator); the room knows, so that they can stop it."""
+    recording = everyone.record()
+    Logger.write(f"recording {room_name} to {recording.path}")
+    VoxEngine.room_recording_started(room_name, recording)
+
+
+def on_recording_requested(e):
+    if everyone is not None:
+        record()
 
 
 async def on_alerting(e):
@@ -104,7 +119,7 @@ def join(call, kind, name, number, role="guest", dialed=False):
     grant = call.grant
     participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role,
                           "guest": grant is not None and grant.guest, "dialed": dialed,
-                          "data": grant.data if grant is not None else None}
+                          "data": grant.data if grant is not None else None, "muted": False}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -133,7 +148,9 @@ def mute_all(moderator, muted):
                 for mixer in (everyone, phones):
                     if other in mixer:
                         mixer.set_mute(other, muted)
+                participants[other]["muted"] = muted
                 count += 1
+        broadcast()
     Logger.write(f"{'muted' if muted else 'unmuted'} {count} participants")
 
 
@@ -165,9 +182,20 @@ def notify(kind, **fields):
 
 def broadcast():
     notify("PARTICIPANTS", participants=[
-        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "data")}
+        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "data", "muted")}
         for info in participants.values()
     ])
+
+
+def on_participant_updated(e):
+    """The room muted or unmuted someone (the API, a moderator, ``*6``):
+    the pages show it."""
+    for call, info in participants.items():
+        if call.id == e.data.get("id"):
+            info["muted"] = bool(e.data.get("muted"))
+            notify("PARTICIPANT_UPDATED", participant={"id": call.id, "muted": info["muted"]})
+            broadcast()
+            return
 
 
 def on_message(call, ev):
@@ -233,3 +261,5 @@ def dial_out(requester, number):
 
 
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+VoxEngine.add_event_listener(AppEvents.ParticipantUpdated, on_participant_updated)
+VoxEngine.add_event_listener(AppEvents.RecordingRequested, on_recording_requested)

@@ -18,8 +18,17 @@ terminates the conference session there, which finishes its recording: so
 ``recording.ready`` comes after ``room.ended``).
 
 Events (``room.started``, ``room.ended``, ``participant.joined``,
-``participant.left``) go to the ``on_event`` hooks as ``(name, data)``;
+``participant.left``, ``participant.updated`` when a participant is muted
+or unmuted, ``recording.started`` and ``recording.stopped``) go to the ``on_event`` hooks as ``(name, data)``;
 the engine turns them into webhook deliveries.
+
+.. rubric:: Recording on request
+
+The room's conference records (``record_on_start``, or when asked through
+:meth:`RoomService.start_recording`: the API, a moderator's SDK) and
+reports each recording with :meth:`RoomService.recording_started`
+(``VoxEngine.room_recording_started``); :meth:`RoomService.stop_recording`
+stops it. One recording per room at a time.
 
 .. rubric:: PINs
 
@@ -161,6 +170,11 @@ class RoomService:
         self.on_room_ended: list[Callable[[str], None]] = list(on_room_ended)
         #: Mutes a participant's call (``(call, muted)``: the media graph).
         self.muter = muter
+        #: Asks room ``id``'s conference to start recording (the engine
+        #: tells the conference's session); ``None``: nothing records on request.
+        self.recording_starter: Callable[[str], None] | None = None
+        #: The live recording of each room that has one.
+        self.recordings: dict[str, Any] = {}
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- reading -------------------------------------------------------------------
@@ -272,7 +286,10 @@ class RoomService:
             raise RoomRefused("listen_only", f"participant {participant_id} listens only (role subscriber)")
         if person.call is not None and self.muter is not None:
             self.muter(person.call, muted)
+        changed = person.muted != muted
         person.muted = muted
+        if changed:
+            self._emit("participant.updated", {"room": room_id_of(name), "participant": person.as_dict()})
         return person
 
     def mute_all(self, name: str, muted: bool = True, *, except_: str | None = None) -> int:
@@ -283,6 +300,56 @@ class RoomService:
         for pid in people:
             self.mute(name, pid, muted)
         return len(people)
+
+    # -- recording --------------------------------------------------------------
+
+    def recording_started(self, name: str, recording: Any) -> None:
+        """The conference of room ``name`` started ``recording`` (a handle
+        with ``path``, ``duration``, ``stop()`` and ``on_stopped``): kept
+        until it stops; ``recording.started`` and, later, ``recording.stopped``."""
+        room_id = room_id_of(name)
+        self.recordings[room_id] = recording
+        self._emit("recording.started", {"room": room_id, "path": str(recording.path)})
+
+        def stopped(rec: Any) -> None:
+            if self.recordings.get(room_id) is rec:
+                del self.recordings[room_id]
+            self._emit("recording.stopped", {"room": room_id, "path": str(rec.path),
+                                             "duration": round(float(rec.duration), 3)})
+
+        recording.on_stopped.append(stopped)
+
+    def start_recording(self, name: str) -> Any:
+        """Have room ``name``'s conference record; the recording (the one
+        already running, if any).
+
+        :raises RoomRefused: ``no_conference`` (nobody is in: no conference
+            runs) or ``not_recordable`` (its conference does not record on
+            request).
+        """
+        room_id = room_id_of(name)
+        current = self.recordings.get(room_id)
+        if current is not None:
+            return current
+        if not self.participants.get(room_id) or self.recording_starter is None:
+            raise RoomRefused("no_conference", f"room {room_id} has no conference running: nobody is in")
+        self.recording_starter(room_id)
+        current = self.recordings.get(room_id)
+        if current is None:
+            raise RoomRefused("not_recordable", f"the conference of room {room_id} does not record on request")
+        return current
+
+    def stop_recording(self, name: str) -> Any:
+        """Stop room ``name``'s recording; return it.
+
+        :raises RoomRefused: ``not_recording``.
+        """
+        room_id = room_id_of(name)
+        current = self.recordings.get(room_id)
+        if current is None:
+            raise RoomRefused("not_recording", f"room {room_id} is not recording")
+        current.stop()
+        return current
 
     def leave(self, name: str, participant_id: str) -> bool:
         """Forget a participant; arm ``end_when_empty_after`` when the room empties."""

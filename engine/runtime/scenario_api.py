@@ -286,6 +286,14 @@ class _VoxEngine:
             return 0
         return rooms.mute_all(name, muted, except_=except_call.id if except_call is not None else None)
 
+    def room_recording_started(self, name: str, recording: Any) -> None:
+        """Report that room ``name``'s conference started ``recording`` (what
+        ``Conference.record()`` returned): the API and moderators can stop
+        it, webhooks get ``recording.started`` and ``recording.stopped``."""
+        rooms = _session().runtime.rooms
+        if rooms is not None and rooms.get(name) is not None:
+            rooms.recording_started(name, recording)
+
     def room_leave(self, name: str, call: Call) -> None:
         """Report that ``call`` left room ``name`` (no error when it was not in)."""
         rooms = _session().runtime.rooms

@@ -65,6 +65,13 @@ class AppEvents(str, enum.Enum):
     MessageReceived = "MessageReceived"
     #: A request to the session's control URL (``POST /api/v1/sessions``).
     HttpRequest = "HttpRequest"
+    #: A participant of the session's room changed (muted or unmuted, by
+    #: the API, a moderator's page or a phone's ``*6``): ``data`` is the
+    #: participant as ``GET /api/v1/rooms/{id}`` lists it.
+    ParticipantUpdated = "ParticipantUpdated"
+    #: The API or a moderator asks the room's conference to record (answer
+    #: with ``VoxEngine.room_recording_started``): ``data`` has ``room``.
+    RecordingRequested = "RecordingRequested"
     Terminating = "Terminating"
     Terminated = "Terminated"
 
@@ -82,6 +89,8 @@ class AppEvent:
     ``callerid``, ``destination``, ``headers``.
     For ``HttpRequest`` (the session's control URL): ``method``, ``path``
     (what follows the control URL), ``query``, ``headers``, ``text`` (the body).
+    For ``ParticipantUpdated``: ``data`` (the room's participant). For
+    ``RecordingRequested``: ``data`` (``room``).
     """
 
     name: str
@@ -95,6 +104,7 @@ class AppEvent:
     method: str | None = None
     path: str | None = None
     query: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 

@@ -78,14 +78,14 @@ __all__ = [
 ]
 
 #: What a participant may be allowed to do.
-PERMISSIONS = ("mute_self", "mute_others", "remove", "lock", "end", "dial_out")
+PERMISSIONS = ("mute_self", "mute_others", "remove", "lock", "end", "dial_out", "record")
 
 #: Named permission sets.
 PRESETS: dict[str, tuple[str, ...]] = {
     "guest": ("mute_self",),
     # dial_out (make the engine call a phone through the trunk) is never in
     # a preset: it is given explicitly, to a token or invite that lists it.
-    "moderator": ("mute_self", "mute_others", "remove", "lock", "end"),
+    "moderator": ("mute_self", "mute_others", "remove", "lock", "end", "record"),
     # listen only: hears and sees the conference, sends nothing
     "subscriber": (),
 }

@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable
 import yarl
 from aiohttp import web
 
+from engine.calls.grants import LISTEN_ONLY_ROLES
 from engine.runtime.rooms import GENERATE, PIN_MIN_LENGTH, RoomRefused, create_room_with_pin
 from engine.runtime.invites import redeem_invite as redeem_invite_once
 from engine.runtime.scenario import AppEvents, Session, SessionLimitReached
@@ -439,51 +440,133 @@ async def list_rooms(request: web.Request) -> web.Response:
                   "offset": offset, "limit": limit})
 
 
-async def create_room(request: web.Request) -> web.Response:
-    import secrets
+_ROOM_FIELDS = ("display_name", "max_participants", "record_on_start", "pin", "moderator_pin",
+                "end_when_empty_after", "schedule")
+_ROOM_STORE_FIELDS = {"room_id": "name", "starts_at": "schedule.start", "duration": "schedule.duration"}
 
-    data = await _body(request, ("name", "display_name", "max_participants", "record_on_start", "pin",
-                                 "moderator_pin", "end_when_empty_after", "schedule"))
+
+def _schedule(data: dict[str, Any]) -> dict[str, float | None]:
+    """``schedule`` ``{start, duration}`` as ``starts_at`` and ``duration``
+    (only the keys given; ``null`` clears one)."""
+    schedule = data.get("schedule")
+    if schedule is None:
+        return {}
+    if not isinstance(schedule, dict):
+        raise _invalid("schedule", "must be an object with start and duration")
+    for key in schedule:
+        if key not in ("start", "duration"):
+            raise ApiError(400, "unknown_field", f"unknown field schedule.{key}", f"schedule.{key}")
+    out: dict[str, float | None] = {}
+    if "start" in schedule:
+        out["starts_at"] = _time(schedule["start"], "schedule.start") if schedule["start"] is not None else None
+    if "duration" in schedule:
+        out["duration"] = _number(schedule, "duration", 0, 86400 * 365, label="schedule.duration",
+                                  exclusive_low=True)
+    return out
+
+
+def _room_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a new room from a request body (POST and PUT)."""
+    pin: str | None | Any = _str(data, "pin", max_len=16) if "pin" in data else GENERATE
+    return {
+        "display_name": _str(data, "display_name", max_len=128),
+        "max_participants": _int(data, "max_participants", 1, 10000),
+        "record_on_start": _bool(data, "record_on_start") or False,
+        # No "pin": the engine draws one; "pin": null: an open room (joined by its id).
+        "pin": pin,
+        "moderator_pin": _str(data, "moderator_pin", max_len=16),
+        "end_when_empty_after": _number(data, "end_when_empty_after", 0, 86400 * 365),
+        **_schedule(data),
+    }
+
+
+def _create(request: web.Request, name: str, settings: dict[str, Any]) -> tuple[Room, str | None]:
+    min_length = int(getattr(_engine(request).config, "pin_min_length", PIN_MIN_LENGTH))
+    try:
+        room, clear_pin = create_room_with_pin(_store(request), name, min_length=min_length, **settings)
+    except StoreError as exc:
+        if isinstance(exc, RoomExists):
+            raise
+        raise _store_error(exc, _ROOM_STORE_FIELDS) from None
+    return room, clear_pin
+
+
+async def create_room(request: web.Request) -> web.Response:
+    data = await _body(request, ("name", *_ROOM_FIELDS))
     name = _str(data, "name", max_len=32)
     if name is None:
         name = secrets.token_hex(6)
     elif not _ROOM_NAME_RE.fullmatch(name):
         raise _invalid("name", "must be 1 to 32 characters of A-Z a-z 0-9")
-    display_name = _str(data, "display_name", max_len=128)
-    max_participants = _int(data, "max_participants", 1, 10000)
-    record_on_start = _bool(data, "record_on_start") or False
-    # No "pin": the engine draws one; "pin": null: an open room (joined by its id).
-    pin: str | None | Any = _str(data, "pin", max_len=16) if "pin" in data else GENERATE
-    moderator_pin = _str(data, "moderator_pin", max_len=16)
-    end_when_empty_after = _number(data, "end_when_empty_after", 0, 86400 * 365)
-    starts_at = duration = None
-    schedule = data.get("schedule")
-    if schedule is not None:
-        if not isinstance(schedule, dict):
-            raise _invalid("schedule", "must be an object with start and duration")
-        for key in schedule:
-            if key not in ("start", "duration"):
-                raise ApiError(400, "unknown_field", f"unknown field schedule.{key}", f"schedule.{key}")
-        if schedule.get("start") is not None:
-            starts_at = _time(schedule["start"], "schedule.start")
-        duration = _number(schedule, "duration", 0, 86400 * 365, label="schedule.duration",
-                           exclusive_low=True)
-    min_length = int(getattr(_engine(request).config, "pin_min_length", PIN_MIN_LENGTH))
+    settings = _room_settings(data)
     try:
-        room, clear_pin = create_room_with_pin(
-            _store(request), name, display_name=display_name, max_participants=max_participants,
-            record_on_start=record_on_start, pin=pin, moderator_pin=moderator_pin, min_length=min_length,
-            end_when_empty_after=end_when_empty_after, starts_at=starts_at, duration=duration,
-        )
+        room, clear_pin = _create(request, name, settings)
     except RoomExists:
         raise ApiError(409, "room_exists", f"room {name!r} already exists", "name") from None
-    except StoreError as exc:
-        raise _store_error(exc, {"room_id": "name", "starts_at": "schedule.start",
-                                 "duration": "schedule.duration"}) from None
     view = _room_view(request, room, participants=True)
     # The PINs in clear, this once: only their keyed hashes are kept.
-    view["pin"], view["moderator_pin"] = clear_pin, moderator_pin
+    view["pin"], view["moderator_pin"] = clear_pin, settings["moderator_pin"]
     return _json(view, 201)
+
+
+async def put_room(request: web.Request) -> web.Response:
+    """Create room ``{room}`` with these settings, or answer the existing
+    one (idempotent: 201 the first time, 200 after, with the same body).
+    ``pin`` is required (a PIN, or ``null`` for an open room) since the
+    answer never shows a PIN; an existing room whose PIN is not the one
+    given is a conflict, not a success."""
+    name = request.match_info["room"]
+    if not _ROOM_NAME_RE.fullmatch(name):
+        raise _invalid("room", "must be 1 to 32 characters of A-Z a-z 0-9")
+    data = await _body(request, _ROOM_FIELDS)
+    if "pin" not in data:
+        raise _missing("pin")
+    settings = _room_settings(data)
+    rooms = _rooms(request)
+    existing = rooms.get(name)
+    if existing is None:
+        try:
+            room, _ = _create(request, name, settings)
+            return _json(_room_view(request, room, participants=True), 201)
+        except RoomExists:  # created meanwhile: the same as finding it
+            existing = rooms.get(name)
+            if existing is None:
+                raise ApiError(409, "room_exists", f"room {name!r} already exists", "room") from None
+    pin = settings["pin"]
+    same_pin = (not existing.has_pin) if pin is None else rooms.pin_role(name, pin) == "guest"
+    if not same_pin:
+        raise ApiError(409, "room_exists", f"room {name!r} exists with another PIN", "pin")
+    return _json(_room_view(request, existing, participants=True), 200)
+
+
+async def update_room(request: web.Request) -> web.Response:
+    """Change a room's title, cap, schedule, recording or lock."""
+    room = _room_or_404(request)
+    data = await _body(request, ("display_name", "max_participants", "record_on_start", "locked",
+                                 "end_when_empty_after", "schedule"))
+    changes: dict[str, Any] = {}
+    if "display_name" in data:
+        changes["display_name"] = _str(data, "display_name", max_len=128)
+    if "max_participants" in data:
+        changes["max_participants"] = _int(data, "max_participants", 1, 10000)
+    for flag in ("record_on_start", "locked"):
+        if flag in data:
+            value = _bool(data, flag)
+            if value is None:
+                raise _invalid(flag, "must be true or false")
+            changes[flag] = value
+    if "end_when_empty_after" in data:
+        changes["end_when_empty_after"] = _number(data, "end_when_empty_after", 0, 86400 * 365)
+    changes.update(_schedule(data))
+    if room.ended_at is not None:
+        raise ApiError(409, "room_ended", f"room {room.room_id} has ended", "room")
+    try:
+        updated = await _in_thread(_store(request).update_room, room.room_id, changes)
+    except StoreError as exc:
+        raise _store_error(exc, _ROOM_STORE_FIELDS) from None
+    if updated is None:
+        raise ApiError(404, "not_found", f"no room {room.room_id!r}", "room")
+    return _json(_room_view(request, updated, participants=True))
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -544,6 +627,60 @@ async def mute_participant(request: web.Request) -> web.Response:
     if person is None:
         raise ApiError(404, "not_found", f"no participant {pid!r} in room {room.room_id}", "participant")
     return _json(person.as_dict())
+
+
+async def mute_all(request: web.Request) -> web.Response:
+    """Mute (or unmute) every participant of the room, but those of the
+    identities in ``except`` (the moderators who asked, say)."""
+    room = _room_or_404(request)
+    data = await _body(request, ("muted", "except"))
+    muted = _bool(data, "muted")
+    if muted is None:
+        raise _missing("muted")
+    spared = data.get("except")
+    if spared is not None and (not isinstance(spared, list) or len(spared) > 100
+                               or not all(isinstance(i, str) and 0 < len(i) <= 256 for i in spared)):
+        raise _invalid("except", "must be a list of at most 100 identities (1-256 characters)")
+    rooms = _rooms(request)
+    changed = []
+    for person in rooms.list_participants(room.room_id):
+        if person.identity is not None and person.identity in (spared or ()):
+            continue
+        if not muted and person.role in LISTEN_ONLY_ROLES:
+            continue  # a subscriber listens only: it stays muted
+        was = person.muted
+        rooms.mute(room.room_id, person.participant_id, muted)
+        if was != muted:
+            changed.append(person.participant_id)
+    return _json({"room": room.room_id, "muted": muted, "changed": changed,
+                  "participants": [p.as_dict() for p in rooms.list_participants(room.room_id)]})
+
+
+def _recording_view(room_id: str, rec: Any) -> dict[str, Any]:
+    live = rec is not None and not rec.done()
+    return {"room": room_id, "recording": live, "path": str(rec.path) if rec is not None else None,
+            "duration": round(float(rec.duration), 3) if rec is not None else None}
+
+
+async def room_recording(request: web.Request) -> web.Response:
+    """``{"action": "start"}`` has the room's conference record (the one
+    recording already running is answered as it is); ``"stop"`` stops it.
+    Refusals are 409: ``no_conference``, ``not_recordable``, ``not_recording``."""
+    room = _room_or_404(request)
+    data = await _body(request, ("action",))
+    action = _str(data, "action", required=True, max_len=16)
+    if action not in ("start", "stop"):
+        raise _invalid("action", "must be start or stop")
+    if room.ended_at is not None:
+        raise ApiError(409, "room_ended", f"room {room.room_id} has ended", "room")
+    rooms = _rooms(request)
+    rec = rooms.start_recording(room.room_id) if action == "start" else rooms.stop_recording(room.room_id)
+    return _json(_recording_view(room.room_id, rec))
+
+
+async def get_room_recording(request: web.Request) -> web.Response:
+    room = _room_or_404(request)
+    return _json(_recording_view(room.room_id, _rooms(request).recordings.get(room.room_id)))
 
 
 # -- join tokens and invites ---------------------------------------------------------------
@@ -958,11 +1095,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/rooms", list_rooms, "calls"),
     Route("POST", "/rooms", create_room, "calls"),
     Route("GET", "/rooms/{room}", get_room, "calls"),
+    Route("PUT", "/rooms/{room}", put_room, "calls"),
+    Route("PATCH", "/rooms/{room}", update_room, "calls"),
     Route("DELETE", "/rooms/{room}", delete_room, "calls"),
     Route("POST", "/rooms/{room}/end", end_room, "calls"),
     Route("POST", "/rooms/{room}/lock", lock_room, "calls"),
     Route("DELETE", "/rooms/{room}/participants/{participant}", remove_participant, "calls"),
     Route("POST", "/rooms/{room}/participants/{participant}/mute", mute_participant, "calls"),
+    Route("POST", "/rooms/{room}/mute_all", mute_all, "calls"),
+    Route("POST", "/rooms/{room}/recording", room_recording, "calls"),
+    Route("GET", "/rooms/{room}/recording", get_room_recording, "calls"),
     Route("POST", "/rooms/{room}/tokens", create_token, "calls"),
     Route("POST", "/rooms/{room}/invites", create_invite, "calls"),
     Route("GET", "/rooms/{room}/invites", list_invites, "calls"),

@@ -87,6 +87,15 @@ async def sdk_js(request: web.Request) -> web.FileResponse:
     )
 
 
+async def client_config(request: web.Request) -> web.Response:
+    """``GET /config.json``: what the demo page needs before it connects:
+    whether the engine takes guests (``--guests``; off: the page asks for
+    a user name and password, or takes a one-time login link)."""
+    engine = request.app[ENGINE]
+    return web.json_response({"guests": bool(getattr(engine.config, "guest_login", True))},
+                             headers={"Cache-Control": "no-cache"})
+
+
 async def demo_page(request: web.Request) -> web.FileResponse:
     """``GET /``: the demo video conference (static/index.html, app.js,
     app.css): guests join conference N by name, see each other's video peer
@@ -117,6 +126,7 @@ def create_app(engine: Any, connections: set[SdkConnection] | None = None) -> we
     app.router.add_get("/ws", sdk_socket)
     app.router.add_get("/sdk.js", sdk_js)
     app.router.add_get("/", demo_page)
+    app.router.add_get("/config.json", client_config)
     app.router.add_static("/static/", STATIC, append_version=False)
     app.add_subapp(PREFIX, create_api(engine, tuple(getattr(engine.config, "cors_origins", ()))))
     app.on_shutdown.append(close_sockets)

@@ -46,14 +46,15 @@ def _obj(props: dict[str, Any], required: tuple[str, ...] = (), extra: bool = Fa
 
 def _op(summary: str, scope: str | None, ok: int, result: str | None, *, errors: tuple[int, ...] = (),
         body: dict[str, Any] | None = None, params: tuple[dict[str, Any], ...] = (),
-        body_required: bool = True) -> dict[str, Any]:
+        body_required: bool = True, ok_also: tuple[int, ...] = ()) -> dict[str, Any]:
     statuses = set(errors) | {400}
     if scope is not None:
         statuses |= {401, 403}
     responses: dict[str, Any] = {}
-    responses[str(ok)] = {"description": _STATUS_TEXT[ok]}
-    if result is not None:
-        responses[str(ok)]["content"] = {JSON: {"schema": _ref(result)}}
+    for good in (ok, *ok_also):
+        responses[str(good)] = {"description": _STATUS_TEXT[good]}
+        if result is not None:
+            responses[str(good)]["content"] = {JSON: {"schema": _ref(result)}}
     for status in sorted(statuses):
         responses[str(status)] = {"description": _STATUS_TEXT[status],
                                   "content": {JSON: {"schema": _ref("Error")}}}
@@ -179,6 +180,13 @@ def _schemas() -> dict[str, Any]:
         "Participant": participant,
         "Room": room,
         "RoomCreated": room_created,
+        "MuteAll": _obj({"room": {"type": "string"}, "muted": {"type": "boolean"},
+                         "changed": {"type": "array", "items": {"type": "string"}},
+                         "participants": {"type": "array", "items": _ref("Participant")}},
+                        ("room", "muted", "changed", "participants")),
+        "RoomRecording": _obj({"room": {"type": "string"}, "recording": {"type": "boolean"},
+                               "path": _nullable({"type": "string"}), "duration": _nullable(_TIME)},
+                              ("room", "recording", "path", "duration")),
         "RoomList": _obj({"rooms": {"type": "array", "items": _ref("Room")}, **page}, ("rooms", "total")),
         "JoinToken": token,
         "Invite": invite,
@@ -235,6 +243,19 @@ def document() -> dict[str, Any]:
             "duration": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400 * 365},
         }),
     })
+    room_put = _obj({k: v for k, v in room_body["properties"].items() if k != "name"}, ("pin",))
+    room_patch = _obj({
+        "display_name": _nullable({"type": "string", "maxLength": 128}),
+        "max_participants": _nullable({"type": "integer", "minimum": 1, "maximum": 10000}),
+        "record_on_start": {"type": "boolean"}, "locked": {"type": "boolean"},
+        "end_when_empty_after": _nullable({"type": "number", "minimum": 0, "maximum": 86400 * 365}),
+        "schedule": _obj({
+            "start": _nullable({"oneOf": [{"type": "number", "minimum": 0, "maximum": 1e10},
+                                          {"type": "string", "format": "date-time"}]}),
+            "duration": _nullable({"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                                   "maximum": 86400 * 365}),
+        }),
+    })
     token_body = _obj({"identity": {"type": "string", "minLength": 1, "maxLength": 256}, **_GRANT_PROPS,
                        "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400},
                        "data": {"type": "string", "maxLength": 1024,
@@ -283,6 +304,11 @@ def document() -> dict[str, Any]:
         "/rooms/{room}": {
             "parameters": [_ROOM],
             "get": _op("Get a room with its live participants", "calls", 200, "Room", errors=(404,)),
+            "put": _op("Create room {room}, or answer the existing one (idempotent: 201, then 200 with the"
+                       " same body); pin is required (null: an open room) and must match an existing"
+                       " room's", "calls", 201, "Room", errors=(409,), body=room_put, ok_also=(200,)),
+            "patch": _op("Change a room's title, cap, schedule, record_on_start or lock", "calls", 200, "Room",
+                         errors=(404, 409), body=room_patch),
             "delete": _op("End and delete a room", "calls", 204, None, errors=(404,)),
         },
         "/rooms/{room}/end": {"parameters": [_ROOM], "post": _op(
@@ -298,6 +324,21 @@ def document() -> dict[str, Any]:
             "parameters": [_ROOM, _path("participant")],
             "post": _op("Mute or unmute a participant for everyone (phone or browser)", "calls", 200,
                         "Participant", errors=(404,), body=_obj({"muted": {"type": "boolean"}}, ("muted",))),
+        },
+        "/rooms/{room}/mute_all": {"parameters": [_ROOM], "post": _op(
+            "Mute or unmute every participant (but the identities in except)", "calls", 200, "MuteAll",
+            errors=(404,), body=_obj({"muted": {"type": "boolean"},
+                                      "except": {"type": "array", "maxItems": 100,
+                                                 "items": {"type": "string", "minLength": 1,
+                                                           "maxLength": 256}}}, ("muted",)))},
+        "/rooms/{room}/recording": {
+            "parameters": [_ROOM],
+            "get": _op("Whether the room's conference is recording, and to which file", "calls", 200,
+                       "RoomRecording", errors=(404,)),
+            "post": _op("Start or stop recording the room's conference (webhooks recording.started,"
+                        " recording.stopped, then recording.ready); 409 no_conference, not_recordable,"
+                        " not_recording", "calls", 200, "RoomRecording", errors=(404, 409),
+                        body=_obj({"action": {"type": "string", "enum": ["start", "stop"]}}, ("action",))),
         },
         "/rooms/{room}/tokens": {"parameters": [_ROOM], "post": _op(
             "Issue a join token (JWT) for the web SDK", "calls", 201, "JoinToken", errors=(404, 409),

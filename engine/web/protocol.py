@@ -115,7 +115,9 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
 #: ``mute``/``unmute`` of oneself needs ``mute_self`` instead.
 MODERATE_ACTIONS = {
     "mute": "mute_others", "unmute": "mute_others", "remove": "remove",
+    "mute_all": "mute_others", "unmute_all": "mute_others",
     "lock": "lock", "unlock": "lock", "end": "end",
+    "start_recording": "record", "stop_recording": "record",
 }
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {

@@ -59,8 +59,9 @@ logger = logging.getLogger(__name__)
 
 #: The events a webhook may subscribe to (``*``: all of them).
 EVENTS = (
-    "room.started", "room.ended", "participant.joined", "participant.left",
-    "call.started", "call.ended", "recording.ready", "room.pin_locked",
+    "room.started", "room.ended", "participant.joined", "participant.left", "participant.updated",
+    "call.started", "call.ended", "recording.started", "recording.stopped", "recording.ready",
+    "room.pin_locked",
 )
 
 

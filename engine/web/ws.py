@@ -30,10 +30,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.calls.call import CallError, CallState
 from engine.state.directory import LoginBackoff, LoginGuard
-from engine.calls.grants import Grant, without_engine_headers
-from engine.security_log import security_event
-from engine.runtime.tokens import JoinGrant, TokenError
+from engine.calls.grants import LISTEN_ONLY_ROLES, Grant, without_engine_headers
+from engine.security_log import security_event, security_event_throttled
 from engine.runtime.rooms import RoomRefused
+from engine.runtime.tokens import JoinGrant, TokenError
 from engine.web.protocol import (
     MAX_FRAME_BYTES,
     MODERATE_ACTIONS,
@@ -391,21 +391,35 @@ class SdkConnection:
         the token's permissions on the server (a guest may only mute and
         unmute itself)."""
         grant, rooms = self.grant, getattr(self.engine, "rooms", None)
-        if grant is None or rooms is None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "moderation needs a login with a join token")
         action, pid = frame["action"], frame.get("participant")
+        if grant is None or rooms is None:
+            self._moderation_refused(reason="moderate_without_token", user=self.user, action=action)
+            raise ProtocolError(ErrorCode.FORBIDDEN, "moderation needs a login with a join token")
+        if action in ("mute_all", "unmute_all", "start_recording", "stop_recording"):
+            pid = None  # the whole room
         person = rooms.participants.get(grant.room, {}).get(pid) if pid is not None else None
         if pid is not None and person is None:
             raise ProtocolError(ErrorCode.UNKNOWN_PARTICIPANT, f"no participant {pid!r} in room {grant.room}")
         own = person is not None and person.identity == grant.identity
         needed = "mute_self" if own and action in ("mute", "unmute") else MODERATE_ACTIONS[action]
         if not grant.may(needed):
+            self._moderation_refused(reason="moderate_not_permitted", user=self.user, room=grant.room,
+                                     action=action, permission=needed)
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{action} needs the {needed!r} permission")
         if action in ("mute", "unmute"):
             try:
                 rooms.mute(grant.room, pid, action == "mute")
             except RoomRefused as refused:  # a subscriber (listen only) cannot be unmuted
                 raise ProtocolError(ErrorCode.LISTEN_ONLY, refused.message) from None
+        elif action in ("mute_all", "unmute_all"):
+            mine = [p.participant_id for p in rooms.list_participants(grant.room)
+                    if p.identity == grant.identity]
+            # everyone but the moderator (all of its own legs), as a phone's *6 does;
+            # a subscriber (listen only) stays muted
+            for other in rooms.list_participants(grant.room):
+                if other.participant_id not in mine and (action == "mute_all"
+                                                         or other.role not in LISTEN_ONLY_ROLES):
+                    rooms.mute(grant.room, other.participant_id, action == "mute_all")
         elif action == "remove":
             call = person.call if person is not None else None
             rooms.leave(grant.room, pid)
@@ -413,10 +427,28 @@ class SdkConnection:
                 call.hangup()
         elif action in ("lock", "unlock"):
             await asyncio.to_thread(rooms.store.set_room_locked, grant.room, action == "lock")
+        elif action in ("start_recording", "stop_recording"):
+            try:
+                if action == "start_recording":
+                    rooms.start_recording(grant.room)
+                else:
+                    rooms.stop_recording(grant.room)
+            except RoomRefused as refused:
+                raise ProtocolError(ErrorCode.BAD_STATE, f"{refused.code}: {refused.message}") from None
         else:
             rooms.end(grant.room, f"moderator {grant.identity}")
         logger.info("room %s: %s %s by %s", grant.room, action, pid or "", grant.identity)
         self.send_frame({"type": "moderated", "action": action, "participant": pid, **_ref(frame)})
+
+
+    def _moderation_refused(self, **fields: Any) -> None:
+        """Log a refused ``moderate`` (throttled: a socket repeating it
+        writes one line per period, not one per frame)."""
+        directory = getattr(self.engine, "directory", None)
+        if directory is None:
+            security_event("forbidden", self.remote, **fields)
+        else:
+            security_event_throttled(directory, time.monotonic(), "forbidden", self.remote, **fields)
 
 
 class _RingSettings(Protocol):

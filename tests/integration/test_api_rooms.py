@@ -199,7 +199,7 @@ async def test_join_token_sdk_login_cap_and_removal(api: Api, http: aiohttp.Clie
     await api.post("/rooms", {"name": "consult", "max_participants": 1})
     status, tok = await api.post("/rooms/consult/tokens", {"identity": "dr", "display_name": "Dr",
                                                           "role": "moderator"})
-    assert status == 201 and tok["permissions"] == ["mute_self", "mute_others", "remove", "lock", "end"]
+    assert status == 201 and tok["permissions"] == ["mute_self", "mute_others", "remove", "lock", "end", "record"]
     status, verified = await api.post("/tokens/verify", {"token": tok["token"]})
     assert status == 200 and verified["identity"] == "dr" and verified["room"] == "consult"
 

@@ -31,7 +31,7 @@ await client.connect("ws://engine.invalid/ws");
 await client.login({ token: "a.b.c" });
 const results = { room: client.room, role: client.role, canMute: client.can("mute_others"), canEnd: client.can("end") };
 for (const [name, args] of [["muteParticipant", ["p1"]], ["unmuteParticipant", ["p1"]], ["removeParticipant", ["p2"]],
-                            ["lockRoom", []], ["unlockRoom", []], ["endRoom", []]]) {
+                            ["muteAll", []], ["unmuteAll", []], ["lockRoom", []], ["unlockRoom", []], ["endRoom", []]]) {
   try {
     const frame = await client[name](...args);
     results[name] = { type: frame.type, action: frame.action, participant: frame.participant };

@@ -137,3 +137,32 @@ def test_trunk_password_stays_out_of_argv(monkeypatch: pytest.MonkeyPatch, tmp_p
         config(["--trunk", "sip:acct@carrier.example", "--trunk-password-file", str(tmp_path / "none")])
     assert "--trunk-password-file" in str(info.value) and "cannot read" in str(info.value)
     assert config(["--pin-min-length", "8"]).pin_min_length == 8
+
+
+@pytest.mark.parametrize("argv", [
+    ["rooms", "create", "4321", "--data-dir", "d", "--realm", "r"],
+    ["rooms", "--data-dir", "d", "--realm", "r", "create", "4321"],
+    ["users", "list", "--data-dir", "d", "--realm", "r"],
+    ["keys", "delete", "k1", "--data-dir", "d", "--realm", "r"],
+    ["keys", "--data-dir", "d", "create", "--realm", "r"],
+])
+def test_store_options_go_before_or_after_the_action(argv: list[str]) -> None:
+    """Check ``--data-dir`` and ``--realm`` of ``rooms``/``users``/``keys``
+    are taken after the action's arguments as well as before it (argparse
+    refused ``rooms create 4321 --data-dir d``)."""
+    from pathlib import Path
+
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.data_dir, args.realm) == (Path("d"), "r")
+
+
+def test_store_options_default_when_given_nowhere() -> None:
+    """Check the action's own parser does not blank the command's defaults."""
+    from pathlib import Path
+
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["rooms", "create", "4321"])
+    assert isinstance(args.data_dir, Path) and args.realm

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sdk_moderation_methods_send_valid_frames() -> None:
-    """Check muteParticipant/unmuteParticipant/removeParticipant/lockRoom/
-    unlockRoom/endRoom send ``moderate`` frames the engine accepts, with the
+    """Check muteParticipant/unmuteParticipant/removeParticipant/muteAll/
+    unmuteAll/lockRoom/unlockRoom/endRoom send ``moderate`` frames the engine accepts, with the
     right action and participant, and that the login's room, role and
     permissions are kept (``client.can``)."""
     node = require_tool("node")
@@ -33,11 +33,13 @@ def test_sdk_moderation_methods_send_valid_frames() -> None:
     for frame in out["sent"]:
         parse_frame(json.dumps(frame))  # raises ProtocolError on a frame the engine refuses
     assert [(f["action"], f.get("participant")) for f in moderate] == [
-        ("mute", "p1"), ("unmute", "p1"), ("remove", "p2"), ("lock", None), ("unlock", None), ("end", None)]
+        ("mute", "p1"), ("unmute", "p1"), ("remove", "p2"), ("mute_all", None), ("unmute_all", None),
+        ("lock", None), ("unlock", None), ("end", None)]
     assert all(isinstance(f["ref"], str) for f in moderate)
     results = out["results"]
     assert (results["room"], results["role"], results["canMute"], results["canEnd"]) == (
         "flow", "custom", True, False)
     assert results["muteParticipant"] == {"type": "moderated", "action": "mute", "participant": "p1"}
     assert results["removeParticipant"] == {"type": "moderated", "action": "remove", "participant": "p2"}
+    assert results["muteAll"] == {"type": "moderated", "action": "mute_all", "participant": None}
     assert results["endRoom"] == {"error": "forbidden", "sdkError": "SdkError"}

@@ -135,6 +135,10 @@ class Store(Protocol):
         """Lock (no one new joins) or unlock a room; ``None``: no such room."""
         ...
 
+    def update_room(self, room_id: str, changes: dict[str, Any]) -> Room | None:
+        """Change some of a room's settings; ``None``: no such room."""
+        ...
+
     def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
         """The room a phone PIN opens and the role it gives (``guest`` or ``moderator``)."""
         ...

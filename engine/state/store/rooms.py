@@ -222,6 +222,45 @@ class SqliteRooms(SqliteConnection):
             conn.execute("UPDATE rooms SET locked = ? WHERE room_id = ?", (int(locked), room_id))
         return self.get_room(room_id)
 
+    def update_room(self, room_id: str, changes: dict[str, Any]) -> Room | None:
+        """Change a room's settings: ``changes`` maps some of
+        ``display_name``, ``max_participants``, ``record_on_start``,
+        ``end_when_empty_after``, ``starts_at``, ``duration`` and ``locked``
+        to their new values (``None`` clears one that may be unset).
+
+        :returns: the room, or ``None`` when there is no such room.
+        :raises InvalidValue: naming the field at fault.
+        """
+        columns: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "display_name":
+                columns[name] = check_display_name(value)
+            elif name == "max_participants":
+                if value is not None:
+                    check_count(name, value, 1, 10000)
+                columns[name] = value
+            elif name in ("record_on_start", "locked"):
+                if not isinstance(value, bool):
+                    raise InvalidValue(name, "must be a boolean")
+                columns[name] = int(value)
+            elif name in ("end_when_empty_after", "starts_at", "duration"):
+                if value is not None:
+                    value = check_time(name, value)
+                    if name == "end_when_empty_after" and value < 0:
+                        raise InvalidValue(name, "must be 0 or more seconds")
+                    if name == "duration" and value <= 0:
+                        raise InvalidValue(name, "must be more than 0 seconds")
+                columns[name] = value
+            else:
+                raise InvalidValue(name, "cannot be changed")
+        if not isinstance(room_id, str):
+            return None
+        if columns:
+            assignments = ", ".join(f"{name} = ?" for name in columns)  # names from the list above
+            with self._write() as conn:
+                conn.execute(f"UPDATE rooms SET {assignments} WHERE room_id = ?", (*columns.values(), room_id))
+        return self.get_room(room_id)
+
     def find_room_by_pin(self, pin: str) -> tuple[Room, str] | None:
         """The room a phone PIN opens, and the role it gives.
 

@@ -1,7 +1,15 @@
 // callbridge demo: a video conference with phone dial-in, on the web SDK.
 //
 // How it works (the shipped rules and scenarios do the rest):
-// - the visitor logs in as a guest with their name (login {guest});
+// - the visitor logs in as a guest with their name (login {guest}); on an
+//   engine started with --guests off (GET /config.json says so) the page
+//   asks for a user name and password instead, or takes a one-time login
+//   link (?login=TOKEN, from POST /api/v1/users/{name}/login-tokens);
+// - with a join token (?token=…) whose permissions allow it, the page is a
+//   moderator's: per participant mute/unmute and remove, and for the room
+//   mute all, lock/unlock and end (the SDK's moderate frames; the engine
+//   checks the token again). Everyone's roster shows who is muted, live
+//   (the conference sends PARTICIPANT_UPDATED and the new list);
 // - the page calls "joinconf" with X-Conference-Id: the gatekeeper scenario
 //   bridges that call (audio only) into conference conf_<id>, whose session
 //   sends the participant list (PARTICIPANTS) as messages and dials phones
@@ -26,6 +34,9 @@ const state = {
   muted: false,
   cameraOff: false,
   leaving: false,
+  guests: true,         // GET /config.json: does the engine take guests?
+  loginToken: null,     // ?login=…: a one-time login token (a login link)
+  locked: false,
 };
 // For debugging from the console (and the tests).
 window.demo = state;
@@ -113,20 +124,69 @@ function showStream(key, stream) {
 
 // -- the participant list ----------------------------------------------------------
 
+/** Whether this page may moderate (the join token's permissions). */
+function can(permission) {
+  return !!state.client && state.client.can(permission);
+}
+
+async function moderate(action, participant, done) {
+  try {
+    await state.client.moderate(action, participant);
+    if (done) done();
+  } catch (err) {
+    toast(`${action.replace("_", " ")} failed: ${err && err.message ? err.message : err}`);
+  }
+}
+
 function renderPeople() {
   const list = $("people");
   list.replaceChildren();
   for (const p of state.participants) {
     const mine = p.kind === "web" && p.number === state.me;
-    const item = el("li", p.kind);
+    const item = el("li", `${p.kind}${p.muted ? " muted" : ""}`);
+    item.dataset.id = p.id;
+    item.dataset.muted = String(!!p.muted);
     item.append(el("span", "mini", initials(p.name)));
     const who = el("span", "who");
     who.append(el("span", "name", p.name + (mine ? " (you)" : "")));
     who.append(el("span", "kind", p.kind === "pstn" ? `Phone${p.number && p.number !== p.name ? " · " + p.number : ""}` : "Browser"));
     item.append(who);
+    if (p.muted) item.append(el("span", "badge mute-state", "Muted"));
+    if (!mine && can("mute_others")) {
+      const button = el("button", "small mute-one", p.muted ? "Unmute" : "Mute");
+      button.type = "button";
+      button.addEventListener("click", () => moderate(p.muted ? "unmute" : "mute", p.id));
+      item.append(button);
+    }
+    if (!mine && can("remove")) {
+      const button = el("button", "small danger remove-one", "Remove");
+      button.type = "button";
+      button.addEventListener("click", () => moderate("remove", p.id, () => toast(`${p.name} was removed`)));
+      item.append(button);
+    }
     list.append(item);
   }
   $("count").textContent = String(state.participants.length);
+}
+
+function renderModeration() {
+  const any = ["mute_others", "lock", "end"].some(can);
+  $("moderation").hidden = !any;
+  $("mute-all").hidden = $("unmute-all").hidden = !can("mute_others");
+  $("lock-room").hidden = !can("lock");
+  $("end-room").hidden = !can("end");
+  $("lock-room").textContent = state.locked ? "Unlock room" : "Lock room";
+  $("lock-room").setAttribute("aria-pressed", String(state.locked));
+}
+
+function onParticipantUpdated(update) {
+  if (!update || typeof update.id !== "string") return;
+  const p = state.participants.find((x) => x.id === update.id);
+  if (!p) return;
+  const changed = !!p.muted !== !!update.muted;
+  p.muted = !!update.muted;
+  renderPeople();
+  if (changed && p.kind === "web" && p.number === state.me) toast(p.muted ? "A moderator muted you" : "A moderator unmuted you");
 }
 
 function onParticipants(list) {
@@ -214,6 +274,9 @@ function onConferenceMessage(e) {
     case "PARTICIPANTS":
       onParticipants(data.participants);
       break;
+    case "PARTICIPANT_UPDATED":
+      onParticipantUpdated(data.participant);
+      break;
     case "CALL_PARTICIPANT_CONNECTED":
       logInvite(`${data.number} answered`, "ok");
       toast(`${data.number} joined by phone`);
@@ -243,6 +306,10 @@ const REFUSALS = {
   too_many_attempts: "Too many attempts. Please try again later.",
   pin_locked: "This conference's PIN is locked for now. Please try again later.",
   wrong_room: "Your invitation is for another conference.",
+  room_locked: "This conference is locked: a moderator has closed it to newcomers.",
+  room_full: "This conference is full.",
+  room_ended: "This conference has ended.",
+  room_not_started: "This conference has not started yet.",
 };
 
 async function join(name, confId, pin) {
@@ -256,8 +323,14 @@ async function join(name, confId, pin) {
   // a join token (?token=…, from POST /api/v1/rooms/{id}/tokens or an
   // invite) admits to its room with its role and permissions (dial_out for
   // "invite by phone"); without one the page is a guest
-  const me = state.token ? await client.login({ token: state.token }) : await client.login({ guest: name });
+  let me;
+  if (state.token) me = await client.login({ token: state.token });
+  else if (state.guests) me = await client.login({ guest: name });
+  else if (state.loginToken) me = await client.login({ token: state.loginToken });
+  else me = await client.login($("username").value.trim(), $("password").value);
+  $("password").value = "";
   state.me = me.username;
+  if (!state.guests || state.token) name = me.display_name || me.username;
   if (me.room) confId = state.confId = me.room;
   client.on(ClientEvents.IncomingCall, onIncoming);
   client.on(ClientEvents.Disconnected, () => { if (!state.leaving) leave("The connection to the server was lost."); });
@@ -280,6 +353,7 @@ async function join(name, confId, pin) {
   await call.waitFor(CallEvents.Connected, 30000);
 
   showRoom(name, confId, pin);
+  renderModeration();
   setStatus("In the conference", "online");
 }
 
@@ -309,6 +383,8 @@ function leave(message) {
   for (const key of [...state.tiles.keys()]) removeTile(key);
   state.participants = [];
   renderPeople();
+  state.locked = false;
+  $("moderation").hidden = true;
   $("room-view").hidden = true;
   $("room-info").hidden = true;
   $("join-view").hidden = false;
@@ -337,6 +413,14 @@ function setCameraOff(off) {
 $("mute").addEventListener("click", () => setMuted(!state.muted));
 $("camera").addEventListener("click", () => setCameraOff(!state.cameraOff));
 $("leave").addEventListener("click", () => leave("You left the conference."));
+$("mute-all").addEventListener("click", () => moderate("mute_all", undefined, () => toast("Everyone else is muted")));
+$("unmute-all").addEventListener("click", () => moderate("unmute_all", undefined, () => toast("Everyone is unmuted")));
+$("lock-room").addEventListener("click", () => moderate(state.locked ? "unlock" : "lock", undefined, () => {
+  state.locked = !state.locked;
+  renderModeration();
+  toast(state.locked ? "The room is locked: no one new can join" : "The room is unlocked");
+}));
+$("end-room").addEventListener("click", () => moderate("end"));
 
 $("invite-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -352,11 +436,16 @@ $("join-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const name = $("name").value.trim();
   const confId = $("conference").value.trim();
-  if (!name || !/^[A-Za-z0-9]{1,32}$/.test(confId)) {
+  const signIn = !state.guests && !state.token && !state.loginToken;
+  if (signIn && (!$("username").value.trim() || !$("password").value)) {
+    $("join-error").textContent = "Enter your user name and password.";
+    return;
+  }
+  if ((state.guests && !state.token && !name) || !/^[A-Za-z0-9]{1,32}$/.test(confId)) {
     $("join-error").textContent = "Enter your name and a conference ID of letters and digits.";
     return;
   }
-  localStorage.setItem("callbridge-name", name);
+  if (name) localStorage.setItem("callbridge-name", name);
   $("join-button").disabled = true;
   $("join-error").textContent = "";
   try {
@@ -367,6 +456,19 @@ $("join-form").addEventListener("submit", async (e) => {
   }
 });
 
+/** The join form: a guest's name box, or (--guests off) a login form
+ * (user name and password; none with a login link or a join token). */
+function showLoginMode() {
+  const byName = state.guests || !!state.token;
+  $("name-label").hidden = !byName;
+  $("name").required = byName;
+  $("login-fields").hidden = byName || !!state.loginToken;
+  $("login-hint").textContent = state.loginToken
+    ? "Signing in with your login link."
+    : "This server takes signed-in users only: log in, or open the login link you were sent.";
+  if (state.loginToken && !byName) { $("login-fields").hidden = false; for (const id of ["username", "password"]) $(id).closest("label").hidden = true; }
+}
+
 // -- start -------------------------------------------------------------------------
 
 (function init() {
@@ -374,6 +476,12 @@ $("join-form").addEventListener("submit", async (e) => {
   $("conference").value = params.get("conference") || String(1000 + Math.floor(Math.random() * 9000));
   $("name").value = params.get("name") || localStorage.getItem("callbridge-name") || "";
   state.token = params.get("token") || null;
+  state.loginToken = params.get("login") || null;
+  if (state.loginToken) history.replaceState(null, "", location.pathname + (params.get("conference") ? `?conference=${encodeURIComponent(params.get("conference"))}` : ""));
+  fetch("/config.json").then((r) => r.json()).then((config) => {
+    state.guests = config.guests !== false;
+    showLoginMode();
+  }).catch(() => {});
   openCamera().then((stream) => {
     state.stream = stream;
     $("preview").srcObject = stream;

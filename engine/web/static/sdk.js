@@ -16,7 +16,7 @@
 //   // a room's participant (login with a join token from /api/v1), as moderator:
 //   await client.login({ token: joinToken });     // client.room, .role, .permissions
 //   await client.muteParticipant(id);             // the server checks the token's permissions
-//   await client.removeParticipant(id); await client.lockRoom(); await client.endRoom();
+//   await client.removeParticipant(id); await client.muteAll(); await client.lockRoom(); await client.endRoom();
 //
 // The wire protocol is docs/sdk-protocol.md (version 1).
 
@@ -494,17 +494,19 @@ export class Client extends Emitter {
   }
 
   /** Whether the join token grants `permission` (`mute_self`, `mute_others`,
-   * `remove`, `lock`, `end`): for showing controls; the engine checks anyway. */
+   * `remove`, `lock`, `end`, `record`): for showing controls; the engine checks anyway. */
   can(permission) { return this.permissions.includes(permission); }
 
   /**
    * Moderate the join token's room (the `moderate` frame): `action` is
    * `mute`, `unmute`, `remove` (these name a `participant`, an id of
    * GET /api/v1/rooms/{room} and of the conference's participant list),
+   * `mute_all`, `unmute_all`, `start_recording`, `stop_recording`,
    * `lock`, `unlock` or `end`. Resolves with the `moderated` frame; rejects
    * with an SdkError whose code is `forbidden` (the token lacks the
    * permission, or the login was not with a join token),
-   * `unknown_participant` or `bad_frame`.
+   * `unknown_participant` or `bad_frame`. `mute_all` and `unmute_all`
+   * act on everyone but this moderator's own legs.
    */
   moderate(action, participant) {
     const frame = { type: "moderate", action: String(action) };
@@ -515,6 +517,12 @@ export class Client extends Emitter {
   muteParticipant(participant) { return this.moderate("mute", participant); }
   unmuteParticipant(participant) { return this.moderate("unmute", participant); }
   removeParticipant(participant) { return this.moderate("remove", participant); }
+  /** Mute (or, `unmuteAll()`, unmute) every participant but this moderator. */
+  muteAll() { return this.moderate("mute_all"); }
+  unmuteAll() { return this.moderate("unmute_all"); }
+  /** Start or stop recording the room's conference (the `record` permission). */
+  startRecording() { return this.moderate("start_recording"); }
+  stopRecording() { return this.moderate("stop_recording"); }
   lockRoom() { return this.moderate("lock"); }
   unlockRoom() { return this.moderate("unlock"); }
   endRoom() { return this.moderate("end"); }
