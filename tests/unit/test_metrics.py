@@ -6,6 +6,7 @@ outcome, and the lower layers' counters feed it."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -13,6 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import security_log
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 from engine.calls.call import Call, CallState, InternalCall
 from engine.calls.conference import MediaGraph
 from engine.media import rtcp_session
@@ -257,3 +260,28 @@ def test_bad_metrics_listen_is_named(text: str, error: str) -> None:
     """Check a bad --metrics-listen is refused with what is wrong."""
     with pytest.raises(ValueError, match=error):
         parse_listen(text)
+
+
+def test_readme_and_dashboard_name_only_real_metrics() -> None:
+    """Check every metric the README's Metrics table and the Grafana
+    dashboard name is one the engine exposes, and the table lists them all."""
+    clock = MediaClock()
+
+    @dataclass
+    class Ua:
+        calls: tuple[object, ...] = ()
+        endpoint: Any = None
+
+    endpoint = type("Endpoint", (), {"stats": {"received": 1}})()
+    metrics, _, _ = isolated(runtime=Runtime(), ua=Ua(endpoint=endpoint), clock=clock,
+                             graph=MediaGraph(clock), webhooks=Webhooks())
+    text = metrics.render().decode()
+    families = {f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")}
+    exposed = {f"{name}_total" if f"# TYPE {name}_total counter" in text else name for name in families}
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Metrics"):readme.index("## The CLI")]
+    listed = set(re.findall(r"`(callbridge_[a-z_]+)`", table))
+    assert listed == exposed
+    dashboard = (ROOT / "deploy" / "grafana-callbridge.json").read_text()
+    used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"callbridge_[a-z_]+", dashboard)}
+    assert used - {"callbridge"} <= exposed
