@@ -35,7 +35,7 @@ jitter buffer + decode), mixing (the two flow stages) and pushing (encode
 sizes (100 included).
 
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
-[--sizes 3-10] [--only echo|engine] [--profile]``
+[--sizes 3-10] [--only echo|engine] [--profile] [--metrics]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
 stops after ``--warmup + --seconds`` and every process is joined with a
 timeout.
@@ -280,8 +280,9 @@ def echo_server(conn: Connection, legs: int) -> None:
     conn.send(asyncio.run(main()))
 
 
-def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
-    """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock."""
+def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False) -> None:
+    """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
+    (``metrics``: with the engine's Prometheus figures scraped every second)."""
     _install_uvloop()
     from engine.calls.call import Call, CallState
     from engine.calls.conference import MediaGraph
@@ -326,6 +327,18 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
             for call in calls[first:first + size]:
                 conf.add(call)
             first += size
+        scraper = None
+        if metrics:
+            from engine.web.metrics import EngineMetrics, MetricsSources
+
+            figures = EngineMetrics(MetricsSources(clock=clock, graph=graph))
+
+            async def scrape() -> None:
+                while True:
+                    figures.render()
+                    await asyncio.sleep(1.0)
+
+            scraper = asyncio.get_running_loop().create_task(scrape())
         conn.send("ready")
         w0, w1, end = conn.recv()
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
@@ -369,6 +382,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool) -> None:
             "conferences": len(plan.sizes), "gc": pauses,
         }
         await asyncio.sleep(max(0.0, end - time.monotonic()))
+        if scraper is not None:
+            scraper.cancel()
         await clock.stop()
         for s in sessions:
             s.close()
@@ -544,6 +559,8 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=24, help="legs whose audio is checked for the tones")
     parser.add_argument("--only", choices=("echo", "engine"))
     parser.add_argument("--profile", action="store_true", help="cProfile the engine during the window")
+    parser.add_argument("--metrics", action="store_true",
+                        help="scrape the engine's Prometheus figures every second during the run")
     args = parser.parse_args()
     lo, hi = (int(x) for x in args.sizes.split("-"))
     plan = make_plan(args.legs, args.big, lo, hi)
@@ -570,7 +587,7 @@ def main() -> int:
     if args.only == "echo":
         return 0
 
-    sres, gres = run_phase(engine_server, (plan, args.profile), plan, args.warmup, args.seconds, sample, True)
+    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics), plan, args.warmup, args.seconds, sample, True)
     wall = sres["wall"]
     core = sres["cpu"] / wall
     pps = sres["received"] / wall

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                             " the path reads the keys; for tests and trusted networks)")
     serve.add_argument("--cors-origins", default=_env("CORS_ORIGINS", ""),
                        help="comma-separated origins whose pages may call /api/v1 (none by default; * for any)")
+    serve.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", None), metavar="HOST:PORT",
+                       help="also serve /metrics without an API key on this address (off by default;"
+                            " a loopback one such as 127.0.0.1:9464 is the usual choice). On the HTTP"
+                            " port /metrics always needs a key with the metrics scope")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
                        help="whether the web SDK may log in as a guest (the demo page does)")
     serve.add_argument("--ad-hoc-conferences", choices=("on", "off"), default=_env("AD_HOC_CONFERENCES", "on"),
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--realm", default=_env("REALM", "callbridge"))
     keys_sub = keys.add_subparsers(dest="action", required=True)
     kc = keys_sub.add_parser("create", help="create a key; its secret is shown once", parents=[store_opts])
-    kc.add_argument("--scopes", default="admin", help="comma-separated: admin, calls, users")
+    kc.add_argument("--scopes", default="admin", help="comma-separated: admin, calls, users, metrics")
     kc.add_argument("--name", help="a label")
     keys_sub.add_parser("list", parents=[store_opts])
     kd = keys_sub.add_parser("delete", parents=[store_opts])
@@ -293,6 +297,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         tls_cert=args.tls_cert, tls_key=args.tls_key, sip_tls_port=args.sip_tls_port,
         trunk_ca=args.trunk_ca, trunk_client_cert=args.trunk_client_cert,
         trunk_client_key=args.trunk_client_key,
+        metrics_listen=args.metrics_listen or None,
     )
 
 

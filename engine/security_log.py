@@ -19,12 +19,18 @@ Nothing secret goes in: no password, PIN, token or digit typed.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Protocol
 
-__all__ = ["security_event", "quote", "escape_controls"]
+__all__ = ["security_event", "quote", "escape_controls", "EVENT_COUNTS"]
 
 logger = logging.getLogger("callbridge.security")
+
+#: Security events since start, by event name, each counted whether or not
+#: its line was logged (throttled or the logger off): the engine's metrics
+#: read this. Event names are the engine's own, a bounded set.
+EVENT_COUNTS: collections.Counter[str] = collections.Counter()
 
 #: Longest value written (a caller id or user name an attacker chose).
 MAX_VALUE = 80
@@ -59,6 +65,11 @@ def security_event(event: str, src: str | None, **fields: Any) -> None:
     """Log security event ``event`` (``auth_failed``, ``pin_failed``,
     ``rate_limited``, ``banned``, ``forbidden``, ``cap_reached``,
     ``dial_refused``, ...) from source address ``src``, with ``fields``."""
+    EVENT_COUNTS[event] += 1
+    _log(event, src, fields)
+
+
+def _log(event: str, src: str | None, fields: dict[str, Any]) -> None:
     if not logger.isEnabledFor(logging.WARNING):
         return
     parts = [f"security event={quote(event)} src={quote(src) if src else '-'}"]
@@ -76,6 +87,7 @@ def security_event_throttled(buckets: _Buckets, now: float, event: str, src: str
     one event, source and fields, so that a flood of refusals (caps, rate
     limits) does not become a flood of log lines. ``buckets`` is the
     engine's directory, whose rate buckets are bounded."""
+    EVENT_COUNTS[event] += 1
     key = "log:" + event + ":" + ":".join(str(v) for v in fields.values()) + ":" + (src or "-")
     if buckets.hit(key, now, rate=1.0 / THROTTLE_PERIOD, burst=1):
-        security_event(event, src, **fields)
+        _log(event, src, fields)

@@ -47,6 +47,7 @@ from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_ser
 from engine.runtime.dialout import DialPolicy
 from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
 from engine.web.app import create_app
+from engine.web.metrics import EngineMetrics, MetricsSources, create_metrics_app, parse_listen
 from engine.web.webhooks import WebhookDispatcher
 from engine.web.ws import SdkConnection, WebUsers
 from engine.calls.web_call import wait_background as wait_web_background
@@ -153,6 +154,10 @@ class EngineConfig:
     #: implicitly: that key would then answer for two roles).
     trunk_client_cert: Path | None = None
     trunk_client_key: Path | None = None
+    #: ``HOST:PORT`` where ``/metrics`` is also served without an API key
+    #: (engine.web.metrics); ``None``, the default: nowhere (the HTTP port's
+    #: ``/metrics`` needs a key with the ``metrics`` scope).
+    metrics_listen: str | None = None
 
 
 def _trunk_tls_context(cfg: EngineConfig) -> ssl.SSLContext | None:
@@ -278,6 +283,10 @@ class Engine:
         self.rtp_policy = RtpSourcePolicy()
         self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
+        #: Prometheus figures (``GET /metrics``); the ``--metrics-listen`` server, if any.
+        self.metrics: EngineMetrics | None = None
+        self.metrics_runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None
         #: The server context of ``tls_cert``/``tls_key`` (None: clear
         #: text); :meth:`reload_tls` loads a new pair into this same object.
         self.tls_context: ssl.SSLContext | None = None
@@ -395,6 +404,10 @@ class Engine:
             raise StartupError(str(exc)) from None
         self._runtime, self.rooms = parts.runtime, parts.rooms
         self._started.append("runtime")
+        self.metrics = EngineMetrics(MetricsSources(
+            runtime=self.runtime, ua=self.ua, clock=self.media_clock, graph=self.media_graph,
+            webhooks=self.webhooks))
+        self.runtime.records.on_track.append(self.metrics.on_call)
         self._start_rooms()
         try:
             await self.ua.start()
@@ -418,6 +431,8 @@ class Engine:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http_port
+        if cfg.metrics_listen:
+            await self._start_metrics(cfg.metrics_listen)
         logger.info(
             "callbridge ready: sip=%s:%d (udp+tcp%s) %s=%s:%d node=%s",
             ",".join(cfg.sip_hosts), self.ua.port,
@@ -425,6 +440,24 @@ class Engine:
             "https" if self.tls_context else "http",
             cfg.http_host, self.http_port, self.node_id,
         )
+
+    async def _start_metrics(self, listen: str) -> None:
+        """Serve ``/metrics`` without a key on ``listen`` (``--metrics-listen``)."""
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.metrics_runner = web.AppRunner(create_metrics_app(self), handle_signals=False, access_log=None)
+        await self.metrics_runner.setup()
+        self._started.append("metrics")
+        site = web.TCPSite(self.metrics_runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen for metrics on {host} port {port}: {exc.strerror}") from None
+        sockets = getattr(site._server, "sockets", None) or []
+        self.metrics_port = sockets[0].getsockname()[1] if sockets else port
+        logger.info("metrics without a key on http://%s:%d/metrics", host, self.metrics_port)
 
     def _load_tls(self) -> ssl.SSLContext | None:
         """The TLS context of ``tls_cert``/``tls_key``, checked (files,
@@ -512,6 +545,8 @@ class Engine:
                         self.rooms.close()
                 elif part == "http" and self.http_runner is not None:
                     await self.http_runner.cleanup()
+                elif part == "metrics" and self.metrics_runner is not None:
+                    await self.metrics_runner.cleanup()
                 elif part == "runtime":
                     await self.runtime.stop()
                     await wait_web_background()  # browser legs the sessions' end closed

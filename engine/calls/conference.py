@@ -414,6 +414,11 @@ class MediaGraph:
         self.bridge.tick_times = times
 
     @property
+    def conferences(self) -> tuple[Conference, ...]:
+        """The conferences open now (the engine's metrics count them)."""
+        return tuple(self._conferences)
+
+    @property
     def _attached(self) -> dict[Leg, AudioPort]:
         """The legs whose ports the bridge drives now."""
         return self.bridge.attached

@@ -99,6 +99,10 @@ class Bridge(Generic[K]):
         #: When a list (benches): each tick appends ``(start, pull, mix, push)``,
         #: its ``perf_counter`` start and the seconds each phase took.
         self.tick_times: list[tuple[float, float, float, float]] | None = None
+        #: Ticks run and the seconds they took in all (two clock reads a
+        #: tick; the engine's metrics read them).
+        self.ticks = 0
+        self.busy_seconds = 0.0
 
     # -- ports ------------------------------------------------------------------
 
@@ -150,15 +154,17 @@ class Bridge(Generic[K]):
             that ended or failed during this tick.
         """
         times = self.tick_times
-        t0 = time.perf_counter() if times is not None else 0.0
+        t0 = time.perf_counter()
         rows, finished = self.pull(plan, now)
         t1 = time.perf_counter() if times is not None else 0.0
         sums, out = self.mix(plan, rows)
         t2 = time.perf_counter() if times is not None else 0.0
         self.push(plan, out)
         self.record(plan, rows, sums, out)
+        t3 = time.perf_counter()
+        self.ticks += 1
+        self.busy_seconds += t3 - t0
         if times is not None:
-            t3 = time.perf_counter()
             times.append((t0, t1 - t0, t2 - t1, t3 - t2))
         return finished
 

@@ -51,6 +51,9 @@ class MediaClock:
         self.ticks = 0
         self.skipped = 0
         self.max_lateness = 0.0
+        #: Seconds of lateness summed over every tick (with :attr:`ticks`,
+        #: the mean lateness; the engine's metrics read both).
+        self.lateness_sum = 0.0
         #: Loop time of tick 0 of the current grid (tick n is due at origin + n * interval).
         self.origin: float | None = None
         #: When a list: each tick appends its lateness in seconds (a recorder for benches).
@@ -99,6 +102,8 @@ class MediaClock:
             late = now - due
             if late > self.max_lateness:
                 self.max_lateness = late
+            if late > 0.0:
+                self.lateness_sum += late
             if self.lateness is not None:
                 self.lateness.append(late)
             if late > self.max_catch_up * interval:

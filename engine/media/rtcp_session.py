@@ -44,6 +44,11 @@ restarts from the moment media is expected again.
 
 At the end, :meth:`~RtcpSession.close` gives a last report with an RTCP
 BYE (section 6.6), unless we never sent RTP or RTCP (section 6.3.7).
+
+Process-wide counts. Every session is in :data:`LIVE` until it closes, and
+then adds its counts to :data:`CLOSED`: the engine's metrics
+(:mod:`engine.web.metrics`) add both up when scraped, so that nothing is
+counted twice per packet.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from __future__ import annotations
 import collections
 import random as _random
 import secrets
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,7 +76,7 @@ from engine.media.rtcp import (
 )
 from engine.media.rtp import RtpPacket, RtpSender
 
-__all__ = ["MIN_INTERVAL", "MediaStats", "MediaTimedOut", "RtcpSession"]
+__all__ = ["CLOSED", "LIVE", "ClosedTotals", "MIN_INTERVAL", "MediaStats", "MediaTimedOut", "RtcpSession"]
 
 #: RFC 3550 section 6.2: the minimum report interval, seconds.
 MIN_INTERVAL = 5.0
@@ -184,6 +190,7 @@ class RtcpSession:
         self._datagrams: list[bytes] = []
         self._events: collections.deque[MediaTimedOut] = collections.deque()
         self.closed = False
+        LIVE.add(self)
 
     # -- input -------------------------------------------------------------------
 
@@ -343,6 +350,8 @@ class RtcpSession:
         if self.closed:
             return None
         self.closed = True
+        LIVE.discard(self)
+        CLOSED.add(self)
         if not self.rtcp_sent and not self.sender.packet_count:
             return None
         self.rtcp_sent += 1
@@ -370,3 +379,32 @@ class RtcpSession:
             rtcp_received=self.rtcp_received,
             rtcp_malformed=self.rtcp_malformed,
         )
+
+
+@dataclass
+class ClosedTotals:
+    """What the closed sessions of this process counted (see the module notes).
+
+    :param sessions: sessions closed.
+    :param packets_sent: RTP packets they sent.
+    :param packets_received: RTP packets they accepted.
+    :param packets_lost: packets their peers sent that never arrived (RFC 3550 section 6.4.1).
+    """
+
+    sessions: int = 0
+    packets_sent: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0
+
+    def add(self, session: RtcpSession) -> None:
+        """Add the counts of ``session``, closing now."""
+        self.sessions += 1
+        self.packets_sent += session.sender.packet_count
+        self.packets_received += session.packets_received
+        self.packets_lost += sum(max(0, s.lost) for s in session.sources.values())
+
+
+#: Sessions not closed yet (they leave on :meth:`RtcpSession.close`, or when freed).
+LIVE: weakref.WeakSet[RtcpSession] = weakref.WeakSet()
+#: The counts of every closed session.
+CLOSED = ClosedTotals()

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import pylibsrtp
 
-__all__ = ["SrtpContext", "SrtpError", "PROFILES"]
+__all__ = ["SrtpContext", "SrtpError", "PROFILES", "TOTALS"]
+
+#: Refused packets of every context of this process, by reason (the
+#: keys of :attr:`SrtpContext.stats`), for the engine's metrics.
+TOTALS: dict[str, int] = {"srtp_auth_failed": 0, "srtp_replay": 0, "srtp_malformed": 0}
 
 #: SDES crypto-suite names (RFC 4568 section 6.2, RFC 7714 section 14.2) to libsrtp profiles.
 PROFILES: dict[str, int] = {
@@ -104,11 +108,17 @@ class SrtpContext:
         except pylibsrtp.Error as exc:
             message = str(exc)
             if message == _AUTH:
-                self.stats["srtp_auth_failed"] += 1
+                self._count("srtp_auth_failed")
             elif message in _REPLAY:
-                self.stats["srtp_replay"] += 1
+                self._count("srtp_replay")
             else:
-                self.stats["srtp_malformed"] += 1
+                self._count("srtp_malformed")
         except (ValueError, TypeError):
-            self.stats["srtp_malformed"] += 1
+            self._count("srtp_malformed")
         return None
+
+    def _count(self, what: str) -> None:
+        """Count a refused packet here and in the process-wide :data:`TOTALS`
+        (the engine's metrics read those; only refused packets pay)."""
+        self.stats[what] += 1
+        TOTALS[what] += 1

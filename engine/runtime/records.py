@@ -124,6 +124,9 @@ class CallRecords:
                  hooks: Iterable[Callable[[str, dict[str, Any]], None]] = ()) -> None:
         self.store = store
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = list(hooks)
+        #: Called with each call as its record starts (once per call): the
+        #: engine's metrics count it, and its end through ``call.on_ended``.
+        self.on_track: list[Callable[[Call], None]] = []
         self._tracked: weakref.WeakSet[Call] = weakref.WeakSet()
 
     def track(self, session_id: str, rule: str, call: Call) -> None:
@@ -139,6 +142,11 @@ class CallRecords:
                 "callerid": call.callerid}
         if self.hooks:
             self.publish("call.started", {**base, "start": started})
+        for hook in list(self.on_track):
+            try:
+                hook(call)
+            except Exception:
+                logger.exception("call tracking hook failed for %s", call.id)
 
         def ended(call: Call) -> None:
             end = time.time()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from types import CodeType
 from typing import Any, Callable, Iterable
@@ -164,6 +164,11 @@ class ScenarioRuntime:
         self.sessions: dict[str, Session] = {}
         #: ``(session id, rule, error)`` of the latest ended sessions.
         self.finished: deque[tuple[str, str, str | None]] = deque(maxlen=1000)
+        #: Sessions started and ended since start, and those ended by a
+        #: scenario error, by rule (the engine's metrics read these).
+        self.sessions_started = 0
+        self.sessions_ended = 0
+        self.scenario_errors: Counter[str] = Counter()
         self.logs = SessionLogs(log_dir, on_line=on_log_line)
         self.records = CallRecords(store, on_call_event)
         self.conferences = ConferenceOwners(self.directory, self.node_id, self.sessions, store)
@@ -251,6 +256,7 @@ class ScenarioRuntime:
         except RuntimeError:  # no running loop: nothing asynchronous can start
             pass
         self.sessions[session.id] = session
+        self.sessions_started += 1
         session.write_log(f"started by rule {session.rule.name} ({', '.join(session.rule.scenarios)})")
         try:
             session.load()
@@ -457,6 +463,9 @@ class ScenarioRuntime:
         self.sessions.pop(session.id, None)
         self.conferences.release(session)
         self.finished.append((session.id, session.rule.name, session.error))
+        self.sessions_ended += 1
+        if session.error is not None:
+            self.scenario_errors[session.rule.name] += 1
         self.logs.ended(session.id, session.log_lines)
 
     # -- services ----------------------------------------------------------------

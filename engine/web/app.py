@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, web
 
 from engine.web.api import PREFIX, create_api
 from engine.web.errors import ApiError, error_response
+from engine.web.metrics import scrape
 from engine.web.ws import SdkConnection, serve_socket
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return error_response(500, "internal", "the engine failed to handle this request")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus' text format, for an API key with the
+    ``metrics`` scope (:mod:`engine.web.metrics`)."""
+    return await scrape(request, request.app[ENGINE])
 
 
 async def sdk_socket(request: web.Request) -> web.StreamResponse:
@@ -123,6 +130,7 @@ def create_app(engine: Any, connections: set[SdkConnection] | None = None) -> we
         connections = set()
     app[CONNECTIONS] = connections
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/ws", sdk_socket)
     app.router.add_get("/sdk.js", sdk_js)
     app.router.add_get("/", demo_page)

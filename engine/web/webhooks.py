@@ -173,6 +173,9 @@ class WebhookDispatcher:
         #: event nobody subscribed to (every call's start and end) costs no
         #: database write.
         self._subscribed: set[str] | None = None
+        #: Attempts since start, by outcome: ``delivered``, ``retry`` (failed,
+        #: another attempt is due), ``failed`` (failed, attempts used up).
+        self.outcomes: dict[str, int] = {"delivered": 0, "retry": 0, "failed": 0}
 
     def refresh(self) -> None:
         """Re-read which events are subscribed (after a webhook is added or removed)."""
@@ -284,6 +287,7 @@ class WebhookDispatcher:
         next_at: float | None = None
         if error is not None and attempts < self.max_attempts:
             next_at = now + min(self.base_delay * 2 ** (attempts - 1), self.max_delay)
+        self.outcomes["delivered" if error is None else "retry" if next_at is not None else "failed"] += 1
         if error is not None:
             logger.info("webhook %s delivery %s attempt %d failed: %s", webhook.webhook_id,
                         delivery.delivery_id, attempts, error)

@@ -81,7 +81,7 @@ class ApiKey:
     """A management API key (its secret is only kept hashed).
 
     :param key_id: the public half, ``cbk_`` and 16 hex digits.
-    :param scopes: what it may do (``admin``, ``calls``, ``users``).
+    :param scopes: what it may do (``admin``, ``calls``, ``users``, ``metrics``).
     :param name: a label, or ``None``.
     :param created_at: creation time.
     """
@@ -93,8 +93,9 @@ class ApiKey:
 
 
 #: What a management API key may be allowed to do: ``admin`` everything,
-#: ``calls`` rooms, invites, sessions, rules and call records, ``users`` users.
-API_SCOPES = ("admin", "calls", "users")
+#: ``calls`` rooms, invites, sessions, rules and call records, ``users``
+#: users, ``metrics`` only scrape ``/metrics`` (engine.web.metrics).
+API_SCOPES = ("admin", "calls", "users", "metrics")
 
 
 @dataclass(frozen=True)
