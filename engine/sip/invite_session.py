@@ -53,7 +53,7 @@ from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 from engine.sip.headers import NameAddr
 from engine.sip.message import SipRequest, SipResponse
 from engine.sip.offer_answer import NegotiationState, OfferAnswerState
-from engine.sip.sdp import media_direction, parse_sdp
+from engine.sip.sdp import SessionDescription, media_direction, parse_sdp
 from engine.sip.transaction import Timers, create_cancel
 from engine.sip.uri import SipUri, TelUri
 
@@ -244,13 +244,18 @@ def same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool
     return a is not None and b is not None and a[1] == b[1] and same_host(a[0], b[0])
 
 
-def _hold(body: bytes) -> bool | None:
+def _hold(sdp: SessionDescription) -> bool | None:
     """Whether an offer puts the receiver on hold: its first audio stream
     is ``sendonly``/``inactive`` or at 0.0.0.0 (RFC 3264 §8.4)."""
-    try:
-        sdp = parse_sdp(body)
-    except RemoteProtocolError:
-        return None
+    for media in sdp.media:
+        if media.port == 0:
+            continue
+        direction = media_direction(media, sdp)
+        conn = media.connection or sdp.connection
+        if conn is not None and conn.address.split("/")[0] == "0.0.0.0":
+            return True
+        return direction in ("sendonly", "inactive")
+    return None
     for media in sdp.media:
         if media.port == 0:
             continue
@@ -341,8 +346,7 @@ class InviteSession:
         session.invite = invite
         session.state = _S.INCOMING
         if invite.body:
-            session._oa(lambda oa: oa.receive_offer(parse_sdp(invite.body)))
-            session.remote_hold = _hold(invite.body)
+            session.remote_hold = session._receive_offer(invite.body)
         return session
 
     def send_provisional(self, response: SipResponse) -> None:
@@ -400,8 +404,7 @@ class InviteSession:
             return [ReInviteRefused(request.create_response(491))]
         hold: bool | None = None
         if request.body:
-            self._oa(lambda oa: oa.receive_offer(parse_sdp(request.body)))
-            hold = _hold(request.body)
+            hold = self._receive_offer(request.body)
             self.remote_hold = hold
         return [ReInviteReceived(request, hold)]
 
@@ -660,6 +663,17 @@ class InviteSession:
     def _need(self, role: Role, *states: InviteSessionState) -> None:
         if self.role is not role or self.state not in states:
             raise LocalProtocolError(f"not allowed for a {self.role.value} session in {self.state.value}")
+
+    def _receive_offer(self, body: bytes) -> bool | None:
+        """Record the peer's offer (parsed once) and say whether it puts us
+        on hold; ``None`` when it does not parse (the media layer answers)."""
+        try:
+            sdp = parse_sdp(body)
+        except RemoteProtocolError as exc:
+            logger.debug("offer/answer step refused: %s", exc)
+            return None
+        self._oa(lambda oa: oa.receive_offer(sdp))
+        return _hold(sdp)
 
     def _oa(self, step: Callable[[OfferAnswerState], object]) -> None:
         """Apply one offer/answer step. An SDP the machine refuses (it does

@@ -30,7 +30,6 @@ Decisions callers should know about:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import ipaddress
@@ -615,7 +614,7 @@ class OfferAnswerState:
             raise LocalProtocolError("a new offer must not remove m= lines (RFC 3264 section 8)")
         self.process_input(_I.SEND_OFFER)
         self.offer = self._stamp(offer)
-        return copy.deepcopy(self.offer)
+        return self.offer.copy()
 
     def receive_offer(self, offer: SessionDescription) -> bool:
         """Record the peer's offer.
@@ -630,19 +629,19 @@ class OfferAnswerState:
         if self.remote is not None and len(offer.media) < len(self.remote.media):
             raise RemoteProtocolError("offer removes m= lines")
         self.process_input(_I.RECV_OFFER)
-        self.offer = copy.deepcopy(offer)
+        self.offer = offer.copy()
         return self.remote is None or dataclasses.replace(offer, origin=self.remote.origin) != self.remote
 
     def send_answer(self, answer: SessionDescription) -> SessionDescription:
         """Record our answer to the peer's offer and return it with our ``o=`` line applied."""
         self.process_input(_I.SEND_ANSWER)
         self.local, self.remote, self.offer = self._stamp(answer), self.offer, None
-        return copy.deepcopy(self.local)
+        return self.local.copy()
 
     def receive_answer(self, answer: SessionDescription) -> None:
         """Record the peer's answer to our offer. Read it with :func:`process_answer`."""
         self.process_input(_I.RECV_ANSWER)
-        self.local, self.remote, self.offer = self.offer, copy.deepcopy(answer), None
+        self.local, self.remote, self.offer = self.offer, answer.copy(), None
 
     def reject_offer(self) -> None:
         """Roll back the offer in progress, ours or the peer's, after a non-2xx final response or CANCEL."""
@@ -652,11 +651,11 @@ class OfferAnswerState:
 
     def _stamp(self, sdp: SessionDescription) -> SessionDescription:
         """Copy ``sdp`` with our o= line and the right sess-version (RFC 3264 section 8)."""
-        sdp = copy.deepcopy(sdp)
+        sdp = sdp.copy()
         last = self._last_sent
         if last is not None:
             sdp.origin = dataclasses.replace(last.origin)
             if sdp != last:
                 sdp.origin.sess_version += 1
-        self._last_sent = copy.deepcopy(sdp)
+        self._last_sent = sdp.copy()
         return sdp

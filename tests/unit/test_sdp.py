@@ -879,3 +879,52 @@ def test_rtcp_port_out_of_range_is_ignored() -> None:
     for value in ("70000", "0"):
         offer = offer_with("m=audio 4000 RTP/AVP 0", f"a=rtcp:{value}")
         assert offer.media[0].rtcp is None
+
+
+def test_copy_is_a_deep_copy_of_every_part() -> None:
+    """``SessionDescription.copy`` (offer/answer's cheap copy) equals
+    ``copy.deepcopy`` of a description with every part filled, and shares no
+    mutable part with the original: changing the copy's lists, dicts and
+    nested records leaves the original as it was."""
+    import copy as copy_module
+
+    text = (b"v=0\r\no=alice 2890844526 2890844526 IN IP4 198.51.100.1\r\ns=call\r\n"
+            b"c=IN IP4 198.51.100.1\r\nb=AS:256\r\nt=0 0\r\nr=7d 1h 0 25h\r\na=sendrecv\r\n"
+            b"m=audio 49170 RTP/SAVP 0 8 101\r\nc=IN IP4 198.51.100.2\r\nb=TIAS:64000\r\n"
+            b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+            b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
+            b"m=video 51372 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n")
+    original = parse_sdp(text)
+    before = copy_module.deepcopy(original)
+    cheap = original.copy()
+    assert cheap == before and cheap.to_bytes() == original.to_bytes()
+    cheap.origin.sess_version += 1
+    cheap.connection.address = "203.0.113.9"  # type: ignore[union-attr]
+    cheap.timing[0].repeats.append("1d")
+    cheap.bandwidths["AS"] = 1
+    cheap.attributes.append(("recvonly", None))
+    cheap.media[0].formats.append("9")
+    cheap.media[0].connection.address = "203.0.113.9"  # type: ignore[union-attr]
+    cheap.media[0].bandwidths["TIAS"] = 1
+    cheap.media[0].attributes.clear()
+    cheap.media.pop()
+    assert original == before
+
+
+def test_copy_knows_every_field() -> None:
+    """``SessionDescription.copy`` names each field; a field added to a
+    description class must be added there too (this list fails first)."""
+    import dataclasses
+
+    from engine.sip.sdp import Connection, MediaDescription, Origin, SessionDescription, Timing
+
+    def names(cls: type) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    assert names(SessionDescription) == ["origin", "session_name", "connection", "timing", "bandwidths",
+                                         "attributes", "media", "extra", "version"]
+    assert names(MediaDescription) == ["kind", "port", "proto", "formats", "port_count", "connection",
+                                       "bandwidths", "attributes", "extra"]
+    assert names(Origin) == ["username", "sess_id", "sess_version", "nettype", "addrtype", "address"]
+    assert names(Connection) == ["nettype", "addrtype", "address"]
+    assert names(Timing) == ["start", "stop", "repeats"]
