@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -432,13 +433,34 @@ def _ordered(order: str, chunks: list[tuple[str, list[str]]]) -> list[str]:
     return [line for _, lines in sorted(chunks, key=rank) for line in lines]
 
 
+#: The last descriptions parsed, by body: a call's offer is read by the
+#: INVITE session and by the media layer, and our answer is read back by the
+#: session; each gets its own :meth:`~SessionDescription.copy` (a tenth of a
+#: parse). Bounded; a malformed body is never kept.
+_PARSED: OrderedDict[bytes | str, SessionDescription] = OrderedDict()
+_PARSED_MAX = 64
+
+
 def parse_sdp(data: bytes | str) -> SessionDescription:
     """Parse a session description. The module docstring says what is tolerated.
 
     :param data: the SIP message body. Bytes that are not valid UTF-8 are
         kept, so they come back unchanged from :meth:`SessionDescription.to_bytes`.
+    :returns: a description the caller owns (changing it changes no other).
     :raises RemoteProtocolError: (status 400) if the description is malformed.
     """
+    known = _PARSED.get(data)
+    if known is not None:
+        _PARSED.move_to_end(data)
+        return known.copy()
+    sdp = _parse(data)
+    _PARSED[data] = sdp.copy()
+    if len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
+    return sdp
+
+
+def _parse(data: bytes | str) -> SessionDescription:
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
     records: list[tuple[int, str, str]] = []
     for number, raw in enumerate(text.split("\n"), 1):

@@ -928,3 +928,21 @@ def test_copy_knows_every_field() -> None:
     assert names(Origin) == ["username", "sess_id", "sess_version", "nettype", "addrtype", "address"]
     assert names(Connection) == ["nettype", "addrtype", "address"]
     assert names(Timing) == ["start", "stop", "repeats"]
+
+
+def test_a_body_parsed_again_gives_an_independent_description() -> None:
+    """The parse memo (a call's offer is read by the INVITE session and by
+    the media layer) hands each caller its own copy: changing one
+    description changes neither the memo nor another caller's; a malformed
+    body is refused every time, never remembered."""
+    body = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    first = parse_sdp(body)
+    first.media[0].port = 9
+    first.origin.sess_version = 7
+    second = parse_sdp(body)
+    assert second.media[0].port == 4000 and second.origin.sess_version == 1
+    assert second is not parse_sdp(body)
+    bad = b"v=0\r\nnonsense\r\n"
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            parse_sdp(bad)
