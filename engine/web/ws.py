@@ -346,7 +346,8 @@ class SdkConnection:
         if token is not None:
             return Grant(identity=token.identity, authenticated_by="join-token", room=token.room,
                          admitted_by="join-token", role=token.role, permissions=frozenset(token.permissions),
-                         display_name=token.display_name, data=token.data)
+                         display_name=token.display_name, data=token.data, custom_id=token.custom_id,
+                         picture=token.picture)
         return Grant(identity=self.user, authenticated_by=self.login_method, display_name=self.display_name)
 
     def ring(self, call: WebCall, timeout: float) -> None:
