@@ -108,7 +108,8 @@ async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory,
     """Check a ``subscriber`` token (no permissions): its page hears the
     conference (the guest's 500 Hz) while its own 1000 Hz never reaches
     the guest; the room lists it muted, unmuting it is refused (API 409
-    listen_only, SDK listen_only), and direct calls from it and to it are
+    listen_only, SDK listen_only), its offer is answered sendonly (the
+    guest's sendrecv), and direct calls from it and to it are
     refused 403 ``listen_only`` (its page never rung), each a security event."""
     rules = "rules:\n  - {name: Gate, pattern: \"gate_[a-z]+\", scenarios: [gate]}\n" \
             "  - {name: Conf, pattern: \"conf_[a-z]+\", scenarios: [mix]}\n" \
@@ -125,6 +126,9 @@ async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory,
         sub, sub_peer = await _page(api, http, "talk", {"identity": "sue", "role": "subscriber"}, 1000.0,
                                     "gate_talk")
         try:
+            answers = [next(f["sdp"] for f in sock.frames if f.get("call") == "c1" and f.get("sdp"))
+                       for sock in (guest, sub)]
+            assert "a=sendrecv" in answers[0] and "a=sendonly" in answers[1], "the subscriber is told to only listen"
             for peer in (guest_peer, sub_peer):
                 await wait_until(lambda: len(peer.heard_pcm()) > 8000 * 3, timeout=15)
             heard_by_guest, heard_by_sub = guest_peer.heard_pcm()[-12000:], sub_peer.heard_pcm()[-12000:]
