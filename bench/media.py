@@ -280,6 +280,14 @@ def echo_server(conn: Connection, legs: int) -> None:
     conn.send(asyncio.run(main()))
 
 
+def _scraped(text: bytes) -> dict[str, float]:
+    """The unlabelled samples of a ``/metrics`` exposition, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {sample.name: sample.value for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples if not sample.labels}
+
+
 def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
     (``metrics``: with the engine's Prometheus figures scraped every second)."""
@@ -343,6 +351,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         w0, w1, end = conn.recv()
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         skipped0 = clock.skipped
+        scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
         conc0 = sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None)
@@ -370,6 +379,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         gc.callbacks.remove(on_gc)
         if prof is not None:
             prof.disable()
+        scraped1 = _scraped(figures.render()) if metrics else None
         lateness, clock.lateness = clock.lateness, None
         times, graph.tick_times = graph.tick_times, None
         result = {
@@ -380,6 +390,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "skipped": clock.skipped - skipped0,
             "clock_lateness": lateness, "tick_times": times,
             "conferences": len(plan.sizes), "gc": pauses,
+            # what /metrics said at the window's start and end (--metrics)
+            "scraped": (scraped0, scraped1) if metrics else None,
         }
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         if scraper is not None:
@@ -621,6 +633,24 @@ def main() -> int:
               f"({pct(times[:, 2], 50) * 1e6 / sres['conferences']:.1f} us per conference)")
         print(f"            push {ms(times[:, 3] * 1000)}")
         print(f"            all  {ms(tot)} = {pct(tot, 50) / 20 * 100:.0f}% of the 20 ms tick")
+    if sres.get("scraped"):
+        a, b = sres["scraped"]
+        d = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in b}
+        ticks = d.get("callbridge_media_clock_ticks_total", 0.0)
+        mean_scraped = d.get("callbridge_media_clock_lateness_seconds_total", 0.0) / max(1.0, ticks) * 1000
+        print("  /metrics over the window vs the bench's own figures:")
+        print(f"    clock ticks       : scrape {ticks:,.0f} vs bench {len(sres['clock_lateness']):,} "
+              f"(+ {sres['skipped']} skipped)")
+        print(f"    skipped ticks     : scrape {d.get('callbridge_media_clock_skipped_ticks_total', 0.0):,.0f}"
+              f" vs bench {sres['skipped']}")
+        print(f"    clock lateness    : scrape mean {mean_scraped:.2f} ms, max since start "
+              f"{b.get('callbridge_media_clock_lateness_max_seconds', 0.0) * 1000:.2f} ms vs bench mean "
+              f"{float(np.mean(clock_late)) * 1000 if clock_late.size else 0.0:.2f} ms, max "
+              f"{pct(clock_late, 100) * 1000:.2f} ms")
+        print(f"    RTP received      : scrape {d.get('callbridge_rtp_packets_received_total', 0.0):,.0f} vs bench "
+              f"{sres['received']:,}")
+        print(f"    RTP lost (A.3)    : scrape {d.get('callbridge_rtp_packets_lost_total', 0.0):,.0f} vs bench: "
+              f"{missing:,} frames the generator missed, {sres['concealed']:,} inbound frames concealed")
     gcs = sres["gc"]
     full = [d for g, d in gcs if g == 2]
     print(f"  garbage collector: {len(gcs)} collections in the window, longest "

@@ -119,7 +119,9 @@ def join(call, kind, name, number, role="guest", dialed=False):
     grant = call.grant
     participants[call] = {"id": call.id, "name": name, "number": number, "kind": kind, "role": role,
                           "guest": grant is not None and grant.guest, "dialed": dialed,
-                          "data": grant.data if grant is not None else None, "muted": False}
+                          "data": grant.data if grant is not None else None, "muted": False,
+                          "custom_id": grant.custom_id if grant is not None else None,
+                          "picture": grant.picture if grant is not None else None}
     if kind == "pstn":
         everyone.add(call)
         call.send_media_to(phones)
@@ -182,7 +184,8 @@ def notify(kind, **fields):
 
 def broadcast():
     notify("PARTICIPANTS", participants=[
-        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "data", "muted")}
+        {k: v for k, v in info.items() if k in ("id", "name", "number", "kind", "role", "data", "muted", "custom_id",
+                                        "picture")}
         for info in participants.values()
     ])
 

@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
 from engine.calls.grants import Grant
 from engine.calls.recording import Recording
-from engine.media.dtmf import DtmfBodyError, parse_info_body
+from engine.media.dtmf import DtmfBodyError, generate_dtmf, parse_info_body
 from engine.media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from engine.media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
 from engine.media.pcm import Pcm
@@ -90,8 +92,9 @@ TYPEAHEAD_MAX = 32
 _sleep = asyncio.sleep
 
 #: How :meth:`Call.send_digits` may send: ``"auto"`` picks RFC 4733 when
-#: the peer negotiated telephone-event, else SIP INFO.
-DIGIT_MODES = ("auto", "rfc4733", "info")
+#: the peer negotiated telephone-event, else SIP INFO; ``"inband"`` plays
+#: the tones themselves (ITU-T Q.23 pairs) into the call's audio.
+DIGIT_MODES = ("auto", "rfc4733", "info", "inband")
 
 
 class CallEvents(str, enum.Enum):
@@ -602,7 +605,7 @@ class SendDigitsAction(Action):
     progress still gets its end packets, so the far end hears no endless tone).
 
     :ivar digits: what is sent (``a-d`` upper-cased).
-    :ivar mode: how: ``"rfc4733"`` or ``"info"`` (``"auto"`` resolved).
+    :ivar mode: how: ``"rfc4733"``, ``"info"`` or ``"inband"`` (``"auto"`` resolved).
     """
 
     def __init__(self, call: Call, digits: str, mode: str, duration: float, gap: float) -> None:
@@ -613,6 +616,8 @@ class SendDigitsAction(Action):
         self.duration = duration
         self.gap = gap
         self._started = False
+        #: The playback of in-band tones (``mode="inband"``).
+        self._playback: Playback | None = None
 
     def __repr__(self) -> str:
         return f"<SendDigitsAction {self.digits!r} {self.mode} of {self.call.id[:8]} completed={self.completed}>"
@@ -621,7 +626,9 @@ class SendDigitsAction(Action):
         """Stop sending (digits not yet sent are dropped)."""
         if self._fut.done():
             return
-        if not self._cancel_task() and self._started:
+        if self._playback is not None:
+            self._playback.stop()
+        if not self._cancel_task() and self._started and self.mode != "inband":
             self.call._stop_rtp_digits()
         self._resolve(False)
 
@@ -1069,7 +1076,11 @@ class Call(PlaybackMixin, Listeners):
             RTP stream (needs telephone-event negotiated; audio being played
             waits meanwhile); ``"info"``: one SIP INFO
             ``application/dtmf-relay`` per digit (needs a connected call);
-            ``"auto"`` (default): RFC 4733 when negotiated, else INFO.
+            ``"auto"`` (default): RFC 4733 when negotiated, else INFO;
+            ``"inband"``: the DTMF tone pairs themselves, played into the
+            call's audio as a playback (it replaces what the call plays,
+            and stopping it stops them; needs a connected call or early
+            media), for peers that understand neither events nor INFO.
         :returns: a handle to await or stop. Digits sent while earlier ones
             are still going out follow them.
         :raises CallError: a bad digit (named, with its position), a bad
@@ -1087,7 +1098,10 @@ class Call(PlaybackMixin, Listeners):
             raise CallError(f"send_digits: duration must be 0.04 to {MAX_DURATION} s, not {duration}")
         if not 0 <= gap <= MAX_DURATION:
             raise CallError(f"send_digits: gap must be 0 to {MAX_DURATION} s, not {gap}")
-        action = SendDigitsAction(self, digits, self._digits_mode(mode), duration, gap)
+        if mode == "inband":
+            self._check_media()
+        action = SendDigitsAction(self, digits, mode if mode == "inband" else self._digits_mode(mode),
+                                  duration, gap)
         pending = [a for a in self._digit_actions if not a.done()]
         self._digit_actions = pending + [action]
         if not pending:
@@ -1103,6 +1117,9 @@ class Call(PlaybackMixin, Listeners):
             action._resolve(False)
             return
         action._started = True
+        if action.mode == "inband":
+            self._start_inband_digits(action)
+            return
         try:
             if action.mode == "rfc4733" and self._start_rtp_digits(action):
                 return
@@ -1113,6 +1130,31 @@ class Call(PlaybackMixin, Listeners):
         action._task = asyncio.get_running_loop().create_task(
             self._pace_digits(action), name=f"digits-{self.id[:8]}"
         )
+
+    def _start_inband_digits(self, action: SendDigitsAction) -> None:
+        """Play ``action``'s digits as tones (``duration`` each, then ``gap``
+        of silence; :data:`~engine.media.dtmf_sender.PAUSE` for ``,``) into
+        the call: one playback, whose end resolves the action."""
+        rate = 8000
+        parts: list[npt.NDArray[np.int16]] = []
+        for digit in action.digits:
+            if digit == ",":
+                parts.append(np.zeros(round(PAUSE * rate), dtype=np.int16))
+                continue
+            parts.append(generate_dtmf(digit, action.duration, rate=rate))
+            parts.append(np.zeros(round(action.gap * rate), dtype=np.int16))
+        try:
+            playback = self.start_playback(PcmSource(np.concatenate(parts)))
+        except CallError as exc:
+            self.log.warning("send_digits: %s", exc)
+            action._resolve(False)
+            return
+        action._playback = playback
+
+        async def follow() -> None:
+            action._resolve(await playback)
+
+        action._task = asyncio.get_running_loop().create_task(follow(), name=f"digits-{self.id[:8]}")
 
     async def _pace_digits(self, action: SendDigitsAction) -> None:
         """Deliver digits one by one on the RFC 4733 timeline: a digit every

@@ -26,7 +26,17 @@ from typing import Callable, Protocol, runtime_checkable
 from engine.calls.call import Call, CallAction, CallError, CallEvents, CallState, check_action, end_other_end
 from engine.security_log import security_event
 
-__all__ = ["Adopter", "DirectCallLeg"]
+__all__ = ["Adopter", "CalleeListensOnly", "DirectCallLeg"]
+
+
+class CalleeListensOnly(CallError):
+    """Raised by a direct call's dialer instead of ringing a callee that only
+    listens (a join token's ``subscriber``): it sends no media to anyone, so
+    no one may call it directly either."""
+
+    def __init__(self, callee: str) -> None:
+        self.callee = callee
+        super().__init__(f"{callee!r} listens only and takes no direct calls")
 
 
 @runtime_checkable
@@ -102,9 +112,9 @@ class DirectCallLeg(Call):
         :param headers: ``X-`` headers for the callee besides the caller's.
         :return: the callee's call, or ``None`` when the user is not logged
             in with the SDK (the caller's call is then rejected with 480), or
-            when the caller only listens (a join token's ``subscriber``: it
-            sends no media to anyone, so it is rejected 403 with ``X-Reason:
-            listen_only``).
+            when the caller or the callee only listens (a join token's
+            ``subscriber``: it sends no media to anyone, so the call is
+            rejected 403 with ``X-Reason: listen_only``).
         :raises CallError: not a browser's call that still rings, or the
             engine already answered its offer (early media).
         """
@@ -119,7 +129,15 @@ class DirectCallLeg(Call):
             return None
         dial = self._direct_dialer()
         self.direct = True
-        peer = dial({**self.headers, **(headers or {})})
+        try:
+            peer = dial({**self.headers, **(headers or {})})
+        except CalleeListensOnly as refused:
+            self.log.info("direct call refused: %s", refused)
+            security_event("listen_only_direct_call", self.source, callee=refused.callee,
+                           identity=self.grant.identity if self.grant is not None else None)
+            self.direct = False
+            self.reject(403, headers={"X-Reason": "listen_only"})
+            return None
         if peer is None:
             self.log.info("direct call: %r is not logged in", self.number)
             self.reject(480)

@@ -65,6 +65,10 @@ class Grant:
     :param display_name: the name the grant carries (a join token's ``name``).
     :param data: a join token's free-form ``data`` (at most 1 KB), which the
         conference shows the other participants; ``None`` without one.
+    :param custom_id: a join token's ``custom_id`` (the application's own id
+        for the participant), shown in the roster; ``None`` without one.
+    :param picture: a join token's ``picture`` (an http(s) URL the engine
+        checked), shown in the roster; ``None`` without one.
     """
 
     identity: str | None = None
@@ -75,6 +79,8 @@ class Grant:
     permissions: frozenset[str] = field(default_factory=frozenset)
     display_name: str | None = None
     data: str | None = None
+    custom_id: str | None = None
+    picture: str | None = None
 
     @property
     def authenticated(self) -> bool:

@@ -185,6 +185,8 @@ class WebCall(DirectCallLeg):
         loop = asyncio.get_running_loop()
         self._answer_sdp = loop.create_future()
         self.leg = self._leg_factory(self._on_media_failed)
+        # a listen-only caller is told to send nothing (answered sendonly)
+        self.leg.listen_only = self.grant is not None and self.grant.listen_only
         leg, fut = self.leg, self._answer_sdp
         candidates, self._early_candidates = self._early_candidates, []
 

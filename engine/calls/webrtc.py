@@ -432,6 +432,11 @@ class BrowserMediaLeg:
         closes from the browser's side (the call should end).
     """
 
+    #: The browser only listens (a ``subscriber``): its offer is answered
+    #: ``a=sendonly`` (RFC 3264 section 6.1), so the browser is told to send
+    #: no audio at all, besides the media graph leaving it out of every mix.
+    listen_only: bool = False
+
     def __init__(self, on_failed: Callable[[str], None] | None = None) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.port = WebRtcAudioPort()
@@ -466,7 +471,7 @@ class BrowserMediaLeg:
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio" and not audio:
                 audio = True
-                transceiver.direction = "sendrecv"
+                transceiver.direction = "sendonly" if self.listen_only else "sendrecv"
                 transceiver.sender.replaceTrack(self.track)
             else:
                 transceiver.direction = "inactive"

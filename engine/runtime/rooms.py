@@ -139,9 +139,13 @@ class Participant:
     muted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """The roster entry; ``custom_id`` and ``picture`` come from the call's
+        grant (a join token's claims), ``None`` without them."""
+        grant = getattr(self.call, "grant", None)
         return {"id": self.participant_id, "kind": self.kind, "display_name": self.display_name,
                 "identity": self.identity, "role": self.role, "joined_at": self.joined_at,
-                "muted": self.muted}
+                "muted": self.muted, "custom_id": getattr(grant, "custom_id", None),
+                "picture": getattr(grant, "picture", None)}
 
 
 def room_id_of(name: str) -> str:

@@ -13,11 +13,17 @@ claims::
 
     {"iss": "callbridge", "aud": "callbridge-join", "sub": IDENTITY,
      "room": ROOM_ID, "name": DISPLAY_NAME, "role": "guest",
-     "perms": ["mute_self"], "data": null, "iat": ..., "exp": ..., "jti": ...}
+     "perms": ["mute_self"], "data": null, "custom_id": null, "picture": null,
+     "iat": ..., "exp": ..., "jti": ...}
 
 ``data`` is free-form text the application attaches (JSON, say; at most
 :data:`MAX_DATA` bytes of UTF-8): the engine keeps it in the call's grant
 and the conference shows it to the other participants with the roster.
+``custom_id`` is the application's own id for the participant (at most
+:data:`MAX_CUSTOM_ID` printable characters) and ``picture`` the URL of its
+picture (``http`` or ``https``, at most :data:`MAX_PICTURE` characters;
+:func:`check_picture`): both travel the same way, into the grant and the
+roster. Absent claims are left out of the token.
 
 Tokens are short-lived (10 minutes unless asked otherwise, 24 hours at
 most): they are bearer credentials. The engine checks every permission on
@@ -32,7 +38,11 @@ trunk; the dial-out policy still applies). The presets are ``guest``
 (``mute_self``), ``moderator`` (all of them but ``dial_out``, which is
 only ever given by name) and ``subscriber`` (none: listen only; the engine
 mutes its audio into the conference, refuses to unmute it and refuses its
-direct calls, see :data:`LISTEN_ONLY_ROLES`).
+direct calls, see :data:`LISTEN_ONLY_ROLES`). The operator may name more
+presets (``POST /api/v1/presets``: a name and a list of permissions, kept in
+the store); a token or invite asks for one by name (``preset: "host"``) and
+its role is then the preset's name. The built-in names cannot be redefined
+(:func:`check_preset_name`).
 
 .. rubric:: Invite codes
 
@@ -71,7 +81,12 @@ __all__ = [
     "CODE_DIGITS",
     "JoinGrant",
     "LISTEN_ONLY_ROLES",
+    "MAX_CUSTOM_ID",
     "MAX_DATA",
+    "MAX_PICTURE",
+    "check_custom_id",
+    "check_picture",
+    "check_preset_name",
     "Keys",
     "TokenError",
     "permissions_for",
@@ -93,6 +108,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 #: Bytes (UTF-8) of a join token's free-form ``data``, at most.
 MAX_DATA = 1024
+
+#: Characters of a join token's ``custom_id``, and of its ``picture`` URL, at most.
+MAX_CUSTOM_ID = 128
+MAX_PICTURE = 512
 
 #: Seconds a join token lives unless asked otherwise, and at most.
 DEFAULT_TTL = 600.0
@@ -128,6 +147,10 @@ class JoinGrant:
     token_id: str
     #: Free-form text the application attached (at most :data:`MAX_DATA` bytes).
     data: str | None = None
+    #: The application's id for the participant (:func:`check_custom_id`).
+    custom_id: str | None = None
+    #: The participant's picture, an http(s) URL (:func:`check_picture`).
+    picture: str | None = None
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -146,6 +169,46 @@ def permissions_for(role: str, permissions: list[str] | tuple[str, ...] | None =
     if role not in PRESETS:
         raise ValueError(f"unknown role {role!r}: use {', '.join(PRESETS)} or give permissions")
     return PRESETS[role]
+
+
+def check_custom_id(value: str) -> str:
+    """A participant's ``custom_id``: 1 to :data:`MAX_CUSTOM_ID` printable characters.
+
+    :raises ValueError: saying what is wrong.
+    """
+    if not 1 <= len(value) <= MAX_CUSTOM_ID:
+        raise ValueError(f"must be 1 to {MAX_CUSTOM_ID} characters")
+    if not value.isprintable():
+        raise ValueError("must be printable characters (no control characters)")
+    return value
+
+
+def check_picture(value: str) -> str:
+    """A participant's ``picture``: an absolute ``http`` or ``https`` URL with
+    a host, at most :data:`MAX_PICTURE` characters, printable ASCII without
+    spaces or quotes (it ends up in a page's ``img src``).
+
+    :raises ValueError: saying what is wrong.
+    """
+    if not 1 <= len(value) <= MAX_PICTURE:
+        raise ValueError(f"must be 1 to {MAX_PICTURE} characters")
+    if not all("!" <= ch <= "~" for ch in value) or any(ch in value for ch in "\"'<>`\\"):
+        raise ValueError("must be a URL of printable ASCII without spaces, quotes or angle brackets")
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    if not sep or scheme.lower() not in ("http", "https") or not host or host.startswith(":"):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def check_preset_name(name: str) -> str:
+    """A name an operator may give a new preset: not a built-in one (:data:`PRESETS`).
+
+    :raises ValueError: a built-in name.
+    """
+    if name in PRESETS or name == "custom":
+        raise ValueError(f"{name!r} is a built-in preset and cannot be redefined")
+    return name
 
 
 class Keys:
@@ -186,23 +249,38 @@ class Keys:
     def issue_join_token(
         self, *, room: str, identity: str, display_name: str | None, role: str,
         permissions: tuple[str, ...], ttl: float, now: float, data: str | None = None,
+        custom_id: str | None = None, picture: str | None = None,
     ) -> tuple[str, JoinGrant]:
         """Sign a join token; return it and what it grants.
 
         :param data: free-form text for the other participants.
-        :raises ValueError: ``data`` over :data:`MAX_DATA` bytes.
+        :param custom_id: the application's id for the participant.
+        :param picture: the participant's picture (an http(s) URL).
+        :raises ValueError: ``data`` over :data:`MAX_DATA` bytes, a malformed
+            ``custom_id`` or ``picture``.
         """
         if data is not None and len(data.encode("utf-8")) > MAX_DATA:
             raise ValueError(f"data is at most {MAX_DATA} bytes (UTF-8)")
+        if custom_id is not None:
+            try:
+                check_custom_id(custom_id)
+            except ValueError as exc:
+                raise ValueError(f"custom_id {exc}") from None
+        if picture is not None:
+            try:
+                check_picture(picture)
+            except ValueError as exc:
+                raise ValueError(f"picture {exc}") from None
         grant = JoinGrant(room, identity, display_name, role, tuple(permissions), now + ttl,
-                          secrets.token_hex(8), data)
+                          secrets.token_hex(8), data, custom_id, picture)
         claims: dict[str, Any] = {
             "iss": _ISSUER, "aud": _AUDIENCE, "sub": identity, "room": room, "name": display_name,
             "role": role, "perms": list(permissions), "iat": int(now), "exp": now + ttl,
             "jti": grant.token_id,
         }
-        if data is not None:
-            claims["data"] = data
+        for claim, value in (("data", data), ("custom_id", custom_id), ("picture", picture)):
+            if value is not None:
+                claims[claim] = value
         return jwt.encode(claims, self._jwt_key, algorithm="HS256"), grant
 
     def verify_join_token(self, token: str, now: float) -> JoinGrant:
@@ -229,9 +307,17 @@ class Keys:
         data = claims.get("data")
         if data is not None and (not isinstance(data, str) or len(data.encode("utf-8")) > MAX_DATA):
             raise TokenError("token_invalid", "the join token's data is malformed")
+        checked: dict[str, str | None] = {}
+        for claim, check in (("custom_id", check_custom_id), ("picture", check_picture)):
+            value = claims.get(claim)
+            try:
+                checked[claim] = None if value is None else check(value) if isinstance(value, str) else check("")
+            except ValueError:
+                raise TokenError("token_invalid", f"the join token's {claim} is malformed") from None
         return JoinGrant(str(claims["room"]), str(claims["sub"]),
                          name if isinstance(name, str) else None, str(claims.get("role", "")),
-                         tuple(perms), float(exp), str(claims.get("jti", "")), data)
+                         tuple(perms), float(exp), str(claims.get("jti", "")), data,
+                         checked["custom_id"], checked["picture"])
 
     # -- invites -----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from engine.state.store import (
     API_SCOPES,
     InvalidValue,
     InviteRefused,
+    PresetExists,
     Room,
     RoomExists,
     StoreError,
@@ -48,7 +49,21 @@ from engine.state.store import (
     UserNotFound,
 )
 from engine.runtime.router import KINDS, Caller
-from engine.runtime.tokens import DEFAULT_TTL, MAX_DATA, MAX_TTL, PERMISSIONS, PRESETS, TokenError, permissions_for
+from engine.runtime.tokens import (
+    DEFAULT_TTL,
+    MAX_CUSTOM_ID,
+    MAX_DATA,
+    MAX_PICTURE,
+    MAX_TTL,
+    PERMISSIONS,
+    PRESETS,
+    TokenError,
+    check_custom_id,
+    check_picture,
+    check_preset_name,
+    permissions_for,
+)
+from engine.state.store.presets import PRESET_NAME_RE
 from engine.web.errors import ApiError, error_response
 from engine.web.webhooks import EVENTS, is_private_address
 
@@ -686,7 +701,20 @@ async def get_room_recording(request: web.Request) -> web.Response:
 # -- join tokens and invites ---------------------------------------------------------------
 
 
-def _grant_fields(data: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+def _grant_fields(request: web.Request, data: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The role and permissions a token or invite body asks for: a ``preset``
+    by name (built in or stored; the role is then its name), or ``role``
+    and/or ``permissions``."""
+    preset = _str(data, "preset", max_len=32)
+    if preset is not None:
+        if data.get("role") is not None or data.get("permissions") is not None:
+            raise _invalid("preset", "replaces role and permissions: give one or the other")
+        if preset in PRESETS:
+            return preset, PRESETS[preset]
+        stored = _store(request).get_preset(preset) if PRESET_NAME_RE.fullmatch(preset) else None
+        if stored is None:
+            raise _invalid("preset", f"names no preset: {preset!r} (GET /api/v1/presets lists them)")
+        return stored.name, tuple(p for p in stored.permissions if p in PERMISSIONS)
     role = _str(data, "role", max_len=32)
     perms = _str_list(data, "permissions", PERMISSIONS)
     if role is None:
@@ -699,27 +727,41 @@ def _grant_fields(data: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
 def _token_answer(token: str, grant: Any) -> dict[str, Any]:
     return {"token": token, "room": grant.room, "identity": grant.identity,
             "display_name": grant.display_name, "role": grant.role,
-            "permissions": list(grant.permissions), "expires_at": grant.expires_at, "data": grant.data}
+            "permissions": list(grant.permissions), "expires_at": grant.expires_at, "data": grant.data,
+            "custom_id": grant.custom_id, "picture": grant.picture}
+
+
+def _checked(data: dict[str, Any], name: str, max_len: int, check: Callable[[str], str]) -> str | None:
+    value = _str(data, name, max_len=max_len)
+    if value is not None:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise _invalid(name, str(exc)) from None
+    return value
 
 
 async def create_token(request: web.Request) -> web.Response:
     room = _room_or_404(request)
-    data = await _body(request, ("identity", "display_name", "role", "permissions", "ttl", "data"))
+    data = await _body(request, ("identity", "display_name", "role", "permissions", "preset", "ttl", "data",
+                                 "custom_id", "picture"))
     identity = _str(data, "identity", required=True, max_len=256)
     assert identity is not None
     if not identity:
         raise _invalid("identity", "must not be empty")
     display_name = _str(data, "display_name", max_len=128)
-    role, perms = _grant_fields(data)
+    role, perms = _grant_fields(request, data)
     ttl = _number(data, "ttl", 0, MAX_TTL, exclusive_low=True) or DEFAULT_TTL
     extra = _str(data, "data", max_len=MAX_DATA)
     if extra is not None and len(extra.encode("utf-8")) > MAX_DATA:
         raise _invalid("data", f"must be at most {MAX_DATA} bytes (UTF-8)")
+    custom_id = _checked(data, "custom_id", MAX_CUSTOM_ID, check_custom_id)
+    picture = _checked(data, "picture", MAX_PICTURE, check_picture)
     if room.state(time.time()) == "ended":
         raise ApiError(409, "room_ended", f"room {room.room_id} has ended", "room")
     token, grant = _engine(request).keys.issue_join_token(
         room=room.room_id, identity=identity, display_name=display_name, role=role,
-        permissions=perms, ttl=ttl, now=time.time(), data=extra)
+        permissions=perms, ttl=ttl, now=time.time(), data=extra, custom_id=custom_id, picture=picture)
     return _json(_token_answer(token, grant), 201)
 
 
@@ -745,12 +787,13 @@ def _invite(invite: Any) -> dict[str, Any]:
 
 async def create_invite(request: web.Request) -> web.Response:
     room = _room_or_404(request)
-    data = await _body(request, ("invitee", "display_name", "role", "permissions", "ttl", "max_attempts"))
+    data = await _body(request, ("invitee", "display_name", "role", "permissions", "preset", "ttl",
+                                 "max_attempts"))
     invitee = _str(data, "invitee", required=True, max_len=256)
     if not invitee:
         raise _invalid("invitee", "must not be empty")
     display_name = _str(data, "display_name", max_len=128)
-    role, perms = _grant_fields(data)
+    role, perms = _grant_fields(request, data)
     ttl = _number(data, "ttl", 0, INVITE_MAX_TTL, exclusive_low=True) or INVITE_TTL
     max_attempts = _int(data, "max_attempts", 1, 100) or INVITE_ATTEMPTS
     if room.state(time.time()) == "ended":
@@ -808,6 +851,61 @@ async def redeem_invite(request: web.Request) -> web.Response:
         room=invite.room_id, identity=invite.invitee, display_name=invite.display_name,
         role=invite.role, permissions=invite.permissions, ttl=DEFAULT_TTL, now=time.time())
     return _json({**_token_answer(token, grant), "conference": f"conf_{invite.room_id}"})
+
+
+# -- named presets -------------------------------------------------------------------------
+
+
+def _preset_view(name: str, permissions: tuple[str, ...], created_at: float | None) -> dict[str, Any]:
+    return {"name": name, "permissions": list(permissions), "builtin": created_at is None,
+            "created_at": created_at}
+
+
+async def list_presets(request: web.Request) -> web.Response:
+    builtin = [_preset_view(name, perms, None) for name, perms in PRESETS.items()]
+    stored = [_preset_view(p.name, p.permissions, p.created_at) for p in _store(request).list_presets()]
+    return _json({"presets": builtin + stored})
+
+
+async def create_preset(request: web.Request) -> web.Response:
+    data = await _body(request, ("name", "permissions"))
+    name = _str(data, "name", required=True, max_len=32)
+    assert name is not None
+    try:
+        check_preset_name(name)
+    except ValueError as exc:
+        raise ApiError(409, "builtin_preset", str(exc), "name") from None
+    if not PRESET_NAME_RE.fullmatch(name):
+        raise _invalid("name", "must be 1-32 characters of a-z 0-9 _ - starting with a letter")
+    perms = _str_list(data, "permissions", PERMISSIONS)
+    if perms is None:
+        raise _missing("permissions")
+    try:
+        preset = _store(request).create_preset(name, perms)
+    except PresetExists:
+        raise ApiError(409, "preset_exists", f"preset {name!r} exists; delete it first", "name") from None
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return _json(_preset_view(preset.name, preset.permissions, preset.created_at), 201)
+
+
+async def get_preset(request: web.Request) -> web.Response:
+    name = request.match_info["preset"]
+    if name in PRESETS:
+        return _json(_preset_view(name, PRESETS[name], None))
+    preset = _store(request).get_preset(name)
+    if preset is None:
+        raise ApiError(404, "not_found", f"no preset {name!r}", "preset")
+    return _json(_preset_view(preset.name, preset.permissions, preset.created_at))
+
+
+async def delete_preset(request: web.Request) -> web.Response:
+    name = request.match_info["preset"]
+    if name in PRESETS:
+        raise ApiError(409, "builtin_preset", f"{name!r} is a built-in preset and cannot be deleted", "preset")
+    if not _store(request).delete_preset(name):
+        raise ApiError(404, "not_found", f"no preset {name!r}", "preset")
+    return web.Response(status=204)
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -1111,6 +1209,10 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/invites/{invite}", delete_invite, "calls"),
     Route("POST", "/invites/redeem", redeem_invite, None),
     Route("POST", "/tokens/verify", verify_token, "calls"),
+    Route("GET", "/presets", list_presets, "admin"),
+    Route("POST", "/presets", create_preset, "admin"),
+    Route("GET", "/presets/{preset}", get_preset, "admin"),
+    Route("DELETE", "/presets/{preset}", delete_preset, "admin"),
     Route("GET", "/sessions", list_sessions, "calls"),
     Route("POST", "/sessions", start_session, "calls"),
     Route("GET", "/sessions/{session}", get_session, "calls"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.state.store import API_SCOPES
-from engine.runtime.tokens import PERMISSIONS, PRESETS
+from engine.runtime.tokens import MAX_CUSTOM_ID, MAX_PICTURE, PERMISSIONS, PRESETS
 from engine.web.webhooks import EVENTS
 
 __all__ = ["document"]
@@ -88,7 +88,14 @@ _GRANT_PROPS = {
     "display_name": _nullable({"type": "string", "maxLength": 128}),
     "role": {"type": "string", "enum": [*PRESETS]},
     "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)}},
+    "preset": {"type": "string", "maxLength": 32,
+               "description": "a preset by name, built in or made with POST /presets, instead of role and"
+                              " permissions (the role is then the preset's name); unknown: 400"},
 }
+_CUSTOM_ID = {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOM_ID,
+              "description": "the application's own id for the participant (printable), shown in the roster"}
+_PICTURE = {"type": "string", "minLength": 1, "maxLength": MAX_PICTURE,
+            "description": "the participant's picture: an http:// or https:// URL, shown in the roster"}
 
 
 def _schemas() -> dict[str, Any]:
@@ -100,6 +107,7 @@ def _schemas() -> dict[str, Any]:
         "id": {"type": "string"}, "kind": {"type": "string", "enum": ["web", "pstn"]},
         "display_name": _nullable({"type": "string"}), "identity": _nullable({"type": "string"}),
         "role": {"type": "string"}, "joined_at": _TIME, "muted": {"type": "boolean"},
+        "custom_id": _nullable({"type": "string"}), "picture": _nullable({"type": "string"}),
     }, ("id", "kind", "role", "joined_at", "muted"))
     room_props = {
         "id": {"type": "string"}, "conference": {"type": "string"},
@@ -127,6 +135,7 @@ def _schemas() -> dict[str, Any]:
         "display_name": _nullable({"type": "string"}), "role": {"type": "string"},
         "permissions": {"type": "array", "items": {"type": "string"}}, "expires_at": _TIME,
         "conference": {"type": "string"}, "data": _nullable({"type": "string"}),
+        "custom_id": _nullable({"type": "string"}), "picture": _nullable({"type": "string"}),
     }, ("room", "identity", "role", "permissions", "expires_at"))
     invite_props = {
         "id": {"type": "string"}, "room": {"type": "string"}, "invitee": {"type": "string"},
@@ -211,6 +220,11 @@ def _schemas() -> dict[str, Any]:
         "CallList": _obj({"calls": {"type": "array", "items": {"type": "object"}}, **page}, ("calls", "total")),
         "KeyList": _obj({"keys": {"type": "array", "items": {"type": "string"}}}, ("keys",)),
         "KeyValue": _obj({"key": {"type": "string"}, "value": {"type": "string"}}, ("key", "value")),
+        "Preset": _obj({"name": {"type": "string"},
+                        "permissions": {"type": "array", "items": {"type": "string"}},
+                        "builtin": {"type": "boolean"}, "created_at": _nullable(_TIME)},
+                       ("name", "permissions", "builtin", "created_at")),
+        "PresetList": _obj({"presets": {"type": "array", "items": _ref("Preset")}}, ("presets",)),
         "Webhook": webhook,
         "WebhookList": _obj({"webhooks": {"type": "array", "items": _ref("Webhook")}}, ("webhooks",)),
         "Delivery": delivery,
@@ -260,7 +274,8 @@ def document() -> dict[str, Any]:
                        "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 86400},
                        "data": {"type": "string", "maxLength": 1024,
                                 "description": "free-form text (JSON, say), at most 1 KB of UTF-8: shown to "
-                                               "the other participants with the conference's roster"}},
+                                               "the other participants with the conference's roster"},
+                       "custom_id": _CUSTOM_ID, "picture": _PICTURE},
                       ("identity",))
     invite_body = _obj({"invitee": {"type": "string", "minLength": 1, "maxLength": 256}, **_GRANT_PROPS,
                         "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
@@ -357,6 +372,22 @@ def document() -> dict[str, Any]:
         "/tokens/verify": {"post": _op(
             "Check a join token and show what it grants", "calls", 200, "JoinToken",
             body=_obj({"token": {"type": "string", "maxLength": 4096}}, ("token",)))},
+        "/presets": {
+            "get": _op("List the presets: the built-in ones (guest, moderator, subscriber) and the named"
+                       " ones", "admin", 200, "PresetList"),
+            "post": _op("Name a permission set that tokens and invites ask for by name (preset); 409"
+                        " builtin_preset or preset_exists", "admin", 201, "Preset", errors=(409,),
+                        body=_obj({"name": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
+                                   "permissions": {"type": "array", "maxItems": 64,
+                                                   "items": {"type": "string", "enum": list(PERMISSIONS)}}},
+                                  ("name", "permissions"))),
+        },
+        "/presets/{preset}": {
+            "parameters": [_path("preset", {"type": "string", "minLength": 1, "maxLength": 32})],
+            "get": _op("Get a preset", "admin", 200, "Preset", errors=(404,)),
+            "delete": _op("Delete a named preset (tokens and invites issued with it keep their"
+                          " permissions); 409 builtin_preset", "admin", 204, None, errors=(404, 409)),
+        },
         "/sessions": {
             "get": _op("List running scenario sessions and their calls", "calls", 200, "SessionList"),
             "post": _op("Start a rule's scenarios with custom data (VoxEngine.custom_data())", "calls", 201,
@@ -426,7 +457,7 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "callbridge management API",
             "version": "1",
-            "description": "Users, rooms, join tokens, invites, sessions, rules, call records, "
+            "description": "Users, rooms, join tokens, invites, presets, sessions, rules, call records, "
                            "storage and webhooks. Errors are {\"error\": {\"code\", \"message\", "
                            f"\"field\"}}}}. API key scopes: {', '.join(API_SCOPES)}.",
         },

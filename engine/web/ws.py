@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.calls.call import CallError, CallState
+from engine.calls.direct import CalleeListensOnly
 from engine.state.directory import LoginBackoff, LoginGuard
 from engine.calls.grants import LISTEN_ONLY_ROLES, Grant, without_engine_headers
 from engine.security_log import security_event, security_event_throttled
@@ -346,7 +347,8 @@ class SdkConnection:
         if token is not None:
             return Grant(identity=token.identity, authenticated_by="join-token", room=token.room,
                          admitted_by="join-token", role=token.role, permissions=frozenset(token.permissions),
-                         display_name=token.display_name, data=token.data)
+                         display_name=token.display_name, data=token.data, custom_id=token.custom_id,
+                         picture=token.picture)
         return Grant(identity=self.user, authenticated_by=self.login_method, display_name=self.display_name)
 
     def ring(self, call: WebCall, timeout: float) -> None:
@@ -505,10 +507,16 @@ class WebUsers:
 
     def call_user_direct(self, name: str, caller: WebCall, headers: dict[str, str]) -> WebCall | None:
         """Ring ``name``'s browser with ``caller``'s own offer (a direct call:
-        the engine relays signalling only); ``None`` when not logged in."""
+        the engine relays signalling only); ``None`` when not logged in.
+
+        :raises CalleeListensOnly: ``name`` logged in with a listen-only
+            join token (``subscriber``); its browser is not rung.
+        """
         conn = self.connection_of(name)
         if conn is None:
             return None
+        if conn.grant is not None and conn.grant.role in LISTEN_ONLY_ROLES:
+            raise CalleeListensOnly(name)
         if len(conn.calls) >= MAX_CALLS_PER_SOCKET:
             raise CallError(f"user {name!r} has too many calls")
         engine = self.engine

@@ -189,6 +189,10 @@ async def test_page_and_phone_hear_each_other(engine: Engine, browser: Any, tmp_
         assert "PIN accepted" in logs, logs
         await page.wait_for_function(
             "document.querySelector('#people').textContent.includes('Phone')", timeout=10000)
+        # announced as a phone that joined, not as an answer in the dial-out log
+        await page.wait_for_function(
+            "document.querySelector('#toasts').textContent.includes('joined by phone')", timeout=4000)
+        assert await page.text_content("#invite-log") == ""
         assert await page.evaluate("document.querySelectorAll('.tile.phone').length") == 1
         await asyncio.sleep(4.0)  # past "You have joined the conference."
         heard = phone.heard_so_far()[-16000:]

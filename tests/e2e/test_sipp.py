@@ -53,6 +53,50 @@ async def test_uac_completes_100_calls(make_engine) -> None:
     assert not engine.ua.calls  # every call ended and was forgotten
 
 
+async def _calls_total(engine: Engine, key: str) -> float:
+    """``callbridge_calls_total{kind="sip",direction="inbound",outcome="connected"}``
+    as ``GET /metrics`` shows it (scraped over HTTP with a metrics key)."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{engine.http_port}/metrics",
+                            headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    wanted = {"kind": "sip", "direction": "inbound", "outcome": "connected"}
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "callbridge_calls_total" and s.labels == wanted)
+
+
+async def test_metrics_count_exactly_the_calls_sipp_places(make_engine) -> None:
+    """sipp places 40 calls (10 a second) while /metrics is scraped: the
+    connected-calls counter never goes down during the run and ends exactly
+    40 above where it started (each call counted once, none lost)."""
+    engine = await make_engine(RULES)
+    assert engine.store is not None
+    key_record, secret = engine.store.create_api_key(["metrics"])
+    key = f"{key_record.key_id}.{secret}"
+    before = await _calls_total(engine, key)
+    uac = asyncio.ensure_future(run_sipp(
+        ["-s", "100", "-m", "40", "-r", "10", "-l", "20"], scenario="uac_wait_bye.xml",
+        target=target(engine), timeout=60))
+    seen = [before]
+    while not uac.done():
+        seen.append(await _calls_total(engine, key))
+        await asyncio.sleep(0.5)
+    result = await uac
+    assert result.returncode == 0 and result.successful == 40, result.output[-2000:] + result.errors
+    for _ in range(50):  # the last BYE's 200 may still be on its way
+        after = await _calls_total(engine, key)
+        if after - before == 40:
+            break
+        await asyncio.sleep(0.1)
+    assert after - before == 40, (before, after)
+    assert seen == sorted(seen) and seen[-1] <= after, seen
+    assert any(before < v < after for v in seen), f"no scrape saw the counter mid-run: {seen}"
+
+
 async def test_builtin_uac_over_tcp(make_engine) -> None:
     """sipp's built-in uac over TCP (the caller sends the BYE) completes 20 calls."""
     engine = await make_engine(RULES)

@@ -632,3 +632,49 @@ async def test_negative_rtp_timeout_stops_startup(make_engine: EngineFactory) ->
     """Check a negative rtp_timeout in EngineConfig fails start-up clearly."""
     with pytest.raises(StartupError, match=r"rtp_timeout must be 0 \(off\) or more seconds, not -1.0"):
         await make_engine(RULES, {"talk": TALK}, rtp_timeout=-1.0)
+
+
+INBAND = """
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+
+async def on_alerting(e):
+    call = e.call
+    call.add_event_listener(CallEvents.Disconnected, lambda ev: VoxEngine.terminate())
+    await call.answer()
+    action = call.send_digits("159#", mode="inband")
+    Logger.write(f"inband digits by {action.mode}: {await action}")
+
+
+VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+"""
+
+
+async def test_inband_digits_are_tones_in_the_audio(make_engine: EngineFactory, peers: PeerFactory,
+                                                    rtp_socket: socket.socket) -> None:
+    """Check ``send_digits(mode="inband")`` plays the DTMF tone pairs into
+    the call's audio: the caller gets only PCMU packets (no telephone-event
+    although it offered one), and a DTMF detector run on their decoded
+    audio hears exactly the digits sent, in order."""
+    import numpy as np
+
+    from engine.media.codecs.g711 import ulaw_decode
+    from engine.media.dtmf import DtmfDetector
+
+    engine = await make_engine(RULES, {"talk": INBAND})
+    peer = await peers.udp(engine)
+    dialog = Dialog(peer, f"sip:talk@127.0.0.1:{engine.ua.port}")
+    dialog.invite(sdp_offer("127.0.0.1", rtp_socket.getsockname()[1]))
+    ok = await peer.expect(200, method="INVITE", timeout=5)
+    assert b"telephone-event" in ok.body
+    dialog.learn(ok)
+    dialog.ack()
+    logs = await wait_for_log(engine, "inband digits by", timeout=10)
+    assert "inband digits by inband: True" in logs, logs
+    packets = sorted(rtp_in(rtp_socket), key=lambda p: p.sequence_number)
+    assert packets and {p.payload_type for p in packets} == {0}
+    pcm = np.concatenate([ulaw_decode(np.frombuffer(p.payload, dtype=np.uint8)) for p in packets])
+    heard = [tone.digit for tone in DtmfDetector().process(pcm)]
+    assert heard == ["1", "5", "9", "#"], heard
+    dialog.send("BYE")
+    await peer.expect(method="BYE")

@@ -6,9 +6,11 @@ others never hear it (aiortc peers with a tone each as their microphone)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from sdk_peer import BrowserPeer, SdkSocket, goertzel_power
 
@@ -101,11 +103,14 @@ async def test_token_data_reaches_the_other_pages_roster(make_engine: EngineFact
                 await sock.ws.close()
 
 
-async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory) -> None:
+async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Check a ``subscriber`` token (no permissions): its page hears the
     conference (the guest's 500 Hz) while its own 1000 Hz never reaches
     the guest; the room lists it muted, unmuting it is refused (API 409
-    listen_only, SDK listen_only), and its direct calls are refused 403."""
+    listen_only, SDK listen_only), its offer is answered sendonly (the
+    guest's sendrecv), and direct calls from it and to it are
+    refused 403 ``listen_only`` (its page never rung), each a security event."""
     rules = "rules:\n  - {name: Gate, pattern: \"gate_[a-z]+\", scenarios: [gate]}\n" \
             "  - {name: Conf, pattern: \"conf_[a-z]+\", scenarios: [mix]}\n" \
             "  - {name: P2P, pattern: \".*\", scenarios: [p2p]}\n"
@@ -121,6 +126,9 @@ async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory) -
         sub, sub_peer = await _page(api, http, "talk", {"identity": "sue", "role": "subscriber"}, 1000.0,
                                     "gate_talk")
         try:
+            answers = [next(f["sdp"] for f in sock.frames if f.get("call") == "c1" and f.get("sdp"))
+                       for sock in (guest, sub)]
+            assert "a=sendrecv" in answers[0] and "a=sendonly" in answers[1], "the subscriber is told to only listen"
             for peer in (guest_peer, sub_peer):
                 await wait_until(lambda: len(peer.heard_pcm()) > 8000 * 3, timeout=15)
             heard_by_guest, heard_by_sub = guest_peer.heard_pcm()[-12000:], sub_peer.heard_pcm()[-12000:]
@@ -141,6 +149,18 @@ async def test_subscriber_hears_and_is_never_heard(make_engine: EngineFactory) -
                 await offerer.close()
             failed = await sub.recv("failed", call="d1", timeout=10)
             assert failed["code"] == 403 and failed["headers"].get("X-Reason") == "listen_only"
+            caller = BrowserPeer()
+            try:
+                with caplog.at_level(logging.WARNING, logger="callbridge.security"):
+                    await guest.send({"type": "call", "call": "d2", "number": "sue",
+                                      "sdp": await caller.offer(), "headers": {"X-DirectCall": "true"}})
+                    failed = await guest.recv("failed", call="d2", timeout=10)
+            finally:
+                await caller.close()
+            assert failed["code"] == 403 and failed["headers"].get("X-Reason") == "listen_only"
+            assert "security event=listen_only_direct_call src=127.0.0.1 callee=sue identity=gil" in caplog.text
+            await sub.request({"type": "ping"})  # every frame sent to the page before is now read
+            assert not [f for f in sub.frames if f.get("type") == "incoming"], "the subscriber was rung"
         finally:
             for sock, peer in ((guest, guest_peer), (sub, sub_peer)):
                 await peer.close()

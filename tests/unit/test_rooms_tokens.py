@@ -60,6 +60,35 @@ def test_join_token_expiry_forgery_and_claims() -> None:
         assert info.value.code == "token_invalid"
 
 
+def test_custom_id_and_picture_claims_are_checked_both_ways() -> None:
+    """Check ``custom_id`` and ``picture`` round-trip through a token, are
+    left out when absent, are refused when malformed at issue, and make a
+    (validly signed) token whose claims are malformed ``token_invalid``."""
+    keys = Keys(b"k" * 32)
+    token, grant = keys.issue_join_token(room="r1", identity="amy", display_name=None, role="guest",
+                                         permissions=(), ttl=60, now=1000.0, custom_id="crm:7",
+                                         picture="http://cdn.example/p.jpg")
+    assert keys.verify_join_token(token, 1001.0) == grant
+    assert (grant.custom_id, grant.picture) == ("crm:7", "http://cdn.example/p.jpg")
+    plain, _ = keys.issue_join_token(room="r1", identity="bo", display_name=None, role="guest",
+                                     permissions=(), ttl=60, now=1000.0)
+    claims = jwt.decode(plain, options={"verify_signature": False})
+    assert "custom_id" not in claims and "picture" not in claims
+    with pytest.raises(ValueError, match="picture must be an http:// or https:// URL"):
+        keys.issue_join_token(room="r1", identity="amy", display_name=None, role="guest",
+                              permissions=(), ttl=60, now=1000.0, picture="data:image/png,xx")
+    with pytest.raises(ValueError, match="custom_id must be printable"):
+        keys.issue_join_token(room="r1", identity="amy", display_name=None, role="guest",
+                              permissions=(), ttl=60, now=1000.0, custom_id="a\x1bb")
+    base: dict[str, Any] = {"iss": "callbridge", "aud": "callbridge-join", "sub": "amy", "room": "r1",
+                            "exp": 2000}
+    for claim, value in (("custom_id", 5), ("custom_id", "x" * 129), ("picture", "javascript:x"),
+                         ("picture", ["https://a.b/"])):
+        bad = jwt.encode({**base, claim: value}, keys._jwt_key, algorithm="HS256")
+        with pytest.raises(TokenError, match=f"the join token's {claim} is malformed"):
+            keys.verify_join_token(bad, 1000.0)
+
+
 def test_permissions_presets_and_custom() -> None:
     """Check presets, custom lists (deduplicated) and refusals of unknown names."""
     assert permissions_for("guest") == ("mute_self",)

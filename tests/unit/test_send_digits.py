@@ -161,7 +161,7 @@ async def test_peer_gone_mid_way_fails_the_handle(sleep: VirtualSleep) -> None:
     [
         ("12x", {}, "send_digits: 'x' at position 3 is not a DTMF digit (0-9 * # A-D, ',' pauses)"),
         ("", {}, "send_digits: no digits to send"),
-        ("1", {"mode": "sms"}, "send_digits: mode must be one of auto, rfc4733, info, not 'sms'"),
+        ("1", {"mode": "sms"}, "send_digits: mode must be one of auto, rfc4733, info, inband, not 'sms'"),
         ("1", {"duration": 0.01}, "send_digits: duration must be 0.04 to 5.0 s, not 0.01"),
         ("1", {"gap": -1.0}, "send_digits: gap must be 0 to 5.0 s, not -1.0"),
     ],

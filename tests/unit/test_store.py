@@ -85,7 +85,7 @@ def ha1(hash_name: str, text: str) -> str:
 def test_memory_store_implements_the_interface(store: SqliteStore) -> None:
     """Check the SQLite store satisfies the Store protocol and records the schema version."""
     assert isinstance(store, Store)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert store.sip_realm == "callbridge"
     assert store.path == ":memory:"
 
@@ -98,7 +98,7 @@ def test_file_store_creates_directory_and_uses_wal(tmp_path: Path) -> None:
         assert path.exists()
         assert Path(f"{path}-wal").exists()
         assert raw(path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(path, "SELECT version FROM schema_version") == [(3,)]
+    assert raw(path, "SELECT version FROM schema_version") == [(4,)]
 
 
 def test_in_directory_uses_default_filename(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_persistence_across_reopen(tmp_path: Path, clock: Clock) -> None:
         store.kv_put("app", "short", "v", 5.0, 10.0)
         store.add_call_record({"call_id": "c1", "status": "answered"})
     with open_file(path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         assert store.get_user("alice") == User("alice", "Alice A.", clock.now, sip=True)
         assert store.verify_password("alice", "s3cret")
         assert store.sip_ha1("alice", "callbridge", "MD5") == ha1(

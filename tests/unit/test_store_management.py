@@ -15,6 +15,8 @@ from engine.state.store import (
     SCHEMA_VERSION,
     InvalidValue,
     InviteRefused,
+    Preset,
+    PresetExists,
     Room,
     SqliteStore,
 )
@@ -46,7 +48,7 @@ def test_version_1_database_is_migrated_keeping_rooms(tmp_path: Path) -> None:
             conn.execute(statement)
     conn.close()
     with SqliteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         assert store.get_room("1234") == Room("1234", "Weekly", 5.0)
         assert store.find_room_by_pin("1234") == (Room("1234", "Weekly", 5.0), "guest")
 
@@ -177,3 +179,23 @@ def test_webhook_deliveries_queue_in_order_and_replay(store: SqliteStore) -> Non
     assert done is not None and (done.status, done.delivered_at) == ("delivered", 21.0)
     assert store.delete_webhook(other.webhook_id)
     assert [d.event for d in store.pending_deliveries()] == []
+
+
+def test_presets_are_stored_listed_and_deleted(store: SqliteStore) -> None:
+    """Check a named preset is stored with its permissions (duplicates
+    dropped), listed by name, refused when its name is taken or malformed,
+    and deleted once."""
+    host = store.create_preset("host", ["mute_self", "lock", "mute_self"])
+    assert host == Preset("host", ("mute_self", "lock"), 1000.0)
+    store.create_preset("audience-2", [])
+    assert store.get_preset("host") == host
+    assert [p.name for p in store.list_presets()] == ["audience-2", "host"]
+    with pytest.raises(PresetExists, match="preset 'host' already exists"):
+        store.create_preset("host", ["end"])
+    for bad in ("", "Host", "9lives", "a" * 33, "a b"):
+        with pytest.raises(InvalidValue, match="name: must be 1-32 characters"):
+            store.create_preset(bad, [])
+    with pytest.raises(InvalidValue, match="permissions: must be a list"):
+        store.create_preset("x", "lock")  # type: ignore[arg-type]
+    assert store.delete_preset("host") and not store.delete_preset("host")
+    assert store.get_preset("host") is None

@@ -14,7 +14,7 @@ What lives where:
 * :mod:`~engine.state.store.interface`: :class:`Store`, the protocol;
 * :mod:`~engine.state.store.records`: the dataclasses it returns
   (:class:`User`, :class:`Room`, :class:`ApiKey`, :class:`Invite`,
-  :class:`Webhook`, :class:`Delivery`) and :data:`API_SCOPES`;
+  :class:`Webhook`, :class:`Delivery`, :class:`Preset`) and :data:`API_SCOPES`;
 * :mod:`~engine.state.store.errors`: :class:`StoreError` and its kinds;
 * :mod:`~engine.state.store.checks`: argument checks, limits, and the rules
   for user names and room ids;
@@ -28,7 +28,8 @@ What lives where:
   :mod:`~engine.state.store.users`, :mod:`~engine.state.store.storage`
   (key-value), :mod:`~engine.state.store.rooms` (and room PINs),
   :mod:`~engine.state.store.keys` (API keys), :mod:`~engine.state.store.invites`,
-  :mod:`~engine.state.store.webhooks`, :mod:`~engine.state.store.call_records`;
+  :mod:`~engine.state.store.webhooks`, :mod:`~engine.state.store.call_records`,
+  :mod:`~engine.state.store.presets`;
 * :mod:`~engine.state.store.sqlite`: :class:`SqliteStore`, which opens the
   database and composes them.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 from engine.state.store.errors import (
     InvalidValue,
     InviteRefused,
+    PresetExists,
     RoomExists,
     StoreError,
     UserExists,
@@ -46,7 +48,7 @@ from engine.state.store.errors import (
 from engine.state.store.interface import Store
 from engine.state.store.migrations import SCHEMA_VERSION
 from engine.state.store.passwords import GUEST_HASH, HA1_ALGORITHMS, ScryptParams
-from engine.state.store.records import API_SCOPES, ApiKey, Delivery, Invite, Room, User, Webhook
+from engine.state.store.records import API_SCOPES, ApiKey, Delivery, Invite, Preset, Room, User, Webhook
 from engine.state.store.sqlite import DEFAULT_FILENAME, SqliteStore
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "Delivery",
     "Invite",
     "InviteRefused",
+    "Preset",
+    "PresetExists",
     "Webhook",
     "GUEST_HASH",
     "HA1_ALGORITHMS",

@@ -57,6 +57,17 @@ class RoomExists(StoreError):
         super().__init__(f"room {room_id!r} already exists")
 
 
+class PresetExists(StoreError):
+    """A preset of that name exists already.
+
+    :param name: the name asked for.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"preset {name!r} already exists")
+
+
 class InviteRefused(StoreError):
     """An invite cannot be redeemed: ``code`` is ``invalid_code``,
     ``invite_used``, ``invite_expired`` or ``invite_locked``."""

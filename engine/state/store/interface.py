@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from engine.state.store.records import ApiKey, Delivery, Invite, Room, User, Webhook
+from engine.state.store.records import ApiKey, Delivery, Invite, Preset, Room, User, Webhook
 
 __all__ = ["Store"]
 
@@ -203,6 +203,24 @@ class Store(Protocol):
 
         :raises InviteRefused: with ``code`` saying why.
         """
+        ...
+
+    # named presets
+
+    def create_preset(self, name: str, permissions: tuple[str, ...] | list[str]) -> Preset:
+        """Store a named permission set. :raises PresetExists: the name is taken."""
+        ...
+
+    def get_preset(self, name: str) -> Preset | None:
+        """Return the preset, or ``None``."""
+        ...
+
+    def list_presets(self) -> list[Preset]:
+        """Every stored preset, by name."""
+        ...
+
+    def delete_preset(self, name: str) -> bool:
+        """Delete a preset; ``False`` when there was none."""
         ...
 
     # webhooks

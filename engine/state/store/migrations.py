@@ -114,6 +114,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # may already REGISTER: they stay SIP users; new ones are not unless asked.
         "ALTER TABLE users ADD COLUMN sip INTEGER NOT NULL DEFAULT 1",
     ),
+    (
+        # Named presets (permission sets) for join tokens and invites.
+        """CREATE TABLE presets (
+            name TEXT PRIMARY KEY,
+            permissions TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+    ),
 )
 
 #: The schema version this code writes.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["API_SCOPES", "ApiKey", "Delivery", "Invite", "Room", "User", "Webhook"]
+__all__ = ["API_SCOPES", "ApiKey", "Delivery", "Invite", "Preset", "Room", "User", "Webhook"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,17 @@ class Delivery:
     last_code: int | None
     last_error: str | None
     delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named permission set that join tokens and invites refer to by name.
+
+    :param name: 1-32 characters of ``a-z 0-9 _ -``.
+    :param permissions: permission names (``engine.runtime.tokens.PERMISSIONS``).
+    :param created_at: creation time.
+    """
+
+    name: str
+    permissions: tuple[str, ...]
+    created_at: float

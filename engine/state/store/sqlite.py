@@ -26,6 +26,7 @@ from engine.state.store.invites import SqliteInvites
 from engine.state.store.keys import SqliteApiKeys
 from engine.state.store.migrations import migrate
 from engine.state.store.passwords import ScryptParams
+from engine.state.store.presets import SqlitePresets
 from engine.state.store.rooms import SqliteRooms
 from engine.state.store.storage import SqliteKeyValue
 from engine.state.store.users import SqliteUsers
@@ -45,6 +46,7 @@ class SqliteStore(
     SqliteInvites,
     SqliteWebhooks,
     SqliteCallRecords,
+    SqlitePresets,
 ):
     """:class:`Store` on one SQLite database.
 

@@ -48,6 +48,20 @@ function initials(name) {
   return ((parts[0] || "?")[0] + (parts.length > 1 ? parts[parts.length - 1][0] : "")).toUpperCase();
 }
 
+/** A participant's picture (a join token's http(s) URL, checked by the engine)
+ *  or, without one, its initials. */
+function avatar(p) {
+  if (typeof p.picture === "string" && /^https?:\/\//i.test(p.picture)) {
+    const img = el("img", "mini picture");
+    img.alt = "";
+    img.referrerPolicy = "no-referrer";
+    img.src = p.picture;
+    img.addEventListener("error", () => img.replaceWith(el("span", "mini", initials(p.name))));
+    return img;
+  }
+  return el("span", "mini", initials(p.name));
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -146,7 +160,7 @@ function renderPeople() {
     const item = el("li", `${p.kind}${p.muted ? " muted" : ""}`);
     item.dataset.id = p.id;
     item.dataset.muted = String(!!p.muted);
-    item.append(el("span", "mini", initials(p.name)));
+    item.append(avatar(p));
     const who = el("span", "who");
     who.append(el("span", "name", p.name + (mine ? " (you)" : "")));
     who.append(el("span", "kind", p.kind === "pstn" ? `Phone${p.number && p.number !== p.name ? " · " + p.number : ""}` : "Browser"));
@@ -278,10 +292,19 @@ function onConferenceMessage(e) {
       onParticipantUpdated(data.participant);
       break;
     case "CALL_PARTICIPANT_CONNECTED":
+      // a phone that dialed in (inbound) is news, not an answer to our invite
+      if (data.inbound) {
+        toast(`${data.name || data.number} joined by phone`);
+        break;
+      }
       logInvite(`${data.number} answered`, "ok");
       toast(`${data.number} joined by phone`);
       break;
     case "CALL_PARTICIPANT_DISCONNECTED":
+      if (data.inbound) {
+        toast(`${data.name || data.number} left`);
+        break;
+      }
       logInvite(`${data.number} hung up`);
       break;
     case "CALL_PARTICIPANT_FAILED":
