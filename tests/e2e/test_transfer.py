@@ -88,3 +88,51 @@ async def test_b_transfers_a_to_c_blind(make_engine, tmp_path: Path) -> None:
     finally:
         for phone in phones.values():
             await phone.stop()
+
+
+MOVE = '''
+from pathlib import Path
+
+from engine.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+TARGET = Path(__file__).with_name("target.txt").read_text().strip()
+
+
+async def on_alerting(e):
+    a = e.call
+    a.add_event_listener(CallEvents.TransferComplete, lambda ev: Logger.write(f"transfer complete {ev.code}"))
+    a.add_event_listener(CallEvents.TransferFailed, lambda ev: Logger.write(f"transfer failed {ev.code}"))
+    a.add_event_listener(CallEvents.Disconnected, lambda ev: Logger.write(f"a ended {ev.reason}"))
+    await a.answer()
+    VoxEngine.set_timeout(lambda: a.transfer_to(TARGET), 500)
+
+
+VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+'''
+
+
+async def test_transfer_to_moves_baresip(make_engine, tmp_path: Path) -> None:
+    """``call.transfer_to(uri)`` sends baresip A a REFER; A calls C itself,
+    its NOTIFYs give ``transfer complete 200``, the engine ends its leg
+    (``Transferred``), and C hears A's 440 Hz directly."""
+    phones = {name: Baresip(tmp_path, name, freq) for name, freq in (("alice", 440.0), ("carol", 700.0))}
+    try:
+        for phone in phones.values():
+            await phone.start()
+        a, c = phones["alice"], phones["carol"]
+        engine = await make_engine(RULES.replace("connect", "move"), {"move": MOVE}, session_idle_timeout=5.0)
+        (Path(engine.config.scenarios) / "target.txt").write_text(f"sip:carol@127.0.0.1:{c.sip_port}")
+        await a.dial(f"sip:move@127.0.0.1:{engine.ua.port}")
+        await c.wait_for("Incoming call", 10)
+        c.command("/accept\n")
+        logs = await wait_for_log(engine, "a ended Transferred", timeout=10)
+        assert "transfer complete 200" in logs and "a ended Transferred" in logs
+        await asyncio.sleep(2.5)
+        heard = c.heard_so_far()[-8000 * 2:]
+        assert heard.size, "carol's sndfile recorded nothing"
+        assert tone_level(heard, 440.0) > 500, tone_level(heard, 440.0)
+        a.command("/hangup\n")
+        await asyncio.sleep(0.5)
+    finally:
+        for phone in phones.values():
+            await phone.stop()
