@@ -34,7 +34,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -76,7 +76,12 @@ __all__ = [
     "DIGIT_MODES",
     "new_call_pair",
     "end_other_end",
+    "TransferDialer",
+    "TRANSFER_FALLBACKS",
 ]
+
+#: What ``transfer_to(..., fallback=)`` may be: ``None`` or ``"bridge"``.
+TRANSFER_FALLBACKS = (None, "bridge")
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,18 @@ class CallEvents(str, enum.Enum):
     RecordStarted = "RecordStarted"
     #: A recording ended: ``e.path``, ``e.duration`` (seconds).
     RecordStopped = "RecordStopped"
+    #: The far end asks us to transfer it (a phone's REFER, RFC 3515):
+    #: ``e.target`` (the Refer-To URI), ``e.replaces`` (its Replaces, RFC
+    #: 3891, or ``None``), ``e.referred_by``; the listener calls
+    #: ``e.accept()`` or ``e.reject(code)``. Without a listener: 603.
+    TransferRequested = "TransferRequested"
+    #: A transfer of this call completed: ``e.code`` (the sipfrag status),
+    #: ``e.new_call`` (the leg now in this one's place, when the engine has it).
+    TransferComplete = "TransferComplete"
+    #: A transfer failed: ``e.code``/``e.reason`` (the sipfrag or REFER
+    #: status), ``e.refused`` (the far end never took it on), ``e.new_call``
+    #: (the engine's own call, when ``fallback="bridge"`` placed one).
+    TransferFailed = "TransferFailed"
 
     def __str__(self) -> str:
         return self.value
@@ -383,6 +400,20 @@ class MediaRouter(Protocol):
                      done: Callable[[bool], None] | None = None) -> None: ...
 
     def stop_player(self, node: Call) -> None: ...
+
+    def flows(self) -> list[tuple[Any, Any]]: ...
+
+    def replace_node(self, old: Call, new: Call) -> None: ...
+
+
+@runtime_checkable
+class TransferDialer(Protocol):
+    """Places the call a transfer leads to, through the scenario's own verbs
+    (``call_sip``, ``call_pstn`` and their policy): the scenario session a
+    call belongs to (its ``dispatcher``) implements it."""
+
+    def dial_transfer_target(self, target: str, callerid: str | None = None,
+                             headers: dict[str, str] | None = None) -> Call: ...
 
 
 class PlaybackOwner(Protocol):
@@ -1227,6 +1258,72 @@ class Call(PlaybackMixin, Listeners):
 
     def send_info(self, mime_type: str, body: str | bytes, headers: dict[str, str] | None = None) -> None:
         raise NotImplementedError
+
+    # -- transfer (engine side; SipCall sends REFER instead) ----------------------
+
+    def transfer_to(self, target: str | Call, *, fallback: str | None = None,
+                    callerid: str | None = None, timeout: float = 32.0) -> None:
+        """Transfer the party on this call to ``target`` (a URI, placed
+        through the scenario's ``call_sip``/``call_pstn``, or another call:
+        attended). A SIP leg asks its phone or trunk with REFER; this leg
+        (a browser, an internal call) has no such request, so the engine
+        re-bridges the media: this call's party then hears ``target``
+        instead of whoever it heard. ``TransferComplete`` once joined,
+        ``TransferFailed`` when the new call fails."""
+        self._check_transfer(target, fallback)
+        self._bridge_transfer(target, callerid)
+
+    def _check_transfer(self, target: str | Call, fallback: str | None) -> None:
+        if fallback not in TRANSFER_FALLBACKS:
+            raise CallError(f"fallback must be None or 'bridge', not {fallback!r}")
+        if self.state != CallState.CONNECTED:
+            raise CallError(f"transfer needs a connected call, not {self.state.value}")
+        if target is self:
+            raise CallError("a call cannot be transferred to itself")
+        if isinstance(target, Call) and target.state != CallState.CONNECTED:
+            raise CallError(f"an attended transfer needs the other call connected, not {target.state.value}")
+
+    def _dial_transfer_target(self, target: str, callerid: str | None,
+                              headers: dict[str, str] | None = None) -> Call:
+        dialer = self.dispatcher
+        if not isinstance(dialer, TransferDialer):
+            raise CallError("this call belongs to no scenario session: it cannot place the transfer's call")
+        return dialer.dial_transfer_target(target, callerid, headers)
+
+    def _bridge_transfer(self, target: str | Call, callerid: str | None,
+                         failed_code: int | None = None, failed_reason: str = "") -> Call:
+        """Join this call's party to ``target`` in the media graph (dialing
+        it first when it is a URI), leaving its other flows. With
+        ``failed_code`` (a refused REFER's fallback) the events are
+        ``TransferFailed`` and the join."""
+        graph = self._require_graph()
+        other = target if isinstance(target, Call) else self._dial_transfer_target(target, callerid)
+
+        def join(_: object = None) -> None:
+            if self.state.ended or other.state.ended:
+                return
+            for src, dst in graph.flows():
+                if (src is self and dst is not other) or (dst is self and src is not other):
+                    graph.disconnect(src, dst)
+            graph.connect(self, other)
+            graph.connect(other, self)
+            if failed_code is None:
+                self._emit(CallEvents.TransferComplete, code=200, reason="OK", new_call=other)
+
+        def failed(ev: CallEvent) -> None:
+            if failed_code is None:
+                self._emit(CallEvents.TransferFailed, code=ev.code, reason=ev.reason, refused=False,
+                           new_call=other)
+
+        if failed_code is not None:
+            self._emit(CallEvents.TransferFailed, code=failed_code, reason=failed_reason, refused=True,
+                       new_call=other)
+        if other.state == CallState.CONNECTED:
+            join()
+        else:
+            other.emitter.once(str(CallEvents.Connected), join)
+            other.emitter.once(str(CallEvents.Failed), failed)
+        return other
 
     async def _await_connected(self) -> None:
         """Return once the call has connected (even if it has ended since,

@@ -512,6 +512,34 @@ class MediaGraph:
         self._muted.discard(node)
         self._changed()
 
+    def replace_node(self, old: Node, new: Node) -> None:
+        """Put ``new`` in ``old``'s place: every flow to or from ``old``, its
+        conference memberships (mute, deaf, volume) and its moderator mute
+        move to ``new`` (a transfer, an INVITE with Replaces, RFC 3891).
+        ``old`` keeps its players and recordings until it ends."""
+        self._check_node(new)
+        for src, out in list(self._edges.items()):
+            if old in out:
+                gain = out.pop(old)
+                if src is not new:
+                    out[new] = gain
+            if not out:
+                del self._edges[src]
+        moved = self._edges.pop(old, None)
+        if moved:
+            moved.pop(new, None)
+            if moved:
+                self._edges.setdefault(new, {}).update(moved)
+        self._watch(new)
+        for conf in self._conferences:
+            member = conf._members.pop(old, None)
+            if member is not None:
+                conf._members[new] = member
+        if old in self._muted:
+            self._muted.discard(old)
+            self._muted.add(new)
+        self._changed()
+
     def _check_node(self, node: object) -> None:
         if isinstance(node, Conference):
             if node.graph is not self:

@@ -48,18 +48,26 @@ from engine.sip.invite_session import (
 )
 from engine.sip.invite_session import Event as SessionEvent
 from engine.sip.message import Headers, SipRequest, SipResponse, new_call_id, new_tag
+from engine.sip.refer import (
+    ReferBudget, ReferClient, ReferEvent, ReferFailed, ReferNotifier, ReferSucceeded, ReferTarget, Replaces,
+    parse_refer_to,
+)
 from engine.sip.registrar import Registrar
 from engine.sip.transaction import ServerTransaction, Timers
-from engine.sip.uri import SipUri, TelUri
+from engine.sip.uri import SipUri, TelUri, parse_uri
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
 from engine.transport.sip_endpoint import Peer, SipEndpoint
 
 if TYPE_CHECKING:
     from engine.media.ports import AudioPort
 
-__all__ = ["ALLOW", "SipCall", "SipLegOwner", "SipLegSettings", "add_headers", "received_headers"]
+__all__ = ["ALLOW", "SipCall", "SipLegOwner", "SipLegSettings", "TransferRequest", "add_headers",
+           "received_headers"]
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, REGISTER"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, REGISTER, REFER, NOTIFY"
+
+#: Seconds a scenario has to accept or reject a REFER before it gets 603.
+TRANSFER_DECISION_TIMEOUT = 8.0
 
 
 def received_headers(headers: Headers, src: str | None = None) -> dict[str, str]:
@@ -158,6 +166,14 @@ class SipCall(Call):
         # reference cycle that would keep every answered call alive until a
         # full garbage collection.
         self._timer: asyncio.TimerHandle | None = None
+        # Transfer (RFC 3515): REFERs the peer may still send, the
+        # subscription of one we accepted, the one we sent, and their timer.
+        self._refer_budget = ReferBudget()
+        self._transfer: TransferRequest | None = None
+        self._notifier: ReferNotifier | None = None
+        self._refer_client: ReferClient | None = None
+        self._refer_plan: tuple[str | Call, str | None, str | None] | None = None
+        self._refer_timer: asyncio.TimerHandle | None = None
         self.on_ended.append(lambda call: self._cleanup())
 
     @property
@@ -533,6 +549,10 @@ class SipCall(Call):
                        mime_type=request.content_type)
         elif method == "OPTIONS":
             endpoint.send_response(txn, self.ua.options_response(request))
+        elif method == "REFER":
+            self._on_refer(request, txn)
+        elif method == "NOTIFY":
+            self._on_notify(request, txn)
         else:
             endpoint.send_response(txn, self.ua.method_not_allowed(request))
 
@@ -563,6 +583,219 @@ class SipCall(Call):
         self._arm()
         self._emit(CallEvents.ReInviteReceived, body=request.body,
                    headers=received_headers(request.headers))
+
+    # -- transfer (RFC 3515, RFC 3891, RFC 4488) ---------------------------------
+
+    def _on_refer(self, request: SipRequest, txn: ServerTransaction) -> None:
+        """A REFER in our dialog: the peer asks us to transfer it. Refused
+        when the call is not connected (403), too often (403, a security
+        event), malformed (400, a security event) or while another transfer
+        of this call is pending (491); else ``TransferRequested``, and 603
+        when no listener decides."""
+        endpoint = self.ua.endpoint
+        src = self.peer.host
+        if self.state != CallState.CONNECTED:
+            endpoint.send_response(txn, request.create_response(403, "Call not connected"))
+            return
+        if not self._refer_budget.take(self.ua.clock()):
+            security_event("refer_rate", src, call=self.id)
+            endpoint.send_response(txn, request.create_response(403, "Too many REFERs"))
+            return
+        try:
+            target = parse_refer_to(request.headers.get_all("Refer-To"))
+        except RemoteProtocolError as exc:
+            security_event("bad_refer", src, reason=str(exc))
+            endpoint.send_response(txn, request.create_response(exc.status, str(exc)))
+            return
+        if self._transfer is not None and not self._transfer.done or (
+                self._notifier is not None and self._notifier.get_timer() is not None):
+            endpoint.send_response(txn, request.create_response(491))
+            return
+        transfer = TransferRequest(self, request, txn, target)
+        self._transfer = transfer
+        if not self.emitter.listeners(str(CallEvents.TransferRequested)):
+            self.log.info("REFER to %s refused: no TransferRequested listener", target.uri)
+            transfer.reject(603)
+            return
+        transfer._deadline = asyncio.get_running_loop().call_later(
+            TRANSFER_DECISION_TIMEOUT, transfer._expire)
+        self._emit(CallEvents.TransferRequested, target=str(target.uri), replaces=target.replaces,
+                   referred_by=request.headers.get("Referred-By"), request=transfer,
+                   accept=transfer.accept, reject=transfer.reject, headers=received_headers(request.headers))
+
+    def _start_notifying(self, transfer: TransferRequest, notifier: ReferNotifier, new: Call) -> None:
+        """A REFER we accepted: report the new call's progress in NOTIFYs
+        (RFC 3515 §2.4.5), put it in our place in the media graph once it
+        answers, then end this leg (BYE after the final NOTIFY)."""
+        self._notifier = notifier
+        # This leg's flows now, in case the transferor hangs up before the
+        # new call answers (then remove_node has dropped them).
+        graph = self.graph
+        flows = [(s, d) for s, d in graph.flows() if s is self or d is self] if graph is not None else []
+        self._notify(100, "Trying")
+        self._arm_refer()
+        ringing = [False]
+
+        def progress(ev: Any) -> None:
+            if not ringing[0]:
+                ringing[0] = True
+                self._notify(180 if ev.code is None or ev.code == 100 else ev.code, ev.reason)
+
+        def connected(ev: Any) -> None:
+            new.emitter.remove_listener(str(CallEvents.Ringing), progress)
+            new.emitter.remove_listener(str(CallEvents.Progress), progress)
+            if graph is not None and not new.state.ended:
+                if not self.state.ended:
+                    graph.replace_node(self, new)
+                else:
+                    for src, dst in flows:
+                        a, b = (new if src is self else src), (new if dst is self else dst)
+                        if not getattr(a, "state", CallState.CONNECTED).ended and \
+                                not getattr(b, "state", CallState.CONNECTED).ended:
+                            graph.connect(a, b)
+            self._notify(200, "OK")
+            self._emit(CallEvents.TransferComplete, code=200, reason="OK", new_call=new)
+            if not self.state.ended:
+                self._send_bye({"Reason": 'SIP;cause=200;text="Call transferred"'})
+                self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Transferred")
+
+        def failed(ev: Any) -> None:
+            new.emitter.remove_listener(str(CallEvents.Connected), connected)
+            code = ev.code if isinstance(ev.code, int) and 300 <= ev.code <= 699 else 500
+            self._notify(code, ev.reason)
+            self._emit(CallEvents.TransferFailed, code=code, reason=ev.reason, refused=False, new_call=new)
+
+        if new.state == CallState.CONNECTED:
+            connected(None)
+            return
+        new.emitter.on(str(CallEvents.Ringing), progress)
+        new.emitter.on(str(CallEvents.Progress), progress)
+        new.emitter.once(str(CallEvents.Connected), connected)
+        new.emitter.once(str(CallEvents.Failed), failed)
+
+    def _notify(self, status: int, reason: str | None) -> None:
+        notifier = self._notifier
+        if notifier is None or self.state.ended:
+            return
+        self._send_notify(notifier.notify(status, reason, self.ua.clock()))
+
+    def _send_notify(self, request: SipRequest | None) -> None:
+        if request is not None:
+            self.ua.endpoint.send_request(request, self.peer, lambda resp: None)
+        self._arm_refer()
+
+    def transfer_to(self, target: str | Call, *, fallback: str | None = None,
+                    callerid: str | None = None, timeout: float = 32.0) -> None:
+        """Transfer the phone or trunk on this call with REFER (RFC 3515).
+
+        :param target: a ``sip:``/``sips:`` URI (blind transfer), or another
+            connected SIP call (attended: the Refer-To carries ``Replaces``
+            naming that call's dialog, RFC 3891 §7.1, so its far end takes
+            our place there). Another call that is no SIP call is joined
+            in the engine instead (no REFER can name it).
+        :param fallback: ``"bridge"``: when the far end refuses the REFER
+            (405, 501, 603...) or sends no final NOTIFY within ``timeout``,
+            the engine places the call (``target``'s URI, through the
+            scenario's ``call_sip``/``call_pstn``) and joins the two legs
+            in the media graph. ``TransferFailed`` is emitted either way.
+        :param callerid: the caller id of a call the fallback places.
+
+        ``TransferComplete`` (``e.code``: the sipfrag status) is followed by
+        this leg's end (BYE, Disconnected with reason ``Transferred``);
+        ``TransferFailed`` carries the sipfrag or REFER status in ``e.code``.
+        """
+        self._check_transfer(target, fallback)
+        if self.dialog is None:
+            raise CallError("transfer needs a dialog")
+        if self._refer_client is not None and not self._refer_client.done:
+            raise CallError("a transfer of this call is already under way")
+        replaces: Replaces | None = None
+        if isinstance(target, Call):
+            other_dialog = target.dialog if isinstance(target, SipCall) else None
+            if other_dialog is None:
+                self._bridge_transfer(target, callerid)
+                return
+            uri = other_dialog.remote_target
+            replaces = Replaces.of_dialog(other_dialog)
+        else:
+            try:
+                parsed = parse_uri(target)
+            except RemoteProtocolError as exc:
+                raise CallError(f"bad transfer target {target!r}: {exc}") from None
+            if not isinstance(parsed, SipUri):
+                raise CallError(f"REFER needs a sip: or sips: URI, not {target!r}")
+            uri = parsed
+        client = ReferClient(self.dialog, uri, replaces, self.ua.clock(), timeout)
+        self._refer_client = client
+        self._refer_plan = (target, fallback, callerid)
+        self.ua.endpoint.send_request(client.create_refer(), self.peer, self._on_refer_response)
+        self._arm_refer()
+
+    def _on_refer_response(self, resp: SipResponse | None) -> None:
+        if self._refer_client is not None:
+            self._on_refer_events(self._refer_client.receive_response(resp))
+
+    def _on_notify(self, request: SipRequest, txn: ServerTransaction) -> None:
+        """A NOTIFY of the REFER we sent (RFC 3515 §2.4.5); any other gets
+        481 (no such subscription, RFC 6665 §4.1.3)."""
+        endpoint = self.ua.endpoint
+        client = self._refer_client
+        if client is None or not client.matches(request):
+            endpoint.send_response(txn, request.create_response(481, "Subscription does not exist"))
+            return
+        try:
+            events = client.receive_notify(request)
+        except RemoteProtocolError as exc:
+            endpoint.send_response(txn, request.create_response(exc.status, str(exc)))
+            return
+        endpoint.send_response(txn, request.create_response(200))
+        self._on_refer_events(events)
+
+    def _on_refer_events(self, events: list[ReferEvent]) -> None:
+        for event in events:
+            if isinstance(event, ReferSucceeded):
+                self.log.info("transferred (%d %s)", event.status, event.reason)
+                self._emit(CallEvents.TransferComplete, code=event.status, reason=event.reason, new_call=None)
+                if not self.state.ended:
+                    self._send_bye({"Reason": 'SIP;cause=200;text="Call transferred"'})
+                    self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Transferred")
+            elif isinstance(event, ReferFailed):
+                self.log.info("transfer failed (%d %s)", event.status, event.reason)
+                plan = self._refer_plan
+                if event.refused and plan is not None and plan[1] == "bridge" and not self.state.ended:
+                    try:
+                        self._bridge_transfer(plan[0], plan[2], event.status, event.reason)
+                        continue
+                    except CallError as exc:
+                        self.log.warning("transfer fallback failed: %s", exc)
+                self._emit(CallEvents.TransferFailed, code=event.status, reason=event.reason,
+                           refused=event.refused, new_call=None)
+        self._arm_refer()
+
+    def _arm_refer(self) -> None:
+        """One timer for the subscription's expiry and the REFER's deadline."""
+        if self._refer_timer is not None:
+            self._refer_timer.cancel()
+            self._refer_timer = None
+        if self.state.ended:
+            return
+        due = [t for t in (self._notifier.get_timer() if self._notifier is not None else None,
+                           self._refer_client.get_timer() if self._refer_client is not None else None)
+               if t is not None]
+        if due:
+            delay = max(0.0, min(due) - self.ua.clock())
+            self._refer_timer = asyncio.get_running_loop().call_later(delay, self._on_refer_timer)
+
+    def _on_refer_timer(self) -> None:
+        self._refer_timer = None
+        now = self.ua.clock()
+        if self._notifier is not None:
+            request = self._notifier.handle_timer(now)
+            if request is not None and not self.state.ended:
+                self.ua.endpoint.send_request(request, self.peer, lambda resp: None)
+        if self._refer_client is not None:
+            self._on_refer_events(self._refer_client.handle_timer(now))
+        self._arm_refer()
 
     def _tone_handling_changed(self, enabled: bool) -> None:
         """Have the media session report RTP DTMF (RFC 4733, in-band) while
@@ -663,6 +896,9 @@ class SipCall(Call):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._refer_timer is not None:
+            self._refer_timer.cancel()
+            self._refer_timer = None
         if self.session is not None:
             self.session.close()
         if self.media is not None:
@@ -671,3 +907,70 @@ class SipCall(Call):
             except Exception:
                 self.log.exception("media close failed")
         self.ua.forget(self)
+
+
+class TransferRequest:
+    """A REFER waiting for the scenario's decision (``e.request`` of
+    ``TransferRequested``; ``e.accept`` and ``e.reject`` are its methods).
+
+    :ivar target: the parsed Refer-To (:class:`~engine.sip.refer.ReferTarget`).
+    """
+
+    def __init__(self, call: SipCall, request: SipRequest, txn: ServerTransaction, target: ReferTarget) -> None:
+        self.call = call
+        self.request = request
+        self.txn = txn
+        self.target = target
+        self.done = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _decide(self) -> None:
+        if self.done:
+            raise CallError("this transfer request was already answered")
+        self.done = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def accept(self, target: str | None = None, callerid: str | None = None) -> Call:
+        """Take the transfer: 202 Accepted, then the engine places the call
+        to ``target`` (default: the Refer-To URI, with its Replaces when it
+        carried one) through the scenario's own ``call_sip``/``call_pstn``
+        and their policy, reports its progress in NOTIFYs, puts it in this
+        call's place in the media graph once answered and ends this call.
+        Returns the new call.
+
+        :raises CallError: the call could not be placed (the REFER then
+            gets 603); ``DialRefused`` when the dial-out policy refuses.
+        """
+        self._decide()
+        call = self.call
+        headers = {"Replaces": str(self.target.replaces)} if self.target.replaces is not None else None
+        try:
+            if call.state != CallState.CONNECTED or call.dialog is None:
+                raise CallError(f"the call is {call.state.value}: it cannot be transferred")
+            new = call._dial_transfer_target(target or str(self.target.uri), callerid,
+                                             headers if target is None else None)
+        except Exception:
+            self._respond(self.request.create_response(603))
+            raise
+        notifier = ReferNotifier(call.dialog, self.request, call.ua.clock())
+        self._respond(notifier.accept(self.request))
+        call._start_notifying(self, notifier, new)
+        return new
+
+    def reject(self, code: int = 603) -> None:
+        """Refuse the transfer with ``code`` (400-699; default 603 Decline)."""
+        if not 400 <= code <= 699:
+            raise CallError(f"a transfer is rejected with 400-699, not {code}")
+        self._decide()
+        self._respond(self.request.create_response(code))
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.done:
+            self.call.log.info("no decision on the REFER within %.0f s: 603", TRANSFER_DECISION_TIMEOUT)
+            self.reject(603)
+
+    def _respond(self, response: SipResponse) -> None:
+        self.call.ua.endpoint.send_response(self.txn, response)

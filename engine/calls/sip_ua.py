@@ -36,7 +36,10 @@ from engine.sip.auth import ClientAuthSession, DigestServer
 from engine.sip.offer_answer import SRTP_POLICIES
 from engine.sip.message import BRANCH_MAGIC, SipRequest, SipResponse, new_tag
 from engine.sip.invite_session import InviteSession, host_port, same_host, same_host_port, uses_tls
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.refer import parse_replaces
 from engine.sip.registrar import Registrar, RegisterAnswered
+from engine.security_log import security_event
 from engine.sip.transaction import ServerTransaction, Timers
 from engine.sip.uri import SipUri, TelUri, format_host, parse_uri
 from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint, loop_time
@@ -45,8 +48,9 @@ __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler", "
 
 logger = logging.getLogger(__name__)
 
-KNOWN_NOT_ALLOWED = {"UPDATE", "PRACK", "REFER", "SUBSCRIBE", "NOTIFY", "PUBLISH"}
-SUPPORTED: frozenset[str] = frozenset()
+KNOWN_NOT_ALLOWED = {"UPDATE", "PRACK", "SUBSCRIBE", "PUBLISH"}
+#: Option tags we honour in Require (RFC 3891 Replaces, RFC 4488 norefersub).
+SUPPORTED: frozenset[str] = frozenset({"replaces", "norefersub"})
 
 
 @dataclass
@@ -318,6 +322,8 @@ class UserAgent:
         if to_tag is not None:
             call = self._dialogs.get((request.call_id, to_tag, request.from_.tag or ""))
             if call is None:
+                if method == "REFER":
+                    security_event("refer_unknown_dialog", peer.host)
                 endpoint.send_response(txn, request.create_response(481))
             else:
                 call._on_request(request, txn)
@@ -352,8 +358,13 @@ class UserAgent:
             if status == 503:  # the session cap: try again later (RFC 3261 §21.5.4)
                 response.headers.add("Retry-After", "5")
             endpoint.send_response(txn, response)
-        elif method in ("BYE", "INFO"):
+        elif method in ("BYE", "INFO", "NOTIFY"):
             endpoint.send_response(txn, request.create_response(481))
+        elif method == "REFER":
+            # RFC 3515 §2.4.2 would let a REFER create its own dialog; we take
+            # transfers only from a party already in a call with us.
+            security_event("refer_outside_dialog", peer.host)
+            endpoint.send_response(txn, request.create_response(403, "REFER outside a dialog"))
         else:
             endpoint.send_response(txn, self.method_not_allowed(request))
 
@@ -396,6 +407,12 @@ class UserAgent:
             resp.headers.add("Accept", "application/sdp")
             endpoint.send_response(txn, resp)
             return
+        replaced: SipCall | None = None
+        if request.headers.get("Replaces") is not None:
+            replaced = self._replaced_call(request, peer)
+            if replaced is None:
+                endpoint.send_response(txn, request.create_response(481, "Replaced dialog does not exist"))
+                return
         endpoint.send_response(txn, request.create_response(100))
         from_ = request.from_
         # RFC 3261 §19.1.2/§25.1: the user part's escapes are decoded once,
@@ -419,6 +436,9 @@ class UserAgent:
         call._set_state(CallState.ALERTING)
         self.calls.add(call)
         self._by_invite[txn] = call
+        if replaced is not None:
+            self._replace(replaced, call)
+            return
         if self.on_incoming_call is None:
             call.reject(404)
             return
@@ -428,6 +448,54 @@ class UserAgent:
             logger.exception("incoming call handler failed")
             if call.state == CallState.ALERTING and not call._final_sent:
                 call.reject(500)
+
+    def _replaced_call(self, request: SipRequest, peer: Peer) -> SipCall | None:
+        """The connected call an INVITE's Replaces names (RFC 3891 §3), or
+        ``None`` (then 481): no such dialog, a malformed or repeated header,
+        a dialog not confirmed, or ``early-only`` on a confirmed one."""
+        values = request.headers.get_all("Replaces")
+        try:
+            if len(values) != 1:
+                raise RemoteProtocolError("more than one Replaces")
+            replaces = parse_replaces(values[0])
+        except RemoteProtocolError as exc:
+            security_event("bad_replaces", peer.host, reason=str(exc))
+            return None
+        call = self._dialogs.get(replaces.dialog_id)
+        if call is None or call.state != CallState.CONNECTED or replaces.early_only:
+            security_event("replaces_unknown_dialog", peer.host)
+            return None
+        return call
+
+    def _replace(self, old: SipCall, new: SipCall) -> None:
+        """An INVITE with Replaces for ``old`` (RFC 3891 §3): answer it, and
+        once connected put ``new`` in ``old``'s place (the same session,
+        its flows and conference seats), then end ``old`` with BYE.
+        ``old`` emits ``TransferComplete`` (``e.new_call``) and then
+        Disconnected with reason ``Replaced``."""
+        new.dispatcher = old.dispatcher
+        new.graph = old.graph
+        new.grant = old.grant
+        adopt = getattr(old.dispatcher, "adopt", None)
+        if adopt is not None:
+            adopt(new)
+
+        def connected(_: object) -> None:
+            if old.state.ended or new.state.ended:
+                return
+            if old.graph is not None:
+                old.graph.replace_node(old, new)
+            old._emit(CallEvents.TransferComplete, code=200, reason="Replaced", new_call=new)
+            old._send_bye({"Reason": 'SIP;cause=200;text="Call replaced"'})
+            old._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Replaced")
+
+        new.emitter.once(str(CallEvents.Connected), connected)
+        try:
+            new.answer()
+        except CallError as exc:
+            logger.warning("answering a replacing INVITE failed: %s", exc)
+            if new.state == CallState.ALERTING and not new._final_sent:
+                new.reject(500)
 
     def _invite_identity(self, request: SipRequest, peer: Peer) -> Grant | None:
         """The store user an INVITE proved to be (digest credentials in answer

@@ -34,11 +34,14 @@ from engine.runtime.protocols import Dialer
 from engine.runtime.session import AppEvents, Session, current_session
 from engine.runtime.tokens import PRESETS
 from engine.security_log import security_event
+from engine.sip.errors import RemoteProtocolError
+from engine.sip.invite_session import host_port, same_host_port
+from engine.sip.uri import SipUri, TelUri, parse_uri
 from engine.state.store import Store
 
 __all__ = [
     "VoxEngine", "Logger", "Net", "ApplicationStorage", "HttpResponse", "HTTP_MAX_BODY",
-    "set_timeout", "clear_timeout",
+    "set_timeout", "clear_timeout", "dial_transfer_target",
 ]
 
 _session = current_session
@@ -335,6 +338,35 @@ class _VoxEngine:
 
     def clear_timeout(self, handle: asyncio.TimerHandle) -> None:
         _session().clear_timeout(handle)
+
+
+def dial_transfer_target(target: str, callerid: str | None = None,
+                         headers: dict[str, str] | None = None) -> Call:
+    """Place the call a transfer leads to (a phone's REFER the scenario
+    accepted, or ``call.transfer_to(uri)`` on a leg with no REFER) through
+    the scenario's own verbs, so that it obeys their rules:
+
+    * ``tel:NUMBER``, or a SIP URI on the trunk's host:port, goes through
+      :meth:`VoxEngine.call_pstn`: the dial-out policy (allow and deny
+      lists, caps) decides, exactly as for the scenario's own call;
+    * any other ``sip:``/``sips:`` URI goes through :meth:`VoxEngine.call_sip`.
+
+    :raises CallError: a URI of another scheme; :class:`DialRefused` from
+        the policy.
+    """
+    try:
+        uri = parse_uri(target)
+    except RemoteProtocolError as exc:
+        raise CallError(f"bad transfer target: {exc}") from None
+    caller = callerid or "callbridge"
+    if isinstance(uri, TelUri):
+        return VoxEngine.call_pstn(uri.number, caller, headers=headers)
+    if not isinstance(uri, SipUri):
+        raise CallError(f"a transfer target must be a sip:, sips: or tel: URI, not {uri.scheme}:")
+    trunk = getattr(getattr(_session().runtime.ua, "config", None), "trunk", None)
+    if trunk is not None and uri.user and same_host_port(host_port(uri), (trunk.host, trunk.port)):
+        return VoxEngine.call_pstn(uri.user, caller, headers=headers)
+    return VoxEngine.call_sip(str(uri), caller, headers=headers)
 
 
 def _outbound(place: Callable[[Dialer, Session], Call]) -> Call:

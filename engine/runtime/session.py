@@ -279,6 +279,15 @@ class Session(Listeners):
             self._idle.cancel()
             self._idle = None
 
+    def dial_transfer_target(self, target: str, callerid: str | None = None,
+                             headers: dict[str, str] | None = None) -> Call:
+        """Place the call a transfer leads to with this session's own verbs
+        (:class:`~engine.calls.call.TransferDialer`; the rules are
+        :func:`engine.runtime.scenario_api.dial_transfer_target`'s)."""
+        from engine.runtime.scenario_api import dial_transfer_target  # it imports this module
+
+        return self._run(dial_transfer_target, target, callerid, headers)  # type: ignore[no-any-return]
+
     def create_conference(self, name: str | None = None) -> Conference:
         if self.terminated:
             raise ConferenceError("this session has terminated: it cannot create conferences")
