@@ -186,10 +186,19 @@ def upsample(pcm: Pcm) -> Pcm:
 
 
 def downsample(pcm: Pcm) -> Pcm:
-    """16 kHz to 8 kHz: the mean of each pair (a crude low-pass first)."""
+    """16 kHz to 8 kHz: every other sample after a [1, 2, 1] / 4 low-pass
+    centred on it (no half-sample delay)."""
     n = len(pcm) // 2 * 2
-    pairs = pcm[:n].astype(np.int32).reshape(-1, 2)
-    out: Pcm = (pairs.sum(axis=1) // 2).astype(np.int16)
+    x = pcm[:n].astype(np.int32)
+    padded = np.empty(n + 1, dtype=np.int32)
+    padded[:n] = x
+    padded[n:] = x[-1:] if n else 0
+    even = padded[0:n:2]
+    after = padded[1:n + 1:2]
+    before = np.empty_like(after)
+    before[1:] = after[:-1]
+    before[:1] = even[:1]
+    out: Pcm = ((before + 2 * even + after) // 4).astype(np.int16)
     return out
 
 
