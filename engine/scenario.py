@@ -7,6 +7,7 @@ touching a scenario. Everything here is what the README documents.
 
 from engine.calls.call import Call, CallError, CallEvent, CallEvents, CallState
 from engine.calls.conference import Conference, ConferenceError, ConferenceEvents
+from engine.calls.media_stream import MediaStream, StreamEvent, StreamEvents
 from engine.runtime.rooms import RoomRefused
 from engine.runtime.scenario import (
     HTTP_MAX_BODY,
@@ -36,9 +37,12 @@ __all__ = [
     "HTTP_MAX_BODY",
     "HttpResponse",
     "Logger",
+    "MediaStream",
     "Net",
     "RoomRefused",
     "VoxEngine",
     "clear_timeout",
+    "StreamEvent",
+    "StreamEvents",
     "set_timeout",
 ]

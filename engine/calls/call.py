@@ -52,6 +52,9 @@ from engine.media.rtcp_session import MediaStats
 from engine.media.tts import TtsCache, default_tts
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
 
+if TYPE_CHECKING:
+    from engine.calls.media_stream import MediaStream
+
 __all__ = [
     "CallEvents",
     "CallState",
@@ -1096,6 +1099,34 @@ class Call(PlaybackMixin, Listeners):
     def _audio(self) -> AudioLoader:
         """Hook: where files and URLs are loaded from (and cached)."""
         return default_audio_loader()
+
+    def stream_to(self, url: str, *, direction: str = "both", headers: dict[str, str] | None = None,
+                  custom: dict[str, str] | None = None, format: str = "twilio",
+                  rate: int = 8000) -> MediaStream:
+        """Stream this call's audio to a WebSocket bot and play what it sends
+        back (Twilio Media Streams, or jambonz-style ``linear16``): see
+        :mod:`engine.calls.media_stream`. Returns the awaitable handle
+        (``stop()``, ``stats``; ``StreamStarted``/``StreamStopped``/``StreamError``
+        on it and on this call).
+
+        :param url: ``ws://`` or ``wss://``.
+        :param direction: ``"both"``, ``"inbound"`` (what the caller says) or
+            ``"outbound"`` (what the caller hears).
+        :param headers: sent with the WebSocket upgrade (a bot's token).
+        :param custom: the ``start`` message's ``customParameters``.
+        :param format: ``"twilio"`` (µ-law 8 kHz JSON) or ``"linear16"``.
+        :param rate: 8000, or 16000 with ``linear16``.
+        :raises CallError: the call has ended or has no media of its own,
+            or a parameter is wrong (named).
+        """
+        from engine.calls.media_stream import start_stream
+
+        if self.state.ended:
+            raise CallError("call already ended")
+        if self.media_wire:
+            raise CallError("stream_to() streams a call with media of its own, not an internal call")
+        return start_stream(self, self._require_graph(), url, direction=direction, headers=headers,
+                            custom=custom, format=format, rate=rate)
     # -- sending DTMF ----------------------------------------------------------------
 
     def send_digits(self, digits: str, mode: str = "auto", *, duration: float = 0.1,

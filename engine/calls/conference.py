@@ -58,13 +58,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeGuard, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeGuard, Union, runtime_checkable
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from engine.calls.call import CallError, Dispatcher, ExtraFields, Listeners, Playback, PlaybackMixin, _DirectDispatcher
 from engine.calls.recording import Recording
-from engine.media.bridge import Bridge, BridgePlan, FrameSink
+from engine.media.bridge import Bridge, BridgePlan, FrameSink, TrackSink
 from engine.media.clock import MediaClock
 from engine.media.mixer import FlowMatrix
 from engine.media.pcm import SAMPLE_RATE
@@ -73,6 +73,9 @@ from engine.media.ports import AudioPort, PortOwner
 from engine.media.recorder import RecorderError, WavRecorder
 from engine.media.tts import TtsCache, default_tts
 from engine.transport.audio_fetch import AudioLoader, default_audio_loader
+
+if TYPE_CHECKING:
+    from engine.calls.media_stream import MediaStream
 
 __all__ = [
     "Conference",
@@ -325,6 +328,21 @@ class Conference(PlaybackMixin, Listeners):
         self._emit(ConferenceEvents.RecordStarted, path=str(rec.path))
         return rec
 
+    def stream_to(self, url: str, *, direction: str = "both", headers: dict[str, str] | None = None,
+                  custom: dict[str, str] | None = None, format: str = "twilio",
+                  rate: int = 8000) -> MediaStream:
+        """Stream the conference's mix to a WebSocket bot (its ``inbound``
+        track: the mix minus the bot) and mix in what the bot sends back,
+        as :meth:`Call.stream_to <engine.calls.call.Call.stream_to>` does
+        for a call; the stream ends with the conference."""
+        from engine.calls.media_stream import start_stream
+
+        self._check_live()
+        stream = start_stream(self, self.graph, url, direction=direction, headers=headers, custom=custom,
+                              format=format, rate=rate, conference=True)
+        self.emitter.on(str(ConferenceEvents.Stopped), lambda _e: stream._end("conference stopped", True))
+        return stream
+
     # -- end --------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -394,6 +412,8 @@ class MediaGraph:
         self._conferences: dict[Conference, None] = {}
         self._players: dict[Node, _Player] = {}
         self._recordings: dict[Node, list[Recording]] = {}
+        #: Track taps (media streams): each tapped leg's sinks.
+        self._taps: dict[Leg, list[TrackSink]] = {}
         self._watched: set[Leg] = set()
         self._plan: _Plan | None = None
         #: Nodes whose audio goes nowhere (a moderator muted them).
@@ -505,6 +525,8 @@ class MediaGraph:
         for conf in list(self._conferences):
             conf.remove(node)
         self.stop_player(node)
+        if not isinstance(node, Conference):
+            self._taps.pop(node, None)
         for rec in list(self._recordings.get(node, ())):
             self._stop_recording(rec)
         if not isinstance(node, Conference):
@@ -611,6 +633,28 @@ class MediaGraph:
         self._changed()
         return rec
 
+    def add_tap(self, node: Node, sink: TrackSink) -> None:
+        """Hand ``sink`` each tick what the call ``node`` said and what it
+        was sent, apart (:meth:`~engine.media.bridge.TrackSink.write_tracks`),
+        until :meth:`remove_tap` or the call's end."""
+        self._check_node(node)
+        if not _is_media_leg(node):
+            raise ConferenceError("a tap needs a call with media of its own, not a conference or an internal call")
+        self._watch(node)
+        self._taps.setdefault(node, []).append(sink)
+        self._changed()
+
+    def remove_tap(self, node: Node, sink: TrackSink) -> None:
+        """Stop what :meth:`add_tap` started (nothing if it is not there)."""
+        if isinstance(node, Conference):
+            return
+        sinks = self._taps.get(node)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._taps[node]
+            self._changed()
+
     def _recording_done(self, rec: Recording) -> None:
         for hook in list(self.on_recording_done):
             try:
@@ -705,6 +749,8 @@ class MediaGraph:
         for node in self._recordings:
             if _is_media_leg(node):
                 row_of(node)
+        for leg in self._taps:
+            row_of(leg)
         for leg in hears_conf:
             row_of(leg)  # for subtracting its own voice
         num_legs = len(sources)
@@ -753,11 +799,13 @@ class MediaGraph:
                         mix_rec.append((rec.recorder, conf_index[node]))
                 else:
                     leg_rec.append((rec.recorder, node, rows.get(node), recv_index.get(node)))
+        leg_taps = [(sink, leg, rows.get(leg), recv_index.get(leg))
+                    for leg, sinks in self._taps.items() for sink in sinks]
         driven = set(sources) | set(recv_list)
         silent = [leg for leg in sources if leg not in recv_index]
         playing = [self._players[node] for node in players]
         bridge = BridgePlan(sources, [player.source for player in playing], recv_list, stage1, stage2,
-                            leg_rec, mix_rec, silent)
+                            leg_rec, mix_rec, silent, leg_taps=leg_taps)
         return _Plan(bridge, driven, playing)
 
     # -- ticking ----------------------------------------------------------------
@@ -797,5 +845,6 @@ class MediaGraph:
         for recs in list(self._recordings.values()):
             for rec in list(recs):
                 self._stop_recording(rec)
+        self._taps.clear()
         for leg in list(self.bridge.attached):
             self.bridge.detach(leg)

@@ -38,7 +38,7 @@ from engine.media.pcm import FRAME_SAMPLES, Pcm
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.ports import AudioPort, BatchAudioPort, PortOwner
 
-__all__ = ["Bridge", "BridgePlan", "FrameSink"]
+__all__ = ["Bridge", "BridgePlan", "FrameSink", "TrackSink"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class FrameSink(Protocol):
 
     def write(self, frame: Pcm) -> None:
         """Append ``frame``."""
+
+
+class TrackSink(Protocol):
+    """Where a tapped leg's two tracks go each tick, apart (a media stream
+    to a bot, :mod:`engine.calls.media_stream`)."""
+
+    def write_tracks(self, inbound: Pcm | None, outbound: Pcm | None) -> None:
+        """What the leg said (``None``: no row) and what it was sent."""
 
 
 @dataclass(eq=False)
@@ -67,6 +75,7 @@ class BridgePlan(Generic[K]):
     leg_rec: list[tuple[FrameSink, K, int | None, int | None]]  # (sink, leg, source row, receiver row)
     mix_rec: list[tuple[FrameSink, int]]                        # (sink, conference row)
     silent: list[K] = field(default_factory=list)               # sources that receive nothing
+    leg_taps: list[tuple[TrackSink, K, int | None, int | None]] = field(default_factory=list)  # as leg_rec
     # Filled on the first tick (and again while a leg has no audio port yet):
     ports_pending: bool = True
     src_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
@@ -83,7 +92,8 @@ class BridgePlan(Generic[K]):
     @property
     def idle(self) -> bool:
         """Nothing to pull, push or record."""
-        return not (self.sources or self.receivers or self.players or self.leg_rec or self.mix_rec)
+        return not (self.sources or self.receivers or self.players or self.leg_rec or self.mix_rec
+                    or self.leg_taps)
 
 
 class Bridge(Generic[K]):
@@ -265,17 +275,7 @@ class Bridge(Generic[K]):
         conference: its sum."""
         n = self.samples
         for sink, leg, src_row, recv_row in plan.leg_rec:
-            # what the leg was sent: its own player mixed in by push(), or
-            # (batched legs, which have no player) its row of the mix
-            port = self.attached.get(leg)
-            sent = getattr(port, "last_sent", None) if port is not None else None
-            if sent is not None:
-                heard = np.zeros(n, np.int32)
-                heard[: sent.shape[0]] += sent[:n]
-            elif recv_row is not None:
-                heard = out[recv_row].astype(np.int32)
-            else:
-                heard = np.zeros(n, np.int32)
+            heard = self._heard(leg, recv_row, out)
             if src_row is not None:
                 heard += rows[src_row]
             np.clip(heard, -32768, 32767, out=heard)
@@ -283,3 +283,22 @@ class Bridge(Generic[K]):
         for sink, ci in plan.mix_rec:
             total = np.clip(sums[ci], -32768, 32767).astype(np.int16)
             sink.write(total)
+        for tap, leg, src_row, recv_row in plan.leg_taps:
+            sent = self._heard(leg, recv_row, out)
+            np.clip(sent, -32768, 32767, out=sent)
+            tap.write_tracks(rows[src_row] if src_row is not None else None, sent.astype(np.int16))
+
+    def _heard(self, leg: K, recv_row: int | None, out: Pcm) -> npt.NDArray[np.int32]:
+        """What ``leg`` was sent this tick: its own player mixed in by
+        push(), or (batched legs, which have no player) its row of the mix."""
+        n = self.samples
+        port = self.attached.get(leg)
+        sent = getattr(port, "last_sent", None) if port is not None else None
+        if sent is not None:
+            heard = np.zeros(n, np.int32)
+            heard[: sent.shape[0]] += sent[:n]
+        elif recv_row is not None:
+            heard = out[recv_row].astype(np.int32)
+        else:
+            heard = np.zeros(n, np.int32)
+        return heard
