@@ -394,6 +394,9 @@ class MediaGraph:
         self._conferences: dict[Conference, None] = {}
         self._players: dict[Node, _Player] = {}
         self._recordings: dict[Node, list[Recording]] = {}
+        #: Sinks that only receive (speech recognition): a leg's received
+        #: audio, or a conference's mix, one frame a tick.
+        self._taps: dict[Node, list[FrameSink]] = {}
         self._watched: set[Leg] = set()
         self._plan: _Plan | None = None
         #: Nodes whose audio goes nowhere (a moderator muted them).
@@ -507,6 +510,7 @@ class MediaGraph:
         self.stop_player(node)
         for rec in list(self._recordings.get(node, ())):
             self._stop_recording(rec)
+        self._taps.pop(node, None)
         if not isinstance(node, Conference):
             self._watched.discard(node)
         self._muted.discard(node)
@@ -533,6 +537,7 @@ class MediaGraph:
         # when its session does, and recording.ready must follow)
         for rec in list(self._recordings.get(conf, ())):
             self._stop_recording(rec)
+        self._taps.pop(conf, None)
         for out in self._edges.values():
             out.pop(conf, None)
         for other in list(self._conferences):
@@ -582,6 +587,27 @@ class MediaGraph:
         self._recordings.setdefault(node, []).append(rec)
         self._changed()
         return rec
+
+    def start_tap(self, node: Node, sink: FrameSink) -> None:
+        """Give ``sink`` what ``node`` says (a call: its received audio,
+        without what it hears; a conference: its mix), one 20 ms frame per
+        tick, until :meth:`stop_tap` or the node's end. ``sink.write`` runs
+        on the media tick: it must only queue the frame."""
+        self._check_node(node)
+        if _is_wire(node):
+            raise ConferenceError(f"{node!r} is an internal call with no audio of its own to tap")
+        self._watch(node)
+        self._taps.setdefault(node, []).append(sink)
+        self._changed()
+
+    def stop_tap(self, node: Node, sink: FrameSink) -> None:
+        """Stop what :meth:`start_tap` started (nothing if not tapped)."""
+        sinks = self._taps.get(node)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._taps[node]
+            self._changed()
 
     def _recording_done(self, rec: Recording) -> None:
         for hook in list(self.on_recording_done):
@@ -674,7 +700,7 @@ class MediaGraph:
             players.append(node)
             player_targets.append(self._resolve(node, 1.0, set()) if _is_wire(node) else [(node, 1.0)])
         # Recorded legs need their incoming audio.
-        for node in self._recordings:
+        for node in [*self._recordings, *self._taps]:
             if _is_media_leg(node):
                 row_of(node)
         for leg in hears_conf:
@@ -725,11 +751,18 @@ class MediaGraph:
                         mix_rec.append((rec.recorder, conf_index[node]))
                 else:
                     leg_rec.append((rec.recorder, node, rows.get(node), recv_index.get(node)))
+        taps: list[tuple[FrameSink, int]] = []
+        for node, sinks in self._taps.items():
+            if isinstance(node, Conference):
+                if node in conf_index:
+                    mix_rec.extend((sink, conf_index[node]) for sink in sinks)
+            elif node in rows:
+                taps.extend((sink, rows[node]) for sink in sinks)
         driven = set(sources) | set(recv_list)
         silent = [leg for leg in sources if leg not in recv_index]
         playing = [self._players[node] for node in players]
         bridge = BridgePlan(sources, [player.source for player in playing], recv_list, stage1, stage2,
-                            leg_rec, mix_rec, silent)
+                            leg_rec, mix_rec, silent, taps)
         return _Plan(bridge, driven, playing)
 
     # -- ticking ----------------------------------------------------------------
