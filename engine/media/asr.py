@@ -178,7 +178,7 @@ def make_vad(mode: int = 1) -> Callable[[Pcm], bool]:
     """The voice activity detector for 20 ms, 8 kHz frames: PocketSphinx's
     WebRTC VAD (``mode`` 0 loose .. 3 strict), else :class:`EnergyVad`."""
     try:
-        from pocketsphinx import Vad
+        from pocketsphinx import Vad  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:  # pragma: no cover - pocketsphinx is a dependency
         return EnergyVad()
     vad = Vad(mode, SAMPLE_RATE, FRAME_SECONDS)
@@ -351,7 +351,7 @@ class PocketsphinxRecognizer:
 
     def __init__(self, max_decoders: int = 8, max_grammars: int = 32) -> None:
         try:
-            import pocketsphinx
+            import pocketsphinx  # type: ignore[import-not-found,import-untyped,unused-ignore]
         except ImportError as exc:
             raise AsrUnavailable("the pocketsphinx package is not installed (pip install pocketsphinx)") from exc
         self._ps = pocketsphinx
