@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a session with no calls lives on")
     serve.add_argument("--tts", default=_env("TTS", "espeak"),
                        help="text to speech: espeak (offline) or gtts (online, falls back to espeak)")
+    serve.add_argument("--asr", default=_env("ASR", "pocketsphinx"),
+                       help="speech recognition: pocketsphinx (offline) or vosk:/path/to/model"
+                            " (needs the vosk package; falls back to pocketsphinx on failure)")
+    serve.add_argument("--asr-max-concurrent", type=int, default=int(_env("ASR_MAX_CONCURRENT", 4)),
+                       help="speech recognitions running at once (beyond: gather returns an error)")
     serve.add_argument("--rtp-timeout", type=float, default=float(_env("RTP_TIMEOUT", 60)),
                        help="hang up a connected call after this many seconds without RTP or RTCP"
                             " (not while on hold; 0: never)")
@@ -255,7 +260,9 @@ def _config_from(args: argparse.Namespace) -> Any:
         raise SystemExit(f"callbridge: --tts must be one of {', '.join(TTS_PROVIDERS)}, got {args.tts!r}")
     if args.rtp_timeout < 0:
         raise SystemExit(f"callbridge: --rtp-timeout must be 0 (off) or more seconds, got {args.rtp_timeout}")
-    for flag in ("message_burst", "max_transactions", "max_tcp_per_source", "max_sessions",
+    if not (args.asr == "pocketsphinx" or args.asr.startswith("vosk:") and len(args.asr) > 5):
+        raise SystemExit(f"callbridge: --asr must be pocketsphinx or vosk:/path/to/model, got {args.asr!r}")
+    for flag in ("message_burst", "max_transactions", "asr_max_concurrent", "max_tcp_per_source", "max_sessions",
                  "ws_max_per_source", "ws_max_connections"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 1 or more, got {getattr(args, flag)}")
@@ -287,6 +294,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         pin_min_length=args.pin_min_length,
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
+        asr_provider=args.asr, asr_max_concurrent=args.asr_max_concurrent,
         rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on",
         srtp_allow_plain_signalling=args.srtp_allow_plain_signalling, guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",

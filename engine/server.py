@@ -36,6 +36,8 @@ from engine.state.store import SqliteStore, Store
 from engine.runtime.tokens import Keys
 from engine.sip.transaction import Timers
 from engine.media.tts import TtsCache, make_tts_provider
+from engine.media.asr import AsrUnavailable, make_recognizer
+from engine.calls.speech import SpeechService, set_default_speech
 from engine.media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
 from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
@@ -99,6 +101,13 @@ class EngineConfig:
     #: Who speaks ``call.say()``: ``"espeak"`` (espeak-ng, offline) or
     #: ``"gtts"`` (Google's voice through gTTS, espeak-ng when unreachable).
     tts_provider: str = "espeak"
+    #: Who recognises speech (``call.gather``, ``call.start_recognition``):
+    #: ``"pocketsphinx"`` (offline) or ``"vosk:/path/to/model"``.
+    asr_provider: str = "pocketsphinx"
+    #: Recognitions running at once at most (beyond: a ``SpeechError``).
+    asr_max_concurrent: int = 4
+    #: Seconds after which a caller's utterance is cut and recognised.
+    asr_max_utterance: float = 15.0
     #: Seconds between WebSocket pings to SDK clients; one unanswered for
     #: half of that closes the socket and ends its calls.
     ws_heartbeat: float = 10.0
@@ -304,6 +313,7 @@ class Engine:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         self.tts = TtsCache(provider, Path(config.data_dir) / "tts-cache")
+        self.speech = _make_speech(config)
         #: Files and URLs played into calls; downloads cached under the data directory.
         self.audio = AudioLoader(Path(config.data_dir) / "audio-cache")
         #: Conferences and media flows, ticked by the media clock.
@@ -534,6 +544,9 @@ class Engine:
 
     async def stop(self) -> None:
         errors: list[BaseException] = []
+        if self.speech is not None:
+            self.speech.shutdown()
+            set_default_speech(None)
         for part in reversed(self._started):
             try:
                 if part == "rooms":
@@ -640,3 +653,25 @@ async def run_forever(engine: Engine, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await engine.stop()
+
+
+def _make_speech(config: EngineConfig) -> SpeechService | None:
+    """The speech service ``asr_provider`` names, made the calls' default.
+    A provider named explicitly that cannot run is a startup error; the
+    default PocketSphinx missing only turns recognition off (logged), so
+    an engine without it still serves calls.
+
+    :raises StartupError: an unknown or unusable provider.
+    """
+    try:
+        recognizer = make_recognizer(config.asr_provider)
+    except AsrUnavailable as exc:
+        if config.asr_provider != "pocketsphinx":
+            raise StartupError(str(exc)) from None
+        logger.warning("speech recognition off: %s", exc)
+        return None
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    service = SpeechService(recognizer, config.asr_max_concurrent, config.asr_max_utterance)
+    set_default_speech(service)
+    return service

@@ -42,6 +42,8 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from engine.calls.grants import Grant
 from engine.calls.recording import Recording
+from engine.calls.speech import GatherResult, SpeechBusy, SpeechEvent, default_speech
+from engine.media.asr import AsrError
 from engine.media.dtmf import DtmfBodyError, generate_dtmf, parse_info_body
 from engine.media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from engine.media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
@@ -143,6 +145,13 @@ class CallEvents(str, enum.Enum):
     #: status), ``e.refused`` (the far end never took it on), ``e.new_call``
     #: (the engine's own call, when ``fallback="bridge"`` placed one).
     TransferFailed = "TransferFailed"
+    #: Speech recognised while :meth:`Call.start_recognition` runs:
+    #: ``e.text``, ``e.confidence`` (0..1), ``e.final`` (``False``: a partial
+    #: result of an utterance still going on).
+    SpeechRecognized = "SpeechRecognized"
+    #: Recognition could not run or failed: ``e.error`` says why (every
+    #: recognition slot taken, hints the recogniser does not know...).
+    SpeechError = "SpeechError"
 
     def __str__(self) -> str:
         return self.value
@@ -403,6 +412,10 @@ class MediaRouter(Protocol):
                      done: Callable[[bool], None] | None = None) -> None: ...
 
     def stop_player(self, node: Call) -> None: ...
+
+    def start_tap(self, node: Call, sink: Any) -> None: ...
+
+    def stop_tap(self, node: Call, sink: Any) -> None: ...
 
     def flows(self) -> list[tuple[Any, Any]]: ...
 
@@ -773,6 +786,9 @@ class Call(PlaybackMixin, Listeners):
         #: send_digits() handles not yet done, in order (the first is sending).
         self._digit_actions: list[SendDigitsAction] = []
         self.on_ended.append(lambda call: call._stop_digits())
+        #: The running start_recognition() (a callable that stops it), if any.
+        self._recognition: Callable[[], None] | None = None
+        self.on_ended.append(lambda call: call.stop_recognition())
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -1013,6 +1029,180 @@ class Call(PlaybackMixin, Listeners):
             if on_end in self.on_ended:
                 self.on_ended.remove(on_end)
         return "".join(digits)
+
+    # -- speech recognition ------------------------------------------------------
+
+    def _open_recognition(self, hints: list[str] | None, end_silence: float,
+                          on_event: Callable[[SpeechEvent], None]) -> Callable[[], None]:
+        """Hook: start recognising what the caller says, reporting through
+        ``on_event``; returns what stops it. This one taps the call's audio
+        in the media graph and feeds the engine's speech service.
+
+        :raises CallError: no recognition slot is free, or bad hints.
+        """
+        graph = self._require_graph()
+        try:
+            session = default_speech().open(hints, on_event, end_silence=end_silence)
+        except (SpeechBusy, AsrError) as exc:
+            raise CallError(str(exc)) from None
+        try:
+            graph.start_tap(self, session)
+        except Exception:
+            session.close()
+            raise
+
+        def stop() -> None:
+            session.close()
+            graph.stop_tap(self, session)
+
+        return stop
+
+    def _check_speech(self) -> None:
+        if self.state.ended:
+            raise CallError("call already ended")
+        if not self._media_ready():
+            raise CallError(f"speech recognition needs a connected call or early media, not {self.state.value}")
+
+    def start_recognition(self, hints: list[str] | None = None, *, end_silence: float = 0.8) -> None:
+        """Recognise what the caller says, continuously, until
+        :meth:`stop_recognition` or the call's end: ``SpeechRecognized``
+        for each partial and final result, ``SpeechError`` on failure.
+
+        :param hints: the words or phrases expected (``["yes", "no"]``):
+            recognition is restricted to them, which makes short answers
+            far more reliable; ``None``: open vocabulary.
+        :param end_silence: seconds of silence that end an utterance.
+        :raises CallError: recognition runs already, every slot is taken
+            (``--asr-max-concurrent``), or the hints are unusable.
+        """
+        self._check_speech()
+        if self._recognition is not None:
+            raise CallError("recognition is running already: stop_recognition() first")
+
+        def on_event(ev: SpeechEvent) -> None:
+            if ev.kind in ("partial", "final") and (ev.text or ev.kind == "partial"):
+                self._emit(CallEvents.SpeechRecognized, text=ev.text, confidence=ev.confidence,
+                           final=ev.kind == "final")
+            elif ev.kind == "error":
+                self._emit(CallEvents.SpeechError, error=ev.error)
+
+        try:
+            self._recognition = self._open_recognition(hints, end_silence, on_event)
+        except CallError as exc:
+            self._emit(CallEvents.SpeechError, error=str(exc))
+            raise
+
+    def stop_recognition(self) -> None:
+        """Stop what :meth:`start_recognition` started (nothing if not running)."""
+        stop, self._recognition = self._recognition, None
+        if stop is not None:
+            stop()
+
+    async def gather(self, *, speech: bool = True, digits: bool = True, hints: list[str] | None = None,
+                     timeout: float = 8.0, end_silence: float = 0.8, max_digits: int = 1,
+                     terminator: str | None = None, inter_digit_timeout: float = 3.0,
+                     prompt: str | None = None, voice: str = "en") -> GatherResult:
+        """Ask and wait for one answer, spoken or keyed.
+
+        Plays ``prompt`` (text to speech) if given; the caller may answer
+        over it (barge-in: speech or a digit stops it). Returns the first
+        of: an utterance recognised (``kind="speech"``, ``text``,
+        ``confidence``), digits (``kind="digits"``: ``max_digits`` of them,
+        or up to ``terminator``, or what came before ``inter_digit_timeout``),
+        nothing within ``timeout`` seconds of the prompt's end
+        (``"timeout"``; an utterance under way is waited for), the call's
+        end (``"hangup"``), or an error (``"error"``, ``error`` says why;
+        ``SpeechError`` is emitted too) such as every recognition slot
+        being taken. An utterance that recognises as nothing (a cough) is
+        ignored. Runs beside :meth:`start_recognition` only if that is not
+        running (one recognition per call)::
+
+            r = await call.gather(prompt="Say yes or no", hints=["yes", "no"], digits=False)
+            if r.kind == "speech" and r.text == "yes": ...
+        """
+        if not speech and not digits:
+            raise ValueError("gather needs speech, digits or both")
+        if max_digits < 1:
+            raise ValueError("max_digits must be at least 1")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._check_speech()
+        done: asyncio.Future[GatherResult] = loop.create_future()
+        speaking: list[bool] = [False]
+        expired: list[bool] = [False]
+        timers: list[asyncio.TimerHandle] = []
+
+        def settle(kind: str, **fields: Any) -> None:
+            if not done.done():
+                done.set_result(GatherResult(kind, elapsed=loop.time() - started, **fields))
+
+        def on_event(ev: SpeechEvent) -> None:
+            if ev.kind == "started":
+                speaking[0] = True
+                self.stop_playback()  # barge-in
+            elif ev.kind == "final":
+                speaking[0] = False
+                if ev.text:
+                    latency = time.monotonic() - ev.speech_end if ev.speech_end else None
+                    settle("speech", text=ev.text, confidence=ev.confidence, latency=latency)
+                elif expired[0]:
+                    settle("timeout")
+            elif ev.kind == "error":
+                self._emit(CallEvents.SpeechError, error=ev.error)
+                settle("error", error=ev.error)
+
+        stop_speech: Callable[[], None] | None = None
+        if speech:
+            if self._recognition is not None:
+                raise CallError("gather(speech=True) while start_recognition() runs: stop_recognition() first")
+            try:
+                stop_speech = self._open_recognition(hints, end_silence, on_event)
+            except CallError as exc:
+                self._emit(CallEvents.SpeechError, error=str(exc))
+                return GatherResult("error", elapsed=loop.time() - started, error=str(exc))
+        if prompt:
+            self.say(prompt, voice)
+        collector: asyncio.Task[str] | None = None
+        if digits:
+            collector = asyncio.ensure_future(self.collect_tones(
+                max_digits=max_digits, terminator=terminator,
+                inter_digit_timeout=inter_digit_timeout if max_digits > 1 else None, stop_playback=True))
+
+            def got_digits(task: asyncio.Task[str]) -> None:
+                if not task.cancelled() and task.exception() is None and task.result():
+                    settle("digits", digits=task.result())
+
+            collector.add_done_callback(got_digits)
+
+        def expire() -> None:
+            expired[0] = True
+            if not speaking[0]:
+                settle("timeout")
+
+        def arm(_: object = None) -> None:
+            timers.append(loop.call_later(timeout, expire))
+
+        prompt_pb = self._playback if prompt else None
+        if prompt_pb is not None and not prompt_pb.done():
+            prompt_pb._fut.add_done_callback(arm)
+        else:
+            arm()
+
+        def on_end(call: Call) -> None:
+            settle("hangup")
+
+        self.on_ended.append(on_end)
+        try:
+            return await done
+        finally:
+            for h in timers:
+                h.cancel()
+            if on_end in self.on_ended:
+                self.on_ended.remove(on_end)
+            if stop_speech is not None:
+                stop_speech()
+            if collector is not None and not collector.done():
+                collector.cancel()
 
     # -- actions (overridden by the kinds of call) -----------------------------
 

@@ -413,7 +413,10 @@ class MediaGraph:
         self._players: dict[Node, _Player] = {}
         self._recordings: dict[Node, list[Recording]] = {}
         #: Track taps (media streams): each tapped leg's sinks.
-        self._taps: dict[Leg, list[TrackSink]] = {}
+        self._track_taps: dict[Leg, list[TrackSink]] = {}
+        #: Sinks that only receive (speech recognition): a leg's received
+        #: audio, or a conference's mix, one frame a tick.
+        self._taps: dict[Node, list[FrameSink]] = {}
         self._watched: set[Leg] = set()
         self._plan: _Plan | None = None
         #: Nodes whose audio goes nowhere (a moderator muted them).
@@ -526,9 +529,10 @@ class MediaGraph:
             conf.remove(node)
         self.stop_player(node)
         if not isinstance(node, Conference):
-            self._taps.pop(node, None)
+            self._track_taps.pop(node, None)
         for rec in list(self._recordings.get(node, ())):
             self._stop_recording(rec)
+        self._taps.pop(node, None)
         if not isinstance(node, Conference):
             self._watched.discard(node)
         self._muted.discard(node)
@@ -583,6 +587,7 @@ class MediaGraph:
         # when its session does, and recording.ready must follow)
         for rec in list(self._recordings.get(conf, ())):
             self._stop_recording(rec)
+        self._taps.pop(conf, None)
         for out in self._edges.values():
             out.pop(conf, None)
         for other in list(self._conferences):
@@ -641,13 +646,34 @@ class MediaGraph:
         if not _is_media_leg(node):
             raise ConferenceError("a tap needs a call with media of its own, not a conference or an internal call")
         self._watch(node)
-        self._taps.setdefault(node, []).append(sink)
+        self._track_taps.setdefault(node, []).append(sink)
         self._changed()
 
     def remove_tap(self, node: Node, sink: TrackSink) -> None:
         """Stop what :meth:`add_tap` started (nothing if it is not there)."""
         if isinstance(node, Conference):
             return
+        sinks = self._track_taps.get(node)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._track_taps[node]
+            self._changed()
+
+    def start_tap(self, node: Node, sink: FrameSink) -> None:
+        """Give ``sink`` what ``node`` says (a call: its received audio,
+        without what it hears; a conference: its mix), one 20 ms frame per
+        tick, until :meth:`stop_tap` or the node's end. ``sink.write`` runs
+        on the media tick: it must only queue the frame."""
+        self._check_node(node)
+        if _is_wire(node):
+            raise ConferenceError(f"{node!r} is an internal call with no audio of its own to tap")
+        self._watch(node)
+        self._taps.setdefault(node, []).append(sink)
+        self._changed()
+
+    def stop_tap(self, node: Node, sink: FrameSink) -> None:
+        """Stop what :meth:`start_tap` started (nothing if not tapped)."""
         sinks = self._taps.get(node)
         if sinks is not None and sink in sinks:
             sinks.remove(sink)
@@ -746,10 +772,10 @@ class MediaGraph:
             players.append(node)
             player_targets.append(self._resolve(node, 1.0, set()) if _is_wire(node) else [(node, 1.0)])
         # Recorded legs need their incoming audio.
-        for node in self._recordings:
+        for node in [*self._recordings, *self._taps]:
             if _is_media_leg(node):
                 row_of(node)
-        for leg in self._taps:
+        for leg in self._track_taps:
             row_of(leg)
         for leg in hears_conf:
             row_of(leg)  # for subtracting its own voice
@@ -800,12 +826,19 @@ class MediaGraph:
                 else:
                     leg_rec.append((rec.recorder, node, rows.get(node), recv_index.get(node)))
         leg_taps = [(sink, leg, rows.get(leg), recv_index.get(leg))
-                    for leg, sinks in self._taps.items() for sink in sinks]
+                    for leg, sinks in self._track_taps.items() for sink in sinks]
+        taps: list[tuple[FrameSink, int]] = []
+        for node, sinks in self._taps.items():
+            if isinstance(node, Conference):
+                if node in conf_index:
+                    mix_rec.extend((sink, conf_index[node]) for sink in sinks)
+            elif node in rows:
+                taps.extend((sink, rows[node]) for sink in sinks)
         driven = set(sources) | set(recv_list)
         silent = [leg for leg in sources if leg not in recv_index]
         playing = [self._players[node] for node in players]
         bridge = BridgePlan(sources, [player.source for player in playing], recv_list, stage1, stage2,
-                            leg_rec, mix_rec, silent, leg_taps=leg_taps)
+                            leg_rec, mix_rec, silent, leg_taps=leg_taps, taps=taps)
         return _Plan(bridge, driven, playing)
 
     # -- ticking ----------------------------------------------------------------
@@ -846,5 +879,6 @@ class MediaGraph:
             for rec in list(recs):
                 self._stop_recording(rec)
         self._taps.clear()
+        self._track_taps.clear()
         for leg in list(self.bridge.attached):
             self.bridge.detach(leg)

@@ -16,7 +16,8 @@ and the recorders. This module only runs a plan, one 20 ms frame a tick:
 3. *push*: each receiver its frame (encoded together where the ports take
    G.711), each other source leg ``None`` (its own player only);
 4. *record*: a leg's recorder gets what it heard plus what it said, a
-   conference's its sum.
+   conference's its sum; a *tap* (a sink that only receives, such as a
+   speech recogniser) gets what its leg said.
 
 Legs are opaque keys (:class:`~engine.media.ports.PortOwner`): the bridge
 asks each for its port once, attaches it, and keeps it in :attr:`Bridge.attached`
@@ -76,6 +77,7 @@ class BridgePlan(Generic[K]):
     mix_rec: list[tuple[FrameSink, int]]                        # (sink, conference row)
     silent: list[K] = field(default_factory=list)               # sources that receive nothing
     leg_taps: list[tuple[TrackSink, K, int | None, int | None]] = field(default_factory=list)  # as leg_rec
+    taps: list[tuple[FrameSink, int]] = field(default_factory=list)  # (sink, source row): what a leg said
     # Filled on the first tick (and again while a leg has no audio port yet):
     ports_pending: bool = True
     src_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
@@ -93,7 +95,7 @@ class BridgePlan(Generic[K]):
     def idle(self) -> bool:
         """Nothing to pull, push or record."""
         return not (self.sources or self.receivers or self.players or self.leg_rec or self.mix_rec
-                    or self.leg_taps)
+                    or self.leg_taps or self.taps)
 
 
 class Bridge(Generic[K]):
@@ -272,8 +274,11 @@ class Bridge(Generic[K]):
 
     def record(self, plan: BridgePlan[K], rows: Pcm, sums: npt.NDArray[np.int32], out: Pcm) -> None:
         """A recorded leg: what it was sent plus what it said; a recorded
-        conference: its sum."""
+        conference: its sum; a tapped leg (speech recognition, streams):
+        only what it said."""
         n = self.samples
+        for sink, row in plan.taps:
+            sink.write(rows[row].copy())
         for sink, leg, src_row, recv_row in plan.leg_rec:
             heard = self._heard(leg, recv_row, out)
             if src_row is not None:

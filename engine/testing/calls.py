@@ -34,6 +34,7 @@ from engine.calls.call import (
     Call, CallAction, CallError, CallEvents, CallState, Dispatcher, Playback, check_action,
 )
 from engine.calls.direct import DirectCallLeg
+from engine.calls.speech import SpeechEvent
 from engine.media.players import FrameSource, PcmSource, PlaybackFinished, SilenceSource, ToneSource
 from engine.media.pcm import Pcm
 from engine.media.tts import TtsCache
@@ -249,6 +250,8 @@ class SimCall(Call):
         self._answering = False
         self._play_end: asyncio.TimerHandle | None = None
         self._speech = RecordingTts()
+        #: Running recognitions (gather, start_recognition) that Endpoint.say reaches.
+        self._listening: list[Callable[[SpeechEvent], None]] = []
 
     # -- the far end: what the test does, as the peer's signalling would -------------
 
@@ -289,6 +292,21 @@ class SimCall(Call):
     def remote_tone(self, digit: str, mode: str) -> None:
         """The far end pressed ``digit`` (RFC 4733 event or in-band tone)."""
         self._tone_received(digit, mode)
+
+    def _open_recognition(self, hints: list[str] | None, end_silence: float,
+                          on_event: Callable[[SpeechEvent], None]) -> Callable[[], None]:
+        """Recognition on a simulated leg hears what :meth:`Endpoint.say` says (no audio, no recogniser)."""
+        self._listening.append(on_event)
+        return lambda: self._listening.remove(on_event) if on_event in self._listening else None
+
+    def remote_speech(self, text: str, confidence: float) -> bool:
+        """The far end said ``text``: each running recognition gets it as a
+        final result. ``False`` when nothing listened."""
+        listeners = list(self._listening)
+        for on_event in listeners:
+            on_event(SpeechEvent("started"))
+            on_event(SpeechEvent("final", text, confidence, "silence", None))
+        return bool(listeners)
 
     @property
     def media_ready(self) -> bool:
@@ -613,6 +631,20 @@ class Endpoint:
         data = body.encode() if isinstance(body, str) else body
         self._note(f"sent INFO {mime_type}")
         self.app.act(self.leg.remote_info, mime_type, data, dict(headers or {}))
+
+    def say(self, text: str, *, confidence: float = 1.0) -> None:
+        """Say ``text`` into the call: a running ``gather(speech=True)`` or
+        ``start_recognition`` gets it as recognised speech (as if the
+        recogniser heard it exactly, with ``confidence``).
+
+        :raises AssertionError: nothing in the scenario was listening.
+        """
+        self._require(self.leg.media_ready, "say something", "a connected call or early media")
+        heard: list[bool] = []
+        self._note(f"said {text!r}")
+        self.app.act(lambda: heard.append(self.leg.remote_speech(text, confidence)), listen=True)
+        if not heard or not heard[0]:
+            raise AssertionError(f"{self._who()} said {text!r} but the scenario was not recognising speech")
 
     def hang_up(self, headers: dict[str, str] | None = None) -> None:
         """Hang up: BYE once connected (``Disconnected`` 200); a caller
