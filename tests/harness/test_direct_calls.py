@@ -88,6 +88,7 @@ class FakeSocket:
         self.logged_in_at = 0.0
         self.calls: dict[str, WebCall] = {}
         self.frames: list[dict[str, Any]] = []
+        self.grant = None  # a password login: no join token, not listen-only
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         self.frames.append(frame)
