@@ -1528,6 +1528,7 @@ class Call(PlaybackMixin, Listeners):
                     graph.disconnect(src, dst)
             graph.connect(self, other)
             graph.connect(other, self)
+            self._rebridged()
             if failed_code is None:
                 self._emit(CallEvents.TransferComplete, code=200, reason="OK", new_call=other)
 
@@ -1545,6 +1546,10 @@ class Call(PlaybackMixin, Listeners):
             other.emitter.once(str(CallEvents.Connected), join)
             other.emitter.once(str(CallEvents.Failed), failed)
         return other
+
+    def _rebridged(self) -> None:
+        """This call's party was joined to a transfer's target in the media
+        graph: a leg whose far end can be told (a browser) says so."""
 
     async def _await_connected(self) -> None:
         """Return once the call has connected (even if it has ended since,

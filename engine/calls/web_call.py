@@ -372,6 +372,11 @@ class WebCall(DirectCallLeg):
             self._send("failed", code=480, reason="Temporarily Unavailable", headers=dict(headers or {}))
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 480, "Hangup")
 
+    def _rebridged(self) -> None:
+        """A browser gets no REFER: ``transferred`` tells it that what it
+        hears now comes from the transfer's target (docs/sdk-protocol.md)."""
+        self._send("transferred")
+
     def send_message(self, text: str, headers: dict[str, str] | None = None) -> None:
         """A ``message`` frame to the browser (its SDK's MessageReceived)."""
         check_action(self, CallAction.SEND_MESSAGE)

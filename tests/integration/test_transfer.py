@@ -2,18 +2,24 @@
 (RFC 3515) accepted, refused by default, malformed, too frequent or outside
 a dialog; NOTIFY sipfrag progress and the BYE after it; ``Refer-Sub:
 false`` (RFC 4488); ``call.transfer_to`` sending REFER (blind, refused, with
-the bridge fallback); and an INVITE with Replaces (RFC 3891)."""
+the bridge fallback); an INVITE with Replaces (RFC 3891); and a browser
+leg moved by ``transfer_to`` told so on its SDK socket (``transferred``)."""
 
 from __future__ import annotations
 
+from typing import Any, Awaitable, Callable
+
 import pytest
+from aiohttp.test_utils import TestClient
 
 from engine.server import Engine
+from engine.web.app import create_app
 from engine.sip.message import SipRequest, SipResponse
 from engine.sip.refer import parse_sipfrag
 
 from .conftest import EngineFactory, PeerFactory, wait_for_log
 from .sip_peer import Dialog, UdpPeer, request, sdp_offer
+from sdk_peer import BrowserPeer, SdkSocket
 
 RULES = """
 rules:
@@ -325,3 +331,39 @@ async def test_invite_with_replaces(make_engine: EngineFactory, peers: PeerFacto
     replacing.send("BYE")
     resp: SipResponse = await newcomer.expect(method="BYE")
     assert resp.status == 200
+
+
+async def test_browser_leg_is_told_of_its_transfer(
+        make_engine: EngineFactory, peers: PeerFactory,
+        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    """A browser's call whose scenario ``transfer_to``s it (a re-bridge:
+    browsers get no REFER): once the target answers, the browser gets a
+    ``transferred`` frame for that call (and nothing else ends it), and the
+    scenario ``TransferComplete`` 200."""
+    engine = await make_engine(RULES, SCENARIOS)
+    assert engine.store is not None
+    engine.store.create_user("alice", "wonderland", "Alice")
+    client = await aiohttp_client(create_app(engine))
+    sock = SdkSocket(await client.ws_connect("/ws"))
+    browser = BrowserPeer()
+    try:
+        await sock.hello()
+        assert (await sock.login("alice", "wonderland"))["type"] == "login_ok"
+        await sock.send({"type": "call", "call": "c1", "number": "xfer", "sdp": await browser.offer(),
+                         "audio": True, "video": False})
+        connected = await sock.recv("connected", timeout=10)
+        await browser.accept(connected["sdp"])
+        c = await peers.udp(engine)
+        await sock.send({"type": "message", "call": "c1", "text": f"blind sip:dave@127.0.0.1:{c.local[1]}"})
+        invite = await answer_invite(c)
+        assert invite.uri_text == f"sip:dave@127.0.0.1:{c.local[1]}"
+        frame = await sock.recv("transferred", timeout=5)
+        assert frame == {"type": "transferred", "call": "c1"}
+        logs = await wait_for_log(engine, "transfer complete 200")
+        assert "transfer complete 200" in logs
+        assert not [f for f in sock.frames if f.get("type") in ("hangup", "failed", "error")], sock.frames
+        await sock.send({"type": "hangup", "call": "c1"})
+        await wait_for_log(engine, "ended 200")
+    finally:
+        await browser.close()
+        await sock.ws.close()

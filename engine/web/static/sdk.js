@@ -43,6 +43,7 @@ export const CallEvents = Object.freeze({
   EndpointRemoved: "EndpointRemoved", // ({stream})
   Error: "Error",                 // an error frame about this call ({code, message})
   ICETimeout: "ICETimeout",       // a direct call's ICE failed; a restart is tried ({attempt})
+  Transferred: "Transferred",     // the scenario moved this call: you now hear another party ({call})
 });
 
 /** ICE restarts a direct call tries before it ends, and how long each may take (ms). */
@@ -288,6 +289,9 @@ export class Call extends Emitter {
         break;
       case "ice_failed":  // the other browser's ICE failed: restart ICE (direct calls)
         await this._onIceFailed(frame);
+        break;
+      case "transferred":  // transfer_to re-bridged this call to another party
+        this._emit(CallEvents.Transferred, { call: this });
         break;
       case "info":
         this._emit(CallEvents.InfoReceived, { call: this, mimeType: frame.mime_type, body: frame.body, headers: frame.headers || {} });
