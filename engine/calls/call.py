@@ -44,6 +44,7 @@ from engine.calls.grants import Grant
 from engine.calls.recording import Recording
 from engine.calls.speech import GatherResult, SpeechBusy, SpeechEvent, default_speech
 from engine.media.asr import AsrError
+from engine.media.codecs.telephone_event import ONSET_MODE
 from engine.media.dtmf import DtmfBodyError, generate_dtmf, parse_info_body
 from engine.media.dtmf_sender import MAX_DURATION, PAUSE, DtmfSenderError, validate_digits
 from engine.media.players import DEFAULT_LEVEL, FrameSource, PcmSource, ToneSource
@@ -775,6 +776,9 @@ class Call(PlaybackMixin, Listeners):
         self.on_ended: list[Callable[[Call], None]] = []
         self._tones_wanted = False
         self._tone_collectors = 0
+        #: What runs when a digit starts (an RFC 4733 event's first packet):
+        #: the barge-in of each collect_tones(stop_playback=True) running.
+        self._tone_onset_hooks: list[Callable[[], None]] = []
         #: Digits received while tones were handled but nobody collected
         #: (type-ahead); the next :meth:`collect_tones` starts with them.
         self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
@@ -905,7 +909,15 @@ class Call(PlaybackMixin, Listeners):
         """Hook for the kinds of call: start or stop listening to media."""
 
     def _tone_received(self, digit: str, mode: str) -> None:
-        """A digit arrived (from the media session or an INFO)."""
+        """A digit arrived (from the media session or an INFO), or, with
+        ``mode`` :data:`~engine.media.codecs.telephone_event.ONSET_MODE`, an
+        RFC 4733 digit started: that only triggers barge-in (its digit
+        follows at the event's end, as long after as the key is held)."""
+        if mode == ONSET_MODE:
+            if self.tones_enabled and not self.state.ended:
+                for hook in list(self._tone_onset_hooks):
+                    hook()
+            return
         if self.tones_enabled and not self.state.ended:
             if self._tone_collectors == 0:
                 self.typeahead.append(digit)
@@ -948,7 +960,8 @@ class Call(PlaybackMixin, Listeners):
 
         :param terminator: one or more digits that end the input (``"#"``).
         :param stop_playback: barge-in: the first digit (a typed-ahead one
-            too) stops the call's current playback, so a caller who knows the
+            too; an RFC 4733 digit as soon as its first packet arrives, not
+            at its end) stops the call's current playback, so a caller who knows the
             answer need not hear the prompt out; ``timeout`` then counts
             from the prompt's end (or its barge-in). Start the prompt
             without awaiting it, then collect::
@@ -971,12 +984,15 @@ class Call(PlaybackMixin, Listeners):
         def on_tone(ev: CallEvent) -> None:
             add(str(ev.tone))
 
+        def barge_in() -> None:
+            if stop_playback and not barged and not done.done():
+                barged.append(True)
+                self.stop_playback()
+
         def add(tone: str) -> None:
             if done.done():
                 return
-            if stop_playback and not barged:
-                barged.append(True)
-                self.stop_playback()
+            barge_in()
             if terminator and tone in terminator:
                 finish()
                 return
@@ -1010,6 +1026,8 @@ class Call(PlaybackMixin, Listeners):
         else:
             arm()
         self.emitter.on(str(CallEvents.ToneReceived), on_tone)
+        if stop_playback:
+            self._tone_onset_hooks.append(barge_in)  # a digit's start, before its end
         self.on_ended.append(on_end)
         self._tone_collectors += 1
         if self._tone_collectors == 1 and not self._tones_wanted:
@@ -1028,6 +1046,8 @@ class Call(PlaybackMixin, Listeners):
                 pass
             if on_end in self.on_ended:
                 self.on_ended.remove(on_end)
+            if barge_in in self._tone_onset_hooks:
+                self._tone_onset_hooks.remove(barge_in)
         return "".join(digits)
 
     # -- speech recognition ------------------------------------------------------

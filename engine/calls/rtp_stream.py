@@ -21,7 +21,8 @@ the engine's single :class:`~engine.media.clock.MediaClock`:
 - telephone-event packets go to a
   :class:`~engine.media.codecs.telephone_event.TelephoneEventReceiver`; its
   timeout (an event whose end packets were all lost) is one ``loop.call_at``
-  armed only while an event is open;
+  armed only while an event is open; an event's first packet is reported at
+  once as an onset (barge-in), its digit at its end;
 - audio packets go to a :class:`~engine.media.jitterbuffer.JitterBuffer`
   only while someone consumes audio (now: in-band DTMF detection); the
   session then joins the media clock, which pulls one frame every 20 ms,
@@ -81,7 +82,7 @@ import numpy.typing as npt
 
 from engine.media.codecs import CodecError, Decoder, Encoder, get_decoder, get_encoder
 from engine.media.codecs.g711 import G711Decoder, G711Encoder
-from engine.media.codecs.telephone_event import TelephoneEventError, TelephoneEventReceiver
+from engine.media.codecs.telephone_event import ONSET_MODE, DigitStarted, TelephoneEventError, TelephoneEventReceiver
 from engine.media.dtmf import DtmfDetector
 from engine.media.jitterbuffer import JitterBuffer
 from engine.media.players import FrameSource, PlaybackFinished
@@ -98,7 +99,9 @@ __all__ = ["MediaSession", "ToneListener", "PlaybackDone", "IDLE_AFTER"]
 
 logger = logging.getLogger(__name__)
 
-#: ``listener(digit, mode)`` with mode ``"rfc4733"`` or ``"inband"``.
+#: ``listener(digit, mode)`` with mode ``"rfc4733"`` or ``"inband"`` for a
+#: digit, or :data:`~engine.media.codecs.telephone_event.ONSET_MODE` when an
+#: RFC 4733 event starts (its digit follows at its end; barge-in acts on the start).
 ToneListener = Callable[[str, str], None]
 
 #: ``done(completed)``: the player ended (``True``) or was stopped or replaced (``False``).
@@ -462,12 +465,12 @@ class MediaSession:
         pt = packet.payload_type
         if pt == self.event_pt and self.events is not None:
             try:
-                digits = self.events.receive(packet.payload, packet.timestamp, now)
+                digits = self.events.receive_events(packet.payload, packet.timestamp, now)
             except TelephoneEventError:
                 self.malformed += 1
                 return
             for d in digits:
-                self._report(d.digit, "rfc4733")
+                self._report(d.digit, ONSET_MODE if isinstance(d, DigitStarted) else "rfc4733")
             self._arm_event_timer(loop)
         elif (pt == self.audio_pt and self.jitter is not None and self.decoder is not None
               and (self.graph_driven or self.detector is not None)):  # self.wants_audio, inlined

@@ -21,7 +21,7 @@ import pytest
 
 from engine.media.codecs import get_decoder, get_encoder
 from engine.media.players import PcmSource, ToneSource
-from engine.media.codecs.telephone_event import generate_event_packets
+from engine.media.codecs.telephone_event import ONSET_MODE, generate_event_packets
 from engine.media.dtmf import generate_dtmf_sequence
 from engine.media.rtp import RtpPacket, RtpSender
 from engine.calls.rtp_stream import MediaSession
@@ -52,7 +52,7 @@ class Rig:
         self.target = ("127.0.0.1", self.pair.rtp_port)
 
     def listen(self) -> None:
-        self.session.set_tone_listener(lambda d, m: self.tones.append((d, m)))
+        self.session.set_tone_listener(lambda d, m: m == ONSET_MODE or self.tones.append((d, m)))
 
     def send_digit(self, sender: RtpSender, digit: str, ts: int, sock: socket.socket | None = None,
                    drop_end: bool = False) -> None:

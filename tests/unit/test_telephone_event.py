@@ -10,6 +10,7 @@ from engine.media.codecs.telephone_event import (
     DIGIT_TO_EVENT,
     EVENT_TO_DIGIT,
     DigitReceived,
+    DigitStarted,
     TelephoneEvent,
     TelephoneEventError,
     TelephoneEventReceiver,
@@ -144,3 +145,21 @@ def test_receiver_ignores_non_dtmf_and_rejects_bad_payload() -> None:
     assert rx.receive(TelephoneEvent(16, True).serialize(), 1, 0.0) == []
     with pytest.raises(TelephoneEventError):
         rx.receive(b"\x01", 2, 0.0)
+
+
+def test_receiver_reports_a_digit_start_at_its_first_packet() -> None:
+    """Check ``receive_events`` reports a :class:`DigitStarted` on an event's
+    first packet (barge-in acts on it), once despite repeats, and the digit
+    itself only at the event's end; ``receive`` never returns a start."""
+    rx = TelephoneEventReceiver()
+    packets = [p.payload.serialize() for p in generate_event_packets("5", duration=0.1)]
+    first = rx.receive_events(packets[0], 1000, 0.0)
+    assert first == [DigitStarted("5", 1000)]
+    assert rx.receive_events(packets[0], 1000, 0.001) == []
+    rest = [(i, e) for i, p in enumerate(packets[1:], 1) for e in rx.receive_events(p, 1000, i * 0.02)]
+    first_end = next(i for i, p in enumerate(packets) if TelephoneEvent.parse(p).end)
+    assert [(i, type(e)) for i, e in rest] == [(first_end, DigitReceived)]
+    assert rest[0][1].digit == "5"
+    plain = TelephoneEventReceiver()
+    got = [e for i, p in enumerate(packets) for e in plain.receive(p, 2600, i * 0.02)]
+    assert [type(e) for e in got] == [DigitReceived]

@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 from engine.calls.call import Call, CallEvent, CallEvents, CallState, new_call_pair
+from engine.media.codecs.telephone_event import ONSET_MODE
 
 
 class FakeCall(Call):
@@ -203,3 +204,38 @@ def test_tone_event_fields() -> None:
     call.handle_tones()
     call._tone_received("A", "rfc4733")
     assert (events[0].tone, events[0].mode, events[0].name) == ("A", "rfc4733", "ToneReceived")
+
+
+class PromptedCall(FakeCall):
+    """A :class:`FakeCall` whose playback stops are counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stops = 0
+
+    def stop_playback(self) -> None:
+        self.stops += 1
+
+
+async def test_barge_in_stops_the_prompt_at_a_digits_start() -> None:
+    """Check ``collect_tones(stop_playback=True)`` stops the prompt when an
+    RFC 4733 digit starts (its first packet: ``ONSET_MODE``), before the
+    digit is reported at its end; the start is not a tone of its own, and
+    without ``stop_playback`` a start stops nothing."""
+    call = PromptedCall()
+    seen = tones_of(call)
+    task = asyncio.ensure_future(call.collect_tones(terminator="#", timeout=5.0, stop_playback=True))
+    await asyncio.sleep(0)
+    call._tone_received("4", ONSET_MODE)
+    assert call.stops == 1 and seen == []
+    call._tone_received("4", ONSET_MODE)  # repeated start packets: one barge-in
+    await feed(call, "4#")
+    assert await task == "4"
+    assert call.stops == 1
+    assert seen == [("4", "rfc4733"), ("#", "rfc4733")]
+    quiet = PromptedCall()
+    task = asyncio.ensure_future(quiet.collect_tones(terminator="#", timeout=5.0))
+    await asyncio.sleep(0)
+    quiet._tone_received("7", ONSET_MODE)
+    await feed(quiet, "7#")
+    assert await task == "7" and quiet.stops == 0

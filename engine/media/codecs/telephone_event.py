@@ -35,6 +35,8 @@ __all__ = [
     "DIGIT_TO_EVENT",
     "EVENT_TO_DIGIT",
     "DigitReceived",
+    "DigitStarted",
+    "ONSET_MODE",
     "TelephoneEvent",
     "TelephoneEventError",
     "TelephoneEventPacket",
@@ -187,6 +189,26 @@ class DigitReceived:
     ended: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class DigitStarted:
+    """The first packet of a DTMF event arrived: the key is down now; its
+    :class:`DigitReceived` follows at the event's end (RFC 4733 §2.5.1.2:
+    an event's packets carry its start timestamp and a growing duration).
+    A prompt that a digit interrupts (barge-in) stops on this, not on the
+    digit's end, which comes as late as the key is held.
+
+    :param digit: ``0-9 * # A-D``.
+    :param timestamp: the event's RTP timestamp.
+    """
+
+    digit: str
+    timestamp: int
+
+
+#: The tone listener's ``mode`` for a :class:`DigitStarted` (engine.calls.rtp_stream).
+ONSET_MODE = "rfc4733-onset"
+
+
 class TelephoneEventReceiver:
     """Turns received telephone-event packets into :class:`DigitReceived`, each once.
 
@@ -204,7 +226,18 @@ class TelephoneEventReceiver:
         self._done: deque[int] = deque(maxlen=16)
 
     def receive(self, payload: bytes, timestamp: int, now: float) -> list[DigitReceived]:
-        """Feed one packet.
+        """Feed one packet; the digits it completes (see :meth:`receive_events`).
+
+        :param payload: the RTP payload.
+        :param timestamp: the packet's RTP timestamp.
+        :param now: the current time in seconds (any monotonic origin).
+        :raises TelephoneEventError: the payload is malformed.
+        """
+        return [e for e in self.receive_events(payload, timestamp, now) if isinstance(e, DigitReceived)]
+
+    def receive_events(self, payload: bytes, timestamp: int, now: float) -> list[DigitStarted | DigitReceived]:
+        """Feed one packet; a :class:`DigitStarted` when it opens an event,
+        then each digit it completes (a :class:`DigitReceived`, once per event).
 
         :param payload: the RTP payload.
         :param timestamp: the packet's RTP timestamp.
@@ -212,7 +245,7 @@ class TelephoneEventReceiver:
         :raises TelephoneEventError: the payload is malformed.
         """
         ev = TelephoneEvent.parse(payload)
-        out: list[DigitReceived] = []
+        out: list[DigitStarted | DigitReceived] = []
         if timestamp in self._done:
             return out  # repeated end packet or late update of a reported event
         if ev.digit is None:
@@ -224,6 +257,7 @@ class TelephoneEventReceiver:
             self._open_ts = timestamp
             self._open_event = ev.event
             self._open_duration = 0
+            out.append(DigitStarted(EVENT_TO_DIGIT[ev.event], timestamp))
         self._open_duration = max(self._open_duration, ev.duration)
         self._last_packet = now
         if ev.end:
