@@ -297,6 +297,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
     from engine.calls.rtp_stream import MediaSession
     from engine.sip.offer_answer import Codec, NegotiatedMedia
     from engine.media.clock import MediaClock
+    from engine.media.rtcp_session import RtcpSession
     from engine.transport.rtp_socket import RtpPortAllocator
 
     legs = len(plan.conf_of)
@@ -324,6 +325,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         sessions = []
         for pair, cport in zip(pairs, client_ports):
             session = MediaSession(pair.rtp, clock)
+            if metrics:  # as a SIP leg has (engine.calls.sip_media): the receive statistics /metrics reads
+                session.rtcp = RtcpSession(session.sender, interval=5.0, wall_offset=time.time() - time.monotonic())
             session.configure(NegotiatedMedia(
                 index=0, remote_address="127.0.0.1", remote_port=cport, remote_rtcp_port=cport + 1,
                 codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False))
