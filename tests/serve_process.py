@@ -22,18 +22,33 @@ ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["ROOT", "ServeProcess", "free_port", "rss_kb"]
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the engine binds both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports, each free for both UDP and TCP on 127.0.0.1
+    (the engine binds both on its SIP port; HTTP and SIP over TLS are TCP).
+    Every port is held until all are chosen, so no two are the same."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.bind(("127.0.0.1", 0))
             port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held += [udp, tcp]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def rss_kb(pid: int) -> int:
@@ -60,8 +75,7 @@ class ServeProcess:
     def __init__(self, workdir: Path, args: list[str], ca: Path | None = None) -> None:
         self.workdir = workdir
         self.context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
-        self.sip_port = free_port()
-        self.http_port = free_port()
+        self.sip_port, self.http_port = free_ports(2)
         self.log_path = workdir / "callbridge.log"
         cmd = [sys.executable, "-m", "engine", "serve", "--sip-port", str(self.sip_port),
                "--http-port", str(self.http_port), "--data-dir", str(workdir / "data"), *args]

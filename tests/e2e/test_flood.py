@@ -20,6 +20,8 @@ from urllib.request import urlopen
 
 import pytest
 
+from serve_process import free_ports
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,12 +55,6 @@ WINDOW = 64
 #: MESSAGE limit lets through; 40 MB leaves room for the allocator's arenas
 #: and the logging of the refusals.
 RSS_GROWTH_MB = 40
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -131,7 +127,7 @@ def test_cancel_and_message_flood_leaves_memory_bounded(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
     (tmp_path / "scenarios").mkdir()
     (tmp_path / "scenarios" / "inbox.py").write_text(textwrap.dedent(INBOX))
-    sip, http = free_port(), free_port()
+    sip, http = free_ports(2)
     args = [sys.executable, "-m", "engine", "serve", "--sip-port", str(sip), "--http-port", str(http),
             "--rules", str(tmp_path / "rules.yaml"), "--scenarios", str(tmp_path / "scenarios"),
             "--data-dir", str(tmp_path / "data"), "--rate-limit", "100000", "--rate-burst", "100000",

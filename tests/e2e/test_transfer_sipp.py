@@ -9,11 +9,12 @@ as both phones.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+
+from serve_process import free_port, free_ports
 
 from engine.calls.sip_leg import SipCall
 
@@ -74,12 +75,6 @@ VoxEngine.add_event_listener(AppEvents.Started, on_started)
 '''
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def finish(proc: asyncio.subprocess.Process, name: str) -> None:
     """Wait for a sipp run; it must have ended with every call successful (exit 0)."""
     try:
@@ -121,7 +116,7 @@ async def test_refused_refer_falls_back_to_a_bridge(make_engine, tmp_path: Path)
     UAS (``-sn uas``); once it answers, the two legs are joined both ways in
     the media graph; the scenario then hangs both up and both sipp runs
     succeed."""
-    phone_port, target_port = free_port(), free_port()
+    phone_port, target_port = free_ports(2)
     phone = await start_sipp(["-p", str(phone_port), "-m", "1"], scenario="uas_refer_refuse.xml", timeout=20)
     target = await start_sipp(["-sn", "uas", "-p", str(target_port), "-m", "1"], timeout=20)
     try:
@@ -207,7 +202,7 @@ async def test_attended_transfer_with_replaces_between_sipp_phones(make_engine, 
     (with the escapes mangled, ``%3B`` read as ``?``) instead of a
     Replaces header, and as C it would take an INVITE with Replaces as a
     second incoming call."""
-    a_port, c_port = free_port(), free_port()
+    a_port, c_port = free_ports(2)
     a_dir = tmp_path / "a"
     a_dir.mkdir()
     phone_a = await start_sipp(["-p", str(a_port), "-m", "1"], scenario="uas_attended_a.xml", timeout=20,

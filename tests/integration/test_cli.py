@@ -17,13 +17,9 @@ from urllib.request import urlopen
 
 import pytest
 
+from serve_process import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def callbridge(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -73,7 +69,8 @@ def test_serve_refuses_bad_rules_and_broken_scenarios(tmp_path: Path) -> None:
         rules:
           - {name: A, pattern: "a", scenarios: [missing_one]}
         """, {"broken": "def f(:\n"})
-    args = ["serve", "--sip-port", str(free_port()), "--http-port", str(free_port())]
+    sip, http = free_ports(2)
+    args = ["serve", "--sip-port", str(sip), "--http-port", str(http)]
     result = callbridge(*args, cwd=app)
     assert result.returncode == 2
     assert "rules.yaml:2:" in result.stderr and "'missing_one' not found" in result.stderr
@@ -88,7 +85,7 @@ def test_serve_call_and_shutdown(tmp_path: Path) -> None:
     call`` places a call the shipped answer_hangup scenario answers and
     hangs up, the logs are key=value lines with session and call ids, and
     SIGTERM stops the server cleanly (exit 0)."""
-    sip, http = free_port(), free_port()
+    sip, http = free_ports(2)
     env = dict(os.environ, CALLBRIDGE_SIP_PORT=str(sip), CALLBRIDGE_HTTP_PORT=str(http),
                CALLBRIDGE_DATA_DIR=str(tmp_path / "data"))
     proc = subprocess.Popen([sys.executable, "-m", "engine", "serve"], cwd=ROOT, env=env,

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from serve_process import free_ports
 from tls_certs import make_pair, served_serial, serial_of, trusting
 
 from engine.server import Engine, StartupError
@@ -29,7 +30,7 @@ from engine.transport.tls import write_dev_certificate
 
 from .api_client import new_key
 from .conftest import EngineFactory
-from .test_cli import ROOT, free_port
+from .test_cli import ROOT
 
 RULES = """\
 rules:
@@ -183,9 +184,9 @@ def test_serve_with_tls_warns_self_signed_and_reloads_on_sighup(tmp_path: Path) 
     served) and still stops cleanly on SIGTERM; and with ``--tls-cert``
     alone exits 2 saying what is missing."""
     cert, key = write_dev_certificate(tmp_path / "tls")
-    sip, http = free_port(), free_port()
+    sip, http, sip_tls = free_ports(3)
     base = [sys.executable, "-m", "engine", "serve", "--sip-port", str(sip), "--http-port", str(http),
-            "--sip-tls-port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+            "--sip-tls-port", str(sip_tls), "--data-dir", str(tmp_path / "data")]
     alone = subprocess.run([*base, "--tls-cert", str(cert)], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
     assert alone.returncode == 2
@@ -193,7 +194,10 @@ def test_serve_with_tls_warns_self_signed_and_reloads_on_sighup(tmp_path: Path) 
     env = dict(os.environ, CALLBRIDGE_TLS_CERT=str(cert), CALLBRIDGE_TLS_KEY=str(key))
     proc = subprocess.Popen(base, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_https(http, cert, proc) == 200, "serve never became healthy over HTTPS"
+        if _wait_https(http, cert, proc) != 200:
+            proc.kill()
+            _, early = proc.communicate()
+            raise AssertionError(f"serve never became healthy over HTTPS (exit {proc.returncode}):\n{early[-3000:]}")
         (tmp_path / "old.pem").write_bytes(cert.read_bytes())
         write_dev_certificate(tmp_path / "tls", overwrite=True)
         proc.send_signal(signal.SIGHUP)
