@@ -288,23 +288,28 @@ def _scraped(text: bytes) -> dict[str, float]:
             for sample in family.samples if not sample.labels}
 
 
-def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False) -> None:
-    """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
-    (``metrics``: with the engine's Prometheus figures scraped every second)."""
-    _install_uvloop()
-    from engine.calls.call import Call, CallState
-    from engine.calls.conference import MediaGraph
-    from engine.calls.rtp_stream import MediaSession
-    from engine.sip.offer_answer import Codec, NegotiatedMedia
-    from engine.media.clock import MediaClock
-    from engine.media.rtcp_session import RtcpSession
+def engine_ports(conn: Connection, plan: Plan) -> list[Any]:
+    """The engine's RTP port pairs, one a leg; their ports go to the load
+    generator, which answers with its own (read them with ``conn.recv()``)."""
     from engine.transport.rtp_socket import RtpPortAllocator
 
-    legs = len(plan.conf_of)
     ports = RtpPortAllocator("127.0.0.1", 20000, 60000)
-    pairs = [ports.allocate() for _ in range(legs)]
+    pairs = [ports.allocate() for _ in range(len(plan.conf_of))]
     conn.send([p.rtp_port for p in pairs])
-    client_ports = conn.recv()
+    return pairs
+
+
+def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any, graph: Any,
+               rtcp: bool = False) -> tuple[list[Any], list[Any]]:
+    """The engine side of the load, as bench/media and bench/streams both run
+    it: a PCMU ``MediaSession`` to its generator port and a connected call
+    a leg, in the plan's conferences of ``graph``; with ``rtcp``, each
+    session gets the RTCP session a SIP leg has (engine.calls.sip_media:
+    the receive statistics /metrics reads). Returns (sessions, calls)."""
+    from engine.calls.call import Call, CallState
+    from engine.calls.rtp_stream import MediaSession
+    from engine.media.rtcp_session import RtcpSession
+    from engine.sip.offer_answer import Codec, NegotiatedMedia
 
     class BenchLeg(Call):
         def __init__(self, session: MediaSession) -> None:
@@ -316,28 +321,40 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             return self.session
 
     pcmu = Codec("PCMU", RATE, payload_type=0)
+    sessions, calls = [], []
+    for pair, cport in zip(pairs, client_ports):
+        session = MediaSession(pair.rtp, clock)
+        if rtcp:
+            session.rtcp = RtcpSession(session.sender, interval=5.0, wall_offset=time.time() - time.monotonic())
+        session.configure(NegotiatedMedia(
+            index=0, remote_address="127.0.0.1", remote_port=cport, remote_rtcp_port=cport + 1,
+            codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False))
+        sessions.append(session)
+        calls.append(BenchLeg(session))
+    first = 0
+    for size in plan.sizes:
+        conf = graph.create_conference()
+        for call in calls[first:first + size]:
+            conf.add(call)
+        first += size
+    return sessions, calls
+
+
+def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False) -> None:
+    """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
+    (``metrics``: with the engine's Prometheus figures scraped every second)."""
+    _install_uvloop()
+    from engine.calls.conference import MediaGraph
+    from engine.media.clock import MediaClock
+
+    pairs = engine_ports(conn, plan)
+    client_ports = conn.recv()
 
     async def main() -> dict[str, Any]:
         clock = MediaClock()
         tmp = tempfile.mkdtemp(prefix="bench-media-")
         graph = MediaGraph(clock, recordings_dir=tmp)
-        calls = []
-        sessions = []
-        for pair, cport in zip(pairs, client_ports):
-            session = MediaSession(pair.rtp, clock)
-            if metrics:  # as a SIP leg has (engine.calls.sip_media): the receive statistics /metrics reads
-                session.rtcp = RtcpSession(session.sender, interval=5.0, wall_offset=time.time() - time.monotonic())
-            session.configure(NegotiatedMedia(
-                index=0, remote_address="127.0.0.1", remote_port=cport, remote_rtcp_port=cport + 1,
-                codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False))
-            sessions.append(session)
-            calls.append(BenchLeg(session))
-        first = 0
-        for size in plan.sizes:
-            conf = graph.create_conference()
-            for call in calls[first:first + size]:
-                conf.add(call)
-            first += size
+        sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics)
         scraper = None
         if metrics:
             from engine.web.metrics import EngineMetrics, MetricsSources

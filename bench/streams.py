@@ -76,48 +76,17 @@ def bot_server(conn: Connection) -> None:
 def stream_server(conn: Connection, plan: Any, bot_url: str) -> None:
     """bench/media.py's engine, every leg also streamed to the bot."""
     mediabench._install_uvloop()
-    from engine.calls.call import Call, CallState
     from engine.calls.conference import MediaGraph
     from engine.calls.media_stream import start_stream
-    from engine.calls.rtp_stream import MediaSession
     from engine.media.clock import MediaClock
-    from engine.sip.offer_answer import Codec, NegotiatedMedia
-    from engine.transport.rtp_socket import RtpPortAllocator
 
-    legs = len(plan.conf_of)
-    ports = RtpPortAllocator("127.0.0.1", 20000, 60000)
-    pairs = [ports.allocate() for _ in range(legs)]
-    conn.send([p.rtp_port for p in pairs])
+    pairs = mediabench.engine_ports(conn, plan)
     client_ports = conn.recv()
-
-    class BenchLeg(Call):
-        def __init__(self, session: MediaSession) -> None:
-            super().__init__(direction="inbound", number="bench", callerid="gen")
-            self.session = session
-            self._set_state(CallState.CONNECTED)
-
-        def media_port(self) -> MediaSession:
-            return self.session
-
-    pcmu = Codec("PCMU", 8000, payload_type=0)
 
     async def main() -> dict[str, Any]:
         clock = MediaClock()
         graph = MediaGraph(clock, recordings_dir=tempfile.mkdtemp(prefix="bench-streams-"))
-        sessions, calls = [], []
-        for pair, cport in zip(pairs, client_ports):
-            session = MediaSession(pair.rtp, clock)
-            session.configure(NegotiatedMedia(
-                index=0, remote_address="127.0.0.1", remote_port=cport, remote_rtcp_port=cport + 1,
-                codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False))
-            sessions.append(session)
-            calls.append(BenchLeg(session))
-        first = 0
-        for size in plan.sizes:
-            conf = graph.create_conference()
-            for call in calls[first:first + size]:
-                conf.add(call)
-            first += size
+        sessions, calls = mediabench.bench_legs(plan, pairs, client_ports, clock, graph)
         streams = [start_stream(call, graph, bot_url, direction="inbound") for call in calls]
         conn.send("ready")
         w0, w1, end = conn.recv()
