@@ -15,6 +15,7 @@ from engine.server import Engine
 from .api_client import new_key
 from .conftest import EngineFactory, PeerFactory, wait_until
 from .sip_peer import Dialog
+from .test_web_conference import ROOM, ROOM_GATE
 
 RULES = """
 rules:
@@ -44,40 +45,8 @@ def on_alerting(e):
 VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 """
 
-ROOM = """
-from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
-
-room = None
-
-async def on_alerting(e):
-    global room
-    if room is None:
-        room = VoxEngine.create_conference("room")
-    call = e.call
-    await call.answer()
-    room.add(call)
-    Logger.write(f"joined ({len(room.endpoints)} in)")
-    call.add_event_listener(CallEvents.Disconnected, lambda ev: room.remove(call))
-
-VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
-"""
-
-#: Each caller is bridged to its leg into the one "conf_room" session.
-GATE = """
-from engine.runtime.scenario import AppEvents, CallEvents, VoxEngine
-
-async def on_alerting(e):
-    call = e.call
-    leg = VoxEngine.call_conference("conf_room", callerid=e.callerid)
-    await leg.wait_for(CallEvents.Connected, timeout=10)
-    await call.answer()
-    VoxEngine.send_media_between(call, leg)
-    call.add_event_listener(CallEvents.Disconnected, lambda ev: (leg.hangup(), VoxEngine.terminate()))
-
-VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
-"""
-
-SCENARIOS = {"talk": TALK, "busy": BUSY, "room": ROOM, "gate": GATE}
+# The conference and its gatekeeper: test_web_conference's.
+SCENARIOS = {"talk": TALK, "busy": BUSY, "room": ROOM, "gate": ROOM_GATE}
 
 
 async def scrape(engine: Engine, key: str | None = None, port: int | None = None) -> tuple[int, str]:
