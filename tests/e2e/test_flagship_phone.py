@@ -18,6 +18,8 @@ import pytest
 
 from logs import wait_for_log
 
+from engine.server import Engine
+
 from .baresip import Baresip
 from .phone import tone_level
 
@@ -40,21 +42,20 @@ async def shipped_engine(make_engine):
                              session_idle_timeout=5.0)
 
 
-async def test_two_phones_meet_by_pin(make_engine, tmp_path: Path) -> None:
-    """Two baresip phones (440 Hz and 1000 Hz microphones) dial 5550100,
-    type PIN 4321#, and each hears the other's tone (and not much of its own)."""
-    engine = await shipped_engine(make_engine)
-    rooms_create(engine, "4321")
-    phones = [Baresip(tmp_path, "alice", 440.0), Baresip(tmp_path, "bob", 1000.0)]
+
+async def meet_by_pin(engine: Engine, phones: list[Baresip], uri: str, pin: str = "4321#") -> None:
+    """Each phone in turn dials ``uri`` (the PSTN gatekeeper), types ``pin``
+    and is in the conference (``(n in)``); they talk 3 s, hang up, and the
+    phones are stopped whatever happens."""
     try:
         for phone in phones:
             await phone.start()
         for n, phone in enumerate(phones, 1):
-            await phone.dial(f"sip:5550100@127.0.0.1:{engine.ua.port}")
+            await phone.dial(uri)
             await phone.wait_for("Call established", 10)
             await wait_for_log(engine, "started by rule InboundFromPSTN", timeout=5)
             await asyncio.sleep(1.0)
-            await phone.press("4321#")
+            await phone.press(pin)
             await wait_for_log(engine, f"({n} in)", timeout=20)
         await asyncio.sleep(3.0)  # both talk
         for phone in phones:
@@ -63,6 +64,14 @@ async def test_two_phones_meet_by_pin(make_engine, tmp_path: Path) -> None:
     finally:
         for phone in phones:
             await phone.stop()
+
+async def test_two_phones_meet_by_pin(make_engine, tmp_path: Path) -> None:
+    """Two baresip phones (440 Hz and 1000 Hz microphones) dial 5550100,
+    type PIN 4321#, and each hears the other's tone (and not much of its own)."""
+    engine = await shipped_engine(make_engine)
+    rooms_create(engine, "4321")
+    phones = [Baresip(tmp_path, "alice", 440.0), Baresip(tmp_path, "bob", 1000.0)]
+    await meet_by_pin(engine, phones, f"sip:5550100@127.0.0.1:{engine.ua.port}")
     alice, bob = (p.heard()[-8000 * 2:] for p in phones)
     assert alice.size and bob.size, "sndfile recorded nothing"
     assert tone_level(alice, 1000.0) > 500, tone_level(alice, 1000.0)

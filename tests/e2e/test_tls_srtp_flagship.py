@@ -17,14 +17,12 @@ TLS connection; these are the same bytes a capture would show.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from logs import wait_for_log
 from tls_ca import make_certs
 
 from engine.media.codecs import get_decoder, get_encoder
@@ -32,7 +30,7 @@ from engine.transport.rtp_transport import RtpTransport
 
 from .baresip import Baresip, write_tone_wav
 from .phone import tone_level
-from .test_flagship_phone import ROOT, rooms_create
+from .test_flagship_phone import ROOT, meet_by_pin, rooms_create
 
 pytestmark = pytest.mark.e2e
 
@@ -123,23 +121,7 @@ async def test_two_phones_meet_over_tls_and_srtp(make_engine: Any, tmp_path: Pat
     rooms_create(engine, "4321")
     phones = [Baresip(tmp_path, "alice", 440.0, cafile=certs.ca, mediaenc="srtp-mand"),
               Baresip(tmp_path, "bob", 1000.0, cafile=certs.ca, mediaenc="srtp-mand")]
-    try:
-        for phone in phones:
-            await phone.start()
-        for n, phone in enumerate(phones, 1):
-            await phone.dial(f"sip:5550100@127.0.0.1:{tls_port};transport=tls")
-            await phone.wait_for("Call established", 10)
-            await wait_for_log(engine, "started by rule InboundFromPSTN", timeout=5)
-            await asyncio.sleep(1.0)
-            await phone.press("4321#")
-            await wait_for_log(engine, f"({n} in)", timeout=20)
-        await asyncio.sleep(3.0)  # both talk
-        for phone in phones:
-            phone.command("/hangup\n")
-        await asyncio.sleep(0.5)
-    finally:
-        for phone in phones:
-            await phone.stop()
+    await meet_by_pin(engine, phones, f"sip:5550100@127.0.0.1:{tls_port};transport=tls")
     for phone in phones:
         assert "transport=tls" in phone.output() and "srtp" in phone.output().lower()
     # They heard each other.
