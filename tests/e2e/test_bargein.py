@@ -5,7 +5,7 @@ prompt stop within 100 ms of the first digit, and joins the conference.
 How the two moments are put on one clock. The engine runs in the test's
 process, so every datagram its RTP sockets receive or send is stamped
 (``time.monotonic()``) by wrapping :class:`~engine.transport.rtp_transport.RtpTransport`
-(as tests/e2e/test_tls_srtp_flagship.py does):
+(tests/e2e/wire_tap.py, as tests/e2e/test_tls_srtp_flagship.py does):
 
 * the first digit: the arrival of the first RFC 4733 packet of the first
   event (RFC 4733 §2.5.1.2: sent when the key goes down). baresip sends it
@@ -43,11 +43,11 @@ import pytest
 from logs import wait_for_log
 
 from engine.media.codecs import get_decoder
-from engine.transport.rtp_transport import RtpTransport
 
 from .baresip import Baresip
 from .phone import tone_level
 from .test_flagship_phone import rooms_create, shipped_engine
+from .wire_tap import RtpWireTap
 
 pytestmark = pytest.mark.e2e
 
@@ -59,28 +59,6 @@ LOUD = 50.0
 JITTER_FRAMES = 10
 #: The issue's acceptance bound: digit in, last prompt audio out.
 BOUND = 0.100
-
-
-class StampedTap:
-    """Every RTP datagram the engine receives and sends: (time, way, data, address)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.packets: list[tuple[float, str, bytes, Any]] = []
-        original_init, original_sendto = RtpTransport.__init__, RtpTransport.sendto
-        tap = self
-
-        def init(transport: RtpTransport, sock: Any, handler: Any) -> None:
-            def received(data: bytes, addr: Any) -> None:
-                tap.packets.append((time.monotonic(), "in", data, addr))
-                handler(data, addr)
-            original_init(transport, sock, received)
-
-        def sendto(transport: RtpTransport, data: bytes, addr: Any) -> None:
-            tap.packets.append((time.monotonic(), "out", data, addr))
-            original_sendto(transport, data, addr)
-
-        monkeypatch.setattr(RtpTransport, "__init__", init)
-        monkeypatch.setattr(RtpTransport, "sendto", sendto)
 
 
 class RecordingWatch:
@@ -134,7 +112,7 @@ async def test_prompt_stops_within_100_ms_of_the_first_digit(make_engine: Any, t
     events while it plays: the prompt's last audio leaves the engine at most
     100 ms after her first digit reaches it, what she recorded after that
     frame is silence, and she then hears Bob's tone."""
-    tap = StampedTap(monkeypatch)
+    tap = RtpWireTap(monkeypatch)
     engine = await shipped_engine(make_engine)
     rooms_create(engine, "4321")
     bob, alice = Baresip(tmp_path, "bob", 1000.0), Baresip(tmp_path, "alice", 440.0)

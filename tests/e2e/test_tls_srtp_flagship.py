@@ -26,11 +26,11 @@ import pytest
 from tls_ca import make_certs
 
 from engine.media.codecs import get_decoder, get_encoder
-from engine.transport.rtp_transport import RtpTransport
 
 from .baresip import Baresip, write_tone_wav
 from .phone import tone_level
 from .test_flagship_phone import ROOT, meet_by_pin, rooms_create
+from .wire_tap import RtpWireTap
 
 pytestmark = pytest.mark.e2e
 
@@ -42,34 +42,14 @@ TAG = 10
 SRTCP_TRAILER = 4 + TAG
 
 
-class RtpWireTap:
-    """Every datagram the engine's RTP sockets receive and send, in order."""
+def rtp(tap: RtpWireTap, direction: str) -> list[bytes]:
+    """The datagrams shaped like RTP (version 2, one of our payload types)."""
+    return [d for d in tap.datagrams(direction) if len(d) >= 12 and d[0] >> 6 == 2
+            and d[1] & 0x7F in (PCMU, TELEPHONE_EVENT)]
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.datagrams: list[tuple[str, bytes]] = []
-        original_init, original_sendto = RtpTransport.__init__, RtpTransport.sendto
-        tap = self
 
-        def init(transport: RtpTransport, sock: Any, handler: Any) -> None:
-            def received(data: bytes, addr: Any) -> None:
-                tap.datagrams.append(("in", data))
-                handler(data, addr)
-            original_init(transport, sock, received)
-
-        def sendto(transport: RtpTransport, data: bytes, addr: Any) -> None:
-            tap.datagrams.append(("out", data))
-            original_sendto(transport, data, addr)
-
-        monkeypatch.setattr(RtpTransport, "__init__", init)
-        monkeypatch.setattr(RtpTransport, "sendto", sendto)
-
-    def rtp(self, direction: str) -> list[bytes]:
-        """The datagrams shaped like RTP (version 2, one of our payload types)."""
-        return [d for way, d in self.datagrams if way == direction and len(d) >= 12 and d[0] >> 6 == 2
-                and d[1] & 0x7F in (PCMU, TELEPHONE_EVENT)]
-
-    def rtcp(self, direction: str) -> list[bytes]:
-        return [d for way, d in self.datagrams if way == direction and len(d) >= 8 and 200 <= d[1] <= 204]
+def rtcp(tap: RtpWireTap, direction: str) -> list[bytes]:
+    return [d for d in tap.datagrams(direction) if len(d) >= 8 and 200 <= d[1] <= 204]
 
 
 def clear_windows(freq: float, folder: Path) -> set[bytes]:
@@ -133,12 +113,12 @@ async def test_two_phones_meet_over_tls_and_srtp(make_engine: Any, tmp_path: Pat
     assert tone_level(bob, 1000.0) < tone_level(bob, 440.0) / 10
 
     # 1. Sizes: every media packet carries an SRTP tag; our RTCP is SRTCP, encrypted.
-    sent, received = tap.rtp("out"), tap.rtp("in")
+    sent, received = rtp(tap, "out"), rtp(tap, "in")
     assert len(sent) > 100 and len(received) > 100, (len(sent), len(received))
     for packet in sent + received:
         plain = 12 + (160 if packet[1] & 0x7F == PCMU else 4)
         assert len(packet) == plain + TAG, (len(packet), packet[:12].hex())
-    sent_rtcp = tap.rtcp("out")
+    sent_rtcp = rtcp(tap, "out")
     assert sent_rtcp and all(p[-SRTCP_TRAILER] & 0x80 for p in sent_rtcp)
 
     # 2. No run of either tone's PCMU bytes on the wire, while the control finds them.
@@ -146,7 +126,7 @@ async def test_two_phones_meet_over_tls_and_srtp(make_engine: Any, tmp_path: Pat
     encoder = get_encoder("PCMU")
     assert has_clear_run(encoder.encode(bob.astype(np.int16)), windows[440.0])
     assert has_clear_run(encoder.encode(alice.astype(np.int16)), windows[1000.0])
-    for way, data in tap.datagrams:
+    for _, way, data, _ in tap.packets:
         for freq, runs in windows.items():
             assert not has_clear_run(data, runs), f"{way} datagram holds {freq:g} Hz PCMU in clear"
 
