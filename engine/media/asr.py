@@ -55,6 +55,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
+from engine.media.outage import Outage
 from engine.media.pcm import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, Pcm
 
 __all__ = [
@@ -541,24 +542,20 @@ class FallbackRecognizer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.primary = primary
         self.fallback = fallback
-        self.retry_after = retry_after
-        self.clock = clock
         self.name = primary.name
-        self._down_until: float | None = None
-        self._lock = threading.Lock()
-        #: Failures of the primary provider seen (logged or not).
-        self.failures = 0
+        self.outage = Outage(retry_after, clock)
+
+    @property
+    def failures(self) -> int:
+        """Failures of the primary provider seen (logged or not)."""
+        return self.outage.failures
 
     @property
     def primary_down(self) -> bool:
-        return self._down_until is not None and self.clock() < self._down_until
+        return self.outage.down
 
     def _primary_failed(self, exc: Exception) -> None:
-        with self._lock:
-            self.failures += 1
-            first = self._down_until is None
-            self._down_until = self.clock() + self.retry_after
-        if first:
+        if self.outage.failed():
             logger.warning("speech recognition: %s failed (%s); falling back to %s",
                            self.primary.name, exc, self.fallback.name)
 
@@ -577,8 +574,7 @@ class FallbackRecognizer:
     def recovered(self) -> None:
         """Forget the outage (the next start tries the primary; its next
         failure is logged again)."""
-        with self._lock:
-            self._down_until = None
+        self.outage.recovered()
 
 
 def make_recognizer(spec: str) -> Recognizer:

@@ -36,7 +36,6 @@ import logging
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -44,6 +43,7 @@ from typing import Callable, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from engine.media.outage import Outage
 from engine.media.cache import store_array
 from engine.media.sources import AudioFileError, decode_native, lowpass_taps
 from engine.media.pcm import Pcm
@@ -216,17 +216,13 @@ class FallbackProvider:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.primary = primary
         self.fallback = fallback
-        self.retry_after = retry_after
-        self.clock = clock
         self.name = primary.name
-        self._lock = threading.Lock()
-        self._retry_at: float | None = None  # set while the primary is down
+        self.outage = Outage(retry_after, clock)
 
     @property
     def primary_down(self) -> bool:
         """Whether the primary failed last time and its back-off runs."""
-        with self._lock:
-            return self._retry_at is not None and self.clock() < self._retry_at
+        return self.outage.down
 
     def cache_names(self) -> list[str]:
         """Whose cached speech may be served now, best first: the
@@ -249,10 +245,7 @@ class FallbackProvider:
             except Exception as exc:
                 self._primary_failed(exc)
             else:
-                with self._lock:
-                    recovered = self._retry_at is not None
-                    self._retry_at = None
-                if recovered:
+                if self.outage.recovered():
                     logger.info("TTS %s works again", self.primary.name)
                 return pcm, rate, self.primary.name
         return self._fallback(text, voice)
@@ -262,13 +255,10 @@ class FallbackProvider:
         return pcm, rate, self.fallback.name
 
     def _primary_failed(self, exc: Exception) -> None:
-        with self._lock:
-            first = self._retry_at is None
-            self._retry_at = self.clock() + self.retry_after
-        if first:
+        if self.outage.failed():
             logger.warning("TTS %s failed (%s): speaking with %s, retrying %s in %g s",
                            self.primary.name, exc, self.fallback.name, self.primary.name,
-                           self.retry_after)
+                           self.outage.retry_after)
         else:
             logger.debug("TTS %s still failing: %s", self.primary.name, exc)
 
