@@ -57,6 +57,7 @@ from engine.transport.audio_fetch import AudioLoader, default_audio_loader
 
 if TYPE_CHECKING:
     from engine.calls.media_stream import MediaStream
+    from engine.sip.sdp import SessionDescription
 
 __all__ = [
     "CallEvents",
@@ -376,8 +377,12 @@ class MediaHandler(Protocol):
 
     ``create_offer`` and ``create_answer`` return SDP bytes;
     ``create_answer`` raises :class:`~engine.sip.errors.RemoteProtocolError`
-    (status 488) when nothing in the offer is acceptable.
+    (status 488) when nothing in the offer is acceptable. ``local_sdp`` is
+    the last of them as built, so that the INVITE session records it
+    without parsing it back.
     """
+
+    local_sdp: SessionDescription | None
 
     def create_offer(self) -> bytes: ...
 

@@ -301,8 +301,8 @@ class SipCall(Call):
             return
         self._early_sdp_sent = True
         response = self._response(183, headers=headers, body=body)
-        assert self.session is not None
-        self.session.send_provisional(response)
+        assert self.session is not None and self.media is not None
+        self.session.send_provisional(response, self.media.local_sdp)
         self._send_response(response)
 
     def _local_answer(self) -> bytes | None:
@@ -335,8 +335,8 @@ class SipCall(Call):
                 return self._connected_future()
             response = self._response(200, headers=headers, body=body)
             assert self.invite is not None and self.session is not None
-            self.session.send_answer(response, _dialog_request(self.invite),
-                                     self._contact(), self.ua.clock())
+            self.session.send_answer(response, _dialog_request(self.invite), self._contact(),
+                                     self.ua.clock(), self.media.local_sdp if self.media else None)
             self.ua.register_dialog(self)
             self._send_response(response)
             self._arm()
@@ -578,7 +578,8 @@ class SipCall(Call):
         if body:
             resp.headers.add("Content-Type", "application/sdp")
             resp.body = body
-        self.session.send_reinvite_answer(request, resp, self.ua.clock())
+        self.session.send_reinvite_answer(request, resp, self.ua.clock(),
+                                          self.media.local_sdp if body and self.media else None)
         endpoint.send_response(txn, resp)
         self._arm()
         self._emit(CallEvents.ReInviteReceived, body=request.body,

@@ -191,6 +191,9 @@ class SipLegMedia:
         self.session_id = secrets.randbelow(2**31)
         self.version = 0
         self.local_offer: SessionDescription | None = None
+        #: The SDP we sent last (offer or answer), as built: the INVITE
+        #: session records it without parsing our own body back.
+        self.local_sdp: SessionDescription | None = None
         self.negotiated: NegotiatedMedia | None = None
         self.remote: SessionDescription | None = None
         self.clock = clock
@@ -238,7 +241,7 @@ class SipLegMedia:
         if self.srtp != "off" and self.secure_signalling:
             crypto = [CryptoAttribute(tag, suite, self._srtp_key(suite)) for tag, suite in enumerate(SRTP_SUITES, 1)]
         self.version += 1
-        self.local_offer = create_offer(
+        self.local_offer = self.local_sdp = create_offer(
             self.address, self._port(), self.codecs, session_id=self.session_id,
             session_version=self.version, crypto=crypto,
         )
@@ -262,6 +265,7 @@ class SipLegMedia:
         )
         self.remote = remote
         self.negotiated = negotiated
+        self.local_sdp = answer
         self._media_changed()
         return answer.to_bytes()
 

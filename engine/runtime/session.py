@@ -57,6 +57,20 @@ logger = logging.getLogger("engine.runtime.scenario")
 _current: contextvars.ContextVar[Session] = contextvars.ContextVar("callbridge_session")
 
 
+
+_stamp_second = -1
+_stamp_text = ""
+
+
+def _stamp() -> str:
+    """The UTC time of a log line to the second (formatted once a second)."""
+    global _stamp_second, _stamp_text
+    now = int(time.time())
+    if now != _stamp_second:
+        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        _stamp_second = now
+    return _stamp_text
+
 class AppEvents(str, enum.Enum):
     """Session-level events (VoxEngine's ``AppEvents``)."""
 
@@ -352,8 +366,7 @@ class Session(Listeners):
         message text): its control characters are escaped here, at the one
         sink, so it stays on its one line (see
         :func:`~engine.security_log.escape_controls`)."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        line = f"{stamp} session={self.id} {escape_controls(text)}"
+        line = f"{_stamp()} session={self.id} {escape_controls(text)}"
         self.log_lines.append(line)
         self.runtime.append_log(self.id, line)
 

@@ -244,6 +244,12 @@ def same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool
     return a is not None and b is not None and a[1] == b[1] and same_host(a[0], b[0])
 
 
+def _ours(message: SipRequest | SipResponse, sdp: SessionDescription | None) -> SessionDescription:
+    """Our SDP in ``message``: ``sdp`` when the caller built it (the
+    offer/answer state copies what it keeps), else its body parsed."""
+    return sdp if sdp is not None else parse_sdp(message.body)
+
+
 def _hold(sdp: SessionDescription) -> bool | None:
     """Whether an offer puts the receiver on hold: its first audio stream
     is ``sendonly``/``inactive`` or at 0.0.0.0 (RFC 3264 §8.4)."""
@@ -349,23 +355,29 @@ class InviteSession:
             session.remote_hold = session._receive_offer(invite.body)
         return session
 
-    def send_provisional(self, response: SipResponse) -> None:
-        """Record a 101-199 we send (a 183 may carry our early answer)."""
+    def send_provisional(self, response: SipResponse, sdp: SessionDescription | None = None) -> None:
+        """Record a 101-199 we send (a 183 may carry our early answer).
+
+        :param sdp: the parsed form of ``response.body`` when the caller
+            built it (saves parsing our own SDP back)."""
         self._need(Role.UAS, _S.INCOMING, _S.EARLY)
         self.state = _S.EARLY
         if response.body and self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.send_answer(parse_sdp(response.body)))
+            self._oa(lambda oa: oa.send_answer(_ours(response, sdp)))
 
     def send_answer(self, response: SipResponse, dialog_request: SipRequest, contact: str,
-                    now: float) -> Dialog:
+                    now: float, sdp: SessionDescription | None = None) -> Dialog:
         """Record our 2xx to the INVITE: the dialog starts, and the 2xx is
-        retransmitted until the ACK (§13.3.1.4). Returns the dialog."""
+        retransmitted until the ACK (§13.3.1.4). Returns the dialog.
+
+        :param sdp: the parsed form of ``response.body`` when the caller
+            built it (saves parsing our own SDP back)."""
         self._need(Role.UAS, _S.INCOMING, _S.EARLY)
         assert self.invite is not None
         self.dialog = Dialog.create_uas(dialog_request, response.to.tag or "", contact)
         self.final_sent = True
         self.state = _S.CONNECTING
-        self._sdp_in_2xx(response)
+        self._sdp_in_2xx(response, sdp)
         self._start_2xx(response, self.invite.cseq.number, now)
         return self.dialog
 
@@ -408,18 +420,19 @@ class InviteSession:
             self.remote_hold = hold
         return [ReInviteReceived(request, hold)]
 
-    def send_reinvite_answer(self, request: SipRequest, response: SipResponse, now: float) -> None:
+    def send_reinvite_answer(self, request: SipRequest, response: SipResponse, now: float,
+                             sdp: SessionDescription | None = None) -> None:
         """Record our 2xx to a re-INVITE: retransmitted until its ACK."""
-        self._sdp_in_2xx(response)
+        self._sdp_in_2xx(response, sdp)
         self._start_2xx(response, request.cseq.number, now)
 
-    def _sdp_in_2xx(self, response: SipResponse) -> None:
+    def _sdp_in_2xx(self, response: SipResponse, sdp: SessionDescription | None) -> None:
         if not response.body:
             return
         if self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.send_answer(parse_sdp(response.body)))
+            self._oa(lambda oa: oa.send_answer(_ours(response, sdp)))
         else:  # offer in our 2xx, answer in the ACK (RFC 3264 §3)
-            self._oa(lambda oa: oa.send_offer(parse_sdp(response.body)))
+            self._oa(lambda oa: oa.send_offer(_ours(response, sdp)))
 
     def _start_2xx(self, response: SipResponse, cseq: int, now: float) -> None:
         t1, t2 = self.timers.t1, self.timers.t2

@@ -657,5 +657,7 @@ class OfferAnswerState:
             sdp.origin = dataclasses.replace(last.origin)
             if sdp != last:
                 sdp.origin.sess_version += 1
-        self._last_sent = sdp.copy()
+        # Kept as is: the machine never changes an SDP it holds in place
+        # (it replaces them), and hands callers copies.
+        self._last_sent = sdp
         return sdp

@@ -1092,7 +1092,11 @@ async def test_logger_lines_are_in_read_log_and_the_log_file(env: Env) -> None:
 
 
 def daily_log(env: Env, session_id: str | None = None) -> str:
-    """The text of the daily session log files (only ``session_id``'s lines)."""
+    """The text of the daily session log files (only ``session_id``'s lines),
+    once the buffered lines are written (they reach the file within
+    ``SessionLogs.FLUSH_AFTER``)."""
+    for runtime in env.runtimes:
+        runtime.logs.flush()
     text = "".join(p.read_text() for p in sorted(env.log_dir.glob("sessions-*.log")))
     if session_id is None:
         return text
@@ -1142,3 +1146,29 @@ async def test_listener_removal_on_the_session(env: Env) -> None:
         """},
     )
     assert runtime.start_session(runtime.rules.rules[0]).namespace["seen"] == ["keep"]
+
+
+async def test_session_log_lines_reach_the_file_within_the_flush_delay(tmp_path: Path) -> None:
+    """Check lines are buffered, not written one system call each, and
+    reach the daily file by themselves FLUSH_AFTER later; a read of the
+    files writes them first."""
+    from engine.runtime.records import SessionLogs
+
+    logs = SessionLogs(tmp_path)
+    logs.FLUSH_AFTER = 0.05
+    logs.append("s1", "2026-12-05T00:00:00 session=s1 first")
+    logs.append("s1", "2026-12-05T00:00:00 session=s1 second")
+
+    def on_disk() -> str:
+        return "".join(p.read_text() for p in tmp_path.glob("sessions-*.log"))
+
+    assert on_disk() == ""
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if on_disk():
+            break
+    assert on_disk().splitlines() == ["2026-12-05T00:00:00 session=s1 first",
+                                      "2026-12-05T00:00:00 session=s1 second"]
+    logs.append("s2", "2026-12-05T00:00:01 session=s2 third")
+    assert logs.read("s2") == ["2026-12-05T00:00:01 session=s2 third"]
+    logs.close()

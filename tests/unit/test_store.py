@@ -687,6 +687,40 @@ def test_call_records(store: SqliteStore) -> None:
     assert store.list_call_records(limit=1) == [{"status": "busy"}]
 
 
+def test_call_records_are_written_in_batches(tmp_path: Path, clock: Clock) -> None:
+    """Check queued records reach the file in one write: not before a
+    flush (another connection sees none), all of them at a flush, at once
+    when the queue is full, on close, and always for this store's reads."""
+    path = tmp_path / "cb.sqlite3"
+
+    def on_disk() -> int:
+        other = sqlite3.connect(path)
+        try:
+            return int(other.execute("SELECT count(*) FROM call_records").fetchone()[0])
+        finally:
+            other.close()
+
+    with open_file(path, clock=clock) as store:
+        store.add_call_record({"call_id": "a"})
+        store.add_call_record({"call_id": "b"})
+        assert on_disk() == 0
+        assert store.count_call_records() == 2  # a read writes the queue first
+        assert on_disk() == 2
+        store.add_call_record({"call_id": "c"})
+        store.flush_call_records()
+        assert on_disk() == 3
+        for i in range(store.RECORD_BATCH):
+            store.add_call_record({"call_id": f"n{i}"})
+        assert on_disk() == 3 + store.RECORD_BATCH
+        store.add_call_record({"call_id": "last"})
+    assert on_disk() == 4 + store.RECORD_BATCH  # close wrote the last one
+    with open_file(path) as store:
+        assert store.list_call_records(limit=1) == [{"call_id": "last"}]
+        with pytest.raises(StoreError):
+            store.close()
+            store.add_call_record({"call_id": "late"})
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [

@@ -276,6 +276,10 @@ class Store(Protocol):
         number, caller, start, answer, end, status, reason, ...)."""
         ...
 
+    def flush_call_records(self) -> None:
+        """Write call records still queued by :meth:`add_call_record`."""
+        ...
+
     def list_call_records(
         self, limit: int = 100, *, offset: int = 0, session_id: str | None = None,
     ) -> list[dict[str, Any]]:

@@ -83,6 +83,7 @@ class SqliteStore(
         self._params = password_params or ScryptParams()
         self._clock = clock
         self._lock = threading.Lock()
+        self._pending_records = []
         self._dummy_hash = None
         self._conn = None
         try:
