@@ -289,8 +289,18 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+#: Name-addrs parsed lately, by their text: a call's messages repeat their
+#: From, To and Contact (and a trunk repeats its own across calls). The
+#: objects are shared, as a message's typed views already are: change a copy.
+_NAME_ADDR_MEMO: dict[str, NameAddr] = {}
+_MEMO_SIZE = 512
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse a name-addr or addr-spec with header parameters (RFC 3261 §20.10).
+
+    The result is shared with other callers that parsed the same text: do
+    not change it in place.
 
     In the addr-spec form (no ``<>``) everything after the first ``;`` is a
     header parameter, never a URI parameter.
@@ -300,6 +310,18 @@ def parse_name_addr(text: str) -> NameAddr:
         containing ``?``, ``,`` or whitespace (RFC 4475 §3.1.2.13-14) or a bad
         URI or parameter.
     """
+    hit = _NAME_ADDR_MEMO.get(text)
+    if hit is not None:
+        return hit
+    value = _parse_name_addr(text)
+    memo = _NAME_ADDR_MEMO
+    if len(memo) >= _MEMO_SIZE:
+        del memo[next(iter(memo))]  # the oldest
+    memo[text] = value
+    return value
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip(" \t")
     if text == "*":
         return NameAddr(uri=SipUri(host="*"), wildcard=True)

@@ -282,13 +282,32 @@ class AbsoluteUri:
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+#: URIs parsed lately, by their text (a trunk's Request-URIs and contacts
+#: repeat): the objects are shared, so change a copy, never one in place.
+_URI_MEMO: dict[str, Uri] = {}
+_MEMO_SIZE = 512
+
+
 def parse_uri(text: str) -> Uri:
-    """Parse a URI.
+    """Parse a URI (shared with other callers of the same text: do not
+    change the result in place).
 
     :raises RemoteProtocolError: when a sip, sips or tel URI is malformed or
         any URI has no scheme, is empty, or contains whitespace, a control
         character or one of ``<>"`` (``bad character in URI``).
     """
+    hit = _URI_MEMO.get(text)
+    if hit is not None:
+        return hit
+    value = _parse_uri(text)
+    memo = _URI_MEMO
+    if len(memo) >= _MEMO_SIZE:
+        del memo[next(iter(memo))]  # the oldest
+    memo[text] = value
+    return value
+
+
+def _parse_uri(text: str) -> Uri:
     if _BAD_URI_CHAR_RE.search(text):
         raise RemoteProtocolError("bad character in URI")
     scheme, colon, rest = text.partition(":")

@@ -370,3 +370,28 @@ def test_parse_uri_only_raises_remote_protocol_error(text: str) -> None:
         assert reason.isascii() and reason.isprintable() and len(reason) < 60
         return
     assert parse_uri(str(uri)) == uri
+
+
+def test_parse_memo_is_bounded_and_keeps_errors_out() -> None:
+    """Check repeated URIs and name-addrs are parsed once (the same object
+    back), a flood of distinct ones keeps the memo at its bound, and a
+    malformed text is refused every time, never remembered."""
+    from engine.sip import headers, uri as uri_module
+    from engine.sip.errors import RemoteProtocolError
+    from engine.sip.headers import parse_name_addr
+    from engine.sip.uri import parse_uri
+
+    assert parse_uri("sip:memo@example.com") is parse_uri("sip:memo@example.com")
+    one = parse_name_addr("<sip:memo@example.com>;tag=1")
+    assert parse_name_addr("<sip:memo@example.com>;tag=1") is one and one.tag == "1"
+    for i in range(3 * uri_module._MEMO_SIZE):
+        parse_uri(f"sip:u{i}@example.com")
+        parse_name_addr(f"<sip:u{i}@example.com>;tag={i}")
+    assert len(uri_module._URI_MEMO) <= uri_module._MEMO_SIZE
+    assert len(headers._NAME_ADDR_MEMO) <= headers._MEMO_SIZE
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            parse_uri("sip:bad user@example.com")
+        with pytest.raises(RemoteProtocolError):
+            parse_name_addr("<sip:x@example.com")
+    assert "sip:bad user@example.com" not in uri_module._URI_MEMO
