@@ -32,6 +32,7 @@ from engine.media.tts import TtsCache
 from engine.runtime.compiler import ScenarioCompiler
 from engine.runtime.conferences import ConferenceOwners
 from engine.runtime.dialout import DialPolicy
+from engine.runtime.histogram import INVITE_TO_ALERTING_BUCKETS, BucketHistogram
 from engine.runtime.invites import PinAdmission, PinLimits
 from engine.runtime.protocols import CallEventHook, Challengeable, Dialer, HttpSessionFactory, LogLineHook, WebUsers
 from engine.runtime.records import CallRecords, SessionLogs
@@ -40,6 +41,7 @@ from engine.runtime.router import Caller, Rule, RuleSet
 from engine.runtime.session import AppEvents, Session, TaskFactory
 from engine.runtime.tokens import Keys
 from engine.security_log import security_event, security_event_throttled
+from engine.sip.message import SipRequest
 from engine.state.directory import Directory
 from engine.state.store import Store
 from engine.transport.audio_fetch import AudioLoader
@@ -169,6 +171,9 @@ class ScenarioRuntime:
         self.sessions_started = 0
         self.sessions_ended = 0
         self.scenario_errors: Counter[str] = Counter()
+        #: Seconds from a SIP INVITE read by the transport to its session's
+        #: first ``CallAlerting`` listener entered (metrics read it).
+        self.invite_to_alerting = BucketHistogram(INVITE_TO_ALERTING_BUCKETS)
         self.logs = SessionLogs(log_dir, on_line=on_log_line)
         self.records = CallRecords(store, on_call_event)
         self.conferences = ConferenceOwners(self.directory, self.node_id, self.sessions, store)
@@ -301,9 +306,13 @@ class ScenarioRuntime:
             if call.state == CallState.ALERTING:
                 call.reject(500)
             return
-        self._alert(session, call)
+        self._alert(session, call, request.received_at if isinstance(request, SipRequest) else None)
 
-    def _alert(self, session: Session, call: Call) -> None:
+    def _alert(self, session: Session, call: Call, received_at: float | None = None) -> None:
+        """Offer ``call`` to ``session`` (``CallAlerting``). ``received_at``:
+        when the transport read the call's INVITE; the session's first
+        ``CallAlerting`` listener observes the time since in
+        :attr:`invite_to_alerting`."""
         if call.state.ended:  # e.g. the caller hung up before the session saw the call
             session.write_log(f"call {call.id} ended before it was offered ({call.end_code})")
             if not session.calls and not session.terminated:
@@ -316,6 +325,7 @@ class ScenarioRuntime:
         session.write_log(
             f"call {call.id} from {call.callerid!r} to {call.number!r} ({call.kind})"
         )
+        session.alerting_since = received_at
         session.emit(
             AppEvents.CallAlerting,
             call=call,
@@ -324,6 +334,7 @@ class ScenarioRuntime:
             display_name=call.display_name,
             destination=call.number,
         )
+        session.alerting_since = None
         if session.terminated:
             self._refuse(call, 500)
 

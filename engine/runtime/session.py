@@ -138,6 +138,10 @@ def current_session() -> Session:
 class Session(Listeners):
     """One running scenario: its namespace, calls, timers, tasks and log."""
 
+    #: While ``CallAlerting`` of a SIP call is emitted: when its INVITE was
+    #: read (``time.monotonic()``); the first listener run takes it.
+    alerting_since: float | None = None
+
     def __init__(self, runtime: ScenarioRuntime, rule: Rule, custom_data: str = "") -> None:
         self.id = secrets.token_hex(12)
         #: The secret part of the session's control URL (``/api/v1/control/{id}/{secret}``).
@@ -206,6 +210,10 @@ class Session(Listeners):
         """Run a listener in this session's context; failures end the session."""
         if self.terminated and getattr(event, "name", None) not in _AFTER_END:
             return
+        since = self.alerting_since
+        if since is not None:  # the CallAlerting handler is entered (issue 17's latency)
+            self.alerting_since = None
+            self.runtime.invite_to_alerting.observe(time.monotonic() - since)
         try:
             result = self._run(handler, event)
         except Exception as exc:

@@ -305,7 +305,7 @@ class SipMessage:
 class SipRequest(SipMessage):
     """A request: method, Request-URI (text and parsed), headers, body."""
 
-    __slots__ = ("method", "uri_text", "version", "_uri")
+    __slots__ = ("method", "uri_text", "version", "_uri", "received_at")
 
     def __init__(
         self,
@@ -320,6 +320,8 @@ class SipRequest(SipMessage):
         self.uri_text = str(uri)
         self.version = version
         self._uri: Uri | None = None if isinstance(uri, str) else uri
+        #: ``time.monotonic()`` when the transport read it (``None``: made here).
+        self.received_at: float | None = None
 
     @property
     def uri(self) -> Uri:

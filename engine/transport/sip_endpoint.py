@@ -470,6 +470,7 @@ class SipEndpoint:
         self._on_message_bytes(data, peer, stream=False)
 
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
+        received_at = time.monotonic()  # the INVITE-to-CallAlerting latency starts here
         self.stats["received"] += 1
         policy = self.policy
         if self.admission.is_banned(peer.host, self.clock()):
@@ -487,6 +488,7 @@ class SipEndpoint:
             return
         now = self.clock()
         if isinstance(msg, SipRequest):
+            msg.received_at = received_at
             if not self._admit(msg, peer, now):
                 return
             try:

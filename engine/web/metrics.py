@@ -14,7 +14,9 @@ one, so that two engines in one process, as in the tests, do not mix):
   few operations per call, none per packet.
 - Everything else is read when scraped, by :class:`EngineCollector` (a
   custom collector): live calls and sessions, conferences and their sizes,
-  the RTP counts that the media code keeps anyway
+  the latency from a SIP INVITE to its scenario's ``CallAlerting``
+  handler (:class:`~engine.runtime.histogram.BucketHistogram`, filled by
+  the runtime), the RTP counts that the media code keeps anyway
   (:data:`engine.media.rtcp_session.LIVE` and
   :data:`~engine.media.rtcp_session.CLOSED`), the media clock's and the
   mixer's tick counts, SRTP refusals, webhook attempts, security events,
@@ -31,6 +33,7 @@ serves it without a key on a separate address of the operator's choosing
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.calls.call import Call
@@ -93,7 +96,7 @@ class MetricsSources:
     (``None``: its figures are left out).
 
     :param runtime: the scenario runtime (``sessions``, ``sessions_started``,
-        ``sessions_ended``, ``scenario_errors``).
+        ``sessions_ended``, ``scenario_errors``, ``invite_to_alerting``).
     :param ua: the SIP user agent (``calls``, ``endpoint.stats``).
     :param clock: the media clock (``ticks``, ``skipped``, ``lateness_sum``, ``max_lateness``).
     :param graph: the media graph (``conferences``, ``bridge.ticks``, ``bridge.busy_seconds``).
@@ -172,6 +175,11 @@ class EngineCollector(Collector):
         for rule, n in sorted(runtime.scenario_errors.items()):
             errors.add_metric([rule], n)
         yield errors
+        latency = runtime.invite_to_alerting
+        yield HistogramMetricFamily(
+            "callbridge_invite_to_alerting_seconds",
+            "From a SIP INVITE read by the transport to its scenario's CallAlerting handler entered",
+            buckets=[("+Inf" if le == math.inf else repr(le), n) for le, n in latency.cumulative()], sum_value=latency.sum)
 
     def _conferences(self) -> Iterator[Metric]:
         graph = self.sources.graph

@@ -22,6 +22,7 @@ from engine.media import rtcp_session
 from engine.media.clock import MediaClock
 from engine.media.rtcp_session import ClosedTotals, RtcpSession
 from engine.media.rtp import RtpSender
+from engine.runtime.histogram import INVITE_TO_ALERTING_BUCKETS, BucketHistogram
 from engine.web.metrics import EngineMetrics, MetricsSources, call_outcome, parse_listen
 
 
@@ -41,6 +42,8 @@ class Runtime:
     sessions_started: int = 0
     sessions_ended: int = 0
     scenario_errors: dict[str, int] = field(default_factory=dict)
+    invite_to_alerting: BucketHistogram = field(
+        default_factory=lambda: BucketHistogram(INVITE_TO_ALERTING_BUCKETS))
 
 
 @dataclass
@@ -94,6 +97,26 @@ def test_sessions_webhooks_security_and_srtp_are_read_at_scrape_time() -> None:
     assert value(metrics, "callbridge_security_events_total", event="auth_failed") == 7
     assert value(metrics, "callbridge_srtp_refused_packets_total", reason="auth_failed") == 4
     assert value(metrics, "callbridge_srtp_refused_packets_total", reason="replay") == 1
+
+
+def test_invite_to_alerting_is_exposed_as_a_cumulative_histogram() -> None:
+    """Check the runtime's INVITE-to-CallAlerting histogram is read at scrape
+    time as ``callbridge_invite_to_alerting_seconds``: cumulative buckets
+    by ``le`` (Prometheus' float spelling), ``+Inf``, count and sum."""
+    runtime = Runtime()
+    metrics, _, _ = isolated(runtime=runtime)
+    name = "callbridge_invite_to_alerting_seconds"
+    assert value(metrics, f"{name}_count") == 0
+    for seconds in (0.0004, 0.0009, 0.001, 0.004, 2.0):
+        runtime.invite_to_alerting.observe(seconds)
+    assert value(metrics, f"{name}_bucket", le="0.0003") == 0
+    assert value(metrics, f"{name}_bucket", le="0.0005") == 1
+    assert value(metrics, f"{name}_bucket", le="0.001") == 3
+    assert value(metrics, f"{name}_bucket", le="0.005") == 4
+    assert value(metrics, f"{name}_bucket", le="1.0") == 4
+    assert value(metrics, f"{name}_bucket", le="+Inf") == 5
+    assert value(metrics, f"{name}_count") == 5
+    assert value(metrics, f"{name}_sum") == pytest.approx(2.0063)
 
 
 def test_missing_parts_leave_their_figures_out() -> None:
