@@ -30,7 +30,6 @@ import functools
 import inspect
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from pyee.asyncio import AsyncIOEventEmitter
 
+from engine import entropy
 from engine.calls.grants import Grant
 from engine.calls.recording import Recording
 from engine.calls.speech import GatherResult, SpeechBusy, SpeechEvent, default_speech
@@ -756,7 +756,7 @@ class Call(PlaybackMixin, Listeners):
         headers: dict[str, str] | None = None,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        self.id = secrets.token_hex(16)
+        self.id = entropy.token_hex(16)
         self.direction = direction
         self.number = number
         self.callerid = callerid

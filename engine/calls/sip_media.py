@@ -47,10 +47,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 import time
 from typing import Any, Callable
 
+from engine import entropy
 from engine.security_log import security_event
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 from engine.sip.offer_answer import (
@@ -188,7 +188,7 @@ class SipLegMedia:
         self.address = address
         self.codecs = codecs
         self.pair: RtpPortPair | None = None
-        self.session_id = secrets.randbelow(2**31)
+        self.session_id = entropy.randbelow(2**31)
         self.version = 0
         self.local_offer: SessionDescription | None = None
         #: The SDP we sent last (offer or answer), as built: the INVITE

@@ -55,11 +55,11 @@ from __future__ import annotations
 
 import collections
 import random as _random
-import secrets
 import weakref
 from dataclasses import dataclass
 from typing import Callable
 
+from engine import entropy
 from engine.media.rtcp import (
     Bye,
     ReceiverReport,
@@ -163,7 +163,7 @@ class RtcpSession:
     ) -> None:
         self.sender = sender
         self.clock_rate = clock_rate
-        self.cname = cname or secrets.token_urlsafe(12)
+        self.cname = cname or entropy.token_urlsafe(12)
         self.interval = interval
         self.wall_offset = wall_offset
         self._random = random

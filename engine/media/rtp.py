@@ -14,10 +14,11 @@ transport's ``recvfrom`` gave.
 
 from __future__ import annotations
 
-import secrets
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
+
+from engine import entropy
 
 __all__ = [
     "RTP_VERSION",
@@ -186,7 +187,7 @@ def extend_seq(seq: int, reference: int) -> int:
 
 
 def _random_bits(bits: int) -> int:
-    return secrets.randbits(bits)
+    return entropy.randbits(bits)
 
 
 class RtpSender:

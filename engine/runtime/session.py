@@ -33,7 +33,6 @@ import enum
 import functools
 import inspect
 import logging
-import secrets
 import time
 import traceback
 from collections import deque
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pyee.asyncio import AsyncIOEventEmitter
 
+from engine import entropy
 from engine.calls.call import Call, CallError, CallState, InternalCall, Listeners
 from engine.calls.conference import Conference, ConferenceError
 from engine.runtime.router import Rule
@@ -143,9 +143,9 @@ class Session(Listeners):
     alerting_since: float | None = None
 
     def __init__(self, runtime: ScenarioRuntime, rule: Rule, custom_data: str = "") -> None:
-        self.id = secrets.token_hex(12)
+        self.id = entropy.token_hex(12)
         #: The secret part of the session's control URL (``/api/v1/control/{id}/{secret}``).
-        self.control_secret = secrets.token_urlsafe(16)
+        self.control_secret = entropy.token_urlsafe(16)
         self.runtime = runtime
         self.rule = rule
         self.custom_data = custom_data

@@ -42,10 +42,10 @@ early dialog, a 486 to a re-INVITE in a confirmed one).
 
 from __future__ import annotations
 
-import secrets
 from enum import Enum
 from typing import Iterable, Mapping
 
+from engine import entropy
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
 from engine.sip.headers import NameAddr, canonical_name
 from engine.sip.message import Headers, SipMessage, SipRequest, SipResponse
@@ -274,7 +274,7 @@ class Dialog:
             call_id=request.call_id,
             local_tag=local_tag,
             remote_tag=from_.tag or "",
-            local_seq=local_seq if local_seq is not None else secrets.randbelow(2**30),
+            local_seq=local_seq if local_seq is not None else entropy.randbelow(2**30),
             remote_seq=request.cseq.number,
             local_uri=_without_tag(to),
             remote_uri=_without_tag(from_),

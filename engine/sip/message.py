@@ -9,9 +9,9 @@ never leaves a stale typed value behind.
 
 from __future__ import annotations
 
-import secrets
 from typing import Callable, Iterable, Iterator, TypeVar, cast
 
+from engine import entropy
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.headers import (
     CSeq,
@@ -63,17 +63,17 @@ REASONS = {
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch id (magic cookie + 64 random bits)."""
-    return BRANCH_MAGIC + secrets.token_hex(8)
+    return BRANCH_MAGIC + entropy.token_hex(8)
 
 
 def new_tag() -> str:
     """A fresh From/To tag (48 random bits)."""
-    return secrets.token_hex(6)
+    return entropy.token_hex(6)
 
 
 def new_call_id() -> str:
     """A fresh Call-ID (96 random bits)."""
-    return secrets.token_hex(12)
+    return entropy.token_hex(12)
 
 
 class Headers:
