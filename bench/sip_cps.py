@@ -178,6 +178,8 @@ def main() -> int:
     parser.add_argument("--start", type=int, default=250, help="first rate tried")
     parser.add_argument("--max-rate", type=int, default=4000)
     parser.add_argument("--only", choices=("callbridge", "kamailio"))
+    parser.add_argument("--overload", action="store_true",
+                        help="then place 1.5x callbridge's best rate (bench/overload.py)")
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed: ./run.sh bench installs sip-tester")
@@ -190,6 +192,9 @@ def main() -> int:
             print(f"callbridge: {cb} calls/s with 0 failed; RSS at that rate {rss0 // 1024} MB at start, "
                   f"{rss1 // 1024} MB after {args.seconds} s of calls (growth {(rss1 - rss0) // 1024} MB), "
                   f"{rss2 // 1024} MB after 5 s idle", flush=True)
+            if args.overload and cb:
+                from overload import run_overload  # bench/overload.py
+                run_overload(cb, max(args.seconds, 30))
         if args.only != "callbridge":
             print("kamailio (stateless sl_send_reply), sipp uac:", flush=True)
             kam = bench_kamailio(args, workdir)
