@@ -155,8 +155,9 @@ def run_overload(max_rate: int, seconds: int = 60, workdir: Path | None = None, 
     fresh engine; print and return the figures (see the module notes).
 
     ``failed_accepted`` counts the calls answered 200 that did not end as
-    the scenario says: sipp's failed calls less those it gave up on
-    unanswered (``FailedMaxUDPRetrans``: INVITEs dropped every time).
+    the scenario says: those answered less those completed, or sipp's
+    failed calls less those it gave up on unanswered
+    (``FailedMaxUDPRetrans``: INVITEs dropped every time), the larger.
     """
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed: ./run.sh bench installs sip-tester")
@@ -174,12 +175,15 @@ def run_overload(max_rate: int, seconds: int = 60, workdir: Path | None = None, 
             metrics = scrape(metrics_port)
         finally:
             serve.stop()
-    failed_accepted = calls["failed"] - calls["failed_max_retrans"]
+    completed = calls["successful"] - calls["recv_503"]
+    # An accepted call that did not complete failed, whether sipp counted it
+    # failed or was still waiting when its -timeout stopped it.
+    failed_accepted = max(calls["ok_200"] - completed, calls["failed"] - calls["failed_max_retrans"])
     figures: dict[str, Any] = {
         "max_rate": max_rate, "rate": rate, "seconds": seconds,
         "placed": calls["placed"],
         "accepted": calls["ok_200"],
-        "completed": calls["successful"] - calls["recv_503"],
+        "completed": completed,
         "failed_accepted": failed_accepted,
         "refused_503": calls["recv_503"],
         "refused_503_engine": int(metrics.get("callbridge_sip_overload_refused_total", 0)),

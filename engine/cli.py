@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--message-burst", type=int, default=int(_env("MESSAGE_BURST", 20)))
     serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 20000)),
                        help="most live SIP server transactions (new requests beyond get 503)")
+    serve.add_argument("--overload", choices=("on", "off"), default=_env("OVERLOAD", "on"),
+                       help="shed new INVITEs (503, then drop) past the bounds below and a quarter of a"
+                            " full SIP UDP receive buffer; off: take every call whatever the load")
     serve.add_argument("--overload-lag-ms", type=float, default=float(_env("OVERLOAD_LAG_MS", 100)),
                        help="smoothed event-loop lag (ms) from which new INVITEs get 503 (0: off)")
     serve.add_argument("--overload-drop-lag-ms", type=float, default=float(_env("OVERLOAD_DROP_LAG_MS", 500)),
@@ -283,6 +286,8 @@ def _config_from(args: argparse.Namespace) -> Any:
     try:
         overload = OverloadBounds(lag=args.overload_lag_ms / 1000, drop_lag=args.overload_drop_lag_ms / 1000,
                                   setup_calls=args.max_setup_calls)
+        if args.overload == "off":
+            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0)
     except ValueError:
         raise SystemExit(f"callbridge: --overload-drop-lag-ms ({args.overload_drop_lag_ms:g}) must not be below"
                          f" --overload-lag-ms ({args.overload_lag_ms:g})") from None
