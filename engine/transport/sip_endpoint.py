@@ -30,7 +30,12 @@ Request-URI longer than ``max_uri`` gets 414. A CANCEL that matches no INVITE
 transaction gets a stateless 481, and a new request while ``max_transactions``
 server transactions are live gets a stateless 503: neither creates a
 transaction. Each refusal is a security event (:mod:`engine.security_log`),
-logged at most once per ``THROTTLE_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
+logged at most once per ``THROTTLE_PERIOD`` per source and kind. While
+overloaded (:mod:`engine.transport.overload`: loop lag, receive-queue fill,
+calls being set up, sampled every ``overload_probe`` seconds), a new INVITE
+gets a stateless 503 decided from a look at its head before it is parsed
+(:meth:`SipEndpoint._shed`), or is dropped; everything else, which finishes
+the calls already accepted, is processed as always. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
 rport; the top Via gets ``received`` and ``rport``).
