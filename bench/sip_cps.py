@@ -180,6 +180,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("callbridge", "kamailio"))
     parser.add_argument("--latency", action="store_true",
                         help="then bench/latency.py: INVITE -> CallAlerting at 100/s and 80%% of the best rate")
+    parser.add_argument("--overload", action="store_true",
+                        help="then place 1.5x callbridge's best rate (bench/overload.py)")
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed: ./run.sh bench installs sip-tester")
@@ -195,6 +197,9 @@ def main() -> int:
             if args.latency and cb:
                 import latency
                 latency.bench_latency(workdir, latency.default_rates(cb))
+            if args.overload and cb:
+                from overload import run_overload  # bench/overload.py
+                run_overload(cb, max(args.seconds, 30))
         if args.only != "callbridge":
             print("kamailio (stateless sl_send_reply), sipp uac:", flush=True)
             kam = bench_kamailio(args, workdir)

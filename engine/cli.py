@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--message-burst", type=int, default=int(_env("MESSAGE_BURST", 20)))
     serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 20000)),
                        help="most live SIP server transactions (new requests beyond get 503)")
+    serve.add_argument("--overload", choices=("on", "off"), default=_env("OVERLOAD", "on"),
+                       help="shed new INVITEs (503, then drop) past the bounds below and a quarter of a"
+                            " full SIP UDP receive buffer; off: take every call whatever the load")
+    serve.add_argument("--overload-lag-ms", type=float, default=float(_env("OVERLOAD_LAG_MS", 100)),
+                       help="smoothed event-loop lag (ms) from which new INVITEs get 503 (0: off)")
+    serve.add_argument("--overload-drop-lag-ms", type=float, default=float(_env("OVERLOAD_DROP_LAG_MS", 500)),
+                       help="smoothed event-loop lag (ms) from which new INVITEs are dropped unparsed (0: off)")
+    serve.add_argument("--max-setup-calls", type=int, default=int(_env("MAX_SETUP_CALLS", 1000)),
+                       help="incoming calls not answered yet (ringing included) from which new INVITEs"
+                            " get 503 (0: off)")
+    serve.add_argument("--sip-udp-rcvbuf", type=int, default=int(_env("SIP_UDP_RCVBUF", 4 * 1024 * 1024)),
+                       help="bytes of receive buffer asked for each SIP UDP socket (0: the system's)")
     serve.add_argument("--max-tcp-per-source", type=int, default=int(_env("MAX_TCP_PER_SOURCE", 20)),
                        help="most SIP TCP connections one source address may hold")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", 5000)),
@@ -266,6 +278,19 @@ def _config_from(args: argparse.Namespace) -> Any:
                  "ws_max_per_source", "ws_max_connections"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 1 or more, got {getattr(args, flag)}")
+    for flag in ("overload_lag_ms", "overload_drop_lag_ms", "max_setup_calls", "sip_udp_rcvbuf"):
+        if getattr(args, flag) < 0:
+            raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
+    from engine.transport.overload import OverloadBounds
+
+    try:
+        overload = OverloadBounds(lag=args.overload_lag_ms / 1000, drop_lag=args.overload_drop_lag_ms / 1000,
+                                  setup_calls=args.max_setup_calls)
+        if args.overload == "off":
+            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0)
+    except ValueError:
+        raise SystemExit(f"callbridge: --overload-drop-lag-ms ({args.overload_drop_lag_ms:g}) must not be below"
+                         f" --overload-lag-ms ({args.overload_lag_ms:g})") from None
     if args.message_rate < 0:
         raise SystemExit(f"callbridge: --message-rate must be 0 (off) or more, got {args.message_rate}")
     from engine.runtime.dialout import DEFAULT_DENY, DialPolicy
@@ -286,6 +311,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
         message_rate=args.message_rate, message_burst=args.message_burst,
         max_transactions=args.max_transactions, max_tcp_per_source=args.max_tcp_per_source,
+        overload=overload, udp_receive_buffer=args.sip_udp_rcvbuf,
     )
     return EngineConfig(
         sip_hosts=[h.strip() for h in args.sip_host.split(",") if h.strip()],

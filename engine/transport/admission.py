@@ -36,6 +36,7 @@ from typing import Callable
 from engine.security_log import security_event, security_event_throttled
 from engine.sip.message import SipRequest
 from engine.state.directory import Directory
+from engine.transport.overload import OverloadBounds
 
 __all__ = ["Admission", "SecurityPolicy", "Verdict", "SCANNER_AGENTS"]
 
@@ -78,6 +79,16 @@ class SecurityPolicy:
         of live INVITEs still reach theirs).
     :param max_tcp_per_source: most TCP and TLS connections together one
         source address may hold open (trusted sources exempt).
+    :param overload: the bounds past which the engine sheds new INVITEs
+        (:mod:`engine.transport.overload`); they apply to trusted sources
+        too: they protect the engine, not against a source.
+    :param overload_probe: seconds between two samples of the overload
+        signals (loop lag, receive queues, calls being set up).
+    :param udp_receive_buffer: bytes asked of the kernel for each SIP UDP
+        socket's receive buffer (``SO_RCVBUF``; the kernel caps it at
+        ``net.core.rmem_max`` and doubles it for its bookkeeping): room for
+        the ACKs and BYEs of a burst while the loop catches up. 0 keeps the
+        system's default.
     """
 
     max_message: int = 65535
@@ -94,6 +105,9 @@ class SecurityPolicy:
     message_burst: int = 20
     max_transactions: int = 20_000
     max_tcp_per_source: int = 20
+    overload: OverloadBounds = field(default_factory=OverloadBounds)
+    overload_probe: float = 0.05
+    udp_receive_buffer: int = 4 * 1024 * 1024
 
 
 class Verdict(enum.Enum):

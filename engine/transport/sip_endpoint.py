@@ -30,7 +30,12 @@ Request-URI longer than ``max_uri`` gets 414. A CANCEL that matches no INVITE
 transaction gets a stateless 481, and a new request while ``max_transactions``
 server transactions are live gets a stateless 503: neither creates a
 transaction. Each refusal is a security event (:mod:`engine.security_log`),
-logged at most once per ``THROTTLE_PERIOD`` per source and kind. Malformed requests get a stateless 400 (or 505, 416)
+logged at most once per ``THROTTLE_PERIOD`` per source and kind. While
+overloaded (:mod:`engine.transport.overload`: loop lag, receive-queue fill,
+calls being set up, sampled every ``overload_probe`` seconds), a new INVITE
+gets a stateless 503 decided from a look at its head before it is parsed
+(:meth:`SipEndpoint._shed`), or is dropped; everything else, which finishes
+the calls already accepted, is processed as always. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses
 always go back to the address and port the request came from (RFC 3581
 rport; the top Via gets ``received`` and ``rport``).
@@ -42,20 +47,26 @@ import asyncio
 import errno
 import functools
 import logging
+import re
+import socket
 import ssl
+import struct
 import time
 from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
 from engine.state.directory import Directory
+from engine.security_log import security_event
 from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
+from engine.transport.overload import OverloadDetector, OverloadLevel
 from engine.sip.errors import RemoteProtocolError
-from engine.sip.message import SipRequest, SipResponse, new_branch, new_tag
+from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
-from engine.sip.headers import Via
+from engine.sip.headers import Via, parse_via, split_header_values
 from engine.sip.transaction import (
     CancelReceived,
     ClientTransaction,
     InviteClientTransaction,
+    InviteServerTransaction,
     RequestReceived,
     ResponseReceived,
     ServerTransaction,
@@ -74,6 +85,18 @@ logger = logging.getLogger(__name__)
 
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
+
+#: Linux ``SO_MEMINFO`` (not in :mod:`socket`): the socket's memory, whose
+#: first fields are the bytes queued for reading and the buffer's size, and
+#: the ninth the datagrams dropped on a full buffer.
+SO_MEMINFO = 55
+#: Linux ``SO_RCVBUFFORCE``: ``SO_RCVBUF`` beyond ``rmem_max`` (needs CAP_NET_ADMIN).
+SO_RCVBUFFORCE = 33
+
+# Header names of the quick 503 (RFC 3261 §7.3.3 compact forms included).
+_QUICK_NAMES = {b"via": "via", b"v": "via", b"from": "from", b"f": "from", b"to": "to", b"t": "to",
+                b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq"}
+_BARE_RPORT = re.compile(rb";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
 
 
 def loop_time() -> float:
@@ -339,7 +362,21 @@ class SipEndpoint:
         self._connecting: dict[Peer, list[bytes]] = {}
         self._connect_tasks: set[asyncio.Task[None]] = set()
         self.stats = {"received": 0, "malformed": 0, "dropped": 0, "banned": 0, "sent": 0,
-                      "refused": 0}
+                      "refused": 0, "overload_refused": 0, "overload_dropped": 0}
+        #: Whether new INVITEs are taken (:mod:`engine.transport.overload`).
+        self.overload = OverloadDetector(self.policy.overload)
+        #: Where the probe reads the loop lag: how late its callback ran.
+        #: Tests replace it to force a lag.
+        self.lag_source: Callable[[float], float] | None = None
+        #: INVITE server transactions of new calls not answered finally yet.
+        self._setting_up: set[InviteServerTransaction] = set()
+        self._probe_handle: asyncio.TimerHandle | None = None
+        self._probe_due = 0.0
+        self._probes = 0
+        #: What the kernel gave each UDP socket for its receive buffer.
+        self.udp_receive_buffers: dict[str, int] = {}
+        self._meminfo = True
+        self._episode = {"overload_refused": 0, "overload_dropped": 0}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -364,6 +401,9 @@ class SipEndpoint:
                     raise
                 logger.debug("port %d taken on another socket: trying another", self.port)
         self._idle_task = loop.create_task(self._reap_idle_tcp())
+        if self.policy.overload_probe > 0:
+            self._probe_due = loop.time() + self.policy.overload_probe
+            self._probe_handle = loop.call_at(self._probe_due, self._probe)
 
     async def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         for host in self.hosts:
@@ -371,6 +411,7 @@ class SipEndpoint:
                 functools.partial(_UdpProtocol, self, ":" in host), local_addr=(host, self.port)
             )
             self._udp[host] = proto
+            self._size_receive_buffer(host, transport)
             if self.port == 0:
                 self.port = transport.get_extra_info("sockname")[1]
             server = await loop.create_server(
@@ -389,7 +430,95 @@ class SipEndpoint:
                 if self.tls_port == 0:
                     self.tls_port = server.sockets[0].getsockname()[1]
 
+    def _size_receive_buffer(self, host: str, transport: asyncio.BaseTransport) -> None:
+        """Ask for ``udp_receive_buffer`` bytes of receive buffer: a burst of
+        datagrams waits there while the loop is busy, and what overflows
+        it is lost (an ACK among them ends its call, RFC 3261 §13.3.1.4).
+        ``SO_RCVBUFFORCE`` first (beyond ``net.core.rmem_max``, with
+        CAP_NET_ADMIN), else ``SO_RCVBUF``; what the kernel gave is read
+        back, logged and kept in :attr:`udp_receive_buffers`."""
+        sock = transport.get_extra_info("socket")
+        wanted = self.policy.udp_receive_buffer
+        if sock is None:
+            return
+        try:
+            if wanted > 0:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+            got = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        except OSError as exc:
+            logger.debug("SIP UDP %s: cannot size the receive buffer: %s", host, exc)
+            return
+        self.udp_receive_buffers[host] = got
+        logger.debug("SIP UDP %s: receive buffer %d bytes (asked %d; the kernel doubles what it"
+                     " grants, capped by net.core.rmem_max)", host, got, wanted)
+
+    def _receive_queues(self) -> tuple[float, int]:
+        """The fill (0-1) of the fullest UDP receive buffer and the
+        datagrams the kernel dropped on full buffers, summed (Linux
+        ``SO_MEMINFO``; ``(0.0, 0)`` where it is not available)."""
+        fill, drops = 0.0, 0
+        if not self._meminfo:
+            return fill, drops
+        for proto in self._udp.values():
+            sock = proto.transport.get_extra_info("socket") if proto.transport is not None else None
+            if sock is None:
+                continue
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
+            except OSError:
+                self._meminfo = False
+                return 0.0, 0
+            values = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+            if len(values) >= 2 and values[1]:
+                fill = max(fill, values[0] / values[1])
+            if len(values) >= 9:
+                drops += values[8]
+        return fill, drops
+
+    def receive_drops(self) -> int:
+        """Datagrams the kernel dropped on the SIP UDP sockets' full
+        receive buffers since they opened (0 where unknown)."""
+        return self._receive_queues()[1]
+
+    def _probe(self) -> None:
+        """Sample the overload signals (every ``overload_probe`` seconds):
+        how late this callback ran, the receive queues, the calls being set
+        up; log the start and the end of an overload episode once each."""
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        lag = now - self._probe_due
+        if self.lag_source is not None:
+            lag = self.lag_source(lag)
+        self._probes += 1
+        if self._probes % 20 == 0 and self._setting_up:
+            # Answered through a path that bypassed send_response: forget them.
+            live = (TransactionState.TRYING, TransactionState.PROCEEDING)
+            self._setting_up = {t for t in self._setting_up if t.state in live}
+        queue, _ = self._receive_queues()
+        change = self.overload.sample(now, lag=lag, queue=queue, setup_calls=len(self._setting_up))
+        if change > 0:
+            for key in self._episode:
+                self._episode[key] = self.stats[key]
+            fields = self.overload.describe()
+            logger.warning("overload: new INVITEs refused (%s)",
+                           " ".join(f"{k}={v}" for k, v in fields.items()))
+            security_event("overload", None, **fields)
+        elif change < 0:
+            logger.warning("overload over: %d new INVITEs refused with 503, %d dropped",
+                           self.stats["overload_refused"] - self._episode["overload_refused"],
+                           self.stats["overload_dropped"] - self._episode["overload_dropped"])
+        self._probe_due = now + self.policy.overload_probe
+        self._probe_handle = loop.call_at(self._probe_due, self._probe)
+
     async def stop(self) -> None:
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
         if self._idle_task:
             self._idle_task.cancel()
         for task in list(self._connect_tasks):
@@ -476,6 +605,8 @@ class SipEndpoint:
         if self.admission.is_banned(peer.host, self.clock()):
             self.stats["banned"] += 1
             return
+        if self.overload.level and data[:7] == b"INVITE " and self._shed(data, peer):
+            return
         try:
             msg = parse_message(data, stream=stream)
         except ParseError as exc:
@@ -489,6 +620,19 @@ class SipEndpoint:
         now = self.clock()
         if isinstance(msg, SipRequest):
             msg.received_at = received_at
+            if self.overload.level and msg.method == "INVITE" and self._is_new_invite(msg):
+                # What the quick look of _shed could not decide (folded
+                # lines, an RFC 2543 branch, a malformed head).
+                if self.overload.level is OverloadLevel.DROP:
+                    self.stats["overload_dropped"] += 1
+                elif self.admission.count(peer.host, now):
+                    self.stats["overload_refused"] += 1
+                    response = msg.create_response(503, to_tag=new_tag())
+                    response.headers.add("Retry-After", str(RETRY_AFTER))
+                    self._send_stateless(response, peer)
+                else:
+                    self.stats["banned"] += 1
+                return
             if not self._admit(msg, peer, now):
                 return
             try:
@@ -516,6 +660,86 @@ class SipEndpoint:
             return
         self._dispatch(events)
         self._flush()
+
+    def _is_new_invite(self, msg: SipRequest) -> bool:
+        """Whether an INVITE starts a new call: no To tag, and not a
+        retransmission of a live INVITE server transaction."""
+        try:
+            return msg.to.tag is None and not self.layer.matches_server(msg)
+        except RemoteProtocolError:
+            return False  # malformed: the layer answers it
+
+    def _shed(self, data: bytes, peer: Peer) -> bool:
+        """While overloaded, refuse (or drop) a new out-of-dialog INVITE
+        from a look at its head, before it is parsed and validated.
+
+        A new INVITE is one without a To tag (RFC 3261 §12.1: a request
+        within a dialog carries the remote tag) that matches no live
+        server transaction (a retransmission goes to its transaction,
+        which answers it as before). In :attr:`OverloadLevel.DROP` it is
+        dropped unread but for its To header; in ``REFUSE`` it gets a 503
+        with Retry-After (RFC 3261 §21.5.4, §20.33) built from its own
+        Via, From, To, Call-ID and CSeq lines as §8.2.6 wants (a To tag
+        added), the top Via given ``received`` and ``rport`` (RFC 3581
+        §4), sent statelessly: no transaction, no dialog, no session.
+        Like every stateless answer it counts against the source's rate
+        (never a reflector). Anything this look cannot decide (a folded
+        line, a missing header, a To with anything like a tag, a branch
+        without the RFC 3261 magic cookie) goes on to the full parse,
+        where :meth:`_is_new_invite` decides.
+
+        :returns: whether the datagram was dealt with here.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            end = data.find(b"\n\n")
+            if end < 0:
+                return False
+        found: dict[str, bytes] = {}
+        vias: list[bytes] = []
+        for line in data[:end].split(b"\n")[1:]:
+            line = line.rstrip(b"\r")
+            if line[:1] in (b" ", b"\t"):
+                return False  # folded (RFC 3261 §7.3.1): the parser knows
+            name, colon, value = line.partition(b":")
+            key = _QUICK_NAMES.get(name.rstrip(b" \t").lower())
+            if key is None:
+                continue
+            if key == "via":
+                vias.append(line)
+            elif key not in found:
+                if key == "to" and b";tag=" in value.replace(b" ", b"").replace(b"\t", b"").lower():
+                    return False  # in a dialog (or looks it): processed in full
+                found[key] = line
+        if not vias or len(found) < 4:
+            return False
+        if self.overload.level is OverloadLevel.DROP:
+            self.stats["overload_dropped"] += 1
+            return True
+        top_line = vias[0]
+        try:
+            top_text = top_line.partition(b":")[2].decode("utf-8", errors="surrogateescape")
+            top = parse_via(split_header_values(top_text)[0])
+            if top.branch is None or not top.branch.startswith(BRANCH_MAGIC):
+                return False
+            probe = SipRequest("INVITE", "", Headers([("Via", str(top))]))
+            if self.layer.matches_server(probe):
+                return False  # a retransmission: its transaction answers
+        except RemoteProtocolError:
+            return False
+        now = self.clock()
+        if not self.admission.count(peer.host, now):
+            self.stats["banned"] += 1
+            return True
+        if b"," not in top_line:
+            top_line = _BARE_RPORT.sub(b"", top_line) + b";received=%s;rport=%d" % (
+                peer.host.encode(), peer.port)
+        head = [b"SIP/2.0 503 Service Unavailable", top_line, *vias[1:], found["from"],
+                found["to"] + b";tag=" + new_tag().encode(), found["call-id"], found["cseq"],
+                b"Retry-After: %d" % RETRY_AFTER, b"Content-Length: 0", b"", b""]
+        self.stats["overload_refused"] += 1
+        self._transmit(b"\r\n".join(head), peer)
+        return True
 
     def _add_alias(self, peer: Peer, via: Via) -> None:
         """RFC 5923 §5: the connection ``peer`` opened also reaches its
@@ -648,6 +872,9 @@ class SipEndpoint:
                     if cb:
                         cb(event.response)
                 elif isinstance(event, RequestReceived):
+                    created = event.transaction
+                    if isinstance(created, InviteServerTransaction) and event.request.to.tag is None:
+                        self._setting_up.add(created)
                     try:
                         self.on_request(event.request, event.transaction, cast(Peer, event.addr))
                     except RemoteProtocolError as exc:
@@ -673,6 +900,7 @@ class SipEndpoint:
                         cb(txn.request.create_response(503, _reason(reason)))
                 elif isinstance(event, TransactionTerminated):
                     self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
+                    self._setting_up.discard(event.transaction)
             except Exception:
                 logger.exception("error handling %s", type(event).__name__)
 
@@ -705,6 +933,8 @@ class SipEndpoint:
         return txn
 
     def send_response(self, transaction: ServerTransaction, response: SipResponse) -> None:
+        if response.status >= 200 and self._setting_up:
+            self._setting_up.discard(transaction)
         events = self.layer.send_response(transaction, response, self.clock())
         self._dispatch(events)
         self._flush()

@@ -159,6 +159,9 @@ class EngineCollector(Collector):
                 for result, n in sorted(stats.items()):
                     sip.add_metric([result], n)
                 yield sip
+            overload = getattr(ua.endpoint, "overload", None) if ua.endpoint is not None else None
+            if stats and overload is not None:
+                yield from _overload(ua.endpoint, stats, overload)
 
     def _sessions(self) -> Iterator[Metric]:
         runtime = self.sources.runtime
@@ -286,6 +289,27 @@ class EngineCollector(Collector):
         for event, n in sorted(self.sources.security_events.items()):
             events.add_metric([event], n)
         yield events
+
+
+def _overload(endpoint: Any, stats: dict[str, int], overload: Any) -> Iterator[Metric]:
+    """The SIP endpoint's overload figures (engine.transport.overload)."""
+    yield CounterMetricFamily("callbridge_sip_overload_refused",
+                              "New INVITEs answered 503 while overloaded", value=stats["overload_refused"])
+    yield CounterMetricFamily("callbridge_sip_overload_dropped",
+                              "New INVITEs dropped unparsed while overloaded", value=stats["overload_dropped"])
+    yield CounterMetricFamily("callbridge_sip_overload_episodes", "Overload episodes begun",
+                              value=overload.episodes)
+    yield GaugeMetricFamily("callbridge_sip_overload_level",
+                            "0 normal, 1 refusing new INVITEs, 2 dropping them", value=int(overload.level))
+    yield GaugeMetricFamily("callbridge_sip_loop_lag_seconds",
+                            "Smoothed lateness of the event loop, as the overload probe sees it",
+                            value=overload.lag)
+    yield GaugeMetricFamily("callbridge_sip_udp_receive_queue",
+                            "Fill (0-1) of the fullest SIP UDP receive buffer at the last probe",
+                            value=overload.queue)
+    yield CounterMetricFamily("callbridge_sip_udp_receive_dropped",
+                              "Datagrams the kernel dropped on full SIP UDP receive buffers",
+                              value=endpoint.receive_drops())
 
 
 class EngineMetrics:

@@ -21,6 +21,7 @@ from engine.calls.conference import MediaGraph
 from engine.media import rtcp_session
 from engine.media.clock import MediaClock
 from engine.media.rtcp_session import ClosedTotals, RtcpSession
+from engine.transport.overload import OverloadBounds, OverloadDetector
 from engine.media.rtp import RtpSender
 from engine.runtime.histogram import INVITE_TO_ALERTING_BUCKETS, BucketHistogram
 from engine.web.metrics import EngineMetrics, MetricsSources, call_outcome, parse_listen
@@ -295,7 +296,9 @@ def test_readme_and_dashboard_name_only_real_metrics() -> None:
         calls: tuple[object, ...] = ()
         endpoint: Any = None
 
-    endpoint = type("Endpoint", (), {"stats": {"received": 1}})()
+    endpoint = type("Endpoint", (), {
+        "stats": {"received": 1, "overload_refused": 0, "overload_dropped": 0},
+        "overload": OverloadDetector(OverloadBounds()), "receive_drops": lambda self: 0})()
     metrics, _, _ = isolated(runtime=Runtime(), ua=Ua(endpoint=endpoint), clock=clock,
                              graph=MediaGraph(clock), webhooks=Webhooks())
     text = metrics.render().decode()

@@ -1,0 +1,251 @@
+"""Overload over real sockets (engine.transport.overload): while the
+engine is overloaded a new INVITE gets a stateless 503 with Retry-After (or
+is dropped), the calls it accepted still end normally, and new calls are
+answered again once the load falls. The overload is forced through the
+endpoint's lag source (the probe's reading of the loop lag) or a tiny
+bound of calls being set up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import pytest
+
+from engine.server import Engine
+from engine.sip.message import SipResponse
+from engine.sip.parser import parse_message
+from engine.transport.overload import OverloadBounds, OverloadLevel
+from engine.transport.sip_endpoint import SecurityPolicy
+
+from .conftest import EngineFactory, PeerFactory, wait_until
+from .sip_peer import Dialog, UdpPeer, request, sdp_offer
+
+RULES = """
+rules:
+  - {name: InDialog, pattern: "talk", scenarios: [in_dialog]}
+  - {name: Ring, pattern: "ring", scenarios: [ring_only]}
+"""
+
+TRUSTED = frozenset({"127.0.0.1", "::1"})
+
+
+def force(engine: Engine, lag: float | None) -> None:
+    """Make the overload probe read ``lag`` seconds of loop lag (``None``: the real one)."""
+    engine.ua.endpoint.lag_source = None if lag is None else (lambda _real: lag)
+
+
+async def cancel(peer: UdpPeer, dialog: Dialog) -> dict[str, int]:
+    """CANCEL ``dialog``'s ringing INVITE; the final statuses by CSeq method."""
+    peer.send(request("CANCEL", dialog.uri, local=peer.local, branch=dialog.invite_branch,
+                      call_id=dialog.call_id, from_tag=dialog.from_tag, cseq=1, contact=False))
+    got = {}
+    for _ in range(2):
+        response = await peer.expect()
+        got[response.cseq.method] = response.status
+    return got
+
+
+async def overloaded(engine: Engine, level: OverloadLevel) -> bool:
+    return await wait_until(lambda: engine.ua.endpoint.overload.level is level, 5.0)
+
+
+def invite(peer: UdpPeer, port: int, *, branch: str, call_id: str, cseq: int = 7,
+           headers: list[tuple[str, str]] | None = None) -> bytes:
+    return request("INVITE", f"sip:talk@127.0.0.1:{port}", local=peer.local, branch=branch,
+                   call_id=call_id, cseq=cseq, body=sdp_offer(peer.local[0]), headers=headers or [])
+
+
+async def test_overload_refuses_new_invites_and_finishes_accepted_calls(
+        make_engine: EngineFactory, peers: PeerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """With a call up, a forced loop lag over the bound: a new INVITE gets
+    503 with Retry-After echoing its Via (branch, received, rport),
+    Call-ID and CSeq, and a To tag; the accepted call still takes an INFO
+    and its BYE, and ends normally; the episode is logged once however many
+    INVITEs it refused; once the lag falls a new INVITE is answered again."""
+    engine = await make_engine(RULES)
+    endpoint = engine.ua.endpoint
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    accepted = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+    await accepted.call()
+    assert await wait_until(lambda: len(engine.ua.calls) == 1)
+
+    caplog.set_level(logging.WARNING, logger="callbridge.security")
+    force(engine, 0.3)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    branch, call_id = "z9hG4bK" + secrets.token_hex(8), secrets.token_hex(10)
+    peer.send(invite(peer, port, branch=branch, call_id=call_id))
+    refused = await peer.expect(503)
+    assert refused.headers.get("Retry-After") == "5"
+    assert refused.call_id == call_id
+    assert (refused.cseq.number, refused.cseq.method) == (7, "INVITE")
+    via = refused.top_via
+    assert via.branch == branch
+    assert via.params["received"] == "127.0.0.1" and via.params["rport"] == str(peer.local[1])
+    assert refused.to.tag and refused.from_.tag
+    for _ in range(3):
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        assert (await peer.expect(503)).status == 503
+    assert endpoint.stats["overload_refused"] == 4
+
+    # The accepted call: in-dialog requests are processed in full.
+    accepted.send("INFO", body=b"Signal=5\r\n", content_type="application/dtmf-relay")
+    assert (await peer.expect(method="INFO")).status == 200
+    accepted.send("BYE")
+    assert (await peer.expect(method="BYE")).status == 200
+    assert await wait_until(lambda: not engine.ua.calls)
+
+    force(engine, None)
+    assert await overloaded(engine, OverloadLevel.NORMAL)
+    fresh = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+    await fresh.call()
+    fresh.send("BYE")
+    assert (await peer.expect(method="BYE")).status == 200
+    events = [r.getMessage() for r in caplog.records if "event=overload" in r.getMessage()]
+    assert len(events) == 1 and "level=refuse" in events[0]
+    text = engine.metrics.render().decode()
+    assert "callbridge_sip_overload_refused_total 4.0" in text
+    assert "callbridge_sip_overload_episodes_total 1.0" in text
+
+
+async def test_undecided_heads_are_refused_after_the_full_parse(
+        make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """An INVITE the quick look cannot decide (a folded To line) is parsed
+    and then refused all the same; compact header names take the quick
+    path and their 503 carries them."""
+    engine = await make_engine(RULES)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    force(engine, 0.3)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    call_id = secrets.token_hex(10)
+    data = invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=call_id)
+    folded = data.replace(b"\r\nTo: <", b"\r\nTo:\r\n <", 1)
+    assert folded != data
+    peer.send(folded)
+    assert (await peer.expect(503)).call_id == call_id
+    compact = (data.replace(b"\r\nVia:", b"\r\nv:").replace(b"\r\nFrom:", b"\r\nf:")
+               .replace(b"\r\nTo:", b"\r\nt:").replace(b"\r\nCall-ID:", b"\r\ni:"))
+    peer.send(compact)
+    raw = await peer.recv_raw()
+    assert b"\r\ni: " + call_id.encode() in raw and b"\r\nRetry-After: 5\r\n" in raw
+    response = parse_message(raw)
+    assert isinstance(response, SipResponse) and response.status == 503
+    assert engine.ua.endpoint.stats["overload_refused"] == 2
+
+
+async def test_retransmitted_invite_reaches_its_transaction(
+        make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """A ringing call's INVITE retransmitted during overload is absorbed by
+    its transaction (the 180 again), never refused with a 503; its CANCEL
+    ends it as usual."""
+    engine = await make_engine(RULES)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    dialog = Dialog(peer, f"sip:ring@127.0.0.1:{port}")
+    dialog.invite()
+    await peer.expect(180)
+    force(engine, 0.3)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    dialog.invite()  # the same branch: a retransmission
+    assert (await peer.expect(180, method="INVITE")).status == 180
+    assert await cancel(peer, dialog) == {"CANCEL": 200, "INVITE": 487}
+    assert engine.ua.endpoint.stats["overload_refused"] == 0
+
+
+async def test_drop_level_drops_new_invites_unanswered(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Past the drop bound a new INVITE gets no answer at all, and is counted."""
+    engine = await make_engine(RULES)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    force(engine, 2.0)
+    assert await overloaded(engine, OverloadLevel.DROP)
+    peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+    await peer.silence(0.3)
+    assert engine.ua.endpoint.stats["overload_dropped"] == 1
+
+
+async def test_calls_being_set_up_bound(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """With ``setup_calls`` 2, two ringing calls make the third caller get
+    503; once one of them is cancelled (under half the bound) calls are
+    taken again."""
+    policy = SecurityPolicy(trusted=TRUSTED, overload=OverloadBounds(setup_calls=2, hold=0.2))
+    engine = await make_engine(RULES, policy=policy)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    ringing = [Dialog(peer, f"sip:ring@127.0.0.1:{port}") for _ in range(2)]
+    for dialog in ringing:
+        dialog.invite()
+        await peer.expect(180)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    third = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+    third.invite()
+    assert (await peer.expect(method="INVITE")).status == 503
+    for dialog in ringing:
+        assert await cancel(peer, dialog) == {"CANCEL": 200, "INVITE": 487}
+    assert await overloaded(engine, OverloadLevel.NORMAL)
+    fourth = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+    await fourth.call()
+    fourth.send("BYE")
+    assert (await peer.expect(method="BYE")).status == 200
+
+
+async def test_invite_flood_while_overloaded_costs_no_session(make_engine: EngineFactory,
+                                                              peers: PeerFactory) -> None:
+    """Attack: 300 new INVITEs while overloaded each get a 503 and cost no
+    scenario session and no transaction; from an untrusted source, the
+    503s count against its rate, so a flood beyond its burst is banned
+    rather than reflected."""
+    engine = await make_engine(RULES)
+    endpoint = engine.ua.endpoint
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    force(engine, 0.3)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    sessions_before = engine.runtime.sessions_started
+    transactions_before = endpoint.layer.server_count
+    for _ in range(300):
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+    assert await wait_until(lambda: endpoint.stats["overload_refused"] == 300)
+    assert engine.runtime.sessions_started == sessions_before
+    assert len(engine.runtime.sessions) == 0
+    assert endpoint.layer.server_count == transactions_before
+    got = 0
+    while True:
+        try:
+            got += (await peer.expect(503, timeout=0.5)).status == 503
+        except (asyncio.TimeoutError, AssertionError):
+            break
+    assert got == 300
+
+
+async def test_untrusted_flood_while_overloaded_is_banned(make_engine: EngineFactory,
+                                                          peers: PeerFactory) -> None:
+    """Attack from an untrusted source: beyond its burst of 10 the 503s stop
+    and the source is banned, so an overloaded engine cannot be turned into
+    a reflector of 503s."""
+    policy = SecurityPolicy(rate=0.01, burst=10, trusted=frozenset())
+    engine = await make_engine(RULES, policy=policy)
+    endpoint = engine.ua.endpoint
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    force(engine, 0.3)
+    assert await overloaded(engine, OverloadLevel.REFUSE)
+    for _ in range(50):
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+    assert await wait_until(lambda: endpoint.stats["received"] >= 50)
+    assert endpoint.stats["overload_refused"] == 10
+    assert len(peer.drain()) <= 10
+    assert endpoint.stats["banned"] >= 40
+
+
+async def test_udp_receive_buffer_is_raised(make_engine: EngineFactory) -> None:
+    """The SIP UDP socket asks for its receive buffer: the kernel grants
+    more than its usual default of 212992 bytes (it doubles what it grants,
+    capped by rmem_max) and the size is kept for the startup log."""
+    engine = await make_engine(RULES)
+    sizes = engine.ua.endpoint.udp_receive_buffers
+    assert set(sizes) == {"127.0.0.1"}
+    assert sizes["127.0.0.1"] > 212992
