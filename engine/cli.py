@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="out-of-dialog MESSAGEs per second per source address, each starting a"
                             " session (503 beyond; 0: off)")
     serve.add_argument("--message-burst", type=int, default=int(_env("MESSAGE_BURST", 20)))
-    serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 20000)),
+    serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 100000)),
                        help="most live SIP server transactions (new requests beyond get 503)")
     serve.add_argument("--overload", choices=("on", "off"), default=_env("OVERLOAD", "on"),
                        help="shed new INVITEs (503, then drop) past the bounds below and a quarter of a"

@@ -76,7 +76,10 @@ class SecurityPolicy:
     :param message_burst: how many MESSAGEs may arrive at once.
     :param max_transactions: most live server transactions; a new request
         beyond it gets a stateless 503 (retransmissions, ACKs and CANCELs
-        of live INVITEs still reach theirs).
+        of live INVITEs still reach theirs). An answered INVITE keeps its
+        transaction for Timer L (64*T1, 32 s; RFC 6026) at about 1 KB, so
+        100,000 bounds them near 100 MB and lets about 3,000 calls a second
+        through when sustained (20,000 capped it at 625).
     :param max_tcp_per_source: most TCP and TLS connections together one
         source address may hold open (trusted sources exempt).
     :param overload: the bounds past which the engine sheds new INVITEs
@@ -103,7 +106,7 @@ class SecurityPolicy:
     trusted: frozenset[str] = field(default_factory=frozenset)
     message_rate: float = 5.0
     message_burst: int = 20
-    max_transactions: int = 20_000
+    max_transactions: int = 100_000
     max_tcp_per_source: int = 20
     overload: OverloadBounds = field(default_factory=OverloadBounds)
     overload_probe: float = 0.05

@@ -63,7 +63,7 @@ BOUNDS = {
     # flag: (variable, field path, default, a value)
     "--message-rate": ("MESSAGE_RATE", "policy.message_rate", 5.0, "2.5"),
     "--message-burst": ("MESSAGE_BURST", "policy.message_burst", 20, "7"),
-    "--max-transactions": ("MAX_TRANSACTIONS", "policy.max_transactions", 20_000, "300"),
+    "--max-transactions": ("MAX_TRANSACTIONS", "policy.max_transactions", 100_000, "300"),
     "--max-tcp-per-source": ("MAX_TCP_PER_SOURCE", "policy.max_tcp_per_source", 20, "4"),
     "--max-sessions": ("MAX_SESSIONS", "max_sessions", 5000, "50"),
     "--ws-max-per-source": ("WS_MAX_PER_SOURCE", "ws_max_per_source", 10, "3"),
