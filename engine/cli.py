@@ -378,10 +378,31 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def _raise_file_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one and return
+    ``(before, after)``: every call holds two RTP/RTCP sockets and the SIP
+    and web sides hold more, so the common soft limit of 1,024 would refuse
+    calls near 500 live ones while the hard limit allows far more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, want
+
+
 def _serve(args: argparse.Namespace) -> int:
     from engine.server import Engine, StartupError
 
     setup_logging(args.log_level)
+    before, after = _raise_file_limit()
+    if after != before:
+        logging.getLogger("engine.cli").debug("open files limit raised from %d to %d", before, after)
     if args.uvloop != "off":
         try:
             import uvloop

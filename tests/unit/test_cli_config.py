@@ -166,3 +166,23 @@ def test_store_options_default_when_given_nowhere() -> None:
 
     args = build_parser().parse_args(["rooms", "create", "4321"])
     assert isinstance(args.data_dir, Path) and args.realm
+
+
+def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
+    """Check a process started with a soft limit of 256 open files (where
+    some 120 live calls would exhaust it) leaves with its hard limit."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    code = ("import resource; from engine.cli import _raise_file_limit; "
+            "print(_raise_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=low, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    want = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    assert out == ["(256,", f"{want})", str(want)]
