@@ -10,6 +10,11 @@ from engine.server import Engine
 
 
 def session_logs(engine: Engine) -> str:
+    """The text of the daily session log files, once the engine's buffered
+    lines are written (they reach the files within ``SessionLogs.FLUSH_AFTER``)."""
+    runtime = getattr(engine, "runtime", None)
+    if runtime is not None:
+        runtime.logs.flush()
     logs = Path(engine.config.data_dir) / "logs"
     return "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
 

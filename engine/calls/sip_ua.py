@@ -169,8 +169,11 @@ class UserAgent:
     """The SIP side of the engine: one endpoint, its calls and registrar.
 
     :param on_incoming_call: called with each new inbound call (state
-        ``ALERTING``, 100 Trying already sent). It must answer, reject or
-        hand the call to a scenario; exceptions reject it with 500.
+        ``ALERTING``). It must answer, reject or hand the call to a
+        scenario; exceptions reject it with 500. The INVITE's server
+        transaction sends 100 Trying if nothing else was sent 200 ms
+        later (RFC 3261 §17.2.1), so a call answered at once costs one
+        datagram less.
     :param on_message: called for an out-of-dialog MESSAGE; returns the
         status code to answer with.
     :param media_factory: makes the :class:`~engine.calls.call.MediaHandler` of
@@ -413,7 +416,6 @@ class UserAgent:
             if replaced is None:
                 endpoint.send_response(txn, request.create_response(481, "Replaced dialog does not exist"))
                 return
-        endpoint.send_response(txn, request.create_response(100))
         from_ = request.from_
         # RFC 3261 §19.1.2/§25.1: the user part's escapes are decoded once,
         # by the URI parser; decoding again would turn a caller's "%250A"
