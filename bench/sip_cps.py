@@ -60,8 +60,8 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from serve_process import ServeProcess, free_port  # noqa: E402
-from sipp_load import UAC_WAIT_BYE, run_sipp_load, sipp_binary  # noqa: E402
+from serve_process import free_port  # noqa: E402
+from sipp_load import answer_hangup_sipp, run_sipp_load, serve_answer_hangup, sipp_binary  # noqa: E402
 
 from results import Figures, figure, save  # noqa: E402
 
@@ -120,21 +120,6 @@ def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate:
     return best
 
 
-def start_callbridge(workdir: Path) -> ServeProcess:
-    """``callbridge serve`` routing the service ``bench`` to answer_hangup."""
-    rules = workdir / "rules.yaml"
-    rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
-    serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
-                                   "--trusted", "127.0.0.1", "--log-level", "warning",
-                                   "--rtp-ports", "20000-60000"])
-    serve.wait_healthy(10)
-    return serve
-
-
-def callbridge_sipp(port: int) -> list[str]:
-    return ["-sf", str(UAC_WAIT_BYE), "-s", "bench", f"127.0.0.1:{port}"]
-
-
 def uac_sipp(port: int) -> list[str]:
     """sipp's built-in caller, sending BYE as soon as the call is up."""
     return ["-sn", "uac", "-s", "bench", "-d", "0", f"127.0.0.1:{port}"]
@@ -145,9 +130,9 @@ def phase_callbridge(args: argparse.Namespace, workdir: Path, results: Figures) 
     once more, sampling RSS every second: RSS at start, at the end of the
     calls (see the module docstring), right after and after 5 s idle."""
     print("callbridge serve (uvloop), answer + 1 s + BYE:", flush=True)
-    serve = start_callbridge(workdir)
+    serve = serve_answer_hangup(workdir)
     try:
-        best = search("callbridge", callbridge_sipp(serve.sip_port), args.seconds, args.start,
+        best = search("callbridge", answer_hangup_sipp(serve.sip_port), args.seconds, args.start,
                       args.max_rate, workdir)
     finally:
         serve.stop()
@@ -155,11 +140,11 @@ def phase_callbridge(args: argparse.Namespace, workdir: Path, results: Figures) 
     if not best:
         print("callbridge: no rate passed", flush=True)
         return figures
-    serve = start_callbridge(workdir)
+    serve = serve_answer_hangup(workdir)
     try:
         rss_start = serve.rss_kb()
         samples: list[tuple[float, int]] = []
-        run = run_sipp_load(callbridge_sipp(serve.sip_port), best, args.seconds, workdir,
+        run = run_sipp_load(answer_hangup_sipp(serve.sip_port), best, args.seconds, workdir,
                             on_second=lambda t: samples.append((t, serve.rss_kb())))
         rss_after = serve.rss_kb()
         time.sleep(5)

@@ -16,10 +16,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from serve_process import ServeProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 UAC_WAIT_BYE = ROOT / "tests" / "e2e" / "sipp" / "uac_wait_bye.xml"
 
-__all__ = ["UAC_WAIT_BYE", "SippLoad", "run_sipp_load", "sipp_binary"]
+__all__ = ["UAC_WAIT_BYE", "SippLoad", "answer_hangup_sipp", "run_sipp_load", "serve_answer_hangup", "sipp_binary"]
+
+
+def serve_answer_hangup(workdir: Path) -> ServeProcess:
+    """``callbridge serve`` (its own process, uvloop) routing the service
+    ``bench`` to ``scenarios/answer_hangup.py`` (answer, 1 s, BYE), healthy."""
+    rules = workdir / "rules.yaml"
+    rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
+    serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
+                                   "--trusted", "127.0.0.1", "--log-level", "warning",
+                                   "--rtp-ports", "20000-60000"])
+    serve.wait_healthy(10)
+    return serve
+
+
+def answer_hangup_sipp(port: int) -> list[str]:
+    """sipp's arguments for calls to :func:`serve_answer_hangup`'s engine:
+    ``uac_wait_bye.xml`` (INVITE, 200, ACK, the engine's BYE, 200)."""
+    return ["-sf", str(UAC_WAIT_BYE), "-s", "bench", f"127.0.0.1:{port}"]
 
 
 def sipp_binary() -> str:

@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ results = _load()
 fig = results.figure
 
 
-def by_name(rows: list) -> dict:
+def by_name(rows: list[Any]) -> dict[str, Any]:
     return {r.name: r for r in rows}
 
 
@@ -101,7 +102,7 @@ def test_save_writes_figures_and_machine_facts(tmp_path: Path) -> None:
     ({"x": {"value": "1", "unit": "s", "better": "lower"}}, "figure 'x': value must be a finite number"),
     ({"x": {"value": 1.0, "unit": 3, "better": "lower"}}, "figure 'x': unit must be a string"),
 ])
-def test_save_refuses_malformed_figures(tmp_path: Path, bad: dict, message: str) -> None:
+def test_save_refuses_malformed_figures(tmp_path: Path, bad: dict[str, Any], message: str) -> None:
     """A figure without a direction, with a non-numeric value or unit is
     refused with an error naming the figure, and nothing is written."""
     with pytest.raises(ValueError, match=message):
