@@ -42,8 +42,10 @@ Figures = dict[str, dict[str, Any]]
 
 
 def figure(value: float, unit: str, better: Literal["higher", "lower"]) -> dict[str, Any]:
-    """One figure as the result files store it."""
-    return {"value": value, "unit": unit, "better": better}
+    """One figure as the result files store it (``value`` may be a numpy
+    scalar: it is stored as a plain int when whole, else a float)."""
+    v = float(value)
+    return {"value": int(v) if v.is_integer() else v, "unit": unit, "better": better}
 
 
 def check_figures(figures: Figures) -> None:
@@ -182,9 +184,11 @@ def _num(v: float | None) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:,.3g}"
 
 
-def compare(old_file: Path, new_figures: Figures, out: TextIO | None = None) -> list[Change]:
+def compare(old_file: Path, new_figures: Figures, out: TextIO | None = None,
+            new_settings: dict[str, Any] | None = None) -> list[Change]:
     """Print each figure of ``old_file`` → ``new_figures`` with its change in
-    %, marking ``WORSE`` the ones more than 10 % worse; return the rows."""
+    %, marking ``WORSE`` the ones more than 10 % worse; return the rows.
+    With ``new_settings``, the bench flags that differ are named first."""
     out = sys.stdout if out is None else out
     old_doc = load(old_file)
     check_figures(new_figures)
@@ -192,6 +196,13 @@ def compare(old_file: Path, new_figures: Figures, out: TextIO | None = None) -> 
     facts = old_doc.get("machine", {})
     print(f"compared with {old_file} ({old_doc.get('name', '?')}, {facts.get('date', '?')}, "
           f"commit {str(facts.get('commit'))[:10]}{' dirty' if facts.get('dirty') else ''}):", file=out)
+    if new_settings is not None:
+        old_settings = old_doc.get("settings", {})
+        differ = [f"{k} {old_settings.get(k)!r} → {new_settings.get(k)!r}"
+                  for k in [*old_settings, *(k for k in new_settings if k not in old_settings)]
+                  if old_settings.get(k) != new_settings.get(k)]
+        if differ:
+            print(f"  (not like for like: {'; '.join(differ)})", file=out)
     width = max((len(r.name) for r in rows), default=0)
     for r in rows:
         if r.change is None:
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise ValueError("give NEW or --since")
         assert new_path is not None
-        rows = compare(args.old, load(new_path)["figures"])
+        new_doc = load(new_path)
+        rows = compare(args.old, new_doc["figures"], new_settings=new_doc.get("settings", {}))
     except ValueError as exc:
         print(f"results.py: {exc}", file=sys.stderr)
         return 2
