@@ -26,9 +26,11 @@ bounded: double from ``--start`` (the probe and Kamailio start from
 callbridge's best) up to ``--max-rate`` (×4 for the probe and Kamailio),
 then bisect until the bracket is within max(50, 10%) calls/s. A step
 lasts its ``--seconds`` plus the last calls' end (a few seconds; up to 40 s
-more when calls fail), so at 60 s steps a full run takes about 30 minutes
-(about 8 steps for callbridge plus its RSS run, about 8-10 each for the
-probe and Kamailio); ``--seconds 10`` shortens it by hand to about 7.
+more when calls fail), so at 60 s steps a full run takes about 40 minutes
+(about 7 steps for callbridge plus its RSS run, about 10 each for the probe
+and Kamailio, which start from callbridge's best); ``--seconds 10``
+shortens it by hand to about 10. A step in which no call at all succeeds
+(a broken setup) ends that search.
 
 RSS per call = (RSS at the end − RSS at the start) / calls live at the end,
 in the fresh engine: "at the end" is the last one-second sample taken while
@@ -56,7 +58,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
