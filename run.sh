@@ -4,6 +4,7 @@
 #   ./run.sh test  [pytest args]              install what is missing, run every test
 #   ./run.sh bench [NAME] [flags]             install bench extras, run bench/NAME.py
 #                                             (no NAME: every bench; flags alone: sip_cps)
+#   ./run.sh bench ... --compare FILE         then compare with an earlier bench/results/*.json
 # Installing is idempotent: Debian packages from debian-packages.txt (apt-get,
 # as root or through sudo), Python packages into .venv from pyproject.toml.
 set -euo pipefail
@@ -63,18 +64,43 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   bench)
+    # --compare FILE (anywhere in the flags): after the benches, compare
+    # FILE (an earlier bench/results/*.json) with this run's file of the
+    # same bench (bench/results.py compare; exits 1 on a >10% regression)
+    compare=""
+    args=()
+    while [ $# -gt 0 ]; do
+      if [ "$1" = "--compare" ]; then
+        [ $# -ge 2 ] || { echo "run.sh: --compare needs a FILE (bench/results/*.json)" >&2; exit 2; }
+        compare=$2
+        shift 2
+        continue
+      fi
+      args+=("$1")
+      shift
+    done
+    if [ -n "$compare" ] && [ ! -f "$compare" ]; then
+      echo "run.sh: --compare: no such file: $compare" >&2
+      exit 2
+    fi
+    set -- ${args[@]+"${args[@]}"}
     install_debian debian-packages.txt
     install_debian bench-packages.txt
     install_python
+    since=$(date +%s)
     if [ $# -gt 0 ] && [ -f "bench/$1.py" ]; then
       name=$1
       shift
-      exec "$VENV/bin/python" "bench/$name.py" "$@"
+      "$VENV/bin/python" "bench/$name.py" "$@"
     elif [ $# -gt 0 ]; then
-      exec "$VENV/bin/python" bench/sip_cps.py "$@"
+      "$VENV/bin/python" bench/sip_cps.py "$@"
+    else
+      "$VENV/bin/python" bench/sip_cps.py
+      "$VENV/bin/python" bench/media.py
     fi
-    "$VENV/bin/python" bench/sip_cps.py
-    exec "$VENV/bin/python" bench/media.py
+    if [ -n "$compare" ]; then
+      exec "$VENV/bin/python" bench/results.py compare "$compare" --since "$since"
+    fi
     ;;
   *)
     echo "usage: ./run.sh serve|test|bench [args...]" >&2

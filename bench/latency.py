@@ -52,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from engine.runtime.histogram import bucket_quantile  # noqa: E402
 from serve_process import free_port  # noqa: E402
-from sip_cps import UAC_XML, run_sipp, start_callbridge, stop  # noqa: E402
+from sipp_load import UAC_WAIT_BYE as UAC_XML, run_sipp_load, serve_answer_hangup  # noqa: E402
 
 __all__ = ["METRIC", "bench_latency", "default_rates", "histogram_delta", "print_histogram", "scrape"]
 
@@ -160,7 +160,8 @@ def run_rate(rate: int, seconds: int, workdir: Path) -> dict[str, Any]:
     old = os.environ.get("CALLBRIDGE_METRICS_LISTEN")
     os.environ["CALLBRIDGE_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"  # start_callbridge's child reads it
     try:
-        serve, sip_port = start_callbridge(workdir)
+        serve = serve_answer_hangup(workdir)
+        sip_port = serve.sip_port
     finally:
         if old is None:
             del os.environ["CALLBRIDGE_METRICS_LISTEN"]
@@ -170,12 +171,13 @@ def run_rate(rate: int, seconds: int, workdir: Path) -> dict[str, Any]:
         before = scrape(metrics_port)
         drops_before = udp_drops(sip_port)
         rtt_files = set(workdir.glob("*_rtt.csv"))
-        ok, failed = run_sipp(["-sf", str(UAC_XML), "-s", "bench", "-trace_rtt", "-rtt_freq", "1",
-                               f"127.0.0.1:{sip_port}"], rate, seconds, workdir)
+        load = run_sipp_load(["-sf", str(UAC_XML), "-s", "bench", "-trace_rtt", "-rtt_freq", "1",
+                              f"127.0.0.1:{sip_port}"], rate, seconds, workdir)
+        ok, failed = load.successful, load.failed
         after = scrape(metrics_port)
         drops = udp_drops(sip_port) - drops_before
     finally:
-        stop(serve)
+        serve.stop()
     print(f"  {rate} calls/s for {seconds} s: sipp ok={ok} failed={failed}; INVITE read -> CallAlerting"
           f" handler entered, in the engine:", flush=True)
     figures = {"rate": rate, "seconds": seconds, "calls_ok": ok, "calls_failed": failed, "udp_drops": drops,

@@ -701,6 +701,21 @@ def main() -> int:
     print("aim: " + "; ".join(f"{name}: {'yes' if good else 'NO'} ({fig})" for name, good, fig in checks))
     if "profile" in sres:
         print(sres["profile"])
+    from results import figure, save  # bench/results.py: the figures as JSON, for --compare
+
+    figs = {"engine_core_share": figure(core * 100, "% of a core", "lower"),
+            "engine_us_per_packet": figure(us_pkt, "us", "lower"),
+            "dropped_frames": figure(missing, "frames", "lower"),
+            "p99_lateness_grid": figure(p99_grid, "ms", "lower"),
+            "p99_lateness_cadence": figure(p99_cadence, "ms", "lower"),
+            "mix_100_parties": figure(mix.get(100, math.nan), "ms/tick", "lower"),
+            "mixing_verified_legs": figure(ok, "legs", "higher")}
+    if echo is not None:
+        e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
+        figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
+        figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
+    save("media", {k: v for k, v in figs.items() if math.isfinite(v["value"])},
+         {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes})
     return 0
 
 

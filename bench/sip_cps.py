@@ -1,29 +1,62 @@
-"""bench/sip_cps: the highest SIP call rate with zero failed calls.
+"""bench/sip_cps: the highest SIP call rate with zero failed calls, held.
 
-Runs in one go, on this machine, against two servers:
+Runs in one go, on this machine, against three servers, each in its own
+phase (a ``phase_*`` function returning its figures; :data:`PHASES`):
 
-1. ``callbridge serve`` (its own process, uvloop) with a scenario that
-   answers, waits 1 s and hangs up (``scenarios/answer_hangup.py``); sipp
-   places calls with ``tests/e2e/sipp/uac_wait_bye.xml`` (INVITE, 200, ACK,
-   the engine's BYE, 200), so every call costs the engine a session, a
-   dialog, two server transactions, a client transaction and a timer.
-2. Kamailio (Debian package), answering INVITE and BYE statelessly with
-   ``sl_send_reply`` and dropping ACK: the C ceiling of "answer a call" on
-   the same cores, driven by sipp's built-in ``uac`` (the caller sends BYE).
+1. ``callbridge``: ``callbridge serve`` (its own process, uvloop) with a
+   scenario that answers, waits 1 s and hangs up
+   (``scenarios/answer_hangup.py``); sipp places calls with
+   ``tests/e2e/sipp/uac_wait_bye.xml`` (INVITE, 200, ACK, the engine's BYE,
+   200), so every call costs the engine a session, a dialog, two server
+   transactions, a client transaction and a timer. Then, in a fresh engine,
+   the best rate once more, sampling its RSS every second.
+2. ``probe``: ``bench/uas_probe.py``, a bare uvloop UDP UAS that parses
+   nothing: the ceiling of Python itself, not a SIP server.
+3. ``kamailio`` (Debian package), answering INVITE and BYE statelessly with
+   ``sl_send_reply`` and dropping ACK: the C ceiling on the same cores.
 
-For each, rates are tried upwards (doubling, then bisecting) for
-``--seconds`` each; a rate passes when every call succeeded. It prints the
-best rate of each, their ratio, and callbridge's RSS at start, at the end
-and its growth. sipp shares the 2 cores with the server under test, as in
-``../shared/probes/cps.sh``.
+The probe and Kamailio are driven by sipp's built-in ``uac`` with ``-d 0``
+(the caller sends BYE at once); sipp shares the 2 cores with the server
+under test.
 
-Usage: ``./run.sh bench [--seconds 20] [--max-rate 4000] [--only callbridge|kamailio]``
+Each rate is held for ``--seconds`` (default 60: a 200 OK whose ACK was lost
+fails only after 64×T1 = 32 s, so 10-second steps overstate what a server
+holds). A rate passes when every call placed succeeded. The search is
+bounded: double from ``--start`` (the probe and Kamailio start from
+callbridge's best) up to ``--max-rate`` (×4 for the probe and Kamailio),
+then bisect until the bracket is within max(50, 10%) calls/s. A step
+lasts its ``--seconds`` plus the last calls' end (a few seconds; up to 40 s
+more when calls fail), so at 60 s steps a full run takes about 40 minutes
+(about 7 steps for callbridge plus its RSS run, about 10 each for the probe
+and Kamailio, which start from callbridge's best); ``--seconds 10``
+shortens it by hand to about 10. A step in which no call at all succeeds
+(a broken setup) ends that search.
+
+RSS per call = (RSS at the end − RSS at the start) / calls live at the end,
+in the fresh engine: "at the end" is the last one-second sample taken while
+sipp was still placing calls (at least 1 s before its last call), and the
+calls live then are rate × 1 s (Little's law: calls arrive at ``rate`` and
+each lasts the scenario's 1 s between answer and BYE). It is an upper bound
+of a live call's own cost: it also carries what recently ended calls leave
+behind for a while (transactions in their RFC 3261 17.2.1 / RFC 6026 wait
+states, call records).
+
+Figures are printed and saved through ``bench/results.py``
+(``bench/results/<stamp>-sip_cps.json``).
+
+Opt-in phases, after callbridge's search and from its best rate:
+``--latency`` (``bench/latency.py``: the INVITE -> CallAlerting histogram
+at 100 calls/s and at 80% of the best rate) and ``--overload``
+(``bench/overload.py``: 1.5 x the best rate, accepted calls all complete and
+the rest are refused with 503).
+
+Usage: ``./run.sh bench [--seconds 60] [--start 250] [--max-rate 4000]
+[--only callbridge|probe|kamailio|latency|overload] [--latency] [--overload]``
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import signal
 import subprocess
@@ -31,12 +64,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from serve_process import ServeProcess, free_port  # noqa: E402
+from serve_process import free_port  # noqa: E402
+from sipp_load import answer_hangup_sipp, run_sipp_load, serve_answer_hangup, sipp_binary  # noqa: E402
 
-UAC_XML = ROOT / "tests" / "e2e" / "sipp" / "uac_wait_bye.xml"
+from results import Figures, figure, save  # noqa: E402
+
+PROBE = Path(__file__).resolve().parent / "uas_probe.py"
+HOLD = 1.0  # seconds scenarios/answer_hangup.py holds each call
+
+Phase = Callable[[argparse.Namespace, Path, Figures], Figures]
 
 KAMAILIO_CFG = """#!KAMAILIO
 debug=0
@@ -56,40 +96,23 @@ request_route {{
 """
 
 
-def run_sipp(args: list[str], rate: int, seconds: int, workdir: Path) -> tuple[int, int]:
-    """Run sipp at ``rate`` calls/s for ``seconds``; return (successful, failed)."""
-    total = rate * seconds
-    cmd = ["sipp", *args, "-i", "127.0.0.1", "-r", str(rate), "-m", str(total),
-           "-l", str(rate * 4), "-nostdin", "-timeout", f"{seconds + 40}s", "-timeout_error",
-           "-max_socket", "50000"]
-    out = workdir / f"sipp-{rate}.log"
-    with open(out, "w") as fh:
-        try:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=seconds + 60, cwd=workdir)
-        except subprocess.TimeoutExpired:
-            pass
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.read_text(errors="replace"))
-
-    def stat(name: str) -> int:
-        values = [int(m.group(1)) for m in re.finditer(rf"{name}\s*\|\s*\d+\s*\|\s*(\d+)", text)]
-        return values[-1] if values else 0
-
-    return stat("Successful call"), stat("Failed call")
-
-
 def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate: int,
-           workdir: Path, on_step=None) -> int:
-    """Highest rate with zero failed calls: double from ``start``, then bisect."""
-    best, low, high = 0, 0, None
-    rate = start
+           workdir: Path) -> int:
+    """Highest rate with zero failed calls: double from ``start`` up to
+    ``max_rate``, then bisect until the bracket is within max(50, 10%)."""
+    best, low = 0, 0
+    high: int | None = None
+    rate = min(start, max_rate)
     while True:
-        ok, failed = run_sipp(sipp_args, rate, seconds, workdir)
-        passed = failed == 0 and ok == rate * seconds
-        print(f"  {label:10} {rate:6d} calls/s for {seconds} s: ok={ok} failed={failed}"
-              f" {'PASS' if passed else 'FAIL'}", flush=True)
-        if on_step:
-            on_step()
-        if passed:
+        run = run_sipp_load(sipp_args, rate, seconds, workdir)
+        unfinished = run.placed - run.successful - run.failed  # placed, never ended (sipp timed out)
+        print(f"  {label:10} {rate:6d} calls/s for {seconds} s: ok={run.successful} failed={run.failed}"
+              f"{f' unfinished={unfinished}' if unfinished else ''} {'PASS' if run.passed else 'FAIL'}",
+              flush=True)
+        if run.successful == 0:  # nothing answered at all: a broken setup, not a capacity
+            print(f"  {label}: no call succeeded; stopping the search (see {run.log})", flush=True)
+            break
+        if run.passed:
             best = low = rate
             if high is None:
                 if rate >= max_rate:
@@ -105,46 +128,87 @@ def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate:
     return best
 
 
-def start_callbridge(workdir: Path) -> tuple[ServeProcess, int]:
-    rules = workdir / "rules.yaml"
-    rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
-    serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
-                                   "--trusted", "127.0.0.1", "--log-level", "warning",
-                                   "--rtp-ports", "20000-60000"])
-    serve.wait_healthy(10)
-    return serve, serve.sip_port
+def uac_sipp(port: int) -> list[str]:
+    """sipp's built-in caller, sending BYE as soon as the call is up."""
+    return ["-sn", "uac", "-s", "bench", "-d", "0", f"127.0.0.1:{port}"]
 
 
-def stop(serve: ServeProcess) -> None:
-    serve.stop()
-
-
-def bench_callbridge(args: argparse.Namespace, workdir: Path) -> tuple[int, int, int, int]:
-    """Search the best rate; then, in a fresh engine, run that rate once
-    more and read the RSS before, at the end of the calls and after 5 s idle."""
-    proc, port = start_callbridge(workdir)
+def phase_callbridge(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """Search callbridge's best rate; then, in a fresh engine, hold that rate
+    once more, sampling RSS every second: RSS at start, at the end of the
+    calls (see the module docstring), right after and after 5 s idle."""
+    print("callbridge serve (uvloop), answer + 1 s + BYE:", flush=True)
+    serve = serve_answer_hangup(workdir)
     try:
-        best = search("callbridge", ["-sf", str(UAC_XML), "-s", "bench", f"127.0.0.1:{port}"],
-                      args.seconds, args.start, args.max_rate, workdir)
+        best = search("callbridge", answer_hangup_sipp(serve.sip_port), args.seconds, args.start,
+                      args.max_rate, workdir)
     finally:
-        stop(proc)
+        serve.stop()
+    figures = {"callbridge_cps": figure(best, "calls/s", "higher")}
     if not best:
-        return 0, 0, 0, 0
-    proc, port = start_callbridge(workdir)
+        print("callbridge: no rate passed", flush=True)
+        return figures
+    serve = serve_answer_hangup(workdir)
     try:
-        rss_start = proc.rss_kb()
-        ok, failed = run_sipp(["-sf", str(UAC_XML), "-s", "bench", f"127.0.0.1:{port}"],
-                              best, args.seconds, workdir)
-        rss_end = proc.rss_kb()
+        rss_start = serve.rss_kb()
+        samples: list[tuple[float, int]] = []
+        run = run_sipp_load(answer_hangup_sipp(serve.sip_port), best, args.seconds, workdir,
+                            on_second=lambda t: samples.append((t, serve.rss_kb())))
+        rss_after = serve.rss_kb()
         time.sleep(5)
-        rss_idle = proc.rss_kb()
-        print(f"  callbridge {best:6d} calls/s again in a fresh engine: ok={ok} failed={failed}", flush=True)
-        return best, rss_start, rss_end, rss_idle
+        rss_idle = serve.rss_kb()
     finally:
-        stop(proc)
+        serve.stop()
+    during = [rss for t, rss in samples if t <= args.seconds - 1.0]
+    rss_end = during[-1] if during else rss_after
+    live = best * HOLD
+    per_call = (rss_end - rss_start) / live
+    print(f"  callbridge {best:6d} calls/s again in a fresh engine: ok={run.successful} failed={run.failed}",
+          flush=True)
+    print(f"callbridge: {best} calls/s with 0 failed; RSS {rss_start / 1024:.0f} MB at start, "
+          f"{rss_end / 1024:.0f} MB at the end of the calls ({live:.0f} live: {best}/s × {HOLD:g} s), "
+          f"{rss_after / 1024:.0f} MB once they ended, {rss_idle / 1024:.0f} MB after 5 s idle; "
+          f"{per_call:.1f} KB per live call", flush=True)
+    figures.update({
+        "callbridge_rss_start": figure(round(rss_start / 1024, 1), "MB", "lower"),
+        "callbridge_rss_end": figure(round(rss_end / 1024, 1), "MB", "lower"),
+        "callbridge_rss_idle": figure(round(rss_idle / 1024, 1), "MB", "lower"),
+        "callbridge_rss_per_call": figure(round(per_call, 1), "KB", "lower"),
+        "callbridge_failed_at_best": figure(run.failed + (run.placed - run.successful - run.failed),
+                                            "calls", "lower"),
+    })
+    return figures
 
 
-def bench_kamailio(args: argparse.Namespace, workdir: Path) -> int:
+def phase_probe(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """The bare UAS probe's best rate under sipp's ``uac -d 0``."""
+    print("bare UAS probe (bench/uas_probe.py, uvloop, parses nothing), sipp uac -d 0:", flush=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(PROBE), str(port)], stdout=subprocess.PIPE,
+                            stderr=open(workdir / "probe.log", "w"), text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "listening":
+            raise SystemExit(f"uas_probe did not start: {(workdir / 'probe.log').read_text()[-2000:]}")
+        start = max(args.start, int(results.get("callbridge_cps", {}).get("value", 0)))
+        best = search("probe", uac_sipp(port), args.seconds, start, args.max_rate * 4, workdir)
+        if proc.poll() is not None:
+            raise SystemExit(f"uas_probe exited: {(workdir / 'probe.log').read_text()[-2000:]}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    capped = " (the highest rate tried: sipp itself is near its limit there)" if best >= args.max_rate * 4 else ""
+    print(f"probe: {best} calls/s with 0 failed{capped}", flush=True)
+    return {"probe_cps": figure(best, "calls/s", "higher")}
+
+
+def phase_kamailio(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """Kamailio's best rate (stateless replies) under sipp's ``uac -d 0``."""
+    print("kamailio (stateless sl_send_reply), sipp uac -d 0:", flush=True)
     if shutil.which("kamailio") is None:
         raise SystemExit("kamailio is not installed: ./run.sh bench installs it")
     mpath = next((p for p in ("/usr/lib/x86_64-linux-gnu/kamailio/modules",
@@ -162,51 +226,130 @@ def bench_kamailio(args: argparse.Namespace, workdir: Path) -> int:
         time.sleep(1.0)
         if proc.poll() is not None:
             raise SystemExit(f"kamailio exited: {(workdir / 'kamailio.log').read_text()[-2000:]}")
-        return search("kamailio", ["-sn", "uac", "-s", "bench", "-d", "0", f"127.0.0.1:{port}"],
-                      args.seconds, args.start, args.max_rate * 4, workdir)
+        start = max(args.start, int(results.get("callbridge_cps", {}).get("value", 0)))
+        best = search("kamailio", uac_sipp(port), args.seconds, start, args.max_rate * 4, workdir)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    capped = " (the highest rate tried: sipp itself is near its limit there)" if best >= args.max_rate * 4 else ""
+    print(f"kamailio: {best} calls/s with 0 failed{capped}", flush=True)
+    return {"kamailio_cps": figure(best, "calls/s", "higher")}
+
+
+# every phase, in the order they run; each returns its figures and sees the
+# figures of the phases before it
+def phase_latency(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """INVITE read -> the scenario's CallAlerting handler entered, from the
+    engine's histogram (``bench/latency.py``), at 100 calls/s and at 80% of
+    callbridge's best rate (or of ``--max-rate`` without a callbridge phase)."""
+    import latency  # bench/latency.py
+
+    best = int(results.get("callbridge_cps", {}).get("value", 0)) or args.max_rate
+    runs = latency.bench_latency(workdir, latency.default_rates(best), max(args.seconds, 10))
+    out: Figures = {}
+    for run in runs["invite_to_alerting"]["runs"]:
+        for key in ("p50_ms", "p99_ms"):
+            if run.get(key) is not None:
+                out[f"invite_to_alerting_{key}_at_{run['rate']}"] = figure(run[key], "ms", "lower")
+        if run.get("sipp_invite_to_200_p99_ms") is not None:
+            out[f"sipp_invite_to_200_p99_ms_at_{run['rate']}"] = figure(
+                run["sipp_invite_to_200_p99_ms"], "ms", "lower")
+    return out
+
+
+def phase_overload(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """1.5 x callbridge's best rate (``bench/overload.py``): the calls the
+    engine accepts must all complete, the rest be refused with 503."""
+    from overload import run_overload  # bench/overload.py
+
+    best = int(results.get("callbridge_cps", {}).get("value", 0)) or args.max_rate
+    got = run_overload(best, max(args.seconds, 30))
+    return {
+        "overload_failed_accepted": figure(got["failed_accepted"], "calls", "lower"),
+        "overload_accepted_per_second": figure(got["accepted_per_second"], "calls/s", "higher"),
+        "overload_refused_503": figure(got["refused_503"], "calls", "lower"),
+        "overload_unanswered": figure(got["unanswered"], "calls", "lower"),
+    }
+
+
+PHASES: dict[str, Phase] = {
+    "callbridge": phase_callbridge,
+    "probe": phase_probe,
+    "kamailio": phase_kamailio,
+    "latency": phase_latency,
+    "overload": phase_overload,
+}
+#: Phases a run does only when asked (``--latency``, ``--overload`` or ``--only``).
+OPT_IN = ("latency", "overload")
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    """The phases this run does: ``--only NAME``, or every phase but the
+    opt-in ones not asked for (those run after callbridge's search, from
+    its best rate)."""
+    if args.only:
+        return [args.only]
+    return [name for name in PHASES if name not in OPT_IN or getattr(args, name, False)]
+
+
+def ratios(results: Figures) -> Figures:
+    """callbridge's rate as a fraction of the probe's and of Kamailio's."""
+    cb = results.get("callbridge_cps", {}).get("value", 0)
+    out: Figures = {}
+    for other in ("probe", "kamailio"):
+        theirs = results.get(f"{other}_cps", {}).get("value", 0)
+        if cb and theirs:
+            out[f"ratio_callbridge_{other}"] = figure(round(cb / theirs, 4), "ratio", "higher")
+    return out
+
+
+def report(results: Figures, seconds: int) -> None:
+    """The summary table: calls/s of each server held ``seconds`` with zero
+    failed calls, the ratios, RSS per live call."""
+    print(f"summary (calls/s with 0 failed calls, each rate held {seconds} s):")
+    for key, label in (("callbridge_cps", "callbridge"), ("probe_cps", "bare UAS probe"),
+                       ("kamailio_cps", "kamailio")):
+        if key in results:
+            print(f"  {label:15} {results[key]['value']:6.0f} calls/s")
+    for key, label in (("ratio_callbridge_probe", "callbridge/probe"),
+                       ("ratio_callbridge_kamailio", "callbridge/kamailio")):
+        if key in results:
+            print(f"  {label:20} {results[key]['value']:.3f}")
+    if "callbridge_rss_per_call" in results:
+        print(f"  RSS per live call: {results['callbridge_rss_per_call']['value']:.1f} KB "
+              f"((RSS at the end - at the start) / (rate x {HOLD:g} s))")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
-    parser.add_argument("--start", type=int, default=250, help="first rate tried")
-    parser.add_argument("--max-rate", type=int, default=4000)
-    parser.add_argument("--only", choices=("callbridge", "kamailio"))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=60, help="how long each rate is held (default 60)")
+    parser.add_argument("--start", type=int, default=250, help="first rate tried (default 250)")
+    parser.add_argument("--max-rate", type=int, default=4000,
+                        help="highest rate tried for callbridge; ×4 for the probe and Kamailio (default 4000)")
+    parser.add_argument("--only", choices=list(PHASES), help="run one phase")
     parser.add_argument("--latency", action="store_true",
-                        help="then bench/latency.py: INVITE -> CallAlerting at 100/s and 80%% of the best rate")
+                        help="also INVITE -> CallAlerting latency at 100/s and 80%% of the best rate")
     parser.add_argument("--overload", action="store_true",
-                        help="then place 1.5x callbridge's best rate (bench/overload.py)")
+                        help="also 1.5x the best rate: accepted calls complete, the rest get 503")
     args = parser.parse_args()
-    if shutil.which("sipp") is None:
-        raise SystemExit("sipp is not installed: ./run.sh bench installs sip-tester")
+    if args.seconds < 2 or args.start < 1 or args.max_rate < 1:
+        parser.error("--seconds must be at least 2, --start and --max-rate at least 1")
+    try:
+        sipp_binary()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    results: Figures = {}
     with tempfile.TemporaryDirectory(prefix="sip_cps-") as tmp:
-        workdir = Path(tmp)
-        cb = kam = 0
-        if args.only != "kamailio":
-            print("callbridge serve (uvloop), answer + 1 s + BYE:", flush=True)
-            cb, rss0, rss1, rss2 = bench_callbridge(args, workdir)
-            print(f"callbridge: {cb} calls/s with 0 failed; RSS at that rate {rss0 // 1024} MB at start, "
-                  f"{rss1 // 1024} MB after {args.seconds} s of calls (growth {(rss1 - rss0) // 1024} MB), "
-                  f"{rss2 // 1024} MB after 5 s idle", flush=True)
-            if args.latency and cb:
-                import latency
-                latency.bench_latency(workdir, latency.default_rates(cb))
-            if args.overload and cb:
-                from overload import run_overload  # bench/overload.py
-                run_overload(cb, max(args.seconds, 30))
-        if args.only != "callbridge":
-            print("kamailio (stateless sl_send_reply), sipp uac:", flush=True)
-            kam = bench_kamailio(args, workdir)
-            capped = " (the highest rate tried: sipp itself is near its limit there)" if kam >= args.max_rate * 4 else ""
-            print(f"kamailio: {kam} calls/s with 0 failed{capped}", flush=True)
-        if cb and kam:
-            print(f"ratio callbridge/kamailio: {cb / kam:.2f}")
+        for name in selected(args):
+            results.update(PHASES[name](args, Path(tmp), results))
+    results.update(ratios(results))
+    report(results, args.seconds)
+    save("sip_cps", results, {"seconds": args.seconds, "start": args.start, "max_rate": args.max_rate,
+                              "phases": selected(args)})
     return 0
 
 
