@@ -416,16 +416,15 @@ class MediaSession:
         pt = self.audio_pt
         assert pt is not None
         self.last_sent = None  # the graph knows the frame (its mix row)
-        header = self.sender.next_header(pt, self._frame_samples, len(payload), not self._talkspurt)
+        data: bytes | None = self.sender.next_datagram(pt, self._frame_samples, payload, not self._talkspurt)
         self._talkspurt = True
         latch = self.latch  # self.send, inlined
         if latch is None or self.closed:
             return
         addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
         if addr is not None:
-            data: bytes | None = header + payload
             if self.srtp is not None:
-                data = self.srtp.protect_rtp(header + payload)
+                data = self.srtp.protect_rtp(data)  # type: ignore[arg-type]
             if data is not None:
                 self.transport.sendto(data, addr)
 
@@ -545,7 +544,19 @@ class MediaSession:
         samples (no in-band detection), its payload, undecoded; the decoder
         is told, so a later lost frame is concealed as after :meth:`pull`.
         Otherwise what :meth:`pull` returns."""
-        return self._pull(now, True)
+        g711, jitter = self._g711_decoder, self.jitter
+        if g711 is None or jitter is None or self.detector is not None or self.closed:
+            return self._pull(now, True)
+        # self._pull(now, True) for a G.711 leg without detection, inlined (per leg per tick)
+        if now - self._last_audio >= IDLE_AFTER and not jitter.depth_ms:
+            return None
+        payload = jitter.get(now)
+        if payload is None:
+            return np.asarray(g711.conceal(self._frame_samples), dtype=np.int16)
+        if len(payload) == self._frame_samples:
+            g711.remember(payload)
+            return payload
+        return np.asarray(g711.decode(payload), dtype=np.int16)
 
     def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
         jitter, decoder = self.jitter, self.decoder

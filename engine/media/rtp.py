@@ -245,6 +245,16 @@ class RtpSender:
         self.octet_count += size
         return header
 
+    def next_datagram(self, pt: int, samples: int, payload: bytes, marker: bool = False) -> bytes:
+        """The whole next packet carrying ``payload`` (``next_header(...) +
+        payload`` in one step, per packet); then advance as :meth:`next_packet` does."""
+        seq, ts = self.sequence_number, self.timestamp
+        self.sequence_number = (seq + 1) & 0xFFFF
+        self.timestamp = (ts + samples) & 0xFFFFFFFF
+        self.packet_count += 1
+        self.octet_count += len(payload)
+        return _HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F), seq, ts, self.ssrc) + payload
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF

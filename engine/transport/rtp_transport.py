@@ -6,14 +6,8 @@ the callback it was given (the call's media session); :meth:`RtpTransport.sendto
 sends. It registers the socket with ``loop.add_reader`` rather than
 ``loop.create_datagram_endpoint(sock=...)``: attaching is then synchronous, so
 the SIP code that negotiates media can attach without starting a task per
-call. uvloop implements ``add_reader`` as well.
-
-Each wake-up reads one datagram. The loop's poll is level-triggered, so a
-socket with more queued is ready again on the next turn of the loop; reading
-until the socket is empty instead cost a failing ``recvfrom`` (a syscall
-and a ``BlockingIOError``, 2 µs) per packet at the usual one packet a
-socket a tick (``bench/media.py``). It also keeps a flooded port from
-starving the others: each ready socket gets one read a turn.
+call, and one wake-up drains every datagram already queued (a burst costs one
+callback, not one per packet). uvloop implements ``add_reader`` as well.
 
 Until :meth:`RtpTransport.attach` runs, datagrams wait in the kernel's buffer,
 so nothing sent just before attaching is lost.
@@ -33,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: ``handler(data, addr)`` for each datagram received.
 DatagramHandler = Callable[[bytes, Any], None]
 
+#: Datagrams read per wake-up at most, so one flooded port cannot starve the loop.
+MAX_READS_PER_WAKEUP = 64
 _MAX_DATAGRAM = 2048
 
 
@@ -70,19 +66,20 @@ class RtpTransport:
         self._loop = None
 
     def _on_readable(self) -> None:
-        """One datagram (the loop calls again while more are queued)."""
-        try:
-            data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # ICMP port unreachable and the like
-            logger.debug("RTP socket error: %s", exc)
-            return
-        self.received += 1
-        try:
-            self.handler(data, addr)
-        except Exception:
-            logger.exception("RTP handler failed")
+        recv = self.sock.recvfrom
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data, addr = recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable and the like
+                logger.debug("RTP socket error: %s", exc)
+                return
+            self.received += 1
+            try:
+                self.handler(data, addr)
+            except Exception:
+                logger.exception("RTP handler failed")
 
     def sendto(self, data: bytes, addr: Any) -> None:
         """Send one datagram; errors are counted, never raised (UDP is lossy anyway)."""
