@@ -133,8 +133,11 @@ def level(pcm: np.ndarray, freq: float) -> float:
 # -- the load generator ----------------------------------------------------------------
 
 
-def generator(conn: Connection, ports: list[int], plan: Plan, sample: list[int], record: bool) -> None:
-    """Send each leg its tone at 50 packets/s; receive and timestamp what comes back."""
+def generator(conn: Connection, ports: list[int], plan: Plan, sample: list[int], record: bool,
+              idle: str | None = None) -> None:
+    """Send each leg its tone at 50 packets/s (``idle``: ``"silence"``, µ-law
+    silence instead; ``"nothing"``, no packets); receive and timestamp what
+    comes back."""
     socks = []
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -152,6 +155,8 @@ def generator(conn: Connection, ports: list[int], plan: Plan, sample: list[int],
         if key not in cache:
             cache[key] = tone_payloads(*key)
     payloads = [cache[key] for key in zip(plan.freq, plan.amp)]
+    if idle:
+        payloads = [[b"\xff" * FRAME] * 50 for _ in payloads]
     rng = random.Random(7)
     ssrc = [rng.getrandbits(32) for _ in socks]
     seq0 = [rng.getrandbits(16) for _ in socks]
@@ -187,7 +192,9 @@ def generator(conn: Connection, ports: list[int], plan: Plan, sample: list[int],
         if now >= due and due < stop_send:
             frame = slot // SLOTS
             k = frame % 50
-            for i in phases[slot % SLOTS]:
+            # "nothing": a second of silence first (latches each leg: the engine
+            # sends only to a source that confirmed itself), then no packets
+            for i in phases[slot % SLOTS] if idle != "nothing" or due < start + 1.0 else ():
                 pkt = pack(0x80, 0, (seq0[i] + frame) & 0xFFFF, (ts0[i] + frame * FRAME) & 0xFFFFFFFF,
                            ssrc[i]) + payloads[i][k]
                 try:
@@ -371,6 +378,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         w0, w1, end = conn.recv()
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         skipped0 = clock.skipped
+        quiet0 = graph.bridge.quiet_ticks
         scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
@@ -408,6 +416,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "sent": sum(s.transport.sent for s in sessions) - sent0,
             "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
             "skipped": clock.skipped - skipped0,
+            "quiet_ticks": graph.bridge.quiet_ticks - quiet0,
             "clock_lateness": lateness, "tick_times": times,
             "conferences": len(plan.sizes), "gc": pauses,
             # what /metrics said at the window's start and end (--metrics)
@@ -466,7 +475,7 @@ def mix_alone(sizes: list[int], graph_cls: Any) -> dict[int, float]:
 
 
 def run_phase(server: Any, server_args: tuple[Any, ...], plan: Plan, warmup: float, seconds: float,
-              sample: list[int], record: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+              sample: list[int], record: bool, idle: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     ctx = mp.get_context("spawn")
     s_conn, s_child = ctx.Pipe()
     g_conn, g_child = ctx.Pipe()
@@ -478,7 +487,7 @@ def run_phase(server: Any, server_args: tuple[Any, ...], plan: Plan, warmup: flo
         if not s_conn.poll(30):
             raise SystemExit("server did not start")
         ports = s_conn.recv()
-        gen = ctx.Process(target=generator, args=(g_child, ports, plan, sample, record), daemon=True)
+        gen = ctx.Process(target=generator, args=(g_child, ports, plan, sample, record, idle), daemon=True)
         gen.start()
         if not g_conn.poll(30):
             raise SystemExit("generator did not start")
@@ -591,6 +600,8 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=24, help="legs whose audio is checked for the tones")
     parser.add_argument("--only", choices=("echo", "engine"))
     parser.add_argument("--profile", action="store_true", help="cProfile the engine during the window")
+    parser.add_argument("--idle", choices=("silence", "nothing"),
+                        help="nobody speaks: the generator sends µ-law silence, or no packets at all")
     parser.add_argument("--metrics", action="store_true",
                         help="scrape the engine's Prometheus figures every second during the run")
     args = parser.parse_args()
@@ -619,7 +630,8 @@ def main() -> int:
     if args.only == "echo":
         return 0
 
-    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics), plan, args.warmup, args.seconds, sample, True)
+    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics), plan, args.warmup, args.seconds,
+                           [] if args.idle else sample, True, args.idle)
     wall = sres["wall"]
     core = sres["cpu"] / wall
     pps = sres["received"] / wall
@@ -639,6 +651,9 @@ def main() -> int:
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
           f"second ({core / legs * 1000 * 100:.1f}% of a core per 1,000 legs); {pps:,.0f} packets/s in, "
           f"{sres['sent'] / wall:,.0f} out; {us_pkt:.1f} us/packet (in + out)")
+    if args.idle:
+        print(f"  idle ({args.idle}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
+              f"nothing; {core / legs * 1e6:.0f} us CPU per leg per second")
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
           f"inbound frames concealed {sres['concealed']:,}")

@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from typing import Any, Callable
 
 import numpy as np
@@ -106,6 +107,11 @@ ToneListener = Callable[[str, str], None]
 
 #: ``done(completed)``: the player ended (``True``) or was stopped or replaced (``False``).
 PlaybackDone = Callable[[bool], None]
+
+
+#: An RTP header's fields after its first octet (RFC 3550 §5.1): M+PT,
+#: sequence number, timestamp, SSRC.
+_FIXED_HEADER = struct.Struct("!BHII")
 
 
 def _ignore(data: bytes, addr: Any) -> None:
@@ -410,16 +416,15 @@ class MediaSession:
         pt = self.audio_pt
         assert pt is not None
         self.last_sent = None  # the graph knows the frame (its mix row)
-        header = self.sender.next_header(pt, self._frame_samples, len(payload), not self._talkspurt)
+        data: bytes | None = self.sender.next_datagram(pt, self._frame_samples, payload, not self._talkspurt)
         self._talkspurt = True
         latch = self.latch  # self.send, inlined
         if latch is None or self.closed:
             return
         addr = latch.remote_addr if latch.confirmed else latch.send_to(asyncio.get_running_loop().time())
         if addr is not None:
-            data: bytes | None = header + payload
             if self.srtp is not None:
-                data = self.srtp.protect_rtp(header + payload)
+                data = self.srtp.protect_rtp(data)  # type: ignore[arg-type]
             if data is not None:
                 self.transport.sendto(data, addr)
 
@@ -438,46 +443,58 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         latch = self.latch
-        if latch is None or (self._listener is None and not self.graph_driven and self.rtcp is None):
+        graph_driven = self.graph_driven
+        if latch is None or (self._listener is None and not graph_driven and self.rtcp is None):
             return
         if self.srtp is not None:
             plain = self.srtp.unprotect_rtp(data)
             if plain is None:
                 return  # forged, replayed or damaged: counted in srtp.stats
             data = plain
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
-            self.malformed += 1
-            return
+        # Per packet: the header's fields straight from the bytes; no packet
+        # object (RtpPacket.parse, which also strips CSRCs, an extension or
+        # padding, runs only for a header that has them, or is malformed).
+        if len(data) >= 12 and data[0] == 0x80:
+            second, seq, timestamp, ssrc = _FIXED_HEADER.unpack_from(data, 1)
+            pt = second & 0x7F
+            payload = data[12:]
+        else:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                self.malformed += 1
+                return
+            pt, seq, timestamp, ssrc = packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc
+            payload = packet.payload
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if not latch.accept(packet, addr, now):
+        if not latch.accept_header(pt, seq, ssrc, addr, now):
             if latch.refused is not None and not self._refusal_logged:
                 self._refusal_logged = True
                 security_event("rtp_source_refused", str(latch.refused[0]), port=latch.refused[1],
                                call=self.call_id)
             return
         if self.rtcp is not None:
-            self.rtcp.on_rtp_received(packet, now)
-            if self._listener is None and not self.graph_driven:
+            self.rtcp.on_rtp_header(pt, seq, timestamp, ssrc, len(payload), now)
+            if self._listener is None and not graph_driven:
                 return  # read for the statistics only
-        pt = packet.payload_type
         if pt == self.event_pt and self.events is not None:
             try:
-                digits = self.events.receive_events(packet.payload, packet.timestamp, now)
+                digits = self.events.receive_events(payload, timestamp, now)
             except TelephoneEventError:
                 self.malformed += 1
                 return
             for d in digits:
                 self._report(d.digit, ONSET_MODE if isinstance(d, DigitStarted) else "rfc4733")
             self._arm_event_timer(loop)
-        elif (pt == self.audio_pt and self.jitter is not None and self.decoder is not None
-              and (self.graph_driven or self.detector is not None)):  # self.wants_audio, inlined
-            self.jitter.put(packet, now)
-            self._last_audio = now
-            if not self.graph_driven:
-                self.clock.add(self)
+        elif pt == self.audio_pt:
+            jitter = self.jitter
+            if jitter is not None and self.decoder is not None and (graph_driven or self.detector is not None):
+                # self.wants_audio, inlined
+                jitter.put_frame(ssrc, seq, timestamp, payload, now)
+                self._last_audio = now
+                if not graph_driven:
+                    self.clock.add(self)
 
     def _arm_event_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._event_timer is not None:
@@ -527,7 +544,19 @@ class MediaSession:
         samples (no in-band detection), its payload, undecoded; the decoder
         is told, so a later lost frame is concealed as after :meth:`pull`.
         Otherwise what :meth:`pull` returns."""
-        return self._pull(now, True)
+        g711, jitter = self._g711_decoder, self.jitter
+        if g711 is None or jitter is None or self.detector is not None or self.closed:
+            return self._pull(now, True)
+        # self._pull(now, True) for a G.711 leg without detection, inlined (per leg per tick)
+        if now - self._last_audio >= IDLE_AFTER and not jitter.depth_ms:
+            return None
+        payload = jitter.get(now)
+        if payload is None:
+            return np.asarray(g711.conceal(self._frame_samples), dtype=np.int16)
+        if len(payload) == self._frame_samples:
+            g711.remember(payload)
+            return payload
+        return np.asarray(g711.decode(payload), dtype=np.int16)
 
     def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
         jitter, decoder = self.jitter, self.decoder

@@ -39,9 +39,14 @@ from engine.media.pcm import FRAME_SAMPLES, Pcm
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.ports import AudioPort, BatchAudioPort, PortOwner
 
-__all__ = ["Bridge", "BridgePlan", "FrameSink", "TrackSink"]
+__all__ = ["Bridge", "BridgePlan", "FrameSink", "TrackSink", "SILENCE_PEAK"]
 
 logger = logging.getLogger(__name__)
+
+#: A tick whose source rows all stay within ±this (−72 dBFS: G.711's
+#: quietest codes, what a phone sends for silence; A-law has no zero) is
+#: not mixed: every receiver gets silence.
+SILENCE_PEAK = 8
 
 K = TypeVar("K", bound=PortOwner)
 
@@ -90,6 +95,7 @@ class BridgePlan(Generic[K]):
     rows: Pcm | None = None
     stacked: npt.NDArray[np.int32] | None = None
     mixed: npt.NDArray[np.int32] | None = None
+    quiet: tuple[npt.NDArray[np.int32], Pcm] | None = None  # Bridge.silence's zero sums and frames
 
     @property
     def idle(self) -> bool:
@@ -115,6 +121,9 @@ class Bridge(Generic[K]):
         #: tick; the engine's metrics read them).
         self.ticks = 0
         self.busy_seconds = 0.0
+        #: Ticks in which nothing was mixed: every source row was silence.
+        self.quiet_ticks = 0
+        self._silence: dict[int, tuple[npt.NDArray[np.uint8], bytes]] = {}
 
     # -- ports ------------------------------------------------------------------
 
@@ -160,7 +169,10 @@ class Bridge(Generic[K]):
     # -- one tick ---------------------------------------------------------------
 
     def tick(self, plan: BridgePlan[K], now: float) -> list[int]:
-        """One frame of ``plan``: pull, mix, push, record.
+        """One frame of ``plan``: pull, mix, push, record. When no source
+        row peaks above :data:`SILENCE_PEAK` (nobody speaking, or nobody
+        sending), nothing is mixed or encoded: every receiver is sent
+        silence (G.711 legs a payload encoded once per codec).
 
         :return: the indices (in :attr:`BridgePlan.players`) of the players
             that ended or failed during this tick.
@@ -169,10 +181,17 @@ class Bridge(Generic[K]):
         t0 = time.perf_counter()
         rows, finished = self.pull(plan, now)
         t1 = time.perf_counter() if times is not None else 0.0
-        sums, out = self.mix(plan, rows)
-        t2 = time.perf_counter() if times is not None else 0.0
-        self.push(plan, out)
-        self.record(plan, rows, sums, out)
+        if rows.size and (rows.max() > SILENCE_PEAK or rows.min() < -SILENCE_PEAK):
+            sums, out = self.mix(plan, rows)
+            t2 = time.perf_counter() if times is not None else 0.0
+            self.push(plan, out)
+        else:
+            self.quiet_ticks += 1
+            sums, out = self.silence(plan)
+            t2 = time.perf_counter() if times is not None else 0.0
+            self.push_silence(plan)
+        if plan.leg_rec or plan.mix_rec or plan.taps or plan.leg_taps:
+            self.record(plan, rows, sums, out)
         t3 = time.perf_counter()
         self.ticks += 1
         self.busy_seconds += t3 - t0
@@ -197,20 +216,25 @@ class Bridge(Generic[K]):
         else:
             rows.fill(0)
         coded: dict[int, tuple[npt.NDArray[np.int16], list[int], list[bytes]]] = {}
+        last_table: npt.NDArray[np.int16] | None = None
+        index: list[int] = []
+        payloads: list[bytes] = []
         for i, bport in plan.src_batch:
             got = bport.pull_payload(now)
             if got is None:
                 continue
-            if isinstance(got, bytes):
+            if got.__class__ is bytes:
                 table = bport.decode_table
-                assert table is not None
-                group = coded.get(id(table))
-                if group is None:
-                    group = coded[id(table)] = (table, [], [])
-                group[1].append(i)
-                group[2].append(got)
+                if table is not last_table:  # most legs share one codec: one lookup a tick
+                    assert table is not None
+                    group = coded.get(id(table))
+                    if group is None:
+                        group = coded[id(table)] = (table, [], [])
+                    last_table, index, payloads = table, group[1], group[2]
+                index.append(i)
+                payloads.append(got)
             else:
-                rows[i, : got.shape[0]] = got[:n]
+                rows[i, : got.shape[0]] = got[:n]  # type: ignore[union-attr]
         for table, index, payloads in coded.values():
             codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), -1)
             rows[index, : codes.shape[1]] = table[codes[:, :n]]
@@ -244,6 +268,45 @@ class Bridge(Generic[K]):
         np.clip(mixed, -32768, 32767, out=mixed)
         return sums, mixed.astype(np.int16)
 
+    def silence(self, plan: BridgePlan[K]) -> tuple[npt.NDArray[np.int32], Pcm]:
+        """What :meth:`mix` returns for rows that are all silence: zero
+        conference sums and zero frames (kept in the plan, read-only)."""
+        if plan.quiet is None:
+            sums = np.zeros((plan.stage1.num_sinks, self.samples), dtype=np.int32)
+            out = np.zeros((len(plan.receivers), self.samples), dtype=np.int16)
+            sums.flags.writeable = out.flags.writeable = False
+            plan.quiet = (sums, out)
+        return plan.quiet
+
+    def silence_payload(self, table: npt.NDArray[np.uint8]) -> bytes:
+        """One frame of silence encoded with ``table`` (encoded once)."""
+        cached = self._silence.get(id(table))
+        if cached is None or cached[0] is not table:
+            cached = self._silence[id(table)] = (table, table[np.zeros(self.samples, np.uint16)].tobytes())
+        return cached[1]
+
+    def push_silence(self, plan: BridgePlan[K]) -> None:
+        """:meth:`push` for a tick where every receiver's frame is silence:
+        G.711 legs get a payload encoded once, the others a zero frame
+        (their own player still mixed in)."""
+        if plan.ports_pending:
+            self._resolve_ports(plan)
+        zero = self.silence(plan)[1]
+        for k, port in plan.recv_plain:
+            port.push(zero[k])
+        last_table: npt.NDArray[np.uint8] | None = None
+        payload = b""
+        for k, bport in plan.recv_batch:
+            table = bport.encode_table
+            if table is None:
+                bport.push(zero[k])
+                continue
+            if table is not last_table:
+                last_table, payload = table, self.silence_payload(table)
+            bport.push_payload(payload)
+        for port in plan.silent_ports:
+            port.push(None)  # its own player, if any
+
     def push(self, plan: BridgePlan[K], out: Pcm) -> None:
         """Each receiver its frame; each other source leg only its own player.
         Frames of legs that take them encoded are encoded together, one
@@ -253,22 +316,30 @@ class Bridge(Generic[K]):
         for k, port in plan.recv_plain:
             port.push(out[k])
         coded: dict[int, tuple[npt.NDArray[np.uint8], list[int], list[BatchAudioPort]]] = {}
+        last_table: npt.NDArray[np.uint8] | None = None
+        index: list[int] = []
+        ports: list[BatchAudioPort] = []
         for k, bport in plan.recv_batch:
             table = bport.encode_table
             if table is None:
                 bport.push(out[k])
                 continue
-            group = coded.get(id(table))
-            if group is None:
-                group = coded[id(table)] = (table, [], [])
-            group[1].append(k)
-            group[2].append(bport)
+            if table is not last_table:  # most legs share one codec: one lookup a tick
+                group = coded.get(id(table))
+                if group is None:
+                    group = coded[id(table)] = (table, [], [])
+                last_table, index, ports = table, group[1], group[2]
+            index.append(k)
+            ports.append(bport)
         n = out.shape[1]
         for table, index, ports in coded.values():
             frames = out if len(index) == out.shape[0] else out[index]
             data = table[frames.view(np.uint16)].tobytes()
-            for j, bport in enumerate(ports):
-                bport.push_payload(data[j * n:(j + 1) * n])
+            start = 0
+            for bport in ports:
+                end = start + n
+                bport.push_payload(data[start:end])
+                start = end
         for port in plan.silent_ports:
             port.push(None)  # its own player, if any
 

@@ -117,12 +117,12 @@ class JitterBuffer:
         half = self.samples_per_frame // 2
         return self._ref_index + (ts_diff(self._ref_ts, timestamp) + half) // self.samples_per_frame
 
-    def _restart(self, packet: RtpPacket, now: float) -> None:
+    def _restart(self, ssrc: int, timestamp: int, now: float) -> None:
         self._counters.discarded += len(self._frames)
         self._frames.clear()
         self._played = [None] * _RING
-        self._ssrc = packet.ssrc
-        self._ref_ts = packet.timestamp
+        self._ssrc = ssrc
+        self._ref_ts = timestamp
         self._ref_index = 0
         self._head = None
         self._low = self._high = 0
@@ -135,20 +135,25 @@ class JitterBuffer:
 
     def put(self, packet: RtpPacket, now: float) -> bool:
         """Store an arrived packet; False if it was late or a duplicate."""
+        return self.put_frame(packet.ssrc, packet.sequence_number, packet.timestamp, packet.payload, now)
+
+    def put_frame(self, ssrc: int, seq: int, timestamp: int, payload: bytes, now: float) -> bool:
+        """:meth:`put` from a packet's header fields and payload (a receiver
+        that parses no packet object, per packet)."""
         c = self._counters
-        if packet.ssrc != self._ssrc:
+        if ssrc != self._ssrc:
             if self._ssrc is not None:
                 c.resyncs += 1
-            self._restart(packet, now)
+            self._restart(ssrc, timestamp, now)
         spf = self.samples_per_frame
-        # self._slot(packet.timestamp), inlined (per packet)
+        # self._slot(timestamp), inlined (per packet)
         slot = self._ref_index + (
-            (((packet.timestamp - self._ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000) + spf // 2) // spf
+            (((timestamp - self._ref_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000) + spf // 2) // spf
         head = self._head
         playout = self._low if head is None else head
         if abs(slot - playout) > self._resync:
             c.resyncs += 1
-            self._restart(packet, now)
+            self._restart(ssrc, timestamp, now)
             slot = 0
             head = self._head
         if head is not None and slot < head:
@@ -164,7 +169,7 @@ class JitterBuffer:
         if slot in self._frames:
             c.duplicate += 1
             return False
-        self._frames[slot] = (packet.sequence_number, packet.payload)
+        self._frames[slot] = (seq, payload)
         c.received += 1
         if head is None and slot < self._low:
             self._low = slot

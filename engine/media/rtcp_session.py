@@ -196,13 +196,19 @@ class RtcpSession:
 
     def on_rtp_received(self, packet: RtpPacket, now: float) -> None:
         """Count an RTP packet the latch accepted (it also proves the peer alive)."""
+        self.on_rtp_header(packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc,
+                           len(packet.payload), now)
+
+    def on_rtp_header(self, pt: int, seq: int, timestamp: int, ssrc: int, size: int, now: float) -> None:
+        """:meth:`on_rtp_received` from the header fields and the payload's
+        size (a receiver that parses no packet object, per packet)."""
         self._last_activity = now
         self.packets_received += 1
-        self.bytes_received += len(packet.payload)
+        self.bytes_received += size
         stats = self._current
-        if stats is None or stats.ssrc != packet.ssrc:
-            stats = self._source(packet.ssrc)
-        stats.on_packet(packet.sequence_number, packet.timestamp, now, jitter=packet.payload_type != self.event_pt)
+        if stats is None or stats.ssrc != ssrc:
+            stats = self._source(ssrc)
+        stats.on_packet(seq, timestamp, now, jitter=pt != self.event_pt)
 
     def _source(self, ssrc: int) -> ReceiverStats:
         stats = self.sources.get(ssrc)

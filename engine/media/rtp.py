@@ -246,6 +246,16 @@ class RtpSender:
         self.octet_count += size
         return header
 
+    def next_datagram(self, pt: int, samples: int, payload: bytes, marker: bool = False) -> bytes:
+        """The whole next packet carrying ``payload`` (``next_header(...) +
+        payload`` in one step, per packet); then advance as :meth:`next_packet` does."""
+        seq, ts = self.sequence_number, self.timestamp
+        self.sequence_number = (seq + 1) & 0xFFFF
+        self.timestamp = (ts + samples) & 0xFFFFFFFF
+        self.packet_count += 1
+        self.octet_count += len(payload)
+        return _HEADER.pack(0x80, (0x80 if marker else 0) | (pt & 0x7F), seq, ts, self.ssrc) + payload
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp over a stretch sent as nothing (silence, hold)."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
@@ -407,50 +417,54 @@ class RtpReceiverLatch:
         self._candidate = None
         self.grace_until = now + self.send_grace
 
-    def _latch(self, packet: RtpPacket, addr: Address) -> None:
+    def _latch(self, ssrc: int, seq: int, addr: Address) -> None:
         if self.latched and addr != self._addr:
             self.relatched += 1
         self.latched = self.confirmed = True
         self._addr = addr
-        self.ssrc = packet.ssrc
-        self.highest_seq = packet.sequence_number
+        self.ssrc = ssrc
+        self.highest_seq = seq
         self._candidate = None
 
     def accept(self, packet: RtpPacket, addr: Address, now: float) -> bool:
         """Decide whether ``packet`` from ``addr`` belongs to the stream."""
-        if packet.payload_type not in self.payload_types:
+        return self.accept_header(packet.payload_type, packet.sequence_number, packet.ssrc, addr, now)
+
+    def accept_header(self, pt: int, seq: int, ssrc: int, addr: Address, now: float) -> bool:
+        """:meth:`accept` from the header fields it reads (payload type,
+        sequence number, SSRC), for a receiver that parses no packet object
+        (:class:`~engine.calls.rtp_stream.MediaSession`, per packet)."""
+        if pt not in self.payload_types:
             self.dropped_payload_type += 1
             return False
-        seq = packet.sequence_number
         if self.latched and addr == self._addr:
             # seq_lt(self.highest_seq, seq), inlined (per packet)
-            if packet.ssrc != self.ssrc or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0:
+            if ssrc != self.ssrc or ((seq - self.highest_seq + 0x8000) & 0xFFFF) - 0x8000 > 0:
                 self.highest_seq = seq
-            self.ssrc = packet.ssrc
+            self.ssrc = ssrc
         elif addr == self.signalled or not self.latched and not self.strict:
-            self._latch(packet, addr)
+            self._latch(ssrc, seq, addr)
         elif not self.strict:
-            if packet.ssrc == self.ssrc and 0 < seq_diff(self.highest_seq, seq) <= self.window:
-                self._latch(packet, addr)
+            if ssrc == self.ssrc and 0 < seq_diff(self.highest_seq, seq) <= self.window:
+                self._latch(ssrc, seq, addr)
             else:
                 self.dropped_stranger += 1
                 return False
-        elif not self._on_probation(packet, addr):
+        elif not self._on_probation(ssrc, seq, addr):
             self.dropped_stranger += 1
             return False
         self.accepted += 1
         self.last_packet_at = now
         return True
 
-    def _on_probation(self, packet: RtpPacket, addr: Address) -> bool:
+    def _on_probation(self, ssrc: int, seq: int, addr: Address) -> bool:
         """Strict mode, a packet from neither the SDP address nor the latched
         source: count it toward ``addr``'s probation; ``True`` when this
         packet completes it (the source is latched)."""
-        seq = packet.sequence_number
-        if (addr == self._candidate and packet.ssrc == self._candidate_ssrc
+        if (addr == self._candidate and ssrc == self._candidate_ssrc
                 and seq == (self._candidate_seq + 1) & 0xFFFF):
             self._candidate_count += 1
-        elif self.latched and (packet.ssrc != self.ssrc
+        elif self.latched and (ssrc != self.ssrc
                                or not 0 < seq_diff(self.highest_seq, seq) <= self.window):
             if self._candidate == addr:
                 self._candidate = None
@@ -461,10 +475,10 @@ class RtpReceiverLatch:
             if self._candidate is not None and self._candidate != addr and self.refused is None:
                 self.refused = addr
             self._candidate = addr
-            self._candidate_ssrc = packet.ssrc
+            self._candidate_ssrc = ssrc
             self._candidate_count = 1
         self._candidate_seq = seq
         if self._candidate_count < self.probation:
             return False
-        self._latch(packet, addr)
+        self._latch(ssrc, seq, addr)
         return True

@@ -298,3 +298,24 @@ async def test_tone_listener_off_keeps_playing(audio_rig: Rig) -> None:
     assert audio_rig.session in audio_rig.clock
     await until(lambda: done)
     assert done == [True] and len(drain_peer(audio_rig.peer)) == 10
+
+
+async def test_header_fast_path_and_full_parse_agree(rig: Rig) -> None:
+    """Check a packet with the plain 12-byte header (read field by field,
+    no packet object) and one with CSRCs, a header extension and padding
+    (the full parse) put the same payload into the jitter buffer, in order,
+    and a truncated datagram is counted as malformed."""
+    rig.session.graph_attach()
+    payload = bytes(range(160))
+    plain = RtpPacket(0, 1, 160, 7, payload).serialize()
+    fancy = RtpPacket(0, 2, 320, 7, payload[::-1], csrc=(11, 12), extension_profile=0xBEDE,
+                      extension=b"\x01\x02\x03\x04", padding=4).serialize()
+    for data in (plain, fancy, b"\x80\x00\x00"):
+        rig.peer.sendto(data, rig.target)
+    await until(lambda: rig.session.transport.received >= 3)
+    jitter = rig.session.jitter
+    assert jitter is not None and jitter.stats.received == 2
+    later = asyncio.get_running_loop().time() + 1.0
+    assert [jitter.get(later), jitter.get(later)] == [payload, payload[::-1]]
+    assert rig.session.malformed == 1
+    assert rig.session.remote_addr == rig.peer.getsockname()
