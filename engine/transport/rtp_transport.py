@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from time import monotonic as _monotonic
 from typing import Any, Callable
 
 __all__ = ["RtpTransport", "DatagramHandler"]
@@ -29,6 +30,8 @@ DatagramHandler = Callable[[bytes, Any], None]
 
 #: Datagrams read per wake-up at most, so one flooded port cannot starve the loop.
 MAX_READS_PER_WAKEUP = 64
+#: Seconds: a datagram this soon after the previous one starts a drain.
+BURST_GAP = 0.010
 _MAX_DATAGRAM = 2048
 
 
@@ -39,6 +42,7 @@ class RtpTransport:
         self.sock = sock
         self.handler = handler
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_read = 0.0
         self.received = 0
         self.sent = 0
         self.send_errors = 0
@@ -67,7 +71,10 @@ class RtpTransport:
 
     def _on_readable(self) -> None:
         recv = self.sock.recvfrom
-        for _ in range(MAX_READS_PER_WAKEUP):
+        now = _monotonic()
+        reads = 1 if now - self._last_read >= BURST_GAP else MAX_READS_PER_WAKEUP
+        self._last_read = now
+        for _ in range(reads):
             try:
                 data, addr = recv(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
