@@ -322,6 +322,7 @@ class EngineMetrics:
     def __init__(self, sources: MetricsSources | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._live: weakref.WeakSet[Call] = weakref.WeakSet()
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.collector = EngineCollector(sources or MetricsSources(), lambda: list(self._live))
         self.registry.register(self.collector)
         self.calls_started = Counter(
@@ -345,14 +346,24 @@ class EngineMetrics:
         if call in self._live:
             return
         self._live.add(call)
-        self.calls_started.labels(call.kind, call.direction).inc()
+        self._child(self.calls_started, call.kind, call.direction).inc()
         call.on_ended.append(self._ended)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client checks
+        and locks on each ``labels()`` call, twice a call's life. The label
+        values are the few kinds, directions and outcomes."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _ended(self, call: Call) -> None:
         self._live.discard(call)
-        self.calls.labels(call.kind, call.direction, call_outcome(call)).inc()
+        self._child(self.calls, call.kind, call.direction, call_outcome(call)).inc()
         if call.connected_at is not None:
-            self.call_duration.labels(call.kind).observe(max(0.0, time.time() - call.connected_at))
+            self._child(self.call_duration, call.kind).observe(max(0.0, time.time() - call.connected_at))
         try:
             stats = call.media_stats()
         except Exception:  # statistics must never break a call's end

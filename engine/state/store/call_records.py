@@ -21,6 +21,9 @@ from engine.state.store.errors import InvalidValue, StoreError
 
 __all__ = ["SqliteCallRecords"]
 
+#: One encoder for every record (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
 
 class SqliteCallRecords(SqliteConnection):
     """The ``call_records`` table of :class:`~engine.state.store.SqliteStore`."""
@@ -65,7 +68,7 @@ class SqliteCallRecords(SqliteConnection):
         if not all(isinstance(k, str) for k in record):
             raise InvalidValue("record", "keys must be strings")
         try:
-            data = json.dumps(dict(record), allow_nan=False, separators=(",", ":"))
+            data = _ENCODER.encode(dict(record))
         except (TypeError, ValueError) as exc:
             raise InvalidValue("record", f"must be JSON-serialisable: {exc}") from None
         call_id = record.get("call_id")
