@@ -67,7 +67,7 @@ def start_engine(workdir: Path, rtp_timeout: float, metrics_port: int) -> ServeP
                                    "--trusted", "127.0.0.1", "--log-level", "warning",
                                    "--rtp-ports", "20000-60000", "--rtp-timeout", str(rtp_timeout),
                                    "--metrics-listen", f"127.0.0.1:{metrics_port}"])
-    serve.wait_healthy(20)
+    serve.wait_healthy(90)
     return serve
 
 
