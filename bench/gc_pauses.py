@@ -33,9 +33,11 @@ PROBE = BENCH / "memprobe"
 def pauses(log: Path, seconds: float) -> dict[int, dict[str, float]]:
     """Per generation: count, p50/p99/max wall ms, max CPU ms, % of the run."""
     rows: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
+    collected = {0: 0, 1: 0, 2: 0}
     for line in log.read_text().splitlines():
-        gen, wall, cpu, _ = line.split()
+        gen, wall, cpu, freed = line.split()
         rows[int(gen)].append((float(wall), float(cpu)))
+        collected[int(gen)] += int(freed)
     out: dict[int, dict[str, float]] = {}
     for gen, values in rows.items():
         walls = sorted(w for w, _ in values)
@@ -49,7 +51,7 @@ def pauses(log: Path, seconds: float) -> dict[int, dict[str, float]]:
         out[gen] = {"count": len(walls), "p50_ms": round(pct(0.5), 3), "p99_ms": round(pct(0.99), 3),
                     "max_ms": round(walls[-1] * 1000, 3),
                     "max_cpu_ms": round(max(c for _, c in values) * 1000, 3),
-                    "share_pct": round(100 * sum(walls) / seconds, 3)}
+                    "share_pct": round(100 * sum(walls) / seconds, 3), "collected": collected[gen]}
     return out
 
 
@@ -89,7 +91,8 @@ def main() -> None:
                 if g["count"]:
                     print(f"  gen{gen}: {g['count']:6d} collections, p50 {g['p50_ms']:.2f} ms, p99 "
                           f"{g['p99_ms']:.2f} ms, max {g['max_ms']:.2f} ms (cpu {g['max_cpu_ms']:.2f}), "
-                          f"{g['share_pct']:.2f}% of the run", flush=True)
+                          f"{g['share_pct']:.2f}% of the run, {g['collected']} unreachable objects freed",
+                          flush=True)
                 else:
                     print(f"  gen{gen}: no collection", flush=True)
 
