@@ -786,7 +786,9 @@ class Call(PlaybackMixin, Listeners):
         self._tone_onset_hooks: list[Callable[[], None]] = []
         #: Digits received while tones were handled but nobody collected
         #: (type-ahead); the next :meth:`collect_tones` starts with them.
-        self.typeahead: collections.deque[str] = collections.deque(maxlen=TYPEAHEAD_MAX)
+        #: (A deque's first block is ~600 bytes: made by the first digit, or
+        #: the first read of :attr:`typeahead`; most calls get no digit.)
+        self._typeahead: collections.deque[str] | None = None
         self._playback: Playback | None = None
         self.on_ended.append(lambda call: call.stop_playback())
         #: The engine's media graph (:mod:`engine.calls.conference`); the session
@@ -798,6 +800,14 @@ class Call(PlaybackMixin, Listeners):
         #: The running start_recognition() (a callable that stops it), if any.
         self._recognition: Callable[[], None] | None = None
         self.on_ended.append(lambda call: call.stop_recognition())
+
+    @property
+    def typeahead(self) -> collections.deque[str]:
+        """Digits received while tones were handled but nobody collected
+        (at most ``TYPEAHEAD_MAX``, oldest first); ``clear()`` drops them."""
+        if self._typeahead is None:
+            self._typeahead = collections.deque(maxlen=TYPEAHEAD_MAX)
+        return self._typeahead
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -1013,8 +1023,8 @@ class Call(PlaybackMixin, Listeners):
         def on_end(call: Call) -> None:
             finish()
 
-        while self.typeahead and not done.done():
-            add(self.typeahead.popleft())
+        while self._typeahead and not done.done():
+            add(self._typeahead.popleft())
         if done.done() or self.state.ended:
             for h in inter:
                 h.cancel()

@@ -180,7 +180,10 @@ class RtcpSession:
         self.rtt: float | None = None
         self.remote_block: ReportBlock | None = None
         self._next_report: float | None = None
-        self._sent_counts: collections.deque[int] = collections.deque([0, 0], maxlen=2)
+        # The sender's packet count at the last two reports (RFC 3550
+        # section 6.4: a sender report only if we sent since the report
+        # before the last one); two ints, not a deque (~600 bytes a call).
+        self._sent_counts = (0, 0)
         self._anchor_ts: int | None = None
         self._anchor_time = 0.0
         self._last_activity = 0.0
@@ -188,7 +191,7 @@ class RtcpSession:
         self._expected = True
         self._timed_out = False
         self._datagrams: list[bytes] = []
-        self._events: collections.deque[MediaTimedOut] = collections.deque()
+        self._events: list[MediaTimedOut] = []
         self.closed = False
         LIVE.add(self)
 
@@ -318,7 +321,7 @@ class RtcpSession:
         return out
 
     def next_event(self) -> MediaTimedOut | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     # -- reports -----------------------------------------------------------------
 
@@ -328,7 +331,7 @@ class RtcpSession:
         sender = self.sender
         count = sender.packet_count
         sent_recently = count > self._sent_counts[0]
-        self._sent_counts.append(count)
+        self._sent_counts = (self._sent_counts[1], count)
         if not sent_recently:
             return ReceiverReport(sender.ssrc, blocks)
         return SenderReport(

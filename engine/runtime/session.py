@@ -35,7 +35,6 @@ import inspect
 import logging
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -57,6 +56,9 @@ logger = logging.getLogger("engine.runtime.scenario")
 _current: contextvars.ContextVar[Session] = contextvars.ContextVar("callbridge_session")
 
 
+
+#: Lines of a session's log kept in memory (the files keep them all).
+LOG_LINES_KEPT = 2000
 
 _stamp_second = -1
 _stamp_text = ""
@@ -157,7 +159,11 @@ class Session(Listeners):
         self.mixers: list[Conference] = []
         self.timers: set[asyncio.TimerHandle] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.log_lines: deque[str] = deque(maxlen=2000)
+        #: The last :data:`LOG_LINES_KEPT` lines of the session's log. A
+        #: list trimmed from the front, not a ``deque(maxlen=...)``: a
+        #: deque's first block is ~600 bytes and most sessions log a line
+        #: or two (bench/memory.py).
+        self.log_lines: list[str] = []
         self.started_at = time.time()
         self.terminated = False
         self._terminating = False
@@ -375,7 +381,10 @@ class Session(Listeners):
         sink, so it stays on its one line (see
         :func:`~engine.security_log.escape_controls`)."""
         line = f"{_stamp()} session={self.id} {escape_controls(text)}"
-        self.log_lines.append(line)
+        lines = self.log_lines
+        lines.append(line)
+        if len(lines) > LOG_LINES_KEPT:
+            del lines[0]
         self.runtime.append_log(self.id, line)
 
     # -- ending ----------------------------------------------------------------

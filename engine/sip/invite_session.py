@@ -283,6 +283,15 @@ class InviteSession:
     :ivar offer_answer: the SDP offer/answer state of the dialog.
     """
 
+    # One per call for its whole life, with 32 attributes: past CPython's 30
+    # shared keys an instance gets a dict of its own (1.6 KB, measured with
+    # bench/memory.py); slots hold the same in 0.3 KB.
+    __slots__ = ("role", "timers", "reliable", "state", "dialog", "offer_answer", "remote_hold",
+                 "invite", "final_sent", "_pending_2xx", "_pending_cseq", "_rt_next", "_rt_interval",
+                 "_rt_deadline", "out_invite", "ack", "cancel_wanted", "cancel_sent", "provisional_seen",
+                 "closed", "_no_answer_at", "_no_answer_timeout", "_auth", "_auth_target", "_auth_tries",
+                 "redirect_scope", "_redirects", "_cseq", "_headers", "_extra", "_offer", "_tail")
+
     def __init__(self, role: Role, timers: Timers, reliable: bool) -> None:
         self.role = role
         self.timers = timers

@@ -1172,3 +1172,23 @@ async def test_session_log_lines_reach_the_file_within_the_flush_delay(tmp_path:
     logs.append("s2", "2026-12-05T00:00:01 session=s2 third")
     assert logs.read("s2") == ["2026-12-05T00:00:01 session=s2 third"]
     logs.close()
+
+
+async def test_session_keeps_the_last_log_lines_in_memory(env: Env) -> None:
+    """Check a session's in-memory log (a plain list since bench/memory
+    showed a deque's block per session) keeps the last LOG_LINES_KEPT lines,
+    oldest first, and read_log returns them."""
+    from engine.runtime.session import LOG_LINES_KEPT
+
+    runtime = env.runtime(
+        'rules: [{name: Api, pattern: "api", scenarios: [quiet]}]',
+        {"quiet": """
+            from engine.runtime.scenario import VoxEngine
+        """},
+    )
+    session = runtime.start_session(runtime.rules.rules[0])
+    for i in range(LOG_LINES_KEPT + 5):
+        session.write_log(f"line {i}")
+    lines = runtime.read_log(session.id)
+    assert len(lines) == LOG_LINES_KEPT
+    assert lines[0].endswith(" line 5") and lines[-1].endswith(f" line {LOG_LINES_KEPT + 4}")

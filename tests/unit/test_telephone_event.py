@@ -163,3 +163,18 @@ def test_receiver_reports_a_digit_start_at_its_first_packet() -> None:
     plain = TelephoneEventReceiver()
     got = [e for i, p in enumerate(packets) for e in plain.receive(p, 2600, i * 0.02)]
     assert [type(e) for e in got] == [DigitReceived]
+
+
+def test_receiver_first_digit_after_a_long_idle_period() -> None:
+    """Check a receiver that saw nothing for ten minutes (its list of
+    reported events is made by the first digit, not up front) reports
+    each digit once, with repeated end packets and late updates ignored."""
+    rx = TelephoneEventReceiver()
+    assert rx.get_timer() is None and rx.handle_timer(600.0) == []
+    got: list[DigitReceived] = []
+    for ts, digit in ((160_000, "7"), (161_600, "#")):
+        for duration, end in ((160, False), (480, False), (800, True), (800, True), (800, True)):
+            got += rx.receive(TelephoneEvent(DIGIT_TO_EVENT[digit], end, 10, duration).serialize(), ts, 600.0)
+        got += rx.receive(TelephoneEvent(DIGIT_TO_EVENT[digit], False, 10, 640).serialize(), ts, 600.1)
+    assert [(d.digit, d.timestamp, d.ended) for d in got] == [("7", 160_000, True), ("#", 161_600, True)]
+    assert rx.get_timer() is None

@@ -239,3 +239,20 @@ async def test_barge_in_stops_the_prompt_at_a_digits_start() -> None:
     quiet._tone_received("7", ONSET_MODE)
     await feed(quiet, "7#")
     assert await task == "7" and quiet.stops == 0
+
+
+async def test_typeahead_first_digit_after_an_idle_period() -> None:
+    """Check the type-ahead buffer (made by the first digit since
+    bench/memory showed a deque per call) works when the first digit comes
+    late: kept, picked up by collect_tones, and clear() from a scenario
+    still empties it."""
+    call = FakeCall()
+    call.handle_tones(True)
+    await asyncio.sleep(0.05)
+    await feed(call, "5")
+    assert list(call.typeahead) == ["5"]
+    assert await call.collect_tones(max_digits=1) == "5"
+    await feed(call, "67")
+    call.typeahead.clear()
+    await feed(call, "8")
+    assert list(call.typeahead) == ["8"]

@@ -223,7 +223,9 @@ class TelephoneEventReceiver:
         self._open_event = 0
         self._open_duration = 0
         self._last_packet = 0.0
-        self._done: deque[int] = deque(maxlen=16)
+        # Timestamps of the last 16 reported events; made by the first one
+        # (a deque's first block is ~600 bytes, and most calls get no digit).
+        self._done: deque[int] | None = None
 
     def receive(self, payload: bytes, timestamp: int, now: float) -> list[DigitReceived]:
         """Feed one packet; the digits it completes (see :meth:`receive_events`).
@@ -246,7 +248,7 @@ class TelephoneEventReceiver:
         """
         ev = TelephoneEvent.parse(payload)
         out: list[DigitStarted | DigitReceived] = []
-        if timestamp in self._done:
+        if self._done is not None and timestamp in self._done:
             return out  # repeated end packet or late update of a reported event
         if ev.digit is None:
             logger.debug("ignoring non-DTMF telephone-event %d", ev.event)
@@ -285,6 +287,8 @@ class TelephoneEventReceiver:
             self._open_ts,
             ended,
         )
+        if self._done is None:
+            self._done = deque(maxlen=16)
         self._done.append(self._open_ts)
         self._open_ts = None
         return [digit]
