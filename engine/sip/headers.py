@@ -83,6 +83,9 @@ _CANONICAL.update(_COMPACT)
 # Canonical spellings map to themselves: the common case needs no lower().
 _EXACT: dict[str, str] = {name: name for name in _SPELLING}
 _KNOWN = frozenset(_SPELLING)
+#: Each registry spelling mapped to itself: the fast path of header lookups
+#: in :mod:`engine.sip.message`. Never change it.
+KNOWN_NAMES = _EXACT
 
 # Headers whose comma-separated values are split into separate entries
 # (RFC 3261 §7.3.1). Authentication headers are deliberately absent: their

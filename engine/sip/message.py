@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator, TypeVar, cast
 from engine import entropy
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.headers import (
+    KNOWN_NAMES as _KNOWN_EXACT,
     CSeq,
     NameAddr,
     Via,
@@ -129,8 +130,10 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        canon = canonical_name(name)
-        if is_known_name(canon):
+        canon = _KNOWN_EXACT.get(name)  # a registry spelling: the common case, inlined
+        if canon is None:
+            canon = canonical_name(name)
+        if canon in _KNOWN_EXACT:
             for k, v in self._items:
                 if k == canon:
                     return v
@@ -143,8 +146,10 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (one per list element)."""
-        canon = canonical_name(name)
-        if is_known_name(canon):
+        canon = _KNOWN_EXACT.get(name)
+        if canon is None:
+            canon = canonical_name(name)
+        if canon in _KNOWN_EXACT:
             return [v for k, v in self._items if k == canon]
         key = canon.lower()
         return [v for k, v in self._items if k.lower() == key]
@@ -217,6 +222,11 @@ class SipMessage:
             hit = parse(value)
             self._typed[key] = hit
         return cast(_T, hit)
+
+    def remember(self, parse: Callable[[str], _T], value: str, parsed: _T) -> None:
+        """Record ``parsed`` as what ``parse(value)`` gives, for the typed
+        views (a header the caller rewrote from an object it holds)."""
+        self._typed[(parse, value)] = parsed
 
     def _one(self, name: str) -> str:
         value = self.headers.get(name)

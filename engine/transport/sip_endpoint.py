@@ -641,7 +641,9 @@ class SipEndpoint:
                 if "rport" in top.params or peer.transport == "UDP":
                     top.params["rport"] = str(peer.port)
                 msg.headers.remove_first("Via")
-                msg.headers.prepend("Via", str(top))
+                text = str(top)
+                msg.headers.prepend("Via", text)
+                msg.remember(parse_via, text, top)  # no parsing back what we wrote
             except RemoteProtocolError:
                 return
             if stream and "alias" in top.params:
