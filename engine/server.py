@@ -60,6 +60,11 @@ __all__ = ["EngineConfig", "Engine", "EngineParts", "StartupError", "build_engin
 logger = logging.getLogger(__name__)
 
 
+
+#: RTP/RTCP port pairs each allocator keeps open for reuse after a call
+#: (4,096 sockets at most; see :class:`~engine.transport.rtp_socket.RtpPortAllocator`).
+RTP_POOL = 2048
+
 class StartupError(Exception):
     """The engine cannot start; the text says what to fix."""
 
@@ -377,7 +382,7 @@ class Engine:
         # listens, in the peer's address family; only the SDP carries the
         # advertised address.
         self.ports = {
-            host: RtpPortAllocator(host, cfg.rtp_port_start, cfg.rtp_port_end)
+            host: RtpPortAllocator(host, cfg.rtp_port_start, cfg.rtp_port_end, pool=RTP_POOL)
             for host in cfg.sip_hosts
         }
         trunk_tls_context = _trunk_tls_context(cfg)
@@ -567,6 +572,8 @@ class Engine:
                     await self.ua.stop()
                     await self.media_graph.stop()
                     await self.media_clock.stop()
+                    for ports in self.ports.values():
+                        ports.close()
                 elif part == "store" and self.store is not None:
                     self.store.close()
             except Exception as exc:  # gather, keep stopping the rest

@@ -4,12 +4,23 @@
 above it (RFC 3550 §11), each bound to a UDP socket so that no other process
 can take it while the call lives. The media layer reads these sockets; until
 it attaches, packets that arrive are left to the kernel's buffer and dropped.
+
+With ``pool`` > 0 (the engine's setting) a released pair stays open and
+bound in a first-in first-out pool, and is handed out again once it has
+rested ``quarantine`` seconds, its receive queues emptied first: a socket
+created, bound and closed for each of a call's two ports cost about 4% of a
+call's CPU at hundreds of calls a second. Late packets of the old call that
+arrive after its reuse meet the new call's latch, as they would on a port
+the round-robin came back to.
 """
 
 from __future__ import annotations
 
 import socket
+import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 __all__ = ["RtpPortAllocator", "RtpPortPair", "NoPortsAvailable"]
 
@@ -38,16 +49,25 @@ class RtpPortAllocator:
     would land in the new one).
     """
 
-    def __init__(self, host: str = "127.0.0.1", start: int = 20000, end: int = 30000) -> None:
+    def __init__(self, host: str = "127.0.0.1", start: int = 20000, end: int = 30000, *,
+                 pool: int = 0, quarantine: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if start % 2:
             start += 1
         if not 0 < start < end <= 65536:
             raise ValueError(f"bad RTP port range {start}-{end}")
+        if pool < 0 or quarantine < 0:
+            raise ValueError("pool and quarantine must not be negative")
         self.host = host
         self.start = start
         self.end = end
         self._next = start
         self.in_use: set[int] = set()
+        #: Released pairs kept open for reuse (at most ``pool``), oldest first.
+        self.pool = pool
+        self.quarantine = quarantine
+        self._clock = clock
+        self._idle: deque[tuple[float, RtpPortPair]] = deque()
 
     def _bind(self, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -65,6 +85,13 @@ class RtpPortAllocator:
 
         :raises NoPortsAvailable: when none of the range is free.
         """
+        idle = self._idle
+        if idle and self._clock() - idle[0][0] >= self.quarantine:
+            pair = idle.popleft()[1]
+            _drain(pair.rtp)
+            _drain(pair.rtcp)
+            self.in_use.add(pair.rtp_port)
+            return pair
         count = (self.end - self.start) // 2
         for _ in range(count):
             port = self._next
@@ -87,5 +114,30 @@ class RtpPortAllocator:
         raise NoPortsAvailable(f"no free RTP ports in {self.start}-{self.end}")
 
     def release(self, pair: RtpPortPair) -> None:
-        pair.close()
+        """Give a pair back: kept open in the pool when there is room, else closed."""
         self.in_use.discard(pair.rtp_port)
+        if len(self._idle) < self.pool and pair.rtp.fileno() >= 0 and pair.rtcp.fileno() >= 0:
+            self._idle.append((self._clock(), pair))
+        else:
+            pair.close()
+
+    @property
+    def pooled(self) -> int:
+        """Pairs resting in the pool."""
+        return len(self._idle)
+
+    def close(self) -> None:
+        """Close the pooled pairs (the engine's stop); pairs in use are their calls'."""
+        while self._idle:
+            self._idle.popleft()[1].close()
+
+
+def _drain(sock: socket.socket) -> None:
+    """Discard what waits in a pooled socket's receive queue (the old call's last packets)."""
+    for _ in range(10_000):
+        try:
+            sock.recv(2048)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ICMP errors queued on the socket
+            continue
