@@ -3,7 +3,8 @@
 #   ./run.sh serve [callbridge serve flags]   install what is missing, run the engine
 #   ./run.sh test  [pytest args]              install what is missing, run every test
 #   ./run.sh bench [NAME] [flags]             install bench extras, run bench/NAME.py
-#                                             (no NAME: every bench; flags alone: sip_cps)
+#                                             (no NAME: sip_cps --latency --overload, then
+#                                             media; flags alone: sip_cps with them)
 #   ./run.sh bench ... --compare FILE         then compare with an earlier bench/results/*.json
 # Installing is idempotent: Debian packages from debian-packages.txt (apt-get,
 # as root or through sudo), Python packages into .venv from pyproject.toml.
@@ -95,7 +96,9 @@ case "$cmd" in
     elif [ $# -gt 0 ]; then
       "$VENV/bin/python" bench/sip_cps.py "$@"
     else
-      "$VENV/bin/python" bench/sip_cps.py
+      # Everything issue 17 asks of one run: rates and ratios, the latency
+      # histogram, 1.5x overload, then media against the echo.
+      "$VENV/bin/python" bench/sip_cps.py --latency --overload
       "$VENV/bin/python" bench/media.py
     fi
     if [ -n "$compare" ]; then
