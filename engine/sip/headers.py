@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from engine.sip.errors import RemoteProtocolError
+from engine.sip.memo import Memo
 from engine.sip.uri import SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
 
 __all__ = [
@@ -295,8 +296,7 @@ class NameAddr:
 #: Name-addrs parsed lately, by their text: a call's messages repeat their
 #: From, To and Contact (and a trunk repeats its own across calls). The
 #: objects are shared, as a message's typed views already are: change a copy.
-_NAME_ADDR_MEMO: dict[str, NameAddr] = {}
-_MEMO_SIZE = 512
+NAME_ADDR_MEMO: Memo[str, NameAddr] = Memo(512)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -313,15 +313,11 @@ def parse_name_addr(text: str) -> NameAddr:
         containing ``?``, ``,`` or whitespace (RFC 4475 §3.1.2.13-14) or a bad
         URI or parameter.
     """
-    hit = _NAME_ADDR_MEMO.get(text)
-    if hit is not None:
-        return hit
-    value = _parse_name_addr(text)
-    memo = _NAME_ADDR_MEMO
-    if len(memo) >= _MEMO_SIZE:
-        del memo[next(iter(memo))]  # the oldest
-    memo[text] = value
-    return value
+    name_addr = NAME_ADDR_MEMO.get(text)
+    if name_addr is None:
+        name_addr = _parse_name_addr(text)
+        NAME_ADDR_MEMO.put(text, name_addr)
+    return name_addr
 
 
 def _parse_name_addr(text: str) -> NameAddr:

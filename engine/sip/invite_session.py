@@ -262,15 +262,6 @@ def _hold(sdp: SessionDescription) -> bool | None:
             return True
         return direction in ("sendonly", "inactive")
     return None
-    for media in sdp.media:
-        if media.port == 0:
-            continue
-        direction = media_direction(media, sdp)
-        conn = media.connection or sdp.connection
-        if conn is not None and conn.address.split("/")[0] == "0.0.0.0":
-            return True
-        return direction in ("sendonly", "inactive")
-    return None
 
 
 _S = InviteSessionState

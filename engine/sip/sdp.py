@@ -35,11 +35,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.memo import Memo
 
 __all__ = [
     "Attribute",
@@ -434,11 +434,10 @@ def _ordered(order: str, chunks: list[tuple[str, list[str]]]) -> list[str]:
 
 
 #: The last descriptions parsed, by body: a call's offer is read by the
-#: INVITE session and by the media layer, and our answer is read back by the
-#: session; each gets its own :meth:`~SessionDescription.copy` (a tenth of a
-#: parse). Bounded; a malformed body is never kept.
-_PARSED: OrderedDict[bytes | str, SessionDescription] = OrderedDict()
-_PARSED_MAX = 64
+#: INVITE session and by the media layer; each gets its own
+#: :meth:`~SessionDescription.copy` (a tenth of a parse). Bounded; a
+#: malformed body is never kept.
+_PARSED: Memo[bytes | str, SessionDescription] = Memo(64)
 
 
 def parse_sdp(data: bytes | str) -> SessionDescription:
@@ -451,12 +450,9 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
     """
     known = _PARSED.get(data)
     if known is not None:
-        _PARSED.move_to_end(data)
         return known.copy()
     sdp = _parse(data)
-    _PARSED[data] = sdp.copy()
-    if len(_PARSED) > _PARSED_MAX:
-        _PARSED.popitem(last=False)
+    _PARSED.put(data, sdp.copy())
     return sdp
 
 

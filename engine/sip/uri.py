@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
 from engine.sip.errors import RemoteProtocolError
+from engine.sip.memo import Memo
 
 __all__ = ["SipUri", "TelUri", "AbsoluteUri", "Uri", "parse_uri", "format_host"]
 
@@ -284,8 +285,7 @@ Uri = SipUri | TelUri | AbsoluteUri
 
 #: URIs parsed lately, by their text (a trunk's Request-URIs and contacts
 #: repeat): the objects are shared, so change a copy, never one in place.
-_URI_MEMO: dict[str, Uri] = {}
-_MEMO_SIZE = 512
+URI_MEMO: Memo[str, Uri] = Memo(512)
 
 
 def parse_uri(text: str) -> Uri:
@@ -296,15 +296,11 @@ def parse_uri(text: str) -> Uri:
         any URI has no scheme, is empty, or contains whitespace, a control
         character or one of ``<>"`` (``bad character in URI``).
     """
-    hit = _URI_MEMO.get(text)
-    if hit is not None:
-        return hit
-    value = _parse_uri(text)
-    memo = _URI_MEMO
-    if len(memo) >= _MEMO_SIZE:
-        del memo[next(iter(memo))]  # the oldest
-    memo[text] = value
-    return value
+    uri = URI_MEMO.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        URI_MEMO.put(text, uri)
+    return uri
 
 
 def _parse_uri(text: str) -> Uri:

@@ -384,14 +384,31 @@ def test_parse_memo_is_bounded_and_keeps_errors_out() -> None:
     assert parse_uri("sip:memo@example.com") is parse_uri("sip:memo@example.com")
     one = parse_name_addr("<sip:memo@example.com>;tag=1")
     assert parse_name_addr("<sip:memo@example.com>;tag=1") is one and one.tag == "1"
-    for i in range(3 * uri_module._MEMO_SIZE):
+    for i in range(3 * uri_module.URI_MEMO.size):
         parse_uri(f"sip:u{i}@example.com")
         parse_name_addr(f"<sip:u{i}@example.com>;tag={i}")
-    assert len(uri_module._URI_MEMO) <= uri_module._MEMO_SIZE
-    assert len(headers._NAME_ADDR_MEMO) <= headers._MEMO_SIZE
+    assert len(uri_module.URI_MEMO) <= uri_module.URI_MEMO.size
+    assert len(headers.NAME_ADDR_MEMO) <= headers.NAME_ADDR_MEMO.size
     for _ in range(2):
         with pytest.raises(RemoteProtocolError):
             parse_uri("sip:bad user@example.com")
         with pytest.raises(RemoteProtocolError):
             parse_name_addr("<sip:x@example.com")
-    assert "sip:bad user@example.com" not in uri_module._URI_MEMO
+    assert "sip:bad user@example.com" not in uri_module.URI_MEMO
+
+
+def test_memo_forgets_the_oldest_first() -> None:
+    """Check a full memo drops its oldest entry for a new one, keeps the
+    others, replaces a known key without dropping anything, and refuses a
+    size below one."""
+    from engine.sip.memo import Memo
+
+    memo: Memo[str, int] = Memo(2)
+    memo.put("a", 1)
+    memo.put("b", 2)
+    memo.put("b", 3)
+    assert len(memo) == 2 and memo.get("a") == 1 and memo.get("b") == 3
+    memo.put("c", 4)
+    assert "a" not in memo and memo.get("b") == 3 and memo.get("c") == 4 and memo.get("a") is None
+    with pytest.raises(ValueError):
+        Memo(0)
