@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-import sip_cps  # noqa: E402
+sys.path.insert(0, str(BENCH.parent / "tests"))
+from sipp_load import UAC_WAIT_BYE, run_sipp_load, serve_answer_hangup  # noqa: E402
 
 PROBE = BENCH / "memprobe"
 
@@ -63,14 +63,15 @@ def run(rate: int, seconds: int, threshold: str | None, workdir: Path) -> dict[s
     if threshold:
         os.environ["CALLBRIDGE_GCPROBE_THRESHOLD"] = threshold
     try:
-        serve, port = sip_cps.start_callbridge(workdir)
+        serve = serve_answer_hangup(workdir)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     try:
         log.write_text("")  # start-up's collections (and gc.freeze's) are not the load's
-        ok, failed = sip_cps.run_sipp(["-sf", str(sip_cps.UAC_XML), "-s", "bench", f"127.0.0.1:{port}"],
-                                      rate, seconds, workdir)
+        load = run_sipp_load(["-sf", str(UAC_WAIT_BYE), "-s", "bench", f"127.0.0.1:{serve.sip_port}"],
+                             rate, seconds, workdir)
+        ok, failed = load.successful, load.failed
     finally:
         serve.stop()
     return {"rate": rate, "ok": ok, "failed": failed, "gens": pauses(log, seconds + 2)}

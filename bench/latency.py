@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -157,16 +156,8 @@ def _exact(values: list[float], q: float) -> float | None:
 def run_rate(rate: int, seconds: int, workdir: Path) -> dict[str, Any]:
     """One fresh engine, ``rate`` calls/s for ``seconds``: print and return its figures."""
     metrics_port = free_port()
-    old = os.environ.get("CALLBRIDGE_METRICS_LISTEN")
-    os.environ["CALLBRIDGE_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"  # start_callbridge's child reads it
-    try:
-        serve = serve_answer_hangup(workdir)
-        sip_port = serve.sip_port
-    finally:
-        if old is None:
-            del os.environ["CALLBRIDGE_METRICS_LISTEN"]
-        else:
-            os.environ["CALLBRIDGE_METRICS_LISTEN"] = old
+    serve = serve_answer_hangup(workdir, ["--metrics-listen", f"127.0.0.1:{metrics_port}"])
+    sip_port = serve.sip_port
     try:
         before = scrape(metrics_port)
         drops_before = udp_drops(sip_port)

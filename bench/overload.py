@@ -40,22 +40,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from serve_process import ServeProcess, free_port  # noqa: E402
+from sipp_load import serve_answer_hangup  # noqa: E402
 
 UAC_XML = Path(__file__).resolve().parent / "sipp" / "uac_wait_bye_or_503.xml"
 
 
 def start_engine(workdir: Path, metrics_port: int, extra: list[str]) -> ServeProcess:
-    """``callbridge serve`` with the bench's answering scenario, sipp's
-    address trusted (no rate limit: the engine's own capacity is under test)
-    and ``/metrics`` on ``metrics_port``."""
-    rules = workdir / "rules.yaml"
-    rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
-    serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
-                                   "--trusted", "127.0.0.1", "--log-level", "warning",
-                                   "--rtp-ports", "20000-60000",
-                                   "--metrics-listen", f"127.0.0.1:{metrics_port}", *extra])
-    serve.wait_healthy(10)
-    return serve
+    """The bench's answering engine (:func:`sipp_load.serve_answer_hangup`)
+    with ``/metrics`` on ``metrics_port``."""
+    return serve_answer_hangup(workdir, ["--metrics-listen", f"127.0.0.1:{metrics_port}", *extra])
 
 
 def scrape(metrics_port: int) -> dict[str, float]:

@@ -190,20 +190,12 @@ def phase_probe(args: argparse.Namespace, workdir: Path, results: Figures) -> Fi
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "listening":
             raise SystemExit(f"uas_probe did not start: {(workdir / 'probe.log').read_text()[-2000:]}")
-        start = max(args.start, int(results.get("callbridge_cps", {}).get("value", 0)))
-        best = search("probe", uac_sipp(port), args.seconds, start, args.max_rate * 4, workdir)
+        best = search_ceiling("probe", port, args, workdir, results)
         if proc.poll() is not None:
             raise SystemExit(f"uas_probe exited: {(workdir / 'probe.log').read_text()[-2000:]}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    capped = " (the highest rate tried: sipp itself is near its limit there)" if best >= args.max_rate * 4 else ""
-    print(f"probe: {best} calls/s with 0 failed{capped}", flush=True)
-    return {"probe_cps": figure(best, "calls/s", "higher")}
+        terminate(proc)
+    return report_ceiling("probe", best, args)
 
 
 def phase_kamailio(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
@@ -226,29 +218,48 @@ def phase_kamailio(args: argparse.Namespace, workdir: Path, results: Figures) ->
         time.sleep(1.0)
         if proc.poll() is not None:
             raise SystemExit(f"kamailio exited: {(workdir / 'kamailio.log').read_text()[-2000:]}")
-        start = max(args.start, int(results.get("callbridge_cps", {}).get("value", 0)))
-        best = search("kamailio", uac_sipp(port), args.seconds, start, args.max_rate * 4, workdir)
+        best = search_ceiling("kamailio", port, args, workdir, results)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
+    return report_ceiling("kamailio", best, args)
+
+
+def search_ceiling(label: str, port: int, args: argparse.Namespace, workdir: Path, results: Figures) -> int:
+    """A ceiling's best rate under sipp's ``uac -d 0``, searched from
+    callbridge's best (or ``--start``) up to 4 x ``--max-rate``."""
+    start = max(args.start, best_callbridge(results))
+    return search(label, uac_sipp(port), args.seconds, start, args.max_rate * 4, workdir)
+
+
+def report_ceiling(label: str, best: int, args: argparse.Namespace) -> Figures:
+    """Print a ceiling's best rate and return it as ``<label>_cps``."""
     capped = " (the highest rate tried: sipp itself is near its limit there)" if best >= args.max_rate * 4 else ""
-    print(f"kamailio: {best} calls/s with 0 failed{capped}", flush=True)
-    return {"kamailio_cps": figure(best, "calls/s", "higher")}
+    print(f"{label}: {best} calls/s with 0 failed{capped}", flush=True)
+    return {f"{label}_cps": figure(best, "calls/s", "higher")}
 
 
-# every phase, in the order they run; each returns its figures and sees the
-# figures of the phases before it
+def terminate(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def best_callbridge(results: Figures) -> int:
+    """callbridge's best rate found by an earlier phase of this run (0: none)."""
+    return int(results.get("callbridge_cps", {}).get("value", 0))
+
+
 def phase_latency(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
     """INVITE read -> the scenario's CallAlerting handler entered, from the
     engine's histogram (``bench/latency.py``), at 100 calls/s and at 80% of
     callbridge's best rate (or of ``--max-rate`` without a callbridge phase)."""
     import latency  # bench/latency.py
 
-    best = int(results.get("callbridge_cps", {}).get("value", 0)) or args.max_rate
+    best = best_callbridge(results) or args.max_rate
     runs = latency.bench_latency(workdir, latency.default_rates(best), max(args.seconds, 10))
     out: Figures = {}
     for run in runs["invite_to_alerting"]["runs"]:
@@ -266,7 +277,7 @@ def phase_overload(args: argparse.Namespace, workdir: Path, results: Figures) ->
     engine accepts must all complete, the rest be refused with 503."""
     from overload import run_overload  # bench/overload.py
 
-    best = int(results.get("callbridge_cps", {}).get("value", 0)) or args.max_rate
+    best = best_callbridge(results) or args.max_rate
     got = run_overload(best, max(args.seconds, 30))
     return {
         "overload_failed_accepted": figure(got["failed_accepted"], "calls", "lower"),
@@ -276,6 +287,8 @@ def phase_overload(args: argparse.Namespace, workdir: Path, results: Figures) ->
     }
 
 
+# every phase, in the order they run; each returns its figures and sees the
+# figures of the phases before it
 PHASES: dict[str, Phase] = {
     "callbridge": phase_callbridge,
     "probe": phase_probe,

@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from serve_process import ServeProcess
 
@@ -24,14 +24,16 @@ UAC_WAIT_BYE = ROOT / "tests" / "e2e" / "sipp" / "uac_wait_bye.xml"
 __all__ = ["UAC_WAIT_BYE", "SippLoad", "answer_hangup_sipp", "run_sipp_load", "serve_answer_hangup", "sipp_binary"]
 
 
-def serve_answer_hangup(workdir: Path) -> ServeProcess:
+def serve_answer_hangup(workdir: Path, extra: Sequence[str] = ()) -> ServeProcess:
     """``callbridge serve`` (its own process, uvloop) routing the service
-    ``bench`` to ``scenarios/answer_hangup.py`` (answer, 1 s, BYE), healthy."""
+    ``bench`` to ``scenarios/answer_hangup.py`` (answer, 1 s, BYE), sipp's
+    address trusted (no rate limit: the engine's own capacity is under
+    test), with ``extra`` flags (``--metrics-listen``...); healthy."""
     rules = workdir / "rules.yaml"
     rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
     serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
                                    "--trusted", "127.0.0.1", "--log-level", "warning",
-                                   "--rtp-ports", "20000-60000"])
+                                   "--rtp-ports", "20000-60000", *extra])
     serve.wait_healthy(10)
     return serve
 
