@@ -13,7 +13,7 @@ from engine.server import Engine
 
 from .conftest import EngineFactory, PeerFactory
 from .sip_peer import Dialog
-from .test_metrics import RULES, SCENARIOS, samples, scrape, value
+from .test_metrics import RULES, SCENARIOS, answered_and_rejected, samples, scrape, value
 
 NAME = "callbridge_invite_to_alerting_seconds"
 
@@ -62,17 +62,7 @@ async def test_each_sip_call_that_reaches_its_scenario_counts_once(
     engine = await make_engine(RULES, SCENARIOS, metrics_listen="127.0.0.1:0")
     before = await latency(engine)
     assert before["count"] == 0 and before["+Inf"] == 0
-    for _ in range(3):
-        uac = UdpUac(engine.ua.port, 40000, "talk")
-        try:
-            await uac.invite()
-            await uac.bye()
-        finally:
-            uac.close()
-    for _ in range(2):
-        peer = await peers.udp(engine)
-        Dialog(peer, f"sip:busy@127.0.0.1:{engine.ua.port}").invite()
-        await peer.expect(486, method="INVITE")
+    await answered_and_rejected(engine, peers)
     after = await latency(engine)
     assert after["count"] == 5
     assert after["+Inf"] == 5

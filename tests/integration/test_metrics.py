@@ -113,6 +113,22 @@ async def test_metrics_listen_is_checked(make_engine: EngineFactory) -> None:
         raise AssertionError("started with a bad --metrics-listen")
 
 
+async def answered_and_rejected(engine: Engine, peers: PeerFactory, answered: int = 3, rejected: int = 2) -> None:
+    """Place ``answered`` calls to ``talk`` (answered, then BYE) and
+    ``rejected`` to ``busy`` (486), one after the other, over UDP."""
+    for _ in range(answered):
+        uac = UdpUac(engine.ua.port, 40000, "talk")
+        try:
+            await uac.invite()
+            await uac.bye()
+        finally:
+            uac.close()
+    for _ in range(rejected):
+        peer = await peers.udp(engine)
+        Dialog(peer, f"sip:busy@127.0.0.1:{engine.ua.port}").invite()
+        await peer.expect(486, method="INVITE")
+
+
 async def test_calls_are_counted_once_with_their_labels(make_engine: EngineFactory, peers: PeerFactory) -> None:
     """Check 3 answered calls and 2 rejected ones raise callbridge_calls_total
     by exactly 3 (sip, inbound, connected) and 2 (rejected), and
@@ -123,17 +139,7 @@ async def test_calls_are_counted_once_with_their_labels(make_engine: EngineFacto
     before = samples(text)
     connected = dict(kind="sip", direction="inbound", outcome="connected")
     rejected = dict(kind="sip", direction="inbound", outcome="rejected")
-    for _ in range(3):
-        uac = UdpUac(engine.ua.port, 40000, "talk")
-        try:
-            await uac.invite()
-            await uac.bye()
-        finally:
-            uac.close()
-    for _ in range(2):
-        peer = await peers.udp(engine)
-        Dialog(peer, f"sip:busy@127.0.0.1:{engine.ua.port}").invite()
-        await peer.expect(486, method="INVITE")
+    await answered_and_rejected(engine, peers)
     assert await wait_until(lambda: sample(engine, "callbridge_calls_total", **connected) == 3
                             and sample(engine, "callbridge_calls_total", **rejected) == 2)
     _, text = await scrape(engine, key)
