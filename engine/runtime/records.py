@@ -21,6 +21,33 @@ __all__ = ["SessionLogs", "CallRecords"]
 logger = logging.getLogger("engine.runtime.scenario")
 
 
+class _FlushSoon:
+    """Call ``flush`` once, ``delay`` seconds after the first of a run of
+    calls (at once when no event loop runs): what the session logs and the
+    call records use to write a burst in one go."""
+
+    __slots__ = ("flush", "armed")
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+        self.armed = False
+
+    def __call__(self, delay: float) -> None:
+        if self.armed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self.armed = True
+        loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self.armed = False
+        self.flush()
+
+
 class SessionLogs:
     """Session log lines: live sessions keep their own; this keeps those of
     recently ended sessions in memory and writes every line to today's
@@ -46,7 +73,7 @@ class SessionLogs:
         self._file: IO[str] | None = None
         self._day = ""
         self._day_ends = 0.0
-        self._flush_armed = False
+        self._flush_soon = _FlushSoon(self.flush)
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -81,18 +108,10 @@ class SessionLogs:
         except OSError:
             logger.exception("cannot write session log")
             return
-        if not self._flush_armed:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._flush_armed = True
-            loop.call_later(self.FLUSH_AFTER, self.flush)
+        self._flush_soon(self.FLUSH_AFTER)
 
     def flush(self) -> None:
         """Write the buffered lines to the file now."""
-        self._flush_armed = False
         if self._file is not None:
             try:
                 self._file.flush()
@@ -155,7 +174,7 @@ class CallRecords:
         #: engine's metrics count it, and its end through ``call.on_ended``.
         self.on_track: list[Callable[[Call], None]] = []
         self._tracked: weakref.WeakSet[Call] = weakref.WeakSet()
-        self._flush_armed = False
+        self._flush_soon = _FlushSoon(self._flush)
 
     def track(self, session_id: str, rule: str, call: Call) -> None:
         """Keep a record of ``call`` (written when it ends) and report
@@ -193,7 +212,7 @@ class CallRecords:
                 except Exception:
                     logger.exception("cannot write the call record of %s", call.id)
                 else:
-                    self._flush_soon()
+                    self._flush_soon(self.FLUSH_AFTER)
             if self.hooks:
                 self.publish("call.ended", record)
 
@@ -204,19 +223,7 @@ class CallRecords:
     #: cost of ending a call at hundreds of calls a second).
     FLUSH_AFTER = 0.25
 
-    def _flush_soon(self) -> None:
-        if self._flush_armed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._flush()
-            return
-        self._flush_armed = True
-        loop.call_later(self.FLUSH_AFTER, self._flush)
-
     def _flush(self) -> None:
-        self._flush_armed = False
         if self.store is None:
             return
         try:
