@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from serve_process import ServeProcess, free_port  # noqa: E402
 from sipp_load import serve_answer_hangup  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sip_cps import bracket  # noqa: E402
+
 UAC_XML = Path(__file__).resolve().parent / "sipp" / "uac_wait_bye_or_503.xml"
 
 
@@ -116,12 +119,12 @@ def sipp_calls(port: int, rate: int, seconds: int, workdir: Path) -> dict[str, i
 
 
 def find_max_rate(workdir: Path, seconds: int = 10, start: int = 250, ceiling: int = 4000) -> int:
-    """Highest rate with zero failed calls in ``seconds`` steps: doubling,
-    then two bisections (a quick estimate; bench/sip_cps searches properly)."""
-    best, high, rate = 0, None, start
-    for _ in range(8):
-        metrics_port = free_port()
-        serve = start_engine(workdir, metrics_port, [])
+    """Highest rate with zero failed calls in ``seconds`` steps, a fresh
+    engine each (a quick estimate with sip_cps's :func:`~sip_cps.bracket`;
+    bench/sip_cps searches properly, 60 s a step)."""
+
+    def step(rate: int) -> bool:
+        serve = start_engine(workdir, free_port(), [])
         try:
             calls = sipp_calls(serve.sip_port, rate, seconds, workdir)
         finally:
@@ -129,17 +132,9 @@ def find_max_rate(workdir: Path, seconds: int = 10, start: int = 250, ceiling: i
         passed = calls["failed"] == 0 and calls["successful"] == rate * seconds
         print(f"  search {rate:6d} calls/s for {seconds} s: ok={calls['successful']} "
               f"failed={calls['failed']} {'PASS' if passed else 'FAIL'}", flush=True)
-        if passed:
-            best = rate
-            if high is None and rate < ceiling:
-                rate = min(rate * 2, ceiling)
-                continue
-        else:
-            high = rate
-        if high is None or high - best <= max(50, best // 10):
-            break
-        rate = (best + high) // 2
-    return best
+        return passed
+
+    return bracket(step, start, ceiling, pause=0.0)
 
 
 def run_overload(max_rate: int, seconds: int = 60, workdir: Path | None = None, *,

@@ -96,23 +96,19 @@ request_route {{
 """
 
 
-def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate: int,
-           workdir: Path) -> int:
-    """Highest rate with zero failed calls: double from ``start`` up to
-    ``max_rate``, then bisect until the bracket is within max(50, 10%)."""
+def bracket(step: Callable[[int], bool | None], start: int, max_rate: int, pause: float = 2.0) -> int:
+    """Highest rate for which ``step(rate)`` passes: double from ``start`` up
+    to ``max_rate``, then bisect until the bracket is within max(50, 10%),
+    ``pause`` seconds between bisection steps. ``step`` returns ``None`` to
+    end the search (a broken setup, not a capacity)."""
     best, low = 0, 0
     high: int | None = None
     rate = min(start, max_rate)
     while True:
-        run = run_sipp_load(sipp_args, rate, seconds, workdir)
-        unfinished = run.placed - run.successful - run.failed  # placed, never ended (sipp timed out)
-        print(f"  {label:10} {rate:6d} calls/s for {seconds} s: ok={run.successful} failed={run.failed}"
-              f"{f' unfinished={unfinished}' if unfinished else ''} {'PASS' if run.passed else 'FAIL'}",
-              flush=True)
-        if run.successful == 0:  # nothing answered at all: a broken setup, not a capacity
-            print(f"  {label}: no call succeeded; stopping the search (see {run.log})", flush=True)
+        passed = step(rate)
+        if passed is None:
             break
-        if run.passed:
+        if passed:
             best = low = rate
             if high is None:
                 if rate >= max_rate:
@@ -124,8 +120,27 @@ def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate:
         if high is None or high - low <= max(50, low // 10):
             break
         rate = (low + high) // 2
-        time.sleep(2)
+        time.sleep(pause)
     return best
+
+
+def search(label: str, sipp_args: list[str], seconds: int, start: int, max_rate: int,
+           workdir: Path) -> int:
+    """Highest rate with zero failed calls (:func:`bracket`), each rate a
+    sipp run of ``seconds``; a run in which no call succeeded ends it."""
+
+    def step(rate: int) -> bool | None:
+        run = run_sipp_load(sipp_args, rate, seconds, workdir)
+        unfinished = run.placed - run.successful - run.failed  # placed, never ended (sipp timed out)
+        print(f"  {label:10} {rate:6d} calls/s for {seconds} s: ok={run.successful} failed={run.failed}"
+              f"{f' unfinished={unfinished}' if unfinished else ''} {'PASS' if run.passed else 'FAIL'}",
+              flush=True)
+        if run.successful == 0:  # nothing answered at all: a broken setup, not a capacity
+            print(f"  {label}: no call succeeded; stopping the search (see {run.log})", flush=True)
+            return None
+        return run.passed
+
+    return bracket(step, start, max_rate)
 
 
 def uac_sipp(port: int) -> list[str]:
