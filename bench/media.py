@@ -347,9 +347,18 @@ def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any
     return sessions, calls
 
 
-def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False) -> None:
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of process ``pid`` (a send worker), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False,
+                  send_workers: int = 0) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
-    (``metrics``: with the engine's Prometheus figures scraped every second)."""
+    (``metrics``: with the engine's Prometheus figures scraped every second;
+    ``send_workers``: that many RTP send workers, as ``--media-send-workers``,
+    whose CPU is counted with the engine's)."""
     _install_uvloop()
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -357,8 +366,19 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
     pairs = engine_ports(conn, plan)
     client_ports = conn.recv()
 
+    workers = None
+    if send_workers:
+        from engine.transport.rtp_send import SendWorkers
+
+        workers = SendWorkers(send_workers)
+        workers.start()
+
+    def cpu() -> float:
+        return _cpu() + (sum(_proc_cpu(pid) for pid in workers.pids) if workers is not None else 0.0)
+
     async def main() -> dict[str, Any]:
         clock = MediaClock()
+        clock.dispatch = workers
         tmp = tempfile.mkdtemp(prefix="bench-media-")
         graph = MediaGraph(clock, recordings_dir=tmp)
         sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics)
@@ -401,9 +421,9 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
                 pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
 
         gc.callbacks.append(on_gc)
-        c0 = _cpu()
+        c0 = cpu()
         await asyncio.sleep(max(0.0, w1 - time.monotonic()))
-        c1 = _cpu()
+        c1 = cpu()
         gc.callbacks.remove(on_gc)
         if prof is not None:
             prof.disable()
@@ -437,6 +457,10 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         return result
 
     result = asyncio.run(main())
+    if workers is not None:
+        result["send_workers"] = {"lead_ms": workers.lead * 1000, "fallbacks": workers.fallbacks,
+                                  "restarts": workers.restarts, "packets": workers.packets}
+        workers.stop()
     result["mix_alone"] = mix_alone([3, 10, 100], MediaGraph)
     for p in pairs:
         p.close()
@@ -602,6 +626,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the engine during the window")
     parser.add_argument("--idle", choices=("silence", "nothing"),
                         help="nobody speaks: the generator sends µ-law silence, or no packets at all")
+    parser.add_argument("--send-workers", type=int, default=0,
+                        help="RTP send workers, as serve's --media-send-workers (their CPU counts as the engine's)")
     parser.add_argument("--metrics", action="store_true",
                         help="scrape the engine's Prometheus figures every second during the run")
     args = parser.parse_args()
@@ -630,7 +656,7 @@ def main() -> int:
     if args.only == "echo":
         return 0
 
-    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics), plan, args.warmup, args.seconds,
+    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.send_workers), plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
     wall = sres["wall"]
     core = sres["cpu"] / wall
@@ -651,6 +677,11 @@ def main() -> int:
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
           f"second ({core / legs * 1000 * 100:.1f}% of a core per 1,000 legs); {pps:,.0f} packets/s in, "
           f"{sres['sent'] / wall:,.0f} out; {us_pkt:.1f} us/packet (in + out)")
+    if "send_workers" in sres:
+        sw = sres["send_workers"]
+        print(f"  send workers: {args.send_workers}, lead {sw['lead_ms']:.2f} ms at the end, "
+              f"{sw['packets']:,} packets through them, {sw['fallbacks']} ticks sent by the engine, "
+              f"{sw['restarts']} restarts")
     if args.idle:
         print(f"  idle ({args.idle}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
               f"nothing; {core / legs * 1e6:.0f} us CPU per leg per second")

@@ -30,6 +30,8 @@ from engine.security_log import escape_controls
 __all__ = ["main", "build_parser"]
 
 ENV_PREFIX = "CALLBRIDGE_"
+#: Most RTP send workers ``--media-send-workers`` starts (each is a process).
+MAX_SEND_WORKERS = 16
 
 
 class _LogfmtFormatter(logging.Formatter):
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                             " get 503 (0: off)")
     serve.add_argument("--sip-udp-rcvbuf", type=int, default=int(_env("SIP_UDP_RCVBUF", 4 * 1024 * 1024)),
                        help="bytes of receive buffer asked for each SIP UDP socket (0: the system's)")
+    serve.add_argument("--media-send-workers", type=int, default=int(_env("MEDIA_SEND_WORKERS", 0)),
+                       help="processes that send conference audio at each 20 ms tick's due time, using "
+                            "another core (0: the event loop sends it)")
     serve.add_argument("--max-tcp-per-source", type=int, default=int(_env("MAX_TCP_PER_SOURCE", 20)),
                        help="most SIP TCP connections one source address may hold")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", 5000)),
@@ -281,6 +286,9 @@ def _config_from(args: argparse.Namespace) -> Any:
     for flag in ("overload_lag_ms", "overload_drop_lag_ms", "max_setup_calls", "sip_udp_rcvbuf"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
+    if not 0 <= args.media_send_workers <= MAX_SEND_WORKERS:
+        raise SystemExit(f"callbridge: --media-send-workers must be 0 (off) to {MAX_SEND_WORKERS}, "
+                         f"got {args.media_send_workers}")
     from engine.transport.overload import OverloadBounds
 
     try:
@@ -331,7 +339,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         tls_cert=args.tls_cert, tls_key=args.tls_key, sip_tls_port=args.sip_tls_port,
         trunk_ca=args.trunk_ca, trunk_client_cert=args.trunk_client_cert,
         trunk_client_key=args.trunk_client_key,
-        metrics_listen=args.metrics_listen or None,
+        metrics_listen=args.metrics_listen or None, media_send_workers=args.media_send_workers,
     )
 
 

@@ -43,6 +43,7 @@ from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
 from engine.calls.conference import Conference, MediaGraph
 from engine.calls.recording import Recording
+from engine.transport.rtp_send import SendWorkers
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy
 from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_server_context, reload_server_context
@@ -98,6 +99,9 @@ class EngineConfig:
     srtp_allow_plain_signalling: bool = False
     rtp_probation: int = PROBATION
     rtp_send_grace: float = SEND_GRACE
+    #: RTP send workers (engine.transport.rtp_send): processes that send the
+    #: media clock's frames at their due time; 0: the event loop sends them.
+    media_send_workers: int = 0
     realm: str = "callbridge"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     timers: Timers = field(default_factory=Timers)
@@ -313,6 +317,8 @@ class Engine:
         self._started: list[str] = []
         #: The one media clock of this process (ticks only while audio flows).
         self.media_clock = MediaClock()
+        #: The RTP send workers, when ``media_send_workers`` asks for them.
+        self.send_workers: SendWorkers | None = None
         try:
             provider = make_tts_provider(config.tts_provider)
         except ValueError as exc:
@@ -431,6 +437,11 @@ class Engine:
                 f"cannot listen for SIP on {','.join(cfg.sip_hosts)} port {cfg.sip_port}: {exc.strerror}"
             ) from None
         self._started.append("sip")
+        if cfg.media_send_workers:
+            self.send_workers = SendWorkers(cfg.media_send_workers)
+            self.send_workers.start()
+            self.media_clock.dispatch = self.send_workers
+            self._started.append("send_workers")
         add_ice_host_addresses(cfg.webrtc_hosts)
         app = create_app(self, connections)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -574,6 +585,9 @@ class Engine:
                     await self.media_clock.stop()
                     for ports in self.ports.values():
                         ports.close()
+                elif part == "send_workers" and self.send_workers is not None:
+                    self.media_clock.dispatch = None
+                    self.send_workers.stop()
                 elif part == "store" and self.store is not None:
                     self.store.close()
             except Exception as exc:  # gather, keep stopping the rest

@@ -12,6 +12,14 @@ Ticks are drift-free: tick *n* is due at ``start + n * interval`` on
 was blocked for longer than ``max_catch_up`` ticks the clock skips ahead
 instead of firing a burst (counted in :attr:`MediaClock.skipped`).
 
+With a :class:`TickDispatch` (the engine's RTP send workers,
+:mod:`engine.transport.rtp_send`) a tick starts :attr:`TickDispatch.lead`
+seconds before it is due: the sinks prepare their frames then, the
+dispatch collects the datagrams, and they leave at the due time from the
+workers. The grid is kept on ``time.monotonic`` (the workers' clock; uvloop's
+``loop.time()`` counts whole milliseconds); sinks are still given
+``loop.time()``.
+
 For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the loop
 time of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
 to a list makes every tick append how late it fired (seconds); ``None``, the
@@ -22,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import Protocol
 
 from engine.media.pcm import FRAME_SECONDS
 
-__all__ = ["ClockSink", "MediaClock", "TICK"]
+__all__ = ["ClockSink", "MediaClock", "TICK", "TickDispatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,21 @@ TICK = FRAME_SECONDS
 class ClockSink(Protocol):
     def tick(self, now: float) -> bool:
         """Move one frame; return ``False`` to be dropped from the clock."""
+        ...
+
+
+class TickDispatch(Protocol):
+    """Where a tick's datagrams go to leave at its due time."""
+
+    #: Seconds ahead of its due time a tick starts.
+    lead: float
+
+    def begin(self, planned: float) -> None:
+        """A tick starts (``planned``: when it was meant to, ``time.monotonic``)."""
+        ...
+
+    def end(self, due: float) -> None:
+        """The tick's frames are ready: send them at ``due`` (``time.monotonic``)."""
         ...
 
 
@@ -58,6 +82,8 @@ class MediaClock:
         self.origin: float | None = None
         #: When a list: each tick appends its lateness in seconds (a recorder for benches).
         self.lateness: list[float] | None = None
+        #: Where ticks' datagrams go to leave at their due time (``None``: sent as made).
+        self.dispatch: TickDispatch | None = None
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -90,16 +116,17 @@ class MediaClock:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.interval
-        start = self.origin = loop.time()
+        start = self.origin = monotonic()
         n = 0
         while self._sinks:
             n += 1
             due = start + n * interval
-            delay = due - loop.time()
+            dispatch = self.dispatch
+            planned = due - dispatch.lead if dispatch is not None else due
+            delay = planned - monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            now = loop.time()
-            late = now - due
+            late = monotonic() - planned
             if late > self.max_lateness:
                 self.max_lateness = late
             if late > 0.0:
@@ -110,13 +137,22 @@ class MediaClock:
                 skip = int(late / interval)
                 n += skip
                 self.skipped += skip
+                due += skip * interval
             self.ticks += 1
-            for sink in list(self._sinks):
-                try:
-                    keep = sink.tick(now)
-                except Exception:
-                    logger.exception("media clock sink %r failed; dropped", sink)
-                    keep = False
-                if not keep:
-                    self._sinks.pop(sink, None)
+            now = loop.time()
+            dispatch = self.dispatch
+            if dispatch is not None:
+                dispatch.begin(planned)
+            try:
+                for sink in list(self._sinks):
+                    try:
+                        keep = sink.tick(now)
+                    except Exception:
+                        logger.exception("media clock sink %r failed; dropped", sink)
+                        keep = False
+                    if not keep:
+                        self._sinks.pop(sink, None)
+            finally:
+                if dispatch is not None:
+                    dispatch.end(due)
         self._task = None

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import socket
 from time import monotonic as _monotonic
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
 __all__ = ["RtpTransport", "DatagramHandler"]
 
@@ -35,8 +35,21 @@ BURST_GAP = 0.010
 _MAX_DATAGRAM = 2048
 
 
+class BatchSink(Protocol):
+    """Takes datagrams to send later (:class:`~engine.transport.rtp_send.SendWorkers`)."""
+
+    def add(self, transport: RtpTransport, data: bytes, addr: Any) -> bool:
+        """Queue ``data``; ``False``: send it yourself."""
+        ...
+
+
 class RtpTransport:
     """Receive and send RTP on one UDP socket."""
+
+    #: While the media clock prepares a tick for the send workers: where every
+    #: transport's datagrams go instead of ``sendto`` (one event loop, so one
+    #: tick at a time; ``None`` otherwise).
+    batch: ClassVar[BatchSink | None] = None
 
     def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.sock = sock
@@ -45,6 +58,8 @@ class RtpTransport:
         self._last_read = 0.0
         self.received = 0
         self.sent = 0
+        #: The batch sink's note of where this transport's datagrams go.
+        self.batch_memo: Any = None
         self.send_errors = 0
 
     @property
@@ -90,6 +105,10 @@ class RtpTransport:
 
     def sendto(self, data: bytes, addr: Any) -> None:
         """Send one datagram; errors are counted, never raised (UDP is lossy anyway)."""
+        batch = RtpTransport.batch
+        if batch is not None and batch.add(self, data, addr):
+            self.sent += 1
+            return
         try:
             self.sock.sendto(data, addr)
             self.sent += 1

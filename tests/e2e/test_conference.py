@@ -94,11 +94,14 @@ def _heard(phone: RtpPhone) -> dict[float, float]:
     return {f: tone_level(pcm, f) for f in FREQS}
 
 
-async def test_conference_tones(make_engine) -> None:
+@pytest.mark.parametrize("send_workers", [0, 2])
+async def test_conference_tones(make_engine, send_workers: int) -> None:
     """Three callers in one conference: each hears both other callers' tones
     (amplitude above 1000 of the ~5000 sent) and not its own (below 100: the
-    mix-minus removes it exactly); the conference reports joins and leaves."""
-    engine = await make_engine(RULES, {"door": DOOR, "room": ROOM})
+    mix-minus removes it exactly); the conference reports joins and leaves.
+    With RTP send workers (``--media-send-workers 2``) the same, and the
+    conference's frames went through the workers."""
+    engine = await make_engine(RULES, {"door": DOOR, "room": ROOM}, media_send_workers=send_workers)
     phones = await _phones(engine, "conf", FREQS)
     try:
         await wait_for_log(engine, "joined 3", timeout=5)
@@ -117,6 +120,11 @@ async def test_conference_tones(make_engine) -> None:
         await asyncio.sleep(1.0)
         for phone in phones[1:]:
             assert _heard(phone)[FREQS[0]] < 100, _heard(phone)
+        if send_workers:
+            assert engine.send_workers is not None and len(engine.send_workers.pids) == send_workers
+            assert engine.send_workers.packets > 100 and engine.send_workers.fallbacks == 0
+        else:
+            assert engine.send_workers is None
     finally:
         await _close(phones)
 

@@ -186,3 +186,17 @@ def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
                          text=True, check=True, timeout=60).stdout.split()
     want = hard if hard != resource.RLIM_INFINITY else 1_048_576
     assert out == ["(256,", f"{want})", str(want)]
+
+
+def test_media_send_workers_default_flag_environment_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check RTP send workers are off by default, read CALLBRIDGE_MEDIA_SEND_WORKERS
+    and the flag, and a count below 0 or above 16 (each is a process) is refused by name."""
+    monkeypatch.delenv("CALLBRIDGE_MEDIA_SEND_WORKERS", raising=False)
+    assert config([]).media_send_workers == 0
+    assert config(["--media-send-workers", "2"]).media_send_workers == 2
+    monkeypatch.setenv("CALLBRIDGE_MEDIA_SEND_WORKERS", "1")
+    assert config([]).media_send_workers == 1
+    for bad in ("-1", "17"):
+        with pytest.raises(SystemExit) as info:
+            config(["--media-send-workers", bad])
+        assert str(info.value) == f"callbridge: --media-send-workers must be 0 (off) to 16, got {bad}"

@@ -1,0 +1,261 @@
+"""RTP send workers (engine.transport.rtp_send) with real worker processes and real UDP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+from engine.media.clock import MediaClock
+from engine.transport.rtp_send import SWEEP_EVERY, SendWorkers, encode_address, iter_records
+from engine.transport.rtp_transport import RtpTransport
+
+
+_opened: list[socket.socket] = []
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    _opened.append(sock)
+    return sock
+
+
+def _recv_all(sock: socket.socket, count: int, timeout: float = 5.0) -> list[tuple[bytes, tuple[str, int]]]:
+    """``count`` datagrams from ``sock`` (fewer if ``timeout`` passes first)."""
+    sock.settimeout(timeout)
+    got = []
+    try:
+        while len(got) < count:
+            got.append(sock.recvfrom(2048))
+    except TimeoutError:
+        pass
+    return got
+
+
+def _nothing_waiting(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recvfrom(2048)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+@pytest.fixture
+def workers():
+    made: list[SendWorkers] = []
+
+    def factory(count: int) -> SendWorkers:
+        w = SendWorkers(count)
+        w.start()
+        made.append(w)
+        return w
+
+    yield factory
+    for w in made:
+        w.stop()
+    RtpTransport.batch = None
+    while _opened:
+        _opened.pop().close()
+
+
+def _tick(w: SendWorkers, sends: list[tuple[RtpTransport, bytes, tuple[str, int]]], delay: float = 0.0) -> None:
+    w.begin(time.monotonic())
+    for transport, data, addr in sends:
+        transport.sendto(data, addr)
+    w.end(time.monotonic() + delay)
+
+
+def test_a_tick_leaves_from_each_legs_own_port_after_end(workers) -> None:
+    """Datagrams offered during a tick are held until end() (nothing reaches
+    the receiver before), then each arrives once, unchanged, from the port
+    of the socket that offered it (symmetric RTP), spread over two workers."""
+    w = workers(2)
+    legs = [RtpTransport(_udp(), lambda d, a: None) for _ in range(4)]
+    peer = _udp()
+    dest = peer.getsockname()
+    w.begin(time.monotonic())
+    for i, leg in enumerate(legs):
+        leg.sendto(b"frame-%d" % i, dest)
+    assert _nothing_waiting(peer)
+    w.end(time.monotonic() + 0.01)
+    got = _recv_all(peer, 4)
+    assert sorted(data for data, _ in got) == [b"frame-%d" % i for i in range(4)]
+    by_data = {data: src for data, src in got}
+    for i, leg in enumerate(legs):
+        assert by_data[b"frame-%d" % i] == leg.sock.getsockname()
+        assert leg.sent == 1
+    assert w.packets == 4 and w.fallbacks == 0
+    assert len({pid for pid in w.pids}) == 2
+    for leg in legs:
+        leg.sock.close()
+
+
+def test_outside_a_tick_the_transport_sends_itself(workers) -> None:
+    """RTCP and anything sent between ticks go out at once, not through a worker."""
+    w = workers(1)
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    leg.sendto(b"now", peer.getsockname())
+    assert _recv_all(peer, 1, timeout=2) == [(b"now", leg.sock.getsockname())]
+    assert w.packets == 0
+    leg.sock.close()
+
+
+def test_a_killed_worker_loses_nothing_and_is_replaced(workers, caplog) -> None:
+    """A worker that dies: that tick is sent by the engine (nothing lost, an
+    error logged naming it), a new worker starts, and the tick after goes
+    through the new one with the socket handed over again."""
+    w = workers(1)
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    dest = peer.getsockname()
+    _tick(w, [(leg, b"one", dest)])
+    assert _recv_all(peer, 1) == [(b"one", leg.sock.getsockname())]
+    old = w.pids[0]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while w._workers[0].proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _tick(w, [(leg, b"two", dest)])
+    assert _recv_all(peer, 1) == [(b"two", leg.sock.getsockname())]
+    assert w.fallbacks == 1 and w.restarts == 1 and w.pids[0] != old
+    assert "RTP send worker 0" in caplog.text
+    _tick(w, [(leg, b"three", dest)])
+    assert _recv_all(peer, 1) == [(b"three", leg.sock.getsockname())]
+    assert w.fallbacks == 1
+    leg.sock.close()
+
+
+def test_a_closed_socket_is_let_go_by_its_worker(workers) -> None:
+    """A socket the engine closes is forgotten at the next sweep: the worker
+    closes its copy, so the port can be bound again (without the sweep the
+    worker would hold it bound)."""
+    w = workers(1)
+    sock = _udp()
+    port = sock.getsockname()[1]
+    leg = RtpTransport(sock, lambda d, a: None)
+    peer = _udp()
+    _tick(w, [(leg, b"x", peer.getsockname())])
+    assert len(_recv_all(peer, 1)) == 1
+    sock.close()
+    with pytest.raises(OSError):  # the worker's copy still holds the port
+        _udp_on(port).close()
+    for _ in range(SWEEP_EVERY):
+        _tick(w, [])
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _udp_on(port).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the worker kept the closed socket's port"
+            time.sleep(0.02)
+
+
+def _udp_on(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def test_a_worker_skips_bad_messages_and_goes_on(workers) -> None:
+    """Malformed messages on the pair (short, unknown tags, a record naming an
+    unknown slot or address, a truncated record, an address that is not
+    UTF-8) are skipped; the worker still sends the next good batch."""
+    w = workers(1)
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    dest = peer.getsockname()
+    _tick(w, [(leg, b"first", dest)])
+    assert len(_recv_all(peer, 1)) == 1
+    ctl = w._workers[0].ctl
+    for bad in (b"B", b"S", b"F\x01", b"A\x00", b"Zzz", b"A" + struct.pack("<IH", 7, 9) + b"\xff\xfe",
+                b"B" + struct.pack("<dB", 0.0, 1) + struct.pack("<IIH", 999, 0, 3) + b"abc",
+                b"B" + struct.pack("<dB", 0.0, 1) + struct.pack("<IIH", 0, 0, 50) + b"short"):
+        ctl.send(bad)
+    _tick(w, [(leg, b"second", dest)])
+    assert [d for d, _ in _recv_all(peer, 1)] == [b"second"]
+    assert w._workers[0].proc.poll() is None
+    leg.sock.close()
+
+
+def test_stop_ends_the_workers(workers) -> None:
+    """stop() closes the pairs; each worker exits with code 0."""
+    w = workers(2)
+    procs = [x.proc for x in w._workers]
+    w.stop()
+    assert [p.returncode for p in procs] == [0, 0]
+
+
+def test_records_round_trip_and_a_damaged_chunk_stops() -> None:
+    """The batch format: records read back in order; a record longer than
+    the chunk ends the reading without raising."""
+    rec = lambda slot, aid, data: struct.pack("<IIH", slot, aid, len(data)) + data  # noqa: E731
+    chunk = b"B" + struct.pack("<dB", 1.5, 1) + rec(1, 2, b"ab") + rec(3, 4, b"") + rec(5, 6, b"xyz")
+    assert [(s, a, bytes(d)) for s, a, d in iter_records(memoryview(chunk))] == [(1, 2, b"ab"), (3, 4, b""),
+                                                                                 (5, 6, b"xyz")]
+    assert [s for s, _, _ in iter_records(memoryview(chunk[:-1]))] == [1, 3]
+    assert encode_address(7, ("::1", 5004, 0, 0)) == b"A" + struct.pack("<IH", 7, 5004) + b"::1"
+
+
+def test_bad_worker_count() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        SendWorkers(0)
+
+
+class _Sink:
+    def __init__(self, dispatch: "_Dispatch") -> None:
+        self.dispatch = dispatch
+        self.ticks = 0
+
+    def tick(self, now: float) -> bool:
+        self.dispatch.events.append("tick")
+        self.ticks += 1
+        return self.ticks < 5
+
+
+class _Dispatch:
+    lead = 0.004
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def begin(self, planned: float) -> None:
+        self.events.append(("begin", planned))
+
+    def end(self, due: float) -> None:
+        self.events.append(("end", due))
+
+
+async def test_the_clock_starts_a_tick_lead_early_and_hands_its_due_time() -> None:
+    """With a dispatch the clock calls begin() before the sinks and end(due)
+    after them; each due is on the 20 ms grid from the clock's origin and
+    ``lead`` after the planned start given to begin()."""
+    clock = MediaClock()
+    dispatch = _Dispatch()
+    clock.dispatch = dispatch
+    sink = _Sink(dispatch)
+    clock.add(sink)
+    while clock._task is not None and not clock._task.done():
+        await asyncio.sleep(0.02)
+    assert sink.ticks == 5
+    events = dispatch.events
+    assert len(events) == 15
+    for i in range(5):
+        begin, tick, end = events[3 * i: 3 * i + 3]
+        assert begin[0] == "begin" and tick == "tick" and end[0] == "end"
+        assert end[1] - begin[1] == pytest.approx(dispatch.lead)
+        assert (end[1] - clock.origin) / clock.interval == pytest.approx(i + 1)
