@@ -98,7 +98,8 @@ class MetricsSources:
     :param runtime: the scenario runtime (``sessions``, ``sessions_started``,
         ``sessions_ended``, ``scenario_errors``, ``invite_to_alerting``).
     :param ua: the SIP user agent (``calls``, ``endpoint.stats``).
-    :param clock: the media clock (``ticks``, ``skipped``, ``lateness_sum``, ``max_lateness``).
+    :param clock: the media clock (``ticks``, ``skipped``, ``lateness_sum``, ``max_lateness``,
+        and its ``dispatch``'s ``packets``, ``fallbacks``, ``restarts``, ``lead`` when it has one).
     :param graph: the media graph (``conferences``, ``bridge.ticks``, ``bridge.busy_seconds``).
     :param webhooks: the webhook dispatcher (``outcomes``).
     """
@@ -271,6 +272,18 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily("callbridge_media_clock_lateness_max_seconds",
                                 "Latest a tick fired since start", value=clock.max_lateness)
         yield GaugeMetricFamily("callbridge_media_clock_sinks", "Streams the clock ticks now", value=len(clock))
+        workers = clock.dispatch  # the RTP send workers (engine.transport.rtp_send), when started
+        if workers is not None:
+            yield CounterMetricFamily("callbridge_media_send_worker_packets",
+                                      "RTP datagrams of the media clock sent by the send workers",
+                                      value=workers.packets)
+            yield CounterMetricFamily("callbridge_media_send_worker_fallback_ticks",
+                                      "Ticks the engine sent itself because a send worker died or fell behind",
+                                      value=workers.fallbacks)
+            yield CounterMetricFamily("callbridge_media_send_worker_restarts",
+                                      "Send workers started again after one died", value=workers.restarts)
+            yield GaugeMetricFamily("callbridge_media_send_worker_lead_seconds",
+                                    "How far ahead of its due time the clock prepares a tick", value=workers.lead)
 
     # -- webhooks, security ----------------------------------------------------------
 

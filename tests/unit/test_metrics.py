@@ -20,6 +20,7 @@ from engine.calls.call import Call, CallState, InternalCall
 from engine.calls.conference import MediaGraph
 from engine.media import rtcp_session
 from engine.media.clock import MediaClock
+from engine.transport.rtp_send import SendWorkers
 from engine.media.rtcp_session import ClosedTotals, RtcpSession
 from engine.transport.overload import OverloadBounds, OverloadDetector
 from engine.media.rtp import RtpSender
@@ -194,6 +195,20 @@ def test_clock_and_conferences() -> None:
     assert value(metrics, "callbridge_media_clock_lateness_max_seconds") == 0.03
     assert value(metrics, "callbridge_media_mixer_ticks_total") == 40
     assert value(metrics, "callbridge_media_mixer_busy_seconds_total") == 0.5
+    assert value(metrics, "callbridge_media_send_worker_packets_total") == -1.0  # no send workers: left out
+
+
+def test_send_workers() -> None:
+    """Check the RTP send workers' figures, read from the clock's dispatch."""
+    clock = MediaClock()
+    workers = SendWorkers(1)  # not started: only its counters are read
+    workers.packets, workers.fallbacks, workers.restarts, workers.lead = 5000, 2, 1, 0.004
+    clock.dispatch = workers
+    metrics, _, _ = isolated(clock=clock)
+    assert value(metrics, "callbridge_media_send_worker_packets_total") == 5000
+    assert value(metrics, "callbridge_media_send_worker_fallback_ticks_total") == 2
+    assert value(metrics, "callbridge_media_send_worker_restarts_total") == 1
+    assert value(metrics, "callbridge_media_send_worker_lead_seconds") == 0.004
 
 
 async def test_calls_are_counted_once_at_start_and_end() -> None:
