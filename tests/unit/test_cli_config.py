@@ -186,3 +186,15 @@ def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
                          text=True, check=True, timeout=60).stdout.split()
     want = hard if hard != resource.RLIM_INFINITY else 1_048_576
     assert out == ["(256,", f"{want})", str(want)]
+
+
+def test_silence_suppression_off_by_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check silence suppression is off by default (SIP trunks expect
+    continuous RTP), and --silence-suppression or
+    CALLBRIDGE_SILENCE_SUPPRESSION=on turns it on."""
+    monkeypatch.delenv("CALLBRIDGE_SILENCE_SUPPRESSION", raising=False)
+    assert config([]).silence_suppression is False
+    assert EngineConfig().silence_suppression is False
+    assert config(["--silence-suppression"]).silence_suppression is True
+    monkeypatch.setenv("CALLBRIDGE_SILENCE_SUPPRESSION", "on")
+    assert config([]).silence_suppression is True
