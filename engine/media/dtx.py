@@ -28,9 +28,10 @@ one is set; off by default, as SIP trunks expect continuous RTP):
   and pushes as without suppression; so does a leg's own player or
   digits starting while it is quiet (the port calls its ``send_waker``);
 - sources: a leg whose port has had no audio for a while (it would return
-  ``None`` from every pull until a packet arrives) is no longer pulled;
-  :meth:`SilentPort.sleep_until_audio` arms its ``audio_waker``, which the
-  port calls on its next audio packet, and it is pulled again from the
+  ``None`` from every pull until a packet arrives, which
+  :meth:`SilentPort.sleep_until_audio` tells) is no longer pulled; the
+  suppressor arms its ``audio_waker``, which the port calls on its next
+  audio packet, and it is pulled again from the
   next tick on (the way :class:`~engine.media.clock.MediaClock` drops a
   sink that returns ``False`` and a media session adds itself back);
 - when nothing is left to pull (no awake source, no player, no browser
@@ -369,19 +370,6 @@ class Suppressor:
                 keep.append((i, port))
         if len(keep) != len(plan.src_batch):
             plan.src_batch = keep
-
-    def forget(self) -> None:
-        """Let go of every port (the bridge stops suppressing)."""
-        for port in self.asleep:
-            port.audio_waker = None
-        for port in self.quiet:
-            port.send_waker = None
-        self.asleep.clear()
-        self.quiet.clear()
-        self._heap.clear()
-        if self._plan is not None:
-            self._plan.src_batch = self._all_sources
-        self._plan = None
 
 
 def _push_silence_frame(bridge: Bridge[Any], port: Any, zero: Pcm) -> None:
