@@ -34,8 +34,13 @@ jitter buffer + decode), mixing (the two flow stages) and pushing (encode
 + RTP + ``sendto``); then it times one conference's mix alone for several
 sizes (100 included).
 
+With ``--silence-suppression`` the graph runs the engine's silence
+suppression (:mod:`engine.media.dtx`) and each leg has CN negotiated (as a
+phone that offers it): with ``--idle``, what nobody speaking costs then.
+
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
-[--sizes 3-10] [--only echo|engine] [--profile] [--metrics]``
+[--sizes 3-10] [--only echo|engine] [--profile] [--metrics]
+[--idle silence|nothing] [--silence-suppression] [--send-workers N]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
 stops after ``--warmup + --seconds`` and every process is joined with a
 timeout.
@@ -307,12 +312,13 @@ def engine_ports(conn: Connection, plan: Plan) -> list[Any]:
 
 
 def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any, graph: Any,
-               rtcp: bool = False) -> tuple[list[Any], list[Any]]:
+               rtcp: bool = False, cn: bool = False) -> tuple[list[Any], list[Any]]:
     """The engine side of the load, as bench/media and bench/streams both run
     it: a PCMU ``MediaSession`` to its generator port and a connected call
     a leg, in the plan's conferences of ``graph``; with ``rtcp``, each
     session gets the RTCP session a SIP leg has (engine.calls.sip_media:
-    the receive statistics /metrics reads). Returns (sessions, calls)."""
+    the receive statistics /metrics reads); with ``cn``, RFC 3389 CN is
+    negotiated (payload type 13). Returns (sessions, calls)."""
     from engine.calls.call import Call, CallState
     from engine.calls.rtp_stream import MediaSession
     from engine.media.rtcp_session import RtcpSession
@@ -335,7 +341,8 @@ def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any
             session.rtcp = RtcpSession(session.sender, interval=5.0, wall_offset=time.time() - time.monotonic())
         session.configure(NegotiatedMedia(
             index=0, remote_address="127.0.0.1", remote_port=cport, remote_rtcp_port=cport + 1,
-            codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False))
+            codec=pcmu, telephone_event_pt=101, ptime=20, send=True, recv=True, on_hold=False,
+            comfort_noise_pt=13 if cn else None))
         sessions.append(session)
         calls.append(BenchLeg(session))
     first = 0
@@ -353,12 +360,13 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False,
+def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False, dtx: bool = False,
                   send_workers: int = 0) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
     (``metrics``: with the engine's Prometheus figures scraped every second;
-    ``send_workers``: that many RTP send workers, as ``--media-send-workers``,
-    whose CPU is counted with the engine's)."""
+    ``dtx``: with silence suppression, CN negotiated; ``send_workers``: that
+    many RTP send workers, as ``--media-send-workers``, whose CPU is counted
+    with the engine's)."""
     _install_uvloop()
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -380,8 +388,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         clock = MediaClock()
         clock.dispatch = workers
         tmp = tempfile.mkdtemp(prefix="bench-media-")
-        graph = MediaGraph(clock, recordings_dir=tmp)
-        sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics)
+        graph = MediaGraph(clock, recordings_dir=tmp, silence_suppression=dtx)
+        sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics, cn=dtx)
         scraper = None
         if metrics:
             from engine.web.metrics import EngineMetrics, MetricsSources
@@ -399,6 +407,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         skipped0 = clock.skipped
         quiet0 = graph.bridge.quiet_ticks
+        dormant0 = graph.bridge.dtx.dormant_ticks if graph.bridge.dtx else 0
         scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
@@ -437,6 +446,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
             "skipped": clock.skipped - skipped0,
             "quiet_ticks": graph.bridge.quiet_ticks - quiet0,
+            "dormant_ticks": (graph.bridge.dtx.dormant_ticks - dormant0) if graph.bridge.dtx else 0,
             "clock_lateness": lateness, "tick_times": times,
             "conferences": len(plan.sizes), "gc": pauses,
             # what /metrics said at the window's start and end (--metrics)
@@ -628,6 +638,8 @@ def main() -> int:
                         help="nobody speaks: the generator sends µ-law silence, or no packets at all")
     parser.add_argument("--send-workers", type=int, default=0,
                         help="RTP send workers, as serve's --media-send-workers (their CPU counts as the engine's)")
+    parser.add_argument("--silence-suppression", action="store_true",
+                        help="the graph suppresses silence (engine.media.dtx), CN negotiated on every leg")
     parser.add_argument("--metrics", action="store_true",
                         help="scrape the engine's Prometheus figures every second during the run")
     args = parser.parse_args()
@@ -656,7 +668,8 @@ def main() -> int:
     if args.only == "echo":
         return 0
 
-    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.send_workers), plan, args.warmup, args.seconds,
+    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
+                                           args.send_workers), plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
     wall = sres["wall"]
     core = sres["cpu"] / wall
@@ -683,7 +696,9 @@ def main() -> int:
               f"{sw['packets']:,} packets through them, {sw['fallbacks']} ticks sent by the engine, "
               f"{sw['restarts']} restarts")
     if args.idle:
-        print(f"  idle ({args.idle}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
+        dtx = (f", silence suppressed ({sres['dormant_ticks']:,} ticks dormant)" if args.silence_suppression
+               else "")
+        print(f"  idle ({args.idle}{dtx}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
               f"nothing; {core / legs * 1e6:.0f} us CPU per leg per second")
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
@@ -740,7 +755,8 @@ def main() -> int:
         ("1,000 legs within one core", legs >= 1000 and core < 1.0, f"{legs} legs at {core * 100:.0f}%"),
         ("p99 lateness < 5 ms vs the clock's grid", p99_grid < 5.0, f"{p99_grid:.2f} ms"),
         ("p99 lateness < 5 ms vs each stream's cadence", p99_cadence < 5.0, f"{p99_cadence:.2f} ms"),
-        ("no dropped frames", missing == 0, f"{missing} dropped"),
+        ("no dropped frames", missing == 0 or args.silence_suppression,
+         f"{missing} dropped" + (" (suppressed silence is not sent)" if args.silence_suppression else "")),
         ("100-party mix < 2 ms a tick", mix.get(100, 99.0) < 2.0, f"{mix.get(100, float('nan')):.3f} ms"),
         ("mixing verified", ok == checked, f"{ok}/{checked}"),
     ]

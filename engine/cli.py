@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--message-burst", type=int, default=int(_env("MESSAGE_BURST", 20)))
     serve.add_argument("--max-transactions", type=int, default=int(_env("MAX_TRANSACTIONS", 100000)),
                        help="most live SIP server transactions (new requests beyond get 503)")
+    serve.add_argument("--silence-suppression", action="store_true",
+                       default=_env("SILENCE_SUPPRESSION", "") in ("1", "on", "true"),
+                       help="send conference legs nothing while nobody speaks (RFC 3551 section 4.1), with"
+                            " RFC 3389 comfort noise (CN offered and accepted); off by default: SIP trunks"
+                            " expect continuous RTP")
     serve.add_argument("--overload", choices=("on", "off"), default=_env("OVERLOAD", "on"),
                        help="shed new INVITEs (503, then drop) past the bounds below and a quarter of a"
                             " full SIP UDP receive buffer; off: take every call whatever the load")
@@ -330,6 +335,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         asr_provider=args.asr, asr_max_concurrent=args.asr_max_concurrent,
         rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on",
+        silence_suppression=args.silence_suppression,
         srtp_allow_plain_signalling=args.srtp_allow_plain_signalling, guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",
         max_sessions=args.max_sessions, ws_max_per_source=args.ws_max_per_source,

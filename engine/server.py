@@ -88,6 +88,11 @@ class EngineConfig:
     #: Seconds a connected call may receive no RTP nor RTCP (while not on
     #: hold) before it is hung up; 0 never (see engine.calls.sip_media).
     rtp_timeout: float = 60.0
+    #: Silence suppression (engine.media.dtx): legs fed by the media graph
+    #: are sent nothing while their mix is silence (RFC 3551 section 4.1),
+    #: with RFC 3389 comfort noise where the peer negotiated CN, which is
+    #: then offered and accepted. Off: SIP trunks expect continuous RTP.
+    silence_suppression: bool = False
     #: Strict RTP (engine.media.rtp.RtpSourcePolicy): a source other than
     #: the SDP address is latched only after ``rtp_probation`` consistent
     #: packets, and media goes to an address nothing confirmed only for
@@ -328,7 +333,8 @@ class Engine:
         #: Files and URLs played into calls; downloads cached under the data directory.
         self.audio = AudioLoader(Path(config.data_dir) / "audio-cache")
         #: Conferences and media flows, ticked by the media clock.
-        self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings")
+        self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings",
+                                      silence_suppression=config.silence_suppression)
 
     @property
     def runtime(self) -> ScenarioRuntime:
@@ -613,7 +619,8 @@ class Engine:
                            audio=self.audio,
                            rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
                            call_id=call.id, srtp=srtp,
-                           secure_signalling=secure, source=call.peer.host)
+                           secure_signalling=secure, source=call.peer.host,
+                           comfort_noise=self.config.silence_suppression)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         assert self.store is not None

@@ -66,6 +66,7 @@ from engine.calls.call import CallError, Dispatcher, ExtraFields, Listeners, Pla
 from engine.calls.recording import Recording
 from engine.media.bridge import Bridge, BridgePlan, FrameSink, TrackSink
 from engine.media.clock import MediaClock
+from engine.media.dtx import Suppressor
 from engine.media.mixer import FlowMatrix
 from engine.media.pcm import SAMPLE_RATE
 from engine.media.players import FrameSource
@@ -398,15 +399,20 @@ class MediaGraph:
     :param clock: the media clock that ticks it while it has work.
     :param rate: the internal sample rate (8000 now).
     :param recordings_dir: where :meth:`start_recording` puts files by default.
+    :param silence_suppression: send legs nothing while their mix is
+        silence (:mod:`engine.media.dtx`; ``--silence-suppression``).
     """
 
     def __init__(self, clock: MediaClock, rate: int = SAMPLE_RATE,
-                 recordings_dir: Path | str = Path("data") / "recordings") -> None:
+                 recordings_dir: Path | str = Path("data") / "recordings",
+                 silence_suppression: bool = False) -> None:
         self.clock = clock
         self.rate = rate
         self.samples = rate // 50
         #: The port-level mixer that runs the compiled plan each tick.
         self.bridge: Bridge[Leg] = Bridge(self.samples)
+        if silence_suppression:
+            self.bridge.dtx = Suppressor()
         self.recordings_dir = Path(recordings_dir)
         self._edges: dict[Node, dict[Node, float]] = {}
         self._conferences: dict[Conference, None] = {}

@@ -68,6 +68,17 @@ never latches a source.
 Outgoing RFC 4733 digits (:attr:`MediaSession.dtmf`) take the player's
 place on each tick while they are sent: the player is paused, not pulled,
 and the stream's timestamp advances under the events.
+
+Silence suppression (:mod:`engine.media.dtx`, ``--silence-suppression``):
+while the graph's mix for this leg is silence the session sends nothing
+(:meth:`MediaSession.begin_silence`: one RFC 3389 comfort-noise packet when
+CN was negotiated, refreshed now and then), and the first packet after it
+has the marker bit and a timestamp advanced by the silence
+(:meth:`MediaSession.end_silence`, RFC 3551 section 4.1). A session with
+no audio to pull sleeps (:meth:`MediaSession.sleep_until_audio`) until its
+next audio packet calls :attr:`MediaSession.audio_waker`. CN packets from
+the peer are accepted (they keep the stream latched and alive for the RTP
+timeout) and otherwise ignored: they never reach the jitter buffer.
 """
 
 from __future__ import annotations
@@ -85,10 +96,11 @@ from engine.media.codecs import CodecError, Decoder, Encoder, get_decoder, get_e
 from engine.media.codecs.g711 import G711Decoder, G711Encoder
 from engine.media.codecs.telephone_event import ONSET_MODE, DigitStarted, TelephoneEventError, TelephoneEventReceiver
 from engine.media.dtmf import DtmfDetector
+from engine.media.dtx import SilencePeriod, cn_payload
 from engine.media.jitterbuffer import JitterBuffer
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.rtcp_session import RtcpSession
-from engine.media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy
+from engine.media.rtp import RtpError, RtpPacket, RtpReceiverLatch, RtpSender, RtpSourcePolicy, ts_diff
 from engine.media.srtp import SrtpContext
 from engine.security_log import security_event
 from engine.sip.offer_answer import NegotiatedMedia
@@ -174,6 +186,12 @@ class MediaSession:
         self._encode_table: npt.NDArray[np.uint8] | None = None
         #: SRTP for this leg (set by :meth:`configure` from the negotiated keys), or ``None``.
         self.srtp: SrtpContext | None = None
+        #: Silence suppression (engine.media.dtx): called once, then cleared,
+        #: on the next audio packet (the graph pulls the session again) ...
+        self.audio_waker: Callable[[], None] | None = None
+        #: ... and when the session must send although its mix is quiet (a player or digits started).
+        self.send_waker: Callable[[], None] | None = None
+        self._silence: SilencePeriod | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -195,6 +213,8 @@ class MediaSession:
         pts = {codec.payload_type}
         if negotiated.telephone_event_pt is not None:
             pts.add(negotiated.telephone_event_pt)
+        if negotiated.comfort_noise_pt is not None:
+            pts.add(negotiated.comfort_noise_pt)  # RFC 3389: accepted (liveness), never decoded
         payload_types = {pt for pt in pts if pt is not None}
         initial = (negotiated.remote_address, negotiated.remote_port)
         if self.latch is None or self.latch.payload_types != frozenset(payload_types):
@@ -291,6 +311,7 @@ class MediaSession:
         if not self.graph_driven:
             return
         self.graph_driven = False
+        self._leave_silence()
         self._update_reading()
         if not self.closed and (self.player is not None or self.detector is not None):
             self.clock.add(self)
@@ -331,6 +352,8 @@ class MediaSession:
         self._player_done = done
         if not self.graph_driven:
             self.clock.add(self)
+        elif self.send_waker is not None:
+            self.want_to_send()
 
     def stop_playback(self) -> None:
         """Stop the current player, if any (its ``done(False)`` runs)."""
@@ -430,6 +453,7 @@ class MediaSession:
 
     def close(self) -> None:
         self.closed = True
+        self.audio_waker = self.send_waker = None
         self._listener = None
         self._end_player(False)
         self.transport.detach()
@@ -495,6 +519,8 @@ class MediaSession:
                 self._last_audio = now
                 if not graph_driven:
                     self.clock.add(self)
+                elif self.audio_waker is not None:  # asleep under silence suppression
+                    self.audio_arrived()
 
     def _arm_event_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._event_timer is not None:
@@ -579,6 +605,102 @@ class MediaSession:
             for tone in detector.process(pcm):
                 self._report(tone.digit, "inband")
         return pcm
+
+    # -- silence suppression (engine.media.dtx) --------------------------------------
+
+    def audio_arrived(self) -> None:
+        """Call :attr:`audio_waker` once (audio came for a sleeping session)."""
+        waker, self.audio_waker = self.audio_waker, None
+        if waker is not None:
+            waker()
+
+    def want_to_send(self) -> None:
+        """Call :attr:`send_waker` once (a player or digits started while quiet)."""
+        waker, self.send_waker = self.send_waker, None
+        if waker is not None:
+            waker()
+
+    def sleep_until_audio(self, now: float) -> bool:
+        """Whether :meth:`pull` and :meth:`pull_payload` return ``None`` from
+        now until an audio packet arrives (no audio for :data:`IDLE_AFTER`
+        and nothing buffered; only :meth:`_on_datagram` changes that)."""
+        jitter = self.jitter
+        return (jitter is None or self.decoder is None or self.closed
+                or (now - self._last_audio >= IDLE_AFTER and not jitter.depth_ms))
+
+    def begin_silence(self, now: float, level: int) -> bool:
+        """Send nothing from the frame due at ``now`` on: one RFC 3389 CN
+        packet (noise ``level``, -dBov) when CN was negotiated, then silence
+        until :meth:`end_silence`. ``False`` (nothing changes) while the
+        session's own player or digits must still be sent.
+
+        :raises ValueError: ``level`` is not 0..127.
+        """
+        if self.player is not None or self.dtmf is not None or self.closed:
+            return False
+        if self._silence is None:
+            payload = cn_payload(level)
+            self._silence = SilencePeriod(now, self.sender.timestamp, level)
+            self._talkspurt = False
+            self.last_sent = None
+            self._send_cn(now, payload)
+        return True
+
+    def refresh_silence(self, now: float) -> None:
+        """The periodic packet of a silence (see
+        :data:`engine.media.dtx.REFRESH_INTERVAL`): CN again, or without CN
+        one frame of encoded silence (a one-frame talkspurt: marker bit) as
+        a keepalive."""
+        period = self._silence
+        if period is None or not self.may_send:
+            return
+        neg = self.negotiated
+        if neg is not None and neg.comfort_noise_pt is not None:
+            self._send_cn(now, cn_payload(period.level))
+            return
+        encoder, pt = self.encoder, self.audio_pt
+        if encoder is None or pt is None:
+            return
+        samples = self._frame_samples
+        self._jump_to(period.timestamp_at(now, samples))
+        payload = encoder.encode(np.zeros(samples, dtype=np.int16))
+        self.send(self.sender.next_datagram(pt, samples, payload, True))
+
+    def end_silence(self, now: float) -> None:
+        """The frame due at ``now`` is sent again: its timestamp is advanced
+        over the silence and it carries the marker bit (RFC 3551 section 4.1)."""
+        period, self._silence = self._silence, None
+        if period is None:
+            return
+        self.send_waker = None
+        self._jump_to(period.timestamp_at(now, self._frame_samples))
+        self._talkspurt = False
+
+    def _leave_silence(self) -> None:
+        """The graph lets go: end a silence and drop the graph's wakers."""
+        self.audio_waker = None
+        if self._silence is not None:
+            try:
+                now = asyncio.get_running_loop().time()
+            except RuntimeError:
+                now = self._silence.started
+            self.end_silence(now)
+
+    def _jump_to(self, timestamp: int) -> None:
+        """Advance the sender's timestamp to ``timestamp`` (never back)."""
+        ahead = ts_diff(self.sender.timestamp, timestamp)
+        if ahead > 0:
+            self.sender.skip(ahead)
+
+    def _send_cn(self, now: float, payload: bytes) -> None:
+        """One CN packet stamped at ``now``'s frame (RFC 3389 section 4: the
+        timestamp of the noise period; no marker), when CN was negotiated
+        and the session may send."""
+        neg, period = self.negotiated, self._silence
+        if neg is None or neg.comfort_noise_pt is None or period is None or not self.may_send:
+            return
+        self._jump_to(period.timestamp_at(now, self._frame_samples))
+        self.send(self.sender.next_datagram(neg.comfort_noise_pt, 0, payload, False))
 
     def _report(self, digit: str, mode: str) -> None:
         listener = self._listener

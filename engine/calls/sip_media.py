@@ -113,6 +113,7 @@ class DtmfPlayout:
                 self._previous = previous
         self.session.dtmf = self
         self.session.clock.add(self.session)
+        self.session.want_to_send()  # quiet under silence suppression: send again
 
     def tick(self, now: float) -> bool:
         session = self.session
@@ -174,6 +175,8 @@ class SipLegMedia:
     :param secure_signalling: whether the SDP travels over TLS (or plain
         signalling is allowed to carry keys: ``--srtp-allow-plain-signalling``).
     :param source: the peer's address, for the security log.
+    :param comfort_noise: offer RFC 3389 CN, and accept it when offered
+        (the engine's silence suppression, :mod:`engine.media.dtx`).
     """
 
     def __init__(self, ports: RtpPortAllocator, address: str, codecs: tuple[Codec, ...] = DEFAULT_CODECS,
@@ -181,7 +184,7 @@ class SipLegMedia:
                  audio: AudioLoader | None = None, rtp_timeout: float = 0.0,
                  rtp_policy: RtpSourcePolicy | None = None, call_id: str | None = None,
                  srtp: str = "off", secure_signalling: bool = False,
-                 source: str | None = None) -> None:
+                 source: str | None = None, comfort_noise: bool = False) -> None:
         if srtp not in SRTP_POLICIES:
             raise ValueError(f"srtp must be one of {', '.join(SRTP_POLICIES)}, not {srtp!r}")
         self.ports = ports
@@ -206,6 +209,7 @@ class SipLegMedia:
         self.srtp: SrtpPolicy = next(p for p in SRTP_POLICIES if p == srtp)
         self.secure_signalling = secure_signalling
         self.source = source
+        self.comfort_noise = comfort_noise
         self._srtp_keys: dict[str, bytes] = {}
         #: RTCP's report interval (RFC 3550 section 6.2's 5 s; tests shorten it).
         self.rtcp_interval = MIN_INTERVAL
@@ -243,7 +247,7 @@ class SipLegMedia:
         self.version += 1
         self.local_offer = self.local_sdp = create_offer(
             self.address, self._port(), self.codecs, session_id=self.session_id,
-            session_version=self.version, crypto=crypto,
+            session_version=self.version, crypto=crypto, comfort_noise=self.comfort_noise,
         )
         return self.local_offer.to_bytes()
 
@@ -262,6 +266,7 @@ class SipLegMedia:
         answer, negotiated = create_answer(
             remote, self.address, self._port(), self.codecs, session_id=self.session_id,
             session_version=self.version, srtp=self.srtp, srtp_key=self._srtp_key,
+            comfort_noise=self.comfort_noise,
         )
         self.remote = remote
         self.negotiated = negotiated

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,9 @@ from engine.media.mixer import FlowMatrix
 from engine.media.pcm import FRAME_SAMPLES, Pcm
 from engine.media.players import FrameSource, PlaybackFinished
 from engine.media.ports import AudioPort, BatchAudioPort, PortOwner
+
+if TYPE_CHECKING:
+    from engine.media.dtx import Suppressor
 
 __all__ = ["Bridge", "BridgePlan", "FrameSink", "TrackSink", "SILENCE_PEAK"]
 
@@ -124,6 +127,10 @@ class Bridge(Generic[K]):
         #: Ticks in which nothing was mixed: every source row was silence.
         self.quiet_ticks = 0
         self._silence: dict[int, tuple[npt.NDArray[np.uint8], bytes]] = {}
+        #: Silence suppression (:mod:`engine.media.dtx`), which then runs
+        #: each tick; ``None`` (the default): every receiver is sent a frame
+        #: every tick.
+        self.dtx: Suppressor | None = None
 
     # -- ports ------------------------------------------------------------------
 
@@ -177,6 +184,8 @@ class Bridge(Generic[K]):
         :return: the indices (in :attr:`BridgePlan.players`) of the players
             that ended or failed during this tick.
         """
+        if self.dtx is not None:
+            return self.dtx.tick(self, plan, now)
         times = self.tick_times
         t0 = time.perf_counter()
         rows, finished = self.pull(plan, now)

@@ -22,6 +22,11 @@ Decisions callers should know about:
   are the offerer's in an answer we write (RFC 3264 section 6.1), and the
   answerer's when we read the answer to our own offer. We send with the
   receiver's numbers.
+- Comfort noise (RFC 3389, ``CN``) is offered and accepted only when the
+  caller asks (``comfort_noise=True``: the engine's silence suppression):
+  offered at each audio clock rate (payload type 13 at 8000 Hz, RFC 3551
+  section 6), and answered, under the offerer's number, only when the offer
+  has it at the chosen codec's rate. CN is never picked as the codec.
 - Hold: a stream is *on hold* when the peer refuses to receive media that
   we offered, or that was offered to us. The peer says so with ``sendonly``
   or ``inactive``, or with the RFC 2543 connection address ``0.0.0.0``
@@ -63,6 +68,7 @@ __all__ = [
     "SRTP_POLICIES",
     "SrtpParameters",
     "SrtpPolicy",
+    "COMFORT_NOISE",
     "TELEPHONE_EVENT",
     "create_answer",
     "create_offer",
@@ -103,6 +109,8 @@ PCMU = Codec("PCMU", 8000, payload_type=0)
 PCMA = Codec("PCMA", 8000, payload_type=8)
 #: RFC 4733 DTMF events. ``0-16`` covers the 16 DTMF digits and flash.
 TELEPHONE_EVENT = Codec("telephone-event", 8000, payload_type=101, fmtp="0-16")
+#: RFC 3389 comfort noise: static payload type 13 at 8000 Hz (RFC 3551 section 6).
+COMFORT_NOISE = Codec("CN", 8000, payload_type=13)
 
 # RFC 3551 section 6: static payload types, which peers may use without an rtpmap.
 _STATIC_PAYLOAD_TYPES = {
@@ -165,6 +173,8 @@ class NegotiatedMedia:
     :param recv: whether we receive media.
     :param on_hold: whether the peer has put the stream on hold (see the module notes).
     :param srtp: the SRTP suite and keys, or ``None`` for plain RTP.
+    :param comfort_noise_pt: the RFC 3389 CN payload type to use, or ``None``
+        (not negotiated).
     """
 
     index: int
@@ -178,6 +188,7 @@ class NegotiatedMedia:
     recv: bool
     on_hold: bool
     srtp: SrtpParameters | None = None
+    comfort_noise_pt: int | None = None
 
     @property
     def direction(self) -> Direction:
@@ -235,6 +246,20 @@ def _telephone_event_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> i
     return next((pt for pt, m in formats if _is_telephone_event(m) and m.clock_rate == clock_rate), None)
 
 
+def _is_comfort_noise(rtpmap: RtpMap) -> bool:
+    return rtpmap.encoding_name.lower() == "cn"
+
+
+def _is_codec(rtpmap: RtpMap) -> bool:
+    """Whether a format can carry the audio itself (not events, not CN)."""
+    return not _is_telephone_event(rtpmap) and not _is_comfort_noise(rtpmap)
+
+
+def _comfort_noise_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> int | None:
+    # RFC 3389 section 4: CN uses the clock of the audio it stands in for.
+    return next((pt for pt, m in formats if _is_comfort_noise(m) and m.clock_rate == clock_rate), None)
+
+
 def _build_media(
     kind: str, port: int, codecs: Sequence[Codec], direction: Direction, ptime: int | None,
     proto: str = "RTP/AVP", crypto: Sequence[CryptoAttribute] = (),
@@ -281,6 +306,7 @@ def create_offer(
     telephone_event: bool = True,
     username: str = "callbridge",
     crypto: Sequence[CryptoAttribute] = (),
+    comfort_noise: bool = False,
 ) -> SessionDescription:
     """Build an offer (RFC 3264 section 5) with one ``m=`` line of the codecs' kind.
 
@@ -292,6 +318,8 @@ def create_offer(
     :param ptime: the ``a=ptime`` to request (audio only). ``None`` leaves it out.
     :param crypto: SDES keys (RFC 4568) in our order of preference: the offer
         is ``RTP/SAVP`` when there are any, else ``RTP/AVP``.
+    :param comfort_noise: add RFC 3389 ``CN`` once for each clock rate among
+        the audio codecs (13 at 8000 Hz when free, else a dynamic number).
     :raises LocalProtocolError: if ``codecs`` is empty, mixes kinds, or repeats a payload type.
     """
     if not codecs:
@@ -306,6 +334,12 @@ def create_offer(
         for rate in rates:
             pt = TELEPHONE_EVENT.payload_type if TELEPHONE_EVENT.payload_type not in taken else None
             offered.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=rate, payload_type=pt))
+            taken.add(pt)
+    if comfort_noise and kind == "audio":
+        taken = {c.payload_type for c in offered}
+        for rate in dict.fromkeys(c.clock_rate for c in codecs):
+            pt = COMFORT_NOISE.payload_type if rate == 8000 and COMFORT_NOISE.payload_type not in taken else None
+            offered.append(dataclasses.replace(COMFORT_NOISE, clock_rate=rate, payload_type=pt))
             taken.add(pt)
     proto = "RTP/SAVP" if crypto else "RTP/AVP"
     media = _build_media(kind, port, _assign_payload_types(offered), direction, ptime, proto, crypto)
@@ -335,6 +369,7 @@ def create_answer(
     srtp: SrtpPolicy = "optional",
     srtp_suites: Sequence[str] = tuple(SRTP_SUITES),
     srtp_key: Callable[[str], bytes] = new_srtp_key,
+    comfort_noise: bool = False,
 ) -> tuple[SessionDescription, NegotiatedMedia | None]:
     """Answer a peer's offer (RFC 3264 section 6).
 
@@ -351,6 +386,8 @@ def create_answer(
     :param srtp: which streams we take (see the module notes).
     :param srtp_suites: the SDES crypto-suites we support.
     :param srtp_key: makes our key for a suite (fresh random ones by default).
+    :param comfort_noise: accept RFC 3389 ``CN`` when the offer has it at the
+        chosen codec's clock rate (see the module notes).
     :returns: the answer, and the negotiated audio stream. The stream is
         ``None`` only if the offer has no active stream at all (every port is 0).
     :raises RemoteProtocolError: with status 488 if the offer has an active
@@ -369,7 +406,7 @@ def create_answer(
         formats = _payload_types(media)
         # The first offered format that we support, in the offerer's order.
         chosen = next(
-            ((pt, c) for pt, m in formats if not _is_telephone_event(m) for c in ours if c.matches(m)),
+            ((pt, c) for pt, m in formats if _is_codec(m) for c in ours if c.matches(m)),
             None,
         )
         local_port = None
@@ -394,6 +431,7 @@ def create_answer(
         remote_send, remote_recv = _flags(media_direction(media, offer))
         remote_recv = remote_recv and not _is_unspecified(remote_address)
         te_pt = _telephone_event_pt(formats, codec.clock_rate) if telephone_event else None
+        cn_pt = _comfort_noise_pt(formats, codec.clock_rate) if comfort_noise else None
         send, recv = want_send and remote_recv, want_recv and remote_send
         ours_crypto: list[CryptoAttribute] = []
         keys: SrtpParameters | None = None
@@ -413,10 +451,13 @@ def create_answer(
             recv=recv,
             on_hold=not remote_recv,
             srtp=keys,
+            comfort_noise_pt=cn_pt,
         )
         answer_codecs = [dataclasses.replace(codec, payload_type=pt)]
         if te_pt is not None:
             answer_codecs.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=codec.clock_rate, payload_type=te_pt))
+        if cn_pt is not None:
+            answer_codecs.append(dataclasses.replace(COMFORT_NOISE, clock_rate=codec.clock_rate, payload_type=cn_pt))
         answered.append(_build_media(media.kind, local_port, answer_codecs, _to_direction(send, recv), ptime,
                                      media.proto, ours_crypto))
     audio = accepted.get("audio")
@@ -452,7 +493,7 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
     # The answerer's first codec that we offered. Keep the answerer's number and
     # our spelling of the name.
     chosen = next(
-        ((pt, o) for pt, m in formats if not _is_telephone_event(m) for _, o in offered if _same_format(o, m)),
+        ((pt, o) for pt, m in formats if _is_codec(m) for _, o in offered if _same_format(o, m)),
         None,
     )
     if chosen is None:
@@ -462,6 +503,10 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
     we_send, we_recv = _flags(media_direction(ours, offer))
     they_send, they_recv = _flags(media_direction(theirs, answer))
     they_recv = they_recv and not _is_unspecified(remote_address)
+    # CN only if we offered it too (an answer adds no format, RFC 3264 section 6.1).
+    cn_pt = _comfort_noise_pt(formats, rtpmap.clock_rate)
+    if cn_pt is not None and _comfort_noise_pt(offered, rtpmap.clock_rate) is None:
+        cn_pt = None
     return NegotiatedMedia(
         index=index,
         remote_address=remote_address,
@@ -474,6 +519,7 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
         recv=we_recv and they_send,
         on_hold=we_send and not they_recv,
         srtp=keys,
+        comfort_noise_pt=cn_pt,
     )
 
 

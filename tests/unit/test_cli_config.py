@@ -200,3 +200,15 @@ def test_media_send_workers_default_flag_environment_and_bounds(monkeypatch: pyt
         with pytest.raises(SystemExit) as info:
             config(["--media-send-workers", bad])
         assert str(info.value) == f"callbridge: --media-send-workers must be 0 (off) to 16, got {bad}"
+
+
+def test_silence_suppression_off_by_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check silence suppression is off by default (SIP trunks expect
+    continuous RTP), and --silence-suppression or
+    CALLBRIDGE_SILENCE_SUPPRESSION=on turns it on."""
+    monkeypatch.delenv("CALLBRIDGE_SILENCE_SUPPRESSION", raising=False)
+    assert config([]).silence_suppression is False
+    assert EngineConfig().silence_suppression is False
+    assert config(["--silence-suppression"]).silence_suppression is True
+    monkeypatch.setenv("CALLBRIDGE_SILENCE_SUPPRESSION", "on")
+    assert config([]).silence_suppression is True
