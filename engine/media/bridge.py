@@ -184,13 +184,17 @@ class Bridge(Generic[K]):
         :return: the indices (in :attr:`BridgePlan.players`) of the players
             that ended or failed during this tick.
         """
-        if self.dtx is not None:
-            return self.dtx.tick(self, plan, now)
         times = self.tick_times
         t0 = time.perf_counter()
+        dtx = self.dtx
+        if dtx is not None and dtx.start(self, plan, now):
+            self.ticks += 1
+            return []
         rows, finished = self.pull(plan, now)
         t1 = time.perf_counter() if times is not None else 0.0
         if rows.size and (rows.max() > SILENCE_PEAK or rows.min() < -SILENCE_PEAK):
+            if dtx is not None:
+                dtx.loud(now)
             sums, out = self.mix(plan, rows)
             t2 = time.perf_counter() if times is not None else 0.0
             self.push(plan, out)
@@ -198,7 +202,12 @@ class Bridge(Generic[K]):
             self.quiet_ticks += 1
             sums, out = self.silence(plan)
             t2 = time.perf_counter() if times is not None else 0.0
-            self.push_silence(plan)
+            if dtx is None:
+                self.push_silence(plan)
+            else:
+                dtx.push_quiet(self, plan, rows, out, now)
+        if dtx is not None:
+            dtx.finish(plan, now)
         if plan.leg_rec or plan.mix_rec or plan.taps or plan.leg_taps:
             self.record(plan, rows, sums, out)
         t3 = time.perf_counter()

@@ -5,9 +5,11 @@ Theory of operation
 RFC 3551 section 4.1 lets audio be sent discontinuously on any payload
 format: while a leg would be sent only silence, nothing is sent, and the
 first packet after the silence has the marker bit set and a timestamp
-advanced by the silence's duration. A :class:`Suppressor` runs the
-bridge's tick (:meth:`engine.media.bridge.Bridge.tick` hands it over when
-one is set; off by default, as SIP trunks expect continuous RTP):
+advanced by the silence's duration. A :class:`Suppressor` takes part in
+the bridge's tick (:meth:`engine.media.bridge.Bridge.tick` calls its
+:meth:`~Suppressor.start`, :meth:`~Suppressor.loud`,
+:meth:`~Suppressor.push_quiet` and :meth:`~Suppressor.finish` when one is
+set; off by default, as SIP trunks expect continuous RTP):
 
 - a *quiet* tick (no source row above
   :data:`~engine.media.bridge.SILENCE_PEAK`) no longer sends each receiver
@@ -253,9 +255,10 @@ class Suppressor:
 
     # -- one tick ---------------------------------------------------------------------
 
-    def tick(self, bridge: Bridge[Any], plan: BridgePlan[Any], now: float) -> list[int]:
-        """:meth:`~engine.media.bridge.Bridge.tick` with silence suppression."""
-        t0 = time.perf_counter()
+    def start(self, bridge: Bridge[Any], plan: BridgePlan[Any], now: float) -> bool:
+        """The start of :meth:`~engine.media.bridge.Bridge.tick`: take a new
+        plan, wake what asked to be woken; ``True`` when the tick has nothing
+        to pull, send or record (it is then done: only refreshes are due)."""
         if plan is not self._plan or plan.ports_pending:
             self._adopt(bridge, plan, now)
         if self._woken or self._wanting:
@@ -266,36 +269,23 @@ class Suppressor:
             self.dormant_ticks += 1
             bridge.quiet_ticks += 1
             self._refresh_due(now)
-            bridge.ticks += 1
-            return []
-        times = bridge.tick_times
-        rows, finished = bridge.pull(plan, now)
-        t1 = time.perf_counter() if times is not None else 0.0
-        if rows.size and (rows.max() > SILENCE_PEAK or rows.min() < -SILENCE_PEAK):
-            self._level = None
-            if self.quiet:
-                self._end_all(now)
-            sums, out = bridge.mix(plan, rows)
-            t2 = time.perf_counter() if times is not None else 0.0
-            bridge.push(plan, out)
-        else:
-            bridge.quiet_ticks += 1
-            sums, out = bridge.silence(plan)
-            t2 = time.perf_counter() if times is not None else 0.0
-            self._push_quiet(bridge, plan, rows, out, now)
+            return True
+        return False
+
+    def loud(self, now: float) -> None:
+        """Someone speaks this tick: every quiet leg is sent its mix again."""
+        self._level = None
+        if self.quiet:
+            self._end_all(now)
+
+    def finish(self, plan: BridgePlan[Any], now: float) -> None:
+        """The end of a tick: refreshes that are due, and now and then, the
+        sources with no audio put to sleep."""
         self._refresh_due(now)
-        if plan.leg_rec or plan.mix_rec or plan.taps or plan.leg_taps:
-            bridge.record(plan, rows, sums, out)
         self._since_sleep_check += 1
         if self._since_sleep_check >= SLEEP_CHECK_TICKS:
             self._since_sleep_check = 0
             self._sleep_idle(plan, now)
-        t3 = time.perf_counter()
-        bridge.ticks += 1
-        bridge.busy_seconds += t3 - t0
-        if times is not None:
-            times.append((t0, t1 - t0, t2 - t1, t3 - t2))
-        return finished
 
     def _wake(self, plan: BridgePlan[Any], now: float) -> None:
         """Sources whose audio arrived are pulled again; quiet receivers
@@ -320,7 +310,7 @@ class Suppressor:
         assert plan is not None
         self._awake_quiet = [(k, p) for k, p in [*plan.recv_batch, *plan.recv_plain] if _can_go_quiet(p)]
 
-    def _push_quiet(self, bridge: Bridge[Any], plan: BridgePlan[Any], rows: Pcm, zero: Pcm, now: float) -> None:
+    def push_quiet(self, bridge: Bridge[Any], plan: BridgePlan[Any], rows: Pcm, zero: Pcm, now: float) -> None:
         """A quiet tick: receivers that can go quiet do (once); the others
         get silence as :meth:`~engine.media.bridge.Bridge.push_silence` sends it."""
         if self._awake_quiet:
