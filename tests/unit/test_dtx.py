@@ -30,6 +30,7 @@ from engine.media.dtx import (
 )
 from engine.media.mixer import FlowMatrix
 from engine.media.players import ToneSource
+from test_bridge import G711Port
 
 Pcm = npt.NDArray[np.int16]
 N = 160
@@ -37,16 +38,14 @@ TICK = 0.02
 SILENCE = b"\xff" * N  # µ-law zero
 
 
-class QuietPort:
+class QuietPort(G711Port):
     """A leg as MediaSession is to the bridge: G.711 payloads in and out,
     and the silence-suppression calls."""
 
-    decode_table = ULAW_DECODE
-
     def __init__(self) -> None:
-        self.next: bytes | None = SILENCE
+        super().__init__()
+        self.next = SILENCE
         self.pulls = 0
-        self.sent: list[bytes] = []
         self.frames: list[Pcm | None] = []
         self.calls: list[tuple[str, float]] = []
         self.levels: list[int] = []
@@ -54,20 +53,10 @@ class QuietPort:
         self.idle = False    # nothing to pull until audio arrives
         self.audio_waker: Callable[[], None] | None = None
         self.send_waker: Callable[[], None] | None = None
-        self.last_sent: Pcm | None = None
 
-    @property
+    @property  # type: ignore[override]
     def encode_table(self) -> npt.NDArray[np.uint8] | None:
         return None if self.player else ULAW_ENCODE
-
-    def graph_attach(self) -> None:
-        pass
-
-    def graph_detach(self) -> None:
-        pass
-
-    def pull(self, now: float) -> Pcm | None:
-        raise AssertionError("the bridge pulls payloads from a batch port")
 
     def pull_payload(self, now: float) -> bytes | Pcm | None:
         self.pulls += 1
@@ -76,9 +65,6 @@ class QuietPort:
     def push(self, frame: Pcm | None) -> bool:
         self.frames.append(frame)
         return True
-
-    def push_payload(self, payload: bytes) -> None:
-        self.sent.append(payload)
 
     def begin_silence(self, now: float, level: int) -> bool:
         if self.player:
