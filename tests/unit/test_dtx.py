@@ -17,7 +17,7 @@ import pytest
 from engine.calls.conference import MediaGraph
 from engine.media.bridge import Bridge, BridgePlan
 from engine.media.clock import MediaClock
-from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE, PcmuEncoder
+from engine.media.codecs.g711 import ULAW_ENCODE, PcmuEncoder
 from engine.media.dtx import (
     CN_REFERENCE,
     REFRESH_INTERVAL,
