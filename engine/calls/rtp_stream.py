@@ -183,6 +183,9 @@ class MediaSession:
         #: The G.711 decode table when the codec is table-driven (see :meth:`pull_payload`).
         self.decode_table: npt.NDArray[np.int16] | None = None
         self._g711_decoder: G711Decoder | None = None
+        #: The last payload pull_payload returned undecoded, not yet given to
+        #: the decoder (:meth:`_tell_g711` does, when a loss is concealed).
+        self._g711_pending: bytes | None = None
         self._encode_table: npt.NDArray[np.uint8] | None = None
         #: SRTP for this leg (set by :meth:`configure` from the negotiated keys), or ``None``.
         self.srtp: SrtpContext | None = None
@@ -238,6 +241,7 @@ class MediaSession:
         self._frame_samples = codec.clock_rate * 20 // 1000
         # One octet a sample: a payload of a whole frame decodes by one table lookup.
         self._g711_decoder = self.decoder if isinstance(self.decoder, G711Decoder) else None
+        self._g711_pending = None
         self.decode_table = self._g711_decoder.table if self._g711_decoder is not None else None
         self._encode_table = self.encoder.table if isinstance(self.encoder, G711Encoder) else None
         if self.jitter is None:
@@ -467,8 +471,11 @@ class MediaSession:
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         latch = self.latch
+        if latch is None:
+            return
         graph_driven = self.graph_driven
-        if latch is None or (self._listener is None and not graph_driven and self.rtcp is None):
+        rtcp = self.rtcp
+        if not graph_driven and self._listener is None and rtcp is None:
             return
         if self.srtp is not None:
             plain = self.srtp.unprotect_rtp(data)
@@ -490,16 +497,15 @@ class MediaSession:
                 return
             pt, seq, timestamp, ssrc = packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc
             payload = packet.payload
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         if not latch.accept_header(pt, seq, ssrc, addr, now):
             if latch.refused is not None and not self._refusal_logged:
                 self._refusal_logged = True
                 security_event("rtp_source_refused", str(latch.refused[0]), port=latch.refused[1],
                                call=self.call_id)
             return
-        if self.rtcp is not None:
-            self.rtcp.on_rtp_header(pt, seq, timestamp, ssrc, len(payload), now)
+        if rtcp is not None:
+            rtcp.on_rtp_header(pt, seq, timestamp, ssrc, len(payload), now)
             if self._listener is None and not graph_driven:
                 return  # read for the statistics only
         if pt == self.event_pt and self.events is not None:
@@ -510,10 +516,10 @@ class MediaSession:
                 return
             for d in digits:
                 self._report(d.digit, ONSET_MODE if isinstance(d, DigitStarted) else "rfc4733")
-            self._arm_event_timer(loop)
+            self._arm_event_timer(asyncio.get_running_loop())
         elif pt == self.audio_pt:
             jitter = self.jitter
-            if jitter is not None and self.decoder is not None and (graph_driven or self.detector is not None):
+            if jitter is not None and (graph_driven or self.detector is not None) and self.decoder is not None:
                 # self.wants_audio, inlined
                 jitter.put_frame(ssrc, seq, timestamp, payload, now)
                 self._last_audio = now
@@ -578,11 +584,23 @@ class MediaSession:
             return None
         payload = jitter.get(now)
         if payload is None:
+            self._tell_g711()
             return np.asarray(g711.conceal(self._frame_samples), dtype=np.int16)
         if len(payload) == self._frame_samples:
-            g711.remember(payload)
+            self._g711_pending = payload  # g711.remember(payload), when a loss needs it
             return payload
+        self._g711_pending = None
         return np.asarray(g711.decode(payload), dtype=np.int16)
+
+    def _tell_g711(self) -> None:
+        """Hand the G.711 decoder the last payload :meth:`pull_payload`
+        returned undecoded (:meth:`~engine.media.codecs.g711.G711Decoder.remember`),
+        before it conceals or decodes: the call per frame is saved."""
+        pending = self._g711_pending
+        if pending is not None:
+            self._g711_pending = None
+            if self._g711_decoder is not None:
+                self._g711_decoder.remember(pending)
 
     def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
         jitter, decoder = self.jitter, self.decoder
@@ -592,12 +610,14 @@ class MediaSession:
             return None
         payload = jitter.get(now)
         if payload is None:
+            self._tell_g711()
             pcm = decoder.conceal(self._frame_samples)
         else:
             g711 = self._g711_decoder
             if coded and g711 is not None and self.detector is None and len(payload) == self._frame_samples:
-                g711.remember(payload)
+                self._g711_pending = payload
                 return payload
+            self._g711_pending = None
             pcm = decoder.decode(payload)
         pcm = np.asarray(pcm, dtype=np.int16)
         detector = self.detector

@@ -254,8 +254,14 @@ class Bridge(Generic[K]):
             else:
                 rows[i, : got.shape[0]] = got[:n]  # type: ignore[union-attr]
         for table, index, payloads in coded.values():
-            codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), -1)
-            rows[index, : codes.shape[1]] = table[codes[:, :n]]
+            codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), -1)[:, :n]
+            first, last = index[0], index[-1]
+            if last - first + 1 == len(index) and codes.shape[1] == n:
+                # rows first..last in a row (every leg sent its frame, the common
+                # case): decode straight into them, no temporary, no scatter
+                np.take(table, codes, out=rows[first : last + 1])
+            else:
+                rows[index, : codes.shape[1]] = np.take(table, codes)
         for i, port in plan.src_plain:
             frame = port.pull(now)
             if frame is not None:

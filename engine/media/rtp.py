@@ -336,6 +336,12 @@ class RtpReceiverLatch:
     with one on probation), for one security log line per call.
     """
 
+    # Slots: every packet reads this object (see JitterBuffer).
+    __slots__ = ("payload_types", "window", "strict", "probation", "send_grace", "latched", "confirmed",
+                 "ssrc", "highest_seq", "last_packet_at", "signalled", "_addr", "grace_until",
+                 "_candidate", "_candidate_ssrc", "_candidate_seq", "_candidate_count", "accepted",
+                 "relatched", "dropped_payload_type", "dropped_stranger", "unsent", "refused")
+
     def __init__(
         self,
         payload_types: Iterable[int],

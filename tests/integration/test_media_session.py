@@ -319,3 +319,25 @@ async def test_header_fast_path_and_full_parse_agree(rig: Rig) -> None:
     assert [jitter.get(later), jitter.get(later)] == [payload, payload[::-1]]
     assert rig.session.malformed == 1
     assert rig.session.remote_addr == rig.peer.getsockname()
+
+
+async def test_pull_payload_conceals_the_last_undecoded_frame(rig: Rig) -> None:
+    """Check a lost frame after frames the graph took undecoded (pull_payload
+    returned their bytes; the session hands the last one to the decoder only
+    when a loss needs it) is concealed from the last of them, exactly as a
+    decoder that decoded every frame would conceal it."""
+    rig.session.graph_attach()
+    first = bytes(get_encoder("PCMU").encode(np.full(160, 3000, dtype=np.int16)))
+    second = bytes(get_encoder("PCMU").encode(np.full(160, -9000, dtype=np.int16)))
+    for i, payload in enumerate((first, second)):
+        rig.peer.sendto(RtpPacket(0, 1 + i, 160 * i, 7, payload).serialize(), rig.target)
+    await until(lambda: rig.session.transport.received >= 2)
+    later = asyncio.get_running_loop().time() + 0.1  # playout started, audio not idle
+    got = [rig.session.pull_payload(later) for _ in range(3)]
+    assert got[:2] == [first, second]
+    reference = get_decoder("PCMU")
+    reference.decode(first)
+    reference.decode(second)
+    expected = reference.conceal(160)
+    assert isinstance(got[2], np.ndarray) and got[2].tolist() == expected.tolist()
+    assert expected.min() < -8000  # the second frame, faded: not the first, not silence

@@ -95,6 +95,26 @@ def test_batch_decode_and_encode_equal_frame_by_frame() -> None:
     assert bridge.quiet_ticks == 0
 
 
+def test_batch_decode_rows_with_and_without_gaps() -> None:
+    """Check the source rows the bridge pulls hold each leg's decoded payload
+    whether the legs that sent one are all in a row (decoded straight into
+    the rows) or some in between sent nothing (their rows stay silent),
+    with the rows of a tick before cleared."""
+    rng = np.random.default_rng(9)
+    legs = [Leg() for _ in range(6)]
+    plan = conference(legs)
+    bridge: Bridge[Leg] = Bridge(N)
+    for tick, quiet in enumerate(((), (0, 5), (2,), (1, 3), ())):
+        payloads = [None if i in quiet else rng.integers(0, 256, N, dtype=np.uint8).tobytes()
+                    for i in range(len(legs))]
+        for leg, payload in zip(legs, payloads):
+            leg.port.next = payload
+        rows, _ = bridge.pull(plan, tick * 0.02)
+        expected = [np.zeros(N, np.int16) if p is None else ULAW_DECODE[np.frombuffer(p, np.uint8)]
+                    for p in payloads]
+        assert rows.tolist() == np.array(expected).tolist(), f"tick {tick}, quiet legs {quiet}"
+
+
 def test_silence_is_not_mixed_and_a_speaker_is_heard_the_tick_they_start() -> None:
     """Check ticks where every leg is silent (nothing received, or G.711's
     quietest codes) mix nothing and send each leg encoded silence, and the

@@ -188,3 +188,22 @@ def test_plc_base_and_errors() -> None:
     assert not plc.conceal(4).any()
     with pytest.raises(ValueError, match="fade_frames must be at least 1"):
         SimplePlc(fade_frames=0)
+
+
+@pytest.mark.parametrize("fade, size, n", [(5, 160, 160), (3, 100, 160), (4, 320, 160), (1, 960, 960)])
+def test_plc_samples_follow_the_linear_fade(fade: int, size: int, n: int) -> None:
+    """Check every concealed sample is the last good frame (repeated or cut
+    to the frame's length) times the gain falling linearly over the whole
+    fade, sample by sample, rounded to the nearest integer: lost frame k,
+    sample j gets ``1 - (k * n + j + 1) / (fade * n)``; then silence."""
+    rng = np.random.default_rng(size + n + fade)
+    last = rng.integers(-32768, 32767, size).astype(np.int16)
+    plc = SimplePlc(fade_frames=fade)
+    plc.good_frame(last)
+    src = np.resize(last, n).astype(np.float64)
+    for k in range(fade):
+        gain = 1 - (k * n + np.arange(n) + 1) / (fade * n)
+        got = plc.conceal(n)
+        assert got.dtype == np.int16
+        assert np.abs(got - np.rint(src * gain)).max() <= 1  # float32 arithmetic: at most one off
+    assert not plc.conceal(n).any()

@@ -182,3 +182,27 @@ def test_nothing_received_gives_none() -> None:
     jb = JitterBuffer()
     assert [jb.get(t / 50) for t in range(5)] == [None] * 5
     assert jb.stats.lost == 0 and jb.stats.depth_ms == 0
+
+
+def test_long_stream_across_timestamp_reference_moves() -> None:
+    """Check a stream that runs past 2**31 samples from its first packet (a
+    huge frame here, 400,000 samples, so that 10,000 frames suffice; the
+    timestamp wraps on the way) plays every frame in order: the buffer
+    moves its timestamp reference along (every 4,096 frames played), so
+    the signed 32-bit difference never wraps into a resync. A swapped pair
+    and a duplicate right after a move are handled as anywhere else."""
+    n, spf = 10_000, 400_000
+
+    def big(i: int) -> RtpPacket:
+        return RtpPacket(0, (1000 + i) & 0xFFFF, (spf * i) & 0xFFFFFFFF, SSRC, b"f%d" % i)
+
+    arrivals = [(20 * i + 5, big(i)) for i in range(n)]
+    k = 4098  # played at the tick after the reference moved (frame 4096 played, +2 of priming)
+    arrivals[k], arrivals[k + 1] = (arrivals[k + 1][0], arrivals[k][1]), (arrivals[k][0], arrivals[k + 1][1])
+    arrivals.append((20 * (k + 1) + 6, big(k + 1)))
+    # an even stream: with a floor of two frames the depth stays put, nothing discarded
+    jb = JitterBuffer(clock_rate=spf * 50, min_depth_ms=40)
+    out = played(run(jb, arrivals, 20 * n + 200))
+    assert out == frames(*range(n))
+    s = jb.stats
+    assert (s.received, s.duplicate, s.lost, s.late, s.resyncs, s.discarded) == (n, 1, 0, 0, 0, 0)

@@ -13,6 +13,8 @@ silence over :data:`PLC_FADE_FRAMES` frames.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import numpy.typing as npt
 
@@ -145,11 +147,22 @@ class SimplePlc:
         self._lost += 1
         if last is None or lost >= self.fade_frames or last.size == 0:
             return np.zeros(num_samples, dtype=np.int16)
-        src = np.resize(last, num_samples).astype(np.float32)
-        total = self.fade_frames * num_samples
-        start = lost * num_samples
-        gain = 1.0 - (np.arange(start, start + num_samples, dtype=np.float32) + 1) / total
-        return np.rint(src * gain).astype(np.int16)
+        src = last if last.size == num_samples else np.resize(last, num_samples)
+        out: npt.NDArray[np.float32] = np.multiply(src, _fade(self.fade_frames, num_samples)[lost],
+                                                   dtype=np.float32)
+        np.rint(out, out=out)
+        return out.astype(np.int16)
+
+
+@lru_cache(maxsize=16)
+def _fade(fade_frames: int, num_samples: int) -> npt.NDArray[np.float32]:
+    """The gains of :meth:`SimplePlc.conceal`, one row per lost frame (computed
+    once per size: a loss under load must not cost more than a good frame)."""
+    total = fade_frames * num_samples
+    gain: npt.NDArray[np.float32] = (1.0 - (np.arange(0, total, dtype=np.float32) + 1) / total).astype(np.float32)
+    gain = gain.reshape(fade_frames, num_samples)
+    gain.flags.writeable = False
+    return gain
 
 
 class G711Decoder(Decoder):
