@@ -97,9 +97,11 @@ case "$cmd" in
       "$VENV/bin/python" bench/sip_cps.py "$@"
     else
       # Everything issue 17 asks of one run: rates and ratios, the latency
-      # histogram, 1.5x overload, then media against the echo.
+      # histogram, 1.5x overload, then media against the echo, then the
+      # same engine with two RTP send workers (--media-send-workers 2).
       "$VENV/bin/python" bench/sip_cps.py --latency --overload
       "$VENV/bin/python" bench/media.py
+      "$VENV/bin/python" bench/media.py --send-workers 2
     fi
     if [ -n "$compare" ]; then
       exec "$VENV/bin/python" bench/results.py compare "$compare" --since "$since"

@@ -768,6 +768,7 @@ def main() -> int:
     figs = {"engine_core_share": figure(core * 100, "% of a core", "lower"),
             "engine_us_per_packet": figure(us_pkt, "us", "lower"),
             "dropped_frames": figure(missing, "frames", "lower"),
+            "p50_lateness_grid": figure(pct(late * 1000, 50), "ms", "lower"),
             "p99_lateness_grid": figure(p99_grid, "ms", "lower"),
             "p99_lateness_cadence": figure(p99_cadence, "ms", "lower"),
             "mix_100_parties": figure(mix.get(100, math.nan), "ms/tick", "lower"),
@@ -776,8 +777,11 @@ def main() -> int:
         e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
-    save("media", {k: v for k, v in figs.items() if math.isfinite(v["value"])},
-         {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes})
+    # a run with send workers is its own bench for --compare (its figures are another configuration's)
+    save("media" if not args.send_workers else f"media-send-workers-{args.send_workers}",
+         {k: v for k, v in figs.items() if math.isfinite(v["value"])},
+         {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes,
+          "send_workers": args.send_workers})
     return 0
 
 
