@@ -98,7 +98,7 @@ case "$cmd" in
     else
       # Everything issue 17 asks of one run: rates and ratios, the latency
       # histogram, 1.5x overload, then media against the echo, then the
-      # same engine with two RTP send workers (--media-send-workers 2).
+      # same engine with two RTP send workers (--media-send-workers 2; saved as bench media_send_workers_2).
       "$VENV/bin/python" bench/sip_cps.py --latency --overload
       "$VENV/bin/python" bench/media.py
       "$VENV/bin/python" bench/media.py --send-workers 2

@@ -778,7 +778,7 @@ def main() -> int:
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
     # a run with send workers is its own bench for --compare (its figures are another configuration's)
-    save("media" if not args.send_workers else f"media-send-workers-{args.send_workers}",
+    save("media" if not args.send_workers else f"media_send_workers_{args.send_workers}",
          {k: v for k, v in figs.items() if math.isfinite(v["value"])},
          {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes,
           "send_workers": args.send_workers})
