@@ -91,37 +91,26 @@ class RtpTransport:
         now = _monotonic()
         burst = now - self._last_read < BURST_GAP
         self._last_read = now
+        if self._read_one() and burst:
+            for _ in range(MAX_READS_PER_WAKEUP - 1):  # what a burst left queued
+                if not self._read_one():
+                    return
+
+    def _read_one(self) -> bool:
+        """Read one datagram and hand it over; ``False`` when none was read."""
         try:
             data, addr = self._recvfrom(_MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:  # ICMP port unreachable and the like
             logger.debug("RTP socket error: %s", exc)
-            return
+            return False
         self.received += 1
         try:
             self.handler(data, addr)
         except Exception:
             logger.exception("RTP handler failed")
-        if burst:
-            self._drain()
-
-    def _drain(self) -> None:
-        """Read what a burst left queued, :data:`MAX_READS_PER_WAKEUP` at most in all."""
-        recv = self._recvfrom
-        for _ in range(MAX_READS_PER_WAKEUP - 1):
-            try:
-                data, addr = recv(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                logger.debug("RTP socket error: %s", exc)
-                return
-            self.received += 1
-            try:
-                self.handler(data, addr)
-            except Exception:
-                logger.exception("RTP handler failed")
+        return True
 
     def sendto(self, data: bytes, addr: Any) -> None:
         """Send one datagram; errors are counted, never raised (UDP is lossy anyway)."""

@@ -1,0 +1,59 @@
+"""How many datagrams one wake-up of RtpTransport reads (engine.transport.rtp_transport), on a real socket."""
+
+from __future__ import annotations
+
+import socket
+
+from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport
+
+
+def _queued(count: int) -> tuple[socket.socket, socket.socket]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        tx.sendto(b"%d" % i, rx.getsockname())
+    # loopback queues each datagram before sendto returns
+    return rx, tx
+
+
+def test_one_read_at_a_call_pace_then_a_bounded_drain_in_a_burst() -> None:
+    """A wake-up after a quiet spell reads one datagram (a phone's steady
+    pace); one that comes within the burst gap drains what is queued, in
+    order, but at most MAX_READS_PER_WAKEUP, so a flooded port cannot hold
+    the loop; an empty socket reads nothing and raises nothing."""
+    rx, tx = _queued(3 * MAX_READS_PER_WAKEUP)
+    got: list[bytes] = []
+    transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport._on_readable()
+    assert got == [b"0"]
+    transport._on_readable()  # right after the last read: a burst
+    assert len(got) == 1 + MAX_READS_PER_WAKEUP
+    assert got == [b"%d" % i for i in range(len(got))]
+    assert transport.received == len(got)
+    transport._on_readable()
+    transport._on_readable()
+    assert len(got) == 3 * MAX_READS_PER_WAKEUP
+    transport._on_readable()
+    assert len(got) == 3 * MAX_READS_PER_WAKEUP
+    rx.close()
+    tx.close()
+
+
+def test_a_failing_handler_does_not_stop_the_reading() -> None:
+    """A handler that raises is logged; the next datagrams are still read."""
+    rx, tx = _queued(3)
+    seen: list[bytes] = []
+
+    def handler(data: bytes, addr: object) -> None:
+        seen.append(data)
+        if data == b"0":
+            raise RuntimeError("boom")
+
+    transport = RtpTransport(rx, handler)
+    transport._on_readable()
+    transport._on_readable()
+    assert seen == [b"0", b"1", b"2"]
+    rx.close()
+    tx.close()
