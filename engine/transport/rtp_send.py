@@ -30,9 +30,13 @@ Wire format on the pair (each message one datagram, little-endian):
   a chunk of the batch due at ``due`` (``time.monotonic``); the worker
   sends once the ``last`` chunk arrived and ``due`` passed.
 
-A worker that dies or falls behind (its pair full) costs nothing lost: the
-engine sends that tick itself, logs it once, and starts a new worker, to
-which the sockets are handed again as they are used. Nothing outside this
+A worker found dead when a tick begins is replaced (an error logged, the
+sockets handed to the new one as they are used); one whose pair is broken
+or full when a tick ends has that tick sent by the engine. A worker that
+dies after taking a batch loses that one tick (20 ms of audio, as a lost
+packet would). More than :data:`MAX_RESTARTS` restarts in
+:data:`RESTART_WINDOW` seconds and the workers are given up: the event
+loop sends, as without them. Nothing outside this
 process can reach the pair; the worker checks every message anyway and
 skips what it cannot read.
 
@@ -51,6 +55,7 @@ import subprocess
 import sys
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +73,11 @@ PAIR_BUFFER = 4 * 1024 * 1024
 MAX_ADDRESSES = 65_536
 #: Ticks between sweeps for sockets closed in the engine (their worker copies closed too).
 SWEEP_EVERY = 50
+#: More restarts than this within :data:`RESTART_WINDOW` seconds (a worker
+#: that cannot start, or keeps dying) and the workers are given up: the event
+#: loop sends the clock's frames itself from then on, as without workers.
+MAX_RESTARTS = 3
+RESTART_WINDOW = 10.0
 
 _SLOT = struct.Struct("<I")
 _ADDR = struct.Struct("<IH")
@@ -202,6 +212,24 @@ class _Worker:
     count: int = 0
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """End a worker that failed: killed if still running, and waited for
+    (a killed process is gone within milliseconds; a rare pause of a tick)."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        logger.error("RTP send worker (pid %d) did not end when killed", proc.pid)
+
+
+def _start_batch(w: _Worker) -> None:
+    """Empty ``w``'s batch: its header alone (the due time is filled in when it ships)."""
+    w.batch.clear()
+    w.batch += b"B" + _BATCH.pack(0.0, 0)
+    w.count = 0
+
+
 class SendWorkers:
     """The engine's end: batches the clock's datagrams for ``count`` workers.
 
@@ -237,13 +265,20 @@ class SendWorkers:
         #: Ticks the engine sent itself because a worker failed or fell behind.
         self.fallbacks = 0
         self.restarts = 0
+        #: Whether the workers were given up (see :data:`MAX_RESTARTS`).
+        self.given_up = False
+        self._restart_times: deque[float] = deque()
 
     # -- processes -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers (idempotent)."""
-        while len(self._workers) < self.count:
+        """Start the workers (idempotent; nothing once they were given up)."""
+        while not self.given_up and len(self._workers) < self.count:
             self._workers.append(self._spawn())
+
+    def _command(self, fd: int) -> list[str]:
+        """The worker's command line, serving the pair on ``fd``."""
+        return [sys.executable, "-m", "engine.transport.rtp_send", str(fd)]
 
     def _spawn(self) -> _Worker:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -251,12 +286,13 @@ class SendWorkers:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
         fd = theirs.fileno()
-        proc = subprocess.Popen([sys.executable, "-m", "engine.transport.rtp_send", str(fd)],
-                                pass_fds=(fd,), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(self._command(fd), pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         theirs.close()
         mine.setblocking(False)
-        return _Worker(proc, mine)
+        worker = _Worker(proc, mine)
+        _start_batch(worker)
+        return worker
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close the pairs and wait for the workers to end (killed after ``timeout``)."""
@@ -278,13 +314,15 @@ class SendWorkers:
     # -- one tick ------------------------------------------------------------------------
 
     def begin(self, planned: float) -> None:
-        """A tick starts; ``planned`` is when it was meant to (its due time minus :attr:`lead`)."""
+        """A tick starts; ``planned`` is when it was meant to (its due time
+        minus :attr:`lead`). A worker found dead is replaced first."""
+        for i, w in enumerate(list(self._workers)):
+            if w.proc.poll() is not None and not self.given_up:
+                self._replace(i, f"it exited with code {w.proc.returncode}")
         RtpTransport.batch = self if self._workers else None
         self._begun = planned
         for w in self._workers:
-            w.batch.clear()
-            w.batch += b"B" + _BATCH.pack(0.0, 0)
-            w.count = 0
+            _start_batch(w)
 
     def add(self, transport: RtpTransport, data: bytes, addr: Any) -> bool:
         """Queue ``data`` for ``addr`` from ``transport``'s socket in this
@@ -327,13 +365,19 @@ class SendWorkers:
         """Hand this tick's batches over, to be sent at ``due`` (``time.monotonic``)."""
         RtpTransport.batch = None
         ready = time.monotonic()
-        for i, w in enumerate(self._workers):
+        for i, w in enumerate(list(self._workers)):
+            if self.given_up:
+                self._send_directly(w, w.batch)  # the rest of this tick, after giving up
+                continue
             if w.count:
                 state = self._ship(w, last=True, due=due)
                 if state != "sent":
                     self._fail(i, state)
             self.packets += w.count
         self.batches += 1
+        if self.given_up:
+            self.lead = 0.0  # ticks run at their due time again
+            return
         # Lead: how long after the planned start the batch was ready, at its
         # recent worst (decaying 2% a tick), plus a millisecond of margin.
         took = ready - self._begun
@@ -370,15 +414,44 @@ class SendWorkers:
         self.fallbacks += 1
         if state == "full" and w.proc.poll() is None:
             return  # alive but behind: the next tick tries again
-        logger.error("RTP send worker %d (pid %d) failed (%s, exit code %s); sending its tick from the "
-                     "engine and starting another", index, w.proc.pid, state, w.proc.poll())
+        self._replace(index, f"its pair is {state}")
+
+    def _replace(self, index: int, why: str) -> None:
+        """Start a new worker in place of ``index`` (its sockets are handed
+        over again as they are used), or give them all up after
+        :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds."""
+        w = self._workers[index]
+        now = time.monotonic()
+        times = self._restart_times
+        times.append(now)
+        while now - times[0] > RESTART_WINDOW:
+            times.popleft()
+        if len(times) > MAX_RESTARTS:
+            logger.error("RTP send worker %d (pid %d) failed (%s), the %d time in %g s: giving the send "
+                         "workers up; the event loop sends the media clock's frames",
+                         index, w.proc.pid, why, len(times), RESTART_WINDOW)
+            self._give_up()
+            return
+        logger.error("RTP send worker %d (pid %d) failed (%s); the engine sent its tick, starting another",
+                     index, w.proc.pid, why)
         w.ctl.close()
-        for key, (ref, wi, _slot) in list(self._registry.items()):
+        _reap(w.proc)
+        for key, (_ref, wi, _slot) in list(self._registry.items()):
             if wi == index:
                 del self._registry[key]
         self._workers[index] = self._spawn()
         self._epoch = object()
         self.restarts += 1
+
+    def _give_up(self) -> None:
+        """Stop every worker without waiting on them (we are inside a tick)."""
+        workers, self._workers = self._workers, []
+        self._registry.clear()
+        self._epoch = object()
+        self.given_up = True
+        for w in workers:
+            w.ctl.close()
+            _reap(w.proc)
 
     def _send_directly(self, w: _Worker, batch: bytearray) -> None:
         by_aid = {aid: addr for addr, aid in w.addrs.items()}

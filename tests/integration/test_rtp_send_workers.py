@@ -7,12 +7,13 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 
 import pytest
 
 from engine.media.clock import MediaClock
-from engine.transport.rtp_send import SWEEP_EVERY, SendWorkers, encode_address, iter_records
+from engine.transport.rtp_send import MAX_RESTARTS, SWEEP_EVERY, SendWorkers, encode_address, iter_records
 from engine.transport.rtp_transport import RtpTransport
 
 
@@ -110,10 +111,10 @@ def test_outside_a_tick_the_transport_sends_itself(workers) -> None:
     leg.sock.close()
 
 
-def test_a_killed_worker_loses_nothing_and_is_replaced(workers, caplog) -> None:
-    """A worker that dies: that tick is sent by the engine (nothing lost, an
-    error logged naming it), a new worker starts, and the tick after goes
-    through the new one with the socket handed over again."""
+def test_a_killed_worker_is_replaced_before_the_next_tick(workers, caplog) -> None:
+    """A worker that dies between ticks is found dead when the next tick
+    begins: an error is logged naming it, a new worker starts, and that
+    tick goes through the new one, the socket handed over again."""
     w = workers(1)
     leg = RtpTransport(_udp(), lambda d, a: None)
     peer = _udp()
@@ -127,12 +128,25 @@ def test_a_killed_worker_loses_nothing_and_is_replaced(workers, caplog) -> None:
         time.sleep(0.01)
     _tick(w, [(leg, b"two", dest)])
     assert _recv_all(peer, 1) == [(b"two", leg.sock.getsockname())]
-    assert w.fallbacks == 1 and w.restarts == 1 and w.pids[0] != old
-    assert "RTP send worker 0" in caplog.text
-    _tick(w, [(leg, b"three", dest)])
-    assert _recv_all(peer, 1) == [(b"three", leg.sock.getsockname())]
-    assert w.fallbacks == 1
-    leg.sock.close()
+    assert w.restarts == 1 and w.pids[0] != old and w.fallbacks == 0
+    assert "RTP send worker 0" in caplog.text and "exited with code -9" in caplog.text
+
+
+def test_a_worker_gone_at_the_end_of_a_tick_costs_nothing_of_it(workers) -> None:
+    """A worker whose pair is closed when the tick ends: the engine sends
+    that tick itself (nothing of it lost), and starts another worker."""
+    w = workers(1)
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    dest = peer.getsockname()
+    _tick(w, [(leg, b"one", dest)])
+    assert len(_recv_all(peer, 1)) == 1
+    w.begin(time.monotonic())
+    leg.sendto(b"two", dest)
+    w._workers[0].ctl.shutdown(socket.SHUT_WR)  # the pair breaks mid-tick
+    w.end(time.monotonic())
+    assert _recv_all(peer, 1) == [(b"two", leg.sock.getsockname())]
+    assert w.fallbacks == 1 and w.restarts == 1
 
 
 def test_a_closed_socket_is_let_go_by_its_worker(workers) -> None:
@@ -259,3 +273,42 @@ async def test_the_clock_starts_a_tick_lead_early_and_hands_its_due_time() -> No
         assert begin[0] == "begin" and tick == "tick" and end[0] == "end"
         assert end[1] - begin[1] == pytest.approx(dispatch.lead)
         assert (end[1] - clock.origin) / clock.interval == pytest.approx(i + 1)
+
+
+class _Dying(SendWorkers):
+    """Workers that exit at once (a broken installation)."""
+
+    def _command(self, fd: int) -> list[str]:
+        return [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+def test_workers_that_keep_dying_are_given_up(caplog) -> None:
+    """Workers that cannot stay up are restarted at most MAX_RESTARTS times
+    in RESTART_WINDOW seconds, then given up: the engine sends the ticks'
+    datagrams itself, the clock's lead goes back to 0, and no more
+    processes are started."""
+    w = _Dying(1)
+    w.start()
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    dest = peer.getsockname()
+    try:
+        for _ in range(4 * MAX_RESTARTS):  # each tick finds the worker dead and starts another
+            deadline = time.monotonic() + 5
+            while w._workers and w._workers[0].proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _tick(w, [])
+            if w.given_up:
+                break
+        _tick(w, [(leg, b"after", dest)])
+        assert [d for d, _ in _recv_all(peer, 1)] == [b"after"]
+        assert w.given_up and w.pids == [] and w.lead == 0.0
+        assert w.restarts == MAX_RESTARTS
+        assert "giving the send workers up" in caplog.text
+        w.start()
+        assert w.pids == []
+    finally:
+        w.stop()
+        RtpTransport.batch = None
+        while _opened:
+            _opened.pop().close()
