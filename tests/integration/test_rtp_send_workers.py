@@ -312,3 +312,41 @@ def test_workers_that_keep_dying_are_given_up(caplog) -> None:
         RtpTransport.batch = None
         while _opened:
             _opened.pop().close()
+
+
+def test_workers_end_when_the_engine_is_killed(tmp_path) -> None:
+    """An engine killed outright (SIGKILL: no stop()) leaves no worker
+    behind: each sees its pair close and exits."""
+    import subprocess
+
+    code = ("import sys, time\n"
+            "from engine.transport.rtp_send import SendWorkers\n"
+            "w = SendWorkers(2); w.start()\n"
+            "print(*w.pids, flush=True)\n"
+            "time.sleep(60)\n")
+    engine = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        pids = [int(p) for p in engine.stdout.readline().split()]
+        assert len(pids) == 2
+        engine.kill()
+        engine.wait(10)
+        deadline = time.monotonic() + 10
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in pids if _running(p)]
+            time.sleep(0.02)
+        assert alive == [], "workers outlived their engine"
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        engine.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, already exited, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
