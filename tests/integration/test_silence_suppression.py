@@ -32,6 +32,7 @@ from engine.media.dtx import cn_level
 from engine.media.rtcp import ReceiverReport, serialize_rtcp
 from engine.media.rtcp_session import MediaTimedOut
 from engine.media.rtp import RtpPacket, RtpSender
+from engine.transport.rtp_send import SendWorkers
 from engine.transport.rtp_socket import RtpPortAllocator, RtpPortPair
 
 from udp import drain
@@ -85,9 +86,14 @@ class Leg(Call):
 
 
 class Rig:
-    def __init__(self, tmp: Path, legs: int = 3, cn: bool = True, rtp_timeout: float = 0.0) -> None:
+    def __init__(self, tmp: Path, legs: int = 3, cn: bool = True, rtp_timeout: float = 0.0,
+                 send_workers: int = 0) -> None:
         self.ports = RtpPortAllocator("127.0.0.1", 45600, 45700)
         self.clock = MediaClock()
+        self.workers = SendWorkers(send_workers) if send_workers else None
+        if self.workers is not None:
+            self.workers.start()
+            self.clock.dispatch = self.workers
         self.graph = MediaGraph(self.clock, recordings_dir=tmp, silence_suppression=True)
         self.phones = [Phone(self.ports.allocate()) for _ in range(legs)]
         self.handlers = [SipLegMedia(self.ports, "127.0.0.1", clock=self.clock, comfort_noise=True,
@@ -111,13 +117,18 @@ class Rig:
         for h in self.handlers:
             h.close()
         await self.clock.stop()
+        if self.workers is not None:
+            self.workers.stop()
         for p in self.phones:
             self.ports.release(p.pair)
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    r = Rig(tmp_path)
+@pytest.fixture(params=[0, 1], ids=["loop-sends", "send-worker"])
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """Three legs in one engine; sent by the event loop, or by an RTP send
+    worker (``--media-send-workers 1``: CN, keepalives and resumed audio
+    then leave through the worker, and must look the same)."""
+    r = Rig(tmp_path, send_workers=request.param)
     yield r
     await r.close()
 
@@ -179,6 +190,8 @@ async def test_conference_speech_silence_speech(rig: Rig) -> None:
             assert np.abs(heard).max() > 1000  # the speaker's tone
     dtx = rig.graph.bridge.dtx
     assert dtx is not None and dtx.dormant_ticks > 0
+    if rig.workers is not None:
+        assert rig.workers.packets > 0 and rig.workers.fallbacks == 0
 
 
 async def test_a_player_in_the_conference_is_sent(rig: Rig) -> None:
