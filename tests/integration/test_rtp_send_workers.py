@@ -75,6 +75,17 @@ def _tick(w: SendWorkers, sends: list[tuple[RtpTransport, bytes, tuple[str, int]
     w.end(time.monotonic() + delay)
 
 
+def _one_leg(w: SendWorkers, first: bytes) -> tuple[RtpTransport, socket.socket, tuple[str, int]]:
+    """A leg and its peer, after one tick that sent ``first`` through ``w``
+    (checked: it arrived from the leg's port)."""
+    leg = RtpTransport(_udp(), lambda d, a: None)
+    peer = _udp()
+    dest = peer.getsockname()
+    _tick(w, [(leg, first, dest)])
+    assert _recv_all(peer, 1) == [(first, leg.sock.getsockname())]
+    return leg, peer, dest
+
+
 def test_a_tick_leaves_from_each_legs_own_port_after_end(workers) -> None:
     """Datagrams offered during a tick are held until end() (nothing reaches
     the receiver before), then each arrives once, unchanged, from the port
@@ -116,11 +127,7 @@ def test_a_killed_worker_is_replaced_before_the_next_tick(workers, caplog) -> No
     begins: an error is logged naming it, a new worker starts, and that
     tick goes through the new one, the socket handed over again."""
     w = workers(1)
-    leg = RtpTransport(_udp(), lambda d, a: None)
-    peer = _udp()
-    dest = peer.getsockname()
-    _tick(w, [(leg, b"one", dest)])
-    assert _recv_all(peer, 1) == [(b"one", leg.sock.getsockname())]
+    leg, peer, dest = _one_leg(w, b"one")
     old = w.pids[0]
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -136,11 +143,7 @@ def test_a_worker_gone_at_the_end_of_a_tick_costs_nothing_of_it(workers) -> None
     """A worker whose pair is closed when the tick ends: the engine sends
     that tick itself (nothing of it lost), and starts another worker."""
     w = workers(1)
-    leg = RtpTransport(_udp(), lambda d, a: None)
-    peer = _udp()
-    dest = peer.getsockname()
-    _tick(w, [(leg, b"one", dest)])
-    assert len(_recv_all(peer, 1)) == 1
+    leg, peer, dest = _one_leg(w, b"one")
     w.begin(time.monotonic())
     leg.sendto(b"two", dest)
     w._workers[0].ctl.shutdown(socket.SHUT_WR)  # the pair breaks mid-tick
@@ -190,11 +193,7 @@ def test_a_worker_skips_bad_messages_and_goes_on(workers) -> None:
     unknown slot or address, a truncated record, an address that is not
     UTF-8) are skipped; the worker still sends the next good batch."""
     w = workers(1)
-    leg = RtpTransport(_udp(), lambda d, a: None)
-    peer = _udp()
-    dest = peer.getsockname()
-    _tick(w, [(leg, b"first", dest)])
-    assert len(_recv_all(peer, 1)) == 1
+    leg, peer, dest = _one_leg(w, b"first")
     ctl = w._workers[0].ctl
     for bad in (b"B", b"S", b"F\x01", b"A\x00", b"Zzz", b"A" + struct.pack("<IH", 7, 9) + b"\xff\xfe",
                 b"B" + struct.pack("<dB", 0.0, 1) + struct.pack("<IIH", 999, 0, 3) + b"abc",
