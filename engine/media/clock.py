@@ -20,8 +20,8 @@ workers. The grid is kept on ``time.monotonic`` (the workers' clock; uvloop's
 ``loop.time()`` counts whole milliseconds); sinks are still given
 ``loop.time()``.
 
-For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the loop
-time of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
+For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the
+``time.monotonic`` of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
 to a list makes every tick append how late it fired (seconds); ``None``, the
 default, records nothing.
 """
@@ -78,7 +78,7 @@ class MediaClock:
         #: Seconds of lateness summed over every tick (with :attr:`ticks`,
         #: the mean lateness; the engine's metrics read both).
         self.lateness_sum = 0.0
-        #: Loop time of tick 0 of the current grid (tick n is due at origin + n * interval).
+        #: ``time.monotonic`` of tick 0 of the current grid (tick n is due at origin + n * interval).
         self.origin: float | None = None
         #: When a list: each tick appends its lateness in seconds (a recorder for benches).
         self.lateness: list[float] | None = None

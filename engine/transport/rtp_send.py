@@ -170,32 +170,19 @@ def worker_main(fd: int) -> int:
 
 def _send_batch(chunks: list[bytes], due: float, socks: dict[int, socket.socket],
                 addrs: dict[int, tuple[str, int]]) -> None:
-    """Sleep until ``due``, then send every record of ``chunks`` (the
-    records read inline, not through :func:`iter_records`: this loop is the
-    worker's whole cost per packet)."""
+    """Sleep until ``due``, then send every record of ``chunks``."""
     delay = due - time.monotonic()
     if delay > 0:
         time.sleep(delay)
-    unpack = _RECORD.unpack_from
-    size = _RECORD.size
     sget, aget = socks.get, addrs.get
     for chunk in chunks:
-        view = memoryview(chunk)
-        end = len(chunk)
-        offset = 1 + _BATCH.size
-        while offset + size <= end:
-            slot, aid, length = unpack(chunk, offset)
-            offset += size
-            stop = offset + length
-            if stop > end:
-                break
+        for slot, aid, data in iter_records(memoryview(chunk)):
             sock, addr = sget(slot), aget(aid)
             if sock is not None and addr is not None:
                 try:
-                    sock.sendto(view[offset:stop], addr)
+                    sock.sendto(data, addr)
                 except OSError:
                     pass  # UDP: as the engine's own sendto, an error is a lost packet
-            offset = stop
 
 
 # -- the engine's side ----------------------------------------------------------------------
@@ -258,7 +245,6 @@ class SendWorkers:
         #: Replaced whenever a worker or an address table starts over: the
         #: transports' memos of where their datagrams go are then stale.
         self._epoch = object()
-        self._ticks = 0
         self._begun = 0.0
         self.batches = 0
         self.packets = 0
@@ -383,8 +369,7 @@ class SendWorkers:
         took = ready - self._begun
         self._peak = max(took, self._peak * 0.98)
         self.lead = min(self.max_lead, self._peak + 0.001)
-        self._ticks += 1
-        if self._ticks % SWEEP_EVERY == 0:
+        if self.batches % SWEEP_EVERY == 0:
             self._sweep()
 
     def _ship(self, w: _Worker, *, last: bool, due: float) -> str:
