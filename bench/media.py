@@ -405,7 +405,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         conn.send("ready")
         w0, w1, end = conn.recv()
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
-        skipped0 = clock.skipped
+        skipped0, inline0, ticks0 = clock.skipped, clock.ticks_inline, clock.ticks
         quiet0 = graph.bridge.quiet_ticks
         dormant0 = graph.bridge.dtx.dormant_ticks if graph.bridge.dtx else 0
         scraped0 = _scraped(figures.render()) if metrics else None
@@ -445,6 +445,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "sent": sum(s.transport.sent for s in sessions) - sent0,
             "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
             "skipped": clock.skipped - skipped0,
+            # ticks started by an RTP reader that saw them due (engine.media.clock.run_due)
+            "inline_ticks": (clock.ticks_inline - inline0, clock.ticks - ticks0),
             "quiet_ticks": graph.bridge.quiet_ticks - quiet0,
             "dormant_ticks": (graph.bridge.dtx.dormant_ticks - dormant0) if graph.bridge.dtx else 0,
             "clock_lateness": lateness, "tick_times": times,
@@ -700,7 +702,9 @@ def main() -> int:
           f"inbound frames concealed {sres['concealed']:,}")
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
-    print(f"  clock wake-up lateness, against each tick's planned start: {ms(wake)}")
+    inline, ticked = sres.get("inline_ticks", (0, 0))
+    print(f"  clock wake-up lateness, against each tick's planned start: {ms(wake)}"
+          f" ({inline} of {ticked} ticks started by a reader)")
     if times.size:
         tot = times[:, 1:].sum(axis=1) * 1000
         print(f"  per tick: pull {ms(times[:, 1] * 1000)}")

@@ -1,14 +1,14 @@
-"""The media clock: one task for the whole engine ticks every 20 ms.
+"""The media clock: one timer for the whole engine ticks every 20 ms.
 
 Each tick calls :meth:`ClockSink.tick` of every registered sink (a call's
 media session with audio to move). A sink returns ``False`` when it has
 nothing left to do and is then dropped, so a call that receives no audio
 costs nothing per tick; it registers again with :meth:`MediaClock.add` when
-audio arrives. The task starts with the first sink and ends when none is
+audio arrives. The timer starts with the first sink and stops when none is
 left, so an idle engine has no timer running.
 
-Ticks are drift-free: tick *n* is due at ``start + n * interval`` on
-``loop.time()``, not 20 ms after the previous one finished. When the loop
+Ticks are drift-free: tick *n* is due at ``origin + n * interval`` on
+``time.monotonic``, not 20 ms after the previous one finished. When the loop
 was blocked for longer than ``max_catch_up`` ticks the clock skips ahead
 instead of firing a burst (counted in :attr:`MediaClock.skipped`).
 
@@ -19,6 +19,9 @@ dispatch collects the datagrams, and they leave at the due time from the
 workers. The grid is kept on ``time.monotonic`` (the workers' clock; uvloop's
 ``loop.time()`` counts whole milliseconds); sinks are still given
 ``loop.time()``.
+
+A tick starts from its timer or, when the loop is busy reading RTP, from
+the reader that notices it is due (:func:`run_due`), whichever comes first.
 
 For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the
 ``time.monotonic`` of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
@@ -35,7 +38,7 @@ from typing import Protocol
 
 from engine.media.pcm import FRAME_SECONDS
 
-__all__ = ["ClockSink", "MediaClock", "TICK", "TickDispatch"]
+__all__ = ["ClockSink", "MediaClock", "TICK", "TickDispatch", "next_tick_at", "run_due"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +68,23 @@ class TickDispatch(Protocol):
 
 
 class MediaClock:
-    """One periodic task driving all sinks."""
+    """One periodic timer driving all sinks."""
 
     def __init__(self, interval: float = TICK, max_catch_up: int = 5) -> None:
         self.interval = interval
         self.max_catch_up = max_catch_up
         self._sinks: dict[ClockSink, None] = {}  # insertion-ordered set
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._active = False
+        self._n = 0
+        self._due = 0.0
+        #: ``time.monotonic`` when the next tick starts (``inf`` while stopped).
+        self.next_at = _INF
         self.ticks = 0
         self.skipped = 0
+        #: Ticks started from a reader's callback (:func:`run_due`), not the timer.
+        self.ticks_inline = 0
         self.max_lateness = 0.0
         #: Seconds of lateness summed over every tick (with :attr:`ticks`,
         #: the mean lateness; the engine's metrics read both).
@@ -91,68 +102,128 @@ class MediaClock:
     def __contains__(self, sink: object) -> bool:
         return sink in self._sinks
 
+    @property
+    def running(self) -> bool:
+        """Whether ticks are scheduled (there are sinks, or were at the last tick)."""
+        return self._active
+
     def add(self, sink: ClockSink) -> None:
         """Tick ``sink`` from the next tick on (idempotent)."""
         if sink in self._sinks:
             return
         self._sinks[sink] = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+        if not self._active:
+            self._active = True
+            self._loop = asyncio.get_running_loop()
+            self.origin = monotonic()
+            self._n = 0
+            self._arm()
 
     def discard(self, sink: ClockSink) -> None:
         self._sinks.pop(sink, None)
 
     async def stop(self) -> None:
-        """Drop every sink and end the task."""
+        """Drop every sink and cancel the next tick."""
         self._sinks.clear()
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        self._halt()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.interval
-        start = self.origin = monotonic()
-        n = 0
-        while self._sinks:
-            n += 1
-            due = start + n * interval
-            dispatch = self.dispatch
-            planned = due - dispatch.lead if dispatch is not None else due
-            delay = planned - monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            late = monotonic() - planned
-            if late > self.max_lateness:
-                self.max_lateness = late
-            if late > 0.0:
-                self.lateness_sum += late
-            if self.lateness is not None:
-                self.lateness.append(late)
-            if late > self.max_catch_up * interval:
-                skip = int(late / interval)
-                n += skip
-                self.skipped += skip
-                due += skip * interval
-            self.ticks += 1
-            now = loop.time()
-            dispatch = self.dispatch
+    def _halt(self) -> None:
+        self._active = False
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self.next_at = _INF
+        _running.discard(self)
+        _refresh_next()
+
+    def _arm(self) -> None:
+        """Schedule tick ``n + 1`` on the grid."""
+        assert self._loop is not None and self.origin is not None
+        self._n += 1
+        due = self._due = self.origin + self._n * self.interval
+        dispatch = self.dispatch
+        planned = self.next_at = due - dispatch.lead if dispatch is not None else due
+        self._timer = self._loop.call_later(max(0.0, planned - monotonic()), self._fire)
+        _running.add(self)
+        _refresh_next()
+
+    def _fire(self) -> None:
+        """Run the tick that is due (from its timer or from :func:`run_due`)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # a no-op when the timer itself is running
+        planned, self.next_at = self.next_at, _INF  # no second start while this one runs
+        due = self._due
+        late = monotonic() - planned
+        if late > self.max_lateness:
+            self.max_lateness = late
+        if late > 0.0:
+            self.lateness_sum += late
+        if self.lateness is not None:
+            self.lateness.append(late)
+        if late > self.max_catch_up * self.interval:
+            skip = int(late / self.interval)
+            self._n += skip
+            self.skipped += skip
+            due += skip * self.interval
+        self.ticks += 1
+        assert self._loop is not None
+        now = self._loop.time()
+        dispatch = self.dispatch
+        try:
             if dispatch is not None:
                 dispatch.begin(planned)
+            sinks = self._sinks
+            for sink in list(sinks):
+                try:
+                    keep = sink.tick(now)
+                except Exception:
+                    logger.exception("media clock sink %r failed; dropped", sink)
+                    keep = False
+                if not keep:
+                    sinks.pop(sink, None)
+        finally:
             try:
-                for sink in list(self._sinks):
-                    try:
-                        keep = sink.tick(now)
-                    except Exception:
-                        logger.exception("media clock sink %r failed; dropped", sink)
-                        keep = False
-                    if not keep:
-                        self._sinks.pop(sink, None)
-            finally:
                 if dispatch is not None:
                     dispatch.end(due)
-        self._task = None
+            finally:
+                # The next tick, unless a sink stopped and restarted the clock meanwhile.
+                if not self._sinks:
+                    self._halt()
+                elif self._timer is None:
+                    self._arm()
+
+
+_INF = float("inf")
+#: Clocks with a tick scheduled.
+_running: set[MediaClock] = set()
+#: ``[t]``: the earliest :attr:`MediaClock.next_at` of the running clocks
+#: (a one-element list, so that readers test it without a call).
+next_tick_at = [_INF]
+
+
+def _refresh_next() -> None:
+    next_tick_at[0] = min((c.next_at for c in _running), default=_INF)
+
+
+def run_due() -> None:
+    """Start every running clock's tick that is due, now, from the caller.
+
+    The event loop runs all the ready readers' callbacks before it gets to
+    the timers; with 1,000 RTP sockets read once each per 20 ms, that run
+    is a few ms long, and the tick's timer waits behind it. Readers on the
+    media path check :data:`next_tick_at` after each datagram and call this
+    when it has passed, so a tick starts at most one callback late. Only the
+    clocks of the running loop are started; those whose loop was closed
+    without :meth:`MediaClock.stop` are forgotten.
+    """
+    loop = asyncio.get_running_loop()
+    now = monotonic()
+    for clock in list(_running):
+        if clock._loop is not loop:
+            if clock._loop is None or clock._loop.is_closed():
+                clock._halt()
+            continue
+        if clock.next_at <= now:
+            clock.ticks_inline += 1
+            clock._fire()

@@ -11,6 +11,10 @@ callback, not one per packet). uvloop implements ``add_reader`` as well.
 
 Until :meth:`RtpTransport.attach` runs, datagrams wait in the kernel's buffer,
 so nothing sent just before attaching is lost.
+
+After each wake-up the transport starts the media clock's tick if it is
+due (:func:`engine.media.clock.run_due`): with a thousand sockets ready at
+once the loop would otherwise reach the tick's timer only after all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import logging
 import socket
 from time import monotonic as _monotonic
 from typing import Any, Callable, ClassVar, Protocol
+
+from engine.media.clock import next_tick_at as _next_tick_at
+from engine.media.clock import run_due as _run_due
 
 __all__ = ["RtpTransport", "DatagramHandler"]
 
@@ -94,7 +101,11 @@ class RtpTransport:
         if self._read_one() and burst:
             for _ in range(MAX_READS_PER_WAKEUP - 1):  # what a burst left queued
                 if not self._read_one():
-                    return
+                    break
+        # The loop runs every ready reader before its timers: a media tick
+        # due meanwhile starts here rather than after the rest of the run.
+        if now >= _next_tick_at[0]:
+            _run_due()
 
     def _read_one(self) -> bool:
         """Read one datagram and hand it over; ``False`` when none was read."""

@@ -262,7 +262,7 @@ async def test_the_clock_starts_a_tick_lead_early_and_hands_its_due_time() -> No
     clock.dispatch = dispatch
     sink = _Sink(dispatch)
     clock.add(sink)
-    while clock._task is not None and not clock._task.done():
+    while clock.running:
         await asyncio.sleep(0.02)
     assert sink.ticks == 5
     events = dispatch.events

@@ -57,3 +57,39 @@ def test_a_failing_handler_does_not_stop_the_reading() -> None:
     assert seen == [b"0", b"1", b"2"]
     rx.close()
     tx.close()
+
+
+async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers() -> None:
+    """With the loop behind (here: blocked past the tick's due time, then
+    one datagram ready), the reader that notices the tick is due starts it
+    right after its own datagram, before the loop's timers run."""
+    import asyncio
+    import time
+
+    from engine.media.clock import MediaClock
+
+    order: list[str] = []
+
+    class Sink:
+        def tick(self, now: float) -> bool:
+            order.append("tick")
+            return False
+
+    clock = MediaClock()
+    clock.add(Sink())
+    rx, tx = _queued(0)
+    transport = RtpTransport(rx, lambda data, addr: order.append("read"))
+    transport.attach()
+    try:
+        tx.sendto(b"x", rx.getsockname())
+        while time.monotonic() < clock.next_at + 0.003:  # the loop is busy elsewhere
+            pass
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert order == ["read", "tick"]
+        assert clock.ticks == 1 and clock.ticks_inline == 1
+    finally:
+        await clock.stop()
+        transport.detach()
+        rx.close()
+        tx.close()
