@@ -60,8 +60,8 @@ def test_a_failing_handler_does_not_stop_the_reading() -> None:
 
 
 async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers() -> None:
-    """With the loop behind (here: blocked past the tick's due time, then
-    one datagram ready), the reader that notices the tick is due starts it
+    """With send workers and the loop behind (here: blocked past the tick's
+    due time, then one datagram ready), the reader that notices the tick is due starts it
     right after its own datagram, before the loop's timers run."""
     import asyncio
     import time
@@ -75,7 +75,17 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
             order.append("tick")
             return False
 
+    class Dispatch:  # send workers' stand-in: the clock then lets readers start its ticks
+        lead = 0.0
+
+        def begin(self, planned: float) -> None:
+            pass
+
+        def end(self, due: float) -> None:
+            pass
+
     clock = MediaClock()
+    clock.dispatch = Dispatch()
     clock.add(Sink())
     rx, tx = _queued(0)
     transport = RtpTransport(rx, lambda data, addr: order.append("read"))

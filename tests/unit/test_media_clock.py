@@ -23,6 +23,18 @@ class _Sink:
         return len(self.at) < self.ticks
 
 
+class _Dispatch:
+    """A send dispatch that sends nothing (the clock starts ticks early for it, by ``lead``)."""
+
+    lead = 0.0
+
+    def begin(self, planned: float) -> None:
+        pass
+
+    def end(self, due: float) -> None:
+        pass
+
+
 async def _until_stopped(clock: MediaClock, limit: float = 5.0) -> None:
     deadline = time.monotonic() + limit
     while clock.running and time.monotonic() < deadline:
@@ -34,7 +46,7 @@ async def test_ticks_follow_the_grid_and_the_timer_stops_with_the_last_sink() ->
     clock = MediaClock()
     sink = _Sink(clock)
     clock.add(sink)
-    assert clock.running and next_tick_at[0] == clock.next_at
+    assert clock.running and clock.next_at < float("inf")
     await _until_stopped(clock)
     assert clock.ticks == 5 and len(sink.at) == 5
     origin = clock.origin
@@ -50,6 +62,7 @@ async def test_a_reader_starts_a_due_tick_before_the_timer_would() -> None:
     time) reaches the timer late; run_due, called by the reader, starts the
     tick at once, and the timer does not start it a second time."""
     clock = MediaClock()
+    clock.dispatch = _Dispatch()
     sink = _Sink(clock, ticks=2)
     clock.add(sink)
     due = clock.next_at
@@ -73,10 +86,26 @@ async def test_a_reader_starts_a_due_tick_before_the_timer_would() -> None:
 
 async def test_run_due_before_the_due_time_does_nothing() -> None:
     clock = MediaClock()
+    clock.dispatch = _Dispatch()
     sink = _Sink(clock, ticks=1)
     clock.add(sink)
     run_due()
     assert sink.at == [] and clock.ticks == 0
+    await _until_stopped(clock)
+    assert len(sink.at) == 1 and clock.ticks_inline == 0
+
+
+async def test_a_clock_that_sends_as_it_ticks_is_left_to_its_timer() -> None:
+    """Without a dispatch the tick sends its frames itself: readers do not
+    start it (the timer runs after them), and next_tick_at does not ask them to."""
+    clock = MediaClock()
+    sink = _Sink(clock, ticks=1)
+    clock.add(sink)
+    assert clock.next_at < float("inf") and next_tick_at[0] == float("inf")
+    while time.monotonic() < clock.next_at + 0.002:
+        pass
+    run_due()
+    assert sink.at == []
     await _until_stopped(clock)
     assert len(sink.at) == 1 and clock.ticks_inline == 0
 
@@ -168,6 +197,7 @@ def test_a_clock_left_on_a_closed_loop_is_forgotten() -> None:
     leave the readers of other loops calling run_due for ever."""
     loop = asyncio.new_event_loop()
     clock = MediaClock()
+    clock.dispatch = _Dispatch()
 
     async def start() -> None:
         clock.add(_Sink(clock, ticks=100))
