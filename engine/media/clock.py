@@ -203,8 +203,15 @@ _running: set[MediaClock] = set()
 next_tick_at = [_INF]
 
 
+def _eager(clock: MediaClock) -> bool:
+    """Whether readers start ``clock``'s due ticks: while its dispatch sends
+    later (a lead; send workers given up have none, and the tick sends)."""
+    dispatch = clock.dispatch
+    return dispatch is not None and dispatch.lead > 0.0
+
+
 def _refresh_next() -> None:
-    next_tick_at[0] = min((c.next_at for c in _running if c.dispatch is not None), default=_INF)
+    next_tick_at[0] = min((c.next_at for c in _running if _eager(c)), default=_INF)
 
 
 def run_due() -> None:
@@ -216,9 +223,10 @@ def run_due() -> None:
     media path check :data:`next_tick_at` after each datagram and call this
     when it has passed, so a tick starts at most one callback late.
 
-    Only clocks with a :attr:`MediaClock.dispatch` start this way: their
-    tick only prepares a batch, which the send workers send at the due time,
-    so a tick on time is worth a reader's wait. A clock that sends as it
+    Only clocks whose :attr:`MediaClock.dispatch` has a lead start this way
+    (send workers that run: given up, their lead is 0): their tick only
+    prepares a batch, which the workers send at the due time, so a tick on
+    time is worth a reader's wait. A clock that sends as it
     ticks keeps to its timer, which runs after the ready readers: on a loop
     near saturation a tick started ahead of them would delay the rest of
     the read past the next pull (measured with ``bench/media.py --legs
@@ -233,6 +241,6 @@ def run_due() -> None:
             if clock._loop is None or clock._loop.is_closed():
                 clock._halt()
             continue
-        if clock.next_at <= now and clock.dispatch is not None:
+        if clock.next_at <= now and _eager(clock):
             clock.ticks_inline += 1
             clock._fire()

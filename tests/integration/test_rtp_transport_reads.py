@@ -76,7 +76,7 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
             return False
 
     class Dispatch:  # send workers' stand-in: the clock then lets readers start its ticks
-        lead = 0.0
+        lead = 0.001
 
         def begin(self, planned: float) -> None:
             pass

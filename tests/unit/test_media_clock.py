@@ -26,7 +26,7 @@ class _Sink:
 class _Dispatch:
     """A send dispatch that sends nothing (the clock starts ticks early for it, by ``lead``)."""
 
-    lead = 0.0
+    lead = 0.001
 
     def begin(self, planned: float) -> None:
         pass
@@ -108,6 +108,26 @@ async def test_a_clock_that_sends_as_it_ticks_is_left_to_its_timer() -> None:
     assert sink.at == []
     await _until_stopped(clock)
     assert len(sink.at) == 1 and clock.ticks_inline == 0
+
+
+async def test_send_workers_given_up_leave_the_tick_to_its_timer() -> None:
+    """Send workers that were given up have no lead and send during the
+    tick: readers then leave it to the timer, as without workers."""
+    clock = MediaClock()
+    dispatch = _Dispatch()
+    clock.dispatch = dispatch
+    sink = _Sink(clock, ticks=3)
+    clock.add(sink)
+    assert next_tick_at[0] == clock.next_at
+    dispatch.lead = 0.0  # what SendWorkers does on giving up, at the end of a tick
+    await asyncio.sleep(0.025)  # the next tick re-arms the clock
+    assert next_tick_at[0] == float("inf")
+    while time.monotonic() < clock.next_at + 0.002:
+        pass
+    before = clock.ticks
+    run_due()
+    assert clock.ticks == before and clock.ticks_inline == 0
+    await _until_stopped(clock)
 
 
 async def test_a_blocked_loop_skips_ahead_instead_of_bursting() -> None:
