@@ -144,6 +144,14 @@ class MediaSession:
     :param call_id: the call's id, for the security log.
     """
 
+    # Slots: a packet and a tick each read a dozen of these per leg; kept in the
+    # object, not a separate dict, they cost fewer cache misses with 1,000 legs.
+    __slots__ = ("_encode_table", "_event_timer", "_frame_samples", "_g711_decoder", "_g711_pending", "_last_audio",
+                 "_listener", "_player_done", "_refusal_logged", "_silence", "_talkspurt", "audio_pt", "audio_waker",
+                 "call_id", "clock", "closed", "decode_table", "decoder", "detector", "dtmf", "encoder", "event_pt",
+                 "events", "graph_driven", "jitter", "last_sent", "latch", "malformed", "negotiated", "player",
+                 "policy", "rtcp", "send_waker", "sender", "srtp", "transport", "__weakref__")
+
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
                  call_id: str | None = None) -> None:
         self.transport = RtpTransport(sock, self._on_datagram)

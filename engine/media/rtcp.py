@@ -293,6 +293,11 @@ class ReceiverStats:
     gives the figures for the next SR/RR and starts a new interval.
     """
 
+    # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
+    __slots__ = ("_lsr", "_sr_arrival", "_started", "_transit", "bad_seq", "base_seq", "clock_rate", "cycles",
+                 "expected_prior", "fraction_lost", "jitter", "max_seq", "probation", "received", "received_prior",
+                 "ssrc")
+
     def __init__(self, ssrc: int, clock_rate: int, *, probation: int = MIN_SEQUENTIAL) -> None:
         self.ssrc = ssrc
         self.clock_rate = clock_rate

@@ -151,6 +151,12 @@ class RtcpSession:
     :param random: returns a float in [0, 1) (tests pass a seeded one).
     """
 
+    # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
+    __slots__ = ("_anchor_time", "_anchor_ts", "_current", "_datagrams", "_events", "_expected", "_last_activity",
+                 "_next_report", "_random", "_sent_counts", "_timed_out", "bytes_received", "clock_rate", "closed",
+                 "cname", "event_pt", "interval", "packets_received", "remote_block", "remote_bye", "rtcp_malformed",
+                 "rtcp_received", "rtcp_sent", "rtt", "sender", "sources", "timeout", "wall_offset", "__weakref__")
+
     def __init__(
         self,
         sender: RtpSender,

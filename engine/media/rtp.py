@@ -197,6 +197,9 @@ class RtpSender:
     a bit count and returns that many random bits; tests pass a seeded one.
     """
 
+    # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
+    __slots__ = ("ssrc", "sequence_number", "timestamp", "packet_count", "octet_count")
+
     def __init__(
         self,
         *,

@@ -58,6 +58,10 @@ class RtpTransport:
     #: tick at a time; ``None`` otherwise).
     batch: ClassVar[BatchSink | None] = None
 
+    # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
+    __slots__ = ("sock", "_recvfrom", "handler", "_loop", "_last_read", "received", "sent", "batch_memo",
+                 "send_errors", "__weakref__")
+
     def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.sock = sock
         self._recvfrom = sock.recvfrom
