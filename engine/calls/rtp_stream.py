@@ -146,11 +146,12 @@ class MediaSession:
 
     # Slots: a packet and a tick each read a dozen of these per leg; kept in the
     # object, not a separate dict, they cost fewer cache misses with 1,000 legs.
-    __slots__ = ("_encode_table", "_event_timer", "_frame_samples", "_g711_decoder", "_g711_pending", "_last_audio",
-                 "_listener", "_player_done", "_refusal_logged", "_silence", "_talkspurt", "audio_pt", "audio_waker",
-                 "call_id", "clock", "closed", "decode_table", "decoder", "detector", "dtmf", "encoder", "event_pt",
-                 "events", "graph_driven", "jitter", "last_sent", "latch", "malformed", "negotiated", "player",
-                 "policy", "rtcp", "send_waker", "sender", "srtp", "transport", "__weakref__")
+    # The ones a packet or a graph tick reads come first (adjacent cache lines).
+    __slots__ = ("latch", "graph_driven", "rtcp", "_listener", "srtp", "event_pt", "audio_pt", "jitter", "detector",
+                 "decoder", "_last_audio", "audio_waker", "_g711_decoder", "closed", "_frame_samples",
+                 "_g711_pending", "decode_table", "_encode_table", "player", "dtmf", "negotiated", "last_sent",
+                 "sender", "_talkspurt", "transport", "_event_timer", "_player_done", "_refusal_logged", "_silence",
+                 "call_id", "clock", "encoder", "events", "malformed", "policy", "send_waker", "__weakref__")
 
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
                  call_id: str | None = None) -> None:
