@@ -4,7 +4,7 @@
 #   ./run.sh test  [pytest args]              install what is missing, run every test
 #   ./run.sh bench [NAME] [flags]             install bench extras, run bench/NAME.py
 #                                             (no NAME: sip_cps --latency --overload, then
-#                                             media; flags alone: sip_cps with them)
+#                                             media, media_paths; flags alone: sip_cps with them)
 #   ./run.sh bench ... --compare FILE         then compare with an earlier bench/results/*.json
 # Installing is idempotent: Debian packages from debian-packages.txt (apt-get,
 # as root or through sudo), Python packages into .venv from pyproject.toml.
@@ -98,10 +98,12 @@ case "$cmd" in
     else
       # Everything issue 17 asks of one run: rates and ratios, the latency
       # histogram, 1.5x overload, then media against the echo, then the
-      # same engine with two RTP send workers (--media-send-workers 2; saved as bench media_send_workers_2).
+      # same engine with two RTP send workers (--media-send-workers 2; saved as bench media_send_workers_2),
+      # then each media path's cost per packet at 50 and 1,000 legs (bench/media_paths.py).
       "$VENV/bin/python" bench/sip_cps.py --latency --overload
       "$VENV/bin/python" bench/media.py
       "$VENV/bin/python" bench/media.py --send-workers 2
+      "$VENV/bin/python" bench/media_paths.py --rtcp
     fi
     if [ -n "$compare" ]; then
       exec "$VENV/bin/python" bench/results.py compare "$compare" --since "$since"

@@ -1,0 +1,203 @@
+"""bench/media_paths: what one RTP packet costs on each path of the engine,
+against the bare socket calls on the same sockets, at few and many legs.
+
+``bench/media.py`` measures the whole engine against an echo, but on two
+shared cores its figures move by 10% from run to run: too much to see a
+change of a few per cent. This bench runs in one process with nothing else
+going on, so it can. For each leg count (``--legs``, default 50 and 1000)
+it builds that many graph-driven PCMU :class:`~engine.calls.rtp_stream.MediaSession`\\ s
+on real loopback sockets, in conferences as ``bench/media`` plans them (one
+big one, the rest 3-10), and a client socket. Then, every tick, it times
+per leg:
+
+- *read*: a bare ``recvfrom`` of a datagram the client sent to the leg's
+  socket (the floor of receiving, Python's socket call included);
+- *receive*: :meth:`RtpTransport._on_readable` of the next datagram: the
+  read plus everything the engine does with a packet (latch, RTCP
+  statistics with ``--rtcp``, jitter buffer);
+- *pull*, *mix*, *push*: the media graph's tick, as the bridge times it
+  (:attr:`engine.media.bridge.Bridge.tick_times`);
+- *send*: a bare ``sendto`` of a 172-byte datagram from each leg's socket
+  (the floor of the push's sending).
+
+It prints microseconds per packet, the engine's paths against the bare
+calls, and each path at many legs against the same path at few: the
+difference is what the working set costs (the same code, more memory
+touched), which is what measured the case for ``__slots__`` on the per-leg
+objects. The ticks run back to back on a virtual loop clock that advances
+20 ms a tick (the jitter buffer sees a steady 20 ms cadence); the loop is
+asyncio's own (its ``time`` can be replaced; the loop runs nothing here).
+Bounded: ``--ticks`` per leg count, 300 by default.
+
+Usage: ``./run.sh bench media_paths [--legs 50,1000] [--ticks 300] [--rtcp]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import math
+import resource
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from media import make_plan, tone_payloads  # noqa: E402  (bench/media.py)
+
+_HEADER = struct.Struct("!BBHII")
+WARMUP = 30
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def measure(legs: int, ticks: int, rtcp: bool) -> dict[str, float]:
+    """Microseconds per packet (per leg and tick) of each path, medians over the ticks."""
+    from engine.calls.conference import MediaGraph
+    from engine.media.clock import MediaClock
+    from engine.transport.rtp_socket import RtpPortAllocator
+    from media import bench_legs
+
+    plan = make_plan(legs, min(100, legs // 2), 3, 10)
+    allocator = RtpPortAllocator("127.0.0.1", 20000, 60000)
+    pairs = [allocator.allocate() for _ in range(legs)]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    tones = [tone_payloads(400.0 + 200 * (i % 5), 1500.0) for i in range(5)]
+    packet = bytes(172)
+    virtual = [1000.0]
+
+    async def run() -> dict[str, list[float]]:
+        loop = asyncio.get_running_loop()
+        loop.time = lambda: virtual[0]  # type: ignore[method-assign]
+        clock = MediaClock()
+        graph = MediaGraph(clock, recordings_dir=tempfile.mkdtemp(prefix="bench-paths-"))
+        sessions, _ = bench_legs(plan, pairs, [client.getsockname()[1]] * legs, clock, graph, rtcp=rtcp)
+        await clock.stop()  # the bench ticks the graph itself
+        transports = [s.transport for s in sessions]
+        for t in transports:
+            t.detach()  # read by hand below, not by the loop
+        socks = [t.sock for t in transports]
+        dests = [s.getsockname() for s in socks]
+        client_addr = client.getsockname()
+        graph.tick_times = []
+        times: dict[str, list[float]] = {"read": [], "receive": [], "send": []}
+
+        def send_round(tick: int) -> None:
+            for i, dest in enumerate(dests):
+                client.sendto(_HEADER.pack(0x80, 0, (100 + tick) & 0xFFFF, (5000 + 160 * tick) & 0xFFFFFFFF,
+                                           1234 + i) + tones[i % 5][tick % 50], dest)
+
+        def drain_client() -> None:
+            try:
+                while True:
+                    client.recv(4096)
+            except BlockingIOError:
+                pass
+
+        gc.collect()
+        gc.disable()
+        try:
+            for tick in range(ticks):
+                send_round(tick)  # one datagram each for the bare read
+                t0 = time.perf_counter()
+                for sock in socks:
+                    sock.recvfrom(2048)
+                t1 = time.perf_counter()
+                send_round(tick)  # the same packet again, for the engine
+                virtual[0] += 0.001
+                t2 = time.perf_counter()
+                for t in transports:
+                    t._last_read = 0.0  # a phone's pace: one read a wake-up, no drain
+                    t._on_readable()
+                t3 = time.perf_counter()
+                for sock in socks:
+                    sock.sendto(packet, client_addr)
+                t4 = time.perf_counter()
+                drain_client()
+                virtual[0] += 0.019
+                graph.tick(virtual[0])
+                drain_client()
+                if tick >= WARMUP:
+                    times["read"].append(t1 - t0)
+                    times["receive"].append(t3 - t2)
+                    times["send"].append(t4 - t3)
+        finally:
+            gc.enable()
+        ticked = graph.tick_times[WARMUP:] if graph.tick_times else []
+        times["pull"] = [t[1] for t in ticked]
+        times["mix"] = [t[2] for t in ticked]
+        times["push"] = [t[3] for t in ticked]
+        concealed = sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None)
+        if concealed:
+            raise RuntimeError(f"{concealed} frames concealed: the legs did not get every packet")
+        for s in sessions:
+            s.close()
+        return times
+
+    try:
+        times = asyncio.run(run())
+    finally:
+        client.close()
+        for pair in pairs:
+            pair.close()
+    return {path: statistics.median(values) / legs * 1e6 for path, values in times.items() if values}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--legs", default="50,1000", help="leg counts, few first, comma-separated")
+    parser.add_argument("--ticks", type=int, default=300)
+    parser.add_argument("--rtcp", action="store_true", help="each leg keeps RTCP receive statistics, as a SIP leg")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.legs.split(",")]
+    if len(counts) < 1 or any(n < 2 for n in counts) or args.ticks <= WARMUP:
+        parser.error(f"--legs needs counts of 2 or more and --ticks more than {WARMUP}")
+    _raise_fd_limit()
+    results = {n: measure(n, args.ticks, args.rtcp) for n in counts}
+    paths = ["read", "receive", "pull", "mix", "push", "send"]
+    print(f"bench/media_paths: us per packet (median tick / legs), {args.ticks} ticks, "
+          f"RTCP statistics {'on' if args.rtcp else 'off'}")
+    print("legs   " + "".join(f"{p:>9}" for p in paths) + "   receive/read  push/send")
+    for n, r in results.items():
+        print(f"{n:<7}" + "".join(f"{r[p]:9.2f}" for p in paths)
+              + f"   {r['receive'] / r['read']:12.2f}  {r['push'] / r['send']:9.2f}")
+    few, many = counts[0], counts[-1]
+    if many != few:
+        a, b = results[few], results[many]
+        print(f"{many} legs against {few} (the working set's cost): "
+              + ", ".join(f"{p} {b[p] / a[p]:.2f}x" for p in paths))
+    from results import figure, save  # bench/results.py
+
+    r = results[many]
+    figs = {f"{p}_us_{many}_legs": figure(r[p], "us", "lower") for p in paths}
+    figs["ratio_receive_read"] = figure(r["receive"] / r["read"], "x", "lower")
+    figs["ratio_push_send"] = figure(r["push"] / r["send"], "x", "lower")
+    if many != few:
+        base = results[few]
+        figs["ratio_receive_pull_many_few"] = figure(
+            (r["receive"] + r["pull"]) / (base["receive"] + base["pull"]), "x", "lower")
+    save("media_paths" if not args.rtcp else "media_paths_rtcp",
+         {k: v for k, v in figs.items() if math.isfinite(v["value"])},
+         {"legs": counts, "ticks": args.ticks, "rtcp": args.rtcp})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
