@@ -6,8 +6,11 @@ payload or ``None`` for a frame that is missing (the codec layer conceals
 it). Frames are keyed by RTP timestamp: slot = timestamp / samples-per-frame,
 counted from the stream's first packet with wrap-aware 32-bit arithmetic, so
 sequence and timestamp wrap, silence suppression (timestamp gaps) and
-reordering need no special cases. Storage is a dict of slot -> payload, so
-put and get are O(1).
+reordering need no special cases. Storage is one list used as a ring,
+indexed by slot: an entry holds the frame waiting for that slot or the
+mark that the slot was played (which tells a duplicate from a late
+packet), so put and get are O(1) and touch one entry of one list (with a
+thousand legs, the memory a packet touches is most of its cost).
 
 Playout delay: playback starts ``target`` after the first packet arrives and
 then advances one slot a tick. The target is adaptive between
@@ -68,7 +71,7 @@ class JitterBuffer:
     # Slots: every packet and every tick reads this object; without a
     # separate attribute table it costs one cache miss less per leg.
     __slots__ = ("frame_ms", "samples_per_frame", "_min", "_max", "_target", "_shrink_after", "_resync",
-                 "_counters", "_received", "_frames", "_last_seq", "_played", "_ssrc", "_ref_ts",
+                 "_counters", "_received", "_ring", "_mask", "_last_seq", "_ssrc", "_ref_ts",
                  "_ref_index", "_head", "_low", "_high", "_first_arrival", "_grow_pending",
                  "_last_adjust", "_window_start", "_window_min")
 
@@ -92,9 +95,16 @@ class JitterBuffer:
         self._resync = max(self._max * 2, resync_ms // frame_ms)
         self._counters = JitterStats()
         self._received = 0  # kept apart from _counters: the one counter every packet moves
-        self._frames: dict[int, tuple[int, bytes]] = {}
+        # One ring for the frames waiting and the slots played: at slot & mask
+        # either (slot, seq, payload), waiting, or slot, played, or None. Twice
+        # the resync distance, so a waiting frame and a late one never share
+        # an entry (anything farther resyncs).
+        size = _RING
+        while size < 2 * self._resync + 2:
+            size *= 2
+        self._mask = size - 1
+        self._ring: list[tuple[int, int, bytes] | int | None] = [None] * size
         self._last_seq: int | None = None  # sequence number of the last frame played
-        self._played: list[int | None] = [None] * _RING
         self._ssrc: int | None = None
         self._ref_ts = 0  # the RTP timestamp of slot _ref_index
         self._ref_index = 0
@@ -130,9 +140,8 @@ class JitterBuffer:
         return self._ref_index + (ts_diff(self._ref_ts, timestamp) + half) // self.samples_per_frame
 
     def _restart(self, ssrc: int, timestamp: int, now: float) -> None:
-        self._counters.discarded += len(self._frames)
-        self._frames.clear()
-        self._played = [None] * _RING
+        self._counters.discarded += sum(1 for e in self._ring if e.__class__ is tuple)
+        self._ring = [None] * (self._mask + 1)
         self._ssrc = ssrc
         self._ref_ts = timestamp
         self._ref_index = 0
@@ -170,7 +179,7 @@ class JitterBuffer:
             head = self._head
         elif head is not None and ahead < 0:
             c = self._counters
-            if self._played[slot % _RING] == slot:
+            if self._ring[slot & self._mask] == slot:  # its played mark
                 c.duplicate += 1
             else:
                 c.late += 1
@@ -179,11 +188,13 @@ class JitterBuffer:
                     self._target += 1
                     self._grow_pending += 1
             return False
-        frames = self._frames
-        if slot in frames:
+        ring = self._ring
+        i = slot & self._mask
+        entry = ring[i]
+        if entry.__class__ is tuple and entry[0] == slot:
             self._counters.duplicate += 1
             return False
-        frames[slot] = (seq, payload)
+        ring[i] = (slot, seq, payload)
         self._received += 1
         if slot > self._high:
             self._high = slot
@@ -215,19 +226,21 @@ class JitterBuffer:
             avail = self._high - head + 1
         if avail > self._max + 2:  # overflow: cut back to the target at once
             head = self._skip(head, avail - self._target - 1)
-        entry = self._frames.pop(head, None)
+        ring = self._ring
+        i = head & self._mask
+        entry = ring[i]
         frame = None
-        if entry is None:
+        if entry.__class__ is not tuple or entry[0] != head:
             self._counters.concealed += 1
         else:
-            seq, frame = entry
+            _, seq, frame = entry
             last = self._last_seq
             if last is not None:
                 gap = (((seq - last + 0x8000) & 0xFFFF) - 0x8000) - 1  # seq_diff(last, seq) - 1
                 if 0 < gap < 3000:
                     self._counters.lost += gap
             self._last_seq = seq
-            self._played[head % _RING] = head
+            ring[i] = head  # played
         head += 1
         self._head = head
         if head - self._ref_index >= _REBASE:
@@ -256,9 +269,11 @@ class JitterBuffer:
         return head
 
     def _skip(self, head: int, count: int) -> int:
+        ring, mask = self._ring, self._mask
         for slot in range(head, head + count):
-            entry = self._frames.pop(slot, None)
-            if entry is not None:
+            entry = ring[slot & mask]
+            if entry.__class__ is tuple and entry[0] == slot:
+                ring[slot & mask] = None
                 self._counters.discarded += 1
-                self._last_seq = entry[0]
+                self._last_seq = entry[1]
         return head + count

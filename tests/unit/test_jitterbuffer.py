@@ -206,3 +206,33 @@ def test_long_stream_across_timestamp_reference_moves() -> None:
     assert out == frames(*range(n))
     s = jb.stats
     assert (s.received, s.duplicate, s.lost, s.late, s.resyncs, s.discarded) == (n, 1, 0, 0, 0, 0)
+
+
+def test_a_late_copy_of_a_played_frame_is_a_duplicate_and_of_a_concealed_one_late() -> None:
+    """The ring keeps a played mark per slot: a packet for a slot already
+    played is a duplicate, one for a slot that was concealed is late."""
+    jb = JitterBuffer(initial_depth_ms=20, min_depth_ms=20)
+    arrivals = [(i * 20, pkt(i)) for i in range(10) if i != 4]
+    out = run(jb, arrivals, 220)
+    assert played(out) == frames(0, 1, 2, 3, None, 5, 6, 7, 8, 9)
+    assert jb.put(pkt(2), 0.230) is False and jb.stats.duplicate == 1 and jb.stats.late == 0
+    assert jb.put(pkt(4), 0.230) is False and jb.stats.late == 1 and jb.stats.duplicate == 1
+
+
+def test_a_deep_buffer_holds_frames_far_ahead_without_mixing_them_up() -> None:
+    """With a 2 s ceiling the ring grows past its 64 entries: 100 frames
+    (the ceiling) arriving at once before playout are played in order, each
+    once, none concealed; the only ones not played are those the buffer
+    discards to cut its delay (one a second while it stays over target),
+    and a resync after them drops only what was still waiting."""
+    jb = JitterBuffer(max_depth_ms=2000, initial_depth_ms=20, min_depth_ms=20)
+    for i in range(100):
+        assert jb.put(pkt(i), 0.0)
+    got = [jb.get(0.020 * (k + 1)) for k in range(90)]
+    ids = [int(f[1:]) for f in got if f is not None]
+    assert len(ids) == 90 and ids == sorted(set(ids)) and ids[0] == 0
+    assert ids[-1] + 1 == 90 + jb.stats.discarded and jb.stats.concealed == 0
+    waiting = 100 - 90 - jb.stats.discarded
+    before = jb.stats.discarded
+    assert jb.put(pkt(0, ssrc=SSRC + 1), 2.2)  # a new stream: the frames still waiting are discarded
+    assert jb.stats.discarded == before + waiting and jb.stats.resyncs == 1
