@@ -653,9 +653,7 @@ class MediaSession:
         """Whether :meth:`pull` and :meth:`pull_payload` return ``None`` from
         now until an audio packet arrives (no audio for :data:`IDLE_AFTER`
         and nothing buffered; only :meth:`_on_datagram` changes that)."""
-        jitter = self.jitter
-        return (jitter is None or self.decoder is None or self.closed
-                or (now - self._last_audio >= IDLE_AFTER and not jitter.depth_ms))
+        return self.jitter is None or self.decoder is None or self.closed or not self._receiving(now)
 
     def begin_silence(self, now: float, level: int) -> bool:
         """Send nothing from the frame due at ``now`` on: one RFC 3389 CN

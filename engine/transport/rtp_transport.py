@@ -13,8 +13,9 @@ Until :meth:`RtpTransport.attach` runs, datagrams wait in the kernel's buffer,
 so nothing sent just before attaching is lost.
 
 After each wake-up the transport starts the media clock's tick if it is
-due (:func:`engine.media.clock.run_due`): with a thousand sockets ready at
-once the loop would otherwise reach the tick's timer only after all of them.
+due and the clock lets readers start it (with send workers:
+:func:`engine.media.clock.run_due`): with a thousand sockets ready at once
+the loop would otherwise reach the tick's timer only after all of them.
 """
 
 from __future__ import annotations
