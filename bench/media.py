@@ -312,15 +312,18 @@ def engine_ports(conn: Connection, plan: Plan) -> list[Any]:
 
 
 def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any, graph: Any,
-               rtcp: bool = False, cn: bool = False) -> tuple[list[Any], list[Any]]:
+               rtcp: bool = False, cn: bool = False, pin_after: int | None = None) -> tuple[list[Any], list[Any]]:
     """The engine side of the load, as bench/media and bench/streams both run
     it: a PCMU ``MediaSession`` to its generator port and a connected call
     a leg, in the plan's conferences of ``graph``; with ``rtcp``, each
     session gets the RTCP session a SIP leg has (engine.calls.sip_media:
     the receive statistics /metrics reads); with ``cn``, RFC 3389 CN is
-    negotiated (payload type 13). Returns (sessions, calls)."""
+    negotiated (payload type 13); ``pin_after``: the RTP source policy's
+    (engine.media.rtp.RtpSourcePolicy), its default when ``None``.
+    Returns (sessions, calls)."""
     from engine.calls.call import Call, CallState
     from engine.calls.rtp_stream import MediaSession
+    from engine.media.rtp import RtpSourcePolicy
     from engine.media.rtcp_session import RtcpSession
     from engine.sip.offer_answer import Codec, NegotiatedMedia
 
@@ -334,9 +337,10 @@ def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any
             return self.session
 
     pcmu = Codec("PCMU", RATE, payload_type=0)
+    policy = RtpSourcePolicy() if pin_after is None else RtpSourcePolicy(pin_after=pin_after)
     sessions, calls = [], []
     for pair, cport in zip(pairs, client_ports):
-        session = MediaSession(pair.rtp, clock)
+        session = MediaSession(pair.rtp, clock, policy=policy)
         if rtcp:
             session.rtcp = RtcpSession(session.sender, interval=5.0, wall_offset=time.time() - time.monotonic())
         session.configure(NegotiatedMedia(
@@ -361,12 +365,13 @@ def _proc_cpu(pid: int) -> float:
 
 
 def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False, dtx: bool = False,
-                  send_workers: int = 0) -> None:
+                  send_workers: int = 0, pin_after: int | None = None) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
     (``metrics``: with the engine's Prometheus figures scraped every second;
     ``dtx``: with silence suppression, CN negotiated; ``send_workers``: that
     many RTP send workers, as ``--media-send-workers``, whose CPU is counted
-    with the engine's)."""
+    with the engine's; ``pin_after``: as ``--rtp-pin-after``, the engine's
+    default when ``None``)."""
     _install_uvloop()
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -389,7 +394,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         clock.dispatch = workers
         tmp = tempfile.mkdtemp(prefix="bench-media-")
         graph = MediaGraph(clock, recordings_dir=tmp, silence_suppression=dtx)
-        sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics, cn=dtx)
+        sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics, cn=dtx, pin_after=pin_after)
         scraper = None
         if metrics:
             from engine.web.metrics import EngineMetrics, MetricsSources
@@ -445,6 +450,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "sent": sum(s.transport.sent for s in sessions) - sent0,
             "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
             "skipped": clock.skipped - skipped0,
+            # legs whose socket is connected to its source at the end (RtpTransport.pin)
+            "pinned": sum(1 for s in sessions if s.transport.pinned),
             # ticks started by an RTP reader that saw them due (engine.media.clock.run_due)
             "inline_ticks": (clock.ticks_inline - inline0, clock.ticks - ticks0),
             "quiet_ticks": graph.bridge.quiet_ticks - quiet0,
@@ -642,6 +649,8 @@ def main() -> int:
                         help="RTP send workers, as serve's --media-send-workers (their CPU counts as the engine's)")
     parser.add_argument("--silence-suppression", action="store_true",
                         help="the graph suppresses silence (engine.media.dtx), CN negotiated on every leg")
+    parser.add_argument("--rtp-pin-after", type=int, default=None,
+                        help="as serve's --rtp-pin-after (0: legs' sockets are never connected to their source)")
     parser.add_argument("--metrics", action="store_true",
                         help="scrape the engine's Prometheus figures every second during the run")
     args = parser.parse_args()
@@ -671,7 +680,7 @@ def main() -> int:
         return 0
 
     sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
-                                           args.send_workers), plan, args.warmup, args.seconds,
+                                           args.send_workers, args.rtp_pin_after), plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
     wall = sres["wall"]
     core = sres["cpu"] / wall
@@ -697,6 +706,7 @@ def main() -> int:
                else "")
         print(f"  idle ({args.idle}{dtx}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
               f"nothing; {core / legs * 1e6:.0f} us CPU per leg per second")
+    print(f"  RTP sockets connected to their source (--rtp-pin-after): {sres['pinned']} of {legs} legs")
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
           f"inbound frames concealed {sres['concealed']:,}")

@@ -29,7 +29,11 @@ objects. The ticks run back to back on a virtual loop clock that advances
 asyncio's own (its ``time`` can be replaced; the loop runs nothing here).
 Bounded: ``--ticks`` per leg count, 300 by default.
 
-Usage: ``./run.sh bench media_paths [--legs 50,1000] [--ticks 300] [--rtcp]``.
+With ``--pinned`` every leg's socket is connected to the client, as
+:meth:`~engine.transport.rtp_transport.RtpTransport.pin` leaves a leg with a
+steady source, and the bare calls are ``recv`` and ``send``.
+
+Usage: ``./run.sh bench media_paths [--legs 50,1000] [--ticks 300] [--rtcp] [--pinned]``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def measure(legs: int, ticks: int, rtcp: bool) -> dict[str, float]:
+def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str, float]:
     """Microseconds per packet (per leg and tick) of each path, medians over the ticks."""
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -96,6 +100,11 @@ def measure(legs: int, ticks: int, rtcp: bool) -> dict[str, float]:
         socks = [t.sock for t in transports]
         dests = [s.getsockname() for s in socks]
         client_addr = client.getsockname()
+        if pinned:  # what RtpTransport.pin leaves (pin itself needs the loop reading)
+            for session, t in zip(sessions, transports):
+                assert session.latch is not None
+                t.sock.connect(client_addr)
+                t.peer = session.latch.remote_addr
         graph.tick_times = []
         times: dict[str, list[float]] = {"read": [], "receive": [], "send": []}
 
@@ -117,8 +126,12 @@ def measure(legs: int, ticks: int, rtcp: bool) -> dict[str, float]:
             for tick in range(ticks):
                 send_round(tick)  # one datagram each for the bare read
                 t0 = time.perf_counter()
-                for sock in socks:
-                    sock.recvfrom(2048)
+                if pinned:
+                    for sock in socks:
+                        sock.recv(2048)
+                else:
+                    for sock in socks:
+                        sock.recvfrom(2048)
                 t1 = time.perf_counter()
                 send_round(tick)  # the same packet again, for the engine
                 virtual[0] += 0.001
@@ -127,8 +140,12 @@ def measure(legs: int, ticks: int, rtcp: bool) -> dict[str, float]:
                     t._last_read = 0.0  # a phone's pace: one read a wake-up, no drain
                     t._on_readable()
                 t3 = time.perf_counter()
-                for sock in socks:
-                    sock.sendto(packet, client_addr)
+                if pinned:
+                    for sock in socks:
+                        sock.send(packet)
+                else:
+                    for sock in socks:
+                        sock.sendto(packet, client_addr)
                 t4 = time.perf_counter()
                 drain_client()
                 virtual[0] += 0.019
@@ -165,15 +182,17 @@ def main() -> int:
     parser.add_argument("--legs", default="50,1000", help="leg counts, few first, comma-separated")
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--rtcp", action="store_true", help="each leg keeps RTCP receive statistics, as a SIP leg")
+    parser.add_argument("--pinned", action="store_true",
+                        help="each leg's socket connected to its source, as RtpTransport.pin leaves it")
     args = parser.parse_args()
     counts = [int(n) for n in args.legs.split(",")]
     if len(counts) < 1 or any(n < 2 for n in counts) or args.ticks <= WARMUP:
         parser.error(f"--legs needs counts of 2 or more and --ticks more than {WARMUP}")
     _raise_fd_limit()
-    results = {n: measure(n, args.ticks, args.rtcp) for n in counts}
+    results = {n: measure(n, args.ticks, args.rtcp, args.pinned) for n in counts}
     paths = ["read", "receive", "pull", "mix", "push", "send"]
     print(f"bench/media_paths: us per packet (median tick / legs), {args.ticks} ticks, "
-          f"RTCP statistics {'on' if args.rtcp else 'off'}")
+          f"RTCP statistics {'on' if args.rtcp else 'off'}, sockets {'pinned' if args.pinned else 'unconnected'}")
     print("legs   " + "".join(f"{p:>9}" for p in paths) + "   receive/read  push/send")
     for n, r in results.items():
         print(f"{n:<7}" + "".join(f"{r[p]:9.2f}" for p in paths)
@@ -193,9 +212,9 @@ def main() -> int:
         base = results[few]
         figs["ratio_receive_pull_many_few"] = figure(
             (r["receive"] + r["pull"]) / (base["receive"] + base["pull"]), "x", "lower")
-    save("media_paths" if not args.rtcp else "media_paths_rtcp",
+    save("media_paths" + ("_rtcp" if args.rtcp else "") + ("_pinned" if args.pinned else ""),
          {k: v for k, v in figs.items() if math.isfinite(v["value"])},
-         {"legs": counts, "ticks": args.ticks, "rtcp": args.rtcp})
+         {"legs": counts, "ticks": args.ticks, "rtcp": args.rtcp, "pinned": args.pinned})
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from engine.media.rtp import PIN_AFTER
 from engine.security_log import escape_controls
 
 __all__ = ["main", "build_parser"]
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rtp-strict", choices=("on", "off"), default=_env("RTP_STRICT", "on"),
                        help="latch an RTP source other than the SDP address only after 4 consistent packets,"
                             " and stop sending to an address nothing confirmed 3 s after media start")
+    serve.add_argument("--rtp-pin-after", type=int, default=int(_env("RTP_PIN_AFTER", PIN_AFTER)),
+                       help="connect a leg's RTP socket to its latched source after this many packets, so that"
+                            " the kernel drops every other source's (0: never)")
     serve.add_argument("--srtp-allow-plain-signalling", action="store_true",
                        default=_env("SRTP_ALLOW_PLAIN_SIGNALLING", "") in ("1", "on", "true"),
                        help="accept and offer SDES SRTP keys over plain UDP/TCP SIP (unsafe: anyone on"
@@ -291,6 +295,8 @@ def _config_from(args: argparse.Namespace) -> Any:
     for flag in ("overload_lag_ms", "overload_drop_lag_ms", "max_setup_calls", "sip_udp_rcvbuf"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
+    if args.rtp_pin_after < 0:
+        raise SystemExit(f"callbridge: --rtp-pin-after must be 0 (never) or more packets, got {args.rtp_pin_after}")
     if not 0 <= args.media_send_workers <= MAX_SEND_WORKERS:
         raise SystemExit(f"callbridge: --media-send-workers must be 0 (off) to {MAX_SEND_WORKERS}, "
                          f"got {args.media_send_workers}")
@@ -334,7 +340,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         advertised_host=args.advertised_host, rtp_port_start=start, rtp_port_end=end,
         session_idle_timeout=args.idle_timeout, policy=policy, tts_provider=args.tts,
         asr_provider=args.asr, asr_max_concurrent=args.asr_max_concurrent,
-        rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on",
+        rtp_timeout=args.rtp_timeout, rtp_strict=args.rtp_strict == "on", rtp_pin_after=args.rtp_pin_after,
         silence_suppression=args.silence_suppression,
         srtp_allow_plain_signalling=args.srtp_allow_plain_signalling, guest_login=args.guests == "on",
         dial_policy=dial_policy, ad_hoc_conferences=args.ad_hoc_conferences == "on",

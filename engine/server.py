@@ -38,7 +38,7 @@ from engine.sip.transaction import Timers
 from engine.media.tts import TtsCache, make_tts_provider
 from engine.media.asr import AsrUnavailable, make_recognizer
 from engine.calls.speech import SpeechService, set_default_speech
-from engine.media.rtp import PROBATION, SEND_GRACE, RtpSourcePolicy
+from engine.media.rtp import PIN_AFTER, PROBATION, SEND_GRACE, RtpSourcePolicy
 from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
 from engine.calls.conference import Conference, MediaGraph
@@ -104,6 +104,9 @@ class EngineConfig:
     srtp_allow_plain_signalling: bool = False
     rtp_probation: int = PROBATION
     rtp_send_grace: float = SEND_GRACE
+    #: Packets after which a leg's RTP socket is connected to its latched
+    #: source (engine.transport.rtp_transport.RtpTransport.pin); 0: never.
+    rtp_pin_after: int = PIN_AFTER
     #: RTP send workers (engine.transport.rtp_send): processes that send the
     #: media clock's frames at their due time; 0: the event loop sends them.
     media_send_workers: int = 0
@@ -377,7 +380,8 @@ class Engine:
         if cfg.rtp_timeout < 0:
             raise StartupError(f"rtp_timeout must be 0 (off) or more seconds, not {cfg.rtp_timeout}")
         try:
-            self.rtp_policy = RtpSourcePolicy(cfg.rtp_strict, cfg.rtp_probation, cfg.rtp_send_grace)
+            self.rtp_policy = RtpSourcePolicy(cfg.rtp_strict, cfg.rtp_probation, cfg.rtp_send_grace,
+                                              cfg.rtp_pin_after)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         try:

@@ -214,6 +214,7 @@ class MediaSession:
         send grace from ``now`` (the loop's time when ``None``)."""
         if now is None:
             now = asyncio.get_running_loop().time()
+        self.transport.unpin()  # the address may change; a steady source is pinned again
         self.negotiated = negotiated
         keys = negotiated.srtp
         if keys is None:
@@ -513,6 +514,8 @@ class MediaSession:
                 security_event("rtp_source_refused", str(latch.refused[0]), port=latch.refused[1],
                                call=self.call_id)
             return
+        if addr is not self.transport.peer and self.policy.pin_after:
+            self._consider_pin(latch)
         if rtcp is not None:
             rtcp.on_rtp_header(pt, seq, timestamp, ssrc, len(payload), now)
             if self._listener is None and not graph_driven:
@@ -536,6 +539,13 @@ class MediaSession:
                     self.clock.add(self)
                 elif self.audio_waker is not None:  # asleep under silence suppression
                     self.audio_arrived()
+
+    def _consider_pin(self, latch: RtpReceiverLatch) -> None:
+        """A packet from the latched source came through an unpinned socket:
+        pin it to that source once the policy's count of packets is reached
+        (the latch moved to the packet's address when it accepted it)."""
+        if latch.accepted >= self.policy.pin_after and latch.latched and not self.closed:
+            self.transport.pin(latch.remote_addr)
 
     def _arm_event_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._event_timer is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "RtpSender",
     "RtpSourcePolicy",
     "PROBATION",
+    "PIN_AFTER",
     "SEND_GRACE",
     "extend_seq",
     "is_rtcp",
@@ -269,6 +270,9 @@ class RtpSender:
 PROBATION = 4
 #: Seconds media may be sent to the SDP address before anything confirmed it.
 SEND_GRACE = 3.0
+#: Packets accepted (a second of 20 ms audio) before a leg's socket is
+#: connected to its latched source (:class:`RtpSourcePolicy`).
+PIN_AFTER = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,18 +288,24 @@ class RtpSourcePolicy:
         numbers each one more than the last) that latch a new source.
     :param send_grace: seconds from media start during which media goes to
         the SDP address although nothing came from it yet.
+    :param pin_after: packets accepted after which the socket is connected
+        to the latched source, so that the kernel drops everyone else's
+        (:meth:`engine.transport.rtp_transport.RtpTransport.pin`); 0: never.
     :raises ValueError: a knob out of range (the message names it).
     """
 
     strict: bool = True
     probation: int = PROBATION
     send_grace: float = SEND_GRACE
+    pin_after: int = PIN_AFTER
 
     def __post_init__(self) -> None:
         if isinstance(self.probation, bool) or not isinstance(self.probation, int) or self.probation < 1:
             raise ValueError(f"rtp_probation must be a whole number of packets, 1 or more, got {self.probation!r}")
         if not self.send_grace >= 0:  # also refuses NaN
             raise ValueError(f"rtp_send_grace must be 0 or more seconds, got {self.send_grace!r}")
+        if isinstance(self.pin_after, bool) or not isinstance(self.pin_after, int) or self.pin_after < 0:
+            raise ValueError(f"rtp_pin_after must be a whole number of packets, 0 or more, got {self.pin_after!r}")
 
 
 class RtpReceiverLatch:

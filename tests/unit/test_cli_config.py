@@ -188,6 +188,20 @@ def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
     assert out == ["(256,", f"{want})", str(want)]
 
 
+def test_rtp_pin_after_default_flag_environment_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check a leg's RTP socket is pinned after 50 packets by default, that
+    CALLBRIDGE_RTP_PIN_AFTER and --rtp-pin-after (0: never) set it, and that a
+    negative count is refused by name."""
+    monkeypatch.delenv("CALLBRIDGE_RTP_PIN_AFTER", raising=False)
+    assert config([]).rtp_pin_after == 50
+    assert config(["--rtp-pin-after", "0"]).rtp_pin_after == 0
+    monkeypatch.setenv("CALLBRIDGE_RTP_PIN_AFTER", "10")
+    assert config([]).rtp_pin_after == 10
+    with pytest.raises(SystemExit) as info:
+        config(["--rtp-pin-after", "-1"])
+    assert str(info.value) == "callbridge: --rtp-pin-after must be 0 (never) or more packets, got -1"
+
+
 def test_media_send_workers_default_flag_environment_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check RTP send workers are off by default, read CALLBRIDGE_MEDIA_SEND_WORKERS
     and the flag, and a count below 0 or above 16 (each is a process) is refused by name."""

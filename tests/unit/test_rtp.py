@@ -374,9 +374,11 @@ def test_lenient_policy_latches_the_first_packet() -> None:
     ({"probation": 2.5}, "rtp_probation must be a whole number of packets, 1 or more, got 2.5"),
     ({"send_grace": -1.0}, "rtp_send_grace must be 0 or more seconds, got -1.0"),
     ({"send_grace": float("nan")}, "rtp_send_grace must be 0 or more seconds, got nan"),
+    ({"pin_after": -1}, "rtp_pin_after must be a whole number of packets, 0 or more, got -1"),
+    ({"pin_after": True}, "rtp_pin_after must be a whole number of packets, 0 or more, got True"),
 ])
 def test_policy_refuses_bad_knobs(kwargs: dict[str, Any], message: str) -> None:
-    """Check a bad probation or grace is refused with a message naming it."""
+    """Check a bad probation, grace or pin count is refused with a message naming it."""
     with pytest.raises(ValueError) as info:
         RtpSourcePolicy(**kwargs)
     assert str(info.value) == message
