@@ -92,7 +92,9 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str
         loop.time = lambda: virtual[0]  # type: ignore[method-assign]
         clock = MediaClock()
         graph = MediaGraph(clock, recordings_dir=tempfile.mkdtemp(prefix="bench-paths-"))
-        sessions, _ = bench_legs(plan, pairs, [client.getsockname()[1]] * legs, clock, graph, rtcp=rtcp)
+        # unpinned: as --rtp-pin-after 0 (detached transports never pin by themselves)
+        sessions, _ = bench_legs(plan, pairs, [client.getsockname()[1]] * legs, clock, graph, rtcp=rtcp,
+                                 pin_after=None if pinned else 0)
         await clock.stop()  # the bench ticks the graph itself
         transports = [s.transport for s in sessions]
         for t in transports:

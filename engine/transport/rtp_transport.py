@@ -25,7 +25,8 @@ and parse no address: measured 1.3 us less a packet in and out
 (``bench/media.py``'s echo at 1,000 sockets: 8.5 against 9.8 us). Datagrams
 queued before the ``connect`` may come from anyone, so they are read with
 their addresses first; only once the queue was found empty are datagrams
-taken to be the peer's. A pinned socket that has read nothing for
+taken to be the peer's (a flood queued before is read over several turns
+of the loop; the kernel queues no more of it). A pinned socket that has read nothing for
 :data:`UNPIN_AFTER` seconds is disconnected again (``connect`` with
 ``AF_UNSPEC``), so a NAT rebinding, whose packets the kernel now drops, is
 seen after that silence and latched as before. :meth:`RtpTransport.detach`
@@ -105,7 +106,7 @@ class RtpTransport:
 
     # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
     __slots__ = ("sock", "_recvfrom", "peer", "_recv", "_send", "handler", "_loop", "_last_read", "received", "sent",
-                 "batch_memo", "send_errors", "_pin_to", "_unpin_timer", "pins", "__weakref__")
+                 "batch_memo", "send_errors", "_pin_to", "_connecting", "_unpin_timer", "pins", "__weakref__")
 
     def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.sock = sock
@@ -115,6 +116,8 @@ class RtpTransport:
         #: The address the socket is connected to (:meth:`pin`), else ``None``.
         self.peer: Any = None
         self._pin_to: Any = None
+        #: Connected to this address, its queue not yet read empty (:meth:`_settle`).
+        self._connecting: Any = None
         self._unpin_timer: asyncio.TimerHandle | None = None
         #: Times the socket was pinned (a re-pin after a silence counts again).
         self.pins = 0
@@ -214,28 +217,39 @@ class RtpTransport:
         address object the handler's caller sends to, so that
         :meth:`sendto` recognises it by identity. Nothing happens while
         detached, pinned, or already about to pin."""
-        if self._loop is None or self.peer is not None or self._pin_to is not None:
-            return
+        if self._loop is None or self.peer is not None or self._pin_to is not None or self._connecting is not None:
+            return  # (_pin_to is False after a connect failed)
         self._pin_to = addr
         self._loop.call_soon(self._connect)
 
     def _connect(self) -> None:
         addr, self._pin_to = self._pin_to, None
-        loop = self._loop
-        if addr is None or loop is None or self.peer is not None:
+        if addr is None or addr is False or self._loop is None or self.peer is not None:
             return
         try:
             self.sock.connect(addr)
         except OSError as exc:
             logger.debug("cannot pin the RTP socket to %s: %s", addr, exc)
+            self._pin_to = False  # not again, until detached: pin() is asked on every packet meanwhile
             return
-        # Datagrams queued before the connect may come from anyone: read
-        # them with their addresses; the peer is trusted once none is left.
+        self._connecting = addr
+        self._settle()
+
+    def _settle(self) -> None:
+        """Read what was queued before the ``connect`` with its source
+        address (it may come from anyone); once the queue was found empty,
+        every datagram is the peer's. At most one wake-up's worth a turn:
+        a flood queued before the ``connect`` is read over several turns
+        (the kernel queues no more of it)."""
+        addr, loop = self._connecting, self._loop
+        if addr is None or loop is None:
+            return
         handler = self.handler
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 data, src = self._recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                self._connecting = None
                 self.peer = addr
                 self.pins += 1
                 self._last_read = _monotonic()
@@ -248,9 +262,9 @@ class RtpTransport:
                 handler(data, src)
             except Exception:
                 logger.exception("RTP handler failed")
-            if self._loop is None:  # the handler detached (and so disconnected)
+            if self._connecting is not addr:  # the handler detached or unpinned
                 return
-        self._disconnect()  # a full queue: try again on a later packet
+        loop.call_soon(self._settle)
 
     def _check_silence(self) -> None:
         self._unpin_timer = None
@@ -263,13 +277,14 @@ class RtpTransport:
             self._unpin_timer = self._loop.call_later(UNPIN_AFTER - quiet, self._check_silence)
 
     def unpin(self) -> None:
-        """Disconnect the socket: datagrams from anyone reach the handler again."""
+        """Disconnect the socket: datagrams from anyone reach the handler
+        again (and a later :meth:`pin` is tried even if one failed)."""
         self._pin_to = None
         if self._unpin_timer is not None:
             self._unpin_timer.cancel()
             self._unpin_timer = None
-        if self.peer is not None:
-            self.peer = None
+        if self.peer is not None or self._connecting is not None:
+            self.peer = self._connecting = None
             self._disconnect()
 
     def _disconnect(self) -> None:

@@ -159,36 +159,71 @@ async def test_datagrams_queued_before_the_connect_keep_their_source() -> None:
             s.close()
 
 
-async def test_a_full_queue_at_the_connect_leaves_the_socket_unpinned() -> None:
+async def test_a_flood_queued_before_the_connect_is_read_with_its_source_then_the_socket_pins() -> None:
     """Check that when more datagrams wait than one wake-up reads, the
-    socket is disconnected again rather than trusting what is left, and
-    that a later pin succeeds."""
+    socket stays connected but untrusted: the flood is read over several
+    turns with the stranger's address, what the stranger sends after the
+    ``connect`` is never delivered, and then the socket is pinned."""
     sock, peer, stranger = udp(), udp(), udp()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     seen: list[Any] = []
-    transport = RtpTransport(sock, lambda data, addr: seen.append(addr))
+    transport = RtpTransport(sock, lambda data, addr: seen.append((data, addr)))
+    flood = 3 * MAX_READS_PER_WAKEUP + 10
     try:
         transport.pin(peer.getsockname())  # detached: nothing happens
-        assert transport.peer is None
-        for _ in range(MAX_READS_PER_WAKEUP + 10):
-            stranger.sendto(b"x", sock.getsockname())
+        assert transport.peer is None and connected_to(sock) is None
+        for _ in range(flood):
+            stranger.sendto(b"before", sock.getsockname())
         await asyncio.sleep(0.05)
-        transport._loop = asyncio.get_running_loop()  # attached, but not reading: the queue stays full
+        transport._loop = asyncio.get_running_loop()  # attached, but no reader: only the settling reads
         transport.pin(peer.getsockname())
         await asyncio.sleep(0)
-        assert not transport.pinned and connected_to(sock) is None
-        assert seen == [stranger.getsockname()] * MAX_READS_PER_WAKEUP
-        transport._loop = None
-        transport.attach()
-        await asyncio.sleep(0.05)  # the rest is read
-        transport.pin(peer.getsockname())
-        await asyncio.sleep(0.05)
-        assert transport.pinned and connected_to(sock) == peer.getsockname()
-        assert seen == [stranger.getsockname()] * (MAX_READS_PER_WAKEUP + 10)
+        assert not transport.pinned and connected_to(sock) == peer.getsockname()
+        assert seen == [(b"before", stranger.getsockname())] * MAX_READS_PER_WAKEUP
+        stranger.sendto(b"after", sock.getsockname())
+        peer.sendto(b"peer", sock.getsockname())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert transport.pinned and transport.pins == 1
+        assert seen == [(b"before", stranger.getsockname())] * flood + [(b"peer", peer.getsockname())]
     finally:
+        transport._loop = None
         transport.detach()
         for s in (sock, peer, stranger):
             s.close()
+
+
+async def test_a_failed_connect_is_not_retried_on_every_packet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check that when ``connect`` refuses the address, the transport stays
+    unpinned and later :meth:`RtpTransport.pin` calls (one a packet) schedule
+    nothing until :meth:`RtpTransport.unpin` clears the failure."""
+    sock = udp()
+    transport = RtpTransport(sock, lambda data, addr: None)
+    try:
+        transport.attach()
+        transport.pin(("::1", 5004))  # an IPv6 address for an IPv4 socket
+        await asyncio.sleep(0)
+        assert not transport.pinned and connected_to(sock) is None
+        loop = asyncio.get_running_loop()
+        calls: list[Any] = []
+        real_call_soon = loop.call_soon
+
+        def call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(callback)
+            return real_call_soon(callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_soon", call_soon)
+        transport.pin(("::1", 5004))
+        assert calls == []
+        transport.unpin()
+        transport.pin(("127.0.0.1", 5004))
+        assert len(calls) == 1
+        monkeypatch.undo()
+        await asyncio.sleep(0)
+        assert transport.pinned
+    finally:
+        transport.detach()
+        sock.close()
 
 
 async def test_a_silent_peer_is_unpinned_and_a_nat_rebinding_latches(rig: Rig,
