@@ -28,7 +28,11 @@ Wire format on the pair (each message one datagram, little-endian):
 - ``A`` id:u32 port:u16 host: a destination address;
 - ``B`` due:f64 last:u8, then records slot:u32 addr:u32 len:u16 data:
   a chunk of the batch due at ``due`` (``time.monotonic``); the worker
-  sends once the ``last`` chunk arrived and ``due`` passed.
+  sends once the ``last`` chunk arrived and ``due`` passed. An address id
+  with its top bit (:data:`PEER`) set names the address the slot's socket
+  is connected to (:meth:`RtpTransport.pin`): the worker calls ``send``, which
+  skips the route lookup (``sendto`` if that fails: the engine may have
+  disconnected the socket since).
 
 A worker found dead when a tick begins is replaced (an error logged, the
 sockets handed to the new one as they are used); one whose pair is broken
@@ -61,7 +65,7 @@ from typing import Any
 
 from engine.transport.rtp_transport import RtpTransport
 
-__all__ = ["SendWorkers", "encode_address", "iter_records", "worker_main"]
+__all__ = ["PEER", "SendWorkers", "encode_address", "iter_records", "worker_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ _BATCH = struct.Struct("<dB")
 _RECORD = struct.Struct("<IIH")
 _SLOT_ADDR = struct.Struct("<II")
 _LENGTH = struct.Struct("<H")
+#: The address id's flag: the slot's socket is connected to that address.
+PEER = 0x8000_0000
 
 
 def encode_address(aid: int, addr: Any) -> bytes:
@@ -170,19 +176,39 @@ def worker_main(fd: int) -> int:
 
 def _send_batch(chunks: list[bytes], due: float, socks: dict[int, socket.socket],
                 addrs: dict[int, tuple[str, int]]) -> None:
-    """Sleep until ``due``, then send every record of ``chunks``."""
+    """Sleep until ``due``, then send every record of ``chunks``
+    (:func:`iter_records`, inlined: a worker sends hundreds a tick)."""
     delay = due - time.monotonic()
     if delay > 0:
         time.sleep(delay)
     sget, aget = socks.get, addrs.get
+    unpack, size, first = _RECORD.unpack_from, _RECORD.size, 1 + _BATCH.size
     for chunk in chunks:
-        for slot, aid, data in iter_records(memoryview(chunk)):
-            sock, addr = sget(slot), aget(aid)
-            if sock is not None and addr is not None:
-                try:
-                    sock.sendto(data, addr)
-                except OSError:
-                    pass  # UDP: as the engine's own sendto, an error is a lost packet
+        view = memoryview(chunk)
+        end = len(chunk)
+        offset = first
+        while offset + size <= end:
+            slot, aid, length = unpack(chunk, offset)
+            offset += size
+            stop = offset + length
+            if stop > end:
+                break  # a damaged chunk: what came before it was sent
+            sock = sget(slot)
+            if sock is not None:
+                if aid & PEER:
+                    try:
+                        sock.send(view[offset:stop])
+                        offset = stop
+                        continue
+                    except OSError:
+                        aid &= ~PEER  # disconnected meanwhile, or an ICMP error: sendto
+                addr = aget(aid)
+                if addr is not None:
+                    try:
+                        sock.sendto(view[offset:stop], addr)
+                    except OSError:
+                        pass  # UDP: as the engine's own sendto, an error is a lost packet
+            offset = stop
 
 
 # -- the engine's side ----------------------------------------------------------------------
@@ -344,6 +370,8 @@ class SendWorkers:
             aid = self._address(w, addr)
             if aid is None:
                 return None
+        if addr is transport.peer:
+            aid |= PEER  # the socket is connected to it (RtpTransport.pin): the worker may send()
         memo = transport.batch_memo = (self._epoch, w, _SLOT_ADDR.pack(entry[2], aid), addr)
         return memo
 
@@ -443,7 +471,7 @@ class SendWorkers:
         for slot, aid, data in iter_records(memoryview(batch)):
             ref = w.slots.get(slot)
             sock = ref() if ref is not None else None
-            addr = by_aid.get(aid)
+            addr = by_aid.get(aid & ~PEER)
             if sock is None or addr is None or sock.fileno() < 0:
                 continue
             try:

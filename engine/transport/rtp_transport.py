@@ -97,7 +97,8 @@ class BatchSink(Protocol):
 
 
 class RtpTransport:
-    """Receive and send RTP on one UDP socket."""
+    """Receive and send RTP on one UDP socket (non-blocking, as
+    :class:`~engine.transport.rtp_socket.RtpPortAllocator` makes them)."""
 
     #: While the media clock prepares a tick for the send workers: where every
     #: transport's datagrams go instead of ``sendto`` (one event loop, so one
@@ -251,6 +252,7 @@ class RtpTransport:
             except (BlockingIOError, InterruptedError):
                 self._connecting = None
                 self.peer = addr
+                self.batch_memo = None  # the send workers learn that the socket is connected
                 self.pins += 1
                 self._last_read = _monotonic()
                 self._unpin_timer = loop.call_later(UNPIN_AFTER, self._check_silence)
@@ -285,6 +287,7 @@ class RtpTransport:
             self._unpin_timer = None
         if self.peer is not None or self._connecting is not None:
             self.peer = self._connecting = None
+            self.batch_memo = None
             self._disconnect()
 
     def _disconnect(self) -> None:

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from engine.media.clock import MediaClock
-from engine.transport.rtp_send import MAX_RESTARTS, SWEEP_EVERY, SendWorkers, encode_address, iter_records
-from engine.transport.rtp_transport import RtpTransport
+from engine.transport.rtp_send import MAX_RESTARTS, PEER, SWEEP_EVERY, SendWorkers, encode_address, iter_records
+from engine.transport.rtp_transport import RtpTransport, disconnect
 
 
 _opened: list[socket.socket] = []
@@ -119,6 +119,43 @@ def test_outside_a_tick_the_transport_sends_itself(workers) -> None:
     leg.sendto(b"now", peer.getsockname())
     assert _recv_all(peer, 1, timeout=2) == [(b"now", leg.sock.getsockname())]
     assert w.packets == 0
+    leg.sock.close()
+
+
+def _flagged(leg: RtpTransport) -> bool:
+    """Whether ``leg``'s batch records tell its worker that the socket is connected."""
+    assert leg.batch_memo is not None
+    _slot, aid = struct.unpack("<II", leg.batch_memo[2])
+    return bool(aid & PEER)
+
+
+async def test_a_pinned_legs_frames_are_sent_on_the_connected_socket(workers) -> None:
+    """A leg pinned to its peer (RtpTransport.pin) has its records flagged,
+    so that its worker sends with ``send`` on the connected socket: the
+    frames arrive from the leg's port. Unpinning forgets the flag; and a
+    record flagged for a socket no longer connected (the engine disconnected
+    it after the tick was prepared) falls back to ``sendto`` and still arrives."""
+    w = workers(1)
+    leg, peer, dest = _one_leg(w, b"first")
+    assert not _flagged(leg)
+    leg.sock.setblocking(False)  # as the engine's RTP sockets
+    leg.attach()
+    leg.pin(dest)
+    await asyncio.sleep(0.01)
+    assert leg.pinned and leg.batch_memo is None
+    _tick(w, [(leg, b"pinned", leg.peer)])
+    assert _recv_all(peer, 1) == [(b"pinned", leg.sock.getsockname())]
+    assert _flagged(leg)
+    disconnect(leg.sock)  # behind the transport's back: its records still say connected
+    _tick(w, [(leg, b"stale", leg.peer)])
+    assert _recv_all(peer, 1) == [(b"stale", leg.sock.getsockname())]
+    leg.unpin()
+    assert leg.batch_memo is None
+    _tick(w, [(leg, b"unpinned", dest)])
+    assert _recv_all(peer, 1) == [(b"unpinned", leg.sock.getsockname())]
+    assert not _flagged(leg)
+    assert w.fallbacks == 0
+    leg.detach()
     leg.sock.close()
 
 
