@@ -602,18 +602,27 @@ def frames_and_lateness(sres: dict[str, Any], gres: dict[str, Any]) -> tuple[int
             np.concatenate(cadence) if cadence else empty)
 
 
-def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]]) -> tuple[int, int, list[str]]:
-    """Legs whose last second has every other member's tone and not their own."""
+def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]],
+                 last: dict[int, list[int]] | None = None) -> tuple[int, int, list[str]]:
+    """Legs whose last second has every other member's tone and not their own.
+
+    ``last``: each sampled leg's RTP timestamps of that second (the last 50
+    frames that arrived inside the measured window); without it, the last
+    50 frames heard, which include the wind-down after the generator stopped
+    sending (members fading out of the mix)."""
     ok = 0
     problems: list[str] = []
     members: dict[int, list[int]] = {}
     for leg, ci in enumerate(plan.conf_of):
         members.setdefault(ci, []).append(leg)
     for leg, frames in heard.items():
-        if len(frames) < 50:
-            problems.append(f"leg {leg}: only {len(frames)} frames")
+        if last is not None:
+            keys = [t for t in last.get(leg, []) if t in frames]
+        else:
+            keys = sorted(frames, key=lambda t: ((t - max(frames)) + (1 << 31)) & 0xFFFFFFFF)[-50:]
+        if len(keys) < 50:
+            problems.append(f"leg {leg}: only {len(keys)} frames")
             continue
-        keys = sorted(frames, key=lambda t: ((t - max(frames)) + (1 << 31)) & 0xFFFFFFFF)[-50:]
         codes = np.frombuffer(b"".join(frames[t] for t in keys), dtype=np.uint8)
         pcm = ULAW_DECODE[codes]
         others = [m for m in members[plan.conf_of[leg]] if m != leg]
@@ -691,7 +700,10 @@ def main() -> int:
     # the clock's own figure (time.monotonic): each tick's start against when
     # it was planned, its due time or, with send workers, the lead before it
     wake = np.asarray(sres["clock_lateness"]) * 1000
-    ok, checked, problems = check_mixing(plan, gres["heard"])
+    w_end = sres["window"][1]
+    last = {leg: [int(t) for t in gres["stamps"][leg][gres["arrivals"][leg] <= w_end][-50:]]
+            for leg in gres["heard"]}
+    ok, checked, problems = check_mixing(plan, gres["heard"], last)
     ms = lambda a: f"p50 {pct(a, 50):.2f} / p99 {pct(a, 99):.2f} / max {pct(a, 100):.2f} ms"  # noqa: E731
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
           f"second ({core / legs * 1000 * 100:.1f}% of a core per 1,000 legs); {pps:,.0f} packets/s in, "
