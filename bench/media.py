@@ -603,23 +603,19 @@ def frames_and_lateness(sres: dict[str, Any], gres: dict[str, Any]) -> tuple[int
 
 
 def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]],
-                 last: dict[int, list[int]] | None = None) -> tuple[int, int, list[str]]:
+                 last: dict[int, list[int]]) -> tuple[int, int, list[str]]:
     """Legs whose last second has every other member's tone and not their own.
 
-    ``last``: each sampled leg's RTP timestamps of that second (the last 50
-    frames that arrived inside the measured window); without it, the last
-    50 frames heard, which include the wind-down after the generator stopped
-    sending (members fading out of the mix)."""
+    ``last``: each sampled leg's RTP timestamps of that second, the last 50
+    frames that arrived inside the measured window (not the last 50 heard,
+    which include the wind-down after the generator stopped sending)."""
     ok = 0
     problems: list[str] = []
     members: dict[int, list[int]] = {}
     for leg, ci in enumerate(plan.conf_of):
         members.setdefault(ci, []).append(leg)
     for leg, frames in heard.items():
-        if last is not None:
-            keys = [t for t in last.get(leg, []) if t in frames]
-        else:
-            keys = sorted(frames, key=lambda t: ((t - max(frames)) + (1 << 31)) & 0xFFFFFFFF)[-50:]
+        keys = [t for t in last.get(leg, []) if t in frames]
         if len(keys) < 50:
             problems.append(f"leg {leg}: only {len(keys)} frames")
             continue

@@ -176,39 +176,28 @@ def worker_main(fd: int) -> int:
 
 def _send_batch(chunks: list[bytes], due: float, socks: dict[int, socket.socket],
                 addrs: dict[int, tuple[str, int]]) -> None:
-    """Sleep until ``due``, then send every record of ``chunks``
-    (:func:`iter_records`, inlined: a worker sends hundreds a tick)."""
+    """Sleep until ``due``, then send every record of ``chunks``."""
     delay = due - time.monotonic()
     if delay > 0:
         time.sleep(delay)
     sget, aget = socks.get, addrs.get
-    unpack, size, first = _RECORD.unpack_from, _RECORD.size, 1 + _BATCH.size
     for chunk in chunks:
-        view = memoryview(chunk)
-        end = len(chunk)
-        offset = first
-        while offset + size <= end:
-            slot, aid, length = unpack(chunk, offset)
-            offset += size
-            stop = offset + length
-            if stop > end:
-                break  # a damaged chunk: what came before it was sent
+        for slot, aid, data in iter_records(memoryview(chunk)):
             sock = sget(slot)
-            if sock is not None:
-                if aid & PEER:
-                    try:
-                        sock.send(view[offset:stop])
-                        offset = stop
-                        continue
-                    except OSError:
-                        aid &= ~PEER  # disconnected meanwhile, or an ICMP error: sendto
-                addr = aget(aid)
-                if addr is not None:
-                    try:
-                        sock.sendto(view[offset:stop], addr)
-                    except OSError:
-                        pass  # UDP: as the engine's own sendto, an error is a lost packet
-            offset = stop
+            if sock is None:
+                continue
+            if aid & PEER:
+                try:
+                    sock.send(data)
+                    continue
+                except OSError:
+                    aid &= ~PEER  # disconnected meanwhile, or an ICMP error: sendto
+            addr = aget(aid)
+            if addr is not None:
+                try:
+                    sock.sendto(data, addr)
+                except OSError:
+                    pass  # UDP: as the engine's own sendto, an error is a lost packet
 
 
 # -- the engine's side ----------------------------------------------------------------------

@@ -172,8 +172,9 @@ class RtpTransport:
         if now >= _next_tick_at[0]:
             _run_due()
 
-    def _read_one(self) -> bool:
-        """Read one datagram and hand it over; ``False`` when none was read."""
+    def _read_one(self) -> bool | None:
+        """Read one datagram and hand it over; ``False`` when none was
+        waiting, ``None`` when the read failed (both falsy)."""
         try:
             addr = self.peer
             if addr is None:
@@ -184,7 +185,7 @@ class RtpTransport:
             return False
         except OSError as exc:  # ICMP port unreachable and the like
             logger.debug("RTP socket error: %s", exc)
-            return False
+            return None
         self.received += 1
         try:
             self.handler(data, addr)
@@ -247,11 +248,9 @@ class RtpTransport:
         addr, loop = self._connecting, self._loop
         if addr is None or loop is None:
             return
-        handler = self.handler
         for _ in range(MAX_READS_PER_WAKEUP):
-            try:
-                data, src = self._recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
+            got = self._read_one()  # peer is still None: recvfrom, the real source
+            if got is False:  # the queue is empty
                 self._connecting = None
                 self.peer = addr
                 self.batch_memo = None  # the send workers learn that the socket is connected
@@ -259,14 +258,7 @@ class RtpTransport:
                 self._last_read = _monotonic()
                 self._unpin_timer = loop.call_later(UNPIN_AFTER, self._check_silence)
                 return
-            except OSError:  # an ICMP error the peer caused
-                continue
-            self.received += 1
-            try:
-                handler(data, src)
-            except Exception:
-                logger.exception("RTP handler failed")
-            if self._connecting is not addr:  # the handler detached or unpinned
+            if got and self._connecting is not addr:  # the handler detached or unpinned
                 return
         loop.call_soon(self._settle)
 
