@@ -156,7 +156,7 @@ class CallEvents(str, enum.Enum):
     SpeechError = "SpeechError"
 
     def __str__(self) -> str:
-        return self.value
+        return str.__str__(self)  # the value, without the enum's property
 
 
 class CallState(str, enum.Enum):
@@ -217,7 +217,7 @@ class CallAction(str, enum.Enum):
     SEND_INFO = "send_info"
 
     def __str__(self) -> str:
-        return self.value
+        return str.__str__(self)  # the value, without the enum's property
 
 
 @dataclass(frozen=True)

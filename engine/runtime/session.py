@@ -92,7 +92,7 @@ class AppEvents(str, enum.Enum):
     Terminated = "Terminated"
 
     def __str__(self) -> str:
-        return self.value
+        return str.__str__(self)  # the value, without the enum's property
 
 
 @dataclass

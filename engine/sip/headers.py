@@ -87,6 +87,11 @@ _KNOWN = frozenset(_SPELLING)
 #: Each registry spelling mapped to itself: the fast path of header lookups
 #: in :mod:`engine.sip.message`. Never change it.
 KNOWN_NAMES = _EXACT
+#: Header names as they are usually written (the registry's spelling, lower
+#: case, compact forms) mapped to their canonical spelling: the parser's fast
+#: path, which needs no token check for these (every key is a token). Never
+#: change it.
+WRITTEN_NAMES: dict[str, str] = {**_CANONICAL, **{k.upper(): v for k, v in _COMPACT.items()}, **_EXACT}
 
 # Headers whose comma-separated values are split into separate entries
 # (RFC 3261 §7.3.1). Authentication headers are deliberately absent: their
@@ -116,6 +121,9 @@ _VIA_PROTOCOL_RE = re.compile(
     rf"([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]+"
 )
 _SWS_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
+# Header parameters without quoted strings, every one well formed: what
+# parse_params can split without looking at each character.
+_PLAIN_PARAMS_RE = re.compile(rf"(?:[ \t]*;[ \t]*[{_TOKEN}]+[ \t]*(?:=[ \t]*[{_TOKEN}:\[\]]+[ \t]*)?)*[ \t]*")
 _CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN}]+)")
 
 
@@ -208,6 +216,11 @@ def parse_params(text: str, what: str) -> dict[str, str | None]:
         in <what>`` or ``unterminated quoted string``.
     """
     params: dict[str, str | None] = {}
+    if _PLAIN_PARAMS_RE.fullmatch(text):  # the common case, checked at once
+        for part in text.split(";")[1:]:
+            name, eq, value = part.partition("=")
+            params[name.strip(" \t").lower()] = value.strip(" \t") if eq else None
+        return params
     i = 0
     n = len(text)
     while i < n:

@@ -9,7 +9,7 @@ never leaves a stale typed value behind.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, TypeVar, cast
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from engine import entropy
 from engine.sip.errors import RemoteProtocolError
@@ -86,20 +86,26 @@ class Headers:
     Iteration yields ``(name, value)`` pairs in message order.
 
     :param items: initial ``(name, value)`` pairs; names are canonicalised.
+
+    ``version`` counts the changes made through the methods (a message's
+    typed views are kept while it stays the same); code that changes
+    ``_items`` itself must add one.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "version")
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = (
             [(canonical_name(k), v) for k, v in items] if items is not None else []
         )
+        self.version = 0
 
     @classmethod
     def _from_canonical(cls, items: list[tuple[str, str]]) -> Headers:
         """Adopt ``items`` whose names are already canonical (parser use)."""
         headers = cls.__new__(cls)
         headers._items = items
+        headers.version = 0
         return headers
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -157,10 +163,12 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a value after any existing ones."""
         self._items.append((canonical_name(name), value))
+        self.version += 1
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a value before the first one of the same name (or first)."""
         canon = canonical_name(name)
+        self.version += 1
         for i in self._indexes(canon):
             self._items.insert(i, (canon, value))
             return
@@ -169,6 +177,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace all values of ``name`` with one, keeping its position."""
         canon = canonical_name(name)
+        self.version += 1
         found = list(self._indexes(canon))
         if not found:
             self._items.append((canon, value))
@@ -179,11 +188,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         """Remove every value of ``name``."""
+        self.version += 1
         for i in reversed(list(self._indexes(name))):
             del self._items[i]
 
     def remove_first(self, name: str) -> None:
         """Remove the first value of ``name``, if any."""
+        self.version += 1
         for i in self._indexes(name):
             del self._items[i]
             return
@@ -206,27 +217,38 @@ class SipMessage:
     Typed views are parsed on first access and cached by the header text, so
     editing a header never leaves a stale value behind. The cached objects
     are shared: change a copy, then write it back with :meth:`Headers.set`.
+
+    The views a call reads most (top Via, From, To, Call-ID, CSeq: dozens of
+    reads a call) are also kept with the headers object and its
+    :attr:`Headers.version` they came from, and served without a lookup
+    while both stay the same.
     """
 
-    __slots__ = ("headers", "body", "_typed", "__weakref__")
+    __slots__ = ("headers", "body", "_typed", "_v_top_via", "_v_from", "_v_to", "_v_call_id", "_v_cseq",
+                 "__weakref__")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
         self.headers = headers if headers is not None else Headers()
         self.body = body
         self._typed: dict[tuple[object, str], object] = {}
+        self._v_top_via: tuple[Headers, int, Via] | None = None
+        self._v_from: tuple[Headers, int, NameAddr] | None = None
+        self._v_to: tuple[Headers, int, NameAddr] | None = None
+        self._v_call_id: tuple[Headers, int, str] | None = None
+        self._v_cseq: tuple[Headers, int, CSeq] | None = None
 
     def _cached(self, parse: Callable[[str], _T], value: str) -> _T:
         key = (parse, value)
         hit = self._typed.get(key)
         if hit is None:
-            hit = parse(value)
-            self._typed[key] = hit
-        return cast(_T, hit)
+            hit = self._typed[key] = parse(value)
+        return hit  # type: ignore[return-value]  # stored by parse itself (no cast(): a call each time)
 
     def remember(self, parse: Callable[[str], _T], value: str, parsed: _T) -> None:
         """Record ``parsed`` as what ``parse(value)`` gives, for the typed
         views (a header the caller rewrote from an object it holds)."""
         self._typed[(parse, value)] = parsed
+        self._v_top_via = self._v_from = self._v_to = self._v_call_id = self._v_cseq = None
 
     def _one(self, name: str) -> str:
         value = self.headers.get(name)
@@ -248,27 +270,52 @@ class SipMessage:
 
         :raises RemoteProtocolError: when missing or malformed.
         """
-        return self._cached(parse_via, self._one("Via"))
+        kept, headers = self._v_top_via, self.headers
+        if kept is not None and kept[0] is headers and kept[1] == headers.version:
+            return kept[2]
+        value = self._cached(parse_via, self._one("Via"))
+        self._v_top_via = (headers, headers.version, value)
+        return value
 
     @property
     def from_(self) -> NameAddr:
         """The From value (``from`` is a Python keyword)."""
-        return self._cached(parse_name_addr, self._one("From"))
+        kept, headers = self._v_from, self.headers
+        if kept is not None and kept[0] is headers and kept[1] == headers.version:
+            return kept[2]
+        value = self._cached(parse_name_addr, self._one("From"))
+        self._v_from = (headers, headers.version, value)
+        return value
 
     @property
     def to(self) -> NameAddr:
         """The To value."""
-        return self._cached(parse_name_addr, self._one("To"))
+        kept, headers = self._v_to, self.headers
+        if kept is not None and kept[0] is headers and kept[1] == headers.version:
+            return kept[2]
+        value = self._cached(parse_name_addr, self._one("To"))
+        self._v_to = (headers, headers.version, value)
+        return value
 
     @property
     def call_id(self) -> str:
         """The Call-ID text."""
-        return self._one("Call-ID")
+        kept, headers = self._v_call_id, self.headers
+        if kept is not None and kept[0] is headers and kept[1] == headers.version:
+            return kept[2]
+        value = self._one("Call-ID")
+        self._v_call_id = (headers, headers.version, value)
+        return value
 
     @property
     def cseq(self) -> CSeq:
         """The CSeq value."""
-        return self._cached(parse_cseq, self._one("CSeq"))
+        kept, headers = self._v_cseq, self.headers
+        if kept is not None and kept[0] is headers and kept[1] == headers.version:
+            return kept[2]
+        value = self._cached(parse_cseq, self._one("CSeq"))
+        self._v_cseq = (headers, headers.version, value)
+        return value
 
     @property
     def contact(self) -> list[NameAddr]:

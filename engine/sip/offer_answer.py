@@ -584,6 +584,8 @@ class NegotiationState(enum.Enum):
     REMOTE_OFFER = "REMOTE_OFFER"
     DONE = "DONE"
 
+    __hash__ = object.__hash__  # identity, in C (see TransactionState)
+
 
 class NegotiationInput(enum.Enum):
     """Inputs to :class:`OfferAnswerState`. ``SEND_*`` are ours; ``RECV_*`` are the peer's."""
@@ -594,6 +596,8 @@ class NegotiationInput(enum.Enum):
     RECV_ANSWER = "RECV_ANSWER"
     SEND_REJECT = "SEND_REJECT"
     RECV_REJECT = "RECV_REJECT"
+
+    __hash__ = object.__hash__  # identity, in C (see TransactionState)
 
 
 _S = NegotiationState

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 
 from engine.sip.errors import RemoteProtocolError
-from engine.sip.headers import MULTI_VALUED, canonical_name, split_header_values
+from engine.sip.headers import MULTI_VALUED, WRITTEN_NAMES, canonical_name, split_header_values
 from engine.sip.message import Headers, SipMessage, SipRequest, SipResponse
 from engine.sip.uri import AbsoluteUri, SipUri
 
@@ -197,6 +197,7 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
     items: list[tuple[str, str]] = []
     name: str | None = None
     parts_: list[str] = []
+    written = WRITTEN_NAMES
     for line in lines[1:]:
         first = line[:1]
         if first == " " or first == "\t":
@@ -214,12 +215,18 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
             items.append((name, " ".join(parts_)))
         text_name, colon, value = line.partition(":")
         text_name = text_name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(text_name):
+        name = written.get(text_name)  # a usual spelling: known to be a token
+        if name is None:
+            if not colon or not _TOKEN_RE.fullmatch(text_name):
+                if error is None:
+                    error = "malformed header line"
+                continue  # name is None: the refused line's folds are swallowed
+            name = canonical_name(text_name)
+        elif not colon:
             if error is None:
                 error = "malformed header line"
             name = None
             continue
-        name = canonical_name(text_name)
         value = value.strip(" \t")
         parts_ = [value] if value else []
     if name is not None:
@@ -280,14 +287,12 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
     try:
         if msg.version != "SIP/2.0" and msg.version.upper() != "SIP/2.0":
             raise RemoteProtocolError("SIP version not supported", 505)
-        counts: dict[str, int] = {}
-        for name, _ in msg.headers:
-            counts[name] = counts.get(name, 0) + 1
+        names = [name for name, _ in msg.headers]  # then searched in C
         for name in _MANDATORY:
-            if name not in counts:
+            if name not in names:
                 raise RemoteProtocolError(f"missing {name} header")
         for name in _SINGLE:
-            if counts.get(name, 0) > 1:
+            if names.count(name) > 1:
                 raise RemoteProtocolError(f"more than one {name} header")
         headers = msg.headers
         call_id = headers.get("Call-ID")
@@ -300,15 +305,15 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"{name}: {exc}") from None
         cseq = msg.cseq
-        if "Max-Forwards" in counts:
+        if "Max-Forwards" in names:
             mf = _digits_value(headers.get("Max-Forwards") or "", 3)
             if mf is None or mf > 255:
                 raise RemoteProtocolError("bad Max-Forwards")
-        if "Expires" in counts:
+        if "Expires" in names:
             expires = _digits_value(headers.get("Expires") or "", 10)
             if expires is None or expires > 2**32 - 1:
                 raise RemoteProtocolError("bad Expires")
-        if "Date" in counts and not _DATE_RE.fullmatch(headers.get("Date") or ""):
+        if "Date" in names and not _DATE_RE.fullmatch(headers.get("Date") or ""):
             raise RemoteProtocolError("bad Date header")
         if isinstance(msg, SipRequest):
             if cseq.method != msg.method:

@@ -227,6 +227,11 @@ class TransactionState(Enum):
     ACCEPTED = "Accepted"
     TERMINATED = "Terminated"
 
+    # Members are singletons compared by identity: hash them so, in C (the
+    # state tables look them up several times a message; Enum's own __hash__
+    # is a Python function).
+    __hash__ = object.__hash__
+
 
 class TransactionInput(Enum):
     """What drives the machines: sends, receptions, timers, transport errors."""
@@ -253,6 +258,11 @@ class TransactionInput(Enum):
     TIMER_M = "timer_m"
     TIMER_TRYING = "timer_trying"
     TRANSPORT_ERROR = "transport_error"
+
+    # Members are singletons compared by identity: hash them so, in C (the
+    # state tables look them up several times a message; Enum's own __hash__
+    # is a Python function).
+    __hash__ = object.__hash__
 
 
 S = TransactionState
@@ -939,6 +949,7 @@ class _ServerTransaction(_Transaction):
             for name, value in request.headers:
                 if name in keep:
                     items.append((name, value))
+            slim.headers.version += 1
             self._request = slim.to_bytes()
         self._last_response = weakref.ref(response)  # type: ignore[assignment]
         if response.status < 300 and isinstance(self, InviteServerTransaction):
@@ -1347,7 +1358,7 @@ class TransactionLayer:
         tx._heap_deadline = deadline
         heap = self._heap
         heapq.heappush(heap, (deadline, self._seq, tx))
-        if len(heap) > 64 and len(heap) > 4 * len(self):
+        if len(heap) > 64 and len(heap) > 4 * (len(self._client) + len(self._server)):
             # In place: handle_timer may be iterating over this very list.
             heap[:] = [entry for entry in heap if entry[2]._heap_seq == entry[1]]
             heapq.heapify(heap)

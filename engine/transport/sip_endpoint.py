@@ -637,13 +637,14 @@ class SipEndpoint:
                 return
             try:
                 top = msg.top_via
-                top.params["received"] = peer.host
-                if "rport" in top.params or peer.transport == "UDP":
-                    top.params["rport"] = str(peer.port)
-                msg.headers.remove_first("Via")
-                text = str(top)
-                msg.headers.prepend("Via", text)
-                msg.remember(parse_via, text, top)  # no parsing back what we wrote
+                if msg.method != "ACK":  # nothing answers an ACK: no response reads these
+                    top.params["received"] = peer.host
+                    if "rport" in top.params or peer.transport == "UDP":
+                        top.params["rport"] = str(peer.port)
+                    msg.headers.remove_first("Via")
+                    text = str(top)
+                    msg.headers.prepend("Via", text)
+                    msg.remember(parse_via, text, top)  # no parsing back what we wrote
             except RemoteProtocolError:
                 return
             if stream and "alias" in top.params:
@@ -878,7 +879,7 @@ class SipEndpoint:
                     if isinstance(created, InviteServerTransaction) and event.request.to.tag is None:
                         self._setting_up.add(created)
                     try:
-                        self.on_request(event.request, event.transaction, cast(Peer, event.addr))
+                        self.on_request(event.request, event.transaction, event.addr)  # type: ignore[arg-type]  # a Peer
                     except RemoteProtocolError as exc:
                         # A header parsed lazily by the handler (Contact,
                         # Record-Route...) was malformed: the peer's error, so
@@ -887,9 +888,9 @@ class SipEndpoint:
                         self._answer_late_error(event.transaction, event.request, exc)
                 elif isinstance(event, CancelReceived):
                     self.on_cancel(event.request, event.transaction, event.invite_transaction,
-                                   cast(Peer, event.addr))
+                                   event.addr)  # type: ignore[arg-type]  # a Peer (no cast(): a call)
                 elif isinstance(event, StrayResponse):
-                    self.on_stray_response(event.response, cast(Peer, event.addr))
+                    self.on_stray_response(event.response, event.addr)  # type: ignore[arg-type]
                 elif isinstance(event, TransactionTimedOut):
                     cb = self._client_cb.get(event.transaction)  # type: ignore[arg-type]
                     if cb:
