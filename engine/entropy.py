@@ -9,28 +9,27 @@ reused or derived: the values are as unpredictable as :mod:`secrets`'.
 
 A forked child starts with an empty pool (``os.register_at_fork``), so a
 parent and its child never hand out the same bytes. Safe to call from
-threads. Long-lived secrets (API keys, invite tokens, SRTP master keys,
+threads without a lock: the pool is an :class:`io.BytesIO` whose ``read``
+runs in C under the interpreter lock, so two readers never get the same
+bytes, and a thread that refills an emptied pool replaces it whole. Long-lived secrets (API keys, invite tokens, SRTP master keys,
 digest nonces) keep using :mod:`secrets` directly.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import os
-import threading
 
 __all__ = ["token_bytes", "token_hex", "token_urlsafe", "randbits", "randbelow"]
 
 _POOL_SIZE = 4096
-_lock = threading.Lock()
-_pool = b""
-_pos = 0
+_pool = io.BytesIO()
 
 
 def _reset() -> None:
-    global _pool, _pos, _lock
-    _pool, _pos = b"", 0
-    _lock = threading.Lock()
+    global _pool
+    _pool = io.BytesIO()
 
 
 os.register_at_fork(after_in_child=_reset)
@@ -38,15 +37,13 @@ os.register_at_fork(after_in_child=_reset)
 
 def token_bytes(nbytes: int) -> bytes:
     """``nbytes`` random bytes (as :func:`secrets.token_bytes`)."""
-    global _pool, _pos
+    global _pool
     if nbytes > _POOL_SIZE // 4:
         return os.urandom(nbytes)
-    with _lock:
-        end = _pos + nbytes
-        if end > len(_pool):
-            _pool, _pos, end = os.urandom(_POOL_SIZE), 0, nbytes
-        out = _pool[_pos:end]
-        _pos = end
+    out = _pool.read(nbytes)
+    if len(out) < nbytes:  # the rest of a pool is dropped, never handed out again
+        pool = _pool = io.BytesIO(os.urandom(_POOL_SIZE))
+        out = pool.read(nbytes)
     return out
 
 

@@ -301,13 +301,13 @@ class Engine:
         self.config = config
         self.node_id = secrets.token_hex(6)
         self.directory = MemoryDirectory()
+        self.ua: UserAgent = None  # type: ignore[assignment]
         #: Time of the login lockouts (registrar and web SDK); tests set a virtual one.
-        self.clock: Callable[[], float] = time.monotonic
+        self.clock = time.monotonic
         self.store: SqliteStore | None = None
         self.rules: RuleSet | None = None
         self._runtime: ScenarioRuntime | None = None
         self.rtp_policy = RtpSourcePolicy()
-        self.ua: UserAgent = None  # type: ignore[assignment]
         self.http_runner: web.AppRunner | None = None
         #: Prometheus figures (``GET /metrics``); the ``--metrics-listen`` server, if any.
         self.metrics: EngineMetrics | None = None
@@ -338,6 +338,20 @@ class Engine:
         #: Conferences and media flows, ticked by the media clock.
         self.media_graph = MediaGraph(self.media_clock, recordings_dir=Path(config.data_dir) / "recordings",
                                       silence_suppression=config.silence_suppression)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """What the SIP side reads the time with; set, it is handed to the
+        user agent and its endpoint, which call it directly (no lambda in
+        between: they read it several times a message)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        if self.ua is not None:
+            self.ua.clock = clock
+            self.ua.endpoint.clock = clock
 
     @property
     def runtime(self) -> ScenarioRuntime:
@@ -416,7 +430,7 @@ class Engine:
             on_message=self._on_message,
             directory=self.directory,
             user_ha1=self._user_ha1,
-            clock=lambda: self.clock(),
+            clock=self.clock,
         )
         connections: set[SdkConnection] = set()
         self.webhooks = WebhookDispatcher(

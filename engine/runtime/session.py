@@ -225,7 +225,7 @@ class Session(Listeners):
         except Exception as exc:
             self.fail(exc)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # most listeners return None
             self.spawn(result)
 
     def spawn(self, awaitable: Any) -> asyncio.Task[Any]:

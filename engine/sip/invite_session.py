@@ -363,7 +363,7 @@ class InviteSession:
         self._need(Role.UAS, _S.INCOMING, _S.EARLY)
         self.state = _S.EARLY
         if response.body and self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.send_answer(_ours(response, sdp)))
+            self._oa(lambda oa: oa.record_answer(_ours(response, sdp)))
 
     def send_answer(self, response: SipResponse, dialog_request: SipRequest, contact: str,
                     now: float, sdp: SessionDescription | None = None) -> Dialog:
@@ -430,7 +430,7 @@ class InviteSession:
         if not response.body:
             return
         if self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.send_answer(_ours(response, sdp)))
+            self._oa(lambda oa: oa.record_answer(_ours(response, sdp)))
         else:  # offer in our 2xx, answer in the ACK (RFC 3264 §3)
             self._oa(lambda oa: oa.send_offer(_ours(response, sdp)))
 
@@ -685,7 +685,7 @@ class InviteSession:
         except RemoteProtocolError as exc:
             logger.debug("offer/answer step refused: %s", exc)
             return None
-        self._oa(lambda oa: oa.receive_offer(sdp))
+        self._oa(lambda oa: oa.receive_offer(sdp, owned=True))  # parsed here, only read after
         return _hold(sdp)
 
     def _oa(self, step: Callable[[OfferAnswerState], object]) -> None:

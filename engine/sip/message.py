@@ -342,16 +342,18 @@ class SipMessage:
         Content-Length is always written from the body: in the place of the
         first Content-Length header, or last when there was none.
         """
-        lines = [self.start_line()]
         length = f"Content-Length: {len(self.body)}"
-        for name, value in self.headers:
-            if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-            elif length:
-                lines.append(length)
-                length = ""
-        if length:
+        # One comprehension (no call a header); every Content-Length header
+        # becomes ``length``, and only the first of them is kept.
+        lines = [self.start_line(),
+                 *[f"{name}: {value}" if name != "Content-Length" else length
+                   for name, value in self.headers._items]]
+        found = lines.count(length)
+        if not found:
             lines.append(length)
+        elif found > 1:
+            first = lines.index(length)
+            lines[first + 1:] = [line for line in lines[first + 1:] if line != length]
         lines.append("\r\n")
         head = "\r\n".join(lines)
         return head.encode("utf-8", errors="surrogateescape") + self.body

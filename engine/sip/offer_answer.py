@@ -666,7 +666,7 @@ class OfferAnswerState:
         self.offer = self._stamp(offer)
         return self.offer.copy()
 
-    def receive_offer(self, offer: SessionDescription) -> bool:
+    def receive_offer(self, offer: SessionDescription, *, owned: bool = False) -> bool:
         """Record the peer's offer.
 
         :returns: whether it differs from the peer's current SDP in anything
@@ -675,18 +675,26 @@ class OfferAnswerState:
             ``sess-version``, because some peers do not increment it.
         :raises RemoteProtocolError: if an offer is in progress (status 491 or 500),
             or if the offer removes ``m=`` lines.
+
+        ``owned``: the caller hands ``offer`` over (it made it for this call
+        and never changes it again), so it is kept without a copy.
         """
         if self.remote is not None and len(offer.media) < len(self.remote.media):
             raise RemoteProtocolError("offer removes m= lines")
         self.process_input(_I.RECV_OFFER)
-        self.offer = offer.copy()
+        self.offer = offer if owned else offer.copy()
         return self.remote is None or dataclasses.replace(offer, origin=self.remote.origin) != self.remote
 
     def send_answer(self, answer: SessionDescription) -> SessionDescription:
         """Record our answer to the peer's offer and return it with our ``o=`` line applied."""
+        self.record_answer(answer)
+        assert self.local is not None
+        return self.local.copy()
+
+    def record_answer(self, answer: SessionDescription) -> None:
+        """:meth:`send_answer` for a caller that does not need the stamped copy back."""
         self.process_input(_I.SEND_ANSWER)
         self.local, self.remote, self.offer = self._stamp(answer), self.offer, None
-        return self.local.copy()
 
     def receive_answer(self, answer: SessionDescription) -> None:
         """Record the peer's answer to our offer. Read it with :func:`process_answer`."""

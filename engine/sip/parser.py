@@ -196,7 +196,8 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
 
     items: list[tuple[str, str]] = []
     name: str | None = None
-    parts_: list[str] = []
+    value = ""
+    folded: list[str] | None = None  # the pieces of a folded header, once it is
     written = WRITTEN_NAMES
     for line in lines[1:]:
         first = line[:1]
@@ -209,28 +210,32 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
                 continue  # also swallows the folds of a refused line
             more = line.strip(" \t")
             if more:
-                parts_.append(more)
+                if folded is None:
+                    folded = [value] if value else []
+                folded.append(more)
             continue
         if name is not None:
-            items.append((name, " ".join(parts_)))
+            items.append((name, value if folded is None else " ".join(folded)))
+            folded = None
         text_name, colon, value = line.partition(":")
-        text_name = text_name.rstrip(" \t")
         name = written.get(text_name)  # a usual spelling: known to be a token
         if name is None:
-            if not colon or not _TOKEN_RE.fullmatch(text_name):
-                if error is None:
-                    error = "malformed header line"
-                continue  # name is None: the refused line's folds are swallowed
-            name = canonical_name(text_name)
-        elif not colon:
+            text_name = text_name.rstrip(" \t")
+            name = written.get(text_name)
+            if name is None:
+                if not colon or not _TOKEN_RE.fullmatch(text_name):
+                    if error is None:
+                        error = "malformed header line"
+                    continue  # name is None: the refused line's folds are swallowed
+                name = canonical_name(text_name)
+        if not colon:
             if error is None:
                 error = "malformed header line"
             name = None
             continue
         value = value.strip(" \t")
-        parts_ = [value] if value else []
     if name is not None:
-        items.append((name, " ".join(parts_)))
+        items.append((name, value if folded is None else " ".join(folded)))
 
     entries: list[tuple[str, str]] = []
     for name, value in items:
@@ -299,11 +304,17 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         if not call_id or _BAD_CALL_ID_RE.search(call_id):
             raise RemoteProtocolError("bad Call-ID")
         msg.via  # noqa: B018 - parse every Via
-        for name in ("From", "To", "Contact"):
-            try:
-                msg.name_addrs(name)
-            except RemoteProtocolError as exc:
-                raise RemoteProtocolError(f"{name}: {exc}") from None
+        # From and To are there once (checked above): their views parse them
+        # and keep them for the many reads to come.
+        name = "From"
+        try:
+            msg.from_  # noqa: B018
+            name = "To"
+            msg.to  # noqa: B018
+            name = "Contact"
+            msg.name_addrs("Contact")
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"{name}: {exc}") from None
         cseq = msg.cseq
         if "Max-Forwards" in names:
             mf = _digits_value(headers.get("Max-Forwards") or "", 3)

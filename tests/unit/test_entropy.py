@@ -57,3 +57,24 @@ def test_a_forked_child_does_not_repeat_its_parent() -> None:
     os.waitpid(pid, 0)
     assert re.fullmatch(r"[0-9a-f]{32}", child)
     assert entropy.token_hex(16) != child
+
+
+def test_threads_drawing_at_once_never_get_the_same_bytes() -> None:
+    """Check concurrent readers (no lock: the pool's reads are atomic) each
+    get bytes nobody else got, across many refills."""
+    import threading
+
+    drawn: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(out: list[str]) -> None:
+        for _ in range(5_000):
+            out.append(entropy.token_hex(7))  # 7 does not divide the pool: refills cut values
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in drawn]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [tag for out in drawn for tag in out]
+    assert len(every) == 40_000 and all(len(tag) == 14 for tag in every)
+    assert len(set(every)) == len(every)
