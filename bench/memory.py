@@ -202,7 +202,8 @@ def main() -> dict[str, Any]:
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed: ./run.sh bench installs sip-tester")
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {}  # what the results file keeps (results.figure)
+    details: dict[str, Any] = {}  # every reading, printed as JSON at the end
     with tempfile.TemporaryDirectory(prefix="memory-") as tmp:
         rss = run_once(args, Path(tmp), probe=False)
         print(f"RSS: {rss['rss_before_kb'] // 1024} MB before, {rss['rss_idle_kb'] // 1024} MB with "
@@ -210,7 +211,8 @@ def main() -> dict[str, Any]:
               f"{rss['rss_after_kb'] // 1024} MB after they ended; sipp ok={rss['ok']} failed={rss['failed']}",
               flush=True)
         print(f"RSS per live idle call: {rss['rss_per_idle_call_kb']} KB", flush=True)
-        figures["rss_per_idle_call_kb"] = rss
+        details["rss"] = rss
+        figures["rss_per_idle_call_kb"] = {"value": rss["rss_per_idle_call_kb"], "unit": "KB", "better": "lower"}
     if args.tracemalloc:
         with tempfile.TemporaryDirectory(prefix="memory-tm-") as tmp:
             tm = run_once(args, Path(tmp), probe=True)
@@ -220,7 +222,9 @@ def main() -> dict[str, Any]:
             print(f"  top by {key} (bytes, blocks per call):")
             for row in tm[f"top_{key}"]:
                 print(f"    {row['bytes_per_call']:7d} B {row['blocks_per_call']:7.2f}  {row['where']}")
-        figures["traced_per_idle_call_kb"] = tm
+        details["tracemalloc"] = tm
+        figures["traced_per_idle_call_kb"] = {"value": tm["traced_per_idle_call_kb"], "unit": "KB",
+                                              "better": "lower"}
     try:
         import results  # type: ignore[import-not-found]
 
@@ -228,8 +232,8 @@ def main() -> dict[str, Any]:
     except ImportError:
         pass
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if not kk.startswith("top_")}
-                      for k, v in figures.items()}))
-    return figures
+                      for k, v in details.items()}))
+    return details
 
 
 if __name__ == "__main__":
