@@ -11,8 +11,9 @@ A forked child starts with an empty pool (``os.register_at_fork``), so a
 parent and its child never hand out the same bytes. Safe to call from
 threads without a lock: the pool is an :class:`io.BytesIO` whose ``read``
 runs in C under the interpreter lock, so two readers never get the same
-bytes, and a thread that refills an emptied pool replaces it whole. Long-lived secrets (API keys, invite tokens, SRTP master keys,
-digest nonces) keep using :mod:`secrets` directly.
+bytes, and a thread that refills an emptied pool replaces it whole.
+Long-lived secrets (API keys, invite tokens, SRTP master keys, digest
+nonces) keep using :mod:`secrets` directly.
 """
 
 from __future__ import annotations

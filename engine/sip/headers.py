@@ -122,8 +122,14 @@ _VIA_PROTOCOL_RE = re.compile(
 )
 _SWS_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
 # Header parameters without quoted strings, every one well formed: what
-# parse_params can split without looking at each character.
-_PLAIN_PARAMS_RE = re.compile(rf"(?:[ \t]*;[ \t]*[{_TOKEN}]+[ \t]*(?:=[ \t]*[{_TOKEN}:\[\]]+[ \t]*)?)*[ \t]*")
+# parse_params can split without looking at each character. Possessive
+# quantifiers (Python 3.11): a run of spaces is never given back and tried
+# again elsewhere, so a failing match is linear in the text (a peer's long
+# run of spaces before a bad character would otherwise cost quadratic time:
+# tests/unit/test_headers.py times it).
+_PLAIN_PARAMS_RE = re.compile(
+    rf"[ \t]*+(?:;[ \t]*+[{_TOKEN}]++(?:[ \t]*+=[ \t]*+[{_TOKEN}:\[\]]++)?+[ \t]*+)*+"
+)
 _CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN}]+)")
 
 

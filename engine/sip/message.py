@@ -205,10 +205,11 @@ class Headers:
 
     def custom(self) -> dict[str, str]:
         """The ``X-`` headers, as a dict (the call object exposes these)."""
-        return {k: v for k, v in self._items if k[:2].lower() == "x-"}
+        return {k: v for k, v in self._items if k[:2] in _X_PREFIXES}
 
 
 _T = TypeVar("_T")
+_X_PREFIXES = frozenset({"X-", "x-"})
 
 
 class SipMessage:
@@ -242,7 +243,7 @@ class SipMessage:
         hit = self._typed.get(key)
         if hit is None:
             hit = self._typed[key] = parse(value)
-        return hit  # type: ignore[return-value]  # stored by parse itself (no cast(): a call each time)
+        return hit  # type: ignore[return-value]  # what parse returned (cast() would be a call each time)
 
     def remember(self, parse: Callable[[str], _T], value: str, parsed: _T) -> None:
         """Record ``parsed`` as what ``parse(value)`` gives, for the typed

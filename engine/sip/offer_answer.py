@@ -214,6 +214,8 @@ def _flags(direction: Direction) -> tuple[bool, bool]:
 
 
 def _is_unspecified(address: str) -> bool:
+    if address.strip("0.:"):  # another character: a non-zero address or a host name
+        return False
     try:
         return ipaddress.ip_address(address).is_unspecified
     except ValueError:  # a host name

@@ -259,10 +259,7 @@ class TransactionInput(Enum):
     TIMER_TRYING = "timer_trying"
     TRANSPORT_ERROR = "transport_error"
 
-    # Members are singletons compared by identity: hash them so, in C (the
-    # state tables look them up several times a message; Enum's own __hash__
-    # is a Python function).
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # identity, in C (see TransactionState)
 
 
 S = TransactionState
@@ -1317,6 +1314,8 @@ class TransactionLayer:
 
     def messages_to_send(self) -> list[tuple[bytes, object]]:
         """Drain the queue of ``(bytes, addr)`` of all transactions."""
+        if not self._outbox:  # most flushes: nothing queued
+            return []
         out = list(self._outbox)
         self._outbox.clear()
         return out

@@ -439,3 +439,32 @@ def test_name_addr_round_trip(text: str) -> None:
     if na.display_name == "":
         again.display_name = ""  # "" and no display name are written alike
     assert again == na
+
+
+@pytest.mark.timeout(10)  # a hang guard: the quadratic form took minutes on these
+@pytest.mark.parametrize("text", [
+    ";a" + " " * 60_000 + "<",
+    ";a=b" + " \t" * 30_000 + "<",
+    ";a" + " " * 30_000 + "=" + " " * 30_000 + "<",
+    ";a " * 20_000 + "<",
+])
+def test_a_long_run_of_spaces_before_a_bad_character_is_refused_in_linear_time(text: str) -> None:
+    """An attacker's parameters: a long run of spaces and tabs, then a
+    character that makes the fast path's expression fail. Its quantifiers
+    are possessive, so the run is scanned once (measured: 9.5 ms for 1,000
+    spaces with the backtracking form, growing with the square), and the
+    careful path then names the problem."""
+    with pytest.raises(RemoteProtocolError, match="bad parameter"):
+        parse_params(text, "Via")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", {}),
+    ("  ", {}),
+    (";branch=z9hG4bK1 ;rport", {"branch": "z9hG4bK1", "rport": None}),
+    (" ; A = B ;c", {"a": "B", "c": None}),
+    (";maddr=[2001:db8::1];ttl=1", {"maddr": "[2001:db8::1]", "ttl": "1"}),
+    (';a="q;x";b', {"a": '"q;x"', "b": None}),  # quoted: the careful path
+])
+def test_parameters_parse_the_same_on_both_paths(text: str, expected: dict[str, str | None]) -> None:
+    assert parse_params(text, "Via") == expected

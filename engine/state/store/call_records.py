@@ -11,9 +11,9 @@ the largest single cost of ending a call.
 
 from __future__ import annotations
 
-from itertools import repeat
 import json
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Any
 
 from engine.state.store.checks import MAX_LIMIT, check_count
