@@ -107,7 +107,6 @@ class Uac(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.local = b""
         self._started = 0.0
-        self._to: dict[bytes, bytes] = {}  # Call-ID: the To line of its 200
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)

@@ -271,6 +271,8 @@ class SipMessage:
 
         :raises RemoteProtocolError: when missing or malformed.
         """
+        # The same lines in each kept view: a shared helper would cost the
+        # Python call these save.
         kept, headers = self._v_top_via, self.headers
         if kept is not None and kept[0] is headers and kept[1] == headers.version:
             return kept[2]
