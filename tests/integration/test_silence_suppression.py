@@ -200,8 +200,21 @@ async def test_a_player_in_the_conference_is_sent(rig: Rig) -> None:
     conf = rig.graph.create_conference()
     for call in rig.calls:
         conf.add(call)
+    # The CN packet that starts the silence: with a send worker it may come
+    # late on a loaded machine (the worker process is busy or not yet
+    # scheduled), so wait for it, then 0.2 s more in which nothing follows.
+    heard: list[list[RtpPacket]] = [[] for _ in rig.phones]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while not all(heard) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        for got, phone in zip(heard, rig.phones):
+            got += phone.received()
     await asyncio.sleep(0.2)
-    assert [len(p.received()) for p in rig.phones] == [1, 1, 1]  # the CN packets
+    for got, phone in zip(heard, rig.phones):
+        got += phone.received()
+    assert [len(got) for got in heard] == [1, 1, 1]  # the CN packets, and nothing after them
+    assert all(got[0].payload_type == CN_PT for got in heard)
     from engine.media.players import ToneSource
 
     rig.graph.start_player(conf, ToneSource(440))
