@@ -61,6 +61,18 @@ def test_canonical_names(name: str, canonical: str) -> None:
     assert canonical_name(name) == canonical
 
 
+def test_the_parsers_usual_spellings_are_tokens_named_as_canonical_name_names_them() -> None:
+    """The parser takes a name found in ``WRITTEN_NAMES`` without its token
+    check: every key must be a token, and map where canonical_name maps it."""
+    from engine.sip.headers import WRITTEN_NAMES
+    from engine.sip.parser import _TOKEN_RE
+
+    assert {"Via", "via", "v", "V", "call-id", "i", "I"} <= set(WRITTEN_NAMES)
+    for written, canonical in WRITTEN_NAMES.items():
+        assert _TOKEN_RE.fullmatch(written), written
+        assert canonical_name(written) == canonical, written
+
+
 def test_headers_lookup_is_case_insensitive_and_compact() -> None:
     """Check get/get_all accept any case and compact names, also for
     unknown headers."""
