@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallEvents",
+    "Emitter",
     "CallState",
     "CallEvent",
     "Call",
@@ -690,12 +691,31 @@ class SendDigitsAction(Action):
             self.call.log.info("digits %r by %s sent (completed=%s)", self.digits, self.mode, completed)
 
 
+class Emitter(AsyncIOEventEmitter):
+    """pyee's asyncio emitter, returning at once for an event nobody
+    listens to (the common case: a call emits each state, few scenarios
+    listen to each). pyee takes its lock and copies the handler list even
+    then, and every ``on()`` emits ``new_listener``, which nothing here
+    listens to: about 40 Python calls a call. Reads pyee's ``_events``
+    (pyee 13; ``tests/unit/test_call_events.py`` pins it)."""
+
+    def listened(self, event: str) -> bool:
+        """Whether ``event`` has a handler (or is ``error``, which raises
+        without one): when not, :meth:`emit` does nothing."""
+        return event == "error" or event in self._events
+
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
+        if event != "error" and event not in self._events:
+            return False
+        return super().emit(event, *args, **kwargs)
+
+
 class Listeners:
     """``add_event_listener``/``on``/``remove_event_listener`` over a pyee
     ``emitter``, each handler run through the object's ``dispatcher`` (the
     scenario session) so that a failing listener never stops the others."""
 
-    emitter: AsyncIOEventEmitter
+    emitter: Emitter
     dispatcher: Dispatcher
 
     def add_event_listener(self, event: str | enum.Enum, handler: Callable[..., Any]) -> None:
@@ -770,7 +790,7 @@ class Call(PlaybackMixin, Listeners):
         self.srtp: str | None = None
         self.state = CallState.NEW
         self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
-        self.emitter = AsyncIOEventEmitter()
+        self.emitter = Emitter()
         self.end_code: int | None = None
         self.end_reason: str | None = None
         self._state_waiters: list[asyncio.Future[CallState]] = []
@@ -822,9 +842,12 @@ class Call(PlaybackMixin, Listeners):
     # -- events ----------------------------------------------------------------
 
     def _emit(self, name: CallEvents, **fields: Any) -> None:
+        text = str(name)
+        if not self.emitter.listened(text):
+            return  # no event object for nobody
         extra = {k: fields.pop(k) for k in list(fields) if k not in CallEvent.__dataclass_fields__}
-        event = CallEvent(str(name), self, extra=extra, **fields)
-        self.emitter.emit(str(name), event)
+        event = CallEvent(text, self, extra=extra, **fields)
+        self.emitter.emit(text, event)
 
     def wait_for(self, event: str | CallEvents, timeout: float | None = None) -> Awaitable[CallEvent]:
         """Wait for the next ``event``. The listener is attached now, so an

@@ -60,9 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeGuard, Union, runtime_checkable
 
-from pyee.asyncio import AsyncIOEventEmitter
 
-from engine.calls.call import CallError, Dispatcher, ExtraFields, Listeners, Playback, PlaybackMixin, _DirectDispatcher
+from engine.calls.call import (CallError, Dispatcher, Emitter, ExtraFields, Listeners, Playback, PlaybackMixin,
+                               _DirectDispatcher)
 from engine.calls.recording import Recording
 from engine.media.bridge import Bridge, BridgePlan, FrameSink, TrackSink
 from engine.media.clock import MediaClock
@@ -189,7 +189,7 @@ class Conference(PlaybackMixin, Listeners):
         self.name = name or f"conference-{self.id}"
         self.graph = graph
         self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
-        self.emitter = AsyncIOEventEmitter()
+        self.emitter = Emitter()
         self.stopped = False
         self._members: dict[Node, _Member] = {}
         self._playback: Playback | None = None

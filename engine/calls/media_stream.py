@@ -31,10 +31,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from pyee.asyncio import AsyncIOEventEmitter
 from yarl import URL
 
-from engine.calls.call import Action, CallError, Dispatcher, ExtraFields, Listeners, _DirectDispatcher
+from engine.calls.call import Action, CallError, Dispatcher, Emitter, ExtraFields, Listeners, _DirectDispatcher
 from engine.media.pcm import Pcm
 from engine.media.stream_codec import (
     BadFrame,
@@ -105,7 +104,7 @@ class _Graph(Protocol):
 
 class _Target(Protocol):
     id: str
-    emitter: AsyncIOEventEmitter
+    emitter: Emitter
 
 
 @dataclass
@@ -192,7 +191,7 @@ class MediaStream(Action, Listeners):
         self.url = url
         self.config = config
         self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
-        self.emitter = AsyncIOEventEmitter()
+        self.emitter = Emitter()
         self.codec = StreamCodec(config)
         self.queue = SendQueue(send_queue)
         self.client = WsClient(url, self, self.queue, headers=headers, attempts=attempts, backoff=backoff,

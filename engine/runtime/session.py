@@ -38,10 +38,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from pyee.asyncio import AsyncIOEventEmitter
 
 from engine import entropy
-from engine.calls.call import Call, CallError, CallState, InternalCall, Listeners
+from engine.calls.call import Call, CallError, CallState, Emitter, InternalCall, Listeners
 from engine.calls.conference import Conference, ConferenceError
 from engine.runtime.router import Rule
 from engine.security_log import escape_controls
@@ -153,7 +152,7 @@ class Session(Listeners):
         self.custom_data = custom_data
         self.ctx = contextvars.copy_context()
         self.ctx.run(_current.set, self)
-        self.emitter = AsyncIOEventEmitter()
+        self.emitter = Emitter()
         self.calls: set[Call] = set()
         #: Conferences this session created (stopped when it ends).
         self.mixers: list[Conference] = []
@@ -210,7 +209,9 @@ class Session(Listeners):
         self.run_listener(handler, event)
 
     def emit(self, event: AppEvents, **fields: Any) -> None:
-        self.emitter.emit(str(event), AppEvent(str(event), self.id, **fields))
+        name = str(event)
+        if self.emitter.listened(name):  # no event object for nobody
+            self.emitter.emit(name, AppEvent(name, self.id, **fields))
 
     def run_listener(self, handler: Callable[..., Any], event: Any) -> None:
         """Run a listener in this session's context; failures end the session."""
