@@ -151,7 +151,8 @@ class MediaSession:
                  "decoder", "_last_audio", "audio_waker", "_g711_decoder", "closed", "_frame_samples",
                  "_g711_pending", "decode_table", "_encode_table", "player", "dtmf", "negotiated", "last_sent",
                  "sender", "_talkspurt", "transport", "_event_timer", "_player_done", "_refusal_logged", "_silence",
-                 "call_id", "clock", "encoder", "events", "malformed", "policy", "send_waker", "__weakref__")
+                 "call_id", "clock", "encoder", "events", "malformed", "policy", "send_waker", "_skips_seen",
+                 "__weakref__")
 
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
                  call_id: str | None = None) -> None:
@@ -179,6 +180,9 @@ class MediaSession:
         self.player: FrameSource | None = None
         self._player_done: PlaybackDone | None = None
         self._talkspurt = False
+        #: The clock's count of skipped ticks when this stream's timestamp
+        #: last caught up with it (see :meth:`_after_skip`).
+        self._skips_seen = clock.skipped
         #: Driven by the media graph (:mod:`engine.calls.conference`) instead of ticking itself.
         self.graph_driven = False
         #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
@@ -406,6 +410,8 @@ class MediaSession:
         :return: whether a frame was due (sent or skipped).
         """
         samples = self._frame_samples
+        if self.clock.skipped != self._skips_seen:
+            self._after_skip()
         if self.dtmf is not None and self.dtmf.tick(asyncio.get_running_loop().time()):
             self.last_sent = None
             return True  # RFC 4733 events take this frame's place (the player waits)
@@ -452,6 +458,8 @@ class MediaSession:
         (call it only while that is not ``None``): send it as the next packet."""
         pt = self.audio_pt
         assert pt is not None
+        if self.clock.skipped != self._skips_seen:
+            self._after_skip()
         self.last_sent = None  # the graph knows the frame (its mix row)
         data: bytes | None = self.sender.next_datagram(pt, self._frame_samples, payload, not self._talkspurt)
         self._talkspurt = True
@@ -724,10 +732,26 @@ class MediaSession:
             self.end_silence(now)
 
     def _jump_to(self, timestamp: int) -> None:
-        """Advance the sender's timestamp to ``timestamp`` (never back)."""
+        """Advance the sender's timestamp to ``timestamp`` (never back): a
+        timestamp taken from the time now, so the clock's skips so far are
+        in it."""
+        self._skips_seen = self.clock.skipped
         ahead = ts_diff(self.sender.timestamp, timestamp)
         if ahead > 0:
             self.sender.skip(ahead)
+
+    def _after_skip(self) -> None:
+        """The media clock skipped ticks (its loop was blocked for longer
+        than it catches up): the frames of those ticks were never made, so
+        the timestamp jumps over them and the next packet starts a
+        talkspurt (marker bit), as after silence (RFC 3551 section 4.1).
+        Without the jump every later packet would carry a timestamp behind
+        its sending time by the skipped frames, for the rest of the call:
+        to the far end's jitter buffer, a delay that never goes away."""
+        skipped = self.clock.skipped
+        self.sender.skip(((skipped - self._skips_seen) * self._frame_samples) & 0xFFFFFFFF)
+        self._skips_seen = skipped
+        self._talkspurt = False
 
     def _send_cn(self, now: float, payload: bytes) -> None:
         """One CN packet stamped at ``now``'s frame (RFC 3389 section 4: the

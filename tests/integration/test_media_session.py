@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import replace
 from typing import AsyncIterator
 
@@ -271,6 +272,68 @@ async def test_stop_replace_and_marker_after_silence(rig: Rig) -> None:
     assert third == [True] and len(after) == 2 and after[0].marker and not after[1].marker
     assert after[0].ssrc == before[0].ssrc
     assert (after[0].sequence_number - before[-1].sequence_number) & 0xFFFF == 1
+
+
+def _steps(packets: list[RtpPacket]) -> list[int]:
+    return [(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in zip(packets, packets[1:])]
+
+
+async def test_a_blocked_loop_makes_the_clock_skip_and_the_timestamp_jump_over_the_missing_frames(rig: Rig) -> None:
+    """A player sends through the real clock; the loop is then blocked for
+    0.25 s, longer than the clock catches up, so it skips ticks. The frames
+    of those ticks were never made: the first packet after them carries a
+    timestamp advanced over them and the marker bit (a new talkspurt), its
+    sequence number the next one. Without the jump, every later packet
+    would be stamped behind its sending time by the skipped frames."""
+    rig.session.start_playback(ToneSource(1000))
+    await asyncio.sleep(0.1)
+    skipped = rig.clock.skipped
+    time.sleep(0.25)  # block the event loop, as a runaway handler would
+    await asyncio.sleep(0.1)
+    rig.session.stop_playback()
+    await asyncio.sleep(0.03)
+    packets = drain_peer(rig.peer)
+    jumped = rig.clock.skipped - skipped
+    assert jumped >= 5  # 0.25 s late: more than max_catch_up (5) ticks
+    steps = _steps(packets)
+    assert steps.count(160) == len(steps) - 1  # every other step is one frame
+    gap = next(i for i, step in enumerate(steps) if step != 160)
+    assert steps[gap] == (jumped + 1) * 160
+    after = packets[gap + 1]
+    assert after.marker and not any(p.marker for p in packets[1:gap + 1] + packets[gap + 2:])
+    assert (after.sequence_number - packets[gap].sequence_number) & 0xFFFF == 1
+
+
+async def test_frames_the_graph_pushes_after_a_skip_jump_too(rig: Rig) -> None:
+    """The media graph's path (frames encoded together, then
+    :meth:`MediaSession.push_payload`) jumps over skipped ticks the same way."""
+    payload = b"\xff" * 160
+    rig.session.push_payload(payload)
+    rig.session.push_payload(payload)
+    rig.clock.skipped += 3
+    rig.session.push_payload(payload)
+    rig.session.push_payload(payload)
+    await asyncio.sleep(0.02)
+    packets = drain_peer(rig.peer)
+    assert _steps(packets) == [160, 4 * 160, 160]
+    assert [p.marker for p in packets] == [True, False, True, False]
+
+
+async def test_a_silence_that_ends_after_a_skip_jumps_once(rig: Rig) -> None:
+    """Silence suppression stamps the end of a silence from the time, which
+    already counts the skipped ticks: they are not jumped over twice."""
+    payload = b"\xff" * 160
+    loop = asyncio.get_running_loop()
+    rig.session.push_payload(payload)
+    t0 = loop.time()
+    assert rig.session.begin_silence(t0, 60)
+    rig.clock.skipped += 5  # the loop was blocked during the silence
+    rig.session.end_silence(t0 + 0.2)  # ten frames later
+    rig.session.push_payload(payload)
+    await asyncio.sleep(0.02)
+    packets = [p for p in drain_peer(rig.peer) if p.payload_type == 0]
+    assert _steps(packets) == [11 * 160]  # the frame sent, then ten not sent
+    assert packets[1].marker
 
 
 async def test_no_sending_on_hold_or_recvonly_but_time_passes(rig: Rig) -> None:
