@@ -152,6 +152,7 @@ class MediaSession:
                  "_g711_pending", "decode_table", "_encode_table", "player", "dtmf", "negotiated", "last_sent",
                  "sender", "_talkspurt", "transport", "_event_timer", "_player_done", "_refusal_logged", "_silence",
                  "call_id", "clock", "encoder", "events", "malformed", "policy", "send_waker", "_skips_seen",
+                 "_skips_pulled",
                  "__weakref__")
 
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
@@ -183,6 +184,8 @@ class MediaSession:
         #: The clock's count of skipped ticks when this stream's timestamp
         #: last caught up with it (see :meth:`_after_skip`).
         self._skips_seen = clock.skipped
+        #: The same for the playout of what is received (:meth:`_skip_playout`).
+        self._skips_pulled = clock.skipped
         #: Driven by the media graph (:mod:`engine.calls.conference`) instead of ticking itself.
         self.graph_driven = False
         #: The last frame :meth:`push` sent (``None``: it sent nothing), for recordings.
@@ -604,6 +607,8 @@ class MediaSession:
         is told, so a later lost frame is concealed as after :meth:`pull`.
         Otherwise what :meth:`pull` returns."""
         g711, jitter = self._g711_decoder, self.jitter
+        if self.clock.skipped != self._skips_pulled:
+            self._skip_playout()
         if g711 is None or jitter is None or self.detector is not None or self.closed:
             return self._pull(now, True)
         # self._pull(now, True) for a G.711 leg without detection, inlined (per leg per tick)
@@ -629,7 +634,20 @@ class MediaSession:
             if self._g711_decoder is not None:
                 self._g711_decoder.remember(pending)
 
+    def _skip_playout(self) -> None:
+        """The media clock skipped ticks: nothing was pulled for them, so
+        the jitter buffer drops their frames (they arrive in a burst once
+        the loop runs again). Kept, they would be played one a tick from
+        then on, the call's audio that much later until the buffer trims
+        it, a frame a second."""
+        skipped = self.clock.skipped
+        if self.jitter is not None:
+            self.jitter.skip_frames(skipped - self._skips_pulled)
+        self._skips_pulled = skipped
+
     def _pull(self, now: float, coded: bool) -> bytes | Pcm | None:
+        if self.clock.skipped != self._skips_pulled:
+            self._skip_playout()
         jitter, decoder = self.jitter, self.decoder
         if jitter is None or decoder is None or self.closed:
             return None

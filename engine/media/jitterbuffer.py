@@ -9,7 +9,7 @@ sequence and timestamp wrap, silence suppression (timestamp gaps) and
 reordering need no special cases. Storage is one list used as a ring,
 indexed by slot: an entry holds the frame waiting for that slot or the
 mark that the slot was played (which tells a duplicate from a late
-packet), so put and get are O(1) and touch one entry of one list (with a
+packet) or skipped (:meth:`JitterBuffer.skip_frames`), so put and get are O(1) and touch one entry of one list (with a
 thousand legs, the memory a packet touches is most of its cost).
 
 Playout delay: playback starts ``target`` after the first packet arrives and
@@ -179,8 +179,14 @@ class JitterBuffer:
             head = self._head
         elif head is not None and ahead < 0:
             c = self._counters
-            if self._ring[slot & self._mask] == slot:  # its played mark
+            mark = self._ring[slot & self._mask]
+            if mark == slot:  # its played mark
                 c.duplicate += 1
+            elif mark == ~slot:  # the frame of a skipped tick (skip_frames)
+                c.discarded += 1
+                last = self._last_seq
+                if last is None or 0 < ((seq - last) & 0xFFFF) < 0x8000:
+                    self._last_seq = seq  # not lost: the next frame played follows it
             else:
                 c.late += 1
                 self._last_adjust = now
@@ -249,6 +255,26 @@ class JitterBuffer:
             self._ref_ts = (self._ref_ts + (head - self._ref_index) * self.samples_per_frame) & 0xFFFFFFFF
             self._ref_index = head
         return frame
+
+    def skip_frames(self, count: int) -> None:
+        """``count`` ticks went by without a :meth:`get` (the media clock
+        skipped them): playout moves on by ``count`` slots, so it stays as
+        far behind the sender as before, not ``count`` frames later for
+        good. Their frames are discarded, those waiting and those still to
+        come (marked ``~slot``: counted discarded on arrival, not late, so
+        a burst read after the stall does not grow the target)."""
+        head = self._head
+        if head is None or count <= 0:
+            return
+        count = min(count, self._mask + 1)
+        ring, mask, c = self._ring, self._mask, self._counters
+        for slot in range(head, head + count):
+            entry = ring[slot & mask]
+            if entry.__class__ is tuple and entry[0] == slot:
+                c.discarded += 1
+                self._last_seq = entry[1]
+            ring[slot & mask] = ~slot
+        self._head = head + count
 
     def _adapt(self, now: float, head: int) -> int:
         """Shrink the target after a quiet spell; once a second, if the

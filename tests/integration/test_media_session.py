@@ -336,6 +336,32 @@ async def test_a_silence_that_ends_after_a_skip_jumps_once(rig: Rig) -> None:
     assert packets[1].marker
 
 
+async def test_playout_skips_the_ticks_the_clock_skipped(rig: Rig) -> None:
+    """What a leg receives: after the clock skipped ticks, the session's
+    next pull is the frame of the tick it runs in, not the one after the
+    last pulled (the skipped ticks' frames are discarded), and on the
+    other pull path too."""
+    rig.session.graph_attach()  # the graph reads it
+    sender = RtpSender(ssrc=0x51, sequence_number=100, timestamp=8000)
+    for i in range(11):  # no more than the buffer's overflow bound (12 frames)
+        rig.peer.sendto(sender.next_datagram(0, 160, bytes([i + 1]) * 160), rig.target)
+    jitter = rig.session.jitter
+    assert jitter is not None
+    await until(lambda: jitter.stats.received == 11)
+    now = asyncio.get_running_loop().time() + 1.0  # well past the buffer's priming
+    assert rig.session.pull_payload(now) == bytes([1]) * 160
+    assert rig.session.pull_payload(now + 0.02) == bytes([2]) * 160
+    rig.clock.skipped += 5  # ticks of frames 3-7 never ran
+    assert rig.session.pull_payload(now + 0.12) == bytes([8]) * 160
+    assert jitter.stats.discarded == 5
+    rig.clock.skipped += 2
+    decoded = rig.session.pull(now + 0.18)  # the decoding path: frame 11
+    assert decoded is not None
+    expected = get_decoder("PCMU").decode(bytes([11]) * 160)
+    assert np.array_equal(decoded, np.asarray(expected, dtype=np.int16))
+    assert jitter.stats.discarded == 7 and jitter.stats.late == 0
+
+
 async def test_no_sending_on_hold_or_recvonly_but_time_passes(rig: Rig) -> None:
     """On hold the player is still pulled (so it ends on time) but nothing
     is sent; close() during playback reports done(False)."""

@@ -236,3 +236,64 @@ def test_a_deep_buffer_holds_frames_far_ahead_without_mixing_them_up() -> None:
     before = jb.stats.discarded
     assert jb.put(pkt(0, ssrc=SSRC + 1), 2.2)  # a new stream: the frames still waiting are discarded
     assert jb.stats.discarded == before + waiting and jb.stats.resyncs == 1
+
+
+def _stall(jb: JitterBuffer, skipped: int, *, burst_first: bool) -> list[bytes | None]:
+    """An even stream (frame i arrives at 20 i + 5 ms) played from 60 ms;
+    the loop then stalls from 105 ms: ticks 120..100 + 20 * skipped never
+    happen (the clock skipped them), the frames sent meanwhile are read in
+    one burst, before or after the tick that follows the stall; then the
+    stream goes on. Returns what each tick played, the stall's ticks left out."""
+    out: list[bytes | None] = []
+    for i in range(5):  # ticks 0..80, frames 0..4 arrive at 5..85
+        jb.put(pkt(i), (20 * i + 5) / 1000)
+        out.append(jb.get(20 * i / 1000))
+    jb.put(pkt(5), 0.105)
+    resume = 100 + 20 * (skipped + 1)  # the first tick after the stall
+    burst = [pkt(i) for i in range(6, 6 + skipped + 1)]  # sent during the stall
+    if burst_first:
+        for p in burst:
+            jb.put(p, resume / 1000)
+    jb.skip_frames(skipped)
+    out.append(jb.get(resume / 1000))
+    if not burst_first:
+        for p in burst:
+            jb.put(p, (resume + 1) / 1000)
+    for k in range(1, 6):  # the stream goes on, one frame a tick
+        i = 6 + skipped + k
+        jb.put(pkt(i), (20 * i + 5) / 1000)
+        out.append(jb.get((resume + 20 * k) / 1000))
+    return out
+
+
+def test_ticks_the_clock_skipped_are_skipped_in_playout_too() -> None:
+    """After a stall the playout keeps its delay: the frames of the skipped
+    ticks are discarded, not played one a tick from then on (which would
+    put every later frame ``skipped`` frames later for good), and with the
+    burst read before the next tick nothing counts as late or lost."""
+    jb = JitterBuffer()
+    out = _stall(jb, 6, burst_first=True)
+    # priming (0-40 ms), frames 0-1 at 60 and 80 ms; the stall skips the
+    # slots of frames 2-7: the next tick plays frame 8, two frames behind
+    # the newest (10 arrived at 205 ms), as before the stall
+    assert out == frames(None, None, None, 0, 1, 8, 9, 10, 11, 12, 13)
+    s = jb.stats
+    assert (s.late, s.lost, s.target_ms) == (0, 0, 40)
+    assert s.discarded == 6  # frames 2-7: waiting, or read in the burst
+
+
+def test_frames_of_skipped_ticks_read_after_the_tick_are_discarded_not_late() -> None:
+    """The same stall with the burst read after the tick that follows it:
+    the frames of skipped ticks are counted discarded as they come, not
+    late (the target does not grow for them); only the frame of that tick
+    itself, which came after its slot was concealed, is late, as any
+    frame after its slot is."""
+    jb = JitterBuffer()
+    out = _stall(jb, 6, burst_first=False)
+    assert out[5] is None  # frame 8 was not there yet: concealed
+    assert out[6] is None  # ... it came late: the target grows a frame, paid by this tick
+    assert out[7:] == frames(9, 10, 11, 12)
+    s = jb.stats
+    assert (s.late, s.target_ms) == (1, 60)
+    assert s.discarded == 6  # frames 2-5 waiting at the skip, 6-7 as they came
+    assert s.lost == 1  # frame 8, never played; the discarded ones are not lost
