@@ -294,6 +294,8 @@ class LegAudio:
         self.graph_driven = False
         #: What the last :meth:`push` wrote (``None``: nothing), for recordings.
         self.last_sent: Pcm | None = None
+        #: The clock's skipped ticks already dropped from what the browser sent.
+        self._skips_pulled = clock.skipped
 
     # -- the player ----------------------------------------------------------------
 
@@ -372,7 +374,15 @@ class LegAudio:
             self.clock.add(self)
 
     def pull(self, now: float) -> Pcm | None:
-        """The next 20 ms received from the browser; ``None`` when none is buffered."""
+        """The next 20 ms received from the browser; ``None`` when none is
+        buffered. After the media clock skipped ticks (its loop was blocked),
+        as many buffered frames are dropped: nothing was pulled for those
+        ticks, and kept they would make the rest of the call that much later."""
+        skipped = self.clock.skipped
+        if skipped != self._skips_pulled:
+            for _ in range(min(skipped - self._skips_pulled, self.port.available)):
+                self.port.read_frame()
+            self._skips_pulled = skipped
         if self.port.closed or not self.port.available:
             return None
         return self.port.read_frame()

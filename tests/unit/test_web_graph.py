@@ -265,3 +265,23 @@ async def test_no_media_before_the_answer(clock: ManualClock, graph: MediaGraph)
     call.hangup()
     clock.run(0.2)
     assert call not in graph._attached
+
+
+def test_a_browser_legs_buffered_frames_of_skipped_ticks_are_dropped() -> None:
+    """After the media clock skipped ticks, a browser leg's pull drops as
+    many buffered frames (nothing was pulled for those ticks) and gives the
+    one after them; without a skip each pull takes the next frame."""
+    clock = MediaClock()
+    port = WebRtcAudioPort()
+    audio = LegAudio(port, clock)
+    for i in range(8):
+        port._received(np.full(FRAME_SAMPLES, i + 1, dtype=np.int16).tobytes())
+    first = audio.pull(0.0)
+    assert first is not None and int(first[0]) == 1
+    clock.skipped += 3  # frames 2-4 belonged to ticks that never ran
+    after = audio.pull(0.08)
+    assert after is not None and int(after[0]) == 5
+    following = audio.pull(0.1)
+    assert following is not None and int(following[0]) == 6
+    clock.skipped += 10  # more than is buffered: what is there goes, nothing more
+    assert audio.pull(0.32) is None and port.available == 0
