@@ -60,7 +60,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeGuard, Union, runtime_checkable
 
-
 from engine.calls.call import (CallError, Dispatcher, Emitter, ExtraFields, Listeners, Playback, PlaybackMixin,
                                _DirectDispatcher)
 from engine.calls.recording import Recording

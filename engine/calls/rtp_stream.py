@@ -152,8 +152,7 @@ class MediaSession:
                  "_g711_pending", "decode_table", "_encode_table", "player", "dtmf", "negotiated", "last_sent",
                  "sender", "_talkspurt", "transport", "_event_timer", "_player_done", "_refusal_logged", "_silence",
                  "call_id", "clock", "encoder", "events", "malformed", "policy", "send_waker", "_skips_seen",
-                 "_skips_pulled",
-                 "__weakref__")
+                 "_skips_pulled", "__weakref__")
 
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
                  call_id: str | None = None) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "add_ice_host_addresses",
     "parse_candidate",
     "FRAME_SAMPLES",
+    "TRIM_WINDOW",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,13 @@ logger = logging.getLogger(__name__)
 
 #: Frames a :class:`WebRtcAudioPort` buffers each way (200 ms); older ones are dropped.
 MAX_BUFFERED = 10
+
+#: Reads of a browser's frames in a trimming window (one a tick: a second).
+TRIM_WINDOW = 50
+#: When every read of a window found at least this many frames waiting, one
+#: is dropped: the browser's clock runs ahead of ours (or a burst was never
+#: drained), and the surplus would otherwise stay as delay for the whole call.
+TRIM_ABOVE = 3
 
 #: A gap longer than this between written frames starts a new talkspurt
 #: (RTP timestamps jump by the wall-clock gap instead of one frame).
@@ -121,6 +129,10 @@ class WebRtcAudioPort:
         self._out: asyncio.Queue[Pcm | None] = asyncio.Queue()
         self.frames_in = 0
         self.frames_out = 0
+        #: Frames from the browser dropped to cut a standing delay (:meth:`read_frame`).
+        self.frames_trimmed = 0
+        self._reads = 0
+        self._fewest = MAX_BUFFERED  # fewest frames waiting at a read of this window
         self.closed = False
         #: Whether aiortc has started pulling the outgoing track (ICE and
         #: DTLS are up): writers may hold back until then, so that the start
@@ -136,8 +148,24 @@ class WebRtcAudioPort:
         return len(self._in) // (2 * FRAME_SAMPLES)
 
     def read_frame(self) -> Pcm:
-        """The next 20 ms from the browser; silence when none is buffered."""
+        """The next 20 ms from the browser; silence when none is buffered.
+
+        Nothing paces what the browser sends but its own clock, and reading
+        follows ours: when one runs ahead (sound cards differ by up to 100
+        ppm: a frame every few minutes) or a burst came, frames wait, and
+        what waits is delay. When every read of :data:`TRIM_WINDOW` found
+        :data:`TRIM_ABOVE` or more waiting, the oldest is dropped (the
+        jitter buffer of RTP legs trims the same way)."""
         size = 2 * FRAME_SAMPLES
+        waiting = len(self._in) // size
+        if waiting < self._fewest:
+            self._fewest = waiting
+        self._reads += 1
+        if self._reads >= TRIM_WINDOW:
+            if self._fewest >= TRIM_ABOVE:
+                del self._in[:size]
+                self.frames_trimmed += 1
+            self._reads, self._fewest = 0, MAX_BUFFERED
         if len(self._in) < size:
             return _silence()
         data = bytes(self._in[:size])

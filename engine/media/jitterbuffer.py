@@ -9,8 +9,9 @@ sequence and timestamp wrap, silence suppression (timestamp gaps) and
 reordering need no special cases. Storage is one list used as a ring,
 indexed by slot: an entry holds the frame waiting for that slot or the
 mark that the slot was played (which tells a duplicate from a late
-packet) or skipped (:meth:`JitterBuffer.skip_frames`), so put and get are O(1) and touch one entry of one list (with a
-thousand legs, the memory a packet touches is most of its cost).
+packet) or skipped (:meth:`JitterBuffer.skip_frames`), so put and get are
+O(1) and touch one entry of one list (with a thousand legs, the memory a
+packet touches is most of its cost).
 
 Playout delay: playback starts ``target`` after the first packet arrives and
 then advances one slot a tick. The target is adaptive between

@@ -20,7 +20,7 @@ from engine.calls.conference import MediaGraph
 from engine.media.players import ToneSource
 from engine.media.clock import MediaClock
 from engine.calls.web_call import WebCall
-from engine.calls.webrtc import FRAME_SAMPLES, WebRtcAudioPort, LegAudio
+from engine.calls.webrtc import FRAME_SAMPLES, TRIM_WINDOW, LegAudio, WebRtcAudioPort
 
 Pcm = npt.NDArray[np.int16]
 RATE = 8000
@@ -285,3 +285,38 @@ def test_a_browser_legs_buffered_frames_of_skipped_ticks_are_dropped() -> None:
     assert following is not None and int(following[0]) == 6
     clock.skipped += 10  # more than is buffered: what is there goes, nothing more
     assert audio.pull(0.32) is None and port.available == 0
+
+
+def _frame(value: int) -> bytes:
+    return np.full(FRAME_SAMPLES, value, dtype=np.int16).tobytes()
+
+
+def test_a_standing_surplus_from_the_browser_is_trimmed_a_frame_a_second() -> None:
+    """Frames waiting at every read of a second are delay that would stay
+    for the whole call (the browser's clock ahead of ours): one is dropped a
+    second until at most two wait at a read, and what is read stays in
+    order, one frame skipped at each trim."""
+    port = WebRtcAudioPort()
+    for i in range(6):  # a backlog of six frames, then one in for one out
+        port._received(_frame(i))
+    values = []
+    for i in range(6, 6 + 7 * TRIM_WINDOW):
+        port._received(_frame(i))
+        values.append(int(port.read_frame()[0]))
+    assert port.frames_trimmed == 5 and port.available == 1
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert steps.count(2) == 5 and steps.count(1) == len(steps) - 5
+
+
+def test_a_jittery_browser_keeps_its_frames() -> None:
+    """Frames that come in bursts (three every third tick) leave the buffer
+    nearly empty at some read of each second: nothing is trimmed."""
+    port = WebRtcAudioPort()
+    n = 0
+    for tick in range(6 * TRIM_WINDOW):
+        if tick % 3 == 0:
+            for _ in range(3):
+                port._received(_frame(n % 30000))
+                n += 1
+        port.read_frame()
+    assert port.frames_trimmed == 0
