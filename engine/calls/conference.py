@@ -430,6 +430,9 @@ class MediaGraph:
         #: sends the ``recording.ready`` webhook from here).
         self.on_recording_done: list[Callable[[Recording], None]] = []
         self.ticks = 0
+        #: The clock's skipped ticks at this graph's last tick (``None``: it
+        #: was idle, off the clock, so skips since are not its own).
+        self._skips_seen: int | None = None
 
     @property
     def tick_times(self) -> list[tuple[float, float, float, float]] | None:
@@ -863,7 +866,12 @@ class MediaGraph:
             plan = self._plan = self._compile()
             self._detach_stale(plan)
         if plan.bridge.idle:
+            self._skips_seen = None
             return False
+        skipped = self.clock.skipped
+        seen, self._skips_seen = self._skips_seen, skipped
+        if seen is not None and skipped != seen:
+            self.bridge.record_gap(plan.bridge, skipped - seen)  # recordings keep time
         self.ticks += 1
         finished = self.bridge.tick(plan.bridge, now)
         for p in finished:

@@ -42,7 +42,7 @@ from engine.media.ports import AudioPort, BatchAudioPort, PortOwner
 if TYPE_CHECKING:
     from engine.media.dtx import Suppressor
 
-__all__ = ["Bridge", "BridgePlan", "FrameSink", "TrackSink", "SILENCE_PEAK"]
+__all__ = ["Bridge", "BridgePlan", "FrameSink", "MAX_GAP_TICKS", "TrackSink", "SILENCE_PEAK"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 SILENCE_PEAK = 8
 
 K = TypeVar("K", bound=PortOwner)
+
+#: Most ticks skipped by the clock that recordings and taps are given
+#: silence for (:meth:`Bridge.record_gap`); a longer stall loses the rest.
+MAX_GAP_TICKS = 500
 
 
 class FrameSink(Protocol):
@@ -387,6 +391,25 @@ class Bridge(Generic[K]):
             sent = self._heard(leg, recv_row, out)
             np.clip(sent, -32768, 32767, out=sent)
             tap.write_tracks(rows[src_row] if src_row is not None else None, sent.astype(np.int16))
+
+    def record_gap(self, plan: BridgePlan[K], ticks: int) -> None:
+        """The clock skipped ``ticks`` (its loop was blocked): no frame was
+        made for them, so each recording and tap gets a frame of silence
+        for each (at most :data:`MAX_GAP_TICKS`), one write a frame as on a
+        tick: a recording keeps the call's time, and what a recogniser or a
+        bot hears stays aligned with it."""
+        if ticks <= 0 or not (plan.leg_rec or plan.mix_rec or plan.taps or plan.leg_taps):
+            return
+        n = self.samples
+        for _ in range(min(ticks, MAX_GAP_TICKS)):
+            for sink, _row in plan.taps:
+                sink.write(np.zeros(n, np.int16))
+            for sink, _leg, _src, _recv in plan.leg_rec:
+                sink.write(np.zeros(n, np.int16))
+            for sink, _ci in plan.mix_rec:
+                sink.write(np.zeros(n, np.int16))
+            for tap, _leg, _src, _recv in plan.leg_taps:
+                tap.write_tracks(np.zeros(n, np.int16), np.zeros(n, np.int16))
 
     def _heard(self, leg: K, recv_row: int | None, out: Pcm) -> npt.NDArray[np.int32]:
         """What ``leg`` was sent this tick: its own player mixed in by

@@ -285,6 +285,41 @@ async def test_recordings(graph: MediaGraph, tmp_path: Path) -> None:
     assert rec_a.done()
 
 
+async def test_recordings_and_taps_keep_time_over_ticks_the_clock_skipped(graph: MediaGraph, tmp_path: Path) -> None:
+    """The clock skipped 7 ticks (its loop was blocked): a call's and a
+    conference's recordings get 7 frames of silence there, so they last as
+    long as the call did, and a tap gets them one frame a write; the graph
+    that was idle meanwhile adds nothing for skips before it ticked."""
+    conf = graph.create_conference()
+    a, b = Leg(500), Leg(700)
+    conf.add(a)
+    conf.add(b)
+    rec_a = graph.start_recording(a)
+    rec_c = graph.start_recording(conf, tmp_path / "conf.wav")
+    tapped: list[Pcm] = []
+
+    class Tap:
+        def write(self, frame: Pcm) -> None:
+            tapped.append(frame)
+
+    graph.start_tap(a, Tap())
+    graph.clock.skipped += 3  # before the graph's first tick: not its gap
+    run(graph, 10)
+    graph.clock.skipped += 7
+    for i in range(10, 20):
+        graph.tick(i * 0.02)
+    rec_a.stop()
+    rec_c.stop()
+    for rec in (rec_a, rec_c):
+        with wave.open(str(rec.path)) as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        assert pcm.size == 27 * N
+        assert not pcm[10 * N:17 * N].any()  # the skipped ticks: silence
+        assert tones(pcm[:10 * N]) == {500, 700} and tones(pcm[17 * N:]) == {500, 700}
+    assert len(tapped) == 27 and all(f.shape == (N,) for f in tapped)
+    assert not np.concatenate(tapped[10:17]).any() and tones(np.concatenate(tapped[:10])) == {500}
+
+
 async def test_errors(graph: MediaGraph, tmp_path: Path) -> None:
     """Check refused routing names what is wrong."""
     conf = graph.create_conference("room")
