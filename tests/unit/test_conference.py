@@ -16,6 +16,7 @@ import pytest
 
 from engine.calls.call import Call, CallState, new_call_pair
 from engine.calls.conference import Conference, ConferenceError, MediaGraph
+from engine.calls.recording import Recording
 from engine.media.players import ToneSource
 from engine.media.clock import MediaClock
 
@@ -263,22 +264,31 @@ def test_linked_conferences(graph: MediaGraph) -> None:
     assert level(a.port.heard(), 700) == pytest.approx(level(a.port.heard(), 900), rel=0.05)
 
 
-async def test_recordings(graph: MediaGraph, tmp_path: Path) -> None:
-    """Check a call's recording holds what it says and hears, and a
-    conference's recording its whole mix."""
+def _recorded_pair(graph: MediaGraph, tmp_path: Path) -> tuple[Leg, Recording, Recording]:
+    """Two legs (500 and 700 Hz) in a conference; the first leg and the
+    conference recorded. Returns the first leg and the two recordings."""
     conf = graph.create_conference()
     a, b = Leg(500), Leg(700)
     conf.add(a)
     conf.add(b)
-    rec_a = graph.start_recording(a)
-    rec_c = graph.start_recording(conf, tmp_path / "conf.wav")
+    return a, graph.start_recording(a), graph.start_recording(conf, tmp_path / "conf.wav")
+
+
+def _samples(rec: Recording) -> Pcm:
+    with wave.open(str(rec.path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+async def test_recordings(graph: MediaGraph, tmp_path: Path) -> None:
+    """Check a call's recording holds what it says and hears, and a
+    conference's recording its whole mix."""
+    _a, rec_a, rec_c = _recorded_pair(graph, tmp_path)
     run(graph, 50)
     rec_a.stop()
     rec_c.stop()
     for rec in (rec_a, rec_c):
-        with wave.open(str(rec.path)) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
-            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        pcm = _samples(rec)
         assert pcm.size == 50 * N
         assert tones(pcm) == {500, 700}
     assert rec_a.path.parent.parent == tmp_path / "rec"
@@ -290,12 +300,7 @@ async def test_recordings_and_taps_keep_time_over_ticks_the_clock_skipped(graph:
     conference's recordings get 7 frames of silence there, so they last as
     long as the call did, and a tap gets them one frame a write; the graph
     that was idle meanwhile adds nothing for skips before it ticked."""
-    conf = graph.create_conference()
-    a, b = Leg(500), Leg(700)
-    conf.add(a)
-    conf.add(b)
-    rec_a = graph.start_recording(a)
-    rec_c = graph.start_recording(conf, tmp_path / "conf.wav")
+    a, rec_a, rec_c = _recorded_pair(graph, tmp_path)
     tapped: list[Pcm] = []
 
     class Tap:
@@ -311,13 +316,32 @@ async def test_recordings_and_taps_keep_time_over_ticks_the_clock_skipped(graph:
     rec_a.stop()
     rec_c.stop()
     for rec in (rec_a, rec_c):
-        with wave.open(str(rec.path)) as w:
-            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        pcm = _samples(rec)
         assert pcm.size == 27 * N
         assert not pcm[10 * N:17 * N].any()  # the skipped ticks: silence
         assert tones(pcm[:10 * N]) == {500, 700} and tones(pcm[17 * N:]) == {500, 700}
     assert len(tapped) == 27 and all(f.shape == (N,) for f in tapped)
     assert not np.concatenate(tapped[10:17]).any() and tones(np.concatenate(tapped[:10])) == {500}
+
+
+async def test_skips_while_the_graph_was_idle_add_no_silence(graph: MediaGraph, tmp_path: Path) -> None:
+    """Skips that happened while the graph had nothing to do (off the
+    clock) are not its gap: a recording started after them is not given
+    silence for them."""
+    conf = graph.create_conference()
+    a = Leg(500)
+    conf.add(a)
+    run(graph, 3)
+    graph.remove_node(a)
+    assert graph.tick(0.1) is False  # nothing left: idle
+    graph.clock.skipped += 4
+    b = Leg(700)
+    conf.add(b)
+    rec = graph.start_recording(b, tmp_path / "b.wav")
+    for i in range(5):
+        graph.tick(0.2 + i * 0.02)
+    rec.stop()
+    assert _samples(rec).size == 5 * N
 
 
 async def test_errors(graph: MediaGraph, tmp_path: Path) -> None:
