@@ -265,17 +265,8 @@ class JitterBuffer:
         come (marked ``~slot``: counted discarded on arrival, not late, so
         a burst read after the stall does not grow the target)."""
         head = self._head
-        if head is None or count <= 0:
-            return
-        count = min(count, self._mask + 1)
-        ring, mask, c = self._ring, self._mask, self._counters
-        for slot in range(head, head + count):
-            entry = ring[slot & mask]
-            if entry.__class__ is tuple and entry[0] == slot:
-                c.discarded += 1
-                self._last_seq = entry[1]
-            ring[slot & mask] = ~slot
-        self._head = head + count
+        if head is not None and count > 0:
+            self._head = self._skip(head, min(count, self._mask + 1), mark=True)
 
     def _adapt(self, now: float, head: int) -> int:
         """Shrink the target after a quiet spell; once a second, if the
@@ -295,7 +286,9 @@ class JitterBuffer:
         self._window_min = None
         return head
 
-    def _skip(self, head: int, count: int) -> int:
+    def _skip(self, head: int, count: int, mark: bool = False) -> int:
+        """Discard the frames of ``count`` slots from ``head``; ``mark``:
+        mark each slot skipped (``~slot``, see :meth:`skip_frames`)."""
         ring, mask = self._ring, self._mask
         for slot in range(head, head + count):
             entry = ring[slot & mask]
@@ -303,4 +296,6 @@ class JitterBuffer:
                 ring[slot & mask] = None
                 self._counters.discarded += 1
                 self._last_seq = entry[1]
+            if mark:
+                ring[slot & mask] = ~slot
         return head + count

@@ -38,7 +38,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-
 from engine import entropy
 from engine.calls.call import Call, CallError, CallState, Emitter, InternalCall, Listeners
 from engine.calls.conference import Conference, ConferenceError
