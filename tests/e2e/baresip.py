@@ -20,22 +20,34 @@ from tools import require_tool
 MODULES = Path("/usr/lib/baresip/modules")
 
 
+# Ports this process has handed out: the kernel may give a port it gave a
+# moment ago (nothing is bound on it until baresip starts), so two phones
+# built one after the other could be handed the same one.
+_HANDED_OUT: set[int] = set()
+
+
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free UDP port on 127.0.0.1")
 
 
 def free_port_pair() -> int:
     """A port P with P and P+1 free on TCP and UDP (baresip binds TLS on P+1)."""
     for _ in range(50):
         port = free_udp_port()
-        if port % 2 == 0 and port < 65000:
+        if port % 2 == 0 and port < 65000 and port + 1 not in _HANDED_OUT:
             try:
                 for p in (port, port + 1):
                     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                         with socket.socket(socket.AF_INET, kind) as s:
                             s.bind(("127.0.0.1", p))
+                _HANDED_OUT.add(port + 1)
                 return port
             except OSError:
                 continue
@@ -73,35 +85,54 @@ class Baresip:
         self.rec.mkdir()
         self.name = name
         self.freq = freq
-        self.sip_port = free_port_pair()
-        self.cons_port = free_udp_port()
-        mic = self.dir / "mic.wav"
-        write_tone_wav(mic, freq)
-        (self.dir / "config").write_text("\n".join([
-            f"module_path {MODULES}",
-            "module g711.so", "module aufile.so", "module sndfile.so", "module cons.so",
-            *(["module srtp.so"] if mediaenc else []),
-            "module_app account.so", "module_app menu.so",
-            *([f"sip_cafile {cafile}"] if cafile is not None else []),
-            f"cons_listen 127.0.0.1:{self.cons_port}",
-            f"sip_listen 127.0.0.1:{self.sip_port}",
-            "net_interface 127.0.0.1",
-            f"audio_source aufile,{mic}",
-            f"snd_path {self.rec}",
-            "",
-        ]))
-        (self.dir / "accounts").write_text(
-            f"<sip:{name}@127.0.0.1:{self.sip_port}>;regint=0;answermode=manual;audio_codecs=PCMU"
-            + (f";mediaenc={mediaenc}" if mediaenc else "") + "\n")
+        self.cafile = cafile
+        self.mediaenc = mediaenc
+        write_tone_wav(self.dir / "mic.wav", freq)
+        self._configure()
         self.log = self.dir / "out.txt"
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
+    def _configure(self) -> None:
+        """Choose its ports and write its config and account."""
+        self.sip_port = free_port_pair()
+        self.cons_port = free_udp_port()
+        (self.dir / "config").write_text("\n".join([
+            f"module_path {MODULES}",
+            "module g711.so", "module aufile.so", "module sndfile.so", "module cons.so",
+            *(["module srtp.so"] if self.mediaenc else []),
+            "module_app account.so", "module_app menu.so",
+            *([f"sip_cafile {self.cafile}"] if self.cafile is not None else []),
+            f"cons_listen 127.0.0.1:{self.cons_port}",
+            f"sip_listen 127.0.0.1:{self.sip_port}",
+            "net_interface 127.0.0.1",
+            f"audio_source aufile,{self.dir / 'mic.wav'}",
+            f"snd_path {self.rec}",
+            "",
+        ]))
+        (self.dir / "accounts").write_text(
+            f"<sip:{self.name}@127.0.0.1:{self.sip_port}>;regint=0;answermode=manual;audio_codecs=PCMU"
+            + (f";mediaenc={self.mediaenc}" if self.mediaenc else "") + "\n")
+
     async def start(self) -> None:
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(["baresip", "-f", str(self.dir)], stdout=self._out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        await self.wait_for("baresip is ready", 10)
+        """Start it; when a port it was given was taken in the meantime (by
+        another program on the machine: nothing holds a port between choosing
+        it and baresip binding it), choose new ones and start again, twice at
+        most."""
+        for attempt in range(3):
+            self._out = open(self.log, "wb")
+            self.proc = subprocess.Popen(["baresip", "-f", str(self.dir)], stdout=self._out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                await self.wait_for("baresip is ready", 10)
+                return
+            except AssertionError:
+                if attempt == 2 or "Address already in use" not in self.output():
+                    raise
+                self.proc.kill()
+                self.proc.wait(5)
+                self._out.close()
+                self._configure()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
