@@ -15,6 +15,12 @@ phase (a ``phase_*`` function returning its figures; :data:`PHASES`):
 3. ``kamailio`` (Debian package), answering INVITE and BYE statelessly with
    ``sl_send_reply`` and dropping ACK: the C ceiling on the same cores.
 
+With ``--nodes N`` (opt-in, after callbridge's search and from its best
+rate): ``nodes``, N ``callbridge serve`` processes behind Kamailio's
+dispatcher with the shipped ``deploy/kamailio/dispatcher.cfg`` (each node
+``--sip-proxies 127.0.0.1``), sipp's same scenario against Kamailio: what
+the engine makes of both cores when one process is not enough.
+
 The probe and Kamailio are driven by sipp's built-in ``uac`` with ``-d 0``
 (the caller sends BYE at once); sipp shares the 2 cores with the server
 under test.
@@ -51,7 +57,7 @@ at 100 calls/s and at 80% of the best rate) and ``--overload``
 the rest are refused with 503).
 
 Usage: ``./run.sh bench [--seconds 60] [--start 250] [--max-rate 4000]
-[--only callbridge|probe|kamailio|latency|overload] [--latency] [--overload]``
+[--only callbridge|nodes|probe|kamailio|latency|overload] [--nodes N] [--latency] [--overload]``
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from serve_process import free_port  # noqa: E402
+from kamailio_front import KamailioFront  # noqa: E402
 from sipp_load import answer_hangup_sipp, run_sipp_load, serve_answer_hangup, sipp_binary  # noqa: E402
 
 from results import Figures, figure, save  # noqa: E402
@@ -195,6 +202,35 @@ def phase_callbridge(args: argparse.Namespace, workdir: Path, results: Figures) 
     return figures
 
 
+def phase_nodes(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
+    """``--nodes N`` callbridge processes behind Kamailio with the shipped
+    ``deploy/kamailio/dispatcher.cfg`` (stateless, Call-ID hashed; each
+    node ``--sip-proxies 127.0.0.1``, its own RTP ports), the same sipp
+    scenario against Kamailio: how far more processes on the same cores go."""
+    print(f"{args.nodes} callbridge nodes behind Kamailio's dispatcher (deploy/kamailio), "
+          "answer + 1 s + BYE:", flush=True)
+    span = 40000 // args.nodes
+    nodes = []
+    front = None
+    try:
+        for i in range(args.nodes):
+            node_dir = workdir / f"node{i}"
+            node_dir.mkdir()
+            nodes.append(serve_answer_hangup(node_dir, ["--sip-proxies", "127.0.0.1"],
+                                             rtp_ports=f"{20000 + i * span}-{20000 + (i + 1) * span - 1}"))
+        front = KamailioFront(workdir / "front", "127.0.0.1", free_port(),
+                              [("127.0.0.1", n.sip_port) for n in nodes])
+        start = max(args.start, best_callbridge(results))
+        best = search("nodes", answer_hangup_sipp(front.port), args.seconds, start, args.max_rate, workdir)
+    finally:
+        if front is not None:
+            front.stop()
+        for node in nodes:
+            node.stop()
+    print(f"{args.nodes} nodes: {best} calls/s with 0 failed", flush=True)
+    return {"nodes_cps": figure(best, "calls/s", "higher"), "nodes": figure(args.nodes, "processes", "higher")}
+
+
 def phase_probe(args: argparse.Namespace, workdir: Path, results: Figures) -> Figures:
     """The bare UAS probe's best rate under sipp's ``uac -d 0``."""
     print("bare UAS probe (bench/uas_probe.py, uvloop, parses nothing), sipp uac -d 0:", flush=True)
@@ -306,13 +342,14 @@ def phase_overload(args: argparse.Namespace, workdir: Path, results: Figures) ->
 # figures of the phases before it
 PHASES: dict[str, Phase] = {
     "callbridge": phase_callbridge,
+    "nodes": phase_nodes,
     "probe": phase_probe,
     "kamailio": phase_kamailio,
     "latency": phase_latency,
     "overload": phase_overload,
 }
-#: Phases a run does only when asked (``--latency``, ``--overload`` or ``--only``).
-OPT_IN = ("latency", "overload")
+#: Phases a run does only when asked (``--nodes``, ``--latency``, ``--overload`` or ``--only``).
+OPT_IN = ("nodes", "latency", "overload")
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -325,13 +362,15 @@ def selected(args: argparse.Namespace) -> list[str]:
 
 
 def ratios(results: Figures) -> Figures:
-    """callbridge's rate as a fraction of the probe's and of Kamailio's."""
-    cb = results.get("callbridge_cps", {}).get("value", 0)
+    """callbridge's rate (one process, and ``--nodes`` behind Kamailio) as a
+    fraction of the probe's and of Kamailio's."""
     out: Figures = {}
-    for other in ("probe", "kamailio"):
-        theirs = results.get(f"{other}_cps", {}).get("value", 0)
-        if cb and theirs:
-            out[f"ratio_callbridge_{other}"] = figure(round(cb / theirs, 4), "ratio", "higher")
+    for ours in ("callbridge", "nodes"):
+        cb = results.get(f"{ours}_cps", {}).get("value", 0)
+        for other in ("probe", "kamailio"):
+            theirs = results.get(f"{other}_cps", {}).get("value", 0)
+            if cb and theirs:
+                out[f"ratio_{ours}_{other}"] = figure(round(cb / theirs, 4), "ratio", "higher")
     return out
 
 
@@ -339,12 +378,14 @@ def report(results: Figures, seconds: int) -> None:
     """The summary table: calls/s of each server held ``seconds`` with zero
     failed calls, the ratios, RSS per live call."""
     print(f"summary (calls/s with 0 failed calls, each rate held {seconds} s):")
-    for key, label in (("callbridge_cps", "callbridge"), ("probe_cps", "bare UAS probe"),
-                       ("kamailio_cps", "kamailio")):
+    nodes = f"{results['nodes']['value']:.0f} nodes" if "nodes" in results else "nodes"
+    for key, label in (("callbridge_cps", "callbridge"), ("nodes_cps", f"{nodes} + kamailio"),
+                       ("probe_cps", "bare UAS probe"), ("kamailio_cps", "kamailio")):
         if key in results:
-            print(f"  {label:15} {results[key]['value']:6.0f} calls/s")
+            print(f"  {label:20} {results[key]['value']:6.0f} calls/s")
     for key, label in (("ratio_callbridge_probe", "callbridge/probe"),
-                       ("ratio_callbridge_kamailio", "callbridge/kamailio")):
+                       ("ratio_callbridge_kamailio", "callbridge/kamailio"),
+                       ("ratio_nodes_probe", f"{nodes}/probe"), ("ratio_nodes_kamailio", f"{nodes}/kamailio")):
         if key in results:
             print(f"  {label:20} {results[key]['value']:.3f}")
     if "callbridge_rss_per_call" in results:
@@ -359,6 +400,8 @@ def main() -> int:
     parser.add_argument("--max-rate", type=int, default=4000,
                         help="highest rate tried for callbridge; ×4 for the probe and Kamailio (default 4000)")
     parser.add_argument("--only", choices=list(PHASES), help="run one phase")
+    parser.add_argument("--nodes", type=int, default=0, metavar="N",
+                        help="also N callbridge processes behind Kamailio's dispatcher (N >= 2)")
     parser.add_argument("--latency", action="store_true",
                         help="also INVITE -> CallAlerting latency at 100/s and 80%% of the best rate")
     parser.add_argument("--overload", action="store_true",
@@ -366,6 +409,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.seconds < 2 or args.start < 1 or args.max_rate < 1:
         parser.error("--seconds must be at least 2, --start and --max-rate at least 1")
+    if args.nodes == 1 or args.nodes < 0 or (args.only == "nodes" and args.nodes < 2):
+        parser.error("--nodes must be at least 2")
     try:
         sipp_binary()
     except RuntimeError as exc:
@@ -377,7 +422,7 @@ def main() -> int:
     results.update(ratios(results))
     report(results, args.seconds)
     save("sip_cps", results, {"seconds": args.seconds, "start": args.start, "max_rate": args.max_rate,
-                              "phases": selected(args)})
+                              "phases": selected(args), "nodes": args.nodes})
     return 0
 
 

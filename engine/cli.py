@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ban-seconds", type=float, default=float(_env("BAN_SECONDS", 60)))
     serve.add_argument("--trusted", default=_env("TRUSTED", ""),
                        help="comma-separated source addresses exempt from rate limits")
+    serve.add_argument("--sip-proxies", default=_env("SIP_PROXIES", ""),
+                       help="comma-separated addresses of front SIP proxies (a load balancer such as"
+                            " Kamailio's dispatcher): trusted, and a request one forwards is taken to"
+                            " come from the address in the Via below its own")
     serve.add_argument("--message-rate", type=float, default=float(_env("MESSAGE_RATE", 5)),
                        help="out-of-dialog MESSAGEs per second per source address, each starting a"
                             " session (503 beyond; 0: off)")
@@ -325,7 +330,15 @@ def _config_from(args: argparse.Namespace) -> Any:
         )
     except ValueError as exc:
         raise SystemExit(f"callbridge: {exc}") from None
+    proxies = frozenset(h.strip() for h in args.sip_proxies.split(",") if h.strip())
+    for host in proxies:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise SystemExit(f"callbridge: --sip-proxies: {host!r} is not an IP address (the proxy's"
+                             " source address, as its datagrams arrive)") from None
     policy = SecurityPolicy(
+        proxies=proxies,
         rate=args.rate_limit, burst=args.rate_burst, ban_seconds=args.ban_seconds,
         trusted=frozenset(h.strip() for h in args.trusted.split(",") if h.strip()),
         message_rate=args.message_rate, message_burst=args.message_burst,

@@ -45,7 +45,7 @@ from engine.calls.conference import Conference, MediaGraph
 from engine.calls.recording import Recording
 from engine.transport.rtp_send import SendWorkers
 from engine.transport.rtp_socket import RtpPortAllocator
-from engine.transport.sip_endpoint import Peer, SecurityPolicy
+from engine.transport.sip_endpoint import Peer, SecurityPolicy, request_source
 from engine.transport.tls import CertificateInfo, TlsError, check_pair, load_server_context, reload_server_context
 from engine.runtime.dialout import DialPolicy
 from engine.calls.sip_ua import SipCall, Trunk, UaConfig, UserAgent, received_headers
@@ -637,7 +637,7 @@ class Engine:
                            audio=self.audio,
                            rtp_timeout=self.config.rtp_timeout, rtp_policy=self.rtp_policy,
                            call_id=call.id, srtp=srtp,
-                           secure_signalling=secure, source=call.peer.host,
+                           secure_signalling=secure, source=call.source or call.peer.host,
                            comfort_noise=self.config.silence_suppression)
 
     def _user_ha1(self, user: str, realm: str, algorithm: str) -> str | None:
@@ -649,8 +649,9 @@ class Engine:
         # The URI parser decoded the user part's escapes once (RFC 3261 §19.1.2).
         callerid = getattr(request.from_.uri, "user", None) or ""
         destination = getattr(request.uri, "user", None) or ""
-        return self.runtime.on_message(text, callerid, destination, received_headers(request.headers, peer.host),
-                                       source=peer.host)
+        source = request_source(request, peer).host
+        return self.runtime.on_message(text, callerid, destination, received_headers(request.headers, source),
+                                       source=source)
 
     def reload_rules(self) -> RuleSet:
         rules = self.load_rules()

@@ -24,7 +24,7 @@ UAC_WAIT_BYE = ROOT / "tests" / "e2e" / "sipp" / "uac_wait_bye.xml"
 __all__ = ["UAC_WAIT_BYE", "SippLoad", "answer_hangup_sipp", "run_sipp_load", "serve_answer_hangup", "sipp_binary"]
 
 
-def serve_answer_hangup(workdir: Path, extra: Sequence[str] = ()) -> ServeProcess:
+def serve_answer_hangup(workdir: Path, extra: Sequence[str] = (), rtp_ports: str = "20000-60000") -> ServeProcess:
     """``callbridge serve`` (its own process, uvloop) routing the service
     ``bench`` to ``scenarios/answer_hangup.py`` (answer, 1 s, BYE), sipp's
     address trusted (no rate limit: the engine's own capacity is under
@@ -33,7 +33,7 @@ def serve_answer_hangup(workdir: Path, extra: Sequence[str] = ()) -> ServeProces
     rules.write_text("rules:\n  - {name: Bench, pattern: \"bench\", scenarios: [answer_hangup]}\n")
     serve = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(ROOT / "scenarios"),
                                    "--trusted", "127.0.0.1", "--log-level", "warning",
-                                   "--rtp-ports", "20000-60000", *extra])
+                                   "--rtp-ports", rtp_ports, *extra])
     serve.wait_healthy(10)
     return serve
 
@@ -74,14 +74,15 @@ class SippLoad:
 
 
 def run_sipp_load(args: list[str], rate: int, seconds: int, workdir: Path,
-                  on_second: Callable[[float], None] | None = None) -> SippLoad:
+                  on_second: Callable[[float], None] | None = None, local_ip: str = "127.0.0.1") -> SippLoad:
     """Run sipp (``args``: scenario, service, target) at ``rate`` calls/s
     for ``seconds`` of calls, then until those calls end; calls that have
     not ended 40 s after the last one was placed count as failed (sipp's
     ``-timeout_error``), and sipp is killed 60 s after. ``on_second`` gets
-    the time since sipp started, about once a second while it runs."""
+    the time since sipp started, about once a second while it runs.
+    ``local_ip``: the loopback address sipp binds (its calls come from it)."""
     total = rate * seconds
-    cmd = [sipp_binary(), *args, "-i", "127.0.0.1", "-r", str(rate), "-m", str(total),
+    cmd = [sipp_binary(), *args, "-i", local_ip, "-r", str(rate), "-m", str(total),
            "-l", str(max(rate * 4, 100)), "-nostdin", "-timeout", f"{seconds + 40}s", "-timeout_error",
            "-max_socket", "50000"]
     log = workdir / f"sipp-{rate}-{time.monotonic_ns()}.log"

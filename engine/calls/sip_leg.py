@@ -594,7 +594,7 @@ class SipCall(Call):
         of this call is pending (491); else ``TransferRequested``, and 603
         when no listener decides."""
         endpoint = self.ua.endpoint
-        src = self.peer.host
+        src = self.source or self.peer.host
         if self.state != CallState.CONNECTED:
             endpoint.send_response(txn, request.create_response(403, "Call not connected"))
             return

@@ -42,7 +42,7 @@ from engine.sip.registrar import Registrar, RegisterAnswered
 from engine.security_log import security_event
 from engine.sip.transaction import ServerTransaction, Timers
 from engine.sip.uri import SipUri, TelUri, format_host, parse_uri
-from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint, loop_time
+from engine.transport.sip_endpoint import Peer, SecurityPolicy, SipEndpoint, loop_time, request_source
 
 __all__ = ["UaConfig", "Trunk", "UserAgent", "SipCall", "IncomingCallHandler", "received_headers"]
 
@@ -326,7 +326,7 @@ class UserAgent:
             call = self._dialogs.get((request.call_id, to_tag, request.from_.tag or ""))
             if call is None:
                 if method == "REFER":
-                    security_event("refer_unknown_dialog", peer.host)
+                    security_event("refer_unknown_dialog", request_source(request, peer).host)
                 endpoint.send_response(txn, request.create_response(481))
             else:
                 call._on_request(request, txn)
@@ -366,7 +366,7 @@ class UserAgent:
         elif method == "REFER":
             # RFC 3515 §2.4.2 would let a REFER create its own dialog; we take
             # transfers only from a party already in a call with us.
-            security_event("refer_outside_dialog", peer.host)
+            security_event("refer_outside_dialog", request_source(request, peer).host)
             endpoint.send_response(txn, request.create_response(403, "REFER outside a dialog"))
         else:
             endpoint.send_response(txn, self.method_not_allowed(request))
@@ -421,6 +421,7 @@ class UserAgent:
         # by the URI parser; decoding again would turn a caller's "%250A"
         # into a line feed.
         callerid = _user_of(from_.uri)
+        source = request_source(request, peer).host  # the caller, through a front proxy too
         call = SipCall(
             self,
             peer,
@@ -428,9 +429,9 @@ class UserAgent:
             number=_user_of(request.uri),
             callerid=callerid,
             display_name=from_.display_name,
-            headers=received_headers(request.headers, peer.host),
+            headers=received_headers(request.headers, source),
         )
-        call.source = peer.host
+        call.source = source
         call.grant = self._invite_identity(request, peer)
         call.invite = request
         call.invite_txn = txn
@@ -461,11 +462,11 @@ class UserAgent:
                 raise RemoteProtocolError("more than one Replaces")
             replaces = parse_replaces(values[0])
         except RemoteProtocolError as exc:
-            security_event("bad_replaces", peer.host, reason=str(exc))
+            security_event("bad_replaces", request_source(request, peer).host, reason=str(exc))
             return None
         call = self._dialogs.get(replaces.dialog_id)
         if call is None or call.state != CallState.CONNECTED or replaces.early_only:
-            security_event("replaces_unknown_dialog", peer.host)
+            security_event("replaces_unknown_dialog", request_source(request, peer).host)
             return None
         return call
 
@@ -504,7 +505,7 @@ class UserAgent:
         to :meth:`SipCall.challenge`, RFC 3261 §22.2), or ``None``: an
         INVITE without valid credentials is an anonymous call, which only
         rules without ``authenticated: true`` take."""
-        username = self.registrar.invite_identity(request, peer.host, self.clock())
+        username = self.registrar.invite_identity(request, request_source(request, peer).host, self.clock())
         return Grant(identity=username, authenticated_by="sip-digest") if username else None
 
     def _on_cancel(self, request: SipRequest, txn: ServerTransaction,
@@ -534,7 +535,8 @@ class UserAgent:
         """Have the registrar read the REGISTER and apply its decision to
         the directory (all contacts or none)."""
         now = self.clock()
-        decision = self.registrar.receive(request, (peer.transport, peer.host, peer.port), now)
+        decision = self.registrar.receive(request, (peer.transport, peer.host, peer.port), now,
+                                          origin=request_source(request, peer).host)
         if isinstance(decision, RegisterAnswered):
             return decision.response
         directory = self.directory

@@ -367,7 +367,7 @@ class SipMessage:
 class SipRequest(SipMessage):
     """A request: method, Request-URI (text and parsed), headers, body."""
 
-    __slots__ = ("method", "uri_text", "version", "_uri", "received_at")
+    __slots__ = ("method", "uri_text", "version", "_uri", "received_at", "origin")
 
     def __init__(
         self,
@@ -384,6 +384,11 @@ class SipRequest(SipMessage):
         self._uri: Uri | None = None if isinstance(uri, str) else uri
         #: ``time.monotonic()`` when the transport read it (``None``: made here).
         self.received_at: float | None = None
+        #: Where the caller sent it from, as a front proxy the engine trusts
+        #: reported it (``(transport, host, port)`` from the Via below the
+        #: proxy's); ``None`` when it came straight from the caller, whose
+        #: address is then the transport's.
+        self.origin: tuple[str, str, int] | None = None
 
     @property
     def uri(self) -> Uri:

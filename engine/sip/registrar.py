@@ -158,8 +158,12 @@ class Registrar:
 
     # -- REGISTER ----------------------------------------------------------------
 
-    def receive(self, request: SipRequest, source: tuple[str, str, int], now: float) -> RegisterDecision:
-        """Read one REGISTER from ``source`` (transport, host, port)."""
+    def receive(self, request: SipRequest, source: tuple[str, str, int], now: float, *,
+                origin: str | None = None) -> RegisterDecision:
+        """Read one REGISTER from ``source`` (transport, host, port: where the
+        bindings are reached). ``origin``: the sender's host when a front
+        proxy forwarded it (``source`` is then the proxy's), whose password
+        failures are counted; ``source``'s host by default."""
         to_uri = request.to.uri
         if not isinstance(to_uri, SipUri) or not to_uri.user:
             return RegisterAnswered(request.create_response(404, "Unknown AOR"))
@@ -167,7 +171,7 @@ class Registrar:
         user_ha1 = self.user_ha1
         if user_ha1 is None:
             return RegisterAnswered(request.create_response(403, "Registration Disabled"))
-        host = source[1]
+        host = origin or source[1]
         creds = digest_credentials(request)
         if creds is None:
             return RegisterAnswered(self.challenge(request, now))

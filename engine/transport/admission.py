@@ -64,7 +64,14 @@ class SecurityPolicy:
     :param rate: out-of-dialog requests per second allowed per source address.
     :param burst: how many may arrive at once before the rate applies.
     :param trusted: source addresses exempt from rate limiting and bans
-        (a trunk, a load balancer, the benchmark's sipp).
+        (a trunk, the benchmark's sipp).
+    :param proxies: front proxies' addresses (a SIP load balancer such as
+        Kamailio's dispatcher in front of several nodes). They are trusted
+        (added to ``trusted``), and a request one of them forwards is taken
+        to come from the address in the Via below the proxy's own (its
+        ``received`` and ``rport``, which the proxy stamps): that address,
+        not the proxy's, is banned, rate limited, logged and matched by the
+        rules' ``networks``. Nobody else's Vias are believed.
     :param tcp_idle_timeout: seconds a TCP or TLS connection may take to
         send its first whole SIP message, and to finish any message it has
         begun.
@@ -104,6 +111,7 @@ class SecurityPolicy:
     tls_handshake_timeout: float = 10.0
     max_tcp_connections: int = 2048
     trusted: frozenset[str] = field(default_factory=frozenset)
+    proxies: frozenset[str] = field(default_factory=frozenset)
     message_rate: float = 5.0
     message_burst: int = 20
     max_transactions: int = 100_000
@@ -111,6 +119,9 @@ class SecurityPolicy:
     overload: OverloadBounds = field(default_factory=OverloadBounds)
     overload_probe: float = 0.05
     udp_receive_buffer: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self.trusted = frozenset(self.trusted) | frozenset(self.proxies)
 
 
 class Verdict(enum.Enum):

@@ -79,7 +79,7 @@ from engine.sip.transaction import (
     TransportFailed,
 )
 
-__all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS", "loop_time"]
+__all__ = ["Peer", "SecurityPolicy", "SipEndpoint", "SCANNER_AGENTS", "loop_time", "request_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,40 @@ class Peer(NamedTuple):
     @property
     def reliable(self) -> bool:
         return self.transport != "UDP"
+
+
+def request_source(request: SipRequest, peer: Peer) -> Peer:
+    """Where ``request``'s sender is: the caller a trusted front proxy
+    forwarded it for (:attr:`SipRequest.origin`), else ``peer``, the
+    transport's source. Answers still go to ``peer``."""
+    origin = request.origin
+    return peer if origin is None else Peer(*origin)
+
+
+def proxied_origin(request: SipRequest) -> tuple[str, str, int] | None:
+    """The caller's address of a request a front proxy forwarded: the
+    second Via, with the ``received`` and ``rport`` the proxy stamped on it
+    (RFC 3261 §18.2.1, RFC 3581 §4), else its sent-by; ``None`` when it has
+    one Via (the proxy's own request).
+
+    :raises RemoteProtocolError: the second Via cannot be read (then nobody
+        can tell who sent it: never taken for the proxy's own request).
+    """
+    texts = request.headers.get_all("Via")
+    if len(texts) == 1 and "," not in texts[0]:
+        return None
+    values = [v for text in texts for v in split_header_values(text)]
+    if len(values) < 2:
+        return None
+    via = parse_via(values[1])
+    transport = via.transport.upper()
+    host = via.params.get("received") or via.host.strip("[]")
+    rport = via.params.get("rport")
+    if rport and rport.isdigit() and 0 < int(rport) < 65536:
+        port = int(rport)
+    else:
+        port = via.port or (5061 if transport == "TLS" else 5060)
+    return (transport, host, port)
 
 
 RequestHandler = Callable[[SipRequest, ServerTransaction | None, Peer], None]
@@ -620,12 +654,26 @@ class SipEndpoint:
         now = self.clock()
         if isinstance(msg, SipRequest):
             msg.received_at = received_at
+            source = peer
+            if peer.host in policy.proxies:
+                try:
+                    origin = msg.origin = proxied_origin(msg)
+                except RemoteProtocolError as exc:
+                    if msg.method != "ACK":
+                        self._send_stateless(msg.create_response(400, _reason(f"Via below the proxy's: {exc}")),
+                                             peer)
+                    return
+                if origin is not None:
+                    source = Peer(*origin)
+                    if self.admission.is_banned(source.host, now):
+                        self.stats["banned"] += 1
+                        return
             if self.overload.level and msg.method == "INVITE" and self._is_new_invite(msg):
                 # What the quick look of _shed could not decide (folded
                 # lines, an RFC 2543 branch, a malformed head).
                 if self.overload.level is OverloadLevel.DROP:
                     self.stats["overload_dropped"] += 1
-                elif self.admission.count(peer.host, now):
+                elif self.admission.count(source.host, now):
                     self.stats["overload_refused"] += 1
                     response = msg.create_response(503, to_tag=new_tag())
                     response.headers.add("Retry-After", str(RETRY_AFTER))
@@ -633,7 +681,7 @@ class SipEndpoint:
                 else:
                     self.stats["banned"] += 1
                 return
-            if not self._admit(msg, peer, now):
+            if not self._admit(msg, peer, now, source):
                 return
             try:
                 top = msg.top_via
@@ -653,7 +701,7 @@ class SipEndpoint:
                 if msg.method != "ACK":
                     self._send_stateless(msg.create_response(414), peer)
                 return
-            if msg.method != "ACK" and not self._fits(msg, peer, now):
+            if msg.method != "ACK" and not self._fits(msg, peer, now, source):
                 return
         try:
             events = self.layer.receive(msg, peer, peer.reliable, now)
@@ -774,10 +822,11 @@ class SipEndpoint:
         conn.alias = key
         self._tcp[key] = conn
 
-    def _admit(self, msg: SipRequest, peer: Peer, now: float) -> bool:
-        """Apply the admission policy to a request; ``False``: drop or
-        refuse it (a refusal is answered here)."""
-        verdict = self.admission.check_request(msg, peer.host, now, self._belongs)
+    def _admit(self, msg: SipRequest, peer: Peer, now: float, source: Peer) -> bool:
+        """Apply the admission policy to a request from ``source`` (``peer``,
+        or the caller a front proxy forwarded it for); ``False``: drop or
+        refuse it (a refusal is answered here, to ``peer``)."""
+        verdict = self.admission.check_request(msg, source.host, now, self._belongs)
         if verdict is Verdict.ADMIT:
             return True
         if verdict is Verdict.DROP:
@@ -785,7 +834,7 @@ class SipEndpoint:
         elif verdict is Verdict.BAN:
             self.stats["banned"] += 1
         else:
-            self._refuse(msg, peer, now, "rate_limited", what="MESSAGE")
+            self._refuse(msg, peer, now, "rate_limited", source, what="MESSAGE")
         return False
 
     def _belongs(self, msg: SipRequest) -> bool:
@@ -798,7 +847,7 @@ class SipEndpoint:
                 return False
         return self.dialog_exists is None or self.dialog_exists(msg)
 
-    def _fits(self, msg: SipRequest, peer: Peer, now: float) -> bool:
+    def _fits(self, msg: SipRequest, peer: Peer, now: float, source: Peer) -> bool:
         """Whether a request (not an ACK) may go to the transaction layer.
 
         A retransmission, or a CANCEL of a live INVITE, reaches its
@@ -820,18 +869,19 @@ class SipEndpoint:
             self._send_stateless(msg.create_response(481, to_tag=new_tag()), peer)
             return False
         if layer.server_count >= self.policy.max_transactions:
-            self._refuse(msg, peer, now, "cap_reached", cap="transactions")
+            self._refuse(msg, peer, now, "cap_reached", source, cap="transactions")
             return False
         return True
 
-    def _refuse(self, msg: SipRequest, peer: Peer, now: float, event: str, **fields: str) -> None:
-        """Answer ``msg`` 503 with Retry-After, statelessly, and report the
-        refusal as security event ``event``."""
+    def _refuse(self, msg: SipRequest, peer: Peer, now: float, event: str, source: Peer,
+                **fields: str) -> None:
+        """Answer ``msg`` 503 with Retry-After, statelessly, to ``peer``, and
+        report the refusal of ``source`` as security event ``event``."""
         self.stats["refused"] += 1
         response = msg.create_response(503, to_tag=new_tag())
         response.headers.add("Retry-After", str(RETRY_AFTER))
         self._send_stateless(response, peer)
-        self._security_event(event, peer, now, **fields)
+        self._security_event(event, source, now, **fields)
 
     def _security_event(self, event: str, peer: Peer, now: float, **fields: str) -> None:
         """Log a refusal, throttled per source, event and fields."""

@@ -230,3 +230,15 @@ def test_users_create_takes_the_password_off_argv(tmp_path: Path) -> None:
         assert store.verify_password("alice", "s3cret pw") and store.verify_password("bob", "pw-123456")
         assert store.sip_ha1("alice", "callbridge", "MD5") and store.sip_ha1("bob", "callbridge", "MD5") is None
         assert store.get_user("cy") is None
+
+
+def test_serve_refuses_a_proxy_that_is_no_address(tmp_path: Path) -> None:
+    """``--sip-proxies`` takes the proxies' source addresses: a name is
+    refused at start-up, naming it (it would never match a datagram's
+    source, and the operator would think the proxy trusted)."""
+    app = write_app(tmp_path, 'rules:\n  - {name: A, pattern: "a", scenarios: [answer]}\n', {"answer": ""})
+    sip, http = free_ports(2)
+    result = callbridge("serve", "--sip-port", str(sip), "--http-port", str(http),
+                        "--sip-proxies", "127.0.0.1, lb.example.com", cwd=app)
+    assert result.returncode != 0
+    assert "--sip-proxies: 'lb.example.com' is not an IP address" in result.stderr

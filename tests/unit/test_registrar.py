@@ -23,10 +23,18 @@ def registrar() -> Registrar:
 
 def register(reg: Registrar, contact: str = "<sip:bob@192.0.2.1>", expires: str | None = None,
              user: str = "bob", password: str = "pw") -> RegisterAnswered | BindingsChanged:
+    return register_with(reg, SRC, contact=contact, expires=expires, user=user, password=password)
+
+
+def register_with(reg: Registrar, source: tuple[str, str, int], *, origin: str | None = None,
+                  contact: str = "<sip:bob@192.0.2.1>", expires: str | None = None,
+                  user: str = "bob", password: str = "pw") -> RegisterAnswered | BindingsChanged:
+    """A REGISTER, its 401, and the REGISTER with credentials, from
+    ``source`` (forwarded for ``origin``); the second's decision."""
     extra = [("Expires", expires)] if expires is not None else []
     first = make_request("REGISTER", uri="sip:example.com", contact=contact, extra=extra)
     first.headers.set("To", f"<sip:{user}@example.com>")
-    challenged = reg.receive(first, SRC, 0.0)
+    challenged = reg.receive(first, source, 0.0, origin=origin)
     assert isinstance(challenged, RegisterAnswered) and challenged.response.status == 401
     client = ClientAuthSession(user, password)
     challenge = client.on_challenge(challenged.response.headers.get_all("WWW-Authenticate"))
@@ -34,7 +42,7 @@ def register(reg: Registrar, contact: str = "<sip:bob@192.0.2.1>", expires: str 
     second = make_request("REGISTER", uri="sip:example.com", contact=contact, cseq=2,
                           extra=extra + [("Authorization", creds.to_header())])
     second.headers.set("To", f"<sip:{user}@example.com>")
-    return reg.receive(second, SRC, 1.0)
+    return reg.receive(second, source, 1.0, origin=origin)
 
 
 def test_register_without_credentials_is_challenged_and_valid_one_changes_bindings() -> None:
