@@ -57,7 +57,7 @@ at 100 calls/s and at 80% of the best rate) and ``--overload``
 the rest are refused with 503).
 
 Usage: ``./run.sh bench [--seconds 60] [--start 250] [--max-rate 4000]
-[--only callbridge|nodes|probe|kamailio|latency|overload] [--nodes N] [--latency] [--overload]``
+[--only PHASE,...] [--nodes N] [--latency] [--overload]``
 """
 
 from __future__ import annotations
@@ -357,7 +357,8 @@ def selected(args: argparse.Namespace) -> list[str]:
     opt-in ones not asked for (those run after callbridge's search, from
     its best rate)."""
     if args.only:
-        return [args.only]
+        wanted = set(args.only.split(","))
+        return [name for name in PHASES if name in wanted]
     return [name for name in PHASES if name not in OPT_IN or getattr(args, name, False)]
 
 
@@ -399,7 +400,7 @@ def main() -> int:
     parser.add_argument("--start", type=int, default=250, help="first rate tried (default 250)")
     parser.add_argument("--max-rate", type=int, default=4000,
                         help="highest rate tried for callbridge; ×4 for the probe and Kamailio (default 4000)")
-    parser.add_argument("--only", choices=list(PHASES), help="run one phase")
+    parser.add_argument("--only", help=f"run these phases, comma-separated, in their usual order ({', '.join(PHASES)})")
     parser.add_argument("--nodes", type=int, default=0, metavar="N",
                         help="also N callbridge processes behind Kamailio's dispatcher (N >= 2)")
     parser.add_argument("--latency", action="store_true",
@@ -409,7 +410,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.seconds < 2 or args.start < 1 or args.max_rate < 1:
         parser.error("--seconds must be at least 2, --start and --max-rate at least 1")
-    if args.nodes == 1 or args.nodes < 0 or (args.only == "nodes" and args.nodes < 2):
+    unknown = set(args.only.split(",")) - set(PHASES) if args.only else set()
+    if unknown:
+        parser.error(f"--only: no phase {', '.join(sorted(unknown))} (phases: {', '.join(PHASES)})")
+    if args.nodes == 1 or args.nodes < 0 or ("nodes" in selected(args) and args.nodes < 2):
         parser.error("--nodes must be at least 2")
     try:
         sipp_binary()

@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve /metrics without an API key on this address (off by default;"
                             " a loopback one such as 127.0.0.1:9464 is the usual choice). On the HTTP"
                             " port /metrics always needs a key with the metrics scope")
+    serve.add_argument("--directory", default=_env("DIRECTORY", None), metavar="URL",
+                       help="share registrations, conference ownership and login lockouts with the other"
+                            " nodes through Redis at URL (redis://host:6379/0, or rediss:// for TLS);"
+                            " default: in this process's memory (one node)")
     serve.add_argument("--guests", choices=("on", "off"), default=_env("GUESTS", "on"),
                        help="whether the web SDK may log in as a guest (the demo page does)")
     serve.add_argument("--ad-hoc-conferences", choices=("on", "off"), default=_env("AD_HOC_CONFERENCES", "on"),
@@ -365,6 +369,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         trunk_ca=args.trunk_ca, trunk_client_cert=args.trunk_client_cert,
         trunk_client_key=args.trunk_client_key,
         metrics_listen=args.metrics_listen or None, media_send_workers=args.media_send_workers,
+        directory_url=args.directory or None,
     )
 
 
@@ -448,7 +453,11 @@ def _serve(args: argparse.Namespace) -> int:
     config = _config_from(args)
 
     async def run() -> int:
-        engine = Engine(config)
+        try:
+            engine = Engine(config)  # a bad --directory URL or --tts is refused here
+        except StartupError as exc:
+            print(f"callbridge: {exc}", file=sys.stderr)
+            return 2
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,7 +27,8 @@ from aiohttp import web
 
 from engine.calls.sip_media import SipLegMedia
 from engine.calls.call import Call, InternalCall, MediaHandler
-from engine.state.directory import Directory, LoginBackoff, MemoryDirectory
+from engine.state.directory import Directory, DirectoryUnavailable, LoginBackoff, MemoryDirectory
+from engine.state.redis_directory import RedisDirectory
 from engine.runtime.rooms import RoomService
 from engine.runtime.router import RuleSet, load_rules
 from engine.runtime.protocols import CallEventHook, Dialer, HttpSessionFactory, LogLineHook, WebUsers as WebUsersSeam
@@ -184,6 +185,10 @@ class EngineConfig:
     #: (engine.web.metrics); ``None``, the default: nowhere (the HTTP port's
     #: ``/metrics`` needs a key with the ``metrics`` scope).
     metrics_listen: str | None = None
+    #: Where the state nodes share lives (engine.state.redis_directory):
+    #: ``redis://host:port/db`` or ``rediss://``; ``None``, the default: in
+    #: this process's memory (one node).
+    directory_url: str | None = None
 
 
 def _trunk_tls_context(cfg: EngineConfig) -> ssl.SSLContext | None:
@@ -300,7 +305,19 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.node_id = secrets.token_hex(6)
-        self.directory = MemoryDirectory()
+        #: The shared directory when ``directory_url`` names one (connected,
+        #: and this node kept alive in it, by :meth:`start`).
+        self.shared_directory: RedisDirectory | None = None
+        self.directory: Directory
+        if config.directory_url:
+            try:
+                self.shared_directory = RedisDirectory(config.directory_url, clock=time.monotonic)
+            except ValueError as exc:
+                raise StartupError(f"--directory: {exc}") from None
+            self.directory = self.shared_directory
+        else:
+            self.directory = MemoryDirectory()
+        self._heartbeat: asyncio.Task[None] | None = None
         self.ua: UserAgent = None  # type: ignore[assignment]
         #: Time of the login lockouts (registrar and web SDK); tests set a virtual one.
         self.clock = time.monotonic
@@ -349,6 +366,8 @@ class Engine:
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        if self.shared_directory is not None:  # the registrar's and logins' now come from it
+            self.shared_directory.clock = clock
         if self.ua is not None:
             self.ua.clock = clock
             self.ua.endpoint.clock = clock
@@ -398,6 +417,8 @@ class Engine:
                                               cfg.rtp_pin_after)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        if self.shared_directory is not None:
+            self._start_directory(self.shared_directory)
         try:
             _private_data_dir(cfg.data_dir)
         except OSError as exc:
@@ -490,6 +511,52 @@ class Engine:
             "https" if self.tls_context else "http",
             cfg.http_host, self.http_port, self.node_id,
         )
+
+    def _start_directory(self, directory: RedisDirectory) -> None:
+        """Connect to the shared directory, announce this node alive in it, and
+        keep it alive (a heartbeat every third of the directory's ``node_ttl``).
+
+        :raises StartupError: Redis does not answer, naming its URL.
+        """
+        try:
+            directory.connect()
+            directory.heartbeat(self.node_id)
+        except DirectoryUnavailable as exc:
+            directory.close()
+            raise StartupError(f"--directory {directory.where}: cannot use Redis: {exc.reason}") from None
+        self._started.append("directory")
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._keep_alive(directory), name="directory-heartbeat")
+        logger.info("directory %s (node %s)", directory.where, self.node_id)
+
+    async def _keep_alive(self, directory: RedisDirectory) -> None:
+        """Renew this node's liveness until cancelled; an outage is logged by
+        the directory, and the next beat tries again."""
+        period = directory.node_ttl / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                directory.heartbeat(self.node_id)
+            except DirectoryUnavailable:
+                pass
+
+    async def _stop_directory(self, directory: RedisDirectory) -> None:
+        """Stop the heartbeat, release what this node still claims and end
+        its liveness (other nodes may claim its conferences at once), close."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        try:
+            released = directory.leave(self.node_id)
+        except DirectoryUnavailable as exc:
+            logger.warning("%s: this node's conferences stay claimed until its liveness lapses"
+                           " (%g s)", exc, directory.node_ttl)
+        else:
+            if released:
+                logger.info("released conferences %s in directory %s", ", ".join(released), directory.where)
+        finally:
+            directory.close()
 
     async def _start_metrics(self, listen: str) -> None:
         """Serve ``/metrics`` without a key on ``listen`` (``--metrics-listen``)."""
@@ -614,6 +681,8 @@ class Engine:
                     self.send_workers.stop()
                 elif part == "store" and self.store is not None:
                     self.store.close()
+                elif part == "directory" and self.shared_directory is not None:
+                    await self._stop_directory(self.shared_directory)
             except Exception as exc:  # gather, keep stopping the rest
                 errors.append(exc)
                 logger.exception("stopping %s failed", part)

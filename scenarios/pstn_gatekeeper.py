@@ -33,7 +33,7 @@ MAX_PIN_DIGITS = 12
 PROMPT = "Please enter your conference PIN, followed by the pound key."
 RETRY = "Please enter your conference PIN again, followed by the pound key."
 #: Refusals after which the caller is not asked again.
-FINAL = {"too_many_attempts", "pin_locked"}
+FINAL = {"too_many_attempts", "pin_locked", "unavailable"}
 
 
 async def on_alerting(e):

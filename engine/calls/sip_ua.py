@@ -31,7 +31,8 @@ from typing import Any, Callable
 from engine.calls.call import CallError, CallEvents, CallState, Dispatcher, MediaHandler
 from engine.calls.grants import Grant
 from engine.calls.sip_leg import ALLOW, SipCall, add_headers, received_headers
-from engine.state.directory import ContactUpdate, Directory, LoginBackoff, LoginGuard, OutOfOrder, TooManyBindings
+from engine.state.directory import (ContactUpdate, Directory, DirectoryUnavailable, LoginBackoff, LoginGuard,
+                                    OutOfOrder, TooManyBindings)
 from engine.sip.auth import ClientAuthSession, DigestServer
 from engine.sip.offer_answer import SRTP_POLICIES
 from engine.sip.message import BRANCH_MAGIC, SipRequest, SipResponse, new_tag
@@ -533,7 +534,16 @@ class UserAgent:
 
     def _on_register(self, request: SipRequest, peer: Peer) -> SipResponse:
         """Have the registrar read the REGISTER and apply its decision to
-        the directory (all contacts or none)."""
+        the directory (all contacts or none); 503 with Retry-After while a
+        shared directory is unavailable (RFC 3261 §21.5.4)."""
+        try:
+            return self._register(request, peer)
+        except DirectoryUnavailable:  # the directory logged the outage, once
+            response = request.create_response(503)
+            response.headers.add("Retry-After", "30")
+            return response
+
+    def _register(self, request: SipRequest, peer: Peer) -> SipResponse:
         now = self.clock()
         decision = self.registrar.receive(request, (peer.transport, peer.host, peer.port), now,
                                           origin=request_source(request, peer).host)
@@ -673,7 +683,10 @@ class UserAgent:
     ) -> SipCall:
         """Call the phone registered as ``user`` (its most recent binding)."""
         now = self.clock()
-        bindings = self.directory.bindings(user, now)
+        try:
+            bindings = self.directory.bindings(user, now)
+        except DirectoryUnavailable as exc:  # the shared directory is down (it logged the outage)
+            raise CallError(str(exc)) from None
         if not bindings:
             raise CallError(f"user {user!r} is not registered")
         best = max(bindings, key=lambda b: (b.q if b.q is not None else 1.0, b.expires_at))

@@ -18,7 +18,7 @@ from engine.calls.grants import Grant
 from engine.runtime.rooms import RoomRefused, RoomService
 from engine.runtime.tokens import PRESETS, Keys
 from engine.security_log import security_event
-from engine.state.directory import Directory
+from engine.state.directory import Directory, DirectoryUnavailable
 from engine.state.store import Invite, InviteRefused, Room, Store
 
 __all__ = ["PinLimits", "PinAdmission", "redeem_invite"]
@@ -98,7 +98,18 @@ class PinAdmission:
         self.ad_hoc_conferences = ad_hoc_conferences
 
     def admit(self, call: Call, pin: str, room_name: str | None, now: float) -> dict[str, str]:
-        """See ``VoxEngine.admit_with_pin``; ``now`` is the loop's clock."""
+        """See ``VoxEngine.admit_with_pin``; ``now`` is the loop's clock.
+
+        While the directory is unavailable (the failure counters cannot be
+        read or counted) every PIN is refused with ``unavailable``.
+        """
+        try:
+            return self._admit(call, pin, room_name, now)
+        except DirectoryUnavailable:  # the directory logged the outage
+            security_event("pin_refused", call.source, reason="unavailable", room=room_name)
+            raise RoomRefused("unavailable", "PIN entry is not available right now. Please try again later.") from None
+
+    def _admit(self, call: Call, pin: str, room_name: str | None, now: float) -> dict[str, str]:
         rooms = self.rooms
         room = rooms.get(room_name) if rooms is not None and room_name is not None else None
         if room_name is not None and room is None:

@@ -42,7 +42,7 @@ from engine.runtime.session import AppEvents, Session, TaskFactory
 from engine.runtime.tokens import Keys
 from engine.security_log import security_event, security_event_throttled
 from engine.sip.message import SipRequest
-from engine.state.directory import Directory
+from engine.state.directory import Directory, DirectoryUnavailable
 from engine.state.store import Store
 from engine.transport.audio_fetch import AudioLoader
 
@@ -442,8 +442,13 @@ class ScenarioRuntime:
         return self.pins.redeem_code(code)
 
     def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
+        """See ``VoxEngine.rate_limit``: a bucket the nodes share; a
+        directory that cannot be asked refuses (it logged why)."""
         now = asyncio.get_running_loop().time()
-        return self.directory.hit(f"app:{key}", now, rate=per_minute / 60.0, burst=burst)
+        try:
+            return self.directory.hit(f"app:{key}", now, rate=per_minute / 60.0, burst=burst, shared=True)
+        except DirectoryUnavailable:
+            return False
 
     # -- records and logs -----------------------------------------------------------
 

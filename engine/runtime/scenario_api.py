@@ -29,6 +29,7 @@ import aiohttp
 from engine.calls.call import Call, CallError
 from engine.calls.conference import Conference
 from engine.calls.grants import Grant
+from engine.runtime.dialout import DialRefused
 from engine.runtime.rooms import RoomRefused
 from engine.runtime.protocols import Dialer
 from engine.runtime.session import AppEvents, Session, current_session
@@ -37,6 +38,7 @@ from engine.security_log import security_event
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.invite_session import host_port, same_host_port
 from engine.sip.uri import SipUri, TelUri, parse_uri
+from engine.state.directory import DirectoryUnavailable
 from engine.state.store import Store
 
 __all__ = [
@@ -112,7 +114,12 @@ class _VoxEngine:
         now = asyncio.get_running_loop().time()
 
         def hit(key: str, per_hour: float, burst: int) -> bool:
-            return burst > 0 and runtime.directory.hit(key, now, rate=per_hour / 3600.0, burst=burst)
+            # shared: the hourly caps hold for the cluster, not per node
+            try:
+                return burst > 0 and runtime.directory.hit(key, now, rate=per_hour / 3600.0, burst=burst,
+                                                           shared=True)
+            except DirectoryUnavailable:  # the caps cannot be counted: refuse (the directory logged it)
+                raise DialRefused(503, "the shared directory is unavailable") from None
 
         digits = runtime.dial_policy.check(number, requested_by=requested_by, hit=hit,
                                            src=requested_by.source if requested_by is not None else None)
@@ -203,8 +210,10 @@ class _VoxEngine:
 
         :raises RoomRefused: ``wrong_pin``, ``too_many_attempts`` (the
             source or the engine is cooling down), ``pin_locked`` (the
-            room's PINs are locked after repeated failures), or an invite's
-            refusal (``invite_used``, ``invite_expired``...).
+            room's PINs are locked after repeated failures), ``unavailable``
+            (the shared directory, which counts failures, cannot be reached:
+            try again later), or an invite's refusal (``invite_used``,
+            ``invite_expired``...).
         """
         return _session().runtime.admit_with_pin(call, pin, room)
 
@@ -318,7 +327,9 @@ class _VoxEngine:
     def rate_limit(self, key: str, per_minute: float, burst: int) -> bool:
         """Take one attempt for ``key`` (e.g. ``"pin:" + callerid``):
         ``False`` once more than ``burst`` were made faster than
-        ``per_minute`` allows (a token bucket shared by all sessions)."""
+        ``per_minute`` allows (a token bucket shared by all sessions, on
+        every node sharing the directory; ``False`` too while that
+        directory is unavailable)."""
         return _session().runtime.rate_limit(key, per_minute, burst)
 
     def send_media_between(self, a: Call | Conference, b: Call | Conference) -> None:

@@ -2,8 +2,10 @@
 
 :class:`Directory` is the interface; :class:`MemoryDirectory` implements it in
 the memory of one process. When callbridge runs as several nodes behind a SIP
-load balancer (design.md, "Beyond one machine") a Redis implementation takes
-its place; nothing else changes, because no module keeps this state in globals.
+load balancer (design.md, "Beyond one machine"),
+:class:`~engine.state.redis_directory.RedisDirectory` takes its place
+(``callbridge serve --directory redis://...``); nothing else changes, because
+no module keeps this state in globals.
 
 What it holds:
 
@@ -22,12 +24,17 @@ What it holds:
 
 Time is always an argument (``now``, seconds on any monotonic-enough scale
 shared by the callers); nothing here reads a clock, so tests are exact.
+Callers on different machines do not share a scale: the Redis implementation
+maps each node's ``now`` onto the Redis server's clock (see
+:mod:`engine.state.redis_directory`).
 
 Atomicity: every method is synchronous and never yields, so on the event loop
 each call is atomic with respect to other coroutines (e.g. two sessions racing
 to :meth:`Directory.claim_conference` the same name). :class:`MemoryDirectory`
-is not meant to be shared between threads. A Redis implementation provides
-the same guarantees with ``SET NX`` and scripts.
+is not meant to be shared between threads. The Redis implementation provides
+the same guarantees across processes with ``WATCH``/``MULTI`` transactions and
+Lua scripts, and adds one refusal: :class:`DirectoryUnavailable` when Redis
+cannot be reached.
 
 This module imports nothing from ``engine`` but :mod:`engine.state.login_guard`
 (itself a leaf), for the re-export.
@@ -50,6 +57,7 @@ __all__ = [
     "Directory",
     "DirectoryError",
     "DirectoryStats",
+    "DirectoryUnavailable",
     "LoginBackoff",
     "LoginGuard",
     "MemoryDirectory",
@@ -98,6 +106,26 @@ class OutOfOrder(DirectoryError):
             f"REGISTER for {aor!r} is out of order: binding {contact!r} with Call-ID "
             f"{call_id!r} has CSeq {stored_cseq}, the request has CSeq {cseq}"
         )
+
+
+class DirectoryUnavailable(DirectoryError):
+    """The shared directory could not be asked (Redis unreachable, timed out or failing).
+
+    A refusal like the others: whoever catches :class:`DirectoryError` where
+    a peer's request depends on the directory answers that request with a
+    refusal (a 503, "try again later") instead of failing. Whether a change
+    in flight when the connection broke was applied is unknown.
+
+    :param where: the directory, e.g. its URL without credentials.
+    :param operation: what could not be done, e.g. ``"claim conference 'conf_1'"``.
+    :param reason: why, e.g. the connection error.
+    """
+
+    def __init__(self, where: str, operation: str, reason: str) -> None:
+        self.where = where
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"directory {where} is unavailable: cannot {operation}: {reason}")
 
 
 class TooManyBindings(DirectoryError):
@@ -258,8 +286,14 @@ class Directory(Protocol):
 
     # flood protection
 
-    def hit(self, key: str, now: float, *, rate: float, burst: int) -> bool:
-        """Take one token from ``key``'s bucket; ``False`` when over the limit."""
+    def hit(self, key: str, now: float, *, rate: float, burst: int, shared: bool = False) -> bool:
+        """Take one token from ``key``'s bucket; ``False`` when over the limit.
+
+        ``shared``: the bucket is the same on every node sharing the
+        directory (a round trip where it is remote: for low-rate limits such
+        as dial-outs per hour); without it a node may keep the bucket to
+        itself (per-datagram flood limits).
+        """
         ...
 
     def ban(self, key: str, until: float) -> None:
@@ -320,6 +354,13 @@ def _check_cseq(cseq: object) -> int:
     return cseq
 
 
+def _check_bucket(rate: float, burst: int) -> None:
+    if not rate > 0 or not math.isfinite(rate):
+        raise ValueError(f"rate must be a positive number, not {rate!r}")
+    if type(burst) is not int or burst < 1:
+        raise ValueError(f"burst must be a positive integer, not {burst!r}")
+
+
 def _check_update(update: ContactUpdate) -> None:
     _check_str("contact", update.contact)
     if _check_number("expires", update.expires) < 0:
@@ -331,6 +372,69 @@ def _check_update(update: ContactUpdate) -> None:
 def _q_order(binding: Binding) -> float:
     # A Contact without q ranks as q=1.0, the highest preference.
     return -(1.0 if binding.q is None else binding.q)
+
+
+# -- RFC 3261 section 10.3, shared by the implementations ---------------------
+
+
+def _check_register(aor: str, updates: Sequence[ContactUpdate], now: float, call_id: str,
+                    cseq: int) -> float:
+    """Validate the arguments of ``update_bindings``; return ``now`` as a float."""
+    _check_str("aor", aor)
+    now = _check_number("now", now)
+    _check_str("call_id", call_id)
+    _check_cseq(cseq)
+    for update in updates:
+        _check_update(update)
+    return now
+
+
+def _apply_updates(
+    aor: str,
+    stored: dict[str, Binding],
+    updates: Sequence[ContactUpdate],
+    *,
+    now: float,
+    call_id: str,
+    cseq: int,
+    source: Source | None,
+    limit: int,
+) -> dict[str, Binding]:
+    """The bindings of ``aor`` after one REGISTER's Contacts (RFC 3261 section 10.3, step 7).
+
+    Pure: ``stored`` (the live bindings, in registration order) is not
+    changed. A refreshed contact keeps its place in the order; a new one goes
+    last; a contact listed twice takes its last entry.
+
+    :param limit: the most bindings ``aor`` may have.
+    :raises OutOfOrder: a stored binding has ``call_id`` and a CSeq not lower than ``cseq``.
+    :raises TooManyBindings: the result has more than ``limit`` bindings and more than before.
+    """
+    for update in updates:
+        old = stored.get(update.contact)
+        if old is not None and old.call_id == call_id and cseq <= old.cseq:
+            raise OutOfOrder(aor, update.contact, call_id, cseq, old.cseq)
+    result = dict(stored)
+    for update in updates:
+        if update.expires == 0:
+            result.pop(update.contact, None)
+        else:
+            result[update.contact] = Binding(
+                update.contact, now + update.expires, call_id, cseq, source, update.q
+            )
+    if len(result) > limit and len(result) > len(stored):
+        raise TooManyBindings(aor, limit)
+    return result
+
+
+def _check_remove_all(aor: str, current: Iterable[Binding], call_id: str, cseq: int) -> None:
+    """Refuse ``Contact: *`` when a binding has ``call_id`` and a CSeq not lower (RFC 3261 section 10.3, step 6).
+
+    :raises OutOfOrder: naming the first such binding.
+    """
+    for binding in current:
+        if binding.call_id == call_id and cseq <= binding.cseq:
+            raise OutOfOrder(aor, binding.contact, call_id, cseq, binding.cseq)
 
 
 # -- in memory ----------------------------------------------------------------
@@ -464,27 +568,9 @@ class MemoryDirectory:
         :raises OutOfOrder: nothing is changed.
         :raises TooManyBindings: nothing is changed.
         """
-        _check_str("aor", aor)
-        now = _check_number("now", now)
-        _check_str("call_id", call_id)
-        _check_cseq(cseq)
-        for update in updates:
-            _check_update(update)
-        stored = self._live(aor, now)
-        for update in updates:
-            old = stored.get(update.contact)
-            if old is not None and old.call_id == call_id and cseq <= old.cseq:
-                raise OutOfOrder(aor, update.contact, call_id, cseq, old.cseq)
-        result = dict(stored)
-        for update in updates:
-            if update.expires == 0:
-                result.pop(update.contact, None)
-            else:
-                result[update.contact] = Binding(
-                    update.contact, now + update.expires, call_id, cseq, source, update.q
-                )
-        if len(result) > self.max_bindings_per_aor and len(result) > len(stored):
-            raise TooManyBindings(aor, self.max_bindings_per_aor)
+        now = _check_register(aor, updates, now, call_id, cseq)
+        result = _apply_updates(aor, self._live(aor, now), updates, now=now, call_id=call_id, cseq=cseq,
+                                source=source, limit=self.max_bindings_per_aor)
         self._store(aor, result)
         return sorted(result.values(), key=_q_order)
 
@@ -524,9 +610,7 @@ class MemoryDirectory:
             current = self._live(aor, _check_number("now", now))
         else:
             current = self._aors.get(aor, {})
-        for binding in current.values():
-            if binding.call_id == call_id and cseq <= binding.cseq:
-                raise OutOfOrder(aor, binding.contact, call_id, cseq, binding.cseq)
+        _check_remove_all(aor, current.values(), call_id, cseq)
         self._aors.pop(aor, None)
         return len(current)
 
@@ -604,7 +688,7 @@ class MemoryDirectory:
 
     # -- rate limiting and bans -----------------------------------------------
 
-    def hit(self, key: str, now: float, *, rate: float, burst: int) -> bool:
+    def hit(self, key: str, now: float, *, rate: float, burst: int, shared: bool = False) -> bool:
         """Take one token from the bucket of ``key`` (token bucket).
 
         A new key starts with ``burst`` tokens; tokens come back at ``rate``
@@ -616,12 +700,11 @@ class MemoryDirectory:
             counts as no time passed.
         :param rate: tokens per second (more than 0).
         :param burst: bucket size (1 or more).
+        :param shared: changes nothing here: in one process every bucket is
+            shared by all its callers.
         :returns: ``False`` when over the limit.
         """
-        if not rate > 0 or not math.isfinite(rate):
-            raise ValueError(f"rate must be a positive number, not {rate!r}")
-        if type(burst) is not int or burst < 1:
-            raise ValueError(f"burst must be a positive integer, not {burst!r}")
+        _check_bucket(rate, burst)
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:

@@ -30,7 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.calls.call import CallError, CallState
 from engine.calls.direct import CalleeListensOnly
-from engine.state.directory import LoginBackoff, LoginGuard
+from engine.state.directory import DirectoryUnavailable, LoginBackoff, LoginGuard
 from engine.calls.grants import LISTEN_ONLY_ROLES, Grant, without_engine_headers
 from engine.security_log import security_event, security_event_throttled
 from engine.runtime.rooms import RoomRefused
@@ -258,8 +258,16 @@ class SdkConnection:
         """``name`` when ``password`` is right, else ``None``; a locked-out
         account or source is refused without checking (no hash computed).
 
-        :raises ProtocolError: ``login_failed`` "try again later" while locked out.
+        :raises ProtocolError: ``login_failed`` "try again later" while locked
+            out, or while the shared directory holding the lockouts is unavailable.
         """
+        try:
+            return await self._check_password_guarded(store, name, password)
+        except DirectoryUnavailable:  # the directory logged the outage
+            raise ProtocolError(ErrorCode.LOGIN_FAILED,
+                                "password logins are not available right now: try again later") from None
+
+    async def _check_password_guarded(self, store: Any, name: str, password: str) -> str | None:
         directory = getattr(self.engine, "directory", None)
         guard = None
         if directory is not None:

@@ -226,3 +226,15 @@ def test_silence_suppression_off_by_default_flag_and_environment(monkeypatch: py
     assert config(["--silence-suppression"]).silence_suppression is True
     monkeypatch.setenv("CALLBRIDGE_SILENCE_SUPPRESSION", "on")
     assert config([]).silence_suppression is True
+
+
+def test_directory_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check the directory is in memory by default (no URL), comes from
+    CALLBRIDGE_DIRECTORY, and --directory wins over the variable."""
+    monkeypatch.delenv("CALLBRIDGE_DIRECTORY", raising=False)
+    assert config([]).directory_url is None
+    monkeypatch.setenv("CALLBRIDGE_DIRECTORY", "redis://10.0.0.5:6379/1")
+    assert config([]).directory_url == "redis://10.0.0.5:6379/1"
+    assert config(["--directory", "rediss://cache:6380/0"]).directory_url == "rediss://cache:6380/0"
+    monkeypatch.setenv("CALLBRIDGE_DIRECTORY", "")
+    assert config([]).directory_url is None

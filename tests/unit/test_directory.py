@@ -1,10 +1,17 @@
-"""Tests for :mod:`engine.state.directory`: registrations, conference ownership, rate limits, bans."""
+"""Tests for :mod:`engine.state.directory`: registrations, conference ownership, rate limits, bans.
+
+The tests taking the ``d`` or ``make_directory`` fixture are written against
+the interface (plus ``stats()`` and ``conferences()``) and run again on
+:class:`~engine.state.redis_directory.RedisDirectory` in
+tests/integration/test_redis_directory.py, which imports them (unit tests
+start no server); the others look inside :class:`MemoryDirectory`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import pytest
 
@@ -27,24 +34,42 @@ C2 = "sip:alice@192.0.2.11:5060;transport=tcp"
 C3 = "sip:alice@198.51.100.7:5080"
 
 
+class DirectoryUnderTest(Directory, Protocol):
+    """What the shared tests use: the interface, sizes and the claims."""
+
+    def stats(self) -> DirectoryStats: ...
+
+    def conferences(self) -> dict[str, tuple[str, str]]: ...
+
+
+#: Builds an empty directory from keyword settings (``max_bindings_per_aor``).
+DirectoryFactory = Callable[..., DirectoryUnderTest]
+
+
 @pytest.fixture
-def d() -> MemoryDirectory:
-    return MemoryDirectory()
+def make_directory() -> DirectoryFactory:
+    """Empty MemoryDirectory instances (tests/integration overrides this with Redis)."""
+    return MemoryDirectory
+
+
+@pytest.fixture
+def d(make_directory: DirectoryFactory) -> DirectoryUnderTest:
+    return make_directory()
 
 
 def register(
-    d: MemoryDirectory, contact: str = C1, *, expires: float = 3600, now: float = 0.0,
+    d: DirectoryUnderTest, contact: str = C1, *, expires: float = 3600, now: float = 0.0,
     call_id: str = "cid-1", cseq: int = 1, q: float | None = None, aor: str = AOR,
 ) -> Binding | None:
     return d.add_binding(aor, contact, expires=expires, now=now, call_id=call_id, cseq=cseq, q=q)
 
 
-def contacts(d: MemoryDirectory, now: float, aor: str = AOR) -> list[str]:
+def contacts(d: DirectoryUnderTest, now: float, aor: str = AOR) -> list[str]:
     return [b.contact for b in d.bindings(aor, now)]
 
 
-def test_memory_directory_implements_the_interface(d: MemoryDirectory) -> None:
-    """Check MemoryDirectory satisfies the Directory protocol and starts empty."""
+def test_directory_implements_the_interface(d: DirectoryUnderTest) -> None:
+    """Check the directory satisfies the Directory protocol and starts empty."""
     assert isinstance(d, Directory)
     assert d.stats() == DirectoryStats(aors=0, bindings=0, conferences=0, rate_keys=0, bans=0)
 
@@ -62,7 +87,7 @@ def test_constructor_validation() -> None:
 # -- registrations ------------------------------------------------------------
 
 
-def test_add_binding(d: MemoryDirectory) -> None:
+def test_add_binding(d: DirectoryUnderTest) -> None:
     """Check a new binding is stored with all its fields and counts down."""
     source = ("udp", "192.0.2.10", 5060)
     binding = d.add_binding(
@@ -77,7 +102,7 @@ def test_add_binding(d: MemoryDirectory) -> None:
     assert d.bindings("sip:bob@example.com", 100.0) == []
 
 
-def test_refresh_same_call_id_needs_higher_cseq(d: MemoryDirectory) -> None:
+def test_refresh_same_call_id_needs_higher_cseq(d: DirectoryUnderTest) -> None:
     """Check RFC 3261 10.3 step 7: same Call-ID needs a higher CSeq to refresh."""
     register(d, cseq=5, expires=60)
     with pytest.raises(OutOfOrder) as info:
@@ -98,7 +123,7 @@ def test_refresh_same_call_id_needs_higher_cseq(d: MemoryDirectory) -> None:
     assert len(d.bindings(AOR, 1.0)) == 1
 
 
-def test_other_call_id_replaces_whatever_cseq(d: MemoryDirectory) -> None:
+def test_other_call_id_replaces_whatever_cseq(d: DirectoryUnderTest) -> None:
     """Check a binding with another Call-ID is replaced even by a lower CSeq (a rebooted phone)."""
     register(d, call_id="before-reboot", cseq=900)
     binding = register(d, call_id="after-reboot", cseq=1, expires=120, now=10.0)
@@ -106,7 +131,7 @@ def test_other_call_id_replaces_whatever_cseq(d: MemoryDirectory) -> None:
     assert binding is not None and binding.call_id == "after-reboot"
 
 
-def test_expires_zero_removes_binding(d: MemoryDirectory) -> None:
+def test_expires_zero_removes_binding(d: DirectoryUnderTest) -> None:
     """Check expires=0 removes the binding, subject to the same ordering rule."""
     register(d, C1, cseq=1)
     register(d, C2, cseq=2)
@@ -120,7 +145,7 @@ def test_expires_zero_removes_binding(d: MemoryDirectory) -> None:
     assert d.stats().aors == 0
 
 
-def test_binding_expiry(d: MemoryDirectory) -> None:
+def test_binding_expiry(d: DirectoryUnderTest) -> None:
     """Check a binding lapses exactly at expires_at and a lapsed one no longer orders requests."""
     register(d, C1, expires=60, now=0.0, cseq=10)
     register(d, C2, expires=120, now=0.0, cseq=11)
@@ -133,7 +158,7 @@ def test_binding_expiry(d: MemoryDirectory) -> None:
     assert register(d, C1, now=200.0, cseq=1) is not None
 
 
-def test_update_bindings_is_all_or_nothing(d: MemoryDirectory) -> None:
+def test_update_bindings_is_all_or_nothing(d: DirectoryUnderTest) -> None:
     """Check one out-of-order Contact makes the whole REGISTER fail with nothing changed."""
     register(d, C1, call_id="a", cseq=5, expires=60)
     register(d, C2, call_id="b", cseq=5, expires=60)
@@ -156,7 +181,7 @@ def test_update_bindings_is_all_or_nothing(d: MemoryDirectory) -> None:
     assert d.update_bindings(AOR, [], now=1.0, call_id="b", cseq=7) == current  # a query
 
 
-def test_contact_listed_twice_takes_last(d: MemoryDirectory) -> None:
+def test_contact_listed_twice_takes_last(d: DirectoryUnderTest) -> None:
     """Check the last entry wins when one REGISTER names a contact twice."""
     current = d.update_bindings(
         AOR, [ContactUpdate(C1, 60), ContactUpdate(C1, 0), ContactUpdate(C2, 60),
@@ -166,7 +191,7 @@ def test_contact_listed_twice_takes_last(d: MemoryDirectory) -> None:
     assert [(b.contact, b.expires_at) for b in current] == [(C2, 90.0)]
 
 
-def test_bindings_ordered_by_q(d: MemoryDirectory) -> None:
+def test_bindings_ordered_by_q(d: DirectoryUnderTest) -> None:
     """Check bindings come highest q first, no q ranking as 1.0, ties in registration order."""
     register(d, "sip:a@h", q=0.5, cseq=1)
     register(d, "sip:b@h", q=None, cseq=2)
@@ -176,9 +201,9 @@ def test_bindings_ordered_by_q(d: MemoryDirectory) -> None:
     assert contacts(d, 0.0) == ["sip:b@h", "sip:c@h", "sip:a@h", "sip:e@h", "sip:d@h"]
 
 
-def test_too_many_bindings() -> None:
+def test_too_many_bindings(make_directory: DirectoryFactory) -> None:
     """Check the per-AoR cap refuses new contacts but allows refreshing and swapping."""
-    d = MemoryDirectory(max_bindings_per_aor=2)
+    d = make_directory(max_bindings_per_aor=2)
     register(d, C1, cseq=1)
     register(d, C2, cseq=2)
     with pytest.raises(TooManyBindings) as info:
@@ -196,7 +221,7 @@ def test_too_many_bindings() -> None:
     register(d, "sip:other@h", aor="sip:bob@example.com")  # per AoR, not global
 
 
-def test_remove_binding(d: MemoryDirectory) -> None:
+def test_remove_binding(d: DirectoryUnderTest) -> None:
     """Check remove_binding removes one contact unconditionally."""
     register(d, C1, cseq=9)
     register(d, C2, cseq=10)
@@ -208,7 +233,7 @@ def test_remove_binding(d: MemoryDirectory) -> None:
     assert d.registered_aors(0.0) == []
 
 
-def test_remove_all(d: MemoryDirectory) -> None:
+def test_remove_all(d: DirectoryUnderTest) -> None:
     """Check Contact: * removes every binding, obeying RFC 3261 10.3 step 6."""
     register(d, C1, call_id="a", cseq=5)
     register(d, C2, call_id="b", cseq=5)
@@ -222,7 +247,7 @@ def test_remove_all(d: MemoryDirectory) -> None:
     assert d.remove_all("sip:nobody@h", "z", 1) == 0
 
 
-def test_remove_all_with_now_ignores_lapsed(d: MemoryDirectory) -> None:
+def test_remove_all_with_now_ignores_lapsed(d: DirectoryUnderTest) -> None:
     """Check remove_all with now drops lapsed bindings first, and counts only live ones."""
     register(d, C1, call_id="a", cseq=5, expires=10)
     register(d, C2, call_id="b", cseq=1, expires=100)
@@ -248,7 +273,7 @@ def test_remove_all_with_now_ignores_lapsed(d: MemoryDirectory) -> None:
         ({"q": "1"}, "q must be a finite number, not '1'"),
     ],
 )
-def test_add_binding_validation(d: MemoryDirectory, kwargs: dict[str, Any], message: str) -> None:
+def test_add_binding_validation(d: DirectoryUnderTest, kwargs: dict[str, Any], message: str) -> None:
     """Check malformed registrar input raises ValueError naming the argument."""
     args: dict[str, Any] = {"aor": AOR, "contact": C1, "expires": 60, "now": 0.0,
                             "call_id": "c", "cseq": 1, "q": None}
@@ -259,7 +284,7 @@ def test_add_binding_validation(d: MemoryDirectory, kwargs: dict[str, Any], mess
     assert d.stats().bindings == 0
 
 
-def test_remove_all_validation(d: MemoryDirectory) -> None:
+def test_remove_all_validation(d: DirectoryUnderTest) -> None:
     """Check remove_all validates Call-ID, CSeq and now."""
     with pytest.raises(ValueError, match="^call_id must be a non-empty string, not ''$"):
         d.remove_all(AOR, "", 1)
@@ -272,7 +297,7 @@ def test_remove_all_validation(d: MemoryDirectory) -> None:
 # -- conference ownership -----------------------------------------------------
 
 
-def test_claim_conference(d: MemoryDirectory) -> None:
+def test_claim_conference(d: DirectoryUnderTest) -> None:
     """Check the first claim wins and a second claim gets the first owner back."""
     assert d.conference_owner("conf_1") is None
     assert d.claim_conference("conf_1", "node-a", "s1") == ("node-a", "s1")
@@ -283,9 +308,8 @@ def test_claim_conference(d: MemoryDirectory) -> None:
     assert d.conferences() == {"conf_1": ("node-a", "s1"), "conf_2": ("node-b", "s2")}
 
 
-async def test_racing_claims_see_one_owner() -> None:
+async def test_racing_claims_see_one_owner(d: DirectoryUnderTest) -> None:
     """Check concurrent claims from many coroutines all get the same owner."""
-    d = MemoryDirectory()
 
     async def claim(n: int) -> tuple[str, str]:
         await asyncio.sleep(0)  # a yield point, as a real session would have
@@ -295,7 +319,7 @@ async def test_racing_claims_see_one_owner() -> None:
     assert set(owners) == {("node-0", "s0")}
 
 
-def test_release_conference(d: MemoryDirectory) -> None:
+def test_release_conference(d: DirectoryUnderTest) -> None:
     """Check only the owning session releases, after which a new claim succeeds."""
     d.claim_conference("conf_1", "node-a", "s1")
     assert d.release_conference("conf_1", "s2") is False
@@ -306,7 +330,7 @@ def test_release_conference(d: MemoryDirectory) -> None:
     assert d.claim_conference("conf_1", "node-b", "s3") == ("node-b", "s3")
 
 
-def test_release_node(d: MemoryDirectory) -> None:
+def test_release_node(d: DirectoryUnderTest) -> None:
     """Check release_node frees every conference of a node and only those."""
     d.claim_conference("conf_b", "node-a", "s1")
     d.claim_conference("conf_a", "node-a", "s2")
@@ -316,7 +340,7 @@ def test_release_node(d: MemoryDirectory) -> None:
     assert d.conferences() == {"conf_c": ("node-b", "s3")}
 
 
-def test_claim_validation(d: MemoryDirectory) -> None:
+def test_claim_validation(d: DirectoryUnderTest) -> None:
     """Check empty names and ids are refused."""
     with pytest.raises(ValueError, match="^name must be a non-empty string, not ''$"):
         d.claim_conference("", "n", "s")
@@ -330,40 +354,46 @@ def test_claim_validation(d: MemoryDirectory) -> None:
 # -- rate limiting ------------------------------------------------------------
 
 
-def test_token_bucket_burst_then_refill(d: MemoryDirectory) -> None:
+# ``shared`` changes nothing in one process; a shared directory keeps that
+# bucket where every node sees it, with the same arithmetic.
+@pytest.mark.parametrize("shared", [False, True])
+def test_token_bucket_burst_then_refill(d: DirectoryUnderTest, shared: bool) -> None:
     """Check a bucket allows a burst, refuses beyond it, and refills at the rate."""
-    hits = [d.hit("ip:1", 0.0, rate=2.0, burst=3) for _ in range(4)]
+    hits = [d.hit("ip:1", 0.0, rate=2.0, burst=3, shared=shared) for _ in range(4)]
     assert hits == [True, True, True, False]
-    assert d.hit("ip:1", 0.25, rate=2.0, burst=3) is False  # half a token
-    assert d.hit("ip:1", 0.5, rate=2.0, burst=3) is True  # one token
-    assert d.hit("ip:1", 0.5, rate=2.0, burst=3) is False
+    assert d.hit("ip:1", 0.25, rate=2.0, burst=3, shared=shared) is False  # half a token
+    assert d.hit("ip:1", 0.5, rate=2.0, burst=3, shared=shared) is True  # one token
+    assert d.hit("ip:1", 0.5, rate=2.0, burst=3, shared=shared) is False
     # Refill is capped at the burst size.
-    assert [d.hit("ip:1", 100.0, rate=2.0, burst=3) for _ in range(4)] == [
+    assert [d.hit("ip:1", 100.0, rate=2.0, burst=3, shared=shared) for _ in range(4)] == [
         True, True, True, False,
     ]
 
 
-def test_refused_hits_take_nothing(d: MemoryDirectory) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_refused_hits_take_nothing(d: DirectoryUnderTest, shared: bool) -> None:
     """Check refused hits do not drain the bucket: partial tokens keep accruing."""
-    assert d.hit("k", 0.0, rate=1.0, burst=1) is True
-    assert d.hit("k", 0.4, rate=1.0, burst=1) is False
-    assert d.hit("k", 0.8, rate=1.0, burst=1) is False
-    assert d.hit("k", 1.0, rate=1.0, burst=1) is True
+    assert d.hit("k", 0.0, rate=1.0, burst=1, shared=shared) is True
+    assert d.hit("k", 0.4, rate=1.0, burst=1, shared=shared) is False
+    assert d.hit("k", 0.8, rate=1.0, burst=1, shared=shared) is False
+    assert d.hit("k", 1.0, rate=1.0, burst=1, shared=shared) is True
 
 
-def test_keys_are_independent(d: MemoryDirectory) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_keys_are_independent(d: DirectoryUnderTest, shared: bool) -> None:
     """Check each key has its own bucket."""
-    assert d.hit("a", 0.0, rate=1.0, burst=1) is True
-    assert d.hit("a", 0.0, rate=1.0, burst=1) is False
-    assert d.hit("b", 0.0, rate=1.0, burst=1) is True
+    assert d.hit("a", 0.0, rate=1.0, burst=1, shared=shared) is True
+    assert d.hit("a", 0.0, rate=1.0, burst=1, shared=shared) is False
+    assert d.hit("b", 0.0, rate=1.0, burst=1, shared=shared) is True
 
 
-def test_clock_going_back_adds_nothing(d: MemoryDirectory) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_clock_going_back_adds_nothing(d: DirectoryUnderTest, shared: bool) -> None:
     """Check a time earlier than the last hit counts as no time passed."""
-    assert d.hit("k", 10.0, rate=1.0, burst=1) is True
-    assert d.hit("k", 5.0, rate=1.0, burst=1) is False
-    assert d.hit("k", 10.5, rate=1.0, burst=1) is False
-    assert d.hit("k", 11.0, rate=1.0, burst=1) is True
+    assert d.hit("k", 10.0, rate=1.0, burst=1, shared=shared) is True
+    assert d.hit("k", 5.0, rate=1.0, burst=1, shared=shared) is False
+    assert d.hit("k", 10.5, rate=1.0, burst=1, shared=shared) is False
+    assert d.hit("k", 11.0, rate=1.0, burst=1, shared=shared) is True
 
 
 @pytest.mark.parametrize(
@@ -377,14 +407,15 @@ def test_clock_going_back_adds_nothing(d: MemoryDirectory) -> None:
         (1.0, 2.5, "burst must be a positive integer, not 2.5"),
     ],
 )
-def test_hit_validation(d: MemoryDirectory, rate: float, burst: Any, message: str) -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_hit_validation(d: DirectoryUnderTest, rate: float, burst: Any, message: str, shared: bool) -> None:
     """Check rate and burst are validated."""
     with pytest.raises(ValueError) as info:
-        d.hit("k", 0.0, rate=rate, burst=burst)
+        d.hit("k", 0.0, rate=rate, burst=burst, shared=shared)
     assert str(info.value) == message
 
 
-def test_prune_drops_only_refilled_buckets(d: MemoryDirectory) -> None:
+def test_prune_drops_only_refilled_buckets(d: DirectoryUnderTest) -> None:
     """Check prune forgets buckets that are full again and keeps the others."""
     d.hit("slow", 0.0, rate=0.1, burst=5)  # full again at 10 s
     d.hit("fast", 0.0, rate=10.0, burst=5)  # full again at 0.1 s
@@ -437,7 +468,7 @@ def test_eviction_is_least_recently_hit() -> None:
 # -- bans ---------------------------------------------------------------------
 
 
-def test_ban_and_expiry(d: MemoryDirectory) -> None:
+def test_ban_and_expiry(d: DirectoryUnderTest) -> None:
     """Check a ban holds until its end, exclusive, and is then forgotten."""
     assert d.is_banned("ip:1", 0.0) is False
     d.ban("ip:1", 60.0)
@@ -447,7 +478,7 @@ def test_ban_and_expiry(d: MemoryDirectory) -> None:
     assert d.stats().bans == 0
 
 
-def test_ban_keeps_the_longer_one(d: MemoryDirectory) -> None:
+def test_ban_keeps_the_longer_one(d: DirectoryUnderTest) -> None:
     """Check a shorter ban does not cut a longer one, and a longer one extends it."""
     d.ban("ip:1", 100.0)
     d.ban("ip:1", 50.0)
@@ -457,7 +488,7 @@ def test_ban_keeps_the_longer_one(d: MemoryDirectory) -> None:
     assert d.stats().bans == 1
 
 
-def test_unban(d: MemoryDirectory) -> None:
+def test_unban(d: DirectoryUnderTest) -> None:
     """Check unban lifts a ban and reports whether there was one."""
     d.ban("ip:1", 100.0)
     assert d.unban("ip:1") is True
@@ -474,7 +505,7 @@ def test_ban_cap_evicts_oldest() -> None:
     assert [d.is_banned(f"ip:{i}", 0.0) for i in range(10)] == [False] * 7 + [True] * 3
 
 
-def test_ban_validation(d: MemoryDirectory) -> None:
+def test_ban_validation(d: DirectoryUnderTest) -> None:
     """Check the end of a ban must be a finite number."""
     with pytest.raises(ValueError, match="^until must be a finite number, not nan$"):
         d.ban("k", math.nan)
@@ -483,7 +514,7 @@ def test_ban_validation(d: MemoryDirectory) -> None:
 # -- housekeeping -------------------------------------------------------------
 
 
-def test_prune_covers_everything(d: MemoryDirectory) -> None:
+def test_prune_covers_everything(d: DirectoryUnderTest) -> None:
     """Check prune drops refilled buckets, lapsed bans and lapsed bindings, and counts them."""
     d.hit("k", 0.0, rate=1.0, burst=1)
     d.ban("b1", 5.0)
@@ -500,12 +531,12 @@ def test_prune_covers_everything(d: MemoryDirectory) -> None:
         d.prune(None)  # type: ignore[arg-type]
 
 
-def test_login_guard_backoff_doubles_to_the_cap_and_forgets() -> None:
+def test_login_guard_backoff_doubles_to_the_cap_and_forgets(d: DirectoryUnderTest) -> None:
     """Check the first four failures of an account cost nothing, the fifth
     locks it 1 s, each further one doubles the lockout up to the 300 s cap,
     a success clears the account's count, and the count is forgotten after
     ``forget`` seconds without failure."""
-    guard = LoginGuard(MemoryDirectory(), LoginBackoff())
+    guard = LoginGuard(d, LoginBackoff())
     now = 0.0
     locks = [guard.failed("Alice", None, now) for _ in range(4)]
     assert locks == [0.0] * 4 and guard.refusal("alice", None, now) is None
