@@ -43,7 +43,9 @@ from engine.state.directory import (
 from engine.state.redis_directory import RedisDirectory, redacted_url
 
 from .conftest import EngineFactory, PeerFactory
-from .test_registrar import PASSWORD, Registration
+from .sip_peer import request
+from .test_registrar import DIAL_USER, PASSWORD, Registration, answer_as_phone
+from .test_registrar import RULES as DIAL_RULES
 from .test_cli import callbridge, write_app
 
 AOR = "sip:alice@example.com"
@@ -572,3 +574,29 @@ async def test_a_register_while_redis_is_down_gets_503(make_engine: EngineFactor
                 break
             await asyncio.sleep(1.0)
         assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
+
+
+async def test_a_phone_registered_with_one_node_is_called_from_the_other(
+        make_engine: EngineFactory, peers: PeerFactory, redis_server: RedisServer) -> None:
+    """Check two engines on one Redis: a phone registers with engine A, and a
+    scenario on engine B calls it (``VoxEngine.call_user``): B finds A's
+    binding, the phone gets B's INVITE from B's SIP port, and the call
+    connects and ends with B's BYE."""
+    redis_server.flush()
+    a = await make_engine(DIAL_RULES, {"dial_user": DIAL_USER}, directory_url=redis_server.url)
+    b = await make_engine(DIAL_RULES, {"dial_user": DIAL_USER}, directory_url=redis_server.url)
+    for engine in (a, b):
+        assert engine.store is not None
+        engine.store.create_user("alice", PASSWORD, sip=True)
+    phone = await peers.udp(a)
+    assert (await Registration(phone, a).register([f"<sip:alice@127.0.0.1:{phone.local[1]}>"])).status == 200
+    assert not b.ua.calls
+    trigger = await peers.udp(b)
+    trigger.send(request("MESSAGE", f"sip:dial@127.0.0.1:{b.ua.port}", local=trigger.local,
+                         body=b"alice", content_type="text/plain"))
+    assert (await trigger.expect()).status == 200
+    invite = await answer_as_phone(phone, b)
+    assert invite.uri_text == f"sip:alice@127.0.0.1:{phone.local[1]}"
+    assert phone.sources[-1] == ("127.0.0.1", b.ua.port)
+    logs = await wait_for_log(b, "ended Disconnected 200")
+    assert "connected" in logs
