@@ -4,13 +4,18 @@ complete (the engine's BYE goes back to sipp through the proxy); each node
 judges a call by the caller's address, which Kamailio stamped on the
 caller's Via, not by the proxy's: a rule open to 127.0.0.2 only answers
 sipp bound to 127.0.0.2 and refuses sipp bound to 127.0.0.3, though both
-reach the nodes from the proxy's 127.0.0.1. And the proxy relays nobody's
-requests to elsewhere but the nodes'."""
+reach the nodes from the proxy's 127.0.0.1. The proxy relays nobody's
+requests to elsewhere but the nodes'. And with the nodes on one Redis
+(``--directory``), a phone registered through the proxy with one node is
+called by both."""
 
 from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 from urllib.request import urlopen
@@ -101,3 +106,154 @@ def test_the_proxy_relays_no_strangers_request_elsewhere(
     finally:
         victim.close()
         me.close()
+
+
+DIAL_USER = '''
+"""On a MESSAGE to 'dial': call the registered user named in its text, hang
+up once connected."""
+from engine.runtime.scenario import AppEvents, CallEvents, Logger, VoxEngine
+
+
+def on_message(e):
+    out = VoxEngine.call_user(e.text, callerid="5550100")
+
+    def connected(ev):
+        Logger.write("connected")
+        out.hangup()
+
+    out.add_event_listener(CallEvents.Connected, connected)
+    out.add_event_listener(CallEvents.Disconnected, lambda ev: VoxEngine.terminate())
+    out.add_event_listener(CallEvents.Failed, lambda ev: VoxEngine.terminate())
+
+
+VoxEngine.add_event_listener(AppEvents.MessageReceived, on_message)
+'''
+
+
+class Phone:
+    """A SIP phone on 127.0.0.2 behind the proxy: registers through it and
+    answers every INVITE (200 with SDP), and every BYE."""
+
+    def __init__(self, front: KamailioFront) -> None:
+        self.front = front
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.2", 0))
+        self.sock.settimeout(5.0)
+        self.port = self.sock.getsockname()[1]
+        self.invites: list[str] = []
+
+    def register(self, password: str) -> int:
+        from engine.sip.auth import ClientAuthSession
+        from engine.sip.parser import parse_message
+
+        uri = f"sip:127.0.0.1:{self.front.port}"
+        auth = ClientAuthSession("alice", password)
+        authorization = None
+        for cseq in (1, 2):
+            lines = [f"REGISTER {uri} SIP/2.0",
+                     f"Via: SIP/2.0/UDP 127.0.0.2:{self.port};branch=z9hG4bKreg{cseq};rport",
+                     "From: <sip:alice@127.0.0.1>;tag=ph1", "To: <sip:alice@127.0.0.1>",
+                     "Call-ID: phone-registration-1", f"CSeq: {cseq} REGISTER",
+                     f"Contact: <sip:alice@127.0.0.2:{self.port}>", "Expires: 600", "Max-Forwards: 70"]
+            if authorization:
+                lines.append(f"Authorization: {authorization}")
+            self.sock.sendto(("\r\n".join(lines + ["Content-Length: 0", "", ""])).encode(),
+                             ("127.0.0.1", self.front.port))
+            answer = parse_message(self.sock.recv(65535))
+            if answer.status != 401:
+                return int(answer.status)
+            challenge = auth.on_challenge(answer.headers.get_all("WWW-Authenticate"))
+            authorization = auth.authorize(challenge.realm, method="REGISTER", uri=uri).to_header()
+        return 401
+
+    def answer_calls(self, calls: int, seconds: float) -> None:
+        """Answer INVITEs and BYEs until ``calls`` calls were answered and
+        hung up, or ``seconds`` passed."""
+        from engine.sip.message import SipRequest
+        from engine.sip.parser import parse_message
+        deadline = time.monotonic() + seconds
+        byes = 0
+        while byes < calls and time.monotonic() < deadline:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            msg = parse_message(data)
+            if not isinstance(msg, SipRequest):
+                continue
+            if msg.method == "INVITE":
+                self.invites.append(msg.call_id)
+                ok = msg.create_response(200, to_tag="ph" + msg.call_id[-6:])
+                ok.headers.add("Contact", f"<sip:alice@127.0.0.2:{self.port}>")
+                ok.headers.add("Content-Type", "application/sdp")
+                ok.body = (f"v=0\r\no=ph 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+                           f"m=audio {self.port + 2 if self.port < 65000 else 40000} RTP/AVP 0\r\n"
+                           "a=rtpmap:0 PCMU/8000\r\n").encode()
+                self.sock.sendto(ok.to_bytes(), source)
+            elif msg.method == "BYE":
+                self.sock.sendto(msg.create_response(200).to_bytes(), source)
+                byes += 1
+
+
+def test_a_phone_registered_through_the_proxy_is_called_from_both_nodes(tmp_path: Path) -> None:
+    """Two nodes on one Redis behind Kamailio: a phone registers through the
+    proxy (with one node, by its Call-ID); MESSAGEs through the proxy, hashed
+    to both nodes, each make a node call the phone (``call_user``); every
+    call reaches the phone through the proxy, connects and is hung up, and
+    both nodes placed some."""
+    from redis_server import RedisServer
+
+    require_tool("kamailio")
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "dial_user.py").write_text(DIAL_USER)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text('rules:\n  - {name: Dial, pattern: "dial", scenarios: [dial_user]}\n')
+    password = "s3cret-phone-pw"
+    nodes: list[ServeProcess] = []
+    front: KamailioFront | None = None
+    phone: Phone | None = None
+    metrics = free_ports(2)
+    with RedisServer() as redis:
+        try:
+            for i, mport in enumerate(metrics):
+                workdir = tmp_path / f"node{i}"
+                workdir.mkdir()
+                made = subprocess.run([sys.executable, "-m", "engine", "users", "create", "alice", "--sip",
+                                       "--password-stdin", "--data-dir", str(workdir / "data")],
+                                      input=password + "\n", text=True, capture_output=True, cwd=ROOT)
+                assert made.returncode == 0, made.stderr
+                node = ServeProcess(workdir, ["--rules", str(rules), "--scenarios", str(scenarios),
+                                              "--sip-proxies", "127.0.0.1", "--directory", redis.url,
+                                              "--metrics-listen", f"127.0.0.1:{mport}",
+                                              "--rtp-ports", f"{34000 + i * 2000}-{35999 + i * 2000}"])
+                node.wait_healthy(20)
+                nodes.append(node)
+            front = KamailioFront(tmp_path / "kamailio", "127.0.0.1", free_port(),
+                                  [("127.0.0.1", n.sip_port) for n in nodes])
+            phone = Phone(front)
+            assert phone.register(password) == 200
+            trigger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            trigger.bind(("127.0.0.3", 0))
+            tport = trigger.getsockname()[1]
+            for n in range(12):
+                trigger.sendto((f"MESSAGE sip:dial@127.0.0.1:{front.port} SIP/2.0\r\n"
+                                f"Via: SIP/2.0/UDP 127.0.0.3:{tport};branch=z9hG4bKmsg{n};rport\r\n"
+                                f"From: <sip:trigger@127.0.0.3>;tag=t{n}\r\nTo: <sip:dial@127.0.0.1>\r\n"
+                                f"Call-ID: dial-trigger-{n}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+                                "Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nalice").encode(),
+                               ("127.0.0.1", front.port))
+            phone.answer_calls(12, 30.0)
+            trigger.close()
+            assert len(phone.invites) == 12, phone.invites
+            placed = [started_calls(port) for port in metrics]
+            assert sum(placed) == 12 and min(placed) >= 1, placed  # both nodes called the phone
+            logs = "".join(n.log_path.read_text(errors="replace") for n in nodes)
+            assert logs.count('msg="state CONNECTED"') == 12, logs[-3000:]
+        finally:
+            if phone is not None:
+                phone.sock.close()
+            if front is not None:
+                front.stop()
+            for node in nodes:
+                node.stop()
