@@ -4,7 +4,7 @@
 The web client's call carries ``X-Conference-Id``. A room admits it with
 a join token for that room (its login) or with the room's PIN in
 ``X-Conference-Pin``; otherwise it is refused 403 with ``X-Reason:
-pin_required`` (``wrong_pin``, ``too_many_attempts``, ``pin_locked``,
+pin_required`` (``wrong_pin``, ``too_many_attempts``, ``pin_locked``, ``unavailable``,
 ``wrong_room``). While the conference
 session answers, the caller hears hold music as early media; then the call
 is answered and bridged to the conference with ``X-ClientType: web``, and

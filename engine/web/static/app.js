@@ -328,6 +328,7 @@ const REFUSALS = {
   wrong_pin: "That PIN is not valid.",
   too_many_attempts: "Too many attempts. Please try again later.",
   pin_locked: "This conference's PIN is locked for now. Please try again later.",
+  unavailable: "PIN entry is not available right now. Please try again later.",
   wrong_room: "Your invitation is for another conference.",
   room_locked: "This conference is locked: a moderator has closed it to newcomers.",
   room_full: "This conference is full.",
