@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +73,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from serve_process import free_port  # noqa: E402
+from serve_process import free_port, stop_process  # noqa: E402
 from kamailio_front import KamailioFront  # noqa: E402
 from sipp_load import answer_hangup_sipp, run_sipp_load, serve_answer_hangup, sipp_binary  # noqa: E402
 
@@ -245,7 +244,7 @@ def phase_probe(args: argparse.Namespace, workdir: Path, results: Figures) -> Fi
         if proc.poll() is not None:
             raise SystemExit(f"uas_probe exited: {(workdir / 'probe.log').read_text()[-2000:]}")
     finally:
-        terminate(proc)
+        stop_process(proc)
     return report_ceiling("probe", best, args)
 
 
@@ -271,7 +270,7 @@ def phase_kamailio(args: argparse.Namespace, workdir: Path, results: Figures) ->
             raise SystemExit(f"kamailio exited: {(workdir / 'kamailio.log').read_text()[-2000:]}")
         best = search_ceiling("kamailio", port, args, workdir, results)
     finally:
-        terminate(proc)
+        stop_process(proc)
     return report_ceiling("kamailio", best, args)
 
 
@@ -289,14 +288,6 @@ def report_ceiling(label: str, best: int, args: argparse.Namespace) -> Figures:
     return {f"{label}_cps": figure(best, "calls/s", "higher")}
 
 
-def terminate(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def best_callbridge(results: Figures) -> int:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from serve_process import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "kamailio" / "dispatcher.cfg"
 
@@ -83,11 +85,5 @@ class KamailioFront:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["ROOT", "ServeProcess", "free_port", "rss_kb"]
+__all__ = ["ROOT", "ServeProcess", "free_port", "rss_kb", "stop_process"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,6 +61,18 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> int | None:
+    """SIGTERM, then SIGKILL after 10 s; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class ServeProcess:
@@ -114,12 +127,6 @@ class ServeProcess:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 10 s; return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc)
         self._log.close()
-        return self.proc.returncode
+        return code
