@@ -15,7 +15,8 @@ sending one 172-byte RTP packet per leg every 20 ms:
    conferences of varied size (one of ``--big`` parties, the rest
    ``--sizes`` at random) of one real :class:`~engine.calls.conference.MediaGraph`
    (its :class:`~engine.media.bridge.Bridge` mixing) ticked by the engine's :class:`~engine.media.clock.MediaClock`
-   under uvloop, as ``callbridge serve`` runs it.
+   under uvloop, as ``callbridge serve`` runs it (frames paced onto the
+   grid by :class:`~engine.transport.rtp_pace.TickPacer`, serve's default).
 
 The generator sends each leg a tone of its own (µ-law), reads what comes
 back with the kernel's receive timestamp (``SO_TIMESTAMPNS``, so its own
@@ -40,7 +41,8 @@ phone that offers it): with ``--idle``, what nobody speaking costs then.
 
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
 [--sizes 3-10] [--only echo|engine] [--profile] [--metrics]
-[--idle silence|nothing] [--silence-suppression] [--send-workers N]``
+[--idle silence|nothing] [--silence-suppression] [--send-workers N]
+[--media-pacing on|off]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
 stops after ``--warmup + --seconds`` and every process is joined with a
 timeout.
@@ -365,13 +367,14 @@ def _proc_cpu(pid: int) -> float:
 
 
 def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False, dtx: bool = False,
-                  send_workers: int = 0, pin_after: int | None = None) -> None:
+                  send_workers: int = 0, pin_after: int | None = None, pacing: bool = True) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
     (``metrics``: with the engine's Prometheus figures scraped every second;
     ``dtx``: with silence suppression, CN negotiated; ``send_workers``: that
     many RTP send workers, as ``--media-send-workers``, whose CPU is counted
     with the engine's; ``pin_after``: as ``--rtp-pin-after``, the engine's
-    default when ``None``)."""
+    default when ``None``; ``pacing``: as ``--media-pacing``, frames held
+    and sent at their tick's due time when there are no send workers)."""
     _install_uvloop()
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -386,12 +389,18 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         workers = SendWorkers(send_workers)
         workers.start()
 
+    pacer = None
+    if pacing and workers is None:
+        from engine.transport.rtp_pace import TickPacer
+
+        pacer = TickPacer()
+
     def cpu() -> float:
         return _cpu() + (sum(_proc_cpu(pid) for pid in workers.pids) if workers is not None else 0.0)
 
     async def main() -> dict[str, Any]:
         clock = MediaClock()
-        clock.dispatch = workers
+        clock.dispatch = workers if workers is not None else pacer
         tmp = tempfile.mkdtemp(prefix="bench-media-")
         graph = MediaGraph(clock, recordings_dir=tmp, silence_suppression=dtx)
         sessions, _ = bench_legs(plan, pairs, client_ports, clock, graph, rtcp=metrics, cn=dtx, pin_after=pin_after)
@@ -480,6 +489,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         result["send_workers"] = {"lead_ms": workers.lead * 1000, "fallbacks": workers.fallbacks,
                                   "restarts": workers.restarts, "packets": workers.packets}
         workers.stop()
+    if pacer is not None:
+        result["pacer"] = {"lead_ms": pacer.lead * 1000, "overruns": pacer.overruns, "ticks": pacer.ticks}
     result["mix_alone"] = mix_alone([3, 10, 100], MediaGraph)
     for p in pairs:
         p.close()
@@ -652,6 +663,9 @@ def main() -> int:
                         help="nobody speaks: the generator sends µ-law silence, or no packets at all")
     parser.add_argument("--send-workers", type=int, default=0,
                         help="RTP send workers, as serve's --media-send-workers (their CPU counts as the engine's)")
+    parser.add_argument("--media-pacing", choices=("on", "off"), default="on",
+                        help="as serve's --media-pacing: without send workers, each tick's datagrams are held "
+                             "and sent at its due time (engine.transport.rtp_pace)")
     parser.add_argument("--silence-suppression", action="store_true",
                         help="the graph suppresses silence (engine.media.dtx), CN negotiated on every leg")
     parser.add_argument("--rtp-pin-after", type=int, default=None,
@@ -685,7 +699,8 @@ def main() -> int:
         return 0
 
     sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
-                                           args.send_workers, args.rtp_pin_after), plan, args.warmup, args.seconds,
+                                           args.send_workers, args.rtp_pin_after,
+                                           args.media_pacing == "on"), plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
     wall = sres["wall"]
     core = sres["cpu"] / wall
@@ -709,6 +724,12 @@ def main() -> int:
         print(f"  send workers: {args.send_workers}, lead {sw['lead_ms']:.2f} ms at the end, "
               f"{sw['packets']:,} packets through them, {sw['fallbacks']} ticks sent by the engine, "
               f"{sw['restarts']} restarts")
+    if "pacer" in sres:
+        pc = sres["pacer"]
+        print(f"  paced: frames held and sent at each tick's due time, lead {pc['lead_ms']:.2f} ms at the end, "
+              f"{pc['overruns']} of {pc['ticks']:,} ticks ready only after their due time")
+    else:
+        print("  not paced: each frame sent as it was made (--media-pacing off or send workers)")
     if args.idle:
         dtx = (f", silence suppressed ({sres['dormant_ticks']:,} ticks dormant)" if args.silence_suppression
                else "")
@@ -794,10 +815,11 @@ def main() -> int:
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
     # a run with send workers is its own bench for --compare (its figures are another configuration's)
-    save("media" if not args.send_workers else f"media_send_workers_{args.send_workers}",
+    save(f"media_send_workers_{args.send_workers}" if args.send_workers
+         else "media" if args.media_pacing == "on" else "media_pacing_off",
          {k: v for k, v in figs.items() if math.isfinite(v["value"])},
          {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes,
-          "send_workers": args.send_workers})
+          "send_workers": args.send_workers, "media_pacing": args.media_pacing})
     return 0
 
 

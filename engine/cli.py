@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-send-workers", type=int, default=int(_env("MEDIA_SEND_WORKERS", 0)),
                        help="processes that send conference audio at each 20 ms tick's due time, using "
                             "another core (0: the event loop sends it)")
+    serve.add_argument("--media-pacing", choices=("on", "off"), default=_env("MEDIA_PACING", "on"),
+                       help="prepare each 20 ms tick's audio a little early and send it at the tick's due time "
+                            "(without send workers); off: send each frame as it is made")
     serve.add_argument("--max-tcp-per-source", type=int, default=int(_env("MAX_TCP_PER_SOURCE", 20)),
                        help="most SIP TCP connections one source address may hold")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", 5000)),
@@ -369,7 +372,7 @@ def _config_from(args: argparse.Namespace) -> Any:
         trunk_ca=args.trunk_ca, trunk_client_cert=args.trunk_client_cert,
         trunk_client_key=args.trunk_client_key,
         metrics_listen=args.metrics_listen or None, media_send_workers=args.media_send_workers,
-        directory_url=args.directory or None,
+        media_pacing=args.media_pacing == "on", directory_url=args.directory or None,
     )
 
 

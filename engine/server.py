@@ -44,6 +44,7 @@ from engine.transport.audio_fetch import AudioLoader
 from engine.media.clock import MediaClock
 from engine.calls.conference import Conference, MediaGraph
 from engine.calls.recording import Recording
+from engine.transport.rtp_pace import TickPacer
 from engine.transport.rtp_send import SendWorkers
 from engine.transport.rtp_socket import RtpPortAllocator
 from engine.transport.sip_endpoint import Peer, SecurityPolicy, request_source
@@ -111,6 +112,10 @@ class EngineConfig:
     #: RTP send workers (engine.transport.rtp_send): processes that send the
     #: media clock's frames at their due time; 0: the event loop sends them.
     media_send_workers: int = 0
+    #: Without send workers: hold each tick's datagrams and send them at its
+    #: due time from the event loop (engine.transport.rtp_pace); False: each
+    #: frame leaves as it is made.
+    media_pacing: bool = True
     realm: str = "callbridge"
     policy: SecurityPolicy = field(default_factory=SecurityPolicy)
     timers: Timers = field(default_factory=Timers)
@@ -344,6 +349,8 @@ class Engine:
         self.media_clock = MediaClock()
         #: The RTP send workers, when ``media_send_workers`` asks for them.
         self.send_workers: SendWorkers | None = None
+        #: What sends the clock's frames at their due time without workers (``media_pacing``).
+        self.pacer: TickPacer | None = None
         try:
             provider = make_tts_provider(config.tts_provider)
         except ValueError as exc:
@@ -487,6 +494,9 @@ class Engine:
             self.send_workers.start()
             self.media_clock.dispatch = self.send_workers
             self._started.append("send_workers")
+        elif cfg.media_pacing:
+            self.media_clock.dispatch = self.pacer = TickPacer()
+            self._started.append("pacer")
         add_ice_host_addresses(cfg.webrtc_hosts)
         app = create_app(self, connections)
         self.http_runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -679,6 +689,9 @@ class Engine:
                 elif part == "send_workers" and self.send_workers is not None:
                     self.media_clock.dispatch = None
                     self.send_workers.stop()
+                elif part == "pacer" and self.pacer is not None:
+                    self.media_clock.dispatch = None
+                    self.pacer.stop()
                 elif part == "store" and self.store is not None:
                     self.store.close()
                 elif part == "directory" and self.shared_directory is not None:

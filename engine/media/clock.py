@@ -12,17 +12,19 @@ Ticks are drift-free: tick *n* is due at ``origin + n * interval`` on
 was blocked for longer than ``max_catch_up`` ticks the clock skips ahead
 instead of firing a burst (counted in :attr:`MediaClock.skipped`).
 
-With a :class:`TickDispatch` (the engine's RTP send workers,
+With a :class:`TickDispatch` (the engine's paced sending,
+:mod:`engine.transport.rtp_pace`, or its RTP send workers,
 :mod:`engine.transport.rtp_send`) a tick starts :attr:`TickDispatch.lead`
 seconds before it is due: the sinks prepare their frames then, the
-dispatch collects the datagrams, and they leave at the due time from the
-workers. The grid is kept on ``time.monotonic`` (the workers' clock; uvloop's
+dispatch collects the datagrams, and they leave at the due time, from the
+event loop or from the workers. The grid is kept on ``time.monotonic`` (the workers' clock; uvloop's
 ``loop.time()`` counts whole milliseconds); sinks are still given
 ``loop.time()``.
 
 A tick starts from its timer or, with a dispatch and the loop busy reading
 RTP, from the reader that notices it is due (:func:`run_due`), whichever
-comes first.
+comes first; datagrams the dispatch holds in this process
+(:attr:`TickDispatch.held_until`) leave the same way.
 
 For measuring (``bench/media.py``): :attr:`MediaClock.origin` is the
 ``time.monotonic`` of tick 0 of the running grid, and setting :attr:`MediaClock.lateness`
@@ -39,7 +41,7 @@ from typing import Protocol
 
 from engine.media.pcm import FRAME_SECONDS
 
-__all__ = ["ClockSink", "MediaClock", "TICK", "TickDispatch", "next_tick_at", "run_due"]
+__all__ = ["ClockSink", "MediaClock", "TICK", "TickDispatch", "next_tick_at", "refresh_due", "run_due"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ class TickDispatch(Protocol):
 
     #: Seconds ahead of its due time a tick starts.
     lead: float
+    #: ``time.monotonic`` when datagrams it holds in this process are due
+    #: (``inf``: none held; then :meth:`release` is never called).
+    held_until: float
 
     def begin(self, planned: float) -> None:
         """A tick starts (``planned``: when it was meant to, ``time.monotonic``)."""
@@ -65,6 +70,10 @@ class TickDispatch(Protocol):
 
     def end(self, due: float) -> None:
         """The tick's frames are ready: send them at ``due`` (``time.monotonic``)."""
+        ...
+
+    def release(self) -> None:
+        """Send the datagrams held until :attr:`held_until` now."""
         ...
 
 
@@ -211,7 +220,17 @@ def _eager(clock: MediaClock) -> bool:
 
 
 def _refresh_next() -> None:
-    next_tick_at[0] = min((c.next_at for c in _running if _eager(c)), default=_INF)
+    due = _INF
+    for c in _running:
+        dispatch = c.dispatch
+        if dispatch is not None and dispatch.lead > 0.0:  # _eager(c), inlined
+            due = min(due, c.next_at, dispatch.held_until)
+    next_tick_at[0] = due
+
+
+def refresh_due() -> None:
+    """A dispatch's :attr:`TickDispatch.held_until` changed: readers look at the new time."""
+    _refresh_next()
 
 
 def run_due() -> None:
@@ -224,9 +243,10 @@ def run_due() -> None:
     when it has passed, so a tick starts at most one callback late.
 
     Only clocks whose :attr:`MediaClock.dispatch` has a lead start this way
-    (send workers that run: given up, their lead is 0): their tick only
-    prepares a batch, which the workers send at the due time, so a tick on
-    time is worth a reader's wait. A clock that sends as it
+    (the pacer, or send workers that run: given up, their lead is 0): their
+    tick only prepares a batch, which is sent at the due time, so a tick on
+    time is worth a reader's wait. Datagrams a dispatch holds past their
+    due time (:attr:`TickDispatch.held_until`) are released here first. A clock that sends as it
     ticks keeps to its timer, which runs after the ready readers: on a loop
     near saturation a tick started ahead of them would delay the rest of
     the read past the next pull (measured with ``bench/media.py --legs
@@ -241,6 +261,9 @@ def run_due() -> None:
             if clock._loop is None or clock._loop.is_closed():
                 clock._halt()
             continue
+        dispatch = clock.dispatch
+        if dispatch is not None and dispatch.held_until <= now:
+            dispatch.release()
         if clock.next_at <= now and _eager(clock):
             clock.ticks_inline += 1
             clock._fire()

@@ -251,6 +251,8 @@ class SendWorkers:
         self.max_lead = max_lead
         #: How far ahead of its due time the clock starts a tick (seconds).
         self.lead = 0.002
+        #: Nothing is held in this process (the workers hold the batches).
+        self.held_until = float("inf")
         self._peak = 0.0
         self._workers: list[_Worker] = []
         self._next_slot = 0
@@ -388,6 +390,9 @@ class SendWorkers:
         self.lead = min(self.max_lead, self._peak + 0.001)
         if self.batches % SWEEP_EVERY == 0:
             self._sweep()
+
+    def release(self) -> None:
+        """Nothing to do: the workers send the batches at their due time."""
 
     def _ship(self, w: _Worker, *, last: bool, due: float) -> str:
         """Send the chunk in ``w.batch``: ``"sent"``, ``"full"`` (the worker

@@ -48,6 +48,8 @@ from prometheus_client.registry import Collector
 from engine.calls.call import Call
 from engine.media import rtcp_session, srtp
 from engine.security_log import EVENT_COUNTS
+from engine.transport.rtp_pace import TickPacer
+from engine.transport.rtp_send import SendWorkers
 from engine.web.api import _CHALLENGE, _credentials
 from engine.web.errors import ApiError
 
@@ -272,7 +274,17 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily("callbridge_media_clock_lateness_max_seconds",
                                 "Latest a tick fired since start", value=clock.max_lateness)
         yield GaugeMetricFamily("callbridge_media_clock_sinks", "Streams the clock ticks now", value=len(clock))
-        workers = clock.dispatch  # the RTP send workers (engine.transport.rtp_send), when started
+        dispatch = clock.dispatch
+        if isinstance(dispatch, TickPacer):  # frames sent at their due time by the loop
+            yield CounterMetricFamily("callbridge_media_paced_packets",
+                                      "RTP datagrams of the media clock held and sent at their tick's due time",
+                                      value=dispatch.packets)
+            yield CounterMetricFamily("callbridge_media_pace_overrun_ticks",
+                                      "Ticks whose frames were ready only after their due time",
+                                      value=dispatch.overruns)
+            yield GaugeMetricFamily("callbridge_media_pace_lead_seconds",
+                                    "How far ahead of its due time the clock prepares a tick", value=dispatch.lead)
+        workers = dispatch if isinstance(dispatch, SendWorkers) else None  # the RTP send workers, when started
         if workers is not None:
             yield CounterMetricFamily("callbridge_media_send_worker_packets",
                                       "RTP datagrams of the media clock sent by the send workers",

@@ -94,14 +94,16 @@ def _heard(phone: RtpPhone) -> dict[float, float]:
     return {f: tone_level(pcm, f) for f in FREQS}
 
 
-@pytest.mark.parametrize("send_workers", [0, 2])
-async def test_conference_tones(make_engine, send_workers: int) -> None:
+@pytest.mark.parametrize("send_workers, pacing", [(0, True), (0, False), (2, True)])
+async def test_conference_tones(make_engine, send_workers: int, pacing: bool) -> None:
     """Three callers in one conference: each hears both other callers' tones
     (amplitude above 1000 of the ~5000 sent) and not its own (below 100: the
     mix-minus removes it exactly); the conference reports joins and leaves.
-    With RTP send workers (``--media-send-workers 2``) the same, and the
-    conference's frames went through the workers."""
-    engine = await make_engine(RULES, {"door": DOOR, "room": ROOM}, media_send_workers=send_workers)
+    The same with the frames paced onto the grid (the default), sent as
+    made (``--media-pacing off``), and with RTP send workers
+    (``--media-send-workers 2``), where the frames went through the workers."""
+    engine = await make_engine(RULES, {"door": DOOR, "room": ROOM}, media_send_workers=send_workers,
+                               media_pacing=pacing)
     phones = await _phones(engine, "conf", FREQS)
     try:
         await wait_for_log(engine, "joined 3", timeout=5)
@@ -123,8 +125,14 @@ async def test_conference_tones(make_engine, send_workers: int) -> None:
         if send_workers:
             assert engine.send_workers is not None and len(engine.send_workers.pids) == send_workers
             assert engine.send_workers.packets > 100 and engine.send_workers.fallbacks == 0
+            assert engine.pacer is None
         else:
             assert engine.send_workers is None
+        if pacing and not send_workers:
+            assert engine.pacer is not None and engine.pacer.packets > 100
+            assert engine.media_clock.dispatch is engine.pacer
+        elif not send_workers:
+            assert engine.pacer is None and engine.media_clock.dispatch is None
     finally:
         await _close(phones)
 

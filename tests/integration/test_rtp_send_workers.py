@@ -279,6 +279,10 @@ class _Sink:
 
 class _Dispatch:
     lead = 0.004
+    held_until = float("inf")  # holds nothing in this process
+
+    def release(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self.events: list[object] = []

@@ -77,6 +77,10 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
 
     class Dispatch:  # send workers' stand-in: the clock then lets readers start its ticks
         lead = 0.001
+        held_until = float("inf")  # holds nothing in this process
+
+        def release(self) -> None:
+            pass
 
         def begin(self, planned: float) -> None:
             pass

@@ -216,6 +216,17 @@ def test_media_send_workers_default_flag_environment_and_bounds(monkeypatch: pyt
         assert str(info.value) == f"callbridge: --media-send-workers must be 0 (off) to 16, got {bad}"
 
 
+def test_media_pacing_on_by_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check frames are paced onto the grid by default, and --media-pacing off
+    or CALLBRIDGE_MEDIA_PACING=off sends each as it is made."""
+    monkeypatch.delenv("CALLBRIDGE_MEDIA_PACING", raising=False)
+    assert config([]).media_pacing is True
+    assert config(["--media-pacing", "off"]).media_pacing is False
+    monkeypatch.setenv("CALLBRIDGE_MEDIA_PACING", "off")
+    assert config([]).media_pacing is False
+    assert config(["--media-pacing", "on"]).media_pacing is True
+
+
 def test_silence_suppression_off_by_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check silence suppression is off by default (SIP trunks expect
     continuous RTP), and --silence-suppression or

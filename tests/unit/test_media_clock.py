@@ -27,6 +27,10 @@ class _Dispatch:
     """A send dispatch that sends nothing (the clock starts ticks early for it, by ``lead``)."""
 
     lead = 0.001
+    held_until = float("inf")  # holds nothing in this process
+
+    def release(self) -> None:
+        pass
 
     def begin(self, planned: float) -> None:
         pass
@@ -178,6 +182,11 @@ async def test_a_dispatch_that_fails_to_begin_does_not_stop_the_clock() -> None:
 
     class Flaky:
         lead = 0.0
+        held_until = float("inf")  # holds nothing in this process
+
+        def release(self) -> None:
+            pass
+
         ends = 0
 
         def begin(self, planned: float) -> None:

@@ -20,6 +20,7 @@ from engine.calls.call import Call, CallState, InternalCall
 from engine.calls.conference import MediaGraph
 from engine.media import rtcp_session
 from engine.media.clock import MediaClock
+from engine.transport.rtp_pace import TickPacer
 from engine.transport.rtp_send import SendWorkers
 from engine.media.rtcp_session import ClosedTotals, RtcpSession
 from engine.transport.overload import OverloadBounds, OverloadDetector
@@ -211,6 +212,19 @@ def test_send_workers() -> None:
     assert value(metrics, "callbridge_media_send_worker_lead_seconds") == 0.004
 
 
+def test_paced_sending() -> None:
+    """Check the pacer's figures, read from the clock's dispatch, and no send worker's."""
+    clock = MediaClock()
+    pacer = TickPacer()
+    pacer.packets, pacer.overruns, pacer.lead = 7000, 3, 0.006
+    clock.dispatch = pacer
+    metrics, _, _ = isolated(clock=clock)
+    assert value(metrics, "callbridge_media_paced_packets_total") == 7000
+    assert value(metrics, "callbridge_media_pace_overrun_ticks_total") == 3
+    assert value(metrics, "callbridge_media_pace_lead_seconds") == 0.006
+    assert value(metrics, "callbridge_media_send_worker_packets_total") == -1.0
+
+
 async def test_calls_are_counted_once_at_start_and_end() -> None:
     """Check a tracked call counts as started and live, then once as ended
     with its outcome, however often it is handed over or ends."""
@@ -303,22 +317,26 @@ def test_bad_metrics_listen_is_named(text: str, error: str) -> None:
 
 def test_readme_and_dashboard_name_only_real_metrics() -> None:
     """Check every metric the README's Metrics table and the Grafana
-    dashboard name is one the engine exposes, and the table lists them all."""
-    clock = MediaClock()
+    dashboard name is one the engine exposes (paced, or with send workers),
+    and the table lists them all."""
 
     @dataclass
     class Ua:
         calls: tuple[object, ...] = ()
         endpoint: Any = None
 
-    endpoint = type("Endpoint", (), {
-        "stats": {"received": 1, "overload_refused": 0, "overload_dropped": 0},
-        "overload": OverloadDetector(OverloadBounds()), "receive_drops": lambda self: 0})()
-    metrics, _, _ = isolated(runtime=Runtime(), ua=Ua(endpoint=endpoint), clock=clock,
-                             graph=MediaGraph(clock), webhooks=Webhooks())
-    text = metrics.render().decode()
-    families = {f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")}
-    exposed = {f"{name}_total" if f"# TYPE {name}_total counter" in text else name for name in families}
+    exposed: set[str] = set()
+    for dispatch in (TickPacer(), SendWorkers(1)):  # not started: only their counters are read
+        clock = MediaClock()
+        clock.dispatch = dispatch
+        endpoint = type("Endpoint", (), {
+            "stats": {"received": 1, "overload_refused": 0, "overload_dropped": 0},
+            "overload": OverloadDetector(OverloadBounds()), "receive_drops": lambda self: 0})()
+        metrics, _, _ = isolated(runtime=Runtime(), ua=Ua(endpoint=endpoint), clock=clock,
+                                 graph=MediaGraph(clock), webhooks=Webhooks())
+        text = metrics.render().decode()
+        families = {f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")}
+        exposed |= {f"{name}_total" if f"# TYPE {name}_total counter" in text else name for name in families}
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Metrics"):readme.index("## The CLI")]
     listed = set(re.findall(r"`(callbridge_[a-z_]+)`", table))
