@@ -97,11 +97,12 @@ case "$cmd" in
       "$VENV/bin/python" bench/sip_cps.py "$@"
     else
       # Everything issue 17 asks of one run: rates and ratios, the latency
-      # histogram, 1.5x overload, then media against the echo, then the
-      # same engine with two RTP send workers (--media-send-workers 2; saved as bench media_send_workers_2),
+      # histogram, 1.5x overload, then media against the echo and Janus's
+      # AudioBridge, then the same engine with two RTP send workers
+      # (--media-send-workers 2; saved as bench media_send_workers_2),
       # then each media path's cost per packet at 50 and 1,000 legs (bench/media_paths.py).
       "$VENV/bin/python" bench/sip_cps.py --latency --overload
-      "$VENV/bin/python" bench/media.py
+      "$VENV/bin/python" bench/media.py --janus
       "$VENV/bin/python" bench/media.py --send-workers 2
       "$VENV/bin/python" bench/media_paths.py --rtcp
     fi

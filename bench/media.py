@@ -40,7 +40,7 @@ suppression (:mod:`engine.media.dtx`) and each leg has CN negotiated (as a
 phone that offers it): with ``--idle``, what nobody speaking costs then.
 
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
-[--sizes 3-10] [--only echo|engine] [--profile] [--metrics]
+[--sizes 3-10] [--only echo|engine|janus] [--janus] [--profile] [--metrics]
 [--idle silence|nothing] [--silence-suppression] [--send-workers N]
 [--media-pacing on|off]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
@@ -140,22 +140,26 @@ def level(pcm: np.ndarray, freq: float) -> float:
 # -- the load generator ----------------------------------------------------------------
 
 
-def generator(conn: Connection, ports: list[int], plan: Plan, sample: list[int], record: bool,
+def generator(conn: Connection, plan: Plan, sample: list[int], record: bool,
               idle: str | None = None) -> None:
     """Send each leg its tone at 50 packets/s (``idle``: ``"silence"``, µ-law
     silence instead; ``"nothing"``, no packets); receive and timestamp what
-    comes back."""
+    comes back. Its ports go to the server first (Janus must know where to
+    send before it names its own ports), then it connects each leg's socket
+    to the server's port it is given."""
     socks = []
-    for port in ports:
+    for _ in plan.conf_of:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
-        s.connect(("127.0.0.1", port))
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
         if record:
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         socks.append(s)
     conn.send([s.getsockname()[1] for s in socks])
+    for s, port in zip(socks, conn.recv()):
+        s.connect(("127.0.0.1", port))
+    conn.send("connected")
     start, stop_send, stop_recv = conn.recv()
     cache: dict[tuple[float, float], list[bytes]] = {}
     for key in zip(plan.freq, plan.amp):
@@ -260,6 +264,7 @@ def _cpu() -> float:
 def echo_server(conn: Connection, legs: int) -> None:
     """The baseline: a bare uvloop DatagramProtocol echo per socket."""
     _install_uvloop()
+    conn.recv()  # the generator's ports (unused: echo answers the source)
     socks = []
     for _ in range(legs):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -267,7 +272,6 @@ def echo_server(conn: Connection, legs: int) -> None:
         s.setblocking(False)
         socks.append(s)
     conn.send([s.getsockname()[1] for s in socks])
-    conn.recv()  # the generator's ports (unused: echo answers the source)
     count = [0]
 
     class Echo(asyncio.DatagramProtocol):
@@ -304,7 +308,7 @@ def _scraped(text: bytes) -> dict[str, float]:
 
 def engine_ports(conn: Connection, plan: Plan) -> list[Any]:
     """The engine's RTP port pairs, one a leg; their ports go to the load
-    generator, which answers with its own (read them with ``conn.recv()``)."""
+    generator (whose own ports came first)."""
     from engine.transport.rtp_socket import RtpPortAllocator
 
     ports = RtpPortAllocator("127.0.0.1", 20000, 60000)
@@ -379,8 +383,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
 
-    pairs = engine_ports(conn, plan)
     client_ports = conn.recv()
+    pairs = engine_ports(conn, plan)
 
     workers = None
     if send_workers:
@@ -533,19 +537,22 @@ def run_phase(server: Any, server_args: tuple[Any, ...], plan: Plan, warmup: flo
     ctx = mp.get_context("spawn")
     s_conn, s_child = ctx.Pipe()
     g_conn, g_child = ctx.Pipe()
-    srv = ctx.Process(target=server, args=(s_child, *server_args), daemon=True)
-    srv.start()
-    gen = None
+    gen = ctx.Process(target=generator, args=(g_child, plan, sample, record, idle), daemon=True)
+    gen.start()
+    srv = None
     limit = warmup + seconds + 60
     try:
-        if not s_conn.poll(30):
-            raise SystemExit("server did not start")
-        ports = s_conn.recv()
-        gen = ctx.Process(target=generator, args=(g_child, ports, plan, sample, record, idle), daemon=True)
-        gen.start()
         if not g_conn.poll(30):
             raise SystemExit("generator did not start")
-        s_conn.send(g_conn.recv())
+        srv = ctx.Process(target=server, args=(s_child, *server_args), daemon=True)
+        srv.start()
+        s_conn.send(g_conn.recv())  # the generator's ports, then the server's back
+        if not s_conn.poll(120):
+            raise SystemExit("server did not start")
+        g_conn.send(s_conn.recv())
+        if not g_conn.poll(30):
+            raise SystemExit("generator did not connect")
+        g_conn.recv()
         if not s_conn.poll(30):
             raise SystemExit("server did not get ready")
         s_conn.recv()
@@ -645,6 +652,38 @@ def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]],
     return ok, len(heard), problems
 
 
+def janus_phase(plan: Plan, args: argparse.Namespace, echo: dict[str, Any] | None,
+                sample: list[int]) -> dict[str, Any]:
+    """The plan's conferences in Janus's AudioBridge (``bench/janus_bridge.py``),
+    driven by the same generator: Janus's CPU per packet, its jitter, and
+    the same mixing check. Returns the figures it printed."""
+    from janus_bridge import janus_server
+
+    legs = len(plan.conf_of)
+    sres, gres = run_phase(janus_server, (plan.conf_of, plan.sizes), plan, args.warmup, args.seconds, sample, True)
+    w0, w1 = sres["window"]
+    packets = legs * (w1 - w0) / TICK  # what the generator sent Janus in the window
+    us = sres["cpu"] / packets * 1e6
+    core = sres["cpu"] / sres["wall"]
+    sres["origin"] = w0  # Janus's own grid is unknown: only each stream's cadence is measured
+    _expected, missing, _late, cadence = frames_and_lateness(sres, gres)
+    last = {leg: [int(t) for t in gres["stamps"][leg][gres["arrivals"][leg] <= w1][-50:]] for leg in gres["heard"]}
+    ok, checked, problems = check_mixing(plan, gres["heard"], last)
+    print(f"janus  : {sres['version']}, AudioBridge, plain RTP PCMU: {legs} legs at {core * 100:.0f}% of a core = "
+          f"{us:.1f} us/packet (in + out), {sres['threads']:,} threads; generator sent {gres['sent']:,}, "
+          f"got back {sum(gres['got']):,}", flush=True)
+    print(f"  lateness vs each stream's own 20 ms cadence (jitter): p50 {pct(cadence * 1000, 50):.2f} / "
+          f"p99 {pct(cadence * 1000, 99):.2f} ms; frames missing in the window {missing:,}")
+    print(f"  mixing is real: {ok} of {checked} sampled legs hear every other member's tone and not their own")
+    for p in problems[:5]:
+        print(f"    {p}")
+    if echo is not None:
+        e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
+        print(f"  janus vs echo: CPU per packet {us / e_us:.2f}x ({us:.1f} vs {e_us:.1f} us)", flush=True)
+    return {"us_per_packet": us, "core": core, "p99_cadence_ms": pct(cadence * 1000, 99), "mixing_ok": ok,
+            "mixing_checked": checked}
+
+
 def pct(a: Any, q: float) -> float:
     return float(np.percentile(np.asarray(a), q)) if len(a) else float("nan")
 
@@ -657,7 +696,9 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=100, help="size of the one big conference (0: none)")
     parser.add_argument("--sizes", default="3-10", help="sizes of the other conferences, LO-HI")
     parser.add_argument("--sample", type=int, default=24, help="legs whose audio is checked for the tones")
-    parser.add_argument("--only", choices=("echo", "engine"))
+    parser.add_argument("--only", choices=("echo", "engine", "janus"))
+    parser.add_argument("--janus", action="store_true",
+                        help="add a phase: the same conferences in Janus's AudioBridge (bench/janus_bridge.py)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine during the window")
     parser.add_argument("--idle", choices=("silence", "nothing"),
                         help="nobody speaks: the generator sends µ-law silence, or no packets at all")
@@ -695,7 +736,10 @@ def main() -> int:
         print(f"echo   : {pps:,.0f} packets/s in (and out) at {core * 100:.0f}% of a core = "
               f"{us:.1f} us/packet; ceiling {1e6 / us:,.0f} packets/s a core "
               f"(generator sent {gres['sent']:,}, got back {sum(gres['got']):,})", flush=True)
-    if args.only == "echo":
+    janus = None
+    if args.janus or args.only == "janus":
+        janus = janus_phase(plan, args, echo, sample)
+    if args.only in ("echo", "janus"):
         return 0
 
     sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
@@ -814,6 +858,9 @@ def main() -> int:
         e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
+    if janus is not None:
+        figs["janus_us_per_packet"] = figure(janus["us_per_packet"], "us", "lower")
+        figs["ratio_engine_janus_us_per_packet"] = figure(us_pkt / janus["us_per_packet"], "x", "lower")
     # a run with send workers is its own bench for --compare (its figures are another configuration's)
     save(f"media_send_workers_{args.send_workers}" if args.send_workers
          else "media" if args.media_pacing == "on" else "media_pacing_off",
