@@ -491,6 +491,8 @@ class Engine:
         self._started.append("sip")
         if cfg.media_send_workers:
             self.send_workers = SendWorkers(cfg.media_send_workers)
+            if cfg.media_pacing:
+                self.send_workers.on_give_up = self._pace_instead_of_workers
             self.send_workers.start()
             self.media_clock.dispatch = self.send_workers
             self._started.append("send_workers")
@@ -659,6 +661,13 @@ class Engine:
             "rooms": [c[len("conf_"):] for c in conferences if c.startswith("conf_")],
         })
 
+    def _pace_instead_of_workers(self) -> None:
+        """The send workers were given up (they kept dying): the event loop
+        sends the clock's frames from now on, paced onto the grid as
+        without workers."""
+        self.media_clock.dispatch = self.pacer = TickPacer()
+        logger.warning("media frames are paced by the event loop from now on")
+
     async def stop(self) -> None:
         errors: list[BaseException] = []
         if self.speech is not None:
@@ -689,6 +698,8 @@ class Engine:
                 elif part == "send_workers" and self.send_workers is not None:
                     self.media_clock.dispatch = None
                     self.send_workers.stop()
+                    if self.pacer is not None:  # it took over from workers given up
+                        self.pacer.stop()
                 elif part == "pacer" and self.pacer is not None:
                     self.media_clock.dispatch = None
                     self.pacer.stop()

@@ -40,9 +40,10 @@ or full when a tick ends has that tick sent by the engine. A worker that
 dies after taking a batch loses that one tick (20 ms of audio, as a lost
 packet would). More than :data:`MAX_RESTARTS` restarts in
 :data:`RESTART_WINDOW` seconds and the workers are given up: the event
-loop sends, as without them. Nothing outside this
-process can reach the pair; the worker checks every message anyway and
-skips what it cannot read.
+loop sends, as without them (paced, when the engine's
+:attr:`SendWorkers.on_give_up` puts a :class:`~engine.transport.rtp_pace.TickPacer`
+in their place). Nothing outside this process can reach the pair; the
+worker checks every message anyway and skips what it cannot read.
 
 Only the stdlib is used: the worker is a tight loop of ``recvmsg`` and
 ``sendto`` that no library does better, and it must start in milliseconds.
@@ -61,7 +62,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from engine.transport.rtp_transport import RtpTransport
 
@@ -270,6 +271,9 @@ class SendWorkers:
         self.restarts = 0
         #: Whether the workers were given up (see :data:`MAX_RESTARTS`).
         self.given_up = False
+        #: Called once when the workers are given up, inside the tick that
+        #: gives them up (the engine puts its pacer in their place).
+        self.on_give_up: Callable[[], None] | None = None
         self._restart_times: deque[float] = deque()
 
     # -- processes -----------------------------------------------------------------------
@@ -459,6 +463,11 @@ class SendWorkers:
         for w in workers:
             w.ctl.close()
             _reap(w.proc)
+        if self.on_give_up is not None:
+            try:
+                self.on_give_up()
+            except Exception:
+                logger.exception("after giving the send workers up")
 
     def _send_directly(self, w: _Worker, batch: bytearray) -> None:
         by_aid = {aid: addr for addr, aid in w.addrs.items()}

@@ -247,3 +247,18 @@ async def test_the_clock_with_a_pacer_sends_every_frame_on_the_grid() -> None:
     late = [a - d for a, d in zip(arrivals, dues)]
     assert min(late) >= 0.0
     assert sorted(late)[10] < 0.005  # the median: sent at the due time, not a tick later
+
+
+async def test_an_engine_whose_send_workers_are_given_up_paces_instead(make_engine) -> None:
+    """Check an engine with send workers puts a pacer in the clock's
+    dispatch when the workers are given up, and stops it on shutdown;
+    with --media-pacing off it leaves the loop sending as made."""
+    engine = await make_engine("rules: []\n", {}, media_send_workers=1)
+    workers = engine.send_workers
+    assert workers is not None and engine.media_clock.dispatch is workers and engine.pacer is None
+    workers._give_up()
+    assert isinstance(engine.pacer, TickPacer) and engine.media_clock.dispatch is engine.pacer
+    unpaced = await make_engine("rules: []\n", {}, media_send_workers=1, media_pacing=False)
+    assert unpaced.send_workers is not None
+    unpaced.send_workers._give_up()
+    assert unpaced.pacer is None and unpaced.media_clock.dispatch is unpaced.send_workers

@@ -328,6 +328,8 @@ def test_workers_that_keep_dying_are_given_up(caplog) -> None:
     datagrams itself, the clock's lead goes back to 0, and no more
     processes are started."""
     w = _Dying(1)
+    given_up: list[bool] = []
+    w.on_give_up = lambda: given_up.append(w.given_up)
     w.start()
     leg = RtpTransport(_udp(), lambda d, a: None)
     peer = _udp()
@@ -344,6 +346,7 @@ def test_workers_that_keep_dying_are_given_up(caplog) -> None:
         assert [d for d, _ in _recv_all(peer, 1)] == [b"after"]
         assert w.given_up and w.pids == [] and w.lead == 0.0
         assert w.restarts == MAX_RESTARTS
+        assert given_up == [True]  # told once, after giving up
         assert "giving the send workers up" in caplog.text
         w.start()
         assert w.pids == []
