@@ -27,14 +27,17 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serve_process import free_port, stop_process  # noqa: E402
 
 __all__ = ["janus_server"]
 
@@ -67,12 +70,6 @@ def _lib() -> str:
         raise SystemExit("bench/media --janus: Janus is not installed (./run.sh bench installs it, "
                          "bench-packages.txt)")
     return found[0]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu(pid: int) -> float:
@@ -131,7 +128,7 @@ def janus_server(conn: Connection, conf_of: list[int], sizes: list[int]) -> None
     plugins = sorted(os.path.basename(p) for p in glob.glob(f"{lib}/plugins/*.so")
                      if "audiobridge" not in p)
     transports = sorted(os.path.basename(p) for p in glob.glob(f"{lib}/transports/*.so") if "http" not in p)
-    http_port = _free_port()
+    http_port = free_port()
     rtp_lo, rtp_hi = 41000, 49999
     Path(work, "janus.jcfg").write_text(_CONFIG.format(
         conf=work, lib=lib, plugins=",".join(plugins), transports=",".join(transports),
@@ -182,11 +179,6 @@ def janus_server(conn: Connection, conf_of: list[int], sizes: list[int]) -> None
         conn.send({"cpu": c1 - c0, "wall": w1 - w0, "threads": threads,
                    "version": version.strip().splitlines()[0] if version.strip() else "janus"})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         log.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -479,7 +479,7 @@ class Engine:
         self._started.append("runtime")
         self.metrics = EngineMetrics(MetricsSources(
             runtime=self.runtime, ua=self.ua, clock=self.media_clock, graph=self.media_graph,
-            webhooks=self.webhooks))
+            webhooks=self.webhooks, send_workers=lambda: self.send_workers))
         self.runtime.records.on_track.append(self.metrics.on_call)
         self._start_rooms()
         try:

@@ -101,7 +101,9 @@ class MetricsSources:
         ``sessions_ended``, ``scenario_errors``, ``invite_to_alerting``).
     :param ua: the SIP user agent (``calls``, ``endpoint.stats``).
     :param clock: the media clock (``ticks``, ``skipped``, ``lateness_sum``, ``max_lateness``,
-        and its ``dispatch``'s ``packets``, ``fallbacks``, ``restarts``, ``lead`` when it has one).
+        and its ``dispatch``'s figures when it has one: a pacer's or the send workers').
+    :param send_workers: returns the engine's RTP send workers (or ``None``),
+        read also once they were given up and a pacer took the clock over.
     :param graph: the media graph (``conferences``, ``bridge.ticks``, ``bridge.busy_seconds``).
     :param webhooks: the webhook dispatcher (``outcomes``).
     """
@@ -111,6 +113,7 @@ class MetricsSources:
     clock: Any = None
     graph: Any = None
     webhooks: Any = None
+    send_workers: Callable[[], Any] = field(default=lambda: None)
     #: RTP counts: the live RTCP sessions and the closed ones' totals.
     rtp_live: Callable[[], Iterable[rtcp_session.RtcpSession]] = field(
         default=lambda: list(rtcp_session.LIVE))
@@ -284,7 +287,7 @@ class EngineCollector(Collector):
                                       value=dispatch.overruns)
             yield GaugeMetricFamily("callbridge_media_pace_lead_seconds",
                                     "How far ahead of its due time the clock prepares a tick", value=dispatch.lead)
-        workers = dispatch if isinstance(dispatch, SendWorkers) else None  # the RTP send workers, when started
+        workers = dispatch if isinstance(dispatch, SendWorkers) else self.sources.send_workers()
         if workers is not None:
             yield CounterMetricFamily("callbridge_media_send_worker_packets",
                                       "RTP datagrams of the media clock sent by the send workers",

@@ -225,6 +225,22 @@ def test_paced_sending() -> None:
     assert value(metrics, "callbridge_media_send_worker_packets_total") == -1.0
 
 
+def test_send_workers_given_up_are_still_counted_next_to_the_pacer() -> None:
+    """Check the send workers' counters stay on /metrics once they were
+    given up and a pacer took the clock over (counters never vanish)."""
+    clock = MediaClock()
+    workers = SendWorkers(1)  # not started
+    workers.packets, workers.fallbacks, workers.restarts = 900, 4, 3
+    workers.given_up = True
+    pacer = TickPacer()
+    pacer.packets = 50
+    clock.dispatch = pacer
+    metrics, _, _ = isolated(clock=clock, send_workers=lambda: workers)
+    assert value(metrics, "callbridge_media_send_worker_restarts_total") == 3
+    assert value(metrics, "callbridge_media_send_worker_packets_total") == 900
+    assert value(metrics, "callbridge_media_paced_packets_total") == 50
+
+
 async def test_calls_are_counted_once_at_start_and_end() -> None:
     """Check a tracked call counts as started and live, then once as ended
     with its outcome, however often it is handed over or ends."""
