@@ -133,4 +133,3 @@ class TickPacer:
         self.release()
         if RtpTransport.batch is self:
             RtpTransport.batch = None
-
