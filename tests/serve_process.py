@@ -83,12 +83,15 @@ class ServeProcess:
     :param args: further ``serve`` flags (``--rules``, ``--trusted``...).
     :param ca: with ``--tls-cert``, the CA that signed it: ``/healthz`` is
         then polled over HTTPS, verified against it.
+    :param sip_port: this SIP port instead of a free one.
     """
 
-    def __init__(self, workdir: Path, args: list[str], ca: Path | None = None) -> None:
+    def __init__(self, workdir: Path, args: list[str], ca: Path | None = None, sip_port: int | None = None) -> None:
         self.workdir = workdir
         self.context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
         self.sip_port, self.http_port = free_ports(2)
+        if sip_port is not None:  # a node coming back on the port it had
+            self.sip_port = sip_port
         self.log_path = workdir / "callbridge.log"
         cmd = [sys.executable, "-m", "engine", "serve", "--sip-port", str(self.sip_port),
                "--http-port", str(self.http_port), "--data-dir", str(workdir / "data"), *args]

@@ -81,6 +81,37 @@ def test_calls_through_kamailio_reach_both_nodes_as_the_callers(
     assert "security event=forbidden src=127.0.0.3" in logs and "src=127.0.0.1 " not in logs
 
 
+def test_a_dead_node_is_taken_out_of_the_rotation_and_back_when_it_returns(
+        cluster: tuple[KamailioFront, list[ServeProcess], list[int]], tmp_path: Path) -> None:
+    """Kill one node outright: once the proxy's OPTIONS probes (every 2 s,
+    2 s to answer) find it silent, every new call goes to the other node
+    and completes, though half the Call-IDs hash to the dead one. A node
+    started again on the same port is probed back into the rotation and
+    takes calls again."""
+    front, nodes, metrics = cluster
+    dead = nodes[1]
+    dead.proc.kill()
+    dead.proc.wait(10)
+    time.sleep(6.0)  # a probe interval, its 2 s timeout, and a margin
+    before = started_calls(metrics[0])
+    run = run_sipp_load(answer_hangup_sipp(front.port), 10, 4, tmp_path, local_ip="127.0.0.2")
+    assert run.successful == 40 and run.failed == 0, run.log.read_text()[-3000:]
+    assert started_calls(metrics[0]) - before == 40  # all on the live node
+    workdir = tmp_path / "node1-again"
+    workdir.mkdir()
+    back = ServeProcess(workdir, ["--rules", str(tmp_path / "rules.yaml"), "--scenarios", str(ROOT / "scenarios"),
+                                  "--sip-proxies", "127.0.0.1", "--rtp-ports", "36000-37999"],
+                        sip_port=dead.sip_port)
+    nodes.append(back)  # stopped by the fixture
+    back.wait_healthy(20)
+    time.sleep(5.0)  # the next probes find it
+    before = started_calls(metrics[0])
+    again = run_sipp_load(answer_hangup_sipp(front.port), 20, 4, tmp_path, local_ip="127.0.0.2")
+    assert again.successful == 80 and again.failed == 0, again.log.read_text()[-3000:]
+    on_first = started_calls(metrics[0]) - before
+    assert 20 <= on_first <= 60, on_first  # the returned node took its share
+
+
 def test_the_proxy_relays_no_strangers_request_elsewhere(
         cluster: tuple[KamailioFront, list[ServeProcess], list[int]]) -> None:
     """An INVITE to somebody else's address through the proxy (toll fraud,
