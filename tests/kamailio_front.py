@@ -42,7 +42,7 @@ class KamailioFront:
         nodes_file.write_text("".join(f"1 sip:{h}:{p}\n" for h, p in nodes))
         config = workdir / "kamailio.cfg"
         text = CONFIG.read_text()
-        for key, value in (("LISTEN", f"udp:{host}:{port}"), ("CHILDREN", str(children)),
+        for key, value in (("ADDRESS", f"{host}:{port}"), ("CHILDREN", str(children)),
                            ("NODES", str(nodes_file))):
             text = text.replace(f"@{key}@", value)
         config.write_text(text)

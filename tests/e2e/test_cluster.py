@@ -112,6 +112,19 @@ def test_a_dead_node_is_taken_out_of_the_rotation_and_back_when_it_returns(
     assert 20 <= on_first <= 60, on_first  # the returned node took its share
 
 
+def test_callers_on_tcp_reach_the_nodes_through_the_proxy(
+        cluster: tuple[KamailioFront, list[ServeProcess], list[int]], tmp_path: Path) -> None:
+    """sipp over TCP to the proxy (which forwards to the nodes over UDP):
+    every call completes, the engine's BYE included, which the proxy
+    carries back on sipp's connection, and both nodes take calls."""
+    front, _, metrics = cluster
+    before = [started_calls(port) for port in metrics]
+    run = run_sipp_load(answer_hangup_sipp(front.port) + ["-t", "t1"], 10, 4, tmp_path, local_ip="127.0.0.2")
+    assert run.successful == 40 and run.failed == 0, run.log.read_text()[-3000:]
+    per_node = [started_calls(port) - b for port, b in zip(metrics, before)]
+    assert sum(per_node) == 40 and min(per_node) >= 5, per_node
+
+
 def test_the_proxy_relays_no_strangers_request_elsewhere(
         cluster: tuple[KamailioFront, list[ServeProcess], list[int]]) -> None:
     """An INVITE to somebody else's address through the proxy (toll fraud,
