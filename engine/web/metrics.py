@@ -49,7 +49,6 @@ from engine.calls.call import Call
 from engine.media import rtcp_session, srtp
 from engine.security_log import EVENT_COUNTS
 from engine.transport.rtp_pace import TickPacer
-from engine.transport.rtp_send import SendWorkers
 from engine.web.api import _CHALLENGE, _credentials
 from engine.web.errors import ApiError
 
@@ -101,7 +100,7 @@ class MetricsSources:
         ``sessions_ended``, ``scenario_errors``, ``invite_to_alerting``).
     :param ua: the SIP user agent (``calls``, ``endpoint.stats``).
     :param clock: the media clock (``ticks``, ``skipped``, ``lateness_sum``, ``max_lateness``,
-        and its ``dispatch``'s figures when it has one: a pacer's or the send workers').
+        and its ``dispatch``'s figures when that is a pacer).
     :param send_workers: returns the engine's RTP send workers (or ``None``),
         read also once they were given up and a pacer took the clock over.
     :param graph: the media graph (``conferences``, ``bridge.ticks``, ``bridge.busy_seconds``).
@@ -287,7 +286,7 @@ class EngineCollector(Collector):
                                       value=dispatch.overruns)
             yield GaugeMetricFamily("callbridge_media_pace_lead_seconds",
                                     "How far ahead of its due time the clock prepares a tick", value=dispatch.lead)
-        workers = dispatch if isinstance(dispatch, SendWorkers) else self.sources.send_workers()
+        workers = self.sources.send_workers()  # also once given up, when a pacer has the clock
         if workers is not None:
             yield CounterMetricFamily("callbridge_media_send_worker_packets",
                                       "RTP datagrams of the media clock sent by the send workers",

@@ -205,7 +205,7 @@ def test_send_workers() -> None:
     workers = SendWorkers(1)  # not started: only its counters are read
     workers.packets, workers.fallbacks, workers.restarts, workers.lead = 5000, 2, 1, 0.004
     clock.dispatch = workers
-    metrics, _, _ = isolated(clock=clock)
+    metrics, _, _ = isolated(clock=clock, send_workers=lambda: workers)
     assert value(metrics, "callbridge_media_send_worker_packets_total") == 5000
     assert value(metrics, "callbridge_media_send_worker_fallback_ticks_total") == 2
     assert value(metrics, "callbridge_media_send_worker_restarts_total") == 1
@@ -345,11 +345,13 @@ def test_readme_and_dashboard_name_only_real_metrics() -> None:
     for dispatch in (TickPacer(), SendWorkers(1)):  # not started: only their counters are read
         clock = MediaClock()
         clock.dispatch = dispatch
+        workers = dispatch if isinstance(dispatch, SendWorkers) else None
         endpoint = type("Endpoint", (), {
             "stats": {"received": 1, "overload_refused": 0, "overload_dropped": 0},
             "overload": OverloadDetector(OverloadBounds()), "receive_drops": lambda self: 0})()
         metrics, _, _ = isolated(runtime=Runtime(), ua=Ua(endpoint=endpoint), clock=clock,
-                                 graph=MediaGraph(clock), webhooks=Webhooks())
+                                 graph=MediaGraph(clock), webhooks=Webhooks(),
+                                 send_workers=lambda w=workers: w)
         text = metrics.render().decode()
         families = {f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")}
         exposed |= {f"{name}_total" if f"# TYPE {name}_total counter" in text else name for name in families}
