@@ -39,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_process import free_port, stop_process  # noqa: E402
 
+from media import proc_cpu  # noqa: E402  (bench/media.py, which runs this phase)
+
 __all__ = ["janus_server"]
 
 _CONFIG = """general: {{
@@ -70,12 +72,6 @@ def _lib() -> str:
         raise SystemExit("bench/media --janus: Janus is not installed (./run.sh bench installs it, "
                          "bench-packages.txt)")
     return found[0]
-
-
-def _cpu(pid: int) -> float:
-    """utime + stime of process ``pid``, all its threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _Api:
@@ -170,9 +166,9 @@ def janus_server(conn: Connection, conf_of: list[int], sizes: list[int]) -> None
         conn.send("ready")
         w0, w1, end = conn.recv()
         time.sleep(max(0.0, w0 - time.monotonic()))
-        c0 = _cpu(proc.pid)
+        c0 = proc_cpu(proc.pid)
         time.sleep(max(0.0, w1 - time.monotonic()))
-        c1 = _cpu(proc.pid)
+        c1 = proc_cpu(proc.pid)
         threads = len(os.listdir(f"/proc/{proc.pid}/task"))
         time.sleep(max(0.0, end - time.monotonic()))
         version = subprocess.run(["janus", "--version"], capture_output=True, text=True, timeout=10).stdout

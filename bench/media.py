@@ -364,8 +364,8 @@ def bench_legs(plan: Plan, pairs: list[Any], client_ports: list[int], clock: Any
     return sessions, calls
 
 
-def _proc_cpu(pid: int) -> float:
-    """utime + stime of process ``pid`` (a send worker), in seconds."""
+def proc_cpu(pid: int) -> float:
+    """utime + stime of process ``pid`` (a send worker, Janus: all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -400,7 +400,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         pacer = TickPacer()
 
     def cpu() -> float:
-        return _cpu() + (sum(_proc_cpu(pid) for pid in workers.pids) if workers is not None else 0.0)
+        return _cpu() + (sum(proc_cpu(pid) for pid in workers.pids) if workers is not None else 0.0)
 
     async def main() -> dict[str, Any]:
         clock = MediaClock()
@@ -620,6 +620,13 @@ def frames_and_lateness(sres: dict[str, Any], gres: dict[str, Any]) -> tuple[int
             np.concatenate(cadence) if cadence else empty)
 
 
+def last_second(gres: dict[str, Any], w_end: float) -> dict[int, list[int]]:
+    """Each sampled leg's RTP timestamps of the last 50 frames that arrived
+    by ``w_end`` (the ``last`` of :func:`check_mixing`)."""
+    return {leg: [int(t) for t in gres["stamps"][leg][gres["arrivals"][leg] <= w_end][-50:]]
+            for leg in gres["heard"]}
+
+
 def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]],
                  last: dict[int, list[int]]) -> tuple[int, int, list[str]]:
     """Legs whose last second has every other member's tone and not their own.
@@ -667,8 +674,7 @@ def janus_phase(plan: Plan, args: argparse.Namespace, echo: dict[str, Any] | Non
     core = sres["cpu"] / sres["wall"]
     sres["origin"] = w0  # Janus's own grid is unknown: only each stream's cadence is measured
     _expected, missing, _late, cadence = frames_and_lateness(sres, gres)
-    last = {leg: [int(t) for t in gres["stamps"][leg][gres["arrivals"][leg] <= w1][-50:]] for leg in gres["heard"]}
-    ok, checked, problems = check_mixing(plan, gres["heard"], last)
+    ok, checked, problems = check_mixing(plan, gres["heard"], last_second(gres, w1))
     print(f"janus  : {sres['version']}, AudioBridge, plain RTP PCMU: {legs} legs at {core * 100:.0f}% of a core = "
           f"{us:.1f} us/packet (in + out), {sres['threads']:,} threads; generator sent {gres['sent']:,}, "
           f"got back {sum(gres['got']):,}", flush=True)
@@ -756,9 +762,7 @@ def main() -> int:
     # it was planned, its due time or, with send workers, the lead before it
     wake = np.asarray(sres["clock_lateness"]) * 1000
     w_end = sres["window"][1]
-    last = {leg: [int(t) for t in gres["stamps"][leg][gres["arrivals"][leg] <= w_end][-50:]]
-            for leg in gres["heard"]}
-    ok, checked, problems = check_mixing(plan, gres["heard"], last)
+    ok, checked, problems = check_mixing(plan, gres["heard"], last_second(gres, w_end))
     ms = lambda a: f"p50 {pct(a, 50):.2f} / p99 {pct(a, 99):.2f} / max {pct(a, 100):.2f} ms"  # noqa: E731
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
           f"second ({core / legs * 1000 * 100:.1f}% of a core per 1,000 legs); {pps:,.0f} packets/s in, "
