@@ -26,6 +26,9 @@ scheduling does not count) and measures:
   window for which a leg got no frame;
 - *lateness*: when each frame arrived after the tick it belongs to was due
   on the engine's 20 ms grid (p50/p99/max over all frames of all legs);
+- *inbound frames concealed*: the engine's jitter buffers' count of
+  frames they had no packet for, though the generator sent every one (a
+  stall caught up badly, or a read backlog, shows here first);
 - *mixing is real*: for a sample of legs, one second of what they heard is
   checked by Goertzel: every other member's tone present, their own absent.
 
@@ -784,9 +787,11 @@ def main() -> int:
         print(f"  idle ({args.idle}{dtx}): {sres['quiet_ticks']:,} of {len(sres['clock_lateness']):,} ticks mixed "
               f"nothing; {core / legs * 1e6:.0f} us CPU per leg per second")
     print(f"  RTP sockets connected to their source (--rtp-pin-after): {sres['pinned']} of {legs} legs")
+    # every leg's frame of every tick in the window (the generator sends them all, on loopback)
+    concealed_pct = sres["concealed"] / max(1, expected) * 100
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
-          f"inbound frames concealed {sres['concealed']:,}")
+          f"inbound frames concealed {sres['concealed']:,} ({concealed_pct:.3f}%)")
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
     inline, ticked = sres.get("inline_ticks", (0, 0))
@@ -842,6 +847,11 @@ def main() -> int:
         ("p99 lateness < 5 ms vs each stream's cadence", p99_cadence < 5.0, f"{p99_cadence:.2f} ms"),
         ("no dropped frames", missing == 0 or args.silence_suppression,
          f"{missing} dropped" + (" (suppressed silence is not sent)" if args.silence_suppression else "")),
+        # a stall caught up badly or a read backlog shows here first (the jitter
+        # buffers find frames late); a leg whose packets race the tick's pull
+        # conceals about a frame in 5 s by design (its jitter buffer's minimum depth)
+        ("inbound frames concealed < 0.5%", concealed_pct < 0.5 or bool(args.idle),
+         f"{concealed_pct:.3f}%"),
         ("100-party mix < 2 ms a tick", mix.get(100, 99.0) < 2.0, f"{mix.get(100, float('nan')):.3f} ms"),
         ("mixing verified", ok == checked, f"{ok}/{checked}"),
     ]
@@ -853,6 +863,7 @@ def main() -> int:
     figs = {"engine_core_share": figure(core * 100, "% of a core", "lower"),
             "engine_us_per_packet": figure(us_pkt, "us", "lower"),
             "dropped_frames": figure(missing, "frames", "lower"),
+            "concealed_inbound_frames": figure(sres["concealed"], "frames", "lower"),
             "p50_lateness_grid": figure(pct(late * 1000, 50), "ms", "lower"),
             "p99_lateness_grid": figure(p99_grid, "ms", "lower"),
             "p99_lateness_cadence": figure(p99_cadence, "ms", "lower"),
