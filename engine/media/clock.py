@@ -12,11 +12,11 @@ Ticks are drift-free: tick *n* is due at ``origin + n * interval`` on
 was blocked for longer than ``max_catch_up`` ticks the clock skips ahead
 instead of firing a burst (counted in :attr:`MediaClock.skipped`).
 
-Shorter stalls are caught up one tick at a time, and never two in a row
-without the loop reading its sockets in between: a tick overdue when it
-is armed waits :data:`CATCH_UP_GAP`, a timer the loop reaches only after
-polling, and readers do not start a tick that is a whole interval late
-(:func:`run_due`). The phones kept sending during the stall, so each
+Shorter stalls are caught up one tick at a time, none without the loop
+reading its sockets first: a tick a whole interval late when it fires,
+or overdue when it is armed, waits :data:`CATCH_UP_GAP`, a timer the
+loop reaches only after polling, and readers do not start a tick that
+is a whole interval late (:func:`run_due`). The phones kept sending during the stall, so each
 socket holds one frame per overdue tick; tick *j* of the catch-up plays
 frame *j*, which must have been read by then. Started back to back from
 one read-out, the ticks ran ahead of the frames, each found late (the
@@ -103,6 +103,8 @@ class MediaClock:
         self._active = False
         self._n = 0
         self._due = 0.0
+        #: The loop has polled its sockets since the stall that made the armed tick overdue.
+        self._polled = False
         #: ``time.monotonic`` when the next tick starts (``inf`` while stopped).
         self.next_at = _INF
         self.ticks = 0
@@ -170,6 +172,7 @@ class MediaClock:
         delay = planned - monotonic()
         # overdue (catching up): a timer, not call_soon, whose callbacks run
         # before the poll (uvloop's in the same turn); see the module's docstring
+        self._polled = delay <= 0.0
         self._timer = self._loop.call_later(delay if delay > 0.0 else CATCH_UP_GAP, self._fire)
         _running.add(self)
         _refresh_next()
@@ -179,6 +182,12 @@ class MediaClock:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()  # a no-op when the timer itself is running
+        if not self._polled and monotonic() - self.next_at >= self.interval:
+            # the loop stalled past this tick, maybe in a reader: let it poll first
+            assert self._loop is not None
+            self._polled = True
+            self._timer = self._loop.call_later(CATCH_UP_GAP, self._fire)
+            return
         planned, self.next_at = self.next_at, _INF  # no second start while this one runs
         due = self._due
         late = monotonic() - planned

@@ -191,3 +191,88 @@ def test_after_a_stall_no_catch_up_tick_starts_before_its_frames_are_read(loop_n
     assert len(seen) == stalled_ticks + 1
     for j, counts in enumerate(seen, start=1):
         assert min(counts) >= j, f"tick {j} started with only {counts} datagrams read per leg"
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_stall_inside_a_reader_does_not_start_the_overdue_tick_before_the_others_are_read(
+        loop_name: str) -> None:
+    """The stall happens in one leg's read (a collector pass, the machine
+    taking the core away), while the other legs' frames arrive. The first
+    overdue tick then waits for the loop to read them, rather than run
+    from its timer with all of them still queued."""
+    import asyncio
+    import time
+
+    from engine.media.clock import MediaClock
+
+    legs, stalled_ticks = 5, 3
+
+    class Dispatch:
+        lead = 0.001
+        held_until = float("inf")
+
+        def release(self) -> None:
+            pass
+
+        def begin(self, planned: float) -> None:
+            pass
+
+        def end(self, due: float) -> None:
+            pass
+
+    async def main() -> list[list[int]]:
+        reads = [0] * legs
+        seen_at_tick: list[list[int]] = []
+        clock = MediaClock()
+        pairs = [_queued(0) for _ in range(legs)]
+
+        def stall() -> None:  # the other phones send on while leg 0's read is stuck
+            for frame in range(1, stalled_ticks + 2):
+                for k, (rx, tx) in enumerate(pairs):
+                    if k or frame > 1:
+                        tx.sendto(b"%d" % frame, rx.getsockname())
+            while time.monotonic() < clock.next_at + stalled_ticks * clock.interval + 0.003:
+                pass
+
+        class Sink:
+            def tick(self, now: float) -> bool:
+                seen_at_tick.append(list(reads))
+                return len(seen_at_tick) < stalled_ticks + 1
+
+        transports = []
+        for i, (rx, _tx) in enumerate(pairs):
+            def handler(data: bytes, addr: object, i: int = i) -> None:
+                reads[i] += 1
+                if i == 0 and data == b"1":
+                    stall()
+            transports.append(RtpTransport(rx, handler))
+        clock.dispatch = Dispatch()
+        clock.add(Sink())
+        for t in transports:
+            t.attach()
+        try:
+            rx0, tx0 = pairs[0]
+            tx0.sendto(b"1", rx0.getsockname())  # leg 0's frame 1, read before the tick: the stall
+            for _ in range(300):
+                if len(seen_at_tick) > stalled_ticks:
+                    break
+                await asyncio.sleep(0.001)
+            return seen_at_tick
+        finally:
+            await clock.stop()
+            for t in transports:
+                t.detach()
+            for rx, tx in pairs:
+                rx.close()
+                tx.close()
+
+    if loop_name == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        seen = runner.run(main())
+    assert len(seen) == stalled_ticks + 1
+    for j, counts in enumerate(seen, start=1):
+        assert min(counts) >= j, f"tick {j} started with only {counts} datagrams read per leg"
