@@ -14,13 +14,19 @@ O(1) and touch one entry of one list (with a thousand legs, the memory a
 packet touches is most of its cost).
 
 Playout delay: playback starts ``target`` after the first packet arrives and
-then advances one slot a tick. The target is adaptive between
+then advances one slot a tick; if more than ``target`` + 1 frames are
+waiting by then (they came in a burst: queued before the socket was read),
+it starts at the newest of those, the older ones discarded before anything
+is played. The target is adaptive between
 ``min_depth_ms`` and ``max_depth_ms``: a packet that arrives after its slot
 was played is counted late and raises the target one frame, which is paid
 for at once by playing one extra missing frame (the head waits a tick). When
 no packet has been late for ``shrink_after`` seconds the target drops a
-frame; whenever the fullness of the buffer stayed above the target for a
-whole second, one frame is discarded to cut the delay.
+frame; whenever the fullness of the buffer stayed above the target + 1
+frames for a whole second, the frames beyond that are discarded at once
+to cut the delay (one cut, where a frame a second made as many cuts as
+frames of excess: ``bench/media.py --legs 1000``, a read backlog at
+start left some legs 6 frames deep, cut over 6 seconds).
 
 A new SSRC, or a timestamp more than ``resync_ms`` away from the playout
 point, restarts the buffer on the new stream (a resync).
@@ -217,7 +223,16 @@ class JitterBuffer:
                 return None
             if now - self._first_arrival < self._target * self.frame_ms / 1000 - 1e-9:
                 return None
-            head = self._head = self._low
+            head = self._low
+            excess = self._high - head - self._target
+            if excess > 0:
+                # More than target + 1 frames came before the first is played
+                # (queued before the socket was read: a burst): start at the
+                # newest of them. Nothing was played yet, so the cut is not
+                # heard; from the oldest, the call would run that much late
+                # until trimmed, a frame (an audible cut) a second.
+                head = self._skip(head, excess, mark=True)
+            self._head = head
             self._window_start = now
         if self._grow_pending:
             self._grow_pending -= 1
@@ -281,7 +296,9 @@ class JitterBuffer:
             self._target -= 1
             self._last_adjust = now
         if self._window_min > self._target + 1:
-            head = self._skip(head, 1)
+            # the whole excess in one cut (it was there all second long), not
+            # a frame a second: one audible cut, and the delay back at once
+            head = self._skip(head, self._window_min - self._target - 1)
         self._window_start = now
         self._window_min = None
         return head

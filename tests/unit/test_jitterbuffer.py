@@ -221,14 +221,18 @@ def test_a_late_copy_of_a_played_frame_is_a_duplicate_and_of_a_concealed_one_lat
 
 def test_a_deep_buffer_holds_frames_far_ahead_without_mixing_them_up() -> None:
     """With a 2 s ceiling the ring grows past its 64 entries: 100 frames
-    (the ceiling) arriving at once before playout are played in order, each
-    once, none concealed; the only ones not played are those the buffer
-    discards to cut its delay (one a second while it stays over target),
-    and a resync after them drops only what was still waiting."""
+    (the ceiling) arriving at once just after playout started are played in
+    order, each once, none concealed; the only ones not played are those the
+    buffer discards to cut its delay (one a second while it stays over
+    target), and a resync after them drops only what was still waiting.
+    (Arriving before playout starts, all but the newest would be cut at
+    once: the next test.)"""
     jb = JitterBuffer(max_depth_ms=2000, initial_depth_ms=20, min_depth_ms=20)
-    for i in range(100):
-        assert jb.put(pkt(i), 0.0)
-    got = [jb.get(0.020 * (k + 1)) for k in range(90)]
+    assert jb.put(pkt(0), 0.0)
+    got = [jb.get(0.020)]  # playout starts on the one frame there
+    for i in range(1, 100):
+        assert jb.put(pkt(i), 0.021)
+    got += [jb.get(0.020 * (k + 2)) for k in range(89)]
     ids = [int(f[1:]) for f in got if f is not None]
     assert len(ids) == 90 and ids == sorted(set(ids)) and ids[0] == 0
     assert ids[-1] + 1 == 90 + jb.stats.discarded and jb.stats.concealed == 0
@@ -246,8 +250,8 @@ def _stall(jb: JitterBuffer, skipped: int, *, burst_first: bool) -> list[bytes |
     stream goes on. Returns what each tick played, the stall's ticks left out."""
     out: list[bytes | None] = []
     for i in range(5):  # ticks 0..80, frames 0..4 arrive at 5..85
-        jb.put(pkt(i), (20 * i + 5) / 1000)
         out.append(jb.get(20 * i / 1000))
+        jb.put(pkt(i), (20 * i + 5) / 1000)
     jb.put(pkt(5), 0.105)
     resume = 100 + 20 * (skipped + 1)  # the first tick after the stall
     burst = [pkt(i) for i in range(6, 6 + skipped + 1)]  # sent during the stall
@@ -297,3 +301,39 @@ def test_frames_of_skipped_ticks_read_after_the_tick_are_discarded_not_late() ->
     assert (s.late, s.target_ms) == (1, 60)
     assert s.discarded == 6  # frames 2-5 waiting at the skip, 6-7 as they came
     assert s.lost == 1  # frame 8, never played; the discarded ones are not lost
+
+
+def test_a_burst_before_playout_starts_is_cut_at_once_not_a_frame_a_second() -> None:
+    """Six frames queued before the stream was first read arrive together,
+    then one every 20 ms: playout starts at the newest target + 1 of them
+    (the rest discarded before anything is played), so the call does not
+    run 80 ms late, trimmed later by a frame a second, each an audible cut."""
+    jb = JitterBuffer()
+    # 4 s: before the target's own shrink (after 5 s without a late frame),
+    # which trims a frame of its own
+    arrivals = [(5, pkt(i)) for i in range(6)] + [(20 * (i - 5) + 5, pkt(i)) for i in range(6, 200)]
+    out = run(jb, arrivals, 4_000)
+    start = next(i for i, f in enumerate(out) if f is not None)
+    discarded_at_start = jb.stats.discarded
+    # at 60 ms frames 0-7 are there (6 and 7 came at 25 and 45 ms): 0-4 are
+    # dropped, 5, 6 and 7 wait (the target, 2, + 1)
+    assert out[start] == b"f5"
+    assert played(out) == frames(*range(5, 200))  # then every frame, none cut later
+    assert discarded_at_start == 5 and jb.stats.discarded == 5 and jb.stats.late == 0
+
+
+def test_an_excess_that_lasts_a_second_is_cut_in_one_go() -> None:
+    """Playout has started when a backlog arrives (frames the loop read
+    late, all at once): the buffer then holds six frames more than the
+    target + 1 it keeps. After a second of that it drops all six together:
+    one cut in what is heard, and the delay back at once, rather than a
+    frame a second (six cuts, and the delay for six seconds)."""
+    jb = JitterBuffer()
+    arrivals = [(5, pkt(0)), (25, pkt(1)), (45, pkt(2))]
+    arrivals += [(70, pkt(i)) for i in range(3, 10)]  # a backlog: 3-9 at once
+    arrivals += [(20 * (i - 6) + 5, pkt(i)) for i in range(10, 200)]  # then the steady pace
+    out = run(jb, arrivals, 3_900)
+    ids = [int(f[1:]) for f in played(out)]
+    gaps = [(a, b) for a, b in zip(ids, ids[1:]) if b != a + 1]
+    assert len(gaps) == 1 and gaps[0][1] - gaps[0][0] - 1 == jb.stats.discarded == 6
+    assert jb.stats.depth_ms <= jb.stats.target_ms + 20 and jb.stats.late == 0 and jb.stats.concealed == 0
