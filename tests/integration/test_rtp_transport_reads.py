@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from typing import Callable
 
 import pytest
+import uvloop
 
+from engine.media.clock import MediaClock
 from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport
+from tests.clock_fakes import LeadDispatch
 
 
 def _queued(count: int) -> tuple[socket.socket, socket.socket]:
@@ -65,11 +71,6 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
     """With send workers and the loop behind (here: blocked past the tick's
     due time, then one datagram ready), the reader that notices the tick is due starts it
     right after its own datagram, before the loop's timers run."""
-    import asyncio
-    import time
-
-    from engine.media.clock import MediaClock
-
     order: list[str] = []
 
     class Sink:
@@ -77,21 +78,8 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
             order.append("tick")
             return False
 
-    class Dispatch:  # send workers' stand-in: the clock then lets readers start its ticks
-        lead = 0.001
-        held_until = float("inf")  # holds nothing in this process
-
-        def release(self) -> None:
-            pass
-
-        def begin(self, planned: float) -> None:
-            pass
-
-        def end(self, due: float) -> None:
-            pass
-
     clock = MediaClock()
-    clock.dispatch = Dispatch()
+    clock.dispatch = LeadDispatch()  # as send workers: readers may start its ticks
     clock.add(Sink())
     rx, tx = _queued(0)
     transport = RtpTransport(rx, lambda data, addr: order.append("read"))
@@ -111,68 +99,47 @@ async def test_a_due_media_tick_starts_in_the_reader_not_after_the_other_readers
         tx.close()
 
 
-@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
-def test_after_a_stall_no_catch_up_tick_starts_before_its_frames_are_read(loop_name: str) -> None:
-    """The loop stalls for three tick intervals while every leg's phone
-    keeps sending: each socket holds the frames of the ticks now overdue.
-    Tick j plays frame j, so it may start only once every socket gave up
-    at least j datagrams. A reader must not start the overdue ticks one
-    after another from inside the same read-out (each after one more
-    datagram): the frames not yet read would be late, the jitter buffers
-    grow, and audio is concealed (measured: a 90 ms stall concealed about
-    12,000 frames of 800 legs with that, none without)."""
-    import asyncio
-    import time
+LEGS, STALLED_TICKS = 5, 3
 
-    from engine.media.clock import MediaClock
 
-    legs, stalled_ticks = 5, 3
-
-    class Dispatch:  # a pacer's stand-in: a lead, so readers may start its ticks
-        lead = 0.001
-        held_until = float("inf")
-
-        def release(self) -> None:
-            pass
-
-        def begin(self, planned: float) -> None:
-            pass
-
-        def end(self, due: float) -> None:
-            pass
+def _catch_up(loop_name: str, start: Callable[[MediaClock, list[tuple[socket.socket, socket.socket]]], None],
+              stall_on: bytes | None = None) -> list[list[int]]:
+    """Five legs read by RtpTransports and a clock with a lead (readers may
+    start its ticks) on a fresh ``loop_name`` loop; ``start(clock, pairs)``
+    sets the stall going (and sends what the phones send meanwhile); with
+    ``stall_on``, leg 0's handler runs :func:`_stall` on that datagram.
+    Returns, for each of the first STALLED_TICKS + 1 ticks, how many
+    datagrams each leg had read when it started."""
 
     async def main() -> list[list[int]]:
-        reads = [0] * legs
-        seen_at_tick: list[list[int]] = []
+        reads = [0] * LEGS
+        seen: list[list[int]] = []
+        clock = MediaClock()
+        pairs = [_queued(0) for _ in range(LEGS)]
 
         class Sink:
             def tick(self, now: float) -> bool:
-                seen_at_tick.append(list(reads))
-                return len(seen_at_tick) < stalled_ticks + 1
+                seen.append(list(reads))
+                return len(seen) <= STALLED_TICKS
 
-        pairs = [_queued(0) for _ in range(legs)]
         transports = []
         for i, (rx, _tx) in enumerate(pairs):
             def handler(data: bytes, addr: object, i: int = i) -> None:
                 reads[i] += 1
+                if i == 0 and data == stall_on:
+                    _stall(clock, pairs, skip_leg=0)
             transports.append(RtpTransport(rx, handler))
-        clock = MediaClock()
-        clock.dispatch = Dispatch()
+        clock.dispatch = LeadDispatch()
         clock.add(Sink())
         for t in transports:
             t.attach()
         try:
-            first_due = clock.next_at
-            for frame in range(stalled_ticks + 1):  # the phones keep sending while the loop is stuck
-                for rx, tx in pairs:
-                    tx.sendto(b"%d" % frame, rx.getsockname())
-            while time.monotonic() < first_due + stalled_ticks * clock.interval + 0.003:
-                pass
-            for _ in range(200):
-                if len(seen_at_tick) > stalled_ticks:
+            start(clock, pairs)
+            for _ in range(300):
+                if len(seen) > STALLED_TICKS:
                     break
                 await asyncio.sleep(0.001)
-            return seen_at_tick
+            return seen
         finally:
             await clock.stop()
             for t in transports:
@@ -181,16 +148,42 @@ def test_after_a_stall_no_catch_up_tick_starts_before_its_frames_are_read(loop_n
                 rx.close()
                 tx.close()
 
-    if loop_name == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
+    factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         seen = runner.run(main())
-    assert len(seen) == stalled_ticks + 1
+    assert len(seen) == STALLED_TICKS + 1
+    return seen
+
+
+def _stall(clock: MediaClock, pairs: list[tuple[socket.socket, socket.socket]], skip_leg: int | None = None) -> None:
+    """The phones send frames 1 to STALLED_TICKS + 1 (``skip_leg``: its
+    frame 1 is already read) while the loop is stuck past STALLED_TICKS
+    intervals after the first tick's planned start."""
+    for frame in range(1, STALLED_TICKS + 2):
+        for k, (rx, tx) in enumerate(pairs):
+            if k != skip_leg or frame > 1:
+                tx.sendto(b"%d" % frame, rx.getsockname())
+    while time.monotonic() < clock.next_at + STALLED_TICKS * clock.interval + 0.003:
+        pass
+
+
+def _assert_each_tick_had_its_frames(seen: list[list[int]]) -> None:
+    # tick j plays frame j: by then every leg must have read j datagrams
     for j, counts in enumerate(seen, start=1):
         assert min(counts) >= j, f"tick {j} started with only {counts} datagrams read per leg"
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_after_a_stall_no_catch_up_tick_starts_before_its_frames_are_read(loop_name: str) -> None:
+    """The loop stalls for three tick intervals while every leg's phone
+    keeps sending: each socket holds the frames of the ticks now overdue.
+    A reader must not start the overdue ticks one after another from
+    inside the same read-out (each after one more datagram): the frames not
+    yet read would be late, the jitter buffers grow, and audio is concealed
+    (measured: a 90 ms stall concealed about 12,000 frames of 800 legs with
+    that, none without)."""
+    seen = _catch_up(loop_name, lambda clock, pairs: _stall(clock, pairs))
+    _assert_each_tick_had_its_frames(seen)
 
 
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
@@ -200,79 +193,10 @@ def test_a_stall_inside_a_reader_does_not_start_the_overdue_tick_before_the_othe
     taking the core away), while the other legs' frames arrive. The first
     overdue tick then waits for the loop to read them, rather than run
     from its timer with all of them still queued."""
-    import asyncio
-    import time
 
-    from engine.media.clock import MediaClock
+    def start(clock: MediaClock, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+        rx0, tx0 = pairs[0]
+        tx0.sendto(b"1", rx0.getsockname())  # leg 0's frame 1, read before the tick: the stall
 
-    legs, stalled_ticks = 5, 3
-
-    class Dispatch:
-        lead = 0.001
-        held_until = float("inf")
-
-        def release(self) -> None:
-            pass
-
-        def begin(self, planned: float) -> None:
-            pass
-
-        def end(self, due: float) -> None:
-            pass
-
-    async def main() -> list[list[int]]:
-        reads = [0] * legs
-        seen_at_tick: list[list[int]] = []
-        clock = MediaClock()
-        pairs = [_queued(0) for _ in range(legs)]
-
-        def stall() -> None:  # the other phones send on while leg 0's read is stuck
-            for frame in range(1, stalled_ticks + 2):
-                for k, (rx, tx) in enumerate(pairs):
-                    if k or frame > 1:
-                        tx.sendto(b"%d" % frame, rx.getsockname())
-            while time.monotonic() < clock.next_at + stalled_ticks * clock.interval + 0.003:
-                pass
-
-        class Sink:
-            def tick(self, now: float) -> bool:
-                seen_at_tick.append(list(reads))
-                return len(seen_at_tick) < stalled_ticks + 1
-
-        transports = []
-        for i, (rx, _tx) in enumerate(pairs):
-            def handler(data: bytes, addr: object, i: int = i) -> None:
-                reads[i] += 1
-                if i == 0 and data == b"1":
-                    stall()
-            transports.append(RtpTransport(rx, handler))
-        clock.dispatch = Dispatch()
-        clock.add(Sink())
-        for t in transports:
-            t.attach()
-        try:
-            rx0, tx0 = pairs[0]
-            tx0.sendto(b"1", rx0.getsockname())  # leg 0's frame 1, read before the tick: the stall
-            for _ in range(300):
-                if len(seen_at_tick) > stalled_ticks:
-                    break
-                await asyncio.sleep(0.001)
-            return seen_at_tick
-        finally:
-            await clock.stop()
-            for t in transports:
-                t.detach()
-            for rx, tx in pairs:
-                rx.close()
-                tx.close()
-
-    if loop_name == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        seen = runner.run(main())
-    assert len(seen) == stalled_ticks + 1
-    for j, counts in enumerate(seen, start=1):
-        assert min(counts) >= j, f"tick {j} started with only {counts} datagrams read per leg"
+    seen = _catch_up(loop_name, start, stall_on=b"1")
+    _assert_each_tick_had_its_frames(seen)

@@ -10,6 +10,7 @@ import pytest
 
 from engine.media import clock as clock_module
 from engine.media.clock import MediaClock, next_tick_at, run_due
+from tests.clock_fakes import LeadDispatch
 
 
 class _Sink:
@@ -21,22 +22,6 @@ class _Sink:
     def tick(self, now: float) -> bool:
         self.at.append(time.monotonic())
         return len(self.at) < self.ticks
-
-
-class _Dispatch:
-    """A send dispatch that sends nothing (the clock starts ticks early for it, by ``lead``)."""
-
-    lead = 0.001
-    held_until = float("inf")  # holds nothing in this process
-
-    def release(self) -> None:
-        pass
-
-    def begin(self, planned: float) -> None:
-        pass
-
-    def end(self, due: float) -> None:
-        pass
 
 
 async def _until_stopped(clock: MediaClock, limit: float = 5.0) -> None:
@@ -66,7 +51,7 @@ async def test_a_reader_starts_a_due_tick_before_the_timer_would() -> None:
     time) reaches the timer late; run_due, called by the reader, starts the
     tick at once, and the timer does not start it a second time."""
     clock = MediaClock()
-    clock.dispatch = _Dispatch()
+    clock.dispatch = LeadDispatch()
     sink = _Sink(clock, ticks=2)
     clock.add(sink)
     due = clock.next_at
@@ -90,7 +75,7 @@ async def test_a_reader_starts_a_due_tick_before_the_timer_would() -> None:
 
 async def test_run_due_before_the_due_time_does_nothing() -> None:
     clock = MediaClock()
-    clock.dispatch = _Dispatch()
+    clock.dispatch = LeadDispatch()
     sink = _Sink(clock, ticks=1)
     clock.add(sink)
     run_due()
@@ -118,7 +103,7 @@ async def test_send_workers_given_up_leave_the_tick_to_its_timer() -> None:
     """Send workers that were given up have no lead and send during the
     tick: readers then leave it to the timer, as without workers."""
     clock = MediaClock()
-    dispatch = _Dispatch()
+    dispatch = LeadDispatch()
     clock.dispatch = dispatch
     sink = _Sink(clock, ticks=3)
     clock.add(sink)
@@ -226,7 +211,7 @@ def test_a_clock_left_on_a_closed_loop_is_forgotten() -> None:
     leave the readers of other loops calling run_due for ever."""
     loop = asyncio.new_event_loop()
     clock = MediaClock()
-    clock.dispatch = _Dispatch()
+    clock.dispatch = LeadDispatch()
 
     async def start() -> None:
         clock.add(_Sink(clock, ticks=100))
