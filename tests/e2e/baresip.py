@@ -153,7 +153,22 @@ class Baresip:
         self._sock.sendto(text.encode(), ("127.0.0.1", self.cons_port))
 
     async def dial(self, uri: str) -> None:
+        """``/dial uri`` on the console, confirmed: baresip logs ``call:
+        connecting to`` when it takes the command; without that within 10 s
+        the failure names this phone, not the far end (a CI run once waited
+        in vain for the callee to ring, with no sign of which side failed).
+        Not sent twice: a slow phone would place two calls."""
+        line = f"call: connecting to '{uri}"
+        before = self.output().count(line)
         self.command(f"/dial {uri}\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while loop.time() < deadline:
+            if self.output().count(line) > before:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"baresip {self.name}: /dial {uri} not taken within 10 s; output:\n"
+                             f"{self.output()[-3000:]}")
 
     async def press(self, digits: str, gap: float = 0.4) -> None:
         """Type ``digits`` on the keypad: RFC 4733 events, one by one."""
