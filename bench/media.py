@@ -433,8 +433,12 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
-        conc0 = sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None)
-        disc0 = sum(s.jitter.stats.discarded for s in sessions if s.jitter is not None)
+        def jitter_totals() -> tuple[int, int]:
+            """Frames concealed and discarded by every leg's jitter buffer (one stats copy a leg)."""
+            stats = [s.jitter.stats for s in sessions if s.jitter is not None]
+            return sum(x.concealed for x in stats), sum(x.discarded for x in stats)
+
+        conc0, disc0 = jitter_totals()
         clock.lateness = []
         graph.tick_times = []
         prof = None
@@ -460,14 +464,15 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         if prof is not None:
             prof.disable()
         scraped1 = _scraped(figures.render()) if metrics else None
+        conc1, disc1 = jitter_totals()
         lateness, clock.lateness = clock.lateness, None
         times, graph.tick_times = graph.tick_times, None
         result = {
             "cpu": c1 - c0, "wall": w1 - w0, "origin": clock.origin,
             "received": sum(s.transport.received for s in sessions) - recv0,
             "sent": sum(s.transport.sent for s in sessions) - sent0,
-            "concealed": sum(s.jitter.stats.concealed for s in sessions if s.jitter is not None) - conc0,
-            "discarded": sum(s.jitter.stats.discarded for s in sessions if s.jitter is not None) - disc0,
+            "concealed": conc1 - conc0,
+            "discarded": disc1 - disc0,
             "skipped": clock.skipped - skipped0,
             # legs whose socket is connected to its source at the end (RtpTransport.pin)
             "pinned": sum(1 for s in sessions if s.transport.pinned),
