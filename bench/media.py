@@ -79,8 +79,11 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE  # noqa: E402
+from engine.transport.overload import OverloadBounds  # noqa: E402
 
 RATE = 8000
+#: The overload detector's default media bound (bytes queued on the median leg).
+MEDIA_BACKLOG = OverloadBounds().media_backlog
 FRAME = 160
 TICK = 0.020
 SLOTS = 20  # send phases per 20 ms
@@ -457,9 +460,23 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
                 pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
 
         gc.callbacks.append(on_gc)
+        from engine.transport.rtp_transport import rtp_backlog
+
+        backlog: list[int] = []
+
+        async def sample_backlog() -> None:
+            """The overload detector's media signal, every 50 ms as its probe takes it."""
+            while True:
+                value = rtp_backlog()
+                if value is not None:
+                    backlog.append(value)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.get_running_loop().create_task(sample_backlog())
         c0 = cpu()
         await asyncio.sleep(max(0.0, w1 - time.monotonic()))
         c1 = cpu()
+        sampler.cancel()
         gc.callbacks.remove(on_gc)
         if prof is not None:
             prof.disable()
@@ -481,6 +498,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "quiet_ticks": graph.bridge.quiet_ticks - quiet0,
             "dormant_ticks": (graph.bridge.dtx.dormant_ticks - dormant0) if graph.bridge.dtx else 0,
             "clock_lateness": lateness, "tick_times": times,
+            # engine.transport.rtp_transport.rtp_backlog every 50 ms: bytes queued on the median sampled leg
+            "backlog": backlog,
             "conferences": len(plan.sizes), "gc": pauses,
             # what /metrics said at the window's start and end (--metrics)
             "scraped": (scraped0, scraped1) if metrics else None,
@@ -808,6 +827,12 @@ def main() -> int:
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
     inline, ticked = sres.get("inline_ticks", (0, 0))
+    backlog = np.asarray(sres.get("backlog", []), dtype=float)
+    if backlog.size:
+        print(f"  RTP read backlog (the overload detector's media signal: bytes queued on the median of 16 "
+              f"sampled legs, every 50 ms): p50 {pct(backlog, 50):,.0f} / p99 {pct(backlog, 99):,.0f} / "
+              f"max {pct(backlog, 100):,.0f}; {int(np.sum(backlog >= MEDIA_BACKLOG))} of {backlog.size} samples at "
+              f"or over the refuse bound ({MEDIA_BACKLOG:,} bytes)")
     print(f"  clock wake-up lateness, against each tick's planned start: {ms(wake)}"
           f" ({inline} of {ticked} ticks started by a reader)")
     if times.size:

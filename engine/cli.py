@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="smoothed event-loop lag (ms) from which new INVITEs get 503 (0: off)")
     serve.add_argument("--overload-drop-lag-ms", type=float, default=float(_env("OVERLOAD_DROP_LAG_MS", 500)),
                        help="smoothed event-loop lag (ms) from which new INVITEs are dropped unparsed (0: off)")
+    serve.add_argument("--overload-rtp-backlog-kb", type=float,
+                       default=float(_env("OVERLOAD_RTP_BACKLOG_KB", 8)),
+                       help="KiB waiting for the RTP readers on the median sampled call socket from which new"
+                            " INVITEs get 503: the media readers fall behind the phones (0: off)")
     serve.add_argument("--max-setup-calls", type=int, default=int(_env("MAX_SETUP_CALLS", 1000)),
                        help="incoming calls not answered yet (ringing included) from which new INVITEs"
                             " get 503 (0: off)")
@@ -304,7 +308,8 @@ def _config_from(args: argparse.Namespace) -> Any:
                  "ws_max_per_source", "ws_max_connections"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 1 or more, got {getattr(args, flag)}")
-    for flag in ("overload_lag_ms", "overload_drop_lag_ms", "max_setup_calls", "sip_udp_rcvbuf"):
+    for flag in ("overload_lag_ms", "overload_drop_lag_ms", "overload_rtp_backlog_kb", "max_setup_calls",
+                 "sip_udp_rcvbuf"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
     if args.rtp_pin_after < 0:
@@ -316,9 +321,10 @@ def _config_from(args: argparse.Namespace) -> Any:
 
     try:
         overload = OverloadBounds(lag=args.overload_lag_ms / 1000, drop_lag=args.overload_drop_lag_ms / 1000,
-                                  setup_calls=args.max_setup_calls)
+                                  setup_calls=args.max_setup_calls,
+                                  media_backlog=round(args.overload_rtp_backlog_kb * 1024))
         if args.overload == "off":
-            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0)
+            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0, media_backlog=0)
     except ValueError:
         raise SystemExit(f"callbridge: --overload-drop-lag-ms ({args.overload_drop_lag_ms:g}) must not be below"
                          f" --overload-lag-ms ({args.overload_lag_ms:g})") from None

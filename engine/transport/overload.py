@@ -11,7 +11,7 @@ RFC 3261 §13.3.1.4). So the endpoint sorts arriving datagrams, as early and
 as cheaply as it can, into *new* INVITEs and everything else, and the
 detector tells it what to do with the new ones.
 
-Three signals, each sampled by the endpoint every ``probe`` seconds:
+Four signals, each sampled by the endpoint every ``probe`` seconds:
 
 - **loop lag**: how late a callback scheduled on the event loop ran. It is
   smoothed (an exponentially weighted mean, :data:`LAG_WEIGHT` per sample,
@@ -25,6 +25,15 @@ Three signals, each sampled by the endpoint every ``probe`` seconds:
   already an integral of the load.
 - **calls being set up**: INVITE server transactions not answered finally
   yet (ringing calls included; a scenario that never answers costs one).
+- **RTP read backlog**: bytes waiting in the kernel for the media readers,
+  on the median of a sample of the calls' RTP sockets
+  (:func:`engine.transport.rtp_transport.rtp_backlog`). Media load
+  saturates the loop differently from signalling: the RTP readers fall
+  behind the phones on every socket at once while the loop's lag stays
+  small (ticks are started by the readers themselves), and every call's
+  audio breaks up. A new call would only add to it, so this signal
+  refuses (it never drops: parsing an INVITE is not what costs here).
+  Not smoothed, as the queue is already an integral of the load.
 
 Each has two bounds; the level is the highest any signal reaches::
 
@@ -80,6 +89,8 @@ class OverloadBounds:
     :param drop_queue: share from which they are dropped.
     :param setup_calls: INVITE server transactions awaiting their final
         answer from which new INVITEs are refused.
+    :param media_backlog: bytes queued for the RTP readers on the median
+        sampled socket from which new INVITEs are refused.
     :param hold: seconds every signal must stay under its exit mark before
         the level falls.
 
@@ -102,6 +113,12 @@ class OverloadBounds:
     - ``hold`` 0.5 s: with 1 s, 523 calls/s were accepted in that run, with
       0.2 s, 600 and half again as many episodes; 0.5 s took 606 with 12
       episodes in 30 s. Zero accepted calls failed with each.
+    - ``media_backlog`` 8 KiB: ten RTP datagrams on loopback (the kernel
+      charges about 830 bytes for each), 200 ms of a phone's audio, the
+      jitter buffers' most. Measured (``bench/media.py``, 2026-12-06): an
+      engine keeping up with 1,000 legs showed 0 at the median sample and
+      832 bytes (one datagram) at most; one saturated at 1,150-1,300 legs,
+      concealing 72-86% of the inbound frames, showed 65-82 KB.
     """
 
     lag: float = 0.1
@@ -110,9 +127,10 @@ class OverloadBounds:
     drop_queue: float = 0.6
     setup_calls: int = 1000
     hold: float = 0.5
+    media_backlog: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("lag", "drop_lag", "queue", "drop_queue", "setup_calls", "hold"):
+        for name in ("lag", "drop_lag", "queue", "drop_queue", "setup_calls", "hold", "media_backlog"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"overload bound {name} must be 0 (off) or more, not {value!r}")
@@ -143,23 +161,28 @@ class OverloadDetector:
         #: Last receive-queue fill (0-1) and calls being set up.
         self.queue = 0.0
         self.setup_calls = 0
+        #: Last RTP read backlog, bytes on the median sampled socket.
+        self.media_backlog = 0
         #: Episodes begun since start.
         self.episodes = 0
         #: Since when every signal has been under the current level's exit marks.
         self._calm_since: float | None = None
 
-    def sample(self, now: float, *, lag: float, queue: float = 0.0, setup_calls: int = 0) -> int:
+    def sample(self, now: float, *, lag: float, queue: float = 0.0, setup_calls: int = 0,
+               media_backlog: int = 0) -> int:
         """Take one sample of each signal and update :attr:`level`.
 
         :param lag: seconds the probe callback ran late (raw; smoothed here).
         :param queue: receive-buffer fill of the fullest socket, 0-1.
         :param setup_calls: INVITE server transactions without a final answer.
+        :param media_backlog: bytes queued for the RTP readers, median sampled socket.
         :returns: ``1`` when an episode began with this sample, ``-1`` when
             one ended, else ``0``.
         """
         self.lag += LAG_WEIGHT * (max(0.0, lag) - self.lag)
         self.queue = queue
         self.setup_calls = setup_calls
+        self.media_backlog = media_backlog
         before = self.level
         target = self._level_for(1.0)
         if target > self.level:
@@ -186,11 +209,13 @@ class OverloadDetector:
         if _over(self.lag, b.drop_lag, ratio) or _over(self.queue, b.drop_queue, ratio):
             return OverloadLevel.DROP
         if (_over(self.lag, b.lag, ratio) or _over(self.queue, b.queue, ratio)
-                or _over(self.setup_calls, b.setup_calls, ratio)):
+                or _over(self.setup_calls, b.setup_calls, ratio)
+                or _over(self.media_backlog, b.media_backlog, ratio)):
             return OverloadLevel.REFUSE
         return OverloadLevel.NORMAL
 
     def describe(self) -> dict[str, str]:
         """The signals as log fields (lag in ms, queue in percent)."""
         return {"level": self.level.name.lower(), "lag_ms": f"{self.lag * 1000:.0f}",
-                "queue_pct": f"{self.queue * 100:.0f}", "setup_calls": str(self.setup_calls)}
+                "queue_pct": f"{self.queue * 100:.0f}", "setup_calls": str(self.setup_calls),
+                "media_backlog_bytes": str(self.media_backlog)}

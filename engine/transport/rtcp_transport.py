@@ -81,7 +81,7 @@ class RtcpTransport:
         protector: Callable[[], RtcpProtector | None] | None = None,
     ) -> None:
         self.session = session
-        self.transport = RtpTransport(sock, self._on_datagram)
+        self.transport = RtpTransport(sock, self._on_datagram, watched=False)
         self.default_destination = default_destination
         self.on_timeout = on_timeout
         self.may_send = may_send

@@ -32,22 +32,39 @@ disconnected again (``connect`` with ``AF_UNSPEC``), so a NAT rebinding,
 whose packets the kernel now drops, is seen after that silence and latched
 as before. :meth:`RtpTransport.detach` disconnects too: the socket goes
 back to the port pool unconnected.
+
+Backlog (:func:`rtp_backlog`): the transports of media streams (not RTCP)
+are watched while attached, and a sample of them tells how far the loop's
+readers are behind the phones: the median of the bytes their kernel
+receive queues hold (Linux ``SO_MEMINFO``). A loop that keeps up leaves a
+datagram or two queued on a socket (about 830 bytes each on loopback); a
+loop saturated by media falls behind on every socket at once, the queues
+grow to hundreds of datagrams and the jitter buffers conceal, while the
+loop's own lag stays small (``bench/media.py`` prints the signal). The
+overload detector refuses new calls on it (:mod:`engine.transport.overload`).
+The median, not the fullest: a sender flooding one port it is not pinned
+to fills that socket's queue alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
+import random
 import socket
+import statistics
+import struct
+import sys
 from time import monotonic as _monotonic
 from typing import Any, Callable, ClassVar, Protocol
 
 from engine.media.clock import next_tick_at as _next_tick_at
 from engine.media.clock import run_due as _run_due
 
-__all__ = ["RtpTransport", "DatagramHandler"]
+__all__ = ["RtpTransport", "DatagramHandler", "rtp_backlog"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +78,39 @@ BURST_GAP = 0.010
 _MAX_DATAGRAM = 2048
 #: Seconds without a datagram after which a pinned socket is disconnected.
 UNPIN_AFTER = 0.5
+#: Linux ``SO_MEMINFO`` (not in :mod:`socket`): its first field is the
+#: memory the receive queue holds.
+_SO_MEMINFO = 55
+#: Media transports sampled for :func:`rtp_backlog` at most.
+BACKLOG_SAMPLE = 16
+
+#: The attached media transports (insertion-ordered set), for :func:`rtp_backlog`.
+_watched: dict[RtpTransport, None] = {}
+_meminfo = [sys.platform.startswith("linux")]
+
+
+def rtp_backlog(sample: int = BACKLOG_SAMPLE) -> int | None:
+    """Bytes queued in the kernel for the readers, the median over up to
+    ``sample`` attached media transports of the running loop picked at
+    random (see the module's docstring); ``None`` when none is attached or
+    the system cannot tell (not Linux)."""
+    if not _meminfo[0] or not _watched:
+        return None
+    loop = asyncio.get_running_loop()
+    pool = [t for t in _watched if t._loop is loop]
+    if len(pool) > sample:
+        pool = random.sample(pool, sample)
+    queued = []
+    for transport in pool:
+        try:
+            raw = transport.sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4)
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+                _meminfo[0] = False  # an old kernel: no such option
+                return None
+            continue  # closed meanwhile
+        queued.append(struct.unpack("I", raw[:4])[0])
+    return int(statistics.median_low(queued)) if queued else None
 
 
 class _SockaddrUnspec(ctypes.Structure):
@@ -109,9 +159,10 @@ class RtpTransport:
 
     # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
     __slots__ = ("sock", "_recvfrom", "peer", "_recv", "_send", "handler", "_loop", "_last_read", "received", "sent",
-                 "batch_memo", "send_errors", "_pin_to", "_connecting", "_unpin_timer", "pins", "__weakref__")
+                 "batch_memo", "send_errors", "_pin_to", "_connecting", "_unpin_timer", "pins", "watched",
+                 "__weakref__")
 
-    def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
+    def __init__(self, sock: socket.socket, handler: DatagramHandler, *, watched: bool = True) -> None:
         self.sock = sock
         self._recvfrom = sock.recvfrom
         self._recv = sock.recv
@@ -132,6 +183,8 @@ class RtpTransport:
         #: The batch sink's note of where this transport's datagrams go.
         self.batch_memo: Any = None
         self.send_errors = 0
+        #: Sampled by :func:`rtp_backlog` while attached (media streams, not RTCP).
+        self.watched = watched
 
     @property
     def attached(self) -> bool:
@@ -143,6 +196,8 @@ class RtpTransport:
             return
         self._loop = loop or asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        if self.watched:
+            _watched[self] = None
 
     def detach(self) -> None:
         """Stop reading (the socket stays open and owned by its port pair,
@@ -150,6 +205,7 @@ class RtpTransport:
         self.unpin()
         if self._loop is None:
             return
+        _watched.pop(self, None)
         try:
             if self.sock.fileno() >= 0:
                 self._loop.remove_reader(self.sock.fileno())

@@ -32,7 +32,7 @@ server transactions are live gets a stateless 503: neither creates a
 transaction. Each refusal is a security event (:mod:`engine.security_log`),
 logged at most once per ``THROTTLE_PERIOD`` per source and kind. While
 overloaded (:mod:`engine.transport.overload`: loop lag, receive-queue fill,
-calls being set up, sampled every ``overload_probe`` seconds), a new INVITE
+calls being set up, the RTP readers' backlog, sampled every ``overload_probe`` seconds), a new INVITE
 gets a stateless 503 decided from a look at its head before it is parsed
 (:meth:`SipEndpoint._shed`), or is dropped; everything else, which finishes
 the calls already accepted, is processed as always. Malformed requests get a stateless 400 (or 505, 416)
@@ -58,6 +58,7 @@ from engine.state.directory import Directory
 from engine.security_log import security_event
 from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
 from engine.transport.overload import OverloadDetector, OverloadLevel
+from engine.transport.rtp_transport import rtp_backlog
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -534,7 +535,9 @@ class SipEndpoint:
             live = (TransactionState.TRYING, TransactionState.PROCEEDING)
             self._setting_up = {t for t in self._setting_up if t.state in live}
         queue, _ = self._receive_queues()
-        change = self.overload.sample(now, lag=lag, queue=queue, setup_calls=len(self._setting_up))
+        backlog = rtp_backlog()
+        change = self.overload.sample(now, lag=lag, queue=queue, setup_calls=len(self._setting_up),
+                                      media_backlog=backlog or 0)
         if change > 0:
             for key in self._episode:
                 self._episode[key] = self.stats[key]

@@ -334,6 +334,9 @@ def _overload(endpoint: Any, stats: dict[str, int], overload: Any) -> Iterator[M
     yield GaugeMetricFamily("callbridge_sip_udp_receive_queue",
                             "Fill (0-1) of the fullest SIP UDP receive buffer at the last probe",
                             value=overload.queue)
+    yield GaugeMetricFamily("callbridge_rtp_read_backlog_bytes",
+                            "Bytes waiting for the RTP readers on the median of the sampled calls' sockets"
+                            " at the last overload probe", value=overload.media_backlog)
     yield CounterMetricFamily("callbridge_sip_udp_receive_dropped",
                               "Datagrams the kernel dropped on full SIP UDP receive buffers",
                               value=endpoint.receive_drops())

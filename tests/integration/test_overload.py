@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
+import socket
 
 import pytest
 
@@ -249,3 +251,92 @@ async def test_udp_receive_buffer_is_raised(make_engine: EngineFactory) -> None:
     sizes = engine.ua.endpoint.udp_receive_buffers
     assert set(sizes) == {"127.0.0.1"}
     assert sizes["127.0.0.1"] > 212992
+
+
+def _rtp_port(ok: SipResponse) -> int:
+    """The engine's RTP port in a 200's SDP answer."""
+    match = re.search(rb"\nm=audio (\d+) ", ok.body)
+    assert match is not None, ok.body
+    return int(match.group(1))
+
+
+async def test_rtp_read_backlog_refuses_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Media saturation: the RTP readers of most calls fall behind their
+    phones (here: the loop stops reading their sockets while the phones
+    send), so the kernel queues grow; with the default bound (8 KiB on the
+    median sampled socket) a new INVITE gets 503 and Retry-After, the
+    accepted calls still end normally, and once the readers caught up new
+    calls are answered again. /metrics shows the backlog."""
+    engine = await make_engine(RULES)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    dialogs = [Dialog(peer, f"sip:talk@127.0.0.1:{port}") for _ in range(3)]
+    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    assert await wait_until(lambda: len(engine.ua.calls) == 3 and all(
+        call.media.session is not None for call in engine.ua.calls))  # type: ignore[attr-defined]
+    transports = [call.media.session.transport for call in engine.ua.calls]  # type: ignore[attr-defined]
+    assert sorted(t.sock.getsockname()[1] for t in transports) == sorted(rtp_ports)
+    loop = asyncio.get_running_loop()
+    for transport in transports:
+        loop.remove_reader(transport.sock.fileno())
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packet = bytes([0x80, 0]) + bytes(10) + bytes([0xFF]) * 160
+        for rtp in rtp_ports:
+            for _ in range(12):  # 240 ms of audio unread
+                phone.sendto(packet, ("127.0.0.1", rtp))
+        assert await overloaded(engine, OverloadLevel.REFUSE)
+        assert engine.ua.endpoint.overload.media_backlog >= 8192
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        refused = await peer.expect(503)
+        assert refused.headers.get("Retry-After") == "5"
+        text = engine.metrics.render().decode()
+        backlog = re.search(r"\ncallbridge_rtp_read_backlog_bytes (\S+)\n", text)
+        assert backlog is not None and float(backlog.group(1)) >= 8192
+        assert "callbridge_sip_overload_refused_total 1.0" in text
+
+        for transport in transports:  # the readers catch up
+            loop.add_reader(transport.sock.fileno(), transport._on_readable)
+        assert await overloaded(engine, OverloadLevel.NORMAL)
+        fresh = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+        await fresh.call()
+        for dialog in (*dialogs, fresh):
+            dialog.send("BYE")
+            assert (await peer.expect(method="BYE")).status == 200
+        assert await wait_until(lambda: not engine.ua.calls)
+    finally:
+        phone.close()
+
+
+async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Attack: a stranger fills one call's RTP socket to the brim (its
+    queue full, as if its reader could not keep up) while the other calls'
+    readers keep up: the backlog is the median sampled socket's, so new
+    calls are still answered."""
+    engine = await make_engine(RULES)
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    dialogs = [Dialog(peer, f"sip:talk@127.0.0.1:{port}") for _ in range(3)]
+    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    assert await wait_until(lambda: len(engine.ua.calls) == 3 and all(
+        call.media.session is not None for call in engine.ua.calls))  # type: ignore[attr-defined]
+    victim = next(call.media.session.transport for call in engine.ua.calls  # type: ignore[attr-defined]
+                  if call.media.session.transport.sock.getsockname()[1] == rtp_ports[0])  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(victim.sock.fileno())
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(2000):
+            stranger.sendto(b"\x80" * 172, ("127.0.0.1", rtp_ports[0]))
+        probes = engine.ua.endpoint._probes
+        assert await wait_until(lambda: engine.ua.endpoint._probes >= probes + 10, 5.0)
+        assert engine.ua.endpoint.overload.level is OverloadLevel.NORMAL
+        assert engine.ua.endpoint.overload.media_backlog < 8192
+        fresh = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
+        await fresh.call()
+        loop.add_reader(victim.sock.fileno(), victim._on_readable)
+        for dialog in (*dialogs, fresh):
+            dialog.send("BYE")
+            assert (await peer.expect(method="BYE")).status == 200
+    finally:
+        stranger.close()

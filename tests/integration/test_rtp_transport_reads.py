@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from engine.media.clock import MediaClock
-from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport
+from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport, rtp_backlog
 from tests.clock_fakes import LeadDispatch
 
 
@@ -200,3 +200,57 @@ def test_a_stall_inside_a_reader_does_not_start_the_overdue_tick_before_the_othe
 
     seen = _catch_up(loop_name, start, stall_on=b"1")
     _assert_each_tick_had_its_frames(seen)
+
+
+async def test_backlog_is_the_median_of_the_attached_media_sockets() -> None:
+    """``rtp_backlog`` reads the kernel's queues of the attached media
+    transports: 0 when every reader kept up, the median queue when most
+    fell behind, not moved by one flooded socket among quiet ones; an RTCP
+    transport (``watched=False``) and a detached one are not sampled, and
+    with none attached there is no figure."""
+    assert rtp_backlog() is None
+    rigs = [_queued(0) for _ in range(5)]
+    media = [RtpTransport(rx, lambda data, addr: None) for rx, _ in rigs]
+    rtcp_rx, rtcp_tx = _queued(0)
+    rtcp = RtpTransport(rtcp_rx, lambda data, addr: None, watched=False)
+    for transport in (*media, rtcp):
+        transport.attach()
+    try:
+        assert rtp_backlog() == 0
+        loop = asyncio.get_running_loop()
+        for transport in media:
+            loop.remove_reader(transport.sock.fileno())  # a saturated loop reaches no reader
+        flooded, tx = rigs[0]
+        for _ in range(200):
+            tx.sendto(b"\x80" * 172, flooded.getsockname())
+        assert rtp_backlog() == 0  # one socket of five: the median stays quiet
+
+        def fall_behind(rig: tuple[socket.socket, socket.socket]) -> None:
+            for _ in range(10):
+                rig[1].sendto(b"\x80" * 172, rig[0].getsockname())
+
+        fall_behind(rigs[1])
+        assert rtp_backlog() == 0  # two of five
+        fall_behind(rigs[2])
+        behind = rtp_backlog()
+        assert behind is not None and behind >= 10 * 172  # the kernel charges more than the payload
+        assert rtp_backlog(sample=5) == behind
+        for _ in range(300):
+            rtcp_tx.sendto(b"\x81" * 60, rtcp_rx.getsockname())
+        media[1].detach()  # left: flooded, behind, quiet, quiet
+        assert rtp_backlog() == 0  # median_low of four
+        fall_behind(rigs[3])
+        assert rtp_backlog() == behind
+        media[1].attach()
+        for transport in media:
+            if transport is not media[1]:
+                loop.add_reader(transport.sock.fileno(), transport._on_readable)
+        await asyncio.sleep(0.1)  # the readers drain every queue
+        assert rtp_backlog() == 0
+    finally:
+        for transport in (*media, rtcp):
+            transport.detach()
+        for rx, tx in (*rigs, (rtcp_rx, rtcp_tx)):
+            rx.close()
+            tx.close()
+    assert rtp_backlog() is None

@@ -249,3 +249,20 @@ def test_directory_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch)
     assert config(["--directory", "rediss://cache:6380/0"]).directory_url == "rediss://cache:6380/0"
     monkeypatch.setenv("CALLBRIDGE_DIRECTORY", "")
     assert config([]).directory_url is None
+
+
+def test_overload_rtp_backlog_default_flag_environment_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check new calls are refused past 8 KiB waiting for the RTP readers by
+    default, that CALLBRIDGE_OVERLOAD_RTP_BACKLOG_KB and the flag set it (0:
+    off), that ``--overload off`` turns it off with the rest, and that a
+    negative size is refused by name."""
+    monkeypatch.delenv("CALLBRIDGE_OVERLOAD_RTP_BACKLOG_KB", raising=False)
+    assert config([]).policy.overload.media_backlog == 8192
+    assert config(["--overload-rtp-backlog-kb", "32"]).policy.overload.media_backlog == 32768
+    assert config(["--overload-rtp-backlog-kb", "0"]).policy.overload.media_backlog == 0
+    assert config(["--overload", "off"]).policy.overload.media_backlog == 0
+    monkeypatch.setenv("CALLBRIDGE_OVERLOAD_RTP_BACKLOG_KB", "4")
+    assert config([]).policy.overload.media_backlog == 4096
+    with pytest.raises(SystemExit) as info:
+        config(["--overload-rtp-backlog-kb", "-1"])
+    assert str(info.value) == "callbridge: --overload-rtp-backlog-kb must be 0 (off) or more, got -1.0"

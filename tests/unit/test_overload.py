@@ -9,7 +9,8 @@ import pytest
 from engine.transport.overload import EXIT_RATIO, OverloadBounds, OverloadDetector, OverloadLevel
 
 PROBE = 0.05
-BOUNDS = OverloadBounds(lag=0.1, drop_lag=0.5, queue=0.25, drop_queue=0.6, setup_calls=100, hold=1.0)
+BOUNDS = OverloadBounds(lag=0.1, drop_lag=0.5, queue=0.25, drop_queue=0.6, setup_calls=100, hold=1.0,
+                        media_backlog=8192)
 
 
 def run(detector: OverloadDetector, start: float, seconds: float, **signals: float) -> tuple[float, list[int]]:
@@ -20,16 +21,17 @@ def run(detector: OverloadDetector, start: float, seconds: float, **signals: flo
         now += PROBE
         lag = signals.get("lag", 0.0)
         change = detector.sample(now, lag=lag, queue=signals.get("queue", 0.0),
-                                 setup_calls=int(signals.get("setup_calls", 0)))
+                                 setup_calls=int(signals.get("setup_calls", 0)),
+                                 media_backlog=int(signals.get("media_backlog", 0)))
         if change:
             changes.append(change)
     return now, changes
 
 
 def test_quiet_engine_stays_normal() -> None:
-    """Lag, queue and calls being set up under their bounds never refuse."""
+    """Lag, queue, calls being set up and RTP backlog under their bounds never refuse."""
     detector = OverloadDetector(BOUNDS)
-    _, changes = run(detector, 0.0, 10.0, lag=0.09, queue=0.2, setup_calls=99)
+    _, changes = run(detector, 0.0, 10.0, lag=0.09, queue=0.2, setup_calls=99, media_backlog=8191)
     assert detector.level is OverloadLevel.NORMAL
     assert changes == [] and detector.episodes == 0
 
@@ -116,15 +118,33 @@ def test_calls_being_set_up_refuse() -> None:
     assert detector.level is OverloadLevel.NORMAL
 
 
+def test_rtp_backlog_refuses_never_drops() -> None:
+    """The media readers' backlog at its bound refuses at the next sample,
+    however far past it, and never drops (an INVITE's parse is not what
+    costs then); under half the bound the level falls after hold."""
+    detector = OverloadDetector(BOUNDS)
+    assert detector.sample(0.05, lag=0.0, media_backlog=8192) == 1
+    assert detector.level is OverloadLevel.REFUSE
+    now, changes = run(detector, 0.05, 2.0, media_backlog=200_000)
+    assert detector.level is OverloadLevel.REFUSE and changes == []
+    assert detector.describe()["media_backlog_bytes"] == "200000"
+    now, changes = run(detector, now, 2.0, media_backlog=4096)
+    assert detector.level is OverloadLevel.REFUSE and changes == []
+    now, changes = run(detector, now, 1.1, media_backlog=832)
+    assert detector.level is OverloadLevel.NORMAL and changes == [-1]
+
+
 def test_zero_turns_a_bound_off() -> None:
     """A bound of 0 is off: huge values of that signal change nothing."""
-    detector = OverloadDetector(OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0))
-    run(detector, 0.0, 2.0, lag=10.0, queue=1.0, setup_calls=10**6)
+    detector = OverloadDetector(OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0,
+                                               media_backlog=0))
+    run(detector, 0.0, 2.0, lag=10.0, queue=1.0, setup_calls=10**6, media_backlog=10**6)
     assert detector.level is OverloadLevel.NORMAL
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [
     ({"lag": -1}, "overload bound lag must be 0 (off) or more, not -1"),
+    ({"media_backlog": -1}, "overload bound media_backlog must be 0 (off) or more, not -1"),
     ({"lag": 0.5, "drop_lag": 0.1}, "overload drop_lag (0.1) must not be below lag (0.5)"),
     ({"queue": 0.5, "drop_queue": 0.2}, "overload drop_queue (0.2) must not be below queue (0.5)"),
     ({"queue": 2.0, "drop_queue": 3.0}, "overload queue bounds are shares of the buffer: 0 to 1"),
