@@ -24,11 +24,11 @@ class RtpWireTap:
         original_init, original_sendto = RtpTransport.__init__, RtpTransport.sendto
         tap = self
 
-        def init(transport: RtpTransport, sock: Any, handler: Any) -> None:
+        def init(transport: RtpTransport, sock: Any, handler: Any, *, watched: bool = True) -> None:
             def received(data: bytes, addr: Any) -> None:
                 tap.packets.append((time.monotonic(), "in", data, addr))
                 handler(data, addr)
-            original_init(transport, sock, received)
+            original_init(transport, sock, received, watched=watched)
 
         def sendto(transport: RtpTransport, data: bytes, addr: Any) -> None:
             tap.packets.append((time.monotonic(), "out", data, addr))
