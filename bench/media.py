@@ -82,8 +82,10 @@ from engine.media.codecs.g711 import ULAW_DECODE, ULAW_ENCODE  # noqa: E402
 from engine.transport.overload import OverloadBounds  # noqa: E402
 
 RATE = 8000
-#: The overload detector's default media bound (bytes queued on the median leg).
+#: The overload detector's default media bound (bytes queued on the median leg)...
 MEDIA_BACKLOG = OverloadBounds().media_backlog
+#: ... and its late-legs bound (a share of the legs).
+LATE_LEGS = OverloadBounds().late_legs
 FRAME = 160
 TICK = 0.020
 SLOTS = 20  # send phases per 20 ms
@@ -436,12 +438,14 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
-        def jitter_totals() -> tuple[int, int]:
-            """Frames concealed and discarded by every leg's jitter buffer (one stats copy a leg)."""
+        def jitter_totals() -> tuple[int, int, int, int]:
+            """Frames concealed, discarded and late, and resyncs, summed over every
+            leg's jitter buffer (one stats copy a leg)."""
             stats = [s.jitter.stats for s in sessions if s.jitter is not None]
-            return sum(x.concealed for x in stats), sum(x.discarded for x in stats)
+            return (sum(x.concealed for x in stats), sum(x.discarded for x in stats), sum(x.late for x in stats),
+                    sum(x.resyncs for x in stats))
 
-        conc0, disc0 = jitter_totals()
+        conc0, disc0, late0, resync0 = jitter_totals()
         clock.lateness = []
         graph.tick_times = []
         prof = None
@@ -460,16 +464,19 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
                 pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
 
         gc.callbacks.append(on_gc)
-        from engine.transport.rtp_transport import rtp_backlog
+        from engine.media.jitterbuffer import late_buffers
+        from engine.transport.rtp_transport import rtp_backlog, watched_count
 
         backlog: list[int] = []
+        late_share: list[float] = []
 
         async def sample_backlog() -> None:
-            """The overload detector's media signal, every 50 ms as its probe takes it."""
+            """The overload detector's media signals, every 50 ms as its probe takes them."""
             while True:
                 value = rtp_backlog()
                 if value is not None:
                     backlog.append(value)
+                late_share.append(late_buffers() / max(1, watched_count()))
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.get_running_loop().create_task(sample_backlog())
@@ -481,7 +488,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         if prof is not None:
             prof.disable()
         scraped1 = _scraped(figures.render()) if metrics else None
-        conc1, disc1 = jitter_totals()
+        conc1, disc1, late1, resync1 = jitter_totals()
         lateness, clock.lateness = clock.lateness, None
         times, graph.tick_times = graph.tick_times, None
         result = {
@@ -490,6 +497,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "sent": sum(s.transport.sent for s in sessions) - sent0,
             "concealed": conc1 - conc0,
             "discarded": disc1 - disc0,
+            "late": late1 - late0, "resyncs": resync1 - resync0,
             "skipped": clock.skipped - skipped0,
             # legs whose socket is connected to its source at the end (RtpTransport.pin)
             "pinned": sum(1 for s in sessions if s.transport.pinned),
@@ -500,6 +508,8 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "clock_lateness": lateness, "tick_times": times,
             # engine.transport.rtp_transport.rtp_backlog every 50 ms: bytes queued on the median sampled leg
             "backlog": backlog,
+            # late_buffers() / the legs read: the share of legs late in the last whole second
+            "late_share": late_share,
             "conferences": len(plan.sizes), "gc": pauses,
             # what /metrics said at the window's start and end (--metrics)
             "scraped": (scraped0, scraped1) if metrics else None,
@@ -823,7 +833,8 @@ def main() -> int:
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
           f"inbound frames concealed {sres['concealed']:,} ({concealed_pct:.3f}%), "
-          f"discarded {sres['discarded']:,} ({discarded_pct:.3f}%)")
+          f"discarded {sres['discarded']:,} ({discarded_pct:.3f}%); late {sres.get('late', 0):,}, "
+          f"resyncs {sres.get('resyncs', 0):,}")
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
     inline, ticked = sres.get("inline_ticks", (0, 0))
@@ -833,6 +844,12 @@ def main() -> int:
               f"sampled legs, every 50 ms): p50 {pct(backlog, 50):,.0f} / p99 {pct(backlog, 99):,.0f} / "
               f"max {pct(backlog, 100):,.0f}; {int(np.sum(backlog >= MEDIA_BACKLOG))} of {backlog.size} samples at "
               f"or over the refuse bound ({MEDIA_BACKLOG:,} bytes)")
+    late_share = np.asarray(sres.get("late_share", []), dtype=float)
+    if late_share.size:
+        print(f"  legs late in the last second (the detector's other media signal): p50 "
+              f"{pct(late_share, 50) * 100:.1f}% / max {pct(late_share, 100) * 100:.1f}%; "
+              f"{int(np.sum(late_share >= LATE_LEGS))} of {late_share.size} samples at or over the refuse bound "
+              f"({LATE_LEGS * 100:.0f}%)")
     print(f"  clock wake-up lateness, against each tick's planned start: {ms(wake)}"
           f" ({inline} of {ticked} ticks started by a reader)")
     if times.size:

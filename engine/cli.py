@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                        default=float(_env("OVERLOAD_RTP_BACKLOG_KB", 8)),
                        help="KiB waiting for the RTP readers on the median sampled call socket from which new"
                             " INVITEs get 503: the media readers fall behind the phones (0: off)")
+    serve.add_argument("--overload-late-legs-pct", type=float,
+                       default=float(_env("OVERLOAD_LATE_LEGS_PCT", 50)),
+                       help="share (percent) of the calls whose audio came late for its tick within the last"
+                            " second from which new INVITEs get 503, counted from 10 calls on (0: off)")
     serve.add_argument("--max-setup-calls", type=int, default=int(_env("MAX_SETUP_CALLS", 1000)),
                        help="incoming calls not answered yet (ringing included) from which new INVITEs"
                             " get 503 (0: off)")
@@ -312,6 +316,8 @@ def _config_from(args: argparse.Namespace) -> Any:
                  "sip_udp_rcvbuf"):
         if getattr(args, flag) < 0:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
+    if not 0 <= args.overload_late_legs_pct <= 100:
+        raise SystemExit(f"callbridge: --overload-late-legs-pct must be 0 (off) to 100, got {args.overload_late_legs_pct}")
     if args.rtp_pin_after < 0:
         raise SystemExit(f"callbridge: --rtp-pin-after must be 0 (never) or more packets, got {args.rtp_pin_after}")
     if not 0 <= args.media_send_workers <= MAX_SEND_WORKERS:
@@ -322,9 +328,11 @@ def _config_from(args: argparse.Namespace) -> Any:
     try:
         overload = OverloadBounds(lag=args.overload_lag_ms / 1000, drop_lag=args.overload_drop_lag_ms / 1000,
                                   setup_calls=args.max_setup_calls,
-                                  media_backlog=round(args.overload_rtp_backlog_kb * 1024))
+                                  media_backlog=round(args.overload_rtp_backlog_kb * 1024),
+                                  late_legs=args.overload_late_legs_pct / 100)
         if args.overload == "off":
-            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0, media_backlog=0)
+            overload = OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0, media_backlog=0,
+                                      late_legs=0)
     except ValueError:
         raise SystemExit(f"callbridge: --overload-drop-lag-ms ({args.overload_drop_lag_ms:g}) must not be below"
                          f" --overload-lag-ms ({args.overload_lag_ms:g})") from None

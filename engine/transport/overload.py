@@ -11,7 +11,7 @@ RFC 3261 §13.3.1.4). So the endpoint sorts arriving datagrams, as early and
 as cheaply as it can, into *new* INVITEs and everything else, and the
 detector tells it what to do with the new ones.
 
-Four signals, each sampled by the endpoint every ``probe`` seconds:
+Five signals, each sampled by the endpoint every ``probe`` seconds:
 
 - **loop lag**: how late a callback scheduled on the event loop ran. It is
   smoothed (an exponentially weighted mean, :data:`LAG_WEIGHT` per sample,
@@ -34,6 +34,14 @@ Four signals, each sampled by the endpoint every ``probe`` seconds:
   audio breaks up. A new call would only add to it, so this signal
   refuses (it never drops: parsing an INVITE is not what costs here).
   Not smoothed, as the queue is already an integral of the load.
+- **late legs**: the share of the calls whose jitter buffer got a frame
+  after its time in the last whole second
+  (:func:`engine.media.jitterbuffer.late_buffers`, over the media
+  transports read). Near saturation the readers are late for most legs
+  every second while their queues, read just before the probe, look
+  empty; this is the signal that sees it. Counted only from
+  :data:`LATE_MIN_LEGS` legs on: a few calls cannot saturate a loop, and
+  one of them on a bad network would be a large share. Refuses only.
 
 Each has two bounds; the level is the highest any signal reaches::
 
@@ -59,12 +67,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["EXIT_RATIO", "LAG_WEIGHT", "OverloadBounds", "OverloadDetector", "OverloadLevel"]
+__all__ = ["EXIT_RATIO", "LAG_WEIGHT", "LATE_MIN_LEGS", "OverloadBounds", "OverloadDetector", "OverloadLevel"]
 
 #: A level is left once every signal is under this share of its bound.
 EXIT_RATIO = 0.5
 #: Weight of one lag sample in the smoothed lag.
 LAG_WEIGHT = 0.2
+#: Legs read (media transports) below which the late-legs signal is 0.
+LATE_MIN_LEGS = 10
 
 
 class OverloadLevel(enum.IntEnum):
@@ -91,6 +101,8 @@ class OverloadBounds:
         answer from which new INVITEs are refused.
     :param media_backlog: bytes queued for the RTP readers on the median
         sampled socket from which new INVITEs are refused.
+    :param late_legs: share (0-1) of the legs that got a frame late in the
+        last second from which new INVITEs are refused.
     :param hold: seconds every signal must stay under its exit mark before
         the level falls.
 
@@ -128,9 +140,10 @@ class OverloadBounds:
     setup_calls: int = 1000
     hold: float = 0.5
     media_backlog: int = 8192
+    late_legs: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("lag", "drop_lag", "queue", "drop_queue", "setup_calls", "hold", "media_backlog"):
+        for name in ("lag", "drop_lag", "queue", "drop_queue", "setup_calls", "hold", "media_backlog", "late_legs"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"overload bound {name} must be 0 (off) or more, not {value!r}")
@@ -140,6 +153,8 @@ class OverloadBounds:
             raise ValueError(f"overload drop_queue ({self.drop_queue}) must not be below queue ({self.queue})")
         if self.queue > 1 or self.drop_queue > 1:
             raise ValueError("overload queue bounds are shares of the buffer: 0 to 1")
+        if self.late_legs > 1:
+            raise ValueError("overload late_legs is a share of the legs: 0 to 1")
 
 
 def _over(value: float, bound: float, ratio: float = 1.0) -> bool:
@@ -163,19 +178,23 @@ class OverloadDetector:
         self.setup_calls = 0
         #: Last RTP read backlog, bytes on the median sampled socket.
         self.media_backlog = 0
+        #: Share of the legs late in the last whole second (0 under LATE_MIN_LEGS legs).
+        self.late_legs = 0.0
         #: Episodes begun since start.
         self.episodes = 0
         #: Since when every signal has been under the current level's exit marks.
         self._calm_since: float | None = None
 
     def sample(self, now: float, *, lag: float, queue: float = 0.0, setup_calls: int = 0,
-               media_backlog: int = 0) -> int:
+               media_backlog: int = 0, late_legs: int = 0, legs: int = 0) -> int:
         """Take one sample of each signal and update :attr:`level`.
 
         :param lag: seconds the probe callback ran late (raw; smoothed here).
         :param queue: receive-buffer fill of the fullest socket, 0-1.
         :param setup_calls: INVITE server transactions without a final answer.
         :param media_backlog: bytes queued for the RTP readers, median sampled socket.
+        :param late_legs: jitter buffers that got a late frame in the last whole second.
+        :param legs: media transports read.
         :returns: ``1`` when an episode began with this sample, ``-1`` when
             one ended, else ``0``.
         """
@@ -183,6 +202,7 @@ class OverloadDetector:
         self.queue = queue
         self.setup_calls = setup_calls
         self.media_backlog = media_backlog
+        self.late_legs = min(1.0, late_legs / legs) if legs >= LATE_MIN_LEGS else 0.0
         before = self.level
         target = self._level_for(1.0)
         if target > self.level:
@@ -210,7 +230,8 @@ class OverloadDetector:
             return OverloadLevel.DROP
         if (_over(self.lag, b.lag, ratio) or _over(self.queue, b.queue, ratio)
                 or _over(self.setup_calls, b.setup_calls, ratio)
-                or _over(self.media_backlog, b.media_backlog, ratio)):
+                or _over(self.media_backlog, b.media_backlog, ratio)
+                or _over(self.late_legs, b.late_legs, ratio)):
             return OverloadLevel.REFUSE
         return OverloadLevel.NORMAL
 
@@ -218,4 +239,4 @@ class OverloadDetector:
         """The signals as log fields (lag in ms, queue in percent)."""
         return {"level": self.level.name.lower(), "lag_ms": f"{self.lag * 1000:.0f}",
                 "queue_pct": f"{self.queue * 100:.0f}", "setup_calls": str(self.setup_calls),
-                "media_backlog_bytes": str(self.media_backlog)}
+                "media_backlog_bytes": str(self.media_backlog), "late_legs_pct": f"{self.late_legs * 100:.0f}"}

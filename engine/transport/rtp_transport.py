@@ -64,7 +64,7 @@ from typing import Any, Callable, ClassVar, Protocol
 from engine.media.clock import next_tick_at as _next_tick_at
 from engine.media.clock import run_due as _run_due
 
-__all__ = ["RtpTransport", "DatagramHandler", "rtp_backlog"]
+__all__ = ["RtpTransport", "DatagramHandler", "rtp_backlog", "watched_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ BACKLOG_SAMPLE = 16
 #: The attached media transports (insertion-ordered set), for :func:`rtp_backlog`.
 _watched: dict[RtpTransport, None] = {}
 _meminfo = [sys.platform.startswith("linux")]
+
+
+def watched_count() -> int:
+    """How many media transports the running loop reads (:func:`rtp_backlog`'s pool)."""
+    loop = asyncio.get_running_loop()
+    return sum(1 for t in _watched if t._loop is loop)
 
 
 def rtp_backlog(sample: int = BACKLOG_SAMPLE) -> int | None:

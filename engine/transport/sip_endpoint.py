@@ -32,7 +32,7 @@ server transactions are live gets a stateless 503: neither creates a
 transaction. Each refusal is a security event (:mod:`engine.security_log`),
 logged at most once per ``THROTTLE_PERIOD`` per source and kind. While
 overloaded (:mod:`engine.transport.overload`: loop lag, receive-queue fill,
-calls being set up, the RTP readers' backlog, sampled every ``overload_probe`` seconds), a new INVITE
+calls being set up, the RTP readers' backlog, the legs whose frames came late, sampled every ``overload_probe`` seconds), a new INVITE
 gets a stateless 503 decided from a look at its head before it is parsed
 (:meth:`SipEndpoint._shed`), or is dropped; everything else, which finishes
 the calls already accepted, is processed as always. Malformed requests get a stateless 400 (or 505, 416)
@@ -57,8 +57,9 @@ from typing import Callable, Iterable, NamedTuple, Sequence, cast
 from engine.state.directory import Directory
 from engine.security_log import security_event
 from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
+from engine.media.jitterbuffer import late_buffers
 from engine.transport.overload import OverloadDetector, OverloadLevel
-from engine.transport.rtp_transport import rtp_backlog
+from engine.transport.rtp_transport import rtp_backlog, watched_count
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -537,7 +538,7 @@ class SipEndpoint:
         queue, _ = self._receive_queues()
         backlog = rtp_backlog()
         change = self.overload.sample(now, lag=lag, queue=queue, setup_calls=len(self._setting_up),
-                                      media_backlog=backlog or 0)
+                                      media_backlog=backlog or 0, late_legs=late_buffers(), legs=watched_count())
         if change > 0:
             for key in self._episode:
                 self._episode[key] = self.stats[key]

@@ -12,13 +12,14 @@ import logging
 import re
 import secrets
 import socket
+import struct
 
 import pytest
 
 from engine.server import Engine
 from engine.sip.message import SipResponse
 from engine.sip.parser import parse_message
-from engine.transport.overload import OverloadBounds, OverloadLevel
+from engine.transport.overload import LATE_MIN_LEGS, OverloadBounds, OverloadLevel
 from engine.transport.sip_endpoint import SecurityPolicy
 
 from .conftest import EngineFactory, PeerFactory, wait_until
@@ -340,3 +341,101 @@ async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, 
             assert (await peer.expect(method="BYE")).status == 200
     finally:
         stranger.close()
+
+
+ECHO_RULES = """
+rules:
+  - {name: Echo, pattern: "echo", scenarios: [echo_now]}
+"""
+ECHO_NOW = """
+from engine.scenario import AppEvents, CallEvents, VoxEngine
+
+
+async def on_alerting(e):
+    e.call.add_event_listener(CallEvents.Disconnected, lambda ev: VoxEngine.terminate())
+    await e.call.answer()
+    e.call.start_echo()
+
+
+VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
+"""
+
+
+def _rtp(seq: int, ssrc: int) -> bytes:
+    """A PCMU frame: sequence ``seq``, timestamp 160 a frame."""
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + bytes([0xFF]) * 160
+
+
+async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Media saturation as the jitter buffers see it: in one second every
+    one of ten calls got a frame after its tick had played (here a frame
+    held back and sent late on purpose); from half the calls on a new
+    INVITE gets 503, and once a whole second passes with no late frame the
+    level falls and calls are answered again. /metrics shows the share."""
+    engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    dialogs = [Dialog(peer, f"sip:echo@127.0.0.1:{port}") for _ in range(LATE_MIN_LEGS)]
+    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for seq in range(12):  # 240 ms of audio, frame 5 held back
+            for i, rtp in enumerate(rtp_ports):
+                if seq != 5:
+                    phone.sendto(_rtp(seq, 1000 + i), ("127.0.0.1", rtp))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # every buffer has played past slot 5
+        for i, rtp in enumerate(rtp_ports):
+            phone.sendto(_rtp(5, 1000 + i), ("127.0.0.1", rtp))
+        assert await overloaded(engine, OverloadLevel.REFUSE)
+        assert engine.ua.endpoint.overload.late_legs == 1.0
+        text = engine.metrics.render().decode()
+        assert "\ncallbridge_rtp_late_legs 1.0\n" in text
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        assert (await peer.expect(503)).headers.get("Retry-After") == "5"
+        assert await overloaded(engine, OverloadLevel.NORMAL)
+        fresh = Dialog(peer, f"sip:echo@127.0.0.1:{port}")
+        await fresh.call()
+        for dialog in (*dialogs, fresh):
+            dialog.send("BYE")
+            assert (await peer.expect(method="BYE")).status == 200
+    finally:
+        phone.close()
+
+
+async def test_one_caller_sending_stale_frames_refuses_nothing(make_engine: EngineFactory,
+                                                               peers: PeerFactory) -> None:
+    """Attack: of ten calls, one caller sends hundreds of frames after
+    their time (each one counted late by its jitter buffer): that is one
+    leg of ten, not half, so new calls are still answered."""
+    engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
+    port = engine.ua.port
+    peer = await peers.udp(engine)
+    dialogs = [Dialog(peer, f"sip:echo@127.0.0.1:{port}") for _ in range(LATE_MIN_LEGS)]
+    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for seq in [0, 1, 2, 3, *range(4, 40, 2)]:  # in sequence (the latch), then every other frame
+            attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
+            await asyncio.sleep(0.02 if seq < 4 else 0.04)
+        for _ in range(20):
+            for seq in range(5, 40, 2):  # the odd ones, after their time
+                attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
+            await asyncio.sleep(0.01)
+        buffer = next(call.media.session.jitter for call in engine.ua.calls  # type: ignore[attr-defined]
+                      if call.media.session.transport.sock.getsockname()[1] == rtp_ports[0])  # type: ignore[attr-defined]
+        assert buffer.stats.late >= 10
+        overload = engine.ua.endpoint.overload
+        seen = set()
+        for _ in range(250):  # 2.5 s: the window of the stale frames is read whole
+            seen.add((overload.level, overload.late_legs))
+            await asyncio.sleep(0.01)
+        assert {level for level, _ in seen} == {OverloadLevel.NORMAL}
+        assert max(share for _, share in seen) == pytest.approx(1 / LATE_MIN_LEGS)
+        fresh = Dialog(peer, f"sip:echo@127.0.0.1:{port}")
+        await fresh.call()
+        for dialog in (*dialogs, fresh):
+            dialog.send("BYE")
+            assert (await peer.expect(method="BYE")).status == 200
+    finally:
+        attacker.close()

@@ -266,3 +266,20 @@ def test_overload_rtp_backlog_default_flag_environment_and_bounds(monkeypatch: p
     with pytest.raises(SystemExit) as info:
         config(["--overload-rtp-backlog-kb", "-1"])
     assert str(info.value) == "callbridge: --overload-rtp-backlog-kb must be 0 (off) or more, got -1.0"
+
+
+def test_overload_late_legs_default_flag_environment_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check new calls are refused once half the calls had late audio in a
+    second by default, that CALLBRIDGE_OVERLOAD_LATE_LEGS_PCT and the flag
+    set it (0: off), that ``--overload off`` turns it off, and that a share
+    outside 0-100 is refused by name."""
+    monkeypatch.delenv("CALLBRIDGE_OVERLOAD_LATE_LEGS_PCT", raising=False)
+    assert config([]).policy.overload.late_legs == 0.5
+    assert config(["--overload-late-legs-pct", "20"]).policy.overload.late_legs == 0.2
+    assert config(["--overload", "off"]).policy.overload.late_legs == 0
+    monkeypatch.setenv("CALLBRIDGE_OVERLOAD_LATE_LEGS_PCT", "0")
+    assert config([]).policy.overload.late_legs == 0
+    for bad in ("-1", "101"):
+        with pytest.raises(SystemExit) as info:
+            config(["--overload-late-legs-pct", bad])
+        assert str(info.value) == f"callbridge: --overload-late-legs-pct must be 0 (off) to 100, got {float(bad)}"

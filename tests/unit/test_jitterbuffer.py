@@ -3,6 +3,12 @@ media clock ticks every 20 ms and packets arrive at chosen milliseconds."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
+
+from engine.media import jitterbuffer
 from engine.media.jitterbuffer import JitterBuffer
 from engine.media.rtp import RtpPacket
 
@@ -337,3 +343,39 @@ def test_an_excess_that_lasts_a_second_is_cut_in_one_go() -> None:
     gaps = [(a, b) for a, b in zip(ids, ids[1:]) if b != a + 1]
     assert len(gaps) == 1 and gaps[0][1] - gaps[0][0] - 1 == jb.stats.discarded == 6
     assert jb.stats.depth_ms <= jb.stats.target_ms + 20 and jb.stats.late == 0 and jb.stats.concealed == 0
+
+
+def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine-wide count the overload detector reads: a buffer that got
+    late frames counts once in its window however many it got, one that
+    got its frames on time or twice (a duplicate) not at all; the figure is
+    the last whole window's, and a buffer freed meanwhile is not held."""
+    now = [100.0]
+    monkeypatch.setattr(jitterbuffer, "monotonic", lambda: now[0])
+    monkeypatch.setattr(jitterbuffer, "_late_window", [100.0, 0.0])
+    monkeypatch.setattr(jitterbuffer, "_late", weakref.WeakSet())
+
+    def playing() -> JitterBuffer:
+        jb = JitterBuffer()
+        for i in (0, 1, 3):  # frame 2 missing
+            jb.put(pkt(i), 0.0)
+        for tick in range(4):  # a burst over the target: starts at 1, plays 1, conceals 2, plays 3, conceals 4
+            jb.get(0.04 + tick * 0.02)
+        return jb
+
+    late, on_time, dup, freed = playing(), playing(), playing(), playing()
+    for _ in range(5):
+        late.put(pkt(2), 0.2)
+    dup.put(pkt(1), 0.2)
+    on_time.put(pkt(5), 0.2)
+    freed.put(pkt(2), 0.2)
+    assert (late.stats.late, dup.stats.duplicate, on_time.stats.late, freed.stats.late) == (5, 1, 0, 1)
+    del freed
+    gc.collect()
+    assert jitterbuffer.late_buffers() == 0  # the window is not over: the last whole one had none
+    now[0] = 101.0
+    assert jitterbuffer.late_buffers() == 1
+    now[0] = 101.5
+    assert jitterbuffer.late_buffers() == 1  # still the last whole window's figure
+    now[0] = 102.0
+    assert jitterbuffer.late_buffers() == 0

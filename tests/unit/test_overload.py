@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.transport.overload import EXIT_RATIO, OverloadBounds, OverloadDetector, OverloadLevel
+from engine.transport.overload import EXIT_RATIO, LATE_MIN_LEGS, OverloadBounds, OverloadDetector, OverloadLevel
 
 PROBE = 0.05
 BOUNDS = OverloadBounds(lag=0.1, drop_lag=0.5, queue=0.25, drop_queue=0.6, setup_calls=100, hold=1.0,
-                        media_backlog=8192)
+                        media_backlog=8192, late_legs=0.5)
 
 
 def run(detector: OverloadDetector, start: float, seconds: float, **signals: float) -> tuple[float, list[int]]:
@@ -22,7 +22,8 @@ def run(detector: OverloadDetector, start: float, seconds: float, **signals: flo
         lag = signals.get("lag", 0.0)
         change = detector.sample(now, lag=lag, queue=signals.get("queue", 0.0),
                                  setup_calls=int(signals.get("setup_calls", 0)),
-                                 media_backlog=int(signals.get("media_backlog", 0)))
+                                 media_backlog=int(signals.get("media_backlog", 0)),
+                                 late_legs=int(signals.get("late_legs", 0)), legs=int(signals.get("legs", 0)))
         if change:
             changes.append(change)
     return now, changes
@@ -31,7 +32,8 @@ def run(detector: OverloadDetector, start: float, seconds: float, **signals: flo
 def test_quiet_engine_stays_normal() -> None:
     """Lag, queue, calls being set up and RTP backlog under their bounds never refuse."""
     detector = OverloadDetector(BOUNDS)
-    _, changes = run(detector, 0.0, 10.0, lag=0.09, queue=0.2, setup_calls=99, media_backlog=8191)
+    _, changes = run(detector, 0.0, 10.0, lag=0.09, queue=0.2, setup_calls=99, media_backlog=8191,
+                     late_legs=49, legs=100)
     assert detector.level is OverloadLevel.NORMAL
     assert changes == [] and detector.episodes == 0
 
@@ -134,11 +136,31 @@ def test_rtp_backlog_refuses_never_drops() -> None:
     assert detector.level is OverloadLevel.NORMAL and changes == [-1]
 
 
+def test_late_legs_refuse_from_enough_legs() -> None:
+    """Half the legs late in a second refuses (never drops); under
+    LATE_MIN_LEGS legs read the share is 0, however many are late; under a
+    quarter (half the bound) the level falls after hold."""
+    detector = OverloadDetector(BOUNDS)
+    detector.sample(0.05, lag=0.0, late_legs=LATE_MIN_LEGS - 1, legs=LATE_MIN_LEGS - 1)
+    assert detector.level is OverloadLevel.NORMAL and detector.late_legs == 0.0
+    detector.sample(0.10, lag=0.0, late_legs=499, legs=1000)
+    assert detector.level is OverloadLevel.NORMAL and detector.late_legs == pytest.approx(0.499)
+    detector.sample(0.15, lag=0.0, late_legs=500, legs=1000)
+    assert detector.level is OverloadLevel.REFUSE
+    assert detector.describe()["late_legs_pct"] == "50"
+    now, _ = run(detector, 0.15, 2.0, late_legs=1000, legs=1000)
+    assert detector.level is OverloadLevel.REFUSE
+    now, _ = run(detector, now, 2.0, late_legs=250, legs=1000)
+    assert detector.level is OverloadLevel.REFUSE
+    now, changes = run(detector, now, 1.1, late_legs=249, legs=1000)
+    assert detector.level is OverloadLevel.NORMAL and changes == [-1]
+
+
 def test_zero_turns_a_bound_off() -> None:
     """A bound of 0 is off: huge values of that signal change nothing."""
     detector = OverloadDetector(OverloadBounds(lag=0, drop_lag=0, queue=0, drop_queue=0, setup_calls=0,
-                                               media_backlog=0))
-    run(detector, 0.0, 2.0, lag=10.0, queue=1.0, setup_calls=10**6, media_backlog=10**6)
+                                               media_backlog=0, late_legs=0))
+    run(detector, 0.0, 2.0, lag=10.0, queue=1.0, setup_calls=10**6, media_backlog=10**6, late_legs=1000, legs=1000)
     assert detector.level is OverloadLevel.NORMAL
 
 
@@ -148,6 +170,7 @@ def test_zero_turns_a_bound_off() -> None:
     ({"lag": 0.5, "drop_lag": 0.1}, "overload drop_lag (0.1) must not be below lag (0.5)"),
     ({"queue": 0.5, "drop_queue": 0.2}, "overload drop_queue (0.2) must not be below queue (0.5)"),
     ({"queue": 2.0, "drop_queue": 3.0}, "overload queue bounds are shares of the buffer: 0 to 1"),
+    ({"late_legs": 1.5}, "overload late_legs is a share of the legs: 0 to 1"),
 ])
 def test_bad_bounds_are_refused(kwargs: dict[str, float], error: str) -> None:
     """Bounds that cannot work are refused with a message naming them."""
