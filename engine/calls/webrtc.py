@@ -74,9 +74,9 @@ MAX_BUFFERED = 10
 
 #: Reads of a browser's frames in a trimming window (one a tick: a second).
 TRIM_WINDOW = 50
-#: When every read of a window found at least this many frames waiting, one
-#: is dropped: the browser's clock runs ahead of ours (or a burst was never
-#: drained), and the surplus would otherwise stay as delay for the whole call.
+#: When every read of a window found at least this many frames waiting, the
+#: surplus is dropped: the browser's clock runs ahead of ours (or a burst was
+#: never drained), and it would otherwise stay as delay for the whole call.
 TRIM_ABOVE = 3
 
 #: A gap longer than this between written frames starts a new talkspurt
@@ -154,8 +154,10 @@ class WebRtcAudioPort:
         follows ours: when one runs ahead (sound cards differ by up to 100
         ppm: a frame every few minutes) or a burst came, frames wait, and
         what waits is delay. When every read of :data:`TRIM_WINDOW` found
-        :data:`TRIM_ABOVE` or more waiting, the oldest is dropped (the
-        jitter buffer of RTP legs trims the same way)."""
+        :data:`TRIM_ABOVE` or more waiting, the oldest are dropped at once,
+        down to one frame fewer than that: one frame for a clock running
+        ahead, the whole surplus of a burst in one cut rather than one cut
+        a second (the jitter buffer of RTP legs trims the same way)."""
         size = 2 * FRAME_SAMPLES
         waiting = len(self._in) // size
         if waiting < self._fewest:
@@ -163,8 +165,9 @@ class WebRtcAudioPort:
         self._reads += 1
         if self._reads >= TRIM_WINDOW:
             if self._fewest >= TRIM_ABOVE:
-                del self._in[:size]
-                self.frames_trimmed += 1
+                surplus = self._fewest - (TRIM_ABOVE - 1)
+                del self._in[:size * surplus]
+                self.frames_trimmed += surplus
             self._reads, self._fewest = 0, MAX_BUFFERED
         if len(self._in) < size:
             return _silence()

@@ -20,7 +20,7 @@ from engine.calls.conference import MediaGraph
 from engine.media.players import ToneSource
 from engine.media.clock import MediaClock
 from engine.calls.web_call import WebCall
-from engine.calls.webrtc import FRAME_SAMPLES, TRIM_WINDOW, LegAudio, WebRtcAudioPort
+from engine.calls.webrtc import FRAME_SAMPLES, TRIM_ABOVE, TRIM_WINDOW, LegAudio, WebRtcAudioPort
 
 Pcm = npt.NDArray[np.int16]
 RATE = 8000
@@ -291,11 +291,11 @@ def _frame(value: int) -> bytes:
     return np.full(FRAME_SAMPLES, value, dtype=np.int16).tobytes()
 
 
-def test_a_standing_surplus_from_the_browser_is_trimmed_a_frame_a_second() -> None:
+def test_a_standing_surplus_from_the_browser_is_cut_in_one_go() -> None:
     """Frames waiting at every read of a second are delay that would stay
-    for the whole call (the browser's clock ahead of ours): one is dropped a
-    second until at most two wait at a read, and what is read stays in
-    order, one frame skipped at each trim."""
+    for the whole call (a burst never drained): after that second the
+    surplus over two waiting frames is dropped at once, one cut rather
+    than one a second, and what is read stays in order."""
     port = WebRtcAudioPort()
     for i in range(6):  # a backlog of six frames, then one in for one out
         port._received(_frame(i))
@@ -305,7 +305,32 @@ def test_a_standing_surplus_from_the_browser_is_trimmed_a_frame_a_second() -> No
         values.append(int(port.read_frame()[0]))
     assert port.frames_trimmed == 5 and port.available == 1
     steps = [b - a for a, b in zip(values, values[1:])]
-    assert steps.count(2) == 5 and steps.count(1) == len(steps) - 5
+    assert steps.index(6) == TRIM_WINDOW - 2  # the last read of the first second comes after the cut
+    assert steps.count(6) == 1 and steps.count(1) == len(steps) - 1
+
+
+def test_a_browser_clock_running_ahead_loses_a_frame_at_a_time() -> None:
+    """A browser whose clock runs ahead of ours (one frame more every 120
+    ticks) leaves three frames waiting now and then: each time a single
+    frame is dropped, never more, and the delay stays at two frames."""
+    port = WebRtcAudioPort()
+    n = 0
+    for _ in range(2):
+        port._received(_frame(n))
+        n += 1
+    values, most = [], 0
+    for tick in range(30 * TRIM_WINDOW):
+        port._received(_frame(n % 30000))
+        n += 1
+        if tick % 120 == 119:
+            port._received(_frame(n % 30000))
+            n += 1
+        most = max(most, port.available)
+        values.append(int(port.read_frame()[0]))
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert set(steps) <= {1, 2, 1 - 30000}
+    assert port.frames_trimmed == steps.count(2) >= 10
+    assert most <= TRIM_ABOVE + 1
 
 
 def test_a_jittery_browser_keeps_its_frames() -> None:
