@@ -93,7 +93,7 @@ class JitterBuffer:
     __slots__ = ("frame_ms", "samples_per_frame", "_min", "_max", "_target", "_shrink_after", "_resync",
                  "_counters", "_received", "_ring", "_mask", "_last_seq", "_ssrc", "_ref_ts",
                  "_ref_index", "_head", "_low", "_high", "_first_arrival", "_grow_pending",
-                 "_last_adjust", "_window_start", "_window_min", "__weakref__")
+                 "_last_adjust", "_window_start", "_window_min", "_late_epoch", "__weakref__")
 
     def __init__(
         self,
@@ -136,6 +136,7 @@ class JitterBuffer:
         self._last_adjust: float | None = None
         self._window_start = 0.0
         self._window_min: int | None = None
+        self._late_epoch = -1  # the late window this buffer was counted in (late_buffers)
 
     @property
     def target_ms(self) -> int:
@@ -209,7 +210,9 @@ class JitterBuffer:
                     self._last_seq = seq  # not lost: the next frame played follows it
             else:
                 c.late += 1
-                _late.add(self)
+                if self._late_epoch != _late_epoch[0]:  # once a window: a WeakSet's add is Python
+                    self._late_epoch = _late_epoch[0]
+                    _late.add(self)
                 self._last_adjust = now
                 if self._target < self._max:
                     self._target += 1
@@ -338,6 +341,8 @@ _late: weakref.WeakSet[JitterBuffer] = weakref.WeakSet()
 #: ``[start, count]``: when the current window began (``time.monotonic``),
 #: and how many buffers were late in the last whole one.
 _late_window = [monotonic(), 0.0]
+#: ``[n]``: the number of the current window.
+_late_epoch = [0]
 
 
 def late_buffers() -> int:
@@ -349,4 +354,5 @@ def late_buffers() -> int:
     if now - _late_window[0] >= 1.0:
         _late_window[:] = [now, float(len(_late))]
         _late.clear()
+        _late_epoch[0] += 1
     return int(_late_window[1])

@@ -354,6 +354,7 @@ def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.
     monkeypatch.setattr(jitterbuffer, "monotonic", lambda: now[0])
     monkeypatch.setattr(jitterbuffer, "_late_window", [100.0, 0.0])
     monkeypatch.setattr(jitterbuffer, "_late", weakref.WeakSet())
+    monkeypatch.setattr(jitterbuffer, "_late_epoch", [0])
 
     def playing() -> JitterBuffer:
         jb = JitterBuffer()
@@ -377,5 +378,8 @@ def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.
     assert jitterbuffer.late_buffers() == 1
     now[0] = 101.5
     assert jitterbuffer.late_buffers() == 1  # still the last whole window's figure
+    late.put(pkt(2), 101.2)  # late again in the next window: counted again
     now[0] = 102.0
+    assert jitterbuffer.late_buffers() == 1
+    now[0] = 103.0
     assert jitterbuffer.late_buffers() == 0
