@@ -508,7 +508,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "clock_lateness": lateness, "tick_times": times,
             # engine.transport.rtp_transport.rtp_backlog every 50 ms: bytes queued on the median sampled leg
             "backlog": backlog,
-            # late_buffers() / the legs read: the share of legs late in the last whole second
+            # late_buffers() / the legs read: the share of legs late in each of the last two whole seconds
             "late_share": late_share,
             "conferences": len(plan.sizes), "gc": pauses,
             # what /metrics said at the window's start and end (--metrics)
@@ -846,7 +846,7 @@ def main() -> int:
               f"or over the refuse bound ({MEDIA_BACKLOG:,} bytes)")
     late_share = np.asarray(sres.get("late_share", []), dtype=float)
     if late_share.size:
-        print(f"  legs late in the last second (the detector's other media signal): p50 "
+        print(f"  legs late in each of the last two seconds (the detector's other media signal): p50 "
               f"{pct(late_share, 50) * 100:.1f}% / max {pct(late_share, 100) * 100:.1f}%; "
               f"{int(np.sum(late_share >= LATE_LEGS))} of {late_share.size} samples at or over the refuse bound "
               f"({LATE_LEGS * 100:.0f}%)")

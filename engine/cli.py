@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                             " INVITEs get 503: the media readers fall behind the phones (0: off)")
     serve.add_argument("--overload-late-legs-pct", type=float,
                        default=float(_env("OVERLOAD_LATE_LEGS_PCT", 50)),
-                       help="share (percent) of the calls whose audio came late for its tick within the last"
-                            " second from which new INVITEs get 503, counted from 10 calls on (0: off)")
+                       help="share (percent) of the calls whose audio came late for its tick, in each of the"
+                            " last two seconds, from which new INVITEs get 503; counted from 10 calls on (0: off)")
     serve.add_argument("--max-setup-calls", type=int, default=int(_env("MAX_SETUP_CALLS", 1000)),
                        help="incoming calls not answered yet (ringing included) from which new INVITEs"
                             " get 503 (0: off)")
@@ -317,7 +317,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         if getattr(args, flag) < 0:
             raise SystemExit(f"callbridge: --{flag.replace('_', '-')} must be 0 (off) or more, got {getattr(args, flag)}")
     if not 0 <= args.overload_late_legs_pct <= 100:
-        raise SystemExit(f"callbridge: --overload-late-legs-pct must be 0 (off) to 100, got {args.overload_late_legs_pct}")
+        raise SystemExit("callbridge: --overload-late-legs-pct must be 0 (off) to 100, "
+                         f"got {args.overload_late_legs_pct}")
     if args.rtp_pin_after < 0:
         raise SystemExit(f"callbridge: --rtp-pin-after must be 0 (never) or more packets, got {args.rtp_pin_after}")
     if not 0 <= args.media_send_workers <= MAX_SEND_WORKERS:

@@ -33,8 +33,10 @@ point, restarts the buffer on the new stream (a resync).
 
 Late frames, engine-wide (:func:`late_buffers`): a buffer that gets a
 frame after its slot was played joins a set, emptied once a second; the
-overload detector reads how many buffers were in it over the last whole
-second. A loop saturated by media has most of its legs late every second
+overload detector reads how many buffers were in it in each of the last
+two whole seconds (the fewer of the two: one stall, a collector's pass,
+makes every leg late once, and the calls go on). A loop saturated by
+media has most of its legs late every second
 (``bench/media.py --legs 1000`` on a slow machine: 12.8% of the frames
 concealed, 5.5 late frames a leg a second), while the readers' kernel
 queues, read just before the probe runs, often look empty; one caller
@@ -338,21 +340,23 @@ class JitterBuffer:
 #: Buffers that got a late frame since :data:`_late_window`'s start (weak:
 #: a call that ends meanwhile is not kept for the count).
 _late: weakref.WeakSet[JitterBuffer] = weakref.WeakSet()
-#: ``[start, count]``: when the current window began (``time.monotonic``),
-#: and how many buffers were late in the last whole one.
-_late_window = [monotonic(), 0.0]
+#: ``[start, last, before]``: when the current window began
+#: (``time.monotonic``), and how many buffers were late in the last whole
+#: window and in the one before it.
+_late_window = [monotonic(), 0.0, 0.0]
 #: ``[n]``: the number of the current window.
 _late_epoch = [0]
 
 
 def late_buffers() -> int:
     """How many jitter buffers got a frame after its slot was played in
-    the last whole window (one second, or longer when nobody asked for a
-    while). Every caller shares the window: the engine's endpoints read
-    it once each per overload probe."""
+    each of the last two whole windows (the fewer; a window is one second,
+    or longer when nobody asked for a while). Every caller shares the
+    windows: the engine's endpoints read them once each per overload
+    probe."""
     now = monotonic()
     if now - _late_window[0] >= 1.0:
-        _late_window[:] = [now, float(len(_late))]
+        _late_window[:] = [now, float(len(_late)), _late_window[1]]
         _late.clear()
         _late_epoch[0] += 1
-    return int(_late_window[1])
+    return int(min(_late_window[1], _late_window[2]))

@@ -35,7 +35,7 @@ Five signals, each sampled by the endpoint every ``probe`` seconds:
   refuses (it never drops: parsing an INVITE is not what costs here).
   Not smoothed, as the queue is already an integral of the load.
 - **late legs**: the share of the calls whose jitter buffer got a frame
-  after its time in the last whole second
+  after its time in each of the last two whole seconds
   (:func:`engine.media.jitterbuffer.late_buffers`, over the media
   transports read). Near saturation the readers are late for most legs
   every second while their queues, read just before the probe, look
@@ -178,7 +178,7 @@ class OverloadDetector:
         self.setup_calls = 0
         #: Last RTP read backlog, bytes on the median sampled socket.
         self.media_backlog = 0
-        #: Share of the legs late in the last whole second (0 under LATE_MIN_LEGS legs).
+        #: Share of the legs late in each of the last two whole seconds (0 under LATE_MIN_LEGS legs).
         self.late_legs = 0.0
         #: Episodes begun since start.
         self.episodes = 0
@@ -193,7 +193,7 @@ class OverloadDetector:
         :param queue: receive-buffer fill of the fullest socket, 0-1.
         :param setup_calls: INVITE server transactions without a final answer.
         :param media_backlog: bytes queued for the RTP readers, median sampled socket.
-        :param late_legs: jitter buffers that got a late frame in the last whole second.
+        :param late_legs: jitter buffers that got a late frame in each of the last two whole seconds.
         :param legs: media transports read.
         :returns: ``1`` when an episode began with this sample, ``-1`` when
             one ended, else ``0``.

@@ -32,8 +32,9 @@ server transactions are live gets a stateless 503: neither creates a
 transaction. Each refusal is a security event (:mod:`engine.security_log`),
 logged at most once per ``THROTTLE_PERIOD`` per source and kind. While
 overloaded (:mod:`engine.transport.overload`: loop lag, receive-queue fill,
-calls being set up, the RTP readers' backlog, the legs whose frames came late, sampled every ``overload_probe`` seconds), a new INVITE
-gets a stateless 503 decided from a look at its head before it is parsed
+calls being set up, the RTP readers' backlog, the legs whose frames came
+late, sampled every ``overload_probe`` seconds), a new INVITE gets a
+stateless 503 decided from a look at its head before it is parsed
 (:meth:`SipEndpoint._shed`), or is dropped; everything else, which finishes
 the calls already accepted, is processed as always. Malformed requests get a stateless 400 (or 505, 416)
 whose reason names the fault; malformed responses are dropped. Responses

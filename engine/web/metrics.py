@@ -338,8 +338,9 @@ def _overload(endpoint: Any, stats: dict[str, int], overload: Any) -> Iterator[M
                             "Bytes waiting for the RTP readers on the median of the sampled calls' sockets"
                             " at the last overload probe", value=overload.media_backlog)
     yield GaugeMetricFamily("callbridge_rtp_late_legs",
-                            "Share (0-1) of the calls whose audio came late for its tick in the last whole second"
-                            " (0 under 10 calls), at the last overload probe", value=overload.late_legs)
+                            "Share (0-1) of the calls whose audio came late for its tick in each of the last"
+                            " two whole seconds (0 under 10 calls), at the last overload probe",
+                            value=overload.late_legs)
     yield CounterMetricFamily("callbridge_sip_udp_receive_dropped",
                               "Datagrams the kernel dropped on full SIP UDP receive buffers",
                               value=endpoint.receive_drops())

@@ -367,11 +367,12 @@ def _rtp(seq: int, ssrc: int) -> bytes:
 
 
 async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
-    """Media saturation as the jitter buffers see it: in one second every
-    one of ten calls got a frame after its tick had played (here a frame
-    held back and sent late on purpose); from half the calls on a new
-    INVITE gets 503, and once a whole second passes with no late frame the
-    level falls and calls are answered again. /metrics shows the share."""
+    """Media saturation as the jitter buffers see it: for seconds on end
+    every one of ten calls gets frames after their tick has played (here
+    frames held back and sent late on purpose); from half the calls in two
+    whole seconds a new INVITE gets 503, and once the frames come on time
+    again the level falls and calls are answered again. /metrics shows
+    the share."""
     engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
     port = engine.ua.port
     peer = await peers.udp(engine)
@@ -379,14 +380,16 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
     rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for seq in range(12):  # 240 ms of audio, frame 5 held back
+        overload = engine.ua.endpoint.overload
+        for seq in range(200):  # 4 s; every tenth frame comes 200 ms late
             for i, rtp in enumerate(rtp_ports):
-                if seq != 5:
+                if seq % 10 != 5:
                     phone.sendto(_rtp(seq, 1000 + i), ("127.0.0.1", rtp))
+                if seq % 10 == 5 and seq >= 15:
+                    phone.sendto(_rtp(seq - 10, 1000 + i), ("127.0.0.1", rtp))
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # every buffer has played past slot 5
-        for i, rtp in enumerate(rtp_ports):
-            phone.sendto(_rtp(5, 1000 + i), ("127.0.0.1", rtp))
+            if overload.level is OverloadLevel.REFUSE:
+                break
         assert await overloaded(engine, OverloadLevel.REFUSE)
         assert engine.ua.endpoint.overload.late_legs == 1.0
         text = engine.metrics.render().decode()
@@ -415,21 +418,19 @@ async def test_one_caller_sending_stale_frames_refuses_nothing(make_engine: Engi
     rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for seq in [0, 1, 2, 3, *range(4, 40, 2)]:  # in sequence (the latch), then every other frame
-            attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
-            await asyncio.sleep(0.02 if seq < 4 else 0.04)
-        for _ in range(20):
-            for seq in range(5, 40, 2):  # the odd ones, after their time
-                attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
-            await asyncio.sleep(0.01)
-        buffer = next(call.media.session.jitter for call in engine.ua.calls  # type: ignore[attr-defined]
-                      if call.media.session.transport.sock.getsockname()[1] == rtp_ports[0])  # type: ignore[attr-defined]
-        assert buffer.stats.late >= 10
         overload = engine.ua.endpoint.overload
         seen = set()
-        for _ in range(250):  # 2.5 s: the window of the stale frames is read whole
+        for seq in range(180):  # 3.6 s: after four in sequence (the latch), every odd frame 200 ms late
+            if seq < 4 or seq % 2 == 0:
+                attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
+            if seq >= 15 and seq % 2 == 1:
+                for _ in range(20):  # and many times over
+                    attacker.sendto(_rtp(seq - 10, 7), ("127.0.0.1", rtp_ports[0]))
             seen.add((overload.level, overload.late_legs))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
+        sessions = [call.media.session for call in engine.ua.calls]  # type: ignore[attr-defined]
+        buffer = next(s.jitter for s in sessions if s.transport.sock.getsockname()[1] == rtp_ports[0])
+        assert buffer.stats.late >= 1000
         assert {level for level, _ in seen} == {OverloadLevel.NORMAL}
         assert max(share for _, share in seen) == pytest.approx(1 / LATE_MIN_LEGS)
         fresh = Dialog(peer, f"sip:echo@127.0.0.1:{port}")

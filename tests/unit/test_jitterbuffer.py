@@ -348,11 +348,12 @@ def test_an_excess_that_lasts_a_second_is_cut_in_one_go() -> None:
 def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine-wide count the overload detector reads: a buffer that got
     late frames counts once in its window however many it got, one that
-    got its frames on time or twice (a duplicate) not at all; the figure is
-    the last whole window's, and a buffer freed meanwhile is not held."""
+    got its frames on time or twice (a duplicate) not at all, one freed
+    meanwhile is not held; the figure is the fewer of the last two whole
+    windows', so one window of late frames (a stall) is not enough."""
     now = [100.0]
     monkeypatch.setattr(jitterbuffer, "monotonic", lambda: now[0])
-    monkeypatch.setattr(jitterbuffer, "_late_window", [100.0, 0.0])
+    monkeypatch.setattr(jitterbuffer, "_late_window", [100.0, 0.0, 0.0])
     monkeypatch.setattr(jitterbuffer, "_late", weakref.WeakSet())
     monkeypatch.setattr(jitterbuffer, "_late_epoch", [0])
 
@@ -364,22 +365,23 @@ def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.
             jb.get(0.04 + tick * 0.02)
         return jb
 
-    late, on_time, dup, freed = playing(), playing(), playing(), playing()
+    late, other, on_time, dup, freed = playing(), playing(), playing(), playing(), playing()
     for _ in range(5):
         late.put(pkt(2), 0.2)
+    other.put(pkt(2), 0.2)
     dup.put(pkt(1), 0.2)
     on_time.put(pkt(5), 0.2)
     freed.put(pkt(2), 0.2)
     assert (late.stats.late, dup.stats.duplicate, on_time.stats.late, freed.stats.late) == (5, 1, 0, 1)
     del freed
     gc.collect()
-    assert jitterbuffer.late_buffers() == 0  # the window is not over: the last whole one had none
+    assert jitterbuffer.late_buffers() == 0  # no whole window yet
     now[0] = 101.0
-    assert jitterbuffer.late_buffers() == 1
-    now[0] = 101.5
-    assert jitterbuffer.late_buffers() == 1  # still the last whole window's figure
+    assert jitterbuffer.late_buffers() == 0  # one window of two late buffers: a stall
     late.put(pkt(2), 101.2)  # late again in the next window: counted again
+    now[0] = 101.5
+    assert jitterbuffer.late_buffers() == 0
     now[0] = 102.0
-    assert jitterbuffer.late_buffers() == 1
+    assert jitterbuffer.late_buffers() == 1  # the fewer of 2 and 1
     now[0] = 103.0
     assert jitterbuffer.late_buffers() == 0
