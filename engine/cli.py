@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--overload-late-legs-pct", type=float,
                        default=float(_env("OVERLOAD_LATE_LEGS_PCT", 50)),
                        help="share (percent) of the calls whose audio came late for its tick, in each of the"
-                            " last two seconds, from which new INVITEs get 503; counted from 10 calls on (0: off)")
+                            " last two seconds, from which new INVITEs get 503; counted from 50 calls on (0: off)")
     serve.add_argument("--max-setup-calls", type=int, default=int(_env("MAX_SETUP_CALLS", 1000)),
                        help="incoming calls not answered yet (ringing included) from which new INVITEs"
                             " get 503 (0: off)")

@@ -73,8 +73,11 @@ __all__ = ["EXIT_RATIO", "LAG_WEIGHT", "LATE_MIN_LEGS", "OverloadBounds", "Overl
 EXIT_RATIO = 0.5
 #: Weight of one lag sample in the smoothed lag.
 LAG_WEIGHT = 0.2
-#: Legs read (media transports) below which the late-legs signal is 0.
-LATE_MIN_LEGS = 10
+#: Legs read (media transports) below which the late-legs signal is 0: media
+#: saturates a loop here from about 1,000 legs, and with fewer than this a
+#: few callers on bad networks, or one who placed several calls and sends
+#: his frames late on purpose, would be half of them.
+LATE_MIN_LEGS = 50
 
 
 class OverloadLevel(enum.IntEnum):
@@ -101,8 +104,8 @@ class OverloadBounds:
         answer from which new INVITEs are refused.
     :param media_backlog: bytes queued for the RTP readers on the median
         sampled socket from which new INVITEs are refused.
-    :param late_legs: share (0-1) of the legs that got a frame late in the
-        last second from which new INVITEs are refused.
+    :param late_legs: share (0-1) of the legs that got a frame late in
+        each of the last two seconds from which new INVITEs are refused.
     :param hold: seconds every signal must stay under its exit mark before
         the level falls.
 
@@ -131,6 +134,10 @@ class OverloadBounds:
       engine keeping up with 1,000 legs showed 0 at the median sample and
       832 bytes (one datagram) at most; one saturated at 1,150-1,300 legs,
       concealing 72-86% of the inbound frames, showed 65-82 KB.
+    - ``late_legs`` 0.5: at saturation nearly every leg is late, second
+      after second (the same runs: 90-100% in the late seconds); half
+      leaves room for calls on bad networks, whose buffers grow after a
+      late frame and are late again only after they shrink, 5 s later.
     """
 
     lag: float = 0.1

@@ -64,7 +64,7 @@ from typing import Any, Callable, ClassVar, Protocol
 from engine.media.clock import next_tick_at as _next_tick_at
 from engine.media.clock import run_due as _run_due
 
-__all__ = ["RtpTransport", "DatagramHandler", "rtp_backlog", "watched_count"]
+__all__ = ["RtpTransport", "DatagramHandler", "SO_MEMINFO", "rtp_backlog", "watched_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ BURST_GAP = 0.010
 _MAX_DATAGRAM = 2048
 #: Seconds without a datagram after which a pinned socket is disconnected.
 UNPIN_AFTER = 0.5
-#: Linux ``SO_MEMINFO`` (not in :mod:`socket`): its first field is the
-#: memory the receive queue holds.
-_SO_MEMINFO = 55
+#: Linux ``SO_MEMINFO`` (not in :mod:`socket`): the socket's memory, whose
+#: first fields are the bytes queued for reading and the buffer's size, and
+#: the ninth the datagrams dropped on a full buffer.
+SO_MEMINFO = 55
 #: Media transports sampled for :func:`rtp_backlog` at most.
 BACKLOG_SAMPLE = 16
 
@@ -109,7 +110,7 @@ def rtp_backlog(sample: int = BACKLOG_SAMPLE) -> int | None:
     queued = []
     for transport in pool:
         try:
-            raw = transport.sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4)
+            raw = transport.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4)
         except OSError as exc:
             if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL):
                 _meminfo[0] = False  # an old kernel: no such option

@@ -60,7 +60,7 @@ from engine.security_log import security_event
 from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
 from engine.media.jitterbuffer import late_buffers
 from engine.transport.overload import OverloadDetector, OverloadLevel
-from engine.transport.rtp_transport import rtp_backlog, watched_count
+from engine.transport.rtp_transport import SO_MEMINFO, rtp_backlog, watched_count
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -89,10 +89,6 @@ logger = logging.getLogger(__name__)
 #: Retry-After (seconds) of the stateless 503s this module sends.
 RETRY_AFTER = 5
 
-#: Linux ``SO_MEMINFO`` (not in :mod:`socket`): the socket's memory, whose
-#: first fields are the bytes queued for reading and the buffer's size, and
-#: the ninth the datagrams dropped on a full buffer.
-SO_MEMINFO = 55
 #: Linux ``SO_RCVBUFFORCE``: ``SO_RCVBUF`` beyond ``rmem_max`` (needs CAP_NET_ADMIN).
 SO_RCVBUFFORCE = 33
 

@@ -339,7 +339,7 @@ def _overload(endpoint: Any, stats: dict[str, int], overload: Any) -> Iterator[M
                             " at the last overload probe", value=overload.media_backlog)
     yield GaugeMetricFamily("callbridge_rtp_late_legs",
                             "Share (0-1) of the calls whose audio came late for its tick in each of the last"
-                            " two whole seconds (0 under 10 calls), at the last overload probe",
+                            " two whole seconds (0 under 50 calls), at the last overload probe",
                             value=overload.late_legs)
     yield CounterMetricFamily("callbridge_sip_udp_receive_dropped",
                               "Datagrams the kernel dropped on full SIP UDP receive buffers",

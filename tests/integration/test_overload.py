@@ -368,11 +368,11 @@ def _rtp(seq: int, ssrc: int) -> bytes:
 
 async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
     """Media saturation as the jitter buffers see it: for seconds on end
-    every one of ten calls gets frames after their tick has played (here
-    frames held back and sent late on purpose); from half the calls in two
-    whole seconds a new INVITE gets 503, and once the frames come on time
-    again the level falls and calls are answered again. /metrics shows
-    the share."""
+    every one of fifty calls (LATE_MIN_LEGS) gets frames after their tick
+    has played (here frames held back and sent late on purpose); from half
+    the calls in two whole seconds a new INVITE gets 503, and once the
+    frames come on time again the level falls and calls are answered
+    again. /metrics shows the share."""
     engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
     port = engine.ua.port
     peer = await peers.udp(engine)
@@ -408,9 +408,10 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
 
 async def test_one_caller_sending_stale_frames_refuses_nothing(make_engine: EngineFactory,
                                                                peers: PeerFactory) -> None:
-    """Attack: of ten calls, one caller sends hundreds of frames after
-    their time (each one counted late by its jitter buffer): that is one
-    leg of ten, not half, so new calls are still answered."""
+    """Attack: of fifty calls (LATE_MIN_LEGS), one caller sends thousands
+    of frames after their time (each one counted late by its jitter
+    buffer): that is one leg of fifty, not half, so new calls are still
+    answered."""
     engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
     port = engine.ua.port
     peer = await peers.udp(engine)
