@@ -838,18 +838,15 @@ def main() -> int:
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
     inline, ticked = sres.get("inline_ticks", (0, 0))
-    backlog = np.asarray(sres.get("backlog", []), dtype=float)
-    if backlog.size:
-        print(f"  RTP read backlog (the overload detector's media signal: bytes queued on the median of 16 "
-              f"sampled legs, every 50 ms): p50 {pct(backlog, 50):,.0f} / p99 {pct(backlog, 99):,.0f} / "
-              f"max {pct(backlog, 100):,.0f}; {int(np.sum(backlog >= MEDIA_BACKLOG))} of {backlog.size} samples at "
-              f"or over the refuse bound ({MEDIA_BACKLOG:,} bytes)")
-    late_share = np.asarray(sres.get("late_share", []), dtype=float)
-    if late_share.size:
-        print(f"  legs late in each of the last two seconds (the detector's other media signal): p50 "
-              f"{pct(late_share, 50) * 100:.1f}% / max {pct(late_share, 100) * 100:.1f}%; "
-              f"{int(np.sum(late_share >= LATE_LEGS))} of {late_share.size} samples at or over the refuse bound "
-              f"({LATE_LEGS * 100:.0f}%)")
+    # the overload detector's media signals, sampled every 50 ms as its probe takes them
+    for key, what, bound, scale, unit in (
+            ("backlog", "RTP read backlog (bytes queued on the median of 16 sampled legs)", MEDIA_BACKLOG, 1, ""),
+            ("late_share", "legs late in each of the last two seconds", LATE_LEGS, 100, "%")):
+        values = np.asarray(sres.get(key, []), dtype=float)
+        if values.size:
+            print(f"  {what}: p50 {pct(values, 50) * scale:,.1f}{unit} / p99 {pct(values, 99) * scale:,.1f}{unit} / "
+                  f"max {pct(values, 100) * scale:,.1f}{unit}; {int(np.sum(values >= bound))} of {values.size} "
+                  f"samples at or over the refuse bound ({bound * scale:,.0f}{unit})")
     print(f"  clock wake-up lateness, against each tick's planned start: {ms(wake)}"
           f" ({inline} of {ticked} ticks started by a reader)")
     if times.size:

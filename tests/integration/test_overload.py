@@ -13,6 +13,8 @@ import re
 import secrets
 import socket
 import struct
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -261,88 +263,6 @@ def _rtp_port(ok: SipResponse) -> int:
     return int(match.group(1))
 
 
-async def test_rtp_read_backlog_refuses_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
-    """Media saturation: the RTP readers of most calls fall behind their
-    phones (here: the loop stops reading their sockets while the phones
-    send), so the kernel queues grow; with the default bound (8 KiB on the
-    median sampled socket) a new INVITE gets 503 and Retry-After, the
-    accepted calls still end normally, and once the readers caught up new
-    calls are answered again. /metrics shows the backlog."""
-    engine = await make_engine(RULES)
-    port = engine.ua.port
-    peer = await peers.udp(engine)
-    dialogs = [Dialog(peer, f"sip:talk@127.0.0.1:{port}") for _ in range(3)]
-    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
-    assert await wait_until(lambda: len(engine.ua.calls) == 3 and all(
-        call.media.session is not None for call in engine.ua.calls))  # type: ignore[attr-defined]
-    transports = [call.media.session.transport for call in engine.ua.calls]  # type: ignore[attr-defined]
-    assert sorted(t.sock.getsockname()[1] for t in transports) == sorted(rtp_ports)
-    loop = asyncio.get_running_loop()
-    for transport in transports:
-        loop.remove_reader(transport.sock.fileno())
-    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        packet = bytes([0x80, 0]) + bytes(10) + bytes([0xFF]) * 160
-        for rtp in rtp_ports:
-            for _ in range(12):  # 240 ms of audio unread
-                phone.sendto(packet, ("127.0.0.1", rtp))
-        assert await overloaded(engine, OverloadLevel.REFUSE)
-        assert engine.ua.endpoint.overload.media_backlog >= 8192
-        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
-        refused = await peer.expect(503)
-        assert refused.headers.get("Retry-After") == "5"
-        text = engine.metrics.render().decode()
-        backlog = re.search(r"\ncallbridge_rtp_read_backlog_bytes (\S+)\n", text)
-        assert backlog is not None and float(backlog.group(1)) >= 8192
-        assert "callbridge_sip_overload_refused_total 1.0" in text
-
-        for transport in transports:  # the readers catch up
-            loop.add_reader(transport.sock.fileno(), transport._on_readable)
-        assert await overloaded(engine, OverloadLevel.NORMAL)
-        fresh = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
-        await fresh.call()
-        for dialog in (*dialogs, fresh):
-            dialog.send("BYE")
-            assert (await peer.expect(method="BYE")).status == 200
-        assert await wait_until(lambda: not engine.ua.calls)
-    finally:
-        phone.close()
-
-
-async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, peers: PeerFactory) -> None:
-    """Attack: a stranger fills one call's RTP socket to the brim (its
-    queue full, as if its reader could not keep up) while the other calls'
-    readers keep up: the backlog is the median sampled socket's, so new
-    calls are still answered."""
-    engine = await make_engine(RULES)
-    port = engine.ua.port
-    peer = await peers.udp(engine)
-    dialogs = [Dialog(peer, f"sip:talk@127.0.0.1:{port}") for _ in range(3)]
-    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
-    assert await wait_until(lambda: len(engine.ua.calls) == 3 and all(
-        call.media.session is not None for call in engine.ua.calls))  # type: ignore[attr-defined]
-    victim = next(call.media.session.transport for call in engine.ua.calls  # type: ignore[attr-defined]
-                  if call.media.session.transport.sock.getsockname()[1] == rtp_ports[0])  # type: ignore[attr-defined]
-    loop = asyncio.get_running_loop()
-    loop.remove_reader(victim.sock.fileno())
-    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _ in range(2000):
-            stranger.sendto(b"\x80" * 172, ("127.0.0.1", rtp_ports[0]))
-        probes = engine.ua.endpoint._probes
-        assert await wait_until(lambda: engine.ua.endpoint._probes >= probes + 10, 5.0)
-        assert engine.ua.endpoint.overload.level is OverloadLevel.NORMAL
-        assert engine.ua.endpoint.overload.media_backlog < 8192
-        fresh = Dialog(peer, f"sip:talk@127.0.0.1:{port}")
-        await fresh.call()
-        loop.add_reader(victim.sock.fileno(), victim._on_readable)
-        for dialog in (*dialogs, fresh):
-            dialog.send("BYE")
-            assert (await peer.expect(method="BYE")).status == 200
-    finally:
-        stranger.close()
-
-
 ECHO_RULES = """
 rules:
   - {name: Echo, pattern: "echo", scenarios: [echo_now]}
@@ -361,6 +281,107 @@ VoxEngine.add_event_listener(AppEvents.CallAlerting, on_alerting)
 """
 
 
+@dataclass
+class MediaCalls:
+    """An engine with calls up, each with its media session."""
+
+    engine: Engine
+    peer: UdpPeer
+    user: str
+    dialogs: list[Dialog]
+    #: The engine's RTP port of each call, in the order of ``dialogs``.
+    rtp_ports: list[int]
+
+    def session(self, rtp_port: int) -> Any:
+        """The media session reading ``rtp_port``."""
+        sessions = [call.media.session for call in self.engine.ua.calls]  # type: ignore[attr-defined]
+        return next(s for s in sessions if s.transport.sock.getsockname()[1] == rtp_port)
+
+    async def answered_then_all_hang_up(self) -> None:
+        """A new call is answered; then every call ends with its BYE answered."""
+        fresh = Dialog(self.peer, f"sip:{self.user}@127.0.0.1:{self.engine.ua.port}")
+        await fresh.call()
+        for dialog in (*self.dialogs, fresh):
+            dialog.send("BYE")
+            assert (await self.peer.expect(method="BYE")).status == 200
+        assert await wait_until(lambda: not self.engine.ua.calls)
+
+
+async def media_calls(make_engine: EngineFactory, peers: PeerFactory, count: int, *, echo: bool) -> MediaCalls:
+    """``count`` answered calls to an engine, each reading its RTP: to a
+    scenario that echoes (``echo``: its jitter buffer is fed) or one that
+    only holds the call (its RTP is read for the RTCP statistics)."""
+    engine = await (make_engine(ECHO_RULES, {"echo_now": ECHO_NOW}) if echo else make_engine(RULES))
+    peer = await peers.udp(engine)
+    user = "echo" if echo else "talk"
+    dialogs = [Dialog(peer, f"sip:{user}@127.0.0.1:{engine.ua.port}") for _ in range(count)]
+    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    assert await wait_until(lambda: len(engine.ua.calls) == count and all(
+        call.media.session is not None for call in engine.ua.calls))  # type: ignore[attr-defined]
+    return MediaCalls(engine, peer, user, dialogs, rtp_ports)
+
+
+async def test_rtp_read_backlog_refuses_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Media saturation: the RTP readers of most calls fall behind their
+    phones (here: the loop stops reading their sockets while the phones
+    send), so the kernel queues grow; with the default bound (8 KiB on the
+    median sampled socket) a new INVITE gets 503 and Retry-After, the
+    accepted calls still end normally, and once the readers caught up new
+    calls are answered again. /metrics shows the backlog."""
+    calls = await media_calls(make_engine, peers, 3, echo=False)
+    engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
+    transports = [calls.session(rtp).transport for rtp in calls.rtp_ports]
+    loop = asyncio.get_running_loop()
+    for transport in transports:
+        loop.remove_reader(transport.sock.fileno())
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packet = bytes([0x80, 0]) + bytes(10) + bytes([0xFF]) * 160
+        for rtp in calls.rtp_ports:
+            for _ in range(12):  # 240 ms of audio unread
+                phone.sendto(packet, ("127.0.0.1", rtp))
+        assert await overloaded(engine, OverloadLevel.REFUSE)
+        assert engine.ua.endpoint.overload.media_backlog >= 8192
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        refused = await peer.expect(503)
+        assert refused.headers.get("Retry-After") == "5"
+        text = engine.metrics.render().decode()
+        backlog = re.search(r"\ncallbridge_rtp_read_backlog_bytes (\S+)\n", text)
+        assert backlog is not None and float(backlog.group(1)) >= 8192
+        assert "callbridge_sip_overload_refused_total 1.0" in text
+
+        for transport in transports:  # the readers catch up
+            loop.add_reader(transport.sock.fileno(), transport._on_readable)
+        assert await overloaded(engine, OverloadLevel.NORMAL)
+        await calls.answered_then_all_hang_up()
+    finally:
+        phone.close()
+
+
+async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, peers: PeerFactory) -> None:
+    """Attack: a stranger fills one call's RTP socket to the brim (its
+    queue full, as if its reader could not keep up) while the other calls'
+    readers keep up: the backlog is the median sampled socket's, so new
+    calls are still answered."""
+    calls = await media_calls(make_engine, peers, 3, echo=False)
+    endpoint = calls.engine.ua.endpoint
+    victim = calls.session(calls.rtp_ports[0]).transport
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(victim.sock.fileno())
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(2000):
+            stranger.sendto(b"\x80" * 172, ("127.0.0.1", calls.rtp_ports[0]))
+        probes = endpoint._probes
+        assert await wait_until(lambda: endpoint._probes >= probes + 10, 5.0)
+        assert endpoint.overload.level is OverloadLevel.NORMAL
+        assert endpoint.overload.media_backlog < 8192
+        loop.add_reader(victim.sock.fileno(), victim._on_readable)
+        await calls.answered_then_all_hang_up()
+    finally:
+        stranger.close()
+
+
 def _rtp(seq: int, ssrc: int) -> bytes:
     """A PCMU frame: sequence ``seq``, timestamp 160 a frame."""
     return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + bytes([0xFF]) * 160
@@ -373,16 +394,13 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
     the calls in two whole seconds a new INVITE gets 503, and once the
     frames come on time again the level falls and calls are answered
     again. /metrics shows the share."""
-    engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
-    port = engine.ua.port
-    peer = await peers.udp(engine)
-    dialogs = [Dialog(peer, f"sip:echo@127.0.0.1:{port}") for _ in range(LATE_MIN_LEGS)]
-    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    calls = await media_calls(make_engine, peers, LATE_MIN_LEGS, echo=True)
+    engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         overload = engine.ua.endpoint.overload
         for seq in range(200):  # 4 s; every tenth frame comes 200 ms late
-            for i, rtp in enumerate(rtp_ports):
+            for i, rtp in enumerate(calls.rtp_ports):
                 if seq % 10 != 5:
                     phone.sendto(_rtp(seq, 1000 + i), ("127.0.0.1", rtp))
                 if seq % 10 == 5 and seq >= 15:
@@ -391,17 +409,12 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
             if overload.level is OverloadLevel.REFUSE:
                 break
         assert await overloaded(engine, OverloadLevel.REFUSE)
-        assert engine.ua.endpoint.overload.late_legs == 1.0
-        text = engine.metrics.render().decode()
-        assert "\ncallbridge_rtp_late_legs 1.0\n" in text
+        assert overload.late_legs == 1.0
+        assert "\ncallbridge_rtp_late_legs 1.0\n" in engine.metrics.render().decode()
         peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
         assert (await peer.expect(503)).headers.get("Retry-After") == "5"
         assert await overloaded(engine, OverloadLevel.NORMAL)
-        fresh = Dialog(peer, f"sip:echo@127.0.0.1:{port}")
-        await fresh.call()
-        for dialog in (*dialogs, fresh):
-            dialog.send("BYE")
-            assert (await peer.expect(method="BYE")).status == 200
+        await calls.answered_then_all_hang_up()
     finally:
         phone.close()
 
@@ -412,32 +425,23 @@ async def test_one_caller_sending_stale_frames_refuses_nothing(make_engine: Engi
     of frames after their time (each one counted late by its jitter
     buffer): that is one leg of fifty, not half, so new calls are still
     answered."""
-    engine = await make_engine(ECHO_RULES, {"echo_now": ECHO_NOW})
-    port = engine.ua.port
-    peer = await peers.udp(engine)
-    dialogs = [Dialog(peer, f"sip:echo@127.0.0.1:{port}") for _ in range(LATE_MIN_LEGS)]
-    rtp_ports = [_rtp_port(await dialog.call()) for dialog in dialogs]
+    calls = await media_calls(make_engine, peers, LATE_MIN_LEGS, echo=True)
+    target = calls.rtp_ports[0]
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        overload = engine.ua.endpoint.overload
+        overload = calls.engine.ua.endpoint.overload
         seen = set()
         for seq in range(180):  # 3.6 s: after four in sequence (the latch), every odd frame 200 ms late
             if seq < 4 or seq % 2 == 0:
-                attacker.sendto(_rtp(seq, 7), ("127.0.0.1", rtp_ports[0]))
+                attacker.sendto(_rtp(seq, 7), ("127.0.0.1", target))
             if seq >= 15 and seq % 2 == 1:
                 for _ in range(20):  # and many times over
-                    attacker.sendto(_rtp(seq - 10, 7), ("127.0.0.1", rtp_ports[0]))
+                    attacker.sendto(_rtp(seq - 10, 7), ("127.0.0.1", target))
             seen.add((overload.level, overload.late_legs))
             await asyncio.sleep(0.02)
-        sessions = [call.media.session for call in engine.ua.calls]  # type: ignore[attr-defined]
-        buffer = next(s.jitter for s in sessions if s.transport.sock.getsockname()[1] == rtp_ports[0])
-        assert buffer.stats.late >= 1000
+        assert calls.session(target).jitter.stats.late >= 1000
         assert {level for level, _ in seen} == {OverloadLevel.NORMAL}
         assert max(share for _, share in seen) == pytest.approx(1 / LATE_MIN_LEGS)
-        fresh = Dialog(peer, f"sip:echo@127.0.0.1:{port}")
-        await fresh.call()
-        for dialog in (*dialogs, fresh):
-            dialog.send("BYE")
-            assert (await peer.expect(method="BYE")).status == 200
+        await calls.answered_then_all_hang_up()
     finally:
         attacker.close()
