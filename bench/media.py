@@ -8,7 +8,13 @@ sending one 172-byte RTP packet per leg every 20 ms:
 1. *echo*: the baseline. A bare uvloop ``DatagramProtocol`` per socket
    that sends every datagram back. Its CPU per packet (in + out) is what
    Python plus uvloop cost for the packet rate alone, so
-   ``1 / (CPU per packet)`` is the packet-rate ceiling of one core.
+   ``1 / (CPU per packet)`` is the packet-rate ceiling of one core. It
+   runs before the engine and again after it, and the engine is compared
+   with the mean of the two: this machine's speed moves by a fifth and
+   more within minutes (the echo measured 8.2 and 9.7 us a packet in two
+   runs a few minutes apart), and the drift between the two echo phases
+   is printed, so a ratio measured while the machine changed speed shows
+   as such.
 2. *engine*: every leg a real :class:`~engine.calls.rtp_stream.MediaSession`
    on an :class:`~engine.transport.rtp_socket.RtpPortAllocator` socket
    (PCMU, latch, jitter buffer, decoder, encoder, RTP sender), joined to
@@ -794,6 +800,14 @@ def main() -> int:
                                            args.send_workers, args.rtp_pin_after,
                                            args.media_pacing == "on"), plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
+    if echo is not None and args.only != "engine":
+        after, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
+        before_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
+        after_us = after["cpu"] / max(1, after["packets"]) * 1e6
+        print(f"echo again, after the engine: {after_us:.1f} us/packet ({(after_us / before_us - 1) * 100:+.0f}% "
+              f"on the first; the engine is compared with their mean)", flush=True)
+        echo = {"cpu": echo["cpu"] + after["cpu"], "packets": echo["packets"] + after["packets"],
+                "wall": echo["wall"] + after["wall"], "drift": after_us / before_us - 1}
     wall = sres["wall"]
     core = sres["cpu"] / wall
     pps = sres["received"] / wall
@@ -925,6 +939,8 @@ def main() -> int:
     if echo is not None:
         e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
+        # the echo after the engine against the one before: the machine's drift during the run
+        figs["echo_drift"] = figure(abs(echo["drift"]) * 100, "%", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
     if janus is not None:
         figs["janus_us_per_packet"] = figure(janus["us_per_packet"], "us", "lower")
