@@ -137,12 +137,14 @@ class Baresip:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    async def wait_for(self, text: str, timeout: float) -> str:
+    async def wait_for(self, text: str, timeout: float, *, after: int = 0) -> str:
+        """The output once ``text`` is in it more than ``after`` times (a
+        line the phone logged before a command does not count for it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             out = self.output()
-            if text in out:
+            if out.count(text) > after:
                 return out
             if self.proc is not None and self.proc.poll() is not None:
                 break
@@ -161,14 +163,7 @@ class Baresip:
         line = f"call: connecting to '{uri}"
         before = self.output().count(line)
         self.command(f"/dial {uri}\n")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10.0
-        while loop.time() < deadline:
-            if self.output().count(line) > before:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"baresip {self.name}: /dial {uri} not taken within 10 s; output:\n"
-                             f"{self.output()[-3000:]}")
+        await self.wait_for(line, 10.0, after=before)
 
     async def press(self, digits: str, gap: float = 0.4) -> None:
         """Type ``digits`` on the keypad: RFC 4733 events, one by one."""
