@@ -471,7 +471,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
 
         gc.callbacks.append(on_gc)
         from engine.media.jitterbuffer import late_buffers
-        from engine.transport.rtp_transport import rtp_backlog, watched_count
+        from engine.transport.rtp_transport import rtp_backlog, watched_transports
 
         backlog: list[int] = []
         late_share: list[float] = []
@@ -479,10 +479,11 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         async def sample_backlog() -> None:
             """The overload detector's media signals, every 50 ms as its probe takes them."""
             while True:
-                value = rtp_backlog()
+                media = watched_transports()
+                value = rtp_backlog(media)
                 if value is not None:
                     backlog.append(value)
-                late_share.append(late_buffers() / max(1, watched_count()))
+                late_share.append(late_buffers() / max(1, len(media)))
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.get_running_loop().create_task(sample_backlog())

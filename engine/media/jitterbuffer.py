@@ -40,8 +40,8 @@ media has nearly every leg late, second after second (``bench/media.py``
 at 1,000-1,300 legs on a slow machine, 9-36% of the frames concealed),
 while the readers' kernel queues, read just before the probe runs, often
 look empty; one caller who sends stale frames on purpose is one buffer,
-however many he sends.
-The set costs nothing on time: only the late path touches it.
+however many he sends. The set costs nothing on time: only the late path
+touches it.
 
 Sans-IO: ``now`` is passed in (seconds, any monotonic origin).
 """

@@ -64,7 +64,7 @@ from typing import Any, Callable, ClassVar, Protocol
 from engine.media.clock import next_tick_at as _next_tick_at
 from engine.media.clock import run_due as _run_due
 
-__all__ = ["RtpTransport", "DatagramHandler", "SO_MEMINFO", "rtp_backlog", "watched_count"]
+__all__ = ["RtpTransport", "DatagramHandler", "SO_MEMINFO", "rtp_backlog", "watched_transports"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,21 +90,21 @@ _watched: dict[RtpTransport, None] = {}
 _meminfo = [sys.platform.startswith("linux")]
 
 
-def watched_count() -> int:
-    """How many media transports the running loop reads (:func:`rtp_backlog`'s pool)."""
+def watched_transports() -> list[RtpTransport]:
+    """The media transports the running loop reads (:func:`rtp_backlog`'s pool)."""
     loop = asyncio.get_running_loop()
-    return sum(1 for t in _watched if t._loop is loop)
+    return [t for t in _watched if t._loop is loop]
 
 
-def rtp_backlog(sample: int = BACKLOG_SAMPLE) -> int | None:
+def rtp_backlog(pool: list[RtpTransport] | None = None, sample: int = BACKLOG_SAMPLE) -> int | None:
     """Bytes queued in the kernel for the readers, the median over up to
-    ``sample`` attached media transports of the running loop picked at
-    random (see the module's docstring); ``None`` when none is attached or
-    the system cannot tell (not Linux)."""
+    ``sample`` of ``pool`` (by default :func:`watched_transports`) picked at
+    random (see the module's docstring); ``None`` when the pool is empty
+    or the system cannot tell (not Linux)."""
     if not _meminfo[0] or not _watched:
         return None
-    loop = asyncio.get_running_loop()
-    pool = [t for t in _watched if t._loop is loop]
+    if pool is None:
+        pool = watched_transports()
     if len(pool) > sample:
         pool = random.sample(pool, sample)
     queued = []

@@ -60,7 +60,7 @@ from engine.security_log import security_event
 from engine.transport.admission import SCANNER_AGENTS, Admission, SecurityPolicy, Verdict
 from engine.media.jitterbuffer import late_buffers
 from engine.transport.overload import OverloadDetector, OverloadLevel
-from engine.transport.rtp_transport import SO_MEMINFO, rtp_backlog, watched_count
+from engine.transport.rtp_transport import SO_MEMINFO, rtp_backlog, watched_transports
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.message import BRANCH_MAGIC, Headers, SipRequest, SipResponse, new_branch, new_tag
 from engine.sip.parser import ParseError, StreamFramer, parse_message
@@ -533,9 +533,10 @@ class SipEndpoint:
             live = (TransactionState.TRYING, TransactionState.PROCEEDING)
             self._setting_up = {t for t in self._setting_up if t.state in live}
         queue, _ = self._receive_queues()
-        backlog = rtp_backlog()
+        media = watched_transports()
         change = self.overload.sample(now, lag=lag, queue=queue, setup_calls=len(self._setting_up),
-                                      media_backlog=backlog or 0, late_legs=late_buffers(), legs=watched_count())
+                                      media_backlog=rtp_backlog(media) or 0, late_legs=late_buffers(),
+                                      legs=len(media))
         if change > 0:
             for key in self._episode:
                 self._episode[key] = self.stats[key]
