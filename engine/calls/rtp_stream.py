@@ -604,6 +604,8 @@ class MediaSession:
         codec (:attr:`decode_table` is set) and nothing here needs its
         samples (no in-band detection), its payload, undecoded; the decoder
         is told, so a later lost frame is concealed as after :meth:`pull`.
+        A lost frame of such a leg comes as its concealment's payload
+        (:meth:`~engine.media.codecs.g711.G711Decoder.conceal_payload`).
         Otherwise what :meth:`pull` returns."""
         g711, jitter = self._g711_decoder, self.jitter
         if self.clock.skipped != self._skips_pulled:
@@ -616,7 +618,7 @@ class MediaSession:
         payload = jitter.get(now)
         if payload is None:
             self._tell_g711()
-            return np.asarray(g711.conceal(self._frame_samples), dtype=np.int16)
+            return g711.conceal_payload(self._frame_samples)  # decoded with the rest, as cheap as a good frame
         if len(payload) == self._frame_samples:
             self._g711_pending = payload  # g711.remember(payload), when a loss needs it
             return payload
