@@ -37,13 +37,24 @@ scheduling does not count) and measures:
   one (a stall caught up badly, or a read backlog, shows here first), and
   of frames they dropped to cut their delay (each an audible cut);
 - *mixing is real*: for a sample of legs, one second of what they heard is
-  checked by Goertzel: every other member's tone present, their own absent.
+  checked by Goertzel, each half second alone: every other member's tone
+  present in one half at least, their own absent from both (a frame cut
+  midway, as each leg's jitter buffer cuts one when its delay first
+  shrinks, shifts the tone's phase, and a whole second's level fell below
+  half for a tenth of a 100-party conference's tones in 2 runs of 12);
+- *the generator's own lateness*: how late, against its schedule, it began
+  sending each millisecond's packets inside the window; frames it sent
+  late reach the engine late through no fault of the engine's.
 
 The engine process reports its CPU (``getrusage``) per leg, the clock's
 own wake-up lateness, and per tick the time spent pulling (receive side:
 jitter buffer + decode), mixing (the two flow stages) and pushing (encode
 + RTP + ``sendto``); then it times one conference's mix alone for several
 sizes (100 included).
+
+With ``--stall MS`` the engine's loop is blocked once, a second before the
+window (a long collector pass, a slow handler, the host taking the core):
+the window then shows whether the engine got back to on-time frames.
 
 With ``--silence-suppression`` the graph runs the engine's silence
 suppression (:mod:`engine.media.dtx`) and each leg has CN negotiated (as a
@@ -52,7 +63,7 @@ phone that offers it): with ``--idle``, what nobody speaking costs then.
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
 [--sizes 3-10] [--only echo|engine|janus] [--janus] [--profile] [--metrics]
 [--idle silence|nothing] [--silence-suppression] [--send-workers N]
-[--media-pacing on|off]``
+[--media-pacing on|off] [--stall MS]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
 stops after ``--warmup + --seconds`` and every process is joined with a
 timeout.
@@ -196,6 +207,7 @@ def generator(conn: Connection, plan: Plan, sample: list[int], record: bool,
     heard: dict[int, dict[int, bytes]] = {i: {} for i in sample}
     got = [0] * len(socks)
     sent = 0
+    send_late: list[tuple[float, float]] = []  # each slot's due time, and how late its sends began
     # kernel timestamps are CLOCK_REALTIME; the engine's grid is CLOCK_MONOTONIC
     mono_off = time.time() - time.monotonic()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -216,6 +228,7 @@ def generator(conn: Connection, plan: Plan, sample: list[int], record: bool,
             break
         due = start + slot * (TICK / SLOTS)
         if now >= due and due < stop_send:
+            send_late.append((due, now - due))
             frame = slot // SLOTS
             k = frame % 50
             # "nothing": a second of silence first (latches each leg: the engine
@@ -255,6 +268,7 @@ def generator(conn: Connection, plan: Plan, sample: list[int], record: bool,
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     conn.send({
         "sent": sent, "got": got, "cpu": cpu, "wall": stop_recv - start,
+        "send_late": np.asarray(send_late, dtype=np.float64).reshape(-1, 2),
         "arrivals": [np.asarray(a, dtype=np.float64) for a in arrivals] if record else None,
         "stamps": [np.asarray(t, dtype=np.int64) for t in stamps] if record else None,
         "heard": heard,
@@ -386,14 +400,16 @@ def proc_cpu(pid: int) -> float:
 
 
 def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = False, dtx: bool = False,
-                  send_workers: int = 0, pin_after: int | None = None, pacing: bool = True) -> None:
+                  send_workers: int = 0, pin_after: int | None = None, pacing: bool = True,
+                  stall: float = 0.0) -> None:
     """The engine: MediaSessions in conferences of a MediaGraph on the MediaClock
     (``metrics``: with the engine's Prometheus figures scraped every second;
     ``dtx``: with silence suppression, CN negotiated; ``send_workers``: that
     many RTP send workers, as ``--media-send-workers``, whose CPU is counted
     with the engine's; ``pin_after``: as ``--rtp-pin-after``, the engine's
     default when ``None``; ``pacing``: as ``--media-pacing``, frames held
-    and sent at their tick's due time when there are no send workers)."""
+    and sent at their tick's due time when there are no send workers;
+    ``stall``: seconds the loop is blocked once, a second before the window)."""
     _install_uvloop()
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
@@ -437,6 +453,11 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             scraper = asyncio.get_running_loop().create_task(scrape())
         conn.send("ready")
         w0, w1, end = conn.recv()
+        if stall:
+            # a transient (a long collector pass, a slow handler, the host):
+            # does the engine get back to on-time frames within a second?
+            await asyncio.sleep(max(0.0, w0 - 1.0 - time.monotonic()))
+            time.sleep(stall)
         await asyncio.sleep(max(0.0, w0 - time.monotonic()))
         skipped0, inline0, ticks0 = clock.skipped, clock.ticks_inline, clock.ticks
         quiet0 = graph.bridge.quiet_ticks
@@ -693,9 +714,14 @@ def check_mixing(plan: Plan, heard: dict[int, dict[int, bytes]],
             continue
         codes = np.frombuffer(b"".join(frames[t] for t in keys), dtype=np.uint8)
         pcm = ULAW_DECODE[codes]
+        halves = (pcm[: pcm.size // 2], pcm[pcm.size // 2 :])
         others = [m for m in members[plan.conf_of[leg]] if m != leg]
-        weak = [plan.freq[m] for m in others if level(pcm, plan.freq[m]) < 0.5 * plan.amp[m]]
-        own = level(pcm, plan.freq[leg])
+        # each half second on its own: a tone's level over the whole second
+        # falls below half when a frame of it was cut midway (the phase jumps),
+        # as every leg's jitter buffer does once, when its delay first shrinks
+        weak = [plan.freq[m] for m in others
+                if max(level(half, plan.freq[m]) for half in halves) < 0.5 * plan.amp[m]]
+        own = max(level(half, plan.freq[leg]) for half in halves)
         # absent: well under its level (µ-law intermodulation of 99 tones on
         # a 30 Hz grid lands some energy on every grid frequency)
         if weak or own > 0.2 * plan.amp[leg]:
@@ -768,6 +794,8 @@ def main() -> int:
                         help="as serve's --rtp-pin-after (0: legs' sockets are never connected to their source)")
     parser.add_argument("--metrics", action="store_true",
                         help="scrape the engine's Prometheus figures every second during the run")
+    parser.add_argument("--stall", type=float, default=0.0, metavar="MS",
+                        help="block the engine's loop this long once, a second before the window")
     args = parser.parse_args()
     lo, hi = (int(x) for x in args.sizes.split("-"))
     plan = make_plan(args.legs, args.big, lo, hi)
@@ -799,7 +827,8 @@ def main() -> int:
 
     sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
                                            args.send_workers, args.rtp_pin_after,
-                                           args.media_pacing == "on"), plan, args.warmup, args.seconds,
+                                           args.media_pacing == "on", args.stall / 1000),
+                           plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
     if echo is not None and args.only != "engine":
         after, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
@@ -818,7 +847,7 @@ def main() -> int:
     # the clock's own figure (time.monotonic): each tick's start against when
     # it was planned, its due time or, with send workers, the lead before it
     wake = np.asarray(sres["clock_lateness"]) * 1000
-    w_end = sres["window"][1]
+    w0, w_end = sres["window"]
     ok, checked, problems = check_mixing(plan, gres["heard"], last_second(gres, w_end))
     ms = lambda a: f"p50 {pct(a, 50):.2f} / p99 {pct(a, 99):.2f} / max {pct(a, 100):.2f} ms"  # noqa: E731
     print(f"engine : {legs} legs at {core * 100:.0f}% of a core = {core / legs * 1e6:.0f} us CPU per leg per "
@@ -899,8 +928,11 @@ def main() -> int:
     print(f"  mixing is real: {ok} of {checked} sampled legs hear every other member's tone and not their own")
     for p in problems[:5]:
         print(f"    {p}")
+    slots = gres["send_late"]
+    slate = slots[(slots[:, 0] >= w0) & (slots[:, 0] < w_end), 1] * 1000
     print(f"  generator: sent {gres['sent']:,}, got {sum(gres['got']):,}, "
-          f"{gres['cpu'] / gres['wall'] * 100:.0f}% of a core")
+          f"{gres['cpu'] / gres['wall'] * 100:.0f}% of a core; in the window its sends began late against "
+          f"its own schedule by {ms(slate)}, {int((slate >= 20).sum())} of {slate.size} slots 20 ms or more")
     if echo is not None:
         e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         e_pps = echo["packets"] / echo["wall"]
@@ -936,7 +968,8 @@ def main() -> int:
             "p99_lateness_grid": figure(p99_grid, "ms", "lower"),
             "p99_lateness_cadence": figure(p99_cadence, "ms", "lower"),
             "mix_100_parties": figure(mix.get(100, math.nan), "ms/tick", "lower"),
-            "mixing_verified_legs": figure(ok, "legs", "higher")}
+            "mixing_verified_legs": figure(ok, "legs", "higher"),
+            "generator_p99_send_lateness": figure(pct(slate, 99), "ms", "lower")}
     if echo is not None:
         e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
