@@ -464,6 +464,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
         dormant0 = graph.bridge.dtx.dormant_ticks if graph.bridge.dtx else 0
         scraped0 = _scraped(figures.render()) if metrics else None
         recv0 = sum(s.transport.received for s in sessions)
+        stale0 = sum(s.transport.stale for s in sessions)
         sent0 = sum(s.transport.sent for s in sessions)
         def jitter_totals() -> tuple[int, int, int, int]:
             """Frames concealed, discarded and late, and resyncs, summed over every
@@ -526,6 +527,7 @@ def engine_server(conn: Connection, plan: Plan, profile: bool, metrics: bool = F
             "concealed": conc1 - conc0,
             "discarded": disc1 - disc0,
             "late": late1 - late0, "resyncs": resync1 - resync0,
+            "stale": sum(s.transport.stale for s in sessions) - stale0,
             "skipped": clock.skipped - skipped0,
             # legs whose socket is connected to its source at the end (RtpTransport.pin)
             "pinned": sum(1 for s in sessions if s.transport.pinned),
@@ -877,8 +879,8 @@ def main() -> int:
     print(f"  frames out : {expected - missing:,} of {expected:,} due in the window, "
           f"{missing:,} dropped ({missing / max(1, expected) * 100:.3f}%); clock skipped {sres['skipped']} ticks; "
           f"inbound frames concealed {sres['concealed']:,} ({concealed_pct:.3f}%), "
-          f"discarded {sres['discarded']:,} ({discarded_pct:.3f}%); late {sres.get('late', 0):,}, "
-          f"resyncs {sres.get('resyncs', 0):,}")
+          f"discarded {sres['discarded']:,} ({discarded_pct:.3f}%); late {sres.get('late', 0):,} "
+          f"(of which read and dropped as stale {sres.get('stale', 0):,}), resyncs {sres.get('resyncs', 0):,}")
     print(f"  lateness of frames at the generator vs the clock's 20 ms grid: {ms(late * 1000)}")
     print(f"                  vs each stream's own 20 ms cadence (jitter): {ms(cadence * 1000)}")
     inline, ticked = sres.get("inline_ticks", (0, 0))

@@ -157,6 +157,7 @@ class MediaSession:
     def __init__(self, sock: socket.socket, clock: MediaClock, *, policy: RtpSourcePolicy | None = None,
                  call_id: str | None = None) -> None:
         self.transport = RtpTransport(sock, self._on_datagram)
+        self.transport.on_stale = self._on_stale
         self.clock = clock
         self.policy = policy or RtpSourcePolicy()
         self.call_id = call_id
@@ -240,7 +241,7 @@ class MediaSession:
             self.latch = RtpReceiverLatch(payload_types, initial_addr=initial, policy=self.policy, now=now)
         else:
             self.latch.set_signalled(initial, now)
-        self.audio_pt = codec.payload_type
+        self.audio_pt = self.transport.stale_pt = codec.payload_type
         if self.event_pt != negotiated.telephone_event_pt or self.events is None:
             self.event_pt = negotiated.telephone_event_pt
             self.events = TelephoneEventReceiver(clock_rate=codec.clock_rate) if self.event_pt is not None else None
@@ -482,6 +483,7 @@ class MediaSession:
         self._end_player(False)
         self.transport.detach()
         self.transport.handler = _ignore  # break session <-> transport: freed by refcounting
+        self.transport.on_stale = None
         self.clock.discard(self)
         if self._event_timer is not None:
             self._event_timer.cancel()
@@ -549,6 +551,11 @@ class MediaSession:
                     self.clock.add(self)
                 elif self.audio_waker is not None:  # asleep under silence suppression
                     self.audio_arrived()
+
+    def _on_stale(self, count: int) -> None:
+        """The transport dropped ``count`` datagrams as too old to play."""
+        if self.jitter is not None:
+            self.jitter.note_stale(count)
 
     def _consider_pin(self, latch: RtpReceiverLatch) -> None:
         """A packet from the latched source came through an unpinned socket:

@@ -67,6 +67,9 @@ _REBASE = 4096
 class JitterStats:
     """Counters of a :class:`JitterBuffer`.
 
+    ``late`` counts packets that came after their slot was played, and those
+    the transport dropped as too old before they reached the buffer
+    (:meth:`JitterBuffer.note_stale`);
     ``lost`` counts packets the sender sent that were never played (missing
     or too late), from gaps in the sequence numbers of the frames played, so
     silence suppression (a timestamp gap with continuous sequence numbers)
@@ -232,6 +235,17 @@ class JitterBuffer:
         elif head is None and slot < self._low:
             self._low = slot
         return True
+
+    def note_stale(self, count: int) -> None:
+        """``count`` datagrams of this stream were dropped unread by the
+        transport as too old to play (a drain after the loop was away:
+        :class:`~engine.transport.rtp_transport.RtpTransport`): counted
+        late, and the buffer joins this window's late ones
+        (:func:`late_buffers`), as it would have had they come through."""
+        self._counters.late += count
+        if self._late_epoch != _late_epoch[0]:
+            self._late_epoch = _late_epoch[0]
+            _late.add(self)
 
     def get(self, now: float) -> bytes | None:
         """The frame for this tick, or None when it is missing."""

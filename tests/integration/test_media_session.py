@@ -30,6 +30,7 @@ from engine.calls.rtp_stream import MediaSession
 from engine.sip.offer_answer import PCMU, NegotiatedMedia
 from engine.media.clock import MediaClock
 from engine.transport.rtp_socket import RtpPortAllocator
+from engine.transport.rtp_transport import FRESH_KEEP
 
 
 def negotiated(port: int, event_pt: int | None) -> NegotiatedMedia:
@@ -437,3 +438,23 @@ async def test_pull_payload_conceals_the_last_undecoded_frame(rig: Rig) -> None:
     # a payload like the good ones: the graph decodes it with theirs, in one lookup
     assert isinstance(got[2], bytes) and got[2] == expected
     assert ULAW_DECODE[np.frombuffer(expected, np.uint8)].min() < -7500  # the second frame faded, not the first
+
+
+async def test_datagrams_the_transport_drops_stale_count_late_in_the_jitter_buffer(rig: Rig) -> None:
+    """Check the session hears of the datagrams its transport dropped as too
+    old (a drain after the loop was away from the socket): its jitter
+    buffer counts them late and stores only the freshest; a closed session
+    is no longer told."""
+    rig.session.graph_attach()
+    jitter, transport = rig.session.jitter, rig.session.transport
+    assert jitter is not None
+    transport.detach()  # the loop stops reading the socket: a stall
+    payload = bytes(get_encoder("PCMU").encode(np.full(160, 1000, dtype=np.int16)))
+    for i in range(FRESH_KEEP + 5):
+        rig.peer.sendto(RtpPacket(0, 1 + i, 160 * i, 7, payload).serialize(), rig.target)
+    transport._last_read = time.monotonic() - 1.0
+    transport._on_readable()
+    assert transport.stale == 5
+    assert jitter.stats.late == 5 and jitter.stats.received == FRESH_KEEP
+    rig.session.close()
+    assert transport.on_stale is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -11,7 +12,8 @@ import pytest
 import uvloop
 
 from engine.media.clock import MediaClock
-from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport, rtp_backlog
+from engine.transport import rtp_transport
+from engine.transport.rtp_transport import AWAY_GAP, FRESH_KEEP, MAX_READS_PER_WAKEUP, RtpTransport, rtp_backlog
 from tests.clock_fakes import LeadDispatch
 
 
@@ -26,25 +28,137 @@ def _queued(count: int) -> tuple[socket.socket, socket.socket]:
     return rx, tx
 
 
-def test_one_read_at_a_call_pace_then_a_bounded_drain_in_a_burst() -> None:
-    """A wake-up after a quiet spell reads one datagram (a phone's steady
-    pace); one that comes within the burst gap drains what is queued, in
-    order, but at most MAX_READS_PER_WAKEUP, so a flooded port cannot hold
-    the loop; an empty socket reads nothing and raises nothing."""
+class _Clock:
+    """The transport's clock (``rtp_transport._monotonic``), moved by hand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 100.0
+        monkeypatch.setattr(rtp_transport, "_monotonic", lambda: self.now)
+
+
+def test_one_read_at_a_call_pace_then_a_bounded_drain_in_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake-up a frame after the last read (a phone's steady pace) reads
+    one datagram; one that comes within the burst gap drains what is
+    queued, in order, but at most MAX_READS_PER_WAKEUP, so a flooded port
+    cannot hold the loop; an empty socket reads nothing and raises nothing."""
+    clock = _Clock(monkeypatch)
     rx, tx = _queued(3 * MAX_READS_PER_WAKEUP)
     got: list[bytes] = []
     transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport._last_read = clock.now - 0.020
     transport._on_readable()
     assert got == [b"0"]
-    transport._on_readable()  # right after the last read: a burst
+    clock.now += 0.001  # right after the last read: a burst
+    transport._on_readable()
     assert len(got) == 1 + MAX_READS_PER_WAKEUP
     assert got == [b"%d" % i for i in range(len(got))]
     assert transport.received == len(got)
+    for _ in range(3):
+        clock.now += 0.001
+        transport._on_readable()
+    assert len(got) == 3 * MAX_READS_PER_WAKEUP and transport.stale == 0
+    rx.close()
+    tx.close()
+
+
+def _rtp(i: int, pt: int = 0) -> bytes:
+    """An RTP datagram of payload type ``pt``, sequence number ``i``, saying ``i``."""
+    return struct.pack("!BBHII", 0x80, pt, i, 160 * i, 7) + b"%d" % i
+
+
+def _numbers(got: list[bytes]) -> list[int]:
+    return [int(data[12:]) for data in got]
+
+
+def test_after_an_absence_the_queue_is_drained_and_only_the_freshest_are_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket not read for longer than AWAY_GAP (a loaded loop comes round
+    every socket slower than a burst gap) holds what queued meanwhile. One
+    datagram a turn would never empty it: the phone refills it as fast,
+    and every frame would stay as late as the stall made it. The wake-up
+    reads it all and hands over the newest FRESH_KEEP in order; of the
+    older ones, the audio frames (stale_pt) are dropped as stale and
+    counted, the rest (here a DTMF event's packet) handed over too. The next
+    turn finds only what is new."""
+    clock = _Clock(monkeypatch)
+    rx, tx = _queued(0)
+    for i in range(FRESH_KEEP + 15):
+        tx.sendto(_rtp(i, 101 if i == 3 else 0), rx.getsockname())
+    got: list[bytes] = []
+    told: list[int] = []
+    transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport.on_stale = told.append
+    transport.stale_pt = 0
+    transport._last_read = clock.now - AWAY_GAP - 0.005
     transport._on_readable()
+    assert _numbers(got) == [3, *range(15, FRESH_KEEP + 15)]
+    assert transport.stale == 14 and told == [14] and transport.received == FRESH_KEEP + 15
+    tx.sendto(_rtp(100), rx.getsockname())
+    clock.now += 0.020
     transport._on_readable()
-    assert len(got) == 3 * MAX_READS_PER_WAKEUP
+    assert _numbers(got)[-1] == 100 and transport.stale == 14 and told == [14]
+    # a few queued after an absence: every one is handed over, none is stale
+    for i in range(101, 104):
+        tx.sendto(_rtp(i), rx.getsockname())
+    clock.now += 0.100
     transport._on_readable()
-    assert len(got) == 3 * MAX_READS_PER_WAKEUP
+    assert _numbers(got)[-3:] == [101, 102, 103] and transport.stale == 14 and told == [14]
+    rx.close()
+    tx.close()
+
+
+def test_a_transport_without_a_stale_payload_type_drops_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RTCP, or a stream not negotiated yet (stale_pt None): a drain after an
+    absence hands every datagram over."""
+    clock = _Clock(monkeypatch)
+    rx, tx = _queued(0)
+    for i in range(FRESH_KEEP + 5):
+        tx.sendto(_rtp(i), rx.getsockname())
+    got: list[bytes] = []
+    transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport._last_read = clock.now - 1.0
+    transport._on_readable()
+    assert _numbers(got) == list(range(FRESH_KEEP + 5)) and transport.stale == 0
+    rx.close()
+    tx.close()
+
+
+async def test_what_was_queued_before_attaching_is_all_handed_over() -> None:
+    """Attaching is no absence: datagrams sent before it (a phone quicker
+    than our 200 OK) are read as a burst, none dropped as stale."""
+    rx, tx = _queued(0)
+    for i in range(FRESH_KEEP + 5):
+        tx.sendto(_rtp(i), rx.getsockname())
+    got: list[bytes] = []
+    transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport.stale_pt = 0
+    transport.attach()
+    for _ in range(100):
+        if len(got) == FRESH_KEEP + 5:
+            break
+        await asyncio.sleep(0.002)
+    transport.detach()
+    assert _numbers(got) == list(range(FRESH_KEEP + 5)) and transport.stale == 0
+    rx.close()
+    tx.close()
+
+
+def test_a_flood_after_an_absence_costs_one_bounded_read_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack: a port flooded while the loop was away. One wake-up reads
+    MAX_READS_PER_WAKEUP datagrams at most and runs the handler on
+    FRESH_KEEP of them; the rest waits for the next turns."""
+    clock = _Clock(monkeypatch)
+    rx, tx = _queued(0)
+    for i in range(3 * MAX_READS_PER_WAKEUP):
+        tx.sendto(_rtp(i), rx.getsockname())
+    got: list[bytes] = []
+    transport = RtpTransport(rx, lambda data, addr: got.append(data))
+    transport.stale_pt = 0
+    transport._last_read = clock.now - 1.0
+    transport._on_readable()
+    assert _numbers(got) == list(range(MAX_READS_PER_WAKEUP - FRESH_KEEP, MAX_READS_PER_WAKEUP))
+    assert transport.received == MAX_READS_PER_WAKEUP
+    assert transport.stale == MAX_READS_PER_WAKEUP - FRESH_KEEP
     rx.close()
     tx.close()
 

@@ -385,3 +385,26 @@ def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.
     assert jitterbuffer.late_buffers() == 1  # the fewer of 2 and 1
     now[0] = 103.0
     assert jitterbuffer.late_buffers() == 0
+
+
+def test_datagrams_dropped_stale_by_the_transport_count_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames the transport read and dropped as too old to play (a drain
+    after the loop was away) never reach the buffer: note_stale counts them
+    late, and the buffer joins the window's late ones once however often it
+    is told, so a loop too slow to read its sockets in time still shows in
+    the overload detector's late-legs signal."""
+    now = [100.0]
+    monkeypatch.setattr(jitterbuffer, "monotonic", lambda: now[0])
+    monkeypatch.setattr(jitterbuffer, "_late_window", [100.0, 0.0, 0.0])
+    monkeypatch.setattr(jitterbuffer, "_late", weakref.WeakSet())
+    monkeypatch.setattr(jitterbuffer, "_late_epoch", [0])
+    stale, fine = JitterBuffer(), JitterBuffer()
+    stale.note_stale(15)
+    stale.note_stale(3)
+    assert stale.stats.late == 18 and fine.stats.late == 0
+    assert len(jitterbuffer._late) == 1
+    now[0] = 101.0
+    jitterbuffer.late_buffers()
+    stale.note_stale(1)
+    now[0] = 102.0
+    assert jitterbuffer.late_buffers() == 1
