@@ -331,9 +331,8 @@ async def test_rtp_read_backlog_refuses_new_calls(make_engine: EngineFactory, pe
     calls = await media_calls(make_engine, peers, 3, echo=False)
     engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
     transports = [calls.session(rtp).transport for rtp in calls.rtp_ports]
-    loop = asyncio.get_running_loop()
     for transport in transports:
-        loop.remove_reader(transport.sock.fileno())
+        transport.pause_reading()
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         packet = bytes([0x80, 0]) + bytes(10) + bytes([0xFF]) * 160
@@ -351,7 +350,7 @@ async def test_rtp_read_backlog_refuses_new_calls(make_engine: EngineFactory, pe
         assert "callbridge_sip_overload_refused_total 1.0" in text
 
         for transport in transports:  # the readers catch up
-            loop.add_reader(transport.sock.fileno(), transport._on_readable)
+            transport.resume_reading()
         assert await overloaded(engine, OverloadLevel.NORMAL)
         await calls.answered_then_all_hang_up()
     finally:
@@ -366,8 +365,7 @@ async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, 
     calls = await media_calls(make_engine, peers, 3, echo=False)
     endpoint = calls.engine.ua.endpoint
     victim = calls.session(calls.rtp_ports[0]).transport
-    loop = asyncio.get_running_loop()
-    loop.remove_reader(victim.sock.fileno())
+    victim.pause_reading()
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for _ in range(2000):
@@ -376,7 +374,7 @@ async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, 
         assert await wait_until(lambda: endpoint._probes >= probes + 10, 5.0)
         assert endpoint.overload.level is OverloadLevel.NORMAL
         assert endpoint.overload.media_backlog < 8192
-        loop.add_reader(victim.sock.fileno(), victim._on_readable)
+        victim.resume_reading()
         await calls.answered_then_all_hang_up()
     finally:
         stranger.close()

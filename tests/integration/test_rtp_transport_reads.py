@@ -331,9 +331,8 @@ async def test_backlog_is_the_median_of_the_attached_media_sockets() -> None:
         transport.attach()
     try:
         assert rtp_backlog() == 0
-        loop = asyncio.get_running_loop()
         for transport in media:
-            loop.remove_reader(transport.sock.fileno())  # a saturated loop reaches no reader
+            transport.pause_reading()  # a saturated loop reaches no reader
         flooded, tx = rigs[0]
         for _ in range(200):
             tx.sendto(b"\x80" * 172, flooded.getsockname())
@@ -358,7 +357,7 @@ async def test_backlog_is_the_median_of_the_attached_media_sockets() -> None:
         media[1].attach()
         for transport in media:
             if transport is not media[1]:
-                loop.add_reader(transport.sock.fileno(), transport._on_readable)
+                transport.resume_reading()
         await asyncio.sleep(0.1)  # the readers drain every queue
         assert rtp_backlog() == 0
     finally:
@@ -368,3 +367,70 @@ async def test_backlog_is_the_median_of_the_attached_media_sockets() -> None:
             rx.close()
             tx.close()
     assert rtp_backlog() is None
+
+
+async def test_the_loop_comes_back_between_two_batches_of_ready_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RTP sockets are one reader of the loop (the media poll), which
+    reads POLL_BATCH ready sockets a wake-up and gives the loop back: what
+    the loop has to run meanwhile (here a callback the first read
+    scheduled) runs before the next batch. One reader a socket ran every
+    ready socket first, and libuv kept polling without running its timers
+    while 1,024 were ready at once."""
+    monkeypatch.setattr(rtp_transport, "POLL_BATCH", 10)
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def handler(data: bytes, addr: object) -> None:
+        if not order:
+            loop.call_soon(order.append, "loop")
+        order.append("read")
+
+    rigs = [_queued(1) for _ in range(30)]
+    transports = [RtpTransport(rx, handler) for rx, _ in rigs]
+    for transport in transports:
+        transport.attach()
+    poll = rtp_transport.media_poll(loop)
+    assert len(poll) == 30
+    for _ in range(100):
+        if order.count("read") == 30:
+            break
+        await asyncio.sleep(0.002)
+    assert order.index("loop") == 10 and order.count("read") == 30
+    for transport in transports:
+        transport.detach()
+    assert rtp_transport._polls[0] is None  # the last one out closes the poll
+    for rx, tx in rigs:
+        rx.close()
+        tx.close()
+
+
+async def test_a_socket_number_taken_again_is_read_for_its_new_transport() -> None:
+    """A transport whose socket was closed before it was detached leaves its
+    number in the media poll; a new socket that gets the number is read
+    for its own transport, and the old one's late detach removes nothing."""
+    keep_rx, keep_tx = _queued(0)  # keeps the poll open throughout
+    keeper = RtpTransport(keep_rx, lambda data, addr: None)
+    keeper.attach()
+    old_rx, old_tx = _queued(0)
+    old = RtpTransport(old_rx, lambda data, addr: None)
+    old.attach()
+    number = old_rx.fileno()
+    old_rx.close()
+    got: list[bytes] = []
+    new_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    new_rx.bind(("127.0.0.1", 0))
+    new_rx.setblocking(False)
+    assert new_rx.fileno() == number  # the lowest free number
+    new = RtpTransport(new_rx, lambda data, addr: got.append(data))
+    new.attach()
+    old.detach()
+    keep_tx.sendto(_rtp(1), new_rx.getsockname())
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.002)
+    assert _numbers(got) == [1]
+    for transport in (new, keeper):
+        transport.detach()
+    for sock in (new_rx, keep_rx, keep_tx, old_tx):
+        sock.close()
