@@ -237,7 +237,7 @@ class JitterBuffer:
         return True
 
     def note_stale(self, count: int) -> None:
-        """``count`` datagrams of this stream were dropped unread by the
+        """``count`` datagrams of this stream were read and dropped by the
         transport as too old to play (a drain after the loop was away:
         :class:`~engine.transport.rtp_transport.RtpTransport`): counted
         late, and the buffer joins this window's late ones
