@@ -8,6 +8,7 @@ bound of calls being set up."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -409,6 +410,52 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
         assert await overloaded(engine, OverloadLevel.REFUSE)
         assert overload.late_legs == 1.0
         assert "\ncallbridge_rtp_late_legs 1.0\n" in engine.metrics.render().decode()
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        assert (await peer.expect(503)).headers.get("Retry-After") == "5"
+        assert await overloaded(engine, OverloadLevel.NORMAL)
+        await calls.answered_then_all_hang_up()
+    finally:
+        phone.close()
+
+
+async def test_frames_a_busy_loop_reads_too_late_to_play_refuse_new_calls(make_engine: EngineFactory,
+                                                                           peers: PeerFactory) -> None:
+    """Media saturation as the readers see it: a loop too busy to come round
+    each of fifty calls' sockets for 60 ms at a time (here their reading
+    paused while the phones send 15 frames each) drains them when it
+    does. The frames too old to play are dropped before the jitter
+    buffers see them, and count late there all the same, with those of
+    the kept ones that come behind playout: every call is late, the
+    overload guard refuses new calls (the backlog bound off, which the
+    paused queues would trip too), and with the loop keeping up again
+    calls are answered. Without the stale ones counted, 72% of the calls
+    were late, not all."""
+    calls = await media_calls(make_engine, peers, LATE_MIN_LEGS, echo=True)
+    engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
+    transports = [calls.session(rtp).transport for rtp in calls.rtp_ports]
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        overload = engine.ua.endpoint.overload
+        # the queues a paused reader leaves trip the backlog bound as well: off, to see the late legs alone
+        overload.bounds = dataclasses.replace(overload.bounds, media_backlog=0)
+        seq = 0
+        for _ in range(15):  # up to 4.5 s: 15 frames of each call read as one drain every 300 ms
+            for transport in transports:
+                transport.pause_reading()
+            for _ in range(15):
+                for i, rtp in enumerate(calls.rtp_ports):
+                    phone.sendto(_rtp(seq, 1000 + i), ("127.0.0.1", rtp))
+                seq += 1
+            await asyncio.sleep(0.06)
+            for transport in transports:
+                transport.resume_reading()
+            await asyncio.sleep(0.24)
+            if overload.level is OverloadLevel.REFUSE:
+                break
+        assert await overloaded(engine, OverloadLevel.REFUSE)
+        assert overload.late_legs == 1.0
+        sessions = [calls.session(rtp) for rtp in calls.rtp_ports]
+        assert all(s.transport.stale >= 5 and s.jitter.stats.late >= s.transport.stale for s in sessions)
         peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
         assert (await peer.expect(503)).headers.get("Retry-After") == "5"
         assert await overloaded(engine, OverloadLevel.NORMAL)
