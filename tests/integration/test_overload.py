@@ -298,6 +298,16 @@ class MediaCalls:
         sessions = [call.media.session for call in self.engine.ua.calls]  # type: ignore[attr-defined]
         return next(s for s in sessions if s.transport.sock.getsockname()[1] == rtp_port)
 
+    async def refused_then_answered(self) -> None:
+        """A new INVITE gets 503 with Retry-After; once the engine is back to
+        normal (the frames come on time again), a new call is answered and
+        every call ends with its BYE answered."""
+        peer, port = self.peer, self.engine.ua.port
+        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
+        assert (await peer.expect(503)).headers.get("Retry-After") == "5"
+        assert await overloaded(self.engine, OverloadLevel.NORMAL)
+        await self.answered_then_all_hang_up()
+
     async def answered_then_all_hang_up(self) -> None:
         """A new call is answered; then every call ends with its BYE answered."""
         fresh = Dialog(self.peer, f"sip:{self.user}@127.0.0.1:{self.engine.ua.port}")
@@ -394,7 +404,7 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
     frames come on time again the level falls and calls are answered
     again. /metrics shows the share."""
     calls = await media_calls(make_engine, peers, LATE_MIN_LEGS, echo=True)
-    engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
+    engine = calls.engine
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         overload = engine.ua.endpoint.overload
@@ -410,10 +420,7 @@ async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFac
         assert await overloaded(engine, OverloadLevel.REFUSE)
         assert overload.late_legs == 1.0
         assert "\ncallbridge_rtp_late_legs 1.0\n" in engine.metrics.render().decode()
-        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
-        assert (await peer.expect(503)).headers.get("Retry-After") == "5"
-        assert await overloaded(engine, OverloadLevel.NORMAL)
-        await calls.answered_then_all_hang_up()
+        await calls.refused_then_answered()
     finally:
         phone.close()
 
@@ -431,7 +438,7 @@ async def test_frames_a_busy_loop_reads_too_late_to_play_refuse_new_calls(make_e
     calls are answered. Without the stale ones counted, 72% of the calls
     were late, not all."""
     calls = await media_calls(make_engine, peers, LATE_MIN_LEGS, echo=True)
-    engine, peer, port = calls.engine, calls.peer, calls.engine.ua.port
+    engine = calls.engine
     transports = [calls.session(rtp).transport for rtp in calls.rtp_ports]
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -456,10 +463,7 @@ async def test_frames_a_busy_loop_reads_too_late_to_play_refuse_new_calls(make_e
         assert overload.late_legs == 1.0
         sessions = [calls.session(rtp) for rtp in calls.rtp_ports]
         assert all(s.transport.stale >= 5 and s.jitter.stats.late >= s.transport.stale for s in sessions)
-        peer.send(invite(peer, port, branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10)))
-        assert (await peer.expect(503)).headers.get("Retry-After") == "5"
-        assert await overloaded(engine, OverloadLevel.NORMAL)
-        await calls.answered_then_all_hang_up()
+        await calls.refused_then_answered()
     finally:
         phone.close()
 
