@@ -555,7 +555,7 @@ class MediaSession:
     def _on_stale(self, count: int) -> None:
         """The transport dropped ``count`` datagrams as too old to play."""
         if self.jitter is not None:
-            self.jitter.note_stale(count)
+            self.jitter.count_late(count)
 
     def _consider_pin(self, latch: RtpReceiverLatch) -> None:
         """A packet from the latched source came through an unpinned socket:

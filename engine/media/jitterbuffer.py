@@ -69,7 +69,7 @@ class JitterStats:
 
     ``late`` counts packets that came after their slot was played, and those
     the transport dropped as too old before they reached the buffer
-    (:meth:`JitterBuffer.note_stale`);
+    (:meth:`JitterBuffer.count_late`);
     ``lost`` counts packets the sender sent that were never played (missing
     or too late), from gaps in the sequence numbers of the frames played, so
     silence suppression (a timestamp gap with continuous sequence numbers)
@@ -213,10 +213,7 @@ class JitterBuffer:
                 if last is None or 0 < ((seq - last) & 0xFFFF) < 0x8000:
                     self._last_seq = seq  # not lost: the next frame played follows it
             else:
-                c.late += 1
-                if self._late_epoch != _late_epoch[0]:  # once a window: a WeakSet's add is Python
-                    self._late_epoch = _late_epoch[0]
-                    _late.add(self)
+                self.count_late(1)
                 self._last_adjust = now
                 if self._target < self._max:
                     self._target += 1
@@ -236,14 +233,15 @@ class JitterBuffer:
             self._low = slot
         return True
 
-    def note_stale(self, count: int) -> None:
-        """``count`` datagrams of this stream were read and dropped by the
-        transport as too old to play (a drain after the loop was away:
-        :class:`~engine.transport.rtp_transport.RtpTransport`): counted
-        late, and the buffer joins this window's late ones
-        (:func:`late_buffers`), as it would have had they come through."""
+    def count_late(self, count: int) -> None:
+        """Count ``count`` frames late, and join this window's late buffers
+        (:func:`late_buffers`): a packet that came after its slot was
+        played (:meth:`put_frame`), or datagrams of this stream the
+        transport read and dropped as too old to play (a drain after the
+        loop was away: :class:`~engine.transport.rtp_transport.RtpTransport`),
+        which never reach the buffer."""
         self._counters.late += count
-        if self._late_epoch != _late_epoch[0]:
+        if self._late_epoch != _late_epoch[0]:  # once a window: a WeakSet's add is Python
             self._late_epoch = _late_epoch[0]
             _late.add(self)
 

@@ -389,7 +389,7 @@ def test_late_buffers_counts_each_late_buffer_once_a_window(monkeypatch: pytest.
 
 def test_datagrams_dropped_stale_by_the_transport_count_late(monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames the transport read and dropped as too old to play (a drain
-    after the loop was away) never reach the buffer: note_stale counts them
+    after the loop was away) never reach the buffer: count_late counts them
     late, and the buffer joins the window's late ones once however often it
     is told, so a loop too slow to read its sockets in time still shows in
     the overload detector's late-legs signal."""
@@ -399,12 +399,12 @@ def test_datagrams_dropped_stale_by_the_transport_count_late(monkeypatch: pytest
     monkeypatch.setattr(jitterbuffer, "_late", weakref.WeakSet())
     monkeypatch.setattr(jitterbuffer, "_late_epoch", [0])
     stale, fine = JitterBuffer(), JitterBuffer()
-    stale.note_stale(15)
-    stale.note_stale(3)
+    stale.count_late(15)
+    stale.count_late(3)
     assert stale.stats.late == 18 and fine.stats.late == 0
     assert len(jitterbuffer._late) == 1
     now[0] = 101.0
     jitterbuffer.late_buffers()
-    stale.note_stale(1)
+    stale.count_late(1)
     now[0] = 102.0
     assert jitterbuffer.late_buffers() == 1
