@@ -13,12 +13,12 @@ import logging
 import re
 import secrets
 import socket
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from engine.media.rtp import RtpPacket
 from engine.server import Engine
 from engine.sip.message import SipResponse
 from engine.sip.parser import parse_message
@@ -393,7 +393,7 @@ async def test_one_flooded_rtp_port_refuses_nothing(make_engine: EngineFactory, 
 
 def _rtp(seq: int, ssrc: int) -> bytes:
     """A PCMU frame: sequence ``seq``, timestamp 160 a frame."""
-    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + bytes([0xFF]) * 160
+    return RtpPacket(0, seq, seq * 160, ssrc, bytes([0xFF]) * 160).serialize()
 
 
 async def test_legs_late_for_their_ticks_refuse_new_calls(make_engine: EngineFactory, peers: PeerFactory) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 from typing import Callable
 
@@ -12,6 +11,7 @@ import pytest
 import uvloop
 
 from engine.media.clock import MediaClock
+from engine.media.rtp import RtpPacket
 from engine.transport import rtp_transport
 from engine.transport.rtp_transport import AWAY_GAP, FRESH_KEEP, MAX_READS_PER_WAKEUP, RtpTransport, rtp_backlog
 from tests.clock_fakes import LeadDispatch
@@ -63,7 +63,7 @@ def test_one_read_at_a_call_pace_then_a_bounded_drain_in_a_burst(monkeypatch: py
 
 def _rtp(i: int, pt: int = 0) -> bytes:
     """An RTP datagram of payload type ``pt``, sequence number ``i``, saying ``i``."""
-    return struct.pack("!BBHII", 0x80, pt, i, 160 * i, 7) + b"%d" % i
+    return RtpPacket(pt, i, 160 * i, 7, b"%d" % i).serialize()
 
 
 def _numbers(got: list[bytes]) -> list[int]:
