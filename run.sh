@@ -41,7 +41,7 @@ install_debian() {  # $1: package list file
 # not whichever python3 comes first on PATH. A pyenv or source build is
 # often made without profile-guided and link-time optimisation: measured
 # here, Debian's 3.11 parses a SIP INVITE in 30-32 us against 36 us for
-# pyenv's 3.11.7 and reads an RTP packet 7% faster (docs/architecture.md).
+# pyenv's 3.11.7 and reads an RTP packet 5-9% faster (docs/architecture.md).
 # CALLBRIDGE_PYTHON=/path/to/python chooses another.
 python_for_venv() {
   if [ -n "${CALLBRIDGE_PYTHON:-}" ]; then
@@ -56,18 +56,26 @@ python_for_venv() {
 install_python() {
   local stamp="$VENV/.callbridge-installed"
   local python want base
-  python=$(python_for_venv)
+  python=$(python_for_venv || true)
+  if [ -z "$python" ] || ! command -v "$python" >/dev/null; then
+    echo "run.sh: no Python interpreter to make $VENV from (${CALLBRIDGE_PYTHON:-/usr/bin/python3 or python3 on PATH}):" \
+      "install Debian's python3 and python3-venv" >&2
+    exit 1
+  fi
   python=$(readlink -f "$(command -v "$python")")
   want="$(cat pyproject.toml | sha256sum | cut -c1-16) $python"
-  if [ -x "$VENV/bin/python" ]; then
-    base=$(readlink -f "$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)')")
+  if [ -e "$VENV/bin/python" ]; then
+    # empty when the venv's interpreter is gone: made again below, as from another one
+    base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null || true)
+    [ -n "$base" ] && base=$(readlink -f "$base")
     if [ "$base" != "$python" ]; then
-      if [ -f "$stamp" ]; then  # a venv run.sh made, from another interpreter: made again
-        echo "run.sh: $VENV was made from $base; making it again from $python" >&2
+      if [ -z "${CALLBRIDGE_VENV:-}" ]; then  # the checkout's own .venv: made again
+        echo "run.sh: $VENV was made from ${base:-an interpreter that is gone}; making it again from $python" >&2
         rm -rf "$VENV"
-      else
-        echo "run.sh: $VENV is not run.sh's (no $stamp); using it as it is ($base)" >&2
-        want="$(cat pyproject.toml | sha256sum | cut -c1-16) $base"
+      else  # someone else's: never removed
+        echo "run.sh: CALLBRIDGE_VENV=$VENV was made from $base, not $python; used as it is" >&2
+        python=$base
+        want="$(cat pyproject.toml | sha256sum | cut -c1-16) $python"
       fi
     fi
   fi
