@@ -18,7 +18,10 @@ Five signals, each sampled by the endpoint every ``probe`` seconds:
   so a sustained lag shows in a few hundred ms and one pause of a GC or a
   slow handler does not).
 - **receive queue**: the fill of the fullest SIP UDP socket's receive
-  buffer, a share of its size (Linux ``SO_MEMINFO``; left out elsewhere).
+  buffer, a share of its size (Linux ``SO_MEMINFO``; left out elsewhere):
+  what is certainly still queued, the kernel's count less the quarter of
+  the buffer it may go on charging for datagrams already read
+  (:func:`engine.transport.sip_endpoint.udp_queue_fill`).
   uvloop reads a bounded batch of datagrams per loop pass, so a saturated
   loop can show little lag while its queue grows: this is the signal that
   sees what the queue is about to drop. Not smoothed: the kernel's queue is
@@ -116,12 +119,16 @@ class OverloadBounds:
       smoothing keeps a single pause (a GC, a slow handler, a test machine's
       scheduler) from refusing anything; ``drop_lag`` 500 ms is T1 itself:
       callers are retransmitting by then, and even a 503 costs a send.
-    - ``queue`` 25% of the receive buffer (4 MB asked, about a second of
-      datagrams at the engine's capacity) leaves three quarters of it for
-      the ACKs and BYEs of accepted calls; at 60% new INVITEs are not even
-      looked at. Measured (bench/overload, 1,200 calls/s against an engine
-      that holds 500-800): the queue is the signal that fires, at a loop
-      lag of only ~15 ms, because uvloop reads a bounded batch per pass.
+    - ``queue`` 25% of the receive buffer certainly queued (4 MB asked, 8
+      granted: about a second of datagrams at the engine's capacity; the
+      kernel then counts at most half the buffer, as it may still charge a
+      quarter for datagrams already read) leaves half of it for the ACKs
+      and BYEs of accepted calls; at 50% (the kernel counting at most 75%)
+      new INVITEs are not even looked at. Measured (bench/overload, 1,200
+      calls/s against an engine that holds 500-800): the queue is the
+      signal that fires, at a loop lag of only ~15 ms, because uvloop reads
+      a bounded batch per pass. (That run read the kernel's own count,
+      up to a quarter fuller than the queue.)
     - ``setup_calls`` 1000 calls awaiting their answer is far above what an
       answering engine holds (a handful) and below the 5000 sessions of
       ``max_sessions``: it refuses when scenarios stall, not when they ring.
@@ -143,7 +150,7 @@ class OverloadBounds:
     lag: float = 0.1
     drop_lag: float = 0.5
     queue: float = 0.25
-    drop_queue: float = 0.6
+    drop_queue: float = 0.5
     setup_calls: int = 1000
     hold: float = 0.5
     media_backlog: int = 8192

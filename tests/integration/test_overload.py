@@ -2,8 +2,9 @@
 engine is overloaded a new INVITE gets a stateless 503 with Retry-After (or
 is dropped), the calls it accepted still end normally, and new calls are
 answered again once the load falls. The overload is forced through the
-endpoint's lag source (the probe's reading of the loop lag) or a tiny
-bound of calls being set up."""
+endpoint's lag source (the probe's reading of the loop lag), a tiny
+bound of calls being set up, or a real backlog in the SIP socket's
+receive queue while the loop is blocked."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import logging
 import re
 import secrets
 import socket
+import struct
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +27,7 @@ from engine.server import Engine
 from engine.sip.message import SipResponse
 from engine.sip.parser import parse_message
 from engine.transport.overload import LATE_MIN_LEGS, OverloadBounds, OverloadLevel
-from engine.transport.sip_endpoint import SecurityPolicy
+from engine.transport.sip_endpoint import SO_RCVBUFFORCE, UDP_READ_NOT_RELEASED, SecurityPolicy, udp_queue_fill
 
 from .conftest import EngineFactory, PeerFactory, wait_until
 from .sip_peer import Dialog, UdpPeer, request, sdp_offer
@@ -255,6 +259,141 @@ async def test_udp_receive_buffer_is_raised(make_engine: EngineFactory) -> None:
     sizes = engine.ua.endpoint.udp_receive_buffers
     assert set(sizes) == {"127.0.0.1"}
     assert sizes["127.0.0.1"] > 212992
+
+
+def _kernel_count(sock: socket.socket) -> tuple[int, int]:
+    """``SO_MEMINFO``'s receive-memory count and buffer size of ``sock``."""
+    values = struct.unpack("9I", sock.getsockopt(socket.SOL_SOCKET, 55, 36))
+    return values[0], values[1]
+
+
+def test_udp_queue_fill_counts_only_what_is_still_queued() -> None:
+    """The queue fill the overload probe reads never exceeds what really
+    waits in the socket, however the kernel accounts for the datagrams
+    already read (Linux gives their memory back only once its reader queue
+    is empty or a quarter of the buffer is owed), and is within that
+    quarter of it: a socket filled to 70% of its buffer reads 45% (70 less
+    the quarter); with all but a tenth read, at most that tenth; drained,
+    zero."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        try:
+            rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 512 * 1024)
+        except OSError:
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 512 * 1024)
+        payload = b"x" * 700
+        tx.sendto(payload, rx.getsockname())
+        assert wait_for_count(rx)
+        size, buffer = _kernel_count(rx)  # one datagram's charge, the whole buffer
+        count = int(0.7 * buffer / size)
+        for _ in range(count - 1):
+            tx.sendto(payload, rx.getsockname())
+        assert wait_for_count(rx, count * size)
+        fill, drops = udp_queue_fill(rx)
+        assert drops == 0
+        real = count * size / buffer
+        assert real - UDP_READ_NOT_RELEASED - 1e-9 <= fill <= real and fill > 0.4
+        for _ in range(count - count // 10):
+            rx.recv(2048)
+        left = count // 10
+        kernel, _ = _kernel_count(rx)
+        fill, _ = udp_queue_fill(rx)
+        real = left * size / buffer
+        assert fill <= real, (fill, real, kernel / buffer)
+        while True:
+            try:
+                rx.recv(2048)
+            except BlockingIOError:
+                break
+        assert udp_queue_fill(rx)[0] == 0.0
+    finally:
+        rx.close()
+        tx.close()
+
+
+def wait_for_count(sock: socket.socket, at_least: int = 1) -> bool:
+    """Until the kernel counts ``at_least`` bytes received on ``sock`` (loopback delivers at once, nearly)."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        if _kernel_count(sock)[0] >= at_least:
+            return True
+        time.sleep(0.001)
+    return False
+
+
+async def test_a_real_backlog_in_the_sip_queue_refuses_new_invites(make_engine: EngineFactory) -> None:
+    """The loop blocked while callers send INVITEs: the SIP socket's queue
+    holds more than the bound once the loop comes back (the smoothed lag
+    alone stays under its own bound), so the probe refuses, the queued
+    INVITEs are answered 503, and once the queue is read calls are
+    answered again. (A small receive buffer, so that a few hundred
+    INVITEs fill it.)"""
+    policy = SecurityPolicy(trusted=TRUSTED, udp_receive_buffer=256 * 1024,
+                            overload=OverloadBounds(hold=0.2))
+    engine = await make_engine(RULES, policy=policy)
+    endpoint = engine.ua.endpoint
+    port = engine.ua.port
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)  # every answer kept
+    caller.bind(("127.0.0.1", 0))
+    caller.setblocking(False)
+    local = caller.getsockname()
+    (proto,) = endpoint._udp.values()
+    assert proto.transport is not None
+    sip_socket = proto.transport.get_extra_info("socket")
+    statuses: list[int] = []
+
+    async def read_answers() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(caller, 65535)
+            statuses.append(parse_message(data).status)  # type: ignore[union-attr]
+
+    def flood() -> None:
+        # until the kernel counts 65% of the buffer: over the refuse bound
+        # once the read-but-unreleased quarter is taken off, under the drop bound
+        while _kernel_count(sip_socket)[0] < 0.65 * _kernel_count(sip_socket)[1]:
+            caller.sendto(request("INVITE", f"sip:talk@127.0.0.1:{port}", local=local,
+                                  branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10),
+                                  body=sdp_offer("127.0.0.1")), ("127.0.0.1", port))
+
+    reader = asyncio.ensure_future(read_answers())
+    try:
+        sender = threading.Thread(target=flood)
+        sender.start()
+        sender.join()  # on the loop's thread: the loop is blocked meanwhile, nothing is read
+        assert await overloaded(engine, OverloadLevel.REFUSE)
+        assert endpoint.overload.lag < endpoint.overload.bounds.lag  # the queue refused, not the lag
+        assert await wait_until(lambda: 503 in statuses, 5.0)
+        assert await overloaded(engine, OverloadLevel.NORMAL)
+        assert endpoint.stats["overload_refused"] >= 1
+    finally:
+        reader.cancel()
+        caller.close()
+    peer_dialog_ok = await _answered_now(engine)
+    assert peer_dialog_ok
+
+
+async def _answered_now(engine: Engine) -> bool:
+    """A fresh call to ``talk`` is answered (200)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    try:
+        sock.sendto(request("INVITE", f"sip:talk@127.0.0.1:{engine.ua.port}", local=sock.getsockname(),
+                            branch="z9hG4bK" + secrets.token_hex(8), call_id=secrets.token_hex(10),
+                            body=sdp_offer("127.0.0.1")), ("127.0.0.1", engine.ua.port))
+        while True:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5.0)
+            status = parse_message(data).status  # type: ignore[union-attr]
+            if status >= 200:
+                return status == 200
+    finally:
+        sock.close()
 
 
 def _rtp_port(ok: SipResponse) -> int:
