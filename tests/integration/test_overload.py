@@ -27,6 +27,7 @@ from engine.server import Engine
 from engine.sip.message import SipResponse
 from engine.sip.parser import parse_message
 from engine.transport.overload import LATE_MIN_LEGS, OverloadBounds, OverloadLevel
+from engine.transport.rtp_transport import SO_MEMINFO
 from engine.transport.sip_endpoint import SO_RCVBUFFORCE, UDP_READ_NOT_RELEASED, SecurityPolicy, udp_queue_fill
 
 from .conftest import EngineFactory, PeerFactory, wait_until
@@ -263,7 +264,7 @@ async def test_udp_receive_buffer_is_raised(make_engine: EngineFactory) -> None:
 
 def _kernel_count(sock: socket.socket) -> tuple[int, int]:
     """``SO_MEMINFO``'s receive-memory count and buffer size of ``sock``."""
-    values = struct.unpack("9I", sock.getsockopt(socket.SOL_SOCKET, 55, 36))
+    values = struct.unpack("9I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))
     return values[0], values[1]
 
 
