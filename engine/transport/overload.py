@@ -128,7 +128,10 @@ class OverloadBounds:
       calls/s against an engine that holds 500-800): the queue is the
       signal that fires, at a loop lag of only ~15 ms, because uvloop reads
       a bounded batch per pass. (That run read the kernel's own count,
-      up to a quarter fuller than the queue.)
+      up to a quarter fuller than the queue.) Again with what is certainly
+      queued (2026-12-06, 1,350 calls/s for 60 s against 900): 40,441
+      calls accepted, all completed; 40,559 refused with 503, 6,988
+      dropped, no datagram lost in a full buffer.
     - ``setup_calls`` 1000 calls awaiting their answer is far above what an
       answering engine holds (a handful) and below the 5000 sessions of
       ``max_sessions``: it refuses when scenarios stall, not when they ring.
