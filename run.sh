@@ -63,7 +63,6 @@ install_python() {
     exit 1
   fi
   python=$(readlink -f "$(command -v "$python")")
-  want="$(cat pyproject.toml | sha256sum | cut -c1-16) $python"
   if [ -e "$VENV/bin/python" ]; then
     # empty when the venv's interpreter is gone: made again below, as from another one
     base=$("$VENV/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null || true)
@@ -75,10 +74,10 @@ install_python() {
       else  # someone else's: never removed
         echo "run.sh: CALLBRIDGE_VENV=$VENV was made from $base, not $python; used as it is" >&2
         python=$base
-        want="$(cat pyproject.toml | sha256sum | cut -c1-16) $python"
       fi
     fi
   fi
+  want="$(sha256sum < pyproject.toml | cut -c1-16) $python"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
