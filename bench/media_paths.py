@@ -138,8 +138,9 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str
                 send_round(tick)  # the same packet again, for the engine
                 virtual[0] += 0.001
                 t2 = time.perf_counter()
+                paced = time.monotonic() - 0.02  # a phone's pace: one read a wake-up, no drain
                 for t in transports:
-                    t._last_read = 0.0  # a phone's pace: one read a wake-up, no drain
+                    t._last_read = paced
                     t._on_readable()
                 t3 = time.perf_counter()
                 if pinned:
