@@ -519,7 +519,7 @@ class MediaSession:
                 return
             pt, seq, timestamp, ssrc = packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc
             payload = packet.payload
-        now = asyncio.get_running_loop().time()
+        now = self.transport.loop_time()  # the reading loop's time (see RtpTransport.loop_time)
         if not latch.accept_header(pt, seq, ssrc, addr, now):
             if latch.refused is not None and not self._refusal_logged:
                 self._refusal_logged = True

@@ -300,7 +300,7 @@ class RtpTransport:
     # Slots: read per packet of every leg (tests/unit/test_media_layout.py).
     __slots__ = ("sock", "_recvfrom", "peer", "_recv", "_send", "handler", "_loop", "_last_read", "received", "sent",
                  "batch_memo", "send_errors", "stale", "stale_pt", "on_stale", "_pin_to", "_connecting",
-                 "_unpin_timer", "pins", "watched", "_fd", "__weakref__")
+                 "_unpin_timer", "pins", "watched", "_fd", "loop_time", "__weakref__")
 
     def __init__(self, sock: socket.socket, handler: DatagramHandler, *, watched: bool = True) -> None:
         self.sock = sock
@@ -333,6 +333,11 @@ class RtpTransport:
         #: Sampled by :func:`rtp_backlog` while attached (media streams, not RTCP).
         self.watched = watched
         self._fd = -1
+        #: The time of the loop that reads the socket (``loop.time``, bound
+        #: at :meth:`attach`; kept after :meth:`detach`), for the handler: a
+        #: packet's arrival without ``asyncio.get_running_loop()``, which
+        #: costs a ``getpid`` system call on Python 3.11.
+        self.loop_time: Callable[[], float] = _monotonic
 
     @property
     def attached(self) -> bool:
@@ -343,6 +348,7 @@ class RtpTransport:
         if self._loop is not None:
             return
         self._loop = loop = loop or asyncio.get_running_loop()
+        self.loop_time = loop.time
         # what was queued before is no absence: read as a burst, nothing dropped
         self._last_read = _monotonic()
         self._fd = self.sock.fileno()  # kept: the socket may be closed before detach
