@@ -92,7 +92,18 @@ grow to hundreds of datagrams and the jitter buffers conceal, while the
 loop's own lag stays small (``bench/media.py`` prints the signal). The
 overload detector refuses new calls on it (:mod:`engine.transport.overload`).
 The median, not the fullest: a sender flooding one port it is not pinned
-to fills that socket's queue alone.
+to fills that socket's queue alone. The kernel's count also holds the
+datagrams already read from a batch until that batch is read to the end
+(Linux's UDP forward deficit, which made the SIP queue read a quarter of
+its buffer fuller than it was: :func:`engine.transport.sip_endpoint.udp_queue_fill`).
+Here that needs no correction: a wake-up that finds the socket readable
+again within :data:`BURST_GAP` reads it empty, which releases the lot
+(30 queued and drained: 0), and one read of a few queued counts that
+one datagram more (832 bytes on loopback). To push the count past the
+8 KiB bound (:class:`~engine.transport.overload.OverloadBounds`) with
+less than that queued, about ten datagrams must be read one a wake-up,
+each more than :data:`BURST_GAP` after the last, from a batch the socket
+still holds: a reader already that far behind.
 """
 
 from __future__ import annotations

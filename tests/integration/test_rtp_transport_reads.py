@@ -13,6 +13,7 @@ import uvloop
 from engine.media.clock import MediaClock
 from engine.media.rtp import RtpPacket
 from engine.transport import rtp_transport
+from engine.transport.overload import OverloadBounds
 from engine.transport.rtp_transport import AWAY_GAP, FRESH_KEEP, MAX_READS_PER_WAKEUP, RtpTransport, rtp_backlog
 from tests.clock_fakes import LeadDispatch
 
@@ -367,6 +368,43 @@ async def test_backlog_is_the_median_of_the_attached_media_sockets() -> None:
             rx.close()
             tx.close()
     assert rtp_backlog() is None
+
+
+async def test_backlog_of_a_reader_that_keeps_up_stays_under_the_refuse_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's count (``SO_MEMINFO``) includes datagrams already read
+    until the socket's reader queue is empty (Linux's UDP forward deficit):
+    a wake-up that reads a socket empty leaves it at 0, and one that reads
+    one datagram of a few queued is over by that one, far under the refuse
+    bound. A burst is drained to the end, so the over-count never outlives
+    the wake-up that read it."""
+    clock = _Clock(monkeypatch)
+    bound = OverloadBounds().media_backlog
+    rx, tx = _queued(0)
+    for _ in range(30):
+        tx.sendto(b"\x80" * 172, rx.getsockname())
+    transport = RtpTransport(rx, lambda data, addr: None)
+    transport.attach()  # watched, so sampled ...
+    transport.pause_reading()  # ... but read by hand below, not by the loop
+    try:
+        transport._last_read = clock.now - 0.001  # readable again at once: a burst, drained
+        transport._on_readable()
+        assert transport.received == 30
+        assert rtp_backlog([transport]) == 0
+        for _ in range(3):
+            tx.sendto(b"\x80" * 172, rx.getsockname())
+        transport._last_read = clock.now - 0.020  # a phone's pace: one read
+        transport._on_readable()
+        assert transport.received == 31
+        counted = rtp_backlog([transport])
+        assert counted is not None and 0 < counted < bound
+        clock.now += 0.001  # readable again at once: the rest is drained
+        transport._on_readable()
+        assert transport.received == 33
+        assert rtp_backlog([transport]) == 0
+    finally:
+        transport.detach()
+        rx.close()
+        tx.close()
 
 
 async def test_the_loop_comes_back_between_two_batches_of_ready_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
