@@ -49,7 +49,6 @@ Sans-IO: ``now`` is passed in (seconds, any monotonic origin).
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from dataclasses import dataclass
 from time import monotonic
 
@@ -97,7 +96,7 @@ class JitterBuffer:
     __slots__ = ("frame_ms", "samples_per_frame", "_min", "_max", "_target", "_shrink_after", "_resync",
                  "_counters", "_received", "_ring", "_mask", "_last_seq", "_ssrc", "_ref_ts",
                  "_ref_index", "_head", "_low", "_high", "_first_arrival", "_grow_pending",
-                 "_last_adjust", "_window_start", "_window_min", "_late_epoch", "__weakref__")
+                 "_last_adjust", "_window_start", "_window_min", "_late_epoch")
 
     def __init__(
         self,
@@ -241,9 +240,16 @@ class JitterBuffer:
         loop was away: :class:`~engine.transport.rtp_transport.RtpTransport`),
         which never reach the buffer."""
         self._counters.late += count
-        if self._late_epoch != _late_epoch[0]:  # once a window: a WeakSet's add is Python
+        if self._late_epoch != _late_epoch[0]:  # once a window
             self._late_epoch = _late_epoch[0]
-            _late.add(self)
+            _late_count[0] += 1
+
+    def __del__(self) -> None:
+        # a buffer freed in the window it was late in leaves the count (a
+        # call that ends is not counted; no weak reference: a compiled
+        # buffer cannot be weakly referenced, see engine.native)
+        if self._late_epoch == _late_epoch[0] and _late_count[0] > 0:
+            _late_count[0] -= 1
 
     def get(self, now: float) -> bytes | None:
         """The frame for this tick, or None when it is missing."""
@@ -348,9 +354,8 @@ class JitterBuffer:
         return head + count
 
 
-#: Buffers that got a late frame since :data:`_late_window`'s start (weak:
-#: a call that ends meanwhile is not kept for the count).
-_late: weakref.WeakSet[JitterBuffer] = weakref.WeakSet()
+#: ``[n]``: buffers still alive that got a late frame since :data:`_late_window`'s start.
+_late_count = [0]
 #: ``[start, last, before]``: when the current window began
 #: (``time.monotonic``), and how many buffers were late in the last whole
 #: window and in the one before it.
@@ -367,7 +372,7 @@ def late_buffers() -> int:
     probe."""
     now = monotonic()
     if now - _late_window[0] >= 1.0:
-        _late_window[:] = [now, float(len(_late)), _late_window[1]]
-        _late.clear()
+        _late_window[:] = [now, float(_late_count[0]), _late_window[1]]
+        _late_count[0] = 0
         _late_epoch[0] += 1
     return int(min(_late_window[1], _late_window[2]))

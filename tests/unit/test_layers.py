@@ -22,7 +22,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("engine.calls"),
     Layer("engine.transport"),
     Layer("engine.sip", "engine.media", "engine.state", independent=True),
-    Layer("engine.security_log", "engine.entropy", independent=True),
+    Layer("engine.security_log", "engine.entropy", "engine.native", independent=True),
 )
 
 

@@ -1,0 +1,104 @@
+"""Compiled media modules: loaded when built for exactly these sources.
+
+The per-packet media modules (:data:`MODULES`) compile with mypyc, which
+takes ``bench/media.py`` from 8.6-10.0 to 7.6-8.7 us a packet (see
+``docs/architecture.md``). ``tools/build_native.py`` (run by ``run.sh``)
+compiles them into a directory outside the source tree with a manifest
+of each source's SHA-256; :func:`install` puts a finder first on
+``sys.meta_path`` that loads the compiled modules only while every one of
+their sources still has its manifest's hash. One edited source, and the
+whole group is run from source (the compiled modules call one another
+directly, so they are taken together or not at all), with a
+``RuntimeWarning`` (printed at start, before any logging is set up):
+a compiled module never stands in for code it was not built from.
+
+``CALLBRIDGE_NATIVE=0`` runs everything from source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["MODULES", "install", "loaded"]
+
+#: The modules compiled, in the order given to mypyc.
+MODULES = ("engine.media.jitterbuffer", "engine.media.rtp", "engine.calls.rtp_stream")
+
+#: The manifest's name in the build directory.
+MANIFEST = "manifest.json"
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_digest(module: str, root: Path = _ROOT) -> str:
+    """SHA-256 of ``module``'s source file under ``root``."""
+    return hashlib.sha256((root / (module.replace(".", "/") + ".py")).read_bytes()).hexdigest()
+
+
+class _Finder:
+    """Finds the compiled modules (and their shared library) in the build directory."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = paths
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        so = self.paths.get(fullname)
+        if so is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, so)
+        return importlib.util.spec_from_file_location(fullname, so, loader=loader)
+
+
+_installed: list[_Finder] = []
+
+
+def install(directory: str | None = None) -> bool:
+    """Load the compiled modules from ``directory`` (``CALLBRIDGE_NATIVE_DIR``,
+    else ``.venv/native`` of the checkout) if their manifest matches the
+    sources; ``False`` (and the sources run) otherwise."""
+    if _installed:
+        return True
+    if os.environ.get("CALLBRIDGE_NATIVE", "1") == "0":
+        return False
+    where = Path(directory or os.environ.get("CALLBRIDGE_NATIVE_DIR") or _ROOT / ".venv" / "native")
+    try:
+        manifest = json.loads((where / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False  # not built: the sources run
+    modules = manifest.get("modules", {})
+    if sorted(modules) != sorted(MODULES) or manifest.get("python") != sys.implementation.cache_tag:
+        warnings.warn(f"compiled media modules in {where} are for another set or interpreter: running the sources",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    stale = [m for m in MODULES if source_digest(m) != modules[m]["sha256"]]
+    if stale:
+        warnings.warn(f"{', '.join(stale)} changed since the media modules were compiled (./run.sh builds them"
+                      " again): running the sources", RuntimeWarning, stacklevel=2)
+        return False
+    paths = {name: str(where / entry["file"]) for name, entry in modules.items()}
+    for name, file in manifest.get("support", {}).items():
+        paths[name] = str(where / file)
+    if any(name in sys.modules for name in paths):
+        return False  # imported already (from source): too late to swap
+    finder = _Finder(paths)
+    sys.meta_path.insert(0, finder)
+    _installed.append(finder)
+    return True
+
+
+def loaded() -> bool:
+    """Whether the media modules in use are the compiled ones."""
+    module = sys.modules.get(MODULES[0])
+    return module is not None and isinstance(getattr(module, "__loader__", None),
+                                             importlib.machinery.ExtensionFileLoader)
