@@ -74,27 +74,49 @@ def install(directory: str | None = None) -> bool:
     where = Path(directory or os.environ.get("CALLBRIDGE_NATIVE_DIR") or _ROOT / ".venv" / "native")
     try:
         manifest = json.loads((where / MANIFEST).read_text())
-    except (OSError, ValueError):
+    except OSError:
         return False  # not built: the sources run
-    modules = manifest.get("modules", {})
-    if sorted(modules) != sorted(MODULES) or manifest.get("python") != sys.implementation.cache_tag:
-        warnings.warn(f"compiled media modules in {where} are for another set or interpreter: running the sources",
-                      RuntimeWarning, stacklevel=2)
+    except ValueError:
+        manifest = None
+    paths = _paths(where, manifest)
+    if paths is None:
         return False
-    stale = [m for m in MODULES if source_digest(m) != modules[m]["sha256"]]
-    if stale:
-        warnings.warn(f"{', '.join(stale)} changed since the media modules were compiled (./run.sh builds them"
-                      " again): running the sources", RuntimeWarning, stacklevel=2)
-        return False
-    paths = {name: str(where / entry["file"]) for name, entry in modules.items()}
-    for name, file in manifest.get("support", {}).items():
-        paths[name] = str(where / file)
     if any(name in sys.modules for name in paths):
         return False  # imported already (from source): too late to swap
     finder = _Finder(paths)
     sys.meta_path.insert(0, finder)
     _installed.append(finder)
     return True
+
+
+def _paths(where: Path, manifest: object) -> dict[str, str] | None:
+    """Module name -> compiled file, from a manifest that matches the
+    sources and whose files are all there; ``None`` (with a warning) else."""
+    try:
+        if not isinstance(manifest, dict):
+            raise TypeError("not an object")
+        modules, support = manifest["modules"], manifest.get("support", {})
+        if sorted(modules) != sorted(MODULES) or manifest.get("python") != sys.implementation.cache_tag:
+            _warn(f"compiled media modules in {where} are for another set or interpreter")
+            return None
+        stale = [m for m in MODULES if source_digest(m) != modules[m]["sha256"]]
+        paths = {name: str(where / entry["file"]) for name, entry in modules.items()}
+        paths.update((name, str(where / file)) for name, file in support.items())
+    except (KeyError, TypeError, AttributeError):
+        _warn(f"the manifest of the compiled media modules in {where} is damaged")
+        return None
+    if stale:
+        _warn(f"{', '.join(stale)} changed since the media modules were compiled (./run.sh builds them again)")
+        return None
+    missing = [path for path in paths.values() if not os.path.isfile(path)]
+    if missing:
+        _warn(f"compiled media modules missing: {', '.join(missing)}")
+        return None
+    return paths
+
+
+def _warn(problem: str) -> None:
+    warnings.warn(f"{problem}: running the sources", RuntimeWarning, stacklevel=4)
 
 
 def loaded() -> bool:

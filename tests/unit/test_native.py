@@ -79,3 +79,26 @@ def test_a_build_for_another_interpreter_or_module_set_is_not_loaded(tmp_path: P
 def test_no_build_and_native_off_run_the_sources(tmp_path: Path) -> None:
     assert _run(tmp_path / "nothing").stdout.strip() == "False"
     assert _run(_built(), CALLBRIDGE_NATIVE="0").stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("damage", ["not json", "not an object", "no hash", "a file gone"])
+def test_a_damaged_build_runs_the_sources_and_says_so(tmp_path: Path, damage: str) -> None:
+    """Whatever is wrong with the build directory, importing the engine
+    works: the sources run, and the warning says what is wrong."""
+    built = _built()
+    copy = tmp_path / "native"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / native.MANIFEST).read_text())
+    if damage == "not json":
+        (copy / native.MANIFEST).write_text("{")
+    elif damage == "not an object":
+        (copy / native.MANIFEST).write_text("[1, 2]")
+    elif damage == "no hash":
+        del manifest["modules"]["engine.media.rtp"]["sha256"]
+        (copy / native.MANIFEST).write_text(json.dumps(manifest))
+    else:
+        (copy / manifest["modules"]["engine.media.jitterbuffer"]["file"]).unlink()
+    proc = _run(copy)
+    assert proc.stdout.strip() == "False"
+    expected = "missing" if damage == "a file gone" else "is damaged"
+    assert expected in proc.stderr and "running the sources" in proc.stderr
