@@ -32,16 +32,18 @@ A new SSRC, or a timestamp more than ``resync_ms`` away from the playout
 point, restarts the buffer on the new stream (a resync).
 
 Late frames, engine-wide (:func:`late_buffers`): a buffer that gets a
-frame after its slot was played joins a set, emptied once a second; the
-overload detector reads how many buffers were in it in each of the last
+frame after its slot was played is counted, once a window (a second),
+and leaves the count if it is freed in that window (a count, not a set of
+weak references: the compiled buffer has none, :mod:`engine.native`); the
+overload detector reads how many buffers were counted in each of the last
 two whole seconds (the fewer of the two: one stall, a collector's pass,
 makes every leg late once, and the calls go on). A loop saturated by
 media has nearly every leg late, second after second (``bench/media.py``
 at 1,000-1,300 legs on a slow machine, 9-36% of the frames concealed),
 while the readers' kernel queues, read just before the probe runs, often
 look empty; one caller who sends stale frames on purpose is one buffer,
-however many he sends. The set costs nothing on time: only the late path
-touches it.
+however many he sends. The count costs nothing on time: only the late
+path and a buffer's end touch it.
 
 Sans-IO: ``now`` is passed in (seconds, any monotonic origin).
 """
