@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,17 @@ def _built() -> Path:
     return path
 
 
+def _copy_build(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of the build, to damage, and its manifest."""
+    copy = tmp_path / "native"
+    shutil.copytree(_built(), copy)
+    return copy, json.loads((copy / native.MANIFEST).read_text())
+
+
+def _write(copy: Path, manifest: dict[str, Any]) -> None:
+    (copy / native.MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_the_tests_run_the_compiled_modules() -> None:
     """Unless CALLBRIDGE_NATIVE=0 asks for the sources, what the suite
     exercises is the compiled media code that serve runs."""
@@ -48,13 +60,10 @@ def test_an_edited_source_runs_from_source_with_a_warning(tmp_path: Path) -> Non
     """A source whose hash is not the manifest's: the whole group runs from
     source (the compiled modules call one another directly), and the
     warning names the module."""
-    built = _built()
-    copy = tmp_path / "native"
-    shutil.copytree(built, copy)
-    manifest = json.loads((copy / native.MANIFEST).read_text())
+    copy, manifest = _copy_build(tmp_path)
     assert _run(copy).stdout.strip() == "True"
     manifest["modules"]["engine.media.rtp"]["sha256"] = "0" * 64
-    (copy / native.MANIFEST).write_text(json.dumps(manifest))
+    _write(copy, manifest)
     proc = _run(copy)
     assert proc.stdout.strip() == "False"
     assert "engine.media.rtp changed since the media modules were compiled" in proc.stderr
@@ -62,15 +71,12 @@ def test_an_edited_source_runs_from_source_with_a_warning(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("change", ["interpreter", "modules"])
 def test_a_build_for_another_interpreter_or_module_set_is_not_loaded(tmp_path: Path, change: str) -> None:
-    built = _built()
-    copy = tmp_path / "native"
-    shutil.copytree(built, copy)
-    manifest = json.loads((copy / native.MANIFEST).read_text())
+    copy, manifest = _copy_build(tmp_path)
     if change == "interpreter":
         manifest["python"] = "cpython-399"
     else:
         manifest["modules"].pop("engine.calls.rtp_stream")
-    (copy / native.MANIFEST).write_text(json.dumps(manifest))
+    _write(copy, manifest)
     proc = _run(copy)
     assert proc.stdout.strip() == "False"
     assert "for another set or interpreter" in proc.stderr
@@ -85,17 +91,14 @@ def test_no_build_and_native_off_run_the_sources(tmp_path: Path) -> None:
 def test_a_damaged_build_runs_the_sources_and_says_so(tmp_path: Path, damage: str) -> None:
     """Whatever is wrong with the build directory, importing the engine
     works: the sources run, and the warning says what is wrong."""
-    built = _built()
-    copy = tmp_path / "native"
-    shutil.copytree(built, copy)
-    manifest = json.loads((copy / native.MANIFEST).read_text())
+    copy, manifest = _copy_build(tmp_path)
     if damage == "not json":
         (copy / native.MANIFEST).write_text("{")
     elif damage == "not an object":
         (copy / native.MANIFEST).write_text("[1, 2]")
     elif damage == "no hash":
         del manifest["modules"]["engine.media.rtp"]["sha256"]
-        (copy / native.MANIFEST).write_text(json.dumps(manifest))
+        _write(copy, manifest)
     else:
         (copy / manifest["modules"]["engine.media.jitterbuffer"]["file"]).unlink()
     proc = _run(copy)
