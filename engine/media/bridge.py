@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -73,36 +72,47 @@ class TrackSink(Protocol):
         """What the leg said (``None``: no row) and what it was sent."""
 
 
-@dataclass(eq=False)
 class BridgePlan(Generic[K]):
     """One compiled routing: what the bridge pulls, mixes, pushes and
     records each tick. Rows ``0..S-1`` are :attr:`sources`, ``S..S+P-1``
     :attr:`players`; stage 1 maps rows to conference sums, stage 2 rows
-    plus sums to :attr:`receivers`."""
+    plus sums to :attr:`receivers`.
 
-    sources: list[K]                     # rows 0..S-1: legs pulled
-    players: list[FrameSource]           # rows S..S+P-1
-    receivers: list[K]                   # stage-2 sinks
-    stage1: FlowMatrix
-    stage2: FlowMatrix
-    leg_rec: list[tuple[FrameSink, K, int | None, int | None]]  # (sink, leg, source row, receiver row)
-    mix_rec: list[tuple[FrameSink, int]]                        # (sink, conference row)
-    silent: list[K] = field(default_factory=list)               # sources that receive nothing
-    leg_taps: list[tuple[TrackSink, K, int | None, int | None]] = field(default_factory=list)  # as leg_rec
-    taps: list[tuple[FrameSink, int]] = field(default_factory=list)  # (sink, source row): what a leg said
-    # Filled on the first tick (and again while a leg has no audio port yet):
-    ports_pending: bool = True
-    src_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
-    src_plain: list[tuple[int, AudioPort]] = field(default_factory=list)
-    recv_batch: list[tuple[int, BatchAudioPort]] = field(default_factory=list)
-    recv_plain: list[tuple[int, AudioPort]] = field(default_factory=list)
-    silent_ports: list[AudioPort] = field(default_factory=list)
-    # Buffers reused every tick: fresh arrays of this size cost page faults
-    # (glibc hands them back to the kernel), 0.7 ms a tick at 1,000 legs.
-    rows: Pcm | None = None
-    stacked: npt.NDArray[np.int32] | None = None
-    mixed: npt.NDArray[np.int32] | None = None
-    quiet: tuple[npt.NDArray[np.int32], Pcm] | None = None  # Bridge.silence's zero sums and frames
+    A plain class, not a dataclass: mypyc cannot compile a generic
+    dataclass (its import fails), and this module is compiled
+    (:mod:`engine.native`)."""
+
+    def __init__(self, sources: list[K], players: list[FrameSource], receivers: list[K],
+                 stage1: FlowMatrix, stage2: FlowMatrix,
+                 leg_rec: list[tuple[FrameSink, K, int | None, int | None]],
+                 mix_rec: list[tuple[FrameSink, int]],
+                 silent: list[K] | None = None,
+                 leg_taps: list[tuple[TrackSink, K, int | None, int | None]] | None = None,
+                 taps: list[tuple[FrameSink, int]] | None = None) -> None:
+        self.sources = sources                # rows 0..S-1: legs pulled
+        self.players = players                # rows S..S+P-1
+        self.receivers = receivers            # stage-2 sinks
+        self.stage1 = stage1
+        self.stage2 = stage2
+        self.leg_rec = leg_rec                # (sink, leg, source row, receiver row)
+        self.mix_rec = mix_rec                # (sink, conference row)
+        self.silent: list[K] = silent if silent is not None else []  # sources that receive nothing
+        self.leg_taps: list[tuple[TrackSink, K, int | None, int | None]] = \
+            leg_taps if leg_taps is not None else []  # as leg_rec
+        self.taps: list[tuple[FrameSink, int]] = taps if taps is not None else []  # (sink, source row): what a leg said
+        # Filled on the first tick (and again while a leg has no audio port yet):
+        self.ports_pending = True
+        self.src_batch: list[tuple[int, BatchAudioPort]] = []
+        self.src_plain: list[tuple[int, AudioPort]] = []
+        self.recv_batch: list[tuple[int, BatchAudioPort]] = []
+        self.recv_plain: list[tuple[int, AudioPort]] = []
+        self.silent_ports: list[AudioPort] = []
+        # Buffers reused every tick: fresh arrays of this size cost page faults
+        # (glibc hands them back to the kernel), 0.7 ms a tick at 1,000 legs.
+        self.rows: Pcm | None = None
+        self.stacked: npt.NDArray[np.int32] | None = None
+        self.mixed: npt.NDArray[np.int32] | None = None
+        self.quiet: tuple[npt.NDArray[np.int32], Pcm] | None = None  # Bridge.silence's zero sums and frames
 
     @property
     def idle(self) -> bool:

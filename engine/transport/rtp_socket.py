@@ -12,17 +12,25 @@ created, bound and closed for each of a call's two ports cost about 4% of a
 call's CPU at hundreds of calls a second. Late packets of the old call that
 arrive after its reuse meet the new call's latch, as they would on a port
 the round-robin came back to.
+
+:func:`disconnect` undoes a ``connect`` of such a socket (the transport
+pins a steady source with one). It calls libc through :mod:`ctypes`, which
+is why it lives here and not in :mod:`engine.transport.rtp_transport`:
+that module is compiled (:mod:`engine.native`), and mypyc 2.4.1 emits a
+bad C name for a module that imports :mod:`ctypes`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["RtpPortAllocator", "RtpPortPair", "NoPortsAvailable"]
+__all__ = ["RtpPortAllocator", "RtpPortPair", "NoPortsAvailable", "disconnect"]
 
 
 class NoPortsAvailable(Exception):
@@ -141,3 +149,30 @@ def _drain(sock: socket.socket) -> None:
             return
         except OSError:  # ICMP errors queued on the socket
             continue
+
+
+class _SockaddrUnspec(ctypes.Structure):
+    """A ``struct sockaddr`` of family ``AF_UNSPEC``: what dissolves a UDP
+    socket's association (POSIX ``connect``)."""
+
+    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_char * 26)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_UNSPEC = _SockaddrUnspec(socket.AF_UNSPEC)
+
+
+def disconnect(sock: socket.socket) -> None:
+    """Undo ``sock.connect`` on a UDP socket: it receives from anyone again.
+
+    Python's ``socket.connect`` takes only an address of the socket's own
+    family, and the one call that disconnects takes ``AF_UNSPEC`` (a
+    ``connect`` to ``0.0.0.0:0`` instead would leave a wildcard-bound
+    socket tied to the local address the connection chose), so this calls
+    libc's ``connect`` through :mod:`ctypes`.
+
+    :raises OSError: when the system refuses.
+    """
+    if _libc.connect(sock.fileno(), ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"cannot disconnect the RTP socket: {os.strerror(errno)}")

@@ -109,10 +109,8 @@ still holds: a reader already that far behind.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
-import os
 import random
 import select
 import socket
@@ -123,6 +121,7 @@ from time import monotonic as _monotonic
 from typing import Any, Callable, ClassVar, Protocol
 
 from engine.media.clock import next_tick_at as _next_tick_at
+from engine.transport.rtp_socket import disconnect
 from engine.media.clock import run_due as _run_due
 
 __all__ = ["RtpTransport", "DatagramHandler", "MediaPoll", "SO_MEMINFO", "media_poll", "rtp_backlog",
@@ -262,33 +261,6 @@ def rtp_backlog(pool: list[RtpTransport] | None = None, sample: int = BACKLOG_SA
             continue  # closed meanwhile
         queued.append(struct.unpack("I", raw[:4])[0])
     return int(statistics.median_low(queued)) if queued else None
-
-
-class _SockaddrUnspec(ctypes.Structure):
-    """A ``struct sockaddr`` of family ``AF_UNSPEC``: what dissolves a UDP
-    socket's association (POSIX ``connect``)."""
-
-    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_char * 26)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_UNSPEC = _SockaddrUnspec(socket.AF_UNSPEC)
-
-
-def disconnect(sock: socket.socket) -> None:
-    """Undo ``sock.connect`` on a UDP socket: it receives from anyone again.
-
-    Python's ``socket.connect`` takes only an address of the socket's own
-    family, and the one call that disconnects takes ``AF_UNSPEC`` (a
-    ``connect`` to ``0.0.0.0:0`` instead would leave a wildcard-bound
-    socket tied to the local address the connection chose), so this calls
-    libc's ``connect`` through :mod:`ctypes`.
-
-    :raises OSError: when the system refuses.
-    """
-    if _libc.connect(sock.fileno(), ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"cannot disconnect the RTP socket: {os.strerror(errno)}")
 
 
 class BatchSink(Protocol):

@@ -1,19 +1,56 @@
-"""Every datagram the engine's RTP sockets receive and send, stamped.
+"""Every datagram the engine's RTP and RTCP sockets receive and send, stamped.
 
-:class:`~engine.transport.rtp_transport.RtpTransport` is the one place those
-sockets are read (straight out of ``recvfrom``) and written (into
-``sendto``), so wrapping it records the bytes a packet capture would show,
-without root, for an engine running in the test's process.
+:class:`~engine.transport.rtp_socket.RtpPortAllocator` makes every RTP and
+RTCP socket a call uses, so having it make them of a :class:`socket.socket`
+subclass that stamps each ``recv``/``recvfrom``/``send``/``sendto`` records
+the bytes a packet capture would show, without root, for an engine running
+in the test's process. It taps the sockets, not the engine's classes: the
+transport and the pacer are compiled (:mod:`engine.native`), and a method
+patched on their classes is one the compiled code never calls; what a
+compiled module calls on a socket is looked up on the socket, as ever.
+
+Create the tap before the engine: only sockets bound after it are tapped.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
 import pytest
 
-from engine.transport.rtp_transport import RtpTransport
+from engine.transport.rtp_socket import RtpPortAllocator
+
+
+class _TappedSocket(socket.socket):
+    """A UDP socket that reports what crosses it to :attr:`tap`."""
+
+    tap: RtpWireTap
+
+    def _peer(self) -> Any:
+        try:
+            return self.getpeername()
+        except OSError:
+            return None
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.tap.packets.append((time.monotonic(), "in", data, self._peer()))
+        return data
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
+        data, addr = super().recvfrom(bufsize, flags)
+        self.tap.packets.append((time.monotonic(), "in", data, addr))
+        return data, addr
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self.tap.packets.append((time.monotonic(), "out", bytes(data), self._peer()))
+        return super().send(data, flags)
+
+    def sendto(self, data: Any, *args: Any) -> int:  # (data, addr) or (data, flags, addr)
+        self.tap.packets.append((time.monotonic(), "out", bytes(data), args[-1]))
+        return super().sendto(data, *args)
 
 
 class RtpWireTap:
@@ -21,21 +58,20 @@ class RtpWireTap:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.packets: list[tuple[float, str, bytes, Any]] = []
-        original_init, original_sendto = RtpTransport.__init__, RtpTransport.sendto
-        tap = self
+        tapped = type("TappedSocket", (_TappedSocket,), {"tap": self})
 
-        def init(transport: RtpTransport, sock: Any, handler: Any, *, watched: bool = True) -> None:
-            def received(data: bytes, addr: Any) -> None:
-                tap.packets.append((time.monotonic(), "in", data, addr))
-                handler(data, addr)
-            original_init(transport, sock, received, watched=watched)
+        def bind(allocator: RtpPortAllocator, port: int) -> socket.socket:
+            family = socket.AF_INET6 if ":" in allocator.host else socket.AF_INET
+            sock = tapped(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((allocator.host, port))
+            except OSError:
+                sock.close()
+                raise
+            return sock
 
-        def sendto(transport: RtpTransport, data: bytes, addr: Any) -> None:
-            tap.packets.append((time.monotonic(), "out", data, addr))
-            original_sendto(transport, data, addr)
-
-        monkeypatch.setattr(RtpTransport, "__init__", init)
-        monkeypatch.setattr(RtpTransport, "sendto", sendto)
+        monkeypatch.setattr(RtpPortAllocator, "_bind", bind)
 
     def datagrams(self, direction: str) -> list[bytes]:
         """What went ``direction`` (``"in"`` or ``"out"``), in order."""

@@ -25,7 +25,8 @@ from engine.media.rtp import RtpPacket, RtpSourcePolicy
 from engine.sip.offer_answer import PCMU, NegotiatedMedia
 from engine.transport import rtp_transport
 from engine.transport.rtp_socket import RtpPortAllocator
-from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport, disconnect
+from engine.transport.rtp_socket import disconnect
+from engine.transport.rtp_transport import MAX_READS_PER_WAKEUP, RtpTransport
 
 PIN_AFTER = 5
 
