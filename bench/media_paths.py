@@ -33,7 +33,18 @@ With ``--pinned`` every leg's socket is connected to the client, as
 :meth:`~engine.transport.rtp_transport.RtpTransport.pin` leaves a leg with a
 steady source, and the bare calls are ``recv`` and ``send``.
 
-Usage: ``./run.sh bench media_paths [--legs 50,1000] [--ticks 300] [--rtcp] [--pinned]``.
+``--instructions`` counts instead of timing, for the engine's paths alone
+(receive and the tick; no bare calls): this script runs under valgrind
+(``cachegrind``, no cache simulation, hash seed fixed) for 50 and for 250
+ticks of 200 legs, and the difference is divided by 200 ticks and the
+legs: instructions a leg a tick, the same to about 1% from run to run where
+timing moves by 10%. It does so twice, with the compiled media modules
+(:mod:`engine.native`) and with ``CALLBRIDGE_NATIVE=0`` (the sources), and
+prints both and their ratio. System calls are not counted (they are the
+kernel's), so it says what the Python side costs, not a packet's whole CPU.
+Minutes, not seconds.
+
+Usage: ``./run.sh bench media_paths [--legs 50,1000] [--ticks 300] [--rtcp] [--pinned] [--instructions]``.
 """
 
 from __future__ import annotations
@@ -42,10 +53,14 @@ import argparse
 import asyncio
 import gc
 import math
+import os
+import re
 import resource
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,8 +84,11 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str, float]:
-    """Microseconds per packet (per leg and tick) of each path, medians over the ticks."""
+def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False, count: bool = False) -> dict[str, float]:
+    """Microseconds per packet (per leg and tick) of each path, medians over the ticks.
+
+    With ``count``, only the engine's paths run (no bare read or send) and
+    nothing is timed: what :func:`instructions` counts."""
     from engine.calls.conference import MediaGraph
     from engine.media.clock import MediaClock
     from engine.transport.rtp_socket import RtpPortAllocator
@@ -126,6 +144,18 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str
         gc.disable()
         try:
             for tick in range(ticks):
+                if count:
+                    send_round(tick)
+                    virtual[0] += 0.001
+                    paced = time.monotonic() - 0.02
+                    for t in transports:
+                        t._last_read = paced
+                        t._on_readable()
+                    drain_client()
+                    virtual[0] += 0.019
+                    graph.tick(virtual[0])
+                    drain_client()
+                    continue
                 send_round(tick)  # one datagram each for the bare read
                 t0 = time.perf_counter()
                 if pinned:
@@ -177,7 +207,38 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False) -> dict[str
         client.close()
         for pair in pairs:
             pair.close()
+    if count:
+        return {}
     return {path: statistics.median(values) / legs * 1e6 for path, values in times.items() if values}
+
+
+#: Legs and the two tick counts of ``--instructions``.
+COUNT_LEGS, COUNT_TICKS = 200, (50, 250)
+
+
+def instructions(compiled: bool, rtcp: bool, pinned: bool) -> float:
+    """Instructions a leg a tick of the engine's receive and tick paths,
+    counted by valgrind: the difference of two runs (:data:`COUNT_TICKS`),
+    so that start-up cancels out."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise RuntimeError("valgrind is not installed: ./run.sh bench installs it (bench-packages.txt)")
+    env = {**os.environ, "PYTHONHASHSEED": "0", "CALLBRIDGE_NATIVE": "1" if compiled else "0"}
+    counts = []
+    for ticks in COUNT_TICKS:
+        cmd = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+               sys.executable, __file__, "--count", str(ticks), "--legs", str(COUNT_LEGS)]
+        cmd += ["--rtcp"] * rtcp + ["--pinned"] * pinned
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
+        found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+        if proc.returncode != 0 or found is None:
+            raise RuntimeError(f"valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        native = proc.stdout.strip().splitlines()[-1:] == ["native True"]
+        if native != compiled:
+            raise RuntimeError("the compiled media modules are not built (./run.sh bench builds them)"
+                               if compiled else "CALLBRIDGE_NATIVE=0 still loaded the compiled modules")
+        counts.append(int(found.group(1).replace(",", "")))
+    return (counts[1] - counts[0]) / (COUNT_TICKS[1] - COUNT_TICKS[0]) / COUNT_LEGS
 
 
 def main() -> int:
@@ -187,11 +248,22 @@ def main() -> int:
     parser.add_argument("--rtcp", action="store_true", help="each leg keeps RTCP receive statistics, as a SIP leg")
     parser.add_argument("--pinned", action="store_true",
                         help="each leg's socket connected to its source, as RtpTransport.pin leaves it")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions (valgrind), compiled modules against the sources")
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)  # one run under valgrind
     args = parser.parse_args()
+    _raise_fd_limit()
+    if args.count is not None:
+        measure(int(args.legs), args.count, args.rtcp, args.pinned, count=True)
+        from engine import native
+
+        print(f"native {native.loaded()}")
+        return 0
+    if args.instructions:
+        return count_instructions(args.rtcp, args.pinned)
     counts = [int(n) for n in args.legs.split(",")]
     if len(counts) < 1 or any(n < 2 for n in counts) or args.ticks <= WARMUP:
         parser.error(f"--legs needs counts of 2 or more and --ticks more than {WARMUP}")
-    _raise_fd_limit()
     results = {n: measure(n, args.ticks, args.rtcp, args.pinned) for n in counts}
     paths = ["read", "receive", "pull", "mix", "push", "send"]
     print(f"bench/media_paths: us per packet (median tick / legs), {args.ticks} ticks, "
@@ -218,6 +290,25 @@ def main() -> int:
     save("media_paths" + ("_rtcp" if args.rtcp else "") + ("_pinned" if args.pinned else ""),
          {k: v for k, v in figs.items() if math.isfinite(v["value"])},
          {"legs": counts, "ticks": args.ticks, "rtcp": args.rtcp, "pinned": args.pinned})
+    return 0
+
+
+def count_instructions(rtcp: bool, pinned: bool) -> int:
+    """``--instructions``: the compiled modules and the sources, counted."""
+    compiled = instructions(True, rtcp, pinned)
+    source = instructions(False, rtcp, pinned)
+    print(f"bench/media_paths --instructions: {COUNT_LEGS} legs, receive + tick, "
+          f"RTCP statistics {'on' if rtcp else 'off'}, sockets {'pinned' if pinned else 'unconnected'}")
+    print(f"  compiled modules   {compiled:10,.0f} instructions a leg a tick")
+    print(f"  sources            {source:10,.0f}")
+    print(f"  compiled / sources {compiled / source:10.2f}x")
+    from results import figure, save  # bench/results.py
+
+    save("media_instructions" + ("_rtcp" if rtcp else "") + ("_pinned" if pinned else ""), {
+        "compiled_instructions_per_leg_tick": figure(compiled, "instructions", "lower"),
+        "source_instructions_per_leg_tick": figure(source, "instructions", "lower"),
+        "ratio_compiled_source": figure(compiled / source, "x", "lower"),
+    }, {"legs": COUNT_LEGS, "ticks": list(COUNT_TICKS), "rtcp": rtcp, "pinned": pinned})
     return 0
 
 
