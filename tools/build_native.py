@@ -10,6 +10,7 @@ hashes go to OUTDIR, replacing what was there.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# importing engine.native imports engine, whose __init__ would look for a
+# build (the one being replaced) and warn that it is stale: nothing to load here
+os.environ["CALLBRIDGE_NATIVE"] = "0"
 
 from engine.native import MANIFEST, MODULES, source_digest  # noqa: E402
 
