@@ -140,21 +140,27 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False, count: bool
             except BlockingIOError:
                 pass
 
+        def receive_all() -> None:
+            paced = time.monotonic() - 0.02  # a phone's pace: one read a wake-up, no drain
+            for t in transports:
+                t._last_read = paced
+                t._on_readable()
+
+        def tick_graph() -> None:
+            drain_client()
+            virtual[0] += 0.019
+            graph.tick(virtual[0])
+            drain_client()
+
         gc.collect()
         gc.disable()
         try:
             for tick in range(ticks):
-                if count:
+                if count:  # the engine's paths alone, untimed
                     send_round(tick)
                     virtual[0] += 0.001
-                    paced = time.monotonic() - 0.02
-                    for t in transports:
-                        t._last_read = paced
-                        t._on_readable()
-                    drain_client()
-                    virtual[0] += 0.019
-                    graph.tick(virtual[0])
-                    drain_client()
+                    receive_all()
+                    tick_graph()
                     continue
                 send_round(tick)  # one datagram each for the bare read
                 t0 = time.perf_counter()
@@ -168,10 +174,7 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False, count: bool
                 send_round(tick)  # the same packet again, for the engine
                 virtual[0] += 0.001
                 t2 = time.perf_counter()
-                paced = time.monotonic() - 0.02  # a phone's pace: one read a wake-up, no drain
-                for t in transports:
-                    t._last_read = paced
-                    t._on_readable()
+                receive_all()
                 t3 = time.perf_counter()
                 if pinned:
                     for sock in socks:
@@ -180,10 +183,7 @@ def measure(legs: int, ticks: int, rtcp: bool, pinned: bool = False, count: bool
                     for sock in socks:
                         sock.sendto(packet, client_addr)
                 t4 = time.perf_counter()
-                drain_client()
-                virtual[0] += 0.019
-                graph.tick(virtual[0])
-                drain_client()
+                tick_graph()
                 if tick >= WARMUP:
                     times["read"].append(t1 - t0)
                     times["receive"].append(t3 - t2)
@@ -235,7 +235,8 @@ def instructions(compiled: bool, rtcp: bool, pinned: bool) -> float:
             raise RuntimeError(f"valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
         native = proc.stdout.strip().splitlines()[-1:] == ["native True"]
         if native != compiled:
-            raise RuntimeError("the compiled media modules are not built (./run.sh bench builds them)"
+            raise RuntimeError("the compiled media modules are not in use (not built, or built from other "
+                               "sources: ./run.sh bench builds them)"
                                if compiled else "CALLBRIDGE_NATIVE=0 still loaded the compiled modules")
         counts.append(int(found.group(1).replace(",", "")))
     return (counts[1] - counts[0]) / (COUNT_TICKS[1] - COUNT_TICKS[0]) / COUNT_LEGS
@@ -254,6 +255,8 @@ def main() -> int:
     args = parser.parse_args()
     _raise_fd_limit()
     if args.count is not None:
+        if not args.legs.isdigit() or int(args.legs) < 2 or args.count < 1:
+            parser.error("--count needs one leg count of 2 or more (--legs) and ticks")
         measure(int(args.legs), args.count, args.rtcp, args.pinned, count=True)
         from engine import native
 
