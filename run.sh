@@ -89,7 +89,7 @@ install_python() {
 }
 
 # The per-packet media modules compiled with mypyc into $VENV/native
-# (engine/native.py; a third fewer instructions a packet), again
+# (engine/native.py; a third fewer instructions on a packet's path), again
 # whenever one of their sources changed: the engine loads them only while
 # they match their sources. CALLBRIDGE_NATIVE=0 runs the sources.
 build_native() {

@@ -3,7 +3,7 @@
 The per-packet media modules (:data:`MODULES`: the RTP transport and
 pacer, RTP and RTCP reception, the jitter buffer, the media session, the
 bridge) compile with mypyc, which takes a leg's receive and tick from
-57,505 to 37,452 instructions (``bench/media_paths.py --instructions
+69,688 to 45,613 instructions (``bench/media_paths.py --instructions
 --rtcp``; see ``docs/architecture.md``). ``tools/build_native.py`` (run by ``run.sh``)
 compiles them into a directory outside the source tree with a manifest
 of each source's SHA-256; :func:`install` puts a finder first on

@@ -78,9 +78,9 @@ class BridgePlan(Generic[K]):
     :attr:`players`; stage 1 maps rows to conference sums, stage 2 rows
     plus sums to :attr:`receivers`.
 
-    A plain class, not a dataclass: mypyc cannot compile a generic
-    dataclass (its import fails), and this module is compiled
-    (:mod:`engine.native`)."""
+    A plain class, not a dataclass: this module is compiled
+    (:mod:`engine.native`), and a generic dataclass built by mypyc 2.4.1
+    fails at import."""
 
     def __init__(self, sources: list[K], players: list[FrameSource], receivers: list[K],
                  stage1: FlowMatrix, stage2: FlowMatrix,

@@ -121,8 +121,8 @@ from time import monotonic as _monotonic
 from typing import Any, Callable, ClassVar, Protocol
 
 from engine.media.clock import next_tick_at as _next_tick_at
-from engine.transport.rtp_socket import disconnect
 from engine.media.clock import run_due as _run_due
+from engine.transport.rtp_socket import disconnect
 
 __all__ = ["RtpTransport", "DatagramHandler", "MediaPoll", "SO_MEMINFO", "media_poll", "rtp_backlog",
            "watched_transports"]
