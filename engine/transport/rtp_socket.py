@@ -77,9 +77,13 @@ class RtpPortAllocator:
         self._clock = clock
         self._idle: deque[tuple[float, RtpPortPair]] = deque()
 
+    #: The class of the sockets it binds: :class:`socket.socket`, or a
+    #: subclass of it (the e2e tests' wire tap stamps what crosses them).
+    socket_class: type[socket.socket] = socket.socket
+
     def _bind(self, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self.socket_class(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.bind((self.host, port))

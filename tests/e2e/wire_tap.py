@@ -2,7 +2,7 @@
 
 :class:`~engine.transport.rtp_socket.RtpPortAllocator` makes every RTP and
 RTCP socket a call uses, so having it make them of a :class:`socket.socket`
-subclass that stamps each ``recv``/``recvfrom``/``send``/``sendto`` records
+subclass (its ``socket_class``) that stamps each ``recv``/``recvfrom``/``send``/``sendto`` records
 the bytes a packet capture would show, without root, for an engine running
 in the test's process. It taps the sockets, not the engine's classes: the
 transport and the pacer are compiled (:mod:`engine.native`), and a method
@@ -59,19 +59,7 @@ class RtpWireTap:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.packets: list[tuple[float, str, bytes, Any]] = []
         tapped = type("TappedSocket", (_TappedSocket,), {"tap": self})
-
-        def bind(allocator: RtpPortAllocator, port: int) -> socket.socket:
-            family = socket.AF_INET6 if ":" in allocator.host else socket.AF_INET
-            sock = tapped(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind((allocator.host, port))
-            except OSError:
-                sock.close()
-                raise
-            return sock
-
-        monkeypatch.setattr(RtpPortAllocator, "_bind", bind)
+        monkeypatch.setattr(RtpPortAllocator, "socket_class", tapped)
 
     def datagrams(self, direction: str) -> list[bytes]:
         """What went ``direction`` (``"in"`` or ``"out"``), in order."""
