@@ -52,6 +52,15 @@ jitter buffer + decode), mixing (the two flow stages) and pushing (encode
 + RTP + ``sendto``); then it times one conference's mix alone for several
 sizes (100 included).
 
+With ``--rounds N`` the engine and the echo run N times, alternated (echo,
+engine, echo, engine, ... echo): the first round is reported in full as
+above, the others by their CPU a packet, and each engine phase is compared
+with the mean of the echo phases on either side of it. The ratios and
+their median are printed: one engine phase against one echo moves by a
+tenth and more from run to run here (the machine changes speed within
+minutes), and the median of a few rounds is what says whether a change
+moved the engine.
+
 With ``--stall MS`` the engine's loop is blocked once, a second before the
 window (a long collector pass, a slow handler, the host taking the core):
 the window then shows whether the engine got back to on-time frames.
@@ -63,7 +72,7 @@ phone that offers it): with ``--idle``, what nobody speaking costs then.
 Usage: ``./run.sh bench media [--legs 1000] [--seconds 10] [--big 100]
 [--sizes 3-10] [--only echo|engine|janus] [--janus] [--profile] [--metrics]
 [--idle silence|nothing] [--silence-suppression] [--send-workers N]
-[--media-pacing on|off] [--stall MS]``
+[--media-pacing on|off] [--stall MS] [--rounds N]``
 (or ``python bench/media.py ...``). Every run is bounded: the generator
 stops after ``--warmup + --seconds`` and every process is joined with a
 timeout.
@@ -80,6 +89,7 @@ import random
 import resource
 import select
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -798,7 +808,11 @@ def main() -> int:
                         help="scrape the engine's Prometheus figures every second during the run")
     parser.add_argument("--stall", type=float, default=0.0, metavar="MS",
                         help="block the engine's loop this long once, a second before the window")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="engine and echo phases alternated this many times; the ratios' median is printed")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     lo, hi = (int(x) for x in args.sizes.split("-"))
     plan = make_plan(args.legs, args.big, lo, hi)
     legs = len(plan.conf_of)
@@ -827,11 +841,11 @@ def main() -> int:
     if args.only in ("echo", "janus"):
         return 0
 
-    sres, gres = run_phase(engine_server, (plan, args.profile, args.metrics, args.silence_suppression,
-                                           args.send_workers, args.rtp_pin_after,
-                                           args.media_pacing == "on", args.stall / 1000),
-                           plan, args.warmup, args.seconds,
+    engine_args = (plan, args.profile, args.metrics, args.silence_suppression, args.send_workers,
+                   args.rtp_pin_after, args.media_pacing == "on", args.stall / 1000)
+    sres, gres = run_phase(engine_server, engine_args, plan, args.warmup, args.seconds,
                            [] if args.idle else sample, True, args.idle)
+    after_us = 0.0
     if echo is not None and args.only != "engine":
         after, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
         before_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
@@ -959,6 +973,21 @@ def main() -> int:
     print("aim: " + "; ".join(f"{name}: {'yes' if good else 'NO'} ({fig})" for name, good, fig in checks))
     if "profile" in sres:
         print(sres["profile"])
+    ratios = [us_pkt / (echo["cpu"] / max(1, echo["packets"]) * 1e6)] if echo is not None else []
+    if echo is not None and args.rounds > 1:
+        last_echo = after_us
+        for r in range(2, args.rounds + 1):
+            eres, _ = run_phase(engine_server, engine_args, plan, args.warmup, args.seconds,
+                                [] if args.idle else sample, True, args.idle)
+            eres_us = eres["cpu"] / max(1, eres["received"]) * 1e6
+            ores, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
+            echo_us = ores["cpu"] / max(1, ores["packets"]) * 1e6
+            ratios.append(eres_us / ((last_echo + echo_us) / 2))
+            print(f"round {r}: engine {eres_us:.1f} us/packet, echo before and after {last_echo:.1f} and "
+                  f"{echo_us:.1f}: {ratios[-1]:.2f}x", flush=True)
+            last_echo = echo_us
+        print(f"CPU per packet against the echo, {len(ratios)} rounds: "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
     from results import figure, save  # bench/results.py: the figures as JSON, for --compare
 
     figs = {"engine_core_share": figure(core * 100, "% of a core", "lower"),
@@ -978,6 +1007,8 @@ def main() -> int:
         # the echo after the engine against the one before: the machine's drift during the run
         figs["echo_drift"] = figure(abs(echo["drift"]) * 100, "%", "lower")
         figs["ratio_engine_echo_us_per_packet"] = figure(us_pkt / e_us, "x", "lower")
+        if len(ratios) > 1:
+            figs["ratio_engine_echo_median_of_rounds"] = figure(statistics.median(ratios), "x", "lower")
     if janus is not None:
         figs["janus_us_per_packet"] = figure(janus["us_per_packet"], "us", "lower")
         figs["ratio_engine_janus_us_per_packet"] = figure(us_pkt / janus["us_per_packet"], "x", "lower")
@@ -986,7 +1017,7 @@ def main() -> int:
          else "media" if args.media_pacing == "on" else "media_pacing_off",
          {k: v for k, v in figs.items() if math.isfinite(v["value"])},
          {"legs": legs, "seconds": args.seconds, "warmup": args.warmup, "big": args.big, "sizes": args.sizes,
-          "send_workers": args.send_workers, "media_pacing": args.media_pacing})
+          "send_workers": args.send_workers, "media_pacing": args.media_pacing, "rounds": args.rounds})
     return 0
 
 
