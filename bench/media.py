@@ -769,10 +769,16 @@ def janus_phase(plan: Plan, args: argparse.Namespace, echo: dict[str, Any] | Non
     for p in problems[:5]:
         print(f"    {p}")
     if echo is not None:
-        e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
+        e_us = us_per_packet(echo)
         print(f"  janus vs echo: CPU per packet {us / e_us:.2f}x ({us:.1f} vs {e_us:.1f} us)", flush=True)
     return {"us_per_packet": us, "core": core, "p99_cadence_ms": pct(cadence * 1000, 99), "mixing_ok": ok,
             "mixing_checked": checked}
+
+
+def us_per_packet(res: dict[str, Any], count: str = "packets") -> float:
+    """A phase's CPU microseconds per packet (``count``: the echo's
+    ``packets``, the engine's ``received``)."""
+    return float(res["cpu"]) / max(1, res[count]) * 1e6
 
 
 def pct(a: Any, q: float) -> float:
@@ -831,7 +837,7 @@ def main() -> int:
         echo = sres
         pps = sres["packets"] / sres["wall"]
         core = sres["cpu"] / sres["wall"]
-        us = sres["cpu"] / max(1, sres["packets"]) * 1e6
+        us = us_per_packet(sres)
         print(f"echo   : {pps:,.0f} packets/s in (and out) at {core * 100:.0f}% of a core = "
               f"{us:.1f} us/packet; ceiling {1e6 / us:,.0f} packets/s a core "
               f"(generator sent {gres['sent']:,}, got back {sum(gres['got']):,})", flush=True)
@@ -848,8 +854,7 @@ def main() -> int:
     after_us = 0.0
     if echo is not None and args.only != "engine":
         after, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
-        before_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
-        after_us = after["cpu"] / max(1, after["packets"]) * 1e6
+        before_us, after_us = us_per_packet(echo), us_per_packet(after)
         print(f"echo again, after the engine: {after_us:.1f} us/packet ({(after_us / before_us - 1) * 100:+.0f}% "
               f"on the first; the engine is compared with their mean)", flush=True)
         echo = {"cpu": echo["cpu"] + after["cpu"], "packets": echo["packets"] + after["packets"],
@@ -857,7 +862,8 @@ def main() -> int:
     wall = sres["wall"]
     core = sres["cpu"] / wall
     pps = sres["received"] / wall
-    us_pkt = sres["cpu"] / max(1, sres["received"]) * 1e6
+    us_pkt = us_per_packet(sres, "received")
+    e_us = us_per_packet(echo) if echo is not None else math.nan  # the two echo phases together
     expected, missing, late, cadence = frames_and_lateness(sres, gres)
     times = np.asarray(sres["tick_times"]) if sres["tick_times"] else np.zeros((0, 4))
     # the clock's own figure (time.monotonic): each tick's start against when
@@ -950,7 +956,6 @@ def main() -> int:
           f"{gres['cpu'] / gres['wall'] * 100:.0f}% of a core; in the window its sends began late against "
           f"its own schedule by {ms(slate)}, {int((slate >= 20).sum())} of {slate.size} slots 20 ms or more")
     if echo is not None:
-        e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         e_pps = echo["packets"] / echo["wall"]
         print(f"ratios vs echo: packets/s {pps / e_pps:.2f}; CPU per packet {us_pkt / e_us:.2f}x "
               f"({us_pkt:.1f} vs {e_us:.1f} us); legs a core could carry: engine {legs / core:,.0f}, "
@@ -973,15 +978,15 @@ def main() -> int:
     print("aim: " + "; ".join(f"{name}: {'yes' if good else 'NO'} ({fig})" for name, good, fig in checks))
     if "profile" in sres:
         print(sres["profile"])
-    ratios = [us_pkt / (echo["cpu"] / max(1, echo["packets"]) * 1e6)] if echo is not None else []
+    ratios = [us_pkt / e_us] if echo is not None else []
     if echo is not None and args.rounds > 1:
         last_echo = after_us
         for r in range(2, args.rounds + 1):
             eres, _ = run_phase(engine_server, engine_args, plan, args.warmup, args.seconds,
                                 [] if args.idle else sample, True, args.idle)
-            eres_us = eres["cpu"] / max(1, eres["received"]) * 1e6
+            eres_us = us_per_packet(eres, "received")
             ores, _ = run_phase(echo_server, (legs,), plan, args.warmup, args.seconds, [], False)
-            echo_us = ores["cpu"] / max(1, ores["packets"]) * 1e6
+            echo_us = us_per_packet(ores)
             ratios.append(eres_us / ((last_echo + echo_us) / 2))
             print(f"round {r}: engine {eres_us:.1f} us/packet, echo before and after {last_echo:.1f} and "
                   f"{echo_us:.1f}: {ratios[-1]:.2f}x", flush=True)
@@ -1002,7 +1007,6 @@ def main() -> int:
             "mixing_verified_legs": figure(ok, "legs", "higher"),
             "generator_p99_send_lateness": figure(pct(slate, 99), "ms", "lower")}
     if echo is not None:
-        e_us = echo["cpu"] / max(1, echo["packets"]) * 1e6
         figs["echo_us_per_packet"] = figure(e_us, "us", "lower")
         # the echo after the engine against the one before: the machine's drift during the run
         figs["echo_drift"] = figure(abs(echo["drift"]) * 100, "%", "lower")
