@@ -40,12 +40,8 @@ import asyncio
 import cProfile
 import gc
 import io
-import os
 import pstats
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +54,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import valgrind  # noqa: E402  (bench/valgrind.py)
 from uas_probe import ProbeProtocol, reply  # noqa: E402  (bench/uas_probe.py)
 
 HOLD = 1.0  # seconds between the 200 and the BYE, as answer_hangup holds
@@ -271,19 +268,10 @@ def areas(profile: cProfile.Profile) -> dict[str, float]:
 
 def instructions(mode: str, calls: int, rate: float) -> int:
     """Instructions the whole process runs for ``calls`` calls of ``mode``,
-    counted by valgrind (``cachegrind``, no cache simulation), hash seed
-    fixed."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise RuntimeError("valgrind is not installed: ./run.sh bench installs it (bench-packages.txt)")
-    cmd = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-           sys.executable, __file__, "--only", mode, "--calls", str(calls), "--rate", str(rate), "--overload", "off"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=calls / rate + 300, env=env, check=False)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-    if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"valgrind run of {mode} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    counted by valgrind (``bench/valgrind.py``)."""
+    found, _ = valgrind.count([__file__, "--only", mode, "--calls", str(calls), "--rate", str(rate),
+                               "--overload", "off"], mode, calls / rate + 300)
+    return found
 
 
 def count_instructions(small: int, large: int, rate: float) -> dict[str, float]:

@@ -53,14 +53,10 @@ import argparse
 import asyncio
 import gc
 import math
-import os
-import re
 import resource
-import shutil
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +68,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import valgrind  # noqa: E402  (bench/valgrind.py)
 from media import make_plan, tone_payloads  # noqa: E402  (bench/media.py)
 
 _HEADER = struct.Struct("!BBHII")
@@ -220,25 +217,18 @@ def instructions(compiled: bool, rtcp: bool, pinned: bool) -> float:
     """Instructions a leg a tick of the engine's receive and tick paths,
     counted by valgrind: the difference of two runs (:data:`COUNT_TICKS`),
     so that start-up cancels out."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise RuntimeError("valgrind is not installed: ./run.sh bench installs it (bench-packages.txt)")
-    env = {**os.environ, "PYTHONHASHSEED": "0", "CALLBRIDGE_NATIVE": "1" if compiled else "0"}
     counts = []
     for ticks in COUNT_TICKS:
-        cmd = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-               sys.executable, __file__, "--count", str(ticks), "--legs", str(COUNT_LEGS)]
-        cmd += ["--rtcp"] * rtcp + ["--pinned"] * pinned
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
-        found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-        if proc.returncode != 0 or found is None:
-            raise RuntimeError(f"valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        native = proc.stdout.strip().splitlines()[-1:] == ["native True"]
+        args = [__file__, "--count", str(ticks), "--legs", str(COUNT_LEGS)]
+        args += ["--rtcp"] * rtcp + ["--pinned"] * pinned
+        found, stdout = valgrind.count(args, f"{ticks} ticks", 900,
+                                       {"CALLBRIDGE_NATIVE": "1" if compiled else "0"})
+        native = stdout.strip().splitlines()[-1:] == ["native True"]
         if native != compiled:
             raise RuntimeError("the compiled media modules are not in use (not built, or built from other "
                                "sources: ./run.sh bench builds them)"
                                if compiled else "CALLBRIDGE_NATIVE=0 still loaded the compiled modules")
-        counts.append(int(found.group(1).replace(",", "")))
+        counts.append(found)
     return (counts[1] - counts[0]) / (COUNT_TICKS[1] - COUNT_TICKS[0]) / COUNT_LEGS
 
 

@@ -56,6 +56,6 @@ def test_a_refused_call_fails_the_run_instead_of_counting(call_paths) -> None:
 
 
 def test_instruction_counts_need_valgrind_and_say_so(call_paths, monkeypatch) -> None:
-    monkeypatch.setattr(call_paths.shutil, "which", lambda name: None)
+    monkeypatch.setattr(call_paths.valgrind.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="valgrind is not installed"):
         call_paths.instructions("probe", 10, 10.0)

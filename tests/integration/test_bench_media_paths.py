@@ -45,6 +45,6 @@ def test_instruction_counts_need_valgrind_and_say_so(monkeypatch) -> None:
     sys.modules.pop("media_paths", None)
     import media_paths
 
-    monkeypatch.setattr(media_paths.shutil, "which", lambda name: None)
+    monkeypatch.setattr(media_paths.valgrind.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="valgrind is not installed"):
         media_paths.instructions(True, rtcp=True, pinned=False)
