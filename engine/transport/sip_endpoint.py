@@ -1044,7 +1044,11 @@ class SipEndpoint:
             self.port_for(peer.transport),
             {"branch": new_branch(), "rport": None},
         )
-        request.headers.prepend("Via", str(via))
+        text = str(via)
+        request.headers.prepend("Via", text)
+        # The transaction layer reads this Via at once (its branch is the
+        # transaction's key): no need to parse back what was just written.
+        request.remember(parse_via, text, via)
 
     def send_stateless_bytes(self, data: bytes, peer: Peer) -> None:
         """Send bytes already serialized outside any transaction: a
