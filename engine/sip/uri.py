@@ -64,6 +64,11 @@ _USER_SAFE = "-_.!~*'()&=+$,;?/"
 _PASSWORD_SAFE = "-_.!~*'()&=+$,"
 _PARAM_SAFE = "-_.!~*'()[]/:&+$"
 _HEADER_SAFE = "-_.!~*'()[]/?:+$"
+# What :func:`urllib.parse.quote` never escapes, whatever ``safe`` says.
+_ALWAYS_SAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+# Each ``safe`` set with those: a text made only of these characters is its
+# own escaped form, found with one ``rstrip`` instead of a call to ``quote``.
+_PLAIN = {safe: _ALWAYS_SAFE + safe for safe in (_USER_SAFE, _PASSWORD_SAFE, _PARAM_SAFE, _HEADER_SAFE)}
 
 
 def _unescape(text: str) -> str:
@@ -74,6 +79,8 @@ def _unescape(text: str) -> str:
 
 
 def _escape(text: str, safe: str) -> str:
+    if not text.rstrip(_PLAIN[safe]):  # nothing to escape: the usual case
+        return text
     return quote(text.encode("utf-8", errors="surrogateescape"), safe=safe)
 
 
@@ -191,24 +198,27 @@ class SipUri:
         return host if self.port is None else f"{host}:{self.port}"
 
     def __str__(self) -> str:
-        out = [self.scheme, ":"]
-        if self.user is not None:
-            out.append(_escape(self.user, _USER_SAFE))
+        # Dialogs write their URIs into every request: the common parts are
+        # formatted here without a call each (host_port, format_host).
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        if self.port is not None:
+            host = f"{host}:{self.port}"
+        user = self.user
+        if user is not None:
+            user = _escape(user, _USER_SAFE)
             if self.password is not None:
-                out += [":", _escape(self.password, _PASSWORD_SAFE)]
-            out.append("@")
-        out.append(self.host_port)
+                user = f"{user}:{_escape(self.password, _PASSWORD_SAFE)}"
+            host = f"{user}@{host}"
+        text = f"{self.scheme}:{host}"
         if self.params:
-            out.append(_format_uri_params(self.params))
+            text += _format_uri_params(self.params)
         if self.headers:
-            out.append("?")
-            out.append(
-                "&".join(
-                    f"{_escape(k, _HEADER_SAFE)}={_escape(v, _HEADER_SAFE)}"
-                    for k, v in self.headers.items()
-                )
+            text += "?" + "&".join(
+                f"{_escape(k, _HEADER_SAFE)}={_escape(v, _HEADER_SAFE)}" for k, v in self.headers.items()
             )
-        return "".join(out)
+        return text
 
     def copy(self, **changes: object) -> SipUri:
         """Return a copy with some fields replaced."""
