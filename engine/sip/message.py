@@ -19,7 +19,6 @@ from engine.sip.headers import (
     NameAddr,
     Via,
     canonical_name,
-    is_known_name,
     parse_cseq,
     parse_name_addr,
     parse_via,
@@ -95,8 +94,11 @@ class Headers:
     __slots__ = ("_items", "version")
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
+        # A registry spelling (the usual case) is its own canonical name:
+        # found by one dict lookup, without calling canonical_name.
+        exact = _KNOWN_EXACT.get
         self._items: list[tuple[str, str]] = (
-            [(canonical_name(k), v) for k, v in items] if items is not None else []
+            [(exact(k) or canonical_name(k), v) for k, v in items] if items is not None else []
         )
         self.version = 0
 
@@ -120,11 +122,10 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
-    def _indexes(self, name: str) -> Iterator[int]:
-        """Positions of the entries called ``name``, in order."""
-        canon = canonical_name(name)
+    def _indexes(self, canon: str) -> Iterator[int]:
+        """Positions of the entries called ``canon`` (a canonical name), in order."""
         items = self._items
-        if is_known_name(canon):
+        if canon in _KNOWN_EXACT:
             for i in range(len(items)):
                 if items[i][0] == canon:
                     yield i
@@ -139,15 +140,15 @@ class Headers:
         canon = _KNOWN_EXACT.get(name)  # a registry spelling: the common case, inlined
         if canon is None:
             canon = canonical_name(name)
-        if canon in _KNOWN_EXACT:
-            for k, v in self._items:
-                if k == canon:
-                    return v
-        else:
-            key = canon.lower()
-            for k, v in self._items:
-                if k.lower() == key:
-                    return v
+            if canon not in _KNOWN_EXACT:
+                key = canon.lower()
+                for k, v in self._items:
+                    if k.lower() == key:
+                        return v
+                return default
+        for k, v in self._items:
+            if k == canon:
+                return v
         return default
 
     def get_all(self, name: str) -> list[str]:
@@ -155,19 +156,19 @@ class Headers:
         canon = _KNOWN_EXACT.get(name)
         if canon is None:
             canon = canonical_name(name)
-        if canon in _KNOWN_EXACT:
-            return [v for k, v in self._items if k == canon]
-        key = canon.lower()
-        return [v for k, v in self._items if k.lower() == key]
+            if canon not in _KNOWN_EXACT:
+                key = canon.lower()
+                return [v for k, v in self._items if k.lower() == key]
+        return [v for k, v in self._items if k == canon]
 
     def add(self, name: str, value: str) -> None:
         """Append a value after any existing ones."""
-        self._items.append((canonical_name(name), value))
+        self._items.append((_KNOWN_EXACT.get(name) or canonical_name(name), value))
         self.version += 1
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a value before the first one of the same name (or first)."""
-        canon = canonical_name(name)
+        canon = _KNOWN_EXACT.get(name) or canonical_name(name)
         self.version += 1
         for i in self._indexes(canon):
             self._items.insert(i, (canon, value))
@@ -176,7 +177,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace all values of ``name`` with one, keeping its position."""
-        canon = canonical_name(name)
+        canon = _KNOWN_EXACT.get(name) or canonical_name(name)
         self.version += 1
         found = list(self._indexes(canon))
         if not found:
@@ -189,13 +190,13 @@ class Headers:
     def remove(self, name: str) -> None:
         """Remove every value of ``name``."""
         self.version += 1
-        for i in reversed(list(self._indexes(name))):
+        for i in reversed(list(self._indexes(canonical_name(name)))):
             del self._items[i]
 
     def remove_first(self, name: str) -> None:
         """Remove the first value of ``name``, if any."""
         self.version += 1
-        for i in self._indexes(name):
+        for i in self._indexes(canonical_name(name)):
             del self._items[i]
             return
 
