@@ -26,6 +26,7 @@ become the reason phrase of the ``400``.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.headers import MULTI_VALUED, WRITTEN_NAMES, canonical_name, split_header_values
@@ -55,6 +56,7 @@ _DATE_RE = re.compile(
 # Call-ID is echoed into every answer and keys dialogs: refuse it empty or with
 # whitespace or control characters (RFC 3261 §25.1 callid = word ["@" word]).
 _BAD_CALL_ID_RE = re.compile(r"[\x00-\x20\x7f]")
+_NAME_OF = itemgetter(0)  # of a (name, value) header entry
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 _SINGLE = (
     "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length",
@@ -194,7 +196,93 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
             version = words[-1] if len(words) > 2 else "SIP/2.0"
         msg = SipRequest(method, uri, version=version)
 
+    items = _usual_header_lines(lines)
+    if items is None:
+        items, line_error = _header_lines(lines)
+        error = error or line_error
+    if "," in head:  # else no value has a list to split
+        entries: list[tuple[str, str]] = []
+        for name, value in items:
+            if name in MULTI_VALUED and "," in value:
+                try:
+                    values = split_header_values(value)
+                except RemoteProtocolError as exc:
+                    if error is None:
+                        error = str(exc)
+                    entries.append((name, value))
+                    continue
+                for one in values:
+                    entries.append((name, one))
+            else:
+                entries.append((name, value))
+    else:
+        entries = items
+    headers = msg.headers = Headers._from_canonical(entries)
+    if error is not None:
+        raise ParseError(error, 400, msg, is_request)
+
+    lengths = headers.get_all("Content-Length")
+    if len(lengths) > 1:
+        raise ParseError("more than one Content-Length header", 400, msg, is_request)
+    if lengths:
+        length = _digits_value(lengths[0], 9)
+        if length is None:
+            raise ParseError("bad Content-Length", 400, msg, is_request)
+        if length > len(rest):
+            raise ParseError("Content-Length larger than message", 400, msg, is_request)
+        # RFC 3261 §18.3: octets beyond Content-Length in a datagram are discarded.
+        msg.body = rest[:length] if length < len(rest) else rest
+    elif stream:
+        raise ParseError("missing Content-Length on a stream", 400, msg, is_request)
+    else:
+        msg.body = rest
+    return msg
+
+
+class _UnusualLine(Exception):
+    """A header line that :func:`_usual_header_lines` leaves to :func:`_header_lines`."""
+
+
+def _other_name(name: str) -> str:
+    """The canonical name of a header name not in WRITTEN_NAMES, when it is a
+    token (an ``X-`` header, a name in another case).
+
+    :raises _UnusualLine: otherwise (a fold, spaces before the colon, a
+        malformed name): the slow path reads it and names the fault.
+    """
+    if _TOKEN_RE.fullmatch(name):
+        return canonical_name(name)
+    raise _UnusualLine
+
+
+def _usual_header_lines(lines: list[str]) -> list[tuple[str, str]] | None:
+    """The header lines (``lines[1:]``) as ``(name, value)`` pairs, when every
+    one is ``name: value`` with a token name (no fold, no space before the
+    colon); else ``None``, and :func:`_header_lines` reads them.
+
+    The messages of a call look like this: read in two comprehensions, not a
+    loop with a branch for each case of a line.
+    """
+    parts = [line.partition(":") for line in lines[1:]]
+    written = WRITTEN_NAMES
+    try:
+        # A fold or a name followed by spaces is not a token: _UnusualLine.
+        items = [
+            (written.get(name) or _other_name(name), value.strip(" \t"))
+            for name, colon, value in parts
+            if colon
+        ]
+    except _UnusualLine:
+        return None
+    return items if len(items) == len(parts) else None  # a line without a colon
+
+
+def _header_lines(lines: list[str]) -> tuple[list[tuple[str, str]], str | None]:
+    """The header lines (``lines[1:]``) as ``(name, value)`` pairs, folds
+    joined, and the first error found (the refused lines are left out).
+    """
     items: list[tuple[str, str]] = []
+    error: str | None = None
     name: str | None = None
     value = ""
     folded: list[str] | None = None  # the pieces of a folded header, once it is
@@ -237,40 +325,7 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
     if name is not None:
         items.append((name, value if folded is None else " ".join(folded)))
 
-    entries: list[tuple[str, str]] = []
-    for name, value in items:
-        if name in MULTI_VALUED and "," in value:
-            try:
-                values = split_header_values(value)
-            except RemoteProtocolError as exc:
-                if error is None:
-                    error = str(exc)
-                entries.append((name, value))
-                continue
-            for one in values:
-                entries.append((name, one))
-        else:
-            entries.append((name, value))
-    headers = msg.headers = Headers._from_canonical(entries)
-    if error is not None:
-        raise ParseError(error, 400, msg, is_request)
-
-    lengths = headers.get_all("Content-Length")
-    if len(lengths) > 1:
-        raise ParseError("more than one Content-Length header", 400, msg, is_request)
-    if lengths:
-        length = _digits_value(lengths[0], 9)
-        if length is None:
-            raise ParseError("bad Content-Length", 400, msg, is_request)
-        if length > len(rest):
-            raise ParseError("Content-Length larger than message", 400, msg, is_request)
-        # RFC 3261 §18.3: octets beyond Content-Length in a datagram are discarded.
-        msg.body = rest[:length] if length < len(rest) else rest
-    elif stream:
-        raise ParseError("missing Content-Length on a stream", 400, msg, is_request)
-    else:
-        msg.body = rest
-    return msg
+    return items, error
 
 
 def validate_message(msg: SipRequest | SipResponse) -> None:
@@ -292,14 +347,16 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
     try:
         if msg.version != "SIP/2.0" and msg.version.upper() != "SIP/2.0":
             raise RemoteProtocolError("SIP version not supported", 505)
-        names = [name for name, _ in msg.headers]  # then searched in C
-        for name in _MANDATORY:
-            if name not in names:
-                raise RemoteProtocolError(f"missing {name} header")
-        for name in _SINGLE:
-            if names.count(name) > 1:
-                raise RemoteProtocolError(f"more than one {name} header")
         headers = msg.headers
+        names = list(map(_NAME_OF, headers._items))
+        present = set(names)
+        for name in _MANDATORY:
+            if name not in present:
+                raise RemoteProtocolError(f"missing {name} header")
+        if len(present) < len(names):  # some name repeats (a Via, a Route...): which?
+            for name in _SINGLE:
+                if names.count(name) > 1:
+                    raise RemoteProtocolError(f"more than one {name} header")
         call_id = headers.get("Call-ID")
         if not call_id or _BAD_CALL_ID_RE.search(call_id):
             raise RemoteProtocolError("bad Call-ID")
@@ -316,15 +373,15 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{name}: {exc}") from None
         cseq = msg.cseq
-        if "Max-Forwards" in names:
+        if "Max-Forwards" in present:
             mf = _digits_value(headers.get("Max-Forwards") or "", 3)
             if mf is None or mf > 255:
                 raise RemoteProtocolError("bad Max-Forwards")
-        if "Expires" in names:
+        if "Expires" in present:
             expires = _digits_value(headers.get("Expires") or "", 10)
             if expires is None or expires > 2**32 - 1:
                 raise RemoteProtocolError("bad Expires")
-        if "Date" in names and not _DATE_RE.fullmatch(headers.get("Date") or ""):
+        if "Date" in present and not _DATE_RE.fullmatch(headers.get("Date") or ""):
             raise RemoteProtocolError("bad Date header")
         if isinstance(msg, SipRequest):
             if cseq.method != msg.method:
