@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.memo import Memo
-from engine.sip.uri import SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
+from engine.sip.uri import _HOST, SipUri, Uri, _is_digits, _parse_hostport, format_host, parse_uri
 
 __all__ = [
     "canonical_name",
@@ -121,6 +121,15 @@ _VIA_PROTOCOL_RE = re.compile(
     rf"([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]+"
 )
 _SWS_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
+# The usual shape of a Via, checked in one pass: sent-protocol without
+# spaces, one space, a hostname or IPv4 address, a port, parameters without
+# spaces or quotes. Whatever it does not match (IPv6, spaces, quoted values,
+# faults) takes the step-by-step path, which names the fault. Each part is
+# delimited (``/``, `` ``, ``:``, ``;``, ``=``), so a failing match is linear.
+_VIA_USUAL_RE = re.compile(
+    rf"([{_TOKEN}]+)/([{_TOKEN}]+)/([{_TOKEN}]+) ({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;[{_TOKEN}]+(?:=[{_TOKEN}:\[\]]+)?)*)"
+)
 # Header parameters without quoted strings, every one well formed: what
 # parse_params can split without looking at each character. Possessive
 # quantifiers (Python 3.11): a run of spaces is never given back and tried
@@ -429,18 +438,31 @@ def parse_via(text: str) -> Via:
         ``bad rport in Via``.
     """
     text = text.strip(" \t")
-    m = _VIA_PROTOCOL_RE.match(text)
-    if m is None:
-        raise RemoteProtocolError("bad Via")
-    rest = text[m.end() :]
-    semi = rest.find(";")
-    sentby = (rest if semi < 0 else rest[:semi]).rstrip(" \t")
-    if not sentby:
-        raise RemoteProtocolError("bad Via")
-    if " " in sentby or "\t" in sentby:
-        sentby = _SWS_COLON_RE.sub(":", sentby)
-    host, port = _parse_hostport(sentby, "Via")
-    params = parse_params(rest[semi:], "Via") if semi >= 0 else {}
+    m = _VIA_USUAL_RE.fullmatch(text)
+    if m is not None and (m[5] is None or int(m[5]) <= 65535):
+        # What the step-by-step path below gives for this shape, without its
+        # calls: the host matched _HOST as _parse_hostport checks it, the
+        # parameters are what parse_params splits at once.
+        host = m[4]
+        port = None if m[5] is None else int(m[5])
+        params: dict[str, str | None] = {}
+        if m[6]:
+            for part in m[6][1:].split(";"):
+                name, eq, value = part.partition("=")
+                params[name.lower()] = value if eq else None
+    else:
+        m = _VIA_PROTOCOL_RE.match(text)
+        if m is None:
+            raise RemoteProtocolError("bad Via")
+        rest = text[m.end() :]
+        semi = rest.find(";")
+        sentby = (rest if semi < 0 else rest[:semi]).rstrip(" \t")
+        if not sentby:
+            raise RemoteProtocolError("bad Via")
+        if " " in sentby or "\t" in sentby:
+            sentby = _SWS_COLON_RE.sub(":", sentby)
+        host, port = _parse_hostport(sentby, "Via")
+        params = parse_params(rest[semi:], "Via") if semi >= 0 else {}
     received = params.get("received")
     if received is not None and received[:1] == "[":
         # RFC 5118 §4.5: tolerate the bracketed form, store the bare address.
@@ -450,13 +472,7 @@ def parse_via(text: str) -> Via:
     rport = params.get("rport")
     if rport is not None and (not _is_digits(rport) or len(rport) > 5 or int(rport) > 65535):
         raise RemoteProtocolError("bad rport in Via")
-    return Via(
-        transport=m[3].upper(),
-        host=host,
-        port=port,
-        params=params,
-        protocol=f"{m[1].upper()}/{m[2]}",
-    )
+    return Via(m[3].upper(), host, port, params, f"{m[1].upper()}/{m[2]}")
 
 
 @dataclass(frozen=True)
