@@ -14,7 +14,9 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from engine import entropy
 from engine.sip.errors import RemoteProtocolError
 from engine.sip.headers import (
+    _TOKEN_RE,
     KNOWN_NAMES as _KNOWN_EXACT,
+    NAME_ADDR_MEMO,
     CSeq,
     NameAddr,
     Via,
@@ -428,6 +430,7 @@ class SipRequest(SipMessage):
         """
         headers: list[tuple[str, str]] = []
         seen: set[str] = set()
+        tagged_to: tuple[str, NameAddr] | None = None
         for name, value in self.headers:
             if name == "Via":
                 headers.append((name, value))
@@ -435,8 +438,12 @@ class SipRequest(SipMessage):
                 if name in seen:
                     continue
                 seen.add(name)
-                if name == "To" and to_tag and status != 100 and not _has_tag(value):
-                    value = f"{value};tag={to_tag}"
+                if name == "To" and to_tag and status != 100:
+                    with_tag = _to_with_tag(value, to_tag)
+                    if with_tag is not None:
+                        value, to = with_tag
+                        if to is not None:
+                            tagged_to = (value, to)
                 headers.append((name, value))
             elif name == "Record-Route" and 100 < status < 300:
                 headers.append((name, value))
@@ -444,20 +451,43 @@ class SipRequest(SipMessage):
             timestamp = self.headers.get("Timestamp")
             if timestamp is not None:
                 headers.append(("Timestamp", timestamp))
-        return SipResponse(
+        response = SipResponse(
             status, reason or REASONS.get(status, "Unknown"), Headers._from_canonical(headers)
         )
+        # The response echoes these texts: what they parsed to here (the Via,
+        # From, CSeq the transaction and dialog read) needs no parsing there.
+        typed = response._typed = self._typed.copy()
+        if tagged_to is not None:
+            typed[(parse_name_addr, tagged_to[0])] = tagged_to[1]
+        return response
 
 
 _ECHOED_ONCE = frozenset({"From", "To", "Call-ID", "CSeq"})
 
 
-def _has_tag(to_value: str) -> bool:
-    """Whether a To value carries a tag (parsed; text search if malformed)."""
+def _to_with_tag(to_value: str, tag: str) -> tuple[str, NameAddr | None] | None:
+    """A To value with ``tag`` added, and what it parses to when that is
+    known without parsing it; ``None`` when the To carries a tag already
+    (parsed; text search if malformed).
+    """
     try:
-        return parse_name_addr(to_value).tag is not None
+        to = parse_name_addr(to_value)
     except RemoteProtocolError:
-        return ";tag=" in to_value.lower().replace(" ", "").replace("\t", "")
+        if ";tag=" in to_value.lower().replace(" ", "").replace("\t", ""):
+            return None
+        return f"{to_value};tag={tag}", None
+    if to.tag is not None:
+        return None
+    text = f"{to_value};tag={tag}"
+    if to.wildcard or not _TOKEN_RE.fullmatch(tag):
+        return text, None
+    # A token tag after the parameters (or the addr-spec, whose ``;`` starts
+    # the header parameters): parse_name_addr(text) gives the same display
+    # name and URI, the same parameters and then the tag. Remembered by the
+    # memo too, for the ACK and the requests that echo it.
+    tagged = NameAddr(to.uri, to.display_name, {**to.params, "tag": tag})
+    NAME_ADDR_MEMO.put(text, tagged)
+    return text, tagged
 
 
 class SipResponse(SipMessage):
