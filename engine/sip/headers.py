@@ -486,11 +486,24 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+#: CSeq values parsed lately, by their text: a few (``1 INVITE``, ``1 ACK``,
+#: ``2 BYE``...) make most of a trunk's. CSeq is frozen, so sharing is safe.
+CSEQ_MEMO: Memo[str, CSeq] = Memo(256)
+
+
 def parse_cseq(text: str) -> CSeq:
     """Parse a CSeq value; the number must be below 2**31 (RFC 3261 §8.1.1.5).
 
     :raises RemoteProtocolError: ``bad CSeq`` or ``CSeq number too large``.
     """
+    cseq = CSEQ_MEMO.get(text)
+    if cseq is None:
+        cseq = _parse_cseq(text)
+        CSEQ_MEMO.put(text, cseq)
+    return cseq
+
+
+def _parse_cseq(text: str) -> CSeq:
     m = _CSEQ_RE.fullmatch(text.strip(" \t"))
     if m is None:
         raise RemoteProtocolError("bad CSeq")
