@@ -10,6 +10,7 @@ fails every time.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Generic, Hashable, TypeVar
 
 __all__ = ["Memo"]
@@ -21,13 +22,17 @@ V = TypeVar("V")
 class Memo(Generic[K, V]):
     """At most ``size`` results, oldest evicted first."""
 
-    __slots__ = ("size", "_items")
+    __slots__ = ("size", "_items", "_order")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("a memo holds at least one entry")
         self.size = size
         self._items: dict[K, V] = {}
+        # The keys, oldest first. The dict's own order would do, but finding
+        # its first key skips every entry deleted before it (a scan of
+        # hundreds once the memo churns, until the dict is resized).
+        self._order: deque[K] = deque()
 
     def get(self, key: K) -> V | None:
         """The result remembered for ``key``, or ``None``."""
@@ -36,8 +41,11 @@ class Memo(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         """Remember ``value`` for ``key``, forgetting the oldest when full."""
         items = self._items
-        if len(items) >= self.size and key not in items:
-            del items[next(iter(items))]
+        if key not in items:
+            order = self._order
+            if len(order) >= self.size:
+                del items[order.popleft()]
+            order.append(key)
         items[key] = value
 
     def __len__(self) -> int:
