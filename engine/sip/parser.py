@@ -56,6 +56,10 @@ _DATE_RE = re.compile(
 # Call-ID is echoed into every answer and keys dialogs: refuse it empty or with
 # whitespace or control characters (RFC 3261 §25.1 callid = word ["@" word]).
 _BAD_CALL_ID_RE = re.compile(r"[\x00-\x20\x7f]")
+_USUAL_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
+     "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"}
+)
 _NAME_OF = itemgetter(0)  # of a (name, value) header entry
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 _SINGLE = (
@@ -167,25 +171,25 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
     lines = head.split("\n")
     start = lines[0]
     error: str | None = None
-    msg: SipRequest | SipResponse
+    # The usual method and version are known to match their expressions.
     if start[:4].upper() == "SIP/":
         is_request = False
         version, _, after = start.partition(" ")
         code, _, reason = after.partition(" ")
-        if not _VERSION_RE.fullmatch(version):
+        if version != "SIP/2.0" and not _VERSION_RE.fullmatch(version):
             raise ParseError("bad Status-Line", is_request=False)
-        status = _digits_value(code, 3)
-        if len(code) != 3 or status is None or not 100 <= status <= 699:
+        number = _digits_value(code, 3)
+        if len(code) != 3 or number is None or not 100 <= number <= 699:
             raise ParseError("bad status code", is_request=False)
-        msg = SipResponse(status, reason, version=version)
+        status = number
     else:
         is_request = True
         parts = start.split(" ")
         if len(parts) == 3 and parts[0] and parts[1] and parts[2]:
             method, uri, version = parts
-            if not _TOKEN_RE.fullmatch(method):
+            if method not in _USUAL_METHODS and not _TOKEN_RE.fullmatch(method):
                 error = "bad method in Request-Line"
-            elif not _VERSION_RE.fullmatch(version):
+            elif version != "SIP/2.0" and not _VERSION_RE.fullmatch(version):
                 error = "bad SIP version in Request-Line"
         else:
             # Keep what can be read, so that the 400 still gets its headers.
@@ -194,7 +198,6 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
             method = words[0] if words else ""
             uri = words[1] if len(words) > 1 else ""
             version = words[-1] if len(words) > 2 else "SIP/2.0"
-        msg = SipRequest(method, uri, version=version)
 
     items = _usual_header_lines(lines)
     if items is None:
@@ -217,11 +220,16 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
                 entries.append((name, value))
     else:
         entries = items
-    headers = msg.headers = Headers._from_canonical(entries)
+    headers = Headers._from_canonical(entries)
+    msg: SipRequest | SipResponse
+    if is_request:
+        msg = SipRequest(method, uri, headers, version=version)
+    else:
+        msg = SipResponse(status, reason, headers, version=version)
     if error is not None:
         raise ParseError(error, 400, msg, is_request)
 
-    lengths = headers.get_all("Content-Length")
+    lengths = [value for name, value in entries if name == "Content-Length"]
     if len(lengths) > 1:
         raise ParseError("more than one Content-Length header", 400, msg, is_request)
     if lengths:
