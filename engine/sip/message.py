@@ -260,6 +260,17 @@ class SipMessage:
             raise RemoteProtocolError(f"missing {name} header")
         return value
 
+    def _parsed_one(self, parse: Callable[[str], _T], name: str) -> _T:
+        """``_cached(parse, _one(name))`` in one call (the kept views' miss)."""
+        value = self.headers.get(name)
+        if value is None:
+            raise RemoteProtocolError(f"missing {name} header")
+        key = (parse, value)
+        hit = self._typed.get(key)
+        if hit is None:
+            hit = self._typed[key] = parse(value)
+        return hit  # type: ignore[return-value]  # as in _cached
+
     @property
     def via(self) -> list[Via]:
         """Every Via value, top first.
@@ -279,7 +290,7 @@ class SipMessage:
         kept, headers = self._v_top_via, self.headers
         if kept is not None and kept[0] is headers and kept[1] == headers.version:
             return kept[2]
-        value = self._cached(parse_via, self._one("Via"))
+        value = self._parsed_one(parse_via, "Via")
         self._v_top_via = (headers, headers.version, value)
         return value
 
@@ -289,7 +300,7 @@ class SipMessage:
         kept, headers = self._v_from, self.headers
         if kept is not None and kept[0] is headers and kept[1] == headers.version:
             return kept[2]
-        value = self._cached(parse_name_addr, self._one("From"))
+        value = self._parsed_one(parse_name_addr, "From")
         self._v_from = (headers, headers.version, value)
         return value
 
@@ -299,7 +310,7 @@ class SipMessage:
         kept, headers = self._v_to, self.headers
         if kept is not None and kept[0] is headers and kept[1] == headers.version:
             return kept[2]
-        value = self._cached(parse_name_addr, self._one("To"))
+        value = self._parsed_one(parse_name_addr, "To")
         self._v_to = (headers, headers.version, value)
         return value
 
@@ -319,7 +330,7 @@ class SipMessage:
         kept, headers = self._v_cseq, self.headers
         if kept is not None and kept[0] is headers and kept[1] == headers.version:
             return kept[2]
-        value = self._cached(parse_cseq, self._one("CSeq"))
+        value = self._parsed_one(parse_cseq, "CSeq")
         self._v_cseq = (headers, headers.version, value)
         return value
 
