@@ -427,11 +427,6 @@ def _ack_key_2543(request: SipRequest) -> _Key:
     )
 
 
-def _is_2543(request: SipRequest) -> bool:
-    branch = request.top_via.branch
-    return branch is None or not branch.startswith(BRANCH_MAGIC)
-
-
 class _Transaction:
     """What the four machines share: the dispatcher, timers and the queue."""
 
@@ -523,12 +518,19 @@ class _Transaction:
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now`` (those ending the transaction first)."""
         armed = self._armed
+        if len(armed) == 2:  # most fires: the one timer of COMPLETED, ACCEPTED or CONFIRMED
+            events: list[Event] = []
+            if armed[1] <= now:
+                self._armed = ()
+                events = self._process(armed[0], None, now)
+            self._notify()
+            return events
         due = sorted(
             (deadline, _TIMER_PRIORITY[timer], timer)
             for timer, deadline in zip(armed[::2], armed[1::2])
             if deadline <= now
         )
-        events: list[Event] = []
+        events = []
         for deadline, _, timer in due:
             if self._deadlines.get(timer) != deadline:
                 continue  # cancelled by a timer that fired before it
@@ -627,11 +629,15 @@ class _ClientTransaction(_Transaction):
         now: float,
         timers: Timers = DEFAULT_TIMERS,
         outbox: list[tuple[bytes, object]] | None = None,
+        *,
+        key: _Key | None = None,
     ) -> None:
         super().__init__(request, addr, reliable, timers, outbox)
-        if not request.top_via.branch:
-            raise LocalProtocolError("a request needs a top Via with a branch")
-        self.key = client_transaction_key(request)
+        if key is None:  # the layer passes the key it matched the request by
+            if not request.top_via.branch:
+                raise LocalProtocolError("a request needs a top Via with a branch")
+            key = client_transaction_key(request)
+        self.key = key
         self._request_bytes = request.to_bytes()
         self._interval = timers.t1
         self._send(self._request_bytes)
@@ -685,8 +691,10 @@ class InviteClientTransaction(_ClientTransaction):
         now: float,
         timers: Timers = DEFAULT_TIMERS,
         outbox: list[tuple[bytes, object]] | None = None,
+        *,
+        key: _Key | None = None,
     ) -> None:
-        super().__init__(request, addr, reliable, now, timers, outbox)
+        super().__init__(request, addr, reliable, now, timers, outbox, key=key)
         self.state = S.CALLING
         self._ack_bytes = b""  # set when the ACK is built, in COMPLETED
         if not reliable:
@@ -789,8 +797,10 @@ class NonInviteClientTransaction(_ClientTransaction):
         now: float,
         timers: Timers = DEFAULT_TIMERS,
         outbox: list[tuple[bytes, object]] | None = None,
+        *,
+        key: _Key | None = None,
     ) -> None:
-        super().__init__(request, addr, reliable, now, timers, outbox)
+        super().__init__(request, addr, reliable, now, timers, outbox, key=key)
         self.state = S.TRYING
         if not reliable:
             self._arm(I.TIMER_E, timers.t1, now)  # §17.1.2.2
@@ -940,14 +950,13 @@ class _ServerTransaction(_Transaction):
         """
         request = self._request
         if isinstance(request, SipRequest):
+            # Written as SipMessage.to_bytes writes a request of these
+            # headers and no body, without building that request first.
             keep = _IDENTIFYING
-            slim = SipRequest(request.method, request.uri_text, version=request.version)
-            items = slim.headers._items
-            for name, value in request.headers:
-                if name in keep:
-                    items.append((name, value))
-            slim.headers.version += 1
-            self._request = slim.to_bytes()
+            lines = [f"{request.method} {request.uri_text} {request.version}"]
+            lines += [f"{name}: {value}" for name, value in request.headers if name in keep]
+            lines.append("Content-Length: 0\r\n\r\n")
+            self._request = "\r\n".join(lines).encode("utf-8", errors="surrogateescape")
         self._last_response = weakref.ref(response)  # type: ignore[assignment]
         if response.status < 300 and isinstance(self, InviteServerTransaction):
             _WIRE[response] = data
@@ -1216,7 +1225,8 @@ class TransactionLayer:
         self, request: SipRequest, addr: object, reliable: bool, now: float
     ) -> list[Event]:
         method = request.method
-        rfc2543 = _is_2543(request)
+        key = _server_key(request, "INVITE" if method == "ACK" else method)
+        rfc2543 = len(key) == 7  # the fallback's fields: no z9hG4bK branch
         server: ServerTransaction | None
         if method == "ACK":
             if rfc2543:
@@ -1225,11 +1235,10 @@ class TransactionLayer:
                 if server is not None and server.response_to_tag != request.to.tag:
                     server = None
             else:
-                server = self._server.get(_server_key(request, "INVITE"))
+                server = self._server.get(key)
             if server is None:
                 return [RequestReceived(request, addr, None)]
             return server.receive_request(request, now)
-        key = _server_key(request, method)
         server = self._server.get(key)
         if server is not None:
             return server.receive_request(request, now)  # a retransmission
@@ -1288,9 +1297,9 @@ class TransactionLayer:
             raise LocalProtocolError(f"a client transaction already uses branch {key[0]}")
         tx: ClientTransaction
         if method == "INVITE":
-            tx = InviteClientTransaction(request, addr, reliable, now, self.timers, self._outbox)
+            tx = InviteClientTransaction(request, addr, reliable, now, self.timers, self._outbox, key=key)
         else:
-            tx = NonInviteClientTransaction(request, addr, reliable, now, self.timers, self._outbox)
+            tx = NonInviteClientTransaction(request, addr, reliable, now, self.timers, self._outbox, key=key)
         tx._layer = self
         self._client[key] = tx
         self._reschedule(tx)
