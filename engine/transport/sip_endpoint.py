@@ -669,9 +669,10 @@ class SipEndpoint:
 
     def _on_message_bytes(self, data: bytes, peer: Peer, stream: bool) -> None:
         received_at = time.monotonic()  # the INVITE-to-CallAlerting latency starts here
+        now = self.clock()
         self.stats["received"] += 1
         policy = self.policy
-        if self.admission.is_banned(peer.host, self.clock()):
+        if self.admission.is_banned(peer.host, now):
             self.stats["banned"] += 1
             return
         if self.overload.level and data[:7] == b"INVITE " and self._shed(data, peer):
@@ -680,13 +681,12 @@ class SipEndpoint:
             msg = parse_message(data, stream=stream)
         except ParseError as exc:
             self.stats["malformed"] += 1
-            self._answer_malformed(exc, peer, self.clock())
+            self._answer_malformed(exc, peer, now)
             return
         except Exception:  # a parser bug must never take the server down
             self.stats["malformed"] += 1
             logger.exception("parser failure on message from %s", peer.host)
             return
-        now = self.clock()
         if isinstance(msg, SipRequest):
             msg.received_at = received_at
             source = peer
@@ -724,9 +724,8 @@ class SipEndpoint:
                     top.params["received"] = peer.host
                     if "rport" in top.params or peer.transport == "UDP":
                         top.params["rport"] = str(peer.port)
-                    msg.headers.remove_first("Via")
                     text = str(top)
-                    msg.headers.prepend("Via", text)
+                    _replace_top_via(msg.headers, text)
                     msg.remember(parse_via, text, top)  # no parsing back what we wrote
             except RemoteProtocolError:
                 return
@@ -1213,6 +1212,28 @@ class SipEndpoint:
         events = self.layer.handle_timer(self.clock())
         self._dispatch(events)
         self._flush()
+
+
+def _replace_top_via(headers: Headers, text: str) -> None:
+    """Put ``text`` in place of the first Via value, as removing it and
+    prepending ``text`` would: before the next Via, else first of all.
+
+    A request's Via lines nearly always come first and together: then the
+    first is replaced where it stands, without the two searches by name.
+    """
+    items = headers._items
+    if items and items[0][0] == "Via":
+        following = 1  # where the next Via is (1 when there is none)
+        for i in range(1, len(items)):
+            if items[i][0] == "Via":
+                following = i
+                break
+        if following == 1:
+            items[0] = ("Via", text)
+            headers.version += 1
+            return
+    headers.remove_first("Via")
+    headers.prepend("Via", text)
 
 
 def _connect_failure(peer: Peer, name: str | None, exc: BaseException) -> str:
