@@ -47,7 +47,7 @@ from typing import Iterable, Mapping
 
 from engine import entropy
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
-from engine.sip.headers import NameAddr, canonical_name
+from engine.sip.headers import CSeq, NameAddr, canonical_name, parse_cseq
 from engine.sip.message import Headers, SipMessage, SipRequest, SipResponse
 from engine.sip.uri import SipUri, Uri
 
@@ -149,8 +149,8 @@ class Dialog:
         "_remote_tag",
         "local_seq",
         "remote_seq",
-        "local_uri",
-        "remote_uri",
+        "_local_uri",
+        "_remote_uri",
         "_remote_target",
         "_route_set",
         "local_contact",
@@ -182,8 +182,10 @@ class Dialog:
         self._remote_tag = remote_tag
         self.local_seq = local_seq
         self.remote_seq = remote_seq
-        self.local_uri = local_uri
-        self.remote_uri = remote_uri
+        # Kept as given (a tag included: create_uas hands its request's
+        # own To and From), stripped when first read.
+        self._local_uri = local_uri
+        self._remote_uri = remote_uri
         self._remote_target = remote_target
         self._route_set = route_set
         self.local_contact = local_contact
@@ -213,6 +215,32 @@ class Dialog:
     @remote_tag.setter
     def remote_tag(self, value: str) -> None:
         self._remote_tag = value
+        self._remote_text = None
+
+    @property
+    def local_uri(self) -> NameAddr:
+        """Our From (UAC) or To (UAS) address, without tag."""
+        addr = self._local_uri
+        if "tag" in addr.params:
+            addr = self._local_uri = _without_tag(addr)
+        return addr
+
+    @local_uri.setter
+    def local_uri(self, value: NameAddr) -> None:
+        self._local_uri = value
+        self._local_text = None
+
+    @property
+    def remote_uri(self) -> NameAddr:
+        """The peer's address, without tag."""
+        addr = self._remote_uri
+        if "tag" in addr.params:
+            addr = self._remote_uri = _without_tag(addr)
+        return addr
+
+    @remote_uri.setter
+    def remote_uri(self, value: NameAddr) -> None:
+        self._remote_uri = value
         self._remote_text = None
 
     @property
@@ -276,8 +304,8 @@ class Dialog:
             remote_tag=from_.tag or "",
             local_seq=local_seq if local_seq is not None else entropy.randbelow(2**30),
             remote_seq=request.cseq.number,
-            local_uri=_without_tag(to),
-            remote_uri=_without_tag(from_),
+            local_uri=to,  # its tag is dropped when read (local_uri)
+            remote_uri=from_,
             remote_target=target,
             route_set=routes,
             local_contact=local_contact,
@@ -440,13 +468,16 @@ class Dialog:
             self._local_text = _with_tag(self.local_uri, self.local_tag)
         if self._remote_text is None:
             self._remote_text = _with_tag(self.remote_uri, self._remote_tag)
+        cseq_text = f"{cseq} {method}"
+        # Every name below is canonical already (the extra ones are made
+        # so): the headers adopt the list as it is.
         items = [("Route", route) for route in routes]
         items += [
             ("Max-Forwards", "70"),
             ("From", self._local_text),
             ("To", self._remote_text),
             ("Call-ID", self.call_id),
-            ("CSeq", f"{cseq} {method}"),
+            ("CSeq", cseq_text),
         ]
         if method in _CONTACT_METHODS and self.local_contact:
             items.append(("Contact", self.local_contact))
@@ -455,7 +486,11 @@ class Dialog:
             items += [(canonical_name(name), value) for name, value in pairs]
         if content_type is not None:
             items.append(("Content-Type", content_type))
-        return SipRequest(method, uri, Headers(items), body)
+        request = SipRequest(method, uri, Headers._from_canonical(items), body)
+        # The transaction layer keys the request by its CSeq at once: no
+        # parsing back what was just written.
+        request.remember(parse_cseq, cseq_text, CSeq(cseq, method))
+        return request
 
     # ------------------------------------------------------------ input
 
