@@ -326,8 +326,12 @@ class InviteSession:
 
     def get_timer(self) -> float | None:
         """The next deadline, or ``None``."""
-        due = [t for t in (self._rt_next, self._no_answer_at) if t is not None]
-        return min(due) if due else None
+        retransmit, no_answer = self._rt_next, self._no_answer_at
+        if retransmit is None:
+            return no_answer
+        if no_answer is None:
+            return retransmit
+        return min(retransmit, no_answer)
 
     def handle_timer(self, now: float) -> list[Event]:
         """Run what is due at ``now``."""
