@@ -293,7 +293,9 @@ class Dialog:
         if not contacts:
             raise RemoteProtocolError("missing Contact header")
         target = _sip_uri(contacts[0].uri, "Contact")
-        routes = request.name_addrs("Record-Route")
+        route_texts = request.headers.get_all("Record-Route")
+        # Most calls come without Record-Route: no second search for none.
+        routes = request.name_addrs("Record-Route") if route_texts else []
         for route in routes:
             _sip_uri(route.uri, "Record-Route")
         to = request.to
@@ -315,7 +317,7 @@ class Dialog:
         to_text = request.headers.get("To") or ""
         dialog._local_text = to_text if to.tag else f"{to_text};tag={local_tag}"
         dialog._remote_text = request.headers.get("From")
-        dialog._route_texts = request.headers.get_all("Record-Route")
+        dialog._route_texts = route_texts
         return dialog
 
     @classmethod
