@@ -131,6 +131,9 @@ def udp_queue_fill(sock: socket.socket) -> tuple[float, int]:
 # Header names of the quick 503 (RFC 3261 §7.3.3 compact forms included).
 _QUICK_NAMES = {b"via": "via", b"v": "via", b"from": "from", b"f": "from", b"to": "to", b"t": "to",
                 b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq"}
+#: What a keep-alive datagram is made of (RFC 5626 §4.4.1 CRLFs, and the
+#: NULs and spaces some phones send).
+_KEEPALIVE_BYTES = b"\r\n\x00 "
 _BARE_RPORT = re.compile(rb";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
 
 
@@ -656,8 +659,8 @@ class SipEndpoint:
         if len(data) > self.policy.max_message:
             self.stats["dropped"] += 1
             return
-        if not data.strip(b"\r\n\x00 "):
-            return  # keep-alive
+        if data[:1] in _KEEPALIVE_BYTES and not data.strip(_KEEPALIVE_BYTES):
+            return  # keep-alive (a message begins with a letter: no copy of it to tell)
         # One Peer per source address, shared: a Peer is kept by each of the
         # tens of thousands of transactions that outlive their call.
         peer = self._peers.get(addr)
