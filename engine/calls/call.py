@@ -29,6 +29,7 @@ import enum
 import functools
 import inspect
 import logging
+import operator
 import os
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ logger = logging.getLogger(__name__)
 #: Seconds after a call ends when its listeners are dropped (late events
 #: such as a retransmitted BYE's are over by then).
 RELEASE_AFTER = 0.1
+
+#: What every call does as it ends (:attr:`Call.on_ended`): calls of its
+#: methods, made once for all calls rather than three closures a call.
+_STOP_PLAYBACK = operator.methodcaller("stop_playback")
+_STOP_DIGITS = operator.methodcaller("_stop_digits")
+_STOP_RECOGNITION = operator.methodcaller("stop_recognition")
 
 #: Digits kept for the next :meth:`Call.collect_tones` at most.
 TYPEAHEAD_MAX = 32
@@ -174,7 +181,12 @@ class CallState(str, enum.Enum):
 
     @property
     def ended(self) -> bool:
-        return self in (CallState.DISCONNECTED, CallState.FAILED)
+        return self in _ENDED
+
+
+#: The end states (``state.ended``); the call's own hot paths test
+#: membership here, without the property's call.
+_ENDED = frozenset({CallState.DISCONNECTED, CallState.FAILED})
 
 
 class CallError(Exception):
@@ -323,6 +335,10 @@ class CallEvent(ExtraFields):
     body: bytes | None = None
     mime_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: The fields of :class:`CallEvent`; any other goes in its ``extra``.
+_EVENT_FIELDS = frozenset(CallEvent.__dataclass_fields__)
 
 
 class Dispatcher(Protocol):
@@ -697,7 +713,14 @@ class Emitter(AsyncIOEventEmitter):
     listen to each). pyee takes its lock and copies the handler list even
     then, and every ``on()`` emits ``new_listener``, which nothing here
     listens to: about 40 Python calls a call. Reads pyee's ``_events``
-    (pyee 13; ``tests/unit/test_call_events.py`` pins it)."""
+    (pyee 13; ``tests/unit/test_call_events.py`` pins it).
+
+    An event somebody listens to runs its handlers here too, as pyee's
+    ``AsyncIOEventEmitter`` does (a handler's exception goes to ``error``,
+    a coroutine or future it returns is scheduled by pyee's own code), but
+    without pyee's four nested calls, its lock (events are emitted on the
+    event loop's thread) and its coroutine check of a handler that returned
+    ``None``, as the engine's own handlers do."""
 
     def listened(self, event: str) -> bool:
         """Whether ``event`` has a handler (or is ``error``, which raises
@@ -705,9 +728,31 @@ class Emitter(AsyncIOEventEmitter):
         return event == "error" or event in self._events
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
-        if event != "error" and event not in self._events:
+        handlers = self._events.get(event)
+        if not handlers:
+            if event == "error":  # pyee raises it: nobody handles it
+                return super().emit(event, *args, **kwargs)
             return False
-        return super().emit(event, *args, **kwargs)
+        for handler in list(handlers.values()):  # a handler may add or remove handlers
+            try:
+                result = handler(*args, **kwargs)
+            except Exception as exc:
+                self.emit("error", exc)
+                continue
+            if result is not None:
+                AsyncIOEventEmitter._emit_run(self, lambda: result, (), {})
+        return True
+
+    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
+        """pyee's, without its ``new_listener`` event when nobody listens to
+        that (nothing in the engine does) and without its lock (handlers are
+        added on the event loop's thread)."""
+        if "new_listener" in self._events:
+            self.emit("new_listener", event, k)
+        handlers = self._events.get(event)
+        if handlers is None:
+            handlers = self._events[event] = collections.OrderedDict()
+        handlers[k] = v
 
 
 class Listeners:
@@ -726,7 +771,7 @@ class Listeners:
             self._dispatch(handler, ev)
 
         run.__wrapped__ = handler  # type: ignore[attr-defined]
-        self.emitter.on(name, run)
+        self.emitter.add_listener(name, run)
 
     on = add_event_listener
 
@@ -793,7 +838,9 @@ class Call(PlaybackMixin, Listeners):
         self.emitter = Emitter()
         self.end_code: int | None = None
         self.end_reason: str | None = None
-        self._state_waiters: list[asyncio.Future[CallState]] = []
+        #: What answer() returned and waits for the call to connect (made
+        #: by the first such future: most calls have one, some none).
+        self._connect_waiters: list[asyncio.Future[None]] | None = None
         #: Whether the call ever reached ``CONNECTED`` (it stays true after the end).
         self.was_connected = False
         #: When the call was first connected (seconds since the epoch), for call records.
@@ -810,16 +857,16 @@ class Call(PlaybackMixin, Listeners):
         #: the first read of :attr:`typeahead`; most calls get no digit.)
         self._typeahead: collections.deque[str] | None = None
         self._playback: Playback | None = None
-        self.on_ended.append(lambda call: call.stop_playback())
+        self.on_ended.append(_STOP_PLAYBACK)
         #: The engine's media graph (:mod:`engine.calls.conference`); the session
         #: that adopts the call sets it.
         self.graph: MediaRouter | None = None
         #: send_digits() handles not yet done, in order (the first is sending).
         self._digit_actions: list[SendDigitsAction] = []
-        self.on_ended.append(lambda call: call._stop_digits())
+        self.on_ended.append(_STOP_DIGITS)
         #: The running start_recognition() (a callable that stops it), if any.
         self._recognition: Callable[[], None] | None = None
-        self.on_ended.append(lambda call: call.stop_recognition())
+        self.on_ended.append(_STOP_RECOGNITION)
 
     @property
     def typeahead(self) -> collections.deque[str]:
@@ -842,11 +889,14 @@ class Call(PlaybackMixin, Listeners):
     # -- events ----------------------------------------------------------------
 
     def _emit(self, name: CallEvents, **fields: Any) -> None:
-        text = str(name)
+        text: str = name._value_  # str(name), without a call of its __str__
         if not self.emitter.listened(text):
             return  # no event object for nobody
-        extra = {k: fields.pop(k) for k in list(fields) if k not in CallEvent.__dataclass_fields__}
-        event = CallEvent(text, self, extra=extra, **fields)
+        if fields.keys() <= _EVENT_FIELDS:  # most events: no extra field
+            event = CallEvent(text, self, **fields)
+        else:
+            extra = {k: fields.pop(k) for k in list(fields) if k not in _EVENT_FIELDS}
+            event = CallEvent(text, self, extra=extra, **fields)
         self.emitter.emit(text, event)
 
     def wait_for(self, event: str | CallEvents, timeout: float | None = None) -> Awaitable[CallEvent]:
@@ -880,29 +930,27 @@ class Call(PlaybackMixin, Listeners):
     def _set_state(self, state: CallState) -> None:
         """Move to ``state``. An ended call keeps its end state: later
         changes are ignored, so the end callbacks run once."""
-        if self.state.ended or state == self.state:
+        if self.state in _ENDED or state == self.state:
             return
         self.state = state
         if state == CallState.CONNECTED:
             self.was_connected = True
             if self.connected_at is None:
                 self.connected_at = time.time()
-        self.log.info("state %s", state.value)
-        if state.ended:
+        if logger.isEnabledFor(logging.INFO):  # the call's adapter is made only to log
+            self.log.info("state %s", state.value)
+        ended = state in _ENDED
+        if ended:
             for cb in self.on_ended:
                 try:
                     cb(self)
                 except Exception:
                     self.log.exception("end callback failed")
-        waiters, self._state_waiters = self._state_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(state)
-
-    async def _wait_state_change(self) -> CallState:
-        fut: asyncio.Future[CallState] = asyncio.get_running_loop().create_future()
-        self._state_waiters.append(fut)
-        return await fut
+        waiters = self._connect_waiters
+        if waiters is not None and (self.was_connected or ended):
+            self._connect_waiters = None
+            for fut in waiters:
+                self._settle_connected(fut)
 
     def _finish(self, state: CallState, event: CallEvents, code: int | None, reason: str | None,
                 headers: dict[str, str] | None = None) -> None:
@@ -922,7 +970,7 @@ class Call(PlaybackMixin, Listeners):
 
     def _conclude(self, state: CallState, code: int | None, reason: str | None) -> bool:
         """Set the end state (without emitting); ``False`` if already ended."""
-        if self.state.ended:
+        if self.state in _ENDED:
             return False
         self.end_code, self.end_reason = code, reason
         self._set_state(state)
@@ -1609,24 +1657,36 @@ class Call(PlaybackMixin, Listeners):
         """This call's party was joined to a transfer's target in the media
         graph: a leg whose far end can be told (a browser) says so."""
 
-    async def _await_connected(self) -> None:
-        """Return once the call has connected (even if it has ended since,
-        say hung up before this coroutine ran); raise :class:`CallError` if
-        the call ends without connecting."""
-        while not self.was_connected:
-            if self.state.ended:
-                raise CallError(f"call ended before it connected ({self.end_code} {self.end_reason})")
-            await self._wait_state_change()
-
     def _connected_future(self) -> asyncio.Future[None]:
-        """What ``answer()`` returns: a future done once connected, failing
-        with :class:`CallError` if the call ends first. Awaiting it is
-        optional (VoxEngine style): when nobody does, its failure is not
+        """What ``answer()`` returns: a future done once the call has
+        connected (even if it has ended since), failing with
+        :class:`CallError` if the call ends without connecting. Awaiting it
+        is optional (VoxEngine style): when nobody does, its failure is not
         reported again as "exception never retrieved", since the call's
-        Failed or Disconnected event already tells."""
-        fut = asyncio.ensure_future(self._await_connected())
+        Failed or Disconnected event already tells.
+
+        A plain future that :meth:`_set_state` settles, not a task waiting
+        for the state to change: a task and its wake-ups were about a
+        fiftieth of an answered call's cost."""
+        fut: asyncio.Future[None] = asyncio.get_event_loop().create_future()
         fut.add_done_callback(_collect)
+        if self.was_connected or self.state.ended:
+            self._settle_connected(fut)
+        elif self._connect_waiters is None:
+            self._connect_waiters = [fut]
+        else:
+            self._connect_waiters.append(fut)
         return fut
+
+    def _settle_connected(self, fut: asyncio.Future[None]) -> None:
+        """Resolve one of :meth:`_connected_future`'s futures: the call has
+        connected, or it ended first."""
+        if fut.done():  # cancelled by whoever awaited it
+            return
+        if self.was_connected:
+            fut.set_result(None)
+        else:
+            fut.set_exception(CallError(f"call ended before it connected ({self.end_code} {self.end_reason})"))
 
 
 class InternalCall(Call):

@@ -27,6 +27,7 @@ Outbound::
 from __future__ import annotations
 
 import asyncio
+import operator
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from engine.calls.call import (
@@ -65,6 +66,9 @@ __all__ = ["ALLOW", "SipCall", "SipLegOwner", "SipLegSettings", "TransferRequest
            "received_headers"]
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, REGISTER, REFER, NOTIFY"
+
+#: What a leg does as it ends (one for all legs, not a closure a leg).
+_CLEANUP = operator.methodcaller("_cleanup")
 
 #: Seconds a scenario has to accept or reject a REFER before it gets 603.
 TRANSFER_DECISION_TIMEOUT = 8.0
@@ -174,7 +178,7 @@ class SipCall(Call):
         self._refer_client: ReferClient | None = None
         self._refer_plan: tuple[str | Call, str | None, str | None] | None = None
         self._refer_timer: asyncio.TimerHandle | None = None
-        self.on_ended.append(lambda call: self._cleanup())
+        self.on_ended.append(_CLEANUP)
 
     @property
     def dialog(self) -> Dialog | None:

@@ -202,13 +202,11 @@ class Session(Listeners):
     # -- events ------------------------------------------------------------------
 
     # add_event_listener / remove_event_listener: Listeners; the session runs
-    # its own listeners (in its context; failures end it)
-
-    def _dispatch(self, handler: Callable[..., Any], event: Any) -> None:
-        self.run_listener(handler, event)
+    # its own listeners (in its context; failures end it): its _dispatch is
+    # run_listener
 
     def emit(self, event: AppEvents, **fields: Any) -> None:
-        name = str(event)
+        name: str = event._value_  # str(event), without a call of its __str__
         if self.emitter.listened(name):  # no event object for nobody
             self.emitter.emit(name, AppEvent(name, self.id, **fields))
 
@@ -220,13 +218,18 @@ class Session(Listeners):
         if since is not None:  # the CallAlerting handler is entered (issue 17's latency)
             self.alerting_since = None
             self.runtime.invite_to_alerting.observe(time.monotonic() - since)
-        try:
-            result = self._run(handler, event)
+        try:  # self._run(handler, event), without its call: it runs for every event
+            if _current.get(None) is self:
+                result = handler(event)
+            else:
+                result = self.ctx.copy().run(handler, event)
         except Exception as exc:
             self.fail(exc)
             return
         if result is not None and inspect.isawaitable(result):  # most listeners return None
             self.spawn(result)
+
+    _dispatch = run_listener
 
     def spawn(self, awaitable: Any) -> asyncio.Task[Any]:
         """Run an awaitable as part of this session: cancelled at termination,

@@ -268,20 +268,26 @@ def test_state_names_and_ended() -> None:
     assert str(CallEvents.Connected) == "Connected"
 
 
-async def test_await_connected_raises_when_the_call_ends_first() -> None:
-    """Check _await_connected raises CallError with the end code when the
-    call ends before connecting, and returns once it connects."""
+async def test_connected_future_raises_when_the_call_ends_first() -> None:
+    """Check the future answer() returns fails with CallError and the end
+    code when the call ends before connecting, resolves once it connects,
+    and is already settled when made after either."""
     call = plain(state=CallState.ALERTING)
-    waiting = asyncio.ensure_future(call._await_connected())
+    waiting = call._connected_future()
     await asyncio.sleep(0)
+    assert not waiting.done()
     call._finish(CallState.FAILED, CallEvents.Failed, 486, "Busy Here")
     with pytest.raises(CallError, match="486 Busy Here"):
         await waiting
+    with pytest.raises(CallError, match="486 Busy Here"):
+        await call._connected_future()
     other = plain(state=CallState.ALERTING)
-    waiting = asyncio.ensure_future(other._await_connected())
+    waiting = other._connected_future()
     await asyncio.sleep(0)
     other._set_state(CallState.CONNECTED)
     await waiting
+    other._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 200, "Hangup")
+    await other._connected_future()
 
 
 # -- internal calls ------------------------------------------------------------------

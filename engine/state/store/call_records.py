@@ -64,12 +64,15 @@ class SqliteCallRecords(SqliteConnection):
         :param record: a mapping with string keys and JSON values (no NaN).
         :raises InvalidValue: ``record`` is not such a mapping.
         """
-        if not isinstance(record, Mapping):
+        # A dict (the runtime's records) is taken as it is: the mapping
+        # check is an ABC's, in Python, and the encoder needs a dict anyway.
+        plain = type(record) is dict
+        if not plain and not isinstance(record, Mapping):
             raise InvalidValue("record", "must be a mapping")
         if not all(map(isinstance, record, repeat(str))):  # in C: no generator step a key
             raise InvalidValue("record", "keys must be strings")
         try:
-            data = _ENCODER.encode(dict(record))
+            data = _ENCODER.encode(record if plain else dict(record))
         except (TypeError, ValueError) as exc:
             raise InvalidValue("record", f"must be JSON-serialisable: {exc}") from None
         call_id = record.get("call_id")
