@@ -771,7 +771,7 @@ class Listeners:
             self._dispatch(handler, ev)
 
         run.__wrapped__ = handler  # type: ignore[attr-defined]
-        self.emitter.add_listener(name, run)
+        self.emitter._add_event_handler(name, run, run)  # add_listener's own step (same module)
 
     on = add_event_listener
 

@@ -27,6 +27,7 @@ Outbound::
 from __future__ import annotations
 
 import asyncio
+import functools
 import operator
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
@@ -172,13 +173,17 @@ class SipCall(Call):
         self._timer: asyncio.TimerHandle | None = None
         # Transfer (RFC 3515): REFERs the peer may still send, the
         # subscription of one we accepted, the one we sent, and their timer.
-        self._refer_budget = ReferBudget()
         self._transfer: TransferRequest | None = None
         self._notifier: ReferNotifier | None = None
         self._refer_client: ReferClient | None = None
         self._refer_plan: tuple[str | Call, str | None, str | None] | None = None
         self._refer_timer: asyncio.TimerHandle | None = None
         self.on_ended.append(_CLEANUP)
+
+    @functools.cached_property
+    def _refer_budget(self) -> ReferBudget:
+        """REFERs the peer may still send (made by the first: most calls get none)."""
+        return ReferBudget()
 
     @property
     def dialog(self) -> Dialog | None:
@@ -274,15 +279,18 @@ class SipCall(Call):
         self._send_response(response)
 
     def _response(self, status: int, reason: str | None = None, headers: dict[str, str] | None = None,
-                  body: bytes = b"") -> SipResponse:
+                  body: bytes = b"", contact: str | None = None) -> SipResponse:
+        """A response to the INVITE; ``contact``: our Contact, when the
+        caller has it already (else :meth:`_contact`)."""
         assert self.invite is not None
         resp = self.invite.create_response(status, reason, to_tag=self.local_tag)
         if status != 100:
-            resp.headers.add("Contact", self._contact())
+            resp.headers.add("Contact", contact if contact is not None else self._contact())
         resp.headers.add("Server", self.ua.config.user_agent)
         if 200 <= status < 300:
             resp.headers.add("Allow", ALLOW)
-        add_headers(resp, headers)
+        if headers:
+            add_headers(resp, headers)
         if body:
             resp.headers.add("Content-Type", "application/sdp")
             resp.body = body
@@ -337,9 +345,10 @@ class SipCall(Call):
             body = self._local_answer()
             if body is None:
                 return self._connected_future()
-            response = self._response(200, headers=headers, body=body)
+            contact = self._contact()
+            response = self._response(200, headers=headers, body=body, contact=contact)
             assert self.invite is not None and self.session is not None
-            self.session.send_answer(response, _dialog_request(self.invite), self._contact(),
+            self.session.send_answer(response, _dialog_request(self.invite), contact,
                                      self.ua.clock(), self.media.local_sdp if self.media else None)
             self.ua.register_dialog(self)
             self._send_response(response)
@@ -500,7 +509,8 @@ class SipCall(Call):
         bye = self.session.end_session()
         self._arm()
         assert bye is not None
-        add_headers(bye, headers)
+        if headers:
+            add_headers(bye, headers)
         self.ua.endpoint.send_request(bye, self.peer, lambda resp: None)
 
     def _in_dialog_request(self, method: str, content_type: str, body: bytes,

@@ -255,7 +255,10 @@ class ScenarioRuntime:
         security_event_throttled(self.directory, time.monotonic(), "cap_reached", src, cap="sessions",
                                  what=what, limit=self.max_sessions)
 
-    def _start(self, session: Session) -> Session:
+    def _start(self, session: Session, call_follows: bool = False) -> Session:
+        """Load ``session`` and emit ``Started``; then its idle countdown
+        starts unless ``call_follows`` (:meth:`_alert` offers it a call at
+        once, and arms the countdown itself if that call has ended)."""
         try:
             TaskFactory.install(asyncio.get_running_loop())
         except RuntimeError:  # no running loop: nothing asynchronous can start
@@ -269,7 +272,7 @@ class ScenarioRuntime:
             session.fail(exc)
             raise
         session.emit(AppEvents.Started)
-        if not session.calls and not session.terminated:
+        if not call_follows and not session.calls and not session.terminated:
             session.arm_idle()
         return session
 
@@ -295,8 +298,9 @@ class ScenarioRuntime:
             return
         if rule.srtp is not None:
             call.srtp = rule.srtp  # the leg's media follows its rule (engine.calls.sip_media)
-        try:
-            session = self.start_session(rule)
+        try:  # start_session's, without arming an idle timer the call cancels at once
+            self._check_capacity()
+            session = self._start(Session(self, rule), call_follows=True)
         except SessionLimitReached:
             self._session_cap_event(call.source, "call")
             if call.state == CallState.ALERTING:

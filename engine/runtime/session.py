@@ -388,7 +388,7 @@ class Session(Listeners):
         lines.append(line)
         if len(lines) > LOG_LINES_KEPT:
             del lines[0]
-        self.runtime.append_log(self.id, line)
+        self.runtime.logs.append(self.id, line)  # runtime.append_log's one step
 
     # -- ending ----------------------------------------------------------------
 
