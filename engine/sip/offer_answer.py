@@ -44,8 +44,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.sip.errors import LocalProtocolError, RemoteProtocolError
+from engine.sip.memo import Memo
 from engine.sip.sdp import (
     SRTP_SUITES,
+    Attribute,
     Connection,
     CryptoAttribute,
     Direction,
@@ -97,7 +99,9 @@ class Codec:
 
     def matches(self, rtpmap: RtpMap) -> bool:
         """Return whether ``rtpmap`` describes this codec: same name (ignoring case), rate and channels."""
-        return _same_format(self.rtpmap, rtpmap)
+        # _same_format's test, without making an RtpMap of this codec (once per offered format per call)
+        return (self.clock_rate == rtpmap.clock_rate and self.channels == rtpmap.channels
+                and self.name.lower() == rtpmap.encoding_name.lower())
 
     @property
     def rtpmap(self) -> RtpMap:
@@ -228,9 +232,10 @@ def _payload_types(media: MediaDescription) -> list[tuple[int, RtpMap]]:
     result = []
     for fmt in media.formats:
         if fmt.isascii() and fmt.isdecimal():
-            mapping = rtpmap.get(int(fmt)) or _STATIC_PAYLOAD_TYPES.get(int(fmt))
+            pt = int(fmt)
+            mapping = rtpmap.get(pt) or _STATIC_PAYLOAD_TYPES.get(pt)
             if mapping is not None:
-                result.append((int(fmt), mapping))
+                result.append((pt, mapping))
     return result
 
 
@@ -254,7 +259,8 @@ def _is_comfort_noise(rtpmap: RtpMap) -> bool:
 
 def _is_codec(rtpmap: RtpMap) -> bool:
     """Whether a format can carry the audio itself (not events, not CN)."""
-    return not _is_telephone_event(rtpmap) and not _is_comfort_noise(rtpmap)
+    name = rtpmap.encoding_name.lower()
+    return name != "telephone-event" and name != "cn"
 
 
 def _comfort_noise_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> int | None:
@@ -267,17 +273,59 @@ def _build_media(
     proto: str = "RTP/AVP", crypto: Sequence[CryptoAttribute] = (),
 ) -> MediaDescription:
     """Build an m= section for ``codecs``, whose payload types are all set."""
-    media = MediaDescription(kind, port, proto, [str(c.payload_type) for c in codecs])
+    formats, attributes = _format_attributes(kind, codecs, ptime)
+    return _media(kind, port, proto, formats, attributes, direction, crypto)
+
+
+def _format_attributes(
+    kind: str, codecs: Sequence[Codec], ptime: int | None
+) -> tuple[tuple[str, ...], tuple[Attribute, ...]]:
+    """The m= line's formats and their attributes (rtpmap, fmtp, ptime)."""
+    attributes: list[Attribute] = []
     for codec in codecs:
         # Write an rtpmap even for static types: RFC 8866 section 6.6 recommends it.
-        media.attributes.append(("rtpmap", f"{codec.payload_type} {codec.rtpmap}"))
+        attributes.append(("rtpmap", f"{codec.payload_type} {codec.rtpmap}"))
         if codec.fmtp:
-            media.attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
+            attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
     if ptime and kind == "audio":
-        media.attributes.append(("ptime", str(ptime)))
-    media.attributes.extend(("crypto", str(c)) for c in crypto)
-    media.direction = direction
-    return media
+        attributes.append(("ptime", str(ptime)))
+    return tuple(str(c.payload_type) for c in codecs), tuple(attributes)
+
+
+def _media(
+    kind: str, port: int, proto: str, formats: tuple[str, ...], attributes: tuple[Attribute, ...],
+    direction: Direction, crypto: Sequence[CryptoAttribute],
+) -> MediaDescription:
+    """An m= section: the formats' attributes, then SDES keys, then the direction."""
+    return MediaDescription(kind, port, proto, list(formats),
+                            attributes=[*attributes, *(("crypto", str(c)) for c in crypto), (direction, None)])
+
+
+#: An answer's formats and attributes (see :func:`_format_attributes`) by
+#: what decides them: the codec, its payload type, those of telephone-event
+#: and CN, the ptime and the kind. Calls from the same phones answer with
+#: the same text, so it is written once.
+_ANSWER_FORMATS: Memo[
+    tuple[Codec, int, int | None, int | None, int | None, str], tuple[tuple[str, ...], tuple[Attribute, ...]]
+] = Memo(64)
+
+
+def _answer_formats(
+    kind: str, codec: Codec, pt: int, te_pt: int | None, cn_pt: int | None, ptime: int | None
+) -> tuple[tuple[str, ...], tuple[Attribute, ...]]:
+    """The formats and attributes of an answer that picked ``codec`` as ``pt``,
+    with telephone-event and CN at its clock rate when their numbers are given."""
+    key = (codec, pt, te_pt, cn_pt, ptime, kind)
+    known = _ANSWER_FORMATS.get(key)
+    if known is None:
+        answer_codecs = [dataclasses.replace(codec, payload_type=pt)]
+        if te_pt is not None:
+            answer_codecs.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=codec.clock_rate, payload_type=te_pt))
+        if cn_pt is not None:
+            answer_codecs.append(dataclasses.replace(COMFORT_NOISE, clock_rate=codec.clock_rate, payload_type=cn_pt))
+        known = _format_attributes(kind, answer_codecs, ptime)
+        _ANSWER_FORMATS.put(key, known)
+    return known
 
 
 def _build_session(
@@ -404,13 +452,8 @@ def create_answer(
     accepted: dict[str, NegotiatedMedia] = {}
     why: str | None = None
     for index, media in enumerate(offer.media):
-        ours = [c for c in codecs if c.kind == media.kind]
         formats = _payload_types(media)
-        # The first offered format that we support, in the offerer's order.
-        chosen = next(
-            ((pt, c) for pt, m in formats if _is_codec(m) for c in ours if c.matches(m)),
-            None,
-        )
+        chosen = _choose(formats, codecs, media.kind)
         local_port = None
         crypto: CryptoAttribute | None = None
         usable = media.proto in _PLAIN_PROTOS and srtp != "mandatory"
@@ -446,7 +489,7 @@ def create_answer(
             remote_address=remote_address,
             remote_port=remote_port,
             remote_rtcp_port=media.rtcp or remote_port + 1,  # RFC 3605; RFC 3550 section 11
-            codec=dataclasses.replace(codec, payload_type=pt, fmtp=media.fmtp.get(pt)),
+            codec=Codec(codec.name, codec.clock_rate, codec.channels, pt, media.fmtp.get(pt), codec.kind),
             telephone_event_pt=te_pt,
             ptime=media.ptime or ptime or _DEFAULT_PTIME,
             send=send,
@@ -455,19 +498,25 @@ def create_answer(
             srtp=keys,
             comfort_noise_pt=cn_pt,
         )
-        answer_codecs = [dataclasses.replace(codec, payload_type=pt)]
-        if te_pt is not None:
-            answer_codecs.append(dataclasses.replace(TELEPHONE_EVENT, clock_rate=codec.clock_rate, payload_type=te_pt))
-        if cn_pt is not None:
-            answer_codecs.append(dataclasses.replace(COMFORT_NOISE, clock_rate=codec.clock_rate, payload_type=cn_pt))
-        answered.append(_build_media(media.kind, local_port, answer_codecs, _to_direction(send, recv), ptime,
-                                     media.proto, ours_crypto))
+        answer_formats, attributes = _answer_formats(media.kind, codec, pt, te_pt, cn_pt, ptime)
+        answered.append(_media(media.kind, local_port, media.proto, answer_formats, attributes,
+                               _to_direction(send, recv), ours_crypto))
     audio = accepted.get("audio")
     if audio is None and any(m.port != 0 for m in offer.media):
         # RFC 3264 section 6: nothing in common rejects the session; 488 is RFC 3261 section 21.4.26.
         raise RemoteProtocolError(f"no acceptable audio stream ({why})" if why else "no acceptable audio stream",
                                   status=488)
     return _build_session(address, session_id, session_version, username, answered), audio
+
+
+def _choose(formats: list[tuple[int, RtpMap]], codecs: Sequence[Codec], kind: str) -> tuple[int, Codec] | None:
+    """The first offered format that we support, in the offerer's order."""
+    for pt, rtpmap in formats:
+        if _is_codec(rtpmap):
+            for codec in codecs:
+                if codec.kind == kind and codec.matches(rtpmap):
+                    return pt, codec
+    return None
 
 
 def process_answer(offer: SessionDescription, answer: SessionDescription) -> NegotiatedMedia:

@@ -131,8 +131,17 @@ class RtpMap:
         return text if self.channels == 1 else f"{text}/{self.channels}"
 
 
+#: Parsed rtpmap values by text: every call's offer repeats the same few
+#: (``"0 PCMU/8000"``), and the answer reads them again. RtpMap is frozen, so
+#: the results are shared.
+_RTPMAPS: Memo[str, tuple[int, RtpMap]] = Memo(256)
+
+
 def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     """Parse ``"96 opus/48000/2"``; raise :class:`ValueError` if malformed."""
+    known = _RTPMAPS.get(value)
+    if known is not None:
+        return known
     pt, _, encoding = value.partition(" ")
     parts = encoding.strip().split("/")
     if not (pt.isascii() and pt.isdecimal() and len(pt) <= 3) or len(parts) not in (2, 3) or not parts[0]:
@@ -141,7 +150,9 @@ def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     if not all(p.isascii() and p.isdecimal() and len(p) <= 10 for p in parts[1:]):
         raise ValueError(value)
     channels = int(parts[2]) if len(parts) == 3 else 1
-    return int(pt), RtpMap(parts[0], int(parts[1]), channels)
+    result = int(pt), RtpMap(parts[0], int(parts[1]), channels)
+    _RTPMAPS.put(value, result)
+    return result
 
 
 #: The SDES crypto-suites we know (RFC 4568 section 6.2, RFC 7714 section 14.2)
@@ -343,6 +354,8 @@ class MediaDescription(_Section):
     def _lines(self) -> list[str]:
         port = str(self.port) if self.port_count == 1 else f"{self.port}/{self.port_count}"
         m_line = " ".join([f"m={self.kind}", port, self.proto, *self.formats])
+        if not self.extra:  # the usual case, already in RFC 8866 order: m= c= b= a=
+            return [m_line, *_connection_lines(self), *_attribute_lines(self)]
         return _ordered(_MEDIA_ORDER, [("m", [m_line]), *_section_chunks(self)])
 
 
@@ -392,25 +405,46 @@ class SessionDescription(_Section):
         :raises LocalProtocolError: if a value contains CR or LF.
         """
         o = self.origin
-        chunks: list[tuple[str, list[str]]] = [
-            ("v", [f"v={self.version}"]),
-            ("o", [f"o={o.username} {o.sess_id} {o.sess_version} {o.nettype} {o.addrtype} {o.address}"]),
+        head = [
+            f"v={self.version}",
+            f"o={o.username} {o.sess_id} {o.sess_version} {o.nettype} {o.addrtype} {o.address}",
             # RFC 8866 section 5.3: s= must not be empty; "s= " stands for no name.
-            ("s", [f"s={self.session_name or ' '}"]),
-            *_section_chunks(self),
+            f"s={self.session_name or ' '}",
         ]
-        for t in self.timing or [Timing()]:
-            chunks.append(("t", [f"t={t.start} {t.stop}", *(f"r={r}" for r in t.repeats)]))
-        lines = _ordered(_SESSION_ORDER, chunks)
+        timing = [[f"t={t.start} {t.stop}", *(f"r={r}" for r in t.repeats)] for t in self.timing or [Timing()]]
+        if not self.extra:  # the usual case, already in RFC 8866 order: v= o= s= c= b= t= r= a=
+            lines = [*head, *_connection_lines(self)]
+            for t_lines in timing:
+                lines += t_lines
+            lines += _attribute_lines(self)
+        else:
+            chunks = [("v", head[:1]), ("o", head[1:2]), ("s", head[2:]), *_section_chunks(self)]
+            chunks += [("t", t_lines) for t_lines in timing]
+            lines = _ordered(_SESSION_ORDER, chunks)
         for media in self.media:
-            lines.extend(media._lines())
-        for line in lines:
-            if "\r" in line or "\n" in line:
-                raise LocalProtocolError(f"SDP line contains CR or LF: {line!r}")
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+            lines += media._lines()
+        text = "\r\n".join(lines)
+        # Each separator holds one CR and one LF; any other came from a value.
+        if text.count("\r") != len(lines) - 1 or text.count("\n") != len(lines) - 1:
+            line = next(line for line in lines if "\r" in line or "\n" in line)
+            raise LocalProtocolError(f"SDP line contains CR or LF: {line!r}")
+        return (text + "\r\n").encode("utf-8", "surrogateescape")
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
+
+
+def _connection_lines(section: SessionDescription | MediaDescription) -> list[str]:
+    """The section's ``c=`` and ``b=`` lines, in that order."""
+    c = section.connection
+    lines = [] if c is None else [f"c={c.nettype} {c.addrtype} {c.address}"]
+    if section.bandwidths:
+        lines += [f"b={name}:{value}" for name, value in section.bandwidths.items()]
+    return lines
+
+
+def _attribute_lines(section: SessionDescription | MediaDescription) -> list[str]:
+    return [f"a={n}" if v is None else f"a={n}:{v}" for n, v in section.attributes]
 
 
 def _section_chunks(section: SessionDescription | MediaDescription) -> list[tuple[str, list[str]]]:
@@ -419,7 +453,7 @@ def _section_chunks(section: SessionDescription | MediaDescription) -> list[tupl
         c = section.connection
         chunks.append(("c", [f"c={c.nettype} {c.addrtype} {c.address}"]))
     chunks += [("b", [f"b={name}:{value}"]) for name, value in section.bandwidths.items()]
-    chunks += [("a", [f"a={n}" if v is None else f"a={n}:{v}"]) for n, v in section.attributes]
+    chunks += [("a", [line]) for line in _attribute_lines(section)]
     chunks += [(letter, [f"{letter}={value}"]) for letter, value in section.extra]
     return chunks
 
