@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
-from engine.transport.rtp_socket import NoPortsAvailable, RtpPortAllocator
+from engine.transport.rtp_socket import NoPortsAvailable, RtpPortAllocator, disconnect
 
 
 class Clock:
@@ -83,3 +84,35 @@ def test_bad_pool_settings_are_refused() -> None:
     """Check negative pool sizes and quarantines are named."""
     with pytest.raises(ValueError, match="pool and quarantine"):
         RtpPortAllocator("127.0.0.1", 44500, 44600, pool=-1)
+
+
+def test_a_pooled_pair_is_emptied_of_rtcp_alone_and_of_queued_errors() -> None:
+    """Check reuse empties a pair whose RTP socket has nothing waiting but
+    whose RTCP socket has a late report, and one whose RTP socket holds a
+    queued ICMP error (port unreachable) and a late packet."""
+    ports = RtpPortAllocator("127.0.0.1", 44600, 44700, pool=4, quarantine=0.0)
+    try:
+        pair = ports.allocate()
+        ports.release(pair)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as late:
+            late.sendto(b"late rtcp", ("127.0.0.1", pair.rtp_port + 1))
+        again = ports.allocate()
+        assert again is pair
+        with pytest.raises(BlockingIOError):
+            pair.rtcp.recv(2048)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+            closed.bind(("127.0.0.1", 0))
+            nowhere = closed.getsockname()
+        pair.rtp.connect(nowhere)
+        pair.rtp.send(b"to a closed port")  # the kernel queues ECONNREFUSED on the socket
+        time.sleep(0.01)
+        disconnect(pair.rtp)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as late:
+            late.sendto(b"late rtp", ("127.0.0.1", pair.rtp_port))
+        ports.release(pair)
+        assert ports.allocate() is pair
+        with pytest.raises(BlockingIOError):
+            pair.rtp.recv(2048)
+        ports.release(pair)
+    finally:
+        ports.close()
