@@ -184,9 +184,10 @@ class RtcpTransport:
         loop = self._loop
         if loop is not None:
             bye = self.session.close(loop.time())
-            addr = self.destination()
-            if bye is not None and addr is not None:
-                self._send(bye, addr)
+            if bye is not None:  # usually not: a call without media sent neither RTP nor RTCP
+                addr = self.destination()
+                if addr is not None:
+                    self._send(bye, addr)
         self.transport.detach()
         self.transport.handler = _ignore  # break the cycle: freed by refcounting
         self._loop = None
