@@ -206,7 +206,7 @@ class SipLegMedia:
         self.rtp_timeout = rtp_timeout
         self.rtp_policy = rtp_policy
         self.call_id = call_id
-        self.srtp: SrtpPolicy = next(p for p in SRTP_POLICIES if p == srtp)
+        self.srtp: SrtpPolicy = srtp  # narrowed by the check above
         self.secure_signalling = secure_signalling
         self.source = source
         self.comfort_noise = comfort_noise
