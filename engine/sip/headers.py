@@ -130,6 +130,9 @@ _VIA_USUAL_RE = re.compile(
     rf"([{_TOKEN}]+)/([{_TOKEN}]+)/([{_TOKEN}]+) ({_HOST})(?::([0-9]{{1,5}}))?"
     rf"((?:;[{_TOKEN}]+(?:=[{_TOKEN}:\[\]]+)?)*)"
 )
+#: The longest Via tried with _VIA_USUAL_RE (a proxy's or a phone's is well
+#: under: host, port, branch, rport, received).
+_VIA_USUAL_MAX = 512
 # Header parameters without quoted strings, every one well formed: what
 # parse_params can split without looking at each character. Possessive
 # quantifiers (Python 3.11): a run of spaces is never given back and tried
@@ -438,7 +441,9 @@ def parse_via(text: str) -> Via:
         ``bad rport in Via``.
     """
     text = text.strip(" \t")
-    m = _VIA_USUAL_RE.fullmatch(text)
+    # A usual Via is short: a long one (odd or hostile) goes straight to the
+    # step-by-step path, so a malformed one costs no more than it did.
+    m = _VIA_USUAL_RE.fullmatch(text) if len(text) <= _VIA_USUAL_MAX else None
     if m is not None and (m[5] is None or int(m[5]) <= 65535):
         # What the step-by-step path below gives for this shape, without its
         # calls: the host matched _HOST as _parse_hostport checks it, the

@@ -362,6 +362,19 @@ def test_via_branch_any_token_and_no_branch() -> None:
     assert parse_via("SIP/2.0/UDP iftgw.example.com").branch is None
 
 
+def test_via_long_takes_the_step_by_step_path_with_the_same_result() -> None:
+    """A Via longer than the quick expression tries (a long branch, many
+    parameters) parses as a short one of the same shape does, and a long
+    malformed one is refused with the same reason."""
+    branch = "z9hG4bK" + "a" * 600
+    via = parse_via(f"SIP/2.0/UDP 192.0.2.1:5060;branch={branch};rport")
+    assert via == Via("UDP", "192.0.2.1", 5060, {"branch": branch, "rport": None})
+    params = "".join(f";p{i}=v{i}" for i in range(100))
+    assert parse_via(f"SIP/2.0/TCP host.example.com{params}").params == {f"p{i}": f"v{i}" for i in range(100)}
+    with pytest.raises(RemoteProtocolError, match="bad rport in Via"):
+        parse_via(f"SIP/2.0/UDP h;branch={branch};rport=99999")
+
+
 def test_via_unknown_transport() -> None:
     """Check unknown transports are kept (RFC 4475 §3.1.1.10)."""
     assert parse_via("SIP/2.0/UNKNOWN t4.example.com;branch=z9hG4bKasd0f3en").transport == "UNKNOWN"
