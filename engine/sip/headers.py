@@ -348,11 +348,7 @@ def parse_name_addr(text: str) -> NameAddr:
         containing ``?``, ``,`` or whitespace (RFC 4475 §3.1.2.13-14) or a bad
         URI or parameter.
     """
-    name_addr = NAME_ADDR_MEMO.get(text)
-    if name_addr is None:
-        name_addr = _parse_name_addr(text)
-        NAME_ADDR_MEMO.put(text, name_addr)
-    return name_addr
+    return NAME_ADDR_MEMO.parsed(text, _parse_name_addr)
 
 
 def _parse_name_addr(text: str) -> NameAddr:
@@ -501,11 +497,7 @@ def parse_cseq(text: str) -> CSeq:
 
     :raises RemoteProtocolError: ``bad CSeq`` or ``CSeq number too large``.
     """
-    cseq = CSEQ_MEMO.get(text)
-    if cseq is None:
-        cseq = _parse_cseq(text)
-        CSEQ_MEMO.put(text, cseq)
-    return cseq
+    return CSEQ_MEMO.parsed(text, _parse_cseq)
 
 
 def _parse_cseq(text: str) -> CSeq:

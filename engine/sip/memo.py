@@ -11,7 +11,7 @@ fails every time.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 __all__ = ["Memo"]
 
@@ -37,6 +37,15 @@ class Memo(Generic[K, V]):
     def get(self, key: K) -> V | None:
         """The result remembered for ``key``, or ``None``."""
         return self._items.get(key)
+
+    def parsed(self, key: K, parse: Callable[[K], V]) -> V:
+        """The result remembered for ``key``, else ``parse(key)``, remembered
+        (an exception of ``parse`` goes through, and nothing is kept)."""
+        value = self._items.get(key)
+        if value is None:
+            value = parse(key)
+            self.put(key, value)
+        return value
 
     def put(self, key: K, value: V) -> None:
         """Remember ``value`` for ``key``, forgetting the oldest when full."""

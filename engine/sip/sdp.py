@@ -139,9 +139,10 @@ _RTPMAPS: Memo[str, tuple[int, RtpMap]] = Memo(256)
 
 def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     """Parse ``"96 opus/48000/2"``; raise :class:`ValueError` if malformed."""
-    known = _RTPMAPS.get(value)
-    if known is not None:
-        return known
+    return _RTPMAPS.parsed(value, _read_rtpmap)
+
+
+def _read_rtpmap(value: str) -> tuple[int, RtpMap]:
     pt, _, encoding = value.partition(" ")
     parts = encoding.strip().split("/")
     if not (pt.isascii() and pt.isdecimal() and len(pt) <= 3) or len(parts) not in (2, 3) or not parts[0]:
@@ -150,9 +151,7 @@ def _parse_rtpmap(value: str) -> tuple[int, RtpMap]:
     if not all(p.isascii() and p.isdecimal() and len(p) <= 10 for p in parts[1:]):
         raise ValueError(value)
     channels = int(parts[2]) if len(parts) == 3 else 1
-    result = int(pt), RtpMap(parts[0], int(parts[1]), channels)
-    _RTPMAPS.put(value, result)
-    return result
+    return int(pt), RtpMap(parts[0], int(parts[1]), channels)
 
 
 #: The SDES crypto-suites we know (RFC 4568 section 6.2, RFC 7714 section 14.2)

@@ -306,11 +306,7 @@ def parse_uri(text: str) -> Uri:
         any URI has no scheme, is empty, or contains whitespace, a control
         character or one of ``<>"`` (``bad character in URI``).
     """
-    uri = URI_MEMO.get(text)
-    if uri is None:
-        uri = _parse_uri(text)
-        URI_MEMO.put(text, uri)
-    return uri
+    return URI_MEMO.parsed(text, _parse_uri)
 
 
 def _parse_uri(text: str) -> Uri:

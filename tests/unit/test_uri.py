@@ -395,6 +395,13 @@ def test_parse_memo_is_bounded_and_keeps_errors_out() -> None:
         with pytest.raises(RemoteProtocolError):
             parse_name_addr("<sip:x@example.com")
     assert "sip:bad user@example.com" not in uri_module.URI_MEMO
+    from engine.sip.headers import parse_cseq
+
+    assert parse_cseq("7 INVITE") is parse_cseq("7 INVITE")
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError, match="bad CSeq"):
+            parse_cseq("7 IN VITE")
+    assert "7 IN VITE" not in headers.CSEQ_MEMO
 
 
 def test_memo_forgets_the_oldest_first() -> None:
