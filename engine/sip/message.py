@@ -202,6 +202,29 @@ class Headers:
             del self._items[i]
             return
 
+    def replace_first(self, name: str, value: str) -> None:
+        """Put ``value`` in place of the first value of ``name``, as
+        :meth:`remove_first` then :meth:`prepend` would: before the next value
+        of ``name``, else first of all.
+
+        A request's Via lines nearly always come first and together: then the
+        first is replaced where it stands, without the two searches.
+        """
+        canon = _KNOWN_EXACT.get(name)
+        items = self._items
+        if canon is not None and items and items[0][0] == canon:
+            following = 1  # where the next value is (1 when there is none)
+            for i in range(1, len(items)):
+                if items[i][0] == canon:
+                    following = i
+                    break
+            if following == 1:
+                items[0] = (canon, value)
+                self.version += 1
+                return
+        self.remove_first(name)
+        self.prepend(name, value)
+
     def copy(self) -> Headers:
         """A copy that can be changed independently."""
         return Headers._from_canonical(list(self._items))

@@ -728,7 +728,7 @@ class SipEndpoint:
                     if "rport" in top.params or peer.transport == "UDP":
                         top.params["rport"] = str(peer.port)
                     text = str(top)
-                    _replace_top_via(msg.headers, text)
+                    msg.headers.replace_first("Via", text)
                     msg.remember(parse_via, text, top)  # no parsing back what we wrote
             except RemoteProtocolError:
                 return
@@ -1215,28 +1215,6 @@ class SipEndpoint:
         events = self.layer.handle_timer(self.clock())
         self._dispatch(events)
         self._flush()
-
-
-def _replace_top_via(headers: Headers, text: str) -> None:
-    """Put ``text`` in place of the first Via value, as removing it and
-    prepending ``text`` would: before the next Via, else first of all.
-
-    A request's Via lines nearly always come first and together: then the
-    first is replaced where it stands, without the two searches by name.
-    """
-    items = headers._items
-    if items and items[0][0] == "Via":
-        following = 1  # where the next Via is (1 when there is none)
-        for i in range(1, len(items)):
-            if items[i][0] == "Via":
-                following = i
-                break
-        if following == 1:
-            items[0] = ("Via", text)
-            headers.version += 1
-            return
-    headers.remove_first("Via")
-    headers.prepend("Via", text)
 
 
 def _connect_failure(peer: Peer, name: str | None, exc: BaseException) -> str:

@@ -86,6 +86,28 @@ def test_headers_lookup_is_case_insensitive_and_compact() -> None:
     assert len(headers) == 4
 
 
+@pytest.mark.parametrize("items", [
+    [("Via", "a"), ("From", "f")],
+    [("Via", "a"), ("Via", "b"), ("From", "f")],
+    [("Via", "a"), ("From", "f"), ("Via", "b")],
+    [("From", "f"), ("Via", "a"), ("Via", "b")],
+    [("From", "f")],
+    [("X-Odd", "a"), ("x-odd", "b")],
+])
+def test_headers_replace_first_is_remove_first_then_prepend(items: list[tuple[str, str]]) -> None:
+    """Check replace_first leaves the headers as remove_first and prepend
+    do, wherever the first and the next values stand, and counts a change."""
+    name = items[0][0] if items[0][0] != "From" else "Via"
+    expected = Headers(items)
+    expected.remove_first(name)
+    expected.prepend(name, "new")
+    headers = Headers(items)
+    version = headers.version
+    headers.replace_first(name, "new")
+    assert list(headers) == list(expected)
+    assert headers.version > version
+
+
 def test_headers_editing() -> None:
     """Check add, prepend, set, remove, remove_first, copy and custom."""
     headers = Headers()
