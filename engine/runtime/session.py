@@ -218,11 +218,8 @@ class Session(Listeners):
         if since is not None:  # the CallAlerting handler is entered (issue 17's latency)
             self.alerting_since = None
             self.runtime.invite_to_alerting.observe(time.monotonic() - since)
-        try:  # self._run(handler, event), without its call: it runs for every event
-            if _current.get(None) is self:
-                result = handler(event)
-            else:
-                result = self.ctx.copy().run(handler, event)
+        try:
+            result = self._run(handler, event)
         except Exception as exc:
             self.fail(exc)
             return
@@ -388,7 +385,7 @@ class Session(Listeners):
         lines.append(line)
         if len(lines) > LOG_LINES_KEPT:
             del lines[0]
-        self.runtime.logs.append(self.id, line)  # runtime.append_log's one step
+        self.runtime.append_log(self.id, line)
 
     # -- ending ----------------------------------------------------------------
 
