@@ -447,11 +447,8 @@ def _attribute_lines(section: SessionDescription | MediaDescription) -> list[str
 
 
 def _section_chunks(section: SessionDescription | MediaDescription) -> list[tuple[str, list[str]]]:
-    chunks: list[tuple[str, list[str]]] = []
-    if section.connection is not None:
-        c = section.connection
-        chunks.append(("c", [f"c={c.nettype} {c.addrtype} {c.address}"]))
-    chunks += [("b", [f"b={name}:{value}"]) for name, value in section.bandwidths.items()]
+    # Each line under its type letter, its first character.
+    chunks = [(line[0], [line]) for line in _connection_lines(section)]
     chunks += [("a", [line]) for line in _attribute_lines(section)]
     chunks += [(letter, [f"{letter}={value}"]) for letter, value in section.extra]
     return chunks
