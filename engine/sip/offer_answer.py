@@ -244,8 +244,13 @@ def _same_format(a: RtpMap, b: RtpMap) -> bool:
     return (a.encoding_name.lower(), a.clock_rate, a.channels) == (b.encoding_name.lower(), b.clock_rate, b.channels)
 
 
+#: The encoding names (lower-cased) of formats that carry no audio of their own.
+_EVENTS_NAME = "telephone-event"
+_CN_NAME = "cn"
+
+
 def _is_telephone_event(rtpmap: RtpMap) -> bool:
-    return rtpmap.encoding_name.lower() == "telephone-event"
+    return rtpmap.encoding_name.lower() == _EVENTS_NAME
 
 
 def _telephone_event_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> int | None:
@@ -254,13 +259,13 @@ def _telephone_event_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> i
 
 
 def _is_comfort_noise(rtpmap: RtpMap) -> bool:
-    return rtpmap.encoding_name.lower() == "cn"
+    return rtpmap.encoding_name.lower() == _CN_NAME
 
 
 def _is_codec(rtpmap: RtpMap) -> bool:
     """Whether a format can carry the audio itself (not events, not CN)."""
-    name = rtpmap.encoding_name.lower()
-    return name != "telephone-event" and name != "cn"
+    name = rtpmap.encoding_name.lower()  # the two tests above, with one lower()
+    return name != _EVENTS_NAME and name != _CN_NAME
 
 
 def _comfort_noise_pt(formats: list[tuple[int, RtpMap]], clock_rate: int) -> int | None:
