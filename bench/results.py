@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,20 @@ def figure(value: float, unit: str, better: Literal["higher", "lower"]) -> dict[
     scalar: it is stored as a plain int when whole, else a float)."""
     v = float(value)
     return {"value": int(v) if v.is_integer() else v, "unit": unit, "better": better}
+
+
+def median_of_rounds(rounds: list[Figures]) -> Figures:
+    """The figures of several rounds as one: each figure every round has,
+    its value the rounds' median (a ratio is the median of the rounds' own
+    ratios, not a ratio of medians)."""
+    if len(rounds) == 1:
+        return dict(rounds[0])
+    out: Figures = {}
+    for name, fig in rounds[0].items():
+        if all(name in r for r in rounds):
+            median = statistics.median(r[name]["value"] for r in rounds)
+            out[name] = figure(round(median, 4), fig["unit"], fig["better"])
+    return out
 
 
 def check_figures(figures: Figures) -> None:

@@ -50,6 +50,15 @@ states, call records).
 Figures are printed and saved through ``bench/results.py``
 (``bench/results/<stamp>-sip_cps.json``).
 
+``--rounds N`` runs the selected phases N times in turn (``--only
+nodes,probe --rounds 3``: nodes, probe, nodes, probe, nodes, probe), each
+round with fresh servers, and prints each round's figures and ratios. The
+saved figures are then the medians: each rate the median of the rounds',
+each ratio the median of the rounds' own ratios (every round compares two
+servers measured minutes apart; the two drift with the machine, sipp's
+probe by a factor of two between runs here). Each round's figures go into
+the result file's settings (``each_round``).
+
 Opt-in phases, after callbridge's search and from its best rate:
 ``--latency`` (``bench/latency.py``: the INVITE -> CallAlerting histogram
 at 100 calls/s and at 80% of the best rate) and ``--overload``
@@ -57,7 +66,7 @@ at 100 calls/s and at 80% of the best rate) and ``--overload``
 the rest are refused with 503).
 
 Usage: ``./run.sh bench [--seconds 60] [--start 250] [--max-rate 4000]
-[--only PHASE,...] [--nodes N] [--latency] [--overload]``
+[--only PHASE,...] [--nodes N] [--latency] [--overload] [--rounds N]``
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ from serve_process import free_port, stop_process  # noqa: E402
 from kamailio_front import KamailioFront  # noqa: E402
 from sipp_load import answer_hangup_sipp, run_sipp_load, serve_answer_hangup, sipp_binary  # noqa: E402
 
-from results import Figures, figure, save  # noqa: E402
+from results import Figures, figure, median_of_rounds, save  # noqa: E402
 
 PROBE = Path(__file__).resolve().parent / "uas_probe.py"
 HOLD = 1.0  # seconds scenarios/answer_hangup.py holds each call
@@ -398,9 +407,11 @@ def main() -> int:
                         help="also INVITE -> CallAlerting latency at 100/s and 80%% of the best rate")
     parser.add_argument("--overload", action="store_true",
                         help="also 1.5x the best rate: accepted calls complete, the rest get 503")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the selected phases this many times in turn and save the medians (default 1)")
     args = parser.parse_args()
-    if args.seconds < 2 or args.start < 1 or args.max_rate < 1:
-        parser.error("--seconds must be at least 2, --start and --max-rate at least 1")
+    if args.seconds < 2 or args.start < 1 or args.max_rate < 1 or args.rounds < 1:
+        parser.error("--seconds must be at least 2, --start and --max-rate at least 1, --rounds at least 1")
     unknown = set(args.only.split(",")) - set(PHASES) if args.only else set()
     if unknown:
         parser.error(f"--only: no phase {', '.join(sorted(unknown))} (phases: {', '.join(PHASES)})")
@@ -410,14 +421,30 @@ def main() -> int:
         sipp_binary()
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
-    results: Figures = {}
+    rounds: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="sip_cps-") as tmp:
-        for name in selected(args):
-            results.update(PHASES[name](args, Path(tmp), results))
-    results.update(ratios(results))
+        for n in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {n} of {args.rounds}:", flush=True)
+            workdir = Path(tmp) / f"round{n}"
+            workdir.mkdir()
+            results: Figures = {}
+            for name in selected(args):
+                results.update(PHASES[name](args, workdir, results))
+            results.update(ratios(results))
+            rounds.append(results)
+            if args.rounds > 1:
+                print(f"round {n} of {args.rounds}, ", end="")
+                report(results, args.seconds)
+    results = median_of_rounds(rounds)
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} rounds (each ratio the median of the rounds' ratios), ", end="")
     report(results, args.seconds)
-    save("sip_cps", results, {"seconds": args.seconds, "start": args.start, "max_rate": args.max_rate,
-                              "phases": selected(args), "nodes": args.nodes})
+    settings = {"seconds": args.seconds, "start": args.start, "max_rate": args.max_rate,
+                "phases": selected(args), "nodes": args.nodes, "rounds": args.rounds}
+    if args.rounds > 1:
+        settings["each_round"] = [{name: fig["value"] for name, fig in r.items()} for r in rounds]
+    save("sip_cps", results, settings)
     return 0
 
 

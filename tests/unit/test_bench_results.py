@@ -138,3 +138,24 @@ def test_command_line_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[
     junk.write_text("[1, 2]")
     assert results.main(["compare", str(junk), str(a)]) == 2
     assert f"{junk}: not a result file" in capsys.readouterr().err
+
+
+def test_median_of_rounds_takes_each_figures_median_and_the_ratios_own() -> None:
+    """``bench/sip_cps.py --rounds``: a rate is the rounds' median, a ratio
+    the median of each round's ratio (here 0.25, where the ratio of the
+    median rates would be 0.2); a figure one round lacks is left out."""
+    rounds = [
+        {"nodes_cps": fig(1000, "calls/s", "higher"), "probe_cps": fig(4000, "calls/s", "higher"),
+         "ratio_nodes_probe": fig(0.25, "ratio", "higher"), "kamailio_cps": fig(9000, "calls/s", "higher")},
+        {"nodes_cps": fig(1200, "calls/s", "higher"), "probe_cps": fig(8000, "calls/s", "higher"),
+         "ratio_nodes_probe": fig(0.15, "ratio", "higher")},
+        {"nodes_cps": fig(1500, "calls/s", "higher"), "probe_cps": fig(6000, "calls/s", "higher"),
+         "ratio_nodes_probe": fig(0.25, "ratio", "higher")},
+    ]
+    got = results.median_of_rounds(rounds)
+    assert got == {"nodes_cps": fig(1200, "calls/s", "higher"), "probe_cps": fig(6000, "calls/s", "higher"),
+                   "ratio_nodes_probe": fig(0.25, "ratio", "higher")}
+    results.check_figures(got)
+    assert results.median_of_rounds(rounds[:1]) == rounds[0]
+    # two rounds: the mean of the two, as statistics.median gives
+    assert results.median_of_rounds(rounds[:2])["nodes_cps"]["value"] == 1100
