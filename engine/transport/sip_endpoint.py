@@ -948,20 +948,12 @@ class SipEndpoint:
         self._send_stateless(response, peer)
 
     def _dispatch(self, events: Sequence[object]) -> None:
+        # The kinds a call brings most come first (two requests, two
+        # terminations, a response): the tests are exclusive, only their
+        # cost depends on the order.
         for event in events:
             try:
-                if isinstance(event, ResponseReceived):
-                    client = event.transaction
-                    if event.response.status >= 200 and not isinstance(client, InviteClientTransaction):
-                        # A non-INVITE transaction's final response is its
-                        # last word: the callback (and the call it holds)
-                        # need not wait out Timer K (T4) in COMPLETED.
-                        cb = self._client_cb.pop(client, None)
-                    else:
-                        cb = self._client_cb.get(client)
-                    if cb:
-                        cb(event.response)
-                elif isinstance(event, RequestReceived):
+                if isinstance(event, RequestReceived):
                     created = event.transaction
                     if isinstance(created, InviteServerTransaction) and event.request.to.tag is None:
                         self._setting_up.add(created)
@@ -973,6 +965,20 @@ class SipEndpoint:
                         # it gets the 400 (or the status hint) a parse error
                         # gets, not a transaction left without an answer.
                         self._answer_late_error(event.transaction, event.request, exc)
+                elif isinstance(event, TransactionTerminated):
+                    self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
+                    self._setting_up.discard(event.transaction)
+                elif isinstance(event, ResponseReceived):
+                    client = event.transaction
+                    if event.response.status >= 200 and not isinstance(client, InviteClientTransaction):
+                        # A non-INVITE transaction's final response is its
+                        # last word: the callback (and the call it holds)
+                        # need not wait out Timer K (T4) in COMPLETED.
+                        cb = self._client_cb.pop(client, None)
+                    else:
+                        cb = self._client_cb.get(client)
+                    if cb:
+                        cb(event.response)
                 elif isinstance(event, CancelReceived):
                     self.on_cancel(event.request, event.transaction, event.invite_transaction,
                                    event.addr)  # type: ignore[arg-type]  # a Peer (no cast(): a call)
@@ -988,9 +994,6 @@ class SipEndpoint:
                     if cb:
                         reason = self._failures.get(txn.addr, "Transport Failure")
                         cb(txn.request.create_response(503, _reason(reason)))
-                elif isinstance(event, TransactionTerminated):
-                    self._client_cb.pop(event.transaction, None)  # type: ignore[arg-type]
-                    self._setting_up.discard(event.transaction)
             except Exception:
                 logger.exception("error handling %s", type(event).__name__)
 
@@ -1062,9 +1065,22 @@ class SipEndpoint:
         self._transmit(message.to_bytes(), peer)
 
     def _flush(self) -> None:
-        for data, peer in self.layer.messages_to_send():
+        """Send what the transactions queued, then keep the one loop timer
+        at their earliest deadline (run after every input: a few times a
+        message, so the re-arm is written here rather than called)."""
+        layer = self.layer
+        for data, peer in layer.messages_to_send():
             self._transmit(data, peer)  # type: ignore[arg-type]
-        self._arm_timer()
+        when = layer.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None and self._loop is not None:
+            # ``when`` is on the endpoint's clock, which need not be the loop's.
+            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
     def _transmit(self, data: bytes, peer: Peer) -> None:
         self.stats["sent"] += 1
@@ -1196,18 +1212,6 @@ class SipEndpoint:
                     conn.transport.close()
 
     # -- timers ----------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        when = self.layer.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None and self._loop is not None:
-            # ``when`` is on the endpoint's clock, which need not be the loop's.
-            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
