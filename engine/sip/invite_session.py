@@ -91,24 +91,29 @@ class InviteSessionState(enum.Enum):
 
 
 class Event:
-    """Base class of what the session tells its adapter."""
+    """Base class of what the session tells its adapter.
+
+    The events are plain dataclasses, not frozen ones: nothing hashes or
+    changes them, and a frozen one sets each field through
+    ``object.__setattr__`` (an ACK a call, more for an outbound one).
+    """
 
 
-@dataclass(frozen=True)
+@dataclass
 class Retransmit2xx(Event):
     """UAS: send our 2xx again, outside any transaction (§13.3.1.4)."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class AckTimedOut(Event):
     """UAS: no ACK for our 2xx within 64*T1: send ``bye`` and end the call (408)."""
 
     bye: SipRequest | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class AckReceived(Event):
     """UAS: the ACK of our (re-)INVITE 2xx. ``first``: it confirms the session."""
 
@@ -116,7 +121,7 @@ class AckReceived(Event):
     first: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReInviteReceived(Event):
     """UAS: a re-INVITE to answer (with :meth:`InviteSession.send_reinvite_answer`).
 
@@ -127,35 +132,35 @@ class ReInviteReceived(Event):
     hold: bool | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReInviteRefused(Event):
     """UAS: a re-INVITE came while our 2xx waits for its ACK: answer ``response`` (491, §14.2)."""
 
     response: SipResponse
 
 
-@dataclass(frozen=True)
+@dataclass
 class InviteReady(Event):
     """UAC: send this INVITE in a new client transaction."""
 
     request: SipRequest
 
 
-@dataclass(frozen=True)
+@dataclass
 class CancelReady(Event):
     """UAC: send this CANCEL (§9.1)."""
 
     request: SipRequest
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProvisionalReceived(Event):
     """UAC: a 101-199 response (``early_sdp``: it carries an SDP answer)."""
 
     response: SipResponse
 
 
-@dataclass(frozen=True)
+@dataclass
 class Answered(Event):
     """UAC: a 2xx. Send ``ack`` (and ``bye`` when set). ``fresh``: the first
     2xx, which confirms the session (otherwise a retransmission or another
@@ -169,7 +174,7 @@ class Answered(Event):
     abandoned: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class CallFailed(Event):
     """UAC: the INVITE failed with ``status``."""
 
@@ -178,12 +183,12 @@ class CallFailed(Event):
     response: SipResponse | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class CallCancelled(Event):
     """UAC: our CANCEL took: the 487 came."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class NoAnswer(Event):
     """UAC: no 2xx within the no-answer time (the CANCEL, if it may go, is
     in a :class:`CancelReady` before this event)."""
@@ -191,7 +196,7 @@ class NoAnswer(Event):
     timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class Redirected(Event):
     """UAC: a 3xx to follow: resolve ``target``, then :meth:`InviteSession.follow`."""
 
@@ -199,7 +204,7 @@ class Redirected(Event):
     target: SipUri | TelUri
 
 
-@dataclass(frozen=True)
+@dataclass
 class RedirectRefused(Event):
     """UAC: a 3xx led off the host:port the call must stay on (a security event)."""
 
@@ -207,7 +212,7 @@ class RedirectRefused(Event):
     host: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class CredentialsWithheld(Event):
     """UAC: a challenge from where the credentials do not belong (a security event)."""
 
@@ -278,7 +283,8 @@ class InviteSession:
     # shared keys an instance gets a dict of its own (1.6 KB, measured with
     # bench/memory.py); slots hold the same in 0.3 KB.
     __slots__ = ("role", "timers", "reliable", "state", "dialog", "offer_answer", "remote_hold",
-                 "invite", "final_sent", "_pending_2xx", "_pending_cseq", "_rt_next", "_rt_interval",
+                 "invite", "final_sent", "_pending_2xx", "_pending_bytes", "_pending_cseq", "_rt_next",
+                 "_rt_interval",
                  "_rt_deadline", "out_invite", "ack", "cancel_wanted", "cancel_sent", "provisional_seen",
                  "closed", "_no_answer_at", "_no_answer_timeout", "_auth", "_auth_target", "_auth_tries",
                  "redirect_scope", "_redirects", "_cseq", "_headers", "_extra", "_offer", "_tail")
@@ -295,7 +301,10 @@ class InviteSession:
         # UAS
         self.invite: SipRequest | None = None
         self.final_sent = False
-        self._pending_2xx: bytes | None = None
+        # The 2xx waiting for its ACK, and its bytes once a retransmission
+        # needed them (see _start_2xx).
+        self._pending_2xx: SipResponse | None = None
+        self._pending_bytes: bytes | None = None
         self._pending_cseq = 0
         self._rt_next: float | None = None
         self._rt_interval = 0.0
@@ -440,7 +449,13 @@ class InviteSession:
 
     def _start_2xx(self, response: SipResponse, cseq: int, now: float) -> None:
         t1, t2 = self.timers.t1, self.timers.t2
-        self._pending_2xx = response.to_bytes()
+        # Serialized only if it must be sent again: the transaction writes
+        # it once already, and nearly every 2xx is ACKed within T1. A 2xx
+        # is not changed once sent (the INVITE server transaction resends
+        # it from the bytes of its first sending too), so the bytes written
+        # later are those the transaction sent.
+        self._pending_2xx = response
+        self._pending_bytes = None
         self._pending_cseq = cseq
         self._rt_deadline = now + 64 * t1
         if self.reliable:  # a reliable transport needs no retransmission, only the timeout
@@ -450,11 +465,12 @@ class InviteSession:
 
     def _stop_2xx(self) -> None:
         self._pending_2xx = None
+        self._pending_bytes = None
         self._rt_next = None
 
     def _fire_2xx(self, now: float) -> list[Event]:
-        data = self._pending_2xx
-        if data is None:
+        response = self._pending_2xx
+        if response is None:
             self._rt_next = None
             return []
         if now >= self._rt_deadline - _EARLY:
@@ -465,6 +481,9 @@ class InviteSession:
         interval = self._rt_interval
         self._rt_next = now + min(interval, self._rt_deadline - now)
         self._rt_interval = min(2 * interval, self.timers.t2)
+        data = self._pending_bytes
+        if data is None:
+            data = self._pending_bytes = response.to_bytes()
         return [Retransmit2xx(data)]
 
     # -- UAC ---------------------------------------------------------------------

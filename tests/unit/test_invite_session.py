@@ -81,6 +81,25 @@ def test_uas_2xx_retransmission_doubles_to_t2_and_gives_up_at_64_t1_with_bye() -
     assert session.get_timer() is None and session.state is InviteSessionState.DISCONNECTED
 
 
+def test_uas_2xx_retransmission_sends_the_bytes_of_the_2xx_written_once() -> None:
+    """Check the 2xx the session retransmits is the response as sent,
+    serialized when first needed and the same bytes object every time."""
+    invite = make_request(body=sdp())
+    session = InviteSession.create_uas(invite, T, False)
+    ok = invite.create_response(200, to_tag="uas")
+    ok.headers.add("Contact", "<sip:bob@192.0.2.2>")
+    ok.body = sdp(address="192.0.2.2")
+    sent = ok.to_bytes()
+    session.send_answer(ok, invite, "<sip:bob@192.0.2.2>", 0.0)
+    first = session.handle_timer(0.5)
+    second = session.handle_timer(1.5)
+    assert isinstance(first[0], Retransmit2xx) and isinstance(second[0], Retransmit2xx)
+    assert first[0].data == sent and second[0].data is first[0].data
+    assert session.awaiting_ack
+    session.receive_ack(make_request("ACK", to_tag="uas"))
+    assert not session.awaiting_ack and session.get_timer() is None
+
+
 def test_uas_reliable_transport_only_waits_for_the_ack() -> None:
     """Check over TCP no 2xx is retransmitted: the one timer is the 64*T1 ACK wait."""
     session = answered_uas(reliable=True)
