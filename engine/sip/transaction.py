@@ -27,7 +27,9 @@ transaction ignores whatever the peer sends.
 The machines are sans-IO: they never read a clock (time is the ``now``
 argument), never touch a socket, and queue what they send as ``(bytes,
 addr)`` pairs, where ``addr`` is an opaque destination given by the caller.
-A message is serialized once; retransmissions reuse the same bytes.
+A message is serialized once; retransmissions reuse the same bytes (but
+for a 2xx the TU passes again to an ACCEPTED INVITE server transaction,
+whose bytes are not kept: see :meth:`_ServerTransaction._shed`).
 
 On a reliable transport the retransmission timers (A, E, G) are never armed
 and Timers D, I, J and K are zero (§17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2).
@@ -929,18 +931,21 @@ class _ServerTransaction(_Transaction):
 
     def _transmit(self, response: SipResponse) -> None:
         if response is self.last_response:
-            data = self._last_bytes or _WIRE.get(response)
+            data = self._last_bytes
             if data is not None:
                 self._send(data)
                 return
+        # A first sending, or a 2xx of ours the TU passes again in ACCEPTED
+        # (its bytes are not kept, see _shed): a response is not changed
+        # once sent, so writing it again gives the bytes it was sent as.
         data = response.to_bytes()
         self._last_response = response
         self._last_bytes = data
         if response.status >= 200:
-            self._shed(response, data)
+            self._shed(response)
         self._send(data)
 
-    def _shed(self, response: SipResponse, data: bytes) -> None:
+    def _shed(self, response: SipResponse) -> None:
         """After the final response, keep only what the rest of the
         transaction needs.
 
@@ -951,8 +956,11 @@ class _ServerTransaction(_Transaction):
         bytes object instead of a message, a header list and a tuple and a
         string per header; :attr:`request` re-parses it), the response is held weakly (its
         sender, the UAS core, keeps it until the ACK), and a 2xx's bytes,
-        which an ACCEPTED transaction never resends by itself, live only as
-        long as the response does.
+        which an ACCEPTED transaction never resends by itself, are not kept:
+        a 2xx the TU passes again is written again (rare: the UAS core
+        retransmits its 2xx outside the transaction). No weak map from
+        response to bytes: its entry and removal cost more a call than
+        writing the 2xx again costs the few calls whose 2xx is resent so.
         """
         request = self._request
         if isinstance(request, SipRequest):
@@ -965,7 +973,6 @@ class _ServerTransaction(_Transaction):
             self._request = "\r\n".join(lines).encode("utf-8", errors="surrogateescape")
         self._last_response = weakref.ref(response)  # type: ignore[assignment]
         if response.status < 300 and isinstance(self, InviteServerTransaction):
-            _WIRE[response] = data
             self._last_bytes = None
 
     def _send_provisional(self, response: SipResponse, now: float) -> list[Event]:
@@ -982,9 +989,6 @@ class _ServerTransaction(_Transaction):
 
 
 _IDENTIFYING = frozenset({"Via", "From", "To", "Call-ID", "CSeq"})
-#: Serialized 2xx responses of ACCEPTED transactions, as long as the
-#: response object lives (see :meth:`_ServerTransaction._shed`).
-_WIRE: "weakref.WeakKeyDictionary[SipResponse, bytes]" = weakref.WeakKeyDictionary()
 
 
 class InviteServerTransaction(_ServerTransaction):

@@ -437,14 +437,16 @@ class TestInviteServerTransaction:
         assert tx.messages_to_send() == []  # absorbed, not re-sent by the transaction
 
     def test_accepted_passes_tu_2xx_retransmissions(self) -> None:
-        """Check 2xx retransmissions from the TU go out in ACCEPTED, with the same bytes."""
+        """Check 2xx retransmissions from the TU go out in ACCEPTED, with the
+        same bytes (written again: an ACCEPTED transaction keeps no 2xx bytes)."""
         tx = ist()
         ok = make_response(tx.request, 200)
         tx.send_response(ok, 0.0)
         [(data, _)] = tx.messages_to_send()
         tx.send_response(ok, 0.5)
         [(again, _)] = tx.messages_to_send()
-        assert again is data
+        assert again == data == ok.to_bytes()
+        assert tx.last_response is ok and tx._last_bytes is None
 
     def test_accepted_hands_matching_ack_to_tu(self) -> None:
         """Check an ACK matching the IST in ACCEPTED goes up as RequestReceived(transaction=None)."""
