@@ -598,7 +598,8 @@ class _Transaction:
             layer._reschedule(self)
 
     def _arm(self, timer: TransactionInput, delay: float, now: float) -> None:
-        self._disarm(timer)
+        if timer in self._armed:  # a re-arm (Timers A, E, G): its old deadline goes
+            self._disarm(timer)
         self._armed += (timer, now + delay)
 
     def _disarm(self, timer: TransactionInput) -> None:

@@ -325,6 +325,16 @@ class TestNonInviteClientTransaction:
         assert tx.handle_timer(64.0) == [TransactionTimedOut(tx), TransactionTerminated(tx)]
         assert tx.messages_to_send() == []
 
+    def test_arm_replaces_an_armed_timer_and_adds_a_new_one(self) -> None:
+        """Check arming a timer already armed (a re-arm) replaces its
+        deadline, and arming one not armed adds it, the others kept."""
+        tx = nict()
+        assert tx._armed == (I.TIMER_E, 0.5, I.TIMER_F, 32.0)
+        tx._arm(I.TIMER_E, 1.0, 0.5)
+        assert tx._armed == (I.TIMER_F, 32.0, I.TIMER_E, 1.5)
+        tx._arm(I.TIMER_K, 5.0, 0.5)
+        assert tx._deadlines == {I.TIMER_E: 1.5, I.TIMER_F: 32.0, I.TIMER_K: 5.5}
+
     def test_transport_error(self) -> None:
         """Check a transport error terminates the transaction."""
         tx = nict()
