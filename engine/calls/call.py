@@ -31,6 +31,7 @@ import inspect
 import logging
 import operator
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,10 +384,9 @@ class _DirectDispatcher:
         task.add_done_callback(done)
 
 
-def _collect(fut: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as seen (see :meth:`Call._connected_future`)."""
-    if not fut.cancelled():
-        fut.exception()
+#: The dispatcher of calls outside sessions (it keeps no state of its own:
+#: one for all, not one made for every call that a session then adopts).
+_DIRECT = _DirectDispatcher()
 
 
 class MediaHandler(Protocol):
@@ -722,6 +722,25 @@ class Emitter(AsyncIOEventEmitter):
     event loop's thread) and its coroutine check of a handler that returned
     ``None``, as the engine's own handlers do."""
 
+    def __init__(self) -> None:
+        """pyee's two ``__init__`` (``AsyncIOEventEmitter``'s, then
+        ``EventEmitter``'s) in one: the same four attributes, without two
+        Python calls for each of the two emitters (a call's, its session's)
+        made for every call."""
+        self._events: dict[str, collections.OrderedDict[Callable[..., Any], Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: set[asyncio.Future[Any]] = set()
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """pyee's, without its lock (handlers are removed on the event
+        loop's thread, as they are added): an ended call and session drop
+        all theirs."""
+        if event is None:
+            self._events = {}
+        else:
+            self._events[event] = collections.OrderedDict()
+
     def listened(self, event: str) -> bool:
         """Whether ``event`` has a handler (or is ``error``, which raises
         without one): when not, :meth:`emit` does nothing."""
@@ -834,7 +853,7 @@ class Call(PlaybackMixin, Listeners):
         #: options; ``None``: the engine's default for the direction.
         self.srtp: str | None = None
         self.state = CallState.NEW
-        self.dispatcher: Dispatcher = dispatcher or _DirectDispatcher()
+        self.dispatcher: Dispatcher = dispatcher or _DIRECT
         self.emitter = Emitter()
         self.end_code: int | None = None
         self.end_reason: str | None = None
@@ -846,6 +865,9 @@ class Call(PlaybackMixin, Listeners):
         #: When the call was first connected (seconds since the epoch), for call records.
         self.connected_at: float | None = None
         self.on_ended: list[Callable[[Call], None]] = []
+        #: Whether the engine keeps a record of this call
+        #: (:class:`~engine.runtime.records.CallRecords` sets it, once).
+        self.recorded = False
         self._tones_wanted = False
         self._tone_collectors = 0
         #: What runs when a digit starts (an RFC 4733 event's first packet):
@@ -1669,7 +1691,6 @@ class Call(PlaybackMixin, Listeners):
         for the state to change: a task and its wake-ups were about a
         fiftieth of an answered call's cost."""
         fut: asyncio.Future[None] = asyncio.get_event_loop().create_future()
-        fut.add_done_callback(_collect)
         if self.was_connected or self.state.ended:
             self._settle_connected(fut)
         elif self._connect_waiters is None:
@@ -1687,6 +1708,7 @@ class Call(PlaybackMixin, Listeners):
             fut.set_result(None)
         else:
             fut.set_exception(CallError(f"call ended before it connected ({self.end_code} {self.end_reason})"))
+            fut.exception()  # seen (see _connected_future): no done callback a call to mark it
 
 
 class InternalCall(Call):

@@ -504,10 +504,12 @@ class SipCall(Call):
             self._finish(CallState.DISCONNECTED, CallEvents.Disconnected, 487, "Cancelled")
 
     def _send_bye(self, headers: dict[str, str] | None = None) -> None:
+        """Send BYE. Every caller ends the call right after (``_finish``),
+        whose :meth:`_cleanup` cancels the timer and closes the session: the
+        timer is not re-armed here only to be cancelled at once."""
         if self.session is None or self.session.dialog is None:
             return
         bye = self.session.end_session()
-        self._arm()
         assert bye is not None
         if headers:
             add_headers(bye, headers)

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
@@ -173,16 +172,15 @@ class CallRecords:
         #: Called with each call as its record starts (once per call): the
         #: engine's metrics count it, and its end through ``call.on_ended``.
         self.on_track: list[Callable[[Call], None]] = []
-        self._tracked: weakref.WeakSet[Call] = weakref.WeakSet()
         self._flush_soon = _FlushSoon(self._flush)
 
     def track(self, session_id: str, rule: str, call: Call) -> None:
         """Keep a record of ``call`` (written when it ends) and report
         ``call.started`` / ``call.ended``, once per call however many
         sessions adopt it."""
-        if call in self._tracked:
+        if call.recorded:  # a flag on the call, not a weak set: no weakref and its callback a call
             return
-        self._tracked.add(call)
+        call.recorded = True
         started = time.time()
         base = {"call_id": call.id, "session_id": session_id, "rule": rule,
                 "kind": call.kind, "direction": call.direction, "number": call.number,

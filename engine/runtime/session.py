@@ -144,8 +144,6 @@ class Session(Listeners):
 
     def __init__(self, runtime: ScenarioRuntime, rule: Rule, custom_data: str = "") -> None:
         self.id = entropy.token_hex(12)
-        #: The secret part of the session's control URL (``/api/v1/control/{id}/{secret}``).
-        self.control_secret = entropy.token_urlsafe(16)
         self.runtime = runtime
         self.rule = rule
         self.custom_data = custom_data
@@ -169,6 +167,14 @@ class Session(Listeners):
         self.namespace: dict[str, Any] = {}
         self.conferences: set[str] = set()
         self._idle: asyncio.TimerHandle | None = None
+
+    @functools.cached_property
+    def control_secret(self) -> str:
+        """The secret part of the session's control URL
+        (``/api/v1/control/{id}/{secret}``), drawn when first asked for
+        (the API hands it out on request: most sessions, a call's, never
+        have it asked for). Drawn once, it stays the session's."""
+        return entropy.token_urlsafe(16)
 
     @functools.cached_property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -413,13 +419,14 @@ class Session(Listeners):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        try:
-            current = asyncio.current_task()
-        except RuntimeError:  # no running loop
-            current = None
-        for task in list(self.tasks):
-            if task is not current:
-                task.cancel()
+        if self.tasks:  # most sessions have none left: no look-up of the current task
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:  # no running loop
+                current = None
+            for task in list(self.tasks):
+                if task is not current:
+                    task.cancel()
         self.emit(AppEvents.Terminated)
         self.write_log("terminated")
         self.runtime.session_ended(self)
