@@ -65,7 +65,7 @@ from engine.sip.offer_answer import (
     new_srtp_key,
     process_answer,
 )
-from engine.sip.sdp import SRTP_SUITES, CryptoAttribute, SessionDescription, parse_sdp
+from engine.sip.sdp import SRTP_SUITES, CryptoAttribute, SessionDescription, read_sdp
 from engine.media.dtmf_sender import DtmfSender
 from engine.media.players import FrameSource
 from engine.media.rtp import RtpSourcePolicy
@@ -198,6 +198,8 @@ class SipLegMedia:
         #: session records it without parsing our own body back.
         self.local_sdp: SessionDescription | None = None
         self.negotiated: NegotiatedMedia | None = None
+        #: The peer's last SDP as parsed (:func:`~engine.sip.sdp.read_sdp`:
+        #: shared with other readers of the same body, so read only).
         self.remote: SessionDescription | None = None
         self.clock = clock
         self.session: MediaSession | None = None
@@ -254,7 +256,7 @@ class SipLegMedia:
     def create_answer(self, offer: bytes) -> bytes:
         """:raises RemoteProtocolError: 400 for malformed SDP, 488 when
         nothing is acceptable or SDES keys came over plain signalling."""
-        remote = parse_sdp(offer)
+        remote = read_sdp(offer)  # only read (create_answer copies nothing of it)
         if self.srtp != "off" and not self.secure_signalling and any(
             m.port != 0 and m.proto.startswith("RTP/SAVP") and m.attribute("crypto") is not None
             for m in remote.media
@@ -277,7 +279,7 @@ class SipLegMedia:
     def set_answer(self, answer: bytes) -> None:
         if self.local_offer is None:
             return
-        remote = parse_sdp(answer)
+        remote = read_sdp(answer)  # only read by process_answer
         self.negotiated = process_answer(self.local_offer, remote)
         self.remote = remote
         self._media_changed()

@@ -56,6 +56,7 @@ __all__ = [
     "media_direction",
     "parse_crypto",
     "parse_sdp",
+    "read_sdp",
     "rtp_address",
 ]
 
@@ -464,9 +465,9 @@ def _ordered(order: str, chunks: list[tuple[str, list[str]]]) -> list[str]:
 
 
 #: The last descriptions parsed, by body: a call's offer is read by the
-#: INVITE session and by the media layer; each gets its own
-#: :meth:`~SessionDescription.copy` (a tenth of a parse). Bounded; a
-#: malformed body is never kept.
+#: INVITE session (which keeps its own :meth:`~SessionDescription.copy`, a
+#: tenth of a parse) and by the media layer (which only reads it:
+#: :func:`read_sdp`). Bounded; a malformed body is never kept.
 _PARSED: Memo[bytes | str, SessionDescription] = Memo(64)
 
 
@@ -478,12 +479,19 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
     :returns: a description the caller owns (changing it changes no other).
     :raises RemoteProtocolError: (status 400) if the description is malformed.
     """
-    known = _PARSED.get(data)
-    if known is not None:
-        return known.copy()
-    sdp = _parse(data)
-    _PARSED.put(data, sdp.copy())
-    return sdp
+    return read_sdp(data).copy()
+
+
+def read_sdp(data: bytes | str) -> SessionDescription:
+    """:func:`parse_sdp` for a caller that only reads the result and keeps
+    it no longer than it needs it: the remembered description itself, shared
+    with every other reader of the same body (no copy, which costs as much
+    as the rest of answering an offer). Never change it; use
+    :func:`parse_sdp` for a description to change or to keep.
+
+    :raises RemoteProtocolError: (status 400) if the description is malformed.
+    """
+    return _PARSED.parsed(data, _parse)
 
 
 def _parse(data: bytes | str) -> SessionDescription:
