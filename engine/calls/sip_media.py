@@ -307,24 +307,28 @@ class SipLegMedia:
             return self.session
         assert self.negotiated is not None and self.pair is not None and self.clock is not None
         session = MediaSession(self.pair.rtp, self.clock, policy=self.rtp_policy, call_id=self.call_id)
-        loop = asyncio.get_running_loop()
-        rtcp = RtcpSession(session.sender, interval=self.rtcp_interval, wall_offset=time.time() - loop.time())
+        now = asyncio.get_running_loop().time()
+        rtcp = RtcpSession(session.sender, interval=self.rtcp_interval, wall_offset=time.time() - now)
         session.rtcp = rtcp
         self.session = session
         self.rtcp = RtcpTransport(self.pair.rtcp, rtcp, self._rtcp_destination, self._rtp_timed_out,
                                   may_send=self._rtcp_may_send, on_source=self._on_rtcp_source,
                                   protector=lambda: session.srtp)
-        self._configure(session)
-        self.rtcp.start()
+        self._configure(session, now)
         if self._on_rtp_timeout is not None:
-            rtcp.set_inactivity_timeout(self.rtp_timeout, loop.time())
-            self.rtcp.update()
+            # before the start, whose one timer then includes the deadline
+            rtcp.set_inactivity_timeout(self.rtp_timeout, now)
+        self.rtcp.start()
         return session
 
-    def _configure(self, session: MediaSession) -> None:
+    def _configure(self, session: MediaSession, now: float | None = None) -> None:
+        """Apply :attr:`negotiated` to the session and its RTCP at ``now``
+        (the loop's time when ``None``)."""
         neg = self.negotiated
         assert neg is not None
-        session.configure(neg)
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        session.configure(neg, now)
         session.set_tone_listener(self._tone_listener)
         rtcp = session.rtcp
         if rtcp is not None:
@@ -332,7 +336,7 @@ class SipLegMedia:
             rtcp.event_pt = neg.telephone_event_pt
             # Hold (RFC 3264 section 8.4) or a stream we do not receive:
             # no RTP is due, so its absence is no reason to hang up.
-            rtcp.set_media_expected(neg.recv and not neg.on_hold, asyncio.get_running_loop().time())
+            rtcp.set_media_expected(neg.recv and not neg.on_hold, now)
         if self.rtcp is not None:
             self.rtcp.update()
 

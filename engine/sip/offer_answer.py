@@ -494,7 +494,7 @@ def create_answer(
             remote_address=remote_address,
             remote_port=remote_port,
             remote_rtcp_port=media.rtcp or remote_port + 1,  # RFC 3605; RFC 3550 section 11
-            codec=Codec(codec.name, codec.clock_rate, codec.channels, pt, media.fmtp.get(pt), codec.kind),
+            codec=_negotiated_codec(codec, pt, media.fmtp.get(pt)),
             telephone_event_pt=te_pt,
             ptime=media.ptime or ptime or _DEFAULT_PTIME,
             send=send,
@@ -512,6 +512,15 @@ def create_answer(
         raise RemoteProtocolError(f"no acceptable audio stream ({why})" if why else "no acceptable audio stream",
                                   status=488)
     return _build_session(address, session_id, session_version, username, answered), audio
+
+
+def _negotiated_codec(codec: Codec, pt: int, fmtp: str | None) -> Codec:
+    """``codec`` under the offerer's payload type ``pt`` with its ``fmtp``:
+    ``codec`` itself when those are its own (PCMU as 0 without parameters,
+    the usual answer), a frozen value equal to the one made otherwise."""
+    if pt == codec.payload_type and fmtp == codec.fmtp:
+        return codec
+    return Codec(codec.name, codec.clock_rate, codec.channels, pt, fmtp, codec.kind)
 
 
 def _choose(formats: list[tuple[int, RtpMap]], codecs: Sequence[Codec], kind: str) -> tuple[int, Codec] | None:
