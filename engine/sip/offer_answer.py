@@ -756,10 +756,14 @@ class OfferAnswerState:
         assert self.local is not None
         return self.local.copy()
 
-    def record_answer(self, answer: SessionDescription) -> None:
-        """:meth:`send_answer` for a caller that does not need the stamped copy back."""
+    def record_answer(self, answer: SessionDescription, *, owned: bool = False) -> None:
+        """:meth:`send_answer` for a caller that does not need the stamped copy back.
+
+        ``owned``: as for :meth:`receive_offer`, the caller hands ``answer``
+        over (it never changes it again): the first SDP we send is then
+        kept without a copy (there is no o= line of ours to apply yet)."""
         self.process_input(_I.SEND_ANSWER)
-        self.local, self.remote, self.offer = self._stamp(answer), self.offer, None
+        self.local, self.remote, self.offer = self._stamp(answer, owned), self.offer, None
 
     def receive_answer(self, answer: SessionDescription) -> None:
         """Record the peer's answer to our offer. Read it with :func:`process_answer`."""
@@ -772,10 +776,12 @@ class OfferAnswerState:
         self.process_input(_I.RECV_REJECT if own else _I.SEND_REJECT)
         self.offer = None
 
-    def _stamp(self, sdp: SessionDescription) -> SessionDescription:
-        """Copy ``sdp`` with our o= line and the right sess-version (RFC 3264 section 8)."""
-        sdp = sdp.copy()
+    def _stamp(self, sdp: SessionDescription, owned: bool = False) -> SessionDescription:
+        """Copy ``sdp`` with our o= line and the right sess-version (RFC 3264 section 8);
+        an ``owned`` first SDP is taken as it is (nothing to apply, nobody else changes it)."""
         last = self._last_sent
+        if last is not None or not owned:
+            sdp = sdp.copy()
         if last is not None:
             sdp.origin = dataclasses.replace(last.origin)
             if sdp != last:

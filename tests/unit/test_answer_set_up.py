@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from engine.sip.errors import RemoteProtocolError
-from engine.sip.offer_answer import PCMA, PCMU, Codec, _negotiated_codec, create_answer
-from engine.sip.sdp import parse_sdp, read_sdp
+from engine.sip.offer_answer import PCMA, PCMU, Codec, OfferAnswerState, _negotiated_codec, create_answer
+from engine.sip.sdp import SessionDescription, parse_sdp, read_sdp
 
 OFFER = (b"v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
          b"m=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
@@ -49,3 +49,28 @@ def test_answer_from_a_shared_offer_leaves_it_unchanged() -> None:
     assert negotiated is not None and negotiated.codec is PCMU and negotiated.telephone_event_pt == 101
     assert read_sdp(OFFER) == before
     assert answer.media[0].attributes is not offer.media[0].attributes
+
+
+def _answered(owned: bool) -> tuple[OfferAnswerState, SessionDescription]:
+    state = OfferAnswerState()
+    state.receive_offer(parse_sdp(OFFER))
+    answer, _ = create_answer(read_sdp(OFFER), "10.0.0.1", 20000, (PCMU,), session_id=1, session_version=1)
+    state.record_answer(answer, owned=owned)
+    return state, answer
+
+
+def test_an_owned_first_answer_is_kept_as_the_general_path_copies_it() -> None:
+    general, answer = _answered(owned=False)
+    owned, owned_answer = _answered(owned=True)
+    assert general.local == owned.local == answer and general.local is not answer
+    assert owned.local is owned_answer  # no o= line to apply yet: nothing changed
+
+
+def test_an_owned_later_answer_is_still_copied_and_stamped() -> None:
+    for owned in (False, True):
+        state, first = _answered(owned)
+        state.receive_offer(parse_sdp(OFFER.replace(b"6000", b"6002")))
+        second, _ = create_answer(read_sdp(OFFER), "10.0.0.1", 20002, (PCMU,), session_id=1, session_version=1)
+        state.record_answer(second, owned=owned)
+        assert state.local is not second and second.origin.sess_version == 1
+        assert state.local is not None and state.local.origin.sess_version == 2  # RFC 3264 section 8
