@@ -262,7 +262,10 @@ class _Section:
 
     def attribute(self, name: str) -> str | None:
         """Return the value of the first ``a=name:value``, or ``None``."""
-        return next((v for n, v in self.attributes if n == name and v is not None), None)
+        for n, v in self.attributes:  # a loop, not next() of a generator: read several times an answer
+            if n == name and v is not None:
+                return v
+        return None
 
     @property
     def direction(self) -> Direction | None:
@@ -272,7 +275,10 @@ class _Section:
         Setting this property replaces any existing direction attribute, and
         ``None`` removes it.
         """
-        return next((n for n, _ in self.attributes if n in DIRECTIONS), None)
+        for n, _ in self.attributes:
+            if n in DIRECTIONS:
+                return n
+        return None
 
     @direction.setter
     def direction(self, value: Direction | None) -> None:
@@ -411,12 +417,13 @@ class SessionDescription(_Section):
             # RFC 8866 section 5.3: s= must not be empty; "s= " stands for no name.
             f"s={self.session_name or ' '}",
         ]
-        timing = [[f"t={t.start} {t.stop}", *(f"r={r}" for r in t.repeats)] for t in self.timing or [Timing()]]
+        timing = [_timing_lines(t) for t in self.timing or [Timing()]]
         if not self.extra:  # the usual case, already in RFC 8866 order: v= o= s= c= b= t= r= a=
             lines = [*head, *_connection_lines(self)]
             for t_lines in timing:
                 lines += t_lines
-            lines += _attribute_lines(self)
+            if self.attributes:
+                lines += _attribute_lines(self)
         else:
             chunks = [("v", head[:1]), ("o", head[1:2]), ("s", head[2:]), *_section_chunks(self)]
             chunks += [("t", t_lines) for t_lines in timing]
@@ -432,6 +439,12 @@ class SessionDescription(_Section):
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
+
+
+def _timing_lines(timing: Timing) -> list[str]:
+    """A ``t=`` line and its ``r=`` lines."""
+    t_line = f"t={timing.start} {timing.stop}"
+    return [t_line, *[f"r={r}" for r in timing.repeats]] if timing.repeats else [t_line]
 
 
 def _connection_lines(section: SessionDescription | MediaDescription) -> list[str]:
