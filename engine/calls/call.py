@@ -396,7 +396,8 @@ class MediaHandler(Protocol):
     ``create_answer`` raises :class:`~engine.sip.errors.RemoteProtocolError`
     (status 488) when nothing in the offer is acceptable. ``local_sdp`` is
     the last of them as built, so that the INVITE session records it
-    without parsing it back.
+    without parsing it back (nor copying it: a description, once built, is
+    never changed; the next SDP is a new one).
     """
 
     local_sdp: SessionDescription | None

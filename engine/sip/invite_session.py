@@ -250,8 +250,12 @@ def same_host_port(a: tuple[str, int] | None, b: tuple[str, int] | None) -> bool
 
 
 def _ours(message: SipRequest | SipResponse, sdp: SessionDescription | None) -> SessionDescription:
-    """Our SDP in ``message``: ``sdp`` when the caller built it (the
-    offer/answer state copies what it keeps), else its body parsed."""
+    """Our SDP in ``message``: ``sdp`` when the caller built it, else its
+    body parsed. Either is the caller's to hand over: the media layer builds
+    a new description for each SDP it sends and never changes one after
+    (``SipLegMedia.local_sdp`` is replaced, not edited), and a parse is a
+    fresh copy; so the offer/answer state keeps a first answer without a
+    copy (``owned``)."""
     return sdp if sdp is not None else parse_sdp(message.body)
 
 
@@ -376,7 +380,7 @@ class InviteSession:
         self._need(Role.UAS, _S.INCOMING, _S.EARLY)
         self.state = _S.EARLY
         if response.body and self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.record_answer(_ours(response, sdp)))
+            self._oa(lambda oa: oa.record_answer(_ours(response, sdp), owned=True))
 
     def send_answer(self, response: SipResponse, dialog_request: SipRequest, contact: str,
                     now: float, sdp: SessionDescription | None = None) -> Dialog:
@@ -443,7 +447,7 @@ class InviteSession:
         if not response.body:
             return
         if self.offer_answer.state is NegotiationState.REMOTE_OFFER:
-            self._oa(lambda oa: oa.record_answer(_ours(response, sdp)))
+            self._oa(lambda oa: oa.record_answer(_ours(response, sdp), owned=True))
         else:  # offer in our 2xx, answer in the ACK (RFC 3264 §3)
             self._oa(lambda oa: oa.send_offer(_ours(response, sdp)))
 
