@@ -90,10 +90,17 @@ class Headers:
 
     ``version`` counts the changes made through the methods (a message's
     typed views are kept while it stays the same); code that changes
-    ``_items`` itself must add one.
+    ``_items`` itself must call :meth:`_changed`.
+
+    Lookups of a registry name go through an index of each name's first
+    value, made on the first lookup and dropped by every change: a message
+    is read dozens of times (its Call-ID, CSeq, Via, a Record-Route or a
+    User-Agent that is not there) and changed seldom, and a scan of its
+    headers costs several times a dict lookup. It holds one entry a name,
+    so it is no larger than the headers.
     """
 
-    __slots__ = ("_items", "version")
+    __slots__ = ("_items", "version", "_first")
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
         # A registry spelling (the usual case) is its own canonical name:
@@ -103,6 +110,7 @@ class Headers:
             [(exact(k) or canonical_name(k), v) for k, v in items] if items is not None else []
         )
         self.version = 0
+        self._first: dict[str, str] | None = None
 
     @classmethod
     def _from_canonical(cls, items: list[tuple[str, str]]) -> Headers:
@@ -110,7 +118,23 @@ class Headers:
         headers = cls.__new__(cls)
         headers._items = items
         headers.version = 0
+        headers._first = None
         return headers
+
+    def _changed(self) -> None:
+        """Note a change of ``_items``: a new version, the index dropped."""
+        self.version += 1
+        self._first = None
+
+    def first_values(self) -> dict[str, str]:
+        """Each canonical name present mapped to its first value (the index
+        of the lookups; read it, never change it). An unknown name is there
+        as written: compare it case-insensitively, as :meth:`get` does."""
+        first = self._first
+        if first is None:
+            # Later entries overwrite earlier ones: reversed, the first wins.
+            first = self._first = dict(reversed(self._items))
+        return first
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -148,10 +172,10 @@ class Headers:
                     if k.lower() == key:
                         return v
                 return default
-        for k, v in self._items:
-            if k == canon:
-                return v
-        return default
+        first = self._first
+        if first is None:
+            first = self.first_values()
+        return first.get(canon, default)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (one per list element)."""
@@ -161,17 +185,25 @@ class Headers:
             if canon not in _KNOWN_EXACT:
                 key = canon.lower()
                 return [v for k, v in self._items if k.lower() == key]
+        first = self._first
+        if first is None:
+            first = self.first_values()
+        value = first.get(canon)
+        if value is None:
+            return []
+        if len(first) == len(self._items):  # every name once: no other value
+            return [value]
         return [v for k, v in self._items if k == canon]
 
     def add(self, name: str, value: str) -> None:
         """Append a value after any existing ones."""
         self._items.append((_KNOWN_EXACT.get(name) or canonical_name(name), value))
-        self.version += 1
+        self._changed()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a value before the first one of the same name (or first)."""
         canon = _KNOWN_EXACT.get(name) or canonical_name(name)
-        self.version += 1
+        self._changed()
         for i in self._indexes(canon):
             self._items.insert(i, (canon, value))
             return
@@ -180,7 +212,7 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace all values of ``name`` with one, keeping its position."""
         canon = _KNOWN_EXACT.get(name) or canonical_name(name)
-        self.version += 1
+        self._changed()
         found = list(self._indexes(canon))
         if not found:
             self._items.append((canon, value))
@@ -191,13 +223,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         """Remove every value of ``name``."""
-        self.version += 1
+        self._changed()
         for i in reversed(list(self._indexes(canonical_name(name)))):
             del self._items[i]
 
     def remove_first(self, name: str) -> None:
         """Remove the first value of ``name``, if any."""
-        self.version += 1
+        self._changed()
         for i in self._indexes(canonical_name(name)):
             del self._items[i]
             return
@@ -220,7 +252,7 @@ class Headers:
                     break
             if following == 1:
                 items[0] = (canon, value)
-                self.version += 1
+                self._changed()
                 return
         self.remove_first(name)
         self.prepend(name, value)

@@ -229,11 +229,15 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
     if error is not None:
         raise ParseError(error, 400, msg, is_request)
 
-    lengths = [value for name, value in entries if name == "Content-Length"]
-    if len(lengths) > 1:
+    # The index of the first values, which the views and validate_message
+    # read too: a name can only repeat when it has fewer entries than lines.
+    first = headers.first_values()
+    length_text = first.get("Content-Length")
+    if (length_text is not None and len(first) < len(entries)
+            and list(map(_NAME_OF, entries)).count("Content-Length") > 1):
         raise ParseError("more than one Content-Length header", 400, msg, is_request)
-    if lengths:
-        length = _digits_value(lengths[0], 9)
+    if length_text is not None:
+        length = _digits_value(length_text, 9)
         if length is None:
             raise ParseError("bad Content-Length", 400, msg, is_request)
         if length > len(rest):
@@ -356,16 +360,16 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         if msg.version != "SIP/2.0" and msg.version.upper() != "SIP/2.0":
             raise RemoteProtocolError("SIP version not supported", 505)
         headers = msg.headers
-        names = list(map(_NAME_OF, headers._items))
-        present = set(names)
+        first = headers.first_values()  # each name present, and its first value
         for name in _MANDATORY:
-            if name not in present:
+            if name not in first:
                 raise RemoteProtocolError(f"missing {name} header")
-        if len(present) < len(names):  # some name repeats (a Via, a Route...): which?
+        if len(first) < len(headers):  # some name repeats (a Via, a Route...): which?
+            names = list(map(_NAME_OF, headers._items))
             for name in _SINGLE:
                 if names.count(name) > 1:
                     raise RemoteProtocolError(f"more than one {name} header")
-        call_id = headers.get("Call-ID")
+        call_id = first["Call-ID"]
         if not call_id or _BAD_CALL_ID_RE.search(call_id):
             raise RemoteProtocolError("bad Call-ID")
         msg.via  # noqa: B018 - parse every Via
@@ -381,15 +385,18 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{name}: {exc}") from None
         cseq = msg.cseq
-        if "Max-Forwards" in present:
-            mf = _digits_value(headers.get("Max-Forwards") or "", 3)
+        text = first.get("Max-Forwards")
+        if text is not None:
+            mf = _digits_value(text, 3)
             if mf is None or mf > 255:
                 raise RemoteProtocolError("bad Max-Forwards")
-        if "Expires" in present:
-            expires = _digits_value(headers.get("Expires") or "", 10)
+        text = first.get("Expires")
+        if text is not None:
+            expires = _digits_value(text, 10)
             if expires is None or expires > 2**32 - 1:
                 raise RemoteProtocolError("bad Expires")
-        if "Date" in present and not _DATE_RE.fullmatch(headers.get("Date") or ""):
+        text = first.get("Date")
+        if text is not None and not _DATE_RE.fullmatch(text):
             raise RemoteProtocolError("bad Date header")
         if isinstance(msg, SipRequest):
             if cseq.method != msg.method:

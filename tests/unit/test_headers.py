@@ -135,6 +135,47 @@ def test_headers_editing() -> None:
     assert copy.get_all("Via") == ["v1", "v2"]
 
 
+
+def _scanned(headers: Headers, name: str) -> list[str]:
+    """Every value of ``name`` found by a scan, as get_all gave them before it had an index."""
+    canon = canonical_name(name).lower()
+    return [v for k, v in headers if k.lower() == canon]
+
+
+def test_headers_index_follows_every_edit() -> None:
+    """Check get, get_all and ``in`` (which read the index of first values)
+    give what a scan of the entries gives after each kind of edit, for
+    names present once, repeated, absent and unknown."""
+    headers = Headers([("Via", "v1"), ("From", "f"), ("Call-ID", "c"), ("X-A", "1")])
+    names = ["Via", "v", "From", "Call-ID", "i", "Route", "X-A", "x-a", "Contact"]
+    edits = [
+        lambda: headers.get("Via"),  # the index is made here
+        lambda: headers.add("Via", "v2"),
+        lambda: headers.prepend("Route", "<sip:r>"),
+        lambda: headers.set("From", "f2"),
+        lambda: headers.add("x-a", "2"),
+        lambda: headers.replace_first("Via", "v0"),
+        lambda: headers.remove_first("Via"),
+        lambda: headers.remove_first("Via"),
+        lambda: headers.add("Contact", ""),
+        lambda: headers.remove("Call-ID"),
+        lambda: headers.set("Via", "only"),
+        lambda: headers.replace_first("Via", "again"),
+        lambda: headers.remove("X-A"),
+    ]
+    for edit in edits:
+        edit()
+        for name in names:
+            values = _scanned(headers, name)
+            assert headers.get_all(name) == values, name
+            assert headers.get(name, "none") == (values[0] if values else "none"), name
+            assert (name in headers) == bool(values), name
+        assert headers.first_values() == {k: v for k, v in reversed(list(headers))}
+    copy = headers.copy()
+    copy.add("Route", "<sip:s>")
+    assert headers.get_all("Route") == ["<sip:r>"] and copy.get_all("Route") == ["<sip:r>", "<sip:s>"]
+
+
 # -- value lists -----------------------------------------------------------------
 
 
