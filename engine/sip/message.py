@@ -310,14 +310,16 @@ class SipMessage:
         self._v_top_via = self._v_from = self._v_to = self._v_call_id = self._v_cseq = None
 
     def _one(self, name: str) -> str:
-        value = self.headers.get(name)
+        """The first value of ``name``, a registry spelling (read from the
+        index without :meth:`Headers.get`'s name lookup)."""
+        value = self.headers.first_values().get(name)
         if value is None:
             raise RemoteProtocolError(f"missing {name} header")
         return value
 
     def _parsed_one(self, parse: Callable[[str], _T], name: str) -> _T:
         """``_cached(parse, _one(name))`` in one call (the kept views' miss)."""
-        value = self.headers.get(name)
+        value = self.headers.first_values().get(name)
         if value is None:
             raise RemoteProtocolError(f"missing {name} header")
         key = (parse, value)
@@ -332,7 +334,11 @@ class SipMessage:
 
         :raises RemoteProtocolError: when one is malformed.
         """
-        return [self._cached(parse_via, v) for v in self.headers.get_all("Via")]
+        headers = self.headers
+        vias = [self._cached(parse_via, v) for v in headers.get_all("Via")]
+        if vias:  # the top one is what top_via would parse: kept for it
+            self._v_top_via = (headers, headers.version, vias[0])
+        return vias
 
     @property
     def top_via(self) -> Via:

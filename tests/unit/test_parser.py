@@ -681,6 +681,15 @@ def test_typed_views_follow_header_edits() -> None:
     msg.headers.remove("From")
     with pytest.raises(RemoteProtocolError, match="^missing From header$"):
         msg.from_  # noqa: B018
+    # via keeps its first for top_via: the same object, and dropped by an edit.
+    vias = msg.via
+    assert msg.top_via is vias[0]
+    msg.headers.prepend("Via", "SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKtop")
+    assert msg.top_via.host == "192.0.2.7"
+    msg.headers.remove("Via")
+    assert msg.via == []
+    with pytest.raises(RemoteProtocolError, match="^missing Via header$"):
+        msg.top_via  # noqa: B018
 
 
 def test_create_response() -> None:
