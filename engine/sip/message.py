@@ -319,7 +319,12 @@ class SipMessage:
 
     def _parsed_one(self, parse: Callable[[str], _T], name: str) -> _T:
         """``_cached(parse, _one(name))`` in one call (the kept views' miss)."""
-        value = self.headers.first_values().get(name)
+        # _one(name), without its call and first_values' (a view's miss is
+        # frequent: each kept view of each message).
+        first = self.headers._first
+        if first is None:
+            first = self.headers.first_values()
+        value = first.get(name)
         if value is None:
             raise RemoteProtocolError(f"missing {name} header")
         key = (parse, value)
