@@ -121,16 +121,15 @@ _VIA_PROTOCOL_RE = re.compile(
     rf"([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]*/[ \t]*([{_TOKEN}]+)[ \t]+"
 )
 _SWS_COLON_RE = re.compile(r"[ \t]*:[ \t]*")
-# The usual shape of a Via, checked in one pass: sent-protocol without
-# spaces, one space, a hostname or IPv4 address, a port, parameters without
-# spaces or quotes. Whatever it does not match (IPv6, spaces, quoted values,
-# faults) takes the step-by-step path, which names the fault. Each part is
-# delimited (``/``, `` ``, ``:``, ``;``, ``=``), so a failing match is linear.
-_VIA_USUAL_RE = re.compile(
-    rf"([{_TOKEN}]+)/([{_TOKEN}]+)/([{_TOKEN}]+) ({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"((?:;[{_TOKEN}]+(?:=[{_TOKEN}:\[\]]+)?)*)"
-)
-#: The longest Via tried with _VIA_USUAL_RE (a proxy's or a phone's is well
+# The usual shape of a Via, in two parts: sent-protocol without spaces, one
+# space, a hostname or IPv4 address, a port (none of them holds a ``;``, so
+# this is the text before the first ``;``); then parameters without spaces or
+# quotes. Whatever they do not match (IPv6, spaces, quoted values, faults)
+# takes the step-by-step path, which names the fault. Each part is delimited
+# (``/``, `` ``, ``:``, ``;``, ``=``), so a failing match is linear.
+_VIA_SENT_RE = re.compile(rf"([{_TOKEN}]+)/([{_TOKEN}]+)/([{_TOKEN}]+) ({_HOST})(?::([0-9]{{1,5}}))?")
+_VIA_USUAL_PARAMS_RE = re.compile(rf"(?:;[{_TOKEN}]+(?:=[{_TOKEN}:\[\]]+)?)*")
+#: The longest Via tried with the usual shape (a proxy's or a phone's is well
 #: under: host, port, branch, rport, received).
 _VIA_USUAL_MAX = 512
 # Header parameters without quoted strings, every one well formed: what
@@ -424,6 +423,25 @@ class Via:
         return f"{self.protocol}/{self.transport} {host}{port}{format_params(self.params)}"
 
 
+#: The usual sent-protocol and sent-by parts (the text before the first
+#: ``;``) parsed lately, as ``(transport, host, port, protocol)``: a peer
+#: repeats its own in every Via it sends, only the parameters (the branch)
+#: change. A part not of the usual shape is never kept.
+VIA_SENT_MEMO: Memo[str, tuple[str, str, int | None, str]] = Memo(256)
+
+
+def _usual_via_sent(sent: str) -> tuple[str, str, int | None, str] | None:
+    """``(transport, host, port, protocol)`` of a sent-protocol and sent-by
+    of the usual shape (:data:`_VIA_SENT_RE`, a port up to 65535), else
+    ``None``: what the step-by-step path of :func:`parse_via` gives for it."""
+    m = _VIA_SENT_RE.fullmatch(sent)
+    if m is None or (m[5] is not None and int(m[5]) > 65535):
+        return None
+    parsed = (m[3].upper(), m[4], None if m[5] is None else int(m[5]), f"{m[1].upper()}/{m[2]}")
+    VIA_SENT_MEMO.put(sent, parsed)
+    return parsed
+
+
 def parse_via(text: str) -> Via:
     """Parse one Via value (``SIP/2.0/UDP host:port;branch=...``).
 
@@ -439,16 +457,20 @@ def parse_via(text: str) -> Via:
     text = text.strip(" \t")
     # A usual Via is short: a long one (odd or hostile) goes straight to the
     # step-by-step path, so a malformed one costs no more than it did.
-    m = _VIA_USUAL_RE.fullmatch(text) if len(text) <= _VIA_USUAL_MAX else None
-    if m is not None and (m[5] is None or int(m[5]) <= 65535):
+    usual = None
+    if len(text) <= _VIA_USUAL_MAX:
+        sent = text.partition(";")[0]
+        usual = VIA_SENT_MEMO.get(sent) or _usual_via_sent(sent)
+        if usual is not None and not _VIA_USUAL_PARAMS_RE.fullmatch(text, len(sent)):
+            usual = None
+    if usual is not None:
         # What the step-by-step path below gives for this shape, without its
         # calls: the host matched _HOST as _parse_hostport checks it, the
         # parameters are what parse_params splits at once.
-        host = m[4]
-        port = None if m[5] is None else int(m[5])
+        transport, host, port, protocol = usual
         params: dict[str, str | None] = {}
-        if m[6]:
-            for part in m[6][1:].split(";"):
+        if len(sent) < len(text):
+            for part in text[len(sent) + 1 :].split(";"):
                 name, eq, value = part.partition("=")
                 params[name.lower()] = value if eq else None
     else:
@@ -464,6 +486,7 @@ def parse_via(text: str) -> Via:
             sentby = _SWS_COLON_RE.sub(":", sentby)
         host, port = _parse_hostport(sentby, "Via")
         params = parse_params(rest[semi:], "Via") if semi >= 0 else {}
+        transport, protocol = m[3].upper(), f"{m[1].upper()}/{m[2]}"
     received = params.get("received")
     if received is not None and received[:1] == "[":
         # RFC 5118 §4.5: tolerate the bracketed form, store the bare address.
@@ -473,7 +496,7 @@ def parse_via(text: str) -> Via:
     rport = params.get("rport")
     if rport is not None and (not _is_digits(rport) or len(rport) > 5 or int(rport) > 65535):
         raise RemoteProtocolError("bad rport in Via")
-    return Via(m[3].upper(), host, port, params, f"{m[1].upper()}/{m[2]}")
+    return Via(transport, host, port, params, protocol)
 
 
 @dataclass(frozen=True)

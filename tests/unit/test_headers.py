@@ -438,6 +438,40 @@ def test_via_long_takes_the_step_by_step_path_with_the_same_result() -> None:
         parse_via(f"SIP/2.0/UDP h;branch={branch};rport=99999")
 
 
+@pytest.mark.parametrize("text", [
+    "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport",
+    "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-2;rport",  # the same sent-by, from the memo
+    "SIP/2.0/UDP 192.0.2.1:5060",
+    "sip/2.0/tcp Host.Example.com;received=192.0.2.9;rport=5062;branch=b",
+    "SIP/2.0/UDP 192.0.2.1:5060;received=[2001:db8::1]",
+    "SIP/2.0/UDP 192.0.2.1:5060;branch=",  # usual sent-by, malformed parameters
+    "SIP/2.0/UDP 192.0.2.1:5060;;branch=b",
+    "SIP/2.0/UDP 192.0.2.1:5060;",
+    "SIP/2.0/UDP 192.0.2.1:5060;rport=99999",
+    "SIP/2.0/UDP 192.0.2.1:5060;x=\"a b\";branch=b",
+    "SIP/2.0/UDP 192.0.2.1:5060 ;branch=b",
+    "SIP/2.0/UDP 192.0.2.1:70000;branch=b",
+    "SIP/2.0/UDP 192.0.2.1:99999",
+    "SIP/2.0/UDP [2001:db8::1]:5060;branch=b",
+    "SIP/2.0/UDP 10.10.10.256;branch=b",
+])
+def test_via_usual_shape_gives_what_the_step_by_step_path_gives(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check the usual-shape path (its sent-by parts memoized) gives the
+    value, or the reason, the step-by-step path gives, twice (the second
+    from the memo), for usual Vias and for ones that must fall back."""
+    import engine.sip.headers as headers
+
+    def outcome() -> object:
+        try:
+            return parse_via(text)
+        except RemoteProtocolError as exc:
+            return str(exc)
+
+    quick = [outcome(), outcome()]
+    monkeypatch.setattr(headers, "_VIA_USUAL_MAX", -1)  # every Via takes the step-by-step path
+    assert quick == [outcome(), outcome()]
+
+
 def test_via_unknown_transport() -> None:
     """Check unknown transports are kept (RFC 4475 §3.1.1.10)."""
     assert parse_via("SIP/2.0/UNKNOWN t4.example.com;branch=z9hG4bKasd0f3en").transport == "UNKNOWN"
