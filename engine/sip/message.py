@@ -263,11 +263,14 @@ class Headers:
 
     def custom(self) -> dict[str, str]:
         """The ``X-`` headers, as a dict (the call object exposes these)."""
+        if self.first_values().keys() <= _KNOWN_EXACT.keys():
+            return {}  # registry names only, and none of them is an X- name
         return {k: v for k, v in self._items if k[:2] in _X_PREFIXES}
 
 
 _T = TypeVar("_T")
 _X_PREFIXES = frozenset({"X-", "x-"})
+assert not any(name[:2] in _X_PREFIXES for name in _KNOWN_EXACT)
 
 
 class SipMessage:

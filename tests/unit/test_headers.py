@@ -173,6 +173,14 @@ def test_headers_index_follows_every_edit() -> None:
         assert headers.first_values() == {k: v for k, v in reversed(list(headers))}
     copy = headers.copy()
     copy.add("Route", "<sip:s>")
+    # custom() answers at once when every name is a registry name
+    plain = Headers([("Via", "a"), ("From", "f")])
+    assert plain.custom() == {}
+    plain.add("Foo", "1")  # unknown but not X-
+    assert plain.custom() == {}
+    plain.add("x-y", "2")
+    plain.add("X-Z", "3")
+    assert plain.custom() == {"x-y": "2", "X-Z": "3"}
     assert headers.get_all("Route") == ["<sip:r>"] and copy.get_all("Route") == ["<sip:r>", "<sip:s>"]
 
 
