@@ -372,7 +372,11 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         call_id = first["Call-ID"]
         if not call_id or _BAD_CALL_ID_RE.search(call_id):
             raise RemoteProtocolError("bad Call-ID")
-        msg.via  # noqa: B018 - parse every Via
+        # Parse every Via, the top one first (its view is kept for the
+        # transaction): when no name repeats, it is the only one.
+        msg.top_via  # noqa: B018
+        if len(first) < len(headers):
+            msg.via  # noqa: B018
         # From and To are there once (checked above): their views parse them
         # and keep them for the many reads to come.
         name = "From"

@@ -692,6 +692,22 @@ def test_typed_views_follow_header_edits() -> None:
         msg.top_via  # noqa: B018
 
 
+@pytest.mark.parametrize(("vias", "reason"), [
+    (b"Via: SIP/2.0/UDP 10.0.0.256;branch=z9hG4bKa\r\n", "bad host in Via"),
+    (b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\nVia: SIP/2.0/UDP ;branch=b\r\n", "bad Via"),
+    (b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa, SIP/2.0/UDP h:70000\r\n", "bad port in Via"),
+    (b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\nRoute: <sip:r>\r\nRoute: <sip:s>\r\n"
+     b"Via: SIP/2.0/UDP h;rport=x\r\n", "bad rport in Via"),
+])
+def test_every_via_is_validated(vias: bytes, reason: str) -> None:
+    """Check validation parses every Via, not only the top one it keeps: a
+    malformed one anywhere refuses the message with its reason."""
+    data = INVITE.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-12345-1-0\r\n", vias)
+    with pytest.raises(ParseError) as info:
+        parse_message(data)
+    assert str(info.value) == reason
+
+
 def test_create_response() -> None:
     """Check a response copies Via, From, To, Call-ID, CSeq, adds the To tag
     once, copies Record-Route only for 101-299, Timestamp only on 100."""
