@@ -172,7 +172,7 @@ class Headers:
                     if k.lower() == key:
                         return v
                 return default
-        first = self._first
+        first = self._first  # first_values(), without its call when made already
         if first is None:
             first = self.first_values()
         return first.get(canon, default)

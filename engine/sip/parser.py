@@ -230,7 +230,8 @@ def parse_unvalidated(data: bytes, *, stream: bool = False) -> SipRequest | SipR
         raise ParseError(error, 400, msg, is_request)
 
     # The index of the first values, which the views and validate_message
-    # read too: a name can only repeat when it has fewer entries than lines.
+    # read too: some name repeats only when it has fewer entries than there
+    # are headers.
     first = headers.first_values()
     length_text = first.get("Content-Length")
     if (length_text is not None and len(first) < len(entries)
