@@ -1066,21 +1066,10 @@ class SipEndpoint:
 
     def _flush(self) -> None:
         """Send what the transactions queued, then keep the one loop timer
-        at their earliest deadline (run after every input: a few times a
-        message, so the re-arm is written here rather than called)."""
-        layer = self.layer
-        for data, peer in layer.messages_to_send():
+        at their earliest deadline."""
+        for data, peer in self.layer.messages_to_send():
             self._transmit(data, peer)  # type: ignore[arg-type]
-        when = layer.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None and self._loop is not None:
-            # ``when`` is on the endpoint's clock, which need not be the loop's.
-            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
+        self._arm_timer()
 
     def _transmit(self, data: bytes, peer: Peer) -> None:
         self.stats["sent"] += 1
@@ -1212,6 +1201,18 @@ class SipEndpoint:
                     conn.transport.close()
 
     # -- timers ----------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        when = self.layer.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None and self._loop is not None:
+            # ``when`` is on the endpoint's clock, which need not be the loop's.
+            self._timer = self._loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
