@@ -63,6 +63,24 @@ def test_the_fast_path_reads_pyees_handler_table() -> None:
     assert "z" in emitter._events and print in emitter._events["z"]
 
 
+def test_the_emitter_sets_what_pyees_own_init_sets() -> None:
+    """Emitter.__init__ writes pyee's attributes itself (without its two
+    __init__ calls): the same names, of the same kinds, as pyee's emitter
+    gets, so a pyee release that adds or renames one fails here."""
+    from pyee.asyncio import AsyncIOEventEmitter
+
+    ours, theirs = vars(Emitter()), vars(AsyncIOEventEmitter())
+    assert sorted(ours) == sorted(theirs)
+    assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in theirs.items()}
+    emitter = Emitter()
+    emitter.on("z", print)
+    emitter.remove_all_listeners("z")
+    assert not emitter.listeners("z")
+    emitter.on("y", print)
+    emitter.remove_all_listeners()
+    assert not emitter.listeners("y") and not emitter.event_names()
+
+
 def test_a_call_builds_no_event_for_nobody_and_the_right_one_for_a_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[str] = []
     import engine.calls.call as call_module
