@@ -365,7 +365,8 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         for name in _MANDATORY:
             if name not in first:
                 raise RemoteProtocolError(f"missing {name} header")
-        if len(first) < len(headers):  # some name repeats (a Via, a Route...): which?
+        repeats = len(first) < len(headers)  # some name (a Via, a Route...) is there twice
+        if repeats:  # which?
             names = list(map(_NAME_OF, headers._items))
             for name in _SINGLE:
                 if names.count(name) > 1:
@@ -376,7 +377,7 @@ def validate_message(msg: SipRequest | SipResponse) -> None:
         # Parse every Via, the top one first (its view is kept for the
         # transaction): when no name repeats, it is the only one.
         msg.top_via  # noqa: B018
-        if len(first) < len(headers):
+        if repeats:
             msg.via  # noqa: B018
         # From and To are there once (checked above): their views parse them
         # and keep them for the many reads to come.
